@@ -1,0 +1,63 @@
+//! What every command needs: the config, the AWS handle, the state store.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use spotkeeper_cloud::{AwsCloud, ClientConfig};
+use spotkeeper_engine::config::{self, Config};
+use spotkeeper_engine::store::Store;
+
+use crate::Failure;
+use crate::cli::Args;
+
+/// Loads the config. With `required = false`, a missing default file is fine
+/// (an empty config); a file named by flag or environment must exist.
+pub fn load_config(args: &Args, required: bool) -> Result<Config, Failure> {
+    let env = std::env::var("SPOTKEEPER_CONFIG").ok();
+    let path = config::locate(args.config.as_deref(), env.as_deref());
+    let named = args.config.is_some() || env.as_deref().is_some_and(|e| !e.is_empty());
+    if !required && !named && !path.exists() {
+        return config::parse(&path, "").map_err(|e| Failure::Usage(e.into()));
+    }
+    if !path.exists() {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "config file {} not found (use --config FILE or $SPOTKEEPER_CONFIG; see examples/spotkeeper.toml)",
+            path.display()
+        )));
+    }
+    config::load(&path).map_err(|e| Failure::Usage(e.into()))
+}
+
+/// Connects to AWS as the config's `[aws]` section and the credential chain say.
+pub async fn connect(config: &Config) -> Result<AwsCloud, Failure> {
+    let cc = ClientConfig {
+        region: config.aws.region.clone(),
+        profile: config.aws.profile.clone(),
+        endpoint_url: config.aws.endpoint_url.clone(),
+    };
+    AwsCloud::connect(&cc).await.map_err(|e| Failure::Usage(e.into()))
+}
+
+/// The state file: `--state`, `$SPOTKEEPER_STATE`, `[daemon] state`, or the user's data directory.
+pub fn state_path(args: &Args, config: &Config) -> Result<PathBuf, Failure> {
+    if let Some(p) = &args.state {
+        return Ok(p.clone());
+    }
+    if let Some(p) = std::env::var_os("SPOTKEEPER_STATE").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(p) = &config.state {
+        return Ok(p.clone());
+    }
+    let dirs = directories::ProjectDirs::from("", "", "spotkeeper").ok_or_else(|| {
+        Failure::Usage(anyhow::anyhow!("no home directory to keep the state file in; pass --state FILE"))
+    })?;
+    Ok(dirs.data_dir().join("state.db"))
+}
+
+/// Opens the state store and returns it with the lock directory beside it.
+pub async fn open_store(path: &Path) -> Result<(Store, PathBuf), Failure> {
+    let store = Store::open(path).await.with_context(|| "opening the state file")?;
+    let locks = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join("locks");
+    Ok((store, locks))
+}

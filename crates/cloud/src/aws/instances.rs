@@ -1,0 +1,224 @@
+//! Instances and spot requests: RunInstances, DescribeInstances,
+//! DescribeSpotInstanceRequests, TerminateInstances, CancelSpotInstanceRequests, CreateTags.
+
+use aws_sdk_ec2::types::{
+    InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceType, MarketType, Placement,
+    ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+};
+use base64::Engine as _;
+
+use super::{AwsCloud, sdk_error, tag_filters, tag_map};
+use crate::error::{CloudError, ErrorKind};
+use crate::model::{
+    ImageId, Instance, InstanceId, InstanceState, LaunchSpec, Market, SpotRequest, SpotRequestId,
+    SpotRequestState, TagFilter,
+};
+
+impl AwsCloud {
+    pub(crate) async fn launch_impl(&self, spec: &LaunchSpec) -> Result<Instance, CloudError> {
+        const OP: &str = "RunInstances";
+        let tags: Vec<Tag> =
+            spec.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+        let mut resources = vec![ResourceType::Instance, ResourceType::Volume];
+        if spec.market == Market::Spot {
+            resources.push(ResourceType::SpotInstancesRequest);
+        }
+        let tag_specs = resources
+            .into_iter()
+            .map(|r| TagSpecification::builder().resource_type(r).set_tags(Some(tags.clone())).build())
+            .collect();
+        let mut req = self
+            .ec2
+            .run_instances()
+            .image_id(spec.image_id.as_str())
+            .instance_type(InstanceType::from(spec.instance_type.as_str()))
+            // Exactly one: counts are always explicit (the emulator launches MinCount).
+            .min_count(1)
+            .max_count(1)
+            .client_token(&spec.client_token)
+            .set_tag_specifications(Some(tag_specs))
+            .set_key_name(spec.key_name.clone())
+            .set_subnet_id(spec.subnet_id.clone());
+        if !spec.security_group_ids.is_empty() {
+            req = req.set_security_group_ids(Some(spec.security_group_ids.clone()));
+        }
+        if let (Some(zone), None) = (&spec.zone, &spec.subnet_id) {
+            req = req.placement(Placement::builder().availability_zone(zone).build());
+        }
+        if let Some(data) = &spec.user_data {
+            req = req.user_data(base64::engine::general_purpose::STANDARD.encode(data));
+        }
+        if spec.market == Market::Spot {
+            // One-time, terminate on interruption, and no MaxPrice: the price
+            // ceiling is enforced by the caller from the price history.
+            req = req.instance_market_options(
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .spot_options(
+                        SpotMarketOptions::builder()
+                            .spot_instance_type(SpotInstanceType::OneTime)
+                            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
+        let first = out.instances().first().ok_or_else(|| {
+            CloudError::other(OP, ErrorKind::Other, "AWS accepted the launch but returned no instance")
+        })?;
+        convert_instance(first)
+            .ok_or_else(|| CloudError::other(OP, ErrorKind::Other, "AWS returned an instance without an id"))
+    }
+
+    pub(crate) async fn instances_impl(&self, filter: &TagFilter) -> Result<Vec<Instance>, CloudError> {
+        const OP: &str = "DescribeInstances";
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .ec2
+                .describe_instances()
+                .set_filters(Some(tag_filters(filter)))
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| sdk_error(OP, e))?;
+            for reservation in out.reservations() {
+                all.extend(reservation.instances().iter().filter_map(convert_instance));
+            }
+            token = out.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        // Filter again client-side: cheap, and correct even where a filter is
+        // ignored by an emulator.
+        all.retain(|i| filter.matches(&i.tags));
+        Ok(all)
+    }
+
+    pub(crate) async fn instance_impl(&self, id: &InstanceId) -> Result<Option<Instance>, CloudError> {
+        let res = self.ec2.describe_instances().instance_ids(id.as_str()).send().await;
+        match res {
+            Ok(out) => Ok(out
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter_map(convert_instance)
+                .find(|i| &i.id == id)),
+            Err(e) => {
+                let err = sdk_error("DescribeInstances", e);
+                if err.kind == ErrorKind::NotFound { Ok(None) } else { Err(err) }
+            }
+        }
+    }
+
+    pub(crate) async fn spot_requests_impl(
+        &self,
+        filter: &TagFilter,
+    ) -> Result<Vec<SpotRequest>, CloudError> {
+        const OP: &str = "DescribeSpotInstanceRequests";
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .ec2
+                .describe_spot_instance_requests()
+                .set_filters(Some(tag_filters(filter)))
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| sdk_error(OP, e))?;
+            for r in out.spot_instance_requests() {
+                let Some(id) = r.spot_instance_request_id() else { continue };
+                let Some(state) = r.state().and_then(|s| SpotRequestState::parse(s.as_str())) else {
+                    continue;
+                };
+                all.push(SpotRequest {
+                    id: SpotRequestId::new(id),
+                    state,
+                    instance_id: r.instance_id().filter(|s| !s.is_empty()).map(InstanceId::new),
+                    instance_type: r
+                        .launch_specification()
+                        .and_then(|l| l.instance_type())
+                        .map(|t| t.as_str().to_owned()),
+                    tags: tag_map(r.tags()),
+                });
+            }
+            token = out.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        all.retain(|r| filter.matches(&r.tags));
+        Ok(all)
+    }
+
+    pub(crate) async fn terminate_impl(&self, ids: &[InstanceId]) -> Result<(), CloudError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .terminate_instances()
+            .set_instance_ids(Some(ids.iter().map(|i| i.as_str().to_owned()).collect()))
+            .send()
+            .await
+            .map_err(|e| sdk_error("TerminateInstances", e))?;
+        Ok(())
+    }
+
+    pub(crate) async fn cancel_spot_requests_impl(&self, ids: &[SpotRequestId]) -> Result<(), CloudError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .cancel_spot_instance_requests()
+            .set_spot_instance_request_ids(Some(ids.iter().map(|i| i.as_str().to_owned()).collect()))
+            .send()
+            .await
+            .map_err(|e| sdk_error("CancelSpotInstanceRequests", e))?;
+        Ok(())
+    }
+
+    pub(crate) async fn tag_impl(
+        &self,
+        resource_ids: &[String],
+        tags: &[(String, String)],
+    ) -> Result<(), CloudError> {
+        if resource_ids.is_empty() || tags.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .create_tags()
+            .set_resources(Some(resource_ids.to_vec()))
+            .set_tags(Some(tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()))
+            .send()
+            .await
+            .map_err(|e| sdk_error("CreateTags", e))?;
+        Ok(())
+    }
+}
+
+/// Converts an SDK instance; `None` when it lacks the fields every instance has.
+fn convert_instance(i: &aws_sdk_ec2::types::Instance) -> Option<Instance> {
+    let id = i.instance_id()?;
+    let state = i.state().and_then(|s| s.name()).and_then(|n| InstanceState::parse(n.as_str()))?;
+    let market = match i.instance_lifecycle() {
+        Some(l) if l.as_str() == "spot" => Market::Spot,
+        _ => Market::OnDemand,
+    };
+    Some(Instance {
+        id: InstanceId::new(id),
+        state,
+        instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        zone: i.placement().and_then(|p| p.availability_zone()).map(str::to_owned),
+        market,
+        spot_request_id: i.spot_instance_request_id().filter(|s| !s.is_empty()).map(SpotRequestId::new),
+        public_ip: i.public_ip_address().filter(|s| !s.is_empty()).map(str::to_owned),
+        private_ip: i.private_ip_address().filter(|s| !s.is_empty()).map(str::to_owned),
+        launched_at: i.launch_time().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+        image_id: i.image_id().map(ImageId::new),
+        tags: tag_map(i.tags()),
+    })
+}

@@ -1,0 +1,134 @@
+//! `AwsCloud`: the [`Cloud`](crate::Cloud) trait over the official AWS SDK. One
+//! file per AWS area; this one builds the clients and turns SDK errors into
+//! [`CloudError`]s.
+
+mod instances;
+mod pricing;
+
+use std::fmt;
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use crate::error::{CloudError, ErrorKind};
+
+/// Where and as whom to talk to AWS. Credentials are deliberately absent: they
+/// come from the standard chain (environment, profiles, SSO, instance role).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Region, e.g. `us-east-1`; default: the chain's (`AWS_REGION`, profile).
+    pub region: Option<String>,
+    /// Named profile from `~/.aws/config`.
+    pub profile: Option<String>,
+    /// Endpoint override, e.g. a local emulator. `AWS_ENDPOINT_URL` is honoured too.
+    pub endpoint_url: Option<String>,
+}
+
+/// The AWS implementation of [`Cloud`](crate::Cloud): one handle holding the EC2 and SSM clients.
+#[derive(Clone)]
+pub struct AwsCloud {
+    pub(crate) ec2: aws_sdk_ec2::Client,
+    #[allow(dead_code)] // used by the image look-ups of the library issue
+    pub(crate) ssm: aws_sdk_ssm::Client,
+    region: String,
+}
+
+impl fmt::Debug for AwsCloud {
+    // The SDK config holds the credentials provider; never print it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsCloud").field("region", &self.region).finish_non_exhaustive()
+    }
+}
+
+impl AwsCloud {
+    /// Loads the SDK configuration (credential chain, region, retries with
+    /// backoff for throttling and 5xx) and builds the clients.
+    pub async fn connect(config: &ClientConfig) -> Result<Self, CloudError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = &config.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(profile) = &config.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(url) = &config.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let sdk = loader.load().await;
+        let region = sdk.region().map(|r| r.to_string()).ok_or_else(|| {
+            CloudError::other(
+                "LoadConfig",
+                ErrorKind::InvalidRequest,
+                "no AWS region: set [aws] region in the config, AWS_REGION, or a profile's region",
+            )
+        })?;
+        Ok(Self {
+            ec2: aws_sdk_ec2::Client::new(&sdk),
+            ssm: aws_sdk_ssm::Client::new(&sdk),
+            region,
+        })
+    }
+
+    /// The region this handle talks to.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+}
+
+/// Turns an SDK error into a one-line [`CloudError`] naming the operation.
+pub(crate) fn sdk_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> CloudError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            match e.code() {
+                Some(code) => CloudError::from_code(operation, code, e.message().unwrap_or("")),
+                None => CloudError::other(
+                    operation,
+                    ErrorKind::Other,
+                    format!("AWS answered with an error without a code: {}", DisplayErrorContext(&err)),
+                ),
+            }
+        }
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => CloudError::other(
+            operation,
+            ErrorKind::Unreachable,
+            format!("no answer from AWS: {}", DisplayErrorContext(&err)),
+        ),
+        SdkError::ConstructionFailure(_) => {
+            let text = DisplayErrorContext(&err).to_string();
+            let kind = if text.contains("credentials") {
+                ErrorKind::Unauthorized
+            } else {
+                ErrorKind::InvalidRequest
+            };
+            CloudError::other(operation, kind, format!("request not sent: {text}"))
+        }
+        _ => CloudError::other(
+            operation,
+            ErrorKind::Other,
+            format!("unreadable answer from AWS: {}", DisplayErrorContext(&err)),
+        ),
+    }
+}
+
+pub(crate) fn tag_map(tags: &[aws_sdk_ec2::types::Tag]) -> std::collections::BTreeMap<String, String> {
+    tags.iter()
+        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
+        .collect()
+}
+
+pub(crate) fn tag_filters(filter: &crate::TagFilter) -> Vec<aws_sdk_ec2::types::Filter> {
+    use aws_sdk_ec2::types::Filter;
+    filter
+        .tags
+        .iter()
+        .map(|(key, value)| match value {
+            Some(v) => Filter::builder().name(format!("tag:{key}")).values(v).build(),
+            None => Filter::builder().name("tag-key").values(key).build(),
+        })
+        .collect()
+}

@@ -1,0 +1,543 @@
+//! The config file: TOML parsed into raw structs that remember where each value
+//! stands, then validated into [`Config`]. Every error names the file, line and
+//! column; nothing is read from AWS or written anywhere until it is valid.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use spotkeeper_cloud::Market;
+use toml::Spanned;
+
+/// File name looked for in the working directory when neither `--config` nor
+/// `$SPOTKEEPER_CONFIG` names one.
+pub const DEFAULT_FILE: &str = "spotkeeper.toml";
+
+/// Owner tag value when the config does not set `owner`.
+pub const DEFAULT_OWNER: &str = "spotkeeper";
+
+/// How long `up` waits for a box to answer when `ready` sets no timeout: boot
+/// plus cloud-init on a small instance takes one to three minutes.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// A config error: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// 1-based line, when the error has a place in the file.
+    pub line: Option<usize>,
+    /// 1-based column.
+    pub column: Option<usize>,
+    /// What is wrong, in one sentence.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.file.display(), self.message),
+            _ => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// The validated config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Value of the `spotkeeper:owner` tag on everything this config creates.
+    pub owner: String,
+    /// Where AWS is.
+    pub aws: AwsSettings,
+    /// State file from `[daemon] state`, if set.
+    pub state: Option<PathBuf>,
+    /// The boxes, by name.
+    pub boxes: BTreeMap<String, BoxSpec>,
+}
+
+impl Config {
+    /// The box called `name`, or an error listing the boxes there are.
+    pub fn box_spec(&self, name: &str) -> Result<&BoxSpec, ConfigError> {
+        self.boxes.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.boxes.keys().map(String::as_str).collect();
+            ConfigError {
+                file: self.path.clone(),
+                line: None,
+                column: None,
+                message: if known.is_empty() {
+                    format!("no box named {name:?}: the file defines no [box.NAME] section")
+                } else {
+                    format!("no box named {name:?}; the file defines: {}", known.join(", "))
+                },
+            }
+        })
+    }
+}
+
+/// `[aws]`: region, profile, endpoint. Never credentials.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsSettings {
+    /// Region.
+    pub region: Option<String>,
+    /// Named profile.
+    pub profile: Option<String>,
+    /// Endpoint override (an emulator).
+    pub endpoint_url: Option<String>,
+}
+
+/// One `[box.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoxSpec {
+    /// The box name (the table key).
+    pub name: String,
+    /// AMI id.
+    pub image: String,
+    /// Instance types, most preferred first.
+    pub instance_types: Vec<String>,
+    /// Price ceiling in USD/hour, checked by spotkeeper against the spot price.
+    pub max_price: f64,
+    /// Allowed zones; `None` means every zone of the region.
+    pub zones: Option<Vec<String>>,
+    /// Spot (default) or on-demand.
+    pub market: Market,
+    /// Key pair name.
+    pub key_name: Option<String>,
+    /// Security group ids.
+    pub security_groups: Vec<String>,
+    /// Subnet id.
+    pub subnet: Option<String>,
+    /// User data (inline, or read from `user_data_file`).
+    pub user_data: Option<String>,
+    /// User tags.
+    pub tags: BTreeMap<String, String>,
+    /// How to tell the box is up.
+    pub ready: ReadyCheck,
+}
+
+/// How `up` decides a running box is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadyCheck {
+    /// Running is ready.
+    None,
+    /// A TCP connect to `host` (default: the instance's public, else private address) succeeds.
+    Tcp {
+        /// Address override.
+        host: Option<String>,
+        /// Port.
+        port: u16,
+        /// Give up after this long.
+        timeout: Duration,
+    },
+    /// A shell command exits 0; `{ip}` and `{id}` are replaced by the instance's address and id.
+    Command {
+        /// The command, run with `sh -c`.
+        command: String,
+        /// Give up after this long.
+        timeout: Duration,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    owner: Option<Spanned<String>>,
+    #[serde(default)]
+    aws: RawAws,
+    daemon: Option<RawDaemon>,
+    #[serde(default, rename = "box")]
+    boxes: BTreeMap<Spanned<String>, RawBox>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAws {
+    region: Option<Spanned<String>>,
+    profile: Option<String>,
+    endpoint_url: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    state: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBox {
+    image: Spanned<String>,
+    instance_types: Spanned<Vec<Spanned<String>>>,
+    max_price: Spanned<f64>,
+    zones: Option<Spanned<Vec<String>>>,
+    market: Option<Spanned<String>>,
+    key_name: Option<String>,
+    #[serde(default)]
+    security_groups: Vec<String>,
+    subnet: Option<String>,
+    user_data: Option<Spanned<String>>,
+    user_data_file: Option<Spanned<String>>,
+    #[serde(default)]
+    tags: BTreeMap<Spanned<String>, String>,
+    ready: Option<Spanned<RawReady>>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "check", rename_all = "lowercase", deny_unknown_fields)]
+enum RawReady {
+    None {},
+    Tcp {
+        #[serde(default = "default_port")]
+        port: u16,
+        host: Option<String>,
+        timeout: Option<String>,
+    },
+    Command {
+        command: String,
+        timeout: Option<String>,
+    },
+}
+
+fn default_port() -> u16 {
+    22
+}
+
+/// Where the config file is: `--config`, else `$SPOTKEEPER_CONFIG`, else `./spotkeeper.toml`.
+pub fn locate(flag: Option<&Path>, env: Option<&str>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| env.filter(|s| !s.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_FILE))
+}
+
+/// Reads and validates the config at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        column: None,
+        message: format!("cannot read the config file: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Validates config `text` as if read from `path` (relative `user_data_file`s
+/// are resolved against `path`'s directory).
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let at = |span: Option<Range<usize>>, message: String| locate_error(path, text, span, message);
+    let raw: RawConfig =
+        toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
+
+    let owner = match raw.owner {
+        Some(o) => {
+            check_name(o.get_ref()).map_err(|m| at(Some(o.span()), format!("owner: {m}")))?;
+            o.into_inner()
+        }
+        None => DEFAULT_OWNER.to_owned(),
+    };
+    if let Some(region) = &raw.aws.region {
+        if region.get_ref().trim().is_empty() {
+            return Err(at(Some(region.span()), "aws.region is empty".into()));
+        }
+    }
+    if let Some(url) = &raw.aws.endpoint_url {
+        let u = url.get_ref();
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(at(Some(url.span()), format!("aws.endpoint_url {u:?} is not an http(s) URL")));
+        }
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut boxes = BTreeMap::new();
+    for (name, b) in raw.boxes {
+        let spec = validate_box(name.get_ref(), b, base, &at)
+            .map_err(|e| ConfigError { message: format!("box {:?}: {}", name.get_ref(), e.message), ..e })?;
+        check_name(name.get_ref()).map_err(|m| at(Some(name.span()), format!("box name: {m}")))?;
+        boxes.insert(name.into_inner(), spec);
+    }
+    Ok(Config {
+        path: path.to_path_buf(),
+        owner,
+        aws: AwsSettings {
+            region: raw.aws.region.map(Spanned::into_inner),
+            profile: raw.aws.profile,
+            endpoint_url: raw.aws.endpoint_url.map(Spanned::into_inner),
+        },
+        state: raw.daemon.and_then(|d| d.state).map(PathBuf::from),
+        boxes,
+    })
+}
+
+fn validate_box(
+    name: &str,
+    b: RawBox,
+    base: &Path,
+    at: &dyn Fn(Option<Range<usize>>, String) -> ConfigError,
+) -> Result<BoxSpec, ConfigError> {
+    let image = b.image.get_ref().trim();
+    if !is_ami_id(image) {
+        return Err(at(
+            Some(b.image.span()),
+            format!("image {image:?} is not an AMI id (ami- followed by hex digits)"),
+        ));
+    }
+    let types_span = b.instance_types.span();
+    let mut instance_types: Vec<String> = Vec::new();
+    for t in b.instance_types.into_inner() {
+        let ty = t.get_ref().trim();
+        if !is_instance_type(ty) {
+            return Err(at(Some(t.span()), format!("instance type {ty:?} is not of the form family.size, e.g. t3.micro")));
+        }
+        if instance_types.iter().any(|have| have == ty) {
+            return Err(at(Some(t.span()), format!("instance type {ty:?} is listed twice")));
+        }
+        instance_types.push(ty.to_owned());
+    }
+    if instance_types.is_empty() {
+        return Err(at(Some(types_span), "instance_types is empty: list at least one type".into()));
+    }
+    let max_price = *b.max_price.get_ref();
+    if !max_price.is_finite() || max_price <= 0.0 {
+        return Err(at(
+            Some(b.max_price.span()),
+            format!("max_price must be a positive number of USD per hour, not {max_price}"),
+        ));
+    }
+    let zones = match b.zones {
+        Some(z) if z.get_ref().is_empty() => {
+            return Err(at(Some(z.span()), "zones is empty: list zones or leave the key out for every zone".into()));
+        }
+        Some(z) => Some(z.into_inner()),
+        None => None,
+    };
+    let market = match b.market {
+        None => Market::Spot,
+        Some(m) => match m.get_ref().as_str() {
+            "spot" => Market::Spot,
+            "on-demand" => Market::OnDemand,
+            other => {
+                return Err(at(Some(m.span()), format!("market {other:?} is neither \"spot\" nor \"on-demand\"")));
+            }
+        },
+    };
+    let user_data = match (b.user_data, b.user_data_file) {
+        (Some(_), Some(f)) => {
+            return Err(at(Some(f.span()), "set user_data or user_data_file, not both".into()));
+        }
+        (Some(d), None) => Some(d.into_inner()),
+        (None, Some(f)) => {
+            let file = base.join(f.get_ref());
+            let data = std::fs::read_to_string(&file).map_err(|e| {
+                at(Some(f.span()), format!("user_data_file {}: {e}", file.display()))
+            })?;
+            Some(data)
+        }
+        (None, None) => None,
+    };
+    // EC2 limit: 16 KiB of user data before base64.
+    if let Some(d) = &user_data {
+        if d.len() > 16 * 1024 {
+            return Err(at(None, format!("user data is {} bytes; EC2 accepts at most 16384", d.len())));
+        }
+    }
+    let mut tags = BTreeMap::new();
+    for (k, v) in b.tags {
+        let key = k.get_ref();
+        if key.starts_with("spotkeeper:") || key.starts_with("aws:") || key == "Name" {
+            return Err(at(
+                Some(k.span()),
+                format!("tag {key:?} is reserved (spotkeeper sets Name and spotkeeper:* itself; aws:* is AWS's)"),
+            ));
+        }
+        if key.is_empty() || key.len() > 128 || v.len() > 256 {
+            return Err(at(Some(k.span()), format!("tag {key:?}: keys are 1-128 characters, values at most 256")));
+        }
+        tags.insert(k.into_inner(), v);
+    }
+    let ready = match b.ready {
+        None => ReadyCheck::Tcp { host: None, port: 22, timeout: DEFAULT_READY_TIMEOUT },
+        Some(r) => {
+            let span = r.span();
+            let timeout = |t: Option<String>| -> Result<Duration, ConfigError> {
+                match t {
+                    None => Ok(DEFAULT_READY_TIMEOUT),
+                    Some(t) => humantime::parse_duration(&t).map_err(|e| {
+                        at(Some(span.clone()), format!("ready.timeout {t:?} is not a duration like \"10m\" or \"90s\": {e}"))
+                    }),
+                }
+            };
+            match r.into_inner() {
+                RawReady::None {} => ReadyCheck::None,
+                RawReady::Tcp { port, host, timeout: t } => {
+                    if port == 0 {
+                        return Err(at(Some(span), "ready.port must be 1-65535".into()));
+                    }
+                    ReadyCheck::Tcp { host, port, timeout: timeout(t)? }
+                }
+                RawReady::Command { command, timeout: t } => {
+                    if command.trim().is_empty() {
+                        return Err(at(Some(span), "ready.command is empty".into()));
+                    }
+                    ReadyCheck::Command { command, timeout: timeout(t)? }
+                }
+            }
+        }
+    };
+    Ok(BoxSpec {
+        name: name.to_owned(),
+        image: image.to_owned(),
+        instance_types,
+        max_price,
+        zones,
+        market,
+        key_name: b.key_name,
+        security_groups: b.security_groups,
+        subnet: b.subnet,
+        user_data,
+        tags,
+        ready,
+    })
+}
+
+/// Names (owner, box) end up in tags, lock file names and client tokens.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 40 {
+        return Err(format!("{name:?} must be 1 to 40 characters"));
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+        return Err(format!("{name:?} may hold only letters, digits, '-', '_' and '.'"));
+    }
+    Ok(())
+}
+
+fn is_ami_id(s: &str) -> bool {
+    s.strip_prefix("ami-").is_some_and(|hex| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn is_instance_type(s: &str) -> bool {
+    match s.split_once('.') {
+        Some((family, size)) => {
+            let ok = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+            ok(family) && ok(size)
+        }
+        None => false,
+    }
+}
+
+fn locate_error(path: &Path, text: &str, span: Option<Range<usize>>, message: String) -> ConfigError {
+    let (line, column) = match span {
+        Some(span) => {
+            let start = span.start.min(text.len());
+            let before = &text[..start];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            (Some(line), Some(column))
+        }
+        None => (None, None),
+    };
+    ConfigError { file: path.to_path_buf(), line, column, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[aws]
+region = "us-east-1"
+
+[box.dev]
+image = "ami-0123456789abcdef0"
+instance_types = ["t3.micro", "t3a.micro"]
+max_price = 0.02
+zones = ["us-east-1a", "us-east-1b"]
+tags = { team = "ml" }
+ready = { check = "tcp", port = 22, timeout = "10m" }
+"#;
+
+    fn err(text: &str) -> ConfigError {
+        parse(Path::new("/cfg/spotkeeper.toml"), text).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = parse(Path::new("x.toml"), GOOD).expect("valid");
+        let b = c.box_spec("dev").expect("box");
+        assert_eq!(b.instance_types, ["t3.micro", "t3a.micro"]);
+        assert_eq!(b.max_price, 0.02);
+        assert_eq!(b.market, Market::Spot);
+        assert_eq!(c.owner, DEFAULT_OWNER);
+        assert_eq!(b.ready, ReadyCheck::Tcp { host: None, port: 22, timeout: Duration::from_secs(600) });
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_line_and_column() {
+        let e = err(&GOOD.replace("max_price = 0.02", "max_price = 0.02\nmax_prize = 1"));
+        assert_eq!((e.line, e.column), (Some(9), Some(1)), "{e}");
+        assert!(e.message.contains("max_prize"), "{e}");
+    }
+
+    #[test]
+    fn negative_price_points_at_the_value() {
+        let e = err(&GOOD.replace("0.02", "-1.0"));
+        assert_eq!((e.line, e.column), (Some(8), Some(13)), "{e}");
+        assert!(e.to_string().starts_with("/cfg/spotkeeper.toml:8:13: box \"dev\": max_price"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported() {
+        let e = err(&GOOD.replace("max_price = 0.02", "max_price = \"cheap\""));
+        assert_eq!(e.line, Some(8), "{e}");
+    }
+
+    #[test]
+    fn empty_instance_types_is_rejected() {
+        let e = err(&GOOD.replace(r#"["t3.micro", "t3a.micro"]"#, "[]"));
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(e.message.contains("instance_types is empty"), "{e}");
+    }
+
+    #[test]
+    fn missing_user_data_file_is_rejected_at_its_key() {
+        let e = err(&GOOD.replace("tags =", "user_data_file = \"nope.sh\"\ntags ="));
+        assert_eq!(e.line, Some(10), "{e}");
+        assert!(e.message.contains("/cfg/nope.sh"), "{e}");
+    }
+
+    #[test]
+    fn user_data_file_is_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("boot.sh"), "#!/bin/sh\necho hi\n").expect("write");
+        let text = GOOD.replace("tags =", "user_data_file = \"boot.sh\"\ntags =");
+        let c = parse(&dir.path().join("spotkeeper.toml"), &text).expect("valid");
+        assert_eq!(c.boxes["dev"].user_data.as_deref(), Some("#!/bin/sh\necho hi\n"));
+    }
+
+    #[test]
+    fn unknown_box_lists_the_known_ones() {
+        let c = parse(Path::new("x.toml"), GOOD).expect("valid");
+        let e = c.box_spec("prod").expect_err("no such box");
+        assert!(e.message.contains("defines: dev"), "{e}");
+    }
+
+    #[test]
+    fn bad_ready_check_and_timeout_are_rejected() {
+        assert!(err(&GOOD.replace("check = \"tcp\"", "check = \"ping\"")).line == Some(11));
+        assert!(err(&GOOD.replace("\"10m\"", "\"soon\"")).message.contains("not a duration"));
+    }
+
+    #[test]
+    fn reserved_tags_and_bad_images_are_rejected() {
+        assert!(err(&GOOD.replace("team = ", "\"spotkeeper:box\" = ")).message.contains("reserved"));
+        assert!(err(&GOOD.replace("ami-0123456789abcdef0", "ubuntu")).message.contains("not an AMI id"));
+    }
+
+    #[test]
+    fn config_location_prefers_flag_then_env_then_default() {
+        assert_eq!(locate(Some(Path::new("a.toml")), Some("b.toml")), PathBuf::from("a.toml"));
+        assert_eq!(locate(None, Some("b.toml")), PathBuf::from("b.toml"));
+        assert_eq!(locate(None, None), PathBuf::from(DEFAULT_FILE));
+    }
+}

@@ -1,0 +1,299 @@
+//! The state file: SQLite through sqlx (WAL, embedded append-only migrations).
+//! It holds launch intents (written before the launch call, closed when the
+//! instance is seen gone) and an append-only event log.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::Row;
+
+/// A state-file failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Opening or migrating the file failed.
+    #[error("cannot open the state file {path}: {source}")]
+    Open {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A query failed.
+    #[error("state file query failed: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// A launch intent: the plan for one launch, recorded before the call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Intent {
+    /// Row id.
+    pub id: i64,
+    /// Owner tag value.
+    pub owner: String,
+    /// Box name.
+    pub box_name: String,
+    /// Launch generation of the box: a new one only after the previous instance is gone.
+    pub generation: i64,
+    /// The ClientToken used for the launch.
+    pub token: String,
+    /// `spot` or `on-demand`.
+    pub market: String,
+    /// Chosen type.
+    pub instance_type: String,
+    /// Chosen zone.
+    pub zone: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// The instance the launch returned, once known.
+    pub instance_id: Option<String>,
+}
+
+/// A row of the event log.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Event {
+    /// Row id (increasing).
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// Box, if the event concerns one.
+    pub box_name: Option<String>,
+    /// Short machine-readable kind, e.g. `launch`.
+    pub kind: String,
+    /// What happened and why.
+    pub message: String,
+}
+
+/// The state store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Store {
+    /// Opens (creating it and its directory if needed) the state file at `path`.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let err = |source| StoreError::Open { path: path.display().to_string(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| err(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Another spotkeeper process (the daemon, a second CLI) may hold the
+            // write lock for a moment; wait rather than fail.
+            .busy_timeout(Duration::from_secs(15));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(err)?;
+        sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| err(e.into()))?;
+        Ok(Self { pool })
+    }
+
+    /// An in-memory store, for tests.
+    pub async fn memory() -> Result<Self, StoreError> {
+        let err = |source| StoreError::Open { path: ":memory:".into(), source };
+        let options = SqliteConnectOptions::from_str("sqlite::memory:").map_err(err)?;
+        // One connection: every connection to :memory: is a separate database.
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.map_err(err)?;
+        sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| err(e.into()))?;
+        Ok(Self { pool })
+    }
+
+    /// The box's open intent (not yet closed), if any.
+    pub async fn open_intent(&self, owner: &str, box_name: &str) -> Result<Option<Intent>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, owner, box, generation, token, market, instance_type, zone, created_at, instance_id
+             FROM intents WHERE owner = ? AND box = ? AND closed_at IS NULL ORDER BY id DESC LIMIT 1",
+        )
+        .bind(owner)
+        .bind(box_name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| Intent {
+            id: r.get("id"),
+            owner: r.get("owner"),
+            box_name: r.get("box"),
+            generation: r.get("generation"),
+            token: r.get("token"),
+            market: r.get("market"),
+            instance_type: r.get("instance_type"),
+            zone: r.get("zone"),
+            created_at: r.get("created_at"),
+            instance_id: r.get("instance_id"),
+        }))
+    }
+
+    /// The next launch generation of a box (one more than any recorded).
+    pub async fn next_generation(&self, owner: &str, box_name: &str) -> Result<i64, StoreError> {
+        let max: Option<i64> = sqlx::query_scalar("SELECT MAX(generation) FROM intents WHERE owner = ? AND box = ?")
+            .bind(owner)
+            .bind(box_name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(max.unwrap_or(0) + 1)
+    }
+
+    /// Records a new open intent.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_intent(
+        &self,
+        owner: &str,
+        box_name: &str,
+        generation: i64,
+        token: &str,
+        market: &str,
+        instance_type: &str,
+        zone: Option<&str>,
+    ) -> Result<Intent, StoreError> {
+        let created_at = unix_now();
+        let id = sqlx::query(
+            "INSERT INTO intents (owner, box, generation, token, market, instance_type, zone, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(owner)
+        .bind(box_name)
+        .bind(generation)
+        .bind(token)
+        .bind(market)
+        .bind(instance_type)
+        .bind(zone)
+        .bind(created_at)
+        .execute(&self.pool)
+        .await?
+        .last_insert_rowid();
+        Ok(Intent {
+            id,
+            owner: owner.to_owned(),
+            box_name: box_name.to_owned(),
+            generation,
+            token: token.to_owned(),
+            market: market.to_owned(),
+            instance_type: instance_type.to_owned(),
+            zone: zone.map(str::to_owned),
+            created_at,
+            instance_id: None,
+        })
+    }
+
+    /// Records the instance a launch returned.
+    pub async fn set_intent_instance(&self, intent_id: i64, instance_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE intents SET instance_id = ? WHERE id = ?")
+            .bind(instance_id)
+            .bind(intent_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Closes an intent with a one-word outcome (`gone`, `failed`, `stopped`, `lost-race`).
+    pub async fn close_intent(&self, intent_id: i64, outcome: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE intents SET closed_at = ?, outcome = ? WHERE id = ? AND closed_at IS NULL")
+            .bind(unix_now())
+            .bind(outcome)
+            .bind(intent_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Closes every open intent of a box.
+    pub async fn close_box_intents(&self, owner: &str, box_name: &str, outcome: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE intents SET closed_at = ?, outcome = ? WHERE owner = ? AND box = ? AND closed_at IS NULL")
+            .bind(unix_now())
+            .bind(outcome)
+            .bind(owner)
+            .bind(box_name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Appends to the event log.
+    pub async fn record_event(
+        &self,
+        owner: &str,
+        box_name: Option<&str>,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO events (at, owner, box, kind, message) VALUES (?, ?, ?, ?, ?)")
+            .bind(unix_now())
+            .bind(owner)
+            .bind(box_name)
+            .bind(kind)
+            .bind(message)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` events (of one box, if given), newest first.
+    pub async fn events(&self, owner: &str, box_name: Option<&str>, limit: i64) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, box, kind, message FROM events
+             WHERE owner = ? AND (? IS NULL OR box = ?) ORDER BY id DESC LIMIT ?",
+        )
+        .bind(owner)
+        .bind(box_name)
+        .bind(box_name)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Event {
+                id: r.get("id"),
+                at: r.get("at"),
+                box_name: r.get("box"),
+                kind: r.get("kind"),
+                message: r.get("message"),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn intents_open_close_and_generations_advance() {
+        let s = Store::memory().await.expect("store");
+        assert_eq!(s.next_generation("o", "dev").await.expect("gen"), 1);
+        let i = s.create_intent("o", "dev", 1, "tok-1", "spot", "t3.micro", Some("us-east-1a")).await.expect("create");
+        assert_eq!(s.open_intent("o", "dev").await.expect("open").map(|i| i.token), Some("tok-1".into()));
+        s.set_intent_instance(i.id, "i-1").await.expect("set");
+        assert_eq!(s.open_intent("o", "dev").await.expect("open").and_then(|i| i.instance_id), Some("i-1".into()));
+        s.close_intent(i.id, "gone").await.expect("close");
+        assert_eq!(s.open_intent("o", "dev").await.expect("open"), None);
+        assert_eq!(s.next_generation("o", "dev").await.expect("gen"), 2);
+        assert_eq!(s.next_generation("o", "other").await.expect("gen"), 1);
+    }
+
+    #[tokio::test]
+    async fn state_file_survives_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/state.db");
+        {
+            let s = Store::open(&path).await.expect("open");
+            s.create_intent("o", "dev", 1, "tok-1", "spot", "t3.micro", None).await.expect("create");
+            s.record_event("o", Some("dev"), "launch", "launched i-1").await.expect("event");
+        }
+        let s = Store::open(&path).await.expect("reopen");
+        assert!(s.open_intent("o", "dev").await.expect("open").is_some());
+        let ev = s.events("o", Some("dev"), 10).await.expect("events");
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].message, "launched i-1");
+    }
+}
