@@ -35,7 +35,9 @@ pub async fn connect(config: &Config) -> Result<AwsCloud, Failure> {
         profile: config.aws.profile.clone(),
         endpoint_url: config.aws.endpoint_url.clone(),
     };
-    AwsCloud::connect(&cc).await.map_err(|e| Failure::Usage(e.into()))
+    AwsCloud::connect(&cc)
+        .await
+        .map_err(|e| Failure::Usage(e.into()))
 }
 
 /// The state file: `--state`, `$SPOTKEEPER_STATE`, `[daemon] state`, or the user's data directory.
@@ -50,14 +52,22 @@ pub fn state_path(args: &Args, config: &Config) -> Result<PathBuf, Failure> {
         return Ok(p.clone());
     }
     let dirs = directories::ProjectDirs::from("", "", "spotkeeper").ok_or_else(|| {
-        Failure::Usage(anyhow::anyhow!("no home directory to keep the state file in; pass --state FILE"))
+        Failure::Usage(anyhow::anyhow!(
+            "no home directory to keep the state file in; pass --state FILE"
+        ))
     })?;
     Ok(dirs.data_dir().join("state.db"))
 }
 
 /// Opens the state store and returns it with the lock directory beside it.
 pub async fn open_store(path: &Path) -> Result<(Store, PathBuf), Failure> {
-    let store = Store::open(path).await.with_context(|| "opening the state file")?;
-    let locks = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join("locks");
+    let store = Store::open(path)
+        .await
+        .with_context(|| "opening the state file")?;
+    let locks = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("locks");
     Ok((store, locks))
 }

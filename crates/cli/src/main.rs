@@ -42,6 +42,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: cli::Args) -> Result<ExitCode, Failure> {
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Failed(anyhow::anyhow!("cannot start the async runtime: {e}")))?;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot start the async runtime: {e}")))?;
     runtime.block_on(commands::dispatch(args))
 }

@@ -20,7 +20,11 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 /// Progress on stderr, in the seed's style: `Waiting for … . . . Instance is running.`
@@ -32,7 +36,10 @@ pub struct Steps {
 
 impl Steps {
     pub fn new() -> Self {
-        Self { spinner: Mutex::new(None), fancy: std::io::stderr().is_terminal() }
+        Self {
+            spinner: Mutex::new(None),
+            fancy: std::io::stderr().is_terminal(),
+        }
     }
 }
 
@@ -52,7 +59,10 @@ impl Progress for Steps {
         }
         if self.fancy {
             let bar = ProgressBar::new_spinner();
-            bar.set_style(ProgressStyle::with_template("{msg} {spinner} {elapsed}").expect("static template is valid"));
+            bar.set_style(
+                ProgressStyle::with_template("{msg} {spinner} {elapsed}")
+                    .expect("static template is valid"),
+            );
             bar.set_message(format!("{what} ..."));
             bar.enable_steady_tick(Duration::from_millis(120));
             *guard = Some(bar);
@@ -130,7 +140,11 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(header.to_vec());
@@ -156,5 +170,14 @@ pub fn instance_row(i: &Instance) -> Vec<String> {
 }
 
 /// Header matching [`instance_row`].
-pub const INSTANCE_HEADER: [&str; 9] =
-    ["BOX", "INSTANCE", "STATE", "TYPE", "ZONE", "MARKET", "PUBLIC IP", "PRIVATE IP", "LAUNCHED"];
+pub const INSTANCE_HEADER: [&str; 9] = [
+    "BOX",
+    "INSTANCE",
+    "STATE",
+    "TYPE",
+    "ZONE",
+    "MARKET",
+    "PUBLIC IP",
+    "PRIVATE IP",
+    "LAUNCHED",
+];

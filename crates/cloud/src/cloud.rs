@@ -48,6 +48,9 @@ pub trait Cloud: Send + Sync + std::fmt::Debug {
     async fn cancel_spot_requests(&self, ids: &[SpotRequestId]) -> Result<(), CloudError>;
 
     /// Adds or overwrites `tags` on the resources (instances, requests, volumes …).
-    async fn tag(&self, resource_ids: &[String], tags: &[(String, String)])
-    -> Result<(), CloudError>;
+    async fn tag(
+        &self,
+        resource_ids: &[String],
+        tags: &[(String, String)],
+    ) -> Result<(), CloudError>;
 }

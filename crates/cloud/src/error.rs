@@ -136,14 +136,23 @@ mod tests {
 
     #[test]
     fn capacity_quota_and_auth_codes_are_told_apart() {
-        assert_eq!(classify("InsufficientInstanceCapacity"), ErrorKind::InsufficientCapacity);
-        assert_eq!(classify("MaxSpotInstanceCountExceeded"), ErrorKind::QuotaExceeded);
+        assert_eq!(
+            classify("InsufficientInstanceCapacity"),
+            ErrorKind::InsufficientCapacity
+        );
+        assert_eq!(
+            classify("MaxSpotInstanceCountExceeded"),
+            ErrorKind::QuotaExceeded
+        );
         assert_eq!(classify("VcpuLimitExceeded"), ErrorKind::QuotaExceeded);
         assert_eq!(classify("SpotMaxPriceTooLow"), ErrorKind::PriceTooLow);
         assert_eq!(classify("RequestLimitExceeded"), ErrorKind::Throttled);
         assert_eq!(classify("InvalidInstanceID.NotFound"), ErrorKind::NotFound);
         assert_eq!(classify("InvalidAMIID.NotFound"), ErrorKind::NotFound);
-        assert_eq!(classify("IdempotentParameterMismatch"), ErrorKind::IdempotencyMismatch);
+        assert_eq!(
+            classify("IdempotentParameterMismatch"),
+            ErrorKind::IdempotencyMismatch
+        );
         assert_eq!(classify("UnauthorizedOperation"), ErrorKind::Unauthorized);
         assert_eq!(classify("InvalidParameterValue"), ErrorKind::InvalidRequest);
         assert_eq!(classify("SomethingNew"), ErrorKind::Other);
@@ -152,6 +161,9 @@ mod tests {
     #[test]
     fn display_is_one_line_naming_the_call() {
         let e = CloudError::from_code("RunInstances", "InvalidAMIID.NotFound", "no such image");
-        assert_eq!(e.to_string(), "RunInstances failed: InvalidAMIID.NotFound: no such image");
+        assert_eq!(
+            e.to_string(),
+            "RunInstances failed: InvalidAMIID.NotFound: no such image"
+        );
     }
 }

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use crate::cloud::Cloud;
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{
-    Instance, InstanceId, InstanceState, LaunchSpec, Market, SpotPrice, SpotRequest,
-    SpotRequestId, SpotRequestState, TagFilter,
+    Instance, InstanceId, InstanceState, LaunchSpec, Market, SpotPrice, SpotRequest, SpotRequestId,
+    SpotRequestState, TagFilter,
 };
 
 #[derive(Debug, Default)]
@@ -22,6 +22,9 @@ struct State {
     prices: BTreeMap<(String, String), f64>,
     subnets: BTreeMap<String, String>,
     launch_elsewhere: Vec<Instance>,
+    lose_next_answer: bool,
+    describe_lag: u32,
+    hidden: HashMap<InstanceId, u32>,
     instances: BTreeMap<InstanceId, Instance>,
     requests: BTreeMap<SpotRequestId, SpotRequest>,
     tokens: HashMap<String, (LaunchSpec, InstanceId)>,
@@ -51,12 +54,16 @@ impl FakeCloud {
 
     /// Sets the spot price of `instance_type` in `zone`.
     pub fn set_price(&self, instance_type: &str, zone: &str, price: f64) {
-        self.lock().prices.insert((instance_type.to_owned(), zone.to_owned()), price);
+        self.lock()
+            .prices
+            .insert((instance_type.to_owned(), zone.to_owned()), price);
     }
 
     /// Declares a subnet in `zone`.
     pub fn add_subnet(&self, subnet_id: &str, zone: &str) {
-        self.lock().subnets.insert(subnet_id.to_owned(), zone.to_owned());
+        self.lock()
+            .subnets
+            .insert(subnet_id.to_owned(), zone.to_owned());
     }
 
     /// On the next RunInstances, also makes `instance` appear, as if another
@@ -65,13 +72,29 @@ impl FakeCloud {
         self.lock().launch_elsewhere.push(instance);
     }
 
+    /// The next RunInstances launches, but its answer is "lost": the caller
+    /// gets an `Unreachable` error, as when a connection drops mid-call.
+    pub fn lose_next_launch_answer(&self) {
+        self.lock().lose_next_answer = true;
+    }
+
+    /// New instances stay invisible to the next `n` describes, as AWS's
+    /// eventual consistency can make them right after RunInstances.
+    pub fn set_describe_lag(&self, n: u32) {
+        self.lock().describe_lag = n;
+    }
+
     /// Makes the next call of `operation` (e.g. `"RunInstances"`) fail with `code`.
     pub fn fail_next(&self, operation: &'static str, code: &str) {
         self.lock()
             .errors
             .entry(operation)
             .or_default()
-            .push_back(CloudError::from_code(operation, code, "injected by FakeCloud"));
+            .push_back(CloudError::from_code(
+                operation,
+                code,
+                "injected by FakeCloud",
+            ));
     }
 
     /// Every call made so far, as `"Operation"` strings in order.
@@ -111,7 +134,10 @@ impl FakeCloud {
         }
     }
 
-    fn enter(&self, operation: &'static str) -> Result<std::sync::MutexGuard<'_, State>, CloudError> {
+    fn enter(
+        &self,
+        operation: &'static str,
+    ) -> Result<std::sync::MutexGuard<'_, State>, CloudError> {
         let mut s = self.lock();
         s.calls.push(operation.to_owned());
         if let Some(err) = s.errors.get_mut(operation).and_then(VecDeque::pop_front) {
@@ -130,7 +156,11 @@ impl Cloud for FakeCloud {
     async fn subnet_zone(&self, subnet_id: &str) -> Result<String, CloudError> {
         let s = self.enter("DescribeSubnets")?;
         s.subnets.get(subnet_id).cloned().ok_or_else(|| {
-            CloudError::from_code("DescribeSubnets", "InvalidSubnetID.NotFound", format!("subnet {subnet_id} not found"))
+            CloudError::from_code(
+                "DescribeSubnets",
+                "InvalidSubnetID.NotFound",
+                format!("subnet {subnet_id} not found"),
+            )
         })
     }
 
@@ -142,8 +172,14 @@ impl Cloud for FakeCloud {
         let s = self.enter("DescribeSpotPriceHistory")?;
         Ok(s.prices
             .iter()
-            .filter(|((t, z), _)| instance_types.contains(t) && (zones.is_empty() || zones.contains(z)))
-            .map(|((t, z), p)| SpotPrice { instance_type: t.clone(), zone: z.clone(), price: *p })
+            .filter(|((t, z), _)| {
+                instance_types.contains(t) && (zones.is_empty() || zones.contains(z))
+            })
+            .map(|((t, z), p)| SpotPrice {
+                instance_type: t.clone(),
+                zone: z.clone(),
+                price: *p,
+            })
             .collect())
     }
 
@@ -169,7 +205,8 @@ impl Cloud for FakeCloud {
         let n = s.next_id;
         let id = InstanceId::new(format!("i-{n:017x}"));
         let zone = spec.zone.clone().or_else(|| s.zones.first().cloned());
-        let spot_request_id = (spec.market == Market::Spot).then(|| SpotRequestId::new(format!("sir-{n:08x}")));
+        let spot_request_id =
+            (spec.market == Market::Spot).then(|| SpotRequestId::new(format!("sir-{n:08x}")));
         if let Some(rid) = &spot_request_id {
             s.requests.insert(
                 rid.clone(),
@@ -196,14 +233,30 @@ impl Cloud for FakeCloud {
             tags: spec.tags.clone(),
         };
         s.instances.insert(id.clone(), instance.clone());
-        s.tokens.insert(spec.client_token.clone(), (spec.clone(), id));
+        s.tokens
+            .insert(spec.client_token.clone(), (spec.clone(), id.clone()));
+        let lag = s.describe_lag;
+        if lag > 0 {
+            s.hidden.insert(id, lag);
+        }
+        if std::mem::take(&mut s.lose_next_answer) {
+            return Err(CloudError::other(
+                "RunInstances",
+                ErrorKind::Unreachable,
+                "connection reset (injected by FakeCloud)",
+            ));
+        }
         Ok(instance)
     }
 
     async fn instances(&self, filter: &TagFilter) -> Result<Vec<Instance>, CloudError> {
         let mut s = self.enter("DescribeInstances")?;
+        let hidden = tick_hidden(&mut s);
         let mut out = Vec::new();
         for i in s.instances.values_mut() {
+            if hidden.contains(&i.id) {
+                continue;
+            }
             let seen = i.clone();
             advance(i);
             if filter.matches(&seen.tags) {
@@ -215,6 +268,9 @@ impl Cloud for FakeCloud {
 
     async fn instance(&self, id: &InstanceId) -> Result<Option<Instance>, CloudError> {
         let mut s = self.enter("DescribeInstances")?;
+        if tick_hidden(&mut s).contains(id) {
+            return Ok(None);
+        }
         Ok(s.instances.get_mut(id).map(|i| {
             let seen = i.clone();
             advance(i);
@@ -224,7 +280,11 @@ impl Cloud for FakeCloud {
 
     async fn spot_requests(&self, filter: &TagFilter) -> Result<Vec<SpotRequest>, CloudError> {
         let s = self.enter("DescribeSpotInstanceRequests")?;
-        Ok(s.requests.values().filter(|r| filter.matches(&r.tags)).cloned().collect())
+        Ok(s.requests
+            .values()
+            .filter(|r| filter.matches(&r.tags))
+            .cloned()
+            .collect())
     }
 
     async fn terminate(&self, ids: &[InstanceId]) -> Result<(), CloudError> {
@@ -261,7 +321,11 @@ impl Cloud for FakeCloud {
         Ok(())
     }
 
-    async fn tag(&self, resource_ids: &[String], tags: &[(String, String)]) -> Result<(), CloudError> {
+    async fn tag(
+        &self,
+        resource_ids: &[String],
+        tags: &[(String, String)],
+    ) -> Result<(), CloudError> {
         let mut s = self.enter("CreateTags")?;
         for rid in resource_ids {
             if let Some(i) = s.instances.get_mut(&InstanceId::new(rid.as_str())) {
@@ -273,6 +337,17 @@ impl Cloud for FakeCloud {
         }
         Ok(())
     }
+}
+
+/// Counts one describe against every hidden instance; returns those still hidden.
+fn tick_hidden(s: &mut State) -> Vec<InstanceId> {
+    let mut still = Vec::new();
+    s.hidden.retain(|id, n| {
+        *n -= 1;
+        still.push(id.clone());
+        *n > 0
+    });
+    still
 }
 
 /// Moves an instance one step along its lifecycle, as successive describes on AWS would show.

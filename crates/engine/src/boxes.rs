@@ -81,7 +81,10 @@ pub struct Ctx<'a> {
 
 impl std::fmt::Debug for Ctx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ctx").field("owner", &self.owner).field("timing", &self.timing).finish_non_exhaustive()
+        f.debug_struct("Ctx")
+            .field("owner", &self.owner)
+            .field("timing", &self.timing)
+            .finish_non_exhaustive()
     }
 }
 
@@ -115,7 +118,9 @@ pub enum BoxError {
         tried: String,
     },
     /// The instance ended while we waited for it to run.
-    #[error("instance {id} ended ({state}) before it was running; AWS may have reclaimed the spot capacity")]
+    #[error(
+        "instance {id} ended ({state}) before it was running; AWS may have reclaimed the spot capacity"
+    )]
     EndedEarly {
         /// Instance.
         id: InstanceId,
@@ -171,19 +176,28 @@ pub fn box_filter(owner: &str, box_name: &str) -> TagFilter {
 
 /// Live (pending or running) instances of a box that no `stop` has marked.
 fn live(instances: Vec<Instance>) -> Vec<Instance> {
-    instances.into_iter().filter(|i| i.state.is_live() && i.tag(tags::STOPPED).is_none()).collect()
+    instances
+        .into_iter()
+        .filter(|i| i.state.is_live() && i.tag(tags::STOPPED).is_none())
+        .collect()
 }
 
 /// Open spot requests of a box that no `stop` has marked.
 fn open_requests(requests: Vec<SpotRequest>) -> Vec<SpotRequest> {
-    requests.into_iter().filter(|r| r.state == SpotRequestState::Open && r.tag(tags::STOPPED).is_none()).collect()
+    requests
+        .into_iter()
+        .filter(|r| r.state == SpotRequestState::Open && r.tag(tags::STOPPED).is_none())
+        .collect()
 }
 
 /// Of several live instances of one box, the one every racer agrees to keep:
 /// the oldest launch, then the smallest id.
 fn keeper(instances: &[Instance]) -> Option<&Instance> {
     instances.iter().min_by(|a, b| {
-        a.launched_at.unwrap_or(SystemTime::UNIX_EPOCH).cmp(&b.launched_at.unwrap_or(SystemTime::UNIX_EPOCH)).then_with(|| a.id.cmp(&b.id))
+        a.launched_at
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+            .cmp(&b.launched_at.unwrap_or(SystemTime::UNIX_EPOCH))
+            .then_with(|| a.id.cmp(&b.id))
     })
 }
 
@@ -200,7 +214,11 @@ async fn allowed_zones(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<Vec<String>, Clo
 }
 
 /// Current spot prices of `types` in `zones` (every zone when empty), cheapest first.
-pub async fn prices(cloud: &dyn Cloud, types: &[String], zones: &[String]) -> Result<Vec<SpotPrice>, CloudError> {
+pub async fn prices(
+    cloud: &dyn Cloud,
+    types: &[String],
+    zones: &[String],
+) -> Result<Vec<SpotPrice>, CloudError> {
     let mut p = cloud.spot_prices(types, zones).await?;
     plan::sort_prices(&mut p, types);
     Ok(p)
@@ -217,9 +235,15 @@ pub async fn box_prices(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<Vec<SpotPrice>,
 
 /// Every live instance this owner has, by box then launch time.
 pub async fn list(cloud: &dyn Cloud, owner: &str) -> Result<Vec<Instance>, CloudError> {
-    let mut all: Vec<Instance> =
-        cloud.instances(&owner_filter(owner)).await?.into_iter().filter(|i| i.state.is_live()).collect();
-    all.sort_by(|a, b| (a.tag(tags::BOX), a.launched_at, &a.id).cmp(&(b.tag(tags::BOX), b.launched_at, &b.id)));
+    let mut all: Vec<Instance> = cloud
+        .instances(&owner_filter(owner))
+        .await?
+        .into_iter()
+        .filter(|i| i.state.is_live())
+        .collect();
+    all.sort_by(|a, b| {
+        (a.tag(tags::BOX), a.launched_at, &a.id).cmp(&(b.tag(tags::BOX), b.launched_at, &b.id))
+    });
     Ok(all)
 }
 
@@ -229,10 +253,16 @@ pub async fn list(cloud: &dyn Cloud, owner: &str) -> Result<Vec<Instance>, Cloud
 pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
     let name = spec.name.as_str();
     let _lock = lock_box(ctx.lock_dir, ctx.owner, name, &|| {
-        ctx.progress.note(&format!("Another spotkeeper is changing box {name}; waiting for it to finish ..."));
+        ctx.progress.note(&format!(
+            "Another spotkeeper is changing box {name}; waiting for it to finish ..."
+        ));
     })
     .await
-    .map_err(|source| BoxError::Lock { box_name: name.to_owned(), path: ctx.lock_dir.to_path_buf(), source })?;
+    .map_err(|source| BoxError::Lock {
+        box_name: name.to_owned(),
+        path: ctx.lock_dir.to_path_buf(),
+        source,
+    })?;
 
     let filter = box_filter(ctx.owner, name);
     let existing = live(ctx.cloud.instances(&filter).await?);
@@ -244,16 +274,28 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
         terminate_extras(ctx, name, &existing, &keep).await?;
         let instance = wait_running(ctx, &keep.id).await?;
         check_ready(ctx, spec, &instance).await?;
-        return Ok(UpOutcome { instance, launched: false });
+        return Ok(UpOutcome {
+            instance,
+            launched: false,
+        });
     }
 
     if spec.market == Market::Spot {
-        if let Some(open) = open_requests(ctx.cloud.spot_requests(&filter).await?).into_iter().next() {
-            ctx.progress.note(&format!("Spot request {} for box {name} is open already; waiting for it", open.id));
+        if let Some(open) = open_requests(ctx.cloud.spot_requests(&filter).await?)
+            .into_iter()
+            .next()
+        {
+            ctx.progress.note(&format!(
+                "Spot request {} for box {name} is open already; waiting for it",
+                open.id
+            ));
             let instance = wait_fulfilled(ctx, &open.id).await?;
             let instance = wait_running(ctx, &instance).await?;
             check_ready(ctx, spec, &instance).await?;
-            return Ok(UpOutcome { instance, launched: false });
+            return Ok(UpOutcome {
+                instance,
+                launched: false,
+            });
         }
     }
 
@@ -270,17 +312,33 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
     let offerings: Vec<(String, Option<String>, Option<f64>)> = match spec.market {
         Market::Spot => {
             let prices = box_prices(ctx, spec).await?;
-            let chosen = plan::candidates(&prices, &spec.instance_types, &zones, spec.max_price, &HashSet::new())?;
+            let chosen = plan::candidates(
+                &prices,
+                &spec.instance_types,
+                &zones,
+                spec.max_price,
+                &HashSet::new(),
+            )?;
             let best = &chosen[0];
             ctx.progress.note(&format!(
                 "Spot price is {} ({} in {}), at or under the ceiling of {}, continuing",
                 best.price, best.instance_type, best.zone, spec.max_price
             ));
-            chosen.into_iter().map(|p| (p.instance_type, Some(p.zone), Some(p.price))).collect()
+            chosen
+                .into_iter()
+                .map(|p| (p.instance_type, Some(p.zone), Some(p.price)))
+                .collect()
         }
         Market::OnDemand => {
-            let zone = if spec.subnet.is_some() || spec.zones.is_some() { zones.first().cloned() } else { None };
-            spec.instance_types.iter().map(|t| (t.clone(), zone.clone(), None)).collect()
+            let zone = if spec.subnet.is_some() || spec.zones.is_some() {
+                zones.first().cloned()
+            } else {
+                None
+            };
+            spec.instance_types
+                .iter()
+                .map(|t| (t.clone(), zone.clone(), None))
+                .collect()
         }
     };
 
@@ -290,7 +348,10 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
         // token if it planned the same offering, so AWS returns what it made.
         let intent = match reusable.take() {
             Some(i) if i.instance_type == instance_type && i.zone == zone => {
-                ctx.progress.note(&format!("Resuming an interrupted launch (client token {})", i.token));
+                ctx.progress.note(&format!(
+                    "Resuming an interrupted launch (client token {})",
+                    i.token
+                ));
                 i
             }
             Some(stale) => {
@@ -303,7 +364,11 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
             image_id: ImageId::new(spec.image.as_str()),
             instance_type: instance_type.clone(),
             market: spec.market,
-            zone: if spec.subnet.is_some() { None } else { zone.clone() },
+            zone: if spec.subnet.is_some() {
+                None
+            } else {
+                zone.clone()
+            },
             subnet_id: spec.subnet.clone(),
             security_group_ids: spec.security_groups.clone(),
             key_name: spec.key_name.clone(),
@@ -326,7 +391,11 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
                 ctx.store
                     .record_event(ctx.owner, Some(name), "launch-failed", &e.to_string())
                     .await?;
-                tried.push(format!("{instance_type} in {}: {}", zone.as_deref().unwrap_or("any zone"), e.code.as_deref().unwrap_or("?")));
+                tried.push(format!(
+                    "{instance_type} in {}: {}",
+                    zone.as_deref().unwrap_or("any zone"),
+                    e.code.as_deref().unwrap_or("?")
+                ));
                 continue;
             }
             Err(e) => {
@@ -336,19 +405,34 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
                 if e.kind != ErrorKind::Unreachable {
                     ctx.store.close_intent(intent.id, "failed").await?;
                 }
-                ctx.store.record_event(ctx.owner, Some(name), "launch-failed", &e.to_string()).await?;
+                ctx.store
+                    .record_event(ctx.owner, Some(name), "launch-failed", &e.to_string())
+                    .await?;
                 return Err(e.into());
             }
         };
-        ctx.store.set_intent_instance(intent.id, instance.id.as_str()).await?;
-        let via = instance.spot_request_id.as_ref().map(|r| format!(" (spot request {r})")).unwrap_or_default();
-        ctx.progress.finish(&format!("launched {}{via}", instance.id));
+        ctx.store
+            .set_intent_instance(intent.id, instance.id.as_str())
+            .await?;
+        let via = instance
+            .spot_request_id
+            .as_ref()
+            .map(|r| format!(" (spot request {r})"))
+            .unwrap_or_default();
+        ctx.progress
+            .finish(&format!("launched {}{via}", instance.id));
         ctx.store
             .record_event(
                 ctx.owner,
                 Some(name),
                 "launch",
-                &format!("launched {} ({} {} in {})", instance.id, spec.market, instance_type, zone.as_deref().unwrap_or("?")),
+                &format!(
+                    "launched {} ({} {} in {})",
+                    instance.id,
+                    spec.market,
+                    instance_type,
+                    zone.as_deref().unwrap_or("?")
+                ),
             )
             .await?;
 
@@ -358,21 +442,36 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
         if !live_now.iter().any(|i| i.id == instance.id) {
             live_now.push(instance.clone());
         }
-        let keep = keeper(&live_now).cloned().unwrap_or_else(|| instance.clone());
+        let keep = keeper(&live_now)
+            .cloned()
+            .unwrap_or_else(|| instance.clone());
         if keep.id != instance.id {
-            ctx.progress.note(&format!("Another launch of box {name} won the race ({}); terminating ours ({})", keep.id, instance.id));
+            ctx.progress.note(&format!(
+                "Another launch of box {name} won the race ({}); terminating ours ({})",
+                keep.id, instance.id
+            ));
             mark_stopped(ctx, &[instance.id.as_str().to_owned()]).await?;
-            ctx.cloud.terminate(std::slice::from_ref(&instance.id)).await?;
+            ctx.cloud
+                .terminate(std::slice::from_ref(&instance.id))
+                .await?;
             ctx.store.close_intent(intent.id, "lost-race").await?;
             let instance = wait_running(ctx, &keep.id).await?;
             check_ready(ctx, spec, &instance).await?;
-            return Ok(UpOutcome { instance, launched: false });
+            return Ok(UpOutcome {
+                instance,
+                launched: false,
+            });
         }
         let instance = wait_running(ctx, &instance.id).await?;
         check_ready(ctx, spec, &instance).await?;
-        return Ok(UpOutcome { instance, launched: true });
+        return Ok(UpOutcome {
+            instance,
+            launched: true,
+        });
     }
-    Err(BoxError::NoCapacity { tried: tried.join("; ") })
+    Err(BoxError::NoCapacity {
+        tried: tried.join("; "),
+    })
 }
 
 async fn new_intent(
@@ -384,7 +483,17 @@ async fn new_intent(
 ) -> Result<crate::store::Intent, StoreError> {
     let generation = ctx.store.next_generation(ctx.owner, name).await?;
     let token = plan::client_token(ctx.owner, name, generation, market, instance_type, zone);
-    ctx.store.create_intent(ctx.owner, name, generation, &token, market.as_str(), instance_type, zone).await
+    ctx.store
+        .create_intent(
+            ctx.owner,
+            name,
+            generation,
+            &token,
+            market.as_str(),
+            instance_type,
+            zone,
+        )
+        .await
 }
 
 /// Tags set at creation on the instance, its volumes and its spot request.
@@ -397,22 +506,54 @@ pub fn launch_tags(owner: &str, spec: &BoxSpec, token: &str) -> BTreeMap<String,
     t
 }
 
-async fn terminate_extras(ctx: &Ctx<'_>, name: &str, live: &[Instance], keep: &Instance) -> Result<(), BoxError> {
-    let extras: Vec<InstanceId> = live.iter().filter(|i| i.id != keep.id).map(|i| i.id.clone()).collect();
+async fn terminate_extras(
+    ctx: &Ctx<'_>,
+    name: &str,
+    live: &[Instance],
+    keep: &Instance,
+) -> Result<(), BoxError> {
+    let extras: Vec<InstanceId> = live
+        .iter()
+        .filter(|i| i.id != keep.id)
+        .map(|i| i.id.clone())
+        .collect();
     if extras.is_empty() {
         return Ok(());
     }
-    let list = extras.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-    ctx.progress.note(&format!("Box {name} has duplicate instances ({list}); keeping {} and terminating the rest", keep.id));
-    mark_stopped(ctx, &extras.iter().map(|i| i.as_str().to_owned()).collect::<Vec<_>>()).await?;
+    let list = extras
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    ctx.progress.note(&format!(
+        "Box {name} has duplicate instances ({list}); keeping {} and terminating the rest",
+        keep.id
+    ));
+    mark_stopped(
+        ctx,
+        &extras
+            .iter()
+            .map(|i| i.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .await?;
     ctx.cloud.terminate(&extras).await?;
-    ctx.store.record_event(ctx.owner, Some(name), "duplicate-terminated", &format!("terminated {list}, kept {}", keep.id)).await?;
+    ctx.store
+        .record_event(
+            ctx.owner,
+            Some(name),
+            "duplicate-terminated",
+            &format!("terminated {list}, kept {}", keep.id),
+        )
+        .await?;
     Ok(())
 }
 
 async fn mark_stopped(ctx: &Ctx<'_>, ids: &[String]) -> Result<(), CloudError> {
     let when = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    ctx.cloud.tag(ids, &[(tags::STOPPED.to_owned(), when)]).await
+    ctx.cloud
+        .tag(ids, &[(tags::STOPPED.to_owned(), when)])
+        .await
 }
 
 async fn wait_fulfilled(ctx: &Ctx<'_>, request: &SpotRequestId) -> Result<InstanceId, BoxError> {
@@ -423,26 +564,39 @@ async fn wait_fulfilled(ctx: &Ctx<'_>, request: &SpotRequestId) -> Result<Instan
     loop {
         let all = ctx.cloud.spot_requests(&owner_filter(ctx.owner)).await?;
         match all.into_iter().find(|r| &r.id == request) {
-            Some(SpotRequest { instance_id: Some(id), .. }) => {
+            Some(SpotRequest {
+                instance_id: Some(id),
+                ..
+            }) => {
                 ctx.progress.finish(&format!("fulfilled by {id}"));
                 return Ok(id);
             }
             Some(r) if r.state != SpotRequestState::Open => {
                 ctx.progress.finish(r.state.as_str());
-                return Err(BoxError::Timeout { what: format!("spot request {request} ended {} without an instance", r.state.as_str()), after: Duration::ZERO });
+                return Err(BoxError::Timeout {
+                    what: format!(
+                        "spot request {request} ended {} without an instance",
+                        r.state.as_str()
+                    ),
+                    after: Duration::ZERO,
+                });
             }
             _ => {}
         }
         if Instant::now() >= deadline {
             ctx.progress.finish("timed out");
-            return Err(BoxError::Timeout { what: format!("spot request {request} to be fulfilled"), after: ctx.timing.running_timeout });
+            return Err(BoxError::Timeout {
+                what: format!("spot request {request} to be fulfilled"),
+                after: ctx.timing.running_timeout,
+            });
         }
         sleep(ctx.timing.poll).await;
     }
 }
 
 async fn wait_running(ctx: &Ctx<'_>, id: &InstanceId) -> Result<Instance, BoxError> {
-    ctx.progress.start(&format!("Waiting for instance {id} to be running"));
+    ctx.progress
+        .start(&format!("Waiting for instance {id} to be running"));
     let deadline = Instant::now() + ctx.timing.running_timeout;
     loop {
         // Right after a launch DescribeInstances may not know the id yet
@@ -456,13 +610,19 @@ async fn wait_running(ctx: &Ctx<'_>, id: &InstanceId) -> Result<Instance, BoxErr
                 InstanceState::Pending => {}
                 state => {
                     ctx.progress.finish(state.as_str());
-                    return Err(BoxError::EndedEarly { id: id.clone(), state });
+                    return Err(BoxError::EndedEarly {
+                        id: id.clone(),
+                        state,
+                    });
                 }
             }
         }
         if Instant::now() >= deadline {
             ctx.progress.finish("timed out");
-            return Err(BoxError::Timeout { what: format!("instance {id} to be running"), after: ctx.timing.running_timeout });
+            return Err(BoxError::Timeout {
+                what: format!("instance {id} to be running"),
+                after: ctx.timing.running_timeout,
+            });
         }
         sleep(ctx.timing.poll).await;
     }
@@ -472,7 +632,10 @@ async fn check_ready(ctx: &Ctx<'_>, spec: &BoxSpec, instance: &Instance) -> Resu
     if spec.ready == crate::config::ReadyCheck::None {
         return Ok(());
     }
-    ctx.progress.start(&format!("Waiting for server to come up ({})", ready::describe(&spec.ready, instance)));
+    ctx.progress.start(&format!(
+        "Waiting for server to come up ({})",
+        ready::describe(&spec.ready, instance)
+    ));
     match ready::wait_ready(&spec.ready, instance, ctx.timing.poll).await {
         Ok(()) => {
             ctx.progress.finish("Server is up!");
@@ -480,7 +643,10 @@ async fn check_ready(ctx: &Ctx<'_>, spec: &BoxSpec, instance: &Instance) -> Resu
         }
         Err(source) => {
             ctx.progress.finish("not ready");
-            Err(BoxError::NotReady { id: instance.id.clone(), source })
+            Err(BoxError::NotReady {
+                id: instance.id.clone(),
+                source,
+            })
         }
     }
 }
@@ -490,14 +656,25 @@ async fn check_ready(ctx: &Ctx<'_>, spec: &BoxSpec, instance: &Instance) -> Resu
 /// intents, and unless `wait` is false waits until they are shutting down.
 pub async fn stop(ctx: &Ctx<'_>, box_name: &str, wait: bool) -> Result<StopOutcome, BoxError> {
     let _lock = lock_box(ctx.lock_dir, ctx.owner, box_name, &|| {
-        ctx.progress.note(&format!("Another spotkeeper is changing box {box_name}; waiting for it to finish ..."));
+        ctx.progress.note(&format!(
+            "Another spotkeeper is changing box {box_name}; waiting for it to finish ..."
+        ));
     })
     .await
-    .map_err(|source| BoxError::Lock { box_name: box_name.to_owned(), path: ctx.lock_dir.to_path_buf(), source })?;
+    .map_err(|source| BoxError::Lock {
+        box_name: box_name.to_owned(),
+        path: ctx.lock_dir.to_path_buf(),
+        source,
+    })?;
 
     let filter = box_filter(ctx.owner, box_name);
-    let instances: Vec<Instance> =
-        ctx.cloud.instances(&filter).await?.into_iter().filter(|i| !i.state.is_gone()).collect();
+    let instances: Vec<Instance> = ctx
+        .cloud
+        .instances(&filter)
+        .await?
+        .into_iter()
+        .filter(|i| !i.state.is_gone())
+        .collect();
     let requests: Vec<SpotRequest> = ctx
         .cloud
         .spot_requests(&filter)
@@ -521,24 +698,43 @@ pub async fn stop(ctx: &Ctx<'_>, box_name: &str, wait: bool) -> Result<StopOutco
             }
         }
     }
-    ctx.store.close_box_intents(ctx.owner, box_name, "stopped").await?;
+    ctx.store
+        .close_box_intents(ctx.owner, box_name, "stopped")
+        .await?;
     if outcome.terminated.is_empty() && outcome.cancelled.is_empty() {
-        ctx.progress.note(&format!("Nothing to stop: box {box_name} has no live instance or open spot request."));
+        ctx.progress.note(&format!(
+            "Nothing to stop: box {box_name} has no live instance or open spot request."
+        ));
         return Ok(outcome);
     }
 
     // Mark first: if we die between here and the terminate, nobody mistakes
     // these for the live box, and the next `stop` finishes the job.
-    let mut marked: Vec<String> = outcome.terminated.iter().map(|i| i.as_str().to_owned()).collect();
+    let mut marked: Vec<String> = outcome
+        .terminated
+        .iter()
+        .map(|i| i.as_str().to_owned())
+        .collect();
     marked.extend(outcome.cancelled.iter().map(|r| r.as_str().to_owned()));
     mark_stopped(ctx, &marked).await?;
     if !outcome.cancelled.is_empty() {
         ctx.cloud.cancel_spot_requests(&outcome.cancelled).await?;
-        let list = outcome.cancelled.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-        ctx.progress.note(&format!("Cancelled spot request(s) {list}"));
+        let list = outcome
+            .cancelled
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        ctx.progress
+            .note(&format!("Cancelled spot request(s) {list}"));
     }
     if !outcome.terminated.is_empty() {
-        let list = outcome.terminated.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        let list = outcome
+            .terminated
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         ctx.progress.start(&format!("Terminating {list}"));
         ctx.cloud.terminate(&outcome.terminated).await?;
         if wait {
@@ -553,7 +749,10 @@ pub async fn stop(ctx: &Ctx<'_>, box_name: &str, wait: bool) -> Result<StopOutco
             ctx.owner,
             Some(box_name),
             "stop",
-            &format!("terminated {:?}, cancelled {:?}", outcome.terminated, outcome.cancelled),
+            &format!(
+                "terminated {:?}, cancelled {:?}",
+                outcome.terminated, outcome.cancelled
+            ),
         )
         .await?;
     Ok(outcome)
@@ -576,7 +775,10 @@ async fn wait_gone(ctx: &Ctx<'_>, ids: &[InstanceId]) -> Result<(), BoxError> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(BoxError::Timeout { what: format!("{left:?} to shut down"), after: ctx.timing.stop_timeout });
+            return Err(BoxError::Timeout {
+                what: format!("{left:?} to shut down"),
+                after: ctx.timing.stop_timeout,
+            });
         }
         sleep(ctx.timing.poll).await;
     }

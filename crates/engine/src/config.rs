@@ -72,7 +72,10 @@ impl Config {
                 message: if known.is_empty() {
                     format!("no box named {name:?}: the file defines no [box.NAME] section")
                 } else {
-                    format!("no box named {name:?}; the file defines: {}", known.join(", "))
+                    format!(
+                        "no box named {name:?}; the file defines: {}",
+                        known.join(", ")
+                    )
                 },
             }
         })
@@ -228,8 +231,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// are resolved against `path`'s directory).
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let at = |span: Option<Range<usize>>, message: String| locate_error(path, text, span, message);
-    let raw: RawConfig =
-        toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let message = match e.span().and_then(|span| key_before(text, span.start)) {
+            Some(key) => format!("{key}: {}", e.message().trim()),
+            None => e.message().trim().to_owned(),
+        };
+        at(e.span(), message)
+    })?;
 
     let owner = match raw.owner {
         Some(o) => {
@@ -246,14 +254,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     if let Some(url) = &raw.aws.endpoint_url {
         let u = url.get_ref();
         if !(u.starts_with("http://") || u.starts_with("https://")) {
-            return Err(at(Some(url.span()), format!("aws.endpoint_url {u:?} is not an http(s) URL")));
+            return Err(at(
+                Some(url.span()),
+                format!("aws.endpoint_url {u:?} is not an http(s) URL"),
+            ));
         }
     }
     let base = path.parent().unwrap_or(Path::new("."));
     let mut boxes = BTreeMap::new();
     for (name, b) in raw.boxes {
-        let spec = validate_box(name.get_ref(), b, base, &at)
-            .map_err(|e| ConfigError { message: format!("box {:?}: {}", name.get_ref(), e.message), ..e })?;
+        let spec = validate_box(name.get_ref(), b, base, &at).map_err(|e| ConfigError {
+            message: format!("box {:?}: {}", name.get_ref(), e.message),
+            ..e
+        })?;
         check_name(name.get_ref()).map_err(|m| at(Some(name.span()), format!("box name: {m}")))?;
         boxes.insert(name.into_inner(), spec);
     }
@@ -288,15 +301,24 @@ fn validate_box(
     for t in b.instance_types.into_inner() {
         let ty = t.get_ref().trim();
         if !is_instance_type(ty) {
-            return Err(at(Some(t.span()), format!("instance type {ty:?} is not of the form family.size, e.g. t3.micro")));
+            return Err(at(
+                Some(t.span()),
+                format!("instance type {ty:?} is not of the form family.size, e.g. t3.micro"),
+            ));
         }
         if instance_types.iter().any(|have| have == ty) {
-            return Err(at(Some(t.span()), format!("instance type {ty:?} is listed twice")));
+            return Err(at(
+                Some(t.span()),
+                format!("instance type {ty:?} is listed twice"),
+            ));
         }
         instance_types.push(ty.to_owned());
     }
     if instance_types.is_empty() {
-        return Err(at(Some(types_span), "instance_types is empty: list at least one type".into()));
+        return Err(at(
+            Some(types_span),
+            "instance_types is empty: list at least one type".into(),
+        ));
     }
     let max_price = *b.max_price.get_ref();
     if !max_price.is_finite() || max_price <= 0.0 {
@@ -307,7 +329,10 @@ fn validate_box(
     }
     let zones = match b.zones {
         Some(z) if z.get_ref().is_empty() => {
-            return Err(at(Some(z.span()), "zones is empty: list zones or leave the key out for every zone".into()));
+            return Err(at(
+                Some(z.span()),
+                "zones is empty: list zones or leave the key out for every zone".into(),
+            ));
         }
         Some(z) => Some(z.into_inner()),
         None => None,
@@ -318,19 +343,28 @@ fn validate_box(
             "spot" => Market::Spot,
             "on-demand" => Market::OnDemand,
             other => {
-                return Err(at(Some(m.span()), format!("market {other:?} is neither \"spot\" nor \"on-demand\"")));
+                return Err(at(
+                    Some(m.span()),
+                    format!("market {other:?} is neither \"spot\" nor \"on-demand\""),
+                ));
             }
         },
     };
     let user_data = match (b.user_data, b.user_data_file) {
         (Some(_), Some(f)) => {
-            return Err(at(Some(f.span()), "set user_data or user_data_file, not both".into()));
+            return Err(at(
+                Some(f.span()),
+                "set user_data or user_data_file, not both".into(),
+            ));
         }
         (Some(d), None) => Some(d.into_inner()),
         (None, Some(f)) => {
             let file = base.join(f.get_ref());
             let data = std::fs::read_to_string(&file).map_err(|e| {
-                at(Some(f.span()), format!("user_data_file {}: {e}", file.display()))
+                at(
+                    Some(f.span()),
+                    format!("user_data_file {}: {e}", file.display()),
+                )
             })?;
             Some(data)
         }
@@ -339,7 +373,10 @@ fn validate_box(
     // EC2 limit: 16 KiB of user data before base64.
     if let Some(d) = &user_data {
         if d.len() > 16 * 1024 {
-            return Err(at(None, format!("user data is {} bytes; EC2 accepts at most 16384", d.len())));
+            return Err(at(
+                None,
+                format!("user data is {} bytes; EC2 accepts at most 16384", d.len()),
+            ));
         }
     }
     let mut tags = BTreeMap::new();
@@ -348,39 +385,67 @@ fn validate_box(
         if key.starts_with("spotkeeper:") || key.starts_with("aws:") || key == "Name" {
             return Err(at(
                 Some(k.span()),
-                format!("tag {key:?} is reserved (spotkeeper sets Name and spotkeeper:* itself; aws:* is AWS's)"),
+                format!(
+                    "tag {key:?} is reserved (spotkeeper sets Name and spotkeeper:* itself; aws:* is AWS's)"
+                ),
             ));
         }
         if key.is_empty() || key.len() > 128 || v.len() > 256 {
-            return Err(at(Some(k.span()), format!("tag {key:?}: keys are 1-128 characters, values at most 256")));
+            return Err(at(
+                Some(k.span()),
+                format!("tag {key:?}: keys are 1-128 characters, values at most 256"),
+            ));
         }
         tags.insert(k.into_inner(), v);
     }
     let ready = match b.ready {
-        None => ReadyCheck::Tcp { host: None, port: 22, timeout: DEFAULT_READY_TIMEOUT },
+        None => ReadyCheck::Tcp {
+            host: None,
+            port: 22,
+            timeout: DEFAULT_READY_TIMEOUT,
+        },
         Some(r) => {
             let span = r.span();
             let timeout = |t: Option<String>| -> Result<Duration, ConfigError> {
                 match t {
                     None => Ok(DEFAULT_READY_TIMEOUT),
                     Some(t) => humantime::parse_duration(&t).map_err(|e| {
-                        at(Some(span.clone()), format!("ready.timeout {t:?} is not a duration like \"10m\" or \"90s\": {e}"))
+                        at(
+                            Some(span.clone()),
+                            format!(
+                                "ready.timeout {t:?} is not a duration like \"10m\" or \"90s\": {e}"
+                            ),
+                        )
                     }),
                 }
             };
             match r.into_inner() {
                 RawReady::None {} => ReadyCheck::None,
-                RawReady::Tcp { port, host, timeout: t } => {
+                RawReady::Tcp {
+                    port,
+                    host,
+                    timeout: t,
+                } => {
                     if port == 0 {
                         return Err(at(Some(span), "ready.port must be 1-65535".into()));
                     }
-                    ReadyCheck::Tcp { host, port, timeout: timeout(t)? }
+                    ReadyCheck::Tcp {
+                        host,
+                        port,
+                        timeout: timeout(t)?,
+                    }
                 }
-                RawReady::Command { command, timeout: t } => {
+                RawReady::Command {
+                    command,
+                    timeout: t,
+                } => {
                     if command.trim().is_empty() {
                         return Err(at(Some(span), "ready.command is empty".into()));
                     }
-                    ReadyCheck::Command { command, timeout: timeout(t)? }
+                    ReadyCheck::Command {
+                        command,
+                        timeout: timeout(t)?,
+                    }
                 }
             }
         }
@@ -406,27 +471,49 @@ fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 40 {
         return Err(format!("{name:?} must be 1 to 40 characters"));
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-        return Err(format!("{name:?} may hold only letters, digits, '-', '_' and '.'"));
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(format!(
+            "{name:?} may hold only letters, digits, '-', '_' and '.'"
+        ));
     }
     Ok(())
 }
 
 fn is_ami_id(s: &str) -> bool {
-    s.strip_prefix("ami-").is_some_and(|hex| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()))
+    s.strip_prefix("ami-")
+        .is_some_and(|hex| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 fn is_instance_type(s: &str) -> bool {
     match s.split_once('.') {
         Some((family, size)) => {
-            let ok = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+            let ok =
+                |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
             ok(family) && ok(size)
         }
         None => false,
     }
 }
 
-fn locate_error(path: &Path, text: &str, span: Option<Range<usize>>, message: String) -> ConfigError {
+/// The key of a `key = value` line when `offset` points into the value, so
+/// serde's "invalid type: string, expected f64" can say which key it means.
+fn key_before(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let (key, _) = text[line_start..offset].split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty() && !key.contains(['[', '{', ','])).then(|| key.to_owned())
+}
+
+fn locate_error(
+    path: &Path,
+    text: &str,
+    span: Option<Range<usize>>,
+    message: String,
+) -> ConfigError {
     let (line, column) = match span {
         Some(span) => {
             let start = span.start.min(text.len());
@@ -437,7 +524,12 @@ fn locate_error(path: &Path, text: &str, span: Option<Range<usize>>, message: St
         }
         None => (None, None),
     };
-    ConfigError { file: path.to_path_buf(), line, column, message }
+    ConfigError {
+        file: path.to_path_buf(),
+        line,
+        column,
+        message,
+    }
 }
 
 #[cfg(test)]
@@ -469,7 +561,14 @@ ready = { check = "tcp", port = 22, timeout = "10m" }
         assert_eq!(b.max_price, 0.02);
         assert_eq!(b.market, Market::Spot);
         assert_eq!(c.owner, DEFAULT_OWNER);
-        assert_eq!(b.ready, ReadyCheck::Tcp { host: None, port: 22, timeout: Duration::from_secs(600) });
+        assert_eq!(
+            b.ready,
+            ReadyCheck::Tcp {
+                host: None,
+                port: 22,
+                timeout: Duration::from_secs(600)
+            }
+        );
     }
 
     #[test]
@@ -483,7 +582,11 @@ ready = { check = "tcp", port = 22, timeout = "10m" }
     fn negative_price_points_at_the_value() {
         let e = err(&GOOD.replace("0.02", "-1.0"));
         assert_eq!((e.line, e.column), (Some(8), Some(13)), "{e}");
-        assert!(e.to_string().starts_with("/cfg/spotkeeper.toml:8:13: box \"dev\": max_price"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/cfg/spotkeeper.toml:8:13: box \"dev\": max_price"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -512,7 +615,10 @@ ready = { check = "tcp", port = 22, timeout = "10m" }
         std::fs::write(dir.path().join("boot.sh"), "#!/bin/sh\necho hi\n").expect("write");
         let text = GOOD.replace("tags =", "user_data_file = \"boot.sh\"\ntags =");
         let c = parse(&dir.path().join("spotkeeper.toml"), &text).expect("valid");
-        assert_eq!(c.boxes["dev"].user_data.as_deref(), Some("#!/bin/sh\necho hi\n"));
+        assert_eq!(
+            c.boxes["dev"].user_data.as_deref(),
+            Some("#!/bin/sh\necho hi\n")
+        );
     }
 
     #[test]
@@ -525,18 +631,33 @@ ready = { check = "tcp", port = 22, timeout = "10m" }
     #[test]
     fn bad_ready_check_and_timeout_are_rejected() {
         assert!(err(&GOOD.replace("check = \"tcp\"", "check = \"ping\"")).line == Some(11));
-        assert!(err(&GOOD.replace("\"10m\"", "\"soon\"")).message.contains("not a duration"));
+        assert!(
+            err(&GOOD.replace("\"10m\"", "\"soon\""))
+                .message
+                .contains("not a duration")
+        );
     }
 
     #[test]
     fn reserved_tags_and_bad_images_are_rejected() {
-        assert!(err(&GOOD.replace("team = ", "\"spotkeeper:box\" = ")).message.contains("reserved"));
-        assert!(err(&GOOD.replace("ami-0123456789abcdef0", "ubuntu")).message.contains("not an AMI id"));
+        assert!(
+            err(&GOOD.replace("team = ", "\"spotkeeper:box\" = "))
+                .message
+                .contains("reserved")
+        );
+        assert!(
+            err(&GOOD.replace("ami-0123456789abcdef0", "ubuntu"))
+                .message
+                .contains("not an AMI id")
+        );
     }
 
     #[test]
     fn config_location_prefers_flag_then_env_then_default() {
-        assert_eq!(locate(Some(Path::new("a.toml")), Some("b.toml")), PathBuf::from("a.toml"));
+        assert_eq!(
+            locate(Some(Path::new("a.toml")), Some("b.toml")),
+            PathBuf::from("a.toml")
+        );
         assert_eq!(locate(None, Some("b.toml")), PathBuf::from("b.toml"));
         assert_eq!(locate(None, None), PathBuf::from(DEFAULT_FILE));
     }

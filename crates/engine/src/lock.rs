@@ -25,10 +25,19 @@ impl BoxLock {
 
 /// Takes the lock of `box_name` under `dir`, calling `on_wait` once if another
 /// process holds it.
-pub async fn lock_box(dir: &Path, owner: &str, box_name: &str, on_wait: &dyn Fn()) -> std::io::Result<BoxLock> {
+pub async fn lock_box(
+    dir: &Path,
+    owner: &str,
+    box_name: &str,
+    on_wait: &dyn Fn(),
+) -> std::io::Result<BoxLock> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("{owner}.{box_name}.lock"));
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
     let mut told = false;
     loop {
         match file.try_lock() {

@@ -19,9 +19,11 @@ pub struct NoOffering {
 
 fn describe_no_offering(ceiling: &f64, prices: &[SpotPrice]) -> String {
     if prices.is_empty() {
-        return "AWS reports no spot price for any allowed instance type in the allowed zones".into();
+        return "AWS reports no spot price for any allowed instance type in the allowed zones"
+            .into();
     }
-    let mut s = format!("no spot offering at or under the ceiling of {ceiling} USD/h; current prices:");
+    let mut s =
+        format!("no spot offering at or under the ceiling of {ceiling} USD/h; current prices:");
     for p in prices {
         let _ = write!(s, "\n  {:<14} {:<14} {}", p.instance_type, p.zone, p.price);
     }
@@ -63,7 +65,10 @@ pub fn candidates(
         .cloned()
         .collect();
     if chosen.is_empty() {
-        return Err(NoOffering { ceiling, prices: allowed });
+        return Err(NoOffering {
+            ceiling,
+            prices: allowed,
+        });
     }
     Ok(chosen)
 }
@@ -80,7 +85,14 @@ pub fn client_token(
     zone: Option<&str>,
 ) -> String {
     let mut h = Sha256::new();
-    for part in [owner, box_name, &generation.to_string(), market.as_str(), instance_type, zone.unwrap_or("")] {
+    for part in [
+        owner,
+        box_name,
+        &generation.to_string(),
+        market.as_str(),
+        instance_type,
+        zone.unwrap_or(""),
+    ] {
         h.update(part.as_bytes());
         h.update([0u8]);
     }
@@ -97,7 +109,11 @@ mod tests {
     use super::*;
 
     fn p(t: &str, z: &str, price: f64) -> SpotPrice {
-        SpotPrice { instance_type: t.into(), zone: z.into(), price }
+        SpotPrice {
+            instance_type: t.into(),
+            zone: z.into(),
+            price,
+        }
     }
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| (*x).to_owned()).collect()
@@ -105,45 +121,118 @@ mod tests {
 
     #[test]
     fn cheapest_allowed_pair_comes_first() {
-        let prices = [p("t3.micro", "a", 0.010), p("t3a.micro", "b", 0.004), p("t3.micro", "b", 0.006), p("m5.large", "a", 0.001)];
-        let c = candidates(&prices, &s(&["t3.micro", "t3a.micro"]), &s(&["a", "b"]), 0.02, &HashSet::new()).expect("some");
+        let prices = [
+            p("t3.micro", "a", 0.010),
+            p("t3a.micro", "b", 0.004),
+            p("t3.micro", "b", 0.006),
+            p("m5.large", "a", 0.001),
+        ];
+        let c = candidates(
+            &prices,
+            &s(&["t3.micro", "t3a.micro"]),
+            &s(&["a", "b"]),
+            0.02,
+            &HashSet::new(),
+        )
+        .expect("some");
         assert_eq!(c[0], p("t3a.micro", "b", 0.004));
         assert_eq!(c.len(), 3, "m5.large is not allowed");
     }
 
     #[test]
     fn equal_prices_follow_type_preference_then_zone() {
-        let prices = [p("t3a.micro", "a", 0.005), p("t3.micro", "b", 0.005), p("t3.micro", "a", 0.005)];
-        let c = candidates(&prices, &s(&["t3.micro", "t3a.micro"]), &s(&["a", "b"]), 1.0, &HashSet::new()).expect("some");
-        assert_eq!(c, vec![p("t3.micro", "a", 0.005), p("t3.micro", "b", 0.005), p("t3a.micro", "a", 0.005)]);
+        let prices = [
+            p("t3a.micro", "a", 0.005),
+            p("t3.micro", "b", 0.005),
+            p("t3.micro", "a", 0.005),
+        ];
+        let c = candidates(
+            &prices,
+            &s(&["t3.micro", "t3a.micro"]),
+            &s(&["a", "b"]),
+            1.0,
+            &HashSet::new(),
+        )
+        .expect("some");
+        assert_eq!(
+            c,
+            vec![
+                p("t3.micro", "a", 0.005),
+                p("t3.micro", "b", 0.005),
+                p("t3a.micro", "a", 0.005)
+            ]
+        );
     }
 
     #[test]
     fn ceiling_excludes_dearer_pairs_and_none_under_lists_every_price() {
         let prices = [p("t3.micro", "a", 0.03), p("t3.micro", "b", 0.025)];
-        let e = candidates(&prices, &s(&["t3.micro"]), &s(&["a", "b"]), 0.02, &HashSet::new()).expect_err("none");
-        assert_eq!(e.prices, vec![p("t3.micro", "b", 0.025), p("t3.micro", "a", 0.03)]);
+        let e = candidates(
+            &prices,
+            &s(&["t3.micro"]),
+            &s(&["a", "b"]),
+            0.02,
+            &HashSet::new(),
+        )
+        .expect_err("none");
+        assert_eq!(
+            e.prices,
+            vec![p("t3.micro", "b", 0.025), p("t3.micro", "a", 0.03)]
+        );
         assert!(e.to_string().contains("0.025"), "{e}");
-        let ok = candidates(&prices, &s(&["t3.micro"]), &s(&["a", "b"]), 0.025, &HashSet::new()).expect("at the ceiling is allowed");
+        let ok = candidates(
+            &prices,
+            &s(&["t3.micro"]),
+            &s(&["a", "b"]),
+            0.025,
+            &HashSet::new(),
+        )
+        .expect("at the ceiling is allowed");
         assert_eq!(ok, vec![p("t3.micro", "b", 0.025)]);
     }
 
     #[test]
     fn disallowed_zones_and_unavailable_pairs_are_skipped() {
-        let prices = [p("t3.micro", "a", 0.001), p("t3.micro", "b", 0.002), p("t3.micro", "c", 0.003)];
+        let prices = [
+            p("t3.micro", "a", 0.001),
+            p("t3.micro", "b", 0.002),
+            p("t3.micro", "c", 0.003),
+        ];
         let unavailable = HashSet::from([("t3.micro".to_owned(), "b".to_owned())]);
-        let c = candidates(&prices, &s(&["t3.micro"]), &s(&["b", "c"]), 1.0, &unavailable).expect("some");
+        let c = candidates(
+            &prices,
+            &s(&["t3.micro"]),
+            &s(&["b", "c"]),
+            1.0,
+            &unavailable,
+        )
+        .expect("some");
         assert_eq!(c, vec![p("t3.micro", "c", 0.003)]);
     }
 
     #[test]
     fn tokens_are_stable_short_and_differ_by_generation_and_offering() {
         let a = client_token("o", "dev", 1, Market::Spot, "t3.micro", Some("a"));
-        assert_eq!(a, client_token("o", "dev", 1, Market::Spot, "t3.micro", Some("a")));
+        assert_eq!(
+            a,
+            client_token("o", "dev", 1, Market::Spot, "t3.micro", Some("a"))
+        );
         assert!(a.len() <= 64 && a.is_ascii());
-        assert_ne!(a, client_token("o", "dev", 2, Market::Spot, "t3.micro", Some("a")));
-        assert_ne!(a, client_token("o", "dev", 1, Market::Spot, "t3.micro", Some("b")));
-        assert_ne!(a, client_token("o", "dev", 1, Market::OnDemand, "t3.micro", Some("a")));
-        assert_ne!(a, client_token("o", "prod", 1, Market::Spot, "t3.micro", Some("a")));
+        assert_ne!(
+            a,
+            client_token("o", "dev", 2, Market::Spot, "t3.micro", Some("a"))
+        );
+        assert_ne!(
+            a,
+            client_token("o", "dev", 1, Market::Spot, "t3.micro", Some("b"))
+        );
+        assert_ne!(
+            a,
+            client_token("o", "dev", 1, Market::OnDemand, "t3.micro", Some("a"))
+        );
+        assert_ne!(
+            a,
+            client_token("o", "prod", 1, Market::Spot, "t3.micro", Some("a"))
+        );
     }
 }

@@ -37,18 +37,34 @@ pub fn describe(check: &ReadyCheck, instance: &Instance) -> String {
     match check {
         ReadyCheck::None => "nothing (ready check disabled)".into(),
         ReadyCheck::Tcp { host, port, .. } => {
-            format!("{}:{port}", host.clone().or_else(|| address(instance)).unwrap_or_else(|| "?".into()))
+            format!(
+                "{}:{port}",
+                host.clone()
+                    .or_else(|| address(instance))
+                    .unwrap_or_else(|| "?".into())
+            )
         }
         ReadyCheck::Command { command, .. } => format!("`{}`", substitute(command, instance)),
     }
 }
 
 /// Waits until `check` passes for `instance`, probing every `poll`.
-pub async fn wait_ready(check: &ReadyCheck, instance: &Instance, poll: Duration) -> Result<(), ReadyError> {
+pub async fn wait_ready(
+    check: &ReadyCheck,
+    instance: &Instance,
+    poll: Duration,
+) -> Result<(), ReadyError> {
     match check {
         ReadyCheck::None => Ok(()),
-        ReadyCheck::Tcp { host, port, timeout: within } => {
-            let host = host.clone().or_else(|| address(instance)).ok_or_else(|| ReadyError::NoAddress(instance.id.to_string()))?;
+        ReadyCheck::Tcp {
+            host,
+            port,
+            timeout: within,
+        } => {
+            let host = host
+                .clone()
+                .or_else(|| address(instance))
+                .ok_or_else(|| ReadyError::NoAddress(instance.id.to_string()))?;
             let target = format!("{host}:{port}");
             let deadline = Instant::now() + *within;
             loop {
@@ -58,26 +74,51 @@ pub async fn wait_ready(check: &ReadyCheck, instance: &Instance, poll: Duration)
                     Err(_) => format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
                 };
                 if Instant::now() + poll > deadline {
-                    return Err(ReadyError::Timeout { what: format!("TCP connect to {target}"), within: *within, last });
+                    return Err(ReadyError::Timeout {
+                        what: format!("TCP connect to {target}"),
+                        within: *within,
+                        last,
+                    });
                 }
                 sleep(poll).await;
             }
         }
-        ReadyCheck::Command { command, timeout: within } => {
+        ReadyCheck::Command {
+            command,
+            timeout: within,
+        } => {
             let command = substitute(command, instance);
             let deadline = Instant::now() + *within;
             loop {
-                let last = match Command::new("sh").arg("-c").arg(&command).kill_on_drop(true).output().await {
+                let last = match Command::new("sh")
+                    .arg("-c")
+                    .arg(&command)
+                    .kill_on_drop(true)
+                    .output()
+                    .await
+                {
                     Ok(out) if out.status.success() => return Ok(()),
                     Ok(out) => {
                         let stderr = String::from_utf8_lossy(&out.stderr);
                         let tail = stderr.trim().lines().last().unwrap_or("").to_owned();
-                        format!("{}{}", out.status, if tail.is_empty() { String::new() } else { format!(": {tail}") })
+                        format!(
+                            "{}{}",
+                            out.status,
+                            if tail.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {tail}")
+                            }
+                        )
                     }
                     Err(e) => format!("cannot run sh: {e}"),
                 };
                 if Instant::now() + poll > deadline {
-                    return Err(ReadyError::Timeout { what: format!("command `{command}`"), within: *within, last });
+                    return Err(ReadyError::Timeout {
+                        what: format!("command `{command}`"),
+                        within: *within,
+                        last,
+                    });
                 }
                 sleep(poll).await;
             }
@@ -86,11 +127,16 @@ pub async fn wait_ready(check: &ReadyCheck, instance: &Instance, poll: Duration)
 }
 
 fn address(instance: &Instance) -> Option<String> {
-    instance.public_ip.clone().or_else(|| instance.private_ip.clone())
+    instance
+        .public_ip
+        .clone()
+        .or_else(|| instance.private_ip.clone())
 }
 
 fn substitute(command: &str, instance: &Instance) -> String {
-    command.replace("{ip}", &address(instance).unwrap_or_default()).replace("{id}", instance.id.as_str())
+    command
+        .replace("{ip}", &address(instance).unwrap_or_default())
+        .replace("{id}", instance.id.as_str())
 }
 
 #[cfg(test)]
@@ -116,10 +162,18 @@ mod tests {
 
     #[tokio::test]
     async fn tcp_check_passes_against_a_loopback_listener() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = l.local_addr().expect("addr").port();
-        let check = ReadyCheck::Tcp { host: Some("127.0.0.1".into()), port, timeout: Duration::from_secs(5) };
-        wait_ready(&check, &inst(), Duration::from_millis(50)).await.expect("ready");
+        let check = ReadyCheck::Tcp {
+            host: Some("127.0.0.1".into()),
+            port,
+            timeout: Duration::from_secs(5),
+        };
+        wait_ready(&check, &inst(), Duration::from_millis(50))
+            .await
+            .expect("ready");
     }
 
     #[tokio::test]
@@ -127,8 +181,14 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
         drop(l);
-        let check = ReadyCheck::Tcp { host: Some("127.0.0.1".into()), port, timeout: Duration::from_millis(300) };
-        let e = wait_ready(&check, &inst(), Duration::from_millis(50)).await.expect_err("refused");
+        let check = ReadyCheck::Tcp {
+            host: Some("127.0.0.1".into()),
+            port,
+            timeout: Duration::from_millis(300),
+        };
+        let e = wait_ready(&check, &inst(), Duration::from_millis(50))
+            .await
+            .expect_err("refused");
         assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
     }
 
@@ -137,11 +197,24 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let marker = dir.path().join("m");
         // Fails the first time (creates the marker), passes the second.
-        let cmd = format!("test \"{{id}} {{ip}}\" = \"i-1 203.0.113.9\" && test -e {0} || {{ touch {0}; exit 1; }}", marker.display());
-        let check = ReadyCheck::Command { command: cmd, timeout: Duration::from_secs(5) };
-        wait_ready(&check, &inst(), Duration::from_millis(20)).await.expect("ready on retry");
-        let bad = ReadyCheck::Command { command: "echo nope >&2; exit 3".into(), timeout: Duration::from_millis(100) };
-        let e = wait_ready(&bad, &inst(), Duration::from_millis(20)).await.expect_err("fails");
+        let cmd = format!(
+            "test \"{{id}} {{ip}}\" = \"i-1 203.0.113.9\" && test -e {0} || {{ touch {0}; exit 1; }}",
+            marker.display()
+        );
+        let check = ReadyCheck::Command {
+            command: cmd,
+            timeout: Duration::from_secs(5),
+        };
+        wait_ready(&check, &inst(), Duration::from_millis(20))
+            .await
+            .expect("ready on retry");
+        let bad = ReadyCheck::Command {
+            command: "echo nope >&2; exit 3".into(),
+            timeout: Duration::from_millis(100),
+        };
+        let e = wait_ready(&bad, &inst(), Duration::from_millis(20))
+            .await
+            .expect_err("fails");
         assert!(e.to_string().contains("nope"), "{e}");
     }
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 /// A state-file failure.
 #[derive(Debug, thiserror::Error)]
@@ -74,13 +74,18 @@ pub struct Store {
 
 /// Seconds since the epoch.
 pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Store {
     /// Opens (creating it and its directory if needed) the state file at `path`.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let err = |source| StoreError::Open { path: path.display().to_string(), source };
+        let err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err(sqlx::Error::Io(e)))?;
         }
@@ -96,22 +101,39 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(err)?;
-        sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| err(e.into()))?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| err(e.into()))?;
         Ok(Self { pool })
     }
 
     /// An in-memory store, for tests.
     pub async fn memory() -> Result<Self, StoreError> {
-        let err = |source| StoreError::Open { path: ":memory:".into(), source };
+        let err = |source| StoreError::Open {
+            path: ":memory:".into(),
+            source,
+        };
         let options = SqliteConnectOptions::from_str("sqlite::memory:").map_err(err)?;
         // One connection: every connection to :memory: is a separate database.
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.map_err(err)?;
-        sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| err(e.into()))?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(err)?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| err(e.into()))?;
         Ok(Self { pool })
     }
 
     /// The box's open intent (not yet closed), if any.
-    pub async fn open_intent(&self, owner: &str, box_name: &str) -> Result<Option<Intent>, StoreError> {
+    pub async fn open_intent(
+        &self,
+        owner: &str,
+        box_name: &str,
+    ) -> Result<Option<Intent>, StoreError> {
         let row = sqlx::query(
             "SELECT id, owner, box, generation, token, market, instance_type, zone, created_at, instance_id
              FROM intents WHERE owner = ? AND box = ? AND closed_at IS NULL ORDER BY id DESC LIMIT 1",
@@ -136,11 +158,12 @@ impl Store {
 
     /// The next launch generation of a box (one more than any recorded).
     pub async fn next_generation(&self, owner: &str, box_name: &str) -> Result<i64, StoreError> {
-        let max: Option<i64> = sqlx::query_scalar("SELECT MAX(generation) FROM intents WHERE owner = ? AND box = ?")
-            .bind(owner)
-            .bind(box_name)
-            .fetch_one(&self.pool)
-            .await?;
+        let max: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(generation) FROM intents WHERE owner = ? AND box = ?")
+                .bind(owner)
+                .bind(box_name)
+                .fetch_one(&self.pool)
+                .await?;
         Ok(max.unwrap_or(0) + 1)
     }
 
@@ -187,7 +210,11 @@ impl Store {
     }
 
     /// Records the instance a launch returned.
-    pub async fn set_intent_instance(&self, intent_id: i64, instance_id: &str) -> Result<(), StoreError> {
+    pub async fn set_intent_instance(
+        &self,
+        intent_id: i64,
+        instance_id: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE intents SET instance_id = ? WHERE id = ?")
             .bind(instance_id)
             .bind(intent_id)
@@ -198,17 +225,24 @@ impl Store {
 
     /// Closes an intent with a one-word outcome (`gone`, `failed`, `stopped`, `lost-race`).
     pub async fn close_intent(&self, intent_id: i64, outcome: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE intents SET closed_at = ?, outcome = ? WHERE id = ? AND closed_at IS NULL")
-            .bind(unix_now())
-            .bind(outcome)
-            .bind(intent_id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE intents SET closed_at = ?, outcome = ? WHERE id = ? AND closed_at IS NULL",
+        )
+        .bind(unix_now())
+        .bind(outcome)
+        .bind(intent_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Closes every open intent of a box.
-    pub async fn close_box_intents(&self, owner: &str, box_name: &str, outcome: &str) -> Result<(), StoreError> {
+    pub async fn close_box_intents(
+        &self,
+        owner: &str,
+        box_name: &str,
+        outcome: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE intents SET closed_at = ?, outcome = ? WHERE owner = ? AND box = ? AND closed_at IS NULL")
             .bind(unix_now())
             .bind(outcome)
@@ -239,7 +273,12 @@ impl Store {
     }
 
     /// The newest `limit` events (of one box, if given), newest first.
-    pub async fn events(&self, owner: &str, box_name: Option<&str>, limit: i64) -> Result<Vec<Event>, StoreError> {
+    pub async fn events(
+        &self,
+        owner: &str,
+        box_name: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, at, box, kind, message FROM events
              WHERE owner = ? AND (? IS NULL OR box = ?) ORDER BY id DESC LIMIT ?",
@@ -271,10 +310,33 @@ mod tests {
     async fn intents_open_close_and_generations_advance() {
         let s = Store::memory().await.expect("store");
         assert_eq!(s.next_generation("o", "dev").await.expect("gen"), 1);
-        let i = s.create_intent("o", "dev", 1, "tok-1", "spot", "t3.micro", Some("us-east-1a")).await.expect("create");
-        assert_eq!(s.open_intent("o", "dev").await.expect("open").map(|i| i.token), Some("tok-1".into()));
+        let i = s
+            .create_intent(
+                "o",
+                "dev",
+                1,
+                "tok-1",
+                "spot",
+                "t3.micro",
+                Some("us-east-1a"),
+            )
+            .await
+            .expect("create");
+        assert_eq!(
+            s.open_intent("o", "dev")
+                .await
+                .expect("open")
+                .map(|i| i.token),
+            Some("tok-1".into())
+        );
         s.set_intent_instance(i.id, "i-1").await.expect("set");
-        assert_eq!(s.open_intent("o", "dev").await.expect("open").and_then(|i| i.instance_id), Some("i-1".into()));
+        assert_eq!(
+            s.open_intent("o", "dev")
+                .await
+                .expect("open")
+                .and_then(|i| i.instance_id),
+            Some("i-1".into())
+        );
         s.close_intent(i.id, "gone").await.expect("close");
         assert_eq!(s.open_intent("o", "dev").await.expect("open"), None);
         assert_eq!(s.next_generation("o", "dev").await.expect("gen"), 2);
@@ -287,8 +349,12 @@ mod tests {
         let path = dir.path().join("sub/state.db");
         {
             let s = Store::open(&path).await.expect("open");
-            s.create_intent("o", "dev", 1, "tok-1", "spot", "t3.micro", None).await.expect("create");
-            s.record_event("o", Some("dev"), "launch", "launched i-1").await.expect("event");
+            s.create_intent("o", "dev", 1, "tok-1", "spot", "t3.micro", None)
+                .await
+                .expect("create");
+            s.record_event("o", Some("dev"), "launch", "launched i-1")
+                .await
+                .expect("event");
         }
         let s = Store::open(&path).await.expect("reopen");
         assert!(s.open_intent("o", "dev").await.expect("open").is_some());

@@ -2,8 +2,8 @@
 //! DescribeSpotInstanceRequests, TerminateInstances, CancelSpotInstanceRequests, CreateTags.
 
 use aws_sdk_ec2::types::{
-    InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceType, MarketType, Placement,
-    ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+    InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceType, MarketType,
+    Placement, ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
 };
 use base64::Engine as _;
 
@@ -17,15 +17,23 @@ use crate::model::{
 impl AwsCloud {
     pub(crate) async fn launch_impl(&self, spec: &LaunchSpec) -> Result<Instance, CloudError> {
         const OP: &str = "RunInstances";
-        let tags: Vec<Tag> =
-            spec.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+        let tags: Vec<Tag> = spec
+            .tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
         let mut resources = vec![ResourceType::Instance, ResourceType::Volume];
         if spec.market == Market::Spot {
             resources.push(ResourceType::SpotInstancesRequest);
         }
         let tag_specs = resources
             .into_iter()
-            .map(|r| TagSpecification::builder().resource_type(r).set_tags(Some(tags.clone())).build())
+            .map(|r| {
+                TagSpecification::builder()
+                    .resource_type(r)
+                    .set_tags(Some(tags.clone()))
+                    .build()
+            })
             .collect();
         let mut req = self
             .ec2
@@ -65,13 +73,25 @@ impl AwsCloud {
         }
         let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
         let first = out.instances().first().ok_or_else(|| {
-            CloudError::other(OP, ErrorKind::Other, "AWS accepted the launch but returned no instance")
+            CloudError::other(
+                OP,
+                ErrorKind::Other,
+                "AWS accepted the launch but returned no instance",
+            )
         })?;
-        convert_instance(first)
-            .ok_or_else(|| CloudError::other(OP, ErrorKind::Other, "AWS returned an instance without an id"))
+        convert_instance(first).ok_or_else(|| {
+            CloudError::other(
+                OP,
+                ErrorKind::Other,
+                "AWS returned an instance without an id",
+            )
+        })
     }
 
-    pub(crate) async fn instances_impl(&self, filter: &TagFilter) -> Result<Vec<Instance>, CloudError> {
+    pub(crate) async fn instances_impl(
+        &self,
+        filter: &TagFilter,
+    ) -> Result<Vec<Instance>, CloudError> {
         const OP: &str = "DescribeInstances";
         let mut all = Vec::new();
         let mut token: Option<String> = None;
@@ -87,7 +107,10 @@ impl AwsCloud {
             for reservation in out.reservations() {
                 all.extend(reservation.instances().iter().filter_map(convert_instance));
             }
-            token = out.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
             if token.is_none() {
                 break;
             }
@@ -98,8 +121,16 @@ impl AwsCloud {
         Ok(all)
     }
 
-    pub(crate) async fn instance_impl(&self, id: &InstanceId) -> Result<Option<Instance>, CloudError> {
-        let res = self.ec2.describe_instances().instance_ids(id.as_str()).send().await;
+    pub(crate) async fn instance_impl(
+        &self,
+        id: &InstanceId,
+    ) -> Result<Option<Instance>, CloudError> {
+        let res = self
+            .ec2
+            .describe_instances()
+            .instance_ids(id.as_str())
+            .send()
+            .await;
         match res {
             Ok(out) => Ok(out
                 .reservations()
@@ -109,7 +140,11 @@ impl AwsCloud {
                 .find(|i| &i.id == id)),
             Err(e) => {
                 let err = sdk_error("DescribeInstances", e);
-                if err.kind == ErrorKind::NotFound { Ok(None) } else { Err(err) }
+                if err.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
             }
         }
     }
@@ -131,14 +166,20 @@ impl AwsCloud {
                 .await
                 .map_err(|e| sdk_error(OP, e))?;
             for r in out.spot_instance_requests() {
-                let Some(id) = r.spot_instance_request_id() else { continue };
-                let Some(state) = r.state().and_then(|s| SpotRequestState::parse(s.as_str())) else {
+                let Some(id) = r.spot_instance_request_id() else {
+                    continue;
+                };
+                let Some(state) = r.state().and_then(|s| SpotRequestState::parse(s.as_str()))
+                else {
                     continue;
                 };
                 all.push(SpotRequest {
                     id: SpotRequestId::new(id),
                     state,
-                    instance_id: r.instance_id().filter(|s| !s.is_empty()).map(InstanceId::new),
+                    instance_id: r
+                        .instance_id()
+                        .filter(|s| !s.is_empty())
+                        .map(InstanceId::new),
                     instance_type: r
                         .launch_specification()
                         .and_then(|l| l.instance_type())
@@ -146,7 +187,10 @@ impl AwsCloud {
                     tags: tag_map(r.tags()),
                 });
             }
-            token = out.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
             if token.is_none() {
                 break;
             }
@@ -168,13 +212,18 @@ impl AwsCloud {
         Ok(())
     }
 
-    pub(crate) async fn cancel_spot_requests_impl(&self, ids: &[SpotRequestId]) -> Result<(), CloudError> {
+    pub(crate) async fn cancel_spot_requests_impl(
+        &self,
+        ids: &[SpotRequestId],
+    ) -> Result<(), CloudError> {
         if ids.is_empty() {
             return Ok(());
         }
         self.ec2
             .cancel_spot_instance_requests()
-            .set_spot_instance_request_ids(Some(ids.iter().map(|i| i.as_str().to_owned()).collect()))
+            .set_spot_instance_request_ids(Some(
+                ids.iter().map(|i| i.as_str().to_owned()).collect(),
+            ))
             .send()
             .await
             .map_err(|e| sdk_error("CancelSpotInstanceRequests", e))?;
@@ -192,7 +241,11 @@ impl AwsCloud {
         self.ec2
             .create_tags()
             .set_resources(Some(resource_ids.to_vec()))
-            .set_tags(Some(tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()))
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
             .send()
             .await
             .map_err(|e| sdk_error("CreateTags", e))?;
@@ -203,7 +256,10 @@ impl AwsCloud {
 /// Converts an SDK instance; `None` when it lacks the fields every instance has.
 fn convert_instance(i: &aws_sdk_ec2::types::Instance) -> Option<Instance> {
     let id = i.instance_id()?;
-    let state = i.state().and_then(|s| s.name()).and_then(|n| InstanceState::parse(n.as_str()))?;
+    let state = i
+        .state()
+        .and_then(|s| s.name())
+        .and_then(|n| InstanceState::parse(n.as_str()))?;
     let market = match i.instance_lifecycle() {
         Some(l) if l.as_str() == "spot" => Market::Spot,
         _ => Market::OnDemand,
@@ -211,13 +267,30 @@ fn convert_instance(i: &aws_sdk_ec2::types::Instance) -> Option<Instance> {
     Some(Instance {
         id: InstanceId::new(id),
         state,
-        instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
-        zone: i.placement().and_then(|p| p.availability_zone()).map(str::to_owned),
+        instance_type: i
+            .instance_type()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
+        zone: i
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .map(str::to_owned),
         market,
-        spot_request_id: i.spot_instance_request_id().filter(|s| !s.is_empty()).map(SpotRequestId::new),
-        public_ip: i.public_ip_address().filter(|s| !s.is_empty()).map(str::to_owned),
-        private_ip: i.private_ip_address().filter(|s| !s.is_empty()).map(str::to_owned),
-        launched_at: i.launch_time().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+        spot_request_id: i
+            .spot_instance_request_id()
+            .filter(|s| !s.is_empty())
+            .map(SpotRequestId::new),
+        public_ip: i
+            .public_ip_address()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+        private_ip: i
+            .private_ip_address()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+        launched_at: i
+            .launch_time()
+            .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
         image_id: i.image_id().map(ImageId::new),
         tags: tag_map(i.tags()),
     })

@@ -8,7 +8,7 @@ mod pricing;
 use std::fmt;
 
 use aws_config::{BehaviorVersion, Region};
-use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 
 use crate::error::{CloudError, ErrorKind};
 
@@ -36,7 +36,9 @@ pub struct AwsCloud {
 impl fmt::Debug for AwsCloud {
     // The SDK config holds the credentials provider; never print it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AwsCloud").field("region", &self.region).finish_non_exhaustive()
+        f.debug_struct("AwsCloud")
+            .field("region", &self.region)
+            .finish_non_exhaustive()
     }
 }
 
@@ -55,18 +57,64 @@ impl AwsCloud {
             loader = loader.endpoint_url(url);
         }
         let sdk = loader.load().await;
+        if sdk.region().is_none() {
+            return Err(CloudError::other(
+                "LoadConfig",
+                ErrorKind::InvalidRequest,
+                "no AWS region: set [aws] region in the config, AWS_REGION, or a profile's region",
+            ));
+        }
+        Self::from_sdk_config(&sdk)
+    }
+
+    /// Builds the clients from an SDK configuration the caller loaded itself
+    /// (custom credentials provider, retry or timeout settings).
+    pub fn from_sdk_config(sdk: &aws_config::SdkConfig) -> Result<Self, CloudError> {
         let region = sdk.region().map(|r| r.to_string()).ok_or_else(|| {
             CloudError::other(
                 "LoadConfig",
                 ErrorKind::InvalidRequest,
-                "no AWS region: set [aws] region in the config, AWS_REGION, or a profile's region",
+                "the SDK configuration has no region",
             )
         })?;
         Ok(Self {
-            ec2: aws_sdk_ec2::Client::new(&sdk),
-            ssm: aws_sdk_ssm::Client::new(&sdk),
+            ec2: aws_sdk_ec2::Client::new(sdk),
+            ssm: aws_sdk_ssm::Client::new(sdk),
             region,
         })
+    }
+
+    /// Wraps clients the caller built (custom HTTP client, interceptors, mocks).
+    pub fn from_clients(
+        ec2: aws_sdk_ec2::Client,
+        ssm: aws_sdk_ssm::Client,
+        region: impl Into<String>,
+    ) -> Self {
+        Self {
+            ec2,
+            ssm,
+            region: region.into(),
+        }
+    }
+
+    /// Connects to an AWS emulator at `endpoint` (e.g. moto on loopback) with
+    /// dummy credentials, ignoring the environment's credential chain.
+    #[cfg(feature = "test-util")]
+    pub async fn connect_emulator(endpoint: &str, region: &str) -> Self {
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region.to_owned()))
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "testing", "testing", None, None, "emulator",
+            ))
+            .load()
+            .await;
+        Self::from_sdk_config(&sdk).expect("a region was set")
+    }
+
+    /// The underlying EC2 client: the escape hatch for calls this crate does not wrap.
+    pub fn ec2(&self) -> &aws_sdk_ec2::Client {
+        &self.ec2
     }
 
     /// The region this handle talks to.
@@ -79,7 +127,7 @@ impl AwsCloud {
 pub(crate) fn sdk_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> CloudError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: fmt::Debug,
+    R: fmt::Debug + 'static,
 {
     match &err {
         SdkError::ServiceError(service) => {
@@ -89,17 +137,20 @@ where
                 None => CloudError::other(
                     operation,
                     ErrorKind::Other,
-                    format!("AWS answered with an error without a code: {}", DisplayErrorContext(&err)),
+                    format!(
+                        "AWS answered with an error without a code: {}",
+                        error_chain(&err)
+                    ),
                 ),
             }
         }
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => CloudError::other(
             operation,
             ErrorKind::Unreachable,
-            format!("no answer from AWS: {}", DisplayErrorContext(&err)),
+            format!("no answer from AWS: {}", error_chain(&err)),
         ),
         SdkError::ConstructionFailure(_) => {
-            let text = DisplayErrorContext(&err).to_string();
+            let text = error_chain(&err);
             let kind = if text.contains("credentials") {
                 ErrorKind::Unauthorized
             } else {
@@ -110,12 +161,29 @@ where
         _ => CloudError::other(
             operation,
             ErrorKind::Other,
-            format!("unreadable answer from AWS: {}", DisplayErrorContext(&err)),
+            format!("unreadable answer from AWS: {}", error_chain(&err)),
         ),
     }
 }
 
-pub(crate) fn tag_map(tags: &[aws_sdk_ec2::types::Tag]) -> std::collections::BTreeMap<String, String> {
+/// The messages of an error and its sources joined by ": ", each once. (The
+/// SDK's `DisplayErrorContext` appends a `Debug` dump, which users must not see.)
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let msg = e.to_string();
+        if !msg.is_empty() && !parts.iter().any(|p| p.contains(&msg)) {
+            parts.push(msg);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+pub(crate) fn tag_map(
+    tags: &[aws_sdk_ec2::types::Tag],
+) -> std::collections::BTreeMap<String, String> {
     tags.iter()
         .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
         .collect()
@@ -127,7 +195,10 @@ pub(crate) fn tag_filters(filter: &crate::TagFilter) -> Vec<aws_sdk_ec2::types::
         .tags
         .iter()
         .map(|(key, value)| match value {
-            Some(v) => Filter::builder().name(format!("tag:{key}")).values(v).build(),
+            Some(v) => Filter::builder()
+                .name(format!("tag:{key}"))
+                .values(v)
+                .build(),
             None => Filter::builder().name("tag-key").values(key).build(),
         })
         .collect()

@@ -41,7 +41,13 @@ impl AwsCloud {
             .first()
             .and_then(|s| s.availability_zone())
             .map(str::to_owned)
-            .ok_or_else(|| CloudError::other(OP, ErrorKind::NotFound, format!("subnet {subnet_id} not found")))
+            .ok_or_else(|| {
+                CloudError::other(
+                    OP,
+                    ErrorKind::NotFound,
+                    format!("subnet {subnet_id} not found"),
+                )
+            })
     }
 
     pub(crate) async fn spot_prices_impl(
@@ -62,22 +68,35 @@ impl AwsCloud {
                 .start_time(now)
                 .product_descriptions("Linux/UNIX")
                 .set_instance_types(Some(
-                    instance_types.iter().map(|t| InstanceType::from(t.as_str())).collect(),
+                    instance_types
+                        .iter()
+                        .map(|t| InstanceType::from(t.as_str()))
+                        .collect(),
                 ))
                 .set_next_token(token.clone());
             if !zones.is_empty() {
-                req = req
-                    .filters(Filter::builder().name("availability-zone").set_values(Some(zones.to_vec())).build());
+                req = req.filters(
+                    Filter::builder()
+                        .name("availability-zone")
+                        .set_values(Some(zones.to_vec()))
+                        .build(),
+                );
             }
             let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
             for entry in out.spot_price_history() {
-                let (Some(itype), Some(zone), Some(price)) =
-                    (entry.instance_type(), entry.availability_zone(), entry.spot_price())
-                else {
+                let (Some(itype), Some(zone), Some(price)) = (
+                    entry.instance_type(),
+                    entry.availability_zone(),
+                    entry.spot_price(),
+                ) else {
                     continue;
                 };
                 let price: f64 = price.parse().map_err(|_| {
-                    CloudError::other(OP, ErrorKind::Other, format!("unreadable spot price {price:?}"))
+                    CloudError::other(
+                        OP,
+                        ErrorKind::Other,
+                        format!("unreadable spot price {price:?}"),
+                    )
                 })?;
                 let key = (itype.as_str().to_owned(), zone.to_owned());
                 let at = entry.timestamp().copied();
@@ -89,14 +108,21 @@ impl AwsCloud {
                     newest.insert(key, (price, at));
                 }
             }
-            token = out.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
             if token.is_none() {
                 break;
             }
         }
         Ok(newest
             .into_iter()
-            .map(|((instance_type, zone), (price, _))| SpotPrice { instance_type, zone, price })
+            .map(|((instance_type, zone), (price, _))| SpotPrice {
+                instance_type,
+                zone,
+                price,
+            })
             .collect())
     }
 }

@@ -1,0 +1,486 @@
+//! The `spotkeeper` binary end to end against the AWS emulator (moto) on
+//! loopback: `price`, `up`, `list`, `stop`, exit codes and bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use spotkeeper_testkit::{Moto, closed_port};
+
+const CONFIG: &str = r#"
+owner = "clitest"
+
+[aws]
+region = "us-east-1"
+
+[box.dev]
+image = "ami-0123456789abcdef0"
+instance_types = ["t3.micro", "t3a.micro"]
+max_price = 0.02
+zones = ["us-east-1a", "us-east-1b"]
+tags = { team = "ml" }
+ready = { check = "none" }
+"#;
+
+struct Cli {
+    moto: Moto,
+    dir: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new() -> Self {
+        Self::with_config(CONFIG)
+    }
+
+    fn with_config(config: &str) -> Self {
+        let cli = Self {
+            moto: Moto::start(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        cli.write_config(config);
+        cli
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("spotkeeper.toml")
+    }
+
+    fn write_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotkeeper"));
+        self.moto.configure(&mut cmd);
+        cmd.env_remove("SPOTKEEPER_CONFIG")
+            .env("SPOTKEEPER_STATE", self.dir.path().join("state/state.db"))
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run spotkeeper")
+    }
+
+    fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "spotkeeper {args:?} failed: {}",
+            describe(&out)
+        );
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.ok(args);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", describe(&out)))
+    }
+
+    fn live(&self) -> Vec<Value> {
+        self.json(&["list", "--json"])
+            .as_array()
+            .expect("array")
+            .clone()
+    }
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn up_creates_exactly_one_tagged_spot_instance_and_a_second_up_creates_nothing() {
+    let cli = Cli::new();
+    let first = cli.ok(&["up", "dev", "--json"]);
+    let inst: Value = serde_json::from_slice(&first.stdout).expect("json");
+    assert_eq!(inst["box"], "dev");
+    assert_eq!(inst["market"], "spot");
+    assert_eq!(inst["state"], "running");
+    assert_eq!(inst["tags"]["spotkeeper:owner"], "clitest");
+    assert_eq!(inst["tags"]["spotkeeper:box"], "dev");
+    assert_eq!(inst["tags"]["Name"], "spotkeeper-dev");
+    assert_eq!(inst["tags"]["team"], "ml");
+    assert!(
+        inst["tags"]["spotkeeper:intent"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("sk-"))
+    );
+    let progress = stderr(&first);
+    assert!(progress.contains("Spot price is"), "{progress}");
+    assert!(progress.contains("Instance is running."), "{progress}");
+
+    let second = cli.ok(&["up", "dev"]);
+    assert!(
+        stderr(&second).contains("Instance exists already"),
+        "{}",
+        describe(&second)
+    );
+    let live = cli.live();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0]["instance_id"], inst["instance_id"]);
+}
+
+#[test]
+fn list_json_shows_every_documented_field() {
+    let cli = Cli::new();
+    assert_eq!(cli.live().len(), 0);
+    cli.ok(&["up", "dev"]);
+    let live = cli.live();
+    assert_eq!(live.len(), 1);
+    let i = &live[0];
+    for key in [
+        "box",
+        "instance_id",
+        "state",
+        "instance_type",
+        "zone",
+        "market",
+        "spot_request_id",
+        "public_ip",
+        "private_ip",
+        "launched_at",
+    ] {
+        assert!(i.get(key).is_some(), "list --json lacks {key}: {i}");
+    }
+    assert_eq!(i["box"], "dev");
+    assert!(
+        i["instance_id"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("i-"))
+    );
+    assert_eq!(i["market"], "spot");
+    assert!(["us-east-1a", "us-east-1b"].contains(&i["zone"].as_str().expect("zone")));
+    assert!(i["launched_at"].as_str().is_some_and(|s| s.ends_with('Z')));
+    let human = cli.ok(&["list"]);
+    let table = String::from_utf8_lossy(&human.stdout);
+    assert!(table.starts_with("BOX"), "{table}");
+    assert!(
+        table.contains(i["instance_id"].as_str().expect("id")),
+        "{table}"
+    );
+}
+
+#[test]
+fn price_lists_each_type_and_zone_cheapest_first() {
+    let cli = Cli::new();
+    cli.moto.set_market(
+        &[
+            ("t3.micro", Some(0.0104)),
+            ("t3a.micro", Some(0.0094)),
+            ("t3a.micro/us-east-1b", Some(0.0031)),
+        ],
+        &[],
+    );
+    let prices = cli.json(&["price", "dev", "--json"]);
+    let rows = prices.as_array().expect("array");
+    assert_eq!(rows.len(), 4, "2 types × 2 zones: {prices}");
+    assert_eq!(
+        rows[0],
+        serde_json::json!({"instance_type": "t3a.micro", "zone": "us-east-1b", "price": 0.0031})
+    );
+    let p: Vec<f64> = rows
+        .iter()
+        .map(|r| r["price"].as_f64().expect("price"))
+        .collect();
+    assert!(p.windows(2).all(|w| w[0] <= w[1]), "sorted: {p:?}");
+
+    let by_type = cli.json(&[
+        "price",
+        "--type",
+        "t3.micro",
+        "--zone",
+        "us-east-1c",
+        "--json",
+    ]);
+    assert_eq!(
+        by_type,
+        serde_json::json!([{"instance_type": "t3.micro", "zone": "us-east-1c", "price": 0.0104}])
+    );
+}
+
+#[test]
+fn up_launches_in_the_cheapest_zone_and_falls_back_when_capacity_is_refused() {
+    let cli = Cli::new();
+    cli.moto.set_market(
+        &[
+            ("t3.micro", Some(0.0104)),
+            ("t3a.micro", Some(0.0094)),
+            ("t3.micro/us-east-1b", Some(0.002)),
+            ("t3a.micro/us-east-1a", Some(0.003)),
+        ],
+        &["t3.micro/us-east-1b"],
+    );
+    let inst = cli.json(&["up", "dev", "--json"]);
+    assert_eq!(
+        (inst["instance_type"].as_str(), inst["zone"].as_str()),
+        (Some("t3a.micro"), Some("us-east-1a")),
+        "{inst}"
+    );
+    assert_eq!(cli.live().len(), 1);
+}
+
+#[test]
+fn a_ceiling_below_every_price_exits_1_lists_the_prices_and_creates_nothing() {
+    let cli = Cli::with_config(&CONFIG.replace("max_price = 0.02", "max_price = 0.005"));
+    cli.moto.set_market(
+        &[("t3.micro", Some(0.0104)), ("t3a.micro", Some(0.0094))],
+        &[],
+    );
+    let out = cli.run(&["up", "dev"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("no spot offering at or under the ceiling of 0.005"),
+        "{err}"
+    );
+    assert!(
+        err.contains("0.0094") && err.contains("0.0104"),
+        "prices listed: {err}"
+    );
+    assert_eq!(cli.live().len(), 0, "nothing launched");
+}
+
+#[test]
+fn stop_terminates_the_box_and_stop_again_exits_0() {
+    let cli = Cli::new();
+    let inst = cli.json(&["up", "dev", "--json"]);
+    let out = cli.ok(&["stop", "dev", "--json"]);
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        summary["terminated"],
+        serde_json::json!([inst["instance_id"]])
+    );
+    assert!(stderr(&out).contains("done."), "{}", describe(&out));
+    assert_eq!(cli.live().len(), 0);
+
+    let again = cli.ok(&["stop", "dev"]);
+    assert!(
+        stderr(&again).contains("Nothing to stop"),
+        "{}",
+        describe(&again)
+    );
+
+    // And a later up launches a fresh instance.
+    let next = cli.json(&["up", "dev", "--json"]);
+    assert_ne!(next["instance_id"], inst["instance_id"]);
+}
+
+#[test]
+fn stop_no_wait_returns_after_requesting_termination() {
+    let cli = Cli::new();
+    cli.ok(&["up", "dev"]);
+    let out = cli.ok(&["stop", "dev", "--no-wait"]);
+    assert!(stderr(&out).contains("not waiting"), "{}", describe(&out));
+    assert_eq!(cli.live().len(), 0);
+}
+
+#[test]
+fn two_simultaneous_ups_yield_one_instance() {
+    let cli = Cli::new();
+    let a = cli
+        .command(&["up", "dev"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let b = cli
+        .command(&["up", "dev"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let (a, b) = (
+        a.wait_with_output().expect("a"),
+        b.wait_with_output().expect("b"),
+    );
+    assert!(a.status.success(), "{}", describe(&a));
+    assert!(b.status.success(), "{}", describe(&b));
+    assert_eq!(cli.live().len(), 1);
+}
+
+#[test]
+fn tcp_ready_check_waits_for_a_loopback_server() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let cli = Cli::with_config(&CONFIG.replace(
+        r#"ready = { check = "none" }"#,
+        &format!(
+            r#"ready = {{ check = "tcp", host = "127.0.0.1", port = {port}, timeout = "20s" }}"#
+        ),
+    ));
+    let out = cli.ok(&["up", "dev"]);
+    assert!(stderr(&out).contains("Server is up!"), "{}", describe(&out));
+}
+
+#[test]
+fn a_failing_ready_check_exits_1_naming_the_probe() {
+    let port = closed_port();
+    let cli = Cli::with_config(&CONFIG.replace(
+        r#"ready = { check = "none" }"#,
+        &format!(
+            r#"ready = {{ check = "tcp", host = "127.0.0.1", port = {port}, timeout = "1s" }}"#
+        ),
+    ));
+    let out = cli.run(&["up", "dev"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn command_ready_check_gets_the_instance_id() {
+    let cli = Cli::new();
+    let marker = cli.dir.path().join("ready-ran");
+    cli.write_config(&CONFIG.replace(
+        r#"ready = { check = "none" }"#,
+        &format!(
+            r#"ready = {{ check = "command", command = "echo {{id}} > {}" }}"#,
+            marker.display()
+        ),
+    ));
+    let inst = cli.json(&["up", "dev", "--json"]);
+    let seen = std::fs::read_to_string(&marker).expect("the command ran");
+    assert_eq!(seen.trim(), inst["instance_id"].as_str().expect("id"));
+}
+
+fn assert_config_error(cli: &Cli, config: &str, args: &[&str], line: usize, needle: &str) {
+    cli.write_config(config);
+    let out = cli.run(args);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let err = stderr(&out);
+    let path = cli.config_path();
+    let located = format!("{}:{line}:", path.display());
+    assert!(err.contains(&located), "expected {located} in: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn bad_configs_exit_2_with_file_line_and_column_and_touch_nothing() {
+    let cli = Cli::new();
+    let up = ["up", "dev"];
+    assert_config_error(
+        &cli,
+        &CONFIG.replace("max_price = 0.02", "max_price = 0.02\ncolour = \"red\""),
+        &up,
+        11,
+        "unknown field `colour`",
+    );
+    assert_config_error(
+        &cli,
+        &CONFIG.replace("max_price = 0.02", "max_price = \"cheap\""),
+        &up,
+        10,
+        "max_price",
+    );
+    assert_config_error(
+        &cli,
+        &CONFIG.replace("max_price = 0.02", "max_price = -0.5"),
+        &up,
+        10,
+        "positive",
+    );
+    assert_config_error(
+        &cli,
+        &CONFIG.replace(r#"["t3.micro", "t3a.micro"]"#, "[]"),
+        &up,
+        9,
+        "instance_types is empty",
+    );
+    assert_config_error(
+        &cli,
+        &CONFIG.replace("tags =", "user_data_file = \"missing.sh\"\ntags ="),
+        &up,
+        12,
+        "missing.sh",
+    );
+    assert_config_error(&cli, "[box.dev\nimage = 1", &up, 1, "");
+    // The same checks hold for stop and price.
+    assert_config_error(
+        &cli,
+        &CONFIG.replace("max_price = 0.02", "max_price = -0.5"),
+        &["stop", "dev"],
+        10,
+        "positive",
+    );
+
+    cli.write_config(CONFIG);
+    let out = cli.run(&["up", "nosuchbox"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("no box named \"nosuchbox\"; the file defines: dev"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(cli.live().len(), 0, "nothing was launched");
+}
+
+#[test]
+fn a_missing_config_file_and_wrong_flags_exit_2() {
+    let cli = Cli::new();
+    std::fs::remove_file(cli.config_path()).expect("remove");
+    let out = cli.run(&["up", "dev"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(stderr(&out).contains("not found"), "{}", describe(&out));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_spotkeeper"))
+        .args(["up", "--frobnicate"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let out = Command::new(env!("CARGO_BIN_EXE_spotkeeper"))
+        .args(["price"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}
+
+#[test]
+fn an_unreachable_aws_gives_a_one_line_error_naming_the_call() {
+    let cli = Cli::new();
+    let mut cmd = cli.command(&["list"]);
+    cmd.env(
+        "AWS_ENDPOINT_URL",
+        format!("http://127.0.0.1:{}", closed_port()),
+    );
+    let out = cmd.output().expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: DescribeInstances failed: no answer from AWS"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!err.contains("testing"), "no credentials in errors: {err}");
+}
+
+#[test]
+fn config_is_found_through_the_environment_variable() {
+    let cli = Cli::new();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotkeeper"));
+    cli.moto.configure(&mut cmd);
+    let out = cmd
+        .env("SPOTKEEPER_CONFIG", cli.config_path())
+        .env("SPOTKEEPER_STATE", cli.dir.path().join("state.db"))
+        .current_dir(Path::new("/"))
+        .args(["price", "dev", "--json"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", describe(&out));
+}

@@ -1,0 +1,137 @@
+//! What `AwsCloud` sends, checked below the SDK with aws-smithy-mocks: the
+//! emulator does not show ClientToken, spot options or the spot request's tags.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ec2::operation::run_instances::RunInstancesOutput;
+use aws_sdk_ec2::types::{Instance as Ec2Instance, InstanceState, InstanceStateName, ResourceType};
+use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
+use spotkeeper_cloud::model::tags;
+use spotkeeper_cloud::{AwsCloud, Cloud, ImageId, LaunchSpec, Market};
+
+fn ec2_with(rules: &[&Rule]) -> Client {
+    let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
+    for r in rules {
+        interceptor = interceptor.with_rule(r);
+    }
+    let conf = aws_sdk_ec2::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "mock"))
+        .http_client(create_mock_http_client())
+        .interceptor(interceptor)
+        .build();
+    Client::from_conf(conf)
+}
+
+fn ssm() -> aws_sdk_ssm::Client {
+    let conf = aws_sdk_ssm::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "mock"))
+        .http_client(create_mock_http_client())
+        .build();
+    aws_sdk_ssm::Client::from_conf(conf)
+}
+
+fn running() -> RunInstancesOutput {
+    RunInstancesOutput::builder()
+        .instances(
+            Ec2Instance::builder()
+                .instance_id("i-0123")
+                .state(
+                    InstanceState::builder()
+                        .name(InstanceStateName::Pending)
+                        .build(),
+                )
+                .build(),
+        )
+        .build()
+}
+
+fn spec(market: Market) -> LaunchSpec {
+    LaunchSpec {
+        image_id: ImageId::new("ami-1"),
+        instance_type: "t3.micro".into(),
+        market,
+        zone: Some("us-east-1b".into()),
+        subnet_id: None,
+        security_group_ids: vec!["sg-1".into()],
+        key_name: Some("k".into()),
+        user_data: Some("hi".into()),
+        tags: BTreeMap::from([(tags::BOX.to_owned(), "dev".to_owned())]),
+        client_token: "sk-token".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_spot_launch_is_one_time_uncapped_tokened_and_tags_instance_volume_and_request() {
+    let rule = mock!(Client::run_instances)
+        .match_requests(|r| {
+            let spot = r.instance_market_options().and_then(|m| m.spot_options());
+            let kinds: Vec<&ResourceType> = r
+                .tag_specifications()
+                .iter()
+                .filter_map(|t| t.resource_type())
+                .collect();
+            let all_tagged = r.tag_specifications().iter().all(|t| {
+                t.tags()
+                    .iter()
+                    .any(|tag| tag.key() == Some(tags::BOX) && tag.value() == Some("dev"))
+            });
+            r.client_token() == Some("sk-token")
+                && r.min_count() == Some(1)
+                && r.max_count() == Some(1)
+                && r.instance_market_options()
+                    .and_then(|m| m.market_type())
+                    .map(|m| m.as_str())
+                    == Some("spot")
+                && spot
+                    .and_then(|s| s.spot_instance_type())
+                    .map(|t| t.as_str())
+                    == Some("one-time")
+                && spot
+                    .and_then(|s| s.instance_interruption_behavior())
+                    .map(|b| b.as_str())
+                    == Some("terminate")
+                && spot.and_then(|s| s.max_price()).is_none()
+                && kinds
+                    == [
+                        &ResourceType::Instance,
+                        &ResourceType::Volume,
+                        &ResourceType::SpotInstancesRequest,
+                    ]
+                && all_tagged
+                && r.placement().and_then(|p| p.availability_zone()) == Some("us-east-1b")
+                && r.user_data() == Some("aGk=")
+                && r.security_group_ids() == ["sg-1"]
+        })
+        .then_output(running);
+    let cloud = AwsCloud::from_clients(ec2_with(&[&rule]), ssm(), "us-east-1");
+    let inst = cloud
+        .launch(&spec(Market::Spot))
+        .await
+        .expect("the request matched the expected shape");
+    assert_eq!(inst.id.as_str(), "i-0123");
+    assert_eq!(rule.num_calls(), 1);
+}
+
+#[tokio::test]
+async fn an_on_demand_launch_has_no_market_options_and_no_request_tags() {
+    let rule = mock!(Client::run_instances)
+        .match_requests(|r| {
+            r.instance_market_options().is_none()
+                && r.tag_specifications()
+                    .iter()
+                    .all(|t| t.resource_type() != Some(&ResourceType::SpotInstancesRequest))
+        })
+        .then_output(running);
+    let cloud = AwsCloud::from_clients(ec2_with(&[&rule]), ssm(), "us-east-1");
+    cloud
+        .launch(&spec(Market::OnDemand))
+        .await
+        .expect("matched");
+    assert_eq!(rule.num_calls(), 1);
+}

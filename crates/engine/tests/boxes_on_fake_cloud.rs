@@ -1,0 +1,393 @@
+//! Box lifecycle logic the emulator cannot show (it has one constant price and
+//! ignores client tokens), proved on the in-memory FakeCloud.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use spotkeeper_cloud::fake::FakeCloud;
+use spotkeeper_cloud::model::tags;
+use spotkeeper_cloud::{
+    Instance, InstanceId, InstanceState, Market, SpotRequest, SpotRequestId, SpotRequestState,
+};
+use spotkeeper_engine::boxes::{self, BoxError, Ctx, Silent, Timing};
+use spotkeeper_engine::config::{self, BoxSpec};
+use spotkeeper_engine::store::Store;
+
+const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
+
+fn spec(extra: &str) -> BoxSpec {
+    let text = format!(
+        r#"
+owner = "tester"
+[box.dev]
+image = "ami-0123456789abcdef0"
+instance_types = ["t3.micro", "t3a.micro"]
+max_price = 0.02
+ready = {{ check = "none" }}
+{extra}
+"#
+    );
+    config::parse(Path::new("test.toml"), &text)
+        .expect("valid config")
+        .boxes["dev"]
+        .clone()
+}
+
+struct World {
+    cloud: FakeCloud,
+    store: Store,
+    locks: tempfile::TempDir,
+}
+
+impl World {
+    async fn new() -> Self {
+        let cloud = FakeCloud::new(&ZONES);
+        for z in ZONES {
+            cloud.set_price("t3.micro", z, 0.010);
+            cloud.set_price("t3a.micro", z, 0.009);
+        }
+        Self {
+            cloud,
+            store: Store::memory().await.expect("store"),
+            locks: tempfile::tempdir().expect("dir"),
+        }
+    }
+
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            cloud: &self.cloud,
+            store: &self.store,
+            owner: "tester",
+            lock_dir: self.locks.path(),
+            progress: &Silent,
+            timing: Timing {
+                poll: Duration::from_millis(1),
+                running_timeout: Duration::from_secs(5),
+                stop_timeout: Duration::from_secs(5),
+            },
+        }
+    }
+
+    fn live(&self) -> Vec<Instance> {
+        self.cloud
+            .all_instances()
+            .into_iter()
+            .filter(|i| i.state.is_live())
+            .collect()
+    }
+}
+
+fn foreign(id: &str, launched: SystemTime) -> Instance {
+    Instance {
+        id: InstanceId::new(id),
+        state: InstanceState::Running,
+        instance_type: "t3.micro".into(),
+        zone: Some("us-east-1a".into()),
+        market: Market::Spot,
+        spot_request_id: None,
+        public_ip: None,
+        private_ip: None,
+        launched_at: Some(launched),
+        image_id: None,
+        tags: [
+            (tags::OWNER.to_owned(), "tester".to_owned()),
+            (tags::BOX.to_owned(), "dev".to_owned()),
+        ]
+        .into(),
+    }
+}
+
+#[tokio::test]
+async fn up_launches_in_the_cheapest_allowed_type_and_zone() {
+    let w = World::new().await;
+    w.cloud.set_price("t3.micro", "us-east-1b", 0.003);
+    w.cloud.set_price("t3a.micro", "us-east-1c", 0.001); // cheapest, but zone c is not allowed
+    let out = boxes::up(&w.ctx(), &spec(r#"zones = ["us-east-1a", "us-east-1b"]"#))
+        .await
+        .expect("up");
+    assert!(out.launched);
+    assert_eq!(out.instance.instance_type, "t3.micro");
+    assert_eq!(out.instance.zone.as_deref(), Some("us-east-1b"));
+    assert_eq!(out.instance.state, InstanceState::Running);
+    assert_eq!(out.instance.tag(tags::OWNER), Some("tester"));
+    assert_eq!(out.instance.tag(tags::BOX), Some("dev"));
+    assert_eq!(out.instance.tag(tags::NAME), Some("spotkeeper-dev"));
+    let requests = w.cloud.all_spot_requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].tag(tags::BOX),
+        Some("dev"),
+        "the spot request is tagged at creation too"
+    );
+}
+
+#[tokio::test]
+async fn without_zones_every_zone_of_the_region_is_considered() {
+    let w = World::new().await;
+    w.cloud.set_price("t3a.micro", "us-east-1c", 0.001);
+    let out = boxes::up(&w.ctx(), &spec("")).await.expect("up");
+    assert_eq!(
+        (
+            out.instance.instance_type.as_str(),
+            out.instance.zone.as_deref()
+        ),
+        ("t3a.micro", Some("us-east-1c"))
+    );
+}
+
+#[tokio::test]
+async fn a_ceiling_below_every_price_launches_nothing_and_lists_the_prices() {
+    let w = World::new().await;
+    let err = boxes::up(&w.ctx(), &spec("").with_price(0.005))
+        .await
+        .expect_err("too dear");
+    let BoxError::NoOffering(no) = &err else {
+        panic!("wrong error: {err}")
+    };
+    assert_eq!(no.prices.len(), 6);
+    assert!(err.to_string().contains("0.009"), "{err}");
+    assert_eq!(w.cloud.count("RunInstances"), 0);
+    assert!(
+        w.store
+            .open_intent("tester", "dev")
+            .await
+            .expect("store")
+            .is_none(),
+        "no intent left behind"
+    );
+}
+
+#[tokio::test]
+async fn a_second_up_finds_the_box_and_launches_nothing() {
+    let w = World::new().await;
+    let first = boxes::up(&w.ctx(), &spec("")).await.expect("up");
+    let second = boxes::up(&w.ctx(), &spec("")).await.expect("up again");
+    assert!(!second.launched);
+    assert_eq!(second.instance.id, first.instance.id);
+    assert_eq!(w.cloud.count("RunInstances"), 1);
+}
+
+#[tokio::test]
+async fn a_lost_launch_answer_is_retried_with_the_same_token_and_makes_no_second_instance() {
+    let w = World::new().await;
+    w.cloud.lose_next_launch_answer();
+    // The instance exists but DescribeInstances does not show it yet.
+    w.cloud.set_describe_lag(2);
+    let err = boxes::up(&w.ctx(), &spec(""))
+        .await
+        .expect_err("answer lost");
+    assert!(matches!(err, BoxError::Cloud(_)), "{err}");
+    let intent = w
+        .store
+        .open_intent("tester", "dev")
+        .await
+        .expect("store")
+        .expect("intent kept open");
+    w.cloud.set_describe_lag(0);
+    let out = boxes::up(&w.ctx(), &spec("")).await.expect("second up");
+    assert_eq!(w.cloud.count("RunInstances"), 2, "the launch was retried");
+    assert_eq!(
+        w.cloud.all_instances().len(),
+        1,
+        "with the same client token: no second instance"
+    );
+    assert_eq!(out.instance.tag(tags::INTENT), Some(intent.token.as_str()));
+}
+
+#[tokio::test]
+async fn after_the_box_is_gone_the_next_launch_uses_a_new_token() {
+    let w = World::new().await;
+    let first = boxes::up(&w.ctx(), &spec("")).await.expect("up");
+    w.cloud
+        .set_state(&first.instance.id, InstanceState::Terminated); // interrupted
+    let second = boxes::up(&w.ctx(), &spec("")).await.expect("up");
+    assert!(second.launched);
+    assert_ne!(second.instance.id, first.instance.id);
+    assert_ne!(
+        second.instance.tag(tags::INTENT),
+        first.instance.tag(tags::INTENT)
+    );
+}
+
+#[tokio::test]
+async fn losing_a_launch_race_terminates_our_instance_and_keeps_the_older_one() {
+    let w = World::new().await;
+    let older = foreign(
+        "i-0000000000000000a",
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
+    );
+    w.cloud.launch_elsewhere_during_next_launch(older.clone());
+    let out = boxes::up(&w.ctx(), &spec("")).await.expect("up");
+    assert!(!out.launched);
+    assert_eq!(out.instance.id, older.id);
+    let live = w.live();
+    assert_eq!(live.len(), 1, "exactly one live instance: {live:?}");
+    assert_eq!(live[0].id, older.id);
+}
+
+#[tokio::test]
+async fn duplicates_found_by_up_are_reduced_to_the_oldest() {
+    let w = World::new().await;
+    w.cloud.insert_instance(foreign(
+        "i-0000000000000000b",
+        SystemTime::UNIX_EPOCH + Duration::from_secs(2_000),
+    ));
+    w.cloud.insert_instance(foreign(
+        "i-0000000000000000a",
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
+    ));
+    let out = boxes::up(&w.ctx(), &spec("")).await.expect("up");
+    assert_eq!(out.instance.id.as_str(), "i-0000000000000000a");
+    assert_eq!(w.live().len(), 1);
+    assert_eq!(w.cloud.count("RunInstances"), 0);
+}
+
+#[tokio::test]
+async fn insufficient_capacity_moves_on_to_the_next_offering() {
+    let w = World::new().await;
+    w.cloud.set_price("t3a.micro", "us-east-1a", 0.001);
+    w.cloud
+        .fail_next("RunInstances", "InsufficientInstanceCapacity");
+    let out = boxes::up(&w.ctx(), &spec("")).await.expect("up");
+    assert_eq!(w.cloud.count("RunInstances"), 2);
+    assert_ne!(
+        (
+            out.instance.instance_type.as_str(),
+            out.instance.zone.as_deref()
+        ),
+        ("t3a.micro", Some("us-east-1a"))
+    );
+}
+
+#[tokio::test]
+async fn other_launch_errors_stop_at_once_and_close_the_intent() {
+    let w = World::new().await;
+    w.cloud.fail_next("RunInstances", "InvalidAMIID.NotFound");
+    let err = boxes::up(&w.ctx(), &spec("")).await.expect_err("bad image");
+    assert_eq!(
+        err.to_string(),
+        "RunInstances failed: InvalidAMIID.NotFound: injected by FakeCloud"
+    );
+    assert_eq!(w.cloud.count("RunInstances"), 1);
+    assert!(
+        w.store
+            .open_intent("tester", "dev")
+            .await
+            .expect("store")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn up_waits_for_an_open_spot_request_instead_of_launching() {
+    let w = World::new().await;
+    w.cloud.insert_spot_request(SpotRequest {
+        id: SpotRequestId::new("sir-open"),
+        state: SpotRequestState::Open,
+        instance_id: None,
+        instance_type: Some("t3.micro".into()),
+        tags: [
+            (tags::OWNER.to_owned(), "tester".to_owned()),
+            (tags::BOX.to_owned(), "dev".to_owned()),
+        ]
+        .into(),
+    });
+    let ctx = w.ctx();
+    let dev = spec("");
+    // The request is fulfilled a moment later by "AWS".
+    let fulfil = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let inst = foreign("i-00000000000000fff", SystemTime::now());
+        w.cloud.insert_instance(Instance {
+            tags: Default::default(),
+            ..inst
+        });
+        w.cloud.insert_spot_request(SpotRequest {
+            id: SpotRequestId::new("sir-open"),
+            state: SpotRequestState::Active,
+            instance_id: Some(InstanceId::new("i-00000000000000fff")),
+            instance_type: Some("t3.micro".into()),
+            tags: [
+                (tags::OWNER.to_owned(), "tester".to_owned()),
+                (tags::BOX.to_owned(), "dev".to_owned()),
+            ]
+            .into(),
+        });
+    };
+    let (out, ()) = tokio::join!(boxes::up(&ctx, &dev), fulfil);
+    let out = out.expect("up");
+    assert_eq!(out.instance.id.as_str(), "i-00000000000000fff");
+    assert!(!out.launched);
+    assert_eq!(w.cloud.count("RunInstances"), 0);
+}
+
+#[tokio::test]
+async fn stop_marks_cancels_and_terminates_then_up_never_reuses_what_stop_marked() {
+    let w = World::new().await;
+    let first = boxes::up(&w.ctx(), &spec("")).await.expect("up");
+    w.cloud.insert_spot_request(SpotRequest {
+        id: SpotRequestId::new("sir-stale"),
+        state: SpotRequestState::Open,
+        instance_id: None,
+        instance_type: Some("t3.micro".into()),
+        tags: [
+            (tags::OWNER.to_owned(), "tester".to_owned()),
+            (tags::BOX.to_owned(), "dev".to_owned()),
+        ]
+        .into(),
+    });
+    let out = boxes::stop(&w.ctx(), "dev", true).await.expect("stop");
+    assert_eq!(out.terminated, vec![first.instance.id.clone()]);
+    assert!(out.cancelled.contains(&SpotRequestId::new("sir-stale")));
+    let tagged = w.cloud.all_instances();
+    assert!(
+        tagged[0].tag(tags::STOPPED).is_some(),
+        "marked before termination"
+    );
+    assert!(
+        w.cloud
+            .all_spot_requests()
+            .iter()
+            .all(|r| r.state != SpotRequestState::Open)
+    );
+    assert!(w.live().is_empty());
+    let calls = w.cloud.calls();
+    let tag_at = calls
+        .iter()
+        .position(|c| c == "CreateTags")
+        .expect("tagged");
+    let term_at = calls
+        .iter()
+        .position(|c| c == "TerminateInstances")
+        .expect("terminated");
+    assert!(tag_at < term_at, "mark first, then terminate: {calls:?}");
+
+    let again = boxes::stop(&w.ctx(), "dev", true)
+        .await
+        .expect("stop again");
+    assert_eq!(again, Default::default(), "nothing left to stop");
+}
+
+#[tokio::test]
+async fn a_marked_instance_whose_termination_failed_is_not_taken_for_the_box() {
+    let w = World::new().await;
+    let first = boxes::up(&w.ctx(), &spec("")).await.expect("up");
+    w.cloud
+        .fail_next("TerminateInstances", "RequestLimitExceeded");
+    boxes::stop(&w.ctx(), "dev", true)
+        .await
+        .expect_err("terminate failed after marking");
+    let second = boxes::up(&w.ctx(), &spec("")).await.expect("up");
+    assert!(second.launched, "the marked instance is not the live box");
+    assert_ne!(second.instance.id, first.instance.id);
+}
+
+trait WithPrice {
+    fn with_price(self, p: f64) -> Self;
+}
+impl WithPrice for BoxSpec {
+    fn with_price(mut self, p: f64) -> Self {
+        self.max_price = p;
+        self
+    }
+}
