@@ -230,6 +230,8 @@ impl Cloud for FakeCloud {
             private_ip: Some(format!("10.0.0.{}", n % 250)),
             launched_at: Some(SystemTime::now()),
             image_id: Some(spec.image_id.clone()),
+            subnet_id: spec.subnet_id.clone(),
+            vpc_id: None,
             tags: spec.tags.clone(),
         };
         s.instances.insert(id.clone(), instance.clone());

@@ -14,17 +14,25 @@ mod cloud;
 mod error;
 #[cfg(feature = "test-util")]
 pub mod fake;
+mod handle;
 pub mod model;
+pub mod ssh;
 
 use async_trait::async_trait;
 
-pub use aws::{AwsCloud, ClientConfig};
+pub use aws::{
+    AwsCloud, CANONICAL_OWNER, ClientConfig, VPC_TAG, VpcInfo, al2023_parameter, data_device_names,
+    next_free_device, split_cidr, ubuntu_parameter,
+};
 pub use cloud::Cloud;
 pub use error::{CloudError, ErrorKind, classify};
+pub use handle::{DELETE_WITH, InstanceHandle, Vpc};
 pub use model::{
-    ImageId, Instance, InstanceId, InstanceState, LaunchSpec, Market, SpotPrice, SpotRequest,
-    SpotRequestId, SpotRequestState, TagFilter,
+    Arch, Image, ImageId, ImageRef, Instance, InstanceId, InstanceState, KeyPair, LaunchSpec,
+    Market, NetworkInterface, RootVolume, SnapshotId, SpotPrice, SpotRequest, SpotRequestId,
+    SpotRequestState, TagFilter, Volume, VolumeId,
 };
+pub use ssh::{CloudInitStatus, ExecOutput, SshError, SshSettings};
 
 #[async_trait]
 impl Cloud for AwsCloud {

@@ -180,11 +180,20 @@ pub struct Instance {
     pub launched_at: Option<SystemTime>,
     /// The AMI it runs.
     pub image_id: Option<ImageId>,
+    /// Its subnet, if in a VPC.
+    pub subnet_id: Option<String>,
+    /// Its VPC.
+    pub vpc_id: Option<String>,
     /// All its tags.
     pub tags: BTreeMap<String, String>,
 }
 
 impl Instance {
+    /// The address to reach it at: public IP, else private IP.
+    pub fn address(&self) -> Option<&str> {
+        self.public_ip.as_deref().or(self.private_ip.as_deref())
+    }
+
     /// The value of tag `key`, if set.
     pub fn tag(&self, key: &str) -> Option<&str> {
         self.tags.get(key).map(String::as_str)
@@ -319,4 +328,247 @@ pub struct LaunchSpec {
     /// Idempotency token (≤ 64 ASCII characters): retrying with the same token
     /// returns the first launch instead of making a second instance.
     pub client_token: String,
+    /// Root volume size and type; default: the image's.
+    pub root_volume: Option<RootVolume>,
+    /// IAM instance profile name (or ARN) for the instance role.
+    pub iam_instance_profile: Option<String>,
+}
+
+impl LaunchSpec {
+    /// A spot launch of `image_id` as `instance_type` with a fresh random
+    /// client token and everything else defaulted; set fields to customize.
+    pub fn new(image_id: ImageId, instance_type: impl Into<String>) -> Self {
+        Self {
+            image_id,
+            instance_type: instance_type.into(),
+            market: Market::Spot,
+            zone: None,
+            subnet_id: None,
+            security_group_ids: Vec::new(),
+            key_name: None,
+            user_data: None,
+            tags: BTreeMap::new(),
+            client_token: random_token(),
+            root_volume: None,
+            iam_instance_profile: None,
+        }
+    }
+}
+
+/// A client token unique to this call: time, process id and a counter, hashed.
+pub fn random_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!("skr-{:016x}", h.finish())
+}
+
+id_newtype!(
+    /// An EBS volume id (`vol-…`).
+    VolumeId
+);
+id_newtype!(
+    /// An EBS snapshot id (`snap-…`).
+    SnapshotId
+);
+
+/// CPU architecture of an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// x86-64 (Ubuntu calls it `amd64`, EC2 `x86_64`).
+    #[default]
+    Amd64,
+    /// 64-bit ARM (Graviton).
+    Arm64,
+}
+
+impl Arch {
+    /// Ubuntu's (and the SSM parameter path's) name: `amd64` or `arm64`.
+    pub fn ubuntu_name(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// EC2's name: `x86_64` or `arm64`.
+    pub fn ec2_name(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// Parses `amd64`, `x86_64`, `arm64` or `aarch64`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "amd64" | "x86_64" => Some(Arch::Amd64),
+            "arm64" | "aarch64" => Some(Arch::Arm64),
+            _ => None,
+        }
+    }
+}
+
+/// What a config's `image` names: an AMI id or an alias resolved at launch time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ImageRef {
+    /// A literal AMI id.
+    Id(ImageId),
+    /// The newest Canonical Ubuntu server image of a release (`ubuntu:24.04[:arm64]`).
+    Ubuntu {
+        /// Release number, e.g. `24.04`.
+        release: String,
+        /// Architecture.
+        arch: Arch,
+    },
+    /// The newest Amazon Linux 2023 image (`al2023[:arm64]`).
+    AmazonLinux2023 {
+        /// Architecture.
+        arch: Arch,
+    },
+}
+
+impl ImageRef {
+    /// Parses `ami-…`, `ubuntu:RELEASE[:ARCH]` or `al2023[:ARCH]`; the error says what is accepted.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some(hex) = s.strip_prefix("ami-") {
+            if !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Ok(ImageRef::Id(ImageId::new(s)));
+            }
+        }
+        let mut parts = s.split(':');
+        let head = parts.next().unwrap_or("");
+        let rest: Vec<&str> = parts.collect();
+        let arch = |p: Option<&&str>| -> Result<Arch, String> {
+            match p {
+                None => Ok(Arch::Amd64),
+                Some(a) => Arch::parse(a)
+                    .ok_or_else(|| format!("unknown architecture {a:?} (amd64 or arm64)")),
+            }
+        };
+        match (head, rest.len()) {
+            ("ubuntu", 1 | 2) => {
+                let release = rest[0];
+                let valid = release.split('.').count() == 2
+                    && release
+                        .split('.')
+                        .all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+                if !valid {
+                    return Err(format!(
+                        "Ubuntu release {release:?} is not of the form 24.04"
+                    ));
+                }
+                Ok(ImageRef::Ubuntu {
+                    release: release.to_owned(),
+                    arch: arch(rest.get(1))?,
+                })
+            }
+            ("al2023", 0 | 1) => Ok(ImageRef::AmazonLinux2023 {
+                arch: arch(rest.first())?,
+            }),
+            _ => Err(format!(
+                "image {s:?} is neither an AMI id (ami-…) nor an alias (ubuntu:24.04, ubuntu:24.04:arm64, al2023, al2023:arm64)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageRef::Id(id) => write!(f, "{id}"),
+            ImageRef::Ubuntu {
+                release,
+                arch: Arch::Amd64,
+            } => write!(f, "ubuntu:{release}"),
+            ImageRef::Ubuntu { release, arch } => {
+                write!(f, "ubuntu:{release}:{}", arch.ubuntu_name())
+            }
+            ImageRef::AmazonLinux2023 { arch: Arch::Amd64 } => write!(f, "al2023"),
+            ImageRef::AmazonLinux2023 { arch } => write!(f, "al2023:{}", arch.ubuntu_name()),
+        }
+    }
+}
+
+/// An AMI.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Image {
+    /// Image id.
+    pub id: ImageId,
+    /// Name.
+    pub name: Option<String>,
+    /// `pending`, `available`, `failed` …
+    pub state: String,
+    /// Creation time as AWS reports it (RFC 3339).
+    pub created_at: Option<String>,
+    /// Snapshots behind its block devices.
+    pub snapshot_ids: Vec<SnapshotId>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Root volume settings for a launch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RootVolume {
+    /// Size in GiB.
+    pub size_gb: i32,
+    /// Volume type, e.g. `gp3`.
+    pub kind: String,
+}
+
+/// An EBS volume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Volume id.
+    pub id: VolumeId,
+    /// Its availability zone.
+    pub zone: String,
+    /// Size in GiB.
+    pub size_gb: i32,
+    /// Volume type (`gp3` …).
+    pub kind: String,
+    /// `creating`, `available`, `in-use`, `deleting` …
+    pub state: String,
+    /// Where it is attached: (instance, device name).
+    pub attachments: Vec<(InstanceId, String)>,
+    /// The snapshot it was created from.
+    pub snapshot_id: Option<SnapshotId>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// An elastic network interface.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkInterface {
+    /// Interface id (`eni-…`).
+    pub id: String,
+    /// Its subnet.
+    pub subnet_id: Option<String>,
+    /// Primary private address.
+    pub private_ip: Option<String>,
+    /// Attached instance and device index.
+    pub attachment: Option<(InstanceId, i32)>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// An imported key pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPair {
+    /// Its name.
+    pub name: String,
+    /// AWS's fingerprint.
+    pub fingerprint: Option<String>,
+    /// Whether this call imported it (false: it existed already).
+    pub created: bool,
 }

@@ -27,6 +27,8 @@ fn spec(token: &str, owner: &str) -> LaunchSpec {
             ("team".to_owned(), "ml".to_owned()),
         ]),
         client_token: token.into(),
+        root_volume: None,
+        iam_instance_profile: None,
     }
 }
 

@@ -63,6 +63,8 @@ fn spec(market: Market) -> LaunchSpec {
         user_data: Some("hi".into()),
         tags: BTreeMap::from([(tags::BOX.to_owned(), "dev".to_owned())]),
         client_token: "sk-token".into(),
+        root_volume: None,
+        iam_instance_profile: None,
     }
 }
 

@@ -375,6 +375,8 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
             user_data: spec.user_data.clone(),
             tags: launch_tags(ctx.owner, spec, &intent.token),
             client_token: intent.token.clone(),
+            root_volume: None,
+            iam_instance_profile: None,
         };
         ctx.progress.start(&format!(
             "Requesting a {} {} instance in {}",

@@ -156,6 +156,8 @@ mod tests {
             private_ip: None,
             launched_at: None,
             image_id: None,
+            subnet_id: None,
+            vpc_id: None,
             tags: Default::default(),
         }
     }

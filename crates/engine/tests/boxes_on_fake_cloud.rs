@@ -89,6 +89,8 @@ fn foreign(id: &str, launched: SystemTime) -> Instance {
         private_ip: None,
         launched_at: Some(launched),
         image_id: None,
+        subnet_id: None,
+        vpc_id: None,
         tags: [
             (tags::OWNER.to_owned(), "tester".to_owned()),
             (tags::BOX.to_owned(), "dev".to_owned()),

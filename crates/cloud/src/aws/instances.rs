@@ -1,9 +1,12 @@
 //! Instances and spot requests: RunInstances, DescribeInstances,
 //! DescribeSpotInstanceRequests, TerminateInstances, CancelSpotInstanceRequests, CreateTags.
 
+use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, IamInstanceProfileSpecification,
     InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceType, MarketType,
     Placement, ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+    VolumeType,
 };
 use base64::Engine as _;
 
@@ -16,6 +19,17 @@ use crate::model::{
 
 impl AwsCloud {
     pub(crate) async fn launch_impl(&self, spec: &LaunchSpec) -> Result<Instance, CloudError> {
+        self.launch_with(spec, |req| req).await
+    }
+
+    /// Launches like [`Cloud::launch`](crate::Cloud::launch), letting `customize`
+    /// set RunInstances fields the typed [`LaunchSpec`] lacks (the escape hatch:
+    /// metadata options, placement groups, capacity reservations …).
+    pub async fn launch_with(
+        &self,
+        spec: &LaunchSpec,
+        customize: impl FnOnce(RunInstancesFluentBuilder) -> RunInstancesFluentBuilder,
+    ) -> Result<Instance, CloudError> {
         const OP: &str = "RunInstances";
         let tags: Vec<Tag> = spec
             .tags
@@ -26,15 +40,20 @@ impl AwsCloud {
         if spec.market == Market::Spot {
             resources.push(ResourceType::SpotInstancesRequest);
         }
-        let tag_specs = resources
-            .into_iter()
-            .map(|r| {
-                TagSpecification::builder()
-                    .resource_type(r)
-                    .set_tags(Some(tags.clone()))
-                    .build()
-            })
-            .collect();
+        // AWS rejects a tag specification without tags.
+        let tag_specs: Vec<TagSpecification> = if tags.is_empty() {
+            Vec::new()
+        } else {
+            resources
+                .into_iter()
+                .map(|r| {
+                    TagSpecification::builder()
+                        .resource_type(r)
+                        .set_tags(Some(tags.clone()))
+                        .build()
+                })
+                .collect()
+        };
         let mut req = self
             .ec2
             .run_instances()
@@ -44,7 +63,7 @@ impl AwsCloud {
             .min_count(1)
             .max_count(1)
             .client_token(&spec.client_token)
-            .set_tag_specifications(Some(tag_specs))
+            .set_tag_specifications((!tag_specs.is_empty()).then_some(tag_specs))
             .set_key_name(spec.key_name.clone())
             .set_subnet_id(spec.subnet_id.clone());
         if !spec.security_group_ids.is_empty() {
@@ -71,7 +90,31 @@ impl AwsCloud {
                     .build(),
             );
         }
-        let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
+        if let Some(root) = &spec.root_volume {
+            let device = self.root_device_name(&spec.image_id).await?;
+            req = req.block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(device)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(root.size_gb)
+                            .volume_type(VolumeType::from(root.kind.as_str()))
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        if let Some(profile) = &spec.iam_instance_profile {
+            let p = IamInstanceProfileSpecification::builder();
+            let p = if profile.starts_with("arn:") {
+                p.arn(profile)
+            } else {
+                p.name(profile)
+            };
+            req = req.iam_instance_profile(p.build());
+        }
+        let out = customize(req).send().await.map_err(|e| sdk_error(OP, e))?;
         let first = out.instances().first().ok_or_else(|| {
             CloudError::other(
                 OP,
@@ -254,7 +297,7 @@ impl AwsCloud {
 }
 
 /// Converts an SDK instance; `None` when it lacks the fields every instance has.
-fn convert_instance(i: &aws_sdk_ec2::types::Instance) -> Option<Instance> {
+pub(crate) fn convert_instance(i: &aws_sdk_ec2::types::Instance) -> Option<Instance> {
     let id = i.instance_id()?;
     let state = i
         .state()
@@ -292,6 +335,8 @@ fn convert_instance(i: &aws_sdk_ec2::types::Instance) -> Option<Instance> {
             .launch_time()
             .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
         image_id: i.image_id().map(ImageId::new),
+        subnet_id: i.subnet_id().filter(|s| !s.is_empty()).map(str::to_owned),
+        vpc_id: i.vpc_id().filter(|s| !s.is_empty()).map(str::to_owned),
         tags: tag_map(i.tags()),
     })
 }

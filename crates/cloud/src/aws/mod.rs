@@ -2,7 +2,14 @@
 //! file per AWS area; this one builds the clients and turns SDK errors into
 //! [`CloudError`]s.
 
+mod images;
 mod instances;
+mod network;
+mod volumes;
+
+pub use images::{CANONICAL_OWNER, al2023_parameter, ubuntu_parameter};
+pub use network::{VPC_TAG, VpcInfo, split_cidr};
+pub use volumes::{data_device_names, next_free_device};
 mod pricing;
 
 use std::fmt;
@@ -28,7 +35,6 @@ pub struct ClientConfig {
 #[derive(Clone)]
 pub struct AwsCloud {
     pub(crate) ec2: aws_sdk_ec2::Client,
-    #[allow(dead_code)] // used by the image look-ups of the library issue
     pub(crate) ssm: aws_sdk_ssm::Client,
     region: String,
 }

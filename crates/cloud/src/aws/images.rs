@@ -1,0 +1,308 @@
+//! Images: alias look-up (public SSM parameters, DescribeImages fallback),
+//! instance → AMI (`CreateImage`), and deleting an AMI with its snapshots.
+
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+
+use super::{AwsCloud, sdk_error, tag_filters, tag_map};
+use crate::error::{CloudError, ErrorKind};
+use crate::model::{Arch, Image, ImageId, ImageRef, InstanceId, SnapshotId, TagFilter};
+
+/// Canonical's AWS account: the owner of the official Ubuntu images.
+pub const CANONICAL_OWNER: &str = "099720109477";
+
+/// How long [`AwsCloud::snapshot`] waits for a new AMI to become available:
+/// AMIs of large volumes can take well over ten minutes.
+const IMAGE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+const IMAGE_POLL: Duration = Duration::from_secs(5);
+
+/// The public SSM parameter that names the newest Ubuntu server AMI of a release.
+pub fn ubuntu_parameter(release: &str, arch: Arch) -> String {
+    format!(
+        "/aws/service/canonical/ubuntu/server/{release}/stable/current/{}/hvm/ebs-gp3/ami-id",
+        arch.ubuntu_name()
+    )
+}
+
+/// The public SSM parameter that names the newest Amazon Linux 2023 AMI.
+pub fn al2023_parameter(arch: Arch) -> String {
+    format!(
+        "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{}",
+        arch.ec2_name()
+    )
+}
+
+impl AwsCloud {
+    /// The newest Canonical Ubuntu server AMI of `release` (e.g. `"24.04"`) for
+    /// `arch`: from Canonical's public SSM parameter, or, where the parameter
+    /// is missing, from `DescribeImages` (Canonical's images, newest first).
+    pub async fn latest_ubuntu(&self, release: &str, arch: Arch) -> Result<ImageId, CloudError> {
+        if let Some(id) = self.parameter(&ubuntu_parameter(release, arch)).await? {
+            return Ok(ImageId::new(id));
+        }
+        let pattern = format!(
+            "ubuntu/images/hvm-ssd*/ubuntu-*-{release}-{}-server-*",
+            arch.ubuntu_name()
+        );
+        self.newest_image(CANONICAL_OWNER, &pattern, arch).await?.ok_or_else(|| {
+            CloudError::other(
+                "DescribeImages",
+                ErrorKind::NotFound,
+                format!("no Ubuntu {release} {} image in {} (SSM parameter and DescribeImages both empty)", arch.ubuntu_name(), self.region()),
+            )
+        })
+    }
+
+    /// The newest Amazon Linux 2023 AMI for `arch`, from its public SSM parameter.
+    pub async fn latest_al2023(&self, arch: Arch) -> Result<ImageId, CloudError> {
+        let name = al2023_parameter(arch);
+        self.parameter(&name)
+            .await?
+            .map(ImageId::new)
+            .ok_or_else(|| {
+                CloudError::other(
+                    "GetParameter",
+                    ErrorKind::NotFound,
+                    format!("public parameter {name} not found in {}", self.region()),
+                )
+            })
+    }
+
+    /// Resolves an [`ImageRef`] to an AMI id.
+    pub async fn resolve_image(&self, image: &ImageRef) -> Result<ImageId, CloudError> {
+        match image {
+            ImageRef::Id(id) => Ok(id.clone()),
+            ImageRef::Ubuntu { release, arch } => self.latest_ubuntu(release, *arch).await,
+            ImageRef::AmazonLinux2023 { arch } => self.latest_al2023(*arch).await,
+        }
+    }
+
+    /// An SSM parameter's value; `None` when it does not exist.
+    async fn parameter(&self, name: &str) -> Result<Option<String>, CloudError> {
+        match self.ssm.get_parameter().name(name).send().await {
+            Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(str::to_owned)),
+            Err(e) => {
+                let err = sdk_error("GetParameter", e);
+                if err.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn newest_image(
+        &self,
+        owner: &str,
+        name_pattern: &str,
+        arch: Arch,
+    ) -> Result<Option<ImageId>, CloudError> {
+        let out = self
+            .ec2
+            .describe_images()
+            .owners(owner)
+            .filters(Filter::builder().name("name").values(name_pattern).build())
+            .filters(
+                Filter::builder()
+                    .name("architecture")
+                    .values(arch.ec2_name())
+                    .build(),
+            )
+            .filters(Filter::builder().name("state").values("available").build())
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeImages", e))?;
+        // CreationDate is RFC 3339 in UTC, so text order is time order.
+        let newest = out
+            .images()
+            .iter()
+            .filter(|i| i.owner_id().is_none_or(|o| o == owner))
+            .max_by(|a, b| {
+                a.creation_date()
+                    .unwrap_or("")
+                    .cmp(b.creation_date().unwrap_or(""))
+                    .then(a.name().cmp(&b.name()))
+            });
+        Ok(newest.and_then(|i| i.image_id()).map(ImageId::new))
+    }
+
+    /// The device name of an image's root volume (`/dev/xvda`, `/dev/sda1` …).
+    pub(crate) async fn root_device_name(&self, image: &ImageId) -> Result<String, CloudError> {
+        let img = self.image(image).await?.ok_or_else(|| {
+            CloudError::from_code(
+                "DescribeImages",
+                "InvalidAMIID.NotFound",
+                format!("image {image} not found"),
+            )
+        })?;
+        Ok(img.1.unwrap_or_else(|| "/dev/xvda".to_owned()))
+    }
+
+    /// One image by id, with its root device name; `None` when unknown.
+    async fn image(&self, id: &ImageId) -> Result<Option<(Image, Option<String>)>, CloudError> {
+        match self
+            .ec2
+            .describe_images()
+            .image_ids(id.as_str())
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .images()
+                .first()
+                .map(|i| (convert_image(i), i.root_device_name().map(str::to_owned)))),
+            Err(e) => {
+                let err = sdk_error("DescribeImages", e);
+                if err.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Images this account owns whose tags match `filter`, newest first.
+    pub async fn images(&self, filter: &TagFilter) -> Result<Vec<Image>, CloudError> {
+        let out = self
+            .ec2
+            .describe_images()
+            .owners("self")
+            .set_filters(Some(tag_filters(filter)))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeImages", e))?;
+        let mut images: Vec<Image> = out
+            .images()
+            .iter()
+            .map(convert_image)
+            .filter(|i| filter.matches(&i.tags))
+            .collect();
+        images.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| b.id.cmp(&a.id))
+        });
+        Ok(images)
+    }
+
+    /// Makes an AMI of a running instance and waits until it is `available`.
+    /// Uses `NoReboot`: a one-time spot instance cannot be stopped, and a
+    /// reboot would interrupt whatever the box is doing. The image is tagged at
+    /// creation with `tags`; its snapshots are tagged once they exist.
+    pub async fn snapshot(
+        &self,
+        instance: &InstanceId,
+        name: &str,
+        tags: &[(String, String)],
+    ) -> Result<Image, CloudError> {
+        const OP: &str = "CreateImage";
+        let aws_tags: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        let mut req = self
+            .ec2
+            .create_image()
+            .instance_id(instance.as_str())
+            .name(name)
+            .no_reboot(true);
+        if !aws_tags.is_empty() {
+            req = req.tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Image)
+                    .set_tags(Some(aws_tags))
+                    .build(),
+            );
+        }
+        let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
+        let id = out.image_id().map(ImageId::new).ok_or_else(|| {
+            CloudError::other(
+                OP,
+                ErrorKind::Other,
+                "AWS accepted CreateImage but returned no image id",
+            )
+        })?;
+        let image = self.wait_image_available(&id).await?;
+        let snaps: Vec<String> = image.snapshot_ids.iter().map(|s| s.to_string()).collect();
+        self.tag_impl(&snaps, tags).await?;
+        Ok(image)
+    }
+
+    async fn wait_image_available(&self, id: &ImageId) -> Result<Image, CloudError> {
+        let deadline = tokio::time::Instant::now() + IMAGE_TIMEOUT;
+        loop {
+            if let Some((image, _)) = self.image(id).await? {
+                match image.state.as_str() {
+                    "available" => return Ok(image),
+                    "failed" | "error" | "invalid" | "deregistered" => {
+                        return Err(CloudError::other(
+                            "CreateImage",
+                            ErrorKind::Other,
+                            format!("image {id} ended {}", image.state),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CloudError::other(
+                    "CreateImage",
+                    ErrorKind::Other,
+                    format!(
+                        "image {id} not available after {}s",
+                        IMAGE_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(IMAGE_POLL).await;
+        }
+    }
+
+    /// Deregisters an AMI and deletes the snapshots behind it. An image that
+    /// no longer exists is not an error (the delete may be a retry).
+    pub async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError> {
+        let Some((image, _)) = self.image(id).await? else {
+            return Ok(Vec::new());
+        };
+        self.ec2
+            .deregister_image()
+            .image_id(id.as_str())
+            .send()
+            .await
+            .map_err(|e| sdk_error("DeregisterImage", e))?;
+        for snap in &image.snapshot_ids {
+            if let Err(e) = self
+                .ec2
+                .delete_snapshot()
+                .snapshot_id(snap.as_str())
+                .send()
+                .await
+            {
+                let err = sdk_error("DeleteSnapshot", e);
+                if err.kind != ErrorKind::NotFound {
+                    return Err(err);
+                }
+            }
+        }
+        Ok(image.snapshot_ids)
+    }
+}
+
+fn convert_image(i: &aws_sdk_ec2::types::Image) -> Image {
+    Image {
+        id: ImageId::new(i.image_id().unwrap_or_default()),
+        name: i.name().map(str::to_owned),
+        state: i.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        created_at: i.creation_date().map(str::to_owned),
+        snapshot_ids: i
+            .block_device_mappings()
+            .iter()
+            .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()))
+            .map(SnapshotId::new)
+            .collect(),
+        tags: tag_map(i.tags()),
+    }
+}

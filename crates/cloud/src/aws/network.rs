@@ -1,0 +1,757 @@
+//! Networks: a VPC with subnets, internet gateway, route table and an SSH
+//! security group (`get_or_create_vpc` / `delete_vpc`), network interfaces,
+//! and key pairs.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, ResourceType, Tag, TagSpecification};
+
+use super::{AwsCloud, sdk_error, tag_map};
+use crate::error::{CloudError, ErrorKind};
+use crate::model::{InstanceId, KeyPair, NetworkInterface, tags};
+
+/// Tag naming the spotkeeper VPC a resource belongs to.
+pub const VPC_TAG: &str = "spotkeeper:vpc";
+
+/// How many zones a new VPC gets a subnet in (the VPC's range is split in four).
+const VPC_SUBNETS: usize = 4;
+
+/// What [`AwsCloud::get_or_create_vpc`] made, with what was made inside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VpcInfo {
+    /// The name (`Name` and `spotkeeper:vpc` tags).
+    pub name: String,
+    /// VPC id.
+    pub id: String,
+    /// Its IPv4 range.
+    pub cidr: String,
+    /// One subnet per zone, `(subnet id, zone)`.
+    pub subnets: Vec<(String, String)>,
+    /// The internet gateway.
+    pub internet_gateway_id: Option<String>,
+    /// The route table sending 0.0.0.0/0 to the gateway.
+    pub route_table_id: Option<String>,
+    /// A security group allowing SSH in.
+    pub security_group_id: Option<String>,
+}
+
+/// Splits an IPv4 CIDR into `parts` (a power of two) equal blocks.
+pub fn split_cidr(cidr: &str, parts: usize) -> Result<Vec<String>, String> {
+    let (addr, len) = cidr
+        .split_once('/')
+        .ok_or_else(|| format!("{cidr:?} is not a CIDR block like 10.0.0.0/16"))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+    let len: u32 = len
+        .parse()
+        .map_err(|_| format!("{len:?} is not a prefix length"))?;
+    let bits = parts.trailing_zeros();
+    if !parts.is_power_of_two() || !(16..=28 - bits).contains(&len) {
+        return Err(format!(
+            "{cidr}: a VPC needs a prefix from /16 to /{} to hold {parts} subnets",
+            28 - bits
+        ));
+    }
+    let base = u32::from(addr) & (u32::MAX << (32 - len));
+    let sub = len + bits;
+    Ok((0..parts as u32)
+        .map(|i| format!("{}/{sub}", Ipv4Addr::from(base + (i << (32 - sub)))))
+        .collect())
+}
+
+fn tag_spec(kind: ResourceType, name: &str, vpc: &str) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(kind)
+        .tags(Tag::builder().key(tags::NAME).value(name).build())
+        .tags(Tag::builder().key(VPC_TAG).value(vpc).build())
+        .build()
+}
+
+impl AwsCloud {
+    /// Finds the VPC named `name` (by its `spotkeeper:vpc` tag) or creates it:
+    /// the VPC, a subnet in each of up to four zones (the range split in
+    /// four), an internet gateway, a route table with a default route to it,
+    /// and a security group allowing SSH from anywhere; all tagged at creation.
+    pub(crate) async fn get_or_create_vpc_info(
+        &self,
+        name: &str,
+        cidr: &str,
+    ) -> Result<VpcInfo, CloudError> {
+        if let Some(found) = self.find_vpc(name).await? {
+            return Ok(found);
+        }
+        let blocks = split_cidr(cidr, VPC_SUBNETS)
+            .map_err(|m| CloudError::other("CreateVpc", ErrorKind::InvalidRequest, m))?;
+        let vpc = self
+            .ec2
+            .create_vpc()
+            .cidr_block(cidr)
+            .tag_specifications(tag_spec(ResourceType::Vpc, name, name))
+            .send()
+            .await
+            .map_err(|e| sdk_error("CreateVpc", e))?;
+        let vpc_id = vpc
+            .vpc()
+            .and_then(|v| v.vpc_id())
+            .unwrap_or_default()
+            .to_owned();
+        let mut info = VpcInfo {
+            name: name.into(),
+            id: vpc_id.clone(),
+            cidr: cidr.into(),
+            subnets: vec![],
+            internet_gateway_id: None,
+            route_table_id: None,
+            security_group_id: None,
+        };
+        // Anything below that fails leaves a tagged, findable VPC: the next
+        // call completes it (the steps skip what exists) or delete_vpc removes it.
+        self.complete_vpc(&mut info, &blocks).await?;
+        Ok(info)
+    }
+
+    async fn complete_vpc(&self, info: &mut VpcInfo, blocks: &[String]) -> Result<(), CloudError> {
+        let (name, vpc_id) = (info.name.clone(), info.id.clone());
+        let zones = self.zones_impl().await?;
+        for (block, zone) in blocks.iter().zip(zones.iter()) {
+            if info.subnets.iter().any(|(_, z)| z == zone) {
+                continue;
+            }
+            let sn = self
+                .ec2
+                .create_subnet()
+                .vpc_id(&vpc_id)
+                .cidr_block(block)
+                .availability_zone(zone)
+                .tag_specifications(tag_spec(
+                    ResourceType::Subnet,
+                    &format!("{name}-{zone}"),
+                    &name,
+                ))
+                .send()
+                .await
+                .map_err(|e| sdk_error("CreateSubnet", e))?;
+            let id = sn
+                .subnet()
+                .and_then(|s| s.subnet_id())
+                .unwrap_or_default()
+                .to_owned();
+            self.ec2
+                .modify_subnet_attribute()
+                .subnet_id(&id)
+                .map_public_ip_on_launch(
+                    aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                        .value(true)
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| sdk_error("ModifySubnetAttribute", e))?;
+            info.subnets.push((id, zone.clone()));
+        }
+        if info.internet_gateway_id.is_none() {
+            let igw = self
+                .ec2
+                .create_internet_gateway()
+                .tag_specifications(tag_spec(ResourceType::InternetGateway, &name, &name))
+                .send()
+                .await
+                .map_err(|e| sdk_error("CreateInternetGateway", e))?;
+            let igw_id = igw
+                .internet_gateway()
+                .and_then(|g| g.internet_gateway_id())
+                .unwrap_or_default()
+                .to_owned();
+            self.ec2
+                .attach_internet_gateway()
+                .internet_gateway_id(&igw_id)
+                .vpc_id(&vpc_id)
+                .send()
+                .await
+                .map_err(|e| sdk_error("AttachInternetGateway", e))?;
+            info.internet_gateway_id = Some(igw_id);
+        }
+        if info.route_table_id.is_none() {
+            let rt = self
+                .ec2
+                .create_route_table()
+                .vpc_id(&vpc_id)
+                .tag_specifications(tag_spec(ResourceType::RouteTable, &name, &name))
+                .send()
+                .await
+                .map_err(|e| sdk_error("CreateRouteTable", e))?;
+            let rt_id = rt
+                .route_table()
+                .and_then(|r| r.route_table_id())
+                .unwrap_or_default()
+                .to_owned();
+            self.ec2
+                .create_route()
+                .route_table_id(&rt_id)
+                .destination_cidr_block("0.0.0.0/0")
+                .set_gateway_id(info.internet_gateway_id.clone())
+                .send()
+                .await
+                .map_err(|e| sdk_error("CreateRoute", e))?;
+            for (subnet, _) in &info.subnets {
+                self.ec2
+                    .associate_route_table()
+                    .route_table_id(&rt_id)
+                    .subnet_id(subnet)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("AssociateRouteTable", e))?;
+            }
+            info.route_table_id = Some(rt_id);
+        }
+        if info.security_group_id.is_none() {
+            let sg = self
+                .ec2
+                .create_security_group()
+                .group_name(format!("{name}-ssh"))
+                .description("SSH in; made by spotkeeper")
+                .vpc_id(&vpc_id)
+                .tag_specifications(tag_spec(
+                    ResourceType::SecurityGroup,
+                    &format!("{name}-ssh"),
+                    &name,
+                ))
+                .send()
+                .await
+                .map_err(|e| sdk_error("CreateSecurityGroup", e))?;
+            let sg_id = sg.group_id().unwrap_or_default().to_owned();
+            self.ec2
+                .authorize_security_group_ingress()
+                .group_id(&sg_id)
+                .ip_permissions(
+                    IpPermission::builder()
+                        .ip_protocol("tcp")
+                        .from_port(22)
+                        .to_port(22)
+                        .ip_ranges(
+                            IpRange::builder()
+                                .cidr_ip("0.0.0.0/0")
+                                .description("SSH")
+                                .build(),
+                        )
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| sdk_error("AuthorizeSecurityGroupIngress", e))?;
+            info.security_group_id = Some(sg_id);
+        }
+        Ok(())
+    }
+
+    fn vpc_filter(name: &str) -> Filter {
+        Filter::builder()
+            .name(format!("tag:{VPC_TAG}"))
+            .values(name)
+            .build()
+    }
+
+    /// The VPC named `name` with what spotkeeper made in it, if it exists.
+    pub(crate) async fn find_vpc(&self, name: &str) -> Result<Option<VpcInfo>, CloudError> {
+        let vpcs = self
+            .ec2
+            .describe_vpcs()
+            .filters(Self::vpc_filter(name))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeVpcs", e))?;
+        let Some(vpc) = vpcs
+            .vpcs()
+            .iter()
+            .find(|v| tag_map(v.tags()).get(VPC_TAG).map(String::as_str) == Some(name))
+        else {
+            return Ok(None);
+        };
+        let vpc_id = vpc.vpc_id().unwrap_or_default().to_owned();
+        let in_vpc = Filter::builder().name("vpc-id").values(&vpc_id).build();
+        let subnets = self
+            .ec2
+            .describe_subnets()
+            .filters(in_vpc.clone())
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeSubnets", e))?;
+        let igws = self
+            .ec2
+            .describe_internet_gateways()
+            .filters(
+                Filter::builder()
+                    .name("attachment.vpc-id")
+                    .values(&vpc_id)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeInternetGateways", e))?;
+        let rts = self
+            .ec2
+            .describe_route_tables()
+            .filters(in_vpc.clone())
+            .filters(Self::vpc_filter(name))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeRouteTables", e))?;
+        let sgs = self
+            .ec2
+            .describe_security_groups()
+            .filters(in_vpc)
+            .filters(Self::vpc_filter(name))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeSecurityGroups", e))?;
+        let mut info = VpcInfo {
+            name: name.into(),
+            id: vpc_id,
+            cidr: vpc.cidr_block().unwrap_or_default().to_owned(),
+            subnets: subnets
+                .subnets()
+                .iter()
+                .filter_map(|s| {
+                    Some((s.subnet_id()?.to_owned(), s.availability_zone()?.to_owned()))
+                })
+                .collect(),
+            internet_gateway_id: igws
+                .internet_gateways()
+                .first()
+                .and_then(|g| g.internet_gateway_id())
+                .map(str::to_owned),
+            route_table_id: rts
+                .route_tables()
+                .first()
+                .and_then(|r| r.route_table_id())
+                .map(str::to_owned),
+            security_group_id: sgs
+                .security_groups()
+                .first()
+                .and_then(|g| g.group_id())
+                .map(str::to_owned),
+        };
+        info.subnets.sort_by(|a, b| a.1.cmp(&b.1));
+        // A creation cut short is finished here, so a found VPC is always whole.
+        let complete = info.internet_gateway_id.is_some()
+            && info.route_table_id.is_some()
+            && info.security_group_id.is_some()
+            && !info.subnets.is_empty();
+        if !complete {
+            let blocks = split_cidr(&info.cidr, VPC_SUBNETS)
+                .map_err(|m| CloudError::other("CreateSubnet", ErrorKind::InvalidRequest, m))?;
+            self.complete_vpc(&mut info, &blocks).await?;
+        }
+        Ok(Some(info))
+    }
+
+    /// Deletes a VPC and everything in it: terminates its instances (and
+    /// waits), deletes leftover network interfaces, the security group, the
+    /// route table, the internet gateway, the subnets and the VPC.
+    pub async fn delete_vpc(&self, vpc: &VpcInfo) -> Result<(), CloudError> {
+        let in_vpc = || Filter::builder().name("vpc-id").values(&vpc.id).build();
+        let out = self
+            .ec2
+            .describe_instances()
+            .filters(in_vpc())
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeInstances", e))?;
+        let ids: Vec<InstanceId> = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| {
+                i.state()
+                    .and_then(|s| s.name())
+                    .is_none_or(|n| n.as_str() != "terminated")
+            })
+            .filter_map(|i| i.instance_id().map(InstanceId::new))
+            .collect();
+        if !ids.is_empty() {
+            self.terminate_impl(&ids).await?;
+            self.wait_terminated(&ids, Duration::from_secs(10 * 60))
+                .await?;
+        }
+        let enis = self
+            .ec2
+            .describe_network_interfaces()
+            .filters(in_vpc())
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeNetworkInterfaces", e))?;
+        for eni in enis.network_interfaces() {
+            if let Some(id) = eni.network_interface_id() {
+                ignore_not_found(
+                    self.ec2
+                        .delete_network_interface()
+                        .network_interface_id(id)
+                        .send()
+                        .await
+                        .map_err(|e| sdk_error("DeleteNetworkInterface", e)),
+                )?;
+            }
+        }
+        if let Some(sg) = &vpc.security_group_id {
+            ignore_not_found(
+                self.ec2
+                    .delete_security_group()
+                    .group_id(sg)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("DeleteSecurityGroup", e)),
+            )?;
+        }
+        if let Some(rt) = &vpc.route_table_id {
+            let rts = self
+                .ec2
+                .describe_route_tables()
+                .route_table_ids(rt)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DescribeRouteTables", e));
+            if let Ok(rts) = rts {
+                for assoc in rts.route_tables().iter().flat_map(|r| r.associations()) {
+                    if let (Some(id), false) = (
+                        assoc.route_table_association_id(),
+                        assoc.main().unwrap_or(false),
+                    ) {
+                        ignore_not_found(
+                            self.ec2
+                                .disassociate_route_table()
+                                .association_id(id)
+                                .send()
+                                .await
+                                .map_err(|e| sdk_error("DisassociateRouteTable", e)),
+                        )?;
+                    }
+                }
+            }
+            ignore_not_found(
+                self.ec2
+                    .delete_route_table()
+                    .route_table_id(rt)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("DeleteRouteTable", e)),
+            )?;
+        }
+        if let Some(igw) = &vpc.internet_gateway_id {
+            ignore_not_found(
+                self.ec2
+                    .detach_internet_gateway()
+                    .internet_gateway_id(igw)
+                    .vpc_id(&vpc.id)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("DetachInternetGateway", e)),
+            )?;
+            ignore_not_found(
+                self.ec2
+                    .delete_internet_gateway()
+                    .internet_gateway_id(igw)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("DeleteInternetGateway", e)),
+            )?;
+        }
+        for (subnet, _) in &vpc.subnets {
+            ignore_not_found(
+                self.ec2
+                    .delete_subnet()
+                    .subnet_id(subnet)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("DeleteSubnet", e)),
+            )?;
+        }
+        ignore_not_found(
+            self.ec2
+                .delete_vpc()
+                .vpc_id(&vpc.id)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DeleteVpc", e)),
+        )?;
+        Ok(())
+    }
+
+    /// Waits until every instance in `ids` is terminated (or unknown).
+    pub async fn wait_terminated(
+        &self,
+        ids: &[InstanceId],
+        within: Duration,
+    ) -> Result<(), CloudError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut left = 0;
+            for id in ids {
+                if let Some(i) = self.instance_impl(id).await? {
+                    if i.state != crate::model::InstanceState::Terminated {
+                        left += 1;
+                    }
+                }
+            }
+            if left == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CloudError::other(
+                    "DescribeInstances",
+                    ErrorKind::Other,
+                    format!(
+                        "{left} instance(s) not terminated within {}s",
+                        within.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Creates a network interface in `subnet` (tagged at creation) and
+    /// attaches it to `instance` at `device_index`.
+    pub async fn attach_new_network_interface(
+        &self,
+        instance: &InstanceId,
+        subnet: &str,
+        device_index: i32,
+        security_groups: &[String],
+        tags: &[(String, String)],
+    ) -> Result<NetworkInterface, CloudError> {
+        let mut spec = TagSpecification::builder().resource_type(ResourceType::NetworkInterface);
+        for (k, v) in tags {
+            spec = spec.tags(Tag::builder().key(k).value(v).build());
+        }
+        let mut req = self
+            .ec2
+            .create_network_interface()
+            .subnet_id(subnet)
+            .tag_specifications(spec.build());
+        if !security_groups.is_empty() {
+            req = req.set_groups(Some(security_groups.to_vec()));
+        }
+        let eni = req
+            .send()
+            .await
+            .map_err(|e| sdk_error("CreateNetworkInterface", e))?;
+        let id = eni
+            .network_interface()
+            .and_then(|n| n.network_interface_id())
+            .unwrap_or_default()
+            .to_owned();
+        let att = self
+            .ec2
+            .attach_network_interface()
+            .network_interface_id(&id)
+            .instance_id(instance.as_str())
+            .device_index(device_index)
+            .send()
+            .await
+            .map_err(|e| sdk_error("AttachNetworkInterface", e))?;
+        if let Some(attachment) = att.attachment_id() {
+            // Deleted with the instance, as volumes added to it are.
+            self.ec2
+                .modify_network_interface_attribute()
+                .network_interface_id(&id)
+                .attachment(
+                    aws_sdk_ec2::types::NetworkInterfaceAttachmentChanges::builder()
+                        .attachment_id(attachment)
+                        .delete_on_termination(true)
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| sdk_error("ModifyNetworkInterfaceAttribute", e))?;
+        }
+        self.network_interface(&id).await?.ok_or_else(|| {
+            CloudError::other(
+                "DescribeNetworkInterfaces",
+                ErrorKind::NotFound,
+                format!("network interface {id} vanished"),
+            )
+        })
+    }
+
+    /// One network interface; `None` when it does not exist.
+    pub async fn network_interface(
+        &self,
+        id: &str,
+    ) -> Result<Option<NetworkInterface>, CloudError> {
+        match self
+            .ec2
+            .describe_network_interfaces()
+            .network_interface_ids(id)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.network_interfaces().first().map(convert_eni)),
+            Err(e) => {
+                let err = sdk_error("DescribeNetworkInterfaces", e);
+                if err.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Network interfaces attached to an instance, by device index.
+    pub async fn instance_network_interfaces(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<Vec<NetworkInterface>, CloudError> {
+        let out = self
+            .ec2
+            .describe_network_interfaces()
+            .filters(
+                Filter::builder()
+                    .name("attachment.instance-id")
+                    .values(instance.as_str())
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeNetworkInterfaces", e))?;
+        let mut all: Vec<NetworkInterface> =
+            out.network_interfaces().iter().map(convert_eni).collect();
+        all.sort_by_key(|n| n.attachment.as_ref().map(|a| a.1));
+        Ok(all)
+    }
+
+    /// Deletes a network interface; one already gone is not an error.
+    pub async fn delete_network_interface(&self, id: &str) -> Result<(), CloudError> {
+        ignore_not_found(
+            self.ec2
+                .delete_network_interface()
+                .network_interface_id(id)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DeleteNetworkInterface", e)),
+        )
+    }
+
+    /// Imports the public key in `public_key_file` as key pair `name`. If a key
+    /// pair of that name exists it is left as it is and returned (`created = false`).
+    pub async fn import_key_pair(
+        &self,
+        name: &str,
+        public_key_file: &Path,
+    ) -> Result<KeyPair, CloudError> {
+        const OP: &str = "ImportKeyPair";
+        if let Some(existing) = self.key_pair(name).await? {
+            return Ok(existing);
+        }
+        let material = std::fs::read(public_key_file).map_err(|e| {
+            CloudError::other(
+                OP,
+                ErrorKind::InvalidRequest,
+                format!("cannot read {}: {e}", public_key_file.display()),
+            )
+        })?;
+        let out = self
+            .ec2
+            .import_key_pair()
+            .key_name(name)
+            .public_key_material(aws_sdk_ec2::primitives::Blob::new(material))
+            .send()
+            .await;
+        match out {
+            Ok(out) => Ok(KeyPair {
+                name: name.into(),
+                fingerprint: out.key_fingerprint().map(str::to_owned),
+                created: true,
+            }),
+            // Lost a race with another import of the same name: that one stands.
+            Err(e) => {
+                let err = sdk_error(OP, e);
+                if err.code.as_deref() == Some("InvalidKeyPair.Duplicate") {
+                    if let Some(existing) = self.key_pair(name).await? {
+                        return Ok(existing);
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The key pair named `name`, if it exists.
+    pub async fn key_pair(&self, name: &str) -> Result<Option<KeyPair>, CloudError> {
+        match self.ec2.describe_key_pairs().key_names(name).send().await {
+            Ok(out) => Ok(out.key_pairs().first().map(|k| KeyPair {
+                name: k.key_name().unwrap_or(name).to_owned(),
+                fingerprint: k.key_fingerprint().map(str::to_owned),
+                created: false,
+            })),
+            Err(e) => {
+                let err = sdk_error("DescribeKeyPairs", e);
+                if err.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Deletes a key pair (no error if it does not exist).
+    pub async fn delete_key_pair(&self, name: &str) -> Result<(), CloudError> {
+        ignore_not_found(
+            self.ec2
+                .delete_key_pair()
+                .key_name(name)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DeleteKeyPair", e)),
+        )
+    }
+}
+
+fn ignore_not_found<T>(r: Result<T, CloudError>) -> Result<(), CloudError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn convert_eni(n: &aws_sdk_ec2::types::NetworkInterface) -> NetworkInterface {
+    NetworkInterface {
+        id: n.network_interface_id().unwrap_or_default().to_owned(),
+        subnet_id: n.subnet_id().map(str::to_owned),
+        private_ip: n.private_ip_address().map(str::to_owned),
+        attachment: n
+            .attachment()
+            .and_then(|a| Some((InstanceId::new(a.instance_id()?), a.device_index()?))),
+        tags: tag_map(n.tag_set()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_splits_into_equal_aligned_blocks() {
+        assert_eq!(
+            split_cidr("10.0.0.0/16", 4).expect("ok"),
+            [
+                "10.0.0.0/18",
+                "10.0.64.0/18",
+                "10.0.128.0/18",
+                "10.0.192.0/18"
+            ]
+        );
+        assert_eq!(
+            split_cidr("192.168.1.7/24", 4).expect("ok")[1],
+            "192.168.1.64/26"
+        );
+        assert!(split_cidr("10.0.0.0/27", 4).is_err());
+        assert!(split_cidr("10.0.0.0", 4).is_err());
+        assert!(split_cidr("10.0.0.0/8", 4).is_err());
+    }
+}

@@ -1,0 +1,369 @@
+//! EBS volumes: create (tagged at creation), describe, attach at the next free
+//! device name, detach, delete; snapshots of volumes.
+
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification, VolumeType};
+
+use super::{AwsCloud, sdk_error, tag_filters, tag_map};
+use crate::error::{CloudError, ErrorKind};
+use crate::model::{InstanceId, SnapshotId, TagFilter, Volume, VolumeId};
+
+/// Volume state changes (create, attach, detach) take seconds; a stuck one
+/// after this long needs a person.
+const VOLUME_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+const VOLUME_POLL: Duration = Duration::from_millis(1500);
+
+/// Device names offered to added volumes, in order (`/dev/sdf` … `/dev/sdz`,
+/// the range AWS recommends for EBS data volumes).
+pub fn data_device_names() -> impl Iterator<Item = String> {
+    ('f'..='z').map(|c| format!("/dev/sd{c}"))
+}
+
+/// The first of `/dev/sd[f-z]` not used by `used` (names compared without the
+/// `/dev/` prefix and with `xvd` read as `sd`, since Xen renames them).
+pub fn next_free_device(used: &[String]) -> Option<String> {
+    let norm = |d: &str| d.trim_start_matches("/dev/").replacen("xvd", "sd", 1);
+    let used: Vec<String> = used.iter().map(|d| norm(d)).collect();
+    data_device_names().find(|d| {
+        let n = norm(d);
+        !used.iter().any(|u| {
+            u == &n || u.starts_with(&n) && u[n.len()..].chars().all(|c| c.is_ascii_digit())
+        })
+    })
+}
+
+impl AwsCloud {
+    /// Creates a volume in `zone` (from `snapshot` when given), tagged at
+    /// creation, and waits until it is `available`.
+    pub async fn create_volume(
+        &self,
+        zone: &str,
+        size_gb: Option<i32>,
+        kind: &str,
+        snapshot: Option<&SnapshotId>,
+        tags: &[(String, String)],
+    ) -> Result<Volume, CloudError> {
+        const OP: &str = "CreateVolume";
+        let aws_tags: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        let mut req = self
+            .ec2
+            .create_volume()
+            .availability_zone(zone)
+            .volume_type(VolumeType::from(kind))
+            .set_size(size_gb)
+            .set_snapshot_id(snapshot.map(|s| s.to_string()));
+        if !aws_tags.is_empty() {
+            req = req.tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Volume)
+                    .set_tags(Some(aws_tags))
+                    .build(),
+            );
+        }
+        let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
+        let id = out
+            .volume_id()
+            .map(VolumeId::new)
+            .ok_or_else(|| CloudError::other(OP, ErrorKind::Other, "AWS returned no volume id"))?;
+        self.wait_volume(&id, |v| v.state == "available").await
+    }
+
+    /// Volumes whose tags match `filter`.
+    pub async fn volumes(&self, filter: &TagFilter) -> Result<Vec<Volume>, CloudError> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .ec2
+                .describe_volumes()
+                .set_filters(Some(tag_filters(filter)))
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| sdk_error("DescribeVolumes", e))?;
+            all.extend(out.volumes().iter().map(convert_volume));
+            token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        all.retain(|v| filter.matches(&v.tags));
+        Ok(all)
+    }
+
+    /// One volume; `None` when it does not exist.
+    pub async fn volume(&self, id: &VolumeId) -> Result<Option<Volume>, CloudError> {
+        match self
+            .ec2
+            .describe_volumes()
+            .volume_ids(id.as_str())
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.volumes().first().map(convert_volume)),
+            Err(e) => {
+                let err = sdk_error("DescribeVolumes", e);
+                if err.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Attaches a volume to an instance at `device` and waits until it is in use.
+    pub async fn attach_volume(
+        &self,
+        volume: &VolumeId,
+        instance: &InstanceId,
+        device: &str,
+    ) -> Result<Volume, CloudError> {
+        self.ec2
+            .attach_volume()
+            .volume_id(volume.as_str())
+            .instance_id(instance.as_str())
+            .device(device)
+            .send()
+            .await
+            .map_err(|e| sdk_error("AttachVolume", e))?;
+        self.wait_volume(volume, |v| {
+            v.state == "in-use" && v.attachments.iter().any(|(i, _)| i == instance)
+        })
+        .await
+    }
+
+    /// Detaches a volume from `instance` and waits until it is available.
+    pub async fn detach_volume(
+        &self,
+        volume: &VolumeId,
+        instance: &InstanceId,
+    ) -> Result<Volume, CloudError> {
+        self.ec2
+            .detach_volume()
+            .volume_id(volume.as_str())
+            .instance_id(instance.as_str())
+            .send()
+            .await
+            .map_err(|e| sdk_error("DetachVolume", e))?;
+        self.wait_volume(volume, |v| v.state == "available").await
+    }
+
+    /// Deletes a volume; one already gone is not an error.
+    pub async fn delete_volume(&self, volume: &VolumeId) -> Result<(), CloudError> {
+        match self
+            .ec2
+            .delete_volume()
+            .volume_id(volume.as_str())
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = sdk_error("DeleteVolume", e);
+                if err.kind == ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Marks the volume attached at `device` to be deleted when the instance terminates.
+    pub async fn delete_on_termination(
+        &self,
+        instance: &InstanceId,
+        device: &str,
+    ) -> Result<(), CloudError> {
+        use aws_sdk_ec2::types::{
+            EbsInstanceBlockDeviceSpecification, InstanceBlockDeviceMappingSpecification,
+        };
+        self.ec2
+            .modify_instance_attribute()
+            .instance_id(instance.as_str())
+            .block_device_mappings(
+                InstanceBlockDeviceMappingSpecification::builder()
+                    .device_name(device)
+                    .ebs(
+                        EbsInstanceBlockDeviceSpecification::builder()
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_error("ModifyInstanceAttribute", e))?;
+        Ok(())
+    }
+
+    /// The device names in use on an instance (its block device mappings).
+    pub async fn used_devices(&self, instance: &InstanceId) -> Result<Vec<String>, CloudError> {
+        let out = self
+            .ec2
+            .describe_instances()
+            .instance_ids(instance.as_str())
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeInstances", e))?;
+        Ok(out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .flat_map(|i| i.block_device_mappings())
+            .filter_map(|b| b.device_name().map(str::to_owned))
+            .collect())
+    }
+
+    /// Snapshots a volume, tagged at creation, and waits until it completes.
+    pub async fn snapshot_volume(
+        &self,
+        volume: &VolumeId,
+        tags: &[(String, String)],
+    ) -> Result<SnapshotId, CloudError> {
+        const OP: &str = "CreateSnapshot";
+        let aws_tags: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        let mut req = self.ec2.create_snapshot().volume_id(volume.as_str());
+        if !aws_tags.is_empty() {
+            req = req.tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Snapshot)
+                    .set_tags(Some(aws_tags))
+                    .build(),
+            );
+        }
+        let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
+        let id = out.snapshot_id().map(SnapshotId::new).ok_or_else(|| {
+            CloudError::other(OP, ErrorKind::Other, "AWS returned no snapshot id")
+        })?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2 * 60 * 60);
+        loop {
+            let out = self
+                .ec2
+                .describe_snapshots()
+                .snapshot_ids(id.as_str())
+                .send()
+                .await
+                .map_err(|e| sdk_error("DescribeSnapshots", e))?;
+            match out
+                .snapshots()
+                .first()
+                .and_then(|s| s.state())
+                .map(|s| s.as_str().to_owned())
+                .as_deref()
+            {
+                Some("completed") => return Ok(id),
+                Some("error") => {
+                    return Err(CloudError::other(
+                        OP,
+                        ErrorKind::Other,
+                        format!("snapshot {id} failed"),
+                    ));
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CloudError::other(
+                    OP,
+                    ErrorKind::Other,
+                    format!("snapshot {id} did not complete"),
+                ));
+            }
+            tokio::time::sleep(VOLUME_POLL).await;
+        }
+    }
+
+    async fn wait_volume(
+        &self,
+        id: &VolumeId,
+        done: impl Fn(&Volume) -> bool,
+    ) -> Result<Volume, CloudError> {
+        let deadline = tokio::time::Instant::now() + VOLUME_TIMEOUT;
+        loop {
+            if let Some(v) = self.volume(id).await? {
+                if done(&v) {
+                    return Ok(v);
+                }
+                if v.state == "error" {
+                    return Err(CloudError::other(
+                        "DescribeVolumes",
+                        ErrorKind::Other,
+                        format!("volume {id} is in state error"),
+                    ));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CloudError::other(
+                    "DescribeVolumes",
+                    ErrorKind::Other,
+                    format!(
+                        "volume {id} did not settle within {}s",
+                        VOLUME_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(VOLUME_POLL).await;
+        }
+    }
+}
+
+fn convert_volume(v: &aws_sdk_ec2::types::Volume) -> Volume {
+    Volume {
+        id: VolumeId::new(v.volume_id().unwrap_or_default()),
+        zone: v.availability_zone().unwrap_or_default().to_owned(),
+        size_gb: v.size().unwrap_or_default(),
+        kind: v
+            .volume_type()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
+        state: v.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        attachments: v
+            .attachments()
+            .iter()
+            .filter(|a| a.state().is_none_or(|s| s.as_str() != "detached"))
+            .filter_map(|a| {
+                Some((
+                    InstanceId::new(a.instance_id()?),
+                    a.device().unwrap_or_default().to_owned(),
+                ))
+            })
+            .collect(),
+        snapshot_id: v
+            .snapshot_id()
+            .filter(|s| !s.is_empty())
+            .map(SnapshotId::new),
+        tags: tag_map(v.tags()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_free_device_skips_used_names_in_either_spelling() {
+        assert_eq!(next_free_device(&[]), Some("/dev/sdf".into()));
+        assert_eq!(
+            next_free_device(&["/dev/sda1".into(), "/dev/sdf".into()]),
+            Some("/dev/sdg".into())
+        );
+        assert_eq!(
+            next_free_device(&["/dev/xvdf".into(), "xvdg".into()]),
+            Some("/dev/sdh".into())
+        );
+        let all: Vec<String> = data_device_names().collect();
+        assert_eq!(next_free_device(&all), None);
+        assert_eq!(all.len(), 21);
+    }
+}
