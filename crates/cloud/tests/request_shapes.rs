@@ -5,11 +5,16 @@ use std::collections::BTreeMap;
 
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ec2::operation::describe_images::DescribeImagesOutput;
 use aws_sdk_ec2::operation::run_instances::RunInstancesOutput;
+use aws_sdk_ec2::types::Image as Ec2Image;
 use aws_sdk_ec2::types::{Instance as Ec2Instance, InstanceState, InstanceStateName, ResourceType};
+use aws_sdk_ssm::operation::get_parameter::{GetParameterError, GetParameterOutput};
+use aws_sdk_ssm::types::Parameter;
+use aws_sdk_ssm::types::error::ParameterNotFound;
 use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
 use spotkeeper_cloud::model::tags;
-use spotkeeper_cloud::{AwsCloud, Cloud, ImageId, LaunchSpec, Market};
+use spotkeeper_cloud::{Arch, AwsCloud, Cloud, ImageId, LaunchSpec, Market};
 
 fn ec2_with(rules: &[&Rule]) -> Client {
     let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
@@ -26,14 +31,23 @@ fn ec2_with(rules: &[&Rule]) -> Client {
     Client::from_conf(conf)
 }
 
-fn ssm() -> aws_sdk_ssm::Client {
+fn ssm_with(rules: &[&Rule]) -> aws_sdk_ssm::Client {
+    let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
+    for r in rules {
+        interceptor = interceptor.with_rule(r);
+    }
     let conf = aws_sdk_ssm::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("testing", "testing", None, None, "mock"))
         .http_client(create_mock_http_client())
+        .interceptor(interceptor)
         .build();
     aws_sdk_ssm::Client::from_conf(conf)
+}
+
+fn ssm() -> aws_sdk_ssm::Client {
+    ssm_with(&[])
 }
 
 fn running() -> RunInstancesOutput {
@@ -136,4 +150,99 @@ async fn an_on_demand_launch_has_no_market_options_and_no_request_tags() {
         .await
         .expect("matched");
     assert_eq!(rule.num_calls(), 1);
+}
+
+#[tokio::test]
+async fn latest_ubuntu_reads_canonicals_public_parameter() {
+    let want = spotkeeper_cloud::ubuntu_parameter("24.04", Arch::Arm64);
+    assert_eq!(
+        want,
+        "/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id"
+    );
+    let param = mock!(aws_sdk_ssm::Client::get_parameter)
+        .match_requests(move |r| r.name() == Some(want.as_str()))
+        .then_output(|| {
+            GetParameterOutput::builder()
+                .parameter(Parameter::builder().name("x").value("ami-0noble").build())
+                .build()
+        });
+    // No EC2 rule: a DescribeImages call would fail the test.
+    let cloud = AwsCloud::from_clients(ec2_with(&[]), ssm_with(&[&param]), "us-east-1");
+    let id = cloud
+        .latest_ubuntu("24.04", Arch::Arm64)
+        .await
+        .expect("from SSM");
+    assert_eq!(id.as_str(), "ami-0noble");
+    assert_eq!(param.num_calls(), 1);
+}
+
+#[tokio::test]
+async fn latest_ubuntu_falls_back_to_the_newest_canonical_image() {
+    let missing = mock!(aws_sdk_ssm::Client::get_parameter).then_error(|| {
+        // As the SDK parses it from AWS's answer: the code is in the metadata.
+        let meta = aws_sdk_ssm::error::ErrorMetadata::builder()
+            .code("ParameterNotFound")
+            .build();
+        GetParameterError::ParameterNotFound(ParameterNotFound::builder().meta(meta).build())
+    });
+    let images = mock!(Client::describe_images)
+        .match_requests(|r| {
+            let filter = |name: &str| {
+                r.filters()
+                    .iter()
+                    .find(|f| f.name() == Some(name))
+                    .map(|f| f.values().to_vec())
+                    .unwrap_or_default()
+            };
+            r.owners() == [spotkeeper_cloud::CANONICAL_OWNER]
+                && filter("name") == ["ubuntu/images/hvm-ssd*/ubuntu-*-24.04-amd64-server-*"]
+                && filter("architecture") == ["x86_64"]
+        })
+        .then_output(|| {
+            let img = |id: &str, date: &str| {
+                Ec2Image::builder()
+                    .image_id(id)
+                    .owner_id(spotkeeper_cloud::CANONICAL_OWNER)
+                    .name(format!(
+                        "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-{id}"
+                    ))
+                    .creation_date(date)
+                    .build()
+            };
+            DescribeImagesOutput::builder()
+                .images(img("ami-old", "2025-01-02T03:04:05.000Z"))
+                .images(img("ami-new", "2026-10-01T00:00:00.000Z"))
+                .images(img("ami-mid", "2026-02-01T00:00:00.000Z"))
+                .build()
+        });
+    let cloud = AwsCloud::from_clients(ec2_with(&[&images]), ssm_with(&[&missing]), "us-east-1");
+    let id = cloud
+        .latest_ubuntu("24.04", Arch::Amd64)
+        .await
+        .expect("fallback");
+    assert_eq!(id.as_str(), "ami-new");
+    assert_eq!((missing.num_calls(), images.num_calls()), (1, 1));
+}
+
+#[tokio::test]
+async fn al2023_reads_its_public_parameter() {
+    let param = mock!(aws_sdk_ssm::Client::get_parameter)
+        .match_requests(|r| {
+            r.name() == Some("/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64")
+        })
+        .then_output(|| {
+            GetParameterOutput::builder()
+                .parameter(Parameter::builder().value("ami-0al").build())
+                .build()
+        });
+    let cloud = AwsCloud::from_clients(ec2_with(&[]), ssm_with(&[&param]), "us-east-1");
+    let image = spotkeeper_cloud::ImageRef::parse("al2023:arm64").expect("alias");
+    assert_eq!(
+        cloud
+            .resolve_image(&image)
+            .await
+            .expect("resolved")
+            .as_str(),
+        "ami-0al"
+    );
 }

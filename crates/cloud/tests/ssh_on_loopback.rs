@@ -1,0 +1,153 @@
+//! Remote commands against a real sshd the test starts on 127.0.0.1, with the
+//! instance's address overridden to it: output and exit codes, cloud-init's
+//! three states, and clear errors when the connection is refused or hangs.
+
+use std::time::Duration;
+
+use spotkeeper_cloud::{
+    AwsCloud, CloudInitStatus, ImageId, InstanceHandle, LaunchSpec, SshError, SshSettings,
+};
+use spotkeeper_testkit::{FakeCloudInit, Moto, REGION, Sshd, closed_port};
+
+fn settings(sshd: &Sshd) -> SshSettings {
+    SshSettings {
+        user: sshd.user().to_owned(),
+        key_file: Some(sshd.key_file()),
+        port: sshd.port(),
+        host: Some("127.0.0.1".into()),
+        known_hosts: Some(sshd.known_hosts()),
+        connect_timeout: Duration::from_secs(5),
+        options: vec!["LogLevel=ERROR".into()],
+        ..SshSettings::default()
+    }
+}
+
+async fn instance(moto: &Moto, ssh: SshSettings) -> InstanceHandle {
+    let cloud = AwsCloud::connect_emulator(&moto.endpoint(), REGION).await;
+    let handle = cloud
+        .launch_instance(
+            &LaunchSpec::new(ImageId::new("ami-785db401"), "t3.micro"),
+            true,
+        )
+        .await
+        .expect("launch");
+    assert!(
+        handle.info().public_ip.is_some(),
+        "the emulator gave it a (fake) public address we must not dial"
+    );
+    handle.with_ssh(ssh)
+}
+
+#[tokio::test]
+async fn execute_returns_stdout_stderr_and_the_exit_status() {
+    let (moto, sshd) = (Moto::start(), Sshd::start());
+    let inst = instance(&moto, settings(&sshd)).await;
+    inst.wait_for_ssh(Duration::from_secs(20))
+        .await
+        .expect("ssh up");
+    let out = inst
+        .execute("echo hello; echo oops >&2; exit 3", Duration::from_secs(20))
+        .await
+        .expect("ran");
+    assert_eq!(out.stdout, "hello\n");
+    assert_eq!(out.stderr, "oops\n");
+    assert_eq!(out.status, 3);
+    assert!(!out.success());
+    let ok = inst
+        .execute("true", Duration::from_secs(20))
+        .await
+        .expect("ran");
+    assert!(ok.success());
+}
+
+#[tokio::test]
+async fn wait_for_cloud_init_reports_done_error_and_waits_while_running() {
+    let (moto, sshd) = (Moto::start(), Sshd::start());
+    let inst = instance(&moto, settings(&sshd)).await;
+    sshd.set_cloud_init(FakeCloudInit::Done);
+    assert_eq!(
+        inst.wait_for_cloud_init(Duration::from_secs(20))
+            .await
+            .expect("done"),
+        CloudInitStatus::Done
+    );
+    sshd.set_cloud_init(FakeCloudInit::Error);
+    match inst
+        .wait_for_cloud_init(Duration::from_secs(20))
+        .await
+        .expect("answered")
+    {
+        CloudInitStatus::Error(detail) => assert!(detail.contains("boom"), "{detail}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    sshd.set_cloud_init(FakeCloudInit::NotYet(2));
+    assert_eq!(
+        inst.wait_for_cloud_init(Duration::from_secs(30))
+            .await
+            .expect("eventually done"),
+        CloudInitStatus::Done
+    );
+    sshd.set_cloud_init(FakeCloudInit::NotYet(100));
+    let err = inst
+        .wait_for_cloud_init(Duration::from_secs(3))
+        .await
+        .expect_err("never finishes");
+    assert!(matches!(err, SshError::Timeout { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_clear_error() {
+    let (moto, sshd) = (Moto::start(), Sshd::start());
+    let port = closed_port();
+    let inst = instance(
+        &moto,
+        SshSettings {
+            port,
+            ..settings(&sshd)
+        },
+    )
+    .await;
+    let err = inst
+        .execute("true", Duration::from_secs(20))
+        .await
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(matches!(err, SshError::Connect { .. }), "{text}");
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}")) && text.contains("refused"),
+        "{text}"
+    );
+    let err = inst
+        .wait_for_ssh(Duration::from_secs(3))
+        .await
+        .expect_err("still refused");
+    assert!(err.to_string().contains("still failing"), "{err}");
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_clearly() {
+    let moto = Moto::start();
+    // Accepts TCP but never speaks SSH.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let ssh = SshSettings {
+        user: "nobody".into(),
+        port,
+        host: Some("127.0.0.1".into()),
+        connect_timeout: Duration::from_secs(1),
+        known_hosts: Some(std::env::temp_dir().join("spotkeeper-test-known-hosts")),
+        ..SshSettings::default()
+    };
+    let inst = instance(&moto, ssh).await;
+    let err = inst
+        .execute("true", Duration::from_secs(4))
+        .await
+        .expect_err("no banner");
+    let text = err.to_string();
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(
+        text.contains("timed out") || text.contains("did not finish"),
+        "{text}"
+    );
+    drop(silent);
+}
