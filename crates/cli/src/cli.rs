@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args as ClapArgs, Parser, Subcommand};
 
 /// Keeps cheap EC2 spot capacity alive: launch, find, list and stop spot boxes
 /// described in a config file.
@@ -59,5 +59,69 @@ pub enum Command {
         /// Return once termination is requested, without waiting for it.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Resolve an image alias (ubuntu:24.04, ubuntu:24.04:arm64, al2023) to an AMI id, or delete an AMI.
+    Image(ImageArgs),
+    /// Make an AMI of a box's running instance (without rebooting it).
+    Snapshot {
+        /// The box.
+        #[arg(value_name = "BOX")]
+        box_name: String,
+    },
+    /// Run a command on a box over SSH; the exit status is the remote one.
+    Exec {
+        /// The box.
+        #[arg(value_name = "BOX")]
+        box_name: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Open an interactive SSH session to a box (the system ssh).
+    Ssh {
+        /// The box.
+        #[arg(value_name = "BOX")]
+        box_name: String,
+    },
+    /// Add storage to a box.
+    Volume {
+        #[command(subcommand)]
+        action: VolumeAction,
+    },
+}
+
+#[derive(Debug, ClapArgs)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub action: Option<ImageAction>,
+    /// The image alias or AMI id to resolve.
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageAction {
+    /// Deregister an AMI and delete its snapshots.
+    Delete {
+        /// The AMI id.
+        #[arg(value_name = "AMI")]
+        image_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeAction {
+    /// Create a volume in the box's zone and attach it at the next free /dev/sd[f-z].
+    Add {
+        /// The box.
+        #[arg(value_name = "BOX")]
+        box_name: String,
+        /// Size in GiB.
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..=65536))]
+        size: i32,
+        /// EBS volume type.
+        #[arg(long = "type", default_value = "gp3", value_parser = ["gp3", "gp2", "io1", "io2", "st1", "sc1", "standard"])]
+        kind: String,
     },
 }

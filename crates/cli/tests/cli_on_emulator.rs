@@ -1,105 +1,14 @@
 //! The `spotkeeper` binary end to end against the AWS emulator (moto) on
 //! loopback: `price`, `up`, `list`, `stop`, exit codes and bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+use std::process::Command;
+
+use common::{CONFIG, Cli, describe, stderr};
 use serde_json::Value;
-use spotkeeper_testkit::{Moto, closed_port};
-
-const CONFIG: &str = r#"
-owner = "clitest"
-
-[aws]
-region = "us-east-1"
-
-[box.dev]
-image = "ami-0123456789abcdef0"
-instance_types = ["t3.micro", "t3a.micro"]
-max_price = 0.02
-zones = ["us-east-1a", "us-east-1b"]
-tags = { team = "ml" }
-ready = { check = "none" }
-"#;
-
-struct Cli {
-    moto: Moto,
-    dir: tempfile::TempDir,
-}
-
-impl Cli {
-    fn new() -> Self {
-        Self::with_config(CONFIG)
-    }
-
-    fn with_config(config: &str) -> Self {
-        let cli = Self {
-            moto: Moto::start(),
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        cli.write_config(config);
-        cli
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("spotkeeper.toml")
-    }
-
-    fn write_config(&self, text: &str) {
-        std::fs::write(self.config_path(), text).expect("write config");
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotkeeper"));
-        self.moto.configure(&mut cmd);
-        cmd.env_remove("SPOTKEEPER_CONFIG")
-            .env("SPOTKEEPER_STATE", self.dir.path().join("state/state.db"))
-            .arg("--config")
-            .arg(self.config_path())
-            .args(args);
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run spotkeeper")
-    }
-
-    fn ok(&self, args: &[&str]) -> Output {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "spotkeeper {args:?} failed: {}",
-            describe(&out)
-        );
-        out
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.ok(args);
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", describe(&out)))
-    }
-
-    fn live(&self) -> Vec<Value> {
-        self.json(&["list", "--json"])
-            .as_array()
-            .expect("array")
-            .clone()
-    }
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use spotkeeper_testkit::closed_port;
 
 #[test]
 fn up_creates_exactly_one_tagged_spot_instance_and_a_second_up_creates_nothing() {

@@ -6,12 +6,16 @@ use async_trait::async_trait;
 
 use crate::error::CloudError;
 use crate::model::{
-    Instance, InstanceId, LaunchSpec, SpotPrice, SpotRequest, SpotRequestId, TagFilter,
+    ImageId, ImageRef, Instance, InstanceId, LaunchSpec, SpotPrice, SpotRequest, SpotRequestId,
+    TagFilter,
 };
 
 /// The EC2 operations spotkeeper's engine is written against.
 #[async_trait]
 pub trait Cloud: Send + Sync + std::fmt::Debug {
+    /// The AMI an [`ImageRef`] names now (aliases resolve to the newest image).
+    async fn resolve_image(&self, image: &ImageRef) -> Result<ImageId, CloudError>;
+
     /// Availability zones of the region that are `available`, sorted by name.
     async fn zones(&self) -> Result<Vec<String>, CloudError>;
 

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use crate::cloud::Cloud;
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{
-    Instance, InstanceId, InstanceState, LaunchSpec, Market, SpotPrice, SpotRequest, SpotRequestId,
-    SpotRequestState, TagFilter,
+    ImageId, ImageRef, Instance, InstanceId, InstanceState, LaunchSpec, Market, SpotPrice,
+    SpotRequest, SpotRequestId, SpotRequestState, TagFilter,
 };
 
 #[derive(Debug, Default)]
@@ -151,6 +151,18 @@ impl FakeCloud {
 impl Cloud for FakeCloud {
     async fn zones(&self) -> Result<Vec<String>, CloudError> {
         Ok(self.enter("DescribeAvailabilityZones")?.zones.clone())
+    }
+
+    async fn resolve_image(&self, image: &ImageRef) -> Result<ImageId, CloudError> {
+        let _s = self.enter("ResolveImage")?;
+        // Aliases resolve to a fixed id derived from their text.
+        Ok(match image {
+            ImageRef::Id(id) => id.clone(),
+            other => ImageId::new(format!(
+                "ami-fake-{}",
+                other.to_string().replace([':', '.'], "-")
+            )),
+        })
     }
 
     async fn subnet_zone(&self, subnet_id: &str) -> Result<String, CloudError> {

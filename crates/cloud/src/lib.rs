@@ -36,6 +36,9 @@ pub use ssh::{CloudInitStatus, ExecOutput, SshError, SshSettings};
 
 #[async_trait]
 impl Cloud for AwsCloud {
+    async fn resolve_image(&self, image: &ImageRef) -> Result<ImageId, CloudError> {
+        AwsCloud::resolve_image(self, image).await
+    }
     async fn zones(&self) -> Result<Vec<String>, CloudError> {
         self.zones_impl().await
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use spotkeeper_cloud::model::tags;
 use spotkeeper_cloud::{
-    Cloud, CloudError, ErrorKind, ImageId, Instance, InstanceId, InstanceState, LaunchSpec, Market,
+    Cloud, CloudError, ErrorKind, Instance, InstanceId, InstanceState, LaunchSpec, Market,
     SpotPrice, SpotRequest, SpotRequestId, SpotRequestState, TagFilter,
 };
 use tokio::time::{Instant, sleep};
@@ -233,6 +233,16 @@ pub async fn box_prices(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<Vec<SpotPrice>,
     Ok(p)
 }
 
+/// The live instance of a box (the oldest, should there be duplicates).
+pub async fn live_instance(
+    cloud: &dyn Cloud,
+    owner: &str,
+    box_name: &str,
+) -> Result<Option<Instance>, CloudError> {
+    let all = live(cloud.instances(&box_filter(owner, box_name)).await?);
+    Ok(keeper(&all).cloned())
+}
+
 /// Every live instance this owner has, by box then launch time.
 pub async fn list(cloud: &dyn Cloud, owner: &str) -> Result<Vec<Instance>, CloudError> {
     let mut all: Vec<Instance> = cloud
@@ -342,6 +352,11 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
         }
     };
 
+    let image_id = ctx.cloud.resolve_image(&spec.image).await?;
+    if !matches!(spec.image, spotkeeper_cloud::ImageRef::Id(_)) {
+        ctx.progress
+            .note(&format!("Image {} is {image_id}", spec.image));
+    }
     let mut tried = Vec::new();
     for (instance_type, zone, _price) in offerings {
         // A crashed earlier run left this intent without an instance: reuse its
@@ -361,7 +376,7 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
             None => new_intent(ctx, name, spec.market, &instance_type, zone.as_deref()).await?,
         };
         let launch = LaunchSpec {
-            image_id: ImageId::new(spec.image.as_str()),
+            image_id: image_id.clone(),
             instance_type: instance_type.clone(),
             market: spec.market,
             zone: if spec.subnet.is_some() {
@@ -375,8 +390,8 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
             user_data: spec.user_data.clone(),
             tags: launch_tags(ctx.owner, spec, &intent.token),
             client_token: intent.token.clone(),
-            root_volume: None,
-            iam_instance_profile: None,
+            root_volume: spec.root_disk.clone(),
+            iam_instance_profile: spec.iam_instance_profile.clone(),
         };
         ctx.progress.start(&format!(
             "Requesting a {} {} instance in {}",

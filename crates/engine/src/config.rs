@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use spotkeeper_cloud::Market;
+use spotkeeper_cloud::{ImageRef, Market, RootVolume, SshSettings};
 use toml::Spanned;
 
 /// File name looked for in the working directory when neither `--config` nor
@@ -98,8 +98,8 @@ pub struct AwsSettings {
 pub struct BoxSpec {
     /// The box name (the table key).
     pub name: String,
-    /// AMI id.
-    pub image: String,
+    /// AMI id or alias (`ubuntu:24.04`, `al2023` …), resolved at launch.
+    pub image: ImageRef,
     /// Instance types, most preferred first.
     pub instance_types: Vec<String>,
     /// Price ceiling in USD/hour, checked by spotkeeper against the spot price.
@@ -120,6 +120,12 @@ pub struct BoxSpec {
     pub tags: BTreeMap<String, String>,
     /// How to tell the box is up.
     pub ready: ReadyCheck,
+    /// Root disk size and type; default: the image's.
+    pub root_disk: Option<RootVolume>,
+    /// IAM instance profile (name or ARN) giving the box its role.
+    pub iam_instance_profile: Option<String>,
+    /// How to reach the box over SSH (`exec`, `ssh`).
+    pub ssh: SshSettings,
 }
 
 /// How `up` decides a running box is ready.
@@ -187,6 +193,34 @@ struct RawBox {
     #[serde(default)]
     tags: BTreeMap<Spanned<String>, String>,
     ready: Option<Spanned<RawReady>>,
+    root_disk: Option<Spanned<RawDisk>>,
+    iam_instance_profile: Option<String>,
+    ssh: Option<Spanned<RawSsh>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    size_gb: i32,
+    #[serde(rename = "type", default = "default_disk_type")]
+    kind: String,
+}
+
+fn default_disk_type() -> String {
+    "gp3".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    user: String,
+    key_file: Option<String>,
+    #[serde(default = "default_port")]
+    port: u16,
+    host: Option<String>,
+    jump: Option<String>,
+    known_hosts: Option<String>,
+    connect_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -289,13 +323,7 @@ fn validate_box(
     base: &Path,
     at: &dyn Fn(Option<Range<usize>>, String) -> ConfigError,
 ) -> Result<BoxSpec, ConfigError> {
-    let image = b.image.get_ref().trim();
-    if !is_ami_id(image) {
-        return Err(at(
-            Some(b.image.span()),
-            format!("image {image:?} is not an AMI id (ami- followed by hex digits)"),
-        ));
-    }
+    let image = ImageRef::parse(b.image.get_ref()).map_err(|m| at(Some(b.image.span()), m))?;
     let types_span = b.instance_types.span();
     let mut instance_types: Vec<String> = Vec::new();
     for t in b.instance_types.into_inner() {
@@ -450,9 +478,72 @@ fn validate_box(
             }
         }
     };
+    let root_disk = match b.root_disk {
+        None => None,
+        Some(d) => {
+            let span = d.span();
+            let d = d.into_inner();
+            if !(1..=65536).contains(&d.size_gb) {
+                return Err(at(
+                    Some(span),
+                    format!("root_disk.size_gb must be 1-65536, not {}", d.size_gb),
+                ));
+            }
+            if !["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"].contains(&d.kind.as_str()) {
+                return Err(at(
+                    Some(span),
+                    format!(
+                        "root_disk.type {:?} is not an EBS volume type (gp3, gp2, io2 …)",
+                        d.kind
+                    ),
+                ));
+            }
+            Some(RootVolume {
+                size_gb: d.size_gb,
+                kind: d.kind,
+            })
+        }
+    };
+    let ssh = match b.ssh {
+        None => SshSettings::default(),
+        Some(raw) => {
+            let span = raw.span();
+            let r = raw.into_inner();
+            let bad = |m: String| at(Some(span.clone()), format!("ssh: {m}"));
+            for (what, v) in [
+                ("user", Some(&r.user)),
+                ("host", r.host.as_ref()),
+                ("jump", r.jump.as_ref()),
+            ] {
+                if let Some(v) = v {
+                    if v.is_empty() || v.starts_with('-') || v.chars().any(char::is_whitespace) {
+                        return Err(bad(format!("{what} {v:?} is not a valid name")));
+                    }
+                }
+            }
+            if r.port == 0 {
+                return Err(bad("port must be 1-65535".into()));
+            }
+            let connect_timeout = match r.connect_timeout {
+                None => SshSettings::default().connect_timeout,
+                Some(t) => humantime::parse_duration(&t)
+                    .map_err(|e| bad(format!("connect_timeout {t:?}: {e}")))?,
+            };
+            SshSettings {
+                user: r.user,
+                key_file: r.key_file.map(|k| expand_path(&k, base)),
+                port: r.port,
+                host: r.host,
+                jump: r.jump,
+                known_hosts: r.known_hosts.map(|k| expand_path(&k, base)),
+                connect_timeout,
+                options: Vec::new(),
+            }
+        }
+    };
     Ok(BoxSpec {
         name: name.to_owned(),
-        image: image.to_owned(),
+        image,
         instance_types,
         max_price,
         zones,
@@ -463,7 +554,20 @@ fn validate_box(
         user_data,
         tags,
         ready,
+        root_disk,
+        iam_instance_profile: b.iam_instance_profile,
+        ssh,
     })
+}
+
+/// `~/x` is under the home directory; a relative path is relative to the config file.
+fn expand_path(p: &str, base: &Path) -> PathBuf {
+    if let Some(rest) = p.strip_prefix("~/") {
+        if let Some(home) = std::env::var_os("HOME") {
+            return PathBuf::from(home).join(rest);
+        }
+    }
+    base.join(p)
 }
 
 /// Names (owner, box) end up in tags, lock file names and client tokens.
@@ -480,11 +584,6 @@ fn check_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn is_ami_id(s: &str) -> bool {
-    s.strip_prefix("ami-")
-        .is_some_and(|hex| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 fn is_instance_type(s: &str) -> bool {
@@ -648,7 +747,48 @@ ready = { check = "tcp", port = 22, timeout = "10m" }
         assert!(
             err(&GOOD.replace("ami-0123456789abcdef0", "ubuntu"))
                 .message
-                .contains("not an AMI id")
+                .contains("neither an AMI id")
+        );
+    }
+
+    #[test]
+    fn image_aliases_ssh_and_root_disk_parse() {
+        let text = GOOD
+            .replace("ami-0123456789abcdef0", "ubuntu:24.04:arm64")
+            .replace("tags =", "ssh = { user = \"ubuntu\", key_file = \"keys/id\", port = 2222, host = \"203.0.113.7\", jump = \"bastion\" }\nroot_disk = { size_gb = 30 }\ntags =");
+        let c = parse(Path::new("/etc/sk/x.toml"), &text).expect("valid");
+        let b = &c.boxes["dev"];
+        assert_eq!(
+            b.image,
+            ImageRef::Ubuntu {
+                release: "24.04".into(),
+                arch: spotkeeper_cloud::Arch::Arm64
+            }
+        );
+        assert_eq!(b.ssh.user, "ubuntu");
+        assert_eq!(
+            b.ssh.key_file.as_deref(),
+            Some(Path::new("/etc/sk/keys/id"))
+        );
+        assert_eq!(
+            (b.ssh.port, b.ssh.host.as_deref(), b.ssh.jump.as_deref()),
+            (2222, Some("203.0.113.7"), Some("bastion"))
+        );
+        assert_eq!(
+            b.root_disk,
+            Some(RootVolume {
+                size_gb: 30,
+                kind: "gp3".into()
+            })
+        );
+        let e = err(&GOOD.replace("tags =", "ssh = { port = 22 }\ntags ="));
+        assert!(e.message.contains("user"), "{e}");
+        let e = err(&GOOD.replace("tags =", "ssh = { user = \"-oProxyCommand=x\" }\ntags ="));
+        assert!(e.message.contains("not a valid name"), "{e}");
+        assert!(
+            err(&GOOD.replace("ami-0123456789abcdef0", "ubuntu:noble"))
+                .message
+                .contains("24.04")
         );
     }
 

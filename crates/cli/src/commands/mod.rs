@@ -1,13 +1,26 @@
-//! One function per subcommand.
+//! One file per subcommand; this one dispatches and holds what they share.
 
+mod exec;
+mod image;
+mod list;
+mod price;
+mod snapshot;
+mod stop;
+mod up;
+mod volume;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use spotkeeper_cloud::{AwsCloud, Instance};
 use spotkeeper_engine::boxes::{BoxError, Ctx, Timing};
+use spotkeeper_engine::config::{BoxSpec, Config};
+use spotkeeper_engine::store::Store;
 
 use crate::Failure;
-use crate::cli::{Args, Command};
+use crate::cli::{Args, Command, ImageAction, VolumeAction};
 use crate::context;
-use crate::output::{self, INSTANCE_HEADER, InstanceJson, Steps};
+use crate::output::Steps;
 
 pub async fn dispatch(args: Args) -> Result<ExitCode, Failure> {
     match &args.command {
@@ -15,162 +28,79 @@ pub async fn dispatch(args: Args) -> Result<ExitCode, Failure> {
             box_name,
             instance_types,
             zones,
-        } => price(&args, box_name.as_deref(), instance_types, zones).await,
-        Command::Up { box_name } => up(&args, box_name).await,
-        Command::List => list(&args).await,
-        Command::Stop { box_name, no_wait } => stop(&args, box_name, !no_wait).await,
+        } => price::run(&args, box_name.as_deref(), instance_types, zones).await,
+        Command::Up { box_name } => up::run(&args, box_name).await,
+        Command::List => list::run(&args).await,
+        Command::Stop { box_name, no_wait } => stop::run(&args, box_name, !no_wait).await,
+        Command::Image(image_args) => match (&image_args.action, &image_args.image) {
+            (Some(ImageAction::Delete { image_id }), _) => image::delete(&args, image_id).await,
+            (None, Some(alias)) => image::resolve(&args, alias).await,
+            (None, None) => Err(Failure::Usage(anyhow::anyhow!(
+                "name an IMAGE to resolve, or `image delete AMI`"
+            ))),
+        },
+        Command::Snapshot { box_name } => snapshot::run(&args, box_name).await,
+        Command::Exec { box_name, command } => exec::exec(&args, box_name, command).await,
+        Command::Ssh { box_name } => exec::ssh(&args, box_name).await,
+        Command::Volume {
+            action:
+                VolumeAction::Add {
+                    box_name,
+                    size,
+                    kind,
+                },
+        } => volume::add(&args, box_name, *size, kind).await,
     }
 }
 
-async fn price(
-    args: &Args,
-    box_name: Option<&str>,
-    types: &[String],
-    zones: &[String],
-) -> Result<ExitCode, Failure> {
-    if box_name.is_none() && types.is_empty() {
-        return Err(Failure::Usage(anyhow::anyhow!(
-            "name a BOX or at least one --type TYPE"
-        )));
-    }
-    let config = context::load_config(args, box_name.is_some())?;
-    let spec = match box_name {
-        Some(b) => Some(
-            config
-                .box_spec(b)
-                .map_err(|e| Failure::Usage(e.into()))?
-                .clone(),
-        ),
-        None => None,
-    };
-    let cloud = context::connect(&config).await?;
-    let mut prices = match &spec {
-        Some(spec) if zones.is_empty() => {
-            let state = context::state_path(args, &config)?;
-            let (store, locks) = context::open_store(&state).await?;
-            let steps = Steps::new();
-            let ctx = Ctx {
-                cloud: &cloud,
-                store: &store,
-                owner: &config.owner,
-                lock_dir: &locks,
-                progress: &steps,
-                timing: Timing::default(),
-            };
-            spotkeeper_engine::boxes::box_prices(&ctx, spec).await?
-        }
-        Some(spec) => spotkeeper_engine::boxes::prices(&cloud, &spec.instance_types, zones).await?,
-        None => spotkeeper_engine::boxes::prices(&cloud, types, zones).await?,
-    };
-    if !zones.is_empty() {
-        prices.retain(|p| zones.contains(&p.zone));
-    }
-    if args.json {
-        output::print_json(&prices)?;
-    } else if prices.is_empty() {
-        eprintln!("AWS reports no spot price for those instance types and zones.");
-    } else {
-        let ceiling = spec.as_ref().map(|s| s.max_price);
-        let rows: Vec<Vec<String>> = prices
-            .iter()
-            .map(|p| {
-                let mut row = vec![
-                    p.instance_type.clone(),
-                    p.zone.clone(),
-                    format!("{}", p.price),
-                ];
-                if let Some(c) = ceiling {
-                    row.push(if p.price <= c {
-                        "yes".into()
-                    } else {
-                        "no".into()
-                    });
-                }
-                row
-            })
-            .collect();
-        if ceiling.is_some() {
-            output::print_table(&["TYPE", "ZONE", "USD/HOUR", "UNDER CEILING"], &rows);
-        } else {
-            output::print_table(&["TYPE", "ZONE", "USD/HOUR"], &rows);
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn up(args: &Args, box_name: &str) -> Result<ExitCode, Failure> {
+/// Config, the named box, and the AWS handle: what every box command starts with.
+async fn open_box(args: &Args, box_name: &str) -> Result<(Config, BoxSpec, AwsCloud), Failure> {
     let config = context::load_config(args, true)?;
     let spec = config
         .box_spec(box_name)
         .map_err(|e| Failure::Usage(e.into()))?
         .clone();
     let cloud = context::connect(&config).await?;
-    let state = context::state_path(args, &config)?;
-    let (store, locks) = context::open_store(&state).await?;
-    let steps = Steps::new();
-    let ctx = Ctx {
-        cloud: &cloud,
-        store: &store,
-        owner: &config.owner,
-        lock_dir: &locks,
-        progress: &steps,
-        timing: Timing::default(),
-    };
-    let outcome = spotkeeper_engine::boxes::up(&ctx, &spec)
-        .await
-        .map_err(box_failure)?;
-    if args.json {
-        output::print_json(&InstanceJson::from(&outcome.instance))?;
-    } else {
-        output::print_table(&INSTANCE_HEADER, &[output::instance_row(&outcome.instance)]);
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok((config, spec, cloud))
 }
 
-async fn list(args: &Args) -> Result<ExitCode, Failure> {
-    let config = context::load_config(args, false)?;
-    let cloud = context::connect(&config).await?;
-    let instances = spotkeeper_engine::boxes::list(&cloud, &config.owner).await?;
-    if args.json {
-        let json: Vec<InstanceJson<'_>> = instances.iter().map(InstanceJson::from).collect();
-        output::print_json(&json)?;
-    } else if instances.is_empty() {
-        eprintln!("No live instances owned by {:?}.", config.owner);
-    } else {
-        let rows: Vec<Vec<String>> = instances.iter().map(output::instance_row).collect();
-        output::print_table(&INSTANCE_HEADER, &rows);
-    }
-    Ok(ExitCode::SUCCESS)
+/// The state store and lock directory for `config`.
+async fn open_state(args: &Args, config: &Config) -> Result<(Store, PathBuf), Failure> {
+    let state = context::state_path(args, config)?;
+    context::open_store(&state).await
 }
 
-async fn stop(args: &Args, box_name: &str, wait: bool) -> Result<ExitCode, Failure> {
-    let config = context::load_config(args, true)?;
-    config
-        .box_spec(box_name)
-        .map_err(|e| Failure::Usage(e.into()))?;
-    let cloud = context::connect(&config).await?;
-    let state = context::state_path(args, &config)?;
-    let (store, locks) = context::open_store(&state).await?;
-    let steps = Steps::new();
-    let ctx = Ctx {
-        cloud: &cloud,
-        store: &store,
+/// Runs `f` with a box context (cloud, store, owner, locks, progress on stderr).
+fn ctx<'a>(
+    cloud: &'a AwsCloud,
+    store: &'a Store,
+    config: &'a Config,
+    locks: &'a std::path::Path,
+    steps: &'a Steps,
+) -> Ctx<'a> {
+    Ctx {
+        cloud,
+        store,
         owner: &config.owner,
-        lock_dir: &locks,
-        progress: &steps,
+        lock_dir: locks,
+        progress: steps,
         timing: Timing::default(),
-    };
-    let outcome = spotkeeper_engine::boxes::stop(&ctx, box_name, wait)
-        .await
-        .map_err(box_failure)?;
-    if args.json {
-        output::print_json(&serde_json::json!({
-            "box": box_name,
-            "terminated": outcome.terminated,
-            "cancelled": outcome.cancelled,
-        }))?;
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// The box's live instance, or a failure saying there is none.
+async fn require_live(
+    cloud: &AwsCloud,
+    config: &Config,
+    box_name: &str,
+) -> Result<Instance, Failure> {
+    spotkeeper_engine::boxes::live_instance(cloud, &config.owner, box_name)
+        .await?
+        .ok_or_else(|| {
+            Failure::Failed(anyhow::anyhow!(
+                "box {box_name} has no live instance (run `spotkeeper up {box_name}`)"
+            ))
+        })
 }
 
 fn box_failure(e: BoxError) -> Failure {
