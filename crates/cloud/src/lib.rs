@@ -8,6 +8,44 @@
 //! - `FakeCloud` (feature `test-util`): an in-memory implementation with a call
 //!   log and error injection, for behaviour tests of the crates above.
 //! - [`CloudError`] / [`ErrorKind`]: every AWS error code classified in one place.
+//!
+//! The pycloudlib-style API lives on [`AwsCloud`] and its handles:
+//!
+//! | pycloudlib | spotkeeper-cloud |
+//! |---|---|
+//! | `EC2(...)` | [`AwsCloud::connect`] (or [`AwsCloud::from_sdk_config`]) |
+//! | `daily_image('noble')` | [`AwsCloud::latest_ubuntu`], [`AwsCloud::latest_al2023`], [`AwsCloud::resolve_image`] |
+//! | `launch(ami, wait=False)` | [`AwsCloud::launch_instance`] → [`InstanceHandle`]; [`AwsCloud::launch_with`] for raw RunInstances fields |
+//! | `get_instance(id)` | [`AwsCloud::get_instance`] |
+//! | `inst.wait()`, `wait_for_delete()`, `delete(wait)` | [`InstanceHandle::wait`], [`InstanceHandle::wait_for_delete`], [`InstanceHandle::delete`] |
+//! | `inst.execute(cmd)` | [`InstanceHandle::execute`], [`InstanceHandle::wait_for_ssh`], [`InstanceHandle::wait_for_cloud_init`] |
+//! | `snapshot(id)`, `image_delete(ami)` | [`AwsCloud::snapshot`], [`AwsCloud::delete_image`] |
+//! | `get_or_create_vpc(name)`, `vpc.delete()` | [`AwsCloud::get_or_create_vpc`], [`Vpc::delete`] |
+//! | `inst.add_volume()`, `add_network_interface()` | [`InstanceHandle::add_volume`], [`InstanceHandle::add_network_interface`] |
+//! | key upload | [`AwsCloud::import_key_pair`] |
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use spotkeeper_cloud::{Arch, AwsCloud, ClientConfig, LaunchSpec, SshSettings};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let cloud = AwsCloud::connect(&ClientConfig { region: Some("us-east-1".into()), ..Default::default() }).await?;
+//! let image = cloud.latest_ubuntu("24.04", Arch::Amd64).await?;
+//! let mut spec = LaunchSpec::new(image, "t3.micro"); // spot by default
+//! spec.key_name = Some("my-key".into());
+//! let mut inst = cloud.launch_instance(&spec, true).await?;
+//! let inst_ssh = inst.clone().with_ssh(SshSettings { user: "ubuntu".into(), ..Default::default() });
+//! inst_ssh.wait_for_cloud_init(Duration::from_secs(600)).await?;
+//! let out = inst_ssh.execute("uname -a", Duration::from_secs(30)).await?;
+//! println!("{}", out.stdout);
+//! inst.add_volume(8, "gp3").await?;
+//! let image = cloud.snapshot(inst.id(), "my-image", &[]).await?;
+//! inst.delete(true).await?;
+//! cloud.delete_image(&image.id).await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
 
 mod aws;
 mod cloud;
