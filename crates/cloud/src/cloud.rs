@@ -6,8 +6,8 @@ use async_trait::async_trait;
 
 use crate::error::CloudError;
 use crate::model::{
-    ImageId, ImageRef, Instance, InstanceId, LaunchSpec, SpotPrice, SpotRequest, SpotRequestId,
-    TagFilter,
+    DnsRecord, Image, ImageId, ImageRef, Instance, InstanceId, LaunchSpec, Snapshot, SnapshotId,
+    SpotPrice, SpotRequest, SpotRequestId, TagFilter, Volume, VolumeId,
 };
 
 /// The EC2 operations spotkeeper's engine is written against.
@@ -56,5 +56,97 @@ pub trait Cloud: Send + Sync + std::fmt::Debug {
         &self,
         resource_ids: &[String],
         tags: &[(String, String)],
+    ) -> Result<(), CloudError>;
+
+    /// Removes tag keys from resources.
+    async fn untag(&self, resource_ids: &[String], keys: &[&str]) -> Result<(), CloudError>;
+
+    /// Every volume whose tags match `filter`.
+    async fn volumes(&self, filter: &TagFilter) -> Result<Vec<Volume>, CloudError>;
+
+    /// One volume; `None` when it does not exist.
+    async fn volume(&self, id: &VolumeId) -> Result<Option<Volume>, CloudError>;
+
+    /// Creates a volume (from `snapshot` when given), tagged at creation; returns once `available`.
+    async fn create_volume(
+        &self,
+        zone: &str,
+        size_gb: Option<i32>,
+        kind: &str,
+        snapshot: Option<&SnapshotId>,
+        tags: &[(String, String)],
+    ) -> Result<Volume, CloudError>;
+
+    /// Attaches a volume at `device`; returns once in use.
+    async fn attach_volume(
+        &self,
+        volume: &VolumeId,
+        instance: &InstanceId,
+        device: &str,
+    ) -> Result<Volume, CloudError>;
+
+    /// Detaches a volume from `instance`; returns once available.
+    async fn detach_volume(
+        &self,
+        volume: &VolumeId,
+        instance: &InstanceId,
+    ) -> Result<Volume, CloudError>;
+
+    /// Deletes a volume (gone already is fine).
+    async fn delete_volume(&self, volume: &VolumeId) -> Result<(), CloudError>;
+
+    /// Snapshots a volume, tagged at creation; returns once completed.
+    async fn snapshot_volume(
+        &self,
+        volume: &VolumeId,
+        tags: &[(String, String)],
+    ) -> Result<SnapshotId, CloudError>;
+
+    /// Snapshots whose tags match `filter`, newest first.
+    async fn snapshots(&self, filter: &TagFilter) -> Result<Vec<Snapshot>, CloudError>;
+
+    /// Deletes a snapshot (gone already is fine).
+    async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), CloudError>;
+
+    /// The snapshot behind an image's root device.
+    async fn image_root_snapshot(&self, image: &ImageId) -> Result<Option<SnapshotId>, CloudError>;
+
+    /// Images this account owns whose tags match `filter`, newest first.
+    async fn images(&self, filter: &TagFilter) -> Result<Vec<Image>, CloudError>;
+
+    /// An AMI of a running instance (`NoReboot`), tagged; returns once available.
+    async fn create_image(
+        &self,
+        instance: &InstanceId,
+        name: &str,
+        tags: &[(String, String)],
+    ) -> Result<Image, CloudError>;
+
+    /// Deregisters an image and deletes its snapshots.
+    async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError>;
+
+    /// The id of the Route53 hosted zone named `name`, if it exists.
+    async fn dns_zone(&self, name: &str) -> Result<Option<String>, CloudError>;
+
+    /// The A record `name` in a zone, if any.
+    async fn dns_record(&self, zone_id: &str, name: &str) -> Result<Option<DnsRecord>, CloudError>;
+
+    /// Creates or replaces the A record `name` → `address`.
+    async fn upsert_dns(
+        &self,
+        zone_id: &str,
+        name: &str,
+        address: &str,
+        ttl: i64,
+    ) -> Result<(), CloudError>;
+
+    /// Deletes an A record as it is now.
+    async fn delete_dns(&self, zone_id: &str, record: &DnsRecord) -> Result<(), CloudError>;
+
+    /// Associates an Elastic IP allocation with an instance.
+    async fn associate_address(
+        &self,
+        allocation_id: &str,
+        instance: &InstanceId,
     ) -> Result<(), CloudError>;
 }

@@ -12,8 +12,9 @@ use async_trait::async_trait;
 use crate::cloud::Cloud;
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{
-    ImageId, ImageRef, Instance, InstanceId, InstanceState, LaunchSpec, Market, SpotPrice,
-    SpotRequest, SpotRequestId, SpotRequestState, TagFilter,
+    DnsRecord, Image, ImageId, ImageRef, Instance, InstanceId, InstanceState, LaunchSpec, Market,
+    Snapshot, SnapshotId, SpotPrice, SpotRequest, SpotRequestId, SpotRequestState, TagFilter,
+    Volume, VolumeId, fqdn,
 };
 
 #[derive(Debug, Default)]
@@ -23,6 +24,12 @@ struct State {
     subnets: BTreeMap<String, String>,
     launch_elsewhere: Vec<Instance>,
     lose_next_answer: bool,
+    volumes: BTreeMap<VolumeId, Volume>,
+    snapshots: BTreeMap<SnapshotId, Snapshot>,
+    images: BTreeMap<ImageId, Image>,
+    dns_zones: BTreeMap<String, String>,
+    records: BTreeMap<(String, String), DnsRecord>,
+    addresses: BTreeMap<String, InstanceId>,
     describe_lag: u32,
     hidden: HashMap<InstanceId, u32>,
     instances: BTreeMap<InstanceId, Instance>,
@@ -57,6 +64,34 @@ impl FakeCloud {
         self.lock()
             .prices
             .insert((instance_type.to_owned(), zone.to_owned()), price);
+    }
+
+    /// Declares a Route53 hosted zone; returns its id.
+    pub fn add_dns_zone(&self, name: &str) -> String {
+        let mut s = self.lock();
+        let id = format!("Z{:08}", s.dns_zones.len() + 1);
+        s.dns_zones.insert(fqdn(name), id.clone());
+        id
+    }
+
+    /// Every volume, in any state.
+    pub fn all_volumes(&self) -> Vec<Volume> {
+        self.lock().volumes.values().cloned().collect()
+    }
+
+    /// Every DNS record.
+    pub fn all_records(&self) -> Vec<DnsRecord> {
+        self.lock().records.values().cloned().collect()
+    }
+
+    /// Which instance an Elastic IP allocation is on.
+    pub fn address_of(&self, allocation_id: &str) -> Option<InstanceId> {
+        self.lock().addresses.get(allocation_id).cloned()
+    }
+
+    fn next(&self, s: &mut State) -> u64 {
+        s.next_id += 1;
+        s.next_id
     }
 
     /// Declares a subnet in `zone`.
@@ -315,6 +350,13 @@ impl Cloud for FakeCloud {
                     ));
                 }
             }
+            // Volumes attached after launch are detached (and kept) when it ends.
+            for v in s.volumes.values_mut() {
+                if v.attachments.iter().any(|(i, _)| i == id) {
+                    v.attachments.clear();
+                    v.state = "available".into();
+                }
+            }
             // A one-time request closes when its instance ends.
             for r in s.requests.values_mut() {
                 if r.instance_id.as_ref() == Some(id) && r.state == SpotRequestState::Active {
@@ -349,6 +391,262 @@ impl Cloud for FakeCloud {
                 r.tags.extend(tags.iter().cloned());
             }
         }
+        Ok(())
+    }
+
+    async fn untag(&self, resource_ids: &[String], keys: &[&str]) -> Result<(), CloudError> {
+        let mut s = self.enter("DeleteTags")?;
+        for rid in resource_ids {
+            if let Some(i) = s.instances.get_mut(&InstanceId::new(rid.as_str())) {
+                i.tags.retain(|k, _| !keys.contains(&k.as_str()));
+            }
+            if let Some(v) = s.volumes.get_mut(&VolumeId::new(rid.as_str())) {
+                v.tags.retain(|k, _| !keys.contains(&k.as_str()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn volumes(&self, filter: &TagFilter) -> Result<Vec<Volume>, CloudError> {
+        let s = self.enter("DescribeVolumes")?;
+        Ok(s.volumes
+            .values()
+            .filter(|v| filter.matches(&v.tags))
+            .cloned()
+            .collect())
+    }
+
+    async fn volume(&self, id: &VolumeId) -> Result<Option<Volume>, CloudError> {
+        Ok(self.enter("DescribeVolumes")?.volumes.get(id).cloned())
+    }
+
+    async fn create_volume(
+        &self,
+        zone: &str,
+        size_gb: Option<i32>,
+        kind: &str,
+        snapshot: Option<&SnapshotId>,
+        tags: &[(String, String)],
+    ) -> Result<Volume, CloudError> {
+        let mut s = self.enter("CreateVolume")?;
+        let n = self.next(&mut s);
+        let v = Volume {
+            id: VolumeId::new(format!("vol-{n:017x}")),
+            zone: zone.to_owned(),
+            size_gb: size_gb.unwrap_or(8),
+            kind: kind.to_owned(),
+            state: "available".into(),
+            attachments: Vec::new(),
+            snapshot_id: snapshot.cloned(),
+            tags: tags.iter().cloned().collect(),
+        };
+        s.volumes.insert(v.id.clone(), v.clone());
+        Ok(v)
+    }
+
+    async fn attach_volume(
+        &self,
+        volume: &VolumeId,
+        instance: &InstanceId,
+        device: &str,
+    ) -> Result<Volume, CloudError> {
+        let mut s = self.enter("AttachVolume")?;
+        let zone = s.instances.get(instance).and_then(|i| i.zone.clone());
+        let v = s.volumes.get_mut(volume).ok_or_else(|| {
+            CloudError::from_code(
+                "AttachVolume",
+                "InvalidVolume.NotFound",
+                format!("volume {volume} does not exist"),
+            )
+        })?;
+        if zone.as_deref() != Some(v.zone.as_str()) {
+            return Err(CloudError::from_code(
+                "AttachVolume",
+                "InvalidVolume.ZoneMismatch",
+                "volume and instance are in different zones",
+            ));
+        }
+        if !v.attachments.is_empty() {
+            return Err(CloudError::from_code(
+                "AttachVolume",
+                "VolumeInUse",
+                format!("{volume} is attached already"),
+            ));
+        }
+        v.attachments.push((instance.clone(), device.to_owned()));
+        v.state = "in-use".into();
+        Ok(v.clone())
+    }
+
+    async fn detach_volume(
+        &self,
+        volume: &VolumeId,
+        _instance: &InstanceId,
+    ) -> Result<Volume, CloudError> {
+        let mut s = self.enter("DetachVolume")?;
+        let v = s.volumes.get_mut(volume).ok_or_else(|| {
+            CloudError::from_code(
+                "DetachVolume",
+                "InvalidVolume.NotFound",
+                format!("volume {volume} does not exist"),
+            )
+        })?;
+        v.attachments.clear();
+        v.state = "available".into();
+        Ok(v.clone())
+    }
+
+    async fn delete_volume(&self, volume: &VolumeId) -> Result<(), CloudError> {
+        let mut s = self.enter("DeleteVolume")?;
+        if let Some(v) = s.volumes.get(volume) {
+            if !v.attachments.is_empty() {
+                return Err(CloudError::from_code(
+                    "DeleteVolume",
+                    "VolumeInUse",
+                    format!("{volume} is attached"),
+                ));
+            }
+        }
+        s.volumes.remove(volume);
+        Ok(())
+    }
+
+    async fn snapshot_volume(
+        &self,
+        volume: &VolumeId,
+        tags: &[(String, String)],
+    ) -> Result<SnapshotId, CloudError> {
+        let mut s = self.enter("CreateSnapshot")?;
+        let n = self.next(&mut s);
+        let id = SnapshotId::new(format!("snap-{n:017x}"));
+        s.snapshots.insert(
+            id.clone(),
+            Snapshot {
+                id: id.clone(),
+                volume_id: Some(volume.clone()),
+                state: "completed".into(),
+                started_at: Some(format!("{n:020}")),
+                tags: tags.iter().cloned().collect(),
+            },
+        );
+        Ok(id)
+    }
+
+    async fn snapshots(&self, filter: &TagFilter) -> Result<Vec<Snapshot>, CloudError> {
+        let s = self.enter("DescribeSnapshots")?;
+        let mut all: Vec<Snapshot> = s
+            .snapshots
+            .values()
+            .filter(|x| filter.matches(&x.tags))
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+        Ok(all)
+    }
+
+    async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), CloudError> {
+        self.enter("DeleteSnapshot")?.snapshots.remove(id);
+        Ok(())
+    }
+
+    async fn image_root_snapshot(&self, image: &ImageId) -> Result<Option<SnapshotId>, CloudError> {
+        let _s = self.enter("DescribeImages")?;
+        Ok(Some(SnapshotId::new(format!("snap-root-of-{image}"))))
+    }
+
+    async fn images(&self, filter: &TagFilter) -> Result<Vec<Image>, CloudError> {
+        let s = self.enter("DescribeImages")?;
+        let mut all: Vec<Image> = s
+            .images
+            .values()
+            .filter(|i| filter.matches(&i.tags))
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        Ok(all)
+    }
+
+    async fn create_image(
+        &self,
+        instance: &InstanceId,
+        name: &str,
+        tags: &[(String, String)],
+    ) -> Result<Image, CloudError> {
+        let mut s = self.enter("CreateImage")?;
+        if !s.instances.contains_key(instance) {
+            return Err(CloudError::from_code(
+                "CreateImage",
+                "InvalidInstanceID.NotFound",
+                format!("{instance} does not exist"),
+            ));
+        }
+        let n = self.next(&mut s);
+        let image = Image {
+            id: ImageId::new(format!("ami-{n:017x}")),
+            name: Some(name.to_owned()),
+            state: "available".into(),
+            created_at: Some(format!("{n:020}")),
+            snapshot_ids: vec![SnapshotId::new(format!("snap-img-{n:x}"))],
+            tags: tags.iter().cloned().collect(),
+        };
+        s.images.insert(image.id.clone(), image.clone());
+        Ok(image)
+    }
+
+    async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError> {
+        let mut s = self.enter("DeregisterImage")?;
+        Ok(s.images
+            .remove(id)
+            .map(|i| i.snapshot_ids)
+            .unwrap_or_default())
+    }
+
+    async fn dns_zone(&self, name: &str) -> Result<Option<String>, CloudError> {
+        Ok(self
+            .enter("ListHostedZonesByName")?
+            .dns_zones
+            .get(&fqdn(name))
+            .cloned())
+    }
+
+    async fn dns_record(&self, zone_id: &str, name: &str) -> Result<Option<DnsRecord>, CloudError> {
+        let s = self.enter("ListResourceRecordSets")?;
+        Ok(s.records.get(&(zone_id.to_owned(), fqdn(name))).cloned())
+    }
+
+    async fn upsert_dns(
+        &self,
+        zone_id: &str,
+        name: &str,
+        address: &str,
+        ttl: i64,
+    ) -> Result<(), CloudError> {
+        let mut s = self.enter("ChangeResourceRecordSets")?;
+        s.records.insert(
+            (zone_id.to_owned(), fqdn(name)),
+            DnsRecord {
+                name: fqdn(name),
+                values: vec![address.to_owned()],
+                ttl,
+            },
+        );
+        Ok(())
+    }
+
+    async fn delete_dns(&self, zone_id: &str, record: &DnsRecord) -> Result<(), CloudError> {
+        let mut s = self.enter("ChangeResourceRecordSets")?;
+        s.records.remove(&(zone_id.to_owned(), fqdn(&record.name)));
+        Ok(())
+    }
+
+    async fn associate_address(
+        &self,
+        allocation_id: &str,
+        instance: &InstanceId,
+    ) -> Result<(), CloudError> {
+        let mut s = self.enter("AssociateAddress")?;
+        s.addresses
+            .insert(allocation_id.to_owned(), instance.clone());
         Ok(())
     }
 }

@@ -66,9 +66,9 @@ pub use cloud::Cloud;
 pub use error::{CloudError, ErrorKind, classify};
 pub use handle::{DELETE_WITH, InstanceHandle, Vpc};
 pub use model::{
-    Arch, Image, ImageId, ImageRef, Instance, InstanceId, InstanceState, KeyPair, LaunchSpec,
-    Market, NetworkInterface, RootVolume, SnapshotId, SpotPrice, SpotRequest, SpotRequestId,
-    SpotRequestState, TagFilter, Volume, VolumeId,
+    Arch, DnsRecord, Image, ImageId, ImageRef, Instance, InstanceId, InstanceState, KeyPair,
+    LaunchSpec, Market, NetworkInterface, RootVolume, Snapshot, SnapshotId, SpotPrice, SpotRequest,
+    SpotRequestId, SpotRequestState, TagFilter, Volume, VolumeId, fqdn,
 };
 pub use ssh::{CloudInitStatus, ExecOutput, SshError, SshSettings};
 
@@ -114,5 +114,97 @@ impl Cloud for AwsCloud {
         tags: &[(String, String)],
     ) -> Result<(), CloudError> {
         self.tag_impl(resource_ids, tags).await
+    }
+    async fn untag(&self, resource_ids: &[String], keys: &[&str]) -> Result<(), CloudError> {
+        AwsCloud::untag(self, resource_ids, keys).await
+    }
+    async fn volumes(&self, filter: &TagFilter) -> Result<Vec<Volume>, CloudError> {
+        AwsCloud::volumes(self, filter).await
+    }
+    async fn volume(&self, id: &VolumeId) -> Result<Option<Volume>, CloudError> {
+        AwsCloud::volume(self, id).await
+    }
+    async fn create_volume(
+        &self,
+        zone: &str,
+        size_gb: Option<i32>,
+        kind: &str,
+        snapshot: Option<&SnapshotId>,
+        tags: &[(String, String)],
+    ) -> Result<Volume, CloudError> {
+        AwsCloud::create_volume(self, zone, size_gb, kind, snapshot, tags).await
+    }
+    async fn attach_volume(
+        &self,
+        volume: &VolumeId,
+        instance: &InstanceId,
+        device: &str,
+    ) -> Result<Volume, CloudError> {
+        AwsCloud::attach_volume(self, volume, instance, device).await
+    }
+    async fn detach_volume(
+        &self,
+        volume: &VolumeId,
+        instance: &InstanceId,
+    ) -> Result<Volume, CloudError> {
+        AwsCloud::detach_volume(self, volume, instance).await
+    }
+    async fn delete_volume(&self, volume: &VolumeId) -> Result<(), CloudError> {
+        AwsCloud::delete_volume(self, volume).await
+    }
+    async fn snapshot_volume(
+        &self,
+        volume: &VolumeId,
+        tags: &[(String, String)],
+    ) -> Result<SnapshotId, CloudError> {
+        AwsCloud::snapshot_volume(self, volume, tags).await
+    }
+    async fn snapshots(&self, filter: &TagFilter) -> Result<Vec<Snapshot>, CloudError> {
+        AwsCloud::snapshots(self, filter).await
+    }
+    async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), CloudError> {
+        AwsCloud::delete_snapshot(self, id).await
+    }
+    async fn image_root_snapshot(&self, image: &ImageId) -> Result<Option<SnapshotId>, CloudError> {
+        AwsCloud::image_root_snapshot(self, image).await
+    }
+    async fn images(&self, filter: &TagFilter) -> Result<Vec<Image>, CloudError> {
+        AwsCloud::images(self, filter).await
+    }
+    async fn create_image(
+        &self,
+        instance: &InstanceId,
+        name: &str,
+        tags: &[(String, String)],
+    ) -> Result<Image, CloudError> {
+        AwsCloud::snapshot(self, instance, name, tags).await
+    }
+    async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError> {
+        AwsCloud::delete_image(self, id).await
+    }
+    async fn dns_zone(&self, name: &str) -> Result<Option<String>, CloudError> {
+        AwsCloud::dns_zone(self, name).await
+    }
+    async fn dns_record(&self, zone_id: &str, name: &str) -> Result<Option<DnsRecord>, CloudError> {
+        AwsCloud::dns_record(self, zone_id, name).await
+    }
+    async fn upsert_dns(
+        &self,
+        zone_id: &str,
+        name: &str,
+        address: &str,
+        ttl: i64,
+    ) -> Result<(), CloudError> {
+        AwsCloud::upsert_dns(self, zone_id, name, address, ttl).await
+    }
+    async fn delete_dns(&self, zone_id: &str, record: &DnsRecord) -> Result<(), CloudError> {
+        AwsCloud::delete_dns(self, zone_id, record).await
+    }
+    async fn associate_address(
+        &self,
+        allocation_id: &str,
+        instance: &InstanceId,
+    ) -> Result<(), CloudError> {
+        AwsCloud::associate_address(self, allocation_id, instance).await
     }
 }

@@ -572,3 +572,37 @@ pub struct KeyPair {
     /// Whether this call imported it (false: it existed already).
     pub created: bool,
 }
+
+/// An EBS snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Snapshot id.
+    pub id: SnapshotId,
+    /// The volume it was taken of.
+    pub volume_id: Option<VolumeId>,
+    /// `pending`, `completed`, `error`.
+    pub state: String,
+    /// When it was started (RFC 3339).
+    pub started_at: Option<String>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A DNS A record as Route53 holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsRecord {
+    /// Fully qualified name, with the trailing dot.
+    pub name: String,
+    /// Addresses.
+    pub values: Vec<String>,
+    /// TTL in seconds.
+    pub ttl: i64,
+}
+
+/// `name` with exactly one trailing dot, lower case: how Route53 spells names.
+pub fn fqdn(name: &str) -> String {
+    format!(
+        "{}.",
+        name.trim().trim_end_matches('.').to_ascii_lowercase()
+    )
+}

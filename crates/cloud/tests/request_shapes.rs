@@ -50,6 +50,16 @@ fn ssm() -> aws_sdk_ssm::Client {
     ssm_with(&[])
 }
 
+fn route53() -> aws_sdk_route53::Client {
+    let conf = aws_sdk_route53::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "mock"))
+        .http_client(create_mock_http_client())
+        .build();
+    aws_sdk_route53::Client::from_conf(conf)
+}
+
 fn running() -> RunInstancesOutput {
     RunInstancesOutput::builder()
         .instances(
@@ -125,7 +135,7 @@ async fn a_spot_launch_is_one_time_uncapped_tokened_and_tags_instance_volume_and
                 && r.security_group_ids() == ["sg-1"]
         })
         .then_output(running);
-    let cloud = AwsCloud::from_clients(ec2_with(&[&rule]), ssm(), "us-east-1");
+    let cloud = AwsCloud::from_clients(ec2_with(&[&rule]), ssm(), route53(), "us-east-1");
     let inst = cloud
         .launch(&spec(Market::Spot))
         .await
@@ -144,7 +154,7 @@ async fn an_on_demand_launch_has_no_market_options_and_no_request_tags() {
                     .all(|t| t.resource_type() != Some(&ResourceType::SpotInstancesRequest))
         })
         .then_output(running);
-    let cloud = AwsCloud::from_clients(ec2_with(&[&rule]), ssm(), "us-east-1");
+    let cloud = AwsCloud::from_clients(ec2_with(&[&rule]), ssm(), route53(), "us-east-1");
     cloud
         .launch(&spec(Market::OnDemand))
         .await
@@ -167,7 +177,7 @@ async fn latest_ubuntu_reads_canonicals_public_parameter() {
                 .build()
         });
     // No EC2 rule: a DescribeImages call would fail the test.
-    let cloud = AwsCloud::from_clients(ec2_with(&[]), ssm_with(&[&param]), "us-east-1");
+    let cloud = AwsCloud::from_clients(ec2_with(&[]), ssm_with(&[&param]), route53(), "us-east-1");
     let id = cloud
         .latest_ubuntu("24.04", Arch::Arm64)
         .await
@@ -215,7 +225,12 @@ async fn latest_ubuntu_falls_back_to_the_newest_canonical_image() {
                 .images(img("ami-mid", "2026-02-01T00:00:00.000Z"))
                 .build()
         });
-    let cloud = AwsCloud::from_clients(ec2_with(&[&images]), ssm_with(&[&missing]), "us-east-1");
+    let cloud = AwsCloud::from_clients(
+        ec2_with(&[&images]),
+        ssm_with(&[&missing]),
+        route53(),
+        "us-east-1",
+    );
     let id = cloud
         .latest_ubuntu("24.04", Arch::Amd64)
         .await
@@ -235,7 +250,7 @@ async fn al2023_reads_its_public_parameter() {
                 .parameter(Parameter::builder().value("ami-0al").build())
                 .build()
         });
-    let cloud = AwsCloud::from_clients(ec2_with(&[]), ssm_with(&[&param]), "us-east-1");
+    let cloud = AwsCloud::from_clients(ec2_with(&[]), ssm_with(&[&param]), route53(), "us-east-1");
     let image = spotkeeper_cloud::ImageRef::parse("al2023:arm64").expect("alias");
     assert_eq!(
         cloud

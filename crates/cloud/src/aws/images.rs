@@ -140,6 +140,43 @@ impl AwsCloud {
         Ok(img.1.unwrap_or_else(|| "/dev/xvda".to_owned()))
     }
 
+    /// The snapshot behind an image's root device: what a persistent root
+    /// volume is first created from.
+    pub async fn image_root_snapshot(
+        &self,
+        image: &ImageId,
+    ) -> Result<Option<SnapshotId>, CloudError> {
+        let out = match self
+            .ec2
+            .describe_images()
+            .image_ids(image.as_str())
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let err = sdk_error("DescribeImages", e);
+                return if err.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                };
+            }
+        };
+        let Some(img) = out.images().first() else {
+            return Ok(None);
+        };
+        let root = img.root_device_name();
+        let snap = img
+            .block_device_mappings()
+            .iter()
+            .find(|b| root.is_none() || b.device_name() == root)
+            .and_then(|b| b.ebs())
+            .and_then(|e| e.snapshot_id())
+            .map(SnapshotId::new);
+        Ok(snap)
+    }
+
     /// One image by id, with its root device name; `None` when unknown.
     async fn image(&self, id: &ImageId) -> Result<Option<(Image, Option<String>)>, CloudError> {
         match self

@@ -296,6 +296,27 @@ impl AwsCloud {
     }
 }
 
+impl AwsCloud {
+    /// Removes tag keys from resources.
+    pub async fn untag(&self, resource_ids: &[String], keys: &[&str]) -> Result<(), CloudError> {
+        if resource_ids.is_empty() || keys.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .delete_tags()
+            .set_resources(Some(resource_ids.to_vec()))
+            .set_tags(Some(
+                keys.iter()
+                    .map(|k| Tag::builder().key(*k).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DeleteTags", e))?;
+        Ok(())
+    }
+}
+
 /// Converts an SDK instance; `None` when it lacks the fields every instance has.
 pub(crate) fn convert_instance(i: &aws_sdk_ec2::types::Instance) -> Option<Instance> {
     let id = i.instance_id()?;

@@ -2,6 +2,7 @@
 //! file per AWS area; this one builds the clients and turns SDK errors into
 //! [`CloudError`]s.
 
+mod dns;
 mod images;
 mod instances;
 mod network;
@@ -36,6 +37,7 @@ pub struct ClientConfig {
 pub struct AwsCloud {
     pub(crate) ec2: aws_sdk_ec2::Client,
     pub(crate) ssm: aws_sdk_ssm::Client,
+    pub(crate) route53: aws_sdk_route53::Client,
     region: String,
 }
 
@@ -86,6 +88,7 @@ impl AwsCloud {
         Ok(Self {
             ec2: aws_sdk_ec2::Client::new(sdk),
             ssm: aws_sdk_ssm::Client::new(sdk),
+            route53: aws_sdk_route53::Client::new(sdk),
             region,
         })
     }
@@ -94,11 +97,13 @@ impl AwsCloud {
     pub fn from_clients(
         ec2: aws_sdk_ec2::Client,
         ssm: aws_sdk_ssm::Client,
+        route53: aws_sdk_route53::Client,
         region: impl Into<String>,
     ) -> Self {
         Self {
             ec2,
             ssm,
+            route53,
             region: region.into(),
         }
     }

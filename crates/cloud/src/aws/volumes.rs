@@ -7,7 +7,7 @@ use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification, VolumeType};
 
 use super::{AwsCloud, sdk_error, tag_filters, tag_map};
 use crate::error::{CloudError, ErrorKind};
-use crate::model::{InstanceId, SnapshotId, TagFilter, Volume, VolumeId};
+use crate::model::{InstanceId, Snapshot, SnapshotId, TagFilter, Volume, VolumeId};
 
 /// Volume state changes (create, attach, detach) take seconds; a stuck one
 /// after this long needs a person.
@@ -281,6 +281,57 @@ impl AwsCloud {
                 ));
             }
             tokio::time::sleep(VOLUME_POLL).await;
+        }
+    }
+
+    /// Snapshots this account owns whose tags match `filter`, newest first.
+    pub async fn snapshots(&self, filter: &TagFilter) -> Result<Vec<Snapshot>, CloudError> {
+        let out = self
+            .ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .set_filters(Some(tag_filters(filter)))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeSnapshots", e))?;
+        let mut all: Vec<Snapshot> = out
+            .snapshots()
+            .iter()
+            .map(|s| Snapshot {
+                id: SnapshotId::new(s.snapshot_id().unwrap_or_default()),
+                volume_id: s.volume_id().filter(|v| !v.is_empty()).map(VolumeId::new),
+                state: s.state().map(|x| x.as_str().to_owned()).unwrap_or_default(),
+                started_at: s.start_time().map(|t| t.to_string()),
+                tags: tag_map(s.tags()),
+            })
+            .filter(|s| filter.matches(&s.tags))
+            .collect();
+        all.sort_by(|a, b| {
+            b.started_at
+                .cmp(&a.started_at)
+                .then_with(|| b.id.cmp(&a.id))
+        });
+        Ok(all)
+    }
+
+    /// Deletes a snapshot; one already gone is not an error.
+    pub async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), CloudError> {
+        match self
+            .ec2
+            .delete_snapshot()
+            .snapshot_id(id.as_str())
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = sdk_error("DeleteSnapshot", e);
+                if err.kind == ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
         }
     }
 
