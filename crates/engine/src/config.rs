@@ -126,6 +126,80 @@ pub struct BoxSpec {
     pub iam_instance_profile: Option<String>,
     /// How to reach the box over SSH (`exec`, `ssh`).
     pub ssh: SshSettings,
+    /// A data volume that outlives instances.
+    pub data_volume: Option<VolumeSpec>,
+    /// A persistent root volume the boot chain-loads with pivot_root.
+    pub root_volume: Option<VolumeSpec>,
+    /// Whether `up` may move the volumes to another zone (by snapshot).
+    pub move_volume: bool,
+    /// A Route53 A record kept pointing at the box.
+    pub dns: Option<DnsSpec>,
+    /// Keep the DNS record when the box stops.
+    pub keep_dns: bool,
+    /// An Elastic IP allocation associated with each new instance.
+    pub elastic_ip: Option<String>,
+    /// Launch from the box's newest image (`image = "box:latest"` or
+    /// `image_from_box = true`), else from `image`.
+    pub image_from_box: bool,
+    /// Image retention and refresh schedule.
+    pub images: ImagePolicy,
+}
+
+/// What happens to a volume when its box is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStop {
+    /// Keep the volume (default).
+    Retain,
+    /// Snapshot it, then delete it; the next `up` restores it from the snapshot.
+    Snapshot,
+    /// Delete it and its data.
+    Delete,
+}
+
+/// `data_volume` / `root_volume`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    /// Its `Name` tag: how `up` finds it again.
+    pub name: String,
+    /// Size for a new volume (GiB); a root volume defaults to the image's size.
+    pub size_gb: Option<i32>,
+    /// EBS type for a new volume.
+    pub kind: String,
+    /// Mount point (data volumes).
+    pub mount: String,
+    /// Stop policy.
+    pub on_stop: OnStop,
+}
+
+/// Which address the DNS record points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsAddress {
+    /// The public IPv4 address.
+    Public,
+    /// The private address.
+    Private,
+}
+
+/// `dns = { zone, name, ttl, address }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSpec {
+    /// Hosted zone name.
+    pub zone: String,
+    /// Record name.
+    pub name: String,
+    /// TTL in seconds; short, because the address changes on every replacement.
+    pub ttl: i64,
+    /// Public or private address.
+    pub address: DnsAddress,
+}
+
+/// `images = { keep, every }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ImagePolicy {
+    /// Keep this many newest images of the box; older ones are deregistered with their snapshots.
+    pub keep: Option<usize>,
+    /// Make a fresh image this often (the daemon).
+    pub every: Option<Duration>,
 }
 
 /// How `up` decides a running box is ready.
@@ -196,6 +270,49 @@ struct RawBox {
     root_disk: Option<Spanned<RawDisk>>,
     iam_instance_profile: Option<String>,
     ssh: Option<Spanned<RawSsh>>,
+    base_image: Option<Spanned<String>>,
+    image_from_box: Option<bool>,
+    data_volume: Option<Spanned<RawVolume>>,
+    root_volume: Option<Spanned<RawVolume>>,
+    #[serde(default)]
+    move_volume: bool,
+    dns: Option<Spanned<RawDns>>,
+    #[serde(default)]
+    keep_dns: bool,
+    elastic_ip: Option<Spanned<String>>,
+    images: Option<Spanned<RawImages>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVolume {
+    name: String,
+    size_gb: Option<i32>,
+    #[serde(rename = "type", default = "default_disk_type")]
+    kind: String,
+    mount: Option<String>,
+    on_stop: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    zone: String,
+    name: String,
+    #[serde(default = "default_ttl")]
+    ttl: i64,
+    address: Option<String>,
+}
+
+fn default_ttl() -> i64 {
+    60
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImages {
+    keep: Option<usize>,
+    every: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -323,7 +440,29 @@ fn validate_box(
     base: &Path,
     at: &dyn Fn(Option<Range<usize>>, String) -> ConfigError,
 ) -> Result<BoxSpec, ConfigError> {
-    let image = ImageRef::parse(b.image.get_ref()).map_err(|m| at(Some(b.image.span()), m))?;
+    // `image = "box:latest"`: the box's newest image, falling back to `base_image`.
+    let (image, image_from_box) = if b.image.get_ref().trim() == "box:latest" {
+        let base = b.base_image.as_ref().ok_or_else(|| {
+            at(
+                Some(b.image.span()),
+                "image = \"box:latest\" needs base_image = \"…\" for when the box has no image yet"
+                    .into(),
+            )
+        })?;
+        (
+            ImageRef::parse(base.get_ref()).map_err(|m| at(Some(base.span()), m))?,
+            true,
+        )
+    } else {
+        if let Some(base) = &b.base_image {
+            return Err(at(
+                Some(base.span()),
+                "base_image only goes with image = \"box:latest\"".into(),
+            ));
+        }
+        let image = ImageRef::parse(b.image.get_ref()).map_err(|m| at(Some(b.image.span()), m))?;
+        (image, b.image_from_box.unwrap_or(false))
+    };
     let types_span = b.instance_types.span();
     let mut instance_types: Vec<String> = Vec::new();
     for t in b.instance_types.into_inner() {
@@ -541,6 +680,166 @@ fn validate_box(
             }
         }
     };
+    let volume =
+        |raw: Option<Spanned<RawVolume>>, what: &str| -> Result<Option<VolumeSpec>, ConfigError> {
+            let Some(raw) = raw else { return Ok(None) };
+            let span = raw.span();
+            let v = raw.into_inner();
+            let bad = |m: String| at(Some(span.clone()), format!("{what}: {m}"));
+            if v.name.trim().is_empty() || v.name.len() > 128 {
+                return Err(bad("name must be 1-128 characters".into()));
+            }
+            if let Some(size) = v.size_gb {
+                if !(1..=65536).contains(&size) {
+                    return Err(bad(format!("size_gb must be 1-65536, not {size}")));
+                }
+            }
+            if !["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"].contains(&v.kind.as_str()) {
+                return Err(bad(format!("type {:?} is not an EBS volume type", v.kind)));
+            }
+            let mount = match (what, v.mount) {
+                ("root_volume", Some(_)) => {
+                    return Err(bad("mount does not apply: the root volume becomes /".into()));
+                }
+                (_, Some(m))
+                    if !m.starts_with('/')
+                        || m == "/"
+                        || m.contains(char::is_whitespace)
+                        || m.contains(['\'', '"', '$', '`', '\\']) =>
+                {
+                    return Err(bad(format!(
+                        "mount {m:?} must be an absolute path other than / without quotes or spaces"
+                    )));
+                }
+                (_, Some(m)) => m,
+                (_, None) => "/data".into(),
+            };
+            if what == "data_volume" && v.size_gb.is_none() {
+                return Err(bad("size_gb is required (the size of a new volume)".into()));
+            }
+            let on_stop = match v.on_stop.as_deref() {
+                None | Some("retain") => OnStop::Retain,
+                Some("snapshot") => OnStop::Snapshot,
+                Some("delete") => OnStop::Delete,
+                Some(other) => {
+                    return Err(bad(format!(
+                        "on_stop {other:?} is not retain, snapshot or delete"
+                    )));
+                }
+            };
+            Ok(Some(VolumeSpec {
+                name: v.name,
+                size_gb: v.size_gb,
+                kind: v.kind,
+                mount,
+                on_stop,
+            }))
+        };
+    let data_volume = volume(b.data_volume, "data_volume")?;
+    let root_span = b.root_volume.as_ref().map(|r| r.span());
+    let root_volume = volume(b.root_volume, "root_volume")?;
+    if let (Some(d), Some(r)) = (&data_volume, &root_volume) {
+        if d.name == r.name {
+            return Err(at(
+                root_span,
+                format!(
+                    "root_volume and data_volume are both named {:?}; one volume cannot be both",
+                    d.name
+                ),
+            ));
+        }
+    }
+    let dns = match b.dns {
+        None => None,
+        Some(raw) => {
+            let span = raw.span();
+            let d = raw.into_inner();
+            let bad = |m: String| at(Some(span.clone()), format!("dns: {m}"));
+            let valid_name = |n: &str| {
+                let n = n.trim_end_matches('.');
+                !n.is_empty()
+                    && n.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
+                    })
+            };
+            if !valid_name(&d.zone) || !valid_name(&d.name) {
+                return Err(bad(format!(
+                    "{:?} / {:?} are not DNS names",
+                    d.zone, d.name
+                )));
+            }
+            let (zone, name) = (
+                spotkeeper_cloud::fqdn(&d.zone),
+                spotkeeper_cloud::fqdn(&d.name),
+            );
+            if name != zone && !name.ends_with(&format!(".{zone}")) {
+                return Err(bad(format!("name {name} is not inside zone {zone}")));
+            }
+            if !(0..=604_800).contains(&d.ttl) {
+                return Err(bad(format!("ttl {} is not 0-604800 seconds", d.ttl)));
+            }
+            let address = match d.address.as_deref() {
+                None | Some("public") => DnsAddress::Public,
+                Some("private") => DnsAddress::Private,
+                Some(other) => {
+                    return Err(bad(format!(
+                        "address {other:?} is neither \"public\" nor \"private\""
+                    )));
+                }
+            };
+            Some(DnsSpec {
+                zone,
+                name,
+                ttl: d.ttl,
+                address,
+            })
+        }
+    };
+    let elastic_ip = match b.elastic_ip {
+        Some(e) if !e.get_ref().starts_with("eipalloc-") => {
+            return Err(at(
+                Some(e.span()),
+                format!(
+                    "elastic_ip {:?} is not an allocation id (eipalloc-…)",
+                    e.get_ref()
+                ),
+            ));
+        }
+        other => other.map(Spanned::into_inner),
+    };
+    let images = match b.images {
+        None => ImagePolicy::default(),
+        Some(raw) => {
+            let span = raw.span();
+            let i = raw.into_inner();
+            if i.keep == Some(0) {
+                return Err(at(Some(span), "images.keep must be at least 1".into()));
+            }
+            let every = match i.every {
+                None => None,
+                Some(t) => {
+                    let d = humantime::parse_duration(&t)
+                        .map_err(|e| at(Some(span.clone()), format!("images.every {t:?}: {e}")))?;
+                    if d < Duration::from_secs(3600) {
+                        return Err(at(
+                            Some(span),
+                            format!(
+                                "images.every {t:?} is under an hour; images take minutes and cost storage"
+                            ),
+                        ));
+                    }
+                    Some(d)
+                }
+            };
+            ImagePolicy {
+                keep: i.keep,
+                every,
+            }
+        }
+    };
     Ok(BoxSpec {
         name: name.to_owned(),
         image,
@@ -557,6 +856,14 @@ fn validate_box(
         root_disk,
         iam_instance_profile: b.iam_instance_profile,
         ssh,
+        data_volume,
+        root_volume,
+        move_volume: b.move_volume,
+        dns,
+        keep_dns: b.keep_dns,
+        elastic_ip,
+        image_from_box,
+        images,
     })
 }
 
@@ -789,6 +1096,111 @@ ready = { check = "tcp", port = 22, timeout = "10m" }
             err(&GOOD.replace("ami-0123456789abcdef0", "ubuntu:noble"))
                 .message
                 .contains("24.04")
+        );
+    }
+
+    #[test]
+    fn persistence_keys_parse_and_validate() {
+        let text = GOOD.replace(
+            "tags =",
+            "data_volume = { name = \"dev-data\", size_gb = 50, mount = \"/data\", on_stop = \"snapshot\" }\n\
+             root_volume = { name = \"dev-root\" }\nmove_volume = true\n\
+             dns = { zone = \"example.com\", name = \"dev.example.com\", ttl = 30, address = \"private\" }\n\
+             elastic_ip = \"eipalloc-0abc\"\nimages = { keep = 3, every = \"24h\" }\ntags =",
+        );
+        let c = parse(Path::new("x.toml"), &text).expect("valid");
+        let b = &c.boxes["dev"];
+        let d = b.data_volume.as_ref().expect("data");
+        assert_eq!(
+            (
+                d.name.as_str(),
+                d.size_gb,
+                d.kind.as_str(),
+                d.mount.as_str(),
+                d.on_stop
+            ),
+            ("dev-data", Some(50), "gp3", "/data", OnStop::Snapshot)
+        );
+        assert_eq!(
+            b.root_volume.as_ref().map(|r| (r.name.as_str(), r.on_stop)),
+            Some(("dev-root", OnStop::Retain))
+        );
+        assert!(b.move_volume);
+        let dns = b.dns.as_ref().expect("dns");
+        assert_eq!(
+            (dns.zone.as_str(), dns.name.as_str(), dns.ttl, dns.address),
+            ("example.com.", "dev.example.com.", 30, DnsAddress::Private)
+        );
+        assert_eq!(
+            b.images,
+            ImagePolicy {
+                keep: Some(3),
+                every: Some(Duration::from_secs(86_400))
+            }
+        );
+    }
+
+    #[test]
+    fn persistence_mistakes_are_located() {
+        let e = err(&GOOD.replace(
+            "tags =",
+            "data_volume = { name = \"v\", size_gb = 5 }\nroot_volume = { name = \"v\" }\ntags =",
+        ));
+        assert_eq!(e.line, Some(11), "{e}");
+        assert!(e.message.contains("both named"), "{e}");
+        assert!(
+            err(&GOOD.replace(
+                "tags =",
+                "dns = { zone = \"example.com\", name = \"dev.other.org\" }\ntags ="
+            ))
+            .message
+            .contains("not inside zone")
+        );
+        assert!(
+            err(&GOOD.replace(
+                "tags =",
+                "data_volume = { name = \"v\", size_gb = 5, on_stop = \"shred\" }\ntags ="
+            ))
+            .message
+            .contains("on_stop")
+        );
+        assert!(
+            err(&GOOD.replace("tags =", "data_volume = { name = \"v\" }\ntags ="))
+                .message
+                .contains("size_gb is required")
+        );
+        assert!(
+            err(&GOOD.replace(
+                "tags =",
+                "root_volume = { name = \"r\", mount = \"/x\" }\ntags ="
+            ))
+            .message
+            .contains("mount does not apply")
+        );
+        assert!(
+            err(&GOOD.replace("ami-0123456789abcdef0", "box:latest"))
+                .message
+                .contains("base_image")
+        );
+        assert!(
+            err(&GOOD.replace("tags =", "images = { every = \"5m\" }\ntags ="))
+                .message
+                .contains("under an hour")
+        );
+        let latest = parse(
+            Path::new("x.toml"),
+            &GOOD.replace(
+                "\"ami-0123456789abcdef0\"",
+                "\"box:latest\"\nbase_image = \"al2023\"",
+            ),
+        )
+        .expect("valid");
+        assert!(latest.boxes["dev"].image_from_box);
+        assert_eq!(
+            latest.boxes["dev"].image,
+            ImageRef::AmazonLinux2023 {
+                arch: spotkeeper_cloud::Arch::Amd64
+            }
         );
     }
 

@@ -1,0 +1,211 @@
+//! The user data spotkeeper generates for boxes with persistent volumes: the
+//! boot script (`scripts/boot.sh`) with the volume ids filled in, followed by
+//! the user's own user data. It never carries credentials: volumes are
+//! attached from outside and the script only waits for them.
+//!
+//! The user's data runs after the volume is mounted. A shell script (`#!`) is
+//! embedded in the boot script and run at its end; anything else (`#cloud-config`,
+//! `#cloud-boothook`, `#include`) goes into a MIME multipart message after the
+//! boot script, and cloud-init runs user scripts in part order.
+
+use base64::Engine as _;
+
+/// The boot script template.
+pub const BOOT_TEMPLATE: &str = include_str!("../scripts/boot.sh");
+
+/// EC2 refuses user data over 16 KiB (before base64).
+pub const USER_DATA_LIMIT: usize = 16 * 1024;
+
+/// Where a volume will be attached and, for data, mounted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BootVolumes {
+    /// Data volume: (volume id, device, mount point).
+    pub data: Option<(String, String, String)>,
+    /// Persistent root: (volume id, device).
+    pub root: Option<(String, String)>,
+}
+
+/// Why user data could not be generated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BootError {
+    /// A value would break out of the script.
+    #[error("{what} {value:?} holds characters the boot script cannot carry safely")]
+    Unsafe {
+        /// Which setting.
+        what: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// Over EC2's limit.
+    #[error("the generated user data is {0} bytes; EC2 accepts at most 16384 (shorten user_data)")]
+    TooLarge(usize),
+}
+
+fn safe(what: &'static str, value: &str) -> Result<String, BootError> {
+    let ok = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(BootError::Unsafe {
+            what,
+            value: value.to_owned(),
+        })
+    }
+}
+
+/// The user data for a box: `user` unchanged when there are no volumes,
+/// otherwise the boot script (with `user` run after the volume is mounted).
+pub fn user_data(
+    box_name: &str,
+    volumes: &BootVolumes,
+    user: Option<&str>,
+) -> Result<Option<String>, BootError> {
+    if volumes.data.is_none() && volumes.root.is_none() {
+        return Ok(user.map(str::to_owned));
+    }
+    let (dv, dd, dm) = match &volumes.data {
+        Some((v, d, m)) => (
+            safe("data volume", v)?,
+            safe("device", d)?,
+            safe("mount", m)?,
+        ),
+        None => Default::default(),
+    };
+    let (rv, rd) = match &volumes.root {
+        Some((v, d)) => (safe("root volume", v)?, safe("device", d)?),
+        None => Default::default(),
+    };
+    let embedded = user.filter(|u| u.starts_with("#!"));
+    let script = BOOT_TEMPLATE
+        .replace("@BOX@", &safe("box", box_name)?)
+        .replace("@DATA_VOLUME@", &dv)
+        .replace("@DATA_DEVICE@", &dd)
+        .replace("@DATA_MOUNT@", &dm)
+        .replace("@ROOT_VOLUME@", &rv)
+        .replace("@ROOT_DEVICE@", &rd)
+        .replace(
+            "@USER_SCRIPT@",
+            &embedded
+                .map(|u| base64::engine::general_purpose::STANDARD.encode(u))
+                .unwrap_or_default(),
+        );
+    let out = match user {
+        Some(u) if embedded.is_none() => multipart(&script, u),
+        _ => script,
+    };
+    if out.len() > USER_DATA_LIMIT {
+        return Err(BootError::TooLarge(out.len()));
+    }
+    Ok(Some(out))
+}
+
+fn multipart(script: &str, user: &str) -> String {
+    let kind = match user.lines().next().unwrap_or("").trim() {
+        l if l.starts_with("#cloud-config") => "text/cloud-config",
+        l if l.starts_with("#cloud-boothook") => "text/cloud-boothook",
+        l if l.starts_with("#include") => "text/x-include-url",
+        l if l.starts_with("#part-handler") => "text/part-handler",
+        _ => "text/x-shellscript",
+    };
+    let boundary = "==spotkeeper-boundary==";
+    format!(
+        "Content-Type: multipart/mixed; boundary=\"{boundary}\"\nMIME-Version: 1.0\n\n\
+         --{boundary}\nContent-Type: text/x-shellscript; charset=\"utf-8\"\nContent-Disposition: attachment; filename=\"00-spotkeeper-volumes.sh\"\n\n{script}\n\
+         --{boundary}\nContent-Type: {kind}; charset=\"utf-8\"\nContent-Disposition: attachment; filename=\"10-user-data\"\n\n{user}\n\
+         --{boundary}--\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data() -> BootVolumes {
+        BootVolumes {
+            data: Some(("vol-0abc".into(), "/dev/sdf".into(), "/data".into())),
+            root: None,
+        }
+    }
+
+    #[test]
+    fn without_volumes_the_users_data_passes_unchanged() {
+        assert_eq!(
+            user_data("dev", &BootVolumes::default(), Some("#!/bin/sh\necho hi"))
+                .expect("ok")
+                .as_deref(),
+            Some("#!/bin/sh\necho hi")
+        );
+        assert_eq!(
+            user_data("dev", &BootVolumes::default(), None).expect("ok"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_shell_script_is_embedded_and_run_after_the_mount() {
+        let out = user_data("dev", &data(), Some("#!/bin/sh\necho hi\n"))
+            .expect("ok")
+            .expect("some");
+        assert!(
+            out.starts_with("#!/bin/sh\n# spotkeeper boot script"),
+            "{out}"
+        );
+        assert!(out.contains(": \"${SK_DATA_VOLUME:=vol-0abc}\""));
+        let b64 = base64::engine::general_purpose::STANDARD.encode("#!/bin/sh\necho hi\n");
+        assert!(out.contains(&format!(": \"${{SK_USER_SCRIPT:={b64}}}\"")));
+        for placeholder in [
+            "@BOX@",
+            "@DATA_VOLUME@",
+            "@DATA_DEVICE@",
+            "@DATA_MOUNT@",
+            "@ROOT_VOLUME@",
+            "@ROOT_DEVICE@",
+            "@USER_SCRIPT@",
+        ] {
+            assert!(
+                !out.contains(placeholder),
+                "{placeholder} left in the script"
+            );
+        }
+    }
+
+    #[test]
+    fn cloud_config_goes_into_a_multipart_message_after_the_script() {
+        let out = user_data("dev", &data(), Some("#cloud-config\npackages: [htop]\n"))
+            .expect("ok")
+            .expect("some");
+        assert!(out.starts_with("Content-Type: multipart/mixed"), "{out}");
+        let script_at = out.find("00-spotkeeper-volumes.sh").expect("script part");
+        let user_at = out
+            .find("Content-Type: text/cloud-config")
+            .expect("user part");
+        assert!(script_at < user_at);
+    }
+
+    #[test]
+    fn unsafe_values_and_oversized_data_are_refused() {
+        let bad = BootVolumes {
+            data: Some(("vol-1".into(), "/dev/sdf".into(), "/data; rm -rf /".into())),
+            root: None,
+        };
+        assert!(matches!(
+            user_data("dev", &bad, None),
+            Err(BootError::Unsafe { .. })
+        ));
+        let big = format!("#!/bin/sh\n{}", "x".repeat(USER_DATA_LIMIT));
+        assert!(matches!(
+            user_data("dev", &data(), Some(&big)),
+            Err(BootError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn user_data_never_carries_credentials() {
+        let out = user_data("dev", &data(), None).expect("ok").expect("some");
+        for needle in ["AWS_ACCESS_KEY", "AWS_SECRET", "aws_secret", "SessionToken"] {
+            assert!(!out.contains(needle), "{needle} in user data");
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The generated boot scripts, run for real: as root, in throwaway mount
+//! namespaces, against loop devices standing in for EBS volumes (an ext4
+//! image file), with a fake sysfs giving them NVMe serials like Nitro's.
+//! Without root these tests cannot run; they say so loudly and pass.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use spotkeeper_engine::bootstrap::{BootVolumes, user_data};
+
+fn is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().expect("id -u");
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("\n!!!!! SKIPPED: the boot chain tests need root (loop devices, mount namespaces, pivot_root). !!!!!\n");
+            return;
+        }
+    };
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A loop device over an image file; detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn attach(image: &Path) -> Self {
+        let out = run(Command::new("losetup").args(["-f", "--show"]).arg(image));
+        Loop(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// A fake /sys/block and /dev where `nvme` has the EBS serial of `volume`.
+fn fake_nitro(t: &Path, nvme: &str, volume: &str, device: &str) {
+    let dev_dir = t.join("sys/block").join(nvme).join("device");
+    std::fs::create_dir_all(&dev_dir).expect("fake sysfs");
+    std::fs::write(
+        dev_dir.join("serial"),
+        format!("{}   \n", volume.replace('-', "")),
+    )
+    .expect("serial");
+    std::fs::create_dir_all(t.join("dev")).expect("fake dev");
+    std::os::unix::fs::symlink(device, t.join("dev").join(nvme)).expect("device link");
+}
+
+fn shellcheck(script: &Path) {
+    let out = Command::new("shellcheck")
+        .args(["-s", "sh"])
+        .arg(script)
+        .output()
+        .unwrap_or_else(|e| panic!("shellcheck is not installed ({e}): run scripts/setup"));
+    assert!(
+        out.status.success(),
+        "shellcheck {}:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn in_namespace(script: &str, env: &[(&str, PathBuf)]) -> Output {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", script]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("unshare")
+}
+
+#[test]
+fn the_boot_template_passes_shellcheck() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("boot.sh");
+    std::fs::write(&path, spotkeeper_engine::bootstrap::BOOT_TEMPLATE).expect("write");
+    shellcheck(&path);
+}
+
+#[test]
+fn data_volume_script_makes_a_filesystem_once_mounts_it_and_then_runs_the_users_script() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("dir");
+    let t = dir.path();
+    let img = t.join("data.img");
+    run(Command::new("truncate").args(["-s", "64M"]).arg(&img));
+    let lo = Loop::attach(&img);
+    fake_nitro(t, "nvme1n1", "vol-0abc1230000000001", &lo.0);
+    std::fs::create_dir_all(t.join("rootfs/etc")).expect("rootfs");
+    std::fs::write(t.join("rootfs/etc/fstab"), "# test fstab\n").expect("fstab");
+    let mount = t.join("mnt/data");
+    let user = format!(
+        "#!/bin/sh\nset -e\ncat {m}/greeting 2>/dev/null > {t}/out || echo none > {t}/out\necho hello > {m}/greeting\n",
+        m = mount.display(),
+        t = t.display()
+    );
+    let volumes = BootVolumes {
+        data: Some((
+            "vol-0abc1230000000001".into(),
+            "/dev/sdf".into(),
+            mount.display().to_string(),
+        )),
+        root: None,
+    };
+    let script = user_data("dev", &volumes, Some(&user))
+        .expect("generate")
+        .expect("some");
+    let path = t.join("user-data.sh");
+    std::fs::write(&path, &script).expect("write");
+    shellcheck(&path);
+
+    let env = [
+        ("SK_SYS_BLOCK", t.join("sys/block")),
+        ("SK_DEV_DIR", t.join("dev")),
+        ("SK_BYID_DIR", t.join("no-by-id")),
+        ("SK_ROOTFS", t.join("rootfs")),
+        ("SK_STATE_DIR", PathBuf::from("/state")),
+        ("SK_WAIT_SECONDS", PathBuf::from("10")),
+    ];
+    let first = in_namespace(&format!("sh {}", path.display()), &env);
+    let log = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{log}");
+    assert!(
+        log.contains("is blank; creating an ext4 filesystem"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.join("out"))
+            .expect("user script ran")
+            .trim(),
+        "none"
+    );
+
+    let second = in_namespace(&format!("sh {}", path.display()), &env);
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{log}");
+    assert!(
+        log.contains("has a filesystem; keeping it"),
+        "no second mkfs: {log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.join("out"))
+            .expect("user script ran")
+            .trim(),
+        "hello",
+        "the data survived"
+    );
+    let fstab = std::fs::read_to_string(t.join("rootfs/etc/fstab")).expect("fstab");
+    assert_eq!(
+        fstab.matches("UUID=").count(),
+        1,
+        "one fstab entry: {fstab}"
+    );
+    assert!(
+        fstab.contains(&format!("{} auto defaults,nofail", mount.display())),
+        "{fstab}"
+    );
+}
+
+#[test]
+fn persistent_root_installs_a_shim_that_pivot_roots_into_the_volume() {
+    require_root!();
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or_else(|| {
+            panic!("busybox is not installed: run scripts/setup (Debian's busybox-static)")
+        });
+    let dir = tempfile::tempdir().expect("dir");
+    let t = dir.path();
+    std::fs::write(t.join("marker"), "host").expect("marker");
+
+    // The persistent volume: a tiny system whose init records what it sees.
+    let vol = t.join("vol");
+    for d in ["bin", "sbin", "etc"] {
+        std::fs::create_dir_all(vol.join(d)).expect("dirs");
+    }
+    std::fs::copy(busybox, vol.join("bin/busybox")).expect("busybox");
+    std::os::unix::fs::symlink("busybox", vol.join("bin/sh")).expect("sh");
+    std::fs::write(vol.join("etc/volume-id"), "persistent-volume\n").expect("id");
+    let init = format!(
+        "#!/bin/sh\nread -r id < /etc/volume-id\nold=no\n[ -e /old-root{t}/marker ] && old=yes\n\
+         printf 'root=%s old-root=%s args=%s\\n' \"$id\" \"$old\" \"$*\" > /old-root{t}/result\n",
+        t = t.display()
+    );
+    std::fs::write(vol.join("sbin/init"), init).expect("init");
+    run(Command::new("chmod")
+        .args(["755"])
+        .arg(vol.join("sbin/init")));
+    let img = t.join("root.img");
+    run(Command::new("truncate").args(["-s", "64M"]).arg(&img));
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-d"])
+        .arg(&vol)
+        .arg(&img));
+    let lo = Loop::attach(&img);
+    fake_nitro(t, "nvme2n1", "vol-0f00d00000000000a", &lo.0);
+
+    // The image's disk, with its own init.
+    let ami = t.join("ami");
+    std::fs::create_dir_all(ami.join("sbin")).expect("ami");
+    std::fs::create_dir_all(ami.join("etc")).expect("ami etc");
+    std::fs::write(ami.join("sbin/init"), "#!/bin/sh\necho image-init\n").expect("orig init");
+    run(Command::new("chmod")
+        .args(["755"])
+        .arg(ami.join("sbin/init")));
+
+    let volumes = BootVolumes {
+        data: None,
+        root: Some(("vol-0f00d00000000000a".into(), "/dev/sdg".into())),
+    };
+    let script = user_data("dev", &volumes, None)
+        .expect("generate")
+        .expect("some");
+    let path = t.join("user-data.sh");
+    std::fs::write(&path, &script).expect("write");
+    shellcheck(&path);
+    let env = [
+        ("SK_SYS_BLOCK", t.join("sys/block")),
+        ("SK_DEV_DIR", t.join("dev")),
+        ("SK_BYID_DIR", t.join("no-by-id")),
+        ("SK_ROOTFS", ami.clone()),
+        ("SK_REBOOT", PathBuf::from("true")),
+        ("SK_WAIT_SECONDS", PathBuf::from("10")),
+    ];
+    let first = in_namespace(&format!("sh {}", path.display()), &env);
+    let log = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{log}");
+    assert!(log.contains("rebooting into it"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(ami.join("sbin/init.spotkeeper-orig")).expect("original kept"),
+        "#!/bin/sh\necho image-init\n"
+    );
+    assert!(ami.join("etc/spotkeeper-image-root").exists());
+    let shim = ami.join("sbin/init");
+    shellcheck(&shim);
+
+    // The next boot: the shim runs (as PID 1 would) and chain-loads the volume's init.
+    let newroot = t.join("newroot");
+    let boot = in_namespace(
+        &format!("mount --make-rprivate / && exec {} splash", shim.display()),
+        &[
+            ("SK_SYS_BLOCK", t.join("sys/block")),
+            ("SK_DEV_DIR", t.join("dev")),
+            ("SK_NEWROOT", newroot),
+            ("SK_WAIT_SECONDS", PathBuf::from("5")),
+        ],
+    );
+    let result = std::fs::read_to_string(t.join("result")).unwrap_or_else(|_| {
+        panic!(
+            "the volume's init did not run:\n{}",
+            String::from_utf8_lossy(&boot.stderr)
+        )
+    });
+    assert_eq!(
+        result.trim(),
+        "root=persistent-volume old-root=yes args=splash"
+    );
+
+    // With the volume missing, the shim boots the image's own init instead.
+    let fallback = in_namespace(
+        &format!("exec {}", shim.display()),
+        &[
+            ("SK_SYS_BLOCK", t.join("nothing")),
+            ("SK_DEV_DIR", t.join("nothing")),
+            ("SK_NEWROOT", t.join("unused")),
+            ("SK_WAIT_SECONDS", PathBuf::from("1")),
+            ("SK_ORIG_INIT", ami.join("sbin/init.spotkeeper-orig")),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&fallback.stdout).trim(),
+        "image-init",
+        "{}",
+        String::from_utf8_lossy(&fallback.stderr)
+    );
+}
