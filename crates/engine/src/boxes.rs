@@ -9,13 +9,14 @@ use std::time::{Duration, SystemTime};
 
 use spotkeeper_cloud::model::tags;
 use spotkeeper_cloud::{
-    Cloud, CloudError, ErrorKind, Instance, InstanceId, InstanceState, LaunchSpec, Market,
+    Cloud, CloudError, ErrorKind, ImageId, Instance, InstanceId, InstanceState, LaunchSpec, Market,
     SpotPrice, SpotRequest, SpotRequestId, SpotRequestState, TagFilter,
 };
 use tokio::time::{Instant, sleep};
 
 use crate::config::BoxSpec;
 use crate::lock::lock_box;
+use crate::persist;
 use crate::plan::{self, NoOffering};
 use crate::ready::{self, ReadyError};
 use crate::store::{Store, StoreError};
@@ -135,6 +136,15 @@ pub enum BoxError {
         /// How long.
         after: Duration,
     },
+    /// A persistent volume step failed.
+    #[error(transparent)]
+    Persist(#[from] crate::persist::PersistError),
+    /// The boot script could not be generated.
+    #[error(transparent)]
+    Boot(#[from] crate::bootstrap::BootError),
+    /// The DNS step failed.
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
     /// The box runs but its ready check failed.
     #[error("instance {id} is running but not ready: {source}")]
     NotReady {
@@ -274,6 +284,15 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
         source,
     })?;
 
+    // Check what would otherwise fail half way, before anything is launched.
+    if let Some(dns) = &spec.dns {
+        crate::dns::zone_id(ctx.cloud, dns).await?;
+    }
+    let mut found = Vec::new();
+    for (role, vs) in persist::volume_specs(spec) {
+        found.push((role, vs, persist::find(ctx.cloud, role, vs).await?));
+    }
+
     let filter = box_filter(ctx.owner, name);
     let existing = live(ctx.cloud.instances(&filter).await?);
     if let Some(keep) = keeper(&existing).cloned() {
@@ -283,7 +302,7 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
         ));
         terminate_extras(ctx, name, &existing, &keep).await?;
         let instance = wait_running(ctx, &keep.id).await?;
-        check_ready(ctx, spec, &instance).await?;
+        let instance = settle(ctx, spec, instance, &[]).await?;
         return Ok(UpOutcome {
             instance,
             launched: false,
@@ -301,7 +320,7 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
             ));
             let instance = wait_fulfilled(ctx, &open.id).await?;
             let instance = wait_running(ctx, &instance).await?;
-            check_ready(ctx, spec, &instance).await?;
+            let instance = settle(ctx, spec, instance, &[]).await?;
             return Ok(UpOutcome {
                 instance,
                 launched: false,
@@ -318,7 +337,21 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
         }
     }
 
-    let zones = allowed_zones(ctx, spec).await?;
+    let pinned = persist::pinned_zone(
+        &found
+            .iter()
+            .map(|(r, _, v)| (*r, v.clone()))
+            .collect::<Vec<_>>(),
+        spec.move_volume,
+    )?;
+    let zones = match &pinned {
+        Some(z) => {
+            ctx.progress
+                .note(&format!("The box's volumes are in {z}; launching there"));
+            vec![z.clone()]
+        }
+        None => allowed_zones(ctx, spec).await?,
+    };
     let offerings: Vec<(String, Option<String>, Option<f64>)> = match spec.market {
         Market::Spot => {
             let prices = box_prices(ctx, spec).await?;
@@ -340,7 +373,7 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
                 .collect()
         }
         Market::OnDemand => {
-            let zone = if spec.subnet.is_some() || spec.zones.is_some() {
+            let zone = if spec.subnet.is_some() || spec.zones.is_some() || !found.is_empty() {
                 zones.first().cloned()
             } else {
                 None
@@ -352,11 +385,7 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
         }
     };
 
-    let image_id = ctx.cloud.resolve_image(&spec.image).await?;
-    if !matches!(spec.image, spotkeeper_cloud::ImageRef::Id(_)) {
-        ctx.progress
-            .note(&format!("Image {} is {image_id}", spec.image));
-    }
+    let image_id = launch_image(ctx, spec).await?;
     let mut tried = Vec::new();
     for (instance_type, zone, _price) in offerings {
         // A crashed earlier run left this intent without an instance: reuse its
@@ -375,6 +404,45 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
             }
             None => new_intent(ctx, name, spec.market, &instance_type, zone.as_deref()).await?,
         };
+        let mut prepared = Vec::new();
+        if let Some(z) = &zone {
+            for (role, vs, existing) in &found {
+                let p = persist::prepare(
+                    ctx.cloud,
+                    ctx.owner,
+                    name,
+                    *role,
+                    vs,
+                    existing.as_ref(),
+                    z,
+                    &image_id,
+                )
+                .await?;
+                match (&p.moved_from, p.fresh) {
+                    (Some(old), _) => ctx.progress.note(&format!(
+                        "Moved {} {:?} from {} to {z} by snapshot ({} → {})",
+                        role.key(),
+                        vs.name,
+                        old.zone,
+                        old.id,
+                        p.volume.id
+                    )),
+                    (None, true) => ctx.progress.note(&format!(
+                        "Created {} {:?} ({}) in {z}",
+                        role.key(),
+                        vs.name,
+                        p.volume.id
+                    )),
+                    (None, false) => {}
+                }
+                prepared.push(p);
+            }
+        }
+        let user_data = crate::bootstrap::user_data(
+            name,
+            &boot_volumes(spec, &prepared),
+            spec.user_data.as_deref(),
+        )?;
         let launch = LaunchSpec {
             image_id: image_id.clone(),
             instance_type: instance_type.clone(),
@@ -387,7 +455,7 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
             subnet_id: spec.subnet.clone(),
             security_group_ids: spec.security_groups.clone(),
             key_name: spec.key_name.clone(),
-            user_data: spec.user_data.clone(),
+            user_data,
             tags: launch_tags(ctx.owner, spec, &intent.token),
             client_token: intent.token.clone(),
             root_volume: spec.root_disk.clone(),
@@ -403,6 +471,9 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
             Ok(i) => i,
             Err(e) if e.kind == ErrorKind::InsufficientCapacity => {
                 ctx.progress.finish(&format!("no capacity ({e})"));
+                for p in &prepared {
+                    persist::discard(ctx.cloud, p).await?;
+                }
                 // AWS refused: nothing exists for this token.
                 ctx.store.close_intent(intent.id, "no-capacity").await?;
                 ctx.store
@@ -421,6 +492,9 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
                 // intent open so the next run reuses its token.
                 if e.kind != ErrorKind::Unreachable {
                     ctx.store.close_intent(intent.id, "failed").await?;
+                    for p in &prepared {
+                        persist::discard(ctx.cloud, p).await?;
+                    }
                 }
                 ctx.store
                     .record_event(ctx.owner, Some(name), "launch-failed", &e.to_string())
@@ -472,15 +546,18 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
                 .terminate(std::slice::from_ref(&instance.id))
                 .await?;
             ctx.store.close_intent(intent.id, "lost-race").await?;
+            for p in &prepared {
+                persist::discard(ctx.cloud, p).await?;
+            }
             let instance = wait_running(ctx, &keep.id).await?;
-            check_ready(ctx, spec, &instance).await?;
+            let instance = settle(ctx, spec, instance, &[]).await?;
             return Ok(UpOutcome {
                 instance,
                 launched: false,
             });
         }
         let instance = wait_running(ctx, &instance.id).await?;
-        check_ready(ctx, spec, &instance).await?;
+        let instance = settle(ctx, spec, instance, &prepared).await?;
         return Ok(UpOutcome {
             instance,
             launched: true,
@@ -489,6 +566,97 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
     Err(BoxError::NoCapacity {
         tried: tried.join("; "),
     })
+}
+
+/// The image to launch: the box's newest image when the config asks for it
+/// and one exists, else the configured image (aliases resolved now).
+async fn launch_image(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<ImageId, BoxError> {
+    if spec.image_from_box {
+        if let Some(img) = crate::images::latest(ctx.cloud, ctx.owner, &spec.name).await? {
+            ctx.progress
+                .note(&format!("Launching from the box's newest image {}", img.id));
+            return Ok(img.id);
+        }
+        ctx.progress.note(&format!(
+            "Box {} has no image yet; launching from {}",
+            spec.name, spec.image
+        ));
+    }
+    let id = ctx.cloud.resolve_image(&spec.image).await?;
+    if !matches!(spec.image, spotkeeper_cloud::ImageRef::Id(_)) {
+        ctx.progress.note(&format!("Image {} is {id}", spec.image));
+    }
+    Ok(id)
+}
+
+fn boot_volumes(spec: &BoxSpec, prepared: &[persist::Prepared]) -> crate::bootstrap::BootVolumes {
+    let mut b = crate::bootstrap::BootVolumes::default();
+    for p in prepared {
+        match p.role {
+            persist::Role::Data => {
+                let mount = spec
+                    .data_volume
+                    .as_ref()
+                    .map(|d| d.mount.clone())
+                    .unwrap_or_default();
+                b.data = Some((p.volume.id.to_string(), p.role.device().to_owned(), mount));
+            }
+            persist::Role::Root => {
+                b.root = Some((p.volume.id.to_string(), p.role.device().to_owned()))
+            }
+        }
+    }
+    b
+}
+
+/// What follows `running`: attach the volumes (or heal a missed attach),
+/// associate the Elastic IP, wait for the ready check, point DNS at the box.
+async fn settle(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    mut instance: Instance,
+    prepared: &[persist::Prepared],
+) -> Result<Instance, BoxError> {
+    if prepared.is_empty() {
+        for note in persist::ensure_attached(ctx.cloud, ctx.owner, spec, &instance).await? {
+            ctx.progress.note(&note);
+        }
+    }
+    for p in prepared {
+        ctx.progress.start(&format!(
+            "Attaching {} {} at {}",
+            p.role.key(),
+            p.volume.id,
+            p.role.device()
+        ));
+        persist::attach(ctx.cloud, ctx.owner, p, &instance.id).await?;
+        ctx.progress.finish("attached.");
+    }
+    if let Some(alloc) = &spec.elastic_ip {
+        ctx.cloud.associate_address(alloc, &instance.id).await?;
+        if let Some(fresh) = ctx.cloud.instance(&instance.id).await? {
+            instance = fresh;
+        }
+        ctx.progress.note(&format!(
+            "Associated {alloc} with {} ({})",
+            instance.id,
+            instance.public_ip.as_deref().unwrap_or("?")
+        ));
+    }
+    check_ready(ctx, spec, &instance).await?;
+    if let Some(dns) = &spec.dns {
+        let address = crate::dns::point(ctx.cloud, dns, &instance).await?;
+        ctx.progress.note(&format!("DNS {} → {address}", dns.name));
+        ctx.store
+            .record_event(
+                ctx.owner,
+                Some(&spec.name),
+                "dns",
+                &format!("{} → {address} ({})", dns.name, instance.id),
+            )
+            .await?;
+    }
+    Ok(instance)
 }
 
 async fn new_intent(
@@ -671,7 +839,8 @@ async fn check_ready(ctx: &Ctx<'_>, spec: &BoxSpec, instance: &Instance) -> Resu
 /// Stops a box: marks its instances and requests (so no `up` or daemon takes
 /// them for the live box), cancels open requests, terminates instances, closes
 /// intents, and unless `wait` is false waits until they are shutting down.
-pub async fn stop(ctx: &Ctx<'_>, box_name: &str, wait: bool) -> Result<StopOutcome, BoxError> {
+pub async fn stop(ctx: &Ctx<'_>, spec: &BoxSpec, wait: bool) -> Result<StopOutcome, BoxError> {
+    let box_name = spec.name.as_str();
     let _lock = lock_box(ctx.lock_dir, ctx.owner, box_name, &|| {
         ctx.progress.note(&format!(
             "Another spotkeeper is changing box {box_name}; waiting for it to finish ..."
@@ -722,8 +891,13 @@ pub async fn stop(ctx: &Ctx<'_>, box_name: &str, wait: bool) -> Result<StopOutco
         ctx.progress.note(&format!(
             "Nothing to stop: box {box_name} has no live instance or open spot request."
         ));
+        after_stop(ctx, spec).await?;
         return Ok(outcome);
     }
+    // Snapshotting or deleting a volume needs it detached, so its instance gone.
+    let volumes_wait = persist::volume_specs(spec)
+        .iter()
+        .any(|(_, vs)| vs.on_stop != crate::config::OnStop::Retain);
 
     // Mark first: if we die between here and the terminate, nobody mistakes
     // these for the live box, and the next `stop` finishes the job.
@@ -754,9 +928,13 @@ pub async fn stop(ctx: &Ctx<'_>, box_name: &str, wait: bool) -> Result<StopOutco
             .join(", ");
         ctx.progress.start(&format!("Terminating {list}"));
         ctx.cloud.terminate(&outcome.terminated).await?;
-        if wait {
-            wait_gone(ctx, &outcome.terminated).await?;
-            ctx.progress.finish("done.");
+        if wait || volumes_wait {
+            wait_gone(ctx, &outcome.terminated, volumes_wait).await?;
+            ctx.progress.finish(if wait {
+                "done."
+            } else {
+                "done (waited: the volumes' on_stop needs them detached)."
+            });
         } else {
             ctx.progress.finish("requested (not waiting).");
         }
@@ -772,17 +950,48 @@ pub async fn stop(ctx: &Ctx<'_>, box_name: &str, wait: bool) -> Result<StopOutco
             ),
         )
         .await?;
+    after_stop(ctx, spec).await?;
     Ok(outcome)
 }
 
-async fn wait_gone(ctx: &Ctx<'_>, ids: &[InstanceId]) -> Result<(), BoxError> {
+/// Volumes per `on_stop`, and the DNS record unless `keep_dns`.
+async fn after_stop(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<(), BoxError> {
+    for line in persist::on_stop(ctx.cloud, ctx.owner, spec).await? {
+        ctx.progress.note(&line);
+    }
+    if let Some(dns) = &spec.dns {
+        if spec.keep_dns {
+            ctx.progress
+                .note(&format!("Kept DNS record {} (keep_dns)", dns.name));
+        } else if let Some(r) = crate::dns::remove(ctx.cloud, dns).await? {
+            ctx.progress.note(&format!(
+                "Removed DNS record {} ({})",
+                r.name,
+                r.values.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the instances are shutting down (or, `terminated_only`, terminated).
+async fn wait_gone(
+    ctx: &Ctx<'_>,
+    ids: &[InstanceId],
+    terminated_only: bool,
+) -> Result<(), BoxError> {
     let deadline = Instant::now() + ctx.timing.stop_timeout;
     let mut left: Vec<InstanceId> = ids.to_vec();
     loop {
         let mut still = Vec::new();
         for id in &left {
             if let Some(i) = ctx.cloud.instance(id).await? {
-                if !i.state.is_gone() {
+                let done = if terminated_only {
+                    i.state == InstanceState::Terminated
+                } else {
+                    i.state.is_gone()
+                };
+                if !done {
                     still.push(id.clone());
                 }
             }

@@ -7,7 +7,10 @@
 pub mod bootstrap;
 pub mod boxes;
 pub mod config;
+pub mod dns;
+pub mod images;
 pub mod lock;
+pub mod persist;
 pub mod plan;
 pub mod ready;
 pub mod store;

@@ -338,7 +338,7 @@ async fn stop_marks_cancels_and_terminates_then_up_never_reuses_what_stop_marked
         ]
         .into(),
     });
-    let out = boxes::stop(&w.ctx(), "dev", true).await.expect("stop");
+    let out = boxes::stop(&w.ctx(), &spec(""), true).await.expect("stop");
     assert_eq!(out.terminated, vec![first.instance.id.clone()]);
     assert!(out.cancelled.contains(&SpotRequestId::new("sir-stale")));
     let tagged = w.cloud.all_instances();
@@ -364,7 +364,7 @@ async fn stop_marks_cancels_and_terminates_then_up_never_reuses_what_stop_marked
         .expect("terminated");
     assert!(tag_at < term_at, "mark first, then terminate: {calls:?}");
 
-    let again = boxes::stop(&w.ctx(), "dev", true)
+    let again = boxes::stop(&w.ctx(), &spec(""), true)
         .await
         .expect("stop again");
     assert_eq!(again, Default::default(), "nothing left to stop");
@@ -376,7 +376,7 @@ async fn a_marked_instance_whose_termination_failed_is_not_taken_for_the_box() {
     let first = boxes::up(&w.ctx(), &spec("")).await.expect("up");
     w.cloud
         .fail_next("TerminateInstances", "RequestLimitExceeded");
-    boxes::stop(&w.ctx(), "dev", true)
+    boxes::stop(&w.ctx(), &spec(""), true)
         .await
         .expect_err("terminate failed after marking");
     let second = boxes::up(&w.ctx(), &spec("")).await.expect("up");

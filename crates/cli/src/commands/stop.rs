@@ -7,12 +7,12 @@ use crate::cli::Args;
 use crate::output::{self, Steps};
 
 pub async fn run(args: &Args, box_name: &str, wait: bool) -> Result<ExitCode, Failure> {
-    let (config, _spec, cloud) = super::open_box(args, box_name).await?;
+    let (config, spec, cloud) = super::open_box(args, box_name).await?;
     let (store, locks) = super::open_state(args, &config).await?;
     let steps = Steps::new();
     let outcome = spotkeeper_engine::boxes::stop(
         &super::ctx(&cloud, &store, &config, &locks, &steps),
-        box_name,
+        &spec,
         wait,
     )
     .await

@@ -1,0 +1,125 @@
+//! Fresh images of a box: `image create` (CreateImage with NoReboot, tagged
+//! with the box and the time), retention (`images.keep`), the newest image for
+//! `image = "box:latest"`, and the scheduled refresh (`images.every`) the
+//! daemon calls.
+
+use std::time::{Duration, SystemTime};
+
+use spotkeeper_cloud::model::tags;
+use spotkeeper_cloud::{Cloud, CloudError, Image, ImageId, Instance, TagFilter};
+
+use crate::config::BoxSpec;
+
+/// When the image was made (RFC 3339), set by spotkeeper.
+pub const CREATED_TAG: &str = "spotkeeper:created";
+
+fn box_images_filter(owner: &str, box_name: &str) -> TagFilter {
+    TagFilter::default()
+        .with(tags::OWNER, owner)
+        .with(tags::BOX, box_name)
+        .with_key(CREATED_TAG)
+}
+
+fn created(image: &Image) -> Option<SystemTime> {
+    image
+        .tags
+        .get(CREATED_TAG)
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+}
+
+/// The box's images, newest first (by their `spotkeeper:created` tag).
+pub async fn box_images(
+    cloud: &dyn Cloud,
+    owner: &str,
+    box_name: &str,
+) -> Result<Vec<Image>, CloudError> {
+    let mut all = cloud.images(&box_images_filter(owner, box_name)).await?;
+    all.retain(|i| i.state != "deregistered" && i.state != "failed");
+    all.sort_by(|a, b| created(b).cmp(&created(a)).then_with(|| b.id.cmp(&a.id)));
+    Ok(all)
+}
+
+/// The newest available image of the box, for `image = "box:latest"`.
+pub async fn latest(
+    cloud: &dyn Cloud,
+    owner: &str,
+    box_name: &str,
+) -> Result<Option<Image>, CloudError> {
+    Ok(box_images(cloud, owner, box_name)
+        .await?
+        .into_iter()
+        .find(|i| i.state == "available"))
+}
+
+/// Makes an image of the box's running instance (no reboot: a one-time spot
+/// instance cannot be stopped), then deregisters images beyond `images.keep`.
+/// Returns the new image and the ids it pruned.
+pub async fn create(
+    cloud: &dyn Cloud,
+    owner: &str,
+    spec: &BoxSpec,
+    instance: &Instance,
+    now: SystemTime,
+) -> Result<(Image, Vec<ImageId>), CloudError> {
+    let stamp = humantime::format_rfc3339_seconds(now).to_string();
+    let name = format!("spotkeeper-{}-{}", spec.name, stamp.replace([':', '-'], ""));
+    let t = vec![
+        (tags::OWNER.to_owned(), owner.to_owned()),
+        (tags::BOX.to_owned(), spec.name.clone()),
+        (tags::NAME.to_owned(), name.clone()),
+        (CREATED_TAG.to_owned(), stamp),
+    ];
+    let image = cloud.create_image(&instance.id, &name, &t).await?;
+    let pruned = match spec.images.keep {
+        Some(keep) => prune(cloud, owner, &spec.name, keep).await?,
+        None => Vec::new(),
+    };
+    Ok((image, pruned))
+}
+
+/// Deregisters (with their snapshots) all but the `keep` newest images of a box.
+pub async fn prune(
+    cloud: &dyn Cloud,
+    owner: &str,
+    box_name: &str,
+    keep: usize,
+) -> Result<Vec<ImageId>, CloudError> {
+    let mut pruned = Vec::new();
+    for old in box_images(cloud, owner, box_name)
+        .await?
+        .into_iter()
+        .skip(keep)
+    {
+        cloud.delete_image(&old.id).await?;
+        pruned.push(old.id);
+    }
+    Ok(pruned)
+}
+
+/// When the next scheduled image is due: never without `images.every`; now
+/// when the box has no image; else the newest image's time plus `every`.
+pub fn next_due(spec: &BoxSpec, newest: Option<&Image>) -> Option<SystemTime> {
+    let every: Duration = spec.images.every?;
+    match newest.and_then(created) {
+        None => Some(SystemTime::UNIX_EPOCH),
+        Some(t) => Some(t + every),
+    }
+}
+
+/// Makes a fresh image if one is due at `now` (what the daemon calls each pass).
+pub async fn refresh_if_due(
+    cloud: &dyn Cloud,
+    owner: &str,
+    spec: &BoxSpec,
+    instance: &Instance,
+    now: SystemTime,
+) -> Result<Option<(Image, Vec<ImageId>)>, CloudError> {
+    let newest = box_images(cloud, owner, &spec.name)
+        .await?
+        .into_iter()
+        .next();
+    match next_due(spec, newest.as_ref()) {
+        Some(due) if due <= now => Ok(Some(create(cloud, owner, spec, instance, now).await?)),
+        _ => Ok(None),
+    }
+}

@@ -1,0 +1,425 @@
+//! A box's persistent volumes: found by their `Name` tag (healing a move a
+//! crash cut short), made or moved into the launch zone before the launch,
+//! attached after it, and kept, snapshotted or deleted on `stop`.
+//!
+//! Moving a volume to another zone: snapshot → new volume in the new zone,
+//! tagged `spotkeeper:moving-from = <old id>` → launch → attach the new one →
+//! untag it → delete the old one. Until the new volume is attached the old
+//! one is the truth, so a failure at any step loses nothing and a rerun
+//! resumes (an unattached copy is thrown away and made again).
+
+use spotkeeper_cloud::model::tags;
+use spotkeeper_cloud::{Cloud, CloudError, ImageId, Instance, InstanceId, TagFilter, Volume};
+
+use crate::config::{BoxSpec, OnStop, VolumeSpec};
+
+/// Where the data volume is attached.
+pub const DATA_DEVICE: &str = "/dev/sdf";
+/// Where the persistent root volume is attached.
+pub const ROOT_DEVICE: &str = "/dev/sdg";
+/// The volume name (also in `Name`) on volumes and their snapshots.
+pub const VOLUME_TAG: &str = "spotkeeper:volume";
+/// On a moved copy until its move completes: the id of the volume it copies.
+pub const MOVING_FROM: &str = "spotkeeper:moving-from";
+/// On snapshots: why it was taken (`move` or `stop`).
+pub const PURPOSE_TAG: &str = "spotkeeper:purpose";
+
+/// Which of a box's volumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `data_volume`.
+    Data,
+    /// `root_volume`.
+    Root,
+}
+
+impl Role {
+    /// The device it is attached at.
+    pub fn device(self) -> &'static str {
+        match self {
+            Role::Data => DATA_DEVICE,
+            Role::Root => ROOT_DEVICE,
+        }
+    }
+
+    /// Its config key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Role::Data => "data_volume",
+            Role::Root => "root_volume",
+        }
+    }
+}
+
+/// Why a volume step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    /// Two volumes answer to one name.
+    #[error("{key} name {name:?} matches {} volumes ({}); delete or rename all but one", .volumes.len(), .volumes.join(", "))]
+    Ambiguous {
+        /// Config key.
+        key: &'static str,
+        /// The name.
+        name: String,
+        /// The volumes, with their zones.
+        volumes: Vec<String>,
+    },
+    /// The volumes sit in different zones and may not move.
+    #[error(
+        "the box's volumes are in different zones ({0}); set move_volume = true to let spotkeeper move them"
+    )]
+    SplitZones(String),
+    /// The volume is attached to an instance that is not this box's.
+    #[error(
+        "volume {volume} ({name}) is attached to {instance}, which is not box {box_name}'s live instance"
+    )]
+    InUse {
+        /// Volume id.
+        volume: String,
+        /// Its name.
+        name: String,
+        /// The instance holding it.
+        instance: String,
+        /// The box.
+        box_name: String,
+    },
+    /// The image has no root snapshot to make a root volume from.
+    #[error("image {0} has no root snapshot to make the persistent root volume from")]
+    NoRootSnapshot(ImageId),
+    /// An AWS call failed.
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
+}
+
+/// A volume ready in the launch zone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// Which one.
+    pub role: Role,
+    /// The volume to attach.
+    pub volume: Volume,
+    /// Made by this `up` (blank or from a snapshot): safe to throw away.
+    pub fresh: bool,
+    /// The volume this one is a moved copy of, deleted once this is attached.
+    pub moved_from: Option<Volume>,
+}
+
+/// The box's volume settings, root first.
+pub fn volume_specs(spec: &BoxSpec) -> Vec<(Role, &VolumeSpec)> {
+    let mut v = Vec::new();
+    if let Some(r) = &spec.root_volume {
+        v.push((Role::Root, r));
+    }
+    if let Some(d) = &spec.data_volume {
+        v.push((Role::Data, d));
+    }
+    v
+}
+
+fn volume_tags(owner: &str, box_name: &str, name: &str) -> Vec<(String, String)> {
+    vec![
+        (tags::NAME.to_owned(), name.to_owned()),
+        (VOLUME_TAG.to_owned(), name.to_owned()),
+        (tags::OWNER.to_owned(), owner.to_owned()),
+        (tags::BOX.to_owned(), box_name.to_owned()),
+    ]
+}
+
+/// The volume named `vs.name` (by its `Name` tag, so a volume made by hand
+/// counts), after finishing or undoing a move a crash cut short. An error if
+/// the name matches more than one volume.
+pub async fn find(
+    cloud: &dyn Cloud,
+    role: Role,
+    vs: &VolumeSpec,
+) -> Result<Option<Volume>, PersistError> {
+    let all = cloud
+        .volumes(&TagFilter::default().with(tags::NAME, &vs.name))
+        .await?;
+    let (copies, mut originals): (Vec<Volume>, Vec<Volume>) = all
+        .into_iter()
+        .filter(|v| v.state != "deleting" && v.state != "deleted")
+        .partition(|v| v.tags.contains_key(MOVING_FROM));
+    for copy in copies {
+        let from = copy.tags.get(MOVING_FROM).cloned().unwrap_or_default();
+        let original = originals.iter().position(|o| o.id.as_str() == from);
+        if !copy.attachments.is_empty() || original.is_none() {
+            // The copy was attached (or is all that is left): the move happened.
+            if let Some(i) = original {
+                let old = originals.remove(i);
+                detach_if_held(cloud, &old).await?;
+                cloud.delete_volume(&old.id).await?;
+            }
+            cloud.untag(&[copy.id.to_string()], &[MOVING_FROM]).await?;
+            originals.push(copy);
+        } else {
+            // Never attached: the original still holds the truth.
+            cloud.delete_volume(&copy.id).await?;
+        }
+    }
+    if originals.len() > 1 {
+        return Err(PersistError::Ambiguous {
+            key: role.key(),
+            name: vs.name.clone(),
+            volumes: originals
+                .iter()
+                .map(|v| format!("{} in {}", v.id, v.zone))
+                .collect(),
+        });
+    }
+    Ok(originals.pop())
+}
+
+/// The zone the box must launch in because its volumes are there (`None`:
+/// no volume yet, or `move_volume` lets them follow the instance).
+pub fn pinned_zone(
+    found: &[(Role, Option<Volume>)],
+    move_volume: bool,
+) -> Result<Option<String>, PersistError> {
+    if move_volume {
+        return Ok(None);
+    }
+    let zones: Vec<&str> = found
+        .iter()
+        .filter_map(|(_, v)| v.as_ref().map(|v| v.zone.as_str()))
+        .collect();
+    match zones.split_first() {
+        None => Ok(None),
+        Some((first, rest)) if rest.iter().all(|z| z == first) => Ok(Some((*first).to_owned())),
+        Some(_) => Err(PersistError::SplitZones(zones.join(", "))),
+    }
+}
+
+/// Detaches a volume still held by an instance that is gone.
+async fn detach_if_held(cloud: &dyn Cloud, v: &Volume) -> Result<(), CloudError> {
+    for (instance, _) in &v.attachments {
+        cloud.detach_volume(&v.id, instance).await?;
+    }
+    Ok(())
+}
+
+/// Makes the volume available in `zone`: the existing one, a moved copy of
+/// it, one restored from its newest stop snapshot, or a new one (blank for
+/// data; from the image's root snapshot for a root volume).
+#[allow(clippy::too_many_arguments)]
+pub async fn prepare(
+    cloud: &dyn Cloud,
+    owner: &str,
+    box_name: &str,
+    role: Role,
+    vs: &VolumeSpec,
+    existing: Option<&Volume>,
+    zone: &str,
+    image: &ImageId,
+) -> Result<Prepared, PersistError> {
+    let tags = volume_tags(owner, box_name, &vs.name);
+    if let Some(v) = existing {
+        if v.zone == zone {
+            detach_if_held(cloud, v).await?;
+            return Ok(Prepared {
+                role,
+                volume: v.clone(),
+                fresh: false,
+                moved_from: None,
+            });
+        }
+        detach_if_held(cloud, v).await?;
+        let mut snap_tags = tags.clone();
+        snap_tags.push((PURPOSE_TAG.to_owned(), "move".to_owned()));
+        let snapshot = cloud.snapshot_volume(&v.id, &snap_tags).await?;
+        let mut copy_tags = tags;
+        copy_tags.push((MOVING_FROM.to_owned(), v.id.to_string()));
+        let copy = cloud
+            .create_volume(zone, None, &v.kind, Some(&snapshot), &copy_tags)
+            .await?;
+        return Ok(Prepared {
+            role,
+            volume: copy,
+            fresh: false,
+            moved_from: Some(v.clone()),
+        });
+    }
+    let volume = match role {
+        Role::Data => {
+            let stops = cloud
+                .snapshots(
+                    &TagFilter::default()
+                        .with(VOLUME_TAG, &vs.name)
+                        .with(tags::OWNER, owner)
+                        .with(PURPOSE_TAG, "stop"),
+                )
+                .await?;
+            match stops.first() {
+                Some(s) => {
+                    cloud
+                        .create_volume(zone, vs.size_gb, &vs.kind, Some(&s.id), &tags)
+                        .await?
+                }
+                None => {
+                    cloud
+                        .create_volume(zone, vs.size_gb, &vs.kind, None, &tags)
+                        .await?
+                }
+            }
+        }
+        Role::Root => {
+            let snap = cloud
+                .image_root_snapshot(image)
+                .await?
+                .ok_or_else(|| PersistError::NoRootSnapshot(image.clone()))?;
+            cloud
+                .create_volume(zone, vs.size_gb, &vs.kind, Some(&snap), &tags)
+                .await?
+        }
+    };
+    Ok(Prepared {
+        role,
+        volume,
+        fresh: true,
+        moved_from: None,
+    })
+}
+
+/// Undoes [`prepare`] after a launch in its zone failed: a fresh volume or a
+/// moved copy is deleted (the data is still in the original or the snapshot).
+pub async fn discard(cloud: &dyn Cloud, p: &Prepared) -> Result<(), CloudError> {
+    if p.fresh || p.moved_from.is_some() {
+        cloud.delete_volume(&p.volume.id).await?;
+    }
+    Ok(())
+}
+
+/// Attaches a prepared volume; completes a move (untag the copy, delete the
+/// original, keep only the newest move snapshot).
+pub async fn attach(
+    cloud: &dyn Cloud,
+    owner: &str,
+    p: &Prepared,
+    instance: &InstanceId,
+) -> Result<Volume, CloudError> {
+    let attached = cloud
+        .attach_volume(&p.volume.id, instance, p.role.device())
+        .await?;
+    if let Some(old) = &p.moved_from {
+        cloud
+            .untag(&[p.volume.id.to_string()], &[MOVING_FROM])
+            .await?;
+        cloud.delete_volume(&old.id).await?;
+        let name = p.volume.tags.get(VOLUME_TAG).cloned().unwrap_or_default();
+        let moves = cloud
+            .snapshots(
+                &TagFilter::default()
+                    .with(VOLUME_TAG, &name)
+                    .with(tags::OWNER, owner)
+                    .with(PURPOSE_TAG, "move"),
+            )
+            .await?;
+        let keep = p.volume.snapshot_id.clone();
+        for s in moves
+            .iter()
+            .skip(1)
+            .filter(|s| Some(&s.id) != keep.as_ref())
+        {
+            cloud.delete_snapshot(&s.id).await?;
+        }
+    }
+    Ok(attached)
+}
+
+/// For a box that is already up: attaches its volumes if a crash left them
+/// unattached in its zone. Returns notes for the person.
+pub async fn ensure_attached(
+    cloud: &dyn Cloud,
+    owner: &str,
+    spec: &BoxSpec,
+    instance: &Instance,
+) -> Result<Vec<String>, PersistError> {
+    let mut notes = Vec::new();
+    for (role, vs) in volume_specs(spec) {
+        let Some(v) = find(cloud, role, vs).await? else {
+            notes.push(format!(
+                "{} {:?} does not exist; stop and up the box to create it",
+                role.key(),
+                vs.name
+            ));
+            continue;
+        };
+        if v.attachments.iter().any(|(i, _)| i == &instance.id) {
+            continue;
+        }
+        if let Some((other, _)) = v.attachments.first() {
+            return Err(PersistError::InUse {
+                volume: v.id.to_string(),
+                name: vs.name.clone(),
+                instance: other.to_string(),
+                box_name: spec.name.clone(),
+            });
+        }
+        if instance.zone.as_deref() == Some(v.zone.as_str()) {
+            let p = Prepared {
+                role,
+                volume: v,
+                fresh: false,
+                moved_from: None,
+            };
+            attach(cloud, owner, &p, &instance.id).await?;
+            notes.push(format!(
+                "Attached {} {} to {}",
+                role.key(),
+                p.volume.id,
+                instance.id
+            ));
+        } else {
+            notes.push(format!(
+                "{} {} is in {}, the instance in {:?}; stop and up the box to move it",
+                role.key(),
+                v.id,
+                v.zone,
+                instance.zone
+            ));
+        }
+    }
+    Ok(notes)
+}
+
+/// After the box's instances are gone: applies each volume's `on_stop`.
+/// Returns what was done, one line each.
+pub async fn on_stop(
+    cloud: &dyn Cloud,
+    owner: &str,
+    spec: &BoxSpec,
+) -> Result<Vec<String>, PersistError> {
+    let mut done = Vec::new();
+    for (role, vs) in volume_specs(spec) {
+        let Some(v) = find(cloud, role, vs).await? else {
+            continue;
+        };
+        match vs.on_stop {
+            OnStop::Retain => done.push(format!(
+                "Kept {} {} ({}) in {}",
+                role.key(),
+                v.id,
+                vs.name,
+                v.zone
+            )),
+            OnStop::Snapshot => {
+                detach_if_held(cloud, &v).await?;
+                let mut t = volume_tags(owner, &spec.name, &vs.name);
+                t.push((PURPOSE_TAG.to_owned(), "stop".to_owned()));
+                let snap = cloud.snapshot_volume(&v.id, &t).await?;
+                cloud.delete_volume(&v.id).await?;
+                done.push(format!(
+                    "Saved {} {} as {snap} and deleted the volume; the next up restores it",
+                    role.key(),
+                    v.id
+                ));
+            }
+            OnStop::Delete => {
+                detach_if_held(cloud, &v).await?;
+                cloud.delete_volume(&v.id).await?;
+                done.push(format!("Deleted {} {} ({})", role.key(), v.id, vs.name));
+            }
+        }
+    }
+    Ok(done)
+}
