@@ -62,7 +62,7 @@ pub enum Command {
     },
     /// Resolve an image alias (ubuntu:24.04, ubuntu:24.04:arm64, al2023) to an AMI id, or delete an AMI.
     Image(ImageArgs),
-    /// Make an AMI of a box's running instance (without rebooting it).
+    /// Make an AMI of a box's running instance (without rebooting it); same as `image create BOX`.
     Snapshot {
         /// The box.
         #[arg(value_name = "BOX")]
@@ -79,6 +79,12 @@ pub enum Command {
     },
     /// Open an interactive SSH session to a box (the system ssh).
     Ssh {
+        /// The box.
+        #[arg(value_name = "BOX")]
+        box_name: String,
+    },
+    /// What the box's DNS record points at, and whether that is its live instance.
+    Dns {
         /// The box.
         #[arg(value_name = "BOX")]
         box_name: String,
@@ -102,6 +108,12 @@ pub struct ImageArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageAction {
+    /// Make an image of the box's running instance (no reboot), then prune to images.keep.
+    Create {
+        /// The box.
+        #[arg(value_name = "BOX")]
+        box_name: String,
+    },
     /// Deregister an AMI and delete its snapshots.
     Delete {
         /// The AMI id.

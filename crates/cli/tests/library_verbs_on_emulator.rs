@@ -58,7 +58,7 @@ fn snapshot_makes_a_tagged_image_that_image_delete_removes() {
     );
 
     cli.ok(&["up", "dev"]);
-    let image = cli.json(&["snapshot", "dev", "--json"]);
+    let image = cli.json(&["snapshot", "dev", "--json"])["image"].clone();
     let id = image["id"].as_str().expect("image id").to_owned();
     assert_eq!(image["state"], "available");
     assert_eq!(image["tags"]["spotkeeper:box"], "dev");

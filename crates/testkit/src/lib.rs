@@ -361,3 +361,30 @@ fn write_executable(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write script");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod script");
 }
+
+impl Moto {
+    /// Runs Python `code` with boto3 (moto's dependency) pointed at this
+    /// emulator, for test set-up and inspection beyond spotkeeper's own calls.
+    /// `ec2`, `r53` and `json` are already defined; print results as JSON.
+    ///
+    /// # Panics
+    /// When the code fails.
+    pub fn boto(&self, code: &str) -> String {
+        let prelude = "import boto3, json, os\n\
+            kw = dict(region_name=os.environ['AWS_REGION'], endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
+            ec2 = boto3.client('ec2', **kw)\nr53 = boto3.client('route53', **kw)\n";
+        let mut cmd = Command::new(moto_python());
+        self.configure(&mut cmd);
+        let out = cmd
+            .arg("-c")
+            .arg(format!("{prelude}{code}"))
+            .output()
+            .expect("run python with boto3");
+        assert!(
+            out.status.success(),
+            "boto3 script failed:\n{code}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

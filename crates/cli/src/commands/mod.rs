@@ -1,5 +1,6 @@
 //! One file per subcommand; this one dispatches and holds what they share.
 
+mod dns;
 mod exec;
 mod image;
 mod list;
@@ -34,6 +35,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode, Failure> {
         Command::Stop { box_name, no_wait } => stop::run(&args, box_name, !no_wait).await,
         Command::Image(image_args) => match (&image_args.action, &image_args.image) {
             (Some(ImageAction::Delete { image_id }), _) => image::delete(&args, image_id).await,
+            (Some(ImageAction::Create { box_name }), _) => snapshot::run(&args, box_name).await,
             (None, Some(alias)) => image::resolve(&args, alias).await,
             (None, None) => Err(Failure::Usage(anyhow::anyhow!(
                 "name an IMAGE to resolve, or `image delete AMI`"
@@ -42,6 +44,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode, Failure> {
         Command::Snapshot { box_name } => snapshot::run(&args, box_name).await,
         Command::Exec { box_name, command } => exec::exec(&args, box_name, command).await,
         Command::Ssh { box_name } => exec::ssh(&args, box_name).await,
+        Command::Dns { box_name } => dns::run(&args, box_name).await,
         Command::Volume {
             action:
                 VolumeAction::Add {

@@ -1,0 +1,407 @@
+//! Boxes that keep their disk, their name and a fresh image, end to end on
+//! the emulator: data and root volumes, on_stop policies, moving a volume to
+//! a cheaper zone, Route53 records, Elastic IPs, images and `box:latest`.
+
+mod common;
+
+use common::{CONFIG, Cli, describe, stderr};
+use serde_json::Value;
+
+fn with(extra: &str) -> String {
+    CONFIG.replace("tags =", &format!("{extra}\ntags ="))
+}
+
+const DATA: &str = r#"data_volume = { name = "dev-data", size_gb = 10, mount = "/data" }"#;
+
+/// The emulator's volumes named `name`: (id, zone, state, attached instance, device, snapshot).
+fn volumes(cli: &Cli, name: &str) -> Vec<Value> {
+    let out = cli.moto.boto(&format!(
+        "r = ec2.describe_volumes(Filters=[{{'Name': 'tag:Name', 'Values': ['{name}']}}])['Volumes']\n\
+         print(json.dumps([{{'id': v['VolumeId'], 'zone': v['AvailabilityZone'], 'state': v['State'], \
+         'instance': (v['Attachments'][0]['InstanceId'] if v['Attachments'] else None), \
+         'device': (v['Attachments'][0]['Device'] if v['Attachments'] else None), \
+         'snapshot': v.get('SnapshotId') or None, 'tags': {{t['Key']: t['Value'] for t in v.get('Tags', [])}}}} for v in r]))"
+    ));
+    serde_json::from_str::<Value>(&out)
+        .expect("json")
+        .as_array()
+        .expect("array")
+        .clone()
+}
+
+fn snapshots(cli: &Cli, name: &str) -> Vec<Value> {
+    let out = cli.moto.boto(&format!(
+        "r = ec2.describe_snapshots(OwnerIds=['self'], Filters=[{{'Name': 'tag:spotkeeper:volume', 'Values': ['{name}']}}])['Snapshots']\n\
+         print(json.dumps([{{'id': s['SnapshotId'], 'tags': {{t['Key']: t['Value'] for t in s.get('Tags', [])}}}} for s in r]))"
+    ));
+    serde_json::from_str::<Value>(&out)
+        .expect("json")
+        .as_array()
+        .expect("array")
+        .clone()
+}
+
+fn terminate(cli: &Cli, id: &str) {
+    cli.moto
+        .boto(&format!("ec2.terminate_instances(InstanceIds=['{id}'])"));
+}
+
+#[test]
+fn a_data_volume_is_created_once_and_reattached_by_the_next_up_after_stop() {
+    let cli = Cli::with_config(&with(DATA));
+    let first = cli.json(&["up", "dev", "--json"]);
+    let vols = volumes(&cli, "dev-data");
+    assert_eq!(vols.len(), 1, "{vols:?}");
+    let vol = vols[0].clone();
+    assert_eq!(vol["instance"], first["instance_id"]);
+    assert_eq!(vol["device"], "/dev/sdf");
+    assert_eq!(vol["zone"], first["zone"], "created in the launch zone");
+    assert_eq!(vol["tags"]["spotkeeper:box"], "dev");
+    assert_eq!(vol["tags"]["spotkeeper:owner"], "clitest");
+    let user_data = cli.moto.boto(&format!(
+        "import base64\nr = ec2.describe_instance_attribute(InstanceId='{}', Attribute='userData')\nprint(base64.b64decode(r['UserData']['Value']).decode())",
+        first["instance_id"].as_str().expect("id")
+    ));
+    assert!(
+        user_data.contains(&format!(
+            "SK_DATA_VOLUME:={}",
+            vol["id"].as_str().expect("id")
+        )),
+        "{user_data}"
+    );
+    assert!(
+        !user_data.contains("testing"),
+        "no credentials in user data"
+    );
+
+    let stop = cli.ok(&["stop", "dev"]);
+    assert!(
+        stderr(&stop).contains("Kept data_volume"),
+        "{}",
+        describe(&stop)
+    );
+    let after = volumes(&cli, "dev-data");
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0]["instance"], Value::Null, "detached, kept");
+
+    let second = cli.json(&["up", "dev", "--json"]);
+    assert_ne!(second["instance_id"], first["instance_id"]);
+    let again = volumes(&cli, "dev-data");
+    assert_eq!(again.len(), 1, "never a second volume: {again:?}");
+    assert_eq!(again[0]["id"], vol["id"]);
+    assert_eq!(again[0]["instance"], second["instance_id"]);
+    assert_eq!(second["zone"], vol["zone"], "launched in the volume's zone");
+}
+
+#[test]
+fn on_stop_snapshot_saves_the_volume_and_the_next_up_restores_it() {
+    let cli = Cli::with_config(&with(&DATA.replace(
+        "mount = \"/data\"",
+        "mount = \"/data\", on_stop = \"snapshot\"",
+    )));
+    cli.ok(&["up", "dev"]);
+    let vol = volumes(&cli, "dev-data")[0]["id"].clone();
+    let out = cli.ok(&["stop", "dev", "--no-wait"]);
+    assert!(
+        stderr(&out).contains("Saved data_volume"),
+        "{}",
+        describe(&out)
+    );
+    assert!(volumes(&cli, "dev-data").is_empty(), "the volume is gone");
+    let snaps = snapshots(&cli, "dev-data");
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(snaps[0]["tags"]["spotkeeper:purpose"], "stop");
+
+    cli.ok(&["up", "dev"]);
+    let restored = volumes(&cli, "dev-data");
+    assert_eq!(restored.len(), 1);
+    assert_ne!(restored[0]["id"], vol);
+    assert_eq!(
+        restored[0]["snapshot"], snaps[0]["id"],
+        "restored from the stop snapshot"
+    );
+}
+
+#[test]
+fn on_stop_delete_removes_the_volume() {
+    let cli = Cli::with_config(&with(&DATA.replace(
+        "mount = \"/data\"",
+        "mount = \"/data\", on_stop = \"delete\"",
+    )));
+    cli.ok(&["up", "dev"]);
+    let out = cli.ok(&["stop", "dev"]);
+    assert!(
+        stderr(&out).contains("Deleted data_volume"),
+        "{}",
+        describe(&out)
+    );
+    assert!(volumes(&cli, "dev-data").is_empty());
+    assert!(snapshots(&cli, "dev-data").is_empty());
+}
+
+#[test]
+fn the_volume_pins_the_zone_unless_it_may_move_and_a_move_leaves_one_volume_with_its_lineage() {
+    let cli = Cli::with_config(&with(DATA));
+    cli.moto.set_market(
+        &[
+            ("t3.micro", Some(0.01)),
+            ("t3a.micro", Some(0.01)),
+            ("t3.micro/us-east-1a", Some(0.002)),
+        ],
+        &[],
+    );
+    let first = cli.json(&["up", "dev", "--json"]);
+    assert_eq!(first["zone"], "us-east-1a");
+    cli.ok(&["stop", "dev"]);
+
+    // Zone b turns cheaper; without move_volume the box stays with its disk.
+    cli.moto.set_market(
+        &[
+            ("t3.micro", Some(0.01)),
+            ("t3a.micro", Some(0.01)),
+            ("t3.micro/us-east-1b", Some(0.001)),
+        ],
+        &[],
+    );
+    let pinned = cli.json(&["up", "dev", "--json"]);
+    assert_eq!(pinned["zone"], "us-east-1a");
+    cli.ok(&["stop", "dev"]);
+    let original = volumes(&cli, "dev-data")[0].clone();
+
+    cli.write_config(&with(&format!("{DATA}\nmove_volume = true")));
+    let moved = cli.run(&["up", "dev", "--json"]);
+    assert!(moved.status.success(), "{}", describe(&moved));
+    assert!(
+        stderr(&moved).contains("Moved data_volume"),
+        "{}",
+        describe(&moved)
+    );
+    let inst: Value = serde_json::from_slice(&moved.stdout).expect("json");
+    assert_eq!(inst["zone"], "us-east-1b");
+    let vols = volumes(&cli, "dev-data");
+    assert_eq!(vols.len(), 1, "exactly one volume after the move: {vols:?}");
+    let v = &vols[0];
+    assert_eq!(
+        (v["zone"].as_str(), v["instance"].clone()),
+        (Some("us-east-1b"), inst["instance_id"].clone())
+    );
+    assert_ne!(v["id"], original["id"]);
+    assert!(
+        v["tags"].get("spotkeeper:moving-from").is_none(),
+        "the move completed: {v}"
+    );
+    let snaps = snapshots(&cli, "dev-data");
+    assert!(
+        snaps
+            .iter()
+            .any(|s| s["id"] == v["snapshot"] && s["tags"]["spotkeeper:purpose"] == "move"),
+        "lineage: {v} from {snaps:?}"
+    );
+}
+
+#[test]
+fn a_half_done_move_is_undone_and_resumed() {
+    let cli = Cli::with_config(&with(&format!("{DATA}\nmove_volume = true")));
+    cli.moto.set_market(
+        &[
+            ("t3.micro", Some(0.01)),
+            ("t3a.micro", Some(0.01)),
+            ("t3.micro/us-east-1a", Some(0.002)),
+        ],
+        &[],
+    );
+    cli.ok(&["up", "dev"]);
+    cli.ok(&["stop", "dev"]);
+    let original = volumes(&cli, "dev-data")[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // A crash left an unattached copy in zone b.
+    cli.moto.boto(&format!(
+        "ec2.create_volume(AvailabilityZone='us-east-1b', Size=10, TagSpecifications=[{{'ResourceType': 'volume', 'Tags': [\
+         {{'Key': 'Name', 'Value': 'dev-data'}}, {{'Key': 'spotkeeper:moving-from', 'Value': '{original}'}}]}}])"
+    ));
+    assert_eq!(volumes(&cli, "dev-data").len(), 2);
+    let inst = cli.json(&["up", "dev", "--json"]);
+    let vols = volumes(&cli, "dev-data");
+    assert_eq!(vols.len(), 1, "{vols:?}");
+    assert_eq!(
+        vols[0]["id"].as_str(),
+        Some(original.as_str()),
+        "the original stays the truth"
+    );
+    assert_eq!(vols[0]["instance"], inst["instance_id"]);
+}
+
+#[test]
+fn a_root_volume_is_made_from_the_image_and_attached_for_the_pivot_root_chain() {
+    let cli = Cli::with_config(
+        &with(r#"root_volume = { name = "dev-root" }"#)
+            .replace("ami-0123456789abcdef0", "ami-785db401"),
+    );
+    let inst = cli.json(&["up", "dev", "--json"]);
+    let vols = volumes(&cli, "dev-root");
+    assert_eq!(vols.len(), 1, "{vols:?}");
+    assert_eq!(vols[0]["device"], "/dev/sdg");
+    assert_eq!(vols[0]["instance"], inst["instance_id"]);
+    assert!(
+        vols[0]["snapshot"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("snap-")),
+        "made from the image's root snapshot"
+    );
+    let user_data = cli.moto.boto(&format!(
+        "import base64\nr = ec2.describe_instance_attribute(InstanceId='{}', Attribute='userData')\nprint(base64.b64decode(r['UserData']['Value']).decode())",
+        inst["instance_id"].as_str().expect("id")
+    ));
+    assert!(user_data.contains("pivot_root . old-root"), "{user_data}");
+}
+
+#[test]
+fn a_volume_name_matching_two_volumes_or_a_missing_dns_zone_stops_up_before_any_launch() {
+    let cli = Cli::with_config(&with(DATA));
+    cli.moto.boto(
+        "for z in ['us-east-1a', 'us-east-1b']:\n    ec2.create_volume(AvailabilityZone=z, Size=1, TagSpecifications=[{'ResourceType': 'volume', 'Tags': [{'Key': 'Name', 'Value': 'dev-data'}]}])",
+    );
+    let out = cli.run(&["up", "dev"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("data_volume name \"dev-data\" matches 2 volumes"),
+        "{}",
+        describe(&out)
+    );
+    assert!(cli.live().is_empty());
+
+    let cli = Cli::with_config(&with(
+        r#"dns = { zone = "nowhere.example", name = "dev.nowhere.example" }"#,
+    ));
+    let out = cli.run(&["up", "dev"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("hosted zone nowhere.example. not found"),
+        "{}",
+        describe(&out)
+    );
+    assert!(cli.live().is_empty());
+
+    let cli = Cli::with_config(&with(
+        "data_volume = { name = \"same\", size_gb = 1 }\nroot_volume = { name = \"same\" }",
+    ));
+    let out = cli.run(&["up", "dev"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(stderr(&out).contains("both named"), "{}", describe(&out));
+}
+
+fn record(cli: &Cli, zone_id: &str) -> Option<String> {
+    let out = cli.moto.boto(&format!(
+        "r = r53.list_resource_record_sets(HostedZoneId='{zone_id}')['ResourceRecordSets']\n\
+         a = [x['ResourceRecords'][0]['Value'] for x in r if x['Type'] == 'A' and x['Name'] == 'dev.example.com.']\n\
+         print(a[0] if a else '')"
+    ));
+    Some(out.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+#[test]
+fn dns_follows_the_box_through_a_replacement_and_is_removed_on_stop() {
+    let cli = Cli::with_config(&with(
+        r#"dns = { zone = "example.com", name = "dev.example.com", ttl = 60 }"#,
+    ));
+    let zone = cli.moto.boto("print(r53.create_hosted_zone(Name='example.com', CallerReference='t')['HostedZone']['Id'].split('/')[-1])");
+    let zone = zone.trim();
+    let first = cli.json(&["up", "dev", "--json"]);
+    assert_eq!(record(&cli, zone).as_deref(), first["public_ip"].as_str());
+    let status = cli.json(&["dns", "dev", "--json"]);
+    assert_eq!(status["matches"], true, "{status}");
+
+    // The instance is interrupted; the next up replaces it and moves the name.
+    terminate(&cli, first["instance_id"].as_str().expect("id"));
+    let stale = cli.json(&["dns", "dev", "--json"]);
+    assert_eq!(stale["matches"], false, "{stale}");
+    let second = cli.json(&["up", "dev", "--json"]);
+    assert_ne!(second["public_ip"], first["public_ip"]);
+    assert_eq!(record(&cli, zone).as_deref(), second["public_ip"].as_str());
+
+    cli.ok(&["stop", "dev"]);
+    assert_eq!(record(&cli, zone), None, "removed on stop");
+    let table = cli.ok(&["dns", "dev"]);
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("(no record)"),
+        "{}",
+        describe(&table)
+    );
+}
+
+#[test]
+fn keep_dns_keeps_the_record_and_private_addresses_work() {
+    let cli = Cli::with_config(&with(
+        "dns = { zone = \"example.com\", name = \"dev.example.com\", address = \"private\" }\nkeep_dns = true",
+    ));
+    let zone = cli.moto.boto("print(r53.create_hosted_zone(Name='example.com.', CallerReference='t')['HostedZone']['Id'].split('/')[-1])");
+    let inst = cli.json(&["up", "dev", "--json"]);
+    assert_eq!(
+        record(&cli, zone.trim()).as_deref(),
+        inst["private_ip"].as_str()
+    );
+    cli.ok(&["stop", "dev"]);
+    assert_eq!(
+        record(&cli, zone.trim()).as_deref(),
+        inst["private_ip"].as_str(),
+        "kept"
+    );
+}
+
+#[test]
+fn an_elastic_ip_is_associated_with_each_new_instance() {
+    let cli = Cli::new();
+    let alloc = cli
+        .moto
+        .boto("print(ec2.allocate_address(Domain='vpc')['AllocationId'])");
+    let alloc = alloc.trim();
+    cli.write_config(&with(&format!("elastic_ip = \"{alloc}\"")));
+    let first = cli.json(&["up", "dev", "--json"]);
+    let on = |cli: &Cli| {
+        cli.moto.boto(&format!("print(ec2.describe_addresses(AllocationIds=['{alloc}'])['Addresses'][0].get('InstanceId', ''))"))
+    };
+    assert_eq!(on(&cli).trim(), first["instance_id"].as_str().expect("id"));
+    terminate(&cli, first["instance_id"].as_str().expect("id"));
+    let second = cli.json(&["up", "dev", "--json"]);
+    assert_eq!(on(&cli).trim(), second["instance_id"].as_str().expect("id"));
+}
+
+#[test]
+fn images_are_created_pruned_to_keep_and_used_by_box_latest() {
+    let cli = Cli::with_config(&with("images = { keep = 2 }"));
+    let early = cli.run(&["image", "create", "dev"]);
+    assert_eq!(
+        early.status.code(),
+        Some(1),
+        "no instance to image yet: {}",
+        describe(&early)
+    );
+    cli.ok(&["up", "dev"]);
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        let out = cli.json(&["image", "create", "dev", "--json"]);
+        made.push(out["image"]["id"].as_str().expect("id").to_owned());
+        std::thread::sleep(std::time::Duration::from_millis(1100)); // distinct creation times
+    }
+    let left = cli.moto.boto(
+        "r = ec2.describe_images(Owners=['self'], Filters=[{'Name': 'tag:spotkeeper:box', 'Values': ['dev']}])['Images']\nprint(json.dumps(sorted(i['ImageId'] for i in r)))",
+    );
+    let left: Vec<String> = serde_json::from_str(left.trim()).expect("json");
+    let mut want = made[1..].to_vec();
+    want.sort();
+    assert_eq!(left, want, "the oldest was deregistered");
+
+    cli.ok(&["stop", "dev"]);
+    cli.write_config(&with("images = { keep = 2 }").replace(
+        "\"ami-0123456789abcdef0\"",
+        "\"box:latest\"\nbase_image = \"ami-0123456789abcdef0\"",
+    ));
+    let inst = cli.json(&["up", "dev", "--json"]);
+    assert_eq!(
+        inst["image_id"].as_str(),
+        made.last().map(String::as_str),
+        "launched from the newest image"
+    );
+}
