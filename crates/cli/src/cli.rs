@@ -89,6 +89,19 @@ pub enum Command {
         #[arg(value_name = "BOX")]
         box_name: String,
     },
+    /// Create the event queue and EventBridge rules the daemon reads (idempotent), and print the IAM policy it needs.
+    Setup,
+    /// Remove the rules and the queue; with --all also every instance, spot request, volume, image and DNS record spotkeeper owns.
+    Cleanup {
+        /// Also remove everything spotkeeper owns (listed first).
+        #[arg(long)]
+        all: bool,
+        /// Do not ask before removing (required without a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Print a least-privilege IAM policy for everything spotkeeper calls, scoped by the owner tag.
+    IamPolicy,
     /// Add storage to a box.
     Volume {
         #[command(subcommand)]

@@ -77,7 +77,16 @@ pub fn classify(code: &str) -> ErrorKind {
         | "ExpiredToken"
         | "OptInRequired"
         | "Blocked" => ErrorKind::Unauthorized,
-        c if c.ends_with(".NotFound") || c.ends_with("NotFound") => ErrorKind::NotFound,
+        "ResourceNotFoundException"
+        | "NoSuchHostedZone"
+        | "AWS.SimpleQueueService.NonExistentQueue"
+        | "QueueDoesNotExist" => ErrorKind::NotFound,
+        c if c.ends_with(".NotFound")
+            || c.ends_with("NotFound")
+            || c.ends_with("NotFoundException") =>
+        {
+            ErrorKind::NotFound
+        }
         c if c.starts_with("Invalid") || c.ends_with(".Malformed") || c == "MissingParameter" => {
             ErrorKind::InvalidRequest
         }
@@ -149,6 +158,12 @@ mod tests {
         assert_eq!(classify("RequestLimitExceeded"), ErrorKind::Throttled);
         assert_eq!(classify("InvalidInstanceID.NotFound"), ErrorKind::NotFound);
         assert_eq!(classify("InvalidAMIID.NotFound"), ErrorKind::NotFound);
+        assert_eq!(classify("ResourceNotFoundException"), ErrorKind::NotFound);
+        assert_eq!(
+            classify("AWS.SimpleQueueService.NonExistentQueue"),
+            ErrorKind::NotFound
+        );
+        assert_eq!(classify("ParameterNotFound"), ErrorKind::NotFound);
         assert_eq!(
             classify("IdempotentParameterMismatch"),
             ErrorKind::IdempotencyMismatch

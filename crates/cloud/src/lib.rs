@@ -59,8 +59,9 @@ pub mod ssh;
 use async_trait::async_trait;
 
 pub use aws::{
-    AwsCloud, CANONICAL_OWNER, ClientConfig, VPC_TAG, VpcInfo, al2023_parameter, data_device_names,
-    next_free_device, split_cidr, ubuntu_parameter,
+    AwsCloud, CANONICAL_OWNER, ClientConfig, EVENT_RULES, Plumbing, QUEUE_RETENTION_SECONDS,
+    QueueMessage, VPC_TAG, VpcInfo, al2023_parameter, data_device_names, next_free_device,
+    rule_name, split_cidr, ubuntu_parameter,
 };
 pub use cloud::Cloud;
 pub use error::{CloudError, ErrorKind, classify};

@@ -16,6 +16,9 @@ use toml::Spanned;
 /// `$SPOTKEEPER_CONFIG` names one.
 pub const DEFAULT_FILE: &str = "spotkeeper.toml";
 
+/// The event queue's name when `[daemon] queue` is not set.
+pub const DEFAULT_QUEUE: &str = "spotkeeper-events";
+
 /// Owner tag value when the config does not set `owner`.
 pub const DEFAULT_OWNER: &str = "spotkeeper";
 
@@ -56,6 +59,8 @@ pub struct Config {
     pub aws: AwsSettings,
     /// State file from `[daemon] state`, if set.
     pub state: Option<PathBuf>,
+    /// The SQS queue `setup` creates for EC2 events (`[daemon] queue`).
+    pub queue: String,
     /// The boxes, by name.
     pub boxes: BTreeMap<String, BoxSpec>,
 }
@@ -248,6 +253,7 @@ struct RawAws {
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
     state: Option<String>,
+    queue: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -411,6 +417,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             ));
         }
     }
+    let queue = match raw.daemon.as_ref().and_then(|d| d.queue.as_ref()) {
+        None => DEFAULT_QUEUE.to_owned(),
+        Some(q) => {
+            let name = q.get_ref();
+            // SQS: 1-80 characters, alphanumerics, hyphens and underscores.
+            if name.is_empty()
+                || name.len() > 80
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(at(
+                    Some(q.span()),
+                    format!(
+                        "daemon.queue {name:?} is not an SQS queue name (1-80 letters, digits, - or _)"
+                    ),
+                ));
+            }
+            name.clone()
+        }
+    };
     let base = path.parent().unwrap_or(Path::new("."));
     let mut boxes = BTreeMap::new();
     for (name, b) in raw.boxes {
@@ -429,7 +456,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             profile: raw.aws.profile,
             endpoint_url: raw.aws.endpoint_url.map(Spanned::into_inner),
         },
-        state: raw.daemon.and_then(|d| d.state).map(PathBuf::from),
+        state: raw
+            .daemon
+            .as_ref()
+            .and_then(|d| d.state.clone())
+            .map(PathBuf::from),
+        queue,
         boxes,
     })
 }

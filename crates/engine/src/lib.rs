@@ -6,11 +6,14 @@
 
 pub mod bootstrap;
 pub mod boxes;
+pub mod cleanup;
 pub mod config;
 pub mod dns;
+pub mod events;
 pub mod images;
 pub mod lock;
 pub mod persist;
 pub mod plan;
+pub mod policy;
 pub mod ready;
 pub mod store;

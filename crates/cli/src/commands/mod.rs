@@ -1,6 +1,7 @@
 //! One file per subcommand; this one dispatches and holds what they share.
 
 mod dns;
+mod events;
 mod exec;
 mod image;
 mod list;
@@ -45,6 +46,9 @@ pub async fn dispatch(args: Args) -> Result<ExitCode, Failure> {
         Command::Exec { box_name, command } => exec::exec(&args, box_name, command).await,
         Command::Ssh { box_name } => exec::ssh(&args, box_name).await,
         Command::Dns { box_name } => dns::run(&args, box_name).await,
+        Command::Setup => events::setup(&args).await,
+        Command::Cleanup { all, yes } => events::cleanup(&args, *all, *yes).await,
+        Command::IamPolicy => events::iam_policy(&args),
         Command::Volume {
             action:
                 VolumeAction::Add {

@@ -6,10 +6,12 @@ mod dns;
 mod images;
 mod instances;
 mod network;
+mod queue;
 mod volumes;
 
 pub use images::{CANONICAL_OWNER, al2023_parameter, ubuntu_parameter};
 pub use network::{VPC_TAG, VpcInfo, split_cidr};
+pub use queue::{EVENT_RULES, Plumbing, QUEUE_RETENTION_SECONDS, QueueMessage, rule_name};
 pub use volumes::{data_device_names, next_free_device};
 mod pricing;
 
@@ -38,6 +40,8 @@ pub struct AwsCloud {
     pub(crate) ec2: aws_sdk_ec2::Client,
     pub(crate) ssm: aws_sdk_ssm::Client,
     pub(crate) route53: aws_sdk_route53::Client,
+    pub(crate) sqs: aws_sdk_sqs::Client,
+    pub(crate) events: aws_sdk_eventbridge::Client,
     region: String,
 }
 
@@ -89,21 +93,43 @@ impl AwsCloud {
             ec2: aws_sdk_ec2::Client::new(sdk),
             ssm: aws_sdk_ssm::Client::new(sdk),
             route53: aws_sdk_route53::Client::new(sdk),
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            events: aws_sdk_eventbridge::Client::new(sdk),
             region,
         })
     }
 
+    /// Replaces the SQS and EventBridge clients (see [`AwsCloud::from_clients`]).
+    pub fn with_queue_clients(
+        mut self,
+        sqs: aws_sdk_sqs::Client,
+        events: aws_sdk_eventbridge::Client,
+    ) -> Self {
+        self.sqs = sqs;
+        self.events = events;
+        self
+    }
+
     /// Wraps clients the caller built (custom HTTP client, interceptors, mocks).
+    /// The queue clients (SQS, EventBridge) come from [`AwsCloud::with_queue_clients`].
     pub fn from_clients(
         ec2: aws_sdk_ec2::Client,
         ssm: aws_sdk_ssm::Client,
         route53: aws_sdk_route53::Client,
         region: impl Into<String>,
     ) -> Self {
+        // Queue clients without credentials: their calls fail with a clear
+        // error until `with_queue_clients` provides real ones.
+        let mut builder =
+            aws_config::SdkConfig::builder().behavior_version(BehaviorVersion::latest());
+        builder.set_region(ec2.config().region().cloned());
+        let sdk = builder.build();
         Self {
             ec2,
             ssm,
             route53,
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            events: aws_sdk_eventbridge::Client::new(&sdk),
             region: region.into(),
         }
     }

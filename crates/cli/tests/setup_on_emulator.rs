@@ -1,0 +1,172 @@
+//! `setup`, `cleanup` and `iam-policy` against the emulator: the queue and
+//! rules are made once, EventBridge delivers a real spot warning to the
+//! queue, and cleanup (with --all) leaves nothing of ours behind.
+
+mod common;
+
+use common::{CONFIG, Cli, describe, stderr};
+use serde_json::Value;
+
+fn queue_names(cli: &Cli) -> Vec<String> {
+    let out = cli.moto.boto("sqs = boto3.client('sqs', **kw)\nprint(json.dumps([u.rsplit('/', 1)[-1] for u in sqs.list_queues().get('QueueUrls', [])]))");
+    serde_json::from_str(out.trim()).expect("json")
+}
+
+fn rule_names(cli: &Cli) -> Vec<String> {
+    let out = cli.moto.boto("eb = boto3.client('events', **kw)\nprint(json.dumps(sorted(r['Name'] for r in eb.list_rules()['Rules'])))");
+    serde_json::from_str(out.trim()).expect("json")
+}
+
+#[test]
+fn setup_is_idempotent_and_events_reach_the_queue() {
+    let cli = Cli::new();
+    let first = cli.json(&["setup", "--json"]);
+    assert_eq!(first["queue_created"], true);
+    assert!(
+        first["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .all(|r| r["created"] == true)
+    );
+    let second = cli.json(&["setup", "--json"]);
+    assert_eq!(second["queue_created"], false, "found, not made twice");
+    assert!(
+        second["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .all(|r| r["created"] == false)
+    );
+    assert_eq!(queue_names(&cli), vec!["spotkeeper-events".to_owned()]);
+    assert_eq!(
+        rule_names(&cli),
+        [
+            "rebalance",
+            "scheduled-change",
+            "spot-interruption",
+            "state-change"
+        ]
+        .map(|s| format!("spotkeeper-clitest-{s}"))
+    );
+    let attrs = cli.moto.boto(
+        "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-events')['QueueUrl']\n\
+         print(json.dumps(sqs.get_queue_attributes(QueueUrl=u, AttributeNames=['All'])['Attributes']))",
+    );
+    let attrs: Value = serde_json::from_str(attrs.trim()).expect("json");
+    assert_eq!(attrs["MessageRetentionPeriod"], "3600");
+    let policy: Value =
+        serde_json::from_str(attrs["Policy"].as_str().expect("policy")).expect("policy json");
+    assert_eq!(
+        policy["Statement"][0]["Principal"]["Service"],
+        "events.amazonaws.com"
+    );
+    assert_eq!(first["iam_policy"]["Version"], "2012-10-17");
+
+    // A real spot warning, put on the event bus, arrives in the queue.
+    let warning = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../engine/fixtures/events/spot-interruption-warning.json"
+    ))
+    .expect("fixture");
+    let detail: Value = serde_json::from_str(&warning).expect("fixture json");
+    let body = cli.moto.boto(&format!(
+        "eb = boto3.client('events', **kw)\nsqs = boto3.client('sqs', **kw)\n\
+         eb.put_events(Entries=[{{'Source': 'aws.ec2', 'DetailType': 'EC2 Spot Instance Interruption Warning', 'Detail': json.dumps({})}}])\n\
+         u = sqs.get_queue_url(QueueName='spotkeeper-events')['QueueUrl']\n\
+         m = sqs.receive_message(QueueUrl=u, WaitTimeSeconds=2).get('Messages', [])\nprint(m[0]['Body'] if m else '')",
+        serde_json::to_string(&serde_json::to_string(&detail["detail"]).expect("s")).expect("quoted")
+    ));
+    let event: Value = serde_json::from_str(body.trim())
+        .unwrap_or_else(|e| panic!("no event in the queue ({e}): {body:?}"));
+    assert_eq!(
+        event["detail-type"],
+        "EC2 Spot Instance Interruption Warning"
+    );
+    assert_eq!(event["detail"]["instance-id"], "i-1234567890abcdef0");
+
+    let out = cli.ok(&["cleanup"]);
+    assert!(
+        stderr(&out).contains("removed queue spotkeeper-events"),
+        "{}",
+        describe(&out)
+    );
+    assert!(queue_names(&cli).is_empty());
+    assert!(rule_names(&cli).is_empty());
+    let again = cli.ok(&["cleanup"]);
+    assert!(
+        stderr(&again).contains("Nothing to clean up"),
+        "{}",
+        describe(&again)
+    );
+}
+
+#[test]
+fn iam_policy_scopes_destruction_by_the_owner_tag() {
+    let cli = Cli::new();
+    let p = cli.json(&["iam-policy"]);
+    let owned = p["Statement"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .find(|s| s["Sid"] == "ActOnOwned")
+        .cloned()
+        .expect("ActOnOwned");
+    assert_eq!(
+        owned["Condition"]["StringEquals"]["aws:ResourceTag/spotkeeper:owner"],
+        "clitest"
+    );
+}
+
+#[test]
+fn cleanup_all_lists_asks_and_removes_everything_spotkeeper_owns() {
+    let config = CONFIG.replace(
+        "tags =",
+        "data_volume = { name = \"dev-data\", size_gb = 5, on_stop = \"delete\" }\ndns = { zone = \"example.com\", name = \"dev.example.com\" }\ntags =",
+    );
+    let cli = Cli::with_config(&config);
+    cli.moto
+        .boto("r53.create_hosted_zone(Name='example.com', CallerReference='c')");
+    cli.ok(&["setup"]);
+    cli.ok(&["up", "dev"]);
+    cli.ok(&["image", "create", "dev"]);
+    // A volume spotkeeper owns but no configured box claims: kept.
+    cli.moto.boto("ec2.create_volume(AvailabilityZone='us-east-1a', Size=1, TagSpecifications=[{'ResourceType': 'volume', 'Tags': [{'Key': 'spotkeeper:owner', 'Value': 'clitest'}, {'Key': 'Name', 'Value': 'stray'}]}])");
+
+    let refused = cli
+        .command(&["cleanup", "--all"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
+    let listing = stderr(&refused);
+    assert!(
+        listing.contains("terminate instance")
+            && listing.contains("delete volume")
+            && listing.contains("deregister image")
+            && listing.contains("delete DNS record"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("keep volume") && listing.contains("no box in the config claims it"),
+        "{listing}"
+    );
+    assert_eq!(cli.live().len(), 1, "nothing removed without --yes");
+
+    let out = cli.ok(&["cleanup", "--all", "--yes"]);
+    assert!(stderr(&out).contains("terminated"), "{}", describe(&out));
+    assert!(cli.live().is_empty());
+    let left = cli.moto.boto(
+        "v = [x['VolumeId'] for x in ec2.describe_volumes(Filters=[{'Name': 'tag:spotkeeper:owner', 'Values': ['clitest']}])['Volumes']]\n\
+         i = [x['ImageId'] for x in ec2.describe_images(Owners=['self'])['Images']]\n\
+         z = r53.list_hosted_zones()['HostedZones'][0]['Id']\n\
+         a = [x['Name'] for x in r53.list_resource_record_sets(HostedZoneId=z)['ResourceRecordSets'] if x['Type'] == 'A']\n\
+         print(json.dumps({'volumes': len(v), 'images': i, 'a': a}))",
+    );
+    let left: Value = serde_json::from_str(left.trim()).expect("json");
+    assert_eq!(
+        left,
+        serde_json::json!({"volumes": 1, "images": [], "a": []}),
+        "only the unclaimed volume is kept"
+    );
+}

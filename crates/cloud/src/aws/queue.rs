@@ -1,0 +1,316 @@
+//! The event plumbing the daemon reads: an SQS queue that EventBridge may
+//! send to, rules for the EC2 events spotkeeper acts on targeting it, and
+//! receiving/deleting messages.
+
+use aws_sdk_eventbridge::types::{Tag as EbTag, Target};
+use aws_sdk_sqs::types::QueueAttributeName;
+
+use super::{AwsCloud, sdk_error};
+use crate::error::{CloudError, ErrorKind};
+
+/// How long undelivered events are kept: they are only useful for minutes
+/// (a spot warning gives two), so a short retention drops stale ones.
+pub const QUEUE_RETENTION_SECONDS: &str = "3600";
+
+/// A rule spotkeeper makes: suffix of its name and its event pattern.
+pub const EVENT_RULES: [(&str, &str); 4] = [
+    (
+        "spot-interruption",
+        r#"{"source":["aws.ec2"],"detail-type":["EC2 Spot Instance Interruption Warning"]}"#,
+    ),
+    (
+        "rebalance",
+        r#"{"source":["aws.ec2"],"detail-type":["EC2 Instance Rebalance Recommendation"]}"#,
+    ),
+    (
+        "state-change",
+        r#"{"source":["aws.ec2"],"detail-type":["EC2 Instance State-change Notification"]}"#,
+    ),
+    (
+        "scheduled-change",
+        r#"{"source":["aws.health"],"detail-type":["AWS Health Event"],"detail":{"service":["EC2"],"eventTypeCategory":["scheduledChange"]}}"#,
+    ),
+];
+
+/// The name of one of spotkeeper's rules for `owner`.
+pub fn rule_name(owner: &str, suffix: &str) -> String {
+    format!("spotkeeper-{owner}-{suffix}")
+}
+
+/// One received message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueMessage {
+    /// SQS's message id.
+    pub id: String,
+    /// The handle to delete it with.
+    pub receipt: String,
+    /// The body (an EventBridge event as JSON, if all is well).
+    pub body: String,
+    /// When it was sent (ms since the epoch), for queue lag.
+    pub sent_at_ms: Option<u64>,
+}
+
+/// What `setup` made or found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plumbing {
+    /// Queue URL.
+    pub queue_url: String,
+    /// Queue ARN.
+    pub queue_arn: String,
+    /// Whether the queue was created now.
+    pub queue_created: bool,
+    /// Rules: (name, created now).
+    pub rules: Vec<(String, bool)>,
+}
+
+impl AwsCloud {
+    /// The queue's URL, if it exists.
+    pub async fn queue_url(&self, name: &str) -> Result<Option<String>, CloudError> {
+        match self.sqs.get_queue_url().queue_name(name).send().await {
+            Ok(out) => Ok(out.queue_url().map(str::to_owned)),
+            Err(e) => {
+                let err = sdk_error("GetQueueUrl", e);
+                if err.kind == ErrorKind::NotFound
+                    || err.code.as_deref() == Some("AWS.SimpleQueueService.NonExistentQueue")
+                {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Creates (or finds) the event queue and the rules that feed it, tagged
+    /// with the owner, and lets EventBridge send to the queue from those rules only.
+    pub async fn ensure_event_plumbing(
+        &self,
+        queue: &str,
+        owner: &str,
+    ) -> Result<Plumbing, CloudError> {
+        let (queue_url, queue_created) = match self.queue_url(queue).await? {
+            Some(url) => (url, false),
+            None => {
+                let out = self
+                    .sqs
+                    .create_queue()
+                    .queue_name(queue)
+                    .attributes(
+                        QueueAttributeName::MessageRetentionPeriod,
+                        QUEUE_RETENTION_SECONDS,
+                    )
+                    .attributes(QueueAttributeName::ReceiveMessageWaitTimeSeconds, "20")
+                    .attributes(QueueAttributeName::VisibilityTimeout, "120")
+                    .tags("spotkeeper:owner", owner)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("CreateQueue", e))?;
+                (out.queue_url().unwrap_or_default().to_owned(), true)
+            }
+        };
+        let attrs = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&queue_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetQueueAttributes", e))?;
+        let queue_arn = attrs
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .ok_or_else(|| {
+                CloudError::other(
+                    "GetQueueAttributes",
+                    ErrorKind::Other,
+                    "the queue has no ARN",
+                )
+            })?;
+        // arn:aws:sqs:REGION:ACCOUNT:NAME
+        let parts: Vec<&str> = queue_arn.split(':').collect();
+        let (partition, region, account) = (
+            parts.get(1).copied().unwrap_or("aws"),
+            parts.get(3).copied().unwrap_or(""),
+            parts.get(4).copied().unwrap_or(""),
+        );
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "spotkeeper-events",
+                "Effect": "Allow",
+                "Principal": { "Service": "events.amazonaws.com" },
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": { "ArnLike": { "aws:SourceArn": format!("arn:{partition}:events:{region}:{account}:rule/spotkeeper-{owner}-*") } }
+            }]
+        });
+        self.sqs
+            .set_queue_attributes()
+            .queue_url(&queue_url)
+            .attributes(QueueAttributeName::Policy, policy.to_string())
+            .send()
+            .await
+            .map_err(|e| sdk_error("SetQueueAttributes", e))?;
+
+        let mut rules = Vec::new();
+        for (suffix, pattern) in EVENT_RULES {
+            let name = rule_name(owner, suffix);
+            let exists = match self.events.describe_rule().name(&name).send().await {
+                Ok(_) => true,
+                Err(e) => {
+                    let err = sdk_error("DescribeRule", e);
+                    if err.kind == ErrorKind::NotFound {
+                        false
+                    } else {
+                        return Err(err);
+                    }
+                }
+            };
+            let tag = EbTag::builder()
+                .key("spotkeeper:owner")
+                .value(owner)
+                .build()
+                .map_err(|e| {
+                    CloudError::other("PutRule", ErrorKind::InvalidRequest, e.to_string())
+                })?;
+            let mut put = self
+                .events
+                .put_rule()
+                .name(&name)
+                .event_pattern(pattern)
+                .description("spotkeeper: EC2 events for the daemon");
+            if !exists {
+                put = put.tags(tag);
+            }
+            put.send().await.map_err(|e| sdk_error("PutRule", e))?;
+            let target = Target::builder()
+                .id("spotkeeper-queue")
+                .arn(&queue_arn)
+                .build()
+                .map_err(|e| {
+                    CloudError::other("PutTargets", ErrorKind::InvalidRequest, e.to_string())
+                })?;
+            self.events
+                .put_targets()
+                .rule(&name)
+                .targets(target)
+                .send()
+                .await
+                .map_err(|e| sdk_error("PutTargets", e))?;
+            rules.push((name, !exists));
+        }
+        Ok(Plumbing {
+            queue_url,
+            queue_arn,
+            queue_created,
+            rules,
+        })
+    }
+
+    /// Removes the rules and the queue; returns what was removed.
+    pub async fn remove_event_plumbing(
+        &self,
+        queue: &str,
+        owner: &str,
+    ) -> Result<Vec<String>, CloudError> {
+        let mut removed = Vec::new();
+        for (suffix, _) in EVENT_RULES {
+            let name = rule_name(owner, suffix);
+            match self
+                .events
+                .remove_targets()
+                .rule(&name)
+                .ids("spotkeeper-queue")
+                .send()
+                .await
+            {
+                Ok(_) => {}
+                Err(e) => {
+                    let err = sdk_error("RemoveTargets", e);
+                    if err.kind == ErrorKind::NotFound {
+                        continue;
+                    }
+                    return Err(err);
+                }
+            }
+            self.events
+                .delete_rule()
+                .name(&name)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DeleteRule", e))?;
+            removed.push(format!("rule {name}"));
+        }
+        if let Some(url) = self.queue_url(queue).await? {
+            self.sqs
+                .delete_queue()
+                .queue_url(&url)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DeleteQueue", e))?;
+            removed.push(format!("queue {queue}"));
+        }
+        Ok(removed)
+    }
+
+    /// Long-polls the queue for up to `max` (≤ 10) messages, waiting up to `wait_seconds` (≤ 20).
+    pub async fn receive_messages(
+        &self,
+        queue_url: &str,
+        max: i32,
+        wait_seconds: i32,
+    ) -> Result<Vec<QueueMessage>, CloudError> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(max.clamp(1, 10))
+            .wait_time_seconds(wait_seconds.clamp(0, 20))
+            .message_system_attribute_names(
+                aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp,
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_error("ReceiveMessage", e))?;
+        Ok(out
+            .messages()
+            .iter()
+            .map(|m| QueueMessage {
+                id: m.message_id().unwrap_or_default().to_owned(),
+                receipt: m.receipt_handle().unwrap_or_default().to_owned(),
+                body: m.body().unwrap_or_default().to_owned(),
+                sent_at_ms: m
+                    .attributes()
+                    .and_then(|a| {
+                        a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp)
+                    })
+                    .and_then(|t| t.parse().ok()),
+            })
+            .collect())
+    }
+
+    /// Deletes a handled message.
+    pub async fn delete_message(&self, queue_url: &str, receipt: &str) -> Result<(), CloudError> {
+        self.sqs
+            .delete_message()
+            .queue_url(queue_url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DeleteMessage", e))?;
+        Ok(())
+    }
+
+    /// Sends a message (tests, and re-queueing).
+    pub async fn send_message(&self, queue_url: &str, body: &str) -> Result<(), CloudError> {
+        self.sqs
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| sdk_error("SendMessage", e))?;
+        Ok(())
+    }
+}
