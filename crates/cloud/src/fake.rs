@@ -498,14 +498,14 @@ impl Cloud for FakeCloud {
 
     async fn delete_volume(&self, volume: &VolumeId) -> Result<(), CloudError> {
         let mut s = self.enter("DeleteVolume")?;
-        if let Some(v) = s.volumes.get(volume) {
-            if !v.attachments.is_empty() {
-                return Err(CloudError::from_code(
-                    "DeleteVolume",
-                    "VolumeInUse",
-                    format!("{volume} is attached"),
-                ));
-            }
+        if let Some(v) = s.volumes.get(volume)
+            && !v.attachments.is_empty()
+        {
+            return Err(CloudError::from_code(
+                "DeleteVolume",
+                "VolumeInUse",
+                format!("{volume} is attached"),
+            ));
         }
         s.volumes.remove(volume);
         Ok(())

@@ -441,10 +441,11 @@ impl ImageRef {
     /// Parses `ami-…`, `ubuntu:RELEASE[:ARCH]` or `al2023[:ARCH]`; the error says what is accepted.
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        if let Some(hex) = s.strip_prefix("ami-") {
-            if !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Ok(ImageRef::Id(ImageId::new(s)));
-            }
+        if let Some(hex) = s.strip_prefix("ami-")
+            && !hex.is_empty()
+            && hex.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            return Ok(ImageRef::Id(ImageId::new(s)));
         }
         let mut parts = s.split(':');
         let head = parts.next().unwrap_or("");

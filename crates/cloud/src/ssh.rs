@@ -219,8 +219,7 @@ impl SshSettings {
             let reason = stderr
                 .lines()
                 .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
-                .last()
+                .rfind(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
                 .unwrap_or("ssh exited 255")
                 .to_owned();
             return Err(SshError::Connect { target, reason });

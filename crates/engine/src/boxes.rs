@@ -309,32 +309,31 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
         });
     }
 
-    if spec.market == Market::Spot {
-        if let Some(open) = open_requests(ctx.cloud.spot_requests(&filter).await?)
+    if spec.market == Market::Spot
+        && let Some(open) = open_requests(ctx.cloud.spot_requests(&filter).await?)
             .into_iter()
             .next()
-        {
-            ctx.progress.note(&format!(
-                "Spot request {} for box {name} is open already; waiting for it",
-                open.id
-            ));
-            let instance = wait_fulfilled(ctx, &open.id).await?;
-            let instance = wait_running(ctx, &instance).await?;
-            let instance = settle(ctx, spec, instance, &[]).await?;
-            return Ok(UpOutcome {
-                instance,
-                launched: false,
-            });
-        }
+    {
+        ctx.progress.note(&format!(
+            "Spot request {} for box {name} is open already; waiting for it",
+            open.id
+        ));
+        let instance = wait_fulfilled(ctx, &open.id).await?;
+        let instance = wait_running(ctx, &instance).await?;
+        let instance = settle(ctx, spec, instance, &[]).await?;
+        return Ok(UpOutcome {
+            instance,
+            launched: false,
+        });
     }
 
     // Nothing live: an open intent whose instance we had seen is history now.
     let mut reusable = ctx.store.open_intent(ctx.owner, name).await?;
-    if let Some(intent) = &reusable {
-        if intent.instance_id.is_some() {
-            ctx.store.close_intent(intent.id, "gone").await?;
-            reusable = None;
-        }
+    if let Some(intent) = &reusable
+        && intent.instance_id.is_some()
+    {
+        ctx.store.close_intent(intent.id, "gone").await?;
+        reusable = None;
     }
 
     let pinned = persist::pinned_zone(
@@ -874,14 +873,12 @@ pub async fn stop(ctx: &Ctx<'_>, spec: &BoxSpec, wait: bool) -> Result<StopOutco
     };
     // Instances launched through requests we see only there.
     for r in &requests {
-        if let Some(id) = &r.instance_id {
-            if !outcome.terminated.contains(id) {
-                if let Some(i) = ctx.cloud.instance(id).await? {
-                    if !i.state.is_gone() {
-                        outcome.terminated.push(id.clone());
-                    }
-                }
-            }
+        if let Some(id) = &r.instance_id
+            && !outcome.terminated.contains(id)
+            && let Some(i) = ctx.cloud.instance(id).await?
+            && !i.state.is_gone()
+        {
+            outcome.terminated.push(id.clone());
         }
     }
     ctx.store

@@ -124,12 +124,11 @@ pub async fn inventory(cloud: &dyn Cloud, config: &Config) -> Result<Inventory, 
     let images = cloud.images(&mine).await?;
     let mut records = Vec::new();
     for spec in config.boxes.values() {
-        if let Some(dns) = &spec.dns {
-            if let Some(zone) = cloud.dns_zone(&dns.zone).await? {
-                if let Some(r) = cloud.dns_record(&zone, &dns.name).await? {
-                    records.push((zone, r));
-                }
-            }
+        if let Some(dns) = &spec.dns
+            && let Some(zone) = cloud.dns_zone(&dns.zone).await?
+            && let Some(r) = cloud.dns_record(&zone, &dns.name).await?
+        {
+            records.push((zone, r));
         }
     }
     Ok(Inventory {

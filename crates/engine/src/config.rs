@@ -403,10 +403,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         None => DEFAULT_OWNER.to_owned(),
     };
-    if let Some(region) = &raw.aws.region {
-        if region.get_ref().trim().is_empty() {
-            return Err(at(Some(region.span()), "aws.region is empty".into()));
-        }
+    if let Some(region) = &raw.aws.region
+        && region.get_ref().trim().is_empty()
+    {
+        return Err(at(Some(region.span()), "aws.region is empty".into()));
     }
     if let Some(url) = &raw.aws.endpoint_url {
         let u = url.get_ref();
@@ -570,13 +570,13 @@ fn validate_box(
         (None, None) => None,
     };
     // EC2 limit: 16 KiB of user data before base64.
-    if let Some(d) = &user_data {
-        if d.len() > 16 * 1024 {
-            return Err(at(
-                None,
-                format!("user data is {} bytes; EC2 accepts at most 16384", d.len()),
-            ));
-        }
+    if let Some(d) = &user_data
+        && d.len() > 16 * 1024
+    {
+        return Err(at(
+            None,
+            format!("user data is {} bytes; EC2 accepts at most 16384", d.len()),
+        ));
     }
     let mut tags = BTreeMap::new();
     for (k, v) in b.tags {
@@ -686,10 +686,10 @@ fn validate_box(
                 ("host", r.host.as_ref()),
                 ("jump", r.jump.as_ref()),
             ] {
-                if let Some(v) = v {
-                    if v.is_empty() || v.starts_with('-') || v.chars().any(char::is_whitespace) {
-                        return Err(bad(format!("{what} {v:?} is not a valid name")));
-                    }
+                if let Some(v) = v
+                    && (v.is_empty() || v.starts_with('-') || v.chars().any(char::is_whitespace))
+                {
+                    return Err(bad(format!("{what} {v:?} is not a valid name")));
                 }
             }
             if r.port == 0 {
@@ -721,10 +721,10 @@ fn validate_box(
             if v.name.trim().is_empty() || v.name.len() > 128 {
                 return Err(bad("name must be 1-128 characters".into()));
             }
-            if let Some(size) = v.size_gb {
-                if !(1..=65536).contains(&size) {
-                    return Err(bad(format!("size_gb must be 1-65536, not {size}")));
-                }
+            if let Some(size) = v.size_gb
+                && !(1..=65536).contains(&size)
+            {
+                return Err(bad(format!("size_gb must be 1-65536, not {size}")));
             }
             if !["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"].contains(&v.kind.as_str()) {
                 return Err(bad(format!("type {:?} is not an EBS volume type", v.kind)));
@@ -770,16 +770,16 @@ fn validate_box(
     let data_volume = volume(b.data_volume, "data_volume")?;
     let root_span = b.root_volume.as_ref().map(|r| r.span());
     let root_volume = volume(b.root_volume, "root_volume")?;
-    if let (Some(d), Some(r)) = (&data_volume, &root_volume) {
-        if d.name == r.name {
-            return Err(at(
-                root_span,
-                format!(
-                    "root_volume and data_volume are both named {:?}; one volume cannot be both",
-                    d.name
-                ),
-            ));
-        }
+    if let (Some(d), Some(r)) = (&data_volume, &root_volume)
+        && d.name == r.name
+    {
+        return Err(at(
+            root_span,
+            format!(
+                "root_volume and data_volume are both named {:?}; one volume cannot be both",
+                d.name
+            ),
+        ));
     }
     let dns = match b.dns {
         None => None,
@@ -901,10 +901,10 @@ fn validate_box(
 
 /// `~/x` is under the home directory; a relative path is relative to the config file.
 fn expand_path(p: &str, base: &Path) -> PathBuf {
-    if let Some(rest) = p.strip_prefix("~/") {
-        if let Some(home) = std::env::var_os("HOME") {
-            return PathBuf::from(home).join(rest);
-        }
+    if let Some(rest) = p.strip_prefix("~/")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return PathBuf::from(home).join(rest);
     }
     base.join(p)
 }

@@ -489,10 +489,10 @@ impl AwsCloud {
         loop {
             let mut left = 0;
             for id in ids {
-                if let Some(i) = self.instance_impl(id).await? {
-                    if i.state != crate::model::InstanceState::Terminated {
-                        left += 1;
-                    }
+                if let Some(i) = self.instance_impl(id).await?
+                    && i.state != crate::model::InstanceState::Terminated
+                {
+                    left += 1;
                 }
             }
             if left == 0 {
@@ -669,10 +669,10 @@ impl AwsCloud {
             // Lost a race with another import of the same name: that one stands.
             Err(e) => {
                 let err = sdk_error(OP, e);
-                if err.code.as_deref() == Some("InvalidKeyPair.Duplicate") {
-                    if let Some(existing) = self.key_pair(name).await? {
-                        return Ok(existing);
-                    }
+                if err.code.as_deref() == Some("InvalidKeyPair.Duplicate")
+                    && let Some(existing) = self.key_pair(name).await?
+                {
+                    return Ok(existing);
                 }
                 Err(err)
             }
