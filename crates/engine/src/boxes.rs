@@ -271,6 +271,35 @@ pub async fn list(cloud: &dyn Cloud, owner: &str) -> Result<Vec<Instance>, Cloud
 /// at the cheapest allowed offering under the ceiling; then waits for
 /// `running` and for the ready check.
 pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
+    up_avoiding(ctx, spec, &Avoid::default()).await
+}
+
+/// What a replacement must not use: instances about to go away (they are not
+/// the live box) and (type, zone) offerings that just failed or were
+/// interrupted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Avoid {
+    /// Instances that do not count as the box's live instance.
+    pub instances: HashSet<InstanceId>,
+    /// (instance type, zone) pairs not to launch in.
+    pub offerings: HashSet<(String, String)>,
+}
+
+/// [`up`], for the daemon: treats `avoid.instances` as gone and skips
+/// `avoid.offerings`. The box becomes (stays) managed.
+pub async fn up_avoiding(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    avoid: &Avoid,
+) -> Result<UpOutcome, BoxError> {
+    let outcome = up_inner(ctx, spec, avoid).await?;
+    ctx.store
+        .register_box(ctx.owner, &spec.name, "up", None)
+        .await?;
+    Ok(outcome)
+}
+
+async fn up_inner(ctx: &Ctx<'_>, spec: &BoxSpec, avoid: &Avoid) -> Result<UpOutcome, BoxError> {
     let name = spec.name.as_str();
     let _lock = lock_box(ctx.lock_dir, ctx.owner, name, &|| {
         ctx.progress.note(&format!(
@@ -294,7 +323,8 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
     }
 
     let filter = box_filter(ctx.owner, name);
-    let existing = live(ctx.cloud.instances(&filter).await?);
+    let mut existing = live(ctx.cloud.instances(&filter).await?);
+    existing.retain(|i| !avoid.instances.contains(&i.id));
     if let Some(keep) = keeper(&existing).cloned() {
         ctx.progress.note(&format!(
             "Instance exists already ({}, {}), we will not be provisioning another one",
@@ -359,7 +389,7 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
                 &spec.instance_types,
                 &zones,
                 spec.max_price,
-                &HashSet::new(),
+                &avoid.offerings,
             )?;
             let best = &chosen[0];
             ctx.progress.note(&format!(
@@ -529,6 +559,7 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
         // Another machine may have launched the same box at the same moment:
         // every racer keeps the oldest and terminates its own if it lost.
         let mut live_now = live(ctx.cloud.instances(&filter).await?);
+        live_now.retain(|i| !avoid.instances.contains(&i.id));
         if !live_now.iter().any(|i| i.id == instance.id) {
             live_now.push(instance.clone());
         }
@@ -840,6 +871,8 @@ async fn check_ready(ctx: &Ctx<'_>, spec: &BoxSpec, instance: &Instance) -> Resu
 /// intents, and unless `wait` is false waits until they are shutting down.
 pub async fn stop(ctx: &Ctx<'_>, spec: &BoxSpec, wait: bool) -> Result<StopOutcome, BoxError> {
     let box_name = spec.name.as_str();
+    // First: a daemon must not replace what is being stopped.
+    ctx.store.deregister_box(ctx.owner, box_name).await?;
     let _lock = lock_box(ctx.lock_dir, ctx.owner, box_name, &|| {
         ctx.progress.note(&format!(
             "Another spotkeeper is changing box {box_name}; waiting for it to finish ..."

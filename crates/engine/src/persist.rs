@@ -147,7 +147,7 @@ pub async fn find(
             // The copy was attached (or is all that is left): the move happened.
             if let Some(i) = original {
                 let old = originals.remove(i);
-                detach_if_held(cloud, &old).await?;
+                release(cloud, &old).await?;
                 cloud.delete_volume(&old.id).await?;
             }
             cloud.untag(&[copy.id.to_string()], &[MOVING_FROM]).await?;
@@ -190,9 +190,22 @@ pub fn pinned_zone(
     }
 }
 
-/// Detaches a volume still held by an instance that is gone.
-async fn detach_if_held(cloud: &dyn Cloud, v: &Volume) -> Result<(), CloudError> {
+/// How long to wait for the instance holding a volume to go away before
+/// taking the volume: a spot warning gives two minutes; retirement more.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// Detaches a volume from whatever holds it, once the holder is gone (a
+/// replacement may start while the interrupted instance still has its two
+/// minutes: its disk is taken only when it is down).
+async fn release(cloud: &dyn Cloud, v: &Volume) -> Result<(), CloudError> {
     for (instance, _) in &v.attachments {
+        let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
+        while let Some(holder) = cloud.instance(instance).await? {
+            if holder.state.is_gone() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
         cloud.detach_volume(&v.id, instance).await?;
     }
     Ok(())
@@ -215,7 +228,7 @@ pub async fn prepare(
     let tags = volume_tags(owner, box_name, &vs.name);
     if let Some(v) = existing {
         if v.zone == zone {
-            detach_if_held(cloud, v).await?;
+            // Taken from its holder at attach time, after the holder is gone.
             return Ok(Prepared {
                 role,
                 volume: v.clone(),
@@ -223,7 +236,7 @@ pub async fn prepare(
                 moved_from: None,
             });
         }
-        detach_if_held(cloud, v).await?;
+        release(cloud, v).await?;
         let mut snap_tags = tags.clone();
         snap_tags.push((PURPOSE_TAG.to_owned(), "move".to_owned()));
         let snapshot = cloud.snapshot_volume(&v.id, &snap_tags).await?;
@@ -297,6 +310,11 @@ pub async fn attach(
     p: &Prepared,
     instance: &InstanceId,
 ) -> Result<Volume, CloudError> {
+    if let Some(current) = cloud.volume(&p.volume.id).await? {
+        if !current.attachments.iter().any(|(i, _)| i == instance) {
+            release(cloud, &current).await?;
+        }
+    }
     let attached = cloud
         .attach_volume(&p.volume.id, instance, p.role.device())
         .await?;
@@ -403,7 +421,7 @@ pub async fn on_stop(
                 v.zone
             )),
             OnStop::Snapshot => {
-                detach_if_held(cloud, &v).await?;
+                release(cloud, &v).await?;
                 let mut t = volume_tags(owner, &spec.name, &vs.name);
                 t.push((PURPOSE_TAG.to_owned(), "stop".to_owned()));
                 let snap = cloud.snapshot_volume(&v.id, &t).await?;
@@ -415,7 +433,7 @@ pub async fn on_stop(
                 ));
             }
             OnStop::Delete => {
-                detach_if_held(cloud, &v).await?;
+                release(cloud, &v).await?;
                 cloud.delete_volume(&v.id).await?;
                 done.push(format!("Deleted {} {} ({})", role.key(), v.id, vs.name));
             }

@@ -66,6 +66,19 @@ pub struct Event {
     pub message: String,
 }
 
+/// A box the daemon keeps alive.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ManagedBox {
+    /// Box name.
+    pub name: String,
+    /// `up` (spec in the config file) or `api` (spec stored here).
+    pub source: String,
+    /// The box's settings as JSON, for boxes registered through the API.
+    pub spec: Option<String>,
+    /// Unix seconds.
+    pub registered_at: i64,
+}
+
 /// The state store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -302,6 +315,105 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Makes a box managed (or updates how it is).
+    pub async fn register_box(
+        &self,
+        owner: &str,
+        name: &str,
+        source: &str,
+        spec: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO managed_boxes (owner, name, source, spec, registered_at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (owner, name) DO UPDATE SET source = excluded.source, spec = excluded.spec",
+        )
+        .bind(owner)
+        .bind(name)
+        .bind(source)
+        .bind(spec)
+        .bind(unix_now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Stops managing a box; returns whether it was managed.
+    pub async fn deregister_box(&self, owner: &str, name: &str) -> Result<bool, StoreError> {
+        let n = sqlx::query("DELETE FROM managed_boxes WHERE owner = ? AND name = ?")
+            .bind(owner)
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// The managed boxes, by name.
+    pub async fn managed_boxes(&self, owner: &str) -> Result<Vec<ManagedBox>, StoreError> {
+        let rows = sqlx::query("SELECT name, source, spec, registered_at FROM managed_boxes WHERE owner = ? ORDER BY name")
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ManagedBox {
+                name: r.get("name"),
+                source: r.get("source"),
+                spec: r.get("spec"),
+                registered_at: r.get("registered_at"),
+            })
+            .collect())
+    }
+
+    /// Records that event `id` is being handled; `false` if it was already (a duplicate delivery).
+    pub async fn first_delivery(
+        &self,
+        id: &str,
+        kind: &str,
+        instance: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query("INSERT OR IGNORE INTO processed_events (event_id, at, kind, instance) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(unix_now())
+            .bind(kind)
+            .bind(instance)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Marks an instance as going away (it no longer counts as the live box).
+    pub async fn doom(
+        &self,
+        owner: &str,
+        box_name: &str,
+        instance: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO doomed_instances (instance_id, owner, box, reason, at) VALUES (?, ?, ?, ?, ?)")
+            .bind(instance)
+            .bind(owner)
+            .bind(box_name)
+            .bind(reason)
+            .bind(unix_now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Instances marked as going away.
+    pub async fn doomed(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT instance_id FROM doomed_instances WHERE owner = ?")
+                .bind(owner)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,6 +453,45 @@ mod tests {
         assert_eq!(s.open_intent("o", "dev").await.expect("open"), None);
         assert_eq!(s.next_generation("o", "dev").await.expect("gen"), 2);
         assert_eq!(s.next_generation("o", "other").await.expect("gen"), 1);
+    }
+
+    #[tokio::test]
+    async fn managed_boxes_duplicates_and_doomed_instances_are_recorded() {
+        let s = Store::memory().await.expect("store");
+        s.register_box("o", "dev", "up", None)
+            .await
+            .expect("register");
+        s.register_box("o", "web", "api", Some("{}"))
+            .await
+            .expect("register");
+        s.register_box("o", "dev", "up", None).await.expect("again");
+        let names: Vec<String> = s
+            .managed_boxes("o")
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+        assert_eq!(names, ["dev", "web"]);
+        assert!(s.deregister_box("o", "dev").await.expect("deregister"));
+        assert!(!s.deregister_box("o", "dev").await.expect("deregister"));
+        assert!(
+            s.first_delivery("ev-1", "spot-interruption", Some("i-1"))
+                .await
+                .expect("first")
+        );
+        assert!(
+            !s.first_delivery("ev-1", "spot-interruption", Some("i-1"))
+                .await
+                .expect("dup")
+        );
+        s.doom("o", "dev", "i-1", "spot-interruption")
+            .await
+            .expect("doom");
+        s.doom("o", "dev", "i-1", "spot-interruption")
+            .await
+            .expect("doom twice");
+        assert_eq!(s.doomed("o").await.expect("doomed"), ["i-1"]);
     }
 
     #[tokio::test]

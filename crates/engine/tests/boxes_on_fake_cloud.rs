@@ -393,3 +393,84 @@ impl WithPrice for BoxSpec {
         self
     }
 }
+
+#[tokio::test]
+async fn a_replacement_launches_while_the_doomed_instance_runs_and_takes_its_volume_once_it_is_gone()
+ {
+    let w = World::new().await;
+    let dev = spec(r#"data_volume = { name = "dev-data", size_gb = 10 }"#);
+    let first = boxes::up(&w.ctx(), &dev).await.expect("up");
+    let old = first.instance.clone();
+    let vol = w.cloud.all_volumes().pop().expect("volume");
+    assert_eq!(
+        vol.attachments,
+        vec![(old.id.clone(), "/dev/sdf".to_owned())]
+    );
+
+    let avoid = boxes::Avoid {
+        instances: [old.id.clone()].into(),
+        offerings: [(old.instance_type.clone(), old.zone.clone().expect("zone"))].into(),
+    };
+    // "AWS" takes the old instance down only after the replacement was requested.
+    let reclaim = async {
+        while w.cloud.count("RunInstances") < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            w.cloud
+                .all_instances()
+                .iter()
+                .any(|i| i.id == old.id && i.state.is_live()),
+            "launched while the old one ran"
+        );
+        w.cloud.set_state(&old.id, InstanceState::Terminated);
+    };
+    let ctx = w.ctx();
+    let (out, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(boxes::up_avoiding(&ctx, &dev, &avoid), reclaim)
+    })
+    .await
+    .expect("no deadlock: the launch did not wait for the old instance");
+    let out = out.expect("replacement");
+    assert!(out.launched);
+    assert_ne!(out.instance.id, old.id);
+    assert_eq!(out.instance.zone, old.zone, "the volume pins the zone");
+    assert_ne!(
+        out.instance.instance_type, old.instance_type,
+        "the interrupted offering is avoided"
+    );
+    let vol = w.cloud.all_volumes().pop().expect("volume");
+    assert_eq!(
+        vol.attachments,
+        vec![(out.instance.id.clone(), "/dev/sdf".to_owned())],
+        "the same volume moved over"
+    );
+    assert_eq!(w.cloud.all_volumes().len(), 1);
+    let managed = w.store.managed_boxes("tester").await.expect("managed");
+    assert_eq!(
+        managed.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
+        ["dev"]
+    );
+}
+
+#[tokio::test]
+async fn stop_stops_managing_the_box() {
+    let w = World::new().await;
+    boxes::up(&w.ctx(), &spec("")).await.expect("up");
+    assert_eq!(
+        w.store
+            .managed_boxes("tester")
+            .await
+            .expect("managed")
+            .len(),
+        1
+    );
+    boxes::stop(&w.ctx(), &spec(""), true).await.expect("stop");
+    assert!(
+        w.store
+            .managed_boxes("tester")
+            .await
+            .expect("managed")
+            .is_empty()
+    );
+}
