@@ -100,6 +100,8 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Run the daemon: replace interrupted boxes (EC2 events from the queue `setup` made), move their volumes and DNS.
+    Serve,
     /// Print a least-privilege IAM policy for everything spotkeeper calls, scoped by the owner tag.
     IamPolicy,
     /// Add storage to a box.

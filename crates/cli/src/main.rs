@@ -27,7 +27,13 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
-    output::init_logging(args.verbose);
+    // The daemon reports what it does through its log.
+    let verbose = if matches!(args.command, cli::Command::Serve) {
+        args.verbose.max(1)
+    } else {
+        args.verbose
+    };
+    output::init_logging(verbose);
     match run(args) {
         Ok(code) => code,
         Err(Failure::Usage(e)) => {

@@ -16,6 +16,10 @@ use toml::Spanned;
 /// `$SPOTKEEPER_CONFIG` names one.
 pub const DEFAULT_FILE: &str = "spotkeeper.toml";
 
+/// Reconcile interval when `[daemon] interval` is not set: events wake the
+/// daemon at once, so the timer only catches what no event announced.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+
 /// The event queue's name when `[daemon] queue` is not set.
 pub const DEFAULT_QUEUE: &str = "spotkeeper-events";
 
@@ -61,6 +65,8 @@ pub struct Config {
     pub state: Option<PathBuf>,
     /// The SQS queue `setup` creates for EC2 events (`[daemon] queue`).
     pub queue: String,
+    /// Time between two reconcile passes of the daemon (`[daemon] interval`).
+    pub interval: Duration,
     /// The boxes, by name.
     pub boxes: BTreeMap<String, BoxSpec>,
 }
@@ -148,6 +154,9 @@ pub struct BoxSpec {
     pub image_from_box: bool,
     /// Image retention and refresh schedule.
     pub images: ImagePolicy,
+    /// On a rebalance recommendation, start the replacement early (`replace`)
+    /// or do nothing (`ignore`, default).
+    pub replace_on_rebalance: bool,
 }
 
 /// What happens to a volume when its box is stopped.
@@ -254,6 +263,7 @@ struct RawAws {
 struct RawDaemon {
     state: Option<String>,
     queue: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +297,7 @@ struct RawBox {
     keep_dns: bool,
     elastic_ip: Option<Spanned<String>>,
     images: Option<Spanned<RawImages>>,
+    on_rebalance: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -438,6 +449,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             name.clone()
         }
     };
+    let interval = match raw.daemon.as_ref().and_then(|d| d.interval.as_ref()) {
+        None => DEFAULT_INTERVAL,
+        Some(i) => {
+            let d = humantime::parse_duration(i.get_ref()).map_err(|e| {
+                at(
+                    Some(i.span()),
+                    format!("daemon.interval {:?}: {e}", i.get_ref()),
+                )
+            })?;
+            if d < Duration::from_secs(1) {
+                return Err(at(
+                    Some(i.span()),
+                    "daemon.interval must be at least 1s".into(),
+                ));
+            }
+            d
+        }
+    };
     let base = path.parent().unwrap_or(Path::new("."));
     let mut boxes = BTreeMap::new();
     for (name, b) in raw.boxes {
@@ -462,6 +491,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             .and_then(|d| d.state.clone())
             .map(PathBuf::from),
         queue,
+        interval,
         boxes,
     })
 }
@@ -872,6 +902,19 @@ fn validate_box(
             }
         }
     };
+    let replace_on_rebalance = match &b.on_rebalance {
+        None => false,
+        Some(r) => match r.get_ref().as_str() {
+            "ignore" => false,
+            "replace" => true,
+            other => {
+                return Err(at(
+                    Some(r.span()),
+                    format!("on_rebalance {other:?} is neither \"ignore\" nor \"replace\""),
+                ));
+            }
+        },
+    };
     Ok(BoxSpec {
         name: name.to_owned(),
         image,
@@ -896,6 +939,7 @@ fn validate_box(
         elastic_ip,
         image_from_box,
         images,
+        replace_on_rebalance,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod boxes;
 pub mod cleanup;
 pub mod config;
+pub mod daemon;
 pub mod dns;
 pub mod events;
 pub mod images;

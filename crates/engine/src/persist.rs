@@ -206,7 +206,17 @@ async fn release(cloud: &dyn Cloud, v: &Volume) -> Result<(), CloudError> {
             }
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         }
-        cloud.detach_volume(&v.id, instance).await?;
+        // Termination detaches it by itself; only a volume still held needs the call.
+        let still = cloud
+            .volume(&v.id)
+            .await?
+            .is_some_and(|now| now.attachments.iter().any(|(i, _)| i == instance));
+        if still {
+            match cloud.detach_volume(&v.id, instance).await {
+                Err(e) if e.kind != spotkeeper_cloud::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
     }
     Ok(())
 }

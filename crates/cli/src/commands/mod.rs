@@ -6,6 +6,7 @@ mod exec;
 mod image;
 mod list;
 mod price;
+mod serve;
 mod snapshot;
 mod stop;
 mod up;
@@ -49,6 +50,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode, Failure> {
         Command::Setup => events::setup(&args).await,
         Command::Cleanup { all, yes } => events::cleanup(&args, *all, *yes).await,
         Command::IamPolicy => events::iam_policy(&args),
+        Command::Serve => serve::run(&args).await,
         Command::Volume {
             action:
                 VolumeAction::Add {

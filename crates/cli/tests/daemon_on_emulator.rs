@@ -1,0 +1,252 @@
+//! `spotkeeper serve` against the emulator with the real event JSON: an
+//! interrupted box is replaced (volume and DNS follow), duplicates, garbage
+//! and other people's instances change nothing, and SIGTERM stops it cleanly.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{CONFIG, Cli, describe};
+use serde_json::Value;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/fixtures/events");
+
+fn config(interval: &str) -> String {
+    CONFIG.replace(
+        "[aws]",
+        &format!("[daemon]\ninterval = \"{interval}\"\n\n[aws]"),
+    )
+    .replace(
+        "tags =",
+        "data_volume = { name = \"dev-data\", size_gb = 5 }\ndns = { zone = \"example.com\", name = \"dev.example.com\" }\ntags =",
+    )
+}
+
+fn event(name: &str, instance: &str, id: &str) -> String {
+    std::fs::read_to_string(format!("{FIXTURES}/{name}"))
+        .expect("fixture")
+        .replace("i-1234567890abcdef0", instance)
+        .replace("12345678-1234-1234-1234-123456789012", id)
+        .replace("7bf73129-1428-4cd3-a780-95db273d1602", id)
+}
+
+fn send(cli: &Cli, body: &str) {
+    cli.moto.boto(&format!(
+        "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-events')['QueueUrl']\nsqs.send_message(QueueUrl=u, MessageBody={})",
+        serde_json::to_string(body).expect("quoted")
+    ));
+}
+
+fn queue_depth(cli: &Cli) -> i64 {
+    let out = cli.moto.boto(
+        "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-events')['QueueUrl']\n\
+         a = sqs.get_queue_attributes(QueueUrl=u, AttributeNames=['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible'])['Attributes']\n\
+         print(int(a['ApproximateNumberOfMessages']) + int(a['ApproximateNumberOfMessagesNotVisible']))",
+    );
+    out.trim().parse().expect("a number")
+}
+
+fn box_instances(cli: &Cli) -> usize {
+    let out = cli.moto.boto(
+        "r = ec2.describe_instances(Filters=[{'Name': 'tag:spotkeeper:box', 'Values': ['dev']}])['Reservations']\nprint(sum(len(x['Instances']) for x in r))",
+    );
+    out.trim().parse().expect("a number")
+}
+
+struct Serve {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Serve {
+    fn start(cli: &Cli) -> Self {
+        let log = cli.dir.path().join("serve.log");
+        let child = cli
+            .command(&["serve"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start serve");
+        Serve { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve did not stop on SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// Polls `list --json` until the box runs on an instance other than `old`.
+fn wait_replaced(cli: &Cli, old: &Value, serve: &Serve) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let live = cli.live();
+        if live.len() == 1 && live[0]["instance_id"] != *old && live[0]["state"] == "running" {
+            return live[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replacement within 60s; live: {live:?}\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn record(cli: &Cli) -> String {
+    cli.moto
+        .boto(
+            "z = r53.list_hosted_zones()['HostedZones'][0]['Id']\n\
+             a = [x['ResourceRecords'][0]['Value'] for x in r53.list_resource_record_sets(HostedZoneId=z)['ResourceRecordSets'] if x['Type'] == 'A']\n\
+             print(a[0] if a else '')",
+        )
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn a_spot_warning_gets_the_box_replaced_with_its_volume_and_name_and_noise_changes_nothing() {
+    let cli = Cli::with_config(&config("2s"));
+    cli.moto
+        .boto("r53.create_hosted_zone(Name='example.com', CallerReference='d')");
+    cli.ok(&["setup"]);
+    let first = cli.json(&["up", "dev", "--json"]);
+    let old = first["instance_id"].as_str().expect("id").to_owned();
+    let serve = Serve::start(&cli);
+
+    // The two-minute warning, then AWS takes the instance.
+    send(
+        &cli,
+        &event("spot-interruption-warning.json", &old, "warn-1"),
+    );
+    cli.moto
+        .boto(&format!("ec2.terminate_instances(InstanceIds=['{old}'])"));
+    let new = wait_replaced(&cli, &first["instance_id"], &serve);
+    assert_ne!(new["instance_id"], first["instance_id"]);
+    // The volume follows once the new instance runs (and the old is gone).
+    let attached = || {
+        let vol = cli.moto.boto(
+            "v = ec2.describe_volumes(Filters=[{'Name': 'tag:Name', 'Values': ['dev-data']}])['Volumes']\nprint(json.dumps([x['Attachments'][0]['InstanceId'] if x['Attachments'] else None for x in v]))",
+        );
+        serde_json::from_str::<Value>(vol.trim()).expect("json")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while attached() != serde_json::json!([new["instance_id"]]) {
+        assert!(
+            Instant::now() < deadline,
+            "the one volume did not move over: {}\n{}",
+            attached(),
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while record(&cli) != new["public_ip"].as_str().unwrap_or_default() {
+        assert!(
+            Instant::now() < deadline,
+            "DNS did not follow: {}\n{}",
+            record(&cli),
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // The same warning again, garbage, and someone else's instance: nothing happens.
+    send(
+        &cli,
+        &event("spot-interruption-warning.json", &old, "warn-1"),
+    );
+    send(&cli, "this is not json");
+    send(
+        &cli,
+        r#"{"id": "x", "source": "aws.s3", "detail-type": "Object Created", "detail": {}}"#,
+    );
+    send(
+        &cli,
+        &event(
+            "spot-interruption-warning.json",
+            "i-0fedcba9876543210",
+            "warn-2",
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while queue_depth(&cli) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "messages were not deleted\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(3)); // a pass or two
+    assert_eq!(box_instances(&cli), 2, "no extra launch\n{}", serve.log());
+    assert_eq!(cli.live().len(), 1);
+
+    let status = serve.stop();
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+}
+
+#[test]
+fn a_state_change_event_alone_wakes_the_daemon_and_stop_is_respected() {
+    // An hour between passes: only the event can cause the replacement.
+    let cli = Cli::with_config(&config("1h"));
+    cli.moto
+        .boto("r53.create_hosted_zone(Name='example.com', CallerReference='d')");
+    cli.ok(&["setup"]);
+    let first = cli.json(&["up", "dev", "--json"]);
+    let old = first["instance_id"].as_str().expect("id").to_owned();
+    let serve = Serve::start(&cli);
+    std::thread::sleep(Duration::from_secs(2)); // the start-up pass finds the box healthy
+    cli.moto
+        .boto(&format!("ec2.terminate_instances(InstanceIds=['{old}'])"));
+    send(
+        &cli,
+        &event("state-change-terminated.json", &old, "state-1"),
+    );
+    let new = wait_replaced(&cli, &first["instance_id"], &serve);
+
+    // `stop` deregisters the box: the daemon must not bring it back.
+    let out = cli.run(&["stop", "dev"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    send(
+        &cli,
+        &event(
+            "state-change-terminated.json",
+            new["instance_id"].as_str().expect("id"),
+            "state-2",
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        cli.live().is_empty(),
+        "a stopped box stays stopped\n{}",
+        serve.log()
+    );
+    assert!(serve.stop().success());
+}

@@ -1,0 +1,429 @@
+//! `spotkeeper serve`: keeps the managed boxes alive.
+//!
+//! Two tasks. The receiver long-polls the event queue, parses each message,
+//! records what it means (an instance is going away, an offering was
+//! interrupted), deletes the message and wakes the reconciler. The reconciler
+//! re-reads the world on every pass (level-triggered: it never trusts why it
+//! was woken), and for each managed box without a live instance launches a
+//! replacement through the same code path as `up`, avoiding the doomed
+//! instances and the offerings interrupted in the last minutes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use spotkeeper_cloud::model::tags;
+use spotkeeper_cloud::{AwsCloud, Cloud, CloudError, InstanceId, InstanceState, QueueMessage};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::boxes::{self, Avoid, Ctx, Progress, Timing};
+use crate::config::Config;
+use crate::events::{self, EventKind};
+use crate::store::Store;
+
+/// How long an interrupted (type, zone) offering is avoided: capacity that
+/// was just reclaimed rarely comes back within minutes.
+pub const UNAVAILABLE_FOR: Duration = Duration::from_secs(5 * 60);
+
+/// Where events come from.
+#[async_trait]
+pub trait EventQueue: Send + Sync {
+    /// Waits (long-polls) for up to ten messages.
+    async fn receive(&self) -> Result<Vec<QueueMessage>, CloudError>;
+    /// Deletes a handled message.
+    async fn delete(&self, receipt: &str) -> Result<(), CloudError>;
+}
+
+/// The SQS queue `setup` made.
+#[derive(Debug, Clone)]
+pub struct SqsQueue {
+    cloud: AwsCloud,
+    url: String,
+}
+
+impl SqsQueue {
+    /// The queue named `name`, or an error saying to run `spotkeeper setup`.
+    pub async fn open(cloud: &AwsCloud, name: &str) -> Result<Self, CloudError> {
+        let url = cloud.queue_url(name).await?.ok_or_else(|| {
+            CloudError::other(
+                "GetQueueUrl",
+                spotkeeper_cloud::ErrorKind::NotFound,
+                format!("queue {name} does not exist: run `spotkeeper setup`"),
+            )
+        })?;
+        Ok(Self {
+            cloud: cloud.clone(),
+            url,
+        })
+    }
+}
+
+#[async_trait]
+impl EventQueue for SqsQueue {
+    async fn receive(&self) -> Result<Vec<QueueMessage>, CloudError> {
+        // Batches of ten, 20-second waits: few calls when idle, no delay when busy.
+        self.cloud.receive_messages(&self.url, 10, 20).await
+    }
+    async fn delete(&self, receipt: &str) -> Result<(), CloudError> {
+        self.cloud.delete_message(&self.url, receipt).await
+    }
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// Not an event spotkeeper understands (logged, deleted).
+    Garbage(String),
+    /// An event id seen before.
+    Duplicate,
+    /// About instances that are not a managed box's.
+    NotOurs,
+    /// Understood, nothing to do (e.g. rebalance with `on_rebalance = "ignore"`).
+    Ignored(String),
+    /// Recorded: the reconciler will act.
+    Acted(String),
+}
+
+/// Logs progress through `tracing` instead of a terminal.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Log;
+
+impl Progress for Log {
+    fn note(&self, line: &str) {
+        tracing::info!("{line}");
+    }
+    fn start(&self, what: &str) {
+        tracing::info!("{what} ...");
+    }
+    fn finish(&self, outcome: &str) {
+        tracing::info!("... {outcome}");
+    }
+}
+
+/// The daemon's state between passes.
+pub struct Daemon<'a> {
+    cloud: &'a dyn Cloud,
+    store: &'a Store,
+    config: &'a Config,
+    lock_dir: &'a std::path::Path,
+    timing: Timing,
+    unavailable: Mutex<HashMap<(String, String), Instant>>,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for Daemon<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("owner", &self.config.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Daemon<'a> {
+    /// A daemon over `cloud` and `store` for the boxes of `config`.
+    pub fn new(
+        cloud: &'a dyn Cloud,
+        store: &'a Store,
+        config: &'a Config,
+        lock_dir: &'a std::path::Path,
+    ) -> Self {
+        Self {
+            cloud,
+            store,
+            config,
+            lock_dir,
+            timing: Timing::default(),
+            unavailable: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Uses other waits (tests).
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    fn mark_unavailable(&self, instance_type: &str, zone: &str) {
+        let mut u = self.unavailable.lock().unwrap_or_else(|e| e.into_inner());
+        u.insert(
+            (instance_type.to_owned(), zone.to_owned()),
+            Instant::now() + UNAVAILABLE_FOR,
+        );
+    }
+
+    /// Offerings still marked unavailable (expired marks are dropped).
+    pub fn unavailable(&self) -> HashSet<(String, String)> {
+        let mut u = self.unavailable.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        u.retain(|_, until| *until > now);
+        u.keys().cloned().collect()
+    }
+
+    async fn record(&self, box_name: Option<&str>, kind: &str, message: &str) {
+        tracing::info!(box_name, kind, "{message}");
+        if let Err(e) = self
+            .store
+            .record_event(&self.config.owner, box_name, kind, message)
+            .await
+        {
+            tracing::warn!("cannot record an event in the state file: {e}");
+        }
+    }
+
+    /// Handles one message body. Errors are AWS or state-file failures: the
+    /// message is then kept for another try.
+    pub async fn handle(&self, body: &str) -> Result<Handled, crate::boxes::BoxError> {
+        let event = match events::parse(body) {
+            Ok(e) => e,
+            Err(e) => {
+                self.record(None, "garbage", &format!("dropped a message: {e}"))
+                    .await;
+                return Ok(Handled::Garbage(e.to_string()));
+            }
+        };
+        let first_instance = event.kind.instances().first().map(|i| i.to_string());
+        if !self
+            .store
+            .first_delivery(&event.id, event.kind.name(), first_instance.as_deref())
+            .await?
+        {
+            return Ok(Handled::Duplicate);
+        }
+        let managed: HashSet<String> = self
+            .store
+            .managed_boxes(&self.config.owner)
+            .await?
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+        let mut acted = Vec::new();
+        for id in event.kind.instances() {
+            // Re-read the instance: events arrive late, twice, or out of order.
+            let Some(instance) = self.cloud.instance(id).await? else {
+                continue;
+            };
+            if instance.tag(tags::OWNER) != Some(self.config.owner.as_str()) {
+                continue;
+            }
+            let Some(box_name) = instance
+                .tag(tags::BOX)
+                .filter(|b| managed.contains(*b))
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            let spec = self.config.boxes.get(&box_name);
+            let doom = match &event.kind {
+                EventKind::SpotInterruption { .. } | EventKind::ScheduledChange { .. } => true,
+                EventKind::Rebalance { .. } => spec.is_some_and(|s| s.replace_on_rebalance),
+                EventKind::StateChange { state, .. } => {
+                    !matches!(state, InstanceState::Pending | InstanceState::Running)
+                }
+            };
+            if !doom {
+                acted.push(format!(
+                    "{} for {id} ({box_name}): nothing to do",
+                    event.kind.name()
+                ));
+                continue;
+            }
+            self.store
+                .doom(
+                    &self.config.owner,
+                    &box_name,
+                    id.as_str(),
+                    event.kind.name(),
+                )
+                .await?;
+            if matches!(
+                event.kind,
+                EventKind::SpotInterruption { .. } | EventKind::Rebalance { .. }
+            ) {
+                if let Some(zone) = &instance.zone {
+                    self.mark_unavailable(&instance.instance_type, zone);
+                }
+            }
+            let what = format!(
+                "{} for {id} of box {box_name}: replacing it",
+                event.kind.name()
+            );
+            self.record(Some(&box_name), event.kind.name(), &what).await;
+            acted.push(what);
+        }
+        if acted.is_empty() {
+            return Ok(Handled::NotOurs);
+        }
+        if acted.iter().all(|a| a.ends_with("nothing to do")) {
+            return Ok(Handled::Ignored(acted.join("; ")));
+        }
+        self.wake.notify_one();
+        Ok(Handled::Acted(acted.join("; ")))
+    }
+
+    /// One reconcile pass: every managed box without a live instance gets
+    /// one. Returns what it launched. Any failed describe aborts the pass:
+    /// it never plans on a partial view.
+    pub async fn reconcile(&self) -> Result<Vec<String>, crate::boxes::BoxError> {
+        let owner = &self.config.owner;
+        let doomed: HashSet<InstanceId> = self
+            .store
+            .doomed(owner)
+            .await?
+            .into_iter()
+            .map(InstanceId::new)
+            .collect();
+        let all = self.cloud.instances(&boxes::owner_filter(owner)).await?;
+        let mut launched = Vec::new();
+        for managed in self.store.managed_boxes(owner).await? {
+            let Some(spec) = self.config.boxes.get(&managed.name) else {
+                self.record(
+                    Some(&managed.name),
+                    "unknown-box",
+                    "managed, but not in the config file: left alone",
+                )
+                .await;
+                continue;
+            };
+            let mine: Vec<_> = all
+                .iter()
+                .filter(|i| i.tag(tags::BOX) == Some(managed.name.as_str()))
+                .collect();
+            let healthy = mine.iter().find(|i| {
+                i.state == InstanceState::Running
+                    && !doomed.contains(&i.id)
+                    && i.tag(tags::STOPPED).is_none()
+            });
+            if let Some(instance) = healthy {
+                // Scheduled images (`images.every`) of healthy boxes.
+                match crate::images::refresh_if_due(
+                    self.cloud,
+                    owner,
+                    spec,
+                    instance,
+                    std::time::SystemTime::now(),
+                )
+                .await
+                {
+                    Ok(Some((image, pruned))) => {
+                        self.record(
+                            Some(&managed.name),
+                            "image",
+                            &format!("made image {} (pruned {pruned:?})", image.id),
+                        )
+                        .await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.record(Some(&managed.name), "image-failed", &e.to_string())
+                            .await
+                    }
+                }
+                continue;
+            }
+            if mine.iter().any(|i| {
+                i.state == InstanceState::Pending
+                    && !doomed.contains(&i.id)
+                    && i.tag(tags::STOPPED).is_none()
+            }) {
+                continue; // coming up
+            }
+            let avoid = Avoid {
+                instances: doomed.clone(),
+                offerings: self.unavailable(),
+            };
+            let ctx = Ctx {
+                cloud: self.cloud,
+                store: self.store,
+                owner,
+                lock_dir: self.lock_dir,
+                progress: &Log,
+                timing: self.timing,
+            };
+            match boxes::up_avoiding(&ctx, spec, &avoid).await {
+                Ok(out) => {
+                    let what = format!(
+                        "replacement {} ({} in {}) is up",
+                        out.instance.id,
+                        out.instance.instance_type,
+                        out.instance.zone.as_deref().unwrap_or("?")
+                    );
+                    self.record(Some(&managed.name), "replaced", &what).await;
+                    // The replaced instances (rebalance: still running) go now.
+                    let old: Vec<InstanceId> = mine
+                        .iter()
+                        .filter(|i| doomed.contains(&i.id) && i.state.is_live())
+                        .map(|i| i.id.clone())
+                        .collect();
+                    if !old.is_empty() {
+                        self.cloud.terminate(&old).await?;
+                    }
+                    launched.push(what);
+                }
+                Err(e) => {
+                    self.record(Some(&managed.name), "replace-failed", &e.to_string())
+                        .await
+                }
+            }
+        }
+        Ok(launched)
+    }
+
+    /// Runs until `shutdown` flips: a pass at start (boxes lost while the
+    /// daemon was down), then one per interval and one per event.
+    pub async fn run(&self, queue: &dyn EventQueue, mut shutdown: watch::Receiver<bool>) {
+        let mut stop = shutdown.clone();
+        let receiver = async move {
+            loop {
+                let batch = tokio::select! {
+                    _ = stop.changed() => break,
+                    b = queue.receive() => b,
+                };
+                let messages = match batch {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!("receiving events failed: {e}");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        continue;
+                    }
+                };
+                for m in messages {
+                    match self.handle(&m.body).await {
+                        Ok(outcome) => {
+                            tracing::info!(message = %m.id, "{outcome:?}");
+                            if let Err(e) = queue.delete(&m.receipt).await {
+                                tracing::warn!("deleting message {} failed: {e}", m.id);
+                            }
+                        }
+                        // Kept: it comes back after the visibility timeout.
+                        Err(e) => {
+                            tracing::warn!("handling message {} failed, will retry: {e}", m.id)
+                        }
+                    }
+                }
+                if *stop.borrow() {
+                    break;
+                }
+            }
+        };
+        let reconciler = async {
+            loop {
+                match self.reconcile().await {
+                    Ok(done) => done.iter().for_each(|d| tracing::info!("{d}")),
+                    Err(e) => tracing::warn!("reconcile pass failed: {e}"),
+                }
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.config.interval) => {}
+                }
+                if *shutdown.borrow() {
+                    break;
+                }
+            }
+        };
+        tokio::join!(receiver, reconciler);
+    }
+}
