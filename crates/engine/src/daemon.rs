@@ -156,8 +156,12 @@ impl<'a> Daemon<'a> {
 
     /// Offerings still marked unavailable (expired marks are dropped).
     pub fn unavailable(&self) -> HashSet<(String, String)> {
+        self.unavailable_at(Instant::now())
+    }
+
+    /// Offerings still marked unavailable at `now`.
+    pub fn unavailable_at(&self, now: Instant) -> HashSet<(String, String)> {
         let mut u = self.unavailable.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
         u.retain(|_, until| *until > now);
         u.keys().cloned().collect()
     }

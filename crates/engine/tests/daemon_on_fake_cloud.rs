@@ -1,0 +1,288 @@
+//! The daemon's event handling and reconcile pass on FakeCloud: what each
+//! event does, duplicates, strangers, rebalance policies, offering expiry on
+//! tokio's paused clock, scheduled images.
+
+use std::path::Path;
+use std::time::Duration;
+
+use spotkeeper_cloud::InstanceState;
+use spotkeeper_cloud::fake::FakeCloud;
+use spotkeeper_engine::boxes::{self, Ctx, Silent, Timing};
+use spotkeeper_engine::config::{self, Config};
+use spotkeeper_engine::daemon::{Daemon, Handled, UNAVAILABLE_FOR};
+use spotkeeper_engine::store::Store;
+
+fn config(extra: &str) -> Config {
+    let text = format!(
+        "owner = \"tester\"\n[box.dev]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\", \"t3a.micro\"]\nmax_price = 0.02\nready = {{ check = \"none\" }}\n{extra}\n"
+    );
+    config::parse(Path::new("t.toml"), &text).expect("valid")
+}
+
+fn warning(kind: &str, instance: &str, id: &str) -> String {
+    let file = match kind {
+        "spot" => "spot-interruption-warning.json",
+        "rebalance" => "rebalance-recommendation.json",
+        _ => "state-change-terminated.json",
+    };
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/events")
+            .join(file),
+    )
+    .expect("fixture")
+    .replace("i-1234567890abcdef0", instance)
+    .replace("12345678-1234-1234-1234-123456789012", id)
+    .replace("22345678-1234-1234-1234-123456789012", id)
+    .replace("7bf73129-1428-4cd3-a780-95db273d1602", id)
+}
+
+const TIMING: Timing = Timing {
+    poll: Duration::from_millis(1),
+    running_timeout: Duration::from_secs(5),
+    stop_timeout: Duration::from_secs(5),
+};
+
+async fn world() -> (FakeCloud, Store, tempfile::TempDir) {
+    let cloud = FakeCloud::new(&["us-east-1a", "us-east-1b"]);
+    for z in ["us-east-1a", "us-east-1b"] {
+        cloud.set_price("t3.micro", z, 0.004);
+        cloud.set_price("t3a.micro", z, 0.005);
+    }
+    (
+        cloud,
+        Store::memory().await.expect("store"),
+        tempfile::tempdir().expect("dir"),
+    )
+}
+
+#[tokio::test]
+async fn a_spot_warning_marks_the_offering_and_the_pass_replaces_the_box_elsewhere() {
+    let (cloud, store, locks) = world().await;
+    let cfg = config("");
+    let ctx = Ctx {
+        cloud: &cloud,
+        store: &store,
+        owner: "tester",
+        lock_dir: locks.path(),
+        progress: &Silent,
+        timing: TIMING,
+    };
+    let first = boxes::up(&ctx, &cfg.boxes["dev"])
+        .await
+        .expect("up")
+        .instance;
+    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+
+    let out = daemon
+        .handle(&warning("spot", first.id.as_str(), "e1"))
+        .await
+        .expect("handled");
+    assert!(matches!(out, Handled::Acted(_)), "{out:?}");
+    assert!(daemon.unavailable().contains(&(
+        first.instance_type.clone(),
+        first.zone.clone().expect("zone")
+    )));
+    assert_eq!(
+        daemon
+            .handle(&warning("spot", first.id.as_str(), "e1"))
+            .await
+            .expect("dup"),
+        Handled::Duplicate
+    );
+
+    // The old instance still runs (two minutes left): the pass replaces it now.
+    let launched = daemon.reconcile().await.expect("pass");
+    assert_eq!(launched.len(), 1, "{launched:?}");
+    let live: Vec<_> = cloud
+        .all_instances()
+        .into_iter()
+        .filter(|i| i.state.is_live())
+        .collect();
+    assert_eq!(
+        live.len(),
+        1,
+        "the warned instance was terminated once the replacement ran: {live:?}"
+    );
+    assert_ne!(live[0].id, first.id);
+    assert_ne!(
+        (live[0].instance_type.clone(), live[0].zone.clone()),
+        (first.instance_type, first.zone),
+        "another offering"
+    );
+    assert!(
+        daemon.reconcile().await.expect("pass").is_empty(),
+        "a second pass does nothing"
+    );
+}
+
+#[tokio::test]
+async fn garbage_strangers_and_ignored_rebalances_launch_nothing() {
+    let (cloud, store, locks) = world().await;
+    let cfg = config("");
+    let ctx = Ctx {
+        cloud: &cloud,
+        store: &store,
+        owner: "tester",
+        lock_dir: locks.path(),
+        progress: &Silent,
+        timing: TIMING,
+    };
+    let first = boxes::up(&ctx, &cfg.boxes["dev"])
+        .await
+        .expect("up")
+        .instance;
+    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    assert!(matches!(
+        daemon.handle("{not json").await.expect("handled"),
+        Handled::Garbage(_)
+    ));
+    assert_eq!(
+        daemon
+            .handle(&warning("spot", "i-0fedcba9876543210", "e2"))
+            .await
+            .expect("handled"),
+        Handled::NotOurs
+    );
+    assert!(matches!(
+        daemon
+            .handle(&warning("rebalance", first.id.as_str(), "e3"))
+            .await
+            .expect("handled"),
+        Handled::Ignored(_)
+    ));
+    assert!(daemon.reconcile().await.expect("pass").is_empty());
+    assert_eq!(cloud.count("RunInstances"), 1);
+    let events = store.events("tester", None, 10).await.expect("events");
+    assert!(events.iter().any(|e| e.kind == "garbage"), "{events:?}");
+}
+
+#[tokio::test]
+async fn rebalance_with_replace_starts_the_replacement_early_and_retires_the_old_one() {
+    let (cloud, store, locks) = world().await;
+    let cfg = config("on_rebalance = \"replace\"");
+    let ctx = Ctx {
+        cloud: &cloud,
+        store: &store,
+        owner: "tester",
+        lock_dir: locks.path(),
+        progress: &Silent,
+        timing: TIMING,
+    };
+    let first = boxes::up(&ctx, &cfg.boxes["dev"])
+        .await
+        .expect("up")
+        .instance;
+    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    assert!(matches!(
+        daemon
+            .handle(&warning("rebalance", first.id.as_str(), "r1"))
+            .await
+            .expect("handled"),
+        Handled::Acted(_)
+    ));
+    daemon.reconcile().await.expect("pass");
+    let old = cloud
+        .all_instances()
+        .into_iter()
+        .find(|i| i.id == first.id)
+        .expect("old");
+    assert!(
+        old.state.is_gone(),
+        "terminated after the new one was ready: {:?}",
+        old.state
+    );
+    assert_eq!(
+        cloud
+            .all_instances()
+            .iter()
+            .filter(|i| i.state.is_live())
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_box_lost_while_the_daemon_was_down_is_replaced_on_start_but_a_stopped_box_is_not() {
+    let (cloud, store, locks) = world().await;
+    let cfg = config("");
+    let ctx = Ctx {
+        cloud: &cloud,
+        store: &store,
+        owner: "tester",
+        lock_dir: locks.path(),
+        progress: &Silent,
+        timing: TIMING,
+    };
+    let first = boxes::up(&ctx, &cfg.boxes["dev"])
+        .await
+        .expect("up")
+        .instance;
+    cloud.set_state(&first.id, InstanceState::Terminated);
+    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    assert_eq!(daemon.reconcile().await.expect("pass").len(), 1);
+    boxes::stop(&ctx, &cfg.boxes["dev"], true)
+        .await
+        .expect("stop");
+    assert!(
+        daemon.reconcile().await.expect("pass").is_empty(),
+        "stop is respected"
+    );
+}
+
+#[tokio::test]
+async fn unavailable_offerings_expire() {
+    let (cloud, store, locks) = world().await;
+    let cfg = config("");
+    let ctx = Ctx {
+        cloud: &cloud,
+        store: &store,
+        owner: "tester",
+        lock_dir: locks.path(),
+        progress: &Silent,
+        timing: TIMING,
+    };
+    let first = boxes::up(&ctx, &cfg.boxes["dev"])
+        .await
+        .expect("up")
+        .instance;
+    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    let marked_at = tokio::time::Instant::now();
+    daemon
+        .handle(&warning("spot", first.id.as_str(), "x1"))
+        .await
+        .expect("handled");
+    assert_eq!(
+        daemon
+            .unavailable_at(marked_at + UNAVAILABLE_FOR - Duration::from_secs(1))
+            .len(),
+        1
+    );
+    assert!(
+        daemon
+            .unavailable_at(marked_at + UNAVAILABLE_FOR + Duration::from_secs(1))
+            .is_empty(),
+        "back to the cheapest offering"
+    );
+    assert!(daemon.unavailable().is_empty(), "expired marks are dropped");
+}
+
+#[tokio::test]
+async fn the_pass_makes_scheduled_images_of_healthy_boxes() {
+    let (cloud, store, locks) = world().await;
+    let cfg = config("images = { every = \"24h\", keep = 2 }");
+    let ctx = Ctx {
+        cloud: &cloud,
+        store: &store,
+        owner: "tester",
+        lock_dir: locks.path(),
+        progress: &Silent,
+        timing: TIMING,
+    };
+    boxes::up(&ctx, &cfg.boxes["dev"]).await.expect("up");
+    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    daemon.reconcile().await.expect("pass");
+    assert_eq!(cloud.count("CreateImage"), 1, "no image yet: one is due");
+    daemon.reconcile().await.expect("pass");
+    assert_eq!(cloud.count("CreateImage"), 1, "not due again for a day");
+}
