@@ -12,10 +12,10 @@ use serde_json::Value;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/fixtures/events");
 
-fn config(interval: &str) -> String {
+fn config(interval: &str, api_port: u16) -> String {
     CONFIG.replace(
         "[aws]",
-        &format!("[daemon]\ninterval = \"{interval}\"\n\n[aws]"),
+        &format!("[daemon]\ninterval = \"{interval}\"\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\ntoken = \"e2e-token-0123456789\"\n\n[aws]"),
     )
     .replace(
         "tags =",
@@ -132,7 +132,8 @@ fn record(cli: &Cli) -> String {
 
 #[test]
 fn a_spot_warning_gets_the_box_replaced_with_its_volume_and_name_and_noise_changes_nothing() {
-    let cli = Cli::with_config(&config("2s"));
+    let api_port = spotkeeper_testkit::closed_port();
+    let cli = Cli::with_config(&config("2s", api_port));
     cli.moto
         .boto("r53.create_hosted_zone(Name='example.com', CallerReference='d')");
     cli.ok(&["setup"]);
@@ -208,6 +209,32 @@ fn a_spot_warning_gets_the_box_replaced_with_its_volume_and_name_and_noise_chang
     assert_eq!(box_instances(&cli), 2, "no extra launch\n{}", serve.log());
     assert_eq!(cli.live().len(), 1);
 
+    // The API answers on loopback, with the token.
+    let get = |path: &str, token: Option<&str>| -> String {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", api_port)).expect("API listening");
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        response
+    };
+    assert!(get("/healthz", None).starts_with("HTTP/1.1 200"));
+    assert!(get("/api/boxes", None).starts_with("HTTP/1.1 401"));
+    let boxes = get("/api/boxes", Some("e2e-token-0123456789"));
+    assert!(
+        boxes.starts_with("HTTP/1.1 200")
+            && boxes.contains(new["instance_id"].as_str().expect("id")),
+        "{boxes}"
+    );
+
     let status = serve.stop();
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
 }
@@ -215,7 +242,7 @@ fn a_spot_warning_gets_the_box_replaced_with_its_volume_and_name_and_noise_chang
 #[test]
 fn a_state_change_event_alone_wakes_the_daemon_and_stop_is_respected() {
     // An hour between passes: only the event can cause the replacement.
-    let cli = Cli::with_config(&config("1h"));
+    let cli = Cli::with_config(&config("1h", spotkeeper_testkit::closed_port()));
     cli.moto
         .boto("r53.create_hosted_zone(Name='example.com', CallerReference='d')");
     cli.ok(&["setup"]);

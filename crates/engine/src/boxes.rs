@@ -294,7 +294,7 @@ pub async fn up_avoiding(
 ) -> Result<UpOutcome, BoxError> {
     let outcome = up_inner(ctx, spec, avoid).await?;
     ctx.store
-        .register_box(ctx.owner, &spec.name, "up", None)
+        .ensure_managed(ctx.owner, &spec.name, "up")
         .await?;
     Ok(outcome)
 }

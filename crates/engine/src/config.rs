@@ -20,6 +20,30 @@ pub const DEFAULT_FILE: &str = "spotkeeper.toml";
 /// daemon at once, so the timer only catches what no event announced.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Where the API listens by default: loopback only.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7878";
+
+/// A secret (API token): never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The value, for comparing and storing — never for logs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// The event queue's name when `[daemon] queue` is not set.
 pub const DEFAULT_QUEUE: &str = "spotkeeper-events";
 
@@ -67,6 +91,10 @@ pub struct Config {
     pub queue: String,
     /// Time between two reconcile passes of the daemon (`[daemon] interval`).
     pub interval: Duration,
+    /// Where the daemon's HTTP API listens (`[api] listen`).
+    pub api_listen: std::net::SocketAddr,
+    /// The API token from `[api] token`, if set there.
+    pub api_token: Option<Secret>,
     /// The boxes, by name.
     pub boxes: BTreeMap<String, BoxSpec>,
 }
@@ -246,6 +274,7 @@ struct RawConfig {
     #[serde(default)]
     aws: RawAws,
     daemon: Option<RawDaemon>,
+    api: Option<RawApi>,
     #[serde(default, rename = "box")]
     boxes: BTreeMap<Spanned<String>, RawBox>,
 }
@@ -256,6 +285,13 @@ struct RawAws {
     region: Option<Spanned<String>>,
     profile: Option<String>,
     endpoint_url: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<Spanned<String>>,
+    token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -467,6 +503,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             d
         }
     };
+    let api_listen = match raw.api.as_ref().and_then(|a| a.listen.as_ref()) {
+        None => DEFAULT_API_LISTEN
+            .parse()
+            .expect("the default address parses"),
+        Some(l) => l.get_ref().parse().map_err(|_| {
+            at(
+                Some(l.span()),
+                format!(
+                    "api.listen {:?} is not an address like 127.0.0.1:7878",
+                    l.get_ref()
+                ),
+            )
+        })?,
+    };
+    let api_token = raw
+        .api
+        .as_ref()
+        .and_then(|a| a.token.clone())
+        .map(Secret::new);
+    if api_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+        return Err(at(None, "api.token must be at least 16 characters".into()));
+    }
     let base = path.parent().unwrap_or(Path::new("."));
     let mut boxes = BTreeMap::new();
     for (name, b) in raw.boxes {
@@ -492,6 +550,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             .map(PathBuf::from),
         queue,
         interval,
+        api_listen,
+        api_token,
         boxes,
     })
 }
@@ -951,6 +1011,33 @@ fn expand_path(p: &str, base: &Path) -> PathBuf {
         return PathBuf::from(home).join(rest);
     }
     base.join(p)
+}
+
+/// Validates a box registered through the API: a JSON object with the keys
+/// of a `[box.NAME]` table (not `user_data_file`: the server's files are not
+/// the client's to read). Errors name the field.
+pub fn parse_box_json(name: &str, value: &serde_json::Value) -> Result<BoxSpec, String> {
+    check_name(name).map_err(|m| format!("name: {m}"))?;
+    let object = value.as_object().ok_or("the box must be a JSON object")?;
+    if object.contains_key("user_data_file") {
+        return Err("user_data_file is not accepted through the API; send user_data".into());
+    }
+    if let Some((key, _)) = object.iter().find(|(_, v)| v.is_null()) {
+        return Err(format!("{key}: null is not a value; leave the key out"));
+    }
+    let table = toml::Value::try_from(value).map_err(|e| format!("unrepresentable value: {e}"))?;
+    let mut boxes = toml::map::Map::new();
+    boxes.insert(name.to_owned(), table);
+    let mut root = toml::map::Map::new();
+    root.insert("box".into(), toml::Value::Table(boxes));
+    let text = toml::to_string(&toml::Value::Table(root))
+        .map_err(|e| format!("unrepresentable value: {e}"))?;
+    let config = parse(Path::new("request"), &text).map_err(|e| e.message)?;
+    config
+        .boxes
+        .get(name)
+        .cloned()
+        .ok_or_else(|| "the box did not parse".to_owned())
 }
 
 /// Names (owner, box) end up in tags, lock file names and client tokens.

@@ -110,7 +110,7 @@ pub struct Daemon<'a> {
     lock_dir: &'a std::path::Path,
     timing: Timing,
     unavailable: Mutex<HashMap<(String, String), Instant>>,
-    wake: Notify,
+    wake: std::sync::Arc<Notify>,
 }
 
 impl std::fmt::Debug for Daemon<'_> {
@@ -136,8 +136,13 @@ impl<'a> Daemon<'a> {
             lock_dir,
             timing: Timing::default(),
             unavailable: Mutex::new(HashMap::new()),
-            wake: Notify::new(),
+            wake: std::sync::Arc::new(Notify::new()),
         }
+    }
+
+    /// A handle that wakes the reconciler (the API uses it after a registration).
+    pub fn waker(&self) -> std::sync::Arc<Notify> {
+        self.wake.clone()
     }
 
     /// Uses other waits (tests).
@@ -245,10 +250,9 @@ impl<'a> Daemon<'a> {
             if matches!(
                 event.kind,
                 EventKind::SpotInterruption { .. } | EventKind::Rebalance { .. }
-            ) {
-                if let Some(zone) = &instance.zone {
-                    self.mark_unavailable(&instance.instance_type, zone);
-                }
+            ) && let Some(zone) = &instance.zone
+            {
+                self.mark_unavailable(&instance.instance_type, zone);
             }
             let what = format!(
                 "{} for {id} of box {box_name}: replacing it",
@@ -282,14 +286,38 @@ impl<'a> Daemon<'a> {
         let all = self.cloud.instances(&boxes::owner_filter(owner)).await?;
         let mut launched = Vec::new();
         for managed in self.store.managed_boxes(owner).await? {
-            let Some(spec) = self.config.boxes.get(&managed.name) else {
-                self.record(
-                    Some(&managed.name),
-                    "unknown-box",
-                    "managed, but not in the config file: left alone",
-                )
-                .await;
-                continue;
+            let stored;
+            let spec = match (self.config.boxes.get(&managed.name), &managed.spec) {
+                (Some(s), _) => s,
+                (None, Some(json)) => {
+                    match serde_json::from_str(json)
+                        .map_err(|e| e.to_string())
+                        .and_then(|v| crate::config::parse_box_json(&managed.name, &v))
+                    {
+                        Ok(s) => {
+                            stored = s;
+                            &stored
+                        }
+                        Err(m) => {
+                            self.record(
+                                Some(&managed.name),
+                                "bad-box",
+                                &format!("stored box does not parse: {m}"),
+                            )
+                            .await;
+                            continue;
+                        }
+                    }
+                }
+                (None, None) => {
+                    self.record(
+                        Some(&managed.name),
+                        "unknown-box",
+                        "managed, but not in the config file: left alone",
+                    )
+                    .await;
+                    continue;
+                }
             };
             let mine: Vec<_> = all
                 .iter()

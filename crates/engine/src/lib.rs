@@ -4,6 +4,7 @@
 //! state store, pure launch planning, readiness checks, per-box locks and the
 //! box lifecycle (`up`, `stop`, `list`, prices).
 
+pub mod api;
 pub mod bootstrap;
 pub mod boxes;
 pub mod cleanup;

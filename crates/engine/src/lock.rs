@@ -29,7 +29,7 @@ pub async fn lock_box(
     dir: &Path,
     owner: &str,
     box_name: &str,
-    on_wait: &dyn Fn(),
+    on_wait: &(dyn Fn() + Sync),
 ) -> std::io::Result<BoxLock> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("{owner}.{box_name}.lock"));

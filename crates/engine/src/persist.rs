@@ -320,10 +320,10 @@ pub async fn attach(
     p: &Prepared,
     instance: &InstanceId,
 ) -> Result<Volume, CloudError> {
-    if let Some(current) = cloud.volume(&p.volume.id).await? {
-        if !current.attachments.iter().any(|(i, _)| i == instance) {
-            release(cloud, &current).await?;
-        }
+    if let Some(current) = cloud.volume(&p.volume.id).await?
+        && !current.attachments.iter().any(|(i, _)| i == instance)
+    {
+        release(cloud, &current).await?;
     }
     let attached = cloud
         .attach_volume(&p.volume.id, instance, p.role.device())

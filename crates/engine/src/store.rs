@@ -338,6 +338,23 @@ impl Store {
         Ok(())
     }
 
+    /// Makes a box managed unless it already is (keeps how it was registered).
+    pub async fn ensure_managed(
+        &self,
+        owner: &str,
+        name: &str,
+        source: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO managed_boxes (owner, name, source, spec, registered_at) VALUES (?, ?, ?, NULL, ?)")
+            .bind(owner)
+            .bind(name)
+            .bind(source)
+            .bind(unix_now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Stops managing a box; returns whether it was managed.
     pub async fn deregister_box(&self, owner: &str, name: &str) -> Result<bool, StoreError> {
         let n = sqlx::query("DELETE FROM managed_boxes WHERE owner = ? AND name = ?")

@@ -1,8 +1,11 @@
-//! `spotkeeper serve`: the daemon. SIGTERM or SIGINT: stop taking new work,
-//! finish the pass in flight, exit 0; a second signal exits at once.
+//! `spotkeeper serve`: the daemon and its HTTP API. SIGTERM or SIGINT: stop
+//! taking new work, finish the pass in flight, exit 0; a second signal exits
+//! at once.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use spotkeeper_engine::api::{self, ApiState};
 use spotkeeper_engine::daemon::{Daemon, SqsQueue};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -19,6 +22,27 @@ pub async fn run(args: &Args) -> Result<ExitCode, Failure> {
     let state = context::state_path(args, &config)?;
     let (store, locks) = context::open_store(&state).await?;
     let queue = SqsQueue::open(&cloud, &config.queue).await?;
+    let token_file = state.with_file_name("api-token");
+    let token = api::load_or_make_token(
+        &config,
+        std::env::var("SPOTKEEPER_API_TOKEN").ok(),
+        &token_file,
+    )
+    .map_err(|e| {
+        Failure::Failed(anyhow::anyhow!(
+            "cannot read or make the API token file {}: {e}",
+            token_file.display()
+        ))
+    })?;
+    let listener = tokio::net::TcpListener::bind(config.api_listen)
+        .await
+        .map_err(|e| {
+            Failure::Failed(anyhow::anyhow!(
+                "cannot listen on {}: {e}",
+                config.api_listen
+            ))
+        })?;
+
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut term = signal(SignalKind::terminate())
         .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot watch SIGTERM: {e}")))?;
@@ -31,10 +55,31 @@ pub async fn run(args: &Args) -> Result<ExitCode, Failure> {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         std::process::exit(INTERRUPTED);
     });
-    tracing::info!(queue = %config.queue, state = %state.display(), "spotkeeper daemon started (owner {})", config.owner);
-    Daemon::new(&cloud, &store, &config, &locks)
-        .run(&queue, rx)
-        .await;
+
+    let daemon = Daemon::new(&cloud, &store, &config, &locks);
+    let api_state = ApiState {
+        cloud: Arc::new(cloud.clone()),
+        store: store.clone(),
+        config: Arc::new(config.clone()),
+        token,
+        lock_dir: locks.clone(),
+        wake: daemon.waker(),
+    };
+    tracing::info!(
+        queue = %config.queue,
+        state = %state.display(),
+        api = %config.api_listen,
+        "spotkeeper daemon started (owner {}; API token in [api] token, $SPOTKEEPER_API_TOKEN or {})",
+        config.owner,
+        token_file.display()
+    );
+    let (_, served) = tokio::join!(
+        daemon.run(&queue, rx.clone()),
+        api::serve(listener, api_state, rx)
+    );
+    if let Err(e) = served {
+        tracing::warn!("the API server stopped with an error: {e}");
+    }
     tracing::info!("spotkeeper daemon stopped");
     Ok(ExitCode::SUCCESS)
 }

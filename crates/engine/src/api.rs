@@ -1,0 +1,369 @@
+//! The daemon's HTTP API (axum), bound to loopback by default. `/healthz`
+//! is open; every `/api` route needs `Authorization: Bearer <token>`.
+//! Bad requests get a JSON error (`{"error": "..."}`) and a 4xx status;
+//! nothing a client sends can panic the daemon.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use spotkeeper_cloud::Cloud;
+use spotkeeper_cloud::model::tags;
+use subtle::ConstantTimeEq;
+use tokio::sync::Notify;
+
+use crate::boxes::{self, Ctx, Timing};
+use crate::config::{Config, Secret, parse_box_json};
+use crate::daemon::Log;
+use crate::store::Store;
+
+/// Requests larger than this are refused (413): a box is a few hundred bytes,
+/// user data at most 16 KiB.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The cloud.
+    pub cloud: Arc<dyn Cloud>,
+    /// The state file.
+    pub store: Store,
+    /// The config.
+    pub config: Arc<Config>,
+    /// The bearer token.
+    pub token: Secret,
+    /// Per-box lock files.
+    pub lock_dir: PathBuf,
+    /// Wakes the reconciler (a box was registered).
+    pub wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("owner", &self.config.owner)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// The router.
+pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .route("/boxes", get(list_boxes).post(register_box))
+        .route("/boxes/{name}", get(get_box).delete(delete_box))
+        .route("/events", get(events))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .nest("/api", api)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn require_token(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => error(
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization: Bearer <token>",
+        ),
+        Some(t) if bool::from(t.as_bytes().ct_eq(state.token.expose().as_bytes())) => {
+            next.run(request).await
+        }
+        Some(_) => error(StatusCode::FORBIDDEN, "wrong token"),
+    }
+}
+
+async fn box_json(
+    state: &ApiState,
+    name: &str,
+    source: &str,
+    live: &[spotkeeper_cloud::Instance],
+) -> Value {
+    let instance = live.iter().find(|i| i.tag(tags::BOX) == Some(name));
+    json!({
+        "name": name,
+        "source": source,
+        "instance_id": instance.map(|i| i.id.to_string()),
+        "state": instance.map(|i| i.state.as_str()),
+        "instance_type": instance.map(|i| i.instance_type.clone()),
+        "zone": instance.and_then(|i| i.zone.clone()),
+        "market": instance.map(|i| i.market.as_str()),
+        "public_ip": instance.and_then(|i| i.public_ip.clone()),
+        "private_ip": instance.and_then(|i| i.private_ip.clone()),
+        "in_config": state.config.boxes.contains_key(name),
+    })
+}
+
+async fn live(state: &ApiState) -> Result<Vec<spotkeeper_cloud::Instance>, Response> {
+    boxes::list(state.cloud.as_ref(), &state.config.owner)
+        .await
+        .map_err(|e| error(StatusCode::BAD_GATEWAY, e.to_string()))
+}
+
+async fn list_boxes(State(state): State<ApiState>) -> Response {
+    let managed = match state.store.managed_boxes(&state.config.owner).await {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let live = match live(&state).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let mut out = Vec::new();
+    for b in &managed {
+        out.push(box_json(&state, &b.name, &b.source, &live).await);
+    }
+    Json(Value::Array(out)).into_response()
+}
+
+async fn get_box(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    let managed = match state.store.managed_boxes(&state.config.owner).await {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let Some(b) = managed.iter().find(|b| b.name == name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no managed box named {name:?}"),
+        );
+    };
+    let live = match live(&state).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    Json(box_json(&state, &b.name, &b.source, &live).await).into_response()
+}
+
+async fn register_box(
+    State(state): State<ApiState>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Response {
+    let Json(mut body) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                e.status(),
+                format!("the body is not a JSON box: {}", e.body_text()),
+            );
+        }
+    };
+    let Some(object) = body.as_object_mut() else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the body must be a JSON object",
+        );
+    };
+    let name = match object.remove("name") {
+        Some(Value::String(n)) => n,
+        _ => return error(StatusCode::UNPROCESSABLE_ENTITY, "name: required, a string"),
+    };
+    if state.config.boxes.contains_key(&name) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("box {name:?} is defined in the config file; register another name"),
+        );
+    }
+    if let Err(message) = parse_box_json(&name, &body) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, message);
+    }
+    if let Err(e) = state
+        .store
+        .register_box(&state.config.owner, &name, "api", Some(&body.to_string()))
+        .await
+    {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    let _ = state
+        .store
+        .record_event(
+            &state.config.owner,
+            Some(&name),
+            "registered",
+            "registered through the API",
+        )
+        .await;
+    state.wake.notify_one();
+    (
+        StatusCode::CREATED,
+        Json(json!({ "name": name, "registered": true })),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    #[serde(default)]
+    stop: bool,
+}
+
+async fn delete_box(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the only query parameter is stop=true|false",
+        );
+    };
+    let managed = match state.store.managed_boxes(&state.config.owner).await {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let Some(b) = managed.into_iter().find(|b| b.name == name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no managed box named {name:?}"),
+        );
+    };
+    if !q.stop {
+        return match state.store.deregister_box(&state.config.owner, &name).await {
+            Ok(_) => Json(json!({ "name": name, "deregistered": true, "stopped": false }))
+                .into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+    }
+    let spec = match (&b.spec, state.config.boxes.get(&name)) {
+        (_, Some(s)) => s.clone(),
+        (Some(json), None) => match serde_json::from_str::<Value>(json)
+            .map_err(|e| e.to_string())
+            .and_then(|v| parse_box_json(&name, &v))
+        {
+            Ok(s) => s,
+            Err(m) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("stored box does not parse: {m}"),
+                );
+            }
+        },
+        (None, None) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("box {name:?} is no longer in the config; stop it with the CLI"),
+            );
+        }
+    };
+    let ctx = Ctx {
+        cloud: state.cloud.as_ref(),
+        store: &state.store,
+        owner: &state.config.owner,
+        lock_dir: &state.lock_dir,
+        progress: &Log,
+        timing: Timing::default(),
+    };
+    match boxes::stop(&ctx, &spec, false).await {
+        Ok(out) => Json(json!({ "name": name, "deregistered": true, "stopped": true, "terminated": out.terminated, "cancelled": out.cancelled })).into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(rename = "box")]
+    box_name: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn events(
+    State(state): State<ApiState>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query parameters: box=NAME, limit=1..1000",
+        );
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return error(StatusCode::BAD_REQUEST, "limit must be 1..1000");
+    }
+    match state
+        .store
+        .events(&state.config.owner, q.box_name.as_deref(), limit)
+        .await
+    {
+        Ok(e) => Json(e).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The token: `[api] token`, else `$SPOTKEEPER_API_TOKEN`, else the one in
+/// `file` (0600), generated there on first start.
+pub fn load_or_make_token(
+    config: &Config,
+    env: Option<String>,
+    file: &std::path::Path,
+) -> std::io::Result<Secret> {
+    if let Some(t) = &config.api_token {
+        return Ok(t.clone());
+    }
+    if let Some(t) = env.filter(|t| !t.is_empty()) {
+        return Ok(Secret::new(t));
+    }
+    if let Ok(t) = std::fs::read_to_string(file) {
+        let t = t.trim().to_owned();
+        if !t.is_empty() {
+            return Ok(Secret::new(t));
+        }
+    }
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut bytes = [0u8; 24];
+    let mut urandom = std::fs::File::open("/dev/urandom")?;
+    std::io::Read::read_exact(&mut urandom, &mut bytes)?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)?;
+    f.write_all(token.as_bytes())?;
+    Ok(Secret::new(token))
+}
+
+/// Serves the API on `listener` until `shutdown` flips.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+}

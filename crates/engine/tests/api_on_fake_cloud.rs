@@ -1,0 +1,270 @@
+//! The HTTP API, driven in-process (tower `oneshot`) over FakeCloud: auth,
+//! registration with field-level validation errors, the daemon launching a
+//! registered box, deregistration with stop, events, hostile requests.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use spotkeeper_cloud::fake::FakeCloud;
+use spotkeeper_engine::api::{ApiState, MAX_BODY, router};
+use spotkeeper_engine::boxes::Timing;
+use spotkeeper_engine::config::{self, Secret};
+use spotkeeper_engine::daemon::Daemon;
+use spotkeeper_engine::store::Store;
+use tower::ServiceExt;
+
+const TOKEN: &str = "test-token-0123456789";
+
+struct World {
+    cloud: Arc<FakeCloud>,
+    store: Store,
+    config: Arc<config::Config>,
+    locks: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    let cloud = FakeCloud::new(&["us-east-1a", "us-east-1b"]);
+    cloud.set_price("t3.micro", "us-east-1a", 0.004);
+    cloud.set_price("t3.micro", "us-east-1b", 0.003);
+    let text = "owner = \"tester\"\n[box.from-config]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\n";
+    let config = config::parse(Path::new("t.toml"), text).expect("valid");
+    World {
+        cloud: Arc::new(cloud),
+        store: Store::memory().await.expect("store"),
+        config: Arc::new(config),
+        locks: tempfile::tempdir().expect("dir"),
+    }
+}
+
+impl World {
+    fn state(&self) -> ApiState {
+        ApiState {
+            cloud: self.cloud.clone(),
+            store: self.store.clone(),
+            config: self.config.clone(),
+            token: Secret::new(TOKEN),
+            lock_dir: self.locks.path().to_path_buf(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<String>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .body(body.map(Body::from).unwrap_or_else(Body::empty))
+            .expect("request");
+        let resp = router(self.state()).oneshot(req).await.expect("response");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+}
+
+fn good_box() -> Value {
+    json!({ "name": "web", "image": "ami-0123456789abcdef0", "instance_types": ["t3.micro"], "max_price": 0.02, "ready": { "check": "none" } })
+}
+
+#[tokio::test]
+async fn healthz_is_open_and_api_routes_need_the_token() {
+    let w = world().await;
+    assert_eq!(
+        w.call("GET", "/healthz", None, None).await.0,
+        StatusCode::OK
+    );
+    let (status, body) = w.call("GET", "/api/boxes", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("Bearer")),
+        "{body}"
+    );
+    assert_eq!(
+        w.call("GET", "/api/boxes", Some("wrong-token-xxxxxxxxx"), None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        w.call("GET", "/api/boxes", Some(TOKEN), None).await,
+        (StatusCode::OK, json!([]))
+    );
+    assert_eq!(
+        w.call("GET", "/nowhere", None, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn registration_errors_name_the_field_and_hostile_bodies_get_4xx() {
+    let w = world().await;
+    let post = |body: String| w.call("POST", "/api/boxes", Some(TOKEN), Some(body));
+    let (s, b) = post("{not json".into()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let mut bad = good_box();
+    bad["max_price"] = json!(-1);
+    let (s, b) = post(bad.to_string()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        b["error"].as_str().is_some_and(|e| e.contains("max_price")),
+        "{b}"
+    );
+    let mut unknown = good_box();
+    unknown["colour"] = json!("red");
+    let (s, b) = post(unknown.to_string()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        b["error"].as_str().is_some_and(|e| e.contains("colour")),
+        "{b}"
+    );
+    let mut no_name = good_box();
+    no_name.as_object_mut().expect("object").remove("name");
+    assert_eq!(
+        post(no_name.to_string()).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let mut file = good_box();
+    file["user_data_file"] = json!("/etc/shadow");
+    let (s, b) = post(file.to_string()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        b["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("user_data_file")),
+        "{b}"
+    );
+    let mut clash = good_box();
+    clash["name"] = json!("from-config");
+    assert_eq!(post(clash.to_string()).await.0, StatusCode::CONFLICT);
+    let mut evil = good_box();
+    evil["name"] = json!("../../etc");
+    assert_eq!(
+        post(evil.to_string()).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let huge = json!({ "name": "big", "user_data": "x".repeat(MAX_BODY) });
+    assert_eq!(
+        post(huge.to_string()).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(
+        w.call("GET", "/api/events?limit=0", Some(TOKEN), None)
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        w.call("GET", "/api/events?colour=red", Some(TOKEN), None)
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        w.call("DELETE", "/api/boxes/web?stop=maybe", Some(TOKEN), None)
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert!(
+        w.store
+            .managed_boxes("tester")
+            .await
+            .expect("boxes")
+            .is_empty(),
+        "nothing half-registered"
+    );
+}
+
+#[tokio::test]
+async fn a_registered_box_is_launched_by_the_daemon_and_deregistering_with_stop_takes_it_down() {
+    let w = world().await;
+    let (s, b) = w
+        .call(
+            "POST",
+            "/api/boxes",
+            Some(TOKEN),
+            Some(good_box().to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let daemon =
+        Daemon::new(w.cloud.as_ref(), &w.store, &w.config, w.locks.path()).with_timing(Timing {
+            poll: Duration::from_millis(1),
+            running_timeout: Duration::from_secs(5),
+            stop_timeout: Duration::from_secs(5),
+        });
+    assert_eq!(daemon.reconcile().await.expect("pass").len(), 1);
+    let (s, one) = w.call("GET", "/api/boxes/web", Some(TOKEN), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(one["source"], "api");
+    assert_eq!(one["zone"], "us-east-1b", "cheapest zone");
+    assert!(
+        one["instance_id"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("i-")),
+        "{one}"
+    );
+    let (_, events) = w
+        .call("GET", "/api/events?box=web&limit=10", Some(TOKEN), None)
+        .await;
+    assert!(
+        events
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["kind"] == "registered"),
+        "{events}"
+    );
+
+    let (s, del) = w
+        .call("DELETE", "/api/boxes/web?stop=true", Some(TOKEN), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{del}");
+    assert_eq!(del["terminated"], json!([one["instance_id"]]));
+    assert_eq!(
+        w.call("GET", "/api/boxes/web", Some(TOKEN), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert!(
+        daemon.reconcile().await.expect("pass").is_empty(),
+        "gone for good"
+    );
+}
+
+#[tokio::test]
+async fn the_token_comes_from_config_env_or_a_0600_file_made_on_first_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = world().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("state/api-token");
+    let made = spotkeeper_engine::api::load_or_make_token(&w.config, None, &file).expect("made");
+    assert_eq!(made.expose().len(), 48);
+    assert_eq!(
+        std::fs::metadata(&file).expect("file").permissions().mode() & 0o777,
+        0o600
+    );
+    let again = spotkeeper_engine::api::load_or_make_token(&w.config, None, &file).expect("read");
+    assert_eq!(again, made, "stable across restarts");
+    let from_env =
+        spotkeeper_engine::api::load_or_make_token(&w.config, Some("env-token".into()), &file)
+            .expect("env");
+    assert_eq!(from_env.expose(), "env-token");
+    assert_eq!(format!("{made:?}"), "Secret(***)", "never in Debug");
+}
