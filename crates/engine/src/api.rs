@@ -44,6 +44,8 @@ pub struct ApiState {
     pub lock_dir: PathBuf,
     /// Wakes the reconciler (a box was registered).
     pub wake: Arc<Notify>,
+    /// The daemon's metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -71,10 +73,22 @@ pub fn router(state: ApiState) -> Router {
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
+        .route("/metrics", get(metrics))
         .nest("/api", api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn require_token(

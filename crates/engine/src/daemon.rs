@@ -111,6 +111,8 @@ pub struct Daemon<'a> {
     timing: Timing,
     unavailable: Mutex<HashMap<(String, String), Instant>>,
     wake: std::sync::Arc<Notify>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    warned_at: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for Daemon<'_> {
@@ -137,12 +139,19 @@ impl<'a> Daemon<'a> {
             timing: Timing::default(),
             unavailable: Mutex::new(HashMap::new()),
             wake: std::sync::Arc::new(Notify::new()),
+            metrics: std::sync::Arc::default(),
+            warned_at: Mutex::new(HashMap::new()),
         }
     }
 
     /// A handle that wakes the reconciler (the API uses it after a registration).
     pub fn waker(&self) -> std::sync::Arc<Notify> {
         self.wake.clone()
+    }
+
+    /// The daemon's metrics (the API serves them).
+    pub fn metrics(&self) -> std::sync::Arc<crate::metrics::Metrics> {
+        self.metrics.clone()
     }
 
     /// Uses other waits (tests).
@@ -188,6 +197,7 @@ impl<'a> Daemon<'a> {
         let event = match events::parse(body) {
             Ok(e) => e,
             Err(e) => {
+                self.metrics.event("garbage");
                 self.record(None, "garbage", &format!("dropped a message: {e}"))
                     .await;
                 return Ok(Handled::Garbage(e.to_string()));
@@ -199,6 +209,7 @@ impl<'a> Daemon<'a> {
             .first_delivery(&event.id, event.kind.name(), first_instance.as_deref())
             .await?
         {
+            self.metrics.event("duplicate");
             return Ok(Handled::Duplicate);
         }
         let managed: HashSet<String> = self
@@ -254,6 +265,11 @@ impl<'a> Daemon<'a> {
             {
                 self.mark_unavailable(&instance.instance_type, zone);
             }
+            self.warned_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(box_name.clone())
+                .or_insert_with(Instant::now);
             let what = format!(
                 "{} for {id} of box {box_name}: replacing it",
                 event.kind.name()
@@ -262,12 +278,15 @@ impl<'a> Daemon<'a> {
             acted.push(what);
         }
         if acted.is_empty() {
+            self.metrics.event("not-ours");
             return Ok(Handled::NotOurs);
         }
         if acted.iter().all(|a| a.ends_with("nothing to do")) {
+            self.metrics.event("ignored");
             return Ok(Handled::Ignored(acted.join("; ")));
         }
         self.wake.notify_one();
+        self.metrics.event(event.kind.name());
         Ok(Handled::Acted(acted.join("; ")))
     }
 
@@ -382,6 +401,17 @@ impl<'a> Daemon<'a> {
                         out.instance.instance_type,
                         out.instance.zone.as_deref().unwrap_or("?")
                     );
+                    self.metrics.replacements.inc();
+                    let warned = self
+                        .warned_at
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&managed.name);
+                    if let Some(at) = warned {
+                        self.metrics
+                            .warning_to_running
+                            .observe(at.elapsed().as_secs_f64());
+                    }
                     self.record(Some(&managed.name), "replaced", &what).await;
                     // The replaced instances (rebalance: still running) go now.
                     let old: Vec<InstanceId> = mine
@@ -395,6 +425,7 @@ impl<'a> Daemon<'a> {
                     launched.push(what);
                 }
                 Err(e) => {
+                    self.metrics.launch_failure(failure_reason(&e));
                     self.record(Some(&managed.name), "replace-failed", &e.to_string())
                         .await
                 }
@@ -422,6 +453,14 @@ impl<'a> Daemon<'a> {
                     }
                 };
                 for m in messages {
+                    if let Some(sent) = m.sent_at_ms {
+                        let now_ms = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        self.metrics
+                            .queue_lag_seconds
+                            .set(now_ms.saturating_sub(sent) as f64 / 1000.0);
+                    }
                     match self.handle(&m.body).await {
                         Ok(outcome) => {
                             tracing::info!(message = %m.id, "{outcome:?}");
@@ -457,5 +496,19 @@ impl<'a> Daemon<'a> {
             }
         };
         tokio::join!(receiver, reconciler);
+    }
+}
+
+/// A short reason for the launch-failure metric.
+fn failure_reason(e: &crate::boxes::BoxError) -> &'static str {
+    use crate::boxes::BoxError;
+    match e {
+        BoxError::Cloud(c) => c.kind.as_str(),
+        BoxError::NoOffering(_) => "no-offering-under-ceiling",
+        BoxError::NoCapacity { .. } => "insufficient-capacity",
+        BoxError::NotReady { .. } => "not-ready",
+        BoxError::Timeout { .. } => "timeout",
+        BoxError::EndedEarly { .. } => "ended-early",
+        _ => "other",
     }
 }

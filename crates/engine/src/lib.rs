@@ -14,6 +14,7 @@ pub mod dns;
 pub mod events;
 pub mod images;
 pub mod lock;
+pub mod metrics;
 pub mod persist;
 pub mod plan;
 pub mod policy;

@@ -50,6 +50,7 @@ impl World {
             token: Secret::new(TOKEN),
             lock_dir: self.locks.path().to_path_buf(),
             wake: Arc::new(tokio::sync::Notify::new()),
+            metrics: Arc::default(),
         }
     }
 
@@ -267,4 +268,73 @@ async fn the_token_comes_from_config_env_or_a_0600_file_made_on_first_start() {
             .expect("env");
     assert_eq!(from_env.expose(), "env-token");
     assert_eq!(format!("{made:?}"), "Secret(***)", "never in Debug");
+}
+
+#[tokio::test]
+async fn metrics_count_events_replacements_and_failures() {
+    let w = world().await;
+    let timing = Timing {
+        poll: Duration::from_millis(1),
+        running_timeout: Duration::from_secs(5),
+        stop_timeout: Duration::from_secs(5),
+    };
+    let daemon =
+        Daemon::new(w.cloud.as_ref(), &w.store, &w.config, w.locks.path()).with_timing(timing);
+    let ctx = spotkeeper_engine::boxes::Ctx {
+        cloud: w.cloud.as_ref(),
+        store: &w.store,
+        owner: "tester",
+        lock_dir: w.locks.path(),
+        progress: &spotkeeper_engine::boxes::Silent,
+        timing,
+    };
+    let first = spotkeeper_engine::boxes::up(&ctx, &w.config.boxes["from-config"])
+        .await
+        .expect("up")
+        .instance;
+    let warning = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/events/spot-interruption-warning.json"),
+    )
+    .expect("fixture")
+    .replace("i-1234567890abcdef0", first.id.as_str());
+    daemon.handle(&warning).await.expect("handled");
+    daemon.handle(&warning).await.expect("duplicate");
+    daemon.handle("garbage").await.expect("garbage");
+    daemon.reconcile().await.expect("pass");
+    let text = daemon.metrics().render();
+    assert!(
+        text.contains("spotkeeper_events_total{kind=\"spot-interruption\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spotkeeper_events_total{kind=\"duplicate\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spotkeeper_events_total{kind=\"garbage\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("spotkeeper_replacements_total 1"), "{text}");
+    assert!(
+        text.contains("spotkeeper_warning_to_running_seconds_count 1"),
+        "{text}"
+    );
+    let mut state = w.state();
+    state.metrics = daemon.metrics();
+    let resp = router(state)
+        .oneshot(
+            Request::builder()
+                .uri("/metrics")
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await
+        .expect("resp");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("spotkeeper_replacements_total 1"),
+        "served without auth"
+    );
 }

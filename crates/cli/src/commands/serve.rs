@@ -64,6 +64,7 @@ pub async fn run(args: &Args) -> Result<ExitCode, Failure> {
         token,
         lock_dir: locks.clone(),
         wake: daemon.waker(),
+        metrics: daemon.metrics(),
     };
     tracing::info!(
         queue = %config.queue,
