@@ -277,3 +277,63 @@ fn a_state_change_event_alone_wakes_the_daemon_and_stop_is_respected() {
     );
     assert!(serve.stop().success());
 }
+
+#[test]
+fn killing_the_daemon_at_any_moment_never_yields_a_second_instance_or_a_leaked_volume() {
+    let cli = Cli::with_config(&config("1s", spotkeeper_testkit::closed_port()));
+    cli.moto
+        .boto("r53.create_hosted_zone(Name='example.com', CallerReference='k')");
+    cli.ok(&["setup"]);
+    let first = cli.json(&["up", "dev", "--json"]);
+    let old = first["instance_id"].as_str().expect("id").to_owned();
+    send(
+        &cli,
+        &event("spot-interruption-warning.json", &old, "crash-1"),
+    );
+    cli.moto
+        .boto(&format!("ec2.terminate_instances(InstanceIds=['{old}'])"));
+
+    // SIGKILL at several moments of the replacement, restarting each time.
+    for delay in [0u64, 150, 300, 600, 900, 1500] {
+        let mut serve = Serve::start(&cli);
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = serve.child.kill();
+        let _ = serve.child.wait();
+    }
+    let serve = Serve::start(&cli);
+    let new = wait_replaced(&cli, &first["instance_id"], &serve);
+    // Let a few passes heal whatever a kill interrupted.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let vols = cli.moto.boto(
+            "v = ec2.describe_volumes(Filters=[{'Name': 'tag:Name', 'Values': ['dev-data']}])['Volumes']\nprint(json.dumps([x['Attachments'][0]['InstanceId'] if x['Attachments'] else None for x in v]))",
+        );
+        let vols: Value = serde_json::from_str(vols.trim()).expect("json");
+        if vols == serde_json::json!([new["instance_id"]])
+            && record(&cli) == new["public_ip"].as_str().unwrap_or_default()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not healed: volumes {vols}, DNS {}\n{}",
+            record(&cli),
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let live = cli.live();
+    assert_eq!(
+        live.len(),
+        1,
+        "exactly one live instance: {live:?}\n{}",
+        serve.log()
+    );
+    assert_eq!(live[0]["instance_id"], new["instance_id"]);
+    let open = cli.moto.boto(
+        "r = ec2.describe_spot_instance_requests()['SpotInstanceRequests']\nprint(len([x for x in r if x['State'] == 'open']))",
+    );
+    assert_eq!(open.trim(), "0", "no leaked spot requests");
+    assert!(serve.stop().success());
+}

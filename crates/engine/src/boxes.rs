@@ -332,7 +332,7 @@ async fn up_inner(ctx: &Ctx<'_>, spec: &BoxSpec, avoid: &Avoid) -> Result<UpOutc
         ));
         terminate_extras(ctx, name, &existing, &keep).await?;
         let instance = wait_running(ctx, &keep.id).await?;
-        let instance = settle(ctx, spec, instance, &[]).await?;
+        let instance = settle(ctx, spec, instance, &[], &avoid.instances).await?;
         return Ok(UpOutcome {
             instance,
             launched: false,
@@ -350,7 +350,7 @@ async fn up_inner(ctx: &Ctx<'_>, spec: &BoxSpec, avoid: &Avoid) -> Result<UpOutc
         ));
         let instance = wait_fulfilled(ctx, &open.id).await?;
         let instance = wait_running(ctx, &instance).await?;
-        let instance = settle(ctx, spec, instance, &[]).await?;
+        let instance = settle(ctx, spec, instance, &[], &avoid.instances).await?;
         return Ok(UpOutcome {
             instance,
             launched: false,
@@ -580,14 +580,14 @@ async fn up_inner(ctx: &Ctx<'_>, spec: &BoxSpec, avoid: &Avoid) -> Result<UpOutc
                 persist::discard(ctx.cloud, p).await?;
             }
             let instance = wait_running(ctx, &keep.id).await?;
-            let instance = settle(ctx, spec, instance, &[]).await?;
+            let instance = settle(ctx, spec, instance, &[], &avoid.instances).await?;
             return Ok(UpOutcome {
                 instance,
                 launched: false,
             });
         }
         let instance = wait_running(ctx, &instance.id).await?;
-        let instance = settle(ctx, spec, instance, &prepared).await?;
+        let instance = settle(ctx, spec, instance, &prepared, &avoid.instances).await?;
         return Ok(UpOutcome {
             instance,
             launched: true,
@@ -646,6 +646,7 @@ async fn settle(
     spec: &BoxSpec,
     mut instance: Instance,
     prepared: &[persist::Prepared],
+    doomed: &HashSet<InstanceId>,
 ) -> Result<Instance, BoxError> {
     if prepared.is_empty() {
         for note in persist::ensure_attached(ctx.cloud, ctx.owner, spec, &instance).await? {
@@ -659,7 +660,7 @@ async fn settle(
             p.volume.id,
             p.role.device()
         ));
-        persist::attach(ctx.cloud, ctx.owner, p, &instance.id).await?;
+        persist::attach(ctx.cloud, ctx.owner, p, &instance.id, doomed).await?;
         ctx.progress.finish("attached.");
     }
     if let Some(alloc) = &spec.elastic_ip {

@@ -204,14 +204,20 @@ impl<'a> Daemon<'a> {
             }
         };
         let first_instance = event.kind.instances().first().map(|i| i.to_string());
-        if !self
-            .store
-            .first_delivery(&event.id, event.kind.name(), first_instance.as_deref())
-            .await?
-        {
+        // Checked now, recorded once acted on: a crash in between re-acts on
+        // the redelivered message, and acting (doom, mark) is idempotent.
+        if self.store.seen(&event.id).await? {
             self.metrics.event("duplicate");
             return Ok(Handled::Duplicate);
         }
+        let outcome = self.act(&event).await?;
+        self.store
+            .first_delivery(&event.id, event.kind.name(), first_instance.as_deref())
+            .await?;
+        Ok(outcome)
+    }
+
+    async fn act(&self, event: &events::Event) -> Result<Handled, crate::boxes::BoxError> {
         let managed: HashSet<String> = self
             .store
             .managed_boxes(&self.config.owner)
@@ -348,6 +354,12 @@ impl<'a> Daemon<'a> {
                     && i.tag(tags::STOPPED).is_none()
             });
             if let Some(instance) = healthy {
+                // Level-triggered healing: a crash after the launch may have
+                // left the volume unattached or the name pointing elsewhere.
+                if let Err(e) = self.heal(spec, instance).await {
+                    self.record(Some(&managed.name), "heal-failed", &e.to_string())
+                        .await;
+                }
                 // Scheduled images (`images.every`) of healthy boxes.
                 match crate::images::refresh_if_due(
                     self.cloud,
@@ -432,6 +444,31 @@ impl<'a> Daemon<'a> {
             }
         }
         Ok(launched)
+    }
+
+    async fn heal(
+        &self,
+        spec: &crate::config::BoxSpec,
+        instance: &spotkeeper_cloud::Instance,
+    ) -> Result<(), crate::boxes::BoxError> {
+        for note in
+            crate::persist::ensure_attached(self.cloud, &self.config.owner, spec, instance).await?
+        {
+            self.record(Some(&spec.name), "healed", &note).await;
+        }
+        if let Some(status) = crate::dns::status(self.cloud, spec, Some(instance)).await? {
+            if !status.matches && status.instance_address.is_some() {
+                let dns = spec.dns.as_ref().expect("status implies dns");
+                let address = crate::dns::point(self.cloud, dns, instance).await?;
+                self.record(
+                    Some(&spec.name),
+                    "healed",
+                    &format!("DNS {} → {address}", dns.name),
+                )
+                .await;
+            }
+        }
+        Ok(())
     }
 
     /// Runs until `shutdown` flips: a pass at start (boxes lost while the

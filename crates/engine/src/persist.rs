@@ -8,6 +8,8 @@
 //! one is the truth, so a failure at any step loses nothing and a rerun
 //! resumes (an unattached copy is thrown away and made again).
 
+use std::collections::HashSet;
+
 use spotkeeper_cloud::model::tags;
 use spotkeeper_cloud::{Cloud, CloudError, ImageId, Instance, InstanceId, TagFilter, Volume};
 
@@ -147,7 +149,7 @@ pub async fn find(
             // The copy was attached (or is all that is left): the move happened.
             if let Some(i) = original {
                 let old = originals.remove(i);
-                release(cloud, &old).await?;
+                release(cloud, &old, &HashSet::new()).await?;
                 cloud.delete_volume(&old.id).await?;
             }
             cloud.untag(&[copy.id.to_string()], &[MOVING_FROM]).await?;
@@ -197,8 +199,16 @@ const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10 *
 /// Detaches a volume from whatever holds it, once the holder is gone (a
 /// replacement may start while the interrupted instance still has its two
 /// minutes: its disk is taken only when it is down).
-async fn release(cloud: &dyn Cloud, v: &Volume) -> Result<(), CloudError> {
+async fn release(
+    cloud: &dyn Cloud,
+    v: &Volume,
+    doomed: &HashSet<InstanceId>,
+) -> Result<(), CloudError> {
     for (instance, _) in &v.attachments {
+        // A doomed holder (its replacement runs now) is let go at once.
+        if doomed.contains(instance) {
+            cloud.terminate(std::slice::from_ref(instance)).await?;
+        }
         let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
         while let Some(holder) = cloud.instance(instance).await? {
             if holder.state.is_gone() || tokio::time::Instant::now() >= deadline {
@@ -246,7 +256,7 @@ pub async fn prepare(
                 moved_from: None,
             });
         }
-        release(cloud, v).await?;
+        release(cloud, v, &HashSet::new()).await?;
         let mut snap_tags = tags.clone();
         snap_tags.push((PURPOSE_TAG.to_owned(), "move".to_owned()));
         let snapshot = cloud.snapshot_volume(&v.id, &snap_tags).await?;
@@ -319,11 +329,12 @@ pub async fn attach(
     owner: &str,
     p: &Prepared,
     instance: &InstanceId,
+    doomed: &HashSet<InstanceId>,
 ) -> Result<Volume, CloudError> {
     if let Some(current) = cloud.volume(&p.volume.id).await?
         && !current.attachments.iter().any(|(i, _)| i == instance)
     {
-        release(cloud, &current).await?;
+        release(cloud, &current, doomed).await?;
     }
     let attached = cloud
         .attach_volume(&p.volume.id, instance, p.role.device())
@@ -390,7 +401,7 @@ pub async fn ensure_attached(
                 fresh: false,
                 moved_from: None,
             };
-            attach(cloud, owner, &p, &instance.id).await?;
+            attach(cloud, owner, &p, &instance.id, &HashSet::new()).await?;
             notes.push(format!(
                 "Attached {} {} to {}",
                 role.key(),
@@ -431,7 +442,7 @@ pub async fn on_stop(
                 v.zone
             )),
             OnStop::Snapshot => {
-                release(cloud, &v).await?;
+                release(cloud, &v, &HashSet::new()).await?;
                 let mut t = volume_tags(owner, &spec.name, &vs.name);
                 t.push((PURPOSE_TAG.to_owned(), "stop".to_owned()));
                 let snap = cloud.snapshot_volume(&v.id, &t).await?;
@@ -443,7 +454,7 @@ pub async fn on_stop(
                 ));
             }
             OnStop::Delete => {
-                release(cloud, &v).await?;
+                release(cloud, &v, &HashSet::new()).await?;
                 cloud.delete_volume(&v.id).await?;
                 done.push(format!("Deleted {} {} ({})", role.key(), v.id, vs.name));
             }

@@ -383,6 +383,15 @@ impl Store {
             .collect())
     }
 
+    /// Whether event `id` was acted on already.
+    pub async fn seen(&self, id: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM processed_events WHERE event_id = ?")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
     /// Records that event `id` is being handled; `false` if it was already (a duplicate delivery).
     pub async fn first_delivery(
         &self,

@@ -411,26 +411,36 @@ async fn a_replacement_launches_while_the_doomed_instance_runs_and_takes_its_vol
         instances: [old.id.clone()].into(),
         offerings: [(old.instance_type.clone(), old.zone.clone().expect("zone"))].into(),
     };
-    // "AWS" takes the old instance down only after the replacement was requested.
-    let reclaim = async {
-        while w.cloud.count("RunInstances") < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(
-            w.cloud
-                .all_instances()
-                .iter()
-                .any(|i| i.id == old.id && i.state.is_live()),
-            "launched while the old one ran"
-        );
-        w.cloud.set_state(&old.id, InstanceState::Terminated);
-    };
     let ctx = w.ctx();
-    let (out, ()) = tokio::time::timeout(Duration::from_secs(10), async {
-        tokio::join!(boxes::up_avoiding(&ctx, &dev, &avoid), reclaim)
-    })
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        boxes::up_avoiding(&ctx, &dev, &avoid),
+    )
     .await
     .expect("no deadlock: the launch did not wait for the old instance");
+    // The replacement was launched first; only then was the doomed holder let go.
+    let calls = w.cloud.calls();
+    let second_launch = calls
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| *c == "RunInstances")
+        .nth(1)
+        .map(|(i, _)| i)
+        .expect("two launches");
+    let terminate = calls
+        .iter()
+        .position(|c| c == "TerminateInstances")
+        .expect("the old one was terminated");
+    assert!(
+        second_launch < terminate,
+        "launched while the old one ran: {calls:?}"
+    );
+    assert!(
+        w.cloud
+            .all_instances()
+            .iter()
+            .any(|i| i.id == old.id && !i.state.is_live())
+    );
     let out = out.expect("replacement");
     assert!(out.launched);
     assert_ne!(out.instance.id, old.id);
