@@ -456,17 +456,18 @@ impl<'a> Daemon<'a> {
         {
             self.record(Some(&spec.name), "healed", &note).await;
         }
-        if let Some(status) = crate::dns::status(self.cloud, spec, Some(instance)).await? {
-            if !status.matches && status.instance_address.is_some() {
-                let dns = spec.dns.as_ref().expect("status implies dns");
-                let address = crate::dns::point(self.cloud, dns, instance).await?;
-                self.record(
-                    Some(&spec.name),
-                    "healed",
-                    &format!("DNS {} → {address}", dns.name),
-                )
-                .await;
-            }
+        if let Some(status) = crate::dns::status(self.cloud, spec, Some(instance)).await?
+            && !status.matches
+            && status.instance_address.is_some()
+        {
+            let dns = spec.dns.as_ref().expect("status implies dns");
+            let address = crate::dns::point(self.cloud, dns, instance).await?;
+            self.record(
+                Some(&spec.name),
+                "healed",
+                &format!("DNS {} → {address}", dns.name),
+            )
+            .await;
         }
         Ok(())
     }
