@@ -384,13 +384,26 @@ async fn up_inner(ctx: &Ctx<'_>, spec: &BoxSpec, avoid: &Avoid) -> Result<UpOutc
     let offerings: Vec<(String, Option<String>, Option<f64>)> = match spec.market {
         Market::Spot => {
             let prices = box_prices(ctx, spec).await?;
-            let chosen = plan::candidates(
-                &prices,
-                &spec.instance_types,
-                &zones,
-                spec.max_price,
-                &avoid.offerings,
-            )?;
+            let under = |unavailable| {
+                plan::candidates(
+                    &prices,
+                    &spec.instance_types,
+                    &zones,
+                    spec.max_price,
+                    unavailable,
+                )
+            };
+            // Every allowed offering interrupted lately: a recently interrupted
+            // one beats leaving the box down.
+            let chosen = match under(&avoid.offerings) {
+                Ok(c) => c,
+                Err(_) if !avoid.offerings.is_empty() => {
+                    ctx.progress
+                        .note("Every allowed offering was interrupted lately; trying them anyway");
+                    under(&HashSet::new())?
+                }
+                Err(e) => return Err(e.into()),
+            };
             let best = &chosen[0];
             ctx.progress.note(&format!(
                 "Spot price is {} ({} in {}), at or under the ceiling of {}, continuing",

@@ -286,3 +286,40 @@ async fn the_pass_makes_scheduled_images_of_healthy_boxes() {
     daemon.reconcile().await.expect("pass");
     assert_eq!(cloud.count("CreateImage"), 1, "not due again for a day");
 }
+
+#[tokio::test]
+async fn when_every_offering_was_interrupted_lately_the_box_still_comes_back() {
+    let (cloud, store, locks) = world().await;
+    let cfg = config("zones = [\"us-east-1a\"]");
+    let ctx = Ctx {
+        cloud: &cloud,
+        store: &store,
+        owner: "tester",
+        lock_dir: locks.path(),
+        progress: &Silent,
+        timing: TIMING,
+    };
+    let mut current = boxes::up(&ctx, &cfg.boxes["dev"])
+        .await
+        .expect("up")
+        .instance;
+    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    // Two interruptions mark both types in the only zone unavailable.
+    for round in 0..3 {
+        daemon
+            .handle(&warning("spot", current.id.as_str(), &format!("w{round}")))
+            .await
+            .expect("handled");
+        cloud.set_state(&current.id, InstanceState::Terminated);
+        assert_eq!(
+            daemon.reconcile().await.expect("pass").len(),
+            1,
+            "round {round}"
+        );
+        current = cloud
+            .all_instances()
+            .into_iter()
+            .find(|i| i.state.is_live())
+            .expect("replacement");
+    }
+}
