@@ -31,7 +31,7 @@ async fn world() -> World {
     let cloud = FakeCloud::new(&["us-east-1a", "us-east-1b"]);
     cloud.set_price("t3.micro", "us-east-1a", 0.004);
     cloud.set_price("t3.micro", "us-east-1b", 0.003);
-    let text = "owner = \"tester\"\n[box.from-config]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\n";
+    let text = "owner = \"tester\"\n[box.from-config]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\nready = { check = \"none\" }\n";
     let config = config::parse(Path::new("t.toml"), text).expect("valid");
     World {
         cloud: Arc::new(cloud),
