@@ -74,10 +74,19 @@ pub fn router(state: ApiState) -> Router {
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/metrics", get(metrics))
+        .route("/", get(page))
         .nest("/api", api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// The web page: static, it asks for the token and reads the API itself,
+/// so it shows nothing to someone without the token.
+pub const PAGE: &str = include_str!("../web/index.html");
+
+async fn page() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE).into_response()
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {

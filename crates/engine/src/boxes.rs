@@ -292,11 +292,38 @@ pub async fn up_avoiding(
     spec: &BoxSpec,
     avoid: &Avoid,
 ) -> Result<UpOutcome, BoxError> {
-    let outcome = up_inner(ctx, spec, avoid).await?;
+    let outcome = match up_inner(ctx, spec, avoid).await {
+        Err(e)
+            if spec.fallback_on_demand && spec.market == Market::Spot && spot_unavailable(&e) =>
+        {
+            ctx.progress.note(&format!(
+                "No spot capacity for box {} ({e}); falling back to on-demand",
+                spec.name
+            ));
+            let on_demand = BoxSpec {
+                market: Market::OnDemand,
+                ..spec.clone()
+            };
+            up_inner(ctx, &on_demand, avoid).await?
+        }
+        other => other?,
+    };
     ctx.store
         .ensure_managed(ctx.owner, &spec.name, "up")
         .await?;
     Ok(outcome)
+}
+
+/// Whether a failed spot launch means "no spot to be had now" (so on-demand may stand in).
+pub fn spot_unavailable(e: &BoxError) -> bool {
+    match e {
+        BoxError::NoOffering(_) | BoxError::NoCapacity { .. } => true,
+        BoxError::Cloud(c) => matches!(
+            c.kind,
+            ErrorKind::QuotaExceeded | ErrorKind::PriceTooLow | ErrorKind::InsufficientCapacity
+        ),
+        _ => false,
+    }
 }
 
 async fn up_inner(ctx: &Ctx<'_>, spec: &BoxSpec, avoid: &Avoid) -> Result<UpOutcome, BoxError> {

@@ -185,6 +185,10 @@ pub struct BoxSpec {
     /// On a rebalance recommendation, start the replacement early (`replace`)
     /// or do nothing (`ignore`, default).
     pub replace_on_rebalance: bool,
+    /// When no spot offering can be had (none under the ceiling, no
+    /// capacity, a spot quota), launch on-demand instead (`fallback =
+    /// "on-demand"`); the daemon moves the box back to spot at the next chance.
+    pub fallback_on_demand: bool,
 }
 
 /// What happens to a volume when its box is stopped.
@@ -333,6 +337,7 @@ struct RawBox {
     keep_dns: bool,
     elastic_ip: Option<Spanned<String>>,
     images: Option<Spanned<RawImages>>,
+    fallback: Option<Spanned<String>>,
     on_rebalance: Option<Spanned<String>>,
 }
 
@@ -962,6 +967,19 @@ fn validate_box(
             }
         }
     };
+    let fallback_on_demand = match &b.fallback {
+        None => false,
+        Some(f) => match f.get_ref().as_str() {
+            "none" => false,
+            "on-demand" => true,
+            other => {
+                return Err(at(
+                    Some(f.span()),
+                    format!("fallback {other:?} is neither \"on-demand\" nor \"none\""),
+                ));
+            }
+        },
+    };
     let replace_on_rebalance = match &b.on_rebalance {
         None => false,
         Some(r) => match r.get_ref().as_str() {
@@ -1000,6 +1018,7 @@ fn validate_box(
         image_from_box,
         images,
         replace_on_rebalance,
+        fallback_on_demand,
     })
 }
 
@@ -1364,6 +1383,29 @@ ready = { check = "tcp", port = 22, timeout = "10m" }
             ImageRef::AmazonLinux2023 {
                 arch: spotkeeper_cloud::Arch::Amd64
             }
+        );
+    }
+
+    #[test]
+    fn fallback_and_rebalance_policies_are_checked() {
+        let c = parse(
+            Path::new("x.toml"),
+            &GOOD.replace(
+                "tags =",
+                "fallback = \"on-demand\"\non_rebalance = \"replace\"\ntags =",
+            ),
+        )
+        .expect("valid");
+        assert!(c.boxes["dev"].fallback_on_demand && c.boxes["dev"].replace_on_rebalance);
+        assert!(
+            err(&GOOD.replace("tags =", "fallback = \"reserved\"\ntags ="))
+                .message
+                .contains("fallback")
+        );
+        assert!(
+            err(&GOOD.replace("tags =", "on_rebalance = \"panic\"\ntags ="))
+                .message
+                .contains("on_rebalance")
         );
     }
 

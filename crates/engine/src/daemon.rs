@@ -360,6 +360,49 @@ impl<'a> Daemon<'a> {
                     self.record(Some(&managed.name), "heal-failed", &e.to_string())
                         .await;
                 }
+                // On on-demand for want of spot: back to spot at the next chance.
+                if instance.market == spotkeeper_cloud::Market::OnDemand
+                    && spec.market == spotkeeper_cloud::Market::Spot
+                    && spec.fallback_on_demand
+                {
+                    let mut avoid = Avoid {
+                        instances: doomed.clone(),
+                        offerings: self.unavailable(),
+                    };
+                    avoid.instances.insert(instance.id.clone());
+                    let spot_only = crate::config::BoxSpec {
+                        fallback_on_demand: false,
+                        ..spec.clone()
+                    };
+                    let ctx = Ctx {
+                        cloud: self.cloud,
+                        store: self.store,
+                        owner,
+                        lock_dir: self.lock_dir,
+                        progress: &Log,
+                        timing: self.timing,
+                    };
+                    if let Ok(out) = boxes::up_avoiding(&ctx, &spot_only, &avoid).await {
+                        if self
+                            .cloud
+                            .instance(&instance.id)
+                            .await?
+                            .is_some_and(|i| i.state.is_live())
+                        {
+                            self.cloud
+                                .terminate(std::slice::from_ref(&instance.id))
+                                .await?;
+                        }
+                        let what = format!(
+                            "back on spot: {} replaced on-demand {}",
+                            out.instance.id, instance.id
+                        );
+                        self.record(Some(&managed.name), "back-to-spot", &what)
+                            .await;
+                        launched.push(what);
+                        continue;
+                    }
+                }
                 // Scheduled images (`images.every`) of healthy boxes.
                 match crate::images::refresh_if_due(
                     self.cloud,

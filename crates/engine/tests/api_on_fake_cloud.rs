@@ -338,3 +338,34 @@ async fn metrics_count_events_replacements_and_failures() {
         "served without auth"
     );
 }
+
+#[tokio::test]
+async fn the_web_page_is_served_and_holds_no_data_itself() {
+    let w = world().await;
+    let resp = router(w.state())
+        .oneshot(
+            Request::builder()
+                .uri("/")
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await
+        .expect("resp");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/html; charset=utf-8");
+    let html = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec(),
+    )
+    .expect("utf-8");
+    assert!(
+        html.contains("<title>spotkeeper</title>")
+            && html.contains("/api/boxes")
+            && html.contains("Authorization")
+    );
+    assert!(!html.contains(TOKEN));
+}

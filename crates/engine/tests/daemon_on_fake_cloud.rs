@@ -323,3 +323,75 @@ async fn when_every_offering_was_interrupted_lately_the_box_still_comes_back() {
             .expect("replacement");
     }
 }
+
+#[tokio::test]
+async fn without_spot_the_box_falls_back_to_on_demand_and_returns_to_spot_at_the_next_chance() {
+    let (cloud, store, locks) = world().await;
+    for z in ["us-east-1a", "us-east-1b"] {
+        cloud.set_price("t3.micro", z, 0.5);
+        cloud.set_price("t3a.micro", z, 0.5);
+    }
+    let cfg = config("fallback = \"on-demand\"");
+    let ctx = Ctx {
+        cloud: &cloud,
+        store: &store,
+        owner: "tester",
+        lock_dir: locks.path(),
+        progress: &Silent,
+        timing: TIMING,
+    };
+    let first = boxes::up(&ctx, &cfg.boxes["dev"])
+        .await
+        .expect("up falls back")
+        .instance;
+    assert_eq!(first.market, spotkeeper_cloud::Market::OnDemand);
+
+    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    assert!(
+        daemon.reconcile().await.expect("pass").is_empty(),
+        "spot still too dear: stays on on-demand"
+    );
+    assert_eq!(cloud.all_instances().len(), 1);
+
+    cloud.set_price("t3.micro", "us-east-1a", 0.004);
+    let back = daemon.reconcile().await.expect("pass");
+    assert_eq!(back.len(), 1, "{back:?}");
+    let live: Vec<_> = cloud
+        .all_instances()
+        .into_iter()
+        .filter(|i| i.state.is_live())
+        .collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].market, spotkeeper_cloud::Market::Spot);
+}
+
+#[tokio::test]
+async fn a_spot_quota_error_falls_back_and_without_fallback_fails_clearly() {
+    let (cloud, store, locks) = world().await;
+    let ctx = Ctx {
+        cloud: &cloud,
+        store: &store,
+        owner: "tester",
+        lock_dir: locks.path(),
+        progress: &Silent,
+        timing: TIMING,
+    };
+    cloud.fail_next("RunInstances", "MaxSpotInstanceCountExceeded");
+    let with = config("fallback = \"on-demand\"");
+    let out = boxes::up(&ctx, &with.boxes["dev"])
+        .await
+        .expect("fell back");
+    assert_eq!(out.instance.market, spotkeeper_cloud::Market::OnDemand);
+    boxes::stop(&ctx, &with.boxes["dev"], true)
+        .await
+        .expect("stop");
+    cloud.fail_next("RunInstances", "MaxSpotInstanceCountExceeded");
+    let without = config("");
+    let err = boxes::up(&ctx, &without.boxes["dev"])
+        .await
+        .expect_err("no fallback");
+    assert!(
+        err.to_string().contains("MaxSpotInstanceCountExceeded"),
+        "{err}"
+    );
+}
