@@ -292,6 +292,9 @@ pub async fn up_avoiding(
     spec: &BoxSpec,
     avoid: &Avoid,
 ) -> Result<UpOutcome, BoxError> {
+    // One `up` or `stop` of a box at a time on this machine; the box is
+    // registered as managed before the lock is let go.
+    let _lock = take_lock(ctx, &spec.name).await?;
     let outcome = match up_inner(ctx, spec, avoid).await {
         Err(e)
             if spec.fallback_on_demand && spec.market == Market::Spot && spot_unavailable(&e) =>
@@ -314,6 +317,20 @@ pub async fn up_avoiding(
     Ok(outcome)
 }
 
+async fn take_lock(ctx: &Ctx<'_>, name: &str) -> Result<crate::lock::BoxLock, BoxError> {
+    lock_box(ctx.lock_dir, ctx.owner, name, &|| {
+        ctx.progress.note(&format!(
+            "Another spotkeeper is changing box {name}; waiting for it to finish ..."
+        ));
+    })
+    .await
+    .map_err(|source| BoxError::Lock {
+        box_name: name.to_owned(),
+        path: ctx.lock_dir.to_path_buf(),
+        source,
+    })
+}
+
 /// Whether a failed spot launch means "no spot to be had now" (so on-demand may stand in).
 pub fn spot_unavailable(e: &BoxError) -> bool {
     match e {
@@ -328,18 +345,6 @@ pub fn spot_unavailable(e: &BoxError) -> bool {
 
 async fn up_inner(ctx: &Ctx<'_>, spec: &BoxSpec, avoid: &Avoid) -> Result<UpOutcome, BoxError> {
     let name = spec.name.as_str();
-    let _lock = lock_box(ctx.lock_dir, ctx.owner, name, &|| {
-        ctx.progress.note(&format!(
-            "Another spotkeeper is changing box {name}; waiting for it to finish ..."
-        ));
-    })
-    .await
-    .map_err(|source| BoxError::Lock {
-        box_name: name.to_owned(),
-        path: ctx.lock_dir.to_path_buf(),
-        source,
-    })?;
-
     // Check what would otherwise fail half way, before anything is launched.
     if let Some(dns) = &spec.dns {
         crate::dns::zone_id(ctx.cloud, dns).await?;
@@ -912,19 +917,10 @@ async fn check_ready(ctx: &Ctx<'_>, spec: &BoxSpec, instance: &Instance) -> Resu
 /// intents, and unless `wait` is false waits until they are shutting down.
 pub async fn stop(ctx: &Ctx<'_>, spec: &BoxSpec, wait: bool) -> Result<StopOutcome, BoxError> {
     let box_name = spec.name.as_str();
-    // First: a daemon must not replace what is being stopped.
+    let _lock = take_lock(ctx, box_name).await?;
+    // Under the lock: an `up` in flight (the daemon's, say) has finished and
+    // registered the box; from here no daemon will replace what is stopped.
     ctx.store.deregister_box(ctx.owner, box_name).await?;
-    let _lock = lock_box(ctx.lock_dir, ctx.owner, box_name, &|| {
-        ctx.progress.note(&format!(
-            "Another spotkeeper is changing box {box_name}; waiting for it to finish ..."
-        ));
-    })
-    .await
-    .map_err(|source| BoxError::Lock {
-        box_name: box_name.to_owned(),
-        path: ctx.lock_dir.to_path_buf(),
-        source,
-    })?;
 
     let filter = box_filter(ctx.owner, box_name);
     let instances: Vec<Instance> = ctx
