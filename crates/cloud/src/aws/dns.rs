@@ -4,7 +4,7 @@ use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
 
-use super::{AwsCloud, sdk_error};
+use super::{AwsCloud, absent, sdk_error};
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{DnsRecord, InstanceId, fqdn};
 
@@ -146,29 +146,23 @@ impl AwsCloud {
         &self,
         allocation_id: &str,
     ) -> Result<Option<(String, Option<InstanceId>)>, CloudError> {
-        match self
-            .ec2
-            .describe_addresses()
-            .allocation_ids(allocation_id)
-            .send()
-            .await
-        {
-            Ok(out) => Ok(out.addresses().first().and_then(|a| {
+        Ok(absent(
+            self.ec2
+                .describe_addresses()
+                .allocation_ids(allocation_id)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DescribeAddresses", e)),
+        )?
+        .and_then(|out| {
+            out.addresses().first().and_then(|a| {
                 Some((
                     a.public_ip()?.to_owned(),
                     a.instance_id()
                         .filter(|i| !i.is_empty())
                         .map(InstanceId::new),
                 ))
-            })),
-            Err(e) => {
-                let err = sdk_error("DescribeAddresses", e);
-                if err.kind == ErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+            })
+        }))
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 
-use super::{AwsCloud, sdk_error, tag_filters, tag_map};
+use super::{AwsCloud, absent, sdk_error, tag_filters, tag_map};
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{Arch, Image, ImageId, ImageRef, InstanceId, SnapshotId, TagFilter};
 
@@ -80,17 +80,15 @@ impl AwsCloud {
 
     /// An SSM parameter's value; `None` when it does not exist.
     async fn parameter(&self, name: &str) -> Result<Option<String>, CloudError> {
-        match self.ssm.get_parameter().name(name).send().await {
-            Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(str::to_owned)),
-            Err(e) => {
-                let err = sdk_error("GetParameter", e);
-                if err.kind == ErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        Ok(absent(
+            self.ssm
+                .get_parameter()
+                .name(name)
+                .send()
+                .await
+                .map_err(|e| sdk_error("GetParameter", e)),
+        )?
+        .and_then(|out| out.parameter().and_then(|p| p.value()).map(str::to_owned)))
     }
 
     async fn newest_image(
@@ -146,22 +144,16 @@ impl AwsCloud {
         &self,
         image: &ImageId,
     ) -> Result<Option<SnapshotId>, CloudError> {
-        let out = match self
-            .ec2
-            .describe_images()
-            .image_ids(image.as_str())
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) => {
-                let err = sdk_error("DescribeImages", e);
-                return if err.kind == ErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(err)
-                };
-            }
+        let Some(out) = absent(
+            self.ec2
+                .describe_images()
+                .image_ids(image.as_str())
+                .send()
+                .await
+                .map_err(|e| sdk_error("DescribeImages", e)),
+        )?
+        else {
+            return Ok(None);
         };
         let Some(img) = out.images().first() else {
             return Ok(None);
@@ -179,26 +171,19 @@ impl AwsCloud {
 
     /// One image by id, with its root device name; `None` when unknown.
     async fn image(&self, id: &ImageId) -> Result<Option<(Image, Option<String>)>, CloudError> {
-        match self
-            .ec2
-            .describe_images()
-            .image_ids(id.as_str())
-            .send()
-            .await
-        {
-            Ok(out) => Ok(out
-                .images()
+        Ok(absent(
+            self.ec2
+                .describe_images()
+                .image_ids(id.as_str())
+                .send()
+                .await
+                .map_err(|e| sdk_error("DescribeImages", e)),
+        )?
+        .and_then(|out| {
+            out.images()
                 .first()
-                .map(|i| (convert_image(i), i.root_device_name().map(str::to_owned)))),
-            Err(e) => {
-                let err = sdk_error("DescribeImages", e);
-                if err.kind == ErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+                .map(|i| (convert_image(i), i.root_device_name().map(str::to_owned)))
+        }))
     }
 
     /// Images this account owns whose tags match `filter`, newest first.

@@ -10,7 +10,7 @@ use aws_sdk_ec2::types::{
 };
 use base64::Engine as _;
 
-use super::{AwsCloud, sdk_error, tag_filters, tag_map};
+use super::{AwsCloud, absent, sdk_error, tag_filters, tag_map};
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{
     ImageId, Instance, InstanceId, InstanceState, LaunchSpec, Market, SpotRequest, SpotRequestId,
@@ -174,22 +174,15 @@ impl AwsCloud {
             .instance_ids(id.as_str())
             .send()
             .await;
-        match res {
-            Ok(out) => Ok(out
-                .reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .filter_map(convert_instance)
-                .find(|i| &i.id == id)),
-            Err(e) => {
-                let err = sdk_error("DescribeInstances", e);
-                if err.kind == ErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        Ok(
+            absent(res.map_err(|e| sdk_error("DescribeInstances", e)))?.and_then(|out| {
+                out.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .filter_map(convert_instance)
+                    .find(|i| &i.id == id)
+            }),
+        )
     }
 
     pub(crate) async fn spot_requests_impl(

@@ -218,6 +218,21 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// `Ok(None)` when AWS says the thing does not exist: for a look-up that
+/// is an answer, not a failure.
+pub(crate) fn absent<T>(r: Result<T, CloudError>) -> Result<Option<T>, CloudError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A delete of something already gone succeeded.
+pub(crate) fn ignore_not_found<T>(r: Result<T, CloudError>) -> Result<(), CloudError> {
+    absent(r).map(|_| ())
+}
+
 pub(crate) fn tag_map(
     tags: &[aws_sdk_ec2::types::Tag],
 ) -> std::collections::BTreeMap<String, String> {

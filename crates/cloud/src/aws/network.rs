@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, ResourceType, Tag, TagSpecification};
 
-use super::{AwsCloud, sdk_error, tag_map};
+use super::{AwsCloud, absent, ignore_not_found, sdk_error, tag_map};
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{InstanceId, KeyPair, NetworkInterface, tags};
 
@@ -581,23 +581,15 @@ impl AwsCloud {
         &self,
         id: &str,
     ) -> Result<Option<NetworkInterface>, CloudError> {
-        match self
-            .ec2
-            .describe_network_interfaces()
-            .network_interface_ids(id)
-            .send()
-            .await
-        {
-            Ok(out) => Ok(out.network_interfaces().first().map(convert_eni)),
-            Err(e) => {
-                let err = sdk_error("DescribeNetworkInterfaces", e);
-                if err.kind == ErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        Ok(absent(
+            self.ec2
+                .describe_network_interfaces()
+                .network_interface_ids(id)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DescribeNetworkInterfaces", e)),
+        )?
+        .and_then(|out| out.network_interfaces().first().map(convert_eni)))
     }
 
     /// Network interfaces attached to an instance, by device index.
@@ -681,21 +673,21 @@ impl AwsCloud {
 
     /// The key pair named `name`, if it exists.
     pub async fn key_pair(&self, name: &str) -> Result<Option<KeyPair>, CloudError> {
-        match self.ec2.describe_key_pairs().key_names(name).send().await {
-            Ok(out) => Ok(out.key_pairs().first().map(|k| KeyPair {
+        Ok(absent(
+            self.ec2
+                .describe_key_pairs()
+                .key_names(name)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DescribeKeyPairs", e)),
+        )?
+        .and_then(|out| {
+            out.key_pairs().first().map(|k| KeyPair {
                 name: k.key_name().unwrap_or(name).to_owned(),
                 fingerprint: k.key_fingerprint().map(str::to_owned),
                 created: false,
-            })),
-            Err(e) => {
-                let err = sdk_error("DescribeKeyPairs", e);
-                if err.kind == ErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+            })
+        }))
     }
 
     /// Deletes a key pair (no error if it does not exist).
@@ -708,14 +700,6 @@ impl AwsCloud {
                 .await
                 .map_err(|e| sdk_error("DeleteKeyPair", e)),
         )
-    }
-}
-
-fn ignore_not_found<T>(r: Result<T, CloudError>) -> Result<(), CloudError> {
-    match r {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification, VolumeType};
 
-use super::{AwsCloud, sdk_error, tag_filters, tag_map};
+use super::{AwsCloud, absent, ignore_not_found, sdk_error, tag_filters, tag_map};
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{InstanceId, Snapshot, SnapshotId, TagFilter, Volume, VolumeId};
 
@@ -100,23 +100,15 @@ impl AwsCloud {
 
     /// One volume; `None` when it does not exist.
     pub async fn volume(&self, id: &VolumeId) -> Result<Option<Volume>, CloudError> {
-        match self
-            .ec2
-            .describe_volumes()
-            .volume_ids(id.as_str())
-            .send()
-            .await
-        {
-            Ok(out) => Ok(out.volumes().first().map(convert_volume)),
-            Err(e) => {
-                let err = sdk_error("DescribeVolumes", e);
-                if err.kind == ErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        Ok(absent(
+            self.ec2
+                .describe_volumes()
+                .volume_ids(id.as_str())
+                .send()
+                .await
+                .map_err(|e| sdk_error("DescribeVolumes", e)),
+        )?
+        .and_then(|out| out.volumes().first().map(convert_volume)))
     }
 
     /// Attaches a volume to an instance at `device` and waits until it is in use.
@@ -158,23 +150,14 @@ impl AwsCloud {
 
     /// Deletes a volume; one already gone is not an error.
     pub async fn delete_volume(&self, volume: &VolumeId) -> Result<(), CloudError> {
-        match self
-            .ec2
-            .delete_volume()
-            .volume_id(volume.as_str())
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let err = sdk_error("DeleteVolume", e);
-                if err.kind == ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        ignore_not_found(
+            self.ec2
+                .delete_volume()
+                .volume_id(volume.as_str())
+                .send()
+                .await
+                .map_err(|e| sdk_error("DeleteVolume", e)),
+        )
     }
 
     /// Marks the volume attached at `device` to be deleted when the instance terminates.
@@ -316,23 +299,14 @@ impl AwsCloud {
 
     /// Deletes a snapshot; one already gone is not an error.
     pub async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), CloudError> {
-        match self
-            .ec2
-            .delete_snapshot()
-            .snapshot_id(id.as_str())
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let err = sdk_error("DeleteSnapshot", e);
-                if err.kind == ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        ignore_not_found(
+            self.ec2
+                .delete_snapshot()
+                .snapshot_id(id.as_str())
+                .send()
+                .await
+                .map_err(|e| sdk_error("DeleteSnapshot", e)),
+        )
     }
 
     async fn wait_volume(
