@@ -225,7 +225,7 @@ impl<'a> Daemon<'a> {
             .into_iter()
             .map(|b| b.name)
             .collect();
-        let mut acted = Vec::new();
+        let (mut acted, mut ignored) = (Vec::new(), Vec::new());
         for id in event.kind.instances() {
             // Re-read the instance: events arrive late, twice, or out of order.
             let Some(instance) = self.cloud.instance(id).await? else {
@@ -250,7 +250,7 @@ impl<'a> Daemon<'a> {
                 }
             };
             if !doom {
-                acted.push(format!(
+                ignored.push(format!(
                     "{} for {id} ({box_name}): nothing to do",
                     event.kind.name()
                 ));
@@ -283,13 +283,13 @@ impl<'a> Daemon<'a> {
             self.record(Some(&box_name), event.kind.name(), &what).await;
             acted.push(what);
         }
-        if acted.is_empty() {
+        if acted.is_empty() && ignored.is_empty() {
             self.metrics.event("not-ours");
             return Ok(Handled::NotOurs);
         }
-        if acted.iter().all(|a| a.ends_with("nothing to do")) {
+        if acted.is_empty() {
             self.metrics.event("ignored");
-            return Ok(Handled::Ignored(acted.join("; ")));
+            return Ok(Handled::Ignored(ignored.join("; ")));
         }
         self.wake.notify_one();
         self.metrics.event(event.kind.name());
