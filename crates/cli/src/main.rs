@@ -37,13 +37,64 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(code) => code,
         Err(Failure::Usage(e)) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)
         }
         Err(Failure::Failed(e)) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(1)
         }
+    }
+}
+
+/// The error and its causes on one line. Many library errors (sqlx, the
+/// migrator) already print their source in their own message; a cause whose
+/// text the line already holds is left out instead of being said twice.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    /// Says its source in its own message, as sqlx's errors do.
+    #[derive(Debug)]
+    struct Chatty(std::io::Error);
+
+    impl std::fmt::Display for Chatty {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "while executing migration 2: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Chatty {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let inner = std::io::Error::other("table exists");
+        let e = anyhow::Error::new(Chatty(inner)).context("opening the state file");
+        assert_eq!(
+            one_line(&e),
+            "opening the state file: while executing migration 2: table exists"
+        );
+        let plain = anyhow::anyhow!("no such box").context("stop dev");
+        assert_eq!(one_line(&plain), "stop dev: no such box");
     }
 }
 

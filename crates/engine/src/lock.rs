@@ -32,7 +32,12 @@ pub async fn lock_box(
     on_wait: &(dyn Fn() + Sync),
 ) -> std::io::Result<BoxLock> {
     std::fs::create_dir_all(dir)?;
-    let path = dir.join(format!("{owner}.{box_name}.lock"));
+    lock_file(dir.join(format!("{owner}.{box_name}.lock")), on_wait).await
+}
+
+/// Takes an exclusive lock on the file at `path` (creating it), calling
+/// `on_wait` once if another process holds it.
+pub async fn lock_file(path: PathBuf, on_wait: &(dyn Fn() + Sync)) -> std::io::Result<BoxLock> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -109,6 +109,13 @@ impl Store {
             // Another spotkeeper process (the daemon, a second CLI) may hold the
             // write lock for a moment; wait rather than fail.
             .busy_timeout(Duration::from_secs(15));
+        // sqlx's SQLite migrator takes no lock: two processes opening a new
+        // file at once would both create the tables. Migrate one at a time.
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let _migrating = crate::lock::lock_file(lock_path.into(), &|| {})
+            .await
+            .map_err(|e| err(sqlx::Error::Io(e)))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -538,5 +545,16 @@ mod tests {
         let ev = s.events("o", Some("dev"), 10).await.expect("events");
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].message, "launched i-1");
+    }
+
+    #[tokio::test]
+    async fn two_processes_creating_the_file_at_once_both_open_it() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("state.db");
+            let (a, b) = tokio::join!(Store::open(&path), Store::open(&path));
+            a.expect("first open");
+            b.expect("second open");
+        }
     }
 }
