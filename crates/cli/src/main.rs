@@ -65,6 +65,12 @@ fn one_line(e: &anyhow::Error) -> String {
     line
 }
 
+fn run(args: cli::Args) -> Result<ExitCode, Failure> {
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(commands::dispatch(args))
+}
+
 #[cfg(test)]
 mod tests {
     use super::one_line;
@@ -96,10 +102,4 @@ mod tests {
         let plain = anyhow::anyhow!("no such box").context("stop dev");
         assert_eq!(one_line(&plain), "stop dev: no such box");
     }
-}
-
-fn run(args: cli::Args) -> Result<ExitCode, Failure> {
-    let runtime = tokio::runtime::Runtime::new()
-        .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(commands::dispatch(args))
 }
