@@ -109,6 +109,23 @@ pub enum Command {
         #[command(subcommand)]
         action: VolumeAction,
     },
+    /// Worker pools: capacity now (by type and zone) and the daemon's last decisions.
+    Pool {
+        #[command(subcommand)]
+        action: PoolAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolAction {
+    /// Every pool (config file and API): desired, current and pending capacity.
+    List,
+    /// One pool: capacity by type and zone, the last pass's reasons and recent events.
+    Show {
+        /// The pool.
+        #[arg(value_name = "POOL")]
+        pool: String,
+    },
 }
 
 #[derive(Debug, ClapArgs)]

@@ -36,6 +36,14 @@ pub trait Cloud: Send + Sync + std::fmt::Debug {
     /// (AWS idempotency) instead of launching another.
     async fn launch(&self, spec: &LaunchSpec) -> Result<Instance, CloudError>;
 
+    /// Launches `count` identical instances in one call (worker pools), tagged
+    /// at creation. All or nothing: when AWS cannot place every one it places
+    /// none and says why (e.g. `InsufficientInstanceCapacity`), so the caller
+    /// can move the batch to another offering. Same token and parameters →
+    /// the same instances.
+    async fn launch_many(&self, spec: &LaunchSpec, count: u32)
+    -> Result<Vec<Instance>, CloudError>;
+
     /// Every instance (any state) whose tags match `filter`, all pages.
     async fn instances(&self, filter: &TagFilter) -> Result<Vec<Instance>, CloudError>;
 

@@ -34,7 +34,8 @@ struct State {
     hidden: HashMap<InstanceId, u32>,
     instances: BTreeMap<InstanceId, Instance>,
     requests: BTreeMap<SpotRequestId, SpotRequest>,
-    tokens: HashMap<String, (LaunchSpec, InstanceId)>,
+    tokens: HashMap<String, (LaunchSpec, u32, Vec<InstanceId>)>,
+    refusals: BTreeMap<(String, String, Market), &'static str>,
     errors: HashMap<&'static str, VecDeque<CloudError>>,
     calls: Vec<String>,
     next_id: u64,
@@ -64,6 +65,20 @@ impl FakeCloud {
         self.lock()
             .prices
             .insert((instance_type.to_owned(), zone.to_owned()), price);
+    }
+
+    /// Makes every launch of `instance_type` in `zone` on `market` fail with
+    /// the EC2 error `code` (e.g. `InsufficientInstanceCapacity`,
+    /// `MaxSpotInstanceCountExceeded`) until [`FakeCloud::accept`].
+    pub fn refuse(&self, instance_type: &str, zone: &str, market: Market, code: &'static str) {
+        self.lock()
+            .refusals
+            .insert((instance_type.to_owned(), zone.to_owned(), market), code);
+    }
+
+    /// Lifts every [`FakeCloud::refuse`] rule.
+    pub fn accept(&self) {
+        self.lock().refusals.clear();
     }
 
     /// Declares a Route53 hosted zone; returns its id.
@@ -231,63 +246,99 @@ impl Cloud for FakeCloud {
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<Instance, CloudError> {
+        let mut launched = self.launch_many(spec, 1).await?;
+        launched.pop().ok_or_else(|| {
+            CloudError::other("RunInstances", ErrorKind::Other, "fake launched nothing")
+        })
+    }
+
+    async fn launch_many(
+        &self,
+        spec: &LaunchSpec,
+        count: u32,
+    ) -> Result<Vec<Instance>, CloudError> {
         let mut s = self.enter("RunInstances")?;
-        if let Some((first, id)) = s.tokens.get(&spec.client_token) {
-            if first != spec {
+        if let Some((first, first_count, ids)) = s.tokens.get(&spec.client_token) {
+            if first != spec || *first_count != count {
                 return Err(CloudError::from_code(
                     "RunInstances",
                     "IdempotentParameterMismatch",
                     "client token reused with other parameters",
                 ));
             }
-            let id = id.clone();
-            return s.instances.get(&id).cloned().ok_or_else(|| {
-                CloudError::other("RunInstances", ErrorKind::Other, "fake lost an instance")
-            });
+            return ids
+                .iter()
+                .map(|id| {
+                    s.instances.get(id).cloned().ok_or_else(|| {
+                        CloudError::other("RunInstances", ErrorKind::Other, "fake lost an instance")
+                    })
+                })
+                .collect();
+        }
+        let zone = spec.zone.clone().or_else(|| s.zones.first().cloned());
+        if let Some(code) = zone.as_ref().and_then(|z| {
+            s.refusals
+                .get(&(spec.instance_type.clone(), z.clone(), spec.market))
+                .copied()
+        }) {
+            return Err(CloudError::from_code(
+                "RunInstances",
+                code,
+                "refused by FakeCloud::refuse",
+            ));
         }
         for other in std::mem::take(&mut s.launch_elsewhere) {
             s.instances.insert(other.id.clone(), other);
         }
-        s.next_id += 1;
-        let n = s.next_id;
-        let id = InstanceId::new(format!("i-{n:017x}"));
-        let zone = spec.zone.clone().or_else(|| s.zones.first().cloned());
-        let spot_request_id =
-            (spec.market == Market::Spot).then(|| SpotRequestId::new(format!("sir-{n:08x}")));
-        if let Some(rid) = &spot_request_id {
-            s.requests.insert(
-                rid.clone(),
-                SpotRequest {
-                    id: rid.clone(),
-                    state: SpotRequestState::Active,
-                    instance_id: Some(id.clone()),
-                    instance_type: Some(spec.instance_type.clone()),
-                    tags: spec.tags.clone(),
-                },
-            );
+        let mut launched = Vec::new();
+        for _ in 0..count {
+            s.next_id += 1;
+            let n = s.next_id;
+            let id = InstanceId::new(format!("i-{n:017x}"));
+            let spot_request_id =
+                (spec.market == Market::Spot).then(|| SpotRequestId::new(format!("sir-{n:08x}")));
+            if let Some(rid) = &spot_request_id {
+                s.requests.insert(
+                    rid.clone(),
+                    SpotRequest {
+                        id: rid.clone(),
+                        state: SpotRequestState::Active,
+                        instance_id: Some(id.clone()),
+                        instance_type: Some(spec.instance_type.clone()),
+                        tags: spec.tags.clone(),
+                    },
+                );
+            }
+            let instance = Instance {
+                id: id.clone(),
+                state: InstanceState::Pending,
+                instance_type: spec.instance_type.clone(),
+                zone: zone.clone(),
+                market: spec.market,
+                spot_request_id,
+                public_ip: Some(format!("198.51.100.{}", n % 250)),
+                private_ip: Some(format!("10.0.0.{}", n % 250)),
+                launched_at: Some(SystemTime::now()),
+                image_id: Some(spec.image_id.clone()),
+                subnet_id: spec.subnet_id.clone(),
+                vpc_id: None,
+                tags: spec.tags.clone(),
+            };
+            s.instances.insert(id.clone(), instance.clone());
+            let lag = s.describe_lag;
+            if lag > 0 {
+                s.hidden.insert(id, lag);
+            }
+            launched.push(instance);
         }
-        let instance = Instance {
-            id: id.clone(),
-            state: InstanceState::Pending,
-            instance_type: spec.instance_type.clone(),
-            zone,
-            market: spec.market,
-            spot_request_id,
-            public_ip: Some(format!("198.51.100.{}", n % 250)),
-            private_ip: Some(format!("10.0.0.{}", n % 250)),
-            launched_at: Some(SystemTime::now()),
-            image_id: Some(spec.image_id.clone()),
-            subnet_id: spec.subnet_id.clone(),
-            vpc_id: None,
-            tags: spec.tags.clone(),
-        };
-        s.instances.insert(id.clone(), instance.clone());
-        s.tokens
-            .insert(spec.client_token.clone(), (spec.clone(), id.clone()));
-        let lag = s.describe_lag;
-        if lag > 0 {
-            s.hidden.insert(id, lag);
-        }
+        s.tokens.insert(
+            spec.client_token.clone(),
+            (
+                spec.clone(),
+                count,
+                launched.iter().map(|i| i.id.clone()).collect(),
+            ),
+        );
         if std::mem::take(&mut s.lose_next_answer) {
             return Err(CloudError::other(
                 "RunInstances",
@@ -295,7 +346,7 @@ impl Cloud for FakeCloud {
                 "connection reset (injected by FakeCloud)",
             ));
         }
-        Ok(instance)
+        Ok(launched)
     }
 
     async fn instances(&self, filter: &TagFilter) -> Result<Vec<Instance>, CloudError> {

@@ -94,6 +94,13 @@ impl Cloud for AwsCloud {
     async fn launch(&self, spec: &LaunchSpec) -> Result<Instance, CloudError> {
         self.launch_impl(spec).await
     }
+    async fn launch_many(
+        &self,
+        spec: &LaunchSpec,
+        count: u32,
+    ) -> Result<Vec<Instance>, CloudError> {
+        self.launch_many_impl(spec, count).await
+    }
     async fn instances(&self, filter: &TagFilter) -> Result<Vec<Instance>, CloudError> {
         self.instances_impl(filter).await
     }

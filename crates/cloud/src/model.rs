@@ -61,6 +61,8 @@ pub mod tags {
     pub const OWNER: &str = "spotkeeper:owner";
     /// The box the resource belongs to.
     pub const BOX: &str = "spotkeeper:box";
+    /// The worker pool an instance or spot request belongs to.
+    pub const POOL: &str = "spotkeeper:pool";
     /// The launch intent (client token) that created the resource.
     pub const INTENT: &str = "spotkeeper:intent";
     /// Set on instances and spot requests that `stop` is taking down, before it
@@ -71,7 +73,7 @@ pub mod tags {
 }
 
 /// How an instance is paid for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Market {
     /// Spare capacity at the spot price; AWS may reclaim it with a two-minute warning.

@@ -66,6 +66,8 @@ pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/boxes", get(list_boxes).post(register_box))
         .route("/boxes/{name}", get(get_box).delete(delete_box))
+        .route("/pools", get(list_pools).post(register_pool))
+        .route("/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/events", get(events))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -306,6 +308,191 @@ async fn delete_box(
     match boxes::stop(&ctx, &spec, false).await {
         Ok(out) => Json(json!({ "name": name, "deregistered": true, "stopped": true, "terminated": out.terminated, "cancelled": out.cancelled })).into_response(),
         Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
+
+async fn pool_views(state: &ApiState, only: Option<&str>) -> Result<Vec<Value>, Response> {
+    let (pools, _) = crate::pools::view::all_pools(&state.config, &state.store)
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let pools: Vec<_> = pools
+        .into_iter()
+        .filter(|(p, _)| only.is_none_or(|n| p.name == n))
+        .collect();
+    if let Some(name) = only
+        && pools.is_empty()
+    {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no pool named {name:?}"),
+        ));
+    }
+    let views = crate::pools::view::view(
+        state.cloud.as_ref(),
+        &state.store,
+        &state.config.owner,
+        &pools,
+        20,
+    )
+    .await
+    .map_err(|e| error(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    Ok(views
+        .into_iter()
+        .map(|v| serde_json::to_value(v).unwrap_or(Value::Null))
+        .collect())
+}
+
+async fn list_pools(State(state): State<ApiState>) -> Response {
+    match pool_views(&state, None).await {
+        Ok(v) => Json(Value::Array(v)).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn get_pool(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    match pool_views(&state, Some(&name)).await {
+        Ok(mut v) => Json(v.pop().unwrap_or(Value::Null)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Registers a pool, or updates one registered earlier (the config file's
+/// pools are the file's to change).
+async fn register_pool(
+    State(state): State<ApiState>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Response {
+    let Json(mut body) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                e.status(),
+                format!("the body is not a JSON pool: {}", e.body_text()),
+            );
+        }
+    };
+    let Some(object) = body.as_object_mut() else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the body must be a JSON object",
+        );
+    };
+    let name = match object.remove("name") {
+        Some(Value::String(n)) => n,
+        _ => return error(StatusCode::UNPROCESSABLE_ENTITY, "name: required, a string"),
+    };
+    if state.config.pools.contains_key(&name) || state.config.boxes.contains_key(&name) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("{name:?} is defined in the config file; register another name"),
+        );
+    }
+    if let Err(message) = crate::config::parse_pool_json(&name, &body) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, message);
+    }
+    let existed = match state.store.pools(&state.config.owner).await {
+        Ok(p) => p.iter().any(|(n, _)| *n == name),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    if let Err(e) = state
+        .store
+        .register_pool(&state.config.owner, &name, &body.to_string())
+        .await
+    {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    let what = if existed { "updated" } else { "registered" };
+    let _ = state
+        .store
+        .record_pool_event(
+            &state.config.owner,
+            &name,
+            what,
+            &format!("{what} through the API"),
+        )
+        .await;
+    state.wake.notify_one();
+    (
+        if existed {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        },
+        Json(json!({ "name": name, what: true })),
+    )
+        .into_response()
+}
+
+/// Deregisters an API pool and takes its capacity down: open spot requests
+/// cancelled, instances terminated (both found by the pool tag).
+async fn delete_pool(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    if state.config.pools.contains_key(&name) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("pool {name:?} is defined in the config file; remove it there"),
+        );
+    }
+    match state
+        .store
+        .deregister_pool(&state.config.owner, &name)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return error(StatusCode::NOT_FOUND, format!("no pool named {name:?}")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    let filter = boxes::owner_filter(&state.config.owner).with(tags::POOL, &name);
+    let down = async {
+        let requests: Vec<_> = state
+            .cloud
+            .spot_requests(&filter)
+            .await?
+            .into_iter()
+            .filter(|r| {
+                matches!(
+                    r.state,
+                    spotkeeper_cloud::SpotRequestState::Open
+                        | spotkeeper_cloud::SpotRequestState::Active
+                )
+            })
+            .map(|r| r.id)
+            .collect();
+        if !requests.is_empty() {
+            state.cloud.cancel_spot_requests(&requests).await?;
+        }
+        let instances: Vec<_> = state
+            .cloud
+            .instances(&filter)
+            .await?
+            .into_iter()
+            .filter(|i| i.state.is_live())
+            .map(|i| i.id)
+            .collect();
+        if !instances.is_empty() {
+            state.cloud.terminate(&instances).await?;
+        }
+        Ok::<_, spotkeeper_cloud::CloudError>((requests.len(), instances.len()))
+    };
+    match down.await {
+        Ok((cancelled, terminated)) => {
+            let _ = state
+                .store
+                .record_pool_event(
+                    &state.config.owner,
+                    &name,
+                    "deleted",
+                    &format!("deleted through the API: cancelled {cancelled} requests, terminated {terminated} instances"),
+                )
+                .await;
+            Json(json!({ "name": name, "deleted": true, "cancelled": cancelled, "terminated": terminated }))
+                .into_response()
+        }
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "pool {name:?} deregistered, but taking it down failed (the daemon's cleanup retries): {e}"
+            ),
+        ),
     }
 }
 

@@ -97,6 +97,8 @@ pub struct Config {
     pub api_token: Option<Secret>,
     /// The boxes, by name.
     pub boxes: BTreeMap<String, BoxSpec>,
+    /// The worker pools, by name.
+    pub pools: BTreeMap<String, crate::pools::PoolSpec>,
 }
 
 impl Config {
@@ -281,6 +283,8 @@ struct RawConfig {
     api: Option<RawApi>,
     #[serde(default, rename = "box")]
     boxes: BTreeMap<Spanned<String>, RawBox>,
+    #[serde(default, rename = "pool")]
+    pools: BTreeMap<Spanned<String>, crate::pools::spec::RawPool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -375,7 +379,7 @@ struct RawImages {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawDisk {
+pub(crate) struct RawDisk {
     size_gb: i32,
     #[serde(rename = "type", default = "default_disk_type")]
     kind: String,
@@ -540,6 +544,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         check_name(name.get_ref()).map_err(|m| at(Some(name.span()), format!("box name: {m}")))?;
         boxes.insert(name.into_inner(), spec);
     }
+    let mut pools = BTreeMap::new();
+    for (name, p) in raw.pools {
+        let spec =
+            crate::pools::spec::validate_pool(name.get_ref(), p, base, &at).map_err(|e| {
+                ConfigError {
+                    message: format!("pool {:?}: {}", name.get_ref(), e.message),
+                    ..e
+                }
+            })?;
+        check_name(name.get_ref()).map_err(|m| at(Some(name.span()), format!("pool name: {m}")))?;
+        if boxes.contains_key(name.get_ref()) {
+            return Err(at(
+                Some(name.span()),
+                format!(
+                    "pool {:?} has the name of a box; give it another one",
+                    name.get_ref()
+                ),
+            ));
+        }
+        pools.insert(name.into_inner(), spec);
+    }
     Ok(Config {
         path: path.to_path_buf(),
         owner,
@@ -558,6 +583,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         api_listen,
         api_token,
         boxes,
+        pools,
     })
 }
 
@@ -621,16 +647,7 @@ fn validate_box(
             format!("max_price must be a positive number of USD per hour, not {max_price}"),
         ));
     }
-    let zones = match b.zones {
-        Some(z) if z.get_ref().is_empty() => {
-            return Err(at(
-                Some(z.span()),
-                "zones is empty: list zones or leave the key out for every zone".into(),
-            ));
-        }
-        Some(z) => Some(z.into_inner()),
-        None => None,
-    };
+    let zones = validate_zones(b.zones, at)?;
     let market = match b.market {
         None => Market::Spot,
         Some(m) => match m.get_ref().as_str() {
@@ -644,54 +661,8 @@ fn validate_box(
             }
         },
     };
-    let user_data = match (b.user_data, b.user_data_file) {
-        (Some(_), Some(f)) => {
-            return Err(at(
-                Some(f.span()),
-                "set user_data or user_data_file, not both".into(),
-            ));
-        }
-        (Some(d), None) => Some(d.into_inner()),
-        (None, Some(f)) => {
-            let file = base.join(f.get_ref());
-            let data = std::fs::read_to_string(&file).map_err(|e| {
-                at(
-                    Some(f.span()),
-                    format!("user_data_file {}: {e}", file.display()),
-                )
-            })?;
-            Some(data)
-        }
-        (None, None) => None,
-    };
-    // EC2 limit: 16 KiB of user data before base64.
-    if let Some(d) = &user_data
-        && d.len() > 16 * 1024
-    {
-        return Err(at(
-            None,
-            format!("user data is {} bytes; EC2 accepts at most 16384", d.len()),
-        ));
-    }
-    let mut tags = BTreeMap::new();
-    for (k, v) in b.tags {
-        let key = k.get_ref();
-        if key.starts_with("spotkeeper:") || key.starts_with("aws:") || key == "Name" {
-            return Err(at(
-                Some(k.span()),
-                format!(
-                    "tag {key:?} is reserved (spotkeeper sets Name and spotkeeper:* itself; aws:* is AWS's)"
-                ),
-            ));
-        }
-        if key.is_empty() || key.len() > 128 || v.len() > 256 {
-            return Err(at(
-                Some(k.span()),
-                format!("tag {key:?}: keys are 1-128 characters, values at most 256"),
-            ));
-        }
-        tags.insert(k.into_inner(), v);
-    }
+    let user_data = validate_user_data(b.user_data, b.user_data_file, base, at)?;
+    let tags = validate_tags(b.tags, at)?;
     let ready = match b.ready {
         None => ReadyCheck::Tcp {
             host: None,
@@ -744,32 +715,7 @@ fn validate_box(
             }
         }
     };
-    let root_disk = match b.root_disk {
-        None => None,
-        Some(d) => {
-            let span = d.span();
-            let d = d.into_inner();
-            if !(1..=65536).contains(&d.size_gb) {
-                return Err(at(
-                    Some(span),
-                    format!("root_disk.size_gb must be 1-65536, not {}", d.size_gb),
-                ));
-            }
-            if !["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"].contains(&d.kind.as_str()) {
-                return Err(at(
-                    Some(span),
-                    format!(
-                        "root_disk.type {:?} is not an EBS volume type (gp3, gp2, io2 …)",
-                        d.kind
-                    ),
-                ));
-            }
-            Some(RootVolume {
-                size_gb: d.size_gb,
-                kind: d.kind,
-            })
-        }
-    };
+    let root_disk = validate_root_disk(b.root_disk, at)?;
     let ssh = match b.ssh {
         None => SshSettings::default(),
         Some(raw) => {
@@ -967,19 +913,7 @@ fn validate_box(
             }
         }
     };
-    let fallback_on_demand = match &b.fallback {
-        None => false,
-        Some(f) => match f.get_ref().as_str() {
-            "none" => false,
-            "on-demand" => true,
-            other => {
-                return Err(at(
-                    Some(f.span()),
-                    format!("fallback {other:?} is neither \"on-demand\" nor \"none\""),
-                ));
-            }
-        },
-    };
+    let fallback_on_demand = validate_fallback(b.fallback.as_ref(), at)?;
     let replace_on_rebalance = match &b.on_rebalance {
         None => false,
         Some(r) => match r.get_ref().as_str() {
@@ -1022,6 +956,139 @@ fn validate_box(
     })
 }
 
+// Launch keys shared by boxes and pools (`[pool.NAME]` validates them too).
+
+pub(crate) fn validate_zones(
+    zones: Option<Spanned<Vec<String>>>,
+    at: &dyn Fn(Option<Range<usize>>, String) -> ConfigError,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    Ok(match zones {
+        Some(z) if z.get_ref().is_empty() => {
+            return Err(at(
+                Some(z.span()),
+                "zones is empty: list zones or leave the key out for every zone".into(),
+            ));
+        }
+        Some(z) => Some(z.into_inner()),
+        None => None,
+    })
+}
+
+pub(crate) fn validate_user_data(
+    user_data: Option<Spanned<String>>,
+    user_data_file: Option<Spanned<String>>,
+    base: &Path,
+    at: &dyn Fn(Option<Range<usize>>, String) -> ConfigError,
+) -> Result<Option<String>, ConfigError> {
+    let user_data = match (user_data, user_data_file) {
+        (Some(_), Some(f)) => {
+            return Err(at(
+                Some(f.span()),
+                "set user_data or user_data_file, not both".into(),
+            ));
+        }
+        (Some(d), None) => Some(d.into_inner()),
+        (None, Some(f)) => {
+            let file = base.join(f.get_ref());
+            let data = std::fs::read_to_string(&file).map_err(|e| {
+                at(
+                    Some(f.span()),
+                    format!("user_data_file {}: {e}", file.display()),
+                )
+            })?;
+            Some(data)
+        }
+        (None, None) => None,
+    };
+    // EC2 limit: 16 KiB of user data before base64.
+    if let Some(d) = &user_data
+        && d.len() > 16 * 1024
+    {
+        return Err(at(
+            None,
+            format!("user data is {} bytes; EC2 accepts at most 16384", d.len()),
+        ));
+    }
+    Ok(user_data)
+}
+
+pub(crate) fn validate_tags(
+    raw: BTreeMap<Spanned<String>, String>,
+    at: &dyn Fn(Option<Range<usize>>, String) -> ConfigError,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut tags = BTreeMap::new();
+    for (k, v) in raw {
+        let key = k.get_ref();
+        if key.starts_with("spotkeeper:") || key.starts_with("aws:") || key == "Name" {
+            return Err(at(
+                Some(k.span()),
+                format!(
+                    "tag {key:?} is reserved (spotkeeper sets Name and spotkeeper:* itself; aws:* is AWS's)"
+                ),
+            ));
+        }
+        if key.is_empty() || key.len() > 128 || v.len() > 256 {
+            return Err(at(
+                Some(k.span()),
+                format!("tag {key:?}: keys are 1-128 characters, values at most 256"),
+            ));
+        }
+        tags.insert(k.into_inner(), v);
+    }
+    Ok(tags)
+}
+
+pub(crate) fn validate_root_disk(
+    root_disk: Option<Spanned<RawDisk>>,
+    at: &dyn Fn(Option<Range<usize>>, String) -> ConfigError,
+) -> Result<Option<RootVolume>, ConfigError> {
+    Ok(match root_disk {
+        None => None,
+        Some(d) => {
+            let span = d.span();
+            let d = d.into_inner();
+            if !(1..=65536).contains(&d.size_gb) {
+                return Err(at(
+                    Some(span),
+                    format!("root_disk.size_gb must be 1-65536, not {}", d.size_gb),
+                ));
+            }
+            if !["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"].contains(&d.kind.as_str()) {
+                return Err(at(
+                    Some(span),
+                    format!(
+                        "root_disk.type {:?} is not an EBS volume type (gp3, gp2, io2 …)",
+                        d.kind
+                    ),
+                ));
+            }
+            Some(RootVolume {
+                size_gb: d.size_gb,
+                kind: d.kind,
+            })
+        }
+    })
+}
+
+pub(crate) fn validate_fallback(
+    fallback: Option<&Spanned<String>>,
+    at: &dyn Fn(Option<Range<usize>>, String) -> ConfigError,
+) -> Result<bool, ConfigError> {
+    Ok(match fallback {
+        None => false,
+        Some(f) => match f.get_ref().as_str() {
+            "none" => false,
+            "on-demand" => true,
+            other => {
+                return Err(at(
+                    Some(f.span()),
+                    format!("fallback {other:?} is neither \"on-demand\" nor \"none\""),
+                ));
+            }
+        },
+    })
+}
+
 /// `~/x` is under the home directory; a relative path is relative to the config file.
 fn expand_path(p: &str, base: &Path) -> PathBuf {
     if let Some(rest) = p.strip_prefix("~/")
@@ -1036,8 +1103,37 @@ fn expand_path(p: &str, base: &Path) -> PathBuf {
 /// of a `[box.NAME]` table (not `user_data_file`: the server's files are not
 /// the client's to read). Errors name the field.
 pub fn parse_box_json(name: &str, value: &serde_json::Value) -> Result<BoxSpec, String> {
+    let config = parse_json_section("box", name, value)?;
+    config
+        .boxes
+        .get(name)
+        .cloned()
+        .ok_or_else(|| "the box did not parse".to_owned())
+}
+
+/// Validates a pool registered through the API, as [`parse_box_json`] a box.
+pub fn parse_pool_json(
+    name: &str,
+    value: &serde_json::Value,
+) -> Result<crate::pools::PoolSpec, String> {
+    let config = parse_json_section("pool", name, value)?;
+    config
+        .pools
+        .get(name)
+        .cloned()
+        .ok_or_else(|| "the pool did not parse".to_owned())
+}
+
+/// Parses `value` as the table `[SECTION.NAME]` of an otherwise empty config.
+fn parse_json_section(
+    section: &str,
+    name: &str,
+    value: &serde_json::Value,
+) -> Result<Config, String> {
     check_name(name).map_err(|m| format!("name: {m}"))?;
-    let object = value.as_object().ok_or("the box must be a JSON object")?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| format!("the {section} must be a JSON object"))?;
     if object.contains_key("user_data_file") {
         return Err("user_data_file is not accepted through the API; send user_data".into());
     }
@@ -1045,18 +1141,13 @@ pub fn parse_box_json(name: &str, value: &serde_json::Value) -> Result<BoxSpec, 
         return Err(format!("{key}: null is not a value; leave the key out"));
     }
     let table = toml::Value::try_from(value).map_err(|e| format!("unrepresentable value: {e}"))?;
-    let mut boxes = toml::map::Map::new();
-    boxes.insert(name.to_owned(), table);
+    let mut entries = toml::map::Map::new();
+    entries.insert(name.to_owned(), table);
     let mut root = toml::map::Map::new();
-    root.insert("box".into(), toml::Value::Table(boxes));
+    root.insert(section.into(), toml::Value::Table(entries));
     let text = toml::to_string(&toml::Value::Table(root))
         .map_err(|e| format!("unrepresentable value: {e}"))?;
-    let config = parse(Path::new("request"), &text).map_err(|e| e.message)?;
-    config
-        .boxes
-        .get(name)
-        .cloned()
-        .ok_or_else(|| "the box did not parse".to_owned())
+    parse(Path::new("request"), &text).map_err(|e| e.message)
 }
 
 /// Names (owner, box) end up in tags, lock file names and client tokens.
@@ -1075,7 +1166,7 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn is_instance_type(s: &str) -> bool {
+pub(crate) fn is_instance_type(s: &str) -> bool {
     match s.split_once('.') {
         Some((family, size)) => {
             let ok =

@@ -21,11 +21,19 @@ use tokio::time::Instant;
 use crate::boxes::{self, Avoid, Ctx, Progress, Timing};
 use crate::config::Config;
 use crate::events::{self, EventKind};
+use crate::pools::PoolSpec;
+use crate::pools::demand::{DemandReader, LiveDemand};
+use crate::pools::pass::{PoolMemory, PoolPass, World};
+use crate::pools::plan::OfferingKey;
 use crate::store::Store;
 
 /// How long an interrupted (type, zone) offering is avoided: capacity that
 /// was just reclaimed rarely comes back within minutes.
 pub const UNAVAILABLE_FOR: Duration = Duration::from_secs(5 * 60);
+
+/// Instances of a pool that no longer exists are terminated once this old
+/// (a launch racing a deletion gets time to be seen as what it is).
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(5 * 60);
 
 /// Where events come from.
 #[async_trait]
@@ -113,6 +121,10 @@ pub struct Daemon<'a> {
     wake: std::sync::Arc<Notify>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     warned_at: Mutex<HashMap<String, Instant>>,
+    demand: Box<dyn DemandReader>,
+    pool_marks: Mutex<HashMap<OfferingKey, Instant>>,
+    spot_blocked: Mutex<HashMap<String, Instant>>,
+    pool_memory: Mutex<HashMap<String, PoolMemory>>,
 }
 
 impl std::fmt::Debug for Daemon<'_> {
@@ -141,7 +153,18 @@ impl<'a> Daemon<'a> {
             wake: std::sync::Arc::new(Notify::new()),
             metrics: std::sync::Arc::default(),
             warned_at: Mutex::new(HashMap::new()),
+            demand: Box::new(LiveDemand::new(None)),
+            pool_marks: Mutex::new(HashMap::new()),
+            spot_blocked: Mutex::new(HashMap::new()),
+            pool_memory: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Reads pool demand with `reader` (the default reads HTTP only; `serve`
+    /// passes one with the AWS handle for SQS sources, tests a fake).
+    pub fn with_demand(mut self, reader: Box<dyn DemandReader>) -> Self {
+        self.demand = reader;
+        self
     }
 
     /// A handle that wakes the reconciler (the API uses it after a registration).
@@ -232,6 +255,44 @@ impl<'a> Daemon<'a> {
                 continue;
             };
             if instance.tag(tags::OWNER) != Some(self.config.owner.as_str()) {
+                continue;
+            }
+            if let Some(pool) = instance.tag(tags::POOL) {
+                // The pool pass replaces it: it is short once the instance
+                // stops counting (doomed) or is gone.
+                if let EventKind::SpotInterruption { .. } | EventKind::ScheduledChange { .. } =
+                    &event.kind
+                {
+                    self.store
+                        .doom(
+                            &self.config.owner,
+                            &format!("pool:{pool}"),
+                            id.as_str(),
+                            event.kind.name(),
+                        )
+                        .await?;
+                    if let Some(zone) = &instance.zone {
+                        self.mark_unavailable(&instance.instance_type, zone);
+                    }
+                } else if !matches!(event.kind, EventKind::StateChange { .. }) {
+                    ignored.push(format!(
+                        "{} for {id} (pool {pool}): nothing to do",
+                        event.kind.name()
+                    ));
+                    continue;
+                }
+                let what = format!(
+                    "{} for {id} of pool {pool}: the pool pass refills it",
+                    event.kind.name()
+                );
+                if let Err(e) = self
+                    .store
+                    .record_pool_event(&self.config.owner, pool, event.kind.name(), &what)
+                    .await
+                {
+                    tracing::warn!("cannot record a pool event: {e}");
+                }
+                acted.push(what);
                 continue;
             }
             let Some(box_name) = instance
@@ -486,7 +547,280 @@ impl<'a> Daemon<'a> {
                 }
             }
         }
+        launched.extend(self.reconcile_pools(all, doomed).await?);
         Ok(launched)
+    }
+
+    /// The pools of the config file and those registered through the API.
+    /// A stored pool that no longer parses is reported and left alone.
+    pub async fn pools(&self) -> Result<Vec<PoolSpec>, crate::boxes::BoxError> {
+        let (pools, bad) = crate::pools::view::all_pools(self.config, self.store).await?;
+        for (name, why) in bad {
+            self.record(
+                None,
+                "bad-pool",
+                &format!("stored pool {name} does not parse: {why}"),
+            )
+            .await;
+        }
+        Ok(pools.into_iter().map(|(p, _)| p).collect())
+    }
+
+    /// One pass over every pool, on one observation of the world.
+    async fn reconcile_pools(
+        &self,
+        instances: Vec<spotkeeper_cloud::Instance>,
+        doomed: HashSet<InstanceId>,
+    ) -> Result<Vec<String>, crate::boxes::BoxError> {
+        let pools = self.pools().await?;
+        if pools.is_empty() && !instances.iter().any(|i| i.tag(tags::POOL).is_some()) {
+            return Ok(Vec::new());
+        }
+        let owner = &self.config.owner;
+        let world = World {
+            requests: self
+                .cloud
+                .spot_requests(&boxes::owner_filter(owner))
+                .await?,
+            zones: if pools
+                .iter()
+                .all(|p| p.zones.is_some() || !p.subnets.is_empty())
+            {
+                Vec::new()
+            } else {
+                self.cloud.zones().await?
+            },
+            instances,
+            doomed,
+        };
+        let pass = PoolPass {
+            cloud: self.cloud,
+            store: self.store,
+            owner,
+            demand: self.demand.as_ref(),
+        };
+        let mut done = self.collect_orphans(&pools, &world).await?;
+        for spec in &pools {
+            match self.pool_pass(&pass, spec, &world).await {
+                Ok(Some(what)) => done.push(what),
+                Ok(None) => {}
+                Err(e) => {
+                    self.metrics
+                        .pools
+                        .launch_failures
+                        .get_or_create(&crate::metrics::PoolKindLabel {
+                            pool: spec.name.clone(),
+                            kind: failure_reason(&e).into(),
+                        })
+                        .inc();
+                    if let Err(e) = self
+                        .store
+                        .record_pool_event(owner, &spec.name, "pass-failed", &e.to_string())
+                        .await
+                    {
+                        tracing::warn!("cannot record a pool event: {e}");
+                    }
+                    tracing::warn!(pool = %spec.name, "pool pass failed: {e}");
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Instances and open spot requests of pools that no longer exist (a pool
+    /// deleted, or removed from the config file) are taken down, instances
+    /// only once older than [`ORPHAN_GRACE`].
+    async fn collect_orphans(
+        &self,
+        pools: &[PoolSpec],
+        world: &World,
+    ) -> Result<Vec<String>, crate::boxes::BoxError> {
+        let known: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+        let orphan = |tags: &std::collections::BTreeMap<String, String>| {
+            tags.get(tags::POOL)
+                .is_some_and(|p| !known.contains(p.as_str()))
+        };
+        let now = std::time::SystemTime::now();
+        let instances: Vec<InstanceId> = world
+            .instances
+            .iter()
+            .filter(|i| orphan(&i.tags) && i.state.is_live())
+            .filter(|i| {
+                i.launched_at
+                    .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= ORPHAN_GRACE)
+            })
+            .map(|i| i.id.clone())
+            .collect();
+        let requests: Vec<spotkeeper_cloud::SpotRequestId> = world
+            .requests
+            .iter()
+            .filter(|r| orphan(&r.tags) && r.state == spotkeeper_cloud::SpotRequestState::Open)
+            .map(|r| r.id.clone())
+            .collect();
+        let mut done = Vec::new();
+        if !requests.is_empty() {
+            self.cloud.cancel_spot_requests(&requests).await?;
+            done.push(format!(
+                "cancelled {} open spot requests of pools that no longer exist",
+                requests.len()
+            ));
+        }
+        if !instances.is_empty() {
+            self.cloud.terminate(&instances).await?;
+            let ids: Vec<&str> = instances.iter().map(InstanceId::as_str).collect();
+            done.push(format!(
+                "terminated {} of pools that no longer exist",
+                ids.join(" ")
+            ));
+        }
+        for d in &done {
+            self.record(None, "orphans", d).await;
+        }
+        Ok(done)
+    }
+
+    /// Offerings a pool should not use now: interrupted (box marks, spot) and
+    /// refused (pool marks).
+    fn pool_unavailable(&self) -> HashSet<OfferingKey> {
+        let now = Instant::now();
+        let mut set: HashSet<OfferingKey> = self
+            .unavailable_at(now)
+            .into_iter()
+            .map(|(t, z)| (t, z, spotkeeper_cloud::Market::Spot))
+            .collect();
+        let mut marks = self.pool_marks.lock().unwrap_or_else(|e| e.into_inner());
+        marks.retain(|_, until| *until > now);
+        set.extend(marks.keys().cloned());
+        set
+    }
+
+    async fn pool_pass(
+        &self,
+        pass: &PoolPass<'_>,
+        spec: &PoolSpec,
+        world: &World,
+    ) -> Result<Option<String>, crate::boxes::BoxError> {
+        let owner = &self.config.owner;
+        let to_time = |s: i64| std::time::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64);
+        let known = self
+            .pool_memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&spec.name)
+            .cloned();
+        let memory = match known {
+            Some(m) => m,
+            // After a restart: what the last pass saved.
+            None => self
+                .store
+                .pool_status(owner, Some(&spec.name))
+                .await?
+                .into_iter()
+                .next()
+                .map(|s| PoolMemory {
+                    last_desired: s.last_desired.map(|d| d.max(0) as u32),
+                    surplus_since: s.surplus_since.map(to_time),
+                })
+                .unwrap_or_default(),
+        };
+        let spot_blocked = {
+            let mut b = self.spot_blocked.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            b.retain(|_, until| *until > now);
+            b.contains_key(&spec.name)
+        };
+        let unavailable = self.pool_unavailable();
+        let now = std::time::SystemTime::now();
+        let out = pass
+            .run(spec, world, &unavailable, spot_blocked, &memory, now)
+            .await?;
+        {
+            let until = Instant::now() + UNAVAILABLE_FOR;
+            let mut marks = self.pool_marks.lock().unwrap_or_else(|e| e.into_inner());
+            for key in &out.marks {
+                marks.insert(key.clone(), until);
+            }
+            if out.block_spot {
+                self.spot_blocked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(spec.name.clone(), until);
+            }
+        }
+        let memory = PoolMemory {
+            last_desired: if out.plan.held.is_none() {
+                Some(out.plan.desired)
+            } else {
+                memory.last_desired
+            },
+            surplus_since: out.plan.surplus_since,
+        };
+        self.pool_memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(spec.name.clone(), memory.clone());
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        };
+        let status = crate::store::PoolStatus {
+            pool: spec.name.clone(),
+            at: unix(now),
+            desired: i64::from(out.plan.desired),
+            last_desired: memory.last_desired.map(i64::from),
+            surplus_since: memory.surplus_since.map(unix),
+            plan: serde_json::to_string(&serde_json::json!({
+                "plan": out.plan,
+                "failures": out.failures,
+                "spot_blocked": spot_blocked || out.block_spot,
+            }))
+            .unwrap_or_default(),
+        };
+        self.store.save_pool_status(owner, &status).await?;
+        // Metrics.
+        let m = &self.metrics.pools;
+        let label = crate::metrics::PoolLabel {
+            pool: spec.name.clone(),
+        };
+        let kind = |k: &str| crate::metrics::PoolKindLabel {
+            pool: spec.name.clone(),
+            kind: k.to_owned(),
+        };
+        m.desired
+            .get_or_create(&label)
+            .set(i64::from(out.plan.desired));
+        m.current
+            .get_or_create(&kind("spot"))
+            .set(i64::from(out.units_by_market.0));
+        m.current
+            .get_or_create(&kind("on-demand"))
+            .set(i64::from(out.units_by_market.1));
+        m.current
+            .get_or_create(&kind("requested"))
+            .set(i64::from(out.plan.pending));
+        for i in &out.launched {
+            m.launches.get_or_create(&kind(i.market.as_str())).inc();
+        }
+        for f in &out.failures {
+            m.launch_failures.get_or_create(&kind(f.reason)).inc();
+        }
+        if out.plan.held.is_some() {
+            m.demand_failures.get_or_create(&label).inc();
+        }
+        if let Some(p) = out.price_per_unit {
+            m.price_per_unit.get_or_create(&label).set(p);
+        }
+        let changed = !out.launched.is_empty() || out.terminated > 0 || out.cancelled > 0;
+        Ok(changed.then(|| {
+            format!(
+                "pool {}: desired {}, launched {}, terminated {}, cancelled {}",
+                spec.name,
+                out.plan.desired,
+                out.launched.len(),
+                out.terminated,
+                out.cancelled
+            )
+        }))
     }
 
     async fn heal(

@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod persist;
 pub mod plan;
 pub mod policy;
+pub mod pools;
 pub mod ready;
 pub mod store;

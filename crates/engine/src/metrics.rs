@@ -16,6 +16,39 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// Labels of a per-pool series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    /// Pool name.
+    pub pool: String,
+}
+
+/// Labels of a per-pool series split by market, reason …
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolKindLabel {
+    /// Pool name.
+    pub pool: String,
+    /// Market (`spot`, `on-demand`) or failure reason.
+    pub kind: String,
+}
+
+/// Per-pool metrics.
+#[derive(Debug, Default)]
+pub struct PoolMetrics {
+    /// Desired capacity units.
+    pub desired: Family<PoolLabel, Gauge>,
+    /// Current capacity units by market (`spot`, `on-demand`, `requested`).
+    pub current: Family<PoolKindLabel, Gauge>,
+    /// Instances launched, by market.
+    pub launches: Family<PoolKindLabel, Counter>,
+    /// Failed launches, by reason.
+    pub launch_failures: Family<PoolKindLabel, Counter>,
+    /// Passes that could not read the demand (the pool held).
+    pub demand_failures: Family<PoolLabel, Counter>,
+    /// Mean spot price paid per capacity unit and hour.
+    pub price_per_unit: Family<PoolLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
 /// The daemon's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -30,6 +63,8 @@ pub struct Metrics {
     pub warning_to_running: Histogram,
     /// Age in seconds of the newest message when received.
     pub queue_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Worker pools.
+    pub pools: PoolMetrics,
 }
 
 impl Default for Metrics {
@@ -64,8 +99,40 @@ impl Default for Metrics {
             "Age of the newest event when received",
             queue_lag_seconds.clone(),
         );
+        let pools = PoolMetrics::default();
+        registry.register(
+            "pool_desired_units",
+            "Desired capacity units of each pool",
+            pools.desired.clone(),
+        );
+        registry.register(
+            "pool_current_units",
+            "Current capacity units of each pool, by market (requested: open spot requests)",
+            pools.current.clone(),
+        );
+        registry.register(
+            "pool_launches",
+            "Pool instances launched, by market",
+            pools.launches.clone(),
+        );
+        registry.register(
+            "pool_launch_failures",
+            "Failed pool launches, by reason",
+            pools.launch_failures.clone(),
+        );
+        registry.register(
+            "pool_demand_failures",
+            "Pool passes that could not read the demand and held the pool",
+            pools.demand_failures.clone(),
+        );
+        registry.register(
+            "pool_price_per_unit",
+            "Mean spot price per capacity unit and hour of each pool",
+            pools.price_per_unit.clone(),
+        );
         Self {
             registry,
+            pools,
             events,
             replacements,
             launch_failures,

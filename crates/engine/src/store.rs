@@ -447,6 +447,267 @@ impl Store {
     }
 }
 
+/// A pool launch intent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolLaunch {
+    /// Row id.
+    pub id: i64,
+    /// Pool name.
+    pub pool: String,
+    /// The ClientToken.
+    pub token: String,
+    /// Instance type.
+    pub instance_type: String,
+    /// Zone.
+    pub zone: String,
+    /// Subnet, if any.
+    pub subnet: Option<String>,
+    /// `spot` or `on-demand`.
+    pub market: String,
+    /// Instances asked for.
+    pub count: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// The last plan of a pool, as `pool list|show` print it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolStatus {
+    /// Pool name.
+    pub pool: String,
+    /// Unix seconds of the pass.
+    pub at: i64,
+    /// Desired capacity of that pass.
+    pub desired: i64,
+    /// Desired capacity of the last pass that could read the demand.
+    pub last_desired: Option<i64>,
+    /// Unix seconds since the pool has been over its desired capacity.
+    pub surplus_since: Option<i64>,
+    /// The plan as JSON.
+    pub plan: String,
+}
+
+impl Store {
+    /// Registers (or replaces) a pool sent through the API.
+    pub async fn register_pool(
+        &self,
+        owner: &str,
+        name: &str,
+        spec: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO pools (owner, name, spec, registered_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (owner, name) DO UPDATE SET spec = excluded.spec",
+        )
+        .bind(owner)
+        .bind(name)
+        .bind(spec)
+        .bind(unix_now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets an API pool; `false` if there was none.
+    pub async fn deregister_pool(&self, owner: &str, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM pools WHERE owner = ? AND name = ?")
+            .bind(owner)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM pool_status WHERE owner = ? AND pool = ?")
+            .bind(owner)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The API pools: (name, spec JSON).
+    pub async fn pools(&self, owner: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT name, spec FROM pools WHERE owner = ? ORDER BY name")
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get("name"), r.get("spec")))
+            .collect())
+    }
+
+    /// Records a pool launch before it is made; returns its id.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_pool_launch(
+        &self,
+        owner: &str,
+        pool: &str,
+        token: &str,
+        instance_type: &str,
+        zone: &str,
+        subnet: Option<&str>,
+        market: &str,
+        count: u32,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO pool_launches (owner, pool, token, instance_type, zone, subnet, market, count, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(owner)
+        .bind(pool)
+        .bind(token)
+        .bind(instance_type)
+        .bind(zone)
+        .bind(subnet)
+        .bind(market)
+        .bind(i64::from(count))
+        .bind(unix_now())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get("id"))
+    }
+
+    /// Closes a pool launch with what came of it.
+    pub async fn close_pool_launch(&self, id: i64, outcome: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE pool_launches SET closed_at = ?, outcome = ? WHERE id = ?")
+            .bind(unix_now())
+            .bind(outcome)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Pool launches recorded but never closed (a crash in between).
+    pub async fn open_pool_launches(
+        &self,
+        owner: &str,
+        pool: &str,
+    ) -> Result<Vec<PoolLaunch>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, pool, token, instance_type, zone, subnet, market, count, created_at
+             FROM pool_launches WHERE owner = ? AND pool = ? AND closed_at IS NULL ORDER BY id",
+        )
+        .bind(owner)
+        .bind(pool)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PoolLaunch {
+                id: r.get("id"),
+                pool: r.get("pool"),
+                token: r.get("token"),
+                instance_type: r.get("instance_type"),
+                zone: r.get("zone"),
+                subnet: r.get("subnet"),
+                market: r.get("market"),
+                count: r.get("count"),
+                created_at: r.get("created_at"),
+            })
+            .collect())
+    }
+
+    /// Saves the last plan of a pool.
+    pub async fn save_pool_status(
+        &self,
+        owner: &str,
+        status: &PoolStatus,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO pool_status (owner, pool, at, desired, last_desired, surplus_since, plan)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (owner, pool) DO UPDATE SET at = excluded.at, desired = excluded.desired,
+               last_desired = excluded.last_desired, surplus_since = excluded.surplus_since,
+               plan = excluded.plan",
+        )
+        .bind(owner)
+        .bind(&status.pool)
+        .bind(status.at)
+        .bind(status.desired)
+        .bind(status.last_desired)
+        .bind(status.surplus_since)
+        .bind(&status.plan)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The last plan of each pool (or of one).
+    pub async fn pool_status(
+        &self,
+        owner: &str,
+        pool: Option<&str>,
+    ) -> Result<Vec<PoolStatus>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT pool, at, desired, last_desired, surplus_since, plan FROM pool_status
+             WHERE owner = ? AND (? IS NULL OR pool = ?) ORDER BY pool",
+        )
+        .bind(owner)
+        .bind(pool)
+        .bind(pool)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PoolStatus {
+                pool: r.get("pool"),
+                at: r.get("at"),
+                desired: r.get("desired"),
+                last_desired: r.get("last_desired"),
+                surplus_since: r.get("surplus_since"),
+                plan: r.get("plan"),
+            })
+            .collect())
+    }
+
+    /// Appends an event about a pool.
+    pub async fn record_pool_event(
+        &self,
+        owner: &str,
+        pool: &str,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO events (at, owner, pool, kind, message) VALUES (?, ?, ?, ?, ?)")
+            .bind(unix_now())
+            .bind(owner)
+            .bind(pool)
+            .bind(kind)
+            .bind(message)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` events of a pool, newest first.
+    pub async fn pool_events(
+        &self,
+        owner: &str,
+        pool: &str,
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, box, kind, message FROM events
+             WHERE owner = ? AND pool = ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(owner)
+        .bind(pool)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Event {
+                id: r.get("id"),
+                at: r.get("at"),
+                box_name: r.get("box"),
+                kind: r.get("kind"),
+                message: r.get("message"),
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

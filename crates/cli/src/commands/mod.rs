@@ -5,6 +5,7 @@ mod events;
 mod exec;
 mod image;
 mod list;
+mod pool;
 mod price;
 mod serve;
 mod snapshot;
@@ -21,7 +22,7 @@ use spotkeeper_engine::config::{BoxSpec, Config};
 use spotkeeper_engine::store::Store;
 
 use crate::Failure;
-use crate::cli::{Args, Command, ImageAction, VolumeAction};
+use crate::cli::{Args, Command, ImageAction, PoolAction, VolumeAction};
 use crate::context;
 use crate::output::Steps;
 
@@ -59,6 +60,10 @@ pub async fn dispatch(args: Args) -> Result<ExitCode, Failure> {
                     kind,
                 },
         } => volume::add(&args, box_name, *size, kind).await,
+        Command::Pool { action } => match action {
+            PoolAction::List => pool::run(&args, None).await,
+            PoolAction::Show { pool } => pool::run(&args, Some(pool)).await,
+        },
     }
 }
 

@@ -56,7 +56,9 @@ pub async fn run(args: &Args) -> Result<ExitCode, Failure> {
         std::process::exit(INTERRUPTED);
     });
 
-    let daemon = Daemon::new(&cloud, &store, &config, &locks);
+    let daemon = Daemon::new(&cloud, &store, &config, &locks).with_demand(Box::new(
+        spotkeeper_engine::pools::demand::LiveDemand::new(Some(cloud.clone())),
+    ));
     let api_state = ApiState {
         cloud: Arc::new(cloud.clone()),
         store: store.clone(),

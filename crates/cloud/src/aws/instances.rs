@@ -22,6 +22,21 @@ impl AwsCloud {
         self.launch_with(spec, |req| req).await
     }
 
+    pub(crate) async fn launch_many_impl(
+        &self,
+        spec: &LaunchSpec,
+        count: u32,
+    ) -> Result<Vec<Instance>, CloudError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let count = i32::try_from(count).unwrap_or(i32::MAX);
+        // MinCount = MaxCount: all or nothing, so a capacity error moves the
+        // whole batch to the next offering instead of half-filling it.
+        self.run_instances(spec, |req| req.min_count(count).max_count(count))
+            .await
+    }
+
     /// Launches like [`Cloud::launch`](crate::Cloud::launch), letting `customize`
     /// set RunInstances fields the typed [`LaunchSpec`] lacks (the escape hatch:
     /// metadata options, placement groups, capacity reservations …).
@@ -30,6 +45,23 @@ impl AwsCloud {
         spec: &LaunchSpec,
         customize: impl FnOnce(RunInstancesFluentBuilder) -> RunInstancesFluentBuilder,
     ) -> Result<Instance, CloudError> {
+        let launched = self
+            .run_instances(spec, |req| customize(req.min_count(1).max_count(1)))
+            .await?;
+        launched.into_iter().next().ok_or_else(|| {
+            CloudError::other(
+                "RunInstances",
+                ErrorKind::Other,
+                "AWS accepted the launch but returned no instance",
+            )
+        })
+    }
+
+    async fn run_instances(
+        &self,
+        spec: &LaunchSpec,
+        customize: impl FnOnce(RunInstancesFluentBuilder) -> RunInstancesFluentBuilder,
+    ) -> Result<Vec<Instance>, CloudError> {
         const OP: &str = "RunInstances";
         let tags: Vec<Tag> = spec
             .tags
@@ -59,9 +91,8 @@ impl AwsCloud {
             .run_instances()
             .image_id(spec.image_id.as_str())
             .instance_type(InstanceType::from(spec.instance_type.as_str()))
-            // Exactly one: counts are always explicit (the emulator launches MinCount).
-            .min_count(1)
-            .max_count(1)
+            // Counts are set by the caller, always explicitly (the emulator
+            // launches MinCount).
             .client_token(&spec.client_token)
             .set_tag_specifications((!tag_specs.is_empty()).then_some(tag_specs))
             .set_key_name(spec.key_name.clone())
@@ -115,20 +146,19 @@ impl AwsCloud {
             req = req.iam_instance_profile(p.build());
         }
         let out = customize(req).send().await.map_err(|e| sdk_error(OP, e))?;
-        let first = out.instances().first().ok_or_else(|| {
-            CloudError::other(
-                OP,
-                ErrorKind::Other,
-                "AWS accepted the launch but returned no instance",
-            )
-        })?;
-        convert_instance(first).ok_or_else(|| {
-            CloudError::other(
+        let launched: Vec<Instance> = out
+            .instances()
+            .iter()
+            .filter_map(convert_instance)
+            .collect();
+        if launched.len() != out.instances().len() {
+            return Err(CloudError::other(
                 OP,
                 ErrorKind::Other,
                 "AWS returned an instance without an id",
-            )
-        })
+            ));
+        }
+        Ok(launched)
     }
 
     pub(crate) async fn instances_impl(

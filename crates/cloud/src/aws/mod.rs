@@ -16,6 +16,8 @@ pub use volumes::{data_device_names, next_free_device};
 mod pricing;
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
@@ -43,6 +45,27 @@ pub struct AwsCloud {
     pub(crate) sqs: aws_sdk_sqs::Client,
     pub(crate) events: aws_sdk_eventbridge::Client,
     region: String,
+    calls: Arc<AtomicU64>,
+}
+
+/// Counts the HTTP requests the SDK clients send (retries included).
+#[derive(Debug)]
+struct CallCounter(Arc<AtomicU64>);
+
+impl aws_sdk_ec2::config::Intercept for CallCounter {
+    fn name(&self) -> &'static str {
+        "spotkeeper-call-counter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_ec2::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_ec2::config::ConfigBag,
+    ) -> Result<(), aws_sdk_ec2::error::BoxError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 impl fmt::Debug for AwsCloud {
@@ -89,14 +112,44 @@ impl AwsCloud {
                 "the SDK configuration has no region",
             )
         })?;
+        let calls = Arc::new(AtomicU64::new(0));
+        let counter = || CallCounter(calls.clone());
         Ok(Self {
-            ec2: aws_sdk_ec2::Client::new(sdk),
-            ssm: aws_sdk_ssm::Client::new(sdk),
-            route53: aws_sdk_route53::Client::new(sdk),
-            sqs: aws_sdk_sqs::Client::new(sdk),
-            events: aws_sdk_eventbridge::Client::new(sdk),
+            ec2: aws_sdk_ec2::Client::from_conf(
+                aws_sdk_ec2::config::Builder::from(sdk)
+                    .interceptor(counter())
+                    .build(),
+            ),
+            ssm: aws_sdk_ssm::Client::from_conf(
+                aws_sdk_ssm::config::Builder::from(sdk)
+                    .interceptor(counter())
+                    .build(),
+            ),
+            route53: aws_sdk_route53::Client::from_conf(
+                aws_sdk_route53::config::Builder::from(sdk)
+                    .interceptor(counter())
+                    .build(),
+            ),
+            sqs: aws_sdk_sqs::Client::from_conf(
+                aws_sdk_sqs::config::Builder::from(sdk)
+                    .interceptor(counter())
+                    .build(),
+            ),
+            events: aws_sdk_eventbridge::Client::from_conf(
+                aws_sdk_eventbridge::config::Builder::from(sdk)
+                    .interceptor(counter())
+                    .build(),
+            ),
             region,
+            calls,
         })
+    }
+
+    /// How many HTTP requests this handle's clients have sent to AWS so far
+    /// (retries included). Clients passed to [`AwsCloud::from_clients`] are
+    /// not counted.
+    pub fn aws_calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
     }
 
     /// Replaces the SQS and EventBridge clients (see [`AwsCloud::from_clients`]).
@@ -131,6 +184,7 @@ impl AwsCloud {
             sqs: aws_sdk_sqs::Client::new(&sdk),
             events: aws_sdk_eventbridge::Client::new(&sdk),
             region: region.into(),
+            calls: Arc::default(),
         }
     }
 

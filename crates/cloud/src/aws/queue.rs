@@ -302,6 +302,43 @@ impl AwsCloud {
         Ok(())
     }
 
+    /// How many messages wait in the queue (`ApproximateNumberOfMessages`):
+    /// the demand of a worker pool. `queue` is a URL or a name.
+    pub async fn queue_depth(&self, queue: &str) -> Result<u64, CloudError> {
+        const OP: &str = "GetQueueAttributes";
+        let url = if queue.starts_with("https://") || queue.starts_with("http://") {
+            queue.to_owned()
+        } else {
+            self.queue_url(queue).await?.ok_or_else(|| {
+                CloudError::other(
+                    OP,
+                    ErrorKind::NotFound,
+                    format!("no SQS queue named {queue}"),
+                )
+            })?
+        };
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .map_err(|e| sdk_error(OP, e))?;
+        out.attributes()
+            .and_then(|a| {
+                a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            })
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| {
+                CloudError::other(
+                    OP,
+                    ErrorKind::Other,
+                    "the queue did not report ApproximateNumberOfMessages",
+                )
+            })
+    }
+
     /// Sends a message (tests, and re-queueing).
     pub async fn send_message(&self, queue_url: &str, body: &str) -> Result<(), CloudError> {
         self.sqs

@@ -1,0 +1,144 @@
+//! Reading a pool's demand: the number of pending jobs. A failure (source
+//! down, slow, not JSON) is an `Err` with a reason; the planner then holds the
+//! pool instead of scaling it down.
+
+use async_trait::async_trait;
+use spotkeeper_cloud::AwsCloud;
+
+use super::Demand;
+
+/// Largest demand response read (a JSON array of pending jobs).
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// Where pending-job counts come from.
+#[async_trait]
+pub trait DemandReader: Send + Sync {
+    /// Pending jobs of `demand`, or why they cannot be counted.
+    async fn pending(&self, demand: &Demand) -> Result<u64, String>;
+}
+
+/// Reads HTTP sources with reqwest and SQS sources through the AWS handle.
+#[derive(Debug, Clone)]
+pub struct LiveDemand {
+    http: reqwest::Client,
+    aws: Option<AwsCloud>,
+}
+
+impl LiveDemand {
+    /// A reader; without `aws`, SQS sources report an error.
+    pub fn new(aws: Option<AwsCloud>) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .user_agent(concat!("spotkeeper/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .unwrap_or_default(),
+            aws,
+        }
+    }
+}
+
+#[async_trait]
+impl DemandReader for LiveDemand {
+    async fn pending(&self, demand: &Demand) -> Result<u64, String> {
+        match demand {
+            Demand::None => Ok(0),
+            Demand::Http { url, timeout } => {
+                let read = async {
+                    let mut resp = self
+                        .http
+                        .get(url)
+                        .header("accept", "application/json")
+                        .send()
+                        .await
+                        .map_err(|e| format!("GET {url}: {}", without_url(&e)))?;
+                    let status = resp.status();
+                    if !status.is_success() {
+                        return Err(format!("GET {url}: HTTP {status}"));
+                    }
+                    let mut body = Vec::new();
+                    while let Some(chunk) = resp
+                        .chunk()
+                        .await
+                        .map_err(|e| format!("GET {url}: {}", without_url(&e)))?
+                    {
+                        if body.len() + chunk.len() > MAX_BODY {
+                            return Err(format!("GET {url}: the answer is over {MAX_BODY} bytes"));
+                        }
+                        body.extend_from_slice(&chunk);
+                    }
+                    count_jobs(&body).map_err(|e| format!("GET {url}: {e}"))
+                };
+                tokio::time::timeout(*timeout, read)
+                    .await
+                    .map_err(|_| format!("GET {url}: no answer within {timeout:?}"))?
+            }
+            Demand::Sqs { queue } => {
+                let aws = self
+                    .aws
+                    .as_ref()
+                    .ok_or_else(|| format!("SQS queue {queue}: no AWS connection"))?;
+                aws.queue_depth(queue)
+                    .await
+                    .map_err(|e| format!("SQS queue {queue}: {e}"))
+            }
+        }
+    }
+}
+
+/// reqwest's errors repeat the URL; we say it once.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(&format!(" ({url})"), "");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// The number of pending jobs in a demand answer: the length of a JSON array.
+pub fn count_jobs(body: &[u8]) -> Result<u64, String> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| format!("the answer is not JSON ({e}); expected an array of pending jobs"))?;
+    match value {
+        serde_json::Value::Array(jobs) => Ok(jobs.len() as u64),
+        other => Err(format!(
+            "expected a JSON array of pending jobs, got {}",
+            match other {
+                serde_json::Value::Object(_) => "an object",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::Bool(_) => "a boolean",
+                _ => "null",
+            }
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_jobs;
+
+    #[test]
+    fn the_count_is_the_length_of_the_array_and_anything_else_is_an_error() {
+        assert_eq!(count_jobs(b"[]"), Ok(0));
+        assert_eq!(count_jobs(br#"[{"id":1},{"id":2},3]"#), Ok(3));
+        assert!(
+            count_jobs(b"<html>")
+                .expect_err("an error")
+                .contains("not JSON")
+        );
+        assert!(
+            count_jobs(br#"{"jobs":[]}"#)
+                .expect_err("an error")
+                .contains("an object")
+        );
+        assert!(count_jobs(b"").is_err());
+    }
+}

@@ -1,0 +1,622 @@
+//! One pass of one pool: finish launches a crash left open, read the demand,
+//! plan, and execute (cancel, terminate, launch in batches), with an intent
+//! recorded before every launch. A capacity error marks the offering and
+//! plans the rest again at once; a spot quota turns spot off for the pool (on-
+//! demand if allowed); an authorization error stops the pass.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use spotkeeper_cloud::{
+    Cloud, CloudError, ErrorKind, ImageId, Instance, InstanceId, InstanceState, LaunchSpec, Market,
+    SpotRequest, SpotRequestState,
+};
+
+use spotkeeper_cloud::model::tags;
+
+use super::PoolSpec;
+use super::demand::DemandReader;
+use super::plan::{Batch, Input, Member, OfferingKey, OpenRequest, Placement, Plan, Step, plan};
+use crate::boxes::BoxError;
+use crate::store::{PoolLaunch, Store};
+
+/// An open launch intent older than this is not retried (its instances, if
+/// any, are counted by tag like any others).
+pub const RESUME_WITHIN: Duration = Duration::from_secs(60 * 60);
+
+/// Capacity errors re-plan at most this many times in one pass.
+const MAX_REPLANS: usize = 8;
+
+/// TerminateInstances and CancelSpotInstanceRequests take at most this many ids.
+const IDS_PER_CALL: usize = 500;
+
+/// What a pass of all pools observed once: every instance and spot request
+/// with the owner tag, the region's zones, and the instances warned of
+/// interruption.
+#[derive(Debug, Default)]
+pub struct World {
+    /// Instances with the owner tag.
+    pub instances: Vec<Instance>,
+    /// Spot requests with the owner tag.
+    pub requests: Vec<SpotRequest>,
+    /// Zones of the region.
+    pub zones: Vec<String>,
+    /// Instances about to be taken (spot warnings): not counted.
+    pub doomed: HashSet<InstanceId>,
+}
+
+/// What a pool remembers between passes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolMemory {
+    /// Desired capacity of the last pass that read the demand.
+    pub last_desired: Option<u32>,
+    /// Since when the pool has been over its desired capacity.
+    pub surplus_since: Option<SystemTime>,
+}
+
+/// A launch that failed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LaunchFailure {
+    /// What was asked.
+    pub batch: Batch,
+    /// Short reason (`insufficient-capacity`, `quota-exceeded` …).
+    pub reason: &'static str,
+    /// AWS's words.
+    pub message: String,
+}
+
+/// What a pass did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The last plan made (after any re-plans).
+    pub plan: Plan,
+    /// Instances launched.
+    pub launched: Vec<Instance>,
+    /// Spot requests cancelled.
+    pub cancelled: usize,
+    /// Instances terminated.
+    pub terminated: usize,
+    /// Launches that failed.
+    pub failures: Vec<LaunchFailure>,
+    /// Offerings to mark unavailable (capacity errors).
+    pub marks: Vec<OfferingKey>,
+    /// Spot was refused by a quota: keep it off for this pool for a while.
+    pub block_spot: bool,
+    /// Live instances by market after the pass: (spot, on-demand) units.
+    pub units_by_market: (u32, u32),
+    /// Mean spot price per capacity unit of the running spot instances.
+    pub price_per_unit: Option<f64>,
+}
+
+/// The parts a pool pass works with.
+#[derive(Clone, Copy)]
+pub struct PoolPass<'a> {
+    /// The cloud.
+    pub cloud: &'a dyn Cloud,
+    /// The state store.
+    pub store: &'a Store,
+    /// Owner tag value.
+    pub owner: &'a str,
+    /// Where pending-job counts come from.
+    pub demand: &'a dyn DemandReader,
+}
+
+impl std::fmt::Debug for PoolPass<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolPass")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The live members of `pool` among `instances`.
+pub fn members(
+    spec: &PoolSpec,
+    instances: &[Instance],
+    doomed: &HashSet<InstanceId>,
+) -> Vec<Member> {
+    instances
+        .iter()
+        .filter(|i| {
+            i.tag(tags::POOL) == Some(spec.name.as_str())
+                && matches!(i.state, InstanceState::Pending | InstanceState::Running)
+                && i.tag(tags::STOPPED).is_none()
+                && !doomed.contains(&i.id)
+        })
+        .map(member)
+        .collect()
+}
+
+fn member(i: &Instance) -> Member {
+    Member {
+        id: i.id.clone(),
+        instance_type: i.instance_type.clone(),
+        zone: i.zone.clone(),
+        market: i.market,
+        launched_at: i.launched_at,
+    }
+}
+
+/// The open spot requests (no instance yet) of `pool`.
+pub fn open_requests(spec: &PoolSpec, requests: &[SpotRequest]) -> Vec<OpenRequest> {
+    requests
+        .iter()
+        .filter(|r| {
+            r.tag(tags::POOL) == Some(spec.name.as_str())
+                && r.state == SpotRequestState::Open
+                && r.instance_id.is_none()
+        })
+        .map(|r| OpenRequest {
+            id: r.id.clone(),
+            instance_type: r.instance_type.clone(),
+        })
+        .collect()
+}
+
+/// The tags of every pool instance, set at creation.
+pub fn pool_tags(owner: &str, spec: &PoolSpec, token: &str) -> BTreeMap<String, String> {
+    let mut t = spec.tags.clone();
+    t.insert(tags::OWNER.into(), owner.to_owned());
+    t.insert(tags::POOL.into(), spec.name.clone());
+    t.insert(tags::INTENT.into(), token.to_owned());
+    t.insert(tags::NAME.into(), format!("spotkeeper-pool-{}", spec.name));
+    t
+}
+
+fn launch_spec(owner: &str, spec: &PoolSpec, image: &ImageId, launch: &PoolLaunch) -> LaunchSpec {
+    let mut l = LaunchSpec::new(image.clone(), launch.instance_type.clone());
+    l.market = if launch.market == Market::OnDemand.as_str() {
+        Market::OnDemand
+    } else {
+        Market::Spot
+    };
+    l.zone = Some(launch.zone.clone());
+    l.subnet_id = launch.subnet.clone();
+    l.security_group_ids = spec.security_groups.clone();
+    l.key_name = spec.key_name.clone();
+    l.user_data = spec.user_data.clone();
+    l.tags = pool_tags(owner, spec, &launch.token);
+    l.client_token = launch.token.clone();
+    l.root_volume = spec.root_disk.clone();
+    l.iam_instance_profile = spec.iam_instance_profile.clone();
+    l
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl PoolPass<'_> {
+    async fn places(&self, spec: &PoolSpec, world: &World) -> Result<Vec<Placement>, CloudError> {
+        let allowed = |z: &str| {
+            spec.zones
+                .as_ref()
+                .is_none_or(|zs| zs.iter().any(|a| a == z))
+        };
+        if spec.subnets.is_empty() {
+            return Ok(world
+                .zones
+                .iter()
+                .filter(|z| allowed(z))
+                .map(|z| Placement {
+                    zone: z.clone(),
+                    subnet: None,
+                })
+                .collect());
+        }
+        let mut places = Vec::new();
+        for subnet in &spec.subnets {
+            let zone = self.cloud.subnet_zone(subnet).await?;
+            if allowed(&zone) {
+                places.push(Placement {
+                    zone,
+                    subnet: Some(subnet.clone()),
+                });
+            }
+        }
+        Ok(places)
+    }
+
+    async fn record(&self, pool: &str, kind: &str, message: &str) {
+        tracing::info!(pool, kind, "{message}");
+        if let Err(e) = self
+            .store
+            .record_pool_event(self.owner, pool, kind, message)
+            .await
+        {
+            tracing::warn!("cannot record a pool event in the state file: {e}");
+        }
+    }
+
+    /// Launches one recorded intent and closes it with the result.
+    async fn launch(
+        &self,
+        spec: &PoolSpec,
+        image: &ImageId,
+        intent: &PoolLaunch,
+    ) -> Result<Vec<Instance>, BoxError> {
+        let l = launch_spec(self.owner, spec, image, intent);
+        match self
+            .cloud
+            .launch_many(&l, u32::try_from(intent.count).unwrap_or(0))
+            .await
+        {
+            Ok(instances) => {
+                let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+                self.store
+                    .close_pool_launch(intent.id, &format!("launched {}", ids.join(" ")))
+                    .await?;
+                Ok(instances)
+            }
+            Err(e) => {
+                // A lost answer (network, throttling) stays open: the next
+                // pass repeats the call with the same token.
+                if !matches!(e.kind, ErrorKind::Unreachable | ErrorKind::Throttled) {
+                    self.store
+                        .close_pool_launch(intent.id, &format!("failed: {e}"))
+                        .await?;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Runs one pass of `spec` over `world`.
+    pub async fn run(
+        &self,
+        spec: &PoolSpec,
+        world: &World,
+        unavailable: &HashSet<OfferingKey>,
+        spot_blocked: bool,
+        memory: &PoolMemory,
+        now: SystemTime,
+    ) -> Result<Outcome, BoxError> {
+        let mut image: Option<ImageId> = None;
+        let mut launched: Vec<Instance> = Vec::new();
+        // 1. Launches a crash left open: repeat them with the same token.
+        for open in self
+            .store
+            .open_pool_launches(self.owner, &spec.name)
+            .await?
+        {
+            let age = unix(now) - open.created_at;
+            if age > RESUME_WITHIN.as_secs() as i64 {
+                self.store
+                    .close_pool_launch(open.id, "abandoned: too old to repeat")
+                    .await?;
+                continue;
+            }
+            if image.is_none() {
+                image = Some(self.cloud.resolve_image(&spec.image).await?);
+            }
+            let img = image.clone().expect("resolved above");
+            match self.launch(spec, &img, &open).await {
+                Ok(instances) => {
+                    let known: HashSet<&InstanceId> =
+                        world.instances.iter().map(|i| &i.id).collect();
+                    launched.extend(instances.into_iter().filter(|i| !known.contains(&i.id)));
+                }
+                Err(e) => {
+                    self.record(
+                        &spec.name,
+                        "resume-failed",
+                        &format!("repeating launch {}: {e}", open.token),
+                    )
+                    .await;
+                }
+            }
+        }
+
+        // 2. Observe (from the shared world), read the demand, plan.
+        let mut members = members(spec, &world.instances, &world.doomed);
+        members.extend(launched.iter().map(member));
+        let requests = open_requests(spec, &world.requests);
+        let places = self.places(spec, world).await?;
+        let zones: Vec<String> = places.iter().map(|p| p.zone.clone()).collect();
+        let type_names: Vec<String> = spec.types.iter().map(|t| t.instance_type.clone()).collect();
+        let prices = if zones.is_empty() {
+            Vec::new()
+        } else {
+            self.cloud.spot_prices(&type_names, &zones).await?
+        };
+        let demand = self.demand.pending(&spec.demand).await;
+        if let Err(why) = &demand {
+            self.record(&spec.name, "demand-failed", why).await;
+        }
+        let mut unavailable = unavailable.clone();
+        let mut spot_blocked = spot_blocked;
+        let mut outcome = Outcome {
+            plan: Plan {
+                desired: 0,
+                current: 0,
+                pending: 0,
+                held: None,
+                steps: Vec::new(),
+                reasons: Vec::new(),
+                surplus_since: None,
+            },
+            launched: Vec::new(),
+            cancelled: 0,
+            terminated: 0,
+            failures: Vec::new(),
+            marks: Vec::new(),
+            block_spot: false,
+            units_by_market: (0, 0),
+            price_per_unit: None,
+        };
+        let mut reasons_so_far: Vec<String> = Vec::new();
+        let mut gone: HashSet<InstanceId> = HashSet::new();
+        let mut cancelled: HashSet<spotkeeper_cloud::SpotRequestId> = HashSet::new();
+        for round in 0..=MAX_REPLANS {
+            let live: Vec<Member> = members
+                .iter()
+                .filter(|m| !gone.contains(&m.id))
+                .cloned()
+                .collect();
+            let open: Vec<OpenRequest> = requests
+                .iter()
+                .filter(|r| !cancelled.contains(&r.id))
+                .cloned()
+                .collect();
+            let p = plan(&Input {
+                spec,
+                demand: demand.clone(),
+                last_desired: memory.last_desired,
+                members: &live,
+                open_requests: &open,
+                prices: &prices,
+                placements: &places,
+                unavailable: &unavailable,
+                spot_blocked,
+                surplus_since: memory.surplus_since,
+                now,
+            });
+            let mut replan = false;
+            for step in &p.steps {
+                match step {
+                    Step::Cancel { requests } => {
+                        for chunk in requests.chunks(IDS_PER_CALL) {
+                            self.cloud.cancel_spot_requests(chunk).await?;
+                        }
+                        cancelled.extend(requests.iter().cloned());
+                        outcome.cancelled += requests.len();
+                        self.record(
+                            &spec.name,
+                            "cancel",
+                            &format!("cancelled {} open spot requests", requests.len()),
+                        )
+                        .await;
+                    }
+                    Step::Terminate { instances } => {
+                        for chunk in instances.chunks(IDS_PER_CALL) {
+                            self.cloud.terminate(chunk).await?;
+                        }
+                        gone.extend(instances.iter().cloned());
+                        outcome.terminated += instances.len();
+                        let ids: Vec<&str> = instances.iter().map(InstanceId::as_str).collect();
+                        self.record(
+                            &spec.name,
+                            "scale-down",
+                            &format!("terminated {}", ids.join(" ")),
+                        )
+                        .await;
+                    }
+                    Step::Launch(batch) => {
+                        if image.is_none() {
+                            image = Some(self.cloud.resolve_image(&spec.image).await?);
+                        }
+                        let img = image.clone().expect("resolved above");
+                        let token = crate::plan::client_token(
+                            self.owner,
+                            &format!("pool:{}", spec.name),
+                            now.duration_since(UNIX_EPOCH)
+                                .map_or(0, |d| d.as_nanos() as i64)
+                                .wrapping_add(round as i64),
+                            batch.market,
+                            &batch.instance_type,
+                            Some(&format!("{}:{}", batch.zone, batch.count)),
+                        );
+                        let id = self
+                            .store
+                            .create_pool_launch(
+                                self.owner,
+                                &spec.name,
+                                &token,
+                                &batch.instance_type,
+                                &batch.zone,
+                                batch.subnet.as_deref(),
+                                batch.market.as_str(),
+                                batch.count,
+                            )
+                            .await?;
+                        let intent = PoolLaunch {
+                            id,
+                            pool: spec.name.clone(),
+                            token,
+                            instance_type: batch.instance_type.clone(),
+                            zone: batch.zone.clone(),
+                            subnet: batch.subnet.clone(),
+                            market: batch.market.as_str().to_owned(),
+                            count: i64::from(batch.count),
+                            created_at: unix(now),
+                        };
+                        match self.launch(spec, &img, &intent).await {
+                            Ok(instances) => {
+                                let ids: Vec<&str> =
+                                    instances.iter().map(|i| i.id.as_str()).collect();
+                                self.record(
+                                    &spec.name,
+                                    "launch",
+                                    &format!(
+                                        "launched {} × {} in {} ({}): {}",
+                                        batch.count,
+                                        batch.instance_type,
+                                        batch.zone,
+                                        batch.market.as_str(),
+                                        ids.join(" ")
+                                    ),
+                                )
+                                .await;
+                                members.extend(instances.iter().map(member));
+                                launched.extend(instances);
+                            }
+                            Err(BoxError::Cloud(e)) => {
+                                let reason = e.kind.as_str();
+                                outcome.failures.push(LaunchFailure {
+                                    batch: batch.clone(),
+                                    reason,
+                                    message: e.to_string(),
+                                });
+                                let key = (
+                                    batch.instance_type.clone(),
+                                    batch.zone.clone(),
+                                    batch.market,
+                                );
+                                match e.kind {
+                                    ErrorKind::InsufficientCapacity | ErrorKind::PriceTooLow => {
+                                        self.record(
+                                            &spec.name,
+                                            "no-capacity",
+                                            &format!(
+                                                "{} in {} ({}): {e}; trying the next offering",
+                                                batch.instance_type,
+                                                batch.zone,
+                                                batch.market.as_str()
+                                            ),
+                                        )
+                                        .await;
+                                        unavailable.insert(key.clone());
+                                        outcome.marks.push(key);
+                                        replan = true;
+                                    }
+                                    ErrorKind::QuotaExceeded if batch.market == Market::Spot => {
+                                        self.record(
+                                            &spec.name,
+                                            "quota",
+                                            &format!(
+                                                "spot quota reached ({e}); {}",
+                                                if spec.fallback_on_demand {
+                                                    "launching on-demand until it clears"
+                                                } else {
+                                                    "no fallback: the pool stays short"
+                                                }
+                                            ),
+                                        )
+                                        .await;
+                                        spot_blocked = true;
+                                        outcome.block_spot = true;
+                                        replan = true;
+                                    }
+                                    ErrorKind::QuotaExceeded => {
+                                        self.record(
+                                            &spec.name,
+                                            "quota",
+                                            &format!("on-demand quota reached: {e}"),
+                                        )
+                                        .await;
+                                        // Every zone of this type on-demand.
+                                        for p in &places {
+                                            let k = (
+                                                batch.instance_type.clone(),
+                                                p.zone.clone(),
+                                                Market::OnDemand,
+                                            );
+                                            unavailable.insert(k.clone());
+                                            outcome.marks.push(k);
+                                        }
+                                        replan = true;
+                                    }
+                                    ErrorKind::Unauthorized => {
+                                        self.record(
+                                            &spec.name,
+                                            "unauthorized",
+                                            &format!(
+                                                "not allowed to launch, stopping this pass: {e}"
+                                            ),
+                                        )
+                                        .await;
+                                        outcome.plan = p.clone();
+                                        return self
+                                            .finish(
+                                                spec,
+                                                outcome,
+                                                members,
+                                                gone,
+                                                launched,
+                                                &prices,
+                                                reasons_so_far,
+                                            )
+                                            .await;
+                                    }
+                                    _ => {
+                                        self.record(&spec.name, "launch-failed", &e.to_string())
+                                            .await;
+                                    }
+                                }
+                            }
+                            Err(other) => return Err(other),
+                        }
+                        if replan {
+                            break;
+                        }
+                    }
+                }
+            }
+            reasons_so_far.extend(p.reasons.iter().cloned());
+            outcome.plan = p;
+            if !replan || round == MAX_REPLANS {
+                break;
+            }
+        }
+        self.finish(
+            spec,
+            outcome,
+            members,
+            gone,
+            launched,
+            &prices,
+            reasons_so_far,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        spec: &PoolSpec,
+        mut outcome: Outcome,
+        members: Vec<Member>,
+        gone: HashSet<InstanceId>,
+        launched: Vec<Instance>,
+        prices: &[spotkeeper_cloud::SpotPrice],
+        reasons: Vec<String>,
+    ) -> Result<Outcome, BoxError> {
+        let mut spot_units = 0;
+        let mut od_units = 0;
+        let mut spot_cost = 0.0;
+        let mut priced_units = 0;
+        for m in members.iter().filter(|m| !gone.contains(&m.id)) {
+            let cap = spec.capacity_of(&m.instance_type);
+            match m.market {
+                Market::Spot => {
+                    spot_units += cap;
+                    if let Some(p) = prices.iter().find(|p| {
+                        p.instance_type == m.instance_type && Some(&p.zone) == m.zone.as_ref()
+                    }) {
+                        spot_cost += p.price;
+                        priced_units += cap;
+                    }
+                }
+                Market::OnDemand => od_units += cap,
+            }
+        }
+        outcome.units_by_market = (spot_units, od_units);
+        outcome.price_per_unit = (priced_units > 0).then(|| spot_cost / f64::from(priced_units));
+        if !reasons.is_empty() {
+            outcome.plan.reasons = reasons;
+        }
+        outcome.launched = launched;
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,458 @@
+//! The pool planner: pure, `(spec, demand, observed, unavailable, prices, now)
+//! -> Plan`. It reads nothing and calls nothing, so it is tested exhaustively
+//! and benchmarked at 10,000 instances.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use spotkeeper_cloud::{InstanceId, Market, SpotPrice, SpotRequestId};
+
+use super::PoolSpec;
+
+/// Offerings whose price per unit is within this factor of the cheapest one
+/// share a launch: a pool spread over several types and zones loses less to
+/// one interruption wave.
+pub const DIVERSIFY_WITHIN: f64 = 1.2;
+
+/// A live (pending or running) instance of the pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    /// Instance id.
+    pub id: InstanceId,
+    /// Its type.
+    pub instance_type: String,
+    /// Its zone.
+    pub zone: Option<String>,
+    /// Spot or on-demand.
+    pub market: Market,
+    /// When it was launched.
+    pub launched_at: Option<SystemTime>,
+}
+
+/// An open spot request of the pool (no instance yet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenRequest {
+    /// Request id.
+    pub id: SpotRequestId,
+    /// Requested type.
+    pub instance_type: Option<String>,
+}
+
+/// Where the pool may launch: a zone, with the subnet to use there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Availability zone.
+    pub zone: String,
+    /// Subnet in that zone, if the pool names subnets.
+    pub subnet: Option<String>,
+}
+
+/// An offering a pool may not use for now: (type, zone, market).
+pub type OfferingKey = (String, String, Market);
+
+/// Everything the planner looks at.
+#[derive(Debug)]
+pub struct Input<'a> {
+    /// The pool.
+    pub spec: &'a PoolSpec,
+    /// Pending jobs, or why the count is unknown.
+    pub demand: Result<u64, String>,
+    /// The desired capacity of the last pass that read the demand.
+    pub last_desired: Option<u32>,
+    /// Live instances, not counting those warned of interruption.
+    pub members: &'a [Member],
+    /// Open spot requests.
+    pub open_requests: &'a [OpenRequest],
+    /// Current spot prices (types × zones of the pool).
+    pub prices: &'a [SpotPrice],
+    /// Where the pool may launch.
+    pub placements: &'a [Placement],
+    /// Offerings marked unavailable (capacity errors, interruptions).
+    pub unavailable: &'a HashSet<OfferingKey>,
+    /// Spot is refused for the whole pool (a spot quota was hit).
+    pub spot_blocked: bool,
+    /// Since when the pool has been over its desired capacity.
+    pub surplus_since: Option<SystemTime>,
+    /// Now.
+    pub now: SystemTime,
+}
+
+/// Launch `count` instances of one offering in one call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Batch {
+    /// Instance type.
+    pub instance_type: String,
+    /// Zone.
+    pub zone: String,
+    /// Subnet in that zone, if any.
+    pub subnet: Option<String>,
+    /// Spot or on-demand.
+    pub market: Market,
+    /// Instances.
+    pub count: u32,
+    /// Capacity units each.
+    pub capacity: u32,
+    /// Spot price per instance-hour, when known.
+    pub price: Option<f64>,
+}
+
+/// One action of a pass.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    /// Cancel open spot requests (first, when over).
+    Cancel {
+        /// The requests.
+        requests: Vec<SpotRequestId>,
+    },
+    /// Terminate instances (idle surplus, newest first).
+    Terminate {
+        /// The instances.
+        instances: Vec<InstanceId>,
+    },
+    /// Launch a batch.
+    Launch(Batch),
+}
+
+/// What a pass decided, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// Desired capacity units.
+    pub desired: u32,
+    /// Current capacity units: live instances plus open requests.
+    pub current: u32,
+    /// Units in open spot requests.
+    pub pending: u32,
+    /// Set when the demand could not be read: the pool holds (never shrinks).
+    pub held: Option<String>,
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+    /// Why, in words.
+    pub reasons: Vec<String>,
+    /// Carried to the next pass.
+    pub surplus_since: Option<SystemTime>,
+}
+
+/// Plans one pass of one pool.
+pub fn plan(input: &Input<'_>) -> Plan {
+    let spec = input.spec;
+    let mut reasons = Vec::new();
+    let in_members: u32 = input
+        .members
+        .iter()
+        .map(|m| spec.capacity_of(&m.instance_type))
+        .sum();
+    let pending: u32 = input
+        .open_requests
+        .iter()
+        .map(|r| {
+            r.instance_type
+                .as_deref()
+                .map_or(1, |t| spec.capacity_of(t))
+        })
+        .sum();
+    let current = in_members + pending;
+    let (desired, held) = match &input.demand {
+        Ok(jobs) => {
+            let units = jobs.div_ceil(u64::from(spec.jobs_per_capacity.max(1)));
+            let desired =
+                units.clamp(u64::from(spec.min_capacity), u64::from(spec.max_capacity)) as u32;
+            reasons.push(format!(
+                "{jobs} pending jobs → {units} units, within {}..={} → desired {desired}",
+                spec.min_capacity, spec.max_capacity
+            ));
+            (desired, None)
+        }
+        Err(why) => {
+            let desired = input
+                .last_desired
+                .unwrap_or(current)
+                .clamp(spec.min_capacity, spec.max_capacity);
+            reasons.push(format!(
+                "demand unknown ({why}): holding at {desired}, never scaling down"
+            ));
+            (desired, Some(why.clone()))
+        }
+    };
+    let mut steps = Vec::new();
+    let mut surplus_since = None;
+    if current < desired {
+        let need = desired - current;
+        reasons.push(format!("short {need} units (current {current})"));
+        launch(input, need, current, &mut steps, &mut reasons);
+    } else if current > desired && held.is_none() {
+        let mut surplus = current - desired;
+        reasons.push(format!("over by {surplus} units (current {current})"));
+        // Open requests first: nothing runs on them yet.
+        let mut cancel = Vec::new();
+        for r in input.open_requests {
+            let cap = r
+                .instance_type
+                .as_deref()
+                .map_or(1, |t| spec.capacity_of(t));
+            if cap <= surplus {
+                surplus -= cap;
+                cancel.push(r.id.clone());
+            }
+        }
+        if !cancel.is_empty() {
+            reasons.push(format!("cancel {} open spot requests", cancel.len()));
+            steps.push(Step::Cancel { requests: cancel });
+        }
+        if surplus > 0 {
+            let since = input.surplus_since.unwrap_or(input.now);
+            let idle = input.now.duration_since(since).unwrap_or(Duration::ZERO);
+            if idle >= spec.scale_down_after {
+                // On-demand first (dearer), then newest first.
+                let mut order: Vec<&Member> = input.members.iter().collect();
+                order.sort_by(|a, b| {
+                    (a.market == Market::Spot)
+                        .cmp(&(b.market == Market::Spot))
+                        .then(b.launched_at.cmp(&a.launched_at))
+                        .then(b.id.as_str().cmp(a.id.as_str()))
+                });
+                let mut doomed = Vec::new();
+                for m in order {
+                    let cap = spec.capacity_of(&m.instance_type);
+                    if cap <= surplus {
+                        surplus -= cap;
+                        doomed.push(m.id.clone());
+                    }
+                    if surplus == 0 {
+                        break;
+                    }
+                }
+                if !doomed.is_empty() {
+                    reasons.push(format!(
+                        "idle for {}s (scale_down_after {}s): terminate {} instances",
+                        idle.as_secs(),
+                        spec.scale_down_after.as_secs(),
+                        doomed.len()
+                    ));
+                    steps.push(Step::Terminate { instances: doomed });
+                }
+            } else {
+                reasons.push(format!(
+                    "surplus of {surplus} units idle for {}s; terminating after {}s",
+                    idle.as_secs(),
+                    spec.scale_down_after.as_secs()
+                ));
+                surplus_since = Some(since);
+            }
+        }
+    }
+    Plan {
+        desired,
+        current,
+        pending,
+        held,
+        steps,
+        reasons,
+        surplus_since,
+    }
+}
+
+/// A candidate offering with its price per unit.
+#[derive(Debug)]
+struct Candidate<'a> {
+    instance_type: &'a str,
+    placement: &'a Placement,
+    market: Market,
+    capacity: u32,
+    price: Option<f64>,
+    per_unit: f64,
+    rank: usize,
+}
+
+fn launch(
+    input: &Input<'_>,
+    need: u32,
+    current: u32,
+    steps: &mut Vec<Step>,
+    reasons: &mut Vec<String>,
+) {
+    let spec = input.spec;
+    let prices: HashMap<(&str, &str), f64> = input
+        .prices
+        .iter()
+        .map(|p| ((p.instance_type.as_str(), p.zone.as_str()), p.price))
+        .collect();
+    let mut spot = Vec::new();
+    let mut excluded = Vec::new();
+    if input.spot_blocked {
+        reasons.push("spot refused for now (quota): spot offerings skipped".into());
+    } else {
+        for (rank, t) in spec.types.iter().enumerate() {
+            let ceiling = t.max_price.or(spec.max_price);
+            for placement in input.placements {
+                let key = (
+                    t.instance_type.clone(),
+                    placement.zone.clone(),
+                    Market::Spot,
+                );
+                if input.unavailable.contains(&key) {
+                    continue;
+                }
+                let Some(&price) = prices.get(&(t.instance_type.as_str(), placement.zone.as_str()))
+                else {
+                    continue;
+                };
+                if ceiling.is_some_and(|c| price > c) {
+                    excluded.push(format!(
+                        "{} in {} ({price} > {})",
+                        t.instance_type,
+                        placement.zone,
+                        ceiling.unwrap_or_default()
+                    ));
+                    continue;
+                }
+                spot.push(Candidate {
+                    instance_type: &t.instance_type,
+                    placement,
+                    market: Market::Spot,
+                    capacity: t.capacity,
+                    price: Some(price),
+                    per_unit: price / f64::from(t.capacity),
+                    rank,
+                });
+            }
+        }
+    }
+    if !excluded.is_empty() {
+        excluded.sort();
+        excluded.dedup();
+        reasons.push(format!("over the price ceiling: {}", excluded.join(", ")));
+    }
+    let candidates = if !spot.is_empty() {
+        spot.sort_by(|a, b| {
+            a.per_unit
+                .total_cmp(&b.per_unit)
+                .then(a.rank.cmp(&b.rank))
+                .then(a.placement.zone.cmp(&b.placement.zone))
+        });
+        let cheapest = spot[0].per_unit;
+        spot.retain(|c| c.per_unit <= cheapest * DIVERSIFY_WITHIN);
+        spot
+    } else if spec.fallback_on_demand {
+        // No spot to be had: on-demand, in type preference order.
+        let mut od = Vec::new();
+        for (rank, t) in spec.types.iter().enumerate() {
+            for placement in input.placements {
+                let key = (
+                    t.instance_type.clone(),
+                    placement.zone.clone(),
+                    Market::OnDemand,
+                );
+                if input.unavailable.contains(&key) {
+                    continue;
+                }
+                od.push(Candidate {
+                    instance_type: &t.instance_type,
+                    placement,
+                    market: Market::OnDemand,
+                    capacity: t.capacity,
+                    price: None,
+                    per_unit: 0.0,
+                    rank,
+                });
+            }
+        }
+        // One type (the most preferred available), spread over zones.
+        if let Some(best) = od.iter().map(|c| c.rank).min() {
+            od.retain(|c| c.rank == best);
+        }
+        if !od.is_empty() {
+            reasons.push("no spot offering: falling back to on-demand".into());
+        }
+        od
+    } else {
+        Vec::new()
+    };
+    if candidates.is_empty() {
+        reasons.push(format!(
+            "short {need} units but no offering is available (fallback {})",
+            if spec.fallback_on_demand {
+                "on-demand also unavailable"
+            } else {
+                "none"
+            }
+        ));
+        return;
+    }
+    // Units already in each offering: spread new ones where there are fewest.
+    let mut held: HashMap<(&str, &str), u32> = HashMap::new();
+    for m in input.members {
+        if let Some(zone) = &m.zone {
+            *held
+                .entry((m.instance_type.as_str(), zone.as_str()))
+                .or_default() += spec.capacity_of(&m.instance_type);
+        }
+    }
+    let mut counts = vec![0u32; candidates.len()];
+    let mut remaining = need;
+    let mut total = current;
+    while remaining > 0 {
+        let units = |i: usize| {
+            let c = &candidates[i];
+            held.get(&(c.instance_type, c.placement.zone.as_str()))
+                .copied()
+                .unwrap_or(0)
+                + counts[i] * c.capacity
+        };
+        // Prefer offerings that fit the remaining need exactly or under;
+        // when every one overshoots, the smallest, if max_capacity allows.
+        let pick = (0..candidates.len())
+            .filter(|&i| candidates[i].capacity <= remaining)
+            .min_by(|&a, &b| {
+                units(a)
+                    .cmp(&units(b))
+                    .then(candidates[a].per_unit.total_cmp(&candidates[b].per_unit))
+                    .then(a.cmp(&b))
+            })
+            .or_else(|| {
+                (0..candidates.len())
+                    .filter(|&i| total + candidates[i].capacity <= spec.max_capacity)
+                    .min_by(|&a, &b| {
+                        candidates[a]
+                            .capacity
+                            .cmp(&candidates[b].capacity)
+                            .then(candidates[a].per_unit.total_cmp(&candidates[b].per_unit))
+                    })
+            });
+        let Some(i) = pick else {
+            reasons.push(format!(
+                "{remaining} units left unlaunched: every offering would exceed max_capacity {}",
+                spec.max_capacity
+            ));
+            break;
+        };
+        counts[i] += 1;
+        let cap = candidates[i].capacity;
+        total += cap;
+        remaining = remaining.saturating_sub(cap);
+    }
+    for (c, count) in candidates.iter().zip(counts) {
+        if count == 0 {
+            continue;
+        }
+        reasons.push(format!(
+            "launch {count} × {} in {} ({}{})",
+            c.instance_type,
+            c.placement.zone,
+            c.market.as_str(),
+            c.price
+                .map(|p| format!(", {:.4}/unit-hour", p / f64::from(c.capacity)))
+                .unwrap_or_default()
+        ));
+        steps.push(Step::Launch(Batch {
+            instance_type: c.instance_type.to_owned(),
+            zone: c.placement.zone.clone(),
+            subnet: c.placement.subnet.clone(),
+            market: c.market,
+            count,
+            capacity: c.capacity,
+            price: c.price,
+        }));
+    }
+}

@@ -1,0 +1,311 @@
+//! `[pool.NAME]`: a worker pool's settings, validated like a box's (every
+//! error names the file, line and column, or the JSON field for the API).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use spotkeeper_cloud::{ImageRef, RootVolume};
+use toml::Spanned;
+
+use crate::config::{
+    ConfigError, RawDisk, validate_fallback, validate_root_disk, validate_tags, validate_user_data,
+    validate_zones,
+};
+
+/// Idle time before surplus instances are terminated, when not configured.
+pub const DEFAULT_SCALE_DOWN_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// How long a demand request may take.
+pub const DEFAULT_DEMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Upper bound of `max_capacity`: a typo should not launch a thousand machines.
+pub const MAX_CAPACITY_LIMIT: u32 = 10_000;
+
+/// One `[pool.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSpec {
+    /// The pool name (the table key).
+    pub name: String,
+    /// AMI id or alias, resolved at launch.
+    pub image: ImageRef,
+    /// The types the pool may run, with their capacity weights.
+    pub types: Vec<PoolType>,
+    /// Default price ceiling (USD/hour per instance) for types without their own.
+    pub max_price: Option<f64>,
+    /// Allowed zones; `None`: every zone of the region (or the subnets' zones).
+    pub zones: Option<Vec<String>>,
+    /// Subnets to launch into (their zones are the pool's zones).
+    pub subnets: Vec<String>,
+    /// Capacity kept even without demand.
+    pub min_capacity: u32,
+    /// Capacity never exceeded, counting open spot requests.
+    pub max_capacity: u32,
+    /// One unit of capacity serves this many pending jobs.
+    pub jobs_per_capacity: u32,
+    /// How long the pool must have been over its desired capacity before
+    /// surplus instances are terminated.
+    pub scale_down_after: Duration,
+    /// Launch on-demand when no spot offering can be had.
+    pub fallback_on_demand: bool,
+    /// Where the number of pending jobs comes from.
+    pub demand: Demand,
+    /// Key pair name.
+    pub key_name: Option<String>,
+    /// Security group ids.
+    pub security_groups: Vec<String>,
+    /// User data.
+    pub user_data: Option<String>,
+    /// User tags.
+    pub tags: BTreeMap<String, String>,
+    /// IAM instance profile.
+    pub iam_instance_profile: Option<String>,
+    /// Root disk size and type.
+    pub root_disk: Option<RootVolume>,
+}
+
+impl PoolSpec {
+    /// The capacity weight of `instance_type` (1 for a type no longer listed).
+    pub fn capacity_of(&self, instance_type: &str) -> u32 {
+        self.types
+            .iter()
+            .find(|t| t.instance_type == instance_type)
+            .map_or(1, |t| t.capacity)
+    }
+}
+
+/// A type a pool may run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolType {
+    /// Instance type.
+    pub instance_type: String,
+    /// Units of capacity one instance of it gives.
+    pub capacity: u32,
+    /// Its own price ceiling (USD/hour per instance), else the pool's.
+    pub max_price: Option<f64>,
+}
+
+/// The demand source of a pool.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Demand {
+    /// No source: the pool stays at `min_capacity`.
+    None,
+    /// GET returns a JSON array of pending jobs; the count is its length.
+    Http {
+        /// The URL.
+        url: String,
+        /// Request timeout.
+        timeout: Duration,
+    },
+    /// An SQS queue's `ApproximateNumberOfMessages`.
+    Sqs {
+        /// Queue URL or name.
+        queue: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPool {
+    image: Spanned<String>,
+    instance_types: Spanned<Vec<Spanned<RawPoolType>>>,
+    max_price: Option<Spanned<f64>>,
+    zones: Option<Spanned<Vec<String>>>,
+    subnet: Option<String>,
+    subnets: Option<Spanned<Vec<String>>>,
+    min_capacity: Option<Spanned<i64>>,
+    max_capacity: Spanned<i64>,
+    jobs_per_capacity: Option<Spanned<i64>>,
+    scale_down_after: Option<Spanned<String>>,
+    fallback: Option<Spanned<String>>,
+    demand: Option<Spanned<RawDemand>>,
+    key_name: Option<String>,
+    #[serde(default)]
+    security_groups: Vec<String>,
+    user_data: Option<Spanned<String>>,
+    user_data_file: Option<Spanned<String>>,
+    #[serde(default)]
+    tags: BTreeMap<Spanned<String>, String>,
+    iam_instance_profile: Option<String>,
+    root_disk: Option<Spanned<RawDisk>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPoolType {
+    #[serde(rename = "type")]
+    instance_type: String,
+    capacity: Option<i64>,
+    max_price: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDemand {
+    http: Option<String>,
+    sqs: Option<String>,
+    timeout: Option<String>,
+}
+
+fn price(p: f64) -> Result<f64, String> {
+    if p.is_finite() && p > 0.0 {
+        Ok(p)
+    } else {
+        Err(format!(
+            "max_price must be a positive number of USD per hour, not {p}"
+        ))
+    }
+}
+
+pub(crate) fn validate_pool(
+    name: &str,
+    p: RawPool,
+    base: &Path,
+    at: &dyn Fn(Option<Range<usize>>, String) -> ConfigError,
+) -> Result<PoolSpec, ConfigError> {
+    let image = ImageRef::parse(p.image.get_ref()).map_err(|m| at(Some(p.image.span()), m))?;
+    let types_span = p.instance_types.span();
+    let mut types: Vec<PoolType> = Vec::new();
+    for t in p.instance_types.into_inner() {
+        let span = t.span();
+        let t = t.into_inner();
+        let bad = |m: String| at(Some(span.clone()), format!("instance_types: {m}"));
+        let ty = t.instance_type.trim();
+        if !crate::config::is_instance_type(ty) {
+            return Err(bad(format!(
+                "type {ty:?} is not of the form family.size, e.g. c7i.large"
+            )));
+        }
+        if types.iter().any(|have| have.instance_type == ty) {
+            return Err(bad(format!("type {ty:?} is listed twice")));
+        }
+        let capacity = t.capacity.unwrap_or(1);
+        if !(1..=1000).contains(&capacity) {
+            return Err(bad(format!(
+                "capacity of {ty} must be a whole number from 1 to 1000, not {capacity}"
+            )));
+        }
+        let max_price = t.max_price.map(price).transpose().map_err(bad)?;
+        types.push(PoolType {
+            instance_type: ty.to_owned(),
+            capacity: capacity as u32,
+            max_price,
+        });
+    }
+    if types.is_empty() {
+        return Err(at(
+            Some(types_span),
+            "instance_types is empty: list at least one { type = \"…\", capacity = N }".into(),
+        ));
+    }
+    let max_price = match p.max_price {
+        None => None,
+        Some(m) => Some(price(*m.get_ref()).map_err(|e| at(Some(m.span()), e))?),
+    };
+    let zones = validate_zones(p.zones, at)?;
+    let subnets = match (p.subnet, p.subnets) {
+        (Some(_), Some(s)) => {
+            return Err(at(Some(s.span()), "set subnet or subnets, not both".into()));
+        }
+        (Some(one), None) => vec![one],
+        (None, Some(s)) if s.get_ref().is_empty() => {
+            return Err(at(
+                Some(s.span()),
+                "subnets is empty: list subnets or leave the key out".into(),
+            ));
+        }
+        (None, Some(s)) => s.into_inner(),
+        (None, None) => Vec::new(),
+    };
+    let whole = |v: Option<Spanned<i64>>, what: &str, default: i64, least: i64| {
+        let Some(v) = v else {
+            return Ok(default);
+        };
+        let n = *v.get_ref();
+        if n < least || n > i64::from(MAX_CAPACITY_LIMIT) {
+            return Err(at(
+                Some(v.span()),
+                format!("{what} must be from {least} to {MAX_CAPACITY_LIMIT}, not {n}"),
+            ));
+        }
+        Ok(n)
+    };
+    let min_span = p.min_capacity.as_ref().map(Spanned::span);
+    let min_capacity = whole(p.min_capacity, "min_capacity", 0, 0)? as u32;
+    let max_capacity = whole(Some(p.max_capacity), "max_capacity", 0, 1)? as u32;
+    if min_capacity > max_capacity {
+        return Err(at(
+            min_span,
+            format!("min_capacity {min_capacity} is above max_capacity {max_capacity}"),
+        ));
+    }
+    let jobs_per_capacity = whole(p.jobs_per_capacity, "jobs_per_capacity", 1, 1)? as u32;
+    let scale_down_after = match p.scale_down_after {
+        None => DEFAULT_SCALE_DOWN_AFTER,
+        Some(s) => humantime::parse_duration(s.get_ref()).map_err(|e| {
+            at(
+                Some(s.span()),
+                format!("scale_down_after {:?}: {e}", s.get_ref()),
+            )
+        })?,
+    };
+    let fallback_on_demand = validate_fallback(p.fallback.as_ref(), at)?;
+    let demand = match p.demand {
+        None => Demand::None,
+        Some(d) => {
+            let span = d.span();
+            let d = d.into_inner();
+            let bad = |m: String| at(Some(span.clone()), format!("demand: {m}"));
+            let timeout = match &d.timeout {
+                None => DEFAULT_DEMAND_TIMEOUT,
+                Some(t) => {
+                    humantime::parse_duration(t).map_err(|e| bad(format!("timeout {t:?}: {e}")))?
+                }
+            };
+            match (d.http, d.sqs) {
+                (Some(url), None) => {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(bad(format!("http {url:?} is not an http(s) URL")));
+                    }
+                    Demand::Http { url, timeout }
+                }
+                (None, Some(queue)) => {
+                    if queue.trim().is_empty() {
+                        return Err(bad("sqs is empty: give a queue URL or name".into()));
+                    }
+                    if d.timeout.is_some() {
+                        return Err(bad("timeout only applies to http".into()));
+                    }
+                    Demand::Sqs { queue }
+                }
+                _ => {
+                    return Err(bad(
+                        "give exactly one source: { http = \"URL\" } or { sqs = \"queue\" }".into(),
+                    ));
+                }
+            }
+        }
+    };
+    Ok(PoolSpec {
+        name: name.to_owned(),
+        image,
+        types,
+        max_price,
+        zones,
+        subnets,
+        min_capacity,
+        max_capacity,
+        jobs_per_capacity,
+        scale_down_after,
+        fallback_on_demand,
+        demand,
+        key_name: p.key_name,
+        security_groups: p.security_groups,
+        user_data: validate_user_data(p.user_data, p.user_data_file, base, at)?,
+        tags: validate_tags(p.tags, at)?,
+        iam_instance_profile: p.iam_instance_profile,
+        root_disk: validate_root_disk(p.root_disk, at)?,
+    })
+}

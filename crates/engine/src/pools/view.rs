@@ -1,0 +1,143 @@
+//! What `pool list|show` and `GET /api/pools` show: a pool's capacity now
+//! (observed by tag), by type and zone, and the last pass's decisions.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Serialize;
+use spotkeeper_cloud::Cloud;
+use spotkeeper_cloud::model::tags;
+
+use super::PoolSpec;
+use super::pass::{members, open_requests};
+use crate::boxes::{BoxError, owner_filter};
+use crate::store::{Event, Store};
+
+/// One pool, as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolView {
+    /// Pool name.
+    pub name: String,
+    /// `config` or `api`.
+    pub source: String,
+    /// min..=max capacity.
+    pub min_capacity: u32,
+    /// Max capacity.
+    pub max_capacity: u32,
+    /// Desired capacity of the last pass (none yet: the daemon has not run).
+    pub desired: Option<i64>,
+    /// Unix seconds of the last pass.
+    pub last_pass_at: Option<i64>,
+    /// Capacity units live now (instances) plus open requests.
+    pub current: u32,
+    /// Units in open spot requests.
+    pub pending: u32,
+    /// Live instances.
+    pub instances: usize,
+    /// Units by `type zone market`.
+    pub by_offering: BTreeMap<String, u32>,
+    /// Why the last pass held the pool, if it did.
+    pub held: Option<String>,
+    /// The last pass's reasons.
+    pub reasons: Vec<String>,
+    /// The last pass's plan, failures and spot block, as saved.
+    pub last_pass: Option<serde_json::Value>,
+    /// Recent events (newest first).
+    pub events: Vec<Event>,
+}
+
+/// Views of `pools`, from one describe of instances and spot requests.
+pub async fn view(
+    cloud: &dyn Cloud,
+    store: &Store,
+    owner: &str,
+    pools: &[(PoolSpec, String)],
+    events: i64,
+) -> Result<Vec<PoolView>, BoxError> {
+    let filter = owner_filter(owner).with_key(tags::POOL);
+    let instances = cloud.instances(&filter).await?;
+    let requests = cloud.spot_requests(&filter).await?;
+    let status = store.pool_status(owner, None).await?;
+    let mut out = Vec::new();
+    for (spec, source) in pools {
+        let live = members(spec, &instances, &HashSet::new());
+        let open = open_requests(spec, &requests);
+        let mut by_offering = BTreeMap::new();
+        for m in &live {
+            *by_offering
+                .entry(format!(
+                    "{} {} {}",
+                    m.instance_type,
+                    m.zone.as_deref().unwrap_or("?"),
+                    m.market.as_str()
+                ))
+                .or_insert(0) += spec.capacity_of(&m.instance_type);
+        }
+        let pending: u32 = open
+            .iter()
+            .map(|r| {
+                r.instance_type
+                    .as_deref()
+                    .map_or(1, |t| spec.capacity_of(t))
+            })
+            .sum();
+        let current = by_offering.values().sum::<u32>() + pending;
+        let last = status.iter().find(|s| s.pool == spec.name);
+        let last_pass: Option<serde_json::Value> =
+            last.and_then(|s| serde_json::from_str(&s.plan).ok());
+        let reasons = last_pass
+            .as_ref()
+            .and_then(|v| v["plan"]["reasons"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect();
+        let held = last_pass
+            .as_ref()
+            .and_then(|v| v["plan"]["held"].as_str().map(str::to_owned));
+        out.push(PoolView {
+            name: spec.name.clone(),
+            source: source.clone(),
+            min_capacity: spec.min_capacity,
+            max_capacity: spec.max_capacity,
+            desired: last.map(|s| s.desired),
+            last_pass_at: last.map(|s| s.at),
+            current,
+            pending,
+            instances: live.len(),
+            by_offering,
+            held,
+            reasons,
+            last_pass,
+            events: store.pool_events(owner, &spec.name, events).await?,
+        });
+    }
+    Ok(out)
+}
+
+/// The pools of `config` and those registered through the API (the file
+/// wins a name clash), with where each comes from; and the stored pools that
+/// no longer parse, with why.
+pub async fn all_pools(
+    config: &crate::config::Config,
+    store: &Store,
+) -> Result<(Vec<(PoolSpec, String)>, Vec<(String, String)>), BoxError> {
+    let mut pools: Vec<(PoolSpec, String)> = config
+        .pools
+        .values()
+        .map(|p| (p.clone(), "config".to_owned()))
+        .collect();
+    let mut bad = Vec::new();
+    for (name, json) in store.pools(&config.owner).await? {
+        if config.pools.contains_key(&name) {
+            continue;
+        }
+        match serde_json::from_str(&json)
+            .map_err(|e| e.to_string())
+            .and_then(|v| crate::config::parse_pool_json(&name, &v))
+        {
+            Ok(spec) => pools.push((spec, "api".to_owned())),
+            Err(m) => bad.push((name, m)),
+        }
+    }
+    Ok((pools, bad))
+}
