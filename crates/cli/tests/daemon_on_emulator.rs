@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{CONFIG, Cli, describe};
+use common::{CONFIG, Cli, Serve, describe};
 use serde_json::Value;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/fixtures/events");
@@ -52,54 +51,6 @@ fn box_instances(cli: &Cli) -> usize {
         "r = ec2.describe_instances(Filters=[{'Name': 'tag:spotkeeper:box', 'Values': ['dev']}])['Reservations']\nprint(sum(len(x['Instances']) for x in r))",
     );
     out.trim().parse().expect("a number")
-}
-
-struct Serve {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Serve {
-    fn start(cli: &Cli) -> Self {
-        let log = cli.dir.path().join("serve.log");
-        let child = cli
-            .command(&["serve"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start serve");
-        Serve { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve did not stop on SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
 }
 
 /// Polls `list --json` until the box runs on an instance other than `old`.

@@ -369,3 +369,124 @@ async fn the_web_page_is_served_and_holds_no_data_itself() {
     );
     assert!(!html.contains(TOKEN));
 }
+
+struct Demand(u64);
+
+#[async_trait::async_trait]
+impl spotkeeper_engine::pools::demand::DemandReader for Demand {
+    async fn pending(&self, _d: &spotkeeper_engine::pools::Demand) -> Result<u64, String> {
+        Ok(self.0)
+    }
+}
+
+fn good_pool() -> Value {
+    json!({
+        "name": "builders",
+        "image": "ami-0123456789abcdef0",
+        "instance_types": [ { "type": "t3.micro", "capacity": 1 }, { "type": "t3.large", "capacity": 4, "max_price": 0.09 } ],
+        "max_capacity": 6,
+        "demand": { "http": "http://127.0.0.1:9/jobs" }
+    })
+}
+
+#[tokio::test]
+async fn pools_are_registered_updated_scaled_by_the_daemon_and_deleted_with_their_instances() {
+    let w = world().await;
+    // Validation errors name the field.
+    for (patch, expect) in [
+        (
+            json!({ "instance_types": [ { "type": "t3.micro", "capacity": 0 } ] }),
+            "capacity of t3.micro",
+        ),
+        (json!({ "min_capacity": 9 }), "above max_capacity"),
+        (
+            json!({ "instance_types": [ { "type": "t3.micro", "weight": 2 } ] }),
+            "weight",
+        ),
+        (
+            json!({ "demand": { "http": "http://x/", "sqs": "q" } }),
+            "exactly one source",
+        ),
+        (json!({ "max_capacity": "many" }), "max_capacity"),
+    ] {
+        let mut body = good_pool();
+        for (k, v) in patch.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let (s, b) = w
+            .call("POST", "/api/pools", Some(TOKEN), Some(body.to_string()))
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        assert!(
+            b["error"].as_str().expect("error").contains(expect),
+            "{expect}: {b}"
+        );
+    }
+    let (s, _) = w
+        .call("POST", "/api/pools", None, Some(good_pool().to_string()))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, b) = w
+        .call(
+            "POST",
+            "/api/pools",
+            Some(TOKEN),
+            Some(good_pool().to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    // Update: same name, new max.
+    let mut update = good_pool();
+    update["max_capacity"] = json!(3);
+    let (s, b) = w
+        .call("POST", "/api/pools", Some(TOKEN), Some(update.to_string()))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["updated"], true);
+    // The daemon scales it (demand 10 → clamped to the new max 3).
+    let daemon = Daemon::new(w.cloud.as_ref(), &w.store, &w.config, w.locks.path())
+        .with_demand(Box::new(Demand(10)));
+    daemon.reconcile().await.expect("pass");
+    let (s, view) = w
+        .call("GET", "/api/pools/builders", Some(TOKEN), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{view}");
+    assert_eq!(view["desired"], 3);
+    assert_eq!(view["current"], 3);
+    assert_eq!(view["source"], "api");
+    let (_, list) = w.call("GET", "/api/pools", Some(TOKEN), None).await;
+    assert_eq!(list.as_array().expect("array").len(), 1);
+    let live = |w: &World| {
+        w.cloud
+            .all_instances()
+            .into_iter()
+            .filter(|i| i.state.is_live())
+            .count()
+    };
+    assert_eq!(live(&w), 3);
+    // Delete: deregistered, instances terminated.
+    let (s, b) = w
+        .call("DELETE", "/api/pools/builders", Some(TOKEN), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["terminated"], 3);
+    assert_eq!(live(&w), 0);
+    let (s, _) = w
+        .call("GET", "/api/pools/builders", Some(TOKEN), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = w
+        .call("DELETE", "/api/pools/builders", Some(TOKEN), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Metrics carry the pool.
+    let text = daemon.metrics().render();
+    assert!(
+        text.contains("spotkeeper_pool_desired_units{pool=\"builders\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spotkeeper_pool_launches_total{pool=\"builders\",kind=\"spot\"} 3"),
+        "{text}"
+    );
+}

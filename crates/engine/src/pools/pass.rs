@@ -195,10 +195,12 @@ impl PoolPass<'_> {
                 .is_none_or(|zs| zs.iter().any(|a| a == z))
         };
         if spec.subnets.is_empty() {
-            return Ok(world
+            // The pool's zones, else every zone of the region.
+            return Ok(spec
                 .zones
+                .as_ref()
+                .unwrap_or(&world.zones)
                 .iter()
-                .filter(|z| allowed(z))
                 .map(|z| Placement {
                     zone: z.clone(),
                     subnet: None,

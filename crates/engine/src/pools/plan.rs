@@ -175,6 +175,27 @@ pub fn plan(input: &Input<'_>) -> Plan {
             (desired, Some(why.clone()))
         }
     };
+    // Said on every pass, so `pool show` tells why a type is not used.
+    let mut excluded = Vec::new();
+    for t in &spec.types {
+        let Some(ceiling) = t.max_price.or(spec.max_price) else {
+            continue;
+        };
+        for p in input.prices.iter().filter(|p| {
+            p.instance_type == t.instance_type
+                && p.price > ceiling
+                && input.placements.iter().any(|pl| pl.zone == p.zone)
+        }) {
+            excluded.push(format!(
+                "{} in {} ({} > {ceiling})",
+                t.instance_type, p.zone, p.price
+            ));
+        }
+    }
+    if !excluded.is_empty() {
+        excluded.sort();
+        reasons.push(format!("over the price ceiling: {}", excluded.join(", ")));
+    }
     let mut steps = Vec::new();
     let mut surplus_since = None;
     if current < desired {
@@ -279,7 +300,6 @@ fn launch(
         .map(|p| ((p.instance_type.as_str(), p.zone.as_str()), p.price))
         .collect();
     let mut spot = Vec::new();
-    let mut excluded = Vec::new();
     if input.spot_blocked {
         reasons.push("spot refused for now (quota): spot offerings skipped".into());
     } else {
@@ -299,12 +319,6 @@ fn launch(
                     continue;
                 };
                 if ceiling.is_some_and(|c| price > c) {
-                    excluded.push(format!(
-                        "{} in {} ({price} > {})",
-                        t.instance_type,
-                        placement.zone,
-                        ceiling.unwrap_or_default()
-                    ));
                     continue;
                 }
                 spot.push(Candidate {
@@ -319,11 +333,6 @@ fn launch(
             }
         }
     }
-    if !excluded.is_empty() {
-        excluded.sort();
-        excluded.dedup();
-        reasons.push(format!("over the price ceiling: {}", excluded.join(", ")));
-    }
     let candidates = if !spot.is_empty() {
         spot.sort_by(|a, b| {
             a.per_unit
@@ -331,8 +340,6 @@ fn launch(
                 .then(a.rank.cmp(&b.rank))
                 .then(a.placement.zone.cmp(&b.placement.zone))
         });
-        let cheapest = spot[0].per_unit;
-        spot.retain(|c| c.per_unit <= cheapest * DIVERSIFY_WITHIN);
         spot
     } else if spec.fallback_on_demand {
         // No spot to be had: on-demand, in type preference order.
@@ -389,6 +396,13 @@ fn launch(
                 .or_default() += spec.capacity_of(&m.instance_type);
         }
     }
+    // Candidates are sorted cheapest per unit first (on-demand: by preference).
+    let cheapest = candidates[0].per_unit;
+    let near = candidates
+        .iter()
+        .take_while(|c| c.per_unit <= cheapest * DIVERSIFY_WITHIN)
+        .count()
+        .max(1);
     let mut counts = vec![0u32; candidates.len()];
     let mut remaining = need;
     let mut total = current;
@@ -402,7 +416,9 @@ fn launch(
         };
         // Prefer offerings that fit the remaining need exactly or under;
         // when every one overshoots, the smallest, if max_capacity allows.
-        let pick = (0..candidates.len())
+        // Spread over the offerings near the cheapest (fewest units first);
+        // when none of those fits, the cheapest other offering that does.
+        let pick = (0..near)
             .filter(|&i| candidates[i].capacity <= remaining)
             .min_by(|&a, &b| {
                 units(a)
@@ -410,6 +426,7 @@ fn launch(
                     .then(candidates[a].per_unit.total_cmp(&candidates[b].per_unit))
                     .then(a.cmp(&b))
             })
+            .or_else(|| (near..candidates.len()).find(|&i| candidates[i].capacity <= remaining))
             .or_else(|| {
                 (0..candidates.len())
                     .filter(|&i| total + candidates[i].capacity <= spec.max_capacity)

@@ -309,3 +309,91 @@ pub(crate) fn validate_pool(
         root_disk: validate_root_disk(p.root_disk, at)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::Demand;
+    use crate::config::parse;
+
+    const POOL: &str = r#"
+[pool.builders]
+image = "ubuntu:24.04"
+instance_types = [ { type = "c7i.large", capacity = 1 }, { type = "c7i.xlarge", capacity = 2, max_price = 0.09 } ]
+zones = ["us-east-1a", "us-east-1b", "us-east-1c"]
+min_capacity = 0
+max_capacity = 40
+jobs_per_capacity = 1
+scale_down_after = "10m"
+fallback = "on-demand"
+demand = { http = "http://queue.internal:8080/v1/jobs?state=PENDING" }
+tags = { team = "ci" }
+"#;
+
+    fn err(text: &str) -> String {
+        parse(Path::new("p.toml"), text)
+            .expect_err("invalid")
+            .to_string()
+    }
+
+    #[test]
+    fn the_documented_pool_parses() {
+        let c = parse(Path::new("p.toml"), POOL).expect("valid");
+        let p = &c.pools["builders"];
+        assert_eq!(p.types.len(), 2);
+        assert_eq!(p.capacity_of("c7i.xlarge"), 2);
+        assert_eq!(p.types[1].max_price, Some(0.09));
+        assert_eq!(p.max_capacity, 40);
+        assert!(p.fallback_on_demand);
+        assert!(matches!(&p.demand, Demand::Http { url, .. } if url.contains("PENDING")));
+        let sqs = POOL.replace(
+            r#"demand = { http = "http://queue.internal:8080/v1/jobs?state=PENDING" }"#,
+            r#"demand = { sqs = "jobs" }"#,
+        );
+        let c = parse(Path::new("p.toml"), &sqs).expect("valid");
+        assert_eq!(
+            c.pools["builders"].demand,
+            Demand::Sqs {
+                queue: "jobs".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_weights_limits_and_sources_are_located() {
+        let e = err(&POOL.replace("capacity = 2,", "capacity = 0,"));
+        assert!(
+            e.contains("p.toml:4:") && e.contains("capacity of c7i.xlarge"),
+            "{e}"
+        );
+        let e = err(&POOL.replace("min_capacity = 0", "min_capacity = 50"));
+        assert!(
+            e.contains("p.toml:6:") && e.contains("above max_capacity 40"),
+            "{e}"
+        );
+        let e = err(&POOL.replace("max_capacity = 40", "max_capacity = 0"));
+        assert!(e.contains("max_capacity must be from 1"), "{e}");
+        let e = err(&POOL.replace("jobs_per_capacity = 1", "jobs_per_capacity = 0"));
+        assert!(e.contains("jobs_per_capacity"), "{e}");
+        let e = err(&POOL.replace("max_price = 0.09", "max_price = -1.0"));
+        assert!(e.contains("max_price must be a positive"), "{e}");
+        let e = err(&POOL.replace("{ http = \"http://queue", "{ http = \"ftp://queue"));
+        assert!(e.contains("demand: http"), "{e}");
+        let e = err(&POOL.replace(
+            r#"demand = { http = "http://queue.internal:8080/v1/jobs?state=PENDING" }"#,
+            r#"demand = { }"#,
+        ));
+        assert!(e.contains("exactly one source"), "{e}");
+        let e = err(&POOL.replace("type = \"c7i.large\"", "type = \"large\""));
+        assert!(e.contains("family.size"), "{e}");
+        let e = err(&POOL.replace("scale_down_after = \"10m\"", "scale_down_after = \"soon\""));
+        assert!(e.contains("scale_down_after"), "{e}");
+        let e = err(&POOL.replace("capacity = 1 }", "capacity = 1, weight = 3 }"));
+        assert!(e.contains("weight"), "{e}");
+        let e = err(&format!(
+            "{POOL}\n[box.builders]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.1\n"
+        ));
+        assert!(e.contains("name of a box"), "{e}");
+    }
+}
