@@ -724,19 +724,20 @@ async fn open_spot_requests_count_and_interrupted_members_do_not() {
 
 #[test]
 fn the_last_units_come_from_a_dearer_type_when_the_cheap_one_would_overshoot_max() {
-    let spec = pool("max_capacity = 8");
+    let spec = pool("");
     let mut case = Case::new(&spec, 100);
-    // xlarge is far cheaper per unit; 7 of 8 units run: one more unit fits
+    // xlarge is far cheaper per unit; 9 of 10 units run: one more unit fits
     // only as a c7i.large.
     case.prices = prices(0.06, 0.06);
     case.members = vec![
         member(1, "c7i.xlarge", "us-east-1a", Market::Spot, 60),
         member(2, "c7i.xlarge", "us-east-1b", Market::Spot, 60),
         member(3, "c7i.xlarge", "us-east-1c", Market::Spot, 60),
-        member(4, "c7i.large", "us-east-1a", Market::Spot, 60),
+        member(4, "c7i.xlarge", "us-east-1c", Market::Spot, 60),
+        member(5, "c7i.large", "us-east-1a", Market::Spot, 60),
     ];
     let p = case.plan();
-    assert_eq!(p.current, 7);
+    assert_eq!(p.current, 9);
     let l = launches(&p);
     assert_eq!(l.len(), 1, "{l:?}");
     assert_eq!(l[0].0, "c7i.large");
