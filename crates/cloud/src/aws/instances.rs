@@ -173,6 +173,8 @@ impl AwsCloud {
                 .ec2
                 .describe_instances()
                 .set_filters(Some(tag_filters(filter)))
+                // The largest page: calls grow with pages, not instances.
+                .max_results(1000)
                 .set_next_token(token.clone())
                 .send()
                 .await
@@ -227,6 +229,8 @@ impl AwsCloud {
                 .ec2
                 .describe_spot_instance_requests()
                 .set_filters(Some(tag_filters(filter)))
+                // The largest page: calls grow with pages, not instances.
+                .max_results(1000)
                 .set_next_token(token.clone())
                 .send()
                 .await
