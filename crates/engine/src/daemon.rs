@@ -370,6 +370,10 @@ impl<'a> Daemon<'a> {
             .map(InstanceId::new)
             .collect();
         let all = self.cloud.instances(&boxes::owner_filter(owner)).await?;
+        let requests = self
+            .cloud
+            .spot_requests(&boxes::owner_filter(owner))
+            .await?;
         let mut launched = Vec::new();
         for managed in self.store.managed_boxes(owner).await? {
             let stored;
@@ -409,12 +413,24 @@ impl<'a> Daemon<'a> {
                 .iter()
                 .filter(|i| i.tag(tags::BOX) == Some(managed.name.as_str()))
                 .collect();
-            let healthy = mine.iter().find(|i| {
-                i.state == InstanceState::Running
-                    && !doomed.contains(&i.id)
-                    && i.tag(tags::STOPPED).is_none()
-            });
+            // The oldest running one, as `up` keeps it when it finds two.
+            let healthy = mine
+                .iter()
+                .filter(|i| {
+                    i.state == InstanceState::Running
+                        && !doomed.contains(&i.id)
+                        && i.tag(tags::STOPPED).is_none()
+                })
+                .min_by(|a, b| {
+                    a.launched_at
+                        .cmp(&b.launched_at)
+                        .then(a.id.as_str().cmp(b.id.as_str()))
+                });
             if let Some(instance) = healthy {
+                launched.extend(
+                    self.reduce(&managed.name, &mine, &doomed, &requests, instance)
+                        .await?,
+                );
                 // Level-triggered healing: a crash after the launch may have
                 // left the volume unattached or the name pointing elsewhere.
                 if let Err(e) = self.heal(spec, instance).await {
@@ -547,7 +563,7 @@ impl<'a> Daemon<'a> {
                 }
             }
         }
-        launched.extend(self.reconcile_pools(all, doomed).await?);
+        launched.extend(self.reconcile_pools(all, requests, doomed).await?);
         Ok(launched)
     }
 
@@ -570,6 +586,7 @@ impl<'a> Daemon<'a> {
     async fn reconcile_pools(
         &self,
         instances: Vec<spotkeeper_cloud::Instance>,
+        requests: Vec<spotkeeper_cloud::SpotRequest>,
         doomed: HashSet<InstanceId>,
     ) -> Result<Vec<String>, crate::boxes::BoxError> {
         let pools = self.pools().await?;
@@ -578,10 +595,7 @@ impl<'a> Daemon<'a> {
         }
         let owner = &self.config.owner;
         let world = World {
-            requests: self
-                .cloud
-                .spot_requests(&boxes::owner_filter(owner))
-                .await?,
+            requests,
             zones: if pools
                 .iter()
                 .all(|p| p.zones.is_some() || !p.subnets.is_empty())
@@ -623,6 +637,71 @@ impl<'a> Daemon<'a> {
                     tracing::warn!(pool = %spec.name, "pool pass failed: {e}");
                 }
             }
+        }
+        Ok(done)
+    }
+
+    /// A box with a healthy instance needs nothing else: a second live
+    /// instance (a race `up`'s own re-check did not settle, a crash between
+    /// launch and re-check) is terminated once older than [`ORPHAN_GRACE`],
+    /// `healthy` (the oldest running) kept, as `up` does; an open spot request of the box would
+    /// only make another, and is cancelled.
+    async fn reduce(
+        &self,
+        box_name: &str,
+        mine: &[&spotkeeper_cloud::Instance],
+        doomed: &HashSet<InstanceId>,
+        requests: &[spotkeeper_cloud::SpotRequest],
+        healthy: &spotkeeper_cloud::Instance,
+    ) -> Result<Vec<String>, crate::boxes::BoxError> {
+        let mut done = Vec::new();
+        let keep = healthy.id.clone();
+        let live: Vec<&spotkeeper_cloud::Instance> = mine
+            .iter()
+            .copied()
+            .filter(|i| {
+                i.state.is_live() && !doomed.contains(&i.id) && i.tag(tags::STOPPED).is_none()
+            })
+            .collect();
+        let now = std::time::SystemTime::now();
+        let extra: Vec<InstanceId> = live
+            .iter()
+            .filter(|i| i.id != keep)
+            .filter(|i| {
+                i.launched_at
+                    .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= ORPHAN_GRACE)
+            })
+            .map(|i| i.id.clone())
+            .collect();
+        if !extra.is_empty() {
+            self.cloud.terminate(&extra).await?;
+            let ids: Vec<&str> = extra.iter().map(InstanceId::as_str).collect();
+            let what = format!(
+                "duplicate instances {} terminated; {keep} kept",
+                ids.join(" "),
+            );
+            self.record(Some(box_name), "duplicate", &what).await;
+            done.push(what);
+        }
+        let stale: Vec<spotkeeper_cloud::SpotRequestId> = requests
+            .iter()
+            .filter(|r| {
+                r.tag(tags::BOX) == Some(box_name)
+                    && r.state == spotkeeper_cloud::SpotRequestState::Open
+                    && r.instance_id.is_none()
+            })
+            .map(|r| r.id.clone())
+            .collect();
+        if !stale.is_empty() {
+            self.cloud.cancel_spot_requests(&stale).await?;
+            let ids: Vec<&str> = stale.iter().map(|r| r.as_str()).collect();
+            let what = format!(
+                "open spot requests {} cancelled: the box already runs {}",
+                ids.join(" "),
+                healthy.id
+            );
+            self.record(Some(box_name), "stale-request", &what).await;
+            done.push(what);
         }
         Ok(done)
     }

@@ -395,3 +395,90 @@ async fn a_spot_quota_error_falls_back_and_without_fallback_fails_clearly() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_duplicate_past_the_grace_period_is_terminated_and_a_stale_spot_request_cancelled() {
+    use spotkeeper_cloud::model::tags;
+    use spotkeeper_cloud::{
+        Instance, InstanceId, Market, SpotRequest, SpotRequestId, SpotRequestState,
+    };
+    let (cloud, store, locks) = world().await;
+    let cfg = config("");
+    let ctx = Ctx {
+        cloud: &cloud,
+        store: &store,
+        owner: "tester",
+        lock_dir: locks.path(),
+        progress: &Silent,
+        timing: TIMING,
+    };
+    let first = boxes::up(&ctx, &cfg.boxes["dev"])
+        .await
+        .expect("up")
+        .instance;
+    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    let mut box_tags = std::collections::BTreeMap::new();
+    box_tags.insert(tags::OWNER.to_owned(), "tester".to_owned());
+    box_tags.insert(tags::BOX.to_owned(), "dev".to_owned());
+    let twin = |id: &str, age: u64| Instance {
+        id: InstanceId::new(id),
+        state: InstanceState::Running,
+        launched_at: Some(
+            std::time::SystemTime::now() + Duration::from_secs(1) - Duration::from_secs(age),
+        ),
+        tags: box_tags.clone(),
+        ..first.clone()
+    };
+    // A twin launched just now is left alone (a racing `up` settles it).
+    cloud.insert_instance(twin("i-0000000000000fresh", 0));
+    cloud.insert_spot_request(SpotRequest {
+        id: SpotRequestId::new("sir-stale001"),
+        state: SpotRequestState::Open,
+        instance_id: None,
+        instance_type: Some("t3.micro".into()),
+        tags: box_tags.clone(),
+    });
+    daemon.reconcile().await.expect("pass");
+    let live = |c: &FakeCloud| {
+        c.all_instances()
+            .into_iter()
+            .filter(|i| i.state.is_live())
+            .map(|i| i.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(live(&cloud).len(), 2);
+    assert!(
+        cloud
+            .all_spot_requests()
+            .iter()
+            .all(|r| r.id.as_str() != "sir-stale001" || r.state == SpotRequestState::Cancelled),
+        "the open request is cancelled: the box runs"
+    );
+    // Past the grace period, the younger one goes; the oldest stays.
+    cloud.insert_instance(twin("i-00000000000000old", 3600 * 24));
+    cloud.insert_instance(twin("i-0000000000000late", 3600));
+    daemon.reconcile().await.expect("pass");
+    let now_live = live(&cloud);
+    assert!(
+        now_live.contains(&InstanceId::new("i-00000000000000old")),
+        "{now_live:?}"
+    );
+    assert!(
+        !now_live.contains(&InstanceId::new("i-0000000000000late")),
+        "{now_live:?}"
+    );
+    assert!(
+        now_live.contains(&first.id),
+        "younger than the grace period: {now_live:?}"
+    );
+    assert_eq!(first.market, Market::Spot);
+    let events = store
+        .events("tester", Some("dev"), 20)
+        .await
+        .expect("events");
+    assert!(events.iter().any(|e| e.kind == "duplicate"), "{events:?}");
+    assert!(
+        events.iter().any(|e| e.kind == "stale-request"),
+        "{events:?}"
+    );
+}
