@@ -1,6 +1,7 @@
 //! `spotkeeper serve` against the emulator with the real event JSON: an
 //! interrupted box is replaced (volume and DNS follow), duplicates, garbage
-//! and other people's instances change nothing, and SIGTERM stops it cleanly.
+//! and other people's instances change nothing, rebalance recommendations
+//! follow the box's policy, and SIGTERM stops it cleanly.
 
 mod common;
 
@@ -27,6 +28,7 @@ fn event(name: &str, instance: &str, id: &str) -> String {
         .expect("fixture")
         .replace("i-1234567890abcdef0", instance)
         .replace("12345678-1234-1234-1234-123456789012", id)
+        .replace("22345678-1234-1234-1234-123456789012", id)
         .replace("7bf73129-1428-4cd3-a780-95db273d1602", id)
 }
 
@@ -286,5 +288,79 @@ fn killing_the_daemon_at_any_moment_never_yields_a_second_instance_or_a_leaked_v
         "r = ec2.describe_spot_instance_requests()['SpotInstanceRequests']\nprint(len([x for x in r if x['State'] == 'open']))",
     );
     assert_eq!(open.trim(), "0", "no leaked spot requests");
+    assert!(serve.stop().success());
+}
+
+/// Sends a rebalance recommendation for the box's instance to a daemon
+/// running with `policy`; returns (old instance, what `list` shows after).
+fn rebalance_with(policy: &str) -> (String, Vec<Value>, Serve, Cli) {
+    let cli = Cli::with_config(
+        &config("1h", spotkeeper_testkit::closed_port())
+            .replace("tags =", &format!("on_rebalance = \"{policy}\"\ntags =")),
+    );
+    cli.moto
+        .boto("r53.create_hosted_zone(Name='example.com', CallerReference='d')");
+    cli.ok(&["setup"]);
+    let first = cli.json(&["up", "dev", "--json"]);
+    let old = first["instance_id"].as_str().expect("id").to_owned();
+    let serve = Serve::start(&cli);
+    std::thread::sleep(Duration::from_secs(2)); // the start-up pass finds the box healthy
+    send(
+        &cli,
+        &event(
+            "rebalance-recommendation.json",
+            &old,
+            &format!("rebal-{policy}"),
+        ),
+    );
+    let live = if policy == "replace" {
+        let new = wait_replaced(&cli, &first["instance_id"], &serve);
+        vec![new]
+    } else {
+        // Give the daemon time to read and act on the message.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while queue_depth(&cli) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        cli.live()
+    };
+    (old, live, serve, cli)
+}
+
+#[test]
+fn a_rebalance_recommendation_is_ignored_by_default() {
+    let (old, live, serve, cli) = rebalance_with("ignore");
+    assert_eq!(live.len(), 1, "{live:?}\n{}", serve.log());
+    assert_eq!(live[0]["instance_id"], old.as_str());
+    assert_eq!(box_instances(&cli), 1, "nothing launched");
+    assert_eq!(queue_depth(&cli), 0, "the message was deleted");
+    assert!(serve.stop().success());
+}
+
+#[test]
+fn a_rebalance_recommendation_with_replace_starts_the_new_box_and_retires_the_old() {
+    let (old, live, serve, cli) = rebalance_with("replace");
+    assert_eq!(live.len(), 1, "exactly one live instance: {live:?}");
+    assert_ne!(live[0]["instance_id"], old.as_str());
+    // The old one was still running when the new one came: it is retired now.
+    let state = cli.moto.boto(&format!(
+        "print(ec2.describe_instances(InstanceIds=['{old}'])['Reservations'][0]['Instances'][0]['State']['Name'])"
+    ));
+    assert!(
+        ["shutting-down", "terminated"].contains(&state.trim()),
+        "{state}\n{}",
+        serve.log()
+    );
+    // Its DNS name follows the new instance.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while record(&cli) != live[0]["public_ip"].as_str().unwrap_or_default() {
+        assert!(
+            Instant::now() < deadline,
+            "DNS did not follow\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     assert!(serve.stop().success());
 }

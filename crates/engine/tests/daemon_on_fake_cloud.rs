@@ -482,3 +482,60 @@ async fn a_duplicate_past_the_grace_period_is_terminated_and_a_stale_spot_reques
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn a_spot_warning_for_a_pool_instance_is_refilled_by_the_next_pass_elsewhere() {
+    use spotkeeper_cloud::model::tags;
+    let (cloud, store, locks) = world().await;
+    let cfg = config(
+        "[pool.workers]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [ { type = \"t3.micro\" } ]\n\
+         zones = [\"us-east-1a\", \"us-east-1b\"]\nmin_capacity = 2\nmax_capacity = 4\n",
+    );
+    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    daemon.reconcile().await.expect("pass");
+    let pool_live = |c: &FakeCloud| {
+        c.all_instances()
+            .into_iter()
+            .filter(|i| i.state.is_live() && i.tag(tags::POOL) == Some("workers"))
+            .collect::<Vec<_>>()
+    };
+    let first = pool_live(&cloud);
+    assert_eq!(first.len(), 2);
+    let victim = first[0].clone();
+    let out = daemon
+        .handle(&warning("spot", victim.id.as_str(), "pool-warn-1"))
+        .await
+        .expect("handled");
+    assert!(matches!(out, Handled::Acted(_)), "{out:?}");
+    // The warned instance still runs, but no longer counts: a third one now.
+    daemon.reconcile().await.expect("pass");
+    let now = pool_live(&cloud);
+    assert_eq!(now.len(), 3, "{now:?}");
+    let fresh = now
+        .iter()
+        .find(|i| !first.iter().any(|f| f.id == i.id))
+        .expect("a replacement");
+    assert_ne!(
+        fresh.zone, victim.zone,
+        "the interrupted offering is avoided"
+    );
+    // The same warning again acts once; AWS takes the instance; still 2 live.
+    assert!(matches!(
+        daemon
+            .handle(&warning("spot", victim.id.as_str(), "pool-warn-1"))
+            .await
+            .expect("handled"),
+        Handled::Duplicate
+    ));
+    cloud.set_state(&victim.id, InstanceState::Terminated);
+    daemon.reconcile().await.expect("pass");
+    assert_eq!(pool_live(&cloud).len(), 2);
+    let events = store
+        .pool_events("tester", "workers", 20)
+        .await
+        .expect("events");
+    assert!(
+        events.iter().any(|e| e.kind == "spot-interruption"),
+        "{events:?}"
+    );
+}
