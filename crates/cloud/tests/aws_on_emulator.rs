@@ -277,3 +277,57 @@ async fn subnet_zone_is_looked_up() {
         .expect_err("missing");
     assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
 }
+
+#[tokio::test]
+async fn a_batch_launch_makes_count_tagged_instances_in_one_call_and_calls_are_counted() {
+    let moto = Moto::start();
+    let cloud = AwsCloud::connect_emulator(&moto.endpoint(), REGION).await;
+    let before = cloud.aws_calls();
+    let batch = cloud
+        .launch_many(&spec("tok-batch", "o-batch"), 4)
+        .await
+        .expect("launch");
+    assert_eq!(
+        cloud.aws_calls() - before,
+        1,
+        "one RunInstances for the batch"
+    );
+    assert_eq!(batch.len(), 4);
+    let mut ids: Vec<_> = batch.iter().map(|i| i.id.clone()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 4);
+    let found = cloud
+        .instances(&TagFilter::default().with(tags::OWNER, "o-batch"))
+        .await
+        .expect("describe");
+    assert_eq!(found.len(), 4);
+    assert!(
+        found
+            .iter()
+            .all(|i| i.market == Market::Spot && i.zone.as_deref() == Some("us-east-1b"))
+    );
+    assert!(
+        cloud
+            .launch_many(&spec("tok-none", "o-batch"), 0)
+            .await
+            .expect("none")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn queue_depth_counts_the_waiting_messages_by_name_or_url() {
+    let moto = Moto::start();
+    let cloud = AwsCloud::connect_emulator(&moto.endpoint(), REGION).await;
+    let url = moto.boto(
+        "sqs = boto3.client('sqs', **kw)\nu = sqs.create_queue(QueueName='jobs')['QueueUrl']\n\
+         [sqs.send_message(QueueUrl=u, MessageBody=str(i)) for i in range(3)]\nprint(u)",
+    );
+    assert_eq!(cloud.queue_depth("jobs").await.expect("by name"), 3);
+    assert_eq!(cloud.queue_depth(url.trim()).await.expect("by url"), 3);
+    let e = cloud
+        .queue_depth("no-such-queue")
+        .await
+        .expect_err("missing");
+    assert!(e.to_string().contains("no-such-queue"), "{e}");
+}

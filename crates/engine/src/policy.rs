@@ -3,11 +3,24 @@
 
 use serde_json::{Value, json};
 
-/// The policy document for `owner` (and the daemon's `queue`).
-pub fn iam_policy(owner: &str, queue: &str) -> Value {
+/// The ARN of an SQS queue given by URL (`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`)
+/// or by name (any region and account).
+fn queue_arn(queue: &str) -> String {
+    let parts: Vec<&str> = queue.trim_end_matches('/').split('/').collect();
+    if let [.., host, account, name] = parts.as_slice()
+        && let Some(region) = host.strip_prefix("sqs.").and_then(|h| h.split('.').next())
+    {
+        return format!("arn:aws:sqs:{region}:{account}:{name}");
+    }
+    format!("arn:aws:sqs:*:*:{}", parts.last().copied().unwrap_or(queue))
+}
+
+/// The policy document for `owner`, the daemon's `queue`, and the SQS
+/// queues worker pools read their demand from.
+pub fn iam_policy(owner: &str, queue: &str, demand_queues: &[String]) -> Value {
     let owned = json!({ "StringEquals": { "aws:ResourceTag/spotkeeper:owner": owner } });
     let tagging_new = json!({ "StringEquals": { "aws:RequestTag/spotkeeper:owner": owner } });
-    json!({
+    let mut policy = json!({
         "Version": "2012-10-17",
         "Statement": [
             {
@@ -102,7 +115,18 @@ pub fn iam_policy(owner: &str, queue: &str) -> Value {
                 "Condition": { "StringEquals": { "iam:PassedToService": "ec2.amazonaws.com" } }
             }
         ]
-    })
+    });
+    if !demand_queues.is_empty()
+        && let Some(statements) = policy["Statement"].as_array_mut()
+    {
+        statements.push(json!({
+            "Sid": "PoolDemand",
+            "Effect": "Allow",
+            "Action": ["sqs:GetQueueUrl", "sqs:GetQueueAttributes"],
+            "Resource": demand_queues.iter().map(|q| queue_arn(q)).collect::<Vec<_>>()
+        }));
+    }
+    policy
 }
 
 #[cfg(test)]
@@ -111,7 +135,27 @@ mod tests {
 
     #[test]
     fn destructive_actions_are_scoped_to_the_owner_tag() {
-        let p = iam_policy("team-a", "spotkeeper-events");
+        let p = iam_policy(
+            "team-a",
+            "spotkeeper-events",
+            &[
+                "https://sqs.eu-west-1.amazonaws.com/123456789012/jobs".into(),
+                "builds".into(),
+            ],
+        );
+        let demand = p["Statement"]
+            .as_array()
+            .expect("statements")
+            .iter()
+            .find(|s| s["Sid"] == "PoolDemand")
+            .expect("PoolDemand");
+        assert_eq!(
+            demand["Resource"],
+            json!([
+                "arn:aws:sqs:eu-west-1:123456789012:jobs",
+                "arn:aws:sqs:*:*:builds"
+            ])
+        );
         let statements = p["Statement"].as_array().expect("statements");
         let owned = statements
             .iter()

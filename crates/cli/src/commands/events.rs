@@ -17,7 +17,7 @@ pub async fn setup(args: &Args) -> Result<ExitCode, Failure> {
     let plumbing = cloud
         .ensure_event_plumbing(&config.queue, &config.owner)
         .await?;
-    let iam = policy::iam_policy(&config.owner, &config.queue);
+    let iam = policy::iam_policy(&config.owner, &config.queue, &demand_queues(&config));
     if args.json {
         output::print_json(&serde_json::json!({
             "queue": config.queue,
@@ -54,7 +54,11 @@ pub async fn setup(args: &Args) -> Result<ExitCode, Failure> {
 
 pub fn iam_policy(args: &Args) -> Result<ExitCode, Failure> {
     let config = context::load_config(args, false)?;
-    output::print_json(&policy::iam_policy(&config.owner, &config.queue))?;
+    output::print_json(&policy::iam_policy(
+        &config.owner,
+        &config.queue,
+        &demand_queues(&config),
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -109,4 +113,16 @@ pub async fn cleanup(args: &Args, all: bool, yes: bool) -> Result<ExitCode, Fail
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The SQS queues the config's pools read their demand from.
+fn demand_queues(config: &spotkeeper_engine::config::Config) -> Vec<String> {
+    config
+        .pools
+        .values()
+        .filter_map(|p| match &p.demand {
+            spotkeeper_engine::pools::Demand::Sqs { queue } => Some(queue.clone()),
+            _ => None,
+        })
+        .collect()
 }
