@@ -594,18 +594,37 @@ impl<'a> Daemon<'a> {
             return Ok(Vec::new());
         }
         let owner = &self.config.owner;
+        let zones = if pools
+            .iter()
+            .all(|p| p.zones.is_some() || !p.subnets.is_empty())
+        {
+            Vec::new()
+        } else {
+            self.cloud.zones().await?
+        };
+        // One price read for every pool without subnets: calls grow with
+        // pages, not with pools.
+        let mut types: Vec<String> = Vec::new();
+        let mut price_zones: Vec<String> = Vec::new();
+        for p in pools.iter().filter(|p| p.subnets.is_empty()) {
+            types.extend(p.types.iter().map(|t| t.instance_type.clone()));
+            price_zones.extend(p.zones.clone().unwrap_or_else(|| zones.clone()));
+        }
+        types.sort();
+        types.dedup();
+        price_zones.sort();
+        price_zones.dedup();
+        let prices = if types.is_empty() || price_zones.is_empty() {
+            None
+        } else {
+            Some(self.cloud.spot_prices(&types, &price_zones).await?)
+        };
         let world = World {
             requests,
-            zones: if pools
-                .iter()
-                .all(|p| p.zones.is_some() || !p.subnets.is_empty())
-            {
-                Vec::new()
-            } else {
-                self.cloud.zones().await?
-            },
+            zones,
             instances,
             doomed,
+            prices,
         };
         let pass = PoolPass {
             cloud: self.cloud,

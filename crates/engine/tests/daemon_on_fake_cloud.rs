@@ -539,3 +539,33 @@ async fn a_spot_warning_for_a_pool_instance_is_refilled_by_the_next_pass_elsewhe
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn one_pass_over_many_pools_reads_prices_and_instances_once() {
+    let (cloud, store, locks) = world().await;
+    let mut extra = String::new();
+    for n in 0..5 {
+        extra.push_str(&format!(
+            "[pool.p{n}]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [ {{ type = \"t3.micro\" }} ]\n\
+             zones = [\"us-east-1a\", \"us-east-1b\"]\nmin_capacity = 1\nmax_capacity = 2\n"
+        ));
+    }
+    let cfg = config(&extra);
+    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    daemon.reconcile().await.expect("pass");
+    let before = cloud.calls().len();
+    daemon.reconcile().await.expect("pass");
+    let calls: Vec<String> = cloud.calls()[before..].to_vec();
+    for op in [
+        "DescribeInstances",
+        "DescribeSpotInstanceRequests",
+        "DescribeSpotPriceHistory",
+    ] {
+        assert_eq!(
+            calls.iter().filter(|c| *c == op).count(),
+            1,
+            "{op} once per pass for five pools: {calls:?}"
+        );
+    }
+    assert!(!calls.iter().any(|c| c == "RunInstances"), "{calls:?}");
+}

@@ -375,6 +375,7 @@ async fn world(cloud: &FakeCloud) -> World {
         requests: cloud.spot_requests(&filter).await.expect("requests"),
         zones: ZONES.iter().map(|z| (*z).to_owned()).collect(),
         doomed: HashSet::new(),
+        prices: None,
     }
 }
 

@@ -43,6 +43,9 @@ pub struct World {
     pub zones: Vec<String>,
     /// Instances about to be taken (spot warnings): not counted.
     pub doomed: HashSet<InstanceId>,
+    /// Spot prices read once for every pool's types and zones; `None`: each
+    /// pool reads its own.
+    pub prices: Option<Vec<spotkeeper_cloud::SpotPrice>>,
 }
 
 /// What a pool remembers between passes.
@@ -317,10 +320,14 @@ impl PoolPass<'_> {
         let places = self.places(spec, world).await?;
         let zones: Vec<String> = places.iter().map(|p| p.zone.clone()).collect();
         let type_names: Vec<String> = spec.types.iter().map(|t| t.instance_type.clone()).collect();
-        let prices = if zones.is_empty() {
-            Vec::new()
-        } else {
-            self.cloud.spot_prices(&type_names, &zones).await?
+        let prices = match &world.prices {
+            _ if zones.is_empty() => Vec::new(),
+            Some(all) if spec.subnets.is_empty() => all
+                .iter()
+                .filter(|p| type_names.contains(&p.instance_type) && zones.contains(&p.zone))
+                .cloned()
+                .collect(),
+            _ => self.cloud.spot_prices(&type_names, &zones).await?,
         };
         let demand = self.demand.pending(&spec.demand).await;
         if let Err(why) = &demand {
