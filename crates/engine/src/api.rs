@@ -185,28 +185,40 @@ async fn get_box(State(state): State<ApiState>, Path(name): Path<String>) -> Res
     Json(box_json(&state, &b.name, &b.source, &live).await).into_response()
 }
 
+/// A registration body: a JSON object with a string `name`, returned apart
+/// from the other fields.
+fn named_body(
+    body: Result<Json<Value>, JsonRejection>,
+    kind: &str,
+) -> Result<(String, Value), (StatusCode, String)> {
+    let Json(mut body) = body.map_err(|e| {
+        (
+            e.status(),
+            format!("the body is not a JSON {kind}: {}", e.body_text()),
+        )
+    })?;
+    let Some(object) = body.as_object_mut() else {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the body must be a JSON object".into(),
+        ));
+    };
+    match object.remove("name") {
+        Some(Value::String(name)) => Ok((name, body)),
+        _ => Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name: required, a string".into(),
+        )),
+    }
+}
+
 async fn register_box(
     State(state): State<ApiState>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
-    let Json(mut body) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                e.status(),
-                format!("the body is not a JSON box: {}", e.body_text()),
-            );
-        }
-    };
-    let Some(object) = body.as_object_mut() else {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the body must be a JSON object",
-        );
-    };
-    let name = match object.remove("name") {
-        Some(Value::String(n)) => n,
-        _ => return error(StatusCode::UNPROCESSABLE_ENTITY, "name: required, a string"),
+    let (name, body) = match named_body(body, "box") {
+        Ok(nb) => nb,
+        Err((status, message)) => return error(status, message),
     };
     if state.config.boxes.contains_key(&name) {
         return error(
@@ -362,24 +374,9 @@ async fn register_pool(
     State(state): State<ApiState>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
-    let Json(mut body) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                e.status(),
-                format!("the body is not a JSON pool: {}", e.body_text()),
-            );
-        }
-    };
-    let Some(object) = body.as_object_mut() else {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the body must be a JSON object",
-        );
-    };
-    let name = match object.remove("name") {
-        Some(Value::String(n)) => n,
-        _ => return error(StatusCode::UNPROCESSABLE_ENTITY, "name: required, a string"),
+    let (name, body) = match named_body(body, "pool") {
+        Ok(nb) => nb,
+        Err((status, message)) => return error(status, message),
     };
     if state.config.pools.contains_key(&name) || state.config.boxes.contains_key(&name) {
         return error(

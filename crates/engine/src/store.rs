@@ -79,6 +79,16 @@ pub struct ManagedBox {
     pub registered_at: i64,
 }
 
+fn event_from_row(r: &sqlx::sqlite::SqliteRow) -> Event {
+    Event {
+        id: r.get("id"),
+        at: r.get("at"),
+        box_name: r.get("box"),
+        kind: r.get("kind"),
+        message: r.get("message"),
+    }
+}
+
 /// The state store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -309,16 +319,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Event {
-                id: r.get("id"),
-                at: r.get("at"),
-                box_name: r.get("box"),
-                kind: r.get("kind"),
-                message: r.get("message"),
-            })
-            .collect())
+        Ok(rows.iter().map(event_from_row).collect())
     }
 }
 
@@ -695,16 +696,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Event {
-                id: r.get("id"),
-                at: r.get("at"),
-                box_name: r.get("box"),
-                kind: r.get("kind"),
-                message: r.get("message"),
-            })
-            .collect())
+        Ok(rows.iter().map(event_from_row).collect())
     }
 }
 

@@ -379,6 +379,24 @@ async fn world(cloud: &FakeCloud) -> World {
     }
 }
 
+/// One pass with nothing marked unavailable and no memory.
+async fn once(
+    pass: &PoolPass<'_>,
+    spec: &PoolSpec,
+    cloud: &FakeCloud,
+) -> spotkeeper_engine::pools::pass::Outcome {
+    pass.run(
+        spec,
+        &world(cloud).await,
+        &HashSet::new(),
+        false,
+        &PoolMemory::default(),
+        SystemTime::now(),
+    )
+    .await
+    .expect("pass")
+}
+
 fn live(cloud: &FakeCloud) -> Vec<spotkeeper_cloud::Instance> {
     cloud
         .all_instances()
@@ -399,17 +417,7 @@ async fn a_pass_launches_in_batches_tagged_at_creation_with_an_intent_each() {
         demand: &demand,
     };
     let spec = pool("");
-    let out = pass
-        .run(
-            &spec,
-            &world(&cloud).await,
-            &HashSet::new(),
-            false,
-            &PoolMemory::default(),
-            SystemTime::now(),
-        )
-        .await
-        .expect("pass");
+    let out = once(&pass, &spec, &cloud).await;
     let units: u32 = live(&cloud)
         .iter()
         .map(|i| spec.capacity_of(&i.instance_type))
@@ -432,16 +440,7 @@ async fn a_pass_launches_in_batches_tagged_at_creation_with_an_intent_each() {
     );
     // A second pass at the same demand launches nothing.
     let before = cloud.count("RunInstances");
-    pass.run(
-        &spec,
-        &world(&cloud).await,
-        &HashSet::new(),
-        false,
-        &PoolMemory::default(),
-        SystemTime::now(),
-    )
-    .await
-    .expect("pass");
+    once(&pass, &spec, &cloud).await;
     assert_eq!(cloud.count("RunInstances"), before);
 }
 
@@ -465,17 +464,7 @@ async fn insufficient_capacity_marks_the_offering_and_the_same_pass_uses_the_nex
         demand: &demand,
     };
     let spec = pool("");
-    let out = pass
-        .run(
-            &spec,
-            &world(&cloud).await,
-            &HashSet::new(),
-            false,
-            &PoolMemory::default(),
-            SystemTime::now(),
-        )
-        .await
-        .expect("pass");
+    let out = once(&pass, &spec, &cloud).await;
     let l = live(&cloud);
     assert_eq!(l.len(), 4, "{:?}", out.failures);
     assert!(l.iter().all(|i| i.instance_type == "c7i.large"));
@@ -509,17 +498,7 @@ async fn a_spot_quota_falls_back_to_on_demand_and_spot_returns_once_the_block_li
         demand: &demand,
     };
     let spec = pool("fallback = \"on-demand\"");
-    let out = pass
-        .run(
-            &spec,
-            &world(&cloud).await,
-            &HashSet::new(),
-            false,
-            &PoolMemory::default(),
-            SystemTime::now(),
-        )
-        .await
-        .expect("pass");
+    let out = once(&pass, &spec, &cloud).await;
     assert!(out.block_spot);
     assert!(out.failures.iter().any(|f| f.reason == "quota-exceeded"));
     let l = live(&cloud);
@@ -538,16 +517,7 @@ async fn a_spot_quota_falls_back_to_on_demand_and_spot_returns_once_the_block_li
     // The quota clears and the block expires: new capacity is spot again.
     cloud.accept();
     *demand.0.lock().expect("lock") = Ok(4);
-    pass.run(
-        &spec,
-        &world(&cloud).await,
-        &HashSet::new(),
-        false,
-        &PoolMemory::default(),
-        SystemTime::now(),
-    )
-    .await
-    .expect("pass");
+    once(&pass, &spec, &cloud).await;
     let spot: u32 = live(&cloud)
         .iter()
         .filter(|i| i.market == Market::Spot)
@@ -557,16 +527,7 @@ async fn a_spot_quota_falls_back_to_on_demand_and_spot_returns_once_the_block_li
     // And when the pool shrinks, the on-demand instances go first.
     *demand.0.lock().expect("lock") = Ok(2);
     let spec0 = pool("fallback = \"on-demand\"\nscale_down_after = \"0s\"");
-    pass.run(
-        &spec0,
-        &world(&cloud).await,
-        &HashSet::new(),
-        false,
-        &PoolMemory::default(),
-        SystemTime::now(),
-    )
-    .await
-    .expect("pass");
+    once(&pass, &spec0, &cloud).await;
     let l = live(&cloud);
     assert!(!l.is_empty());
     assert!(l.iter().all(|i| i.market == Market::Spot), "{l:?}");
@@ -584,17 +545,7 @@ async fn an_authorization_error_stops_the_pass_and_is_reported() {
         owner: "tester",
         demand: &demand,
     };
-    let out = pass
-        .run(
-            &pool(""),
-            &world(&cloud).await,
-            &HashSet::new(),
-            false,
-            &PoolMemory::default(),
-            SystemTime::now(),
-        )
-        .await
-        .expect("pass");
+    let out = once(&pass, &pool(""), &cloud).await;
     assert_eq!(
         cloud.count("RunInstances"),
         1,
@@ -644,16 +595,7 @@ async fn a_launch_left_open_by_a_crash_is_repeated_with_its_token_and_makes_no_d
     );
     let first = cloud.all_instances().len();
     // Next pass: the open intent is repeated (same token → same instances).
-    pass.run(
-        &spec,
-        &world(&cloud).await,
-        &HashSet::new(),
-        false,
-        &PoolMemory::default(),
-        SystemTime::now(),
-    )
-    .await
-    .expect("pass");
+    once(&pass, &spec, &cloud).await;
     assert!(
         store
             .open_pool_launches("tester", "builders")
@@ -686,16 +628,7 @@ async fn open_spot_requests_count_and_interrupted_members_do_not() {
         instance_type: Some("c7i.large".into()),
         tags: request_tags,
     });
-    pass.run(
-        &spec,
-        &world(&cloud).await,
-        &HashSet::new(),
-        false,
-        &PoolMemory::default(),
-        SystemTime::now(),
-    )
-    .await
-    .expect("pass");
+    once(&pass, &spec, &cloud).await;
     let units: u32 = live(&cloud)
         .iter()
         .map(|i| spec.capacity_of(&i.instance_type))

@@ -382,6 +382,7 @@ impl PoolPass<'_> {
                 now,
             });
             let mut replan = false;
+            let mut halted = false;
             for step in &p.steps {
                 match step {
                     Step::Cancel { requests } => {
@@ -545,18 +546,7 @@ impl PoolPass<'_> {
                                             ),
                                         )
                                         .await;
-                                        outcome.plan = p.clone();
-                                        return self
-                                            .finish(
-                                                spec,
-                                                outcome,
-                                                members,
-                                                gone,
-                                                launched,
-                                                &prices,
-                                                reasons_so_far,
-                                            )
-                                            .await;
+                                        halted = true;
                                     }
                                     _ => {
                                         self.record(&spec.name, "launch-failed", &e.to_string())
@@ -566,7 +556,7 @@ impl PoolPass<'_> {
                             }
                             Err(other) => return Err(other),
                         }
-                        if replan {
+                        if replan || halted {
                             break;
                         }
                     }
@@ -574,7 +564,7 @@ impl PoolPass<'_> {
             }
             reasons_so_far.extend(p.reasons.iter().cloned());
             outcome.plan = p;
-            if !replan || round == MAX_REPLANS {
+            if halted || !replan || round == MAX_REPLANS {
                 break;
             }
         }

@@ -134,6 +134,18 @@ pub struct Plan {
     pub surplus_since: Option<SystemTime>,
 }
 
+/// Capacity units of open spot requests (1 for an unknown type).
+pub fn request_units(spec: &PoolSpec, requests: &[OpenRequest]) -> u32 {
+    requests
+        .iter()
+        .map(|r| {
+            r.instance_type
+                .as_deref()
+                .map_or(1, |t| spec.capacity_of(t))
+        })
+        .sum()
+}
+
 /// Plans one pass of one pool.
 pub fn plan(input: &Input<'_>) -> Plan {
     let spec = input.spec;
@@ -143,15 +155,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
         .iter()
         .map(|m| spec.capacity_of(&m.instance_type))
         .sum();
-    let pending: u32 = input
-        .open_requests
-        .iter()
-        .map(|r| {
-            r.instance_type
-                .as_deref()
-                .map_or(1, |t| spec.capacity_of(t))
-        })
-        .sum();
+    let pending = request_units(spec, input.open_requests);
     let current = in_members + pending;
     let (desired, held) = match &input.demand {
         Ok(jobs) => {

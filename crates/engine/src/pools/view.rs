@@ -72,14 +72,7 @@ pub async fn view(
                 ))
                 .or_insert(0) += spec.capacity_of(&m.instance_type);
         }
-        let pending: u32 = open
-            .iter()
-            .map(|r| {
-                r.instance_type
-                    .as_deref()
-                    .map_or(1, |t| spec.capacity_of(t))
-            })
-            .sum();
+        let pending = super::plan::request_units(spec, &open);
         let current = by_offering.values().sum::<u32>() + pending;
         let last = status.iter().find(|s| s.pool == spec.name);
         let last_pass: Option<serde_json::Value> =
