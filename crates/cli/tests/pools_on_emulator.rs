@@ -159,6 +159,19 @@ fn a_pool_follows_its_demand_within_max_and_holds_when_the_demand_source_fails()
     // as one t3.large (capacity weights).
     cli.moto
         .set_market(&[("t3.micro", Some(0.02)), ("t3.large", Some(0.03))], &[]);
+    // A pass reads prices before the demand: wait until one has seen these.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while show(&cli)["reasons"]
+        .to_string()
+        .contains("over the price ceiling")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new price was never read\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     *answer.lock().expect("lock") = Answer::Jobs(5);
     let live = wait_for(&cli, &serve, 5, 5);
     assert_eq!(live.len(), 4, "3 × micro + 1 × large: {live:?}");

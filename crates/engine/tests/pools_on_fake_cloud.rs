@@ -604,6 +604,37 @@ async fn a_launch_left_open_by_a_crash_is_repeated_with_its_token_and_makes_no_d
             .is_empty()
     );
     assert_eq!(cloud.all_instances().len(), first, "no second launch");
+
+    // Lost again, but this time the describe shows the instances: the intent
+    // is closed by their tag, without another RunInstances.
+    *demand.0.lock().expect("lock") = Ok(4);
+    cloud.set_describe_lag(0);
+    cloud.lose_next_launch_answer();
+    let _ = pass
+        .run(
+            &spec,
+            &world(&cloud).await,
+            &HashSet::new(),
+            false,
+            &PoolMemory::default(),
+            SystemTime::now(),
+        )
+        .await;
+    let calls = cloud.count("RunInstances");
+    let open = store
+        .open_pool_launches("tester", "builders")
+        .await
+        .expect("q");
+    assert!(!open.is_empty());
+    once(&pass, &spec, &cloud).await;
+    assert_eq!(cloud.count("RunInstances"), calls, "nothing repeated");
+    assert!(
+        store
+            .open_pool_launches("tester", "builders")
+            .await
+            .expect("q")
+            .is_empty()
+    );
 }
 
 #[tokio::test]

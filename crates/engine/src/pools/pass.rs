@@ -292,6 +292,19 @@ impl PoolPass<'_> {
                     .await?;
                 continue;
             }
+            // Its instances are already visible (tagged at creation with
+            // the token): the launch happened, nothing to repeat.
+            let seen = world
+                .instances
+                .iter()
+                .filter(|i| i.tag(tags::INTENT) == Some(open.token.as_str()))
+                .count();
+            if seen > 0 {
+                self.store
+                    .close_pool_launch(open.id, &format!("found {seen} instances by tag"))
+                    .await?;
+                continue;
+            }
             if image.is_none() {
                 image = Some(self.cloud.resolve_image(&spec.image).await?);
             }
