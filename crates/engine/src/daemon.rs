@@ -241,12 +241,12 @@ impl<'a> Daemon<'a> {
     }
 
     async fn act(&self, event: &events::Event) -> Result<Handled, crate::boxes::BoxError> {
-        let managed: HashSet<String> = self
+        let managed: HashMap<String, Option<String>> = self
             .store
             .managed_boxes(&self.config.owner)
             .await?
             .into_iter()
-            .map(|b| b.name)
+            .map(|b| (b.name, b.spec))
             .collect();
         let (mut acted, mut ignored) = (Vec::new(), Vec::new());
         for id in event.kind.instances() {
@@ -297,15 +297,24 @@ impl<'a> Daemon<'a> {
             }
             let Some(box_name) = instance
                 .tag(tags::BOX)
-                .filter(|b| managed.contains(*b))
+                .filter(|b| managed.contains_key(*b))
                 .map(str::to_owned)
             else {
                 continue;
             };
-            let spec = self.config.boxes.get(&box_name);
+            // The box's policy: from the config file, else as registered
+            // through the API.
+            let replace_on_rebalance = match self.config.boxes.get(&box_name) {
+                Some(s) => s.replace_on_rebalance,
+                None => managed
+                    .get(&box_name)
+                    .and_then(Option::as_deref)
+                    .and_then(|json| stored_spec(&box_name, json).ok())
+                    .is_some_and(|s| s.replace_on_rebalance),
+            };
             let doom = match &event.kind {
                 EventKind::SpotInterruption { .. } | EventKind::ScheduledChange { .. } => true,
-                EventKind::Rebalance { .. } => spec.is_some_and(|s| s.replace_on_rebalance),
+                EventKind::Rebalance { .. } => replace_on_rebalance,
                 EventKind::StateChange { state, .. } => {
                     !matches!(state, InstanceState::Pending | InstanceState::Running)
                 }
@@ -379,26 +388,21 @@ impl<'a> Daemon<'a> {
             let stored;
             let spec = match (self.config.boxes.get(&managed.name), &managed.spec) {
                 (Some(s), _) => s,
-                (None, Some(json)) => {
-                    match serde_json::from_str(json)
-                        .map_err(|e| e.to_string())
-                        .and_then(|v| crate::config::parse_box_json(&managed.name, &v))
-                    {
-                        Ok(s) => {
-                            stored = s;
-                            &stored
-                        }
-                        Err(m) => {
-                            self.record(
-                                Some(&managed.name),
-                                "bad-box",
-                                &format!("stored box does not parse: {m}"),
-                            )
-                            .await;
-                            continue;
-                        }
+                (None, Some(json)) => match stored_spec(&managed.name, json) {
+                    Ok(s) => {
+                        stored = s;
+                        &stored
                     }
-                }
+                    Err(m) => {
+                        self.record(
+                            Some(&managed.name),
+                            "bad-box",
+                            &format!("stored box does not parse: {m}"),
+                        )
+                        .await;
+                        continue;
+                    }
+                },
                 (None, None) => {
                     self.record(
                         Some(&managed.name),
@@ -1010,6 +1014,13 @@ impl<'a> Daemon<'a> {
         };
         tokio::join!(receiver, reconciler);
     }
+}
+
+/// A box registered through the API, from the JSON stored with it.
+fn stored_spec(name: &str, json: &str) -> Result<crate::config::BoxSpec, String> {
+    serde_json::from_str(json)
+        .map_err(|e| e.to_string())
+        .and_then(|v| crate::config::parse_box_json(name, &v))
 }
 
 /// A short reason for the launch-failure metric.

@@ -569,3 +569,29 @@ async fn one_pass_over_many_pools_reads_prices_and_instances_once() {
     }
     assert!(!calls.iter().any(|c| c == "RunInstances"), "{calls:?}");
 }
+
+#[tokio::test]
+async fn a_box_registered_through_the_api_keeps_its_rebalance_policy() {
+    let (cloud, store, locks) = world().await;
+    let cfg = config("");
+    let spec = serde_json::json!({
+        "image": "ami-0123456789abcdef0", "instance_types": ["t3.micro"], "max_price": 0.02,
+        "ready": { "check": "none" }, "on_rebalance": "replace"
+    });
+    store
+        .register_box("tester", "web", "api", Some(&spec.to_string()))
+        .await
+        .expect("register");
+    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    daemon.reconcile().await.expect("pass");
+    let web = cloud
+        .all_instances()
+        .into_iter()
+        .find(|i| i.state.is_live())
+        .expect("web launched");
+    let out = daemon
+        .handle(&warning("rebalance", web.id.as_str(), "api-rebalance"))
+        .await
+        .expect("handled");
+    assert!(matches!(out, Handled::Acted(_)), "replace applies: {out:?}");
+}
