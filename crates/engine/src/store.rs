@@ -60,6 +60,8 @@ pub struct Event {
     pub at: i64,
     /// Box, if the event concerns one.
     pub box_name: Option<String>,
+    /// Worker pool, if the event concerns one.
+    pub pool: Option<String>,
     /// Short machine-readable kind, e.g. `launch`.
     pub kind: String,
     /// What happened and why.
@@ -84,6 +86,7 @@ fn event_from_row(r: &sqlx::sqlite::SqliteRow) -> Event {
         id: r.get("id"),
         at: r.get("at"),
         box_name: r.get("box"),
+        pool: r.get("pool"),
         kind: r.get("kind"),
         message: r.get("message"),
     }
@@ -310,7 +313,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, at, box, kind, message FROM events
+            "SELECT id, at, box, pool, kind, message FROM events
              WHERE owner = ? AND (? IS NULL OR box = ?) ORDER BY id DESC LIMIT ?",
         )
         .bind(owner)
@@ -688,7 +691,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, at, box, kind, message FROM events
+            "SELECT id, at, box, pool, kind, message FROM events
              WHERE owner = ? AND pool = ? ORDER BY id DESC LIMIT ?",
         )
         .bind(owner)

@@ -365,6 +365,7 @@ async fn the_web_page_is_served_and_holds_no_data_itself() {
     assert!(
         html.contains("<title>spotkeeper</title>")
             && html.contains("/api/boxes")
+            && html.contains("/api/pools")
             && html.contains("Authorization")
     );
     assert!(!html.contains(TOKEN));
@@ -479,6 +480,18 @@ async fn pools_are_registered_updated_scaled_by_the_daemon_and_deleted_with_thei
         .call("DELETE", "/api/pools/builders", Some(TOKEN), None)
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    // The event log names the pool.
+    let (_, events) = w
+        .call("GET", "/api/events?limit=100", Some(TOKEN), None)
+        .await;
+    assert!(
+        events
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["pool"] == "builders" && e["kind"] == "launch"),
+        "{events}"
+    );
     // Metrics carry the pool.
     let text = daemon.metrics().render();
     assert!(
