@@ -69,6 +69,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/pools", get(list_pools).post(register_pool))
         .route("/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/events", get(events))
+        .route("/instances", get(instances))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route(
@@ -521,6 +522,31 @@ async fn events(
         .await
     {
         Ok(e) => Json(e).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitQuery {
+    limit: Option<i64>,
+}
+
+/// Every instance the daemon has seen (also those AWS no longer lists),
+/// most recently seen first.
+async fn instances(
+    State(state): State<ApiState>,
+    query: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let limit = match query {
+        Ok(Query(q)) => q.limit.unwrap_or(100),
+        Err(_) => return error(StatusCode::BAD_REQUEST, "query parameters: limit=1..1000"),
+    };
+    if !(1..=1000).contains(&limit) {
+        return error(StatusCode::BAD_REQUEST, "limit must be 1..1000");
+    }
+    match state.store.seen_instances(&state.config.owner, limit).await {
+        Ok(i) => Json(i).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

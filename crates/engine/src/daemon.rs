@@ -383,6 +383,9 @@ impl<'a> Daemon<'a> {
             .cloud
             .spot_requests(&boxes::owner_filter(owner))
             .await?;
+        if let Err(e) = self.store.record_seen(owner, &all).await {
+            tracing::warn!("cannot record the instances seen in the state file: {e}");
+        }
         let mut launched = Vec::new();
         for managed in self.store.managed_boxes(owner).await? {
             let stored;

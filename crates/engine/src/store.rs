@@ -703,6 +703,93 @@ impl Store {
     }
 }
 
+/// An instance as the daemon last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SeenInstance {
+    /// Instance id.
+    pub instance_id: String,
+    /// Its box, if any.
+    pub box_name: Option<String>,
+    /// Its pool, if any.
+    pub pool: Option<String>,
+    /// Instance type.
+    pub instance_type: String,
+    /// Zone.
+    pub zone: Option<String>,
+    /// `spot` or `on-demand`.
+    pub market: String,
+    /// State when last seen.
+    pub state: String,
+    /// Unix seconds.
+    pub first_seen: i64,
+    /// Unix seconds.
+    pub last_seen: i64,
+}
+
+impl Store {
+    /// Records what a pass observed, in one transaction.
+    pub async fn record_seen(
+        &self,
+        owner: &str,
+        seen: &[spotkeeper_cloud::Instance],
+    ) -> Result<(), StoreError> {
+        use spotkeeper_cloud::model::tags;
+        let now = unix_now();
+        let mut tx = self.pool.begin().await?;
+        for i in seen {
+            sqlx::query(
+                "INSERT INTO instances_seen (instance_id, owner, box, pool, instance_type, zone, market, state, first_seen, last_seen)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (instance_id) DO UPDATE SET state = excluded.state, last_seen = excluded.last_seen",
+            )
+            .bind(i.id.as_str())
+            .bind(owner)
+            .bind(i.tag(tags::BOX))
+            .bind(i.tag(tags::POOL))
+            .bind(&i.instance_type)
+            .bind(i.zone.as_deref())
+            .bind(i.market.as_str())
+            .bind(i.state.as_str())
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The instances seen, most recently seen first.
+    pub async fn seen_instances(
+        &self,
+        owner: &str,
+        limit: i64,
+    ) -> Result<Vec<SeenInstance>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT instance_id, box, pool, instance_type, zone, market, state, first_seen, last_seen
+             FROM instances_seen WHERE owner = ? ORDER BY last_seen DESC, first_seen DESC LIMIT ?",
+        )
+        .bind(owner)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| SeenInstance {
+                instance_id: r.get("instance_id"),
+                box_name: r.get("box"),
+                pool: r.get("pool"),
+                instance_type: r.get("instance_type"),
+                zone: r.get("zone"),
+                market: r.get("market"),
+                state: r.get("state"),
+                first_seen: r.get("first_seen"),
+                last_seen: r.get("last_seen"),
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -480,6 +480,25 @@ async fn pools_are_registered_updated_scaled_by_the_daemon_and_deleted_with_thei
         .call("DELETE", "/api/pools/builders", Some(TOKEN), None)
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    // The daemon's record of what it saw (this pass observed before launching).
+    daemon.reconcile().await.expect("pass");
+    let (s, seen) = w
+        .call("GET", "/api/instances?limit=10", Some(TOKEN), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{seen}");
+    assert_eq!(
+        seen.as_array()
+            .expect("array")
+            .iter()
+            .filter(|i| i["pool"] == "builders")
+            .count(),
+        3,
+        "{seen}"
+    );
+    let (s, _) = w
+        .call("GET", "/api/instances?limit=0", Some(TOKEN), None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     // The event log names the pool.
     let (_, events) = w
         .call("GET", "/api/events?limit=100", Some(TOKEN), None)

@@ -595,3 +595,41 @@ async fn a_box_registered_through_the_api_keeps_its_rebalance_policy() {
         .expect("handled");
     assert!(matches!(out, Handled::Acted(_)), "replace applies: {out:?}");
 }
+
+#[tokio::test]
+async fn each_pass_records_the_instances_it_saw() {
+    let (cloud, store, locks) = world().await;
+    let cfg = config("");
+    let ctx = Ctx {
+        cloud: &cloud,
+        store: &store,
+        owner: "tester",
+        lock_dir: locks.path(),
+        progress: &Silent,
+        timing: TIMING,
+    };
+    let first = boxes::up(&ctx, &cfg.boxes["dev"])
+        .await
+        .expect("up")
+        .instance;
+    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    daemon.reconcile().await.expect("pass");
+    let seen = store.seen_instances("tester", 10).await.expect("seen");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].instance_id, first.id.as_str());
+    assert_eq!(seen[0].box_name.as_deref(), Some("dev"));
+    assert_eq!(seen[0].state, "running");
+    cloud.set_state(&first.id, InstanceState::Terminated);
+    daemon.reconcile().await.expect("pass");
+    let seen = store.seen_instances("tester", 10).await.expect("seen");
+    let old = seen
+        .iter()
+        .find(|s| s.instance_id == first.id.as_str())
+        .expect("still known");
+    assert_eq!(old.state, "terminated");
+    assert!(old.first_seen <= old.last_seen);
+    // The replacement that pass launched is seen by the next one.
+    daemon.reconcile().await.expect("pass");
+    let seen = store.seen_instances("tester", 10).await.expect("seen");
+    assert_eq!(seen.len(), 2, "and its replacement: {seen:?}");
+}
