@@ -43,12 +43,12 @@ impl Inventory {
     pub fn lines(&self) -> Vec<String> {
         let mut l = Vec::new();
         for i in &self.instances {
-            l.push(format!(
-                "terminate instance {} (box {}, {})",
-                i.id,
-                i.tag(tags::BOX).unwrap_or("-"),
-                i.state
-            ));
+            let of = match (i.tag(tags::BOX), i.tag(tags::POOL)) {
+                (Some(b), _) => format!("box {b}"),
+                (None, Some(p)) => format!("pool {p}"),
+                (None, None) => "no box".to_owned(),
+            };
+            l.push(format!("terminate instance {} ({of}, {})", i.id, i.state));
         }
         for r in &self.spot_requests {
             l.push(format!(
