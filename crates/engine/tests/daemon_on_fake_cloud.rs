@@ -633,3 +633,41 @@ async fn each_pass_records_the_instances_it_saw() {
     let seen = store.seen_instances("tester", 10).await.expect("seen");
     assert_eq!(seen.len(), 2, "and its replacement: {seen:?}");
 }
+
+#[tokio::test]
+async fn on_tokios_paused_clock_an_interrupted_offering_comes_back_after_five_minutes() {
+    let (cloud, store, locks) = world().await;
+    let cfg = config("");
+    let ctx = Ctx {
+        cloud: &cloud,
+        store: &store,
+        owner: "tester",
+        lock_dir: locks.path(),
+        progress: &Silent,
+        timing: TIMING,
+    };
+    let first = boxes::up(&ctx, &cfg.boxes["dev"])
+        .await
+        .expect("up")
+        .instance;
+    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    daemon
+        .handle(&warning("spot", first.id.as_str(), "paused-1"))
+        .await
+        .expect("handled");
+    let marked = (
+        first.instance_type.clone(),
+        first.zone.clone().expect("zone"),
+    );
+    // Paused only now: the state file's pool has timeouts of its own, which
+    // a paused clock would fire while SQLite's thread answers.
+    tokio::time::pause();
+    assert!(daemon.unavailable().contains(&marked));
+    tokio::time::advance(UNAVAILABLE_FOR - Duration::from_secs(1)).await;
+    assert!(daemon.unavailable().contains(&marked), "still avoided");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(
+        daemon.unavailable().is_empty(),
+        "five minutes on: usable again"
+    );
+}
