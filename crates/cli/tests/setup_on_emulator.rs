@@ -55,6 +55,10 @@ fn setup_is_idempotent_and_events_reach_the_queue() {
     );
     let attrs: Value = serde_json::from_str(attrs.trim()).expect("json");
     assert_eq!(attrs["MessageRetentionPeriod"], "3600");
+    assert_eq!(
+        attrs["VisibilityTimeout"], "30",
+        "a message a stopped daemon never saw comes back soon"
+    );
     let policy: Value =
         serde_json::from_str(attrs["Policy"].as_str().expect("policy")).expect("policy json");
     assert_eq!(

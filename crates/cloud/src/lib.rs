@@ -60,8 +60,8 @@ use async_trait::async_trait;
 
 pub use aws::{
     AwsCloud, CANONICAL_OWNER, ClientConfig, EVENT_RULES, Plumbing, QUEUE_RETENTION_SECONDS,
-    QueueMessage, VPC_TAG, VpcInfo, al2023_parameter, data_device_names, next_free_device,
-    rule_name, split_cidr, ubuntu_parameter,
+    QueueMessage, RECEIVE_VISIBILITY_SECONDS, VPC_TAG, VpcInfo, al2023_parameter,
+    data_device_names, next_free_device, rule_name, split_cidr, ubuntu_parameter,
 };
 pub use cloud::Cloud;
 pub use error::{CloudError, ErrorKind, classify};

@@ -11,7 +11,10 @@ mod volumes;
 
 pub use images::{CANONICAL_OWNER, al2023_parameter, ubuntu_parameter};
 pub use network::{VPC_TAG, VpcInfo, split_cidr};
-pub use queue::{EVENT_RULES, Plumbing, QUEUE_RETENTION_SECONDS, QueueMessage, rule_name};
+pub use queue::{
+    EVENT_RULES, Plumbing, QUEUE_RETENTION_SECONDS, QueueMessage, RECEIVE_VISIBILITY_SECONDS,
+    rule_name,
+};
 pub use volumes::{data_device_names, next_free_device};
 mod pricing;
 

@@ -63,6 +63,11 @@ pub struct Plumbing {
     pub rules: Vec<(String, bool)>,
 }
 
+/// How long a received event stays hidden from other receivers. Short: a
+/// daemon stopped during a long poll may have been handed messages it never
+/// saw, and those come back only after this.
+pub const RECEIVE_VISIBILITY_SECONDS: i32 = 30;
+
 impl AwsCloud {
     /// The queue's URL, if it exists.
     pub async fn queue_url(&self, name: &str) -> Result<Option<String>, CloudError> {
@@ -100,7 +105,10 @@ impl AwsCloud {
                         QUEUE_RETENTION_SECONDS,
                     )
                     .attributes(QueueAttributeName::ReceiveMessageWaitTimeSeconds, "20")
-                    .attributes(QueueAttributeName::VisibilityTimeout, "120")
+                    .attributes(
+                        QueueAttributeName::VisibilityTimeout,
+                        RECEIVE_VISIBILITY_SECONDS.to_string(),
+                    )
                     .tags("spotkeeper:owner", owner)
                     .send()
                     .await
@@ -267,6 +275,10 @@ impl AwsCloud {
             .queue_url(queue_url)
             .max_number_of_messages(max.clamp(1, 10))
             .wait_time_seconds(wait_seconds.clamp(0, 20))
+            // Handling a message takes milliseconds (the reconciler does the
+            // slow part): one a stopped or crashed daemon received but never
+            // deleted is back for the next one after this long.
+            .visibility_timeout(RECEIVE_VISIBILITY_SECONDS)
             .message_system_attribute_names(
                 aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp,
             )
