@@ -43,6 +43,17 @@ const TIMING: Timing = Timing {
     stop_timeout: Duration::from_secs(5),
 };
 
+fn ctx<'a>(cloud: &'a FakeCloud, store: &'a Store, locks: &'a Path) -> Ctx<'a> {
+    Ctx {
+        cloud,
+        store,
+        owner: "tester",
+        lock_dir: locks,
+        progress: &Silent,
+        timing: TIMING,
+    }
+}
+
 async fn world() -> (FakeCloud, Store, tempfile::TempDir) {
     let cloud = FakeCloud::new(&["us-east-1a", "us-east-1b"]);
     for z in ["us-east-1a", "us-east-1b"] {
@@ -60,14 +71,7 @@ async fn world() -> (FakeCloud, Store, tempfile::TempDir) {
 async fn a_spot_warning_marks_the_offering_and_the_pass_replaces_the_box_elsewhere() {
     let (cloud, store, locks) = world().await;
     let cfg = config("");
-    let ctx = Ctx {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        lock_dir: locks.path(),
-        progress: &Silent,
-        timing: TIMING,
-    };
+    let ctx = ctx(&cloud, &store, locks.path());
     let first = boxes::up(&ctx, &cfg.boxes["dev"])
         .await
         .expect("up")
@@ -120,14 +124,7 @@ async fn a_spot_warning_marks_the_offering_and_the_pass_replaces_the_box_elsewhe
 async fn garbage_strangers_and_ignored_rebalances_launch_nothing() {
     let (cloud, store, locks) = world().await;
     let cfg = config("");
-    let ctx = Ctx {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        lock_dir: locks.path(),
-        progress: &Silent,
-        timing: TIMING,
-    };
+    let ctx = ctx(&cloud, &store, locks.path());
     let first = boxes::up(&ctx, &cfg.boxes["dev"])
         .await
         .expect("up")
@@ -161,14 +158,7 @@ async fn garbage_strangers_and_ignored_rebalances_launch_nothing() {
 async fn rebalance_with_replace_starts_the_replacement_early_and_retires_the_old_one() {
     let (cloud, store, locks) = world().await;
     let cfg = config("on_rebalance = \"replace\"");
-    let ctx = Ctx {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        lock_dir: locks.path(),
-        progress: &Silent,
-        timing: TIMING,
-    };
+    let ctx = ctx(&cloud, &store, locks.path());
     let first = boxes::up(&ctx, &cfg.boxes["dev"])
         .await
         .expect("up")
@@ -206,14 +196,7 @@ async fn rebalance_with_replace_starts_the_replacement_early_and_retires_the_old
 async fn a_box_lost_while_the_daemon_was_down_is_replaced_on_start_but_a_stopped_box_is_not() {
     let (cloud, store, locks) = world().await;
     let cfg = config("");
-    let ctx = Ctx {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        lock_dir: locks.path(),
-        progress: &Silent,
-        timing: TIMING,
-    };
+    let ctx = ctx(&cloud, &store, locks.path());
     let first = boxes::up(&ctx, &cfg.boxes["dev"])
         .await
         .expect("up")
@@ -234,14 +217,7 @@ async fn a_box_lost_while_the_daemon_was_down_is_replaced_on_start_but_a_stopped
 async fn unavailable_offerings_expire() {
     let (cloud, store, locks) = world().await;
     let cfg = config("");
-    let ctx = Ctx {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        lock_dir: locks.path(),
-        progress: &Silent,
-        timing: TIMING,
-    };
+    let ctx = ctx(&cloud, &store, locks.path());
     let first = boxes::up(&ctx, &cfg.boxes["dev"])
         .await
         .expect("up")
@@ -271,14 +247,7 @@ async fn unavailable_offerings_expire() {
 async fn the_pass_makes_scheduled_images_of_healthy_boxes() {
     let (cloud, store, locks) = world().await;
     let cfg = config("images = { every = \"24h\", keep = 2 }");
-    let ctx = Ctx {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        lock_dir: locks.path(),
-        progress: &Silent,
-        timing: TIMING,
-    };
+    let ctx = ctx(&cloud, &store, locks.path());
     boxes::up(&ctx, &cfg.boxes["dev"]).await.expect("up");
     let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
     daemon.reconcile().await.expect("pass");
@@ -291,14 +260,7 @@ async fn the_pass_makes_scheduled_images_of_healthy_boxes() {
 async fn when_every_offering_was_interrupted_lately_the_box_still_comes_back() {
     let (cloud, store, locks) = world().await;
     let cfg = config("zones = [\"us-east-1a\"]");
-    let ctx = Ctx {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        lock_dir: locks.path(),
-        progress: &Silent,
-        timing: TIMING,
-    };
+    let ctx = ctx(&cloud, &store, locks.path());
     let mut current = boxes::up(&ctx, &cfg.boxes["dev"])
         .await
         .expect("up")
@@ -332,14 +294,7 @@ async fn without_spot_the_box_falls_back_to_on_demand_and_returns_to_spot_at_the
         cloud.set_price("t3a.micro", z, 0.5);
     }
     let cfg = config("fallback = \"on-demand\"");
-    let ctx = Ctx {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        lock_dir: locks.path(),
-        progress: &Silent,
-        timing: TIMING,
-    };
+    let ctx = ctx(&cloud, &store, locks.path());
     let first = boxes::up(&ctx, &cfg.boxes["dev"])
         .await
         .expect("up falls back")
@@ -368,14 +323,7 @@ async fn without_spot_the_box_falls_back_to_on_demand_and_returns_to_spot_at_the
 #[tokio::test]
 async fn a_spot_quota_error_falls_back_and_without_fallback_fails_clearly() {
     let (cloud, store, locks) = world().await;
-    let ctx = Ctx {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        lock_dir: locks.path(),
-        progress: &Silent,
-        timing: TIMING,
-    };
+    let ctx = ctx(&cloud, &store, locks.path());
     cloud.fail_next("RunInstances", "MaxSpotInstanceCountExceeded");
     let with = config("fallback = \"on-demand\"");
     let out = boxes::up(&ctx, &with.boxes["dev"])
@@ -404,14 +352,7 @@ async fn a_duplicate_past_the_grace_period_is_terminated_and_a_stale_spot_reques
     };
     let (cloud, store, locks) = world().await;
     let cfg = config("");
-    let ctx = Ctx {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        lock_dir: locks.path(),
-        progress: &Silent,
-        timing: TIMING,
-    };
+    let ctx = ctx(&cloud, &store, locks.path());
     let first = boxes::up(&ctx, &cfg.boxes["dev"])
         .await
         .expect("up")
@@ -600,14 +541,7 @@ async fn a_box_registered_through_the_api_keeps_its_rebalance_policy() {
 async fn each_pass_records_the_instances_it_saw() {
     let (cloud, store, locks) = world().await;
     let cfg = config("");
-    let ctx = Ctx {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        lock_dir: locks.path(),
-        progress: &Silent,
-        timing: TIMING,
-    };
+    let ctx = ctx(&cloud, &store, locks.path());
     let first = boxes::up(&ctx, &cfg.boxes["dev"])
         .await
         .expect("up")
@@ -638,14 +572,7 @@ async fn each_pass_records_the_instances_it_saw() {
 async fn on_tokios_paused_clock_an_interrupted_offering_comes_back_after_five_minutes() {
     let (cloud, store, locks) = world().await;
     let cfg = config("");
-    let ctx = Ctx {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        lock_dir: locks.path(),
-        progress: &Silent,
-        timing: TIMING,
-    };
+    let ctx = ctx(&cloud, &store, locks.path());
     let first = boxes::up(&ctx, &cfg.boxes["dev"])
         .await
         .expect("up")
