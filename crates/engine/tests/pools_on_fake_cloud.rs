@@ -379,6 +379,15 @@ async fn world(cloud: &FakeCloud) -> World {
     }
 }
 
+fn pass_over<'a>(cloud: &'a FakeCloud, store: &'a Store, demand: &'a FixedDemand) -> PoolPass<'a> {
+    PoolPass {
+        cloud,
+        store,
+        owner: "tester",
+        demand,
+    }
+}
+
 /// One pass with nothing marked unavailable and no memory.
 async fn once(
     pass: &PoolPass<'_>,
@@ -410,12 +419,7 @@ async fn a_pass_launches_in_batches_tagged_at_creation_with_an_intent_each() {
     let cloud = fake();
     let store = Store::memory().await.expect("store");
     let demand = FixedDemand(Mutex::new(Ok(7)));
-    let pass = PoolPass {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        demand: &demand,
-    };
+    let pass = pass_over(&cloud, &store, &demand);
     let spec = pool("");
     let out = once(&pass, &spec, &cloud).await;
     let units: u32 = live(&cloud)
@@ -457,12 +461,7 @@ async fn insufficient_capacity_marks_the_offering_and_the_same_pass_uses_the_nex
     }
     let store = Store::memory().await.expect("store");
     let demand = FixedDemand(Mutex::new(Ok(4)));
-    let pass = PoolPass {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        demand: &demand,
-    };
+    let pass = pass_over(&cloud, &store, &demand);
     let spec = pool("");
     let out = once(&pass, &spec, &cloud).await;
     let l = live(&cloud);
@@ -491,12 +490,7 @@ async fn a_spot_quota_falls_back_to_on_demand_and_spot_returns_once_the_block_li
     }
     let store = Store::memory().await.expect("store");
     let demand = FixedDemand(Mutex::new(Ok(2)));
-    let pass = PoolPass {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        demand: &demand,
-    };
+    let pass = pass_over(&cloud, &store, &demand);
     let spec = pool("fallback = \"on-demand\"");
     let out = once(&pass, &spec, &cloud).await;
     assert!(out.block_spot);
@@ -539,12 +533,7 @@ async fn an_authorization_error_stops_the_pass_and_is_reported() {
     cloud.fail_next("RunInstances", "UnauthorizedOperation");
     let store = Store::memory().await.expect("store");
     let demand = FixedDemand(Mutex::new(Ok(6)));
-    let pass = PoolPass {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        demand: &demand,
-    };
+    let pass = pass_over(&cloud, &store, &demand);
     let out = once(&pass, &pool(""), &cloud).await;
     assert_eq!(
         cloud.count("RunInstances"),
@@ -564,12 +553,7 @@ async fn a_launch_left_open_by_a_crash_is_repeated_with_its_token_and_makes_no_d
     let cloud = fake();
     let store = Store::memory().await.expect("store");
     let demand = FixedDemand(Mutex::new(Ok(2)));
-    let pass = PoolPass {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        demand: &demand,
-    };
+    let pass = pass_over(&cloud, &store, &demand);
     let spec = pool("");
     // The answer is lost: the intent stays open; the instances exist but the
     // describe does not show them yet.
@@ -642,12 +626,7 @@ async fn open_spot_requests_count_and_interrupted_members_do_not() {
     let cloud = fake();
     let store = Store::memory().await.expect("store");
     let demand = FixedDemand(Mutex::new(Ok(3)));
-    let pass = PoolPass {
-        cloud: &cloud,
-        store: &store,
-        owner: "tester",
-        demand: &demand,
-    };
+    let pass = pass_over(&cloud, &store, &demand);
     let spec = pool("");
     let mut request_tags = std::collections::BTreeMap::new();
     request_tags.insert(tags::OWNER.to_owned(), "tester".to_owned());
