@@ -261,3 +261,44 @@ async fn al2023_reads_its_public_parameter() {
         "ami-0al"
     );
 }
+
+#[tokio::test]
+async fn describes_follow_next_token_through_every_page_in_1000_result_pages() {
+    use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
+    use aws_sdk_ec2::types::{Reservation, Tag};
+    fn page(id: &str, next: Option<&str>) -> DescribeInstancesOutput {
+        DescribeInstancesOutput::builder()
+            .reservations(
+                Reservation::builder()
+                    .instances(
+                        Ec2Instance::builder()
+                            .instance_id(id)
+                            .tags(Tag::builder().key(tags::OWNER).value("o").build())
+                            .state(
+                                InstanceState::builder()
+                                    .name(InstanceStateName::Running)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .build(),
+            )
+            .set_next_token(next.map(str::to_owned))
+            .build()
+    }
+    let first = mock!(Client::describe_instances)
+        .match_requests(|r| r.next_token().is_none() && r.max_results() == Some(1000))
+        .then_output(|| page("i-1", Some("p2")));
+    let second = mock!(Client::describe_instances)
+        .match_requests(|r| r.next_token() == Some("p2") && r.max_results() == Some(1000))
+        .then_output(|| page("i-2", None));
+    let cloud = AwsCloud::from_clients(ec2_with(&[&first, &second]), ssm(), route53(), "us-east-1");
+    let found = cloud
+        .instances(&spotkeeper_cloud::TagFilter::default().with(tags::OWNER, "o"))
+        .await
+        .expect("describe");
+    let ids: Vec<&str> = found.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, ["i-1", "i-2"]);
+    assert_eq!(first.num_calls(), 1);
+    assert_eq!(second.num_calls(), 1);
+}

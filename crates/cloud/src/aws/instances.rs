@@ -167,27 +167,18 @@ impl AwsCloud {
     ) -> Result<Vec<Instance>, CloudError> {
         const OP: &str = "DescribeInstances";
         let mut all = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let out = self
-                .ec2
-                .describe_instances()
-                .set_filters(Some(tag_filters(filter)))
-                // The largest page: calls grow with pages, not instances.
-                .max_results(1000)
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| sdk_error(OP, e))?;
+        let mut pages = self
+            .ec2
+            .describe_instances()
+            .set_filters(Some(tag_filters(filter)))
+            // The largest page: calls grow with pages, not instances.
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        while let Some(out) = pages.next().await {
+            let out = out.map_err(|e| sdk_error(OP, e))?;
             for reservation in out.reservations() {
                 all.extend(reservation.instances().iter().filter_map(convert_instance));
-            }
-            token = out
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned);
-            if token.is_none() {
-                break;
             }
         }
         // Filter again client-side: cheap, and correct even where a filter is
@@ -223,18 +214,16 @@ impl AwsCloud {
     ) -> Result<Vec<SpotRequest>, CloudError> {
         const OP: &str = "DescribeSpotInstanceRequests";
         let mut all = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let out = self
-                .ec2
-                .describe_spot_instance_requests()
-                .set_filters(Some(tag_filters(filter)))
-                // The largest page: calls grow with pages, not instances.
-                .max_results(1000)
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| sdk_error(OP, e))?;
+        let mut pages = self
+            .ec2
+            .describe_spot_instance_requests()
+            .set_filters(Some(tag_filters(filter)))
+            // The largest page: calls grow with pages, not instances.
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        while let Some(out) = pages.next().await {
+            let out = out.map_err(|e| sdk_error(OP, e))?;
             for r in out.spot_instance_requests() {
                 let Some(id) = r.spot_instance_request_id() else {
                     continue;
@@ -256,13 +245,6 @@ impl AwsCloud {
                         .map(|t| t.as_str().to_owned()),
                     tags: tag_map(r.tags()),
                 });
-            }
-            token = out
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned);
-            if token.is_none() {
-                break;
             }
         }
         all.retain(|r| filter.matches(&r.tags));

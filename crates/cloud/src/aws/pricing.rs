@@ -60,29 +60,28 @@ impl AwsCloud {
         // (type, zone), the latest change at or before that moment.
         let now = DateTime::from(SystemTime::now());
         let mut newest: BTreeMap<(String, String), (f64, Option<DateTime>)> = BTreeMap::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut req = self
-                .ec2
-                .describe_spot_price_history()
-                .start_time(now)
-                .product_descriptions("Linux/UNIX")
-                .set_instance_types(Some(
-                    instance_types
-                        .iter()
-                        .map(|t| InstanceType::from(t.as_str()))
-                        .collect(),
-                ))
-                .set_next_token(token.clone());
-            if !zones.is_empty() {
-                req = req.filters(
-                    Filter::builder()
-                        .name("availability-zone")
-                        .set_values(Some(zones.to_vec()))
-                        .build(),
-                );
-            }
-            let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
+        let mut req = self
+            .ec2
+            .describe_spot_price_history()
+            .start_time(now)
+            .product_descriptions("Linux/UNIX")
+            .set_instance_types(Some(
+                instance_types
+                    .iter()
+                    .map(|t| InstanceType::from(t.as_str()))
+                    .collect(),
+            ));
+        if !zones.is_empty() {
+            req = req.filters(
+                Filter::builder()
+                    .name("availability-zone")
+                    .set_values(Some(zones.to_vec()))
+                    .build(),
+            );
+        }
+        let mut pages = req.into_paginator().send();
+        while let Some(out) = pages.next().await {
+            let out = out.map_err(|e| sdk_error(OP, e))?;
             for entry in out.spot_price_history() {
                 let (Some(itype), Some(zone), Some(price)) = (
                     entry.instance_type(),
@@ -107,13 +106,6 @@ impl AwsCloud {
                 if newer {
                     newest.insert(key, (price, at));
                 }
-            }
-            token = out
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned);
-            if token.is_none() {
-                break;
             }
         }
         Ok(newest

@@ -75,24 +75,15 @@ impl AwsCloud {
     /// Volumes whose tags match `filter`.
     pub async fn volumes(&self, filter: &TagFilter) -> Result<Vec<Volume>, CloudError> {
         let mut all = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let out = self
-                .ec2
-                .describe_volumes()
-                .set_filters(Some(tag_filters(filter)))
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| sdk_error("DescribeVolumes", e))?;
+        let mut pages = self
+            .ec2
+            .describe_volumes()
+            .set_filters(Some(tag_filters(filter)))
+            .into_paginator()
+            .send();
+        while let Some(out) = pages.next().await {
+            let out = out.map_err(|e| sdk_error("DescribeVolumes", e))?;
             all.extend(out.volumes().iter().map(convert_volume));
-            token = out
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned);
-            if token.is_none() {
-                break;
-            }
         }
         all.retain(|v| filter.matches(&v.tags));
         Ok(all)
