@@ -183,6 +183,18 @@ impl<'a> Daemon<'a> {
         self
     }
 
+    /// What `up` needs, for launching replacements the same way.
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            cloud: self.cloud,
+            store: self.store,
+            owner: &self.config.owner,
+            lock_dir: self.lock_dir,
+            progress: &Log,
+            timing: self.timing,
+        }
+    }
+
     fn mark_unavailable(&self, instance_type: &str, zone: &str) {
         let mut u = self.unavailable.lock().unwrap_or_else(|e| e.into_inner());
         u.insert(
@@ -458,14 +470,7 @@ impl<'a> Daemon<'a> {
                         fallback_on_demand: false,
                         ..spec.clone()
                     };
-                    let ctx = Ctx {
-                        cloud: self.cloud,
-                        store: self.store,
-                        owner,
-                        lock_dir: self.lock_dir,
-                        progress: &Log,
-                        timing: self.timing,
-                    };
+                    let ctx = self.ctx();
                     if let Ok(out) = boxes::up_avoiding(&ctx, &spot_only, &avoid).await {
                         if self
                             .cloud
@@ -524,14 +529,7 @@ impl<'a> Daemon<'a> {
                 instances: doomed.clone(),
                 offerings: self.unavailable(),
             };
-            let ctx = Ctx {
-                cloud: self.cloud,
-                store: self.store,
-                owner,
-                lock_dir: self.lock_dir,
-                progress: &Log,
-                timing: self.timing,
-            };
+            let ctx = self.ctx();
             match boxes::up_avoiding(&ctx, spec, &avoid).await {
                 Ok(out) => {
                     let what = format!(
