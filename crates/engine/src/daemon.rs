@@ -862,16 +862,12 @@ impl<'a> Daemon<'a> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(spec.name.clone(), memory.clone());
-        let unix = |t: std::time::SystemTime| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64)
-        };
         let status = crate::store::PoolStatus {
             pool: spec.name.clone(),
-            at: unix(now),
+            at: crate::store::unix_seconds(now),
             desired: i64::from(out.plan.desired),
             last_desired: memory.last_desired.map(i64::from),
-            surplus_since: memory.surplus_since.map(unix),
+            surplus_since: memory.surplus_since.map(crate::store::unix_seconds),
             plan: serde_json::to_string(&serde_json::json!({
                 "plan": out.plan,
                 "failures": out.failures,

@@ -98,10 +98,14 @@ pub struct Store {
     pool: SqlitePool,
 }
 
-/// Seconds since the epoch.
+/// Seconds since the epoch, now.
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    unix_seconds(SystemTime::now())
+}
+
+/// Seconds since the epoch at `t` (0 before it).
+pub fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
 

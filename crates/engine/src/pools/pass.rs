@@ -18,7 +18,7 @@ use super::PoolSpec;
 use super::demand::DemandReader;
 use super::plan::{Batch, Input, Member, OfferingKey, OpenRequest, Placement, Plan, Step, plan};
 use crate::boxes::BoxError;
-use crate::store::{PoolLaunch, Store};
+use crate::store::{PoolLaunch, Store, unix_seconds};
 
 /// An open launch intent older than this is not retried (its instances, if
 /// any, are counted by tag like any others).
@@ -185,11 +185,6 @@ fn launch_spec(owner: &str, spec: &PoolSpec, image: &ImageId, launch: &PoolLaunc
     l
 }
 
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 impl PoolPass<'_> {
     async fn places(&self, spec: &PoolSpec, world: &World) -> Result<Vec<Placement>, CloudError> {
         let allowed = |z: &str| {
@@ -285,7 +280,7 @@ impl PoolPass<'_> {
             .open_pool_launches(self.owner, &spec.name)
             .await?
         {
-            let age = unix(now) - open.created_at;
+            let age = unix_seconds(now) - open.created_at;
             if age > RESUME_WITHIN.as_secs() as i64 {
                 self.store
                     .close_pool_launch(open.id, "abandoned: too old to repeat")
@@ -462,7 +457,7 @@ impl PoolPass<'_> {
                             subnet: batch.subnet.clone(),
                             market: batch.market.as_str().to_owned(),
                             count: i64::from(batch.count),
-                            created_at: unix(now),
+                            created_at: unix_seconds(now),
                         };
                         match self.launch(spec, &img, &intent).await {
                             Ok(instances) => {
