@@ -69,7 +69,7 @@ pub struct LaunchFailure {
 }
 
 /// What a pass did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Outcome {
     /// The last plan made (after any re-plans).
     pub plan: Plan,
@@ -343,25 +343,7 @@ impl PoolPass<'_> {
         }
         let mut unavailable = unavailable.clone();
         let mut spot_blocked = spot_blocked;
-        let mut outcome = Outcome {
-            plan: Plan {
-                desired: 0,
-                current: 0,
-                pending: 0,
-                held: None,
-                steps: Vec::new(),
-                reasons: Vec::new(),
-                surplus_since: None,
-            },
-            launched: Vec::new(),
-            cancelled: 0,
-            terminated: 0,
-            failures: Vec::new(),
-            marks: Vec::new(),
-            block_spot: false,
-            units_by_market: (0, 0),
-            price_per_unit: None,
-        };
+        let mut outcome = Outcome::default();
         let mut reasons_so_far: Vec<String> = Vec::new();
         let mut gone: HashSet<InstanceId> = HashSet::new();
         let mut cancelled: HashSet<spotkeeper_cloud::SpotRequestId> = HashSet::new();
@@ -576,33 +558,11 @@ impl PoolPass<'_> {
                 break;
             }
         }
-        self.finish(
-            spec,
-            outcome,
-            members,
-            gone,
-            launched,
-            &prices,
-            reasons_so_far,
-        )
-        .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn finish(
-        &self,
-        spec: &PoolSpec,
-        mut outcome: Outcome,
-        members: Vec<Member>,
-        gone: HashSet<InstanceId>,
-        launched: Vec<Instance>,
-        prices: &[spotkeeper_cloud::SpotPrice],
-        reasons: Vec<String>,
-    ) -> Result<Outcome, BoxError> {
         let mut spot_units = 0;
         let mut od_units = 0;
         let mut spot_cost = 0.0;
         let mut priced_units = 0;
+        // What runs after the pass: units by market and the spot price per unit.
         for m in members.iter().filter(|m| !gone.contains(&m.id)) {
             let cap = spec.capacity_of(&m.instance_type);
             match m.market {
@@ -620,9 +580,7 @@ impl PoolPass<'_> {
         }
         outcome.units_by_market = (spot_units, od_units);
         outcome.price_per_unit = (priced_units > 0).then(|| spot_cost / f64::from(priced_units));
-        if !reasons.is_empty() {
-            outcome.plan.reasons = reasons;
-        }
+        outcome.plan.reasons = reasons_so_far;
         outcome.launched = launched;
         Ok(outcome)
     }

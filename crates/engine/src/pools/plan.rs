@@ -116,7 +116,7 @@ pub enum Step {
 }
 
 /// What a pass decided, and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Plan {
     /// Desired capacity units.
     pub desired: u32,
