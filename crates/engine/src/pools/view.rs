@@ -53,7 +53,11 @@ pub async fn view(
     pools: &[(PoolSpec, String)],
     events: i64,
 ) -> Result<Vec<PoolView>, BoxError> {
-    let filter = owner_filter(owner).with_key(tags::POOL);
+    // One pool: only its instances; several: every pool instance at once.
+    let filter = match pools {
+        [(one, _)] => owner_filter(owner).with(tags::POOL, &one.name),
+        _ => owner_filter(owner).with_key(tags::POOL),
+    };
     let instances = cloud.instances(&filter).await?;
     let requests = cloud.spot_requests(&filter).await?;
     let status = store.pool_status(owner, None).await?;
