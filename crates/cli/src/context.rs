@@ -34,6 +34,10 @@ pub async fn connect(config: &Config) -> Result<AwsCloud, Failure> {
         region: config.aws.region.clone(),
         profile: config.aws.profile.clone(),
         endpoint_url: config.aws.endpoint_url.clone(),
+        operation_timeout: config.aws.operation_timeout,
+        attempt_timeout: config.aws.attempt_timeout,
+        max_attempts: config.aws.max_attempts,
+        adaptive_retry: config.aws.adaptive_retry,
     };
     AwsCloud::connect(&cc)
         .await

@@ -45,6 +45,32 @@ impl ErrorKind {
             Self::Other => "other",
         }
     }
+
+    /// This offering (type, zone, market) cannot be had now, another may:
+    /// the launch moves on to the next offering and the daemon avoids this
+    /// one for a while. Boxes and pools react to it alike.
+    pub fn offering_unavailable(self) -> bool {
+        matches!(self, Self::InsufficientCapacity | Self::PriceTooLow)
+    }
+
+    /// No spot at all for now (an offering refused, or the account's spot
+    /// quota): where the config allows it, on-demand stands in.
+    pub fn spot_unavailable(self) -> bool {
+        self.offering_unavailable() || self == Self::QuotaExceeded
+    }
+
+    /// The call may have taken effect without us hearing so (no answer,
+    /// or throttled after retries that may have lost an answer): a launch's
+    /// intent stays open so the next try reuses its client token.
+    pub fn outcome_unknown(self) -> bool {
+        matches!(self, Self::Unreachable | Self::Throttled)
+    }
+
+    /// Retrying later may succeed without anyone changing anything; a pass
+    /// failing for these backs off rather than reporting a broken config.
+    pub fn transient(self) -> bool {
+        matches!(self, Self::Unreachable | Self::Throttled | Self::Other)
+    }
 }
 
 /// Maps an AWS error code (`err.code()`) to its kind. EC2's errors are not
@@ -171,6 +197,20 @@ mod tests {
         assert_eq!(classify("UnauthorizedOperation"), ErrorKind::Unauthorized);
         assert_eq!(classify("InvalidParameterValue"), ErrorKind::InvalidRequest);
         assert_eq!(classify("SomethingNew"), ErrorKind::Other);
+    }
+
+    #[test]
+    fn boxes_and_pools_share_one_reaction_per_kind() {
+        assert!(ErrorKind::InsufficientCapacity.offering_unavailable());
+        assert!(ErrorKind::PriceTooLow.offering_unavailable());
+        assert!(!ErrorKind::QuotaExceeded.offering_unavailable());
+        assert!(ErrorKind::QuotaExceeded.spot_unavailable());
+        assert!(!ErrorKind::Unauthorized.spot_unavailable());
+        assert!(ErrorKind::Unreachable.outcome_unknown());
+        assert!(ErrorKind::Throttled.outcome_unknown());
+        assert!(!ErrorKind::InvalidRequest.outcome_unknown());
+        assert!(ErrorKind::Throttled.transient());
+        assert!(!ErrorKind::Unauthorized.transient());
     }
 
     #[test]

@@ -54,14 +54,16 @@ mod error;
 pub mod fake;
 mod handle;
 pub mod model;
+mod queue;
 pub mod ssh;
 
 use async_trait::async_trait;
 
 pub use aws::{
-    AwsCloud, CANONICAL_OWNER, ClientConfig, EVENT_RULES, Plumbing, QUEUE_RETENTION_SECONDS,
-    QueueMessage, RECEIVE_VISIBILITY_SECONDS, VPC_TAG, VpcInfo, al2023_parameter,
-    data_device_names, next_free_device, rule_name, split_cidr, ubuntu_parameter,
+    AwsCloud, CANONICAL_OWNER, CONNECT_TIMEOUT, ClientConfig, DEFAULT_ATTEMPT_TIMEOUT,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_OPERATION_TIMEOUT, EVENT_RULES, Plumbing,
+    QUEUE_RETENTION_SECONDS, QueueMessage, RECEIVE_VISIBILITY_SECONDS, VPC_TAG, VpcInfo,
+    al2023_parameter, data_device_names, next_free_device, rule_name, split_cidr, ubuntu_parameter,
 };
 pub use cloud::Cloud;
 pub use error::{CloudError, ErrorKind, classify};
@@ -71,6 +73,7 @@ pub use model::{
     LaunchSpec, Market, NetworkInterface, RootVolume, Snapshot, SnapshotId, SpotPrice, SpotRequest,
     SpotRequestId, SpotRequestState, TagFilter, Volume, VolumeId, fqdn,
 };
+pub use queue::{EventQueue, SqsQueue};
 pub use ssh::{CloudInitStatus, ExecOutput, SshError, SshSettings};
 
 #[async_trait]

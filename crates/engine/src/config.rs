@@ -54,6 +54,10 @@ pub const DEFAULT_OWNER: &str = "spotkeeper";
 /// plus cloud-init on a small instance takes one to three minutes.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
+/// The longest `ready.timeout` accepted: a box that has not answered in an
+/// hour will not, and its task would otherwise hold the box that long.
+pub const MAX_READY_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
 /// A config error: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
@@ -91,6 +95,8 @@ pub struct Config {
     pub queue: String,
     /// Time between two reconcile passes of the daemon (`[daemon] interval`).
     pub interval: Duration,
+    /// How many box and pool tasks the daemon runs at once (`[daemon] max_tasks`).
+    pub max_tasks: usize,
     /// Where the daemon's HTTP API listens (`[api] listen`).
     pub api_listen: std::net::SocketAddr,
     /// The API token from `[api] token`, if set there.
@@ -132,7 +138,27 @@ pub struct AwsSettings {
     pub profile: Option<String>,
     /// Endpoint override (an emulator).
     pub endpoint_url: Option<String>,
+    /// `operation_timeout`: one AWS call, retries included.
+    pub operation_timeout: Option<Duration>,
+    /// `attempt_timeout`: one attempt of an AWS call.
+    pub attempt_timeout: Option<Duration>,
+    /// `max_attempts`: attempts per AWS call.
+    pub max_attempts: Option<u32>,
+    /// `retry_mode = "adaptive"` (default `"standard"`).
+    pub adaptive_retry: bool,
 }
+
+/// The longest `aws.operation_timeout` / `aws.attempt_timeout` accepted: a
+/// call that may hang longer would hold a box's task past its two minutes.
+pub const MAX_AWS_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// The most attempts per AWS call accepted (`aws.max_attempts`).
+pub const MAX_AWS_ATTEMPTS: u32 = 10;
+
+/// Tasks the daemon runs at once when `[daemon] max_tasks` is not set: every
+/// box of a wave of interruptions launches at once, while a fleet-wide image
+/// schedule cannot open thousands of AWS calls together.
+pub const DEFAULT_MAX_TASKS: usize = 64;
 
 /// One `[box.NAME]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -293,6 +319,10 @@ struct RawAws {
     region: Option<Spanned<String>>,
     profile: Option<String>,
     endpoint_url: Option<Spanned<String>>,
+    operation_timeout: Option<Spanned<String>>,
+    attempt_timeout: Option<Spanned<String>>,
+    max_attempts: Option<Spanned<i64>>,
+    retry_mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -308,6 +338,7 @@ struct RawDaemon {
     state: Option<String>,
     queue: Option<Spanned<String>>,
     interval: Option<Spanned<String>>,
+    max_tasks: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -512,6 +543,65 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             d
         }
     };
+    let max_tasks = match raw.daemon.as_ref().and_then(|d| d.max_tasks.as_ref()) {
+        None => DEFAULT_MAX_TASKS,
+        Some(n) if (1..=10_000).contains(n.get_ref()) => *n.get_ref() as usize,
+        Some(n) => {
+            return Err(at(
+                Some(n.span()),
+                format!(
+                    "daemon.max_tasks must be from 1 to 10000, not {}",
+                    n.get_ref()
+                ),
+            ));
+        }
+    };
+    let aws_timeout =
+        |t: &Option<Spanned<String>>, key: &str| -> Result<Option<Duration>, ConfigError> {
+            let Some(t) = t else { return Ok(None) };
+            let d = humantime::parse_duration(t.get_ref())
+                .map_err(|e| at(Some(t.span()), format!("aws.{key} {:?}: {e}", t.get_ref())))?;
+            if d < Duration::from_millis(100) || d > MAX_AWS_TIMEOUT {
+                return Err(at(
+                    Some(t.span()),
+                    format!(
+                        "aws.{key} must be from 100ms to {}",
+                        humantime::format_duration(MAX_AWS_TIMEOUT)
+                    ),
+                ));
+            }
+            Ok(Some(d))
+        };
+    let operation_timeout = aws_timeout(&raw.aws.operation_timeout, "operation_timeout")?;
+    let attempt_timeout = aws_timeout(&raw.aws.attempt_timeout, "attempt_timeout")?;
+    let max_attempts = match &raw.aws.max_attempts {
+        None => None,
+        Some(n) if (1..=i64::from(MAX_AWS_ATTEMPTS)).contains(n.get_ref()) => {
+            Some(*n.get_ref() as u32)
+        }
+        Some(n) => {
+            return Err(at(
+                Some(n.span()),
+                format!(
+                    "aws.max_attempts must be from 1 to {MAX_AWS_ATTEMPTS}, not {}",
+                    n.get_ref()
+                ),
+            ));
+        }
+    };
+    let adaptive_retry = match raw.aws.retry_mode.as_ref() {
+        None => false,
+        Some(m) => match m.get_ref().as_str() {
+            "standard" => false,
+            "adaptive" => true,
+            other => {
+                return Err(at(
+                    Some(m.span()),
+                    format!("aws.retry_mode {other:?}: expected \"standard\" or \"adaptive\""),
+                ));
+            }
+        },
+    };
     let api_listen = match raw.api.as_ref().and_then(|a| a.listen.as_ref()) {
         None => DEFAULT_API_LISTEN
             .parse()
@@ -572,6 +662,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             region: raw.aws.region.map(Spanned::into_inner),
             profile: raw.aws.profile,
             endpoint_url: raw.aws.endpoint_url.map(Spanned::into_inner),
+            operation_timeout,
+            attempt_timeout,
+            max_attempts,
+            adaptive_retry,
         },
         state: raw
             .daemon
@@ -580,6 +674,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             .map(PathBuf::from),
         queue,
         interval,
+        max_tasks,
         api_listen,
         api_token,
         boxes,
@@ -674,14 +769,26 @@ fn validate_box(
             let timeout = |t: Option<String>| -> Result<Duration, ConfigError> {
                 match t {
                     None => Ok(DEFAULT_READY_TIMEOUT),
-                    Some(t) => humantime::parse_duration(&t).map_err(|e| {
-                        at(
-                            Some(span.clone()),
-                            format!(
-                                "ready.timeout {t:?} is not a duration like \"10m\" or \"90s\": {e}"
-                            ),
-                        )
-                    }),
+                    Some(t) => {
+                        let d = humantime::parse_duration(&t).map_err(|e| {
+                            at(
+                                Some(span.clone()),
+                                format!(
+                                    "ready.timeout {t:?} is not a duration like \"10m\" or \"90s\": {e}"
+                                ),
+                            )
+                        })?;
+                        if d > MAX_READY_TIMEOUT {
+                            return Err(at(
+                                Some(span.clone()),
+                                format!(
+                                    "ready.timeout {t:?} is over the limit of {}",
+                                    humantime::format_duration(MAX_READY_TIMEOUT)
+                                ),
+                            ));
+                        }
+                        Ok(d)
+                    }
                 }
             };
             match r.into_inner() {

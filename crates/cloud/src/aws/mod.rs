@@ -21,7 +21,10 @@ mod pricing;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 
@@ -37,6 +40,51 @@ pub struct ClientConfig {
     pub profile: Option<String>,
     /// Endpoint override, e.g. a local emulator. `AWS_ENDPOINT_URL` is honoured too.
     pub endpoint_url: Option<String>,
+    /// How long one call may take, retries included; default [`DEFAULT_OPERATION_TIMEOUT`].
+    pub operation_timeout: Option<Duration>,
+    /// How long one attempt of a call may take; default [`DEFAULT_ATTEMPT_TIMEOUT`].
+    pub attempt_timeout: Option<Duration>,
+    /// Attempts per call (the first included); default [`DEFAULT_MAX_ATTEMPTS`].
+    pub max_attempts: Option<u32>,
+    /// Adaptive retries (a client-side rate limiter that slows down when AWS
+    /// throttles) instead of the standard mode (exponential backoff with jitter).
+    pub adaptive_retry: bool,
+}
+
+/// A call that has not finished after this long, retries included, fails:
+/// an endpoint that accepts the connection and never answers must not hang
+/// the caller. A minute covers a slow describe of thousands of instances.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One attempt that has not answered after this long is abandoned and retried.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Establishing a connection: AWS endpoints answer in milliseconds.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Attempts per call: the SDK's standard mode backs off exponentially with
+/// jitter between them; throttling (`RequestLimitExceeded`) and 5xx are retried.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+impl ClientConfig {
+    /// The SDK timeout settings this config asks for.
+    pub fn timeout_config(&self) -> TimeoutConfig {
+        TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .operation_timeout(self.operation_timeout.unwrap_or(DEFAULT_OPERATION_TIMEOUT))
+            .operation_attempt_timeout(self.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT))
+            .build()
+    }
+
+    /// The SDK retry settings this config asks for.
+    pub fn retry_config(&self) -> RetryConfig {
+        let base = if self.adaptive_retry {
+            RetryConfig::adaptive()
+        } else {
+            RetryConfig::standard()
+        };
+        base.with_max_attempts(self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS).max(1))
+    }
 }
 
 /// The AWS implementation of [`Cloud`](crate::Cloud): one handle holding the EC2 and SSM clients.
@@ -84,7 +132,9 @@ impl AwsCloud {
     /// Loads the SDK configuration (credential chain, region, retries with
     /// backoff for throttling and 5xx) and builds the clients.
     pub async fn connect(config: &ClientConfig) -> Result<Self, CloudError> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(config.timeout_config())
+            .retry_config(config.retry_config());
         if let Some(region) = &config.region {
             loader = loader.region(Region::new(region.clone()));
         }
@@ -238,7 +288,15 @@ where
                 ),
             }
         }
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => CloudError::other(
+        SdkError::TimeoutError(_) => CloudError::other(
+            operation,
+            ErrorKind::Unreachable,
+            format!(
+                "no answer from AWS within the time limit (operation or attempt timeout): {}",
+                error_chain(&err)
+            ),
+        ),
+        SdkError::DispatchFailure(_) => CloudError::other(
             operation,
             ErrorKind::Unreachable,
             format!("no answer from AWS: {}", error_chain(&err)),

@@ -282,6 +282,21 @@ impl AwsCloud {
             .message_system_attribute_names(
                 aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp,
             )
+            // A long poll legitimately waits `wait_seconds` for an answer: give
+            // this call that much more than the client's attempt timeout.
+            .customize()
+            .config_override(
+                aws_sdk_sqs::config::Config::builder().timeout_config(
+                    aws_config::timeout::TimeoutConfig::builder()
+                        .operation_attempt_timeout(std::time::Duration::from_secs(
+                            wait_seconds.clamp(0, 20) as u64 + 15,
+                        ))
+                        .operation_timeout(std::time::Duration::from_secs(
+                            wait_seconds.clamp(0, 20) as u64 + 45,
+                        ))
+                        .build(),
+                ),
+            )
             .send()
             .await
             .map_err(|e| sdk_error("ReceiveMessage", e))?;

@@ -21,6 +21,10 @@ pub const DEFAULT_SCALE_DOWN_AFTER: Duration = Duration::from_secs(10 * 60);
 /// How long a demand request may take.
 pub const DEFAULT_DEMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest demand timeout accepted: a queue-depth read that takes longer
+/// is broken, and the pool's task waits for it.
+pub const MAX_DEMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Upper bound of `max_capacity`: a typo should not launch a thousand machines.
 pub const MAX_CAPACITY_LIMIT: u32 = 10_000;
 
@@ -261,7 +265,15 @@ pub(crate) fn validate_pool(
             let timeout = match &d.timeout {
                 None => DEFAULT_DEMAND_TIMEOUT,
                 Some(t) => {
-                    humantime::parse_duration(t).map_err(|e| bad(format!("timeout {t:?}: {e}")))?
+                    let d = humantime::parse_duration(t)
+                        .map_err(|e| bad(format!("timeout {t:?}: {e}")))?;
+                    if d > MAX_DEMAND_TIMEOUT {
+                        return Err(bad(format!(
+                            "timeout {t:?} is over the limit of {}",
+                            humantime::format_duration(MAX_DEMAND_TIMEOUT)
+                        )));
+                    }
+                    d
                 }
             };
             match (d.http, d.sqs) {
