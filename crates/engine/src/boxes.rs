@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use spotkeeper_cloud::model::tags;
 use spotkeeper_cloud::{
-    Cloud, CloudError, ErrorKind, ImageId, Instance, InstanceId, InstanceState, LaunchSpec, Market,
-    SpotPrice, SpotRequest, SpotRequestId, SpotRequestState, TagFilter,
+    Cloud, CloudError, ImageId, Instance, InstanceId, InstanceState, LaunchSpec, Market, SpotPrice,
+    SpotRequest, SpotRequestId, SpotRequestState, TagFilter,
 };
 use tokio::time::{Instant, sleep};
 
@@ -201,9 +201,12 @@ fn open_requests(requests: Vec<SpotRequest>) -> Vec<SpotRequest> {
 }
 
 /// Of several live instances of one box, the one every racer agrees to keep:
-/// the oldest launch, then the smallest id.
-fn keeper(instances: &[Instance]) -> Option<&Instance> {
-    instances.iter().min_by(|a, b| {
+/// the oldest launch, then the smallest id. `up` and the daemon both use it.
+pub fn keeper<'i, I>(instances: I) -> Option<&'i Instance>
+where
+    I: IntoIterator<Item = &'i Instance>,
+{
+    instances.into_iter().min_by(|a, b| {
         a.launched_at
             .unwrap_or(SystemTime::UNIX_EPOCH)
             .cmp(&b.launched_at.unwrap_or(SystemTime::UNIX_EPOCH))
@@ -285,6 +288,20 @@ pub struct Avoid {
     pub offerings: HashSet<(String, String)>,
 }
 
+/// What the daemon knows about a box from its last observation: with it, a
+/// replacement after a spot warning goes straight to the launch call instead
+/// of first describing the box's instances, requests, zones, prices and image
+/// (ten calls, half a second). The daemon's next pass verifies the result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    /// The image to launch (aliases resolved).
+    pub image: ImageId,
+    /// The zones the box may use.
+    pub zones: Vec<String>,
+    /// Spot prices of the box's types in those zones, as last observed.
+    pub prices: Vec<SpotPrice>,
+}
+
 /// [`up`], for the daemon: treats `avoid.instances` as gone and skips
 /// `avoid.offerings`. The box becomes (stays) managed.
 pub async fn up_avoiding(
@@ -292,10 +309,22 @@ pub async fn up_avoiding(
     spec: &BoxSpec,
     avoid: &Avoid,
 ) -> Result<UpOutcome, BoxError> {
+    up_known(ctx, spec, avoid, None).await
+}
+
+/// [`up_avoiding`] from what the daemon `known`s: no describe before the
+/// launch call when the box has no volume (the launch re-checks by tag after
+/// the call, as every launch does).
+pub async fn up_known(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    avoid: &Avoid,
+    known: Option<&Known>,
+) -> Result<UpOutcome, BoxError> {
     // One `up` or `stop` of a box at a time on this machine; the box is
     // registered as managed before the lock is let go.
     let _lock = take_lock(ctx, &spec.name).await?;
-    let outcome = match up_inner(ctx, spec, avoid).await {
+    let outcome = match up_inner(ctx, spec, avoid, known).await {
         Err(e)
             if spec.fallback_on_demand && spec.market == Market::Spot && spot_unavailable(&e) =>
         {
@@ -307,7 +336,7 @@ pub async fn up_avoiding(
                 market: Market::OnDemand,
                 ..spec.clone()
             };
-            up_inner(ctx, &on_demand, avoid).await?
+            up_inner(ctx, &on_demand, avoid, None).await?
         }
         other => other?,
     };
@@ -335,18 +364,35 @@ async fn take_lock(ctx: &Ctx<'_>, name: &str) -> Result<crate::lock::BoxLock, Bo
 pub fn spot_unavailable(e: &BoxError) -> bool {
     match e {
         BoxError::NoOffering(_) | BoxError::NoCapacity { .. } => true,
-        BoxError::Cloud(c) => matches!(
-            c.kind,
-            ErrorKind::QuotaExceeded | ErrorKind::PriceTooLow | ErrorKind::InsufficientCapacity
-        ),
+        BoxError::Cloud(c) => c.kind.spot_unavailable(),
         _ => false,
     }
 }
 
-async fn up_inner(ctx: &Ctx<'_>, spec: &BoxSpec, avoid: &Avoid) -> Result<UpOutcome, BoxError> {
+async fn up_inner(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    avoid: &Avoid,
+    known: Option<&Known>,
+) -> Result<UpOutcome, BoxError> {
     let name = spec.name.as_str();
+    // What the daemon knows holds only while nothing was launched since its
+    // observation: an open intent whose instance is not one of the doomed
+    // means a launch it has not seen, so look at AWS first.
+    let known = match (known, ctx.store.open_intent(ctx.owner, name).await?) {
+        (Some(_), Some(i))
+            if i.instance_id
+                .as_ref()
+                .is_some_and(|id| !avoid.instances.contains(&InstanceId::new(id.clone()))) =>
+        {
+            None
+        }
+        (k, _) => k,
+    };
     // Check what would otherwise fail half way, before anything is launched.
-    if let Some(dns) = &spec.dns {
+    if let Some(dns) = &spec.dns
+        && known.is_none()
+    {
         crate::dns::zone_id(ctx.cloud, dns).await?;
     }
     let mut found = Vec::new();
@@ -355,7 +401,10 @@ async fn up_inner(ctx: &Ctx<'_>, spec: &BoxSpec, avoid: &Avoid) -> Result<UpOutc
     }
 
     let filter = box_filter(ctx.owner, name);
-    let mut existing = live(ctx.cloud.instances(&filter).await?);
+    let mut existing = match known {
+        Some(_) => Vec::new(),
+        None => live(ctx.cloud.instances(&filter).await?),
+    };
     existing.retain(|i| !avoid.instances.contains(&i.id));
     if let Some(keep) = keeper(&existing).cloned() {
         ctx.progress.note(&format!(
@@ -372,6 +421,7 @@ async fn up_inner(ctx: &Ctx<'_>, spec: &BoxSpec, avoid: &Avoid) -> Result<UpOutc
     }
 
     if spec.market == Market::Spot
+        && known.is_none()
         && let Some(open) = open_requests(ctx.cloud.spot_requests(&filter).await?)
             .into_iter()
             .next()
@@ -411,11 +461,22 @@ async fn up_inner(ctx: &Ctx<'_>, spec: &BoxSpec, avoid: &Avoid) -> Result<UpOutc
                 .note(&format!("The box's volumes are in {z}; launching there"));
             vec![z.clone()]
         }
-        None => allowed_zones(ctx, spec).await?,
+        None => match known {
+            Some(k) => k.zones.clone(),
+            None => allowed_zones(ctx, spec).await?,
+        },
     };
     let offerings: Vec<(String, Option<String>, Option<f64>)> = match spec.market {
         Market::Spot => {
-            let prices = box_prices(ctx, spec).await?;
+            let prices = match known {
+                Some(k) => {
+                    let mut p = k.prices.clone();
+                    p.retain(|x| zones.contains(&x.zone));
+                    plan::sort_prices(&mut p, &spec.instance_types);
+                    p
+                }
+                None => box_prices(ctx, spec).await?,
+            };
             let under = |unavailable| {
                 plan::candidates(
                     &prices,
@@ -459,7 +520,10 @@ async fn up_inner(ctx: &Ctx<'_>, spec: &BoxSpec, avoid: &Avoid) -> Result<UpOutc
         }
     };
 
-    let image_id = launch_image(ctx, spec).await?;
+    let image_id = match known {
+        Some(k) => k.image.clone(),
+        None => launch_image(ctx, spec).await?,
+    };
     let mut tried = Vec::new();
     for (instance_type, zone, _price) in offerings {
         // A crashed earlier run left this intent without an instance: reuse its
@@ -543,7 +607,7 @@ async fn up_inner(ctx: &Ctx<'_>, spec: &BoxSpec, avoid: &Avoid) -> Result<UpOutc
         ));
         let instance = match ctx.cloud.launch(&launch).await {
             Ok(i) => i,
-            Err(e) if e.kind == ErrorKind::InsufficientCapacity => {
+            Err(e) if e.kind.offering_unavailable() => {
                 ctx.progress.finish(&format!("no capacity ({e})"));
                 for p in &prepared {
                     persist::discard(ctx.cloud, p).await?;
@@ -564,7 +628,7 @@ async fn up_inner(ctx: &Ctx<'_>, spec: &BoxSpec, avoid: &Avoid) -> Result<UpOutc
                 ctx.progress.finish("failed");
                 // Without an answer we cannot know whether AWS launched: keep the
                 // intent open so the next run reuses its token.
-                if e.kind != ErrorKind::Unreachable {
+                if !e.kind.outcome_unknown() {
                     ctx.store.close_intent(intent.id, "failed").await?;
                     for p in &prepared {
                         persist::discard(ctx.cloud, p).await?;
@@ -645,7 +709,7 @@ async fn up_inner(ctx: &Ctx<'_>, spec: &BoxSpec, avoid: &Avoid) -> Result<UpOutc
 
 /// The image to launch: the box's newest image when the config asks for it
 /// and one exists, else the configured image (aliases resolved now).
-async fn launch_image(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<ImageId, BoxError> {
+pub async fn launch_image(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<ImageId, BoxError> {
     if spec.image_from_box {
         if let Some(img) = crate::images::latest(ctx.cloud, ctx.owner, &spec.name).await? {
             ctx.progress

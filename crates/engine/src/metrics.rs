@@ -1,6 +1,6 @@
 //! Prometheus metrics of the daemon, served at `GET /metrics`: interruptions,
 //! replacements, launch failures by reason, time from warning to replacement
-//! running, queue lag.
+//! running, queue lag, reconcile passes and the tasks in flight.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -65,6 +65,12 @@ pub struct Metrics {
     pub queue_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Worker pools.
     pub pools: PoolMetrics,
+    /// Reconcile passes finished, by result (`ok`, `failed`).
+    pub passes: Family<KindLabel, Counter>,
+    /// Seconds one reconcile pass took (observe, plan, prompt steps).
+    pub pass_seconds: Histogram,
+    /// Box and pool tasks running, by kind (`replace`, `settle`, `image`, `back-to-spot`, `pool`).
+    pub tasks: Family<KindLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -98,6 +104,27 @@ impl Default for Metrics {
             "queue_lag_seconds",
             "Age of the newest event when received",
             queue_lag_seconds.clone(),
+        );
+        let passes = Family::<KindLabel, Counter>::default();
+        // 5 ms … 80 s: a pass is a few describes; minutes mean AWS hangs.
+        let pass_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 15),
+        );
+        let tasks = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "reconcile_passes",
+            "Reconcile passes finished, by result",
+            passes.clone(),
+        );
+        registry.register(
+            "reconcile_pass_seconds",
+            "Time one reconcile pass took (the tasks it started not included)",
+            pass_seconds.clone(),
+        );
+        registry.register(
+            "tasks_in_flight",
+            "Box and pool tasks running, by kind",
+            tasks.clone(),
         );
         let pools = PoolMetrics::default();
         registry.register(
@@ -133,6 +160,9 @@ impl Default for Metrics {
         Self {
             registry,
             pools,
+            passes,
+            pass_seconds,
+            tasks,
             events,
             replacements,
             launch_failures,
@@ -159,6 +189,34 @@ impl Metrics {
                 kind: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// A task of `kind` started.
+    pub fn task_started(&self, kind: &str) {
+        self.tasks
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A task of `kind` ended.
+    pub fn task_ended(&self, kind: &str) {
+        self.tasks
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .dec();
+    }
+
+    /// A pass ended after `seconds`, `ok` or not.
+    pub fn pass(&self, ok: bool, seconds: f64) {
+        self.passes
+            .get_or_create(&KindLabel {
+                kind: if ok { "ok" } else { "failed" }.to_owned(),
+            })
+            .inc();
+        self.pass_seconds.observe(seconds);
     }
 
     /// The text exposition format.

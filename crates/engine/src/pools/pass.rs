@@ -252,7 +252,7 @@ impl PoolPass<'_> {
             Err(e) => {
                 // A lost answer (network, throttling) stays open: the next
                 // pass repeats the call with the same token.
-                if !matches!(e.kind, ErrorKind::Unreachable | ErrorKind::Throttled) {
+                if !e.kind.outcome_unknown() {
                     self.store
                         .close_pool_launch(intent.id, &format!("failed: {e}"))
                         .await?;
@@ -474,7 +474,7 @@ impl PoolPass<'_> {
                                     batch.market,
                                 );
                                 match e.kind {
-                                    ErrorKind::InsufficientCapacity | ErrorKind::PriceTooLow => {
+                                    k if k.offering_unavailable() => {
                                         self.record(
                                             &spec.name,
                                             "no-capacity",

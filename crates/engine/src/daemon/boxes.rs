@@ -1,0 +1,644 @@
+//! Box reconciliation: what a managed box needs now, decided by a pure
+//! function of one observation ([`plan_box`]), and the steps that carry it
+//! out. Steps that answer at once (terminate a duplicate, cancel a stale
+//! request, retire a replaced instance) run in the pass; everything that
+//! waits (a launch and its ready check, volumes and DNS, an image, the way
+//! back to spot) is a [`Work`] item for the task runner, so a pass never
+//! waits on one box.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use spotkeeper_cloud::model::tags;
+use spotkeeper_cloud::{
+    Instance, InstanceId, InstanceState, Market, SpotRequest, SpotRequestId, SpotRequestState,
+};
+
+use super::tasks::Work;
+use super::{Daemon, ORPHAN_GRACE, Observation};
+use crate::boxes::{self, Avoid, BoxError, Known};
+use crate::config::BoxSpec;
+
+/// What one box needs, as [`plan_box`] decides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// No instance counts and none is coming up: launch a replacement (a task).
+    Launch,
+    /// An instance is coming up: a later pass looks again.
+    Wait(InstanceId),
+    /// Live duplicates past the grace period: terminated now, `keep` kept.
+    TerminateDuplicates {
+        /// The instance every racer agrees to keep.
+        keep: InstanceId,
+        /// The others.
+        extra: Vec<InstanceId>,
+    },
+    /// Open spot requests of a box that already runs: cancelled now.
+    CancelStale(Vec<SpotRequestId>),
+    /// The running instance's volumes, address and DNS are not known to be
+    /// in place (a new instance, a restart, or a while since): a task.
+    Settle(InstanceId),
+    /// Instances going away (warned, rebalanced) still live while a settled
+    /// replacement runs: terminated now.
+    Retire(Vec<InstanceId>),
+    /// On on-demand for want of spot: try spot again (a task).
+    BackToSpot(InstanceId),
+    /// The image schedule may be due: a task checks and makes it.
+    Image(InstanceId),
+}
+
+/// One box's share of an observation, and the daemon's memory of it.
+#[derive(Debug, Clone, Copy)]
+pub struct BoxFacts<'o> {
+    /// The box's instances (any state).
+    pub instances: &'o [&'o Instance],
+    /// The box's spot requests.
+    pub requests: &'o [&'o SpotRequest],
+    /// Instances about to go away (spot warnings, rebalance, state changes).
+    pub doomed: &'o HashSet<InstanceId>,
+    /// The instance whose volumes and DNS were settled lately, if any.
+    pub settled: Option<&'o InstanceId>,
+    /// Whether the image schedule should be looked at.
+    pub image_check_due: bool,
+    /// Now.
+    pub now: SystemTime,
+}
+
+/// What `spec`'s box needs, from `facts` alone (no I/O).
+pub fn plan_box(spec: &BoxSpec, facts: &BoxFacts<'_>) -> Vec<Step> {
+    let counts = |i: &&Instance| !facts.doomed.contains(&i.id) && i.tag(tags::STOPPED).is_none();
+    let running = facts
+        .instances
+        .iter()
+        .copied()
+        .filter(|i| i.state == InstanceState::Running)
+        .filter(counts);
+    let Some(healthy) = boxes::keeper(running) else {
+        return match facts
+            .instances
+            .iter()
+            .copied()
+            .filter(counts)
+            .find(|i| i.state == InstanceState::Pending)
+        {
+            Some(p) => vec![Step::Wait(p.id.clone())],
+            None => vec![Step::Launch],
+        };
+    };
+    let mut steps = Vec::new();
+    let extra: Vec<InstanceId> = facts
+        .instances
+        .iter()
+        .copied()
+        .filter(counts)
+        .filter(|i| i.state.is_live() && i.id != healthy.id)
+        .filter(|i| {
+            i.launched_at
+                .is_none_or(|t| facts.now.duration_since(t).unwrap_or_default() >= ORPHAN_GRACE)
+        })
+        .map(|i| i.id.clone())
+        .collect();
+    if !extra.is_empty() {
+        steps.push(Step::TerminateDuplicates {
+            keep: healthy.id.clone(),
+            extra,
+        });
+    }
+    let stale: Vec<SpotRequestId> = facts
+        .requests
+        .iter()
+        .filter(|r| r.state == SpotRequestState::Open && r.instance_id.is_none())
+        .map(|r| r.id.clone())
+        .collect();
+    if !stale.is_empty() {
+        steps.push(Step::CancelStale(stale));
+    }
+    if facts.settled != Some(&healthy.id) {
+        steps.push(Step::Settle(healthy.id.clone()));
+        return steps;
+    }
+    let going: Vec<InstanceId> = facts
+        .instances
+        .iter()
+        .filter(|i| facts.doomed.contains(&i.id) && i.state.is_live())
+        .map(|i| i.id.clone())
+        .collect();
+    if !going.is_empty() {
+        steps.push(Step::Retire(going));
+    }
+    if healthy.market == Market::OnDemand && spec.market == Market::Spot && spec.fallback_on_demand
+    {
+        steps.push(Step::BackToSpot(healthy.id.clone()));
+    } else if spec.images.every.is_some() && facts.image_check_due {
+        steps.push(Step::Image(healthy.id.clone()));
+    }
+    steps
+}
+
+/// A settled box is looked at again (volumes, DNS) after this long, in case
+/// someone changed them by hand; until then a pass makes no call for it.
+pub const SETTLE_AGAIN_AFTER: Duration = Duration::from_secs(10 * 60);
+
+impl Daemon<'_> {
+    /// Plans one box on `obs` and runs the prompt steps; returns what it did
+    /// and the work for tasks.
+    pub(super) async fn plan_and_step(
+        &self,
+        spec: &BoxSpec,
+        obs: &Observation,
+    ) -> Result<(Vec<String>, Vec<Work>), BoxError> {
+        let name = spec.name.as_str();
+        let instances: Vec<&Instance> = obs
+            .instances
+            .iter()
+            .filter(|i| i.tag(tags::BOX) == Some(name))
+            .collect();
+        let requests: Vec<&SpotRequest> = obs
+            .requests
+            .iter()
+            .filter(|r| r.tag(tags::BOX) == Some(name))
+            .collect();
+        let settled = self.settled_instance(name);
+        let facts = BoxFacts {
+            instances: &instances,
+            requests: &requests,
+            doomed: &obs.doomed,
+            settled: settled.as_ref(),
+            image_check_due: self.image_check_due(name),
+            now: self.clock.now(),
+        };
+        let mut done = Vec::new();
+        let mut work = Vec::new();
+        for step in plan_box(spec, &facts) {
+            match step {
+                Step::Launch => work.push(Work::Replace {
+                    spec: spec.clone(),
+                    known: None,
+                }),
+                Step::Wait(_) => {}
+                Step::TerminateDuplicates { keep, extra } => {
+                    self.cloud.terminate(&extra).await?;
+                    let ids: Vec<&str> = extra.iter().map(InstanceId::as_str).collect();
+                    let what = format!(
+                        "duplicate instances {} terminated; {keep} kept",
+                        ids.join(" "),
+                    );
+                    self.record(Some(name), "duplicate", &what).await;
+                    done.push(what);
+                }
+                Step::CancelStale(stale) => {
+                    self.cloud.cancel_spot_requests(&stale).await?;
+                    let ids: Vec<&str> = stale.iter().map(|r| r.as_str()).collect();
+                    let what = format!(
+                        "open spot requests {} cancelled: the box already runs",
+                        ids.join(" "),
+                    );
+                    self.record(Some(name), "stale-request", &what).await;
+                    done.push(what);
+                }
+                Step::Retire(old) => {
+                    self.cloud.terminate(&old).await?;
+                    let ids: Vec<&str> = old.iter().map(InstanceId::as_str).collect();
+                    self.record(
+                        Some(name),
+                        "retired",
+                        &format!("terminated {}: the replacement runs", ids.join(" ")),
+                    )
+                    .await;
+                }
+                Step::Settle(ref id) | Step::BackToSpot(ref id) | Step::Image(ref id) => {
+                    let instance = instances
+                        .iter()
+                        .find(|i| &i.id == id)
+                        .map(|i| (*i).clone())
+                        .expect("the plan names an observed instance");
+                    let spec = spec.clone();
+                    work.push(match step {
+                        Step::Settle(_) => Work::Settle { spec, instance },
+                        Step::BackToSpot(_) => Work::BackToSpot { spec, instance },
+                        _ => Work::Image { spec, instance },
+                    });
+                }
+            }
+        }
+        Ok((done, work))
+    }
+
+    /// What the fast path launches from: the box's resolved image (known
+    /// once a task settled or launched it) and the last pass's zones and
+    /// prices. `None` when any of it is missing: the slow path then asks AWS.
+    pub(super) fn known(&self, spec: &BoxSpec, obs: &Observation) -> Option<Known> {
+        let image = self.lock_memory().images.get(&spec.name).cloned()?;
+        let zones = match (&spec.subnet, &spec.zones) {
+            (Some(_), _) => return None,
+            (None, Some(z)) => z.clone(),
+            (None, None) if !obs.zones.is_empty() => obs.zones.clone(),
+            (None, None) => return None,
+        };
+        if spec.market == Market::Spot && obs.prices.is_empty() {
+            return None;
+        }
+        Some(Known {
+            image,
+            zones,
+            prices: obs
+                .prices
+                .iter()
+                .filter(|p| spec.instance_types.contains(&p.instance_type))
+                .cloned()
+                .collect(),
+        })
+    }
+
+    /// A replacement: `up` avoiding doomed instances and unavailable
+    /// offerings (from `known` when the fast path has it), then the replaced
+    /// instances are terminated.
+    pub(super) async fn replace(&self, spec: &BoxSpec, known: Option<&Known>) -> Vec<String> {
+        let name = spec.name.as_str();
+        let doomed: HashSet<InstanceId> = match self.store.doomed(&self.config.owner).await {
+            Ok(d) => d.into_iter().map(InstanceId::new).collect(),
+            Err(e) => {
+                self.record(Some(name), "replace-failed", &e.to_string())
+                    .await;
+                return Vec::new();
+            }
+        };
+        let avoid = Avoid {
+            instances: doomed.clone(),
+            offerings: self.unavailable(),
+        };
+        let ctx = self.ctx();
+        match boxes::up_known(&ctx, spec, &avoid, known).await {
+            Ok(out) => {
+                let what = format!(
+                    "replacement {} ({} in {}) is up",
+                    out.instance.id,
+                    out.instance.instance_type,
+                    out.instance.zone.as_deref().unwrap_or("?")
+                );
+                self.metrics.replacements.inc();
+                let warned = self.lock_memory().warned_at.remove(name);
+                if let Some(at) = warned {
+                    self.metrics
+                        .warning_to_running
+                        .observe(at.elapsed().as_secs_f64());
+                }
+                self.record(Some(name), "replaced", &what).await;
+                self.settled(name, &out.instance.id);
+                self.remember_image(spec).await;
+                // The replaced instances (rebalance: still running) go now.
+                if let Err(e) = self.retire_doomed(name, &doomed, &out.instance.id).await {
+                    self.record(Some(name), "retire-failed", &e.to_string())
+                        .await;
+                }
+                vec![what]
+            }
+            Err(e) => {
+                self.metrics.launch_failure(failure_reason(&e));
+                self.record(Some(name), "replace-failed", &e.to_string())
+                    .await;
+                Vec::new()
+            }
+        }
+    }
+
+    async fn retire_doomed(
+        &self,
+        name: &str,
+        doomed: &HashSet<InstanceId>,
+        keep: &InstanceId,
+    ) -> Result<(), BoxError> {
+        let old: Vec<InstanceId> = self
+            .cloud
+            .instances(&boxes::box_filter(&self.config.owner, name))
+            .await?
+            .into_iter()
+            .filter(|i| doomed.contains(&i.id) && i.state.is_live() && &i.id != keep)
+            .map(|i| i.id)
+            .collect();
+        if !old.is_empty() {
+            self.cloud.terminate(&old).await?;
+        }
+        Ok(())
+    }
+
+    /// Level-triggered healing of a running box: a crash after the launch
+    /// may have left the volume unattached or the name pointing elsewhere.
+    pub(super) async fn settle(&self, spec: &BoxSpec, instance: &Instance) -> Vec<String> {
+        let name = spec.name.as_str();
+        match self.heal(spec, instance).await {
+            Ok(()) => {
+                self.settled(name, &instance.id);
+                self.remember_image(spec).await;
+            }
+            Err(e) => {
+                self.record(Some(name), "heal-failed", &e.to_string()).await;
+                return Vec::new();
+            }
+        }
+        // A settled box's scheduled image, in the same task (the box's one).
+        if spec.images.every.is_some() && self.image_check_due(name) {
+            return self.image(spec, instance).await;
+        }
+        Vec::new()
+    }
+
+    async fn heal(&self, spec: &BoxSpec, instance: &Instance) -> Result<(), BoxError> {
+        for note in
+            crate::persist::ensure_attached(self.cloud, &self.config.owner, spec, instance).await?
+        {
+            self.record(Some(&spec.name), "healed", &note).await;
+        }
+        if let Some(status) = crate::dns::status(self.cloud, spec, Some(instance)).await?
+            && !status.matches
+            && status.instance_address.is_some()
+        {
+            let dns = spec.dns.as_ref().expect("status implies dns");
+            let address = crate::dns::point(self.cloud, dns, instance).await?;
+            self.record(
+                Some(&spec.name),
+                "healed",
+                &format!("DNS {} → {address}", dns.name),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Resolves and keeps the box's launch image for the fast path.
+    async fn remember_image(&self, spec: &BoxSpec) {
+        let ctx = self.ctx_silent();
+        if let Ok(image) = boxes::launch_image(&ctx, spec).await {
+            self.lock_memory().images.insert(spec.name.clone(), image);
+        }
+    }
+
+    /// On on-demand for want of spot: a spot instance, then the on-demand
+    /// one goes.
+    pub(super) async fn back_to_spot(&self, spec: &BoxSpec, instance: &Instance) -> Vec<String> {
+        let name = spec.name.as_str();
+        let doomed: HashSet<InstanceId> = match self.store.doomed(&self.config.owner).await {
+            Ok(d) => d.into_iter().map(InstanceId::new).collect(),
+            Err(_) => return Vec::new(),
+        };
+        let mut avoid = Avoid {
+            instances: doomed,
+            offerings: self.unavailable(),
+        };
+        avoid.instances.insert(instance.id.clone());
+        let spot_only = BoxSpec {
+            fallback_on_demand: false,
+            ..spec.clone()
+        };
+        let ctx = self.ctx();
+        let Ok(out) = boxes::up_avoiding(&ctx, &spot_only, &avoid).await else {
+            return Vec::new();
+        };
+        let still = match self.cloud.instance(&instance.id).await {
+            Ok(i) => i.is_some_and(|i| i.state.is_live()),
+            Err(e) => {
+                self.record(Some(name), "back-to-spot", &e.to_string())
+                    .await;
+                true
+            }
+        };
+        if still
+            && let Err(e) = self
+                .cloud
+                .terminate(std::slice::from_ref(&instance.id))
+                .await
+        {
+            self.record(Some(name), "back-to-spot", &e.to_string())
+                .await;
+        }
+        self.settled(name, &out.instance.id);
+        let what = format!(
+            "back on spot: {} replaced on-demand {}",
+            out.instance.id, instance.id
+        );
+        self.record(Some(name), "back-to-spot", &what).await;
+        vec![what]
+    }
+
+    /// Scheduled images (`images.every`) of a healthy box.
+    pub(super) async fn image(&self, spec: &BoxSpec, instance: &Instance) -> Vec<String> {
+        let name = spec.name.as_str();
+        let owner = &self.config.owner;
+        let newest = match crate::images::box_images(self.cloud, owner, name).await {
+            Ok(all) => all.into_iter().next(),
+            Err(e) => {
+                self.record(Some(name), "image-failed", &e.to_string())
+                    .await;
+                return Vec::new();
+            }
+        };
+        let now = self.clock.now();
+        match crate::images::next_due(spec, newest.as_ref()) {
+            Some(due) if due <= now => {}
+            due => {
+                self.lock_memory()
+                    .image_checks
+                    .insert(name.to_owned(), due.unwrap_or(now + SETTLE_AGAIN_AFTER));
+                return Vec::new();
+            }
+        }
+        // Not looked at again until the next one is due, whatever happens
+        // to this one (a failure is retried after a settle interval).
+        self.lock_memory()
+            .image_checks
+            .insert(name.to_owned(), now + SETTLE_AGAIN_AFTER);
+        match crate::images::create(self.cloud, owner, spec, instance, now).await {
+            Ok((image, pruned)) => {
+                if let Some(every) = spec.images.every {
+                    self.lock_memory()
+                        .image_checks
+                        .insert(name.to_owned(), now + every);
+                }
+                if spec.image_from_box {
+                    self.lock_memory().images.remove(name);
+                }
+                self.record(
+                    Some(name),
+                    "image",
+                    &format!("made image {} (pruned {pruned:?})", image.id),
+                )
+                .await;
+            }
+            Err(e) => {
+                self.record(Some(name), "image-failed", &e.to_string())
+                    .await
+            }
+        }
+        Vec::new()
+    }
+
+    fn settled_instance(&self, name: &str) -> Option<InstanceId> {
+        let m = self.lock_memory();
+        m.settled
+            .get(name)
+            .filter(|(_, at)| at.elapsed() < SETTLE_AGAIN_AFTER)
+            .map(|(id, _)| id.clone())
+    }
+
+    fn settled(&self, name: &str, id: &InstanceId) {
+        self.lock_memory()
+            .settled
+            .insert(name.to_owned(), (id.clone(), tokio::time::Instant::now()));
+    }
+
+    fn image_check_due(&self, name: &str) -> bool {
+        let now = self.clock.now();
+        self.lock_memory()
+            .image_checks
+            .get(name)
+            .is_none_or(|at| *at <= now)
+    }
+}
+
+/// A short reason for the launch-failure metric.
+pub(super) fn failure_reason(e: &BoxError) -> &'static str {
+    match e {
+        BoxError::Cloud(c) => c.kind.as_str(),
+        BoxError::NoOffering(_) => "no-offering-under-ceiling",
+        BoxError::NoCapacity { .. } => "insufficient-capacity",
+        BoxError::NotReady { .. } => "not-ready",
+        BoxError::Timeout { .. } => "timeout",
+        BoxError::EndedEarly { .. } => "ended-early",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn spec(extra: &str) -> BoxSpec {
+        let text = format!(
+            "[box.dev]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\n{extra}\n"
+        );
+        crate::config::parse(std::path::Path::new("t.toml"), &text)
+            .expect("valid")
+            .boxes["dev"]
+            .clone()
+    }
+
+    fn instance(id: &str, state: InstanceState, age_secs: u64, now: SystemTime) -> Instance {
+        Instance {
+            id: InstanceId::new(id),
+            instance_type: "t3.micro".into(),
+            zone: Some("us-east-1a".into()),
+            state,
+            market: Market::Spot,
+            public_ip: None,
+            private_ip: None,
+            spot_request_id: None,
+            launched_at: Some(now - Duration::from_secs(age_secs)),
+            image_id: None,
+            subnet_id: None,
+            vpc_id: None,
+            tags: BTreeMap::from([(tags::BOX.to_owned(), "dev".to_owned())]),
+        }
+    }
+
+    fn plan(
+        spec: &BoxSpec,
+        list: &[Instance],
+        doomed: &[&str],
+        settled: Option<&str>,
+    ) -> Vec<Step> {
+        let now = SystemTime::now();
+        let refs: Vec<&Instance> = list.iter().collect();
+        let doomed: HashSet<InstanceId> = doomed.iter().map(|d| InstanceId::new(*d)).collect();
+        let settled = settled.map(InstanceId::new);
+        plan_box(
+            spec,
+            &BoxFacts {
+                instances: &refs,
+                requests: &[],
+                doomed: &doomed,
+                settled: settled.as_ref(),
+                image_check_due: true,
+                now,
+            },
+        )
+    }
+
+    #[test]
+    fn a_box_without_instances_is_launched() {
+        assert_eq!(plan(&spec(""), &[], &[], None), vec![Step::Launch]);
+    }
+
+    #[test]
+    fn a_doomed_instance_does_not_count_and_a_pending_one_is_waited_for() {
+        let now = SystemTime::now();
+        let old = instance("i-old", InstanceState::Running, 3600, now);
+        assert_eq!(
+            plan(&spec(""), std::slice::from_ref(&old), &["i-old"], None),
+            vec![Step::Launch]
+        );
+        let new = instance("i-new", InstanceState::Pending, 1, now);
+        assert_eq!(
+            plan(&spec(""), &[old, new], &["i-old"], None),
+            vec![Step::Wait(InstanceId::new("i-new"))]
+        );
+    }
+
+    #[test]
+    fn a_running_box_is_settled_once_then_its_replaced_instance_retired() {
+        let now = SystemTime::now();
+        let old = instance("i-old", InstanceState::Running, 3600, now);
+        let new = instance("i-new", InstanceState::Running, 10, now);
+        let both = [old, new];
+        assert_eq!(
+            plan(&spec(""), &both, &["i-old"], None),
+            vec![Step::Settle(InstanceId::new("i-new"))],
+            "nothing retired before the replacement is settled"
+        );
+        assert_eq!(
+            plan(&spec(""), &both, &["i-old"], Some("i-new")),
+            vec![Step::Retire(vec![InstanceId::new("i-old")])]
+        );
+    }
+
+    #[test]
+    fn duplicates_go_only_after_the_grace_period_and_the_oldest_stays() {
+        let now = SystemTime::now();
+        let a = instance("i-a", InstanceState::Running, 3600, now);
+        let young = instance("i-b", InstanceState::Running, 5, now);
+        assert_eq!(
+            plan(&spec(""), &[a.clone(), young], &[], Some("i-a")),
+            Vec::<Step>::new()
+        );
+        let old = instance("i-c", InstanceState::Running, 1800, now);
+        assert_eq!(
+            plan(&spec(""), &[old, a], &[], Some("i-a")),
+            vec![Step::TerminateDuplicates {
+                keep: InstanceId::new("i-a"),
+                extra: vec![InstanceId::new("i-c")]
+            }]
+        );
+    }
+
+    #[test]
+    fn the_image_schedule_and_the_way_back_to_spot_are_tasks_of_a_settled_box() {
+        let now = SystemTime::now();
+        let a = instance("i-a", InstanceState::Running, 3600, now);
+        assert_eq!(
+            plan(
+                &spec("images = { every = \"1h\" }"),
+                std::slice::from_ref(&a),
+                &[],
+                Some("i-a")
+            ),
+            vec![Step::Image(InstanceId::new("i-a"))]
+        );
+        let mut od = a;
+        od.market = Market::OnDemand;
+        assert_eq!(
+            plan(&spec("fallback = \"on-demand\""), &[od], &[], Some("i-a")),
+            vec![Step::BackToSpot(InstanceId::new("i-a"))]
+        );
+    }
+}

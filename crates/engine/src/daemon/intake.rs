@@ -1,0 +1,218 @@
+//! Event intake: one queue message → what it means. A spot warning, a
+//! rebalance recommendation (with `on_rebalance = "replace"`) or a state
+//! change away from running dooms the instance, marks its offering
+//! unavailable for a while, and — the fast path — hands the box's
+//! replacement straight to the task runner, launched from the last
+//! observation without a full describe. The next pass verifies (level
+//! triggered: a lost message changes nothing but the delay).
+
+use std::collections::HashMap;
+
+use spotkeeper_cloud::model::tags;
+use spotkeeper_cloud::{InstanceState, Market};
+use tokio::time::Instant;
+
+use super::tasks::{Job, Subject, Work};
+use super::{Daemon, stored_spec};
+use crate::boxes::BoxError;
+use crate::events::{self, EventKind};
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// Not an event spotkeeper understands (logged, deleted).
+    Garbage(String),
+    /// An event id seen before.
+    Duplicate,
+    /// About instances that are not a managed box's.
+    NotOurs,
+    /// Understood, nothing to do (e.g. rebalance with `on_rebalance = "ignore"`).
+    Ignored(String),
+    /// Recorded: the reconciler will act.
+    Acted(String),
+}
+
+impl Daemon<'_> {
+    /// Handles one message body. Errors are AWS or state-file failures: the
+    /// message is then kept for another try.
+    pub async fn handle(&self, body: &str) -> Result<Handled, BoxError> {
+        let event = match events::parse(body) {
+            Ok(e) => e,
+            Err(e) => {
+                self.metrics.event("garbage");
+                self.record(None, "garbage", &format!("dropped a message: {e}"))
+                    .await;
+                return Ok(Handled::Garbage(e.to_string()));
+            }
+        };
+        let first_instance = event.kind.instances().first().map(|i| i.to_string());
+        // Checked now, recorded once acted on: a crash in between re-acts on
+        // the redelivered message, and acting (doom, mark) is idempotent.
+        if self.store.seen(&event.id).await? {
+            self.metrics.event("duplicate");
+            return Ok(Handled::Duplicate);
+        }
+        let outcome = self.act(&event).await?;
+        self.store
+            .first_delivery(&event.id, event.kind.name(), first_instance.as_deref())
+            .await?;
+        Ok(outcome)
+    }
+
+    async fn act(&self, event: &events::Event) -> Result<Handled, BoxError> {
+        let managed: HashMap<String, Option<String>> = self
+            .store
+            .managed_boxes(&self.config.owner)
+            .await?
+            .into_iter()
+            .map(|b| (b.name, b.spec))
+            .collect();
+        let (mut acted, mut ignored) = (Vec::new(), Vec::new());
+        for id in event.kind.instances() {
+            // Re-read the instance (one targeted describe, not a pass):
+            // events arrive late, twice, or out of order.
+            let Some(instance) = self.cloud.instance(id).await? else {
+                continue;
+            };
+            if instance.tag(tags::OWNER) != Some(self.config.owner.as_str()) {
+                continue;
+            }
+            if let Some(pool) = instance.tag(tags::POOL) {
+                // The pool pass replaces it: it is short once the instance
+                // stops counting (doomed) or is gone.
+                if let EventKind::SpotInterruption { .. } | EventKind::ScheduledChange { .. } =
+                    &event.kind
+                {
+                    self.store
+                        .doom(
+                            &self.config.owner,
+                            &format!("pool:{pool}"),
+                            id.as_str(),
+                            event.kind.name(),
+                        )
+                        .await?;
+                    if let Some(zone) = &instance.zone {
+                        self.mark_unavailable(&instance.instance_type, zone, instance.market);
+                    }
+                } else if !matches!(event.kind, EventKind::StateChange { .. }) {
+                    ignored.push(format!(
+                        "{} for {id} (pool {pool}): nothing to do",
+                        event.kind.name()
+                    ));
+                    continue;
+                }
+                let what = format!(
+                    "{} for {id} of pool {pool}: the pool pass refills it",
+                    event.kind.name()
+                );
+                if let Err(e) = self
+                    .store
+                    .record_pool_event(&self.config.owner, pool, event.kind.name(), &what)
+                    .await
+                {
+                    tracing::warn!("cannot record a pool event: {e}");
+                }
+                acted.push(what);
+                continue;
+            }
+            let Some(box_name) = instance
+                .tag(tags::BOX)
+                .filter(|b| managed.contains_key(*b))
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            // The box's spec: from the config file, else as registered
+            // through the API.
+            let spec = match self.config.boxes.get(&box_name) {
+                Some(s) => Some(s.clone()),
+                None => managed
+                    .get(&box_name)
+                    .and_then(Option::as_deref)
+                    .and_then(|json| stored_spec(&box_name, json).ok()),
+            };
+            let doom = match &event.kind {
+                EventKind::SpotInterruption { .. } | EventKind::ScheduledChange { .. } => true,
+                EventKind::Rebalance { .. } => {
+                    spec.as_ref().is_some_and(|s| s.replace_on_rebalance)
+                }
+                EventKind::StateChange { state, .. } => {
+                    !matches!(state, InstanceState::Pending | InstanceState::Running)
+                }
+            };
+            if !doom {
+                ignored.push(format!(
+                    "{} for {id} ({box_name}): nothing to do",
+                    event.kind.name()
+                ));
+                continue;
+            }
+            self.store
+                .doom(
+                    &self.config.owner,
+                    &box_name,
+                    id.as_str(),
+                    event.kind.name(),
+                )
+                .await?;
+            if matches!(
+                event.kind,
+                EventKind::SpotInterruption { .. } | EventKind::Rebalance { .. }
+            ) && let Some(zone) = &instance.zone
+            {
+                self.mark_unavailable(&instance.instance_type, zone, instance.market);
+            }
+            self.lock_memory()
+                .warned_at
+                .entry(box_name.clone())
+                .or_insert_with(Instant::now);
+            if let Some(spec) = spec {
+                self.fast_path(spec);
+            }
+            let what = format!(
+                "{} for {id} of box {box_name}: replacing it",
+                event.kind.name()
+            );
+            self.record(Some(&box_name), event.kind.name(), &what).await;
+            acted.push(what);
+        }
+        if acted.is_empty() && ignored.is_empty() {
+            self.metrics.event("not-ours");
+            return Ok(Handled::NotOurs);
+        }
+        if acted.is_empty() {
+            self.metrics.event("ignored");
+            return Ok(Handled::Ignored(ignored.join("; ")));
+        }
+        self.wake.notify_one();
+        self.metrics.event(event.kind.name());
+        Ok(Handled::Acted(acted.join("; ")))
+    }
+
+    /// Hands the box's replacement to the running task loop, planned on the
+    /// last observation. Without a running loop (tests driving passes by
+    /// hand) or an observation, the woken pass does it.
+    fn fast_path(&self, spec: crate::config::BoxSpec) {
+        let Some(tx) = self.fast_sender() else {
+            return;
+        };
+        let Some(obs) = self.last_observation() else {
+            return;
+        };
+        let subject = Subject::Box(spec.name.clone());
+        let known = self.known(&spec, &obs);
+        let job = Job {
+            epoch: obs.epochs.get(&subject).copied().or(Some(0)),
+            subject,
+            work: Work::Replace { spec, known },
+        };
+        let _ = tx.send(job);
+    }
+
+    pub(super) fn mark_unavailable(&self, instance_type: &str, zone: &str, market: Market) {
+        let until = Instant::now() + super::UNAVAILABLE_FOR;
+        self.lock_memory()
+            .unavailable
+            .insert((instance_type.to_owned(), zone.to_owned(), market), until);
+    }
+}

@@ -1,0 +1,600 @@
+//! `spotkeeper serve`: keeps the managed boxes and pools alive.
+//!
+//! A level-triggered reconciler in the sense of kube-rs' `Controller`:
+//! - **intake** ([`intake`]) long-polls the event queue; a spot warning
+//!   dooms the instance, marks its offering, and hands the box's replacement
+//!   to the task runner at once (the fast path), launched from the last
+//!   observation;
+//! - **a pass** observes once (instances, requests, prices, the state file),
+//!   decides per box with a pure function ([`plan_box`]) and per pool, runs
+//!   the steps that answer at once, and hands the slow ones to the runner;
+//!   it never trusts why it was woken, and never plans on a partial view;
+//! - **tasks** ([`tasks`]): launches with their waits (running, ready
+//!   check, volumes, DNS), images, the way back to spot and pool passes run
+//!   beside the passes and beside each other, one per box or pool at a
+//!   time, at most `[daemon] max_tasks` at once. A pass never waits on one
+//!   box; boxes and pools never wait for each other.
+//!
+//! Every AWS call is bounded by the SDK client's timeouts and retries; a
+//! failing pass is retried after a backoff with jitter. Shutdown drops
+//! whatever is in flight: intents were written before every launch, so the
+//! next daemon resumes from AWS and the state file.
+
+mod boxes;
+mod intake;
+mod marks;
+mod pools;
+pub mod tasks;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use spotkeeper_cloud::{Cloud, ImageId, Instance, InstanceId, Market, SpotPrice, SpotRequest};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+
+pub use self::boxes::{BoxFacts, SETTLE_AGAIN_AFTER, Step, plan_box};
+pub use self::intake::Handled;
+pub use self::marks::{Clock, Expiring, backoff};
+use self::tasks::{Job, Runner, Subject, Work};
+use crate::boxes::{BoxError, Ctx, Progress, Silent, Timing};
+use crate::config::Config;
+use crate::pools::demand::{DemandReader, LiveDemand};
+use crate::pools::pass::PoolMemory;
+use crate::pools::plan::OfferingKey;
+use crate::store::Store;
+pub use spotkeeper_cloud::{EventQueue, SqsQueue};
+
+/// How long an interrupted (type, zone) offering is avoided: capacity that
+/// was just reclaimed rarely comes back within minutes.
+pub const UNAVAILABLE_FOR: Duration = Duration::from_secs(5 * 60);
+
+/// Instances of a pool that no longer exists, and a box's duplicate
+/// instances, are terminated once this old (a launch racing a deletion or
+/// another `up` gets time to be seen as what it is).
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(5 * 60);
+
+/// The longest pause between two failing passes: long enough not to hammer
+/// a throttling API, short enough that a recovered one is used soon.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
+
+/// Logs progress through `tracing` instead of a terminal.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Log;
+
+impl Progress for Log {
+    fn note(&self, line: &str) {
+        tracing::info!("{line}");
+    }
+    fn start(&self, what: &str) {
+        tracing::info!("{what} ...");
+    }
+    fn finish(&self, outcome: &str) {
+        tracing::info!("... {outcome}");
+    }
+}
+
+/// One observation of the world, shared by the boxes and pools of a pass
+/// and kept for the fast path.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    /// Instances with the owner tag.
+    pub instances: Vec<Instance>,
+    /// Spot requests with the owner tag.
+    pub requests: Vec<SpotRequest>,
+    /// Instances about to go away.
+    pub doomed: HashSet<InstanceId>,
+    /// Spot prices of the boxes' types in the region's zones.
+    pub prices: Vec<SpotPrice>,
+    /// The region's zones (read once per daemon).
+    pub zones: Vec<String>,
+    /// Each subject's epoch when observed.
+    pub epochs: HashMap<Subject, u64>,
+}
+
+impl Observation {
+    /// The subject's epoch when this was observed.
+    pub fn epoch(&self, subject: &Subject) -> u64 {
+        self.epochs.get(subject).copied().unwrap_or(0)
+    }
+}
+
+/// What the daemon remembers between passes (one lock: every access is a
+/// few map operations, never held across an await).
+#[derive(Default)]
+struct Memory {
+    unavailable: Expiring<OfferingKey>,
+    spot_blocked: Expiring<String>,
+    warned_at: HashMap<String, Instant>,
+    pools: HashMap<String, PoolMemory>,
+    settled: HashMap<String, (InstanceId, Instant)>,
+    image_checks: HashMap<String, SystemTime>,
+    images: HashMap<String, ImageId>,
+    zones: Option<Vec<String>>,
+    last: Option<Arc<Observation>>,
+    epochs: HashMap<Subject, u64>,
+    fast: Option<mpsc::UnboundedSender<Job>>,
+}
+
+/// The daemon.
+pub struct Daemon<'a> {
+    cloud: &'a dyn Cloud,
+    store: &'a Store,
+    config: &'a Config,
+    lock_dir: &'a std::path::Path,
+    timing: Timing,
+    clock: Clock,
+    wake: Arc<Notify>,
+    metrics: Arc<crate::metrics::Metrics>,
+    demand: Box<dyn DemandReader>,
+    memory: Mutex<Memory>,
+    passes: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Daemon<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("owner", &self.config.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a pass did at once, and what it left to tasks.
+#[derive(Debug, Default)]
+pub struct PassOutcome {
+    /// Lines for the log: duplicates terminated, requests cancelled, orphans.
+    pub done: Vec<String>,
+    /// Work for the task runner.
+    pub jobs: Vec<Job>,
+}
+
+impl<'a> Daemon<'a> {
+    /// A daemon over `cloud` and `store` for the boxes of `config`.
+    pub fn new(
+        cloud: &'a dyn Cloud,
+        store: &'a Store,
+        config: &'a Config,
+        lock_dir: &'a std::path::Path,
+    ) -> Self {
+        Self {
+            cloud,
+            store,
+            config,
+            lock_dir,
+            timing: Timing::default(),
+            clock: Clock::new(),
+            wake: Arc::new(Notify::new()),
+            metrics: Arc::default(),
+            demand: Box::new(LiveDemand::new(None)),
+            memory: Mutex::new(Memory::default()),
+            passes: watch::channel(0).0,
+        }
+    }
+
+    /// Reads pool demand with `reader` (the default reads HTTP only; `serve`
+    /// passes one with the AWS handle for SQS sources, tests a fake).
+    pub fn with_demand(mut self, reader: Box<dyn DemandReader>) -> Self {
+        self.demand = reader;
+        self
+    }
+
+    /// A handle that wakes the reconciler (the API uses it after a registration).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// The daemon's metrics (the API serves them).
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Passes finished so far (failed ones included); tests wait on it
+    /// instead of sleeping.
+    pub fn passes(&self) -> watch::Receiver<u64> {
+        self.passes.subscribe()
+    }
+
+    /// Uses other waits (tests).
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    /// What `up` needs, for launching replacements the same way.
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            cloud: self.cloud,
+            store: self.store,
+            owner: &self.config.owner,
+            lock_dir: self.lock_dir,
+            progress: &Log,
+            timing: self.timing,
+        }
+    }
+
+    fn ctx_silent(&self) -> Ctx<'_> {
+        Ctx {
+            progress: &Silent,
+            ..self.ctx()
+        }
+    }
+
+    fn lock_memory(&self) -> MutexGuard<'_, Memory> {
+        // A panic elsewhere must not stop the daemon from remembering.
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Spot offerings still marked unavailable (expired marks are dropped).
+    pub fn unavailable(&self) -> HashSet<(String, String)> {
+        self.unavailable_at(Instant::now())
+    }
+
+    /// Spot offerings still marked unavailable at `now`.
+    pub fn unavailable_at(&self, now: Instant) -> HashSet<(String, String)> {
+        self.lock_memory()
+            .unavailable
+            .active(now)
+            .into_iter()
+            .filter(|(_, _, m)| *m == Market::Spot)
+            .map(|(t, z, _)| (t, z))
+            .collect()
+    }
+
+    async fn record(&self, box_name: Option<&str>, kind: &str, message: &str) {
+        tracing::info!(box_name, kind, "{message}");
+        if let Err(e) = self
+            .store
+            .record_event(&self.config.owner, box_name, kind, message)
+            .await
+        {
+            tracing::warn!("cannot record an event in the state file: {e}");
+        }
+    }
+
+    fn epoch(&self, subject: &Subject) -> u64 {
+        self.lock_memory().epochs.get(subject).copied().unwrap_or(0)
+    }
+
+    fn advance_epoch(&self, subject: &Subject) {
+        *self
+            .lock_memory()
+            .epochs
+            .entry(subject.clone())
+            .or_insert(0) += 1;
+    }
+
+    fn fast_sender(&self) -> Option<mpsc::UnboundedSender<Job>> {
+        self.lock_memory().fast.clone()
+    }
+
+    fn last_observation(&self) -> Option<Arc<Observation>> {
+        self.lock_memory().last.clone()
+    }
+
+    /// The region's zones, read once: they do not change under a daemon.
+    async fn region_zones(&self) -> Result<Vec<String>, BoxError> {
+        if let Some(z) = self.lock_memory().zones.clone() {
+            return Ok(z);
+        }
+        let z = self.cloud.zones().await?;
+        self.lock_memory().zones = Some(z.clone());
+        Ok(z)
+    }
+
+    /// Observes the world once: the state file's doomed instances, every
+    /// owned instance and spot request, and (for spot boxes) the prices the
+    /// fast path launches from. Any failed describe fails the pass.
+    async fn observe(&self) -> Result<Observation, BoxError> {
+        let owner = &self.config.owner;
+        let epochs = self.lock_memory().epochs.clone();
+        let doomed: HashSet<InstanceId> = self
+            .store
+            .doomed(owner)
+            .await?
+            .into_iter()
+            .map(InstanceId::new)
+            .collect();
+        let filter = crate::boxes::owner_filter(owner);
+        let instances = self.cloud.instances(&filter).await?;
+        let requests = self.cloud.spot_requests(&filter).await?;
+        if let Err(e) = self.store.record_seen(owner, &instances).await {
+            tracing::warn!("cannot record the instances seen in the state file: {e}");
+        }
+        Ok(Observation {
+            instances,
+            requests,
+            doomed,
+            prices: Vec::new(),
+            zones: Vec::new(),
+            epochs,
+        })
+    }
+
+    /// Spot prices of every spot box's types in the zones they may use, in
+    /// one read, for the fast path. Boxes pinned to a subnet are left out
+    /// (their launch asks AWS).
+    async fn box_prices(
+        &self,
+        specs: &[crate::config::BoxSpec],
+    ) -> Result<(Vec<SpotPrice>, Vec<String>), BoxError> {
+        let spot: Vec<&crate::config::BoxSpec> = specs
+            .iter()
+            .filter(|s| s.market == Market::Spot && s.subnet.is_none())
+            .collect();
+        if spot.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let region = if spot.iter().any(|s| s.zones.is_none()) {
+            self.region_zones().await?
+        } else {
+            Vec::new()
+        };
+        let mut types: Vec<String> = spot
+            .iter()
+            .flat_map(|s| s.instance_types.iter().cloned())
+            .collect();
+        types.sort();
+        types.dedup();
+        let mut zones: Vec<String> = spot
+            .iter()
+            .flat_map(|s| s.zones.clone().unwrap_or_else(|| region.clone()))
+            .collect();
+        zones.sort();
+        zones.dedup();
+        Ok((self.cloud.spot_prices(&types, &zones).await?, region))
+    }
+
+    /// The managed boxes with their specs (config file, else stored); the
+    /// ones without a readable spec are reported and left alone.
+    async fn managed_specs(&self) -> Result<Vec<crate::config::BoxSpec>, BoxError> {
+        let mut specs = Vec::new();
+        for managed in self.store.managed_boxes(&self.config.owner).await? {
+            match (self.config.boxes.get(&managed.name), &managed.spec) {
+                (Some(s), _) => specs.push(s.clone()),
+                (None, Some(json)) => match stored_spec(&managed.name, json) {
+                    Ok(s) => specs.push(s),
+                    Err(m) => {
+                        self.record(
+                            Some(&managed.name),
+                            "bad-box",
+                            &format!("stored box does not parse: {m}"),
+                        )
+                        .await
+                    }
+                },
+                (None, None) => {
+                    self.record(
+                        Some(&managed.name),
+                        "unknown-box",
+                        "managed, but not in the config file: left alone",
+                    )
+                    .await
+                }
+            }
+        }
+        Ok(specs)
+    }
+
+    /// One pass: observe, plan every box and pool, run the prompt steps;
+    /// returns the work for tasks. It never waits on a box's launch, ready
+    /// check, image or volume.
+    pub async fn pass(&self) -> Result<PassOutcome, BoxError> {
+        let mut obs = self.observe().await?;
+        let specs = self.managed_specs().await?;
+        let (prices, zones) = self.box_prices(&specs).await?;
+        obs.prices = prices;
+        obs.zones = zones;
+        let obs = Arc::new(obs);
+        self.lock_memory().last = Some(obs.clone());
+        let mut out = PassOutcome::default();
+        for spec in &specs {
+            let subject = Subject::Box(spec.name.clone());
+            let (done, work) = match self.plan_and_step(spec, &obs).await {
+                Ok(x) => x,
+                Err(e) => {
+                    self.record(Some(&spec.name), "step-failed", &e.to_string())
+                        .await;
+                    continue;
+                }
+            };
+            out.done.extend(done);
+            out.jobs.extend(work.into_iter().map(|work| {
+                let work = match work {
+                    // The fast path's knowledge serves a pass's launch too.
+                    Work::Replace { spec, known: None } => {
+                        let known = self.known(&spec, &obs);
+                        Work::Replace { spec, known }
+                    }
+                    w => w,
+                };
+                Job {
+                    subject: subject.clone(),
+                    epoch: Some(obs.epoch(&subject)),
+                    work,
+                }
+            }));
+        }
+        let (done, jobs) = self.reconcile_pools(&obs).await?;
+        out.done.extend(done);
+        out.jobs.extend(jobs);
+        Ok(out)
+    }
+
+    /// One pass and every task it starts, to the end. Returns what it did
+    /// (replacements, duplicates, pools that changed). Any failed describe
+    /// fails the pass: it never plans on a partial view.
+    pub async fn reconcile(&self) -> Result<Vec<String>, BoxError> {
+        let started = Instant::now();
+        let out = self.pass().await;
+        self.pass_done(out.is_ok(), started);
+        let out = out?;
+        let mut done = out.done;
+        let mut runner = Runner::new(self.config.max_tasks);
+        for job in out.jobs {
+            runner.offer(self, job);
+        }
+        while let Some(f) = runner.next().await {
+            runner.finished(self, &f);
+            done.extend(f.lines.unwrap_or_default());
+        }
+        Ok(done)
+    }
+
+    fn pass_done(&self, ok: bool, started: Instant) {
+        self.metrics.pass(ok, started.elapsed().as_secs_f64());
+        self.passes.send_modify(|n| *n += 1);
+    }
+
+    /// Runs one task's work; failures are recorded as events.
+    async fn execute(&self, work: &Work) -> Vec<String> {
+        match work {
+            Work::Replace { spec, known } => self.replace(spec, known.as_ref()).await,
+            Work::Settle { spec, instance } => self.settle(spec, instance).await,
+            Work::Image { spec, instance } => self.image(spec, instance).await,
+            Work::BackToSpot { spec, instance } => self.back_to_spot(spec, instance).await,
+            Work::Pool { spec, world } => self.pool_task(spec, world).await,
+        }
+    }
+
+    /// Runs until `shutdown` flips: a pass at start (boxes lost while the
+    /// daemon was down), then one per interval and one per event, with
+    /// tasks beside them. On shutdown whatever is in flight is dropped at
+    /// once; the next daemon resumes it.
+    pub async fn run(&self, queue: &dyn EventQueue, shutdown: watch::Receiver<bool>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock_memory().fast = Some(tx);
+        tokio::join!(
+            self.receive(queue, shutdown.clone()),
+            self.reconcile_loop(rx, shutdown)
+        );
+        self.lock_memory().fast = None;
+    }
+
+    async fn receive(&self, queue: &dyn EventQueue, mut stop: watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        loop {
+            let batch = tokio::select! {
+                _ = stop.changed() => break,
+                b = queue.receive() => b,
+            };
+            let messages = match batch {
+                Ok(m) => {
+                    failures = 0;
+                    m
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!("receiving events failed: {e}");
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = tokio::time::sleep(backoff(failures, Duration::from_secs(30))) => {}
+                    }
+                    continue;
+                }
+            };
+            for m in messages {
+                if let Some(sent) = m.sent_at_ms {
+                    let now_ms = self
+                        .clock
+                        .now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    self.metrics
+                        .queue_lag_seconds
+                        .set(now_ms.saturating_sub(sent) as f64 / 1000.0);
+                }
+                match self.handle(&m.body).await {
+                    Ok(outcome) => {
+                        tracing::info!(message = %m.id, "{outcome:?}");
+                        if let Err(e) = queue.delete(&m.receipt).await {
+                            tracing::warn!("deleting message {} failed: {e}", m.id);
+                        }
+                    }
+                    // Kept: it comes back after the visibility timeout.
+                    Err(e) => {
+                        tracing::warn!("handling message {} failed, will retry: {e}", m.id)
+                    }
+                }
+            }
+            if *stop.borrow() {
+                break;
+            }
+        }
+    }
+
+    async fn reconcile_loop(
+        &self,
+        mut fast: mpsc::UnboundedReceiver<Job>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut runner = Runner::new(self.config.max_tasks);
+        let mut pass: Option<futures_util::future::BoxFuture<'_, Result<PassOutcome, BoxError>>> =
+            Some(Box::pin(self.pass()));
+        let mut started = Instant::now();
+        let mut failures = 0u32;
+        let mut next = Instant::now() + self.config.interval;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(job) = fast.recv() => {
+                    let what = job.subject.clone();
+                    let offered = runner.offer(self, job);
+                    tracing::info!(?what, ?offered, "fast path: replacement handed to a task");
+                }
+                Some(f) = runner.next(), if !runner.is_idle() => {
+                    runner.finished(self, &f);
+                    f.lines.unwrap_or_default().iter().for_each(|d| tracing::info!("{d}"));
+                }
+                out = async { pass.as_mut().expect("guarded").await }, if pass.is_some() => {
+                    pass = None;
+                    self.pass_done(out.is_ok(), started);
+                    match out {
+                        Ok(out) => {
+                            failures = 0;
+                            out.done.iter().for_each(|d| tracing::info!("{d}"));
+                            let mut stale = false;
+                            for job in out.jobs {
+                                stale |= runner.offer(self, job) == tasks::Offered::Stale;
+                            }
+                            // A task finished while the pass observed: look again soon.
+                            if stale {
+                                self.wake.notify_one();
+                            }
+                            next = Instant::now() + self.config.interval;
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            let pause = backoff(failures, MAX_BACKOFF.max(self.config.interval));
+                            let what = format!(
+                                "reconcile pass failed ({failures} in a row), next in {}: {e}",
+                                humantime::format_duration(Duration::from_secs(pause.as_secs().max(1)))
+                            );
+                            tracing::warn!("{what}");
+                            self.record(None, "pass-failed", &what).await;
+                            next = Instant::now() + pause;
+                        }
+                    }
+                }
+                // Events and registrations wake a pass, unless passes are failing
+                // (then the backoff decides; the fast path does not need a pass).
+                _ = self.wake.notified(), if pass.is_none() && failures == 0 => {
+                    started = Instant::now();
+                    pass = Some(Box::pin(self.pass()));
+                }
+                _ = tokio::time::sleep_until(next), if pass.is_none() => {
+                    started = Instant::now();
+                    pass = Some(Box::pin(self.pass()));
+                }
+            }
+        }
+    }
+}
+
+/// A box registered through the API, from the JSON stored with it.
+fn stored_spec(name: &str, json: &str) -> Result<crate::config::BoxSpec, String> {
+    serde_json::from_str(json)
+        .map_err(|e| e.to_string())
+        .and_then(|v| crate::config::parse_box_json(name, &v))
+}

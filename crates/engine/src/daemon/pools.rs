@@ -1,0 +1,305 @@
+//! Pool reconciliation: every pool's pass runs as its own task on one
+//! shared observation (instances, requests, prices read once for all), so a
+//! slow demand source or a slow launch holds that pool only; orphans of
+//! pools that no longer exist are collected in the pass.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use spotkeeper_cloud::InstanceId;
+use spotkeeper_cloud::model::tags;
+use tokio::time::Instant;
+
+use super::tasks::{Job, Subject, Work};
+use super::{Daemon, ORPHAN_GRACE, Observation, UNAVAILABLE_FOR};
+use crate::boxes::BoxError;
+use crate::pools::PoolSpec;
+use crate::pools::pass::{PoolMemory, PoolPass, World};
+use crate::pools::plan::OfferingKey;
+
+impl Daemon<'_> {
+    /// The pools of the config file and those registered through the API.
+    /// A stored pool that no longer parses is reported and left alone.
+    pub async fn pools(&self) -> Result<Vec<PoolSpec>, BoxError> {
+        let (pools, bad) = crate::pools::view::all_pools(self.config, self.store).await?;
+        for (name, why) in bad {
+            self.record(
+                None,
+                "bad-pool",
+                &format!("stored pool {name} does not parse: {why}"),
+            )
+            .await;
+        }
+        Ok(pools.into_iter().map(|(p, _)| p).collect())
+    }
+
+    /// Plans every pool on `obs`: orphans are collected now, each pool's
+    /// pass is a job for the task runner.
+    pub(super) async fn reconcile_pools(
+        &self,
+        obs: &Observation,
+    ) -> Result<(Vec<String>, Vec<Job>), BoxError> {
+        let pools = self.pools().await?;
+        if pools.is_empty() && !obs.instances.iter().any(|i| i.tag(tags::POOL).is_some()) {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let zones = if pools
+            .iter()
+            .all(|p| p.zones.is_some() || !p.subnets.is_empty())
+        {
+            Vec::new()
+        } else {
+            self.region_zones().await?
+        };
+        // One price read for every pool without subnets: calls grow with
+        // pages, not with pools.
+        let mut types: Vec<String> = Vec::new();
+        let mut price_zones: Vec<String> = Vec::new();
+        for p in pools.iter().filter(|p| p.subnets.is_empty()) {
+            types.extend(p.types.iter().map(|t| t.instance_type.clone()));
+            price_zones.extend(p.zones.clone().unwrap_or_else(|| zones.clone()));
+        }
+        types.sort();
+        types.dedup();
+        price_zones.sort();
+        price_zones.dedup();
+        let prices = if types.is_empty() || price_zones.is_empty() {
+            None
+        } else {
+            Some(self.cloud.spot_prices(&types, &price_zones).await?)
+        };
+        let world = Arc::new(World {
+            requests: obs.requests.clone(),
+            zones,
+            instances: obs.instances.clone(),
+            doomed: obs.doomed.clone(),
+            prices,
+        });
+        let done = self.collect_orphans(&pools, &world).await?;
+        let jobs = pools
+            .into_iter()
+            .map(|spec| {
+                let subject = Subject::Pool(spec.name.clone());
+                Job {
+                    epoch: Some(obs.epoch(&subject)),
+                    subject,
+                    work: Work::Pool {
+                        spec,
+                        world: world.clone(),
+                    },
+                }
+            })
+            .collect();
+        Ok((done, jobs))
+    }
+
+    /// One pool's pass (a task); failures are recorded, not returned.
+    pub(super) async fn pool_task(&self, spec: &PoolSpec, world: &World) -> Vec<String> {
+        let owner = &self.config.owner;
+        let pass = PoolPass {
+            cloud: self.cloud,
+            store: self.store,
+            owner,
+            demand: self.demand.as_ref(),
+        };
+        let mut done = Vec::new();
+        {
+            match self.pool_pass(&pass, spec, world).await {
+                Ok(Some(what)) => done.push(what),
+                Ok(None) => {}
+                Err(e) => {
+                    self.metrics
+                        .pools
+                        .launch_failures
+                        .get_or_create(&crate::metrics::PoolKindLabel {
+                            pool: spec.name.clone(),
+                            kind: super::boxes::failure_reason(&e).into(),
+                        })
+                        .inc();
+                    if let Err(e) = self
+                        .store
+                        .record_pool_event(owner, &spec.name, "pass-failed", &e.to_string())
+                        .await
+                    {
+                        tracing::warn!("cannot record a pool event: {e}");
+                    }
+                    tracing::warn!(pool = %spec.name, "pool pass failed: {e}");
+                }
+            }
+        }
+        done
+    }
+
+    /// Instances and open spot requests of pools that no longer exist (a pool
+    /// deleted, or removed from the config file) are taken down, instances
+    /// only once older than [`ORPHAN_GRACE`].
+    async fn collect_orphans(
+        &self,
+        pools: &[PoolSpec],
+        world: &World,
+    ) -> Result<Vec<String>, BoxError> {
+        let known: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+        let orphan = |tags: &std::collections::BTreeMap<String, String>| {
+            tags.get(tags::POOL)
+                .is_some_and(|p| !known.contains(p.as_str()))
+        };
+        let now = self.clock.now();
+        let instances: Vec<InstanceId> = world
+            .instances
+            .iter()
+            .filter(|i| orphan(&i.tags) && i.state.is_live())
+            .filter(|i| {
+                i.launched_at
+                    .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= ORPHAN_GRACE)
+            })
+            .map(|i| i.id.clone())
+            .collect();
+        let requests: Vec<spotkeeper_cloud::SpotRequestId> = world
+            .requests
+            .iter()
+            .filter(|r| orphan(&r.tags) && r.state == spotkeeper_cloud::SpotRequestState::Open)
+            .map(|r| r.id.clone())
+            .collect();
+        let mut done = Vec::new();
+        if !requests.is_empty() {
+            self.cloud.cancel_spot_requests(&requests).await?;
+            done.push(format!(
+                "cancelled {} open spot requests of pools that no longer exist",
+                requests.len()
+            ));
+        }
+        if !instances.is_empty() {
+            self.cloud.terminate(&instances).await?;
+            let ids: Vec<&str> = instances.iter().map(InstanceId::as_str).collect();
+            done.push(format!(
+                "terminated {} of pools that no longer exist",
+                ids.join(" ")
+            ));
+        }
+        for d in &done {
+            self.record(None, "orphans", d).await;
+        }
+        Ok(done)
+    }
+
+    /// Offerings a pool should not use now: interrupted or refused, for a
+    /// box or a pool alike (one set).
+    fn pool_unavailable(&self) -> HashSet<OfferingKey> {
+        self.lock_memory().unavailable.active(Instant::now())
+    }
+
+    async fn pool_pass(
+        &self,
+        pass: &PoolPass<'_>,
+        spec: &PoolSpec,
+        world: &World,
+    ) -> Result<Option<String>, BoxError> {
+        let owner = &self.config.owner;
+        let to_time = |s: i64| std::time::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64);
+        let known = self.lock_memory().pools.get(&spec.name).cloned();
+        let memory = match known {
+            Some(m) => m,
+            // After a restart: what the last pass saved.
+            None => self
+                .store
+                .pool_status(owner, Some(&spec.name))
+                .await?
+                .into_iter()
+                .next()
+                .map(|s| PoolMemory {
+                    last_desired: s.last_desired.map(|d| d.max(0) as u32),
+                    surplus_since: s.surplus_since.map(to_time),
+                })
+                .unwrap_or_default(),
+        };
+        let spot_blocked = self
+            .lock_memory()
+            .spot_blocked
+            .contains(&spec.name, Instant::now());
+        let unavailable = self.pool_unavailable();
+        let now = self.clock.now();
+        let out = pass
+            .run(spec, world, &unavailable, spot_blocked, &memory, now)
+            .await?;
+        {
+            let until = Instant::now() + UNAVAILABLE_FOR;
+            let mut m = self.lock_memory();
+            for key in &out.marks {
+                m.unavailable.insert(key.clone(), until);
+            }
+            if out.block_spot {
+                m.spot_blocked.insert(spec.name.clone(), until);
+            }
+        }
+        let memory = PoolMemory {
+            last_desired: if out.plan.held.is_none() {
+                Some(out.plan.desired)
+            } else {
+                memory.last_desired
+            },
+            surplus_since: out.plan.surplus_since,
+        };
+        self.lock_memory()
+            .pools
+            .insert(spec.name.clone(), memory.clone());
+        let status = crate::store::PoolStatus {
+            pool: spec.name.clone(),
+            at: crate::store::unix_seconds(now),
+            desired: i64::from(out.plan.desired),
+            last_desired: memory.last_desired.map(i64::from),
+            surplus_since: memory.surplus_since.map(crate::store::unix_seconds),
+            plan: serde_json::to_string(&serde_json::json!({
+                "plan": out.plan,
+                "failures": out.failures,
+                "spot_blocked": spot_blocked || out.block_spot,
+            }))
+            .unwrap_or_default(),
+        };
+        self.store.save_pool_status(owner, &status).await?;
+        // Metrics.
+        let m = &self.metrics.pools;
+        let label = crate::metrics::PoolLabel {
+            pool: spec.name.clone(),
+        };
+        let kind = |k: &str| crate::metrics::PoolKindLabel {
+            pool: spec.name.clone(),
+            kind: k.to_owned(),
+        };
+        m.desired
+            .get_or_create(&label)
+            .set(i64::from(out.plan.desired));
+        m.current
+            .get_or_create(&kind("spot"))
+            .set(i64::from(out.units_by_market.0));
+        m.current
+            .get_or_create(&kind("on-demand"))
+            .set(i64::from(out.units_by_market.1));
+        m.current
+            .get_or_create(&kind("requested"))
+            .set(i64::from(out.plan.pending));
+        for i in &out.launched {
+            m.launches.get_or_create(&kind(i.market.as_str())).inc();
+        }
+        for f in &out.failures {
+            m.launch_failures.get_or_create(&kind(f.reason)).inc();
+        }
+        if out.plan.held.is_some() {
+            m.demand_failures.get_or_create(&label).inc();
+        }
+        if let Some(p) = out.price_per_unit {
+            m.price_per_unit.get_or_create(&label).set(p);
+        }
+        let changed = !out.launched.is_empty() || out.terminated > 0 || out.cancelled > 0;
+        Ok(changed.then(|| {
+            format!(
+                "pool {}: desired {}, launched {}, terminated {}, cancelled {}",
+                spec.name,
+                out.plan.desired,
+                out.launched.len(),
+                out.terminated,
+                out.cancelled
+            )
+        }))
+    }
+}
