@@ -6,25 +6,49 @@ runs out of capacity. To test zone choice, price ceilings and capacity
 fallback end to end, this launcher wraps two moto handlers with rules read,
 on every request, from a JSON control file (path in $SPOTKEEPER_MOTO_CONTROL):
 
-    {
+    {"market": {
       "prices": {"t3.micro": 0.0104, "t3.micro/us-east-1b": 0.0031, "t3a.micro/us-east-1c": null},
       "no_capacity": ["t3.micro/us-east-1b", "m5.large"]
-    }
+    }}
 
 A price key is "TYPE/ZONE" or "TYPE"; null means "not offered there". A
 no_capacity entry makes RunInstances fail with InsufficientInstanceCapacity.
 
-The server binds 127.0.0.1 only, prints "READY <port>" once it answers, and
-exits when its standard input closes (so it never outlives the test that
-started it), or on SIGTERM.
+Beside the emulator runs a fault-injecting proxy (a second loopback port)
+that forwards to it. Its rules come from the same control file:
+
+    {"faults": {"seed": 7, "throttle": 0.2, "fail": 0.05, "lose": 0.15,
+                "hang": false, "services": ["ec2"]}}
+
+For a request to one of `services` (by the signing scope; default ec2) it
+answers 503 RequestLimitExceeded with probability `throttle`, 500
+InternalError with probability `fail`, and for a mutating call (an EC2 action
+that is not Describe*/Get*, any Route 53 POST) lets it take effect and then
+drops the connection without an answer with probability `lose`, all drawn
+from a generator seeded with `seed`. With `hang` true it accepts requests and
+answers none until `hang` is false again. Unlike the emulator it honours
+`ClientToken` as AWS does: a repeated call with the same token and the same
+parameters gets the first answer again without reaching the emulator; other
+parameters get IdempotentParameterMismatch. `GET /__proxy/stats` returns what
+it did, and the arrival time of every call (for benchmarks).
+
+The server binds 127.0.0.1 only, prints "READY <port> <proxy port>" once it
+answers, and exits when its standard input closes (so it never outlives the
+test that started it), or on SIGTERM.
 """
 
 import argparse
+import hashlib
+import http.client
 import json
 import os
+import random
 import signal
 import sys
 import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
@@ -36,14 +60,19 @@ MOTO_DEFAULT_PRICE = "0.00001"
 
 
 def control() -> dict:
+    """The control file: {"market": {prices, no_capacity}, "faults": {...}}.
+    A file with "prices" at the top (the older layout) is the market alone."""
     path = os.environ.get("SPOTKEEPER_MOTO_CONTROL")
     if not path:
         return {}
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            data = json.load(f)
     except FileNotFoundError:
         return {}
+    if "market" in data:
+        return {**data["market"], "faults": data.get("faults") or {}}
+    return data
 
 
 def describe_spot_price_history(self):
@@ -87,6 +116,163 @@ def run_instances(self, image_id, count, user_data, security_group_names, **kwar
     return _run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
 
 
+class Proxy:
+    """State of the fault-injecting proxy, shared by its handler threads."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.lock = threading.Lock()
+        self.rules_seen = None
+        self.rng = random.Random(0)
+        self.tokens = {}
+        self.stats = {"requests": 0, "throttled": 0, "failed": 0, "lost": 0,
+                      "replayed": 0, "mismatched": 0, "hung": 0}
+        self.calls = []
+
+    def rules(self) -> dict:
+        faults = control().get("faults") or {}
+        with self.lock:
+            if faults != self.rules_seen:
+                self.rules_seen = faults
+                self.rng = random.Random(faults.get("seed", 0))
+        return faults
+
+    def draw(self) -> float:
+        with self.lock:
+            return self.rng.random()
+
+    def count(self, key: str) -> None:
+        with self.lock:
+            self.stats[key] += 1
+
+
+def error_xml(code: str, message: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+        f"<Code>{code}</Code><Message>{message}</Message></Error></Errors>"
+        "<RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>"
+    ).encode()
+
+
+def make_handler(proxy: Proxy):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # quiet
+            pass
+
+        def answer(self, status: int, body: bytes, headers=()) -> None:
+            self.send_response(status)
+            sent = set()
+            for k, v in headers:
+                if k.lower() in ("transfer-encoding", "connection", "content-length"):
+                    continue
+                self.send_header(k, v)
+                sent.add(k.lower())
+            if "content-type" not in sent:
+                self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path.startswith("/__proxy/stats"):
+                with proxy.lock:
+                    body = json.dumps({**proxy.stats, "calls": proxy.calls}).encode()
+                self.answer(200, body, [("Content-Type", "application/json")])
+                return
+            self.forward(b"")
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            self.forward(self.rfile.read(length) if length else b"")
+
+        do_PUT = do_POST
+        do_DELETE = do_GET
+
+        def forward(self, body: bytes) -> None:
+            auth = self.headers.get("Authorization", "")
+            service = ""
+            if "Credential=" in auth:
+                scope = auth.split("Credential=", 1)[1].split(",", 1)[0].split("/")
+                service = scope[3] if len(scope) > 3 else ""
+            params = {}
+            if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+                params = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode()).items()}
+            target = self.headers.get("X-Amz-Target", "")
+            action = params.get("Action") or target.split(".")[-1] or f"{self.command} {self.path.split('?')[0]}"
+            with proxy.lock:
+                proxy.stats["requests"] += 1
+                proxy.calls.append([time.time(), service, action])
+                del proxy.calls[:-20000]
+            rules = proxy.rules()
+            faulty = service in rules.get("services", ["ec2"])
+            while faulty and proxy.rules().get("hang"):
+                if not getattr(self, "_hung", False):
+                    self._hung = True
+                    proxy.count("hung")
+                time.sleep(0.05)
+            if faulty:
+                r = proxy.draw()
+                if r < rules.get("throttle", 0):
+                    proxy.count("throttled")
+                    self.answer(503, error_xml("RequestLimitExceeded", "Request limit exceeded."))
+                    return
+                if r < rules.get("throttle", 0) + rules.get("fail", 0):
+                    proxy.count("failed")
+                    self.answer(500, error_xml("InternalError", "An internal error has occurred."))
+                    return
+            token = params.get("ClientToken")
+            key = fingerprint = None
+            if token:
+                key = (params.get("Action"), token)
+                rest = sorted((k, v) for k, v in params.items() if k != "ClientToken")
+                fingerprint = hashlib.sha256(json.dumps(rest).encode()).hexdigest()
+                with proxy.lock:
+                    seen = proxy.tokens.get(key)
+                if seen is not None:
+                    if seen[0] != fingerprint:
+                        proxy.count("mismatched")
+                        self.answer(400, error_xml(
+                            "IdempotentParameterMismatch",
+                            "The client token you have provided is associated with a resource "
+                            "that was created with other parameters."))
+                        return
+                    proxy.count("replayed")
+                    self.answer(200, seen[1], seen[2])
+                    return
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=300)
+            headers = {k: v for k, v in self.headers.items()
+                       if k.lower() not in ("connection", "keep-alive", "proxy-connection")}
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            resp_headers = resp.getheaders()
+            conn.close()
+            if key and resp.status == 200:
+                with proxy.lock:
+                    proxy.tokens.setdefault(key, (fingerprint, data, resp_headers))
+            mutating = (
+                (service == "ec2" and not action.startswith(("Describe", "Get")))
+                or (service == "route53" and self.command == "POST")
+            )
+            if faulty and mutating and proxy.draw() < rules.get("lose", 0):
+                # It happened; the caller never hears so.
+                proxy.count("lost")
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(2)
+                except OSError:
+                    pass
+                return
+            try:
+                self.answer(resp.status, data, resp_headers)
+            except OSError:
+                pass  # the caller gave up (a hang it timed out on)
+
+    return Handler
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -98,7 +284,10 @@ def main() -> None:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
     _, port = server.get_host_and_port()
-    print(f"READY {port}", flush=True)
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(Proxy(port)))
+    proxy.daemon_threads = True
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    print(f"READY {port} {proxy.server_address[1]}", flush=True)
 
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

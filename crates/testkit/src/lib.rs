@@ -35,13 +35,46 @@ pub fn moto_python() -> PathBuf {
     cache.join("moto-venv/bin/python")
 }
 
-/// A running emulator. Dropping it stops the server.
+/// A running emulator, with its fault-injecting proxy in front (see
+/// `scripts/moto_server.py`). Dropping it stops both.
 #[derive(Debug)]
 pub struct Moto {
     child: Child,
     _stdin: ChildStdin,
     port: u16,
+    proxy_port: u16,
     dir: tempfile::TempDir,
+    control: std::sync::Mutex<(String, String)>,
+}
+
+/// What the proxy does to the calls of `services` that pass through it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Faults {
+    /// Seed of the proxy's random draws: the same seed, the same faults.
+    pub seed: u64,
+    /// Share of calls answered 503 `RequestLimitExceeded`.
+    pub throttle: f64,
+    /// Share of calls answered 500 `InternalError`.
+    pub fail: f64,
+    /// Share of mutating calls that take effect and lose their answer.
+    pub lose: f64,
+    /// Accept calls and answer none.
+    pub hang: bool,
+    /// Signing names of the services affected (default `ec2`).
+    pub services: Vec<&'static str>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            throttle: 0.0,
+            fail: 0.0,
+            lose: 0.0,
+            hang: false,
+            services: vec!["ec2"],
+        }
+    }
 }
 
 impl Moto {
@@ -72,8 +105,12 @@ impl Moto {
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut line = String::new();
         let read = BufReader::new(stdout).read_line(&mut line);
-        let port = match (read, line.strip_prefix("READY ")) {
-            (Ok(_), Some(p)) => p.trim().parse::<u16>().expect("the launcher prints a port"),
+        let ports: Vec<u16> = line
+            .strip_prefix("READY ")
+            .map(|p| p.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            .unwrap_or_default();
+        let (port, proxy_port) = match (read, ports.as_slice()) {
+            (Ok(_), [p, q]) => (*p, *q),
             _ => {
                 let _ = child.kill();
                 panic!(
@@ -87,7 +124,9 @@ impl Moto {
             child,
             _stdin: stdin,
             port,
+            proxy_port,
             dir,
+            control: std::sync::Mutex::new(("{}".into(), "{}".into())),
         };
         moto.wait_answering();
         moto
@@ -95,7 +134,9 @@ impl Moto {
 
     fn wait_answering(&self) {
         for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", self.proxy_port)).is_ok()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -114,6 +155,54 @@ impl Moto {
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `http://127.0.0.1:PORT` of the fault-injecting proxy in front of the
+    /// emulator: point a client here to have its calls throttled, failed,
+    /// lost or hung as [`Moto::set_faults`] says.
+    pub fn proxy_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.proxy_port)
+    }
+
+    /// Sets what the proxy does from now on.
+    pub fn set_faults(&self, f: &Faults) {
+        let services: Vec<String> = f.services.iter().map(|s| format!("{s:?}")).collect();
+        let json = format!(
+            "{{\"seed\": {}, \"throttle\": {}, \"fail\": {}, \"lose\": {}, \"hang\": {}, \"services\": [{}]}}",
+            f.seed,
+            f.throttle,
+            f.fail,
+            f.lose,
+            f.hang,
+            services.join(", ")
+        );
+        self.control.lock().unwrap_or_else(|e| e.into_inner()).1 = json;
+        self.write_control();
+    }
+
+    /// What the proxy did so far, as JSON: counts of `requests`,
+    /// `throttled`, `failed`, `lost`, `replayed`, `mismatched`, `hung`, and
+    /// `calls`, `[unix time, service, action]` per call in arrival order.
+    pub fn proxy_stats(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.proxy_port))
+            .expect("connect to the proxy");
+        s.write_all(b"GET /__proxy/stats HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
+            .expect("ask the proxy");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read the proxy's answer");
+        out.split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
+    }
+
+    fn write_control(&self) {
+        let (market, faults) = self.control.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let json = format!("{{\"market\": {market}, \"faults\": {faults}}}");
+        let path = self.dir.path().join("control.json");
+        let tmp = self.dir.path().join("control.json.tmp");
+        std::fs::write(&tmp, json).expect("write the emulator control file");
+        std::fs::rename(tmp, path).expect("install the emulator control file");
     }
 
     /// Environment that points the AWS SDK at this emulator with dummy
@@ -170,10 +259,8 @@ impl Moto {
             prices.join(", "),
             refused.join(", ")
         );
-        let path = self.dir.path().join("control.json");
-        let tmp = self.dir.path().join("control.json.tmp");
-        std::fs::write(&tmp, json).expect("write the emulator control file");
-        std::fs::rename(tmp, path).expect("install the emulator control file");
+        self.control.lock().unwrap_or_else(|e| e.into_inner()).0 = json;
+        self.write_control();
     }
 }
 
