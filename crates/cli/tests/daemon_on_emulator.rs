@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{CONFIG, Cli, Serve, describe};
+use common::{CONFIG, Cli, Serve, describe, wait_passes};
 use serde_json::Value;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/fixtures/events");
@@ -158,7 +158,7 @@ fn a_spot_warning_gets_the_box_replaced_with_its_volume_and_name_and_noise_chang
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    std::thread::sleep(Duration::from_secs(3)); // a pass or two
+    wait_passes(api_port, 2, &serve);
     assert_eq!(box_instances(&cli), 2, "no extra launch\n{}", serve.log());
     assert_eq!(cli.live().len(), 1);
 
@@ -195,14 +195,15 @@ fn a_spot_warning_gets_the_box_replaced_with_its_volume_and_name_and_noise_chang
 #[test]
 fn a_state_change_event_alone_wakes_the_daemon_and_stop_is_respected() {
     // An hour between passes: only the event can cause the replacement.
-    let cli = Cli::with_config(&config("1h", spotkeeper_testkit::closed_port()));
+    let api_port = spotkeeper_testkit::closed_port();
+    let cli = Cli::with_config(&config("1h", api_port));
     cli.moto
         .boto("r53.create_hosted_zone(Name='example.com', CallerReference='d')");
     cli.ok(&["setup"]);
     let first = cli.json(&["up", "dev", "--json"]);
     let old = first["instance_id"].as_str().expect("id").to_owned();
     let serve = Serve::start(&cli);
-    std::thread::sleep(Duration::from_secs(2)); // the start-up pass finds the box healthy
+    wait_passes(api_port, 1, &serve); // the start-up pass finds the box healthy
     cli.moto
         .boto(&format!("ec2.terminate_instances(InstanceIds=['{old}'])"));
     send(
@@ -222,7 +223,17 @@ fn a_state_change_event_alone_wakes_the_daemon_and_stop_is_respected() {
             "state-2",
         ),
     );
-    std::thread::sleep(Duration::from_secs(4));
+    // Handled (deleted) without a launch: the box is no longer managed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while queue_depth(&cli) > 0 {
+        assert!(Instant::now() < deadline, "not handled\n{}", serve.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(serve.log().contains("NotOurs"), "{}", serve.log());
+    assert!(serve.stop().success());
+    // Nor does a pass bring it back: a new daemon's start-up pass looks.
+    let serve = Serve::start(&cli);
+    wait_passes(api_port, 1, &serve);
     assert!(
         cli.live().is_empty(),
         "a stopped box stays stopped\n{}",
@@ -233,7 +244,8 @@ fn a_state_change_event_alone_wakes_the_daemon_and_stop_is_respected() {
 
 #[test]
 fn killing_the_daemon_at_any_moment_never_yields_a_second_instance_or_a_leaked_volume() {
-    let cli = Cli::with_config(&config("1s", spotkeeper_testkit::closed_port()));
+    let api_port = spotkeeper_testkit::closed_port();
+    let cli = Cli::with_config(&config("1s", api_port));
     cli.moto
         .boto("r53.create_hosted_zone(Name='example.com', CallerReference='k')");
     cli.ok(&["setup"]);
@@ -275,7 +287,7 @@ fn killing_the_daemon_at_any_moment_never_yields_a_second_instance_or_a_leaked_v
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    std::thread::sleep(Duration::from_secs(2));
+    wait_passes(api_port, 2, &serve);
     let live = cli.live();
     assert_eq!(
         live.len(),
@@ -294,9 +306,9 @@ fn killing_the_daemon_at_any_moment_never_yields_a_second_instance_or_a_leaked_v
 /// Sends a rebalance recommendation for the box's instance to a daemon
 /// running with `policy`; returns (old instance, what `list` shows after).
 fn rebalance_with(policy: &str) -> (String, Vec<Value>, Serve, Cli) {
+    let api_port = spotkeeper_testkit::closed_port();
     let cli = Cli::with_config(
-        &config("1h", spotkeeper_testkit::closed_port())
-            .replace("tags =", &format!("on_rebalance = \"{policy}\"\ntags =")),
+        &config("1s", api_port).replace("tags =", &format!("on_rebalance = \"{policy}\"\ntags =")),
     );
     cli.moto
         .boto("r53.create_hosted_zone(Name='example.com', CallerReference='d')");
@@ -304,7 +316,7 @@ fn rebalance_with(policy: &str) -> (String, Vec<Value>, Serve, Cli) {
     let first = cli.json(&["up", "dev", "--json"]);
     let old = first["instance_id"].as_str().expect("id").to_owned();
     let serve = Serve::start(&cli);
-    std::thread::sleep(Duration::from_secs(2)); // the start-up pass finds the box healthy
+    wait_passes(api_port, 1, &serve); // the start-up pass finds the box healthy
     send(
         &cli,
         &event(
@@ -322,7 +334,8 @@ fn rebalance_with(policy: &str) -> (String, Vec<Value>, Serve, Cli) {
         while queue_depth(&cli) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(300));
         }
-        std::thread::sleep(Duration::from_secs(2));
+        // Handled; two passes later nothing was launched either.
+        wait_passes(api_port, 2, &serve);
         cli.live()
     };
     (old, live, serve, cli)

@@ -195,7 +195,7 @@ fn a_pool_follows_its_demand_within_max_and_holds_when_the_demand_source_fails()
             std::thread::sleep(Duration::from_millis(300));
         }
         // Several passes (interval 1s, scale_down_after 3s) later: still 8.
-        std::thread::sleep(Duration::from_secs(4));
+        common::wait_passes(api_port, 4, &serve);
         assert_eq!(units(&pool_instances(&cli)), 8, "{bad:?}\n{}", serve.log());
     }
     let events = show(&cli)["events"].to_string();

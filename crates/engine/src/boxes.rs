@@ -758,7 +758,7 @@ async fn settle(
     doomed: &HashSet<InstanceId>,
 ) -> Result<Instance, BoxError> {
     if prepared.is_empty() {
-        for note in persist::ensure_attached(ctx.cloud, ctx.owner, spec, &instance).await? {
+        for note in persist::ensure_attached(ctx.cloud, ctx.owner, spec, &instance, doomed).await? {
             ctx.progress.note(&note);
         }
     }

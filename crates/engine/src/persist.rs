@@ -366,12 +366,15 @@ pub async fn attach(
 }
 
 /// For a box that is already up: attaches its volumes if a crash left them
-/// unattached in its zone. Returns notes for the person.
+/// unattached in its zone, or still held by an instance going away
+/// (`doomed`: warned or replaced; it is terminated and the volume taken
+/// once it is down). Returns notes for the person.
 pub async fn ensure_attached(
     cloud: &dyn Cloud,
     owner: &str,
     spec: &BoxSpec,
     instance: &Instance,
+    doomed: &HashSet<InstanceId>,
 ) -> Result<Vec<String>, PersistError> {
     let mut notes = Vec::new();
     for (role, vs) in volume_specs(spec) {
@@ -386,7 +389,9 @@ pub async fn ensure_attached(
         if v.attachments.iter().any(|(i, _)| i == &instance.id) {
             continue;
         }
-        if let Some((other, _)) = v.attachments.first() {
+        if let Some((other, _)) = v.attachments.first()
+            && !doomed.contains(other)
+        {
             return Err(PersistError::InUse {
                 volume: v.id.to_string(),
                 name: vs.name.clone(),
@@ -401,7 +406,7 @@ pub async fn ensure_attached(
                 fresh: false,
                 moved_from: None,
             };
-            attach(cloud, owner, &p, &instance.id, &HashSet::new()).await?;
+            attach(cloud, owner, &p, &instance.id, doomed).await?;
             notes.push(format!(
                 "Attached {} {} to {}",
                 role.key(),

@@ -107,7 +107,11 @@ impl Moto {
         let read = BufReader::new(stdout).read_line(&mut line);
         let ports: Vec<u16> = line
             .strip_prefix("READY ")
-            .map(|p| p.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            .map(|p| {
+                p.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         let (port, proxy_port) = match (read, ports.as_slice()) {
             (Ok(_), [p, q]) => (*p, *q),
@@ -197,7 +201,11 @@ impl Moto {
     }
 
     fn write_control(&self) {
-        let (market, faults) = self.control.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (market, faults) = self
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let json = format!("{{\"market\": {market}, \"faults\": {faults}}}");
         let path = self.dir.path().join("control.json");
         let tmp = self.dir.path().join("control.json.tmp");

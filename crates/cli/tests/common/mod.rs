@@ -151,3 +151,62 @@ impl Drop for Serve {
         let _ = self.child.kill();
     }
 }
+
+/// `GET path` on the daemon's API at 127.0.0.1:`port` (with `token` when
+/// given); the whole response, or the error if it did not answer within 5 s.
+pub fn http_get(port: u16, path: &str, token: Option<&str>) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    Ok(response)
+}
+
+/// Reconcile passes the daemon on API port `port` has finished (`ok`, `failed`).
+pub fn passes(port: u16) -> (u64, u64) {
+    let metrics = http_get(port, "/metrics", None).unwrap_or_default();
+    let count = |kind: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "spotkeeper_reconcile_passes_total{{kind=\"{kind}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (count("ok"), count("failed"))
+}
+
+/// Waits until the daemon on API port `port` has finished `n` more
+/// successful passes than now: "nothing happened" is asserted after the
+/// daemon looked, not after a guessed sleep.
+pub fn wait_passes(port: u16, n: u64, serve: &Serve) {
+    let target = passes(port).0 + n;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while passes(port).0 < target {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not finish {n} more passes within 60 s\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

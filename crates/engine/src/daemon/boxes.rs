@@ -344,10 +344,28 @@ impl Daemon<'_> {
     }
 
     async fn heal(&self, spec: &BoxSpec, instance: &Instance) -> Result<(), BoxError> {
+        let doomed: HashSet<InstanceId> = self
+            .store
+            .doomed(&self.config.owner)
+            .await?
+            .into_iter()
+            .map(InstanceId::new)
+            .collect();
         for note in
-            crate::persist::ensure_attached(self.cloud, &self.config.owner, spec, instance).await?
+            crate::persist::ensure_attached(self.cloud, &self.config.owner, spec, instance, &doomed)
+                .await?
         {
             self.record(Some(&spec.name), "healed", &note).await;
+        }
+        // The name moves only to an instance that answers (a restart may
+        // have dropped the replacement's own ready wait).
+        if spec.dns.is_some() && spec.ready != crate::config::ReadyCheck::None {
+            crate::ready::wait_ready(&spec.ready, instance, self.timing.poll)
+                .await
+                .map_err(|source| BoxError::NotReady {
+                    id: instance.id.clone(),
+                    source,
+                })?;
         }
         if let Some(status) = crate::dns::status(self.cloud, spec, Some(instance)).await?
             && !status.matches

@@ -1,0 +1,301 @@
+//! spotkeeper against an AWS that throttles, fails, loses answers and hangs:
+//! every command and the daemon go through the testkit's fault-injecting
+//! proxy in front of the emulator (which also honours client tokens as AWS
+//! does). `up`, `list`, `stop` and a replacement survive throttling and
+//! errors; lost answers never yield a second instance or volume; a hung
+//! endpoint fails passes within the configured bound while `/healthz`
+//! answers; SIGTERM stops `serve` within seconds whatever is in flight, and
+//! the next daemon finishes the job.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cli, Serve, describe, http_get, passes, wait_passes};
+use serde_json::Value;
+use spotkeeper_testkit::Faults;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/fixtures/events");
+const TOKEN: &str = "faults-token-0123456789";
+
+/// `boxes` boxes dev0 … with a data volume each (deleted on stop), every
+/// call through the proxy; `aws` and `extra` lines go into `[aws]` and each box.
+fn config(cli_proxy: &str, api_port: u16, boxes: usize, aws: &str, extra: &str) -> String {
+    let mut text = format!(
+        "owner = \"faults\"\n\n[daemon]\ninterval = \"1s\"\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\ntoken = \"{TOKEN}\"\n\n\
+         [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{cli_proxy}\"\n{aws}\n"
+    );
+    for i in 0..boxes {
+        text.push_str(&format!(
+            "\n[box.dev{i}]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\", \"t3a.micro\"]\n\
+             max_price = 0.02\nzones = [\"us-east-1a\", \"us-east-1b\"]\nready = {{ check = \"none\" }}\n\
+             data_volume = {{ name = \"dev{i}-data\", size_gb = 5, on_stop = \"delete\" }}\n{extra}\n"
+        ));
+    }
+    text
+}
+
+fn send(cli: &Cli, body: &str) {
+    cli.moto.boto(&format!(
+        "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-events')['QueueUrl']\nsqs.send_message(QueueUrl=u, MessageBody={})",
+        serde_json::to_string(body).expect("quoted")
+    ));
+}
+
+fn warning(instance: &str, id: &str) -> String {
+    std::fs::read_to_string(format!("{FIXTURES}/spot-interruption-warning.json"))
+        .expect("fixture")
+        .replace("i-1234567890abcdef0", instance)
+        .replace("12345678-1234-1234-1234-123456789012", id)
+}
+
+/// Live instances and volumes of box `name`, straight from the emulator.
+fn owned(cli: &Cli, name: &str) -> (usize, usize) {
+    let out = cli.moto.boto(&format!(
+        "r = ec2.describe_instances(Filters=[{{'Name': 'tag:spotkeeper:box', 'Values': ['{name}']}}])['Reservations']\n\
+         i = [x for y in r for x in y['Instances'] if x['State']['Name'] in ('pending', 'running')]\n\
+         v = ec2.describe_volumes(Filters=[{{'Name': 'tag:Name', 'Values': ['{name}-data']}}])['Volumes']\n\
+         print(len(i), len(v))"
+    ));
+    let n: Vec<usize> = out
+        .split_whitespace()
+        .map(|x| x.parse().expect("count"))
+        .collect();
+    (n[0], n[1])
+}
+
+/// Runs a command until it succeeds, as a person would after an error
+/// (at most `tries` times); returns the successful output.
+fn retried(cli: &Cli, args: &[&str], tries: usize) -> std::process::Output {
+    let mut last = None;
+    for _ in 0..tries {
+        let out = cli.run(args);
+        if out.status.success() {
+            return out;
+        }
+        last = Some(out);
+    }
+    panic!(
+        "spotkeeper {args:?} failed {tries} times; last: {}",
+        describe(&last.expect("ran"))
+    );
+}
+
+fn stats(cli: &Cli) -> Value {
+    serde_json::from_str(&cli.moto.proxy_stats()).expect("proxy stats are JSON")
+}
+
+#[test]
+fn with_a_fifth_of_ec2_calls_throttled_and_some_failing_up_list_stop_and_a_replacement_succeed() {
+    let api_port = spotkeeper_testkit::closed_port();
+    let cli = Cli::new();
+    cli.write_config(&config(
+        &cli.moto.proxy_endpoint(),
+        api_port,
+        1,
+        "max_attempts = 8",
+        "",
+    ));
+    cli.ok(&["setup"]);
+    cli.moto.set_faults(&Faults {
+        seed: 7,
+        throttle: 0.2,
+        fail: 0.05,
+        ..Faults::default()
+    });
+    let up: Value =
+        serde_json::from_slice(&cli.ok(&["up", "dev0", "--json"]).stdout).expect("json");
+    let old = up["instance_id"].as_str().expect("id").to_owned();
+    assert_eq!(cli.live().len(), 1);
+
+    let serve = Serve::start(&cli);
+    wait_passes(api_port, 1, &serve);
+    send(&cli, &warning(&old, "throttled-1"));
+    cli.moto
+        .boto(&format!("ec2.terminate_instances(InstanceIds=['{old}'])"));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let live = cli.live();
+        if live.len() == 1
+            && live[0]["instance_id"] != old.as_str()
+            && live[0]["state"] == "running"
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not replaced: {live:?}\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(serve.stop().success());
+    cli.ok(&["stop", "dev0"]);
+    assert!(cli.live().is_empty());
+    assert_eq!(owned(&cli, "dev0"), (0, 0), "stop left nothing");
+    let s = stats(&cli);
+    assert!(
+        s["throttled"].as_u64() > Some(0) && s["failed"].as_u64() > Some(0),
+        "faults were injected: {s}"
+    );
+}
+
+#[test]
+fn with_lost_answers_every_box_ends_with_one_instance_and_one_volume_and_stop_leaves_none() {
+    let api_port = spotkeeper_testkit::closed_port();
+    let cli = Cli::new();
+    cli.write_config(&config(&cli.moto.proxy_endpoint(), api_port, 3, "", ""));
+    cli.ok(&["setup"]);
+    cli.moto.set_faults(&Faults {
+        seed: 11,
+        lose: 0.15,
+        ..Faults::default()
+    });
+    for b in ["dev0", "dev1", "dev2"] {
+        retried(&cli, &["up", b], 4);
+    }
+    for b in ["dev0", "dev1", "dev2"] {
+        assert_eq!(owned(&cli, b), (1, 1), "{b}: one instance, one volume");
+    }
+    for b in ["dev0", "dev1", "dev2"] {
+        retried(&cli, &["stop", b], 4);
+        assert_eq!(owned(&cli, b), (0, 0), "{b}: stop left nothing");
+    }
+    let s = stats(&cli);
+    assert!(s["lost"].as_u64() > Some(0), "answers were lost: {s}");
+}
+
+#[test]
+fn a_hung_endpoint_fails_passes_within_the_bound_healthz_answers_and_sigterm_exits_at_once() {
+    let api_port = spotkeeper_testkit::closed_port();
+    let cli = Cli::new();
+    cli.write_config(&config(
+        &cli.moto.proxy_endpoint(),
+        api_port,
+        1,
+        "operation_timeout = \"3s\"\nattempt_timeout = \"1s\"\nmax_attempts = 2",
+        "",
+    ));
+    cli.ok(&["setup"]);
+    cli.ok(&["up", "dev0"]);
+    let serve = Serve::start(&cli);
+    wait_passes(api_port, 1, &serve);
+
+    cli.moto.set_faults(&Faults {
+        hang: true,
+        ..Faults::default()
+    });
+    let hung_at = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while passes(api_port).1 == 0 {
+        assert!(Instant::now() < deadline, "no pass failed\n{}", serve.log());
+        let health = http_get(api_port, "/healthz", None).expect("healthz answers while AWS hangs");
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let failed_after = hung_at.elapsed();
+    let events = http_get(api_port, "/api/events", Some(TOKEN)).expect("events");
+    assert!(
+        events.contains("pass-failed") && events.contains("time limit"),
+        "an event says the pass timed out: {events}"
+    );
+    assert!(s_stats_hung(&cli) > 0);
+
+    // AWS answers again: a later pass succeeds.
+    cli.moto.set_faults(&Faults::default());
+    wait_passes(api_port, 1, &serve);
+
+    // Hung again, and SIGTERM while a call hangs.
+    cli.moto.set_faults(&Faults {
+        hang: true,
+        ..Faults::default()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = Instant::now();
+    let status = serve.stop();
+    let stop_took = stopping.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stop_took < Duration::from_secs(10),
+        "serve took {stop_took:?} to stop"
+    );
+    println!("first pass failed {failed_after:?} after the hang; SIGTERM → exit in {stop_took:?}");
+}
+
+fn s_stats_hung(cli: &Cli) -> u64 {
+    stats(cli)["hung"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn sigterm_during_a_ready_check_exits_at_once_and_the_next_daemon_finishes_the_replacement() {
+    let api_port = spotkeeper_testkit::closed_port();
+    // The ready check dials a loopback port nobody listens on yet.
+    let ready_port = spotkeeper_testkit::closed_port();
+    let cli = Cli::new();
+    cli.moto
+        .boto("r53.create_hosted_zone(Name='example.com', CallerReference='f')");
+    cli.write_config(
+        &config(&cli.moto.proxy_endpoint(), api_port, 1, "", "")
+            .replace(
+                "ready = { check = \"none\" }",
+                &format!(
+                    "ready = {{ check = \"tcp\", host = \"127.0.0.1\", port = {ready_port}, timeout = \"30m\" }}\n\
+                     dns = {{ zone = \"example.com\", name = \"dev.example.com\" }}"
+                ),
+            ),
+    );
+    cli.ok(&["setup"]);
+    // The first instance comes up while the port answers.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", ready_port)).expect("bind");
+    let first: Value =
+        serde_json::from_slice(&cli.ok(&["up", "dev0", "--json"]).stdout).expect("json");
+    drop(listener);
+    let old = first["instance_id"].as_str().expect("id").to_owned();
+
+    let serve = Serve::start(&cli);
+    wait_passes(api_port, 1, &serve);
+    send(&cli, &warning(&old, "ready-1"));
+    // The replacement is launched and waits for its ready check.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cli.live().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no replacement launched\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stopping = Instant::now();
+    let status = serve.stop();
+    let stop_took = stopping.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(stop_took < Duration::from_secs(10), "took {stop_took:?}");
+
+    // The next daemon, with the box answering: the replacement is settled
+    // (DNS moves to it) and the warned instance retired.
+    let _listener = std::net::TcpListener::bind(("127.0.0.1", ready_port)).expect("bind");
+    let serve = Serve::start(&cli);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let live = cli.live();
+        let record = cli.moto.boto(
+            "z = r53.list_hosted_zones()['HostedZones'][0]['Id']\n\
+             a = [x['ResourceRecords'][0]['Value'] for x in r53.list_resource_record_sets(HostedZoneId=z)['ResourceRecordSets'] if x['Type'] == 'A']\n\
+             print(a[0] if a else '')",
+        );
+        if live.len() == 1
+            && live[0]["instance_id"] != old.as_str()
+            && live[0]["public_ip"].as_str() == Some(record.trim())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not finished: {live:?}, DNS {record}\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(owned(&cli, "dev0"), (1, 1));
+    assert!(serve.stop().success());
+}
