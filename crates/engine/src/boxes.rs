@@ -324,6 +324,7 @@ pub async fn up_known(
     // One `up` or `stop` of a box at a time on this machine; the box is
     // registered as managed before the lock is let go.
     let _lock = take_lock(ctx, &spec.name).await?;
+    tracing::debug!(box_name = %spec.name, known = known.is_some(), "up: locked");
     let outcome = match up_inner(ctx, spec, avoid, known).await {
         Err(e)
             if spec.fallback_on_demand && spec.market == Market::Spot && spot_unavailable(&e) =>
@@ -599,6 +600,7 @@ async fn up_inner(
             root_volume: spec.root_disk.clone(),
             iam_instance_profile: spec.iam_instance_profile.clone(),
         };
+        tracing::debug!(box_name = name, token = %intent.token, "launch call");
         ctx.progress.start(&format!(
             "Requesting a {} {} instance in {}",
             spec.market,

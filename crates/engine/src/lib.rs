@@ -1,8 +1,10 @@
 //! # spotkeeper-engine
 //!
 //! Everything between the command line and the cloud: the config file, the
-//! state store, pure launch planning, readiness checks, per-box locks and the
-//! box lifecycle (`up`, `stop`, `list`, prices).
+//! state store, pure launch planning, readiness checks, per-box locks, the
+//! box lifecycle (`up`, `stop`, `list`, prices), worker pools, and the
+//! daemon (`daemon`: level-triggered passes, tracked per-box and per-pool
+//! tasks, the warning fast path) with its HTTP API and metrics.
 
 pub mod api;
 pub mod bootstrap;

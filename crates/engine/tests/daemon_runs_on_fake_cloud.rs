@@ -255,6 +255,17 @@ async fn shutdown_drops_a_hung_launch_at_once_and_the_next_daemon_resumes_it_wit
                 .contains("tasks_in_flight{kind=\"replace\"} 1")
         })
         .await;
+        // The launch's intent is written: the call itself hangs.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store
+            .open_intent("tester", "b0")
+            .await
+            .expect("store")
+            .is_none_or(|i| i.instance_id.is_some())
+        {
+            assert!(Instant::now() < deadline, "no new intent");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         stop.send(true).expect("daemon listening");
     };
     let stopped = Instant::now();

@@ -1,6 +1,7 @@
 //! `spotkeeper serve`: the daemon and its HTTP API. SIGTERM or SIGINT: stop
-//! taking new work, finish the pass in flight, exit 0; a second signal exits
-//! at once.
+//! taking new work, drop what is in flight (the next daemon resumes it from
+//! AWS and the state file), exit 0 within seconds; a second signal exits at
+//! once.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -50,7 +51,7 @@ pub async fn run(args: &Args) -> Result<ExitCode, Failure> {
         .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot watch SIGINT: {e}")))?;
     tokio::spawn(async move {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::info!("stopping: finishing the work in flight (signal again to exit at once)");
+        tracing::info!("stopping: dropping the work in flight; the next daemon resumes it");
         let _ = tx.send(true);
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         std::process::exit(INTERRUPTED);

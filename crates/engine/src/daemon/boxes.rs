@@ -228,6 +228,12 @@ impl Daemon<'_> {
     /// once a task settled or launched it) and the last pass's zones and
     /// prices. `None` when any of it is missing: the slow path then asks AWS.
     pub(super) fn known(&self, spec: &BoxSpec, obs: &Observation) -> Option<Known> {
+        // An open spot request may still be fulfilled: `up` waits for it.
+        if obs.requests.iter().any(|r| {
+            r.tag(tags::BOX) == Some(spec.name.as_str()) && r.state == SpotRequestState::Open
+        }) {
+            return None;
+        }
         let image = self.lock_memory().images.get(&spec.name).cloned()?;
         let zones = match (&spec.subnet, &spec.zones) {
             (Some(_), _) => return None,
@@ -357,20 +363,18 @@ impl Daemon<'_> {
         {
             self.record(Some(&spec.name), "healed", &note).await;
         }
-        // The name moves only to an instance that answers (a restart may
-        // have dropped the replacement's own ready wait).
-        if spec.dns.is_some() && spec.ready != crate::config::ReadyCheck::None {
+        if let Some(status) = crate::dns::status(self.cloud, spec, Some(instance)).await?
+            && !status.matches
+            && status.instance_address.is_some()
+        {
+            // The name moves only to an instance that answers (a restart
+            // may have dropped the replacement's own ready wait).
             crate::ready::wait_ready(&spec.ready, instance, self.timing.poll)
                 .await
                 .map_err(|source| BoxError::NotReady {
                     id: instance.id.clone(),
                     source,
                 })?;
-        }
-        if let Some(status) = crate::dns::status(self.cloud, spec, Some(instance)).await?
-            && !status.matches
-            && status.instance_address.is_some()
-        {
             let dns = spec.dns.as_ref().expect("status implies dns");
             let address = crate::dns::point(self.cloud, dns, instance).await?;
             self.record(

@@ -74,6 +74,7 @@ impl Daemon<'_> {
             let Some(instance) = self.cloud.instance(id).await? else {
                 continue;
             };
+            tracing::debug!(%id, "event: instance re-read");
             if instance.tag(tags::OWNER) != Some(self.config.owner.as_str()) {
                 continue;
             }
@@ -166,6 +167,7 @@ impl Daemon<'_> {
                 .warned_at
                 .entry(box_name.clone())
                 .or_insert_with(Instant::now);
+            tracing::debug!(%id, "event: doomed and marked");
             if let Some(spec) = spec {
                 self.fast_path(spec);
             }
@@ -199,11 +201,14 @@ impl Daemon<'_> {
         let Some(obs) = self.last_observation() else {
             return;
         };
-        let subject = Subject::Box(spec.name.clone());
         let known = self.known(&spec, &obs);
         let job = Job {
-            epoch: obs.epochs.get(&subject).copied().or(Some(0)),
-            subject,
+            // Not tied to the observation's epoch: a task may well have
+            // finished since (a settle, the last replacement). What the
+            // observation cannot know — a launch after it — `up` finds in
+            // the box's open intent, and then asks AWS first.
+            epoch: None,
+            subject: Subject::Box(spec.name.clone()),
             work: Work::Replace { spec, known },
         };
         let _ = tx.send(job);

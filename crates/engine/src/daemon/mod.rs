@@ -494,6 +494,7 @@ impl<'a> Daemon<'a> {
                 }
             };
             for m in messages {
+                tracing::debug!(message = %m.id, "received");
                 if let Some(sent) = m.sent_at_ms {
                     let now_ms = self
                         .clock

@@ -1,0 +1,341 @@
+//! Benchmark: how fast `spotkeeper serve` answers spot interruption
+//! warnings, against the emulator, every AWS call of the daemon going
+//! through the testkit's proxy, which records when each call arrives (the
+//! moment the SDK sent it). Two figures:
+//!
+//! 1. the fast path: a warning sent to the queue → the replacement's
+//!    `RunInstances` at the proxy, median and p95 over 20 rounds (a box
+//!    without a volume, then one with a data volume);
+//! 2. a wave: 20 boxes, each with a 5 s ready check, warned at once → when
+//!    the 1st, 10th and 20th replacement `RunInstances` left, and when all
+//!    20 ran again.
+//!
+//! Not a test: nothing is asserted but that the daemon got there.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use spotkeeper_testkit::{Moto, closed_port};
+
+const ROUNDS: usize = 20;
+const WAVE: usize = 20;
+
+struct Bench {
+    moto: Moto,
+    dir: tempfile::TempDir,
+}
+
+impl Bench {
+    fn new() -> Self {
+        Self {
+            moto: Moto::start(),
+            dir: tempfile::tempdir().expect("dir"),
+        }
+    }
+
+    fn config(&self, boxes: &str) {
+        std::fs::write(
+            self.dir.path().join("spotkeeper.toml"),
+            format!(
+                "owner = \"bench\"\n[daemon]\ninterval = \"30s\"\n[api]\nlisten = \"127.0.0.1:{}\"\ntoken = \"bench-token-0123456789\"\n\
+                 [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n{boxes}",
+                closed_port(),
+                self.moto.proxy_endpoint()
+            ),
+        )
+        .expect("config");
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotkeeper"));
+        self.moto.configure(&mut cmd);
+        cmd.env("SPOTKEEPER_STATE", self.dir.path().join("state.db"))
+            .env("RUST_LOG", "warn")
+            .arg("--config")
+            .arg(self.dir.path().join("spotkeeper.toml"))
+            .args(args);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().expect("run");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `serve`, logging spotkeeper's debug lines (when a message was
+    /// received, when the launch call was made) to `serve.log`.
+    fn serve(&self) -> Child {
+        let log = std::fs::File::create(self.dir.path().join("serve.log")).expect("log file");
+        self.command(&["serve"])
+            .env("RUST_LOG", "warn,spotkeeper_engine=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("serve")
+    }
+
+    /// From serve's log: for each message received, the time to the next
+    /// launch call at the `Cloud` boundary (the SDK call starts there), ms.
+    fn receive_to_launch(&self) -> Vec<f64> {
+        let text = std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default();
+        let time = |line: &str| -> Option<std::time::SystemTime> {
+            let plain: String = strip_ansi(line);
+            humantime::parse_rfc3339(plain.split_whitespace().next()?).ok()
+        };
+        let mut out = Vec::new();
+        let mut received = None;
+        for line in text.lines() {
+            if line.contains(" received ") && received.is_none() {
+                received = time(line);
+            } else if line.contains("launch call")
+                && let (Some(r), Some(l)) = (received.take(), time(line))
+            {
+                out.push(l.duration_since(r).unwrap_or_default().as_secs_f64() * 1000.0);
+            }
+        }
+        out
+    }
+
+    /// Live instance ids of box `name`.
+    fn live(&self, name: &str) -> Vec<String> {
+        let out = self.moto.boto(&format!(
+            "r = ec2.describe_instances(Filters=[{{'Name': 'tag:spotkeeper:box', 'Values': ['{name}']}}, {{'Name': 'instance-state-name', 'Values': ['pending', 'running']}}])['Reservations']\n\
+             print(','.join(i['InstanceId'] for x in r for i in x['Instances']))"
+        ));
+        out.trim()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Sends a warning for each instance and terminates it, all in one
+    /// script; returns the unix time right after the last message was sent.
+    fn warn(&self, instances: &[String], round: &str) -> f64 {
+        let warning = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../engine/fixtures/events/spot-interruption-warning.json"
+        ))
+        .expect("fixture");
+        let bodies: Vec<String> = instances
+            .iter()
+            .enumerate()
+            .map(|(n, id)| {
+                warning.replace("i-1234567890abcdef0", id).replace(
+                    "12345678-1234-1234-1234-123456789012",
+                    &format!("{round}-{n}"),
+                )
+            })
+            .collect();
+        let out = self.moto.boto(&format!(
+            "import time\nsqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-events')['QueueUrl']\n\
+             bodies = json.loads({})\nids = json.loads({})\n\
+             for i in range(0, len(bodies), 10):\n    sqs.send_message_batch(QueueUrl=u, Entries=[{{'Id': str(n), 'MessageBody': b}} for n, b in enumerate(bodies[i:i+10])])\n\
+             t = time.time()\nec2.terminate_instances(InstanceIds=ids)\nprint(t)",
+            serde_json::to_string(&serde_json::to_string(&bodies).expect("json")).expect("quoted"),
+            serde_json::to_string(&serde_json::to_string(instances).expect("json")).expect("quoted"),
+        ));
+        out.trim().parse().expect("a time")
+    }
+
+    /// Arrival times (unix) of RunInstances calls at the proxy after `since`.
+    fn launches_after(&self, since: f64) -> Vec<f64> {
+        let stats: Value = serde_json::from_str(&self.moto.proxy_stats()).expect("stats");
+        stats["calls"]
+            .as_array()
+            .expect("calls")
+            .iter()
+            .filter(|c| c[2] == "RunInstances")
+            .filter_map(|c| c[0].as_f64())
+            .filter(|t| *t >= since)
+            .collect()
+    }
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// (warning sent → RunInstances at the proxy, message received → launch
+/// call in the daemon), ms, sorted.
+fn fast_path(volume: bool, rounds: usize) -> (Vec<f64>, Vec<f64>) {
+    let b = Bench::new();
+    let extra = if volume {
+        "data_volume = { name = \"dev-data\", size_gb = 5 }\n"
+    } else {
+        ""
+    };
+    b.config(&format!(
+        "[box.dev]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\", \"t3a.micro\"]\nmax_price = 0.02\n\
+         ready = {{ check = \"none\" }}\n{extra}"
+    ));
+    b.run(&["setup"]);
+    b.run(&["up", "dev"]);
+    let mut serve = b.serve();
+    // The start-up pass has observed (and settled) the box.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut took = Vec::new();
+    for round in 0..rounds {
+        let old = b.live("dev");
+        let sent = b.warn(&old, &format!("fast-{volume}-{round}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let launched = loop {
+            if let Some(t) = b.launches_after(sent).first() {
+                break *t;
+            }
+            assert!(Instant::now() < deadline, "round {round}: no launch");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        took.push((launched - sent).max(0.0) * 1000.0);
+        // Settled before the next round: one live instance, not the old one.
+        loop {
+            let now = b.live("dev");
+            if now.len() == 1 && now != old {
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: not replaced");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let _ = serve.kill();
+    let _ = serve.wait();
+    took.sort_by(f64::total_cmp);
+    let mut inside = b.receive_to_launch();
+    inside.sort_by(f64::total_cmp);
+    (took, inside)
+}
+
+fn wave() -> (Vec<f64>, f64) {
+    let b = Bench::new();
+    let boxes = |ready: &str| {
+        (0..WAVE)
+            .map(|i| {
+                format!(
+                    "[box.b{i:02}]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\", \"t3a.micro\"]\nmax_price = 0.02\nready = {ready}\n"
+                )
+            })
+            .collect::<String>()
+    };
+    b.config(&boxes("{ check = \"none\" }"));
+    b.run(&["setup"]);
+    for i in 0..WAVE {
+        b.run(&["up", &format!("b{i:02}")]);
+    }
+    // From now on every replacement's ready check takes five seconds.
+    b.config(&boxes(
+        "{ check = \"command\", command = \"sleep 5\", timeout = \"1m\" }",
+    ));
+    let mut serve = b.serve();
+    std::thread::sleep(Duration::from_secs(3));
+    let old: Vec<String> = (0..WAVE)
+        .flat_map(|i| b.live(&format!("b{i:02}")))
+        .collect();
+    let sent = b.warn(&old, "wave");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let launches = loop {
+        let l = b.launches_after(sent);
+        if l.len() >= WAVE {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} launches: {l:?}",
+            l.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let all_back = loop {
+        let running = (0..WAVE)
+            .filter(|i| {
+                let now = b.live(&format!("b{i:02}"));
+                now.len() == 1 && !old.contains(&now[0])
+            })
+            .count();
+        if running == WAVE {
+            break Instant::now();
+        }
+        assert!(Instant::now() < deadline, "only {running} replaced");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let all_back_unix = now_unix - all_back.elapsed().as_secs_f64();
+    let mut rel: Vec<f64> = launches.iter().map(|t| t - sent).collect();
+    rel.sort_by(f64::total_cmp);
+    (rel, all_back_unix - sent)
+}
+
+fn main() {
+    println!(
+        "interruption benchmark against the emulator (dev profile; times at the proxy in front of it)"
+    );
+    // SPOTKEEPER_BENCH_ONLY=fast: the fast path without a volume only, 5 rounds (for a look at the log).
+    if std::env::var("SPOTKEEPER_BENCH_ONLY").as_deref() == Ok("fast") {
+        let (ms, inside) = fast_path(false, 5);
+        println!(
+            "  fast path: sent → at the proxy {ms:?} ms; received → launch call {inside:?} ms"
+        );
+        return;
+    }
+    for volume in [false, true] {
+        let (ms, inside) = fast_path(volume, ROUNDS);
+        println!(
+            "  fast path, box {}, {ROUNDS} rounds:",
+            if volume {
+                "with a data volume"
+            } else {
+                "without a volume"
+            },
+        );
+        println!(
+            "    message received → launch call (the daemon's own time, at the Cloud/SDK boundary): median {:.0} ms, p95 {:.0} ms (target < 50 ms)",
+            percentile(&inside, 0.5),
+            percentile(&inside, 0.95),
+        );
+        println!(
+            "    warning sent to the queue → RunInstances at the proxy (adds the emulator's long-poll wake-up and the proxy hop): median {:.0} ms, p95 {:.0} ms",
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.95),
+        );
+    }
+    let (launches, all_back) = wave();
+    println!(
+        "  wave: {WAVE} boxes with a 5 s ready check warned at once → RunInstances of the 1st {:.2} s, 10th {:.2} s, {WAVE}th {:.2} s after the warnings (target: 20th < 3 s); all {WAVE} running again after {:.1} s",
+        launches[0],
+        launches[WAVE / 2 - 1],
+        launches[WAVE - 1],
+        all_back
+    );
+    println!(
+        "  before (the sequential reconciler, issue #9): 12 boxes with a 4 s ready check, the 12th launched 52 s after the warnings; a warning reached RunInstances after 544 ms (median)"
+    );
+}
