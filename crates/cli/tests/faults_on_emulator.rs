@@ -257,13 +257,21 @@ fn sigterm_during_a_ready_check_exits_at_once_and_the_next_daemon_finishes_the_r
     send(&cli, &warning(&old, "ready-1"));
     // The replacement is launched and waits for its ready check.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while cli.live().len() < 2 {
+    while !cli.live().iter().any(|i| i["instance_id"] != old.as_str()) {
         assert!(
             Instant::now() < deadline,
             "no replacement launched\n{}",
             serve.log()
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+    while !serve.log().contains("Waiting for server to come up") {
+        assert!(
+            Instant::now() < deadline,
+            "no ready check began\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
     let stopping = Instant::now();
     let status = serve.stop();

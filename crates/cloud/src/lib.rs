@@ -70,8 +70,8 @@ pub use error::{CloudError, ErrorKind, classify};
 pub use handle::{DELETE_WITH, InstanceHandle, Vpc};
 pub use model::{
     Arch, DnsRecord, Image, ImageId, ImageRef, Instance, InstanceId, InstanceState, KeyPair,
-    LaunchSpec, Market, NetworkInterface, RootVolume, Snapshot, SnapshotId, SpotPrice, SpotRequest,
-    SpotRequestId, SpotRequestState, TagFilter, Volume, VolumeId, fqdn,
+    LaunchSpec, Market, NetworkInterface, Offering, RootVolume, Snapshot, SnapshotId, SpotPrice,
+    SpotRequest, SpotRequestId, SpotRequestState, TagFilter, Volume, VolumeId, fqdn,
 };
 pub use queue::{EventQueue, SqsQueue};
 pub use ssh::{CloudInitStatus, ExecOutput, SshError, SshSettings};

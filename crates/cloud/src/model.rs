@@ -72,6 +72,30 @@ pub mod tags {
     pub const NAME: &str = "Name";
 }
 
+/// Where capacity comes from: an instance type in a zone, in a market. AWS
+/// reclaims and refuses capacity per offering, so the daemon marks and
+/// avoids offerings, not instances.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Offering {
+    /// Instance type, e.g. `t3.micro`.
+    pub instance_type: String,
+    /// Availability zone, e.g. `us-east-1a`.
+    pub zone: String,
+    /// Spot or on-demand.
+    pub market: Market,
+}
+
+impl Offering {
+    /// The offering of `instance_type` in `zone` on `market`.
+    pub fn new(instance_type: impl Into<String>, zone: impl Into<String>, market: Market) -> Self {
+        Self {
+            instance_type: instance_type.into(),
+            zone: zone.into(),
+            market,
+        }
+    }
+}
+
 /// How an instance is paid for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -111,9 +111,9 @@ fn main() {
         })
         .collect();
     let mut unavailable = HashSet::new();
-    unavailable.insert((
-        "c7i.large".to_owned(),
-        "us-east-1a".to_owned(),
+    unavailable.insert(spotkeeper_cloud::Offering::new(
+        "c7i.large",
+        "us-east-1a",
         Market::Spot,
     ));
     let doomed = HashSet::new();

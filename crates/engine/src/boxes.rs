@@ -300,6 +300,9 @@ pub struct Known {
     pub zones: Vec<String>,
     /// Spot prices of the box's types in those zones, as last observed.
     pub prices: Vec<SpotPrice>,
+    /// The box's persistent volumes by name, as last found (a volume not
+    /// here is looked up).
+    pub volumes: BTreeMap<String, spotkeeper_cloud::Volume>,
 }
 
 /// [`up`], for the daemon: treats `avoid.instances` as gone and skips
@@ -398,7 +401,13 @@ async fn up_inner(
     }
     let mut found = Vec::new();
     for (role, vs) in persist::volume_specs(spec) {
-        found.push((role, vs, persist::find(ctx.cloud, role, vs).await?));
+        let v = match known.and_then(|k| k.volumes.get(&vs.name)) {
+            // Where it is (its zone) is what matters before the launch; it
+            // is read again when it is attached.
+            Some(v) => Some(v.clone()),
+            None => persist::find(ctx.cloud, role, vs).await?,
+        };
+        found.push((role, vs, v));
     }
 
     let filter = box_filter(ctx.owner, name);

@@ -78,7 +78,7 @@ struct Case<'a> {
     members: Vec<Member>,
     open: Vec<OpenRequest>,
     prices: Vec<SpotPrice>,
-    unavailable: HashSet<(String, String, Market)>,
+    unavailable: HashSet<spotkeeper_cloud::Offering>,
     spot_blocked: bool,
     surplus_since: Option<SystemTime>,
     last_desired: Option<u32>,
@@ -203,8 +203,11 @@ fn unavailable_offerings_are_skipped_and_diversification_keeps_to_near_cheapest(
     let spec = pool("");
     let mut case = Case::new(&spec, 4);
     for z in ["us-east-1a", "us-east-1b"] {
-        case.unavailable
-            .insert(("c7i.xlarge".into(), z.into(), Market::Spot));
+        case.unavailable.insert(spotkeeper_cloud::Offering::new(
+            "c7i.xlarge",
+            z,
+            Market::Spot,
+        ));
     }
     let p = case.plan();
     // xlarge only in 1c (0.035/unit); large at 0.04/unit is within 20 % and
@@ -248,7 +251,7 @@ fn max_capacity_is_never_exceeded_even_with_open_requests_in_flight() {
     case.prices = prices(0.50, 0.07); // large over... no ceiling on large
     case.unavailable = ZONES
         .iter()
-        .map(|z| ("c7i.large".to_owned(), (*z).to_owned(), Market::Spot))
+        .map(|z| spotkeeper_cloud::Offering::new("c7i.large", *z, Market::Spot))
         .collect();
     let p = case.plan();
     assert_eq!(launched_units(&p), 0, "{:?}", p.steps);

@@ -244,8 +244,19 @@ impl Daemon<'_> {
         if spec.market == Market::Spot && obs.prices.is_empty() {
             return None;
         }
+        // Volumes as found when the box's current instance was settled; a
+        // box changed since (stop and up elsewhere) has another instance.
+        let settled = self.settled_instance(&spec.name);
+        let volumes = self
+            .lock_memory()
+            .volumes
+            .get(&spec.name)
+            .filter(|(id, _)| settled.as_ref() == Some(id))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
         Some(Known {
             image,
+            volumes,
             zones,
             prices: obs
                 .prices
@@ -291,7 +302,7 @@ impl Daemon<'_> {
                 }
                 self.record(Some(name), "replaced", &what).await;
                 self.settled(name, &out.instance.id);
-                self.remember_image(spec).await;
+                self.remember_launch(spec, &out.instance.id).await;
                 // The replaced instances (rebalance: still running) go now.
                 if let Err(e) = self.retire_doomed(name, &doomed, &out.instance.id).await {
                     self.record(Some(name), "retire-failed", &e.to_string())
@@ -335,7 +346,7 @@ impl Daemon<'_> {
         match self.heal(spec, instance).await {
             Ok(()) => {
                 self.settled(name, &instance.id);
-                self.remember_image(spec).await;
+                self.remember_launch(spec, &instance.id).await;
             }
             Err(e) => {
                 self.record(Some(name), "heal-failed", &e.to_string()).await;
@@ -387,12 +398,22 @@ impl Daemon<'_> {
         Ok(())
     }
 
-    /// Resolves and keeps the box's launch image for the fast path.
-    async fn remember_image(&self, spec: &BoxSpec) {
+    /// Resolves and keeps the box's launch image and finds its volumes, for
+    /// the fast path (off the critical path: after a settle or a launch).
+    async fn remember_launch(&self, spec: &BoxSpec, instance: &InstanceId) {
         let ctx = self.ctx_silent();
         if let Ok(image) = boxes::launch_image(&ctx, spec).await {
             self.lock_memory().images.insert(spec.name.clone(), image);
         }
+        let mut volumes = std::collections::BTreeMap::new();
+        for (role, vs) in crate::persist::volume_specs(spec) {
+            if let Ok(Some(v)) = crate::persist::find(self.cloud, role, vs).await {
+                volumes.insert(vs.name.clone(), v);
+            }
+        }
+        self.lock_memory()
+            .volumes
+            .insert(spec.name.clone(), (instance.clone(), volumes));
     }
 
     /// On on-demand for want of spot: a spot instance, then the on-demand

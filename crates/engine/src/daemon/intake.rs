@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use spotkeeper_cloud::model::tags;
-use spotkeeper_cloud::{InstanceState, Market};
+use spotkeeper_cloud::{InstanceState, Market, Offering};
 use tokio::time::Instant;
 
 use super::tasks::{Job, Subject, Work};
@@ -218,6 +218,6 @@ impl Daemon<'_> {
         let until = Instant::now() + super::UNAVAILABLE_FOR;
         self.lock_memory()
             .unavailable
-            .insert((instance_type.to_owned(), zone.to_owned(), market), until);
+            .insert(Offering::new(instance_type, zone, market), until);
     }
 }

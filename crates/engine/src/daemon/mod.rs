@@ -111,6 +111,13 @@ struct Memory {
     settled: HashMap<String, (InstanceId, Instant)>,
     image_checks: HashMap<String, SystemTime>,
     images: HashMap<String, ImageId>,
+    volumes: HashMap<
+        String,
+        (
+            InstanceId,
+            std::collections::BTreeMap<String, spotkeeper_cloud::Volume>,
+        ),
+    >,
     zones: Option<Vec<String>>,
     last: Option<Arc<Observation>>,
     epochs: HashMap<Subject, u64>,
@@ -236,8 +243,8 @@ impl<'a> Daemon<'a> {
             .unavailable
             .active(now)
             .into_iter()
-            .filter(|(_, _, m)| *m == Market::Spot)
-            .map(|(t, z, _)| (t, z))
+            .filter(|o| o.market == Market::Spot)
+            .map(|o| (o.instance_type, o.zone))
             .collect()
     }
 
@@ -382,9 +389,14 @@ impl<'a> Daemon<'a> {
     pub async fn pass(&self) -> Result<PassOutcome, BoxError> {
         let mut obs = self.observe().await?;
         let specs = self.managed_specs().await?;
-        let (prices, zones) = self.box_prices(&specs).await?;
-        obs.prices = prices;
-        obs.zones = zones;
+        // Only the fast path needs them: without, launches ask AWS first.
+        match self.box_prices(&specs).await {
+            Ok((prices, zones)) => {
+                obs.prices = prices;
+                obs.zones = zones;
+            }
+            Err(e) => tracing::warn!("reading the boxes' spot prices failed: {e}"),
+        }
         let obs = Arc::new(obs);
         self.lock_memory().last = Some(obs.clone());
         let mut out = PassOutcome::default();

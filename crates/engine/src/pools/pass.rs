@@ -468,9 +468,9 @@ impl PoolPass<'_> {
                                     reason,
                                     message: e.to_string(),
                                 });
-                                let key = (
-                                    batch.instance_type.clone(),
-                                    batch.zone.clone(),
+                                let key = OfferingKey::new(
+                                    &batch.instance_type,
+                                    &batch.zone,
                                     batch.market,
                                 );
                                 match e.kind {
@@ -517,9 +517,9 @@ impl PoolPass<'_> {
                                         .await;
                                         // Every zone of this type on-demand.
                                         for p in &places {
-                                            let k = (
-                                                batch.instance_type.clone(),
-                                                p.zone.clone(),
+                                            let k = OfferingKey::new(
+                                                &batch.instance_type,
+                                                &p.zone,
                                                 Market::OnDemand,
                                             );
                                             unavailable.insert(k.clone());

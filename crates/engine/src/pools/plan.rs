@@ -49,7 +49,8 @@ pub struct Placement {
 }
 
 /// An offering a pool may not use for now: (type, zone, market).
-pub type OfferingKey = (String, String, Market);
+/// An offering the planner may be told to avoid.
+pub type OfferingKey = spotkeeper_cloud::Offering;
 
 /// Everything the planner looks at.
 #[derive(Debug)]
@@ -310,11 +311,7 @@ fn launch(
         for (rank, t) in spec.types.iter().enumerate() {
             let ceiling = t.max_price.or(spec.max_price);
             for placement in input.placements {
-                let key = (
-                    t.instance_type.clone(),
-                    placement.zone.clone(),
-                    Market::Spot,
-                );
+                let key = OfferingKey::new(&t.instance_type, &placement.zone, Market::Spot);
                 if input.unavailable.contains(&key) {
                     continue;
                 }
@@ -350,11 +347,7 @@ fn launch(
         let mut od = Vec::new();
         for (rank, t) in spec.types.iter().enumerate() {
             for placement in input.placements {
-                let key = (
-                    t.instance_type.clone(),
-                    placement.zone.clone(),
-                    Market::OnDemand,
-                );
+                let key = OfferingKey::new(&t.instance_type, &placement.zone, Market::OnDemand);
                 if input.unavailable.contains(&key) {
                     continue;
                 }
