@@ -298,7 +298,8 @@ fn main() {
     println!(
         "interruption benchmark against the emulator (dev profile; times at the proxy in front of it)"
     );
-    // SPOTKEEPER_BENCH_ONLY=fast: the fast path without a volume only, 5 rounds (for a look at the log).
+    // SPOTKEEPER_BENCH_ONLY=fast: the fast path without a volume only, 5
+    // rounds; =wave: the wave only.
     if std::env::var("SPOTKEEPER_BENCH_ONLY").as_deref() == Ok("fast") {
         let (ms, inside) = fast_path(false, 5);
         println!(
@@ -306,7 +307,8 @@ fn main() {
         );
         return;
     }
-    for volume in [false, true] {
+    let only_wave = std::env::var("SPOTKEEPER_BENCH_ONLY").as_deref() == Ok("wave");
+    for volume in [false, true].into_iter().filter(|_| !only_wave) {
         let (ms, inside) = fast_path(volume, ROUNDS);
         println!(
             "  fast path, box {}, {ROUNDS} rounds:",

@@ -505,34 +505,37 @@ impl<'a> Daemon<'a> {
                     continue;
                 }
             };
-            for m in messages {
-                tracing::debug!(message = %m.id, "received");
-                if let Some(sent) = m.sent_at_ms {
-                    let now_ms = self
-                        .clock
-                        .now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64);
-                    self.metrics
-                        .queue_lag_seconds
-                        .set(now_ms.saturating_sub(sent) as f64 / 1000.0);
-                }
-                match self.handle(&m.body).await {
-                    Ok(outcome) => {
-                        tracing::info!(message = %m.id, "{outcome:?}");
-                        if let Err(e) = queue.delete(&m.receipt).await {
-                            tracing::warn!("deleting message {} failed: {e}", m.id);
-                        }
-                    }
-                    // Kept: it comes back after the visibility timeout.
-                    Err(e) => {
-                        tracing::warn!("handling message {} failed, will retry: {e}", m.id)
-                    }
-                }
-            }
+            // The messages of a batch are handled together: a wave of
+            // warnings is ten at a time, not one after the other.
+            futures_util::future::join_all(messages.iter().map(|m| self.intake(queue, m))).await;
             if *stop.borrow() {
                 break;
             }
+        }
+    }
+
+    /// Handles one message: deleted once handled, kept (it comes back after
+    /// the visibility timeout) when handling failed.
+    async fn intake(&self, queue: &dyn EventQueue, m: &spotkeeper_cloud::QueueMessage) {
+        tracing::debug!(message = %m.id, "received");
+        if let Some(sent) = m.sent_at_ms {
+            let now_ms = self
+                .clock
+                .now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.metrics
+                .queue_lag_seconds
+                .set(now_ms.saturating_sub(sent) as f64 / 1000.0);
+        }
+        match self.handle(&m.body).await {
+            Ok(outcome) => {
+                tracing::info!(message = %m.id, "{outcome:?}");
+                if let Err(e) = queue.delete(&m.receipt).await {
+                    tracing::warn!("deleting message {} failed: {e}", m.id);
+                }
+            }
+            Err(e) => tracing::warn!("handling message {} failed, will retry: {e}", m.id),
         }
     }
 
