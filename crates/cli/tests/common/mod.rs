@@ -114,6 +114,9 @@ impl Serve {
         let log = cli.dir.path().join("serve.log");
         let child = cli
             .command(&["serve"])
+            // Tests read what the daemon did from its log (scripts/test sets
+            // RUST_LOG=warn for everything else).
+            .env("RUST_LOG", "warn,spotkeeper=info,spotkeeper_engine=info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
