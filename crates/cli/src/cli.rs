@@ -101,7 +101,12 @@ pub enum Command {
         yes: bool,
     },
     /// Run the daemon: replace interrupted boxes (EC2 events from the queue `setup` made), move their volumes and DNS.
-    Serve,
+    Serve {
+        /// Listen on a non-loopback [api] listen address although the API
+        /// speaks plain HTTP (put TLS in front of it).
+        #[arg(long)]
+        insecure_listen: bool,
+    },
     /// Print a least-privilege IAM policy for everything spotkeeper calls, scoped by the owner tag.
     IamPolicy,
     /// Add storage to a box.

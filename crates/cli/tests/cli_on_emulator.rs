@@ -393,3 +393,61 @@ fn config_is_found_through_the_environment_variable() {
         .expect("run");
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+#[test]
+fn a_ready_command_runs_without_aws_credentials_or_the_api_token_and_its_output_is_not_repeated() {
+    // The test's environment has AWS credentials (the emulator's) and an API
+    // token: the command succeeds only if it sees neither.
+    let cli = Cli::with_config(&CONFIG.replace(
+        "ready = { check = \"none\" }",
+        "ready = { check = \"command\", command = \"test -z \\\"$AWS_SECRET_ACCESS_KEY$AWS_ACCESS_KEY_ID$SPOTKEEPER_API_TOKEN\\\"\", timeout = \"10s\" }",
+    ));
+    let out = cli
+        .command(&["up", "dev"])
+        .env("SPOTKEEPER_API_TOKEN", "a-secret-api-token-0123")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", describe(&out));
+
+    // A failing command: its status is said, what it printed is not.
+    cli.ok(&["stop", "dev"]);
+    cli.write_config(&CONFIG.replace(
+        "ready = { check = \"none\" }",
+        "ready = { check = \"command\", command = \"echo leaked-$((6*7))-secret >&2; exit 3\", timeout = \"1s\" }",
+    ));
+    let out = cli.run(&["up", "dev"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let text = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+    assert!(text.contains("exit status: 3"), "{text}");
+    assert!(!text.contains("leaked-42-secret"), "{text}");
+    let events = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys; print([r for r in sqlite3.connect(sys.argv[1]).execute('SELECT kind, message FROM events')])",
+        ])
+        .arg(cli.dir.path().join("state/state.db"))
+        .output()
+        .expect("python3 reads the state file");
+    let events = String::from_utf8_lossy(&events.stdout).into_owned();
+    assert!(events.contains("launch"), "the events were read: {events}");
+    assert!(!events.contains("leaked-42-secret"), "{events}");
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_api_address_without_insecure_listen() {
+    let cli = Cli::with_config(&CONFIG.replace(
+        "[aws]",
+        &format!(
+            "[api]\nlisten = \"0.0.0.0:{}\"\ntoken = \"e2e-token-0123456789\"\n\n[aws]",
+            closed_port()
+        ),
+    ));
+    let out = cli.run(&["serve"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("not a loopback address")
+            && stderr(&out).contains("--insecure-listen"),
+        "{}",
+        describe(&out)
+    );
+}

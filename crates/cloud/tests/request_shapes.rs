@@ -133,6 +133,10 @@ async fn a_spot_launch_is_one_time_uncapped_tokened_and_tags_instance_volume_and
                 && r.placement().and_then(|p| p.availability_zone()) == Some("us-east-1b")
                 && r.user_data() == Some("aGk=")
                 && r.security_group_ids() == ["sg-1"]
+                && r.metadata_options()
+                    .and_then(|m| m.http_tokens())
+                    .map(|t| t.as_str())
+                    == Some("required")
         })
         .then_output(running);
     let cloud = AwsCloud::from_clients(ec2_with(&[&rule]), ssm(), route53(), "us-east-1");
@@ -149,6 +153,10 @@ async fn an_on_demand_launch_has_no_market_options_and_no_request_tags() {
     let rule = mock!(Client::run_instances)
         .match_requests(|r| {
             r.instance_market_options().is_none()
+                && r.metadata_options()
+                    .and_then(|m| m.http_tokens())
+                    .map(|t| t.as_str())
+                    == Some("required")
                 && r.tag_specifications()
                     .iter()
                     .all(|t| t.resource_type() != Some(&ResourceType::SpotInstancesRequest))

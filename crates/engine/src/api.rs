@@ -61,6 +61,45 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
+/// The API registers data, never code for the daemon's host: settings that
+/// would make the daemon run a command or connect where the caller says are
+/// refused unless `[api] allow_commands` is set, and an instance profile must
+/// be one the config allows. The error names the field.
+pub fn refuse_code(config: &Config, body: &Value) -> Result<(), String> {
+    let ready = body.get("ready");
+    if !config.api_allow_commands {
+        if ready.and_then(|r| r.get("check")).and_then(Value::as_str) == Some("command") {
+            return Err(
+                "ready.check: \"command\" would run a command on the daemon's host; \
+                        not accepted through the API unless [api] allow_commands = true"
+                    .into(),
+            );
+        }
+        if ready.and_then(|r| r.get("host")).is_some() {
+            return Err(
+                "ready.host: the daemon would connect to an address of the caller's \
+                        choosing; not accepted through the API unless [api] allow_commands = true"
+                    .into(),
+            );
+        }
+        if body.get("ssh").is_some() {
+            return Err("ssh: the daemon would connect where the caller says; \
+                        not accepted through the API unless [api] allow_commands = true"
+                .into());
+        }
+    }
+    if let Some(profile) = body.get("iam_instance_profile") {
+        let name = profile.as_str().unwrap_or_default();
+        if !config.api_instance_profiles.iter().any(|p| p == name) {
+            return Err(format!(
+                "iam_instance_profile: {name:?} is not in [api] instance_profiles; \
+                 the API may only hand out roles the config allows"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The router.
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
@@ -227,7 +266,9 @@ async fn register_box(
             format!("box {name:?} is defined in the config file; register another name"),
         );
     }
-    if let Err(message) = parse_box_json(&name, &body) {
+    if let Err(message) =
+        parse_box_json(&name, &body).and_then(|_| refuse_code(&state.config, &body))
+    {
         return error(StatusCode::UNPROCESSABLE_ENTITY, message);
     }
     if let Err(e) = state
@@ -385,7 +426,9 @@ async fn register_pool(
             format!("{name:?} is defined in the config file; register another name"),
         );
     }
-    if let Err(message) = crate::config::parse_pool_json(&name, &body) {
+    if let Err(message) =
+        crate::config::parse_pool_json(&name, &body).and_then(|_| refuse_code(&state.config, &body))
+    {
         return error(StatusCode::UNPROCESSABLE_ENTITY, message);
     }
     let existed = match state.store.pools(&state.config.owner).await {
@@ -551,8 +594,13 @@ async fn instances(
     }
 }
 
+/// The shortest API token accepted, from the config, the environment or
+/// the token file alike.
+pub const MIN_TOKEN_LEN: usize = 16;
+
 /// The token: `[api] token`, else `$SPOTKEEPER_API_TOKEN`, else the one in
-/// `file` (0600), generated there on first start.
+/// `file` (which must be this user's, mode 0600), generated there on first
+/// start.
 pub fn load_or_make_token(
     config: &Config,
     env: Option<String>,
@@ -562,13 +610,33 @@ pub fn load_or_make_token(
         return Ok(t.clone());
     }
     if let Some(t) = env.filter(|t| !t.is_empty()) {
+        if t.len() < MIN_TOKEN_LEN {
+            return Err(std::io::Error::other(format!(
+                "SPOTKEEPER_API_TOKEN must be at least {MIN_TOKEN_LEN} characters"
+            )));
+        }
         return Ok(Secret::new(t));
     }
-    if let Ok(t) = std::fs::read_to_string(file) {
-        let t = t.trim().to_owned();
-        if !t.is_empty() {
+    if let Ok(meta) = std::fs::symlink_metadata(file) {
+        use std::os::unix::fs::MetadataExt as _;
+        // Whoever else can read or replace the file has the token.
+        let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+        if !meta.is_file() || meta.mode() & 0o077 != 0 || me.is_some_and(|me| meta.uid() != me) {
+            return Err(std::io::Error::other(format!(
+                "{} must be a regular file of this user with mode 0600 (it is {:o}, owner {}); fix it or remove it to have a new token made",
+                file.display(),
+                meta.mode() & 0o7777,
+                meta.uid()
+            )));
+        }
+        let t = std::fs::read_to_string(file)?.trim().to_owned();
+        if t.len() >= MIN_TOKEN_LEN {
             return Ok(Secret::new(t));
         }
+        return Err(std::io::Error::other(format!(
+            "{} holds a token shorter than {MIN_TOKEN_LEN} characters",
+            file.display()
+        )));
     }
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -588,15 +656,105 @@ pub fn load_or_make_token(
     Ok(Secret::new(token))
 }
 
-/// Serves the API on `listener` until `shutdown` flips.
+/// A client has this long to send a request's headers: a connection that
+/// trickles them (slowloris) is closed instead of holding a slot.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One request, body and answer included: every route answers from the
+/// state file or one AWS call, in well under this.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Connections served at once; more are closed on accept. The API serves a
+/// few people and a Prometheus scraper, not the internet.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// The HTTP server's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// See [`HEADER_READ_TIMEOUT`].
+    pub header_read: std::time::Duration,
+    /// See [`REQUEST_TIMEOUT`].
+    pub request: std::time::Duration,
+    /// See [`MAX_CONNECTIONS`].
+    pub connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read: HEADER_READ_TIMEOUT,
+            request: REQUEST_TIMEOUT,
+            connections: MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` flips, with the default
+/// [`Limits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
+    serve_with(listener, state, shutdown, Limits::default()).await
+}
+
+/// Serves the API with a header-read timeout, a request timeout and a
+/// connection limit (hyper directly: `axum::serve` has none of the three).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    limits: Limits,
+) -> std::io::Result<()> {
+    let request = limits.request;
+    let app = router(state).layer(middleware::from_fn(
+        move |req: axum::extract::Request, next: middleware::Next| async move {
+            match tokio::time::timeout(request, next.run(req)).await {
+                Ok(r) => r,
+                Err(_) => error(StatusCode::REQUEST_TIMEOUT, "the request took too long"),
+            }
+        },
+    ));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            // (The guard `wait_for` returns is not Send: dropped inside.)
+            _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, say: wait, do not spin.
+                    tracing::warn!("accepting an API connection failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "API connection refused: {} already open", limits.connections);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "API connection ended: {e}");
+            }
+        });
+        // Reap finished connections so the set does not grow.
+        while connections.try_join_next().is_some() {}
+    }
+    // Requests in flight get a moment; then the connections are dropped.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.abort_all();
+    Ok(())
 }

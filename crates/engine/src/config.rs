@@ -99,6 +99,14 @@ pub struct Config {
     pub max_tasks: usize,
     /// Where the daemon's HTTP API listens (`[api] listen`).
     pub api_listen: std::net::SocketAddr,
+    /// `[api] allow_commands`: boxes registered through the API may carry
+    /// settings that make the daemon run a command or connect to an address
+    /// of the caller's choosing (a command ready check, `ready.host`, `ssh`).
+    /// Off by default: the API token is not a shell on the daemon's host.
+    pub api_allow_commands: bool,
+    /// `[api] instance_profiles`: the IAM instance profiles a box or pool
+    /// registered through the API may name (none by default).
+    pub api_instance_profiles: Vec<String>,
     /// The API token from `[api] token`, if set there.
     pub api_token: Option<Secret>,
     /// The boxes, by name.
@@ -330,6 +338,8 @@ struct RawAws {
 struct RawApi {
     listen: Option<Spanned<String>>,
     token: Option<String>,
+    allow_commands: Option<bool>,
+    instance_profiles: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -677,6 +687,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         max_tasks,
         api_listen,
         api_token,
+        api_allow_commands: raw
+            .api
+            .as_ref()
+            .and_then(|a| a.allow_commands)
+            .unwrap_or(false),
+        api_instance_profiles: raw
+            .api
+            .as_ref()
+            .and_then(|a| a.instance_profiles.clone())
+            .unwrap_or_default(),
         boxes,
         pools,
     })

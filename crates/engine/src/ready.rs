@@ -93,24 +93,21 @@ pub async fn wait_ready(
                 let last = match Command::new("sh")
                     .arg("-c")
                     .arg(&command)
+                    .env_clear()
+                    .envs(scrubbed_env(std::env::vars_os()))
+                    .stdin(std::process::Stdio::null())
                     .kill_on_drop(true)
                     .output()
                     .await
                 {
                     Ok(out) if out.status.success() => return Ok(()),
-                    Ok(out) => {
-                        let stderr = String::from_utf8_lossy(&out.stderr);
-                        let tail = stderr.trim().lines().last().unwrap_or("").to_owned();
-                        format!(
-                            "{}{}",
-                            out.status,
-                            if tail.is_empty() {
-                                String::new()
-                            } else {
-                                format!(": {tail}")
-                            }
-                        )
-                    }
+                    // What the command printed is not repeated: it lands in
+                    // the event log the API serves, and may hold secrets.
+                    Ok(out) => format!(
+                        "{} ({} bytes on stderr, not recorded)",
+                        out.status,
+                        out.stderr.len()
+                    ),
                     Err(e) => format!("cannot run sh: {e}"),
                 };
                 if Instant::now() + poll > deadline {
@@ -124,6 +121,19 @@ pub async fn wait_ready(
             }
         }
     }
+}
+
+/// The environment a ready command runs with: the daemon's, without AWS
+/// credentials and settings (`AWS_*`) or spotkeeper's own secrets
+/// (`SPOTKEEPER_*`, the API token among them).
+pub fn scrubbed_env(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    vars.filter(|(k, _)| {
+        let k = k.to_string_lossy().to_ascii_uppercase();
+        !(k.starts_with("AWS_") || k.starts_with("SPOTKEEPER_"))
+    })
+    .collect()
 }
 
 fn address(instance: &Instance) -> Option<String> {
@@ -141,6 +151,23 @@ fn substitute(command: &str, instance: &Instance) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ready_commands_get_no_aws_credentials_or_spotkeeper_secrets() {
+        let env = [
+            ("PATH", "/usr/bin"),
+            ("AWS_SECRET_ACCESS_KEY", "s3cr3t"),
+            ("aws_session_token", "t"),
+            ("SPOTKEEPER_API_TOKEN", "0123456789abcdef"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
+        let kept: Vec<String> = scrubbed_env(env.into_iter())
+            .into_iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(kept, ["PATH", "HOME"]);
+    }
+
     use super::*;
     use spotkeeper_cloud::{InstanceId, InstanceState, Market};
 

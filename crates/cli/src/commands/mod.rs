@@ -51,7 +51,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode, Failure> {
         Command::Setup => events::setup(&args).await,
         Command::Cleanup { all, yes } => events::cleanup(&args, *all, *yes).await,
         Command::IamPolicy => events::iam_policy(&args),
-        Command::Serve => serve::run(&args).await,
+        Command::Serve { insecure_listen } => serve::run(&args, *insecure_listen).await,
         Command::Volume {
             action:
                 VolumeAction::Add {

@@ -17,8 +17,23 @@ use crate::context;
 /// Exit status after a second signal: 128 + SIGINT, as shells report it.
 const INTERRUPTED: i32 = 130;
 
-pub async fn run(args: &Args) -> Result<ExitCode, Failure> {
+pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure> {
     let config = context::load_config(args, true)?;
+    // The token travels in every request: in clear text only over loopback.
+    if !config.api_listen.ip().is_loopback() && !insecure_listen {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "[api] listen {} is not a loopback address and the API speaks plain HTTP: \
+             the token would cross the network in clear text. Put a TLS proxy in front and \
+             pass --insecure-listen, or listen on 127.0.0.1",
+            config.api_listen
+        )));
+    }
+    if !config.api_listen.ip().is_loopback() {
+        tracing::warn!(
+            "the API listens on {} without TLS (--insecure-listen)",
+            config.api_listen
+        );
+    }
     let cloud = context::connect(&config).await?;
     let state = context::state_path(args, &config)?;
     let (store, locks) = context::open_store(&state).await?;

@@ -3,10 +3,10 @@
 
 use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, IamInstanceProfileSpecification,
-    InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceType, MarketType,
-    Placement, ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
-    VolumeType,
+    BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
+    InstanceMetadataOptionsRequest, InstanceType, MarketType, Placement, ResourceType,
+    SpotInstanceType, SpotMarketOptions, Tag, TagSpecification, VolumeType,
 };
 use base64::Engine as _;
 
@@ -96,7 +96,15 @@ impl AwsCloud {
             .client_token(&spec.client_token)
             .set_tag_specifications((!tag_specs.is_empty()).then_some(tag_specs))
             .set_key_name(spec.key_name.clone())
-            .set_subnet_id(spec.subnet_id.clone());
+            .set_subnet_id(spec.subnet_id.clone())
+            // IMDSv2 only: a request forged through the box (SSRF) cannot read
+            // the instance role's credentials without a session token.
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .http_tokens(HttpTokensState::Required)
+                    .build(),
+            );
         if !spec.security_group_ids.is_empty() {
             req = req.set_security_group_ids(Some(spec.security_group_ids.clone()));
         }

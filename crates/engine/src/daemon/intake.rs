@@ -130,7 +130,7 @@ impl Daemon<'_> {
                 None => managed
                     .get(&box_name)
                     .and_then(Option::as_deref)
-                    .and_then(|json| stored_spec(&box_name, json).ok()),
+                    .and_then(|json| stored_spec(self.config, &box_name, json).ok()),
             };
             let doom = match &event.kind {
                 EventKind::SpotInterruption { .. } | EventKind::ScheduledChange { .. } => true,

@@ -359,13 +359,13 @@ impl<'a> Daemon<'a> {
         for managed in self.store.managed_boxes(&self.config.owner).await? {
             match (self.config.boxes.get(&managed.name), &managed.spec) {
                 (Some(s), _) => specs.push(s.clone()),
-                (None, Some(json)) => match stored_spec(&managed.name, json) {
+                (None, Some(json)) => match stored_spec(self.config, &managed.name, json) {
                     Ok(s) => specs.push(s),
                     Err(m) => {
                         self.record(
                             Some(&managed.name),
                             "bad-box",
-                            &format!("stored box does not parse: {m}"),
+                            &format!("stored box is refused or does not parse: {m}"),
                         )
                         .await
                     }
@@ -609,8 +609,10 @@ impl<'a> Daemon<'a> {
 }
 
 /// A box registered through the API, from the JSON stored with it.
-fn stored_spec(name: &str, json: &str) -> Result<crate::config::BoxSpec, String> {
-    serde_json::from_str(json)
-        .map_err(|e| e.to_string())
-        .and_then(|v| crate::config::parse_box_json(name, &v))
+fn stored_spec(config: &Config, name: &str, json: &str) -> Result<crate::config::BoxSpec, String> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    // Checked again here: a box stored before the check existed, or with a
+    // config that allowed it then, must not make this daemon run its code.
+    crate::api::refuse_code(config, &value)?;
+    crate::config::parse_box_json(name, &value)
 }

@@ -30,6 +30,18 @@ impl LiveDemand {
         Self {
             http: reqwest::Client::builder()
                 .user_agent(concat!("spotkeeper/", env!("CARGO_PKG_VERSION")))
+                // A redirect may not take the daemon to another host (a
+                // demand URL registered through the API must not become a
+                // way to reach an address of the caller's choosing).
+                .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                    let same_host = attempt.previous().first().map(|u| u.host_str())
+                        == Some(attempt.url().host_str());
+                    if same_host && attempt.previous().len() < 5 {
+                        attempt.follow()
+                    } else {
+                        attempt.stop()
+                    }
+                }))
                 .build()
                 .unwrap_or_default(),
             aws,
@@ -42,16 +54,25 @@ impl DemandReader for LiveDemand {
     async fn pending(&self, demand: &Demand) -> Result<u64, String> {
         match demand {
             Demand::None => Ok(0),
-            Demand::Http { url, timeout } => {
+            Demand::Http { url: full, timeout } => {
+                // What errors (and so events) say: never the credentials a
+                // URL may carry (user:password@, a token in the query).
+                let url = redacted(full);
+                let url = url.as_str();
                 let read = async {
                     let mut resp = self
                         .http
-                        .get(url)
+                        .get(full)
                         .header("accept", "application/json")
                         .send()
                         .await
                         .map_err(|e| format!("GET {url}: {}", without_url(&e)))?;
                     let status = resp.status();
+                    if status.is_redirection() {
+                        return Err(format!(
+                            "GET {url}: HTTP {status}: redirects to another host are not followed"
+                        ));
+                    }
                     if !status.is_success() {
                         return Err(format!("GET {url}: HTTP {status}"));
                     }
@@ -85,11 +106,31 @@ impl DemandReader for LiveDemand {
     }
 }
 
-/// reqwest's errors repeat the URL; we say it once.
+/// `url` without its user name, password and query: what may be said of it.
+pub fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            let had_query = u.query().is_some();
+            u.set_query(None);
+            let mut s = u.to_string();
+            if had_query {
+                s.push_str("?…");
+            }
+            s
+        }
+        Err(_) => "(unparsable URL)".to_owned(),
+    }
+}
+
+/// reqwest's errors repeat the URL; we say it once (and never in full:
+/// `without_url` also drops it from nested causes).
 fn without_url(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     if let Some(url) = e.url() {
         text = text.replace(&format!(" ({url})"), "");
+        text = text.replace(url.as_str(), &redacted(url.as_str()));
     }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -123,7 +164,20 @@ pub fn count_jobs(body: &[u8]) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::count_jobs;
+    use super::{count_jobs, redacted};
+
+    #[test]
+    fn credentials_in_a_demand_url_are_never_repeated() {
+        assert_eq!(
+            redacted("https://user:pa55@queue.internal:8080/v1/jobs?token=abc&state=PENDING"),
+            "https://queue.internal:8080/v1/jobs?…"
+        );
+        assert_eq!(
+            redacted("http://queue.internal/jobs"),
+            "http://queue.internal/jobs"
+        );
+        assert_eq!(redacted("::"), "(unparsable URL)");
+    }
 
     #[test]
     fn the_count_is_the_length_of_the_array_and_anything_else_is_an_error() {
