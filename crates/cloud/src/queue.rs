@@ -15,6 +15,11 @@ pub trait EventQueue: Send + Sync {
     async fn receive(&self) -> Result<Vec<QueueMessage>, CloudError>;
     /// Deletes a handled message.
     async fn delete(&self, receipt: &str) -> Result<(), CloudError>;
+    /// The AWS account the queue belongs to, when known: events of other
+    /// accounts are not acted on.
+    fn account(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The SQS queue `setup` made.
@@ -49,5 +54,31 @@ impl EventQueue for SqsQueue {
     }
     async fn delete(&self, receipt: &str) -> Result<(), CloudError> {
         self.cloud.delete_message(&self.url, receipt).await
+    }
+    fn account(&self) -> Option<String> {
+        queue_account(&self.url)
+    }
+}
+
+/// The account in a queue URL (`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`).
+pub fn queue_account(url: &str) -> Option<String> {
+    let mut parts = url.rsplit('/');
+    let _name = parts.next()?;
+    let account = parts.next()?;
+    (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())).then(|| account.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_account_is_read_from_the_queue_url() {
+        assert_eq!(
+            super::queue_account(
+                "https://sqs.us-east-1.amazonaws.com/123456789012/spotkeeper-events"
+            )
+            .as_deref(),
+            Some("123456789012")
+        );
+        assert_eq!(super::queue_account("http://127.0.0.1:5000/queue/x"), None);
     }
 }

@@ -431,6 +431,9 @@ async fn register_pool(
     {
         return error(StatusCode::UNPROCESSABLE_ENTITY, message);
     }
+    if let Err(e) = state.store.pool_revived(&state.config.owner, &name).await {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
     let existed = match state.store.pools(&state.config.owner).await {
         Ok(p) => p.iter().any(|(n, _)| *n == name),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -481,6 +484,15 @@ async fn delete_pool(State(state): State<ApiState>, Path(name): Path<String>) ->
         Ok(true) => {}
         Ok(false) => return error(StatusCode::NOT_FOUND, format!("no pool named {name:?}")),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    // The evidence the daemon needs to collect what this call may leave
+    // (a terminate that fails below, a launch racing the deletion).
+    if let Err(e) = state
+        .store
+        .pool_deleted(&state.config.owner, &name, "api")
+        .await
+    {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
     let filter = boxes::owner_filter(&state.config.owner).with(tags::POOL, &name);
     let down = async {

@@ -97,6 +97,9 @@ pub struct Config {
     pub interval: Duration,
     /// How many box and pool tasks the daemon runs at once (`[daemon] max_tasks`).
     pub max_tasks: usize,
+    /// How long processed event ids, doomed and seen instances and the event
+    /// log are kept (`[daemon] retention`).
+    pub retention: Duration,
     /// Where the daemon's HTTP API listens (`[api] listen`).
     pub api_listen: std::net::SocketAddr,
     /// `[api] allow_commands`: boxes registered through the API may carry
@@ -155,6 +158,11 @@ pub struct AwsSettings {
     /// `retry_mode = "adaptive"` (default `"standard"`).
     pub adaptive_retry: bool,
 }
+
+/// How long the state keeps processed event ids, doomed and seen instances
+/// and the event log when `[daemon] retention` is not set: a month of history
+/// to look back on, and a file that does not grow forever.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The longest `aws.operation_timeout` / `aws.attempt_timeout` accepted: a
 /// call that may hang longer would hold a box's task past its two minutes.
@@ -349,6 +357,7 @@ struct RawDaemon {
     queue: Option<Spanned<String>>,
     interval: Option<Spanned<String>>,
     max_tasks: Option<Spanned<i64>>,
+    retention: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -566,6 +575,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             ));
         }
     };
+    let retention = match raw.daemon.as_ref().and_then(|d| d.retention.as_ref()) {
+        None => DEFAULT_RETENTION,
+        Some(r) => {
+            let d = humantime::parse_duration(r.get_ref()).map_err(|e| {
+                at(
+                    Some(r.span()),
+                    format!("daemon.retention {:?}: {e}", r.get_ref()),
+                )
+            })?;
+            if d < Duration::from_secs(3600) {
+                return Err(at(
+                    Some(r.span()),
+                    "daemon.retention must be at least 1h (events are redelivered for minutes)"
+                        .into(),
+                ));
+            }
+            d
+        }
+    };
     let aws_timeout =
         |t: &Option<Spanned<String>>, key: &str| -> Result<Option<Duration>, ConfigError> {
             let Some(t) = t else { return Ok(None) };
@@ -685,6 +713,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         queue,
         interval,
         max_tasks,
+        retention,
         api_listen,
         api_token,
         api_allow_commands: raw

@@ -71,6 +71,9 @@ pub struct Metrics {
     pub pass_seconds: Histogram,
     /// Box and pool tasks running, by kind (`replace`, `settle`, `image`, `back-to-spot`, `pool`).
     pub tasks: Family<KindLabel, Gauge>,
+    /// Pools whose instances are left alone, by why (`unreadable-pool`: a
+    /// stored spec that does not parse; `unknown-pool`: no spec, no deletion).
+    pub left_alone: Family<KindLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -126,6 +129,12 @@ impl Default for Metrics {
             "Box and pool tasks running, by kind",
             tasks.clone(),
         );
+        let left_alone = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "left_alone_pools",
+            "Pools whose instances are left alone: unreadable spec, or no spec and no deletion record",
+            left_alone.clone(),
+        );
         let pools = PoolMetrics::default();
         registry.register(
             "pool_desired_units",
@@ -163,6 +172,7 @@ impl Default for Metrics {
             passes,
             pass_seconds,
             tasks,
+            left_alone,
             events,
             replacements,
             launch_failures,
@@ -207,6 +217,13 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .dec();
+    }
+
+    /// The gauge of pools left alone for `why`.
+    pub fn left_alone(&self, why: &str) -> impl std::ops::Deref<Target = Gauge> + '_ {
+        self.left_alone.get_or_create(&KindLabel {
+            kind: why.to_owned(),
+        })
     }
 
     /// A pass ended after `seconds`, `ok` or not.

@@ -419,23 +419,29 @@ impl Store {
             .collect())
     }
 
-    /// Whether event `id` was acted on already.
-    pub async fn seen(&self, id: &str) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM processed_events WHERE event_id = ?")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
+    /// Whether this owner's event `id` was acted on already.
+    pub async fn seen(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM processed_events WHERE owner = ? AND event_id = ?",
+        )
+        .bind(owner)
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(n > 0)
     }
 
-    /// Records that event `id` is being handled; `false` if it was already (a duplicate delivery).
+    /// Records that this owner's event `id` is being handled; `false` if it
+    /// was already (a duplicate delivery).
     pub async fn first_delivery(
         &self,
+        owner: &str,
         id: &str,
         kind: &str,
         instance: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let n = sqlx::query("INSERT OR IGNORE INTO processed_events (event_id, at, kind, instance) VALUES (?, ?, ?, ?)")
+        let n = sqlx::query("INSERT OR IGNORE INTO processed_events (owner, event_id, at, kind, instance) VALUES (?, ?, ?, ?, ?)")
+            .bind(owner)
             .bind(id)
             .bind(unix_now())
             .bind(kind)
@@ -444,6 +450,97 @@ impl Store {
             .await?
             .rows_affected();
         Ok(n > 0)
+    }
+
+    /// Forgets this owner's processed event ids, doomed instances, seen
+    /// instances and events older than `before` (unix seconds); returns how
+    /// many rows went. An event redelivered after that long is stale anyway.
+    pub async fn prune(&self, owner: &str, before: i64) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for sql in [
+            "DELETE FROM processed_events WHERE owner = ? AND at < ?",
+            "DELETE FROM doomed_instances WHERE owner = ? AND at < ?",
+            "DELETE FROM instances_seen WHERE owner = ? AND last_seen < ?",
+            "DELETE FROM events WHERE owner = ? AND at < ?",
+        ] {
+            n += sqlx::query(sql)
+                .bind(owner)
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(n)
+    }
+
+    /// Records that pool `pool` was deleted (`how`: "api" or "config"): its
+    /// instances may be collected.
+    pub async fn pool_deleted(&self, owner: &str, pool: &str, how: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO deleted_pools (owner, pool, at, how) VALUES (?, ?, ?, ?)",
+        )
+        .bind(owner)
+        .bind(pool)
+        .bind(unix_now())
+        .bind(how)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Pools recorded as deleted.
+    pub async fn deleted_pools(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT pool FROM deleted_pools WHERE owner = ? ORDER BY pool")
+                .bind(owner)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// A pool registered again is no longer deleted.
+    pub async fn pool_revived(&self, owner: &str, pool: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM deleted_pools WHERE owner = ? AND pool = ?")
+            .bind(owner)
+            .bind(pool)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records the pools of the config file; returns those recorded before
+    /// that are no longer in it (removed from the file: deleted).
+    pub async fn config_pools(
+        &self,
+        owner: &str,
+        now: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let before: Vec<String> =
+            sqlx::query_scalar("SELECT pool FROM config_pools_seen WHERE owner = ? ORDER BY pool")
+                .bind(owner)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut tx = self.pool.begin().await?;
+        for p in now.iter().filter(|p| !before.contains(p)) {
+            sqlx::query(
+                "INSERT OR IGNORE INTO config_pools_seen (owner, pool, at) VALUES (?, ?, ?)",
+            )
+            .bind(owner)
+            .bind(p)
+            .bind(unix_now())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let gone: Vec<String> = before.into_iter().filter(|p| !now.contains(p)).collect();
+        for p in &gone {
+            sqlx::query("DELETE FROM config_pools_seen WHERE owner = ? AND pool = ?")
+                .bind(owner)
+                .bind(p)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(gone)
     }
 
     /// Marks an instance as going away (it no longer counts as the live box).
@@ -877,12 +974,12 @@ mod tests {
         assert!(s.deregister_box("o", "dev").await.expect("deregister"));
         assert!(!s.deregister_box("o", "dev").await.expect("deregister"));
         assert!(
-            s.first_delivery("ev-1", "spot-interruption", Some("i-1"))
+            s.first_delivery("o", "ev-1", "spot-interruption", Some("i-1"))
                 .await
                 .expect("first")
         );
         assert!(
-            !s.first_delivery("ev-1", "spot-interruption", Some("i-1"))
+            !s.first_delivery("o", "ev-1", "spot-interruption", Some("i-1"))
                 .await
                 .expect("dup")
         );

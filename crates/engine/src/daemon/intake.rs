@@ -45,16 +45,33 @@ impl Daemon<'_> {
                 return Ok(Handled::Garbage(e.to_string()));
             }
         };
+        let expected = self.lock_memory().account.clone();
+        if let (Some(theirs), Some(ours)) = (&event.account, &expected)
+            && theirs != ours
+        {
+            self.metrics.event("foreign-account");
+            let what = format!(
+                "event {} is about account {theirs}, this daemon's queue is in {ours}: ignored",
+                event.id
+            );
+            self.record(None, "foreign-account", &what).await;
+            return Ok(Handled::Ignored(what));
+        }
         let first_instance = event.kind.instances().first().map(|i| i.to_string());
         // Checked now, recorded once acted on: a crash in between re-acts on
         // the redelivered message, and acting (doom, mark) is idempotent.
-        if self.store.seen(&event.id).await? {
+        if self.store.seen(&self.config.owner, &event.id).await? {
             self.metrics.event("duplicate");
             return Ok(Handled::Duplicate);
         }
         let outcome = self.act(&event).await?;
         self.store
-            .first_delivery(&event.id, event.kind.name(), first_instance.as_deref())
+            .first_delivery(
+                &self.config.owner,
+                &event.id,
+                event.kind.name(),
+                first_instance.as_deref(),
+            )
             .await?;
         Ok(outcome)
     }
@@ -76,6 +93,31 @@ impl Daemon<'_> {
             };
             tracing::debug!(%id, "event: instance re-read");
             if instance.tag(tags::OWNER) != Some(self.config.owner.as_str()) {
+                continue;
+            }
+            // The event must agree with AWS: a spot warning is about a spot
+            // instance, and an instance said to be going away is not one AWS
+            // shows running (a forged, replayed or out-of-order message).
+            if matches!(event.kind, EventKind::SpotInterruption { .. })
+                && instance.market != Market::Spot
+            {
+                ignored.push(format!(
+                    "spot warning for {id}, which AWS shows as {}: ignored",
+                    instance.market
+                ));
+                continue;
+            }
+            if let EventKind::StateChange { state, .. } = &event.kind
+                && !matches!(state, InstanceState::Pending | InstanceState::Running)
+                && matches!(
+                    instance.state,
+                    InstanceState::Pending | InstanceState::Running
+                )
+            {
+                ignored.push(format!(
+                    "state change of {id} to {state}, but AWS shows it {}: ignored",
+                    instance.state
+                ));
                 continue;
             }
             if let Some(pool) = instance.tag(tags::POOL) {

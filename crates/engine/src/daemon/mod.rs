@@ -55,6 +55,9 @@ pub const UNAVAILABLE_FOR: Duration = Duration::from_secs(5 * 60);
 /// another `up` gets time to be seen as what it is).
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(5 * 60);
 
+/// How often the state file is pruned of what is older than the retention.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// The longest pause between two failing passes: long enough not to hammer
 /// a throttling API, short enough that a recovered one is used soon.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
@@ -122,6 +125,9 @@ struct Memory {
     last: Option<Arc<Observation>>,
     epochs: HashMap<Subject, u64>,
     fast: Option<mpsc::UnboundedSender<Job>>,
+    reported_unknown: HashSet<String>,
+    pruned_at: Option<Instant>,
+    account: Option<String>,
 }
 
 /// The daemon.
@@ -200,6 +206,13 @@ impl<'a> Daemon<'a> {
     /// instead of sleeping.
     pub fn passes(&self) -> watch::Receiver<u64> {
         self.passes.subscribe()
+    }
+
+    /// Acts only on events of AWS account `account` (`run` takes it from
+    /// the queue's URL when not set).
+    pub fn with_account(self, account: Option<String>) -> Self {
+        self.lock_memory().account = account;
+        self
     }
 
     /// Uses other waits (tests).
@@ -387,6 +400,7 @@ impl<'a> Daemon<'a> {
     /// returns the work for tasks. It never waits on a box's launch, ready
     /// check, image or volume.
     pub async fn pass(&self) -> Result<PassOutcome, BoxError> {
+        self.prune_if_due().await;
         let mut obs = self.observe().await?;
         let specs = self.managed_specs().await?;
         // Only the fast path needs them: without, launches ask AWS first.
@@ -433,6 +447,24 @@ impl<'a> Daemon<'a> {
         Ok(out)
     }
 
+    /// Forgets what is older than `[daemon] retention`, at most hourly.
+    async fn prune_if_due(&self) {
+        let due = self
+            .lock_memory()
+            .pruned_at
+            .is_none_or(|at| at.elapsed() >= PRUNE_EVERY);
+        if !due {
+            return;
+        }
+        self.lock_memory().pruned_at = Some(Instant::now());
+        let before = crate::store::unix_seconds(self.clock.now() - self.config.retention);
+        match self.store.prune(&self.config.owner, before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("pruned {n} rows older than the retention"),
+            Err(e) => tracing::warn!("pruning the state file failed: {e}"),
+        }
+    }
+
     /// One pass and every task it starts, to the end. Returns what it did
     /// (replacements, duplicates, pools that changed). Any failed describe
     /// fails the pass: it never plans on a partial view.
@@ -475,7 +507,13 @@ impl<'a> Daemon<'a> {
     /// once; the next daemon resumes it.
     pub async fn run(&self, queue: &dyn EventQueue, shutdown: watch::Receiver<bool>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.lock_memory().fast = Some(tx);
+        {
+            let mut m = self.lock_memory();
+            m.fast = Some(tx);
+            if m.account.is_none() {
+                m.account = queue.account();
+            }
+        }
         tokio::join!(
             self.receive(queue, shutdown.clone()),
             self.reconcile_loop(rx, shutdown)

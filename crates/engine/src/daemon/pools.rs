@@ -22,16 +22,27 @@ impl Daemon<'_> {
     /// The pools of the config file and those registered through the API.
     /// A stored pool that no longer parses is reported and left alone.
     pub async fn pools(&self) -> Result<Vec<PoolSpec>, BoxError> {
+        Ok(self.pools_and_unreadable().await?.0)
+    }
+
+    /// The pools, and the names of stored pools that do not parse (or are
+    /// refused): those are unknown, and their instances are left alone.
+    async fn pools_and_unreadable(&self) -> Result<(Vec<PoolSpec>, HashSet<String>), BoxError> {
         let (pools, bad) = crate::pools::view::all_pools(self.config, self.store).await?;
+        let mut unreadable = HashSet::new();
         for (name, why) in bad {
             self.record(
                 None,
                 "bad-pool",
-                &format!("stored pool {name} does not parse: {why}"),
+                &format!("stored pool {name} does not parse: {why}; its instances are left alone"),
             )
             .await;
+            unreadable.insert(name);
         }
-        Ok(pools.into_iter().map(|(p, _)| p).collect())
+        self.metrics
+            .left_alone("unreadable-pool")
+            .set(unreadable.len() as i64);
+        Ok((pools.into_iter().map(|(p, _)| p).collect(), unreadable))
     }
 
     /// Plans every pool on `obs`: orphans are collected now, each pool's
@@ -40,7 +51,21 @@ impl Daemon<'_> {
         &self,
         obs: &Observation,
     ) -> Result<(Vec<String>, Vec<Job>), BoxError> {
-        let pools = self.pools().await?;
+        let (pools, unreadable) = self.pools_and_unreadable().await?;
+        // A pool gone from the config file is deleted (positive evidence,
+        // recorded); one never seen there proves nothing.
+        let in_config: Vec<String> = self.config.pools.keys().cloned().collect();
+        for gone in self
+            .store
+            .config_pools(&self.config.owner, &in_config)
+            .await?
+        {
+            if !pools.iter().any(|p| p.name == gone) && !unreadable.contains(&gone) {
+                self.store
+                    .pool_deleted(&self.config.owner, &gone, "config")
+                    .await?;
+            }
+        }
         if pools.is_empty() && !obs.instances.iter().any(|i| i.tag(tags::POOL).is_some()) {
             return Ok((Vec::new(), Vec::new()));
         }
@@ -76,7 +101,7 @@ impl Daemon<'_> {
             doomed: obs.doomed.clone(),
             prices,
         });
-        let done = self.collect_orphans(&pools, &world).await?;
+        let done = self.collect_orphans(&pools, &unreadable, &world).await?;
         let jobs = pools
             .into_iter()
             .map(|spec| {
@@ -137,13 +162,50 @@ impl Daemon<'_> {
     async fn collect_orphans(
         &self,
         pools: &[PoolSpec],
+        unreadable: &HashSet<String>,
         world: &World,
     ) -> Result<Vec<String>, BoxError> {
         let known: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+        let deleted: HashSet<String> = self
+            .store
+            .deleted_pools(&self.config.owner)
+            .await?
+            .into_iter()
+            .collect();
+        // Never terminate what cannot be read: an orphan is a pool recorded
+        // as deleted, not merely one without a spec (a lost or wrong state
+        // file, a spec that no longer parses).
         let orphan = |tags: &std::collections::BTreeMap<String, String>| {
-            tags.get(tags::POOL)
-                .is_some_and(|p| !known.contains(p.as_str()))
+            tags.get(tags::POOL).is_some_and(|p| {
+                !known.contains(p.as_str()) && !unreadable.contains(p) && deleted.contains(p)
+            })
         };
+        let mut unknown: Vec<&str> = world
+            .instances
+            .iter()
+            .filter(|i| i.state.is_live())
+            .filter_map(|i| i.tag(tags::POOL))
+            .filter(|p| !known.contains(p) && !unreadable.contains(*p) && !deleted.contains(*p))
+            .collect();
+        unknown.sort();
+        unknown.dedup();
+        self.metrics
+            .left_alone("unknown-pool")
+            .set(unknown.len() as i64);
+        for p in &unknown {
+            let first = self.lock_memory().reported_unknown.insert((*p).to_owned());
+            if first {
+                self.record(
+                    None,
+                    "unknown-pool",
+                    &format!(
+                        "instances of pool {p}: no spec here and no record of its deletion; left alone \
+                         (register the pool again, or delete it through the API to collect them)"
+                    ),
+                )
+                .await;
+            }
+        }
         let now = self.clock.now();
         let instances: Vec<InstanceId> = world
             .instances

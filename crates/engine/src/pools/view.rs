@@ -130,8 +130,11 @@ pub async fn all_pools(
         }
         match serde_json::from_str(&json)
             .map_err(|e| e.to_string())
-            .and_then(|v| crate::config::parse_pool_json(&name, &v))
-        {
+            .and_then(|v| {
+                // Stored before the check existed, or allowed then: checked again.
+                crate::api::refuse_code(config, &v)?;
+                crate::config::parse_pool_json(&name, &v)
+            }) {
             Ok(spec) => pools.push((spec, "api".to_owned())),
             Err(m) => bad.push((name, m)),
         }

@@ -1,0 +1,240 @@
+//! What the daemon will not do on a credential's or a state file's word:
+//! terminate instances of a pool it cannot read or has no record of
+//! deleting, act on an event AWS contradicts, or act on another account's
+//! events; and it forgets old rows.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use spotkeeper_cloud::fake::FakeCloud;
+use spotkeeper_cloud::model::tags;
+use spotkeeper_cloud::{Instance, InstanceId, InstanceState, Market};
+use spotkeeper_engine::config::{self, Config};
+use spotkeeper_engine::daemon::{Daemon, Handled};
+use spotkeeper_engine::store::Store;
+
+const POOL: &str = "[pool.workers]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [ { type = \"t3.micro\" } ]\nmax_price = 0.02\nzones = [\"us-east-1a\"]\nmin_capacity = 1\nmax_capacity = 1\n";
+
+fn config(extra: &str) -> Config {
+    config::parse(Path::new("t.toml"), &format!("owner = \"tester\"\n{extra}")).expect("valid")
+}
+
+fn instance(id: &str, tag: (&str, &str), market: Market, state: InstanceState) -> Instance {
+    Instance {
+        id: InstanceId::new(id),
+        state,
+        instance_type: "t3.micro".into(),
+        zone: Some("us-east-1a".into()),
+        market,
+        spot_request_id: None,
+        public_ip: None,
+        private_ip: None,
+        // Old enough to be past every grace period.
+        launched_at: Some(SystemTime::now() - Duration::from_secs(24 * 3600)),
+        image_id: None,
+        subnet_id: None,
+        vpc_id: None,
+        tags: BTreeMap::from([
+            (tags::OWNER.to_owned(), "tester".to_owned()),
+            (tag.0.to_owned(), tag.1.to_owned()),
+        ]),
+    }
+}
+
+fn live(cloud: &FakeCloud) -> Vec<String> {
+    cloud
+        .all_instances()
+        .into_iter()
+        .filter(|i| i.state.is_live())
+        .map(|i| i.id.to_string())
+        .collect()
+}
+
+async fn world() -> (FakeCloud, Store, tempfile::TempDir) {
+    let cloud = FakeCloud::new(&["us-east-1a"]);
+    cloud.set_price("t3.micro", "us-east-1a", 0.004);
+    (
+        cloud,
+        Store::memory().await.expect("store"),
+        tempfile::tempdir().expect("dir"),
+    )
+}
+
+#[tokio::test]
+async fn instances_of_a_pool_without_a_readable_spec_or_a_deletion_record_are_left_alone() {
+    let (cloud, store, locks) = world().await;
+    let cfg = config("");
+    // An API-registered pool's instances, and a state file that lost it.
+    cloud.insert_instance(instance(
+        "i-0000000000000a01",
+        (tags::POOL, "api-pool"),
+        Market::Spot,
+        InstanceState::Running,
+    ));
+    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path());
+    daemon.reconcile().await.expect("pass");
+    daemon.reconcile().await.expect("pass");
+    assert_eq!(live(&cloud), ["i-0000000000000a01"], "left alone");
+    assert_eq!(cloud.count("TerminateInstances"), 0);
+    let events = store.events("tester", None, 20).await.expect("events");
+    assert_eq!(
+        events.iter().filter(|e| e.kind == "unknown-pool").count(),
+        1,
+        "said once: {events:?}"
+    );
+    assert!(
+        daemon
+            .metrics()
+            .render()
+            .contains("spotkeeper_left_alone_pools{kind=\"unknown-pool\"} 1")
+    );
+
+    // A stored spec that no longer parses: unknown too, not an orphan.
+    store
+        .register_pool("tester", "api-pool", "{\"not\": \"a pool\"}")
+        .await
+        .expect("stored");
+    daemon.reconcile().await.expect("pass");
+    assert_eq!(live(&cloud), ["i-0000000000000a01"]);
+
+    // Positive evidence: the pool was deleted through this daemon's API.
+    store
+        .deregister_pool("tester", "api-pool")
+        .await
+        .expect("deregistered");
+    store
+        .pool_deleted("tester", "api-pool", "api")
+        .await
+        .expect("recorded");
+    daemon.reconcile().await.expect("pass");
+    assert!(live(&cloud).is_empty(), "collected once deleted");
+}
+
+#[tokio::test]
+async fn a_pool_removed_from_the_config_file_is_collected_one_never_seen_there_is_not() {
+    let (cloud, store, locks) = world().await;
+    let with_pool = config(POOL);
+    let daemon = Daemon::new(&cloud, &store, &with_pool, locks.path());
+    daemon
+        .reconcile()
+        .await
+        .expect("pass launches the pool's one instance");
+    assert_eq!(live(&cloud).len(), 1);
+    cloud.insert_instance(instance(
+        "i-00000000000000b2",
+        (tags::POOL, "never-here"),
+        Market::Spot,
+        InstanceState::Running,
+    ));
+    // Age the pool's instance past the grace period.
+    let mine: Vec<Instance> = cloud
+        .all_instances()
+        .into_iter()
+        .filter(|i| i.tag(tags::POOL) == Some("workers"))
+        .collect();
+    for i in mine {
+        cloud.insert_instance(Instance {
+            launched_at: Some(SystemTime::now() - Duration::from_secs(3600)),
+            ..i
+        });
+    }
+    let without = config("");
+    let daemon = Daemon::new(&cloud, &store, &without, locks.path());
+    daemon.reconcile().await.expect("pass");
+    assert_eq!(
+        live(&cloud),
+        ["i-00000000000000b2"],
+        "the removed pool's instance is collected, the unknown one is not"
+    );
+}
+
+#[tokio::test]
+async fn events_that_aws_or_the_account_contradict_are_ignored() {
+    let (cloud, store, locks) = world().await;
+    let cfg = config(
+        "[box.dev]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\nready = { check = \"none\" }\n",
+    );
+    store
+        .ensure_managed("tester", "dev", "up")
+        .await
+        .expect("managed");
+    cloud.insert_instance(instance(
+        "i-00000000000000dd",
+        (tags::BOX, "dev"),
+        Market::OnDemand,
+        InstanceState::Running,
+    ));
+    let daemon =
+        Daemon::new(&cloud, &store, &cfg, locks.path()).with_account(Some("123456789012".into()));
+    let fixture = |name: &str, id: &str| {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures/events")
+                .join(name),
+        )
+        .expect("fixture")
+        .replace("i-1234567890abcdef0", "i-00000000000000dd")
+        .replace("12345678-1234-1234-1234-123456789012", id)
+        .replace("7bf73129-1428-4cd3-a780-95db273d1602", id)
+    };
+    // A spot warning for an on-demand instance.
+    let out = daemon
+        .handle(&fixture("spot-interruption-warning.json", "e-od"))
+        .await
+        .expect("handled");
+    assert!(
+        matches!(&out, Handled::Ignored(w) if w.contains("on-demand")),
+        "{out:?}"
+    );
+    // "Terminated", while AWS shows it running.
+    let out = daemon
+        .handle(&fixture("state-change-terminated.json", "e-st"))
+        .await
+        .expect("handled");
+    assert!(
+        matches!(&out, Handled::Ignored(w) if w.contains("running")),
+        "{out:?}"
+    );
+    // Another account's event.
+    let foreign =
+        fixture("spot-interruption-warning.json", "e-acct").replace("123456789012", "999999999999");
+    let out = daemon.handle(&foreign).await.expect("handled");
+    assert!(
+        matches!(&out, Handled::Ignored(w) if w.contains("999999999999")),
+        "{out:?}"
+    );
+    assert!(store.doomed("tester").await.expect("doomed").is_empty());
+    assert!(daemon.unavailable().is_empty());
+}
+
+#[tokio::test]
+async fn old_rows_are_pruned_after_the_retention() {
+    let store = Store::memory().await.expect("store");
+    store
+        .first_delivery("tester", "old-event", "spot-interruption", Some("i-1"))
+        .await
+        .expect("recorded");
+    store
+        .doom("tester", "dev", "i-1", "spot")
+        .await
+        .expect("doomed");
+    store
+        .record_event("tester", Some("dev"), "launch", "x")
+        .await
+        .expect("event");
+    store
+        .first_delivery("other", "old-event", "spot-interruption", Some("i-9"))
+        .await
+        .expect("another owner's");
+    // Nothing is older than a minute ago.
+    let now = spotkeeper_engine::store::unix_seconds(SystemTime::now());
+    assert_eq!(store.prune("tester", now - 60).await.expect("prune"), 0);
+    // Everything of this owner is older than a minute from now.
+    assert_eq!(store.prune("tester", now + 60).await.expect("prune"), 3);
+    assert!(!store.seen("tester", "old-event").await.expect("seen"));
+    assert!(
+        store.seen("other", "old-event").await.expect("seen"),
+        "keyed by owner"
+    );
+}
