@@ -219,7 +219,7 @@ fn a_half_done_move_is_undone_and_resumed() {
     // A crash left an unattached copy in zone b.
     cli.moto.boto(&format!(
         "ec2.create_volume(AvailabilityZone='us-east-1b', Size=10, TagSpecifications=[{{'ResourceType': 'volume', 'Tags': [\
-         {{'Key': 'Name', 'Value': 'dev-data'}}, {{'Key': 'spotkeeper:moving-from', 'Value': '{original}'}}]}}])"
+         {{'Key': 'Name', 'Value': 'dev-data'}}, {{'Key': 'spotkeeper:owner', 'Value': 'clitest'}}, {{'Key': 'spotkeeper:moving-from', 'Value': '{original}'}}]}}])"
     ));
     assert_eq!(volumes(&cli, "dev-data").len(), 2);
     let inst = cli.json(&["up", "dev", "--json"]);
@@ -261,7 +261,7 @@ fn a_root_volume_is_made_from_the_image_and_attached_for_the_pivot_root_chain() 
 fn a_volume_name_matching_two_volumes_or_a_missing_dns_zone_stops_up_before_any_launch() {
     let cli = Cli::with_config(&with(DATA));
     cli.moto.boto(
-        "for z in ['us-east-1a', 'us-east-1b']:\n    ec2.create_volume(AvailabilityZone=z, Size=1, TagSpecifications=[{'ResourceType': 'volume', 'Tags': [{'Key': 'Name', 'Value': 'dev-data'}]}])",
+        "for z in ['us-east-1a', 'us-east-1b']:\n    ec2.create_volume(AvailabilityZone=z, Size=1, TagSpecifications=[{'ResourceType': 'volume', 'Tags': [{'Key': 'Name', 'Value': 'dev-data'}, {'Key': 'spotkeeper:owner', 'Value': 'clitest'}]}])",
     );
     let out = cli.run(&["up", "dev"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
@@ -403,5 +403,60 @@ fn images_are_created_pruned_to_keep_and_used_by_box_latest() {
         inst["image_id"].as_str(),
         made.last().map(String::as_str),
         "launched from the newest image"
+    );
+}
+
+#[test]
+fn a_volume_spotkeeper_did_not_create_is_used_only_when_adopted_and_never_taken_from_a_foreign_instance()
+ {
+    // Someone's own volume that happens to have the box's volume name.
+    let cli = Cli::with_config(&with(DATA));
+    cli.moto.boto(
+        "ec2.create_volume(AvailabilityZone='us-east-1a', Size=10, TagSpecifications=[{'ResourceType': 'volume', 'Tags': [{'Key': 'Name', 'Value': 'dev-data'}]}])",
+    );
+    let out = cli.run(&["up", "dev"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("was not created by spotkeeper")
+            && stderr(&out).contains("adopt = true"),
+        "{}",
+        describe(&out)
+    );
+    assert!(cli.live().is_empty(), "nothing launched");
+    assert!(
+        volumes(&cli, "dev-data")[0]["tags"]
+            .get("spotkeeper:owner")
+            .is_none(),
+        "nothing touched"
+    );
+
+    // Adopted: used, and tagged as this owner's.
+    cli.write_config(&with(
+        r#"data_volume = { name = "dev-data", size_gb = 10, mount = "/data", adopt = true }"#,
+    ));
+    let inst = cli.json(&["up", "dev", "--json"]);
+    let vols = volumes(&cli, "dev-data");
+    assert_eq!(vols.len(), 1, "{vols:?}");
+    assert_eq!(vols[0]["instance"], inst["instance_id"]);
+    assert_eq!(vols[0]["tags"]["spotkeeper:owner"], "clitest");
+    cli.ok(&["stop", "dev"]);
+
+    // Now held by a running instance spotkeeper does not own: never taken.
+    let vol = vols[0]["id"].as_str().expect("id").to_owned();
+    cli.moto.boto(&format!(
+        "i = ec2.run_instances(ImageId='ami-0123456789abcdef0', MinCount=1, MaxCount=1, InstanceType='t3.micro', Placement={{'AvailabilityZone': 'us-east-1a'}})['Instances'][0]['InstanceId']\n\
+         ec2.attach_volume(VolumeId='{vol}', InstanceId=i, Device='/dev/sdf')"
+    ));
+    let out = cli.run(&["up", "dev"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("spotkeeper does not own"),
+        "{}",
+        describe(&out)
+    );
+    assert!(cli.live().is_empty(), "nothing launched");
+    assert!(
+        volumes(&cli, "dev-data")[0]["instance"].is_string(),
+        "still attached"
     );
 }

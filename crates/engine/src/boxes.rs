@@ -405,7 +405,7 @@ async fn up_inner(
             // Where it is (its zone) is what matters before the launch; it
             // is read again when it is attached.
             Some(v) => Some(v.clone()),
-            None => persist::find(ctx.cloud, role, vs).await?,
+            None => persist::find(ctx.cloud, ctx.owner, name, role, vs).await?,
         };
         found.push((role, vs, v));
     }

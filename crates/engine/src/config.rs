@@ -259,6 +259,10 @@ pub struct VolumeSpec {
     pub mount: String,
     /// Stop policy.
     pub on_stop: OnStop,
+    /// `adopt = true`: a volume of this name that spotkeeper did not create
+    /// may be used (and is then tagged as this owner's). Without it, such a
+    /// volume stops `up` before anything is launched.
+    pub adopt: bool,
 }
 
 /// Which address the DNS record points at.
@@ -404,6 +408,7 @@ struct RawVolume {
     kind: String,
     mount: Option<String>,
     on_stop: Option<String>,
+    adopt: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -962,6 +967,7 @@ fn validate_box(
                 kind: v.kind,
                 mount,
                 on_stop,
+                adopt: v.adopt.unwrap_or(false),
             }))
         };
     let data_volume = volume(b.data_volume, "data_volume")?;

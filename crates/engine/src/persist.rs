@@ -85,6 +85,34 @@ pub enum PersistError {
         /// The box.
         box_name: String,
     },
+    /// A volume of the configured name exists that spotkeeper did not create.
+    #[error(
+        "{key} {name:?}: volume {volume} has that name but was not created by spotkeeper (no {owner_tag} tag); \
+         set adopt = true in {key} to use it (it is then tagged as this owner's), or rename it"
+    )]
+    NotOwned {
+        /// Config key.
+        key: &'static str,
+        /// The name.
+        name: String,
+        /// The volume.
+        volume: String,
+        /// The owner tag's key.
+        owner_tag: &'static str,
+    },
+    /// The volume is attached to a running instance spotkeeper does not own.
+    #[error(
+        "volume {volume} ({name}) is attached to {instance}, a running instance spotkeeper does not own; \
+         it is never taken from it: detach it yourself, or name another volume"
+    )]
+    ForeignHolder {
+        /// Volume id.
+        volume: String,
+        /// Its name.
+        name: String,
+        /// The instance holding it.
+        instance: String,
+    },
     /// The image has no root snapshot to make a root volume from.
     #[error("image {0} has no root snapshot to make the persistent root volume from")]
     NoRootSnapshot(ImageId),
@@ -132,15 +160,36 @@ fn volume_tags(owner: &str, box_name: &str, name: &str) -> Vec<(String, String)>
 /// the name matches more than one volume.
 pub async fn find(
     cloud: &dyn Cloud,
+    owner: &str,
+    box_name: &str,
     role: Role,
     vs: &VolumeSpec,
 ) -> Result<Option<Volume>, PersistError> {
-    let all = cloud
+    let mut all: Vec<Volume> = cloud
         .volumes(&TagFilter::default().with(tags::NAME, &vs.name))
-        .await?;
-    let (copies, mut originals): (Vec<Volume>, Vec<Volume>) = all
+        .await?
         .into_iter()
         .filter(|v| v.state != "deleting" && v.state != "deleted")
+        // Another installation's volume of the same name is not ours.
+        .filter(|v| v.tags.get(tags::OWNER).is_none_or(|o| o == owner))
+        .collect();
+    // One spotkeeper did not create: only when the config says to adopt it,
+    // and then it is tagged as ours first.
+    for v in all.iter_mut().filter(|v| !v.tags.contains_key(tags::OWNER)) {
+        if !vs.adopt {
+            return Err(PersistError::NotOwned {
+                key: role.key(),
+                name: vs.name.clone(),
+                volume: v.id.to_string(),
+                owner_tag: tags::OWNER,
+            });
+        }
+        let t = volume_tags(owner, box_name, &vs.name);
+        cloud.tag(&[v.id.to_string()], &t).await?;
+        v.tags.extend(t);
+    }
+    let (copies, mut originals): (Vec<Volume>, Vec<Volume>) = all
+        .into_iter()
         .partition(|v| v.tags.contains_key(MOVING_FROM));
     for copy in copies {
         let from = copy.tags.get(MOVING_FROM).cloned().unwrap_or_default();
@@ -149,7 +198,7 @@ pub async fn find(
             // The copy was attached (or is all that is left): the move happened.
             if let Some(i) = original {
                 let old = originals.remove(i);
-                release(cloud, &old, &HashSet::new()).await?;
+                release(cloud, owner, &old, &HashSet::new()).await?;
                 cloud.delete_volume(&old.id).await?;
             }
             cloud.untag(&[copy.id.to_string()], &[MOVING_FROM]).await?;
@@ -157,6 +206,20 @@ pub async fn find(
         } else {
             // Never attached: the original still holds the truth.
             cloud.delete_volume(&copy.id).await?;
+        }
+    }
+    for v in &originals {
+        for (holder, _) in &v.attachments {
+            if let Some(i) = cloud.instance(holder).await?
+                && i.state.is_live()
+                && i.tag(tags::OWNER) != Some(owner)
+            {
+                return Err(PersistError::ForeignHolder {
+                    volume: v.id.to_string(),
+                    name: vs.name.clone(),
+                    instance: holder.to_string(),
+                });
+            }
         }
     }
     if originals.len() > 1 {
@@ -201,10 +264,27 @@ const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10 *
 /// minutes: its disk is taken only when it is down).
 async fn release(
     cloud: &dyn Cloud,
+    owner: &str,
     v: &Volume,
     doomed: &HashSet<InstanceId>,
 ) -> Result<(), CloudError> {
     for (instance, _) in &v.attachments {
+        // A volume is never taken from a live instance spotkeeper does not
+        // own: that is someone else's machine using it.
+        if let Some(holder) = cloud.instance(instance).await?
+            && holder.state.is_live()
+            && holder.tag(tags::OWNER) != Some(owner)
+        {
+            return Err(CloudError::other(
+                "DetachVolume",
+                spotkeeper_cloud::ErrorKind::InvalidRequest,
+                format!(
+                    "volume {} is attached to {instance}, a running instance spotkeeper does not own; \
+                     it is never detached from it",
+                    v.id
+                ),
+            ));
+        }
         // A doomed holder (its replacement runs now) is let go at once.
         if doomed.contains(instance) {
             cloud.terminate(std::slice::from_ref(instance)).await?;
@@ -256,7 +336,7 @@ pub async fn prepare(
                 moved_from: None,
             });
         }
-        release(cloud, v, &HashSet::new()).await?;
+        release(cloud, owner, v, &HashSet::new()).await?;
         let mut snap_tags = tags.clone();
         snap_tags.push((PURPOSE_TAG.to_owned(), "move".to_owned()));
         let snapshot = cloud.snapshot_volume(&v.id, &snap_tags).await?;
@@ -334,7 +414,7 @@ pub async fn attach(
     if let Some(current) = cloud.volume(&p.volume.id).await?
         && !current.attachments.iter().any(|(i, _)| i == instance)
     {
-        release(cloud, &current, doomed).await?;
+        release(cloud, owner, &current, doomed).await?;
     }
     let attached = cloud
         .attach_volume(&p.volume.id, instance, p.role.device())
@@ -378,7 +458,7 @@ pub async fn ensure_attached(
 ) -> Result<Vec<String>, PersistError> {
     let mut notes = Vec::new();
     for (role, vs) in volume_specs(spec) {
-        let Some(v) = find(cloud, role, vs).await? else {
+        let Some(v) = find(cloud, owner, &spec.name, role, vs).await? else {
             notes.push(format!(
                 "{} {:?} does not exist; stop and up the box to create it",
                 role.key(),
@@ -435,7 +515,7 @@ pub async fn on_stop(
 ) -> Result<Vec<String>, PersistError> {
     let mut done = Vec::new();
     for (role, vs) in volume_specs(spec) {
-        let Some(v) = find(cloud, role, vs).await? else {
+        let Some(v) = find(cloud, owner, &spec.name, role, vs).await? else {
             continue;
         };
         match vs.on_stop {
@@ -447,7 +527,7 @@ pub async fn on_stop(
                 v.zone
             )),
             OnStop::Snapshot => {
-                release(cloud, &v, &HashSet::new()).await?;
+                release(cloud, owner, &v, &HashSet::new()).await?;
                 let mut t = volume_tags(owner, &spec.name, &vs.name);
                 t.push((PURPOSE_TAG.to_owned(), "stop".to_owned()));
                 let snap = cloud.snapshot_volume(&v.id, &t).await?;
@@ -459,7 +539,7 @@ pub async fn on_stop(
                 ));
             }
             OnStop::Delete => {
-                release(cloud, &v, &HashSet::new()).await?;
+                release(cloud, owner, &v, &HashSet::new()).await?;
                 cloud.delete_volume(&v.id).await?;
                 done.push(format!("Deleted {} {} ({})", role.key(), v.id, vs.name));
             }

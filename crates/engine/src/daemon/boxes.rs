@@ -407,7 +407,9 @@ impl Daemon<'_> {
         }
         let mut volumes = std::collections::BTreeMap::new();
         for (role, vs) in crate::persist::volume_specs(spec) {
-            if let Ok(Some(v)) = crate::persist::find(self.cloud, role, vs).await {
+            if let Ok(Some(v)) =
+                crate::persist::find(self.cloud, &self.config.owner, &spec.name, role, vs).await
+            {
                 volumes.insert(vs.name.clone(), v);
             }
         }
