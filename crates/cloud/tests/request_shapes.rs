@@ -310,3 +310,54 @@ async fn describes_follow_next_token_through_every_page_in_1000_result_pages() {
     assert_eq!(first.num_calls(), 1);
     assert_eq!(second.num_calls(), 1);
 }
+
+#[tokio::test]
+async fn an_image_tags_itself_and_its_snapshots_at_creation() {
+    let create = mock!(Client::create_image)
+        .match_requests(|r| {
+            let kinds: Vec<&ResourceType> = r
+                .tag_specifications()
+                .iter()
+                .filter_map(|t| t.resource_type())
+                .collect();
+            r.no_reboot() == Some(true)
+                && kinds == [&ResourceType::Image, &ResourceType::Snapshot]
+                && r.tag_specifications().iter().all(|t| {
+                    t.tags()
+                        .iter()
+                        .any(|tag| tag.key() == Some(tags::OWNER) && tag.value() == Some("tester"))
+                })
+        })
+        .then_output(|| {
+            aws_sdk_ec2::operation::create_image::CreateImageOutput::builder()
+                .image_id("ami-0000000000000aaaa")
+                .build()
+        });
+    let describe = mock!(Client::describe_images).then_output(|| {
+        DescribeImagesOutput::builder()
+            .images(
+                Ec2Image::builder()
+                    .image_id("ami-0000000000000aaaa")
+                    .state(aws_sdk_ec2::types::ImageState::Available)
+                    .build(),
+            )
+            .build()
+    });
+    let tag = mock!(Client::create_tags)
+        .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
+    let cloud = AwsCloud::from_clients(
+        ec2_with(&[&create, &describe, &tag]),
+        ssm(),
+        route53(),
+        "us-east-1",
+    );
+    cloud
+        .snapshot(
+            &spotkeeper_cloud::InstanceId::new("i-0123456789abcdef0"),
+            "img",
+            &[(tags::OWNER.to_owned(), "tester".to_owned())],
+        )
+        .await
+        .expect("the request matched: image and snapshots tagged at creation");
+    assert_eq!(create.num_calls(), 1);
+}

@@ -17,7 +17,7 @@ pub async fn setup(args: &Args) -> Result<ExitCode, Failure> {
     let plumbing = cloud
         .ensure_event_plumbing(&config.queue, &config.owner)
         .await?;
-    let iam = policy::iam_policy(&config.owner, &config.queue, &demand_queues(&config));
+    let iam = policy::iam_policy(&config, &demand_queues(&config));
     if args.json {
         output::print_json(&serde_json::json!({
             "queue": config.queue,
@@ -54,11 +54,7 @@ pub async fn setup(args: &Args) -> Result<ExitCode, Failure> {
 
 pub fn iam_policy(args: &Args) -> Result<ExitCode, Failure> {
     let config = context::load_config(args, false)?;
-    output::print_json(&policy::iam_policy(
-        &config.owner,
-        &config.queue,
-        &demand_queues(&config),
-    ))?;
+    output::print_json(&policy::iam_policy(&config, &demand_queues(&config)))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -232,12 +232,16 @@ impl AwsCloud {
             .name(name)
             .no_reboot(true);
         if !aws_tags.is_empty() {
-            req = req.tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Image)
-                    .set_tags(Some(aws_tags))
-                    .build(),
-            );
+            // The snapshots too, at creation: a policy that lets spotkeeper
+            // tag only what it owns could not tag them afterwards.
+            for kind in [ResourceType::Image, ResourceType::Snapshot] {
+                req = req.tag_specifications(
+                    TagSpecification::builder()
+                        .resource_type(kind)
+                        .set_tags(Some(aws_tags.clone()))
+                        .build(),
+                );
+            }
         }
         let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
         let id = out.image_id().map(ImageId::new).ok_or_else(|| {
