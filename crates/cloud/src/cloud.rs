@@ -151,10 +151,16 @@ pub trait Cloud: Send + Sync + std::fmt::Debug {
     /// Deletes an A record as it is now.
     async fn delete_dns(&self, zone_id: &str, record: &DnsRecord) -> Result<(), CloudError>;
 
-    /// Associates an Elastic IP allocation with an instance.
+    /// Associates an Elastic IP allocation with an instance. With
+    /// `reassociate` false, AWS refuses when the address is on another
+    /// instance (`Resource.AlreadyAssociated`).
     async fn associate_address(
         &self,
         allocation_id: &str,
         instance: &InstanceId,
+        reassociate: bool,
     ) -> Result<(), CloudError>;
+
+    /// The instance an Elastic IP allocation is associated with, if any.
+    async fn address_holder(&self, allocation_id: &str) -> Result<Option<InstanceId>, CloudError>;
 }

@@ -100,6 +100,13 @@ impl FakeCloud {
         self.lock().records.values().cloned().collect()
     }
 
+    /// Puts an Elastic IP allocation on an instance (made "elsewhere").
+    pub fn set_address(&self, allocation_id: &str, instance: &InstanceId) {
+        self.lock()
+            .addresses
+            .insert(allocation_id.to_owned(), instance.clone());
+    }
+
     /// Which instance an Elastic IP allocation is on.
     pub fn address_of(&self, allocation_id: &str) -> Option<InstanceId> {
         self.lock().addresses.get(allocation_id).cloned()
@@ -712,11 +719,31 @@ impl Cloud for FakeCloud {
         &self,
         allocation_id: &str,
         instance: &InstanceId,
+        reassociate: bool,
     ) -> Result<(), CloudError> {
         let mut s = self.enter("AssociateAddress")?;
+        if !reassociate
+            && s.addresses
+                .get(allocation_id)
+                .is_some_and(|holder| holder != instance)
+        {
+            return Err(CloudError::from_code(
+                "AssociateAddress",
+                "Resource.AlreadyAssociated",
+                format!("{allocation_id} is already associated"),
+            ));
+        }
         s.addresses
             .insert(allocation_id.to_owned(), instance.clone());
         Ok(())
+    }
+
+    async fn address_holder(&self, allocation_id: &str) -> Result<Option<InstanceId>, CloudError> {
+        Ok(self
+            .enter("DescribeAddresses")?
+            .addresses
+            .get(allocation_id)
+            .cloned())
     }
 }
 

@@ -215,7 +215,13 @@ impl Cloud for AwsCloud {
         &self,
         allocation_id: &str,
         instance: &InstanceId,
+        reassociate: bool,
     ) -> Result<(), CloudError> {
-        AwsCloud::associate_address(self, allocation_id, instance).await
+        AwsCloud::associate_address(self, allocation_id, instance, reassociate).await
+    }
+    async fn address_holder(&self, allocation_id: &str) -> Result<Option<InstanceId>, CloudError> {
+        Ok(AwsCloud::address(self, allocation_id)
+            .await?
+            .and_then(|(_, holder)| holder))
     }
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use spotkeeper_cloud::model::tags;
 use spotkeeper_cloud::{
-    Cloud, CloudError, ImageId, Instance, InstanceId, InstanceState, LaunchSpec, Market, SpotPrice,
-    SpotRequest, SpotRequestId, SpotRequestState, TagFilter,
+    Cloud, CloudError, ErrorKind, ImageId, Instance, InstanceId, InstanceState, LaunchSpec, Market,
+    SpotPrice, SpotRequest, SpotRequestId, SpotRequestState, TagFilter,
 };
 use tokio::time::{Instant, sleep};
 
@@ -399,6 +399,11 @@ async fn up_inner(
     {
         crate::dns::zone_id(ctx.cloud, dns).await?;
     }
+    if let Some(alloc) = &spec.elastic_ip
+        && known.is_none()
+    {
+        elastic_ip_reassociation(ctx, spec, alloc, None).await?;
+    }
     let mut found = Vec::new();
     for (role, vs) in persist::volume_specs(spec) {
         let v = match known.and_then(|k| k.volumes.get(&vs.name)) {
@@ -784,7 +789,10 @@ async fn settle(
         ctx.progress.finish("attached.");
     }
     if let Some(alloc) = &spec.elastic_ip {
-        ctx.cloud.associate_address(alloc, &instance.id).await?;
+        let reassociate = elastic_ip_reassociation(ctx, spec, alloc, Some(&instance.id)).await?;
+        ctx.cloud
+            .associate_address(alloc, &instance.id, reassociate)
+            .await?;
         if let Some(fresh) = ctx.cloud.instance(&instance.id).await? {
             instance = fresh;
         }
@@ -830,6 +838,38 @@ async fn new_intent(
             zone,
         )
         .await
+}
+
+/// Whether associating the box's Elastic IP must take it from another
+/// instance: from the box's own (old) instances, yes; from anyone else's only
+/// when the config adopts the address, else an error (before the launch, when
+/// `instance` is `None`).
+async fn elastic_ip_reassociation(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    alloc: &str,
+    instance: Option<&InstanceId>,
+) -> Result<bool, BoxError> {
+    let holder = match ctx.cloud.address_holder(alloc).await? {
+        None => return Ok(false),
+        Some(h) if Some(&h) == instance => return Ok(false),
+        Some(h) => h,
+    };
+    let ours = ctx.cloud.instance(&holder).await?.is_some_and(|h| {
+        h.tag(tags::OWNER) == Some(ctx.owner) && h.tag(tags::BOX) == Some(spec.name.as_str())
+    });
+    if !ours && !spec.adopt_elastic_ip {
+        return Err(BoxError::Cloud(CloudError::other(
+            "AssociateAddress",
+            ErrorKind::InvalidRequest,
+            format!(
+                "Elastic IP {alloc} is on {holder}, which is not box {}'s; \
+                 set adopt_elastic_ip = true to let spotkeeper take it",
+                spec.name
+            ),
+        )));
+    }
+    Ok(true)
 }
 
 /// Tags set at creation on the instance, its volumes and its spot request.

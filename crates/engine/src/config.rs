@@ -221,6 +221,10 @@ pub struct BoxSpec {
     pub keep_dns: bool,
     /// An Elastic IP allocation associated with each new instance.
     pub elastic_ip: Option<String>,
+    /// `adopt_elastic_ip = true`: the address may be taken from an instance
+    /// spotkeeper does not own. Without it, it is moved only from the box's
+    /// own instances.
+    pub adopt_elastic_ip: bool,
     /// Launch from the box's newest image (`image = "box:latest"` or
     /// `image_from_box = true`), else from `image`.
     pub image_from_box: bool,
@@ -394,6 +398,7 @@ struct RawBox {
     #[serde(default)]
     keep_dns: bool,
     elastic_ip: Option<Spanned<String>>,
+    adopt_elastic_ip: Option<bool>,
     images: Option<Spanned<RawImages>>,
     fallback: Option<Spanned<String>>,
     on_rebalance: Option<Spanned<String>>,
@@ -1111,6 +1116,7 @@ fn validate_box(
         dns,
         keep_dns: b.keep_dns,
         elastic_ip,
+        adopt_elastic_ip: b.adopt_elastic_ip.unwrap_or(false),
         image_from_box,
         images,
         replace_on_rebalance,

@@ -484,3 +484,47 @@ async fn stop_stops_managing_the_box() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn an_elastic_ip_moves_from_the_boxs_own_instance_but_is_taken_from_no_one_else_unless_adopted()
+ {
+    let w = World::new().await;
+    let dev = spec("elastic_ip = \"eipalloc-0123\"");
+    // Someone else's running instance holds the address.
+    let stranger = InstanceId::new("i-0000000000000abc1");
+    w.cloud.insert_instance(Instance {
+        id: stranger.clone(),
+        state: InstanceState::Running,
+        instance_type: "t3.micro".into(),
+        zone: Some("us-east-1a".into()),
+        market: Market::OnDemand,
+        spot_request_id: None,
+        public_ip: None,
+        private_ip: None,
+        launched_at: Some(SystemTime::now()),
+        image_id: None,
+        subnet_id: None,
+        vpc_id: None,
+        tags: Default::default(),
+    });
+    w.cloud.set_address("eipalloc-0123", &stranger);
+    let err = boxes::up(&w.ctx(), &dev).await.expect_err("refused");
+    assert!(err.to_string().contains("adopt_elastic_ip"), "{err}");
+    assert_eq!(w.cloud.count("RunInstances"), 0, "refused before launching");
+    assert_eq!(w.cloud.address_of("eipalloc-0123"), Some(stranger.clone()));
+
+    // Adopted: taken.
+    let adopted = spec("elastic_ip = \"eipalloc-0123\"\nadopt_elastic_ip = true");
+    let first = boxes::up(&w.ctx(), &adopted).await.expect("up").instance;
+    assert_eq!(w.cloud.address_of("eipalloc-0123"), Some(first.id.clone()));
+
+    // The box's own replacement takes it from the box's old instance.
+    let mut avoid = boxes::Avoid::default();
+    avoid.instances.insert(first.id.clone());
+    let second = boxes::up_avoiding(&w.ctx(), &dev, &avoid)
+        .await
+        .expect("replacement")
+        .instance;
+    assert_ne!(second.id, first.id);
+    assert_eq!(w.cloud.address_of("eipalloc-0123"), Some(second.id));
+}

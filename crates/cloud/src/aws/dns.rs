@@ -129,12 +129,13 @@ impl AwsCloud {
         &self,
         allocation_id: &str,
         instance: &InstanceId,
+        reassociate: bool,
     ) -> Result<(), CloudError> {
         self.ec2
             .associate_address()
             .allocation_id(allocation_id)
             .instance_id(instance.as_str())
-            .allow_reassociation(true)
+            .allow_reassociation(reassociate)
             .send()
             .await
             .map_err(|e| sdk_error("AssociateAddress", e))?;
