@@ -52,6 +52,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models.amis import AmiBackend
 from moto.ec2.models.instances import InstanceBackend
 from moto.ec2.responses.spot_instances import SpotInstances
 from moto.server import ThreadedMotoServer
@@ -273,6 +274,27 @@ def make_handler(proxy: Proxy):
     return Handler
 
 
+_create_image = AmiBackend.create_image
+
+
+def create_image(self, instance_id, name, description, tag_specifications):
+    """AWS tags an image's snapshots at creation (TagSpecifications with
+    ResourceType=snapshot); moto 5.2 raises NotImplementedError for that.
+    Here the snapshot tags go on the image's snapshot once it exists."""
+    snapshot_tags = []
+    image_specs = []
+    for spec in tag_specifications:
+        if spec.get("ResourceType") == "snapshot":
+            snapshot_tags += spec.get("Tags", [])
+        else:
+            image_specs.append(spec)
+    ami = _create_image(self, instance_id, name, description, tag_specifications=image_specs)
+    snapshot = getattr(ami, "ebs_snapshot", None)
+    if snapshot is not None and snapshot_tags:
+        self.create_tags([snapshot.id], {t["Key"]: t["Value"] for t in snapshot_tags})
+    return ami
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -280,6 +302,7 @@ def main() -> None:
 
     SpotInstances.describe_spot_price_history = describe_spot_price_history
     InstanceBackend.run_instances = run_instances
+    AmiBackend.create_image = create_image
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()

@@ -164,20 +164,7 @@ fn a_spot_warning_gets_the_box_replaced_with_its_volume_and_name_and_noise_chang
 
     // The API answers on loopback, with the token.
     let get = |path: &str, token: Option<&str>| -> String {
-        use std::io::{Read, Write};
-        let mut stream =
-            std::net::TcpStream::connect(("127.0.0.1", api_port)).expect("API listening");
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
-        )
-        .expect("write");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read");
-        response
+        common::http_get(api_port, path, token).expect("API listening")
     };
     assert!(get("/healthz", None).starts_with("HTTP/1.1 200"));
     assert!(get("/api/boxes", None).starts_with("HTTP/1.1 401"));

@@ -89,6 +89,20 @@ async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Runs the daemon on `queue` beside `test`, which flips `stop` when done;
+/// fails if both have not ended within `limit`.
+async fn drive(
+    daemon: &Daemon<'_>,
+    queue: &FakeQueue,
+    rx: watch::Receiver<bool>,
+    test: impl std::future::Future<Output = ()>,
+    limit: Duration,
+) {
+    timeout(limit, async { tokio::join!(daemon.run(queue, rx), test) })
+        .await
+        .expect("the daemon stopped once the test was done");
+}
+
 /// Waits until the daemon has finished `n` more passes.
 async fn passes(rx: &mut watch::Receiver<u64>, n: u64) {
     let target = *rx.borrow() + n;
@@ -134,11 +148,7 @@ async fn run_deletes_handled_messages_keeps_failed_ones_and_stops_on_shutdown() 
         .await;
         stop.send(true).expect("daemon listening");
     };
-    let ran = timeout(Duration::from_secs(20), async {
-        tokio::join!(daemon.run(&queue, rx), test)
-    })
-    .await;
-    assert!(ran.is_ok(), "run returned after shutdown");
+    drive(&daemon, &queue, rx, test, Duration::from_secs(20)).await;
 }
 
 #[tokio::test]
@@ -177,11 +187,7 @@ async fn a_wave_of_twenty_warnings_is_replaced_concurrently() {
         }
         stop.send(true).expect("daemon listening");
     };
-    timeout(Duration::from_secs(30), async {
-        tokio::join!(daemon.run(&queue, rx), test)
-    })
-    .await
-    .expect("done");
+    drive(&daemon, &queue, rx, test, Duration::from_secs(30)).await;
 }
 
 #[tokio::test]
@@ -227,11 +233,8 @@ async fn an_image_pending_for_minutes_does_not_hold_another_boxs_replacement() {
         assert!(took < Duration::from_secs(1), "replaced after {took:?}");
         stop.send(true).expect("daemon listening");
     };
-    timeout(Duration::from_secs(30), async {
-        tokio::join!(daemon.run(&queue, rx), test)
-    })
-    .await
-    .expect("shutdown does not wait for the image");
+    // Shutdown does not wait for the image.
+    drive(&daemon, &queue, rx, test, Duration::from_secs(30)).await;
 }
 
 #[tokio::test]
@@ -269,11 +272,8 @@ async fn shutdown_drops_a_hung_launch_at_once_and_the_next_daemon_resumes_it_wit
         stop.send(true).expect("daemon listening");
     };
     let stopped = Instant::now();
-    timeout(Duration::from_secs(5), async {
-        tokio::join!(daemon.run(&queue, rx), test)
-    })
-    .await
-    .expect("run returns at once, the hung launch dropped");
+    // Run returns at once, the hung launch dropped.
+    drive(&daemon, &queue, rx, test, Duration::from_secs(5)).await;
     assert!(stopped.elapsed() < Duration::from_secs(5));
     let open = store
         .open_intent("tester", "b0")
@@ -328,11 +328,8 @@ async fn failing_passes_back_off_say_so_and_recover() {
         );
         stop.send(true).expect("daemon listening");
     };
-    timeout(Duration::from_secs(30), async {
-        tokio::join!(daemon.run(&queue, rx), test)
-    })
-    .await
-    .expect("recovered after the backoff");
+    // Recovered after the backoff.
+    drive(&daemon, &queue, rx, test, Duration::from_secs(30)).await;
     let events = store.events("tester", None, 20).await.expect("events");
     assert!(
         events
