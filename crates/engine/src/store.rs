@@ -562,6 +562,16 @@ impl Store {
         Ok(())
     }
 
+    /// Instances marked as going away, with when (unix seconds).
+    pub async fn doomed_since(&self, owner: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT instance_id, at FROM doomed_instances WHERE owner = ?")
+                .bind(owner)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// Instances marked as going away.
     pub async fn doomed(&self, owner: &str) -> Result<Vec<String>, StoreError> {
         Ok(

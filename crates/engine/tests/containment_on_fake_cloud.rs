@@ -238,3 +238,40 @@ async fn old_rows_are_pruned_after_the_retention() {
         "keyed by owner"
     );
 }
+
+#[tokio::test]
+async fn a_stop_whose_terminate_failed_is_finished_by_the_next_pass() {
+    let (cloud, store, locks) = world().await;
+    let cfg = config(
+        "[box.dev]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\nready = { check = \"none\" }\n",
+    );
+    let ctx = spotkeeper_engine::boxes::Ctx {
+        cloud: &cloud,
+        store: &store,
+        owner: "tester",
+        lock_dir: locks.path(),
+        progress: &spotkeeper_engine::boxes::Silent,
+        timing: spotkeeper_engine::boxes::Timing {
+            poll: Duration::from_millis(1),
+            running_timeout: Duration::from_secs(5),
+            stop_timeout: Duration::from_secs(5),
+        },
+    };
+    let first = spotkeeper_engine::boxes::up(&ctx, &cfg.boxes["dev"])
+        .await
+        .expect("up")
+        .instance;
+    cloud.fail_next("TerminateInstances", "RequestLimitExceeded");
+    spotkeeper_engine::boxes::stop(&ctx, &cfg.boxes["dev"], false)
+        .await
+        .expect_err("the terminate call failed");
+    assert_eq!(
+        live(&cloud),
+        [first.id.to_string()],
+        "left running, tagged stopped"
+    );
+    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path());
+    daemon.reconcile().await.expect("pass");
+    assert!(live(&cloud).is_empty(), "the daemon finished the stop");
+    assert_eq!(cloud.count("RunInstances"), 1, "and launched nothing");
+}

@@ -56,6 +56,8 @@ pub struct BoxFacts<'o> {
     pub requests: &'o [&'o SpotRequest],
     /// Instances about to go away (spot warnings, rebalance, state changes).
     pub doomed: &'o HashSet<InstanceId>,
+    /// Those marked longer ago than [`super::DOOMED_BOUND`].
+    pub long_doomed: &'o HashSet<InstanceId>,
     /// The instance whose volumes and DNS were settled lately, if any.
     pub settled: Option<&'o InstanceId>,
     /// Whether the image schedule should be looked at.
@@ -113,18 +115,22 @@ pub fn plan_box(spec: &BoxSpec, facts: &BoxFacts<'_>) -> Vec<Step> {
     if !stale.is_empty() {
         steps.push(Step::CancelStale(stale));
     }
-    if facts.settled != Some(&healthy.id) {
-        steps.push(Step::Settle(healthy.id.clone()));
-        return steps;
-    }
+    // Replaced instances go once the replacement is settled, or in any case
+    // once they have been going away for too long.
+    let settled = facts.settled == Some(&healthy.id);
     let going: Vec<InstanceId> = facts
         .instances
         .iter()
         .filter(|i| facts.doomed.contains(&i.id) && i.state.is_live())
+        .filter(|i| settled || facts.long_doomed.contains(&i.id))
         .map(|i| i.id.clone())
         .collect();
     if !going.is_empty() {
         steps.push(Step::Retire(going));
+    }
+    if !settled {
+        steps.push(Step::Settle(healthy.id.clone()));
+        return steps;
     }
     if healthy.market == Market::OnDemand && spec.market == Market::Spot && spec.fallback_on_demand
     {
@@ -163,6 +169,7 @@ impl Daemon<'_> {
             instances: &instances,
             requests: &requests,
             doomed: &obs.doomed,
+            long_doomed: &obs.long_doomed,
             settled: settled.as_ref(),
             image_check_due: self.image_check_due(name),
             now: self.clock.now(),
@@ -597,12 +604,18 @@ mod tests {
         let refs: Vec<&Instance> = list.iter().collect();
         let doomed: HashSet<InstanceId> = doomed.iter().map(|d| InstanceId::new(*d)).collect();
         let settled = settled.map(InstanceId::new);
+        let long: HashSet<InstanceId> = doomed
+            .iter()
+            .filter(|d| d.as_str().ends_with("long"))
+            .cloned()
+            .collect();
         plan_box(
             spec,
             &BoxFacts {
                 instances: &refs,
                 requests: &[],
                 doomed: &doomed,
+                long_doomed: &long,
                 settled: settled.as_ref(),
                 image_check_due: true,
                 now,
@@ -644,6 +657,20 @@ mod tests {
         assert_eq!(
             plan(&spec(""), &both, &["i-old"], Some("i-new")),
             vec![Step::Retire(vec![InstanceId::new("i-old")])]
+        );
+    }
+
+    #[test]
+    fn a_replaced_instance_goes_after_a_bound_even_if_its_replacement_never_settles() {
+        let now = SystemTime::now();
+        let old = instance("i-00000000000long", InstanceState::Running, 7200, now);
+        let new = instance("i-new", InstanceState::Running, 3600, now);
+        assert_eq!(
+            plan(&spec(""), &[old, new], &["i-00000000000long"], None),
+            vec![
+                Step::Retire(vec![InstanceId::new("i-00000000000long")]),
+                Step::Settle(InstanceId::new("i-new"))
+            ]
         );
     }
 

@@ -55,6 +55,12 @@ pub const UNAVAILABLE_FOR: Duration = Duration::from_secs(5 * 60);
 /// another `up` gets time to be seen as what it is).
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(5 * 60);
 
+/// An instance marked as going away (a rebalance with `replace`, say) is
+/// terminated after this long once a replacement runs, even if that
+/// replacement never passed its ready check: two instances must not run for
+/// one box for ever.
+pub const DOOMED_BOUND: Duration = Duration::from_secs(30 * 60);
+
 /// How often the state file is pruned of what is older than the retention.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -88,6 +94,8 @@ pub struct Observation {
     pub requests: Vec<SpotRequest>,
     /// Instances about to go away.
     pub doomed: HashSet<InstanceId>,
+    /// Instances about to go away for longer than [`DOOMED_BOUND`].
+    pub long_doomed: HashSet<InstanceId>,
     /// Spot prices of the boxes' types in the region's zones.
     pub prices: Vec<SpotPrice>,
     /// The region's zones (read once per daemon).
@@ -308,12 +316,16 @@ impl<'a> Daemon<'a> {
     async fn observe(&self) -> Result<Observation, BoxError> {
         let owner = &self.config.owner;
         let epochs = self.lock_memory().epochs.clone();
-        let doomed: HashSet<InstanceId> = self
-            .store
-            .doomed(owner)
-            .await?
+        let since = self.store.doomed_since(owner).await?;
+        let bound = crate::store::unix_seconds(self.clock.now() - DOOMED_BOUND);
+        let long_doomed: HashSet<InstanceId> = since
+            .iter()
+            .filter(|(_, at)| *at < bound)
+            .map(|(id, _)| InstanceId::new(id.clone()))
+            .collect();
+        let doomed: HashSet<InstanceId> = since
             .into_iter()
-            .map(InstanceId::new)
+            .map(|(id, _)| InstanceId::new(id))
             .collect();
         let filter = crate::boxes::owner_filter(owner);
         let instances = self.cloud.instances(&filter).await?;
@@ -325,6 +337,7 @@ impl<'a> Daemon<'a> {
             instances,
             requests,
             doomed,
+            long_doomed,
             prices: Vec::new(),
             zones: Vec::new(),
             epochs,
@@ -414,6 +427,7 @@ impl<'a> Daemon<'a> {
         let obs = Arc::new(obs);
         self.lock_memory().last = Some(obs.clone());
         let mut out = PassOutcome::default();
+        out.done.extend(self.finish_stops(&obs).await?);
         for spec in &specs {
             let subject = Subject::Box(spec.name.clone());
             let (done, work) = match self.plan_and_step(spec, &obs).await {
@@ -463,6 +477,29 @@ impl<'a> Daemon<'a> {
             Ok(n) => tracing::info!("pruned {n} rows older than the retention"),
             Err(e) => tracing::warn!("pruning the state file failed: {e}"),
         }
+    }
+
+    /// Live instances a `stop` (or `up`'s duplicate check) tagged
+    /// `spotkeeper:stopped` but could not terminate (its terminate call
+    /// failed, or it died in between) are terminated now: the tag is the
+    /// evidence that they were meant to go.
+    async fn finish_stops(&self, obs: &Observation) -> Result<Vec<String>, BoxError> {
+        let left: Vec<InstanceId> = obs
+            .instances
+            .iter()
+            .filter(|i| {
+                i.state.is_live() && i.tag(spotkeeper_cloud::model::tags::STOPPED).is_some()
+            })
+            .map(|i| i.id.clone())
+            .collect();
+        if left.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.cloud.terminate(&left).await?;
+        let ids: Vec<&str> = left.iter().map(InstanceId::as_str).collect();
+        let what = format!("terminated {}: stopped, but still running", ids.join(" "));
+        self.record(None, "stop-finished", &what).await;
+        Ok(vec![what])
     }
 
     /// One pass and every task it starts, to the end. Returns what it did
