@@ -222,6 +222,17 @@ pub async fn find(
             }
         }
     }
+    // A move that died between untagging the copy and deleting the
+    // original leaves two of them in different zones: the attached one is
+    // the box's disk now (it was made from the other and used since).
+    if let [a, b] = originals.as_slice()
+        && a.zone != b.zone
+        && a.attachments.is_empty() != b.attachments.is_empty()
+    {
+        let stale = if a.attachments.is_empty() { 0 } else { 1 };
+        let old = originals.remove(stale);
+        cloud.delete_volume(&old.id).await?;
+    }
     if originals.len() > 1 {
         return Err(PersistError::Ambiguous {
             key: role.key(),

@@ -528,3 +528,41 @@ async fn an_elastic_ip_moves_from_the_boxs_own_instance_but_is_taken_from_no_one
     assert_ne!(second.id, first.id);
     assert_eq!(w.cloud.address_of("eipalloc-0123"), Some(second.id));
 }
+
+#[tokio::test]
+async fn a_volume_move_that_died_before_deleting_the_original_heals_keeping_the_attached_copy() {
+    use spotkeeper_cloud::Cloud;
+    let w = World::new().await;
+    let dev = spec(r#"data_volume = { name = "dev-data", size_gb = 10 }"#);
+    let first = boxes::up(&w.ctx(), &dev).await.expect("up").instance;
+    let copy = w.cloud.all_volumes().pop().expect("volume");
+    // The pre-move original, left in another zone (untagged copy, original
+    // not yet deleted when the move died).
+    let other_zone = ZONES
+        .iter()
+        .find(|z| Some(**z) != first.zone.as_deref())
+        .expect("another zone");
+    let tags = [
+        (tags::NAME.to_owned(), "dev-data".to_owned()),
+        (tags::OWNER.to_owned(), "tester".to_owned()),
+        (tags::BOX.to_owned(), "dev".to_owned()),
+    ];
+    let stale = w
+        .cloud
+        .create_volume(other_zone, Some(10), "gp3", None, &tags)
+        .await
+        .expect("volume");
+    let again = boxes::up(&w.ctx(), &dev)
+        .await
+        .expect("healed, not ambiguous");
+    assert_eq!(again.instance.id, first.id);
+    let left: Vec<_> = w
+        .cloud
+        .all_volumes()
+        .into_iter()
+        .filter(|v| v.state != "deleted" && v.state != "deleting")
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].id, copy.id, "the attached copy is kept");
+    assert_ne!(left[0].id, stale.id);
+}
