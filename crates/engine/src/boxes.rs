@@ -383,7 +383,9 @@ async fn up_inner(
     // What the daemon knows holds only while nothing was launched since its
     // observation: an open intent whose instance is not one of the doomed
     // means a launch it has not seen, so look at AWS first.
-    let known = match (known, ctx.store.open_intent(ctx.owner, name).await?) {
+    // Read once: under the box lock nothing else writes this box's intents.
+    let open = ctx.store.open_intent(ctx.owner, name).await?;
+    let known = match (known, &open) {
         (Some(_), Some(i))
             if i.instance_id
                 .as_ref()
@@ -455,7 +457,7 @@ async fn up_inner(
     }
 
     // Nothing live: an open intent whose instance we had seen is history now.
-    let mut reusable = ctx.store.open_intent(ctx.owner, name).await?;
+    let mut reusable = open;
     if let Some(intent) = &reusable
         && intent.instance_id.is_some()
     {
