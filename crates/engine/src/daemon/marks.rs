@@ -39,11 +39,6 @@ impl Clock {
         self.wall + self.at.elapsed()
     }
 
-    /// Monotonic now (tokio's).
-    pub fn instant(&self) -> Instant {
-        Instant::now()
-    }
-
     /// How long ago `t` was (zero for times in the future).
     pub fn since(&self, t: SystemTime) -> Duration {
         self.now().duration_since(t).unwrap_or_default()

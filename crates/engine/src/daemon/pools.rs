@@ -206,14 +206,13 @@ impl Daemon<'_> {
                 .await;
             }
         }
-        let now = self.clock.now();
         let instances: Vec<InstanceId> = world
             .instances
             .iter()
             .filter(|i| orphan(&i.tags) && i.state.is_live())
             .filter(|i| {
                 i.launched_at
-                    .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= ORPHAN_GRACE)
+                    .is_none_or(|t| self.clock.since(t) >= ORPHAN_GRACE)
             })
             .map(|i| i.id.clone())
             .collect();

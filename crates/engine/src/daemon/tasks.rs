@@ -180,11 +180,6 @@ impl<'f> Runner<'f> {
         self.running.is_empty() && self.queue.is_empty()
     }
 
-    /// Whether `subject` has a task running.
-    pub fn is_busy(&self, subject: &Subject) -> bool {
-        self.busy.contains_key(subject)
-    }
-
     /// Starts or queues `job` (see the module's rules).
     pub fn offer<'a: 'f>(&mut self, daemon: &'f Daemon<'a>, job: Job) -> Offered {
         if let Some(epoch) = job.epoch
