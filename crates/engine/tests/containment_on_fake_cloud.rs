@@ -3,6 +3,8 @@
 //! deleting, act on an event AWS contradicts, or act on another account's
 //! events; and it forgets old rows.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -167,17 +169,7 @@ async fn events_that_aws_or_the_account_contradict_are_ignored() {
     ));
     let daemon =
         Daemon::new(&cloud, &store, &cfg, locks.path()).with_account(Some("123456789012".into()));
-    let fixture = |name: &str, id: &str| {
-        std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("fixtures/events")
-                .join(name),
-        )
-        .expect("fixture")
-        .replace("i-1234567890abcdef0", "i-00000000000000dd")
-        .replace("12345678-1234-1234-1234-123456789012", id)
-        .replace("7bf73129-1428-4cd3-a780-95db273d1602", id)
-    };
+    let fixture = |name: &str, id: &str| common::event(name, "i-00000000000000dd", id);
     // A spot warning for an on-demand instance.
     let out = daemon
         .handle(&fixture("spot-interruption-warning.json", "e-od"))

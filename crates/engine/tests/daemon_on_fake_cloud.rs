@@ -2,12 +2,15 @@
 //! event does, duplicates, strangers, rebalance policies, offering expiry on
 //! tokio's paused clock, scheduled images.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
+use common::world;
 use spotkeeper_cloud::InstanceState;
 use spotkeeper_cloud::fake::FakeCloud;
-use spotkeeper_engine::boxes::{self, Ctx, Silent, Timing};
+use spotkeeper_engine::boxes::{self, Ctx, Timing};
 use spotkeeper_engine::config::{self, Config};
 use spotkeeper_engine::daemon::{Daemon, Handled, UNAVAILABLE_FOR};
 use spotkeeper_engine::store::Store;
@@ -25,16 +28,7 @@ fn warning(kind: &str, instance: &str, id: &str) -> String {
         "rebalance" => "rebalance-recommendation.json",
         _ => "state-change-terminated.json",
     };
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures/events")
-            .join(file),
-    )
-    .expect("fixture")
-    .replace("i-1234567890abcdef0", instance)
-    .replace("12345678-1234-1234-1234-123456789012", id)
-    .replace("22345678-1234-1234-1234-123456789012", id)
-    .replace("7bf73129-1428-4cd3-a780-95db273d1602", id)
+    common::event(file, instance, id)
 }
 
 const TIMING: Timing = Timing {
@@ -44,27 +38,7 @@ const TIMING: Timing = Timing {
 };
 
 fn ctx<'a>(cloud: &'a FakeCloud, store: &'a Store, locks: &'a Path) -> Ctx<'a> {
-    Ctx {
-        cloud,
-        store,
-        owner: "tester",
-        lock_dir: locks,
-        progress: &Silent,
-        timing: TIMING,
-    }
-}
-
-async fn world() -> (FakeCloud, Store, tempfile::TempDir) {
-    let cloud = FakeCloud::new(&["us-east-1a", "us-east-1b"]);
-    for z in ["us-east-1a", "us-east-1b"] {
-        cloud.set_price("t3.micro", z, 0.004);
-        cloud.set_price("t3a.micro", z, 0.005);
-    }
-    (
-        cloud,
-        Store::memory().await.expect("store"),
-        tempfile::tempdir().expect("dir"),
-    )
+    common::ctx(cloud, store, locks, TIMING)
 }
 
 #[tokio::test]

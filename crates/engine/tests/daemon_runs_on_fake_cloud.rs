@@ -4,12 +4,15 @@
 //! another box's replacement; shutdown drops what is in flight at once and
 //! the next daemon resumes it; failing passes back off and say so.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
+use common::world;
 use spotkeeper_cloud::fake::{FakeCloud, FakeQueue};
 use spotkeeper_cloud::{Instance, InstanceState};
-use spotkeeper_engine::boxes::{self, Ctx, Silent, Timing};
+use spotkeeper_engine::boxes::{self, Timing};
 use spotkeeper_engine::config::{self, Config};
 use spotkeeper_engine::daemon::Daemon;
 use spotkeeper_engine::store::Store;
@@ -34,37 +37,11 @@ fn config(n: usize, extra: &str, daemon: &str) -> Config {
 }
 
 fn warning(instance: &str, id: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures/events/spot-interruption-warning.json"),
-    )
-    .expect("fixture")
-    .replace("i-1234567890abcdef0", instance)
-    .replace("12345678-1234-1234-1234-123456789012", id)
-}
-
-async fn world() -> (FakeCloud, Store, tempfile::TempDir) {
-    let cloud = FakeCloud::new(&["us-east-1a", "us-east-1b"]);
-    for z in ["us-east-1a", "us-east-1b"] {
-        cloud.set_price("t3.micro", z, 0.004);
-        cloud.set_price("t3a.micro", z, 0.005);
-    }
-    (
-        cloud,
-        Store::memory().await.expect("store"),
-        tempfile::tempdir().expect("dir"),
-    )
+    common::event("spot-interruption-warning.json", instance, id)
 }
 
 async fn up_all(cloud: &FakeCloud, store: &Store, locks: &Path, cfg: &Config) -> Vec<Instance> {
-    let ctx = Ctx {
-        cloud,
-        store,
-        owner: "tester",
-        lock_dir: locks,
-        progress: &Silent,
-        timing: TIMING,
-    };
+    let ctx = common::ctx(cloud, store, locks, TIMING);
     let mut out = Vec::new();
     for spec in cfg.boxes.values() {
         out.push(boxes::up(&ctx, spec).await.expect("up").instance);
