@@ -6,8 +6,8 @@ use async_trait::async_trait;
 
 use crate::error::CloudError;
 use crate::model::{
-    DnsRecord, Image, ImageId, ImageRef, Instance, InstanceId, LaunchSpec, Snapshot, SnapshotId,
-    SpotPrice, SpotRequest, SpotRequestId, TagFilter, Volume, VolumeId,
+    DnsChange, DnsRecord, Image, ImageId, ImageRef, Instance, InstanceId, LaunchSpec, RecordType,
+    Snapshot, SnapshotId, SpotPrice, SpotRequest, SpotRequestId, TagFilter, Volume, VolumeId,
 };
 
 /// The EC2 operations spotkeeper's engine is written against.
@@ -136,20 +136,18 @@ pub trait Cloud: Send + Sync + std::fmt::Debug {
     /// The id of the Route53 hosted zone named `name`, if it exists.
     async fn dns_zone(&self, name: &str) -> Result<Option<String>, CloudError>;
 
-    /// The A record `name` in a zone, if any.
-    async fn dns_record(&self, zone_id: &str, name: &str) -> Result<Option<DnsRecord>, CloudError>;
-
-    /// Creates or replaces the A record `name` → `address`.
-    async fn upsert_dns(
+    /// The record set `name` of type `kind` in a zone, if any.
+    async fn dns_record(
         &self,
         zone_id: &str,
         name: &str,
-        address: &str,
-        ttl: i64,
-    ) -> Result<(), CloudError>;
+        kind: RecordType,
+    ) -> Result<Option<DnsRecord>, CloudError>;
 
-    /// Deletes an A record as it is now.
-    async fn delete_dns(&self, zone_id: &str, record: &DnsRecord) -> Result<(), CloudError>;
+    /// Applies a batch of record changes, all or none (Route53's
+    /// `ChangeResourceRecordSets`): a `Create` of a set that exists or a
+    /// `Delete` of one that differs fails the whole batch.
+    async fn change_dns(&self, zone_id: &str, changes: &[DnsChange]) -> Result<(), CloudError>;
 
     /// Associates an Elastic IP allocation with an instance. With
     /// `reassociate` false, AWS refuses when the address is on another

@@ -12,9 +12,9 @@ use async_trait::async_trait;
 use crate::cloud::Cloud;
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{
-    DnsRecord, Image, ImageId, ImageRef, Instance, InstanceId, InstanceState, LaunchSpec, Market,
-    Snapshot, SnapshotId, SpotPrice, SpotRequest, SpotRequestId, SpotRequestState, TagFilter,
-    Volume, VolumeId, fqdn,
+    DnsAction, DnsChange, DnsRecord, Image, ImageId, ImageRef, Instance, InstanceId, InstanceState,
+    LaunchSpec, Market, RecordType, Snapshot, SnapshotId, SpotPrice, SpotRequest, SpotRequestId,
+    SpotRequestState, TagFilter, Volume, VolumeId, fqdn,
 };
 
 #[derive(Debug, Default)]
@@ -28,7 +28,7 @@ struct State {
     snapshots: BTreeMap<SnapshotId, Snapshot>,
     images: BTreeMap<ImageId, Image>,
     dns_zones: BTreeMap<String, String>,
-    records: BTreeMap<(String, String), DnsRecord>,
+    records: BTreeMap<(String, String, RecordType), DnsRecord>,
     addresses: BTreeMap<String, InstanceId>,
     describe_lag: u32,
     hidden: HashMap<InstanceId, u32>,
@@ -95,9 +95,25 @@ impl FakeCloud {
         self.lock().volumes.values().cloned().collect()
     }
 
-    /// Every DNS record.
-    pub fn all_records(&self) -> Vec<DnsRecord> {
-        self.lock().records.values().cloned().collect()
+    /// Every DNS record set, with its type.
+    pub fn all_records(&self) -> Vec<(RecordType, DnsRecord)> {
+        self.lock()
+            .records
+            .iter()
+            .map(|((_, _, kind), r)| (*kind, r.clone()))
+            .collect()
+    }
+
+    /// Puts a record set into a zone as someone else would (no ownership mark).
+    pub fn put_record(&self, zone_id: &str, kind: RecordType, name: &str, values: &[&str]) {
+        self.lock().records.insert(
+            (zone_id.to_owned(), fqdn(name), kind),
+            DnsRecord {
+                name: fqdn(name),
+                values: values.iter().map(|v| (*v).to_owned()).collect(),
+                ttl: 300,
+            },
+        );
     }
 
     /// Puts an Elastic IP allocation on an instance (made "elsewhere").
@@ -657,24 +673,36 @@ impl Cloud for FakeCloud {
             ));
         }
         let n = self.next(&mut s);
+        let snapshot = Snapshot {
+            id: SnapshotId::new(format!("snap-img-{n:x}")),
+            volume_id: None,
+            state: "completed".into(),
+            started_at: Some(format!("{n:020}")),
+            // Tagged at creation like the image, as the AWS backend does.
+            tags: tags.iter().cloned().collect(),
+        };
         let image = Image {
             id: ImageId::new(format!("ami-{n:017x}")),
             name: Some(name.to_owned()),
             state: "available".into(),
             created_at: Some(format!("{n:020}")),
-            snapshot_ids: vec![SnapshotId::new(format!("snap-img-{n:x}"))],
+            snapshot_ids: vec![snapshot.id.clone()],
             tags: tags.iter().cloned().collect(),
         };
+        s.snapshots.insert(snapshot.id.clone(), snapshot);
         s.images.insert(image.id.clone(), image.clone());
         Ok(image)
     }
 
     async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError> {
-        let mut s = self.enter("DeregisterImage")?;
-        Ok(s.images
-            .remove(id)
-            .map(|i| i.snapshot_ids)
-            .unwrap_or_default())
+        let Some(image) = self.enter("DeregisterImage")?.images.remove(id) else {
+            return Ok(Vec::new());
+        };
+        // As AWS: deregistered first, then each snapshot (which may fail).
+        for snap in &image.snapshot_ids {
+            self.enter("DeleteSnapshot")?.snapshots.remove(snap);
+        }
+        Ok(image.snapshot_ids)
     }
 
     async fn dns_zone(&self, name: &str) -> Result<Option<String>, CloudError> {
@@ -685,33 +713,61 @@ impl Cloud for FakeCloud {
             .cloned())
     }
 
-    async fn dns_record(&self, zone_id: &str, name: &str) -> Result<Option<DnsRecord>, CloudError> {
-        let s = self.enter("ListResourceRecordSets")?;
-        Ok(s.records.get(&(zone_id.to_owned(), fqdn(name))).cloned())
-    }
-
-    async fn upsert_dns(
+    async fn dns_record(
         &self,
         zone_id: &str,
         name: &str,
-        address: &str,
-        ttl: i64,
-    ) -> Result<(), CloudError> {
-        let mut s = self.enter("ChangeResourceRecordSets")?;
-        s.records.insert(
-            (zone_id.to_owned(), fqdn(name)),
-            DnsRecord {
-                name: fqdn(name),
-                values: vec![address.to_owned()],
-                ttl,
-            },
-        );
-        Ok(())
+        kind: RecordType,
+    ) -> Result<Option<DnsRecord>, CloudError> {
+        let s = self.enter("ListResourceRecordSets")?;
+        Ok(s.records
+            .get(&(zone_id.to_owned(), fqdn(name), kind))
+            .cloned())
     }
 
-    async fn delete_dns(&self, zone_id: &str, record: &DnsRecord) -> Result<(), CloudError> {
-        let mut s = self.enter("ChangeResourceRecordSets")?;
-        s.records.remove(&(zone_id.to_owned(), fqdn(&record.name)));
+    async fn change_dns(&self, zone_id: &str, changes: &[DnsChange]) -> Result<(), CloudError> {
+        const OP: &str = "ChangeResourceRecordSets";
+        let mut s = self.enter(OP)?;
+        // Route53 checks the whole batch first: all or none.
+        let mut next = s.records.clone();
+        for c in changes {
+            let key = (zone_id.to_owned(), fqdn(&c.record.name), c.kind);
+            let record = DnsRecord {
+                name: fqdn(&c.record.name),
+                ..c.record.clone()
+            };
+            match c.action {
+                DnsAction::Create if next.contains_key(&key) => {
+                    return Err(CloudError::from_code(
+                        OP,
+                        "InvalidChangeBatch",
+                        format!(
+                            "Tried to create resource record set {} but it already exists",
+                            key.1
+                        ),
+                    ));
+                }
+                DnsAction::Create | DnsAction::Upsert => {
+                    next.insert(key, record);
+                }
+                DnsAction::Delete => {
+                    if next.get(&key).map(|r| (&r.values, r.ttl))
+                        != Some((&record.values, record.ttl))
+                    {
+                        return Err(CloudError::from_code(
+                            OP,
+                            "InvalidChangeBatch",
+                            format!(
+                                "Tried to delete resource record set {} but it was not found",
+                                key.1
+                            ),
+                        ));
+                    }
+                    next.remove(&key);
+                }
+            }
+        }
+        s.records = next;
         Ok(())
     }
 

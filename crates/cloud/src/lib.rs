@@ -69,9 +69,10 @@ pub use cloud::Cloud;
 pub use error::{CloudError, ErrorKind, classify};
 pub use handle::{DELETE_WITH, InstanceHandle, Vpc};
 pub use model::{
-    Arch, DnsRecord, Image, ImageId, ImageRef, Instance, InstanceId, InstanceState, KeyPair,
-    LaunchSpec, Market, NetworkInterface, Offering, RootVolume, Snapshot, SnapshotId, SpotPrice,
-    SpotRequest, SpotRequestId, SpotRequestState, TagFilter, Volume, VolumeId, fqdn,
+    Arch, DnsAction, DnsChange, DnsRecord, Image, ImageId, ImageRef, Instance, InstanceId,
+    InstanceState, KeyPair, LaunchSpec, Market, NetworkInterface, Offering, RecordType, RootVolume,
+    Snapshot, SnapshotId, SpotPrice, SpotRequest, SpotRequestId, SpotRequestState, TagFilter,
+    Volume, VolumeId, fqdn,
 };
 pub use queue::{EventQueue, SqsQueue};
 pub use ssh::{CloudInitStatus, ExecOutput, SshError, SshSettings};
@@ -196,20 +197,16 @@ impl Cloud for AwsCloud {
     async fn dns_zone(&self, name: &str) -> Result<Option<String>, CloudError> {
         AwsCloud::dns_zone(self, name).await
     }
-    async fn dns_record(&self, zone_id: &str, name: &str) -> Result<Option<DnsRecord>, CloudError> {
-        AwsCloud::dns_record(self, zone_id, name).await
-    }
-    async fn upsert_dns(
+    async fn dns_record(
         &self,
         zone_id: &str,
         name: &str,
-        address: &str,
-        ttl: i64,
-    ) -> Result<(), CloudError> {
-        AwsCloud::upsert_dns(self, zone_id, name, address, ttl).await
+        kind: RecordType,
+    ) -> Result<Option<DnsRecord>, CloudError> {
+        AwsCloud::dns_record(self, zone_id, name, kind).await
     }
-    async fn delete_dns(&self, zone_id: &str, record: &DnsRecord) -> Result<(), CloudError> {
-        AwsCloud::delete_dns(self, zone_id, record).await
+    async fn change_dns(&self, zone_id: &str, changes: &[DnsChange]) -> Result<(), CloudError> {
+        AwsCloud::change_dns(self, zone_id, changes).await
     }
     async fn associate_address(
         &self,

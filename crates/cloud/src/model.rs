@@ -615,15 +615,57 @@ pub struct Snapshot {
     pub tags: BTreeMap<String, String>,
 }
 
-/// A DNS A record as Route53 holds it.
+/// A DNS record set as Route53 holds it (one name, one type).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnsRecord {
     /// Fully qualified name, with the trailing dot.
     pub name: String,
-    /// Addresses.
+    /// Addresses (A) or strings without their quotes (TXT).
     pub values: Vec<String>,
     /// TTL in seconds.
     pub ttl: i64,
+}
+
+/// The record types spotkeeper reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RecordType {
+    /// An address record.
+    A,
+    /// A text record (spotkeeper's ownership marks).
+    Txt,
+}
+
+impl RecordType {
+    /// How Route53 spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordType::A => "A",
+            RecordType::Txt => "TXT",
+        }
+    }
+}
+
+/// What a change does to a record set, with Route53's semantics: `Create`
+/// fails when the set exists, `Delete` when it does not or its values differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DnsAction {
+    /// Create; fails if it exists.
+    Create,
+    /// Create or replace.
+    Upsert,
+    /// Delete exactly this set.
+    Delete,
+}
+
+/// One change of a batch; a batch succeeds or fails as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsChange {
+    /// What to do.
+    pub action: DnsAction,
+    /// The record's type.
+    pub kind: RecordType,
+    /// The record set.
+    pub record: DnsRecord,
 }
 
 /// `name` with exactly one trailing dot, lower case: how Route53 spells names.

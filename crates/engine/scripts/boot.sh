@@ -4,8 +4,12 @@
 # It contains no credentials: spotkeeper attaches the volumes from outside;
 # this script only waits for them to appear.
 #
-# - data volume: wait for the device, create a filesystem only if it has none,
-#   mount it (and record it in /etc/fstab with nofail).
+# - data volume: wait for the device, create a filesystem only when the volume
+#   is known to be new (spotkeeper created it empty and no box has used it
+#   yet), blkid positively finds no filesystem and its first MiB is zeros;
+#   never because blkid failed. Then mount it (and record it in /etc/fstab
+#   with nofail). A volume that is not known to be new and has no filesystem
+#   is left untouched and the boot script stops before the user's data.
 # - persistent root: install a small init in front of the image's own
 #   (/sbin/init), then reboot; from then on every boot mounts the volume and
 #   pivot_roots into it, keeping the image's disk under /old-root.
@@ -17,6 +21,7 @@ set -eu
 : "${SK_DATA_VOLUME:=@DATA_VOLUME@}"
 : "${SK_DATA_DEVICE:=@DATA_DEVICE@}"
 : "${SK_DATA_MOUNT:=@DATA_MOUNT@}"
+: "${SK_DATA_NEW:=@DATA_NEW@}"
 : "${SK_ROOT_VOLUME:=@ROOT_VOLUME@}"
 : "${SK_ROOT_DEVICE:=@ROOT_DEVICE@}"
 : "${SK_USER_SCRIPT:=@USER_SCRIPT@}"
@@ -72,19 +77,50 @@ wait_device() {
     done
 }
 
+# Stops the boot script: the volume stays as it is, unmounted, and the box's
+# own user data does not run (it would write to the wrong disk).
+refuse() {
+    log "$1"
+    log "the data volume $SK_DATA_VOLUME is not mounted; the box's own user data does not run"
+    exit 1
+}
+
+# Whether the first MiB of $1 reads as zeros (nothing was ever written there:
+# every filesystem and volume manager puts its label in it).
+never_written() {
+    [ -z "$(head -c 1048576 "$1" | tr -d '\000' | head -c 1)" ]
+}
+
 setup_data_volume() {
     dev=$(wait_device "$SK_DATA_VOLUME" "$SK_DATA_DEVICE")
-    if blkid "$dev" > /dev/null 2>&1; then
+    found=0
+    # -p: probe the device itself, never blkid's cache (a device name may
+    # have belonged to another volume before).
+    blkid -p "$dev" > /dev/null 2>&1 || found=$?
+    case "$found" in
+    0)
         log "$dev ($SK_DATA_VOLUME) has a filesystem; keeping it"
-    else
-        log "$dev ($SK_DATA_VOLUME) is blank; creating an ext4 filesystem"
+        ;;
+    2)
+        # blkid looked and found nothing it knows.
+        if [ "$SK_DATA_NEW" != 1 ]; then
+            refuse "$dev ($SK_DATA_VOLUME) has no filesystem blkid knows, but it is not known to be new; not formatting it (make a filesystem on it by hand if it really is empty)"
+        fi
+        if ! never_written "$dev"; then
+            refuse "$dev ($SK_DATA_VOLUME) is new but holds data blkid does not recognise; not formatting it"
+        fi
+        log "$dev ($SK_DATA_VOLUME) is new and blank; creating an ext4 filesystem"
         mkfs.ext4 -q -L spotkeeper-data "$dev"
-    fi
+        ;;
+    *)
+        refuse "blkid could not read $dev ($SK_DATA_VOLUME) (exit $found); not formatting it"
+        ;;
+    esac
     mkdir -p "$SK_DATA_MOUNT"
     if ! grep -qs " $SK_DATA_MOUNT " /proc/self/mounts; then
         mount "$dev" "$SK_DATA_MOUNT"
     fi
-    uuid=$(blkid -s UUID -o value "$dev" || true)
+    uuid=$(blkid -p -s UUID -o value "$dev" || true)
     if [ -n "$uuid" ] && [ -w "$SK_ROOTFS/etc/fstab" ] && ! grep -qs "UUID=$uuid" "$SK_ROOTFS/etc/fstab"; then
         echo "UUID=$uuid $SK_DATA_MOUNT auto defaults,nofail 0 2" >> "$SK_ROOTFS/etc/fstab"
     fi

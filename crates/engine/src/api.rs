@@ -63,8 +63,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// The API registers data, never code for the daemon's host: settings that
 /// would make the daemon run a command or connect where the caller says are
-/// refused unless `[api] allow_commands` is set, and an instance profile must
-/// be one the config allows. The error names the field.
+/// refused unless `[api] allow_commands` is set, adoption of resources
+/// spotkeeper did not create is refused, and an instance profile must be one
+/// the config allows. The error names the field.
 pub fn refuse_code(config: &Config, body: &Value) -> Result<(), String> {
     let ready = body.get("ready");
     if !config.api_allow_commands {
@@ -87,6 +88,22 @@ pub fn refuse_code(config: &Config, body: &Value) -> Result<(), String> {
                         not accepted through the API unless [api] allow_commands = true"
                 .into());
         }
+    }
+    // Taking over what spotkeeper did not create is the operator's call.
+    let adopts = [
+        ("adopt_elastic_ip", body.get("adopt_elastic_ip")),
+        ("data_volume.adopt", body.pointer("/data_volume/adopt")),
+        ("root_volume.adopt", body.pointer("/root_volume/adopt")),
+        ("dns.adopt", body.pointer("/dns/adopt")),
+    ];
+    if let Some((field, _)) = adopts
+        .iter()
+        .find(|(_, v)| v.is_some_and(|v| v != &Value::Bool(false)))
+    {
+        return Err(format!(
+            "{field}: taking over a resource spotkeeper did not create is only \
+             possible from the config file, not through the API"
+        ));
     }
     if let Some(profile) = body.get("iam_instance_profile") {
         let name = profile.as_str().unwrap_or_default();

@@ -19,10 +19,24 @@ pub const USER_DATA_LIMIT: usize = 16 * 1024;
 /// Where a volume will be attached and, for data, mounted.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BootVolumes {
-    /// Data volume: (volume id, device, mount point).
-    pub data: Option<(String, String, String)>,
+    /// Data volume.
+    pub data: Option<BootData>,
     /// Persistent root: (volume id, device).
     pub root: Option<(String, String)>,
+}
+
+/// The data volume as the boot script sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BootData {
+    /// Volume id.
+    pub volume: String,
+    /// Requested device (`/dev/sdf`).
+    pub device: String,
+    /// Mount point.
+    pub mount: String,
+    /// Known to be new: spotkeeper created it empty and no box has used it
+    /// yet. Only then may the script make a filesystem on it.
+    pub new: bool,
 }
 
 /// Why user data could not be generated.
@@ -65,13 +79,14 @@ pub fn user_data(
     if volumes.data.is_none() && volumes.root.is_none() {
         return Ok(user.map(str::to_owned));
     }
-    let (dv, dd, dm) = match &volumes.data {
-        Some((v, d, m)) => (
-            safe("data volume", v)?,
-            safe("device", d)?,
-            safe("mount", m)?,
+    let (dv, dd, dm, dn) = match &volumes.data {
+        Some(d) => (
+            safe("data volume", &d.volume)?,
+            safe("device", &d.device)?,
+            safe("mount", &d.mount)?,
+            if d.new { "1" } else { "0" },
         ),
-        None => Default::default(),
+        None => (String::new(), String::new(), String::new(), "0"),
     };
     let (rv, rd) = match &volumes.root {
         Some((v, d)) => (safe("root volume", v)?, safe("device", d)?),
@@ -83,6 +98,7 @@ pub fn user_data(
         .replace("@DATA_VOLUME@", &dv)
         .replace("@DATA_DEVICE@", &dd)
         .replace("@DATA_MOUNT@", &dm)
+        .replace("@DATA_NEW@", dn)
         .replace("@ROOT_VOLUME@", &rv)
         .replace("@ROOT_DEVICE@", &rd)
         .replace(
@@ -124,7 +140,12 @@ mod tests {
 
     fn data() -> BootVolumes {
         BootVolumes {
-            data: Some(("vol-0abc".into(), "/dev/sdf".into(), "/data".into())),
+            data: Some(BootData {
+                volume: "vol-0abc".into(),
+                device: "/dev/sdf".into(),
+                mount: "/data".into(),
+                new: true,
+            }),
             root: None,
         }
     }
@@ -160,6 +181,7 @@ mod tests {
             "@DATA_VOLUME@",
             "@DATA_DEVICE@",
             "@DATA_MOUNT@",
+            "@DATA_NEW@",
             "@ROOT_VOLUME@",
             "@ROOT_DEVICE@",
             "@USER_SCRIPT@",
@@ -187,7 +209,12 @@ mod tests {
     #[test]
     fn unsafe_values_and_oversized_data_are_refused() {
         let bad = BootVolumes {
-            data: Some(("vol-1".into(), "/dev/sdf".into(), "/data; rm -rf /".into())),
+            data: Some(BootData {
+                volume: "vol-1".into(),
+                device: "/dev/sdf".into(),
+                mount: "/data; rm -rf /".into(),
+                new: false,
+            }),
             root: None,
         };
         assert!(matches!(

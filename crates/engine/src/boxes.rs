@@ -399,7 +399,7 @@ async fn up_inner(
     if let Some(dns) = &spec.dns
         && known.is_none()
     {
-        crate::dns::zone_id(ctx.cloud, dns).await?;
+        crate::dns::check(ctx.cloud, ctx.owner, name, dns).await?;
     }
     if let Some(alloc) = &spec.elastic_ip
         && known.is_none()
@@ -756,7 +756,12 @@ fn boot_volumes(spec: &BoxSpec, prepared: &[persist::Prepared]) -> crate::bootst
                     .as_ref()
                     .map(|d| d.mount.clone())
                     .unwrap_or_default();
-                b.data = Some((p.volume.id.to_string(), p.role.device().to_owned(), mount));
+                b.data = Some(crate::bootstrap::BootData {
+                    volume: p.volume.id.to_string(),
+                    device: p.role.device().to_owned(),
+                    mount,
+                    new: p.volume.tags.contains_key(persist::NEW_TAG),
+                });
             }
             persist::Role::Root => {
                 b.root = Some((p.volume.id.to_string(), p.role.device().to_owned()))
@@ -805,8 +810,18 @@ async fn settle(
         ));
     }
     check_ready(ctx, spec, &instance).await?;
+    // The box got ready on its data volume: from now on the boot script
+    // never makes a filesystem on it.
+    let used: Vec<String> = prepared
+        .iter()
+        .filter(|p| p.role == persist::Role::Data && p.volume.tags.contains_key(persist::NEW_TAG))
+        .map(|p| p.volume.id.to_string())
+        .collect();
+    if !used.is_empty() {
+        ctx.cloud.untag(&used, &[persist::NEW_TAG]).await?;
+    }
     if let Some(dns) = &spec.dns {
-        let address = crate::dns::point(ctx.cloud, dns, &instance).await?;
+        let address = crate::dns::point(ctx.cloud, ctx.owner, &spec.name, dns, &instance).await?;
         ctx.progress.note(&format!("DNS {} → {address}", dns.name));
         ctx.store
             .record_event(
@@ -1147,12 +1162,20 @@ async fn after_stop(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<(), BoxError> {
         if spec.keep_dns {
             ctx.progress
                 .note(&format!("Kept DNS record {} (keep_dns)", dns.name));
-        } else if let Some(r) = crate::dns::remove(ctx.cloud, dns).await? {
-            ctx.progress.note(&format!(
-                "Removed DNS record {} ({})",
-                r.name,
-                r.values.join(", ")
-            ));
+        } else {
+            match crate::dns::remove(ctx.cloud, ctx.owner, &spec.name, dns).await? {
+                crate::dns::Removal::Deleted(Some(r)) => ctx.progress.note(&format!(
+                    "Removed DNS record {} ({})",
+                    r.name,
+                    r.values.join(", ")
+                )),
+                crate::dns::Removal::Deleted(None) | crate::dns::Removal::Absent => {}
+                crate::dns::Removal::LeftAlone(r, why) => ctx.progress.note(&format!(
+                    "Left DNS record {} ({}) alone: {why}",
+                    r.name,
+                    r.values.join(", ")
+                )),
+            }
         }
     }
     Ok(())

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use spotkeeper_cloud::model::tags;
 use spotkeeper_cloud::{
-    Cloud, CloudError, DnsRecord, Image, Instance, SpotRequest, SpotRequestState, Volume,
+    Cloud, CloudError, DnsChange, DnsRecord, Image, Instance, RecordType, SpotRequest,
+    SpotRequestState, Volume, fqdn,
 };
 
 use crate::boxes::owner_filter;
@@ -21,12 +22,38 @@ pub struct Inventory {
     pub instances: Vec<Instance>,
     /// Open or active spot requests.
     pub spot_requests: Vec<SpotRequest>,
-    /// Volumes with their fate: (volume, on_stop, why).
-    pub volumes: Vec<(Volume, OnStop, String)>,
+    /// Volumes with their fate.
+    pub volumes: Vec<VolumeFate>,
     /// Images.
     pub images: Vec<Image>,
-    /// DNS records of configured boxes: (zone id, record).
-    pub records: Vec<(String, DnsRecord)>,
+    /// DNS names of configured boxes marked as theirs.
+    pub records: Vec<OwnedName>,
+}
+
+/// A volume and what `cleanup` does with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeFate {
+    /// The volume.
+    pub volume: Volume,
+    /// Its box's `on_stop` (retain when no box claims it).
+    pub on_stop: OnStop,
+    /// Stop snapshots to keep, with `on_stop = "snapshot"`.
+    pub keep: usize,
+    /// Why, for the person.
+    pub why: String,
+}
+
+/// A box's DNS name that is marked as the box's: the record and its mark.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnedName {
+    /// Hosted zone id.
+    pub zone: String,
+    /// The name.
+    pub name: String,
+    /// The A record, if there is one.
+    pub record: Option<DnsRecord>,
+    /// The batch that deletes the record and its mark.
+    pub deletions: Vec<DnsChange>,
 }
 
 impl Inventory {
@@ -57,8 +84,14 @@ impl Inventory {
                 r.state.as_str()
             ));
         }
-        for (v, fate, why) in &self.volumes {
-            let verb = match fate {
+        for VolumeFate {
+            volume: v,
+            on_stop,
+            why,
+            ..
+        } in &self.volumes
+        {
+            let verb = match on_stop {
                 OnStop::Retain => "keep",
                 OnStop::Snapshot => "snapshot, then delete",
                 OnStop::Delete => "delete",
@@ -72,11 +105,13 @@ impl Inventory {
                 i.name.as_deref().unwrap_or("-")
             ));
         }
-        for (_, r) in &self.records {
+        for n in &self.records {
             l.push(format!(
-                "delete DNS record {} ({})",
-                r.name,
-                r.values.join(", ")
+                "delete DNS record {} ({}) and its ownership mark",
+                n.name,
+                n.record
+                    .as_ref()
+                    .map_or("-".to_owned(), |r| r.values.join(", "))
             ));
         }
         l
@@ -108,27 +143,42 @@ pub async fn inventory(cloud: &dyn Cloud, config: &Config) -> Result<Inventory, 
                 .flatten()
                 .find(|vs| Some(&vs.name) == name.as_ref())
         });
-        match configured {
-            Some(vs) => volumes.push((
-                v.clone(),
-                vs.on_stop,
-                format!("{}, on_stop = {:?}", vs.name, vs.on_stop),
-            )),
-            None => volumes.push((
-                v.clone(),
-                OnStop::Retain,
-                "no box in the config claims it".into(),
-            )),
-        }
+        volumes.push(match configured {
+            Some(vs) => VolumeFate {
+                volume: v.clone(),
+                on_stop: vs.on_stop,
+                keep: vs.keep,
+                why: format!("{}, on_stop = {:?}", vs.name, vs.on_stop),
+            },
+            None => VolumeFate {
+                volume: v.clone(),
+                on_stop: OnStop::Retain,
+                keep: crate::config::DEFAULT_STOP_SNAPSHOTS,
+                why: "no box in the config claims it".into(),
+            },
+        });
     }
     let images = cloud.images(&mine).await?;
     let mut records = Vec::new();
+    // Only names marked as the box's: a record spotkeeper did not write stays.
     for spec in config.boxes.values() {
-        if let Some(dns) = &spec.dns
-            && let Some(zone) = cloud.dns_zone(&dns.zone).await?
-            && let Some(r) = cloud.dns_record(&zone, &dns.name).await?
+        let Some(dns) = &spec.dns else { continue };
+        let Some(zone) = cloud.dns_zone(&dns.zone).await? else {
+            continue;
+        };
+        let record = cloud.dns_record(&zone, &dns.name, RecordType::A).await?;
+        let mark = cloud
+            .dns_record(&zone, &crate::dns::mark_name(&dns.name), RecordType::Txt)
+            .await?;
+        if crate::dns::claim(&config.owner, &spec.name, mark.as_ref(), record.is_some())
+            == crate::dns::Claim::Ours
         {
-            records.push((zone, r));
+            records.push(OwnedName {
+                zone,
+                name: fqdn(&dns.name),
+                deletions: crate::dns::deletions(record.as_ref(), mark.as_ref()),
+                record,
+            });
         }
     }
     Ok(Inventory {
@@ -169,16 +219,17 @@ pub async fn remove(cloud: &dyn Cloud, inv: &Inventory) -> Result<Vec<String>, C
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
-    for (v, fate, _) in &inv.volumes {
+    for fate in &inv.volumes {
+        let v = &fate.volume;
         let Some(current) = cloud.volume(&v.id).await? else {
             continue;
         };
         for (instance, _) in &current.attachments {
-            if *fate != OnStop::Retain {
+            if fate.on_stop != OnStop::Retain {
                 cloud.detach_volume(&v.id, instance).await?;
             }
         }
-        match fate {
+        match fate.on_stop {
             OnStop::Retain => done.push(format!("kept {}", v.id)),
             OnStop::Snapshot => {
                 let mut t: Vec<(String, String)> = v
@@ -191,6 +242,15 @@ pub async fn remove(cloud: &dyn Cloud, inv: &Inventory) -> Result<Vec<String>, C
                 let snap = cloud.snapshot_volume(&v.id, &t).await?;
                 cloud.delete_volume(&v.id).await?;
                 done.push(format!("saved {} as {snap} and deleted it", v.id));
+                if let (Some(name), Some(owner)) = (v.tags.get(VOLUME_TAG), v.tags.get(tags::OWNER))
+                {
+                    for old in
+                        crate::persist::prune_stop_snapshots(cloud, owner, name, fate.keep, &snap)
+                            .await?
+                    {
+                        done.push(format!("deleted older stop snapshot {old}"));
+                    }
+                }
             }
             OnStop::Delete => {
                 cloud.delete_volume(&v.id).await?;
@@ -202,9 +262,9 @@ pub async fn remove(cloud: &dyn Cloud, inv: &Inventory) -> Result<Vec<String>, C
         cloud.delete_image(&i.id).await?;
         done.push(format!("deregistered {}", i.id));
     }
-    for (zone, r) in &inv.records {
-        cloud.delete_dns(zone, r).await?;
-        done.push(format!("deleted DNS record {}", r.name));
+    for n in &inv.records {
+        cloud.change_dns(&n.zone, &n.deletions).await?;
+        done.push(format!("deleted DNS record {}", n.name));
     }
     Ok(done)
 }

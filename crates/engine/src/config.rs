@@ -250,6 +250,9 @@ pub enum OnStop {
     Delete,
 }
 
+/// How many stop snapshots of a volume are kept unless the config says `keep`.
+pub const DEFAULT_STOP_SNAPSHOTS: usize = 3;
+
 /// `data_volume` / `root_volume`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeSpec {
@@ -267,6 +270,9 @@ pub struct VolumeSpec {
     /// may be used (and is then tagged as this owner's). Without it, such a
     /// volume stops `up` before anything is launched.
     pub adopt: bool,
+    /// `keep`: with `on_stop = "snapshot"`, how many of the volume's stop
+    /// snapshots are kept (the newest; older ones are deleted after each stop).
+    pub keep: usize,
 }
 
 /// Which address the DNS record points at.
@@ -289,6 +295,9 @@ pub struct DnsSpec {
     pub ttl: i64,
     /// Public or private address.
     pub address: DnsAddress,
+    /// `adopt = true`: a record of this name that spotkeeper did not create
+    /// may be taken over (it is then marked as the box's).
+    pub adopt: bool,
 }
 
 /// `images = { keep, every }`.
@@ -414,6 +423,7 @@ struct RawVolume {
     mount: Option<String>,
     on_stop: Option<String>,
     adopt: Option<bool>,
+    keep: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -424,6 +434,8 @@ struct RawDns {
     #[serde(default = "default_ttl")]
     ttl: i64,
     address: Option<String>,
+    #[serde(default)]
+    adopt: bool,
 }
 
 fn default_ttl() -> i64 {
@@ -966,6 +978,19 @@ fn validate_box(
                     )));
                 }
             };
+            let keep = match (v.keep, on_stop) {
+                (None, _) => DEFAULT_STOP_SNAPSHOTS,
+                (Some(k), OnStop::Snapshot) if (1..=100).contains(&k) => k as usize,
+                (Some(k), OnStop::Snapshot) => {
+                    return Err(bad(format!("keep must be 1-100 snapshots, not {k}")));
+                }
+                (Some(_), _) => {
+                    return Err(bad(
+                        "keep applies to on_stop = \"snapshot\" (how many stop snapshots to keep)"
+                            .into(),
+                    ));
+                }
+            };
             Ok(Some(VolumeSpec {
                 name: v.name,
                 size_gb: v.size_gb,
@@ -973,6 +998,7 @@ fn validate_box(
                 mount,
                 on_stop,
                 adopt: v.adopt.unwrap_or(false),
+                keep,
             }))
         };
     let data_volume = volume(b.data_volume, "data_volume")?;
@@ -1035,6 +1061,7 @@ fn validate_box(
                 name,
                 ttl: d.ttl,
                 address,
+                adopt: d.adopt,
             })
         }
     };
@@ -1562,6 +1589,7 @@ ready = { check = "tcp", port = 22, timeout = "10m" }
             ),
             ("dev-data", Some(50), "gp3", "/data", OnStop::Snapshot)
         );
+        assert_eq!(d.keep, DEFAULT_STOP_SNAPSHOTS);
         assert_eq!(
             b.root_volume.as_ref().map(|r| (r.name.as_str(), r.on_stop)),
             Some(("dev-root", OnStop::Retain))
@@ -1610,6 +1638,16 @@ ready = { check = "tcp", port = 22, timeout = "10m" }
                 .message
                 .contains("size_gb is required")
         );
+        for (keep, says) in [
+            ("on_stop = \"snapshot\", keep = 0", "keep must be 1-100"),
+            ("keep = 2", "keep applies to on_stop = \"snapshot\""),
+        ] {
+            let e = err(&GOOD.replace(
+                "tags =",
+                &format!("data_volume = {{ name = \"v\", size_gb = 5, {keep} }}\ntags ="),
+            ));
+            assert!(e.message.contains(says), "{e}");
+        }
         assert!(
             err(&GOOD.replace(
                 "tags =",

@@ -71,18 +71,20 @@ pub async fn create(
     ];
     let image = cloud.create_image(&instance.id, &name, &t).await?;
     let pruned = match spec.images.keep {
-        Some(keep) => prune(cloud, owner, &spec.name, keep).await?,
+        Some(keep) => prune(cloud, owner, &spec.name, keep, now).await?,
         None => Vec::new(),
     };
     Ok((image, pruned))
 }
 
-/// Deregisters (with their snapshots) all but the `keep` newest images of a box.
+/// Deregisters (with their snapshots) all but the `keep` newest images of a
+/// box, then deletes snapshots left behind by earlier deletions.
 pub async fn prune(
     cloud: &dyn Cloud,
     owner: &str,
     box_name: &str,
     keep: usize,
+    now: SystemTime,
 ) -> Result<Vec<ImageId>, CloudError> {
     let mut pruned = Vec::new();
     for old in box_images(cloud, owner, box_name)
@@ -90,10 +92,65 @@ pub async fn prune(
         .into_iter()
         .skip(keep)
     {
-        cloud.delete_image(&old.id).await?;
+        match cloud.delete_image(&old.id).await {
+            Ok(_) => {}
+            // Deregistered, a snapshot not deleted (AWS may call it in use
+            // for a while after): the sweep below and later prunes retry it.
+            Err(e) if e.operation == "DeleteSnapshot" => {
+                tracing::warn!(image = %old.id, error = %e, "a snapshot of a deregistered image is left; retried later");
+            }
+            Err(e) => return Err(e),
+        }
         pruned.push(old.id);
     }
+    sweep_snapshots(cloud, owner, box_name, now).await?;
     Ok(pruned)
+}
+
+/// Snapshots younger than this are never swept: their image may not be
+/// listed yet right after `CreateImage`.
+const SWEEP_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// Deletes the box's image snapshots whose image is gone (a delete that
+/// failed or was cut short after the deregistration). An image's snapshots
+/// carry its `spotkeeper:created` stamp (tagged at creation), so a snapshot
+/// whose stamp no image of the box has is left over. Returns what it deleted.
+pub async fn sweep_snapshots(
+    cloud: &dyn Cloud,
+    owner: &str,
+    box_name: &str,
+    now: SystemTime,
+) -> Result<Vec<spotkeeper_cloud::SnapshotId>, CloudError> {
+    let images = cloud.images(&box_images_filter(owner, box_name)).await?;
+    let stamps: std::collections::HashSet<&str> = images
+        .iter()
+        .filter(|i| i.state != "deregistered")
+        .filter_map(|i| i.tags.get(CREATED_TAG).map(String::as_str))
+        .collect();
+    let mut deleted = Vec::new();
+    for snap in cloud.snapshots(&box_images_filter(owner, box_name)).await? {
+        let Some(stamp) = snap.tags.get(CREATED_TAG) else {
+            continue;
+        };
+        let old_enough = humantime::parse_rfc3339(stamp)
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age >= SWEEP_GRACE);
+        if stamps.contains(stamp.as_str())
+            || !old_enough
+            || snap.tags.contains_key(crate::persist::PURPOSE_TAG)
+        {
+            continue;
+        }
+        match cloud.delete_snapshot(&snap.id).await {
+            Ok(()) => deleted.push(snap.id),
+            Err(e) if e.kind == spotkeeper_cloud::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(snapshot = %snap.id, error = %e, "could not delete a left-over image snapshot; retried later");
+            }
+        }
+    }
+    Ok(deleted)
 }
 
 /// When the next scheduled image is due: never without `images.every`; now

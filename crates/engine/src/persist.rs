@@ -11,7 +11,9 @@
 use std::collections::HashSet;
 
 use spotkeeper_cloud::model::tags;
-use spotkeeper_cloud::{Cloud, CloudError, ImageId, Instance, InstanceId, TagFilter, Volume};
+use spotkeeper_cloud::{
+    Cloud, CloudError, ImageId, Instance, InstanceId, SnapshotId, TagFilter, Volume,
+};
 
 use crate::config::{BoxSpec, OnStop, VolumeSpec};
 
@@ -25,6 +27,9 @@ pub const VOLUME_TAG: &str = "spotkeeper:volume";
 pub const MOVING_FROM: &str = "spotkeeper:moving-from";
 /// On snapshots: why it was taken (`move` or `stop`).
 pub const PURPOSE_TAG: &str = "spotkeeper:purpose";
+/// On a data volume spotkeeper created empty, until a box that used it got
+/// ready: only such a volume may get a filesystem from the boot script.
+pub const NEW_TAG: &str = "spotkeeper:new";
 
 /// Which of a box's volumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -353,6 +358,10 @@ pub async fn prepare(
         let snapshot = cloud.snapshot_volume(&v.id, &snap_tags).await?;
         let mut copy_tags = tags;
         copy_tags.push((MOVING_FROM.to_owned(), v.id.to_string()));
+        if v.tags.contains_key(NEW_TAG) {
+            // Still never used: the copy is as new as the original.
+            copy_tags.push((NEW_TAG.to_owned(), "true".to_owned()));
+        }
         let copy = cloud
             .create_volume(zone, None, &v.kind, Some(&snapshot), &copy_tags)
             .await?;
@@ -380,6 +389,8 @@ pub async fn prepare(
                         .await?
                 }
                 None => {
+                    let mut tags = tags.clone();
+                    tags.push((NEW_TAG.to_owned(), "true".to_owned()));
                     cloud
                         .create_volume(zone, vs.size_gb, &vs.kind, None, &tags)
                         .await?
@@ -548,6 +559,20 @@ pub async fn on_stop(
                     role.key(),
                     v.id
                 ));
+                let pruned = prune_stop_snapshots(cloud, owner, &vs.name, vs.keep, &snap).await?;
+                if !pruned.is_empty() {
+                    done.push(format!(
+                        "Deleted {} older stop snapshot(s) of {} (keep = {}): {}",
+                        pruned.len(),
+                        vs.name,
+                        vs.keep,
+                        pruned
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
             }
             OnStop::Delete => {
                 release(cloud, owner, &v, &HashSet::new()).await?;
@@ -557,4 +582,35 @@ pub async fn on_stop(
         }
     }
     Ok(done)
+}
+
+/// Deletes the owner's stop snapshots of volume `name` beyond the newest
+/// `keep`, never `newest` (the one just taken, which a describe may not list
+/// yet). Returns what it deleted.
+pub async fn prune_stop_snapshots(
+    cloud: &dyn Cloud,
+    owner: &str,
+    name: &str,
+    keep: usize,
+    newest: &SnapshotId,
+) -> Result<Vec<SnapshotId>, CloudError> {
+    let stops = cloud
+        .snapshots(
+            &TagFilter::default()
+                .with(VOLUME_TAG, name)
+                .with(tags::OWNER, owner)
+                .with(PURPOSE_TAG, "stop"),
+        )
+        .await?;
+    let mut deleted = Vec::new();
+    // Newest first; `newest` counts as one of the kept.
+    for s in stops
+        .iter()
+        .filter(|s| &s.id != newest)
+        .skip(keep.saturating_sub(1))
+    {
+        cloud.delete_snapshot(&s.id).await?;
+        deleted.push(s.id.clone());
+    }
+    Ok(deleted)
 }

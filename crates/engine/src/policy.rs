@@ -125,7 +125,11 @@ pub fn iam_policy(config: &Config, demand_queues: &[String]) -> Value {
         .boxes
         .values()
         .filter_map(|b| b.dns.as_ref())
-        .map(|d| d.name.trim_end_matches('.').to_ascii_lowercase())
+        .flat_map(|d| {
+            // The A record and its ownership mark (`_spotkeeper.NAME`, TXT).
+            let name = d.name.trim_end_matches('.').to_ascii_lowercase();
+            [format!("_spotkeeper.{name}"), name]
+        })
         .collect();
     records.sort();
     records.dedup();
@@ -143,7 +147,8 @@ pub fn iam_policy(config: &Config, demand_queues: &[String]) -> Value {
             "Resource": "arn:aws:route53:::hostedzone/*",
             "Condition": {
                 "ForAllValues:StringEquals": {
-                    "route53:ChangeResourceRecordSetsNormalizedRecordNames": records
+                    "route53:ChangeResourceRecordSetsNormalizedRecordNames": records,
+                    "route53:ChangeResourceRecordSetsRecordTypes": ["A", "TXT"]
                 }
             }
         }));
@@ -326,7 +331,12 @@ mod tests {
         assert_eq!(
             statement(&p, "DnsOwnRecordsOnly").expect("dns")["Condition"]["ForAllValues:StringEquals"]
                 ["route53:ChangeResourceRecordSetsNormalizedRecordNames"],
-            json!(["dev.example.com"])
+            json!(["_spotkeeper.dev.example.com", "dev.example.com"])
+        );
+        assert_eq!(
+            statement(&p, "DnsOwnRecordsOnly").expect("dns")["Condition"]["ForAllValues:StringEquals"]
+                ["route53:ChangeResourceRecordSetsRecordTypes"],
+            json!(["A", "TXT"])
         );
     }
 

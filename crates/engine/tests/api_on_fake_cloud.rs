@@ -527,7 +527,7 @@ async fn pools_are_registered_updated_scaled_by_the_daemon_and_deleted_with_thei
 }
 
 #[tokio::test]
-async fn the_api_token_is_not_a_shell_commands_hosts_ssh_and_foreign_roles_are_refused() {
+async fn the_api_token_is_not_a_shell_commands_hosts_ssh_adoption_and_foreign_roles_are_refused() {
     let w = world().await;
     let post = |uri: &'static str, body: Value| {
         let w = &w;
@@ -552,6 +552,19 @@ async fn the_api_token_is_not_a_shell_commands_hosts_ssh_and_foreign_roles_are_r
         (
             json!({ "iam_instance_profile": "admin" }),
             "iam_instance_profile",
+        ),
+        (json!({ "adopt_elastic_ip": true }), "adopt_elastic_ip"),
+        (
+            json!({ "data_volume": { "name": "prod-db", "size_gb": 5, "adopt": true } }),
+            "data_volume.adopt",
+        ),
+        (
+            json!({ "root_volume": { "name": "prod-root", "size_gb": 8, "adopt": true } }),
+            "root_volume.adopt",
+        ),
+        (
+            json!({ "dns": { "zone": "example.com", "name": "www.example.com", "adopt": true } }),
+            "dns.adopt",
         ),
     ] {
         let mut body = good_box();

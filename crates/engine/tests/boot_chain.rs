@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use spotkeeper_engine::bootstrap::{BootVolumes, user_data};
+use spotkeeper_engine::bootstrap::{BootData, BootVolumes, user_data};
 
 fn is_root() -> bool {
     let out = Command::new("id").arg("-u").output().expect("id -u");
@@ -113,11 +113,12 @@ fn data_volume_script_makes_a_filesystem_once_mounts_it_and_then_runs_the_users_
         t = t.display()
     );
     let volumes = BootVolumes {
-        data: Some((
-            "vol-0abc1230000000001".into(),
-            "/dev/sdf".into(),
-            mount.display().to_string(),
-        )),
+        data: Some(BootData {
+            volume: "vol-0abc1230000000001".into(),
+            device: "/dev/sdf".into(),
+            mount: mount.display().to_string(),
+            new: true,
+        }),
         root: None,
     };
     let script = user_data("dev", &volumes, Some(&user))
@@ -139,7 +140,7 @@ fn data_volume_script_makes_a_filesystem_once_mounts_it_and_then_runs_the_users_
     let log = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{log}");
     assert!(
-        log.contains("is blank; creating an ext4 filesystem"),
+        log.contains("is new and blank; creating an ext4 filesystem"),
         "{log}"
     );
     assert_eq!(
@@ -173,6 +174,120 @@ fn data_volume_script_makes_a_filesystem_once_mounts_it_and_then_runs_the_users_
         fstab.contains(&format!("{} auto defaults,nofail", mount.display())),
         "{fstab}"
     );
+}
+
+/// Runs the data volume script over a 64 MiB image prepared by `fill`,
+/// with the volume `new` or not and `blkid` replaced by `fake_blkid` (a
+/// shell body) when given. Returns the log, whether it succeeded, whether
+/// the user's script ran and whether blkid finds a filesystem afterwards.
+fn data_boot(new: bool, fill: &[u8], fake_blkid: Option<&str>) -> (String, bool, bool, bool) {
+    let dir = tempfile::tempdir().expect("dir");
+    let t = dir.path();
+    let img = t.join("data.img");
+    run(Command::new("truncate").args(["-s", "64M"]).arg(&img));
+    if !fill.is_empty() {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .expect("image");
+        f.seek(std::io::SeekFrom::Start(4096)).expect("seek");
+        f.write_all(fill).expect("fill");
+    }
+    let lo = Loop::attach(&img);
+    fake_nitro(t, "nvme1n1", "vol-0abc1230000000002", &lo.0);
+    let mount = t.join("mnt/data");
+    let user = format!(
+        "#!/bin/sh
+touch {}/user-ran
+",
+        t.display()
+    );
+    let volumes = BootVolumes {
+        data: Some(BootData {
+            volume: "vol-0abc1230000000002".into(),
+            device: "/dev/sdf".into(),
+            mount: mount.display().to_string(),
+            new,
+        }),
+        root: None,
+    };
+    let script = user_data("dev", &volumes, Some(&user))
+        .expect("generate")
+        .expect("some");
+    let path = t.join("user-data.sh");
+    std::fs::write(&path, &script).expect("write");
+    let bin = t.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    if let Some(body) = fake_blkid {
+        std::fs::write(
+            bin.join("blkid"),
+            format!(
+                "#!/bin/sh
+{body}
+"
+            ),
+        )
+        .expect("fake blkid");
+        run(Command::new("chmod").arg("755").arg(bin.join("blkid")));
+    }
+    let path_var = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let env = [
+        ("SK_SYS_BLOCK", t.join("sys/block")),
+        ("SK_DEV_DIR", t.join("dev")),
+        ("SK_BYID_DIR", t.join("no-by-id")),
+        ("SK_ROOTFS", t.join("rootfs")),
+        ("SK_STATE_DIR", PathBuf::from("/state")),
+        ("SK_WAIT_SECONDS", PathBuf::from("10")),
+        ("PATH", PathBuf::from(path_var)),
+    ];
+    let out = in_namespace(&format!("sh {}", path.display()), &env);
+    let has_fs = Command::new("blkid")
+        .arg("-p")
+        .arg(&lo.0)
+        .output()
+        .expect("blkid")
+        .status
+        .success();
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+        t.join("user-ran").exists(),
+        has_fs,
+    )
+}
+
+#[test]
+fn a_data_volume_is_formatted_only_when_known_new_never_because_blkid_failed() {
+    require_root!();
+    // Blank, but not known to be new (another box used it, or spotkeeper
+    // did not create it empty): left as it is, and the user's data does not run.
+    let (log, ok, user_ran, has_fs) = data_boot(false, &[], None);
+    assert!(!ok && !user_ran && !has_fs, "{log}");
+    assert!(
+        log.contains("it is not known to be new; not formatting it"),
+        "{log}"
+    );
+
+    // New, but something was written on it that blkid does not know.
+    let (log, ok, user_ran, has_fs) = data_boot(true, b"precious bytes", None);
+    assert!(!ok && !user_ran && !has_fs, "{log}");
+    assert!(log.contains("holds data blkid does not recognise"), "{log}");
+
+    // New and blank, but blkid fails (cannot read the device, is missing...).
+    for fake in ["exit 4", "echo 'blkid: I/O error' >&2; exit 1"] {
+        let (log, ok, user_ran, has_fs) = data_boot(true, &[], Some(fake));
+        assert!(!ok && !user_ran && !has_fs, "{fake}: {log}");
+        assert!(log.contains("blkid could not read"), "{fake}: {log}");
+    }
+
+    // New and blank: formatted, mounted, the user's data runs.
+    let (log, ok, user_ran, has_fs) = data_boot(true, &[], None);
+    assert!(ok && user_ran && has_fs, "{log}");
 }
 
 #[test]

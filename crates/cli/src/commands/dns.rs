@@ -15,7 +15,7 @@ pub async fn run(args: &Args, box_name: &str) -> Result<ExitCode, Failure> {
         )));
     }
     let live = spotkeeper_engine::boxes::live_instance(&cloud, &config.owner, box_name).await?;
-    let status = spotkeeper_engine::dns::status(&cloud, &spec, live.as_ref())
+    let status = spotkeeper_engine::dns::status(&cloud, &config.owner, &spec, live.as_ref())
         .await?
         .expect("dns is configured");
     if args.json {
@@ -27,6 +27,8 @@ pub async fn run(args: &Args, box_name: &str) -> Result<ExitCode, Failure> {
             "instance_id": live.as_ref().map(|i| i.id.to_string()),
             "instance_address": status.instance_address,
             "matches": status.matches,
+            "owned": status.owned,
+            "owner_note": status.owner_note,
         }))?;
     } else {
         let record = status
@@ -39,7 +41,7 @@ pub async fn run(args: &Args, box_name: &str) -> Result<ExitCode, Failure> {
             (None, _) => "(no live instance)".to_owned(),
         };
         output::print_table(
-            &["NAME", "RECORD", "INSTANCE", "MATCHES"],
+            &["NAME", "RECORD", "INSTANCE", "MATCHES", "OWNER"],
             &[vec![
                 status.name.clone(),
                 record,
@@ -48,6 +50,11 @@ pub async fn run(args: &Args, box_name: &str) -> Result<ExitCode, Failure> {
                     "yes".into()
                 } else {
                     "no".into()
+                },
+                match (&status.owner_note, status.owned) {
+                    (Some(note), _) => note.clone(),
+                    (None, true) => "this box".into(),
+                    (None, false) => "-".into(),
                 },
             ]],
         );

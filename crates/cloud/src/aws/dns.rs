@@ -1,4 +1,4 @@
-//! Route53: find a hosted zone, read, UPSERT and delete A records; Elastic IPs.
+//! Route53: find a hosted zone, read record sets, change them in batches; Elastic IPs.
 
 use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
@@ -6,7 +6,7 @@ use aws_sdk_route53::types::{
 
 use super::{AwsCloud, absent, sdk_error};
 use crate::error::{CloudError, ErrorKind};
-use crate::model::{DnsRecord, InstanceId, fqdn};
+use crate::model::{DnsAction, DnsChange, DnsRecord, InstanceId, RecordType, fqdn};
 
 impl AwsCloud {
     /// The id of the hosted zone named `name` (`example.com` or `example.com.`), if it exists.
@@ -26,19 +26,22 @@ impl AwsCloud {
             .map(|z| z.id().trim_start_matches("/hostedzone/").to_owned()))
     }
 
-    /// The A record `name` in zone `zone_id`, if any.
+    /// The record set `name` of type `kind` in zone `zone_id`, if any; TXT
+    /// values come without their quotes.
     pub async fn dns_record(
         &self,
         zone_id: &str,
         name: &str,
+        kind: RecordType,
     ) -> Result<Option<DnsRecord>, CloudError> {
         let want = fqdn(name);
+        let rr = rr_type(kind);
         let out = self
             .route53
             .list_resource_record_sets()
             .hosted_zone_id(zone_id)
             .start_record_name(&want)
-            .start_record_type(RrType::A)
+            .start_record_type(rr.clone())
             .max_items(1)
             .send()
             .await
@@ -46,82 +49,66 @@ impl AwsCloud {
         Ok(out
             .resource_record_sets()
             .iter()
-            .find(|r| fqdn(r.name()) == want && r.r#type() == &RrType::A)
+            .find(|r| fqdn(r.name()) == want && r.r#type() == &rr)
             .map(|r| DnsRecord {
                 name: want.clone(),
                 values: r
                     .resource_records()
                     .iter()
-                    .map(|v| v.value().to_owned())
+                    .map(|v| match kind {
+                        RecordType::A => v.value().to_owned(),
+                        RecordType::Txt => unquote(v.value()),
+                    })
                     .collect(),
                 ttl: r.ttl().unwrap_or(300),
             }))
     }
 
-    async fn change_record(
-        &self,
-        zone_id: &str,
-        action: ChangeAction,
-        record: &DnsRecord,
-    ) -> Result<(), CloudError> {
+    /// Applies the changes as one batch (all or none).
+    pub async fn change_dns(&self, zone_id: &str, changes: &[DnsChange]) -> Result<(), CloudError> {
         const OP: &str = "ChangeResourceRecordSets";
         let invalid = |e: aws_sdk_route53::error::BuildError| {
             CloudError::other(OP, ErrorKind::InvalidRequest, e.to_string())
         };
-        let mut set = ResourceRecordSet::builder()
-            .name(&record.name)
-            .r#type(RrType::A)
-            .ttl(record.ttl);
-        for v in &record.values {
-            set = set.resource_records(
-                ResourceRecord::builder()
-                    .value(v)
+        let mut batch = ChangeBatch::builder().comment("spotkeeper");
+        for c in changes {
+            let mut set = ResourceRecordSet::builder()
+                .name(fqdn(&c.record.name))
+                .r#type(rr_type(c.kind))
+                .ttl(c.record.ttl);
+            for v in &c.record.values {
+                let value = match c.kind {
+                    RecordType::A => v.clone(),
+                    RecordType::Txt => quote(v),
+                };
+                set = set.resource_records(
+                    ResourceRecord::builder()
+                        .value(value)
+                        .build()
+                        .map_err(invalid)?,
+                );
+            }
+            let action = match c.action {
+                DnsAction::Create => ChangeAction::Create,
+                DnsAction::Upsert => ChangeAction::Upsert,
+                DnsAction::Delete => ChangeAction::Delete,
+            };
+            batch = batch.changes(
+                Change::builder()
+                    .action(action)
+                    .resource_record_set(set.build().map_err(invalid)?)
                     .build()
                     .map_err(invalid)?,
             );
         }
-        let change = Change::builder()
-            .action(action)
-            .resource_record_set(set.build().map_err(invalid)?)
-            .build()
-            .map_err(invalid)?;
         self.route53
             .change_resource_record_sets()
             .hosted_zone_id(zone_id)
-            .change_batch(
-                ChangeBatch::builder()
-                    .changes(change)
-                    .comment("spotkeeper")
-                    .build()
-                    .map_err(invalid)?,
-            )
+            .change_batch(batch.build().map_err(invalid)?)
             .send()
             .await
             .map_err(|e| sdk_error(OP, e))?;
         Ok(())
-    }
-
-    /// Creates or replaces the A record `name` → `address`.
-    pub async fn upsert_dns(
-        &self,
-        zone_id: &str,
-        name: &str,
-        address: &str,
-        ttl: i64,
-    ) -> Result<(), CloudError> {
-        let record = DnsRecord {
-            name: fqdn(name),
-            values: vec![address.to_owned()],
-            ttl,
-        };
-        self.change_record(zone_id, ChangeAction::Upsert, &record)
-            .await
-    }
-
-    /// Deletes the A record exactly as it is now (Route53 requires the current values).
-    pub async fn delete_dns(&self, zone_id: &str, record: &DnsRecord) -> Result<(), CloudError> {
-        self.change_record(zone_id, ChangeAction::Delete, record)
-            .await
     }
 
     /// Associates an Elastic IP allocation with an instance (taking it from another if needed).
@@ -165,5 +152,54 @@ impl AwsCloud {
                 ))
             })
         }))
+    }
+}
+
+fn rr_type(kind: RecordType) -> RrType {
+    match kind {
+        RecordType::A => RrType::A,
+        RecordType::Txt => RrType::Txt,
+    }
+}
+
+/// A TXT string as Route53 wants it: quoted, with `"` and `\` escaped.
+fn quote(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The inverse of [`quote`]; a value without quotes is returned as it is.
+fn unquote(value: &str) -> String {
+    let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) else {
+        return value.to_owned();
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(next) = chars.next() {
+                out.push(next);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn txt_strings_survive_quoting() {
+        for text in [
+            "heritage=spotkeeper,spotkeeper/owner=a",
+            "say \"hi\" \\ bye",
+            "",
+        ] {
+            assert_eq!(unquote(&quote(text)), text);
+        }
+        assert_eq!(quote("a\"b"), "\"a\\\"b\"");
+        assert_eq!(unquote("bare"), "bare");
     }
 }

@@ -381,7 +381,8 @@ impl Daemon<'_> {
         {
             self.record(Some(&spec.name), "healed", &note).await;
         }
-        if let Some(status) = crate::dns::status(self.cloud, spec, Some(instance)).await?
+        if let Some(status) =
+            crate::dns::status(self.cloud, &self.config.owner, spec, Some(instance)).await?
             && !status.matches
             && status.instance_address.is_some()
         {
@@ -394,7 +395,9 @@ impl Daemon<'_> {
                     source,
                 })?;
             let dns = spec.dns.as_ref().expect("status implies dns");
-            let address = crate::dns::point(self.cloud, dns, instance).await?;
+            let address =
+                crate::dns::point(self.cloud, &self.config.owner, &spec.name, dns, instance)
+                    .await?;
             self.record(
                 Some(&spec.name),
                 "healed",
