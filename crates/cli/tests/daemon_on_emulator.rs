@@ -364,3 +364,90 @@ fn a_rebalance_recommendation_with_replace_starts_the_new_box_and_retires_the_ol
     }
     assert!(serve.stop().success());
 }
+
+#[test]
+fn notifications_survive_a_kill_and_a_receiver_that_never_answers_does_not_delay_a_replacement() {
+    use spotkeeper_engine::notify::{EVENT_HEADER, SIGNATURE_HEADER, signature};
+    use spotkeeper_testkit::{Answer, Receiver};
+    const SECRET: &str = "e2e-hook-secret-0123456789";
+    let api_port = spotkeeper_testkit::closed_port();
+    let hook = Receiver::start(Answer::Fail, 0);
+    let stuck = Receiver::start(Answer::Hang, 0);
+    let cli = Cli::with_config(&format!(
+        "{}\n[[notify]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nevents = [\"launch\", \"replaced\"]\n\n\
+         [[notify]]\nname = \"stuck\"\nkind = \"slack\"\nurl = \"{}\"\nevents = [\"*\"]\n",
+        config("1s", api_port),
+        hook.url("/hook"),
+        stuck.url("/services/T0/B0/slack-secret-path"),
+    ));
+    cli.moto
+        .boto("r53.create_hosted_zone(Name='example.com', CallerReference='n')");
+    cli.ok(&["setup"]);
+    let mut serve = Serve::start(&cli);
+    wait_passes(api_port, 1, &serve);
+
+    // `up` records a launch; the receiver fails; the daemon is killed before it got through.
+    let first = cli.json(&["up", "dev", "--json"]);
+    let failed = hook.wait_for(Duration::from_secs(20), "a failed attempt", |g| {
+        !g.is_empty()
+    });
+    let launch = failed[0].headers[EVENT_HEADER].clone();
+    let _ = serve.child.kill();
+    let _ = serve.child.wait();
+    hook.set_answer(Answer::Ok);
+
+    let serve = Serve::start(&cli);
+    let got = hook.wait_for(
+        Duration::from_secs(20),
+        "the launch after the restart",
+        |g| {
+            g.iter()
+                .any(|r| r.status == 200 && r.headers[EVENT_HEADER] == launch)
+        },
+    );
+    let taken = got.iter().find(|r| r.status == 200).expect("delivered");
+    assert_eq!(
+        taken.headers[SIGNATURE_HEADER],
+        signature(SECRET, taken.body.as_bytes())
+    );
+    let body: Value = serde_json::from_str(&taken.body).expect("json");
+    assert_eq!(
+        (body["kind"].as_str(), body["box"].as_str()),
+        (Some("launch"), Some("dev"))
+    );
+
+    // The Slack sink holds its request open; a replacement does not wait for it.
+    stuck.wait_for(
+        Duration::from_secs(20),
+        "a request to the hanging sink",
+        |g| !g.is_empty(),
+    );
+    let old = first["instance_id"].as_str().expect("id").to_owned();
+    let warned = Instant::now();
+    send(
+        &cli,
+        &event("spot-interruption-warning.json", &old, "notify-1"),
+    );
+    cli.moto
+        .boto(&format!("ec2.terminate_instances(InstanceIds=['{old}'])"));
+    wait_replaced(&cli, &first["instance_id"], &serve);
+    eprintln!(
+        "replacement running {:.1} s after the warning while a sink hangs",
+        warned.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        stuck.got().iter().filter(|r| r.status != 0).count(),
+        0,
+        "it never answered"
+    );
+    hook.wait_for(Duration::from_secs(20), "the replaced event", |g| {
+        g.iter()
+            .any(|r| r.status == 200 && r.body.contains("\"kind\":\"replaced\""))
+    });
+    let log = serve.log();
+    assert!(
+        !log.contains("slack-secret-path") && !log.contains(SECRET),
+        "no sink secret in the log:\n{log}"
+    );
+    assert!(serve.stop().success());
+}

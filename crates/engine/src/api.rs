@@ -125,6 +125,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/pools", get(list_pools).post(register_pool))
         .route("/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/events", get(events))
+        .route("/notify", get(notify_sinks))
         .route("/instances", get(instances))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -596,6 +597,33 @@ async fn events(
         Ok(e) => Json(e).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// The `[[notify]]` sinks: name, kind, events, how far delivery got and
+/// the last failure. Never the URL or the secret.
+async fn notify_sinks(State(state): State<ApiState>) -> Response {
+    let cursors = match state.store.notify_cursors(&state.config.owner).await {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let sinks: Vec<Value> = state
+        .config
+        .notify
+        .iter()
+        .map(|s| {
+            let cursor = cursors.iter().find(|(n, _)| n == &s.name).map(|(_, c)| c);
+            json!({
+                "name": s.name,
+                "kind": s.kind,
+                "host": crate::notify::origin(s.url.expose()),
+                "events": s.events,
+                "delivered_up_to": cursor.map(|c| c.last_event),
+                "failed_attempts": cursor.map_or(0, |c| c.attempts),
+                "last_error": cursor.and_then(|c| c.last_error.clone()),
+            })
+        })
+        .collect();
+    Json(sinks).into_response()
 }
 
 #[derive(Deserialize)]

@@ -116,6 +116,8 @@ pub struct Config {
     pub boxes: BTreeMap<String, BoxSpec>,
     /// The worker pools, by name.
     pub pools: BTreeMap<String, crate::pools::PoolSpec>,
+    /// `[[notify]]` sinks told about events.
+    pub notify: Vec<crate::notify::Sink>,
 }
 
 impl Config {
@@ -344,6 +346,8 @@ struct RawConfig {
     boxes: BTreeMap<Spanned<String>, RawBox>,
     #[serde(default, rename = "pool")]
     pools: BTreeMap<Spanned<String>, crate::pools::spec::RawPool>,
+    #[serde(default)]
+    notify: Vec<Spanned<crate::notify::RawSink>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -715,6 +719,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         pools.insert(name.into_inner(), spec);
     }
+    let notify = crate::notify::validate(raw.notify, &at)?;
     Ok(Config {
         path: path.to_path_buf(),
         owner,
@@ -750,6 +755,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             .unwrap_or_default(),
         boxes,
         pools,
+        notify,
     })
 }
 

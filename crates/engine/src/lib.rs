@@ -17,6 +17,7 @@ pub mod events;
 pub mod images;
 pub mod lock;
 pub mod metrics;
+pub mod notify;
 pub mod persist;
 pub mod plan;
 pub mod policy;

@@ -32,6 +32,15 @@ pub struct PoolKindLabel {
     pub kind: String,
 }
 
+/// Labels of a notification counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    /// The `[[notify]]` sink's name.
+    pub sink: String,
+    /// `delivered` or `failed`.
+    pub result: String,
+}
+
 /// Per-pool metrics.
 #[derive(Debug, Default)]
 pub struct PoolMetrics {
@@ -74,6 +83,8 @@ pub struct Metrics {
     /// Pools whose instances are left alone, by why (`unreadable-pool`: a
     /// stored spec that does not parse; `unknown-pool`: no spec, no deletion).
     pub left_alone: Family<KindLabel, Gauge>,
+    /// Notification attempts, by sink and result.
+    pub notifications: Family<SinkLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -135,6 +146,12 @@ impl Default for Metrics {
             "Pools whose instances are left alone: unreadable spec, or no spec and no deletion record",
             left_alone.clone(),
         );
+        let notifications = Family::<SinkLabel, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notification attempts, by sink and result (delivered, failed)",
+            notifications.clone(),
+        );
         let pools = PoolMetrics::default();
         registry.register(
             "pool_desired_units",
@@ -173,6 +190,7 @@ impl Default for Metrics {
             pass_seconds,
             tasks,
             left_alone,
+            notifications,
             events,
             replacements,
             launch_failures,
@@ -183,6 +201,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one notification attempt.
+    pub fn notification(&self, sink: &str, delivered: bool) {
+        self.notifications
+            .get_or_create(&SinkLabel {
+                sink: sink.to_owned(),
+                result: if delivered { "delivered" } else { "failed" }.to_owned(),
+            })
+            .inc();
+    }
+
     /// Counts one event of `kind`.
     pub fn event(&self, kind: &str) {
         self.events

@@ -68,6 +68,17 @@ pub struct Event {
     pub message: String,
 }
 
+/// How far a notification sink has been told.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NotifyCursor {
+    /// The last event id the receiver took (or skipped as not wanted).
+    pub last_event: i64,
+    /// Failed attempts at the next event.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+}
+
 /// A box the daemon keeps alive.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ManagedBox {
@@ -328,6 +339,120 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Up to `limit` events of the owner after event id `after`, oldest first.
+    pub async fn events_after(
+        &self,
+        owner: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, box, pool, kind, message FROM events
+             WHERE owner = ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(owner)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(event_from_row).collect())
+    }
+
+    /// Where a notification sink stands; a sink seen for the first time
+    /// starts after the newest event (it is not sent the history).
+    pub async fn notify_cursor(&self, owner: &str, sink: &str) -> Result<NotifyCursor, StoreError> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO notify_cursors (owner, sink, last_event, attempts, updated_at)
+             VALUES (?, ?, (SELECT COALESCE(MAX(id), 0) FROM events), 0, ?)",
+        )
+        .bind(owner)
+        .bind(sink)
+        .bind(unix_now())
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(
+            "SELECT last_event, attempts, last_error FROM notify_cursors WHERE owner = ? AND sink = ?",
+        )
+        .bind(owner)
+        .bind(sink)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(NotifyCursor {
+            last_event: row.get("last_event"),
+            attempts: u32::try_from(row.get::<i64, _>("attempts")).unwrap_or(0),
+            last_error: row.get("last_error"),
+        })
+    }
+
+    /// The receiver took everything up to event `last_event`.
+    pub async fn notify_delivered(
+        &self,
+        owner: &str,
+        sink: &str,
+        last_event: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE notify_cursors SET last_event = ?, attempts = 0, last_error = NULL, updated_at = ?
+             WHERE owner = ? AND sink = ?",
+        )
+        .bind(last_event)
+        .bind(unix_now())
+        .bind(owner)
+        .bind(sink)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// An attempt failed: the cursor as it stands and why.
+    pub async fn notify_failed(
+        &self,
+        owner: &str,
+        sink: &str,
+        cursor: &NotifyCursor,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE notify_cursors SET last_event = ?, attempts = ?, last_error = ?, updated_at = ?
+             WHERE owner = ? AND sink = ?",
+        )
+        .bind(cursor.last_event)
+        .bind(i64::from(cursor.attempts))
+        .bind(why)
+        .bind(unix_now())
+        .bind(owner)
+        .bind(sink)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every sink's cursor: (sink, cursor).
+    pub async fn notify_cursors(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<(String, NotifyCursor)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sink, last_event, attempts, last_error FROM notify_cursors WHERE owner = ? ORDER BY sink",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get("sink"),
+                    NotifyCursor {
+                        last_event: r.get("last_event"),
+                        attempts: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(0),
+                        last_error: r.get("last_error"),
+                    },
+                )
+            })
+            .collect())
     }
 
     /// The newest `limit` events (of one box, if given), newest first.

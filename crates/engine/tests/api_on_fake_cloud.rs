@@ -628,3 +628,31 @@ async fn the_api_token_is_not_a_shell_commands_hosts_ssh_adoption_and_foreign_ro
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn the_notify_route_shows_the_sinks_without_their_url_path_or_secret() {
+    let text = "owner = \"tester\"\n[[notify]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"https://hooks.slack.com/services/T0/B0/very-secret-path\"\n\
+                [[notify]]\nkind = \"webhook\"\nurl = \"https://hooks.example.com:8443/in?key=k3y\"\nsecret = \"0123456789abcdef-shh\"\n";
+    let w = World {
+        config: Arc::new(config::parse(Path::new("t.toml"), text).expect("valid")),
+        ..world().await
+    };
+    w.store
+        .notify_cursor("tester", "chat")
+        .await
+        .expect("cursor");
+    let (s, b) = w.call("GET", "/api/notify", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    let (s, b) = w.call("GET", "/api/notify", Some(TOKEN), None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b[0]["name"], "chat");
+    assert_eq!(b[0]["host"], "https://hooks.slack.com");
+    assert_eq!(b[0]["delivered_up_to"], 0);
+    assert_eq!(b[1]["name"], "webhook-2");
+    assert_eq!(b[1]["host"], "https://hooks.example.com:8443");
+    assert_eq!(b[1]["delivered_up_to"], Value::Null, "never started");
+    let text = b.to_string();
+    for secret in ["very-secret-path", "k3y", "0123456789abcdef-shh"] {
+        assert!(!text.contains(secret), "{text}");
+    }
+}

@@ -50,6 +50,13 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
             token_file.display()
         ))
     })?;
+    // Sinks with a secret_env that is not set: refused before anything runs.
+    let deliverers = config
+        .notify
+        .iter()
+        .map(|sink| spotkeeper_engine::notify::Deliverer::new(sink.clone(), &config.owner))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::Usage(anyhow::anyhow!("{e}")))?;
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
         .map_err(|e| {
@@ -92,6 +99,28 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
         config.owner,
         token_file.display()
     );
+    // One task per sink: a receiver that hangs delays only its own notifications.
+    for d in deliverers {
+        let (store, metrics, mut stop) = (store.clone(), daemon.metrics(), rx.clone());
+        tokio::spawn(async move {
+            loop {
+                let stopped = stop.clone();
+                let stopped = async move {
+                    let mut s = stopped;
+                    let _ = s.wait_for(|s| *s).await;
+                };
+                match d.run(store.clone(), metrics.clone(), stopped).await {
+                    Ok(()) => break,
+                    // The state store failed: the cursor there is the truth, start again from it.
+                    Err(e) => tracing::error!(sink = %d.name(), "notifications paused: {e}"),
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                }
+            }
+        });
+    }
     let (_, served) = tokio::join!(
         daemon.run(&queue, rx.clone()),
         api::serve(listener, api_state, rx)
