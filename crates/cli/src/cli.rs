@@ -89,6 +89,12 @@ pub enum Command {
         #[arg(value_name = "BOX")]
         box_name: String,
     },
+    /// What spot cost and saved per box and pool (instance-hours, the recorded spot prices, on-demand prices), and how often each offering was interrupted.
+    Cost {
+        /// The window: this long back from now (30d, 12h, ...).
+        #[arg(long, default_value = "30d", value_name = "DURATION")]
+        since: String,
+    },
     /// Create the event queue and EventBridge rules the daemon reads (idempotent), and print the IAM policy it needs.
     Setup,
     /// Remove the rules and the queue; with --all also every instance, spot request, volume, image and DNS record spotkeeper owns.

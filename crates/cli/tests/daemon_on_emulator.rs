@@ -451,3 +451,107 @@ fn notifications_survive_a_kill_and_a_receiver_that_never_answers_does_not_delay
     );
     assert!(serve.stop().success());
 }
+
+#[test]
+fn cost_integrates_the_recorded_spot_prices_and_counts_interruptions_per_offering() {
+    let api_port = spotkeeper_testkit::closed_port();
+    let cli = Cli::with_config(&format!(
+        "{}\n[cost]\non_demand = {{ \"t3.micro\" = 0.0104, \"t3a.micro\" = 0.0094 }}\n",
+        config("1s", api_port)
+    ));
+    cli.moto.set_market(
+        &[("t3.micro", Some(0.0031)), ("t3a.micro", Some(0.005))],
+        &[],
+    );
+    cli.moto
+        .boto("r53.create_hosted_zone(Name='example.com', CallerReference='c')");
+    cli.ok(&["setup"]);
+    let first = cli.json(&["up", "dev", "--json"]);
+    let serve = Serve::start(&cli);
+    wait_passes(api_port, 2, &serve);
+    // One interruption: the box moves to the other zone (same price there).
+    let old = first["instance_id"].as_str().expect("id").to_owned();
+    send(
+        &cli,
+        &event("spot-interruption-warning.json", &old, "cost-1"),
+    );
+    cli.moto
+        .boto(&format!("ec2.terminate_instances(InstanceIds=['{old}'])"));
+    wait_replaced(&cli, &first["instance_id"], &serve);
+    wait_passes(api_port, 3, &serve);
+    let api = common::http_get(api_port, "/api/cost?since=1d", Some("e2e-token-0123456789"))
+        .expect("API");
+    assert!(
+        api.starts_with("HTTP/1.1 200") && api.contains("\"box dev\""),
+        "{api}"
+    );
+    let bad = common::http_get(
+        api_port,
+        "/api/cost?since=forever",
+        Some("e2e-token-0123456789"),
+    )
+    .expect("API");
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    assert!(serve.stop().success());
+
+    // By hand, from what the state recorded: each run from AWS's launch time
+    // to when it was first seen going away (else last seen), at its type's
+    // price (the volume keeps the box in its zone: the replacement runs
+    // t3a.micro there, t3.micro being marked interrupted).
+    let runs = cli.moto.boto(&format!(
+        "import sqlite3\nc = sqlite3.connect('{}')\n\
+         rows = c.execute(\"SELECT instance_id, zone, launched_at, COALESCE(ended_at, last_seen), instance_type FROM instances_seen WHERE box = 'dev'\").fetchall()\n\
+         print(json.dumps(rows))",
+        cli.dir.path().join("state/state.db").display()
+    ));
+    let runs: Vec<(String, String, i64, i64, String)> =
+        serde_json::from_str(runs.trim()).expect("rows");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let price = |t: &str| match t {
+        "t3.micro" => (0.0031, 0.0104),
+        _ => (0.005, 0.0094),
+    };
+    let hours: f64 = runs.iter().map(|r| (r.3 - r.2) as f64 / 3600.0).sum();
+    let spot: f64 = runs
+        .iter()
+        .map(|r| (r.3 - r.2) as f64 / 3600.0 * price(&r.4).0)
+        .sum();
+    let on_demand: f64 = runs
+        .iter()
+        .map(|r| (r.3 - r.2) as f64 / 3600.0 * price(&r.4).1)
+        .sum();
+    assert!(hours > 0.0);
+    let report = cli.json(&["cost", "--since", "1d", "--json"]);
+    let dev = &report["lines"][0];
+    assert_eq!(dev["subject"], "box dev");
+    let close = |v: &Value, want: f64| (v.as_f64().expect("number") - want).abs() < 1e-12;
+    assert!(close(&dev["spot_hours"], hours), "{report}");
+    assert!(close(&dev["cost"], spot), "{report}");
+    assert!(close(&dev["on_demand_cost"], on_demand), "{report}");
+    assert!(close(&dev["savings"], on_demand - spot), "{report}");
+    let percent = 100.0 * (on_demand - spot) / on_demand;
+    assert!(
+        (dev["savings_percent"].as_f64().expect("%") - percent).abs() < 1e-9,
+        "{report}"
+    );
+    let old_run = runs.iter().find(|r| r.0 == old).expect("the old run");
+    let interrupted: Vec<&Value> = report["offerings"]
+        .as_array()
+        .expect("offerings")
+        .iter()
+        .filter(|o| o["interruptions"] == 1)
+        .collect();
+    assert_eq!(interrupted.len(), 1, "{report}");
+    assert_eq!(interrupted[0]["zone"], old_run.1.as_str());
+    assert!(close(
+        &interrupted[0]["hours_between"],
+        (old_run.3 - old_run.2) as f64 / 3600.0
+    ));
+
+    let table = cli.ok(&["cost", "--since", "1d"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("box dev") && text.contains(&format!("{percent:.1}%")),
+        "{text}"
+    );
+}

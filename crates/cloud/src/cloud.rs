@@ -31,6 +31,13 @@ pub trait Cloud: Send + Sync + std::fmt::Debug {
         zones: &[String],
     ) -> Result<Vec<SpotPrice>, CloudError>;
 
+    /// The region this handle works in.
+    fn region(&self) -> &str;
+
+    /// The on-demand price (USD per hour, Linux) of `instance_type` in the
+    /// region, from the AWS Price List; `None` when it has no such product.
+    async fn on_demand_price(&self, instance_type: &str) -> Result<Option<f64>, CloudError>;
+
     /// Launches exactly one instance as `spec` says, tagged at creation. Repeating
     /// a call with the same `client_token` and parameters returns the same instance
     /// (AWS idempotency) instead of launching another.

@@ -21,6 +21,7 @@ use crate::model::{
 struct State {
     zones: Vec<String>,
     prices: BTreeMap<(String, String), f64>,
+    on_demand: BTreeMap<String, f64>,
     subnets: BTreeMap<String, String>,
     launch_elsewhere: Vec<Instance>,
     lose_next_answer: bool,
@@ -93,6 +94,13 @@ impl FakeCloud {
     /// Every volume, in any state.
     pub fn all_volumes(&self) -> Vec<Volume> {
         self.lock().volumes.values().cloned().collect()
+    }
+
+    /// Sets the on-demand price of a type (absent: the Price List has none).
+    pub fn set_on_demand_price(&self, instance_type: &str, price: f64) {
+        self.lock()
+            .on_demand
+            .insert(instance_type.to_owned(), price);
     }
 
     /// Every DNS record set, with its type.
@@ -703,6 +711,18 @@ impl Cloud for FakeCloud {
             self.enter("DeleteSnapshot")?.snapshots.remove(snap);
         }
         Ok(image.snapshot_ids)
+    }
+
+    fn region(&self) -> &str {
+        "us-east-1"
+    }
+
+    async fn on_demand_price(&self, instance_type: &str) -> Result<Option<f64>, CloudError> {
+        Ok(self
+            .enter("GetProducts")?
+            .on_demand
+            .get(instance_type)
+            .copied())
     }
 
     async fn dns_zone(&self, name: &str) -> Result<Option<String>, CloudError> {

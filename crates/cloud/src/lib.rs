@@ -61,7 +61,7 @@ use async_trait::async_trait;
 
 pub use aws::{
     AwsCloud, CANONICAL_OWNER, CONNECT_TIMEOUT, ClientConfig, DEFAULT_ATTEMPT_TIMEOUT,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_OPERATION_TIMEOUT, EVENT_RULES, Plumbing,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_OPERATION_TIMEOUT, EVENT_RULES, PRICING_REGION, Plumbing,
     QUEUE_RETENTION_SECONDS, QueueMessage, RECEIVE_VISIBILITY_SECONDS, VPC_TAG, VpcInfo,
     al2023_parameter, data_device_names, next_free_device, rule_name, split_cidr, ubuntu_parameter,
 };
@@ -94,6 +94,12 @@ impl Cloud for AwsCloud {
         zones: &[String],
     ) -> Result<Vec<SpotPrice>, CloudError> {
         self.spot_prices_impl(instance_types, zones).await
+    }
+    fn region(&self) -> &str {
+        AwsCloud::region(self)
+    }
+    async fn on_demand_price(&self, instance_type: &str) -> Result<Option<f64>, CloudError> {
+        AwsCloud::on_demand_price(self, instance_type).await
     }
     async fn launch(&self, spec: &LaunchSpec) -> Result<Instance, CloudError> {
         self.launch_impl(spec).await

@@ -361,3 +361,65 @@ async fn an_image_tags_itself_and_its_snapshots_at_creation() {
         .expect("the request matched: image and snapshots tagged at creation");
     assert_eq!(create.num_calls(), 1);
 }
+
+/// A recorded `GetProducts` answer (trimmed to what is read) for t3.micro in us-east-1.
+const T3_MICRO_PRODUCT: &str = r#"{"product":{"productFamily":"Compute Instance","attributes":{"instanceType":"t3.micro","regionCode":"us-east-1","operatingSystem":"Linux","tenancy":"Shared","preInstalledSw":"NA","capacitystatus":"Used"},"sku":"4Y5ZHJ5ZQHJ6B6VP"},"serviceCode":"AmazonEC2","terms":{"OnDemand":{"4Y5ZHJ5ZQHJ6B6VP.JRTCKXETXF":{"priceDimensions":{"4Y5ZHJ5ZQHJ6B6VP.JRTCKXETXF.6YS6EN2CT7":{"unit":"Hrs","endRange":"Inf","description":"$0.0104 per On Demand Linux t3.micro Instance Hour","appliesTo":[],"rateCode":"4Y5ZHJ5ZQHJ6B6VP.JRTCKXETXF.6YS6EN2CT7","beginRange":"0","pricePerUnit":{"USD":"0.0104000000"}}},"sku":"4Y5ZHJ5ZQHJ6B6VP","effectiveDate":"2026-11-01T00:00:00Z","offerTermCode":"JRTCKXETXF","termAttributes":{}}}},"version":"20261101000000","publicationDate":"2026-11-01T00:00:00Z"}"#;
+
+fn pricing_with(rules: &[&Rule]) -> aws_sdk_pricing::Client {
+    let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
+    for r in rules {
+        interceptor = interceptor.with_rule(r);
+    }
+    let conf = aws_sdk_pricing::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(spotkeeper_cloud::PRICING_REGION))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "mock"))
+        .http_client(create_mock_http_client())
+        .interceptor(interceptor)
+        .build();
+    aws_sdk_pricing::Client::from_conf(conf)
+}
+
+#[tokio::test]
+async fn the_on_demand_price_asks_the_price_list_for_linux_shared_in_the_region() {
+    use aws_sdk_pricing::operation::get_products::GetProductsOutput;
+    use aws_sdk_pricing::types::FilterType;
+    let products = mock!(aws_sdk_pricing::Client::get_products)
+        .match_requests(|r| {
+            let filters: BTreeMap<&str, &str> = r
+                .filters()
+                .iter()
+                .filter(|f| f.r#type() == &FilterType::TermMatch)
+                .map(|f| (f.field(), f.value()))
+                .collect();
+            r.service_code() == Some("AmazonEC2")
+                && filters
+                    == BTreeMap::from([
+                        ("capacitystatus", "Used"),
+                        ("instanceType", "t3.micro"),
+                        ("operatingSystem", "Linux"),
+                        ("preInstalledSw", "NA"),
+                        ("regionCode", "eu-west-1"),
+                        ("tenancy", "Shared"),
+                    ])
+        })
+        .then_output(|| {
+            GetProductsOutput::builder()
+                .price_list(T3_MICRO_PRODUCT)
+                .build()
+        });
+    let empty = mock!(aws_sdk_pricing::Client::get_products)
+        .match_requests(|r| r.filters().iter().any(|f| f.value() == "x9.nothing"))
+        .then_output(|| GetProductsOutput::builder().build());
+    let cloud = AwsCloud::from_clients(ec2_with(&[]), ssm(), route53(), "eu-west-1")
+        .with_pricing_client(pricing_with(&[&products, &empty]));
+    assert_eq!(
+        cloud.on_demand_price("t3.micro").await.expect("price"),
+        Some(0.0104)
+    );
+    assert_eq!(
+        cloud.on_demand_price("x9.nothing").await.expect("answer"),
+        None
+    );
+    assert_eq!(products.num_calls(), 1);
+}

@@ -126,6 +126,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/events", get(events))
         .route("/notify", get(notify_sinks))
+        .route("/cost", get(cost))
         .route("/instances", get(instances))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -595,6 +596,46 @@ async fn events(
         .await
     {
         Ok(e) => Json(e).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CostQuery {
+    since: Option<String>,
+}
+
+/// `spotkeeper cost` over the API: `?since=30d` (at most a year).
+async fn cost(
+    State(state): State<ApiState>,
+    query: Result<Query<CostQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(StatusCode::BAD_REQUEST, "query parameters: since=DURATION");
+    };
+    let since = q.since.as_deref().unwrap_or("30d");
+    let window = match humantime::parse_duration(since) {
+        Ok(w) if w <= std::time::Duration::from_secs(366 * 86_400) => w,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "since must be a duration up to a year, like 30d or 12h",
+            );
+        }
+    };
+    let until = crate::store::unix_now();
+    let from = until - i64::try_from(window.as_secs()).unwrap_or(0);
+    match crate::cost::report(
+        state.cloud.as_ref(),
+        &state.store,
+        &state.config,
+        from,
+        until,
+    )
+    .await
+    {
+        Ok(r) => Json(r).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -243,6 +243,10 @@ pub async fn box_prices(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<Vec<SpotPrice>,
     let mut p = ctx.cloud.spot_prices(&spec.instance_types, &zones).await?;
     p.retain(|x| zones.contains(&x.zone));
     plan::sort_prices(&mut p, &spec.instance_types);
+    // Kept for `cost` and the price charts, like the daemon's reads.
+    if let Err(e) = ctx.store.record_prices(&p, crate::store::unix_now()).await {
+        tracing::warn!("keeping the spot prices read failed: {e}");
+    }
     Ok(p)
 }
 

@@ -118,6 +118,9 @@ pub struct Config {
     pub pools: BTreeMap<String, crate::pools::PoolSpec>,
     /// `[[notify]]` sinks told about events.
     pub notify: Vec<crate::notify::Sink>,
+    /// `[cost] on_demand`: on-demand USD/hour per instance type, used by
+    /// `cost` instead of the AWS Price List (negotiated rates, offline).
+    pub on_demand_prices: BTreeMap<String, f64>,
 }
 
 impl Config {
@@ -348,6 +351,14 @@ struct RawConfig {
     pools: BTreeMap<Spanned<String>, crate::pools::spec::RawPool>,
     #[serde(default)]
     notify: Vec<Spanned<crate::notify::RawSink>>,
+    cost: Option<RawCost>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCost {
+    #[serde(default)]
+    on_demand: BTreeMap<Spanned<String>, Spanned<f64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -720,6 +731,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         pools.insert(name.into_inner(), spec);
     }
     let notify = crate::notify::validate(raw.notify, &at)?;
+    let mut on_demand_prices = BTreeMap::new();
+    for (t, p) in raw.cost.map(|c| c.on_demand).unwrap_or_default() {
+        if !is_instance_type(t.get_ref()) {
+            return Err(at(
+                Some(t.span()),
+                format!("cost.on_demand: {:?} is not an instance type", t.get_ref()),
+            ));
+        }
+        let price = *p.get_ref();
+        if !(price.is_finite() && price > 0.0 && price < 1000.0) {
+            return Err(at(
+                Some(p.span()),
+                format!("cost.on_demand: {price} is not a price in USD per hour"),
+            ));
+        }
+        on_demand_prices.insert(t.into_inner(), price);
+    }
     Ok(Config {
         path: path.to_path_buf(),
         owner,
@@ -756,6 +784,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         boxes,
         pools,
         notify,
+        on_demand_prices,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod boxes;
 pub mod cleanup;
 pub mod config;
+pub mod cost;
 pub mod daemon;
 pub mod dns;
 pub mod events;

@@ -205,6 +205,8 @@ const READ: &[&str] = &[
     "ec2:DescribeInternetGateways",
     "ec2:DescribeRouteTables",
     "ec2:DescribeInstanceAttribute",
+    // On-demand prices for `spotkeeper cost` (the Price List has no resources).
+    "pricing:GetProducts",
 ];
 
 /// What spotkeeper does to resources it owns (the owner tag on them).
@@ -417,6 +419,7 @@ mod tests {
             (".sqs.", "sqs"),
             (".ssm.", "ssm"),
             (".events.", "events"),
+            (".pricing.", "pricing"),
         ] {
             for (at, _) in flat.match_indices(client) {
                 let rest = &flat[at + client.len()..];

@@ -587,6 +587,7 @@ impl Store {
             "DELETE FROM doomed_instances WHERE owner = ? AND at < ?",
             "DELETE FROM instances_seen WHERE owner = ? AND last_seen < ?",
             "DELETE FROM events WHERE owner = ? AND at < ?",
+            "DELETE FROM pool_samples WHERE owner = ? AND at < ?",
         ] {
             n += sqlx::query(sql)
                 .bind(owner)
@@ -595,6 +596,12 @@ impl Store {
                 .await?
                 .rows_affected();
         }
+        // Prices are the region's, not an owner's.
+        n += sqlx::query("DELETE FROM price_samples WHERE at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         Ok(n)
     }
 
@@ -981,6 +988,10 @@ pub struct SeenInstance {
     pub first_seen: i64,
     /// Unix seconds.
     pub last_seen: i64,
+    /// AWS's launch time (unix seconds), when known.
+    pub launched_at: Option<i64>,
+    /// When it was first seen going away (unix seconds).
+    pub ended_at: Option<i64>,
 }
 
 impl Store {
@@ -995,9 +1006,11 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for i in seen {
             sqlx::query(
-                "INSERT INTO instances_seen (instance_id, owner, box, pool, instance_type, zone, market, state, first_seen, last_seen)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (instance_id) DO UPDATE SET state = excluded.state, last_seen = excluded.last_seen",
+                "INSERT INTO instances_seen (instance_id, owner, box, pool, instance_type, zone, market, state, first_seen, last_seen, launched_at, ended_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (instance_id) DO UPDATE SET state = excluded.state, last_seen = excluded.last_seen,
+                     launched_at = COALESCE(instances_seen.launched_at, excluded.launched_at),
+                     ended_at = COALESCE(instances_seen.ended_at, excluded.ended_at)",
             )
             .bind(i.id.as_str())
             .bind(owner)
@@ -1009,6 +1022,8 @@ impl Store {
             .bind(i.state.as_str())
             .bind(now)
             .bind(now)
+            .bind(i.launched_at.map(unix_seconds))
+            .bind(i.state.is_gone().then_some(now))
             .execute(&mut *tx)
             .await?;
         }
@@ -1023,7 +1038,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<SeenInstance>, StoreError> {
         let rows = sqlx::query(
-            "SELECT instance_id, box, pool, instance_type, zone, market, state, first_seen, last_seen
+            "SELECT instance_id, box, pool, instance_type, zone, market, state, first_seen, last_seen, launched_at, ended_at
              FROM instances_seen WHERE owner = ? ORDER BY last_seen DESC, first_seen DESC LIMIT ?",
         )
         .bind(owner)
@@ -1042,9 +1057,208 @@ impl Store {
                 state: r.get("state"),
                 first_seen: r.get("first_seen"),
                 last_seen: r.get("last_seen"),
+                launched_at: r.get("launched_at"),
+                ended_at: r.get("ended_at"),
             })
             .collect())
     }
+
+    /// Instances whose run overlaps `[since, ∞)`.
+    pub async fn runs_since(
+        &self,
+        owner: &str,
+        since: i64,
+    ) -> Result<Vec<SeenInstance>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT instance_id, box, pool, instance_type, zone, market, state, first_seen, last_seen, launched_at, ended_at
+             FROM instances_seen WHERE owner = ? AND COALESCE(ended_at, last_seen) >= ? ORDER BY instance_id",
+        )
+        .bind(owner)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| SeenInstance {
+                instance_id: r.get("instance_id"),
+                box_name: r.get("box"),
+                pool: r.get("pool"),
+                instance_type: r.get("instance_type"),
+                zone: r.get("zone"),
+                market: r.get("market"),
+                state: r.get("state"),
+                first_seen: r.get("first_seen"),
+                last_seen: r.get("last_seen"),
+                launched_at: r.get("launched_at"),
+                ended_at: r.get("ended_at"),
+            })
+            .collect())
+    }
+
+    /// Keeps the prices a pass read: a sample per offering when its price
+    /// changed or ten minutes passed since the last one.
+    pub async fn record_prices(
+        &self,
+        prices: &[spotkeeper_cloud::SpotPrice],
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for p in prices {
+            sqlx::query(
+                "INSERT INTO price_samples (instance_type, zone, at, price)
+                 SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (
+                     SELECT 1 FROM (SELECT at, price FROM price_samples
+                                    WHERE instance_type = ?1 AND zone = ?2 ORDER BY at DESC LIMIT 1) last
+                     WHERE last.price = ?4 AND last.at > ?3 - 600)",
+            )
+            .bind(&p.instance_type)
+            .bind(&p.zone)
+            .bind(at)
+            .bind(p.price)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Price samples since `since` (with the one in effect at `since`), by
+    /// offering then time.
+    pub async fn price_samples(&self, since: i64) -> Result<Vec<PriceSample>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT instance_type, zone, at, price FROM price_samples s
+             WHERE at >= ?1 OR at = (SELECT MAX(at) FROM price_samples p
+                                     WHERE p.instance_type = s.instance_type AND p.zone = s.zone AND p.at < ?1)
+             ORDER BY instance_type, zone, at",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| PriceSample {
+                instance_type: r.get("instance_type"),
+                zone: r.get("zone"),
+                at: r.get("at"),
+                price: r.get("price"),
+            })
+            .collect())
+    }
+
+    /// The cached on-demand price of a type: `Some(None)` when the Price
+    /// List had none; `None` when not cached since `fresh_after`.
+    pub async fn cached_on_demand(
+        &self,
+        region: &str,
+        instance_type: &str,
+        fresh_after: i64,
+    ) -> Result<Option<Option<f64>>, StoreError> {
+        let row = sqlx::query(
+            "SELECT price FROM ondemand_prices WHERE region = ? AND instance_type = ? AND fetched_at >= ?",
+        )
+        .bind(region)
+        .bind(instance_type)
+        .bind(fresh_after)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.get("price")))
+    }
+
+    /// Caches an on-demand price (or that there is none).
+    pub async fn cache_on_demand(
+        &self,
+        region: &str,
+        instance_type: &str,
+        price: Option<f64>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO ondemand_prices (region, instance_type, price, fetched_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (region, instance_type) DO UPDATE SET price = excluded.price, fetched_at = excluded.fetched_at",
+        )
+        .bind(region)
+        .bind(instance_type)
+        .bind(price)
+        .bind(unix_now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Spot interruption warnings handled since `since`: (instance, at).
+    pub async fn interruptions_since(
+        &self,
+        owner: &str,
+        since: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT instance, at FROM processed_events
+             WHERE owner = ? AND kind = 'spot-interruption' AND instance IS NOT NULL AND at >= ? ORDER BY at",
+        )
+        .bind(owner)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("instance"), r.get("at")))
+            .collect())
+    }
+
+    /// Records a pool's desired and current units at `at`.
+    pub async fn record_pool_sample(
+        &self,
+        owner: &str,
+        pool: &str,
+        at: i64,
+        desired: i64,
+        current: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO pool_samples (owner, pool, at, desired, current) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(owner)
+        .bind(pool)
+        .bind(at)
+        .bind(desired)
+        .bind(current)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A pool's samples since `since`: (at, desired, current).
+    pub async fn pool_samples(
+        &self,
+        owner: &str,
+        pool: &str,
+        since: i64,
+    ) -> Result<Vec<(i64, i64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, desired, current FROM pool_samples WHERE owner = ? AND pool = ? AND at >= ? ORDER BY at",
+        )
+        .bind(owner)
+        .bind(pool)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("at"), r.get("desired"), r.get("current")))
+            .collect())
+    }
+}
+
+/// A spot price the daemon read.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PriceSample {
+    /// Instance type.
+    pub instance_type: String,
+    /// Zone.
+    pub zone: String,
+    /// Unix seconds.
+    pub at: i64,
+    /// USD per hour.
+    pub price: f64,
 }
 
 #[cfg(test)]
@@ -1157,4 +1371,36 @@ mod tests {
             b.expect("second open");
         }
     }
+
+    #[tokio::test]
+    async fn price_samples_keep_changes_and_the_price_in_effect_at_the_start() {
+        let s = Store::memory().await.expect("store");
+        let p = |price: f64| spotkeeper_cloud::SpotPrice {
+            instance_type: "t3.micro".into(),
+            zone: "us-east-1a".into(),
+            price,
+        };
+        for (at, price) in [(1000, 0.01), (1030, 0.01), (1060, 0.02), (1700, 0.02), (1800, 0.02)] {
+            s.record_prices(&[p(price)], at).await.expect("record");
+        }
+        // Same price within ten minutes: not kept again; after ten minutes: kept.
+        let all: Vec<(i64, f64)> = s
+            .price_samples(0)
+            .await
+            .expect("samples")
+            .iter()
+            .map(|x| (x.at, x.price))
+            .collect();
+        assert_eq!(all, [(1000, 0.01), (1060, 0.02), (1700, 0.02)]);
+        // From 1100: the sample in effect then (1060) and the later ones.
+        let from: Vec<i64> = s
+            .price_samples(1100)
+            .await
+            .expect("samples")
+            .iter()
+            .map(|x| x.at)
+            .collect();
+        assert_eq!(from, [1060, 1700]);
+    }
+
 }

@@ -1,5 +1,6 @@
 //! One file per subcommand; this one dispatches and holds what they share.
 
+mod cost;
 mod dns;
 mod events;
 mod exec;
@@ -48,6 +49,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode, Failure> {
         Command::Exec { box_name, command } => exec::exec(&args, box_name, command).await,
         Command::Ssh { box_name } => exec::ssh(&args, box_name).await,
         Command::Dns { box_name } => dns::run(&args, box_name).await,
+        Command::Cost { since } => cost::run(&args, since).await,
         Command::Setup => events::setup(&args).await,
         Command::Cleanup { all, yes } => events::cleanup(&args, *all, *yes).await,
         Command::IamPolicy => events::iam_policy(&args),

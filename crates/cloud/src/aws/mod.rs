@@ -87,6 +87,9 @@ impl ClientConfig {
     }
 }
 
+/// The region whose endpoint serves the AWS Price List API.
+pub const PRICING_REGION: &str = "us-east-1";
+
 /// The AWS implementation of [`Cloud`](crate::Cloud): one handle holding the EC2 and SSM clients.
 #[derive(Clone)]
 pub struct AwsCloud {
@@ -95,6 +98,7 @@ pub struct AwsCloud {
     pub(crate) route53: aws_sdk_route53::Client,
     pub(crate) sqs: aws_sdk_sqs::Client,
     pub(crate) events: aws_sdk_eventbridge::Client,
+    pub(crate) pricing: aws_sdk_pricing::Client,
     region: String,
     calls: Arc<AtomicU64>,
 }
@@ -193,6 +197,13 @@ impl AwsCloud {
                     .interceptor(counter())
                     .build(),
             ),
+            // The Price List API answers in us-east-1 (for every region).
+            pricing: aws_sdk_pricing::Client::from_conf(
+                aws_sdk_pricing::config::Builder::from(sdk)
+                    .region(Region::new(PRICING_REGION))
+                    .interceptor(counter())
+                    .build(),
+            ),
             region,
             calls,
         })
@@ -216,6 +227,12 @@ impl AwsCloud {
         self
     }
 
+    /// Replaces the Price List client (see [`AwsCloud::from_clients`]).
+    pub fn with_pricing_client(mut self, pricing: aws_sdk_pricing::Client) -> Self {
+        self.pricing = pricing;
+        self
+    }
+
     /// Wraps clients the caller built (custom HTTP client, interceptors, mocks).
     /// The queue clients (SQS, EventBridge) come from [`AwsCloud::with_queue_clients`].
     pub fn from_clients(
@@ -236,6 +253,7 @@ impl AwsCloud {
             route53,
             sqs: aws_sdk_sqs::Client::new(&sdk),
             events: aws_sdk_eventbridge::Client::new(&sdk),
+            pricing: aws_sdk_pricing::Client::new(&sdk),
             region: region.into(),
             calls: Arc::default(),
         }

@@ -1,4 +1,5 @@
-//! Spot prices and zones: `DescribeSpotPriceHistory`, `DescribeAvailabilityZones`.
+//! Prices and zones: `DescribeSpotPriceHistory`, `DescribeAvailabilityZones`,
+//! and the on-demand price from the AWS Price List (`pricing:GetProducts`).
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -11,6 +12,42 @@ use crate::error::{CloudError, ErrorKind};
 use crate::model::SpotPrice;
 
 impl AwsCloud {
+    /// The on-demand price (USD per hour, Linux, shared tenancy) of
+    /// `instance_type` in this handle's region, from the AWS Price List;
+    /// `None` when the list has no such product.
+    pub async fn on_demand_price(&self, instance_type: &str) -> Result<Option<f64>, CloudError> {
+        const OP: &str = "GetProducts";
+        use aws_sdk_pricing::types::{Filter as PriceFilter, FilterType};
+        let mut req = self
+            .pricing
+            .get_products()
+            .service_code("AmazonEC2")
+            .format_version("aws_v1")
+            .max_results(10);
+        for (field, value) in [
+            ("instanceType", instance_type),
+            ("regionCode", self.region.as_str()),
+            ("operatingSystem", "Linux"),
+            ("tenancy", "Shared"),
+            ("preInstalledSw", "NA"),
+            ("capacitystatus", "Used"),
+        ] {
+            req = req.filters(
+                PriceFilter::builder()
+                    .r#type(FilterType::TermMatch)
+                    .field(field)
+                    .value(value)
+                    .build()
+                    .map_err(|e| CloudError::other(OP, ErrorKind::InvalidRequest, e.to_string()))?,
+            );
+        }
+        let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
+        Ok(out
+            .price_list()
+            .iter()
+            .find_map(|doc| hourly_on_demand(doc)))
+    }
+
     pub(crate) async fn zones_impl(&self) -> Result<Vec<String>, CloudError> {
         let out = self
             .ec2
@@ -117,4 +154,24 @@ impl AwsCloud {
             })
             .collect())
     }
+}
+
+/// The hourly USD on-demand price in one Price List product document.
+pub(crate) fn hourly_on_demand(doc: &str) -> Option<f64> {
+    let v: serde_json::Value = serde_json::from_str(doc).ok()?;
+    v.get("terms")?
+        .get("OnDemand")?
+        .as_object()?
+        .values()
+        .filter_map(|term| term.get("priceDimensions")?.as_object())
+        .flat_map(|dims| dims.values())
+        .filter(|d| d.get("unit").and_then(|u| u.as_str()) == Some("Hrs"))
+        .filter_map(|d| {
+            d.get("pricePerUnit")?
+                .get("USD")?
+                .as_str()?
+                .parse::<f64>()
+                .ok()
+        })
+        .find(|p| *p > 0.0)
 }

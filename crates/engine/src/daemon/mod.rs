@@ -409,6 +409,18 @@ impl<'a> Daemon<'a> {
         Ok(specs)
     }
 
+    /// Keeps the prices a pass read, for the price charts and `cost` (a
+    /// failure is said and does not stop the pass).
+    pub(crate) async fn sample_prices(&self, prices: &[spotkeeper_cloud::SpotPrice]) {
+        if let Err(e) = self
+            .store
+            .record_prices(prices, crate::store::unix_now())
+            .await
+        {
+            tracing::warn!("keeping the spot prices read failed: {e}");
+        }
+    }
+
     /// One pass: observe, plan every box and pool, run the prompt steps;
     /// returns the work for tasks. It never waits on a box's launch, ready
     /// check, image or volume.
@@ -419,6 +431,7 @@ impl<'a> Daemon<'a> {
         // Only the fast path needs them: without, launches ask AWS first.
         match self.box_prices(&specs).await {
             Ok((prices, zones)) => {
+                self.sample_prices(&prices).await;
                 obs.prices = prices;
                 obs.zones = zones;
             }

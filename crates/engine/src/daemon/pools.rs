@@ -92,7 +92,9 @@ impl Daemon<'_> {
         let prices = if types.is_empty() || price_zones.is_empty() {
             None
         } else {
-            Some(self.cloud.spot_prices(&types, &price_zones).await?)
+            let prices = self.cloud.spot_prices(&types, &price_zones).await?;
+            self.sample_prices(&prices).await;
+            Some(prices)
         };
         let world = Arc::new(World {
             requests: obs.requests.clone(),
@@ -318,6 +320,15 @@ impl Daemon<'_> {
             .unwrap_or_default(),
         };
         self.store.save_pool_status(owner, &status).await?;
+        self.store
+            .record_pool_sample(
+                owner,
+                &spec.name,
+                status.at,
+                i64::from(out.plan.desired),
+                i64::from(out.plan.current),
+            )
+            .await?;
         // Metrics.
         let m = &self.metrics.pools;
         let label = crate::metrics::PoolLabel {

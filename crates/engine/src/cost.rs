@@ -1,0 +1,408 @@
+//! What spot saved (`spotkeeper cost`, `GET /api/cost`): per box and pool,
+//! instance-hours by market, what they cost (for spot instances the price
+//! the daemon recorded in effect, integrated over each instance's run), what
+//! the same hours would have cost on-demand (the AWS Price List, cached in
+//! the state store, or `[cost] on_demand` in the config), and the savings;
+//! per offering (type × zone), the interruptions seen and the spot hours
+//! between them.
+//!
+//! The arithmetic ([`compute`]) is pure; [`report`] gathers its inputs.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use spotkeeper_cloud::Cloud;
+
+use crate::config::Config;
+use crate::store::{PriceSample, SeenInstance, Store, StoreError};
+
+/// A cached on-demand price is asked again after this long (seconds).
+const ON_DEMAND_FRESH: i64 = 7 * 24 * 3600;
+
+/// One instance's run inside the report's window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// Instance id.
+    pub instance: String,
+    /// `box NAME`, `pool NAME`, or `other`.
+    pub subject: String,
+    /// Instance type.
+    pub instance_type: String,
+    /// Zone, if known.
+    pub zone: Option<String>,
+    /// Whether it ran as spot.
+    pub spot: bool,
+    /// Unix seconds, clipped to the window.
+    pub start: i64,
+    /// Unix seconds, clipped to the window.
+    pub end: i64,
+}
+
+impl Run {
+    /// The run of a seen instance inside `[since, until]`, if any: from its
+    /// launch (else first seen) to when it was first seen going away (else
+    /// last seen).
+    pub fn of(i: &SeenInstance, since: i64, until: i64) -> Option<Self> {
+        let start = i.launched_at.unwrap_or(i.first_seen).max(since);
+        let end = i.ended_at.unwrap_or(i.last_seen).min(until);
+        (end > start).then(|| Run {
+            instance: i.instance_id.clone(),
+            subject: match (&i.box_name, &i.pool) {
+                (Some(b), _) => format!("box {b}"),
+                (None, Some(p)) => format!("pool {p}"),
+                (None, None) => "other".to_owned(),
+            },
+            instance_type: i.instance_type.clone(),
+            zone: i.zone.clone(),
+            spot: i.market == "spot",
+            start,
+            end,
+        })
+    }
+
+    fn hours(&self) -> f64 {
+        (self.end - self.start) as f64 / 3600.0
+    }
+}
+
+/// Money and hours of one box or pool (or the total).
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct Line {
+    /// `box NAME`, `pool NAME`, or `total`.
+    pub subject: String,
+    /// Spot instance-hours.
+    pub spot_hours: f64,
+    /// On-demand instance-hours.
+    pub on_demand_hours: f64,
+    /// What it cost (USD); `None` when a price is unknown.
+    pub cost: Option<f64>,
+    /// What the same hours would have cost on-demand (USD); `None` when unknown.
+    pub on_demand_cost: Option<f64>,
+    /// `on_demand_cost - cost`.
+    pub savings: Option<f64>,
+    /// Savings as a percentage of `on_demand_cost`.
+    pub savings_percent: Option<f64>,
+}
+
+/// Interruptions of one offering.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OfferingLine {
+    /// Instance type.
+    pub instance_type: String,
+    /// Zone.
+    pub zone: String,
+    /// Spot instance-hours run in it.
+    pub spot_hours: f64,
+    /// Spot interruption warnings seen.
+    pub interruptions: usize,
+    /// Spot hours per interruption (the mean time between them); `None` without one.
+    pub hours_between: Option<f64>,
+}
+
+/// The report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// Window start (unix seconds).
+    pub since: i64,
+    /// Window end (unix seconds).
+    pub until: i64,
+    /// Per box and pool, by name.
+    pub lines: Vec<Line>,
+    /// All of them.
+    pub total: Line,
+    /// Per offering that ran spot or was interrupted.
+    pub offerings: Vec<OfferingLine>,
+    /// On-demand USD/hour used per type (`None`: unknown).
+    pub on_demand_prices: BTreeMap<String, Option<f64>>,
+}
+
+/// The spot price integrated over `[start, end]` (USD): the last sample at
+/// or before each moment, the first sample before any; `None` without samples.
+pub fn integrate(samples: &[(i64, f64)], start: i64, end: i64) -> Option<f64> {
+    let first = samples.first()?;
+    let mut total = 0.0;
+    let mut t = start;
+    let mut price = first.1;
+    for &(at, p) in samples {
+        if at <= start {
+            price = p;
+            continue;
+        }
+        if at >= end {
+            break;
+        }
+        total += price * (at - t) as f64 / 3600.0;
+        t = at;
+        price = p;
+    }
+    total += price * (end - t) as f64 / 3600.0;
+    Some(total)
+}
+
+fn add(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a? + b?)
+}
+
+/// The report from its inputs. `samples`: per (type, zone), `(at, price)`
+/// by time; `on_demand`: per type.
+pub fn compute(
+    runs: &[Run],
+    samples: &BTreeMap<(String, String), Vec<(i64, f64)>>,
+    on_demand: &BTreeMap<String, Option<f64>>,
+    interruptions: &[(String, i64)],
+    since: i64,
+    until: i64,
+) -> Report {
+    let mut lines: BTreeMap<String, Line> = BTreeMap::new();
+    let mut offerings: BTreeMap<(String, String), (f64, usize)> = BTreeMap::new();
+    for r in runs {
+        let od = on_demand.get(&r.instance_type).copied().flatten();
+        let hours = r.hours();
+        let line = lines.entry(r.subject.clone()).or_insert_with(|| Line {
+            subject: r.subject.clone(),
+            cost: Some(0.0),
+            on_demand_cost: Some(0.0),
+            ..Line::default()
+        });
+        let cost = if r.spot {
+            line.spot_hours += hours;
+            let zone = r.zone.clone().unwrap_or_default();
+            offerings
+                .entry((r.instance_type.clone(), zone.clone()))
+                .or_default()
+                .0 += hours;
+            samples
+                .get(&(r.instance_type.clone(), zone))
+                .and_then(|s| integrate(s, r.start, r.end))
+        } else {
+            line.on_demand_hours += hours;
+            od.map(|p| p * hours)
+        };
+        line.cost = add(line.cost, cost);
+        line.on_demand_cost = add(line.on_demand_cost, od.map(|p| p * hours));
+    }
+    for (instance, _) in interruptions {
+        if let Some(r) = runs.iter().find(|r| &r.instance == instance) {
+            offerings
+                .entry((r.instance_type.clone(), r.zone.clone().unwrap_or_default()))
+                .or_default()
+                .1 += 1;
+        }
+    }
+    let mut total = Line {
+        subject: "total".to_owned(),
+        cost: Some(0.0),
+        on_demand_cost: Some(0.0),
+        ..Line::default()
+    };
+    let mut lines: Vec<Line> = lines.into_values().collect();
+    for l in &mut lines {
+        total.spot_hours += l.spot_hours;
+        total.on_demand_hours += l.on_demand_hours;
+        total.cost = add(total.cost, l.cost);
+        total.on_demand_cost = add(total.on_demand_cost, l.on_demand_cost);
+        savings(l);
+    }
+    savings(&mut total);
+    Report {
+        since,
+        until,
+        lines,
+        total,
+        offerings: offerings
+            .into_iter()
+            .map(
+                |((instance_type, zone), (spot_hours, interruptions))| OfferingLine {
+                    instance_type,
+                    zone,
+                    spot_hours,
+                    interruptions,
+                    hours_between: (interruptions > 0).then(|| spot_hours / interruptions as f64),
+                },
+            )
+            .collect(),
+        on_demand_prices: on_demand.clone(),
+    }
+}
+
+fn savings(l: &mut Line) {
+    l.savings = match (l.on_demand_cost, l.cost) {
+        (Some(od), Some(c)) => Some(od - c),
+        _ => None,
+    };
+    l.savings_percent = match (l.savings, l.on_demand_cost) {
+        (Some(s), Some(od)) if od > 0.0 => Some(100.0 * s / od),
+        _ => None,
+    };
+}
+
+/// The on-demand price of a type: the config's, else the cache's (a week),
+/// else the Price List's (cached); unknown when none answers.
+async fn on_demand_price(
+    cloud: &dyn Cloud,
+    store: &Store,
+    config: &Config,
+    region: &str,
+    instance_type: &str,
+) -> Result<Option<f64>, StoreError> {
+    if let Some(p) = config.on_demand_prices.get(instance_type) {
+        return Ok(Some(*p));
+    }
+    let fresh_after = crate::store::unix_now() - ON_DEMAND_FRESH;
+    if let Some(cached) = store
+        .cached_on_demand(region, instance_type, fresh_after)
+        .await?
+    {
+        return Ok(cached);
+    }
+    match cloud.on_demand_price(instance_type).await {
+        Ok(p) => {
+            store.cache_on_demand(region, instance_type, p).await?;
+            Ok(p)
+        }
+        Err(e) => {
+            tracing::warn!("the on-demand price of {instance_type} is unknown: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// The report for this owner over `[since, until]`.
+pub async fn report(
+    cloud: &dyn Cloud,
+    store: &Store,
+    config: &Config,
+    since: i64,
+    until: i64,
+) -> Result<Report, StoreError> {
+    let region = cloud.region().to_owned();
+    let runs: Vec<Run> = store
+        .runs_since(&config.owner, since)
+        .await?
+        .iter()
+        .filter_map(|i| Run::of(i, since, until))
+        .collect();
+    let mut samples: BTreeMap<(String, String), Vec<(i64, f64)>> = BTreeMap::new();
+    for PriceSample {
+        instance_type,
+        zone,
+        at,
+        price,
+    } in store.price_samples(since).await?
+    {
+        samples
+            .entry((instance_type, zone))
+            .or_default()
+            .push((at, price));
+    }
+    let mut on_demand = BTreeMap::new();
+    for r in &runs {
+        if !on_demand.contains_key(&r.instance_type) {
+            let p = on_demand_price(cloud, store, config, &region, &r.instance_type).await?;
+            on_demand.insert(r.instance_type.clone(), p);
+        }
+    }
+    let interruptions = store.interruptions_since(&config.owner, since).await?;
+    Ok(compute(
+        &runs,
+        &samples,
+        &on_demand,
+        &interruptions,
+        since,
+        until,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(instance: &str, subject: &str, spot: bool, zone: &str, start: i64, end: i64) -> Run {
+        Run {
+            instance: instance.into(),
+            subject: subject.into(),
+            instance_type: "t3.micro".into(),
+            zone: Some(zone.into()),
+            spot,
+            start,
+            end,
+        }
+    }
+
+    #[test]
+    fn the_price_in_effect_is_integrated_as_a_step_function() {
+        // 0.01 until 1 h, then 0.02: two hours from 0 cost 0.01 + 0.02.
+        let s = [(0, 0.01), (3600, 0.02)];
+        assert!((integrate(&s, 0, 7200).expect("known") - 0.03).abs() < 1e-12);
+        // Before the first sample, the first price.
+        let s = [(3600, 0.02)];
+        assert!((integrate(&s, 0, 7200).expect("known") - 0.04).abs() < 1e-12);
+        // A sample after the end does not count.
+        let s = [(0, 0.01), (9000, 0.5)];
+        assert!((integrate(&s, 1800, 5400).expect("known") - 0.01).abs() < 1e-12);
+        assert_eq!(integrate(&[], 0, 10), None);
+    }
+
+    #[test]
+    fn hours_cost_and_savings_per_subject_and_offering() {
+        let runs = [
+            run("i-1", "box dev", true, "us-east-1a", 0, 7200),
+            run("i-2", "box dev", true, "us-east-1b", 7200, 10800),
+            run("i-3", "pool builders", false, "us-east-1a", 0, 3600),
+        ];
+        let samples = BTreeMap::from([
+            (
+                ("t3.micro".into(), "us-east-1a".into()),
+                vec![(0, 0.003), (3600, 0.004)],
+            ),
+            (("t3.micro".into(), "us-east-1b".into()), vec![(0, 0.005)]),
+        ]);
+        let od = BTreeMap::from([("t3.micro".to_owned(), Some(0.0104))]);
+        let r = compute(&runs, &samples, &od, &[("i-1".into(), 7000)], 0, 10800);
+        let dev = &r.lines[0];
+        assert_eq!(dev.subject, "box dev");
+        assert!((dev.spot_hours - 3.0).abs() < 1e-12);
+        // 0.003 + 0.004 + 0.005; on-demand 3 × 0.0104.
+        assert!((dev.cost.expect("cost") - 0.012).abs() < 1e-12);
+        assert!((dev.on_demand_cost.expect("od") - 0.0312).abs() < 1e-12);
+        assert!((dev.savings.expect("savings") - 0.0192).abs() < 1e-12);
+        assert!((dev.savings_percent.expect("%") - 61.538_461_538_461_54).abs() < 1e-9);
+        let pool = &r.lines[1];
+        assert!((pool.on_demand_hours - 1.0).abs() < 1e-12);
+        assert_eq!(pool.savings, Some(0.0));
+        assert!((r.total.cost.expect("total") - 0.0224).abs() < 1e-12);
+        assert_eq!(r.offerings.len(), 2);
+        assert_eq!(r.offerings[0].interruptions, 1);
+        assert_eq!(r.offerings[0].hours_between, Some(2.0));
+        assert_eq!(r.offerings[1].hours_between, None);
+
+        // An unknown on-demand price makes the money unknown, not zero.
+        let r = compute(&runs, &samples, &BTreeMap::new(), &[], 0, 10800);
+        assert_eq!(r.lines[0].on_demand_cost, None);
+        assert_eq!(r.lines[0].savings, None);
+        assert!(r.lines[0].cost.is_some(), "spot cost is still known");
+        assert_eq!(r.lines[1].cost, None, "an on-demand run without its price");
+    }
+
+    #[test]
+    fn runs_are_clipped_to_the_window_and_end_when_first_seen_going_away() {
+        let seen = SeenInstance {
+            instance_id: "i-1".into(),
+            box_name: Some("dev".into()),
+            pool: None,
+            instance_type: "t3.micro".into(),
+            zone: Some("us-east-1a".into()),
+            market: "spot".into(),
+            state: "terminated".into(),
+            first_seen: 100,
+            last_seen: 9000,
+            launched_at: Some(50),
+            ended_at: Some(5000),
+        };
+        let r = Run::of(&seen, 0, 10_000).expect("ran");
+        assert_eq!((r.start, r.end), (50, 5000));
+        let r = Run::of(&seen, 1000, 2000).expect("ran");
+        assert_eq!((r.start, r.end), (1000, 2000));
+        assert_eq!(Run::of(&seen, 6000, 7000), None);
+    }
+}
