@@ -127,6 +127,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/events", get(events))
         .route("/notify", get(notify_sinks))
         .route("/cost", get(cost))
+        .route("/charts/prices", get(price_chart))
+        .route("/charts/pool", get(pool_chart))
         .route("/instances", get(instances))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -183,14 +185,64 @@ async fn require_token(
     }
 }
 
+/// A managed box's spec: the config's, else the stored one (checked again);
+/// `None` when the stored one does not parse.
+fn spec_of(state: &ApiState, name: &str, stored: Option<&str>) -> Option<crate::config::BoxSpec> {
+    state
+        .config
+        .boxes
+        .get(name)
+        .cloned()
+        .or_else(|| stored.and_then(|j| crate::daemon::stored_spec(&state.config, name, j).ok()))
+}
+
+/// The latest recorded spot price of each offering.
+async fn latest_prices(state: &ApiState) -> std::collections::BTreeMap<(String, String), f64> {
+    let since = crate::store::unix_now() - 7 * 86_400;
+    state
+        .store
+        .price_samples(since)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| ((p.instance_type, p.zone), p.price))
+        .collect()
+}
+
 async fn box_json(
     state: &ApiState,
     name: &str,
     source: &str,
+    stored: Option<&str>,
     live: &[spotkeeper_cloud::Instance],
+    prices: &std::collections::BTreeMap<(String, String), f64>,
 ) -> Value {
     let instance = live.iter().find(|i| i.tag(tags::BOX) == Some(name));
+    let spec = spec_of(state, name, stored);
+    let price = instance.and_then(|i| {
+        prices
+            .get(&(i.instance_type.clone(), i.zone.clone()?))
+            .copied()
+    });
+    let dns = match &spec {
+        Some(spec) if spec.dns.is_some() => {
+            match crate::dns::status(state.cloud.as_ref(), &state.config.owner, spec, instance)
+                .await
+            {
+                Ok(Some(d)) => json!({ "name": d.name, "matches": d.matches, "owned": d.owned }),
+                Ok(None) => Value::Null,
+                Err(e) => {
+                    json!({ "name": spec.dns.as_ref().map(|d| d.name.clone()), "error": e.to_string() })
+                }
+            }
+        }
+        _ => Value::Null,
+    };
     json!({
+        "launched_at": instance.and_then(|i| i.launched_at).map(crate::store::unix_seconds),
+        "price": price,
+        "max_price": spec.as_ref().map(|s| s.max_price),
+        "dns": dns,
         "name": name,
         "source": source,
         "instance_id": instance.map(|i| i.id.to_string()),
@@ -219,9 +271,20 @@ async fn list_boxes(State(state): State<ApiState>) -> Response {
         Ok(l) => l,
         Err(r) => return r,
     };
+    let prices = latest_prices(&state).await;
     let mut out = Vec::new();
     for b in &managed {
-        out.push(box_json(&state, &b.name, &b.source, &live).await);
+        out.push(
+            box_json(
+                &state,
+                &b.name,
+                &b.source,
+                b.spec.as_deref(),
+                &live,
+                &prices,
+            )
+            .await,
+        );
     }
     Json(Value::Array(out)).into_response()
 }
@@ -241,7 +304,19 @@ async fn get_box(State(state): State<ApiState>, Path(name): Path<String>) -> Res
         Ok(l) => l,
         Err(r) => return r,
     };
-    Json(box_json(&state, &b.name, &b.source, &live).await).into_response()
+    let prices = latest_prices(&state).await;
+    Json(
+        box_json(
+            &state,
+            &b.name,
+            &b.source,
+            b.spec.as_deref(),
+            &live,
+            &prices,
+        )
+        .await,
+    )
+    .into_response()
 }
 
 /// A registration body: a JSON object with a string `name`, returned apart
@@ -598,6 +673,149 @@ async fn events(
         Ok(e) => Json(e).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChartQuery {
+    #[serde(rename = "box")]
+    box_name: Option<String>,
+    pool: Option<String>,
+    days: Option<u32>,
+}
+
+fn svg_response(body: String) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "image/svg+xml")], body).into_response()
+}
+
+/// The window of a chart: `days` (1-30, default 3) back from now.
+fn chart_window(days: Option<u32>) -> Option<(i64, i64)> {
+    let days = days.unwrap_or(3);
+    let until = crate::store::unix_now();
+    (1..=30)
+        .contains(&days)
+        .then(|| (until - i64::from(days) * 86_400, until))
+}
+
+/// The spot price of each offering a box (`?box=`) or pool (`?pool=`) may
+/// use, over the last `days`, with its ceiling: an SVG chart.
+async fn price_chart(
+    State(state): State<ApiState>,
+    query: Result<Query<ChartQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query parameters: box=NAME or pool=NAME, days=1..30",
+        );
+    };
+    let Some((since, until)) = chart_window(q.days) else {
+        return error(StatusCode::BAD_REQUEST, "days must be 1..30");
+    };
+    let (title, types, zones, ceiling) = match (&q.box_name, &q.pool) {
+        (Some(name), None) => {
+            let stored = match state.store.managed_boxes(&state.config.owner).await {
+                Ok(m) => m.into_iter().find(|b| &b.name == name),
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            };
+            let Some(spec) = stored.and_then(|b| spec_of(&state, name, b.spec.as_deref())) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no managed box named {name:?}"),
+                );
+            };
+            (
+                format!("box {name}: spot price"),
+                spec.instance_types,
+                spec.zones,
+                Some(spec.max_price),
+            )
+        }
+        (None, Some(name)) => {
+            let pools = match crate::pools::view::all_pools(&state.config, &state.store).await {
+                Ok((p, _)) => p,
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            };
+            let Some((spec, _)) = pools.into_iter().find(|(p, _)| &p.name == name) else {
+                return error(StatusCode::NOT_FOUND, format!("no pool named {name:?}"));
+            };
+            let types = spec.types.iter().map(|t| t.instance_type.clone()).collect();
+            (
+                format!("pool {name}: spot price"),
+                types,
+                spec.zones,
+                spec.max_price,
+            )
+        }
+        _ => return error(StatusCode::BAD_REQUEST, "name one box=NAME or pool=NAME"),
+    };
+    let samples = match state.store.price_samples(since).await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let mut series: Vec<crate::charts::Series> = Vec::new();
+    for p in samples.into_iter().filter(|p| {
+        types.contains(&p.instance_type) && zones.as_ref().is_none_or(|z| z.contains(&p.zone))
+    }) {
+        let label = format!("{} {}", p.instance_type, p.zone);
+        match series.iter_mut().find(|s| s.label == label) {
+            Some(s) => s.points.push((p.at, p.price)),
+            None => series.push(crate::charts::Series {
+                label,
+                points: vec![(p.at, p.price)],
+            }),
+        }
+    }
+    svg_response(crate::charts::svg(
+        &title, "USD/hour", &series, ceiling, since, until,
+    ))
+}
+
+/// A pool's desired and current units over the last `days`: an SVG chart.
+async fn pool_chart(
+    State(state): State<ApiState>,
+    query: Result<Query<ChartQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(ChartQuery {
+        pool: Some(name),
+        box_name: None,
+        days,
+    })) = query
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query parameters: pool=NAME, days=1..30",
+        );
+    };
+    let Some((since, until)) = chart_window(days) else {
+        return error(StatusCode::BAD_REQUEST, "days must be 1..30");
+    };
+    let samples = match state
+        .store
+        .pool_samples(&state.config.owner, &name, since)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let series = [
+        crate::charts::Series {
+            label: "desired".into(),
+            points: samples.iter().map(|&(t, d, _)| (t, d as f64)).collect(),
+        },
+        crate::charts::Series {
+            label: "current".into(),
+            points: samples.iter().map(|&(t, _, c)| (t, c as f64)).collect(),
+        },
+    ];
+    svg_response(crate::charts::svg(
+        &format!("pool {name}: units"),
+        "units",
+        &series,
+        None,
+        since,
+        until,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod bootstrap;
 pub mod boxes;
+pub mod charts;
 pub mod cleanup;
 pub mod config;
 pub mod cost;

@@ -1380,7 +1380,13 @@ mod tests {
             zone: "us-east-1a".into(),
             price,
         };
-        for (at, price) in [(1000, 0.01), (1030, 0.01), (1060, 0.02), (1700, 0.02), (1800, 0.02)] {
+        for (at, price) in [
+            (1000, 0.01),
+            (1030, 0.01),
+            (1060, 0.02),
+            (1700, 0.02),
+            (1800, 0.02),
+        ] {
             s.record_prices(&[p(price)], at).await.expect("record");
         }
         // Same price within ten minutes: not kept again; after ten minutes: kept.
@@ -1402,5 +1408,4 @@ mod tests {
             .collect();
         assert_eq!(from, [1060, 1700]);
     }
-
 }

@@ -656,3 +656,87 @@ async fn the_notify_route_shows_the_sinks_without_their_url_path_or_secret() {
         assert!(!text.contains(secret), "{text}");
     }
 }
+
+#[tokio::test]
+async fn charts_are_svg_of_the_recorded_prices_and_bad_queries_are_refused() {
+    let w = world().await;
+    w.store
+        .register_box("tester", "from-config", "up", None)
+        .await
+        .expect("managed");
+    let now = spotkeeper_engine::store::unix_now();
+    let price = |zone: &str, p: f64| spotkeeper_cloud::SpotPrice {
+        instance_type: "t3.micro".into(),
+        zone: zone.into(),
+        price: p,
+    };
+    w.store
+        .record_prices(
+            &[price("us-east-1a", 0.004), price("us-east-1b", 0.003)],
+            now - 600,
+        )
+        .await
+        .expect("prices");
+    w.store
+        .record_prices(&[price("us-east-1a", 0.005)], now - 60)
+        .await
+        .expect("prices");
+    let (s, svg) = w
+        .call(
+            "GET",
+            "/api/charts/prices?box=from-config",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{svg}");
+    let svg = svg.as_str().expect("svg text").to_owned();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert!(
+        svg.contains("t3.micro us-east-1a") && svg.contains("ceiling 0.02"),
+        "{svg}"
+    );
+    assert_eq!(svg.matches("<circle").count(), 3, "one dot per sample");
+
+    for (uri, want) in [
+        ("/api/charts/prices", StatusCode::BAD_REQUEST),
+        (
+            "/api/charts/prices?box=from-config&pool=p",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/charts/prices?box=from-config&days=31",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/charts/prices?box=from-config&days=-1",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/api/charts/prices?box=nope", StatusCode::NOT_FOUND),
+        ("/api/charts/prices?pool=nope", StatusCode::NOT_FOUND),
+        ("/api/charts/pool", StatusCode::BAD_REQUEST),
+        ("/api/charts/prices?box=%3Cscript%3E", StatusCode::NOT_FOUND),
+        ("/api/cost?since=forever", StatusCode::BAD_REQUEST),
+        ("/api/cost?since=400d", StatusCode::BAD_REQUEST),
+    ] {
+        let (s, b) = w.call("GET", uri, Some(TOKEN), None).await;
+        assert_eq!(s, want, "{uri}: {b}");
+    }
+    let (s, _) = w
+        .call("GET", "/api/charts/prices?box=from-config", None, None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, b) = w
+        .call("GET", "/api/charts/pool?pool=any", Some(TOKEN), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        b.as_str().is_some_and(|t| t.contains("no samples yet")),
+        "{b}"
+    );
+
+    // The boxes list carries the price in effect and the ceiling.
+    let (s, boxes) = w.call("GET", "/api/boxes", Some(TOKEN), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(boxes[0]["max_price"], 0.02);
+}

@@ -697,7 +697,11 @@ impl<'a> Daemon<'a> {
 }
 
 /// A box registered through the API, from the JSON stored with it.
-fn stored_spec(config: &Config, name: &str, json: &str) -> Result<crate::config::BoxSpec, String> {
+pub(crate) fn stored_spec(
+    config: &Config,
+    name: &str,
+    json: &str,
+) -> Result<crate::config::BoxSpec, String> {
     let value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
     // Checked again here: a box stored before the check existed, or with a
     // config that allowed it then, must not make this daemon run its code.
