@@ -336,10 +336,14 @@ pub async fn up_known(
         Err(e)
             if spec.fallback_on_demand && spec.market == Market::Spot && spot_unavailable(&e) =>
         {
-            ctx.progress.note(&format!(
+            let what = format!(
                 "No spot capacity for box {} ({e}); falling back to on-demand",
                 spec.name
-            ));
+            );
+            ctx.progress.note(&what);
+            ctx.store
+                .record_event(ctx.owner, Some(&spec.name), "fallback", &what)
+                .await?;
             let on_demand = BoxSpec {
                 market: Market::OnDemand,
                 ..spec.clone()

@@ -27,14 +27,19 @@ use toml::Spanned;
 use crate::config::{ConfigError, Secret};
 use crate::store::{Event, Store, StoreError};
 
-/// The event kinds a sink gets when its table says no `events`.
+/// The event kinds a sink gets when its table says no `events`
+/// (a box replaced or failing to be, launches failing for capacity, quota
+/// or permissions, a pool held because its demand cannot be read, a box
+/// falling back to on-demand).
 pub const DEFAULT_EVENTS: &[&str] = &[
     "replaced",
     "replace-failed",
     "launch-failed",
-    "held",
+    "no-capacity",
+    "quota",
+    "unauthorized",
+    "demand-failed",
     "fallback",
-    "on-demand",
 ];
 
 /// Signature header of a webhook with a secret: `sha256=<hex HMAC of the body>`.

@@ -304,6 +304,17 @@ async fn a_spot_quota_error_falls_back_and_without_fallback_fails_clearly() {
         .await
         .expect("fell back");
     assert_eq!(out.instance.market, spotkeeper_cloud::Market::OnDemand);
+    // Said as its own event kind, so a notification sink can be told.
+    let events = store
+        .events("tester", Some("dev"), 20)
+        .await
+        .expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "fallback" && e.message.contains("on-demand")),
+        "{events:?}"
+    );
     boxes::stop(&ctx, &with.boxes["dev"], true)
         .await
         .expect("stop");
