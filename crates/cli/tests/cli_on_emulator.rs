@@ -451,3 +451,34 @@ fn serve_refuses_a_non_loopback_api_address_without_insecure_listen() {
         describe(&out)
     );
 }
+
+#[test]
+fn security_groups_may_be_named_and_an_unknown_name_stops_up_before_any_launch() {
+    let cli = Cli::new();
+    let sg = cli.moto.boto(
+        "v = ec2.describe_vpcs(Filters=[{'Name': 'is-default', 'Values': ['true']}])['Vpcs'][0]['VpcId']\n\
+         print(ec2.create_security_group(GroupName='web-ssh', Description='d', VpcId=v)['GroupId'])",
+    );
+    let sg = sg.trim().to_owned();
+    cli.write_config(&CONFIG.replace("tags =", "security_groups = [\"no-such-group\"]\ntags ="));
+    let out = cli.run(&["up", "dev"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("security group \"no-such-group\" not found in vpc-"),
+        "{}",
+        describe(&out)
+    );
+    assert!(cli.live().is_empty(), "nothing launched");
+
+    cli.write_config(&CONFIG.replace("tags =", "security_groups = [\"web-ssh\"]\ntags ="));
+    let inst = cli.json(&["up", "dev", "--json"]);
+    let groups = cli.moto.boto(&format!(
+        "r = ec2.describe_instances(InstanceIds=['{}'])['Reservations'][0]['Instances'][0]\nprint(json.dumps([g['GroupId'] for g in r['SecurityGroups']]))",
+        inst["instance_id"].as_str().expect("id")
+    ));
+    assert_eq!(
+        groups.trim(),
+        format!("[\"{sg}\"]"),
+        "launched in the named group"
+    );
+}

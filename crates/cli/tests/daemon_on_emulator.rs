@@ -555,3 +555,57 @@ fn cost_integrates_the_recorded_spot_prices_and_counts_interruptions_per_offerin
         "{text}"
     );
 }
+
+#[test]
+fn a_box_whose_spot_price_rises_over_the_ceiling_is_moved_under_it_and_the_old_one_retired() {
+    let api_port = spotkeeper_testkit::closed_port();
+    let cli = Cli::with_config(&config("1s", api_port));
+    cli.moto.set_market(
+        &[("t3.micro", Some(0.004)), ("t3a.micro", Some(0.006))],
+        &[],
+    );
+    cli.moto
+        .boto("r53.create_hosted_zone(Name='example.com', CallerReference='p')");
+    cli.ok(&["setup"]);
+    let first = cli.json(&["up", "dev", "--json"]);
+    assert_eq!(first["instance_type"], "t3.micro");
+    let serve = Serve::start(&cli);
+    wait_passes(api_port, 2, &serve);
+    assert_eq!(cli.live().len(), 1, "under the ceiling: nothing moves");
+
+    // t3.micro goes to 0.05, over the 0.02 ceiling; t3a.micro stays under it
+    // in the volume's zone: the box moves there, the old instance goes.
+    cli.moto
+        .set_market(&[("t3.micro", Some(0.05)), ("t3a.micro", Some(0.006))], &[]);
+    let new = wait_replaced(&cli, &first["instance_id"], &serve);
+    assert_eq!(new["instance_type"], "t3a.micro", "{new}");
+    assert_eq!(new["zone"], first["zone"], "the volume keeps the zone");
+    let old = first["instance_id"].as_str().expect("id");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = cli.moto.boto(&format!(
+            "print(ec2.describe_instances(InstanceIds=['{old}'])['Reservations'][0]['Instances'][0]['State']['Name'])"
+        ));
+        if matches!(state.trim(), "shutting-down" | "terminated") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the over-ceiling instance was not retired ({})\n{}",
+            state.trim(),
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let events = common::http_get(
+        api_port,
+        "/api/events?box=dev",
+        Some("e2e-token-0123456789"),
+    )
+    .expect("API");
+    assert!(
+        events.contains("over-ceiling") && events.contains("0.05"),
+        "{events}"
+    );
+    assert!(serve.stop().success());
+}

@@ -27,8 +27,11 @@ struct Driver {
 impl Driver {
     fn start() -> Self {
         let port = spotkeeper_testkit::closed_port();
+        use std::os::unix::process::CommandExt as _;
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            // Its own process group: the browsers it starts go with it.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -49,6 +52,11 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // chromedriver and every Chromium process it started, even after a
+        // failed assertion left the session open.
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -127,6 +127,24 @@ fn exec_runs_on_the_box_and_exits_with_the_remote_status() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from box\n");
     let ok = cli.run(&["exec", "dev", "--", "test", "1", "=", "1"]);
     assert_eq!(ok.status.code(), Some(0), "{}", describe(&ok));
+    // The words are kept, as `kubectl exec` keeps them.
+    let three = cli.run(&["exec", "dev", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(three.status.code(), Some(3), "{}", describe(&three));
+    let quoted = cli.run(&[
+        "exec",
+        "dev",
+        "--",
+        "printf",
+        "[%s]\\n",
+        "a b",
+        "it's",
+        "\"q\" $HOME",
+    ]);
+    assert_eq!(quoted.status.code(), Some(0), "{}", describe(&quoted));
+    assert_eq!(
+        String::from_utf8_lossy(&quoted.stdout),
+        "[a b]\n[it's]\n[\"q\" $HOME]\n"
+    );
 
     let session = cli
         .command(&["ssh", "dev"])

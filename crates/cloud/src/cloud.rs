@@ -31,6 +31,15 @@ pub trait Cloud: Send + Sync + std::fmt::Debug {
         zones: &[String],
     ) -> Result<Vec<SpotPrice>, CloudError>;
 
+    /// The ids of security groups given by id or by name (looked up in the
+    /// VPC of `subnet`, else the default VPC); a name matching no group or
+    /// several is an error.
+    async fn security_group_ids(
+        &self,
+        groups: &[String],
+        subnet: Option<&str>,
+    ) -> Result<Vec<String>, CloudError>;
+
     /// The region this handle works in.
     fn region(&self) -> &str;
 

@@ -22,6 +22,7 @@ struct State {
     zones: Vec<String>,
     prices: BTreeMap<(String, String), f64>,
     on_demand: BTreeMap<String, f64>,
+    security_groups: Vec<(String, String)>,
     subnets: BTreeMap<String, String>,
     launch_elsewhere: Vec<Instance>,
     lose_next_answer: bool,
@@ -94,6 +95,13 @@ impl FakeCloud {
     /// Every volume, in any state.
     pub fn all_volumes(&self) -> Vec<Volume> {
         self.lock().volumes.values().cloned().collect()
+    }
+
+    /// Adds a security group `name` with id `id` (in the one VPC FakeCloud has).
+    pub fn add_security_group(&self, name: &str, id: &str) {
+        self.lock()
+            .security_groups
+            .push((name.to_owned(), id.to_owned()));
     }
 
     /// Sets the on-demand price of a type (absent: the Price List has none).
@@ -715,6 +723,18 @@ impl Cloud for FakeCloud {
 
     fn region(&self) -> &str {
         "us-east-1"
+    }
+
+    async fn security_group_ids(
+        &self,
+        groups: &[String],
+        _subnet: Option<&str>,
+    ) -> Result<Vec<String>, CloudError> {
+        if groups.iter().all(|g| crate::aws::is_group_id(g)) {
+            return Ok(groups.to_vec());
+        }
+        let s = self.enter("DescribeSecurityGroups")?;
+        crate::aws::resolve_groups(groups, &s.security_groups, "vpc-fake")
     }
 
     async fn on_demand_price(&self, instance_type: &str) -> Result<Option<f64>, CloudError> {

@@ -98,6 +98,13 @@ impl Cloud for AwsCloud {
     fn region(&self) -> &str {
         AwsCloud::region(self)
     }
+    async fn security_group_ids(
+        &self,
+        groups: &[String],
+        subnet: Option<&str>,
+    ) -> Result<Vec<String>, CloudError> {
+        AwsCloud::security_group_ids(self, groups, subnet).await
+    }
     async fn on_demand_price(&self, instance_type: &str) -> Result<Option<f64>, CloudError> {
         AwsCloud::on_demand_price(self, instance_type).await
     }

@@ -358,6 +358,10 @@ pub struct LaunchSpec {
     pub root_volume: Option<RootVolume>,
     /// IAM instance profile name (or ARN) for the instance role.
     pub iam_instance_profile: Option<String>,
+    /// Spot only: the most to pay per hour, sent as `MaxPrice` (AWS then
+    /// interrupts the instance when the price rises above it); `None`: up
+    /// to the on-demand price, AWS's default.
+    pub spot_max_price: Option<f64>,
 }
 
 impl LaunchSpec {
@@ -377,6 +381,7 @@ impl LaunchSpec {
             client_token: random_token(),
             root_volume: None,
             iam_instance_profile: None,
+            spot_max_price: None,
         }
     }
 }

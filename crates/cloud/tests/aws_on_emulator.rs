@@ -29,6 +29,7 @@ fn spec(token: &str, owner: &str) -> LaunchSpec {
         client_token: token.into(),
         root_volume: None,
         iam_instance_profile: None,
+        spot_max_price: None,
     }
 }
 

@@ -89,6 +89,7 @@ fn spec(market: Market) -> LaunchSpec {
         client_token: "sk-token".into(),
         root_volume: None,
         iam_instance_profile: None,
+        spot_max_price: None,
     }
 }
 
@@ -145,6 +146,23 @@ async fn a_spot_launch_is_one_time_uncapped_tokened_and_tags_instance_volume_and
         .await
         .expect("the request matched the expected shape");
     assert_eq!(inst.id.as_str(), "i-0123");
+    assert_eq!(rule.num_calls(), 1);
+}
+
+#[tokio::test]
+async fn a_spot_launch_with_a_price_cap_sends_it_as_max_price() {
+    let rule = mock!(Client::run_instances)
+        .match_requests(|r| {
+            r.instance_market_options()
+                .and_then(|m| m.spot_options())
+                .and_then(|s| s.max_price())
+                == Some("0.02")
+        })
+        .then_output(running);
+    let cloud = AwsCloud::from_clients(ec2_with(&[&rule]), ssm(), route53(), "us-east-1");
+    let mut capped = spec(Market::Spot);
+    capped.spot_max_price = Some(0.02);
+    cloud.launch(&capped).await.expect("MaxPrice 0.02 sent");
     assert_eq!(rule.num_calls(), 1);
 }
 

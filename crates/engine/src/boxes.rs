@@ -524,8 +524,17 @@ async fn up_inner(
             };
             let best = &chosen[0];
             ctx.progress.note(&format!(
-                "Spot price is {} ({} in {}), at or under the ceiling of {}, continuing",
-                best.price, best.instance_type, best.zone, spec.max_price
+                "Spot price is {} ({} in {}), at or under the ceiling of {} ({}), continuing",
+                best.price,
+                best.instance_type,
+                best.zone,
+                spec.max_price,
+                match spec.price_cap {
+                    crate::config::PriceCap::Spotkeeper =>
+                        "held by spotkeeper: a box above it is moved",
+                    crate::config::PriceCap::Aws =>
+                        "sent to AWS as MaxPrice: AWS interrupts above it",
+                }
             ));
             chosen
                 .into_iter()
@@ -606,6 +615,11 @@ async fn up_inner(
             &boot_volumes(spec, &prepared),
             spec.user_data.as_deref(),
         )?;
+        // Names are looked up in the subnet's (or the default) VPC; ids pass.
+        let security_group_ids = ctx
+            .cloud
+            .security_group_ids(&spec.security_groups, spec.subnet.as_deref())
+            .await?;
         let launch = LaunchSpec {
             image_id: image_id.clone(),
             instance_type: instance_type.clone(),
@@ -616,13 +630,16 @@ async fn up_inner(
                 zone.clone()
             },
             subnet_id: spec.subnet.clone(),
-            security_group_ids: spec.security_groups.clone(),
+            security_group_ids,
             key_name: spec.key_name.clone(),
             user_data,
             tags: launch_tags(ctx.owner, spec, &intent.token),
             client_token: intent.token.clone(),
             root_volume: spec.root_disk.clone(),
             iam_instance_profile: spec.iam_instance_profile.clone(),
+            spot_max_price: (spec.market == Market::Spot
+                && spec.price_cap == crate::config::PriceCap::Aws)
+                .then_some(spec.max_price),
         };
         tracing::debug!(box_name = name, token = %intent.token, "launch call");
         ctx.progress.start(&format!(

@@ -242,6 +242,21 @@ pub struct BoxSpec {
     /// capacity, a spot quota), launch on-demand instead (`fallback =
     /// "on-demand"`); the daemon moves the box back to spot at the next chance.
     pub fallback_on_demand: bool,
+    /// Who holds the ceiling: spotkeeper (each pass moves a box whose price
+    /// rose above it, when there is an offering under it) or AWS too
+    /// (`price_cap = "aws"`: sent as the spot `MaxPrice`, so AWS interrupts
+    /// above it, as the original launcher's bid did).
+    pub price_cap: PriceCap,
+}
+
+/// `price_cap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PriceCap {
+    /// spotkeeper compares prices with the ceiling (at launch and each pass).
+    #[default]
+    Spotkeeper,
+    /// The ceiling is also sent to AWS as `MaxPrice`.
+    Aws,
 }
 
 /// What happens to a volume when its box is stopped.
@@ -426,6 +441,7 @@ struct RawBox {
     images: Option<Spanned<RawImages>>,
     fallback: Option<Spanned<String>>,
     on_rebalance: Option<Spanned<String>>,
+    price_cap: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1143,6 +1159,19 @@ fn validate_box(
         }
     };
     let fallback_on_demand = validate_fallback(b.fallback.as_ref(), at)?;
+    let price_cap = match &b.price_cap {
+        None => PriceCap::Spotkeeper,
+        Some(c) => match c.get_ref().as_str() {
+            "spotkeeper" => PriceCap::Spotkeeper,
+            "aws" => PriceCap::Aws,
+            other => {
+                return Err(at(
+                    Some(c.span()),
+                    format!("price_cap {other:?} is neither \"spotkeeper\" nor \"aws\""),
+                ));
+            }
+        },
+    };
     let replace_on_rebalance = match &b.on_rebalance {
         None => false,
         Some(r) => match r.get_ref().as_str() {
@@ -1183,6 +1212,7 @@ fn validate_box(
         images,
         replace_on_rebalance,
         fallback_on_demand,
+        price_cap,
     })
 }
 
@@ -1739,6 +1769,15 @@ ready = { check = "tcp", port = 22, timeout = "10m" }
                 .message
                 .contains("on_rebalance")
         );
+        assert_eq!(c.boxes["dev"].price_cap, PriceCap::Spotkeeper);
+        let capped = parse(
+            Path::new("x.toml"),
+            &GOOD.replace("tags =", "price_cap = \"aws\"\ntags ="),
+        )
+        .expect("valid");
+        assert_eq!(capped.boxes["dev"].price_cap, PriceCap::Aws);
+        let e = err(&GOOD.replace("tags =", "price_cap = \"bid\"\ntags ="));
+        assert!(e.message.contains("price_cap \"bid\" is neither"), "{e}");
     }
 
     #[test]

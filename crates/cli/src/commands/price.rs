@@ -69,8 +69,18 @@ pub async fn run(
                 row
             })
             .collect();
-        if ceiling.is_some() {
+        if let Some(spec) = &spec {
             output::print_table(&["TYPE", "ZONE", "USD/HOUR", "UNDER CEILING"], &rows);
+            eprintln!(
+                "Ceiling {} USD/hour, {}",
+                spec.max_price,
+                match spec.price_cap {
+                    spotkeeper_engine::config::PriceCap::Spotkeeper =>
+                        "held by spotkeeper: checked at launch, and the daemon moves a box whose price rises above it",
+                    spotkeeper_engine::config::PriceCap::Aws =>
+                        "sent to AWS as the spot MaxPrice (price_cap = \"aws\"): AWS interrupts the box above it",
+                }
+            );
         } else {
             output::print_table(&["TYPE", "ZONE", "USD/HOUR"], &rows);
         }

@@ -124,6 +124,7 @@ impl AwsCloud {
                         SpotMarketOptions::builder()
                             .spot_instance_type(SpotInstanceType::OneTime)
                             .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                            .set_max_price(spec.spot_max_price.map(|p| format!("{p}")))
                             .build(),
                     )
                     .build(),

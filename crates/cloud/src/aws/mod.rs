@@ -11,6 +11,8 @@ mod volumes;
 
 pub use images::{CANONICAL_OWNER, al2023_parameter, ubuntu_parameter};
 pub use network::{VPC_TAG, VpcInfo, split_cidr};
+#[cfg(feature = "test-util")]
+pub(crate) use network::{is_group_id, resolve_groups};
 pub use queue::{
     EVENT_RULES, Plumbing, QUEUE_RETENTION_SECONDS, QueueMessage, RECEIVE_VISIBILITY_SECONDS,
     rule_name,

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use spotkeeper_cloud::model::tags;
 use spotkeeper_cloud::{
-    Instance, InstanceId, InstanceState, Market, SpotRequest, SpotRequestId, SpotRequestState,
+    Instance, InstanceId, InstanceState, Market, SpotPrice, SpotRequest, SpotRequestId,
+    SpotRequestState,
 };
 
 use super::tasks::Work;
@@ -20,7 +21,7 @@ use crate::boxes::{self, Avoid, BoxError, Known};
 use crate::config::BoxSpec;
 
 /// What one box needs, as [`plan_box`] decides it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     /// No instance counts and none is coming up: launch a replacement (a task).
     Launch,
@@ -45,6 +46,15 @@ pub enum Step {
     BackToSpot(InstanceId),
     /// The image schedule may be due: a task checks and makes it.
     Image(InstanceId),
+    /// The running spot instance's price rose above the ceiling and an
+    /// offering under it exists: it is marked as going away and replaced
+    /// (a task), then retired like a rebalanced one.
+    OverCeiling {
+        /// The instance.
+        instance: InstanceId,
+        /// Its offering's price now.
+        price: f64,
+    },
 }
 
 /// One box's share of an observation, and the daemon's memory of it.
@@ -62,6 +72,8 @@ pub struct BoxFacts<'o> {
     pub settled: Option<&'o InstanceId>,
     /// Whether the image schedule should be looked at.
     pub image_check_due: bool,
+    /// The spot prices the pass read (the box's types in its zones).
+    pub prices: &'o [SpotPrice],
     /// Now.
     pub now: SystemTime,
 }
@@ -132,6 +144,13 @@ pub fn plan_box(spec: &BoxSpec, facts: &BoxFacts<'_>) -> Vec<Step> {
         steps.push(Step::Settle(healthy.id.clone()));
         return steps;
     }
+    if let Some(price) = over_ceiling(spec, healthy, facts.prices) {
+        steps.push(Step::OverCeiling {
+            instance: healthy.id.clone(),
+            price,
+        });
+        return steps;
+    }
     if healthy.market == Market::OnDemand && spec.market == Market::Spot && spec.fallback_on_demand
     {
         steps.push(Step::BackToSpot(healthy.id.clone()));
@@ -139,6 +158,29 @@ pub fn plan_box(spec: &BoxSpec, facts: &BoxFacts<'_>) -> Vec<Step> {
         steps.push(Step::Image(healthy.id.clone()));
     }
     steps
+}
+
+/// The price of `running`'s offering when it is above the box's ceiling and
+/// some allowed offering is at or under it (in the same zone when the box's
+/// volumes keep it there); else `None`: with nowhere cheaper to go, the box
+/// stays. A ceiling AWS holds (`price_cap = "aws"`) is left to AWS.
+fn over_ceiling(spec: &BoxSpec, running: &Instance, prices: &[SpotPrice]) -> Option<f64> {
+    if running.market != Market::Spot || spec.price_cap == crate::config::PriceCap::Aws {
+        return None;
+    }
+    let zone = running.zone.as_deref()?;
+    let now = prices
+        .iter()
+        .find(|p| p.instance_type == running.instance_type && p.zone == zone)?
+        .price;
+    let pinned = (spec.data_volume.is_some() || spec.root_volume.is_some()) && !spec.move_volume;
+    let elsewhere = prices.iter().any(|p| {
+        p.price <= spec.max_price
+            && spec.instance_types.contains(&p.instance_type)
+            && spec.zones.as_ref().is_none_or(|z| z.contains(&p.zone))
+            && (!pinned || p.zone == zone)
+    });
+    (now > spec.max_price && elsewhere).then_some(now)
 }
 
 /// A settled box is looked at again (volumes, DNS) after this long, in case
@@ -172,6 +214,7 @@ impl Daemon<'_> {
             long_doomed: &obs.long_doomed,
             settled: settled.as_ref(),
             image_check_due: self.image_check_due(name),
+            prices: &obs.prices,
             now: self.clock.now(),
         };
         let mut done = Vec::new();
@@ -183,6 +226,22 @@ impl Daemon<'_> {
                     known: None,
                 }),
                 Step::Wait(_) => {}
+                Step::OverCeiling { instance, price } => {
+                    // Marked first: a crash here leaves a box the next pass replaces.
+                    self.store
+                        .doom(&self.config.owner, name, instance.as_str(), "over-ceiling")
+                        .await?;
+                    let what = format!(
+                        "spot price of {instance} is {price}, over the ceiling of {}: replacing it under the ceiling",
+                        spec.max_price
+                    );
+                    self.record(Some(name), "over-ceiling", &what).await;
+                    done.push(what);
+                    work.push(Work::Replace {
+                        spec: spec.clone(),
+                        known: None,
+                    });
+                }
                 Step::TerminateDuplicates { keep, extra } => {
                     self.cloud.terminate(&extra).await?;
                     let ids: Vec<&str> = extra.iter().map(InstanceId::as_str).collect();
@@ -603,6 +662,16 @@ mod tests {
         doomed: &[&str],
         settled: Option<&str>,
     ) -> Vec<Step> {
+        plan_priced(spec, list, doomed, settled, &[])
+    }
+
+    fn plan_priced(
+        spec: &BoxSpec,
+        list: &[Instance],
+        doomed: &[&str],
+        settled: Option<&str>,
+        prices: &[SpotPrice],
+    ) -> Vec<Step> {
         let now = SystemTime::now();
         let refs: Vec<&Instance> = list.iter().collect();
         let doomed: HashSet<InstanceId> = doomed.iter().map(|d| InstanceId::new(*d)).collect();
@@ -621,9 +690,61 @@ mod tests {
                 long_doomed: &long,
                 settled: settled.as_ref(),
                 image_check_due: true,
+                prices,
                 now,
             },
         )
+    }
+
+    fn price(instance_type: &str, zone: &str, price: f64) -> SpotPrice {
+        SpotPrice {
+            instance_type: instance_type.into(),
+            zone: zone.into(),
+            price,
+        }
+    }
+
+    #[test]
+    fn a_box_over_its_ceiling_moves_only_when_there_is_somewhere_under_it() {
+        let now = SystemTime::now();
+        let a = instance("i-a", InstanceState::Running, 3600, now);
+        let over = [
+            price("t3.micro", "us-east-1a", 0.05),
+            price("t3.micro", "us-east-1b", 0.01),
+        ];
+        assert_eq!(
+            plan_priced(&spec(""), std::slice::from_ref(&a), &[], Some("i-a"), &over),
+            vec![Step::OverCeiling {
+                instance: InstanceId::new("i-a"),
+                price: 0.05
+            }]
+        );
+        // Everything over the ceiling: nowhere better, the box stays.
+        let all_over = [
+            price("t3.micro", "us-east-1a", 0.05),
+            price("t3.micro", "us-east-1b", 0.04),
+        ];
+        assert!(
+            plan_priced(
+                &spec(""),
+                std::slice::from_ref(&a),
+                &[],
+                Some("i-a"),
+                &all_over
+            )
+            .is_empty()
+        );
+        // Under the ceiling: nothing to do.
+        let fine = [price("t3.micro", "us-east-1a", 0.01)];
+        assert!(
+            plan_priced(&spec(""), std::slice::from_ref(&a), &[], Some("i-a"), &fine).is_empty()
+        );
+        // A volume keeps the box in its zone: a cheaper zone elsewhere does not count.
+        let pinned = spec("data_volume = { name = \"d\", size_gb = 1 }");
+        assert!(plan_priced(&pinned, std::slice::from_ref(&a), &[], Some("i-a"), &over).is_empty());
+        // AWS holds the ceiling itself.
+        let aws = spec("price_cap = \"aws\"");
+        assert!(plan_priced(&aws, std::slice::from_ref(&a), &[], Some("i-a"), &over).is_empty());
     }
 
     #[test]

@@ -236,12 +236,22 @@ impl PoolPass<'_> {
         image: &ImageId,
         intent: &PoolLaunch,
     ) -> Result<Vec<Instance>, BoxError> {
-        let l = launch_spec(self.owner, spec, image, intent);
-        match self
+        let mut l = launch_spec(self.owner, spec, image, intent);
+        // Names are looked up in the launch subnet's (or the default) VPC.
+        let resolved = self
             .cloud
-            .launch_many(&l, u32::try_from(intent.count).unwrap_or(0))
-            .await
-        {
+            .security_group_ids(&spec.security_groups, intent.subnet.as_deref())
+            .await;
+        let launched = match resolved {
+            Ok(ids) => {
+                l.security_group_ids = ids;
+                self.cloud
+                    .launch_many(&l, u32::try_from(intent.count).unwrap_or(0))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match launched {
             Ok(instances) => {
                 let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
                 self.store

@@ -1,0 +1,54 @@
+//! `contrib/spotkeeper.service`: systemd accepts it, its command line is one
+//! the binary takes, and it waits longer for `serve` to stop than `serve`
+//! takes (the SIGTERM tests hold it to 10 s).
+
+use std::process::Command;
+
+const UNIT: &str = include_str!("../../../contrib/spotkeeper.service");
+
+fn setting<'a>(key: &str) -> &'a str {
+    UNIT.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("the unit has no {key}="))
+}
+
+#[test]
+fn the_systemd_unit_verifies_runs_serve_and_outwaits_its_stop() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("spotkeeper.service");
+    let exec = setting("ExecStart");
+    let bin = env!("CARGO_BIN_EXE_spotkeeper");
+    std::fs::write(&path, UNIT.replace("/usr/local/bin/spotkeeper", bin)).expect("write");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("systemd-analyze is not installed ({e}): install systemd"));
+    let complaints = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "systemd-analyze verify: {complaints}"
+    );
+
+    // The command line parses (help instead of running the daemon).
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/spotkeeper"));
+    let args: Vec<&str> = words.collect();
+    assert_eq!(args.last(), Some(&"serve"), "{exec}");
+    let help = Command::new(bin)
+        .args(&args)
+        .arg("--help")
+        .output()
+        .expect("run");
+    assert!(
+        help.status.success(),
+        "{}",
+        String::from_utf8_lossy(&help.stderr)
+    );
+
+    let stop: u64 = setting("TimeoutStopSec").parse().expect("seconds");
+    assert!(stop > 10, "TimeoutStopSec={stop} must outwait serve's stop");
+    assert_eq!(setting("KillSignal"), "SIGTERM");
+    assert_eq!(setting("Restart"), "on-failure");
+    assert_eq!(setting("StateDirectoryMode"), "0700");
+}
