@@ -174,3 +174,56 @@ fn cleanup_all_lists_asks_and_removes_everything_spotkeeper_owns() {
         "only the unclaimed volume is kept"
     );
 }
+
+#[test]
+fn setup_writes_a_unique_owner_into_a_config_without_one_keeping_its_comments() {
+    let text = format!(
+        "# my spot boxes\n# (hand-written)\n{}",
+        CONFIG.replace("owner = \"clitest\"\n", "")
+    );
+    let cli = Cli::with_config(&text);
+    let out = cli.ok(&["setup"]);
+    let written = std::fs::read_to_string(cli.config_path()).expect("config");
+    let owner_line = written
+        .lines()
+        .find(|l| l.starts_with("owner = \"spotkeeper-"))
+        .unwrap_or_else(|| panic!("no owner written:\n{written}"));
+    let owner = owner_line.split('"').nth(1).expect("quoted").to_owned();
+    assert_eq!(owner.len(), "spotkeeper-".len() + 8, "{owner}");
+    assert!(
+        stderr(&out).contains(&format!("Wrote owner = {owner:?}")),
+        "{}",
+        describe(&out)
+    );
+    // Everything else as it was, comments included.
+    assert_eq!(
+        written.replace(&format!("{owner_line}\n"), ""),
+        text,
+        "{written}"
+    );
+    // The new owner is used, and a second setup changes nothing.
+    let inst = cli.json(&["up", "dev", "--json"]);
+    assert_eq!(inst["tags"]["spotkeeper:owner"], owner.as_str());
+    cli.ok(&["setup"]);
+    assert_eq!(
+        std::fs::read_to_string(cli.config_path()).expect("config"),
+        written
+    );
+}
+
+#[test]
+fn setup_keeps_the_default_owner_when_aws_already_holds_its_resources() {
+    let cli = Cli::with_config(&CONFIG.replace("owner = \"clitest\"\n", ""));
+    cli.moto.boto(
+        "ec2.run_instances(ImageId='ami-0123456789abcdef0', MinCount=1, MaxCount=1, InstanceType='t3.micro', \
+         TagSpecifications=[{'ResourceType': 'instance', 'Tags': [{'Key': 'spotkeeper:owner', 'Value': 'spotkeeper'}, {'Key': 'spotkeeper:box', 'Value': 'dev'}]}])",
+    );
+    cli.ok(&["setup"]);
+    let written = std::fs::read_to_string(cli.config_path()).expect("config");
+    assert!(written.starts_with("owner = \"spotkeeper\""), "{written}");
+    assert_eq!(
+        cli.live().len(),
+        1,
+        "the existing box is still this installation's"
+    );
+}

@@ -11,9 +11,65 @@ use crate::cli::Args;
 use crate::context;
 use crate::output;
 
+/// The `owner` line `setup` writes into a config without one: the tag
+/// value that keeps this installation's resources apart from every other's.
+/// If AWS already holds resources under the default owner, that one is
+/// written (they stay this installation's); otherwise a fresh unique one.
+async fn settle_owner(
+    cloud: &spotkeeper_cloud::AwsCloud,
+    config: &spotkeeper_engine::config::Config,
+) -> Result<Option<String>, Failure> {
+    use spotkeeper_cloud::Cloud as _;
+    let Ok(text) = std::fs::read_to_string(&config.path) else {
+        return Ok(None);
+    };
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e| Failure::Usage(anyhow::anyhow!("{}: {e}", config.path.display())))?;
+    if doc.contains_key("owner") {
+        return Ok(None);
+    }
+    let mine = spotkeeper_engine::boxes::owner_filter(&config.owner);
+    let in_use =
+        !cloud.instances(&mine).await?.is_empty() || !cloud.volumes(&mine).await?.is_empty();
+    let owner = if in_use {
+        config.owner.clone()
+    } else {
+        format!(
+            "spotkeeper-{}",
+            &spotkeeper_cloud::model::random_token()[..8].to_ascii_lowercase()
+        )
+    };
+    // A root key: toml_edit writes it before the tables; comments and
+    // layout of everything else stay as they were.
+    let mut value = toml_edit::Value::from(owner.clone());
+    value.decor_mut().set_suffix(
+        "   # the spotkeeper:owner tag, written by `setup`; changing it disowns what exists",
+    );
+    doc.insert("owner", toml_edit::Item::Value(value));
+    let out = doc.to_string();
+    std::fs::write(&config.path, out).map_err(|e| {
+        Failure::Failed(anyhow::anyhow!(
+            "cannot write {}: {e}",
+            config.path.display()
+        ))
+    })?;
+    Ok(Some(owner))
+}
+
 pub async fn setup(args: &Args) -> Result<ExitCode, Failure> {
     let config = context::load_config(args, false)?;
     let cloud = context::connect(&config).await?;
+    let config = match settle_owner(&cloud, &config).await? {
+        Some(owner) => {
+            eprintln!(
+                "Wrote owner = {owner:?} into {} (the tag that keeps this installation's resources apart)",
+                config.path.display()
+            );
+            context::load_config(args, false)?
+        }
+        None => config,
+    };
     let plumbing = cloud
         .ensure_event_plumbing(&config.queue, &config.owner)
         .await?;
