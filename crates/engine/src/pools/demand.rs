@@ -54,16 +54,37 @@ impl DemandReader for LiveDemand {
     async fn pending(&self, demand: &Demand) -> Result<u64, String> {
         match demand {
             Demand::None => Ok(0),
-            Demand::Http { url: full, timeout } => {
+            Demand::Http {
+                url: full,
+                timeout,
+                headers,
+                bearer_env,
+            } => {
                 // What errors (and so events) say: never the credentials a
-                // URL may carry (user:password@, a token in the query).
+                // URL may carry (user:password@, a token in the query), nor
+                // a header's value.
                 let url = redacted(full);
                 let url = url.as_str();
+                let bearer = match bearer_env {
+                    None => None,
+                    Some(var) => match std::env::var(var) {
+                        Ok(v) if !v.is_empty() => Some(v),
+                        _ => {
+                            return Err(format!(
+                                "GET {url}: bearer_env {var} is not set in the daemon's environment"
+                            ));
+                        }
+                    },
+                };
                 let read = async {
-                    let mut resp = self
-                        .http
-                        .get(full)
-                        .header("accept", "application/json")
+                    let mut req = self.http.get(full).header("accept", "application/json");
+                    for (name, value) in headers {
+                        req = req.header(name.as_str(), value.as_str());
+                    }
+                    if let Some(token) = &bearer {
+                        req = req.bearer_auth(token);
+                    }
+                    let mut resp = req
                         .send()
                         .await
                         .map_err(|e| format!("GET {url}: {}", without_url(&e)))?;

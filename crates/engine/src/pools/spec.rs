@@ -102,6 +102,11 @@ pub enum Demand {
         url: String,
         /// Request timeout.
         timeout: Duration,
+        /// Extra request headers, as written in the config.
+        headers: Vec<(String, String)>,
+        /// An environment variable of the daemon whose value is sent as
+        /// `Authorization: Bearer …` (read at each request, never stored).
+        bearer_env: Option<String>,
     },
     /// An SQS queue's `ApproximateNumberOfMessages`.
     Sqs {
@@ -151,6 +156,9 @@ struct RawDemand {
     http: Option<String>,
     sqs: Option<String>,
     timeout: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    bearer_env: Option<String>,
 }
 
 fn price(p: f64) -> Result<f64, String> {
@@ -281,9 +289,52 @@ pub(crate) fn validate_pool(
                     if !(url.starts_with("http://") || url.starts_with("https://")) {
                         return Err(bad(format!("http {url:?} is not an http(s) URL")));
                     }
-                    Demand::Http { url, timeout }
+                    for (name, value) in &d.headers {
+                        let ok_name = !name.is_empty()
+                            && name
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+                        if !ok_name || name.eq_ignore_ascii_case("host") {
+                            return Err(bad(format!(
+                                "headers: {name:?} is not a header name this can send"
+                            )));
+                        }
+                        if value.bytes().any(|b| b.is_ascii_control()) {
+                            return Err(bad(format!(
+                                "headers: the value of {name} holds control characters"
+                            )));
+                        }
+                    }
+                    if let Some(var) = &d.bearer_env {
+                        if var.is_empty()
+                            || !var
+                                .bytes()
+                                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                        {
+                            return Err(bad(format!(
+                                "bearer_env {var:?} must be an environment variable name (A-Z, 0-9, _)"
+                            )));
+                        }
+                        if d.headers
+                            .keys()
+                            .any(|h| h.eq_ignore_ascii_case("authorization"))
+                        {
+                            return Err(bad(
+                                "set bearer_env or an Authorization header, not both".into()
+                            ));
+                        }
+                    }
+                    Demand::Http {
+                        url,
+                        timeout,
+                        headers: d.headers.into_iter().collect(),
+                        bearer_env: d.bearer_env,
+                    }
                 }
                 (None, Some(queue)) => {
+                    if !d.headers.is_empty() || d.bearer_env.is_some() {
+                        return Err(bad("headers and bearer_env only apply to http".into()));
+                    }
                     if queue.trim().is_empty() {
                         return Err(bad("sqs is empty: give a queue URL or name".into()));
                     }
