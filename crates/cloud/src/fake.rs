@@ -360,6 +360,7 @@ impl Cloud for FakeCloud {
                         state: SpotRequestState::Active,
                         instance_id: Some(id.clone()),
                         instance_type: Some(spec.instance_type.clone()),
+                        status: None,
                         tags: spec.tags.clone(),
                     },
                 );

@@ -278,6 +278,10 @@ pub struct SpotRequest {
     pub instance_id: Option<InstanceId>,
     /// Requested instance type.
     pub instance_type: Option<String>,
+    /// AWS's status code (`pending-evaluation`, `fulfilled`,
+    /// `capacity-not-available`, `price-too-low`, …) and its message.
+    #[serde(default)]
+    pub status: Option<(String, String)>,
     /// All its tags.
     pub tags: BTreeMap<String, String>,
 }

@@ -979,9 +979,31 @@ async fn wait_fulfilled(ctx: &Ctx<'_>, request: &SpotRequestId) -> Result<Instan
         "Waiting for spot request {request} to be fulfilled (usually under a minute)"
     ));
     let deadline = Instant::now() + ctx.timing.running_timeout;
+    // What the request says as it moves (open → active, or why AWS does not
+    // fulfil it: capacity-not-available, price-too-low, …), each change once.
+    let mut said: Option<(SpotRequestState, Option<(String, String)>)> = None;
     loop {
         let all = ctx.cloud.spot_requests(&owner_filter(ctx.owner)).await?;
-        match all.into_iter().find(|r| &r.id == request) {
+        let found = all.into_iter().find(|r| &r.id == request);
+        if let Some(r) = &found {
+            let now = (r.state, r.status.clone());
+            if said.as_ref() != Some(&now) {
+                ctx.progress.note(&match &r.status {
+                    Some((code, message)) if !message.is_empty() => {
+                        format!(
+                            "Spot request {request}: {} ({code}: {message})",
+                            r.state.as_str()
+                        )
+                    }
+                    Some((code, _)) => {
+                        format!("Spot request {request}: {} ({code})", r.state.as_str())
+                    }
+                    None => format!("Spot request {request}: {}", r.state.as_str()),
+                });
+                said = Some(now);
+            }
+        }
+        match found {
             Some(SpotRequest {
                 instance_id: Some(id),
                 ..

@@ -288,13 +288,21 @@ async fn up_waits_for_an_open_spot_request_instead_of_launching() {
         state: SpotRequestState::Open,
         instance_id: None,
         instance_type: Some("t3.micro".into()),
+        status: Some((
+            "capacity-not-available".into(),
+            "There is no Spot capacity available that matches your request.".into(),
+        )),
         tags: [
             (tags::OWNER.to_owned(), "tester".to_owned()),
             (tags::BOX.to_owned(), "dev".to_owned()),
         ]
         .into(),
     });
-    let ctx = w.ctx();
+    let notes = Notes::default();
+    let ctx = Ctx {
+        progress: &notes,
+        ..w.ctx()
+    };
     let dev = spec("");
     // The request is fulfilled a moment later by "AWS".
     let fulfil = async {
@@ -309,6 +317,7 @@ async fn up_waits_for_an_open_spot_request_instead_of_launching() {
             state: SpotRequestState::Active,
             instance_id: Some(InstanceId::new("i-00000000000000fff")),
             instance_type: Some("t3.micro".into()),
+            status: Some(("fulfilled".into(), String::new())),
             tags: [
                 (tags::OWNER.to_owned(), "tester".to_owned()),
                 (tags::BOX.to_owned(), "dev".to_owned()),
@@ -321,6 +330,32 @@ async fn up_waits_for_an_open_spot_request_instead_of_launching() {
     assert_eq!(out.instance.id.as_str(), "i-00000000000000fff");
     assert!(!out.launched);
     assert_eq!(w.cloud.count("RunInstances"), 0);
+    // Each status the request went through, once, as the original launcher said them.
+    let said = notes.0.lock().expect("notes").clone();
+    let statuses: Vec<&String> = said
+        .iter()
+        .filter(|l| l.starts_with("Spot request sir-open:"))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "Spot request sir-open: open (capacity-not-available: There is no Spot capacity available that matches your request.)",
+            "Spot request sir-open: active (fulfilled)"
+        ],
+        "{said:?}"
+    );
+}
+
+/// A [`boxes::Progress`] that keeps the notes.
+#[derive(Default)]
+struct Notes(std::sync::Mutex<Vec<String>>);
+
+impl spotkeeper_engine::boxes::Progress for Notes {
+    fn note(&self, line: &str) {
+        self.0.lock().expect("notes").push(line.to_owned());
+    }
+    fn start(&self, _: &str) {}
+    fn finish(&self, _: &str) {}
 }
 
 #[tokio::test]
@@ -332,6 +367,7 @@ async fn stop_marks_cancels_and_terminates_then_up_never_reuses_what_stop_marked
         state: SpotRequestState::Open,
         instance_id: None,
         instance_type: Some("t3.micro".into()),
+        status: None,
         tags: [
             (tags::OWNER.to_owned(), "tester".to_owned()),
             (tags::BOX.to_owned(), "dev".to_owned()),

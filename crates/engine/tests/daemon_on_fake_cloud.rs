@@ -362,6 +362,7 @@ async fn a_duplicate_past_the_grace_period_is_terminated_and_a_stale_spot_reques
         state: SpotRequestState::Open,
         instance_id: None,
         instance_type: Some("t3.micro".into()),
+        status: None,
         tags: box_tags.clone(),
     });
     daemon.reconcile().await.expect("pass");

@@ -639,6 +639,7 @@ async fn open_spot_requests_count_and_interrupted_members_do_not() {
         state: SpotRequestState::Open,
         instance_id: None,
         instance_type: Some("c7i.large".into()),
+        status: None,
         tags: request_tags,
     });
     once(&pass, &spec, &cloud).await;

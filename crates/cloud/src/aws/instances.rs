@@ -252,6 +252,12 @@ impl AwsCloud {
                         .launch_specification()
                         .and_then(|l| l.instance_type())
                         .map(|t| t.as_str().to_owned()),
+                    status: r.status().and_then(|st| {
+                        Some((
+                            st.code()?.to_owned(),
+                            st.message().unwrap_or_default().to_owned(),
+                        ))
+                    }),
                     tags: tag_map(r.tags()),
                 });
             }
