@@ -640,3 +640,53 @@ fn a_volume_spotkeeper_did_not_create_is_used_only_when_adopted_and_never_taken_
         "still attached"
     );
 }
+
+#[test]
+fn a_public_and_a_private_zone_of_one_name_are_told_apart() {
+    let cli = Cli::new();
+    let zones = cli.moto.boto(
+        "v = ec2.describe_vpcs(Filters=[{'Name': 'is-default', 'Values': ['true']}])['Vpcs'][0]['VpcId']\n\
+         pub = r53.create_hosted_zone(Name='example.com', CallerReference='pub')['HostedZone']['Id'].split('/')[-1]\n\
+         prv = r53.create_hosted_zone(Name='example.com', CallerReference='prv', HostedZoneConfig={'PrivateZone': True}, VPC={'VPCRegion': 'us-east-1', 'VPCId': v})['HostedZone']['Id'].split('/')[-1]\n\
+         print(pub, prv)",
+    );
+    let mut ids = zones.split_whitespace();
+    let (public, private) = (
+        ids.next().expect("public").to_owned(),
+        ids.next().expect("private").to_owned(),
+    );
+
+    // The private zone, with the private address.
+    cli.write_config(&with(
+        r#"dns = { zone = "example.com", name = "dev.example.com", private = true, address = "private" }"#,
+    ));
+    let inst = cli.json(&["up", "dev", "--json"]);
+    assert_eq!(
+        record(&cli, &private).as_deref(),
+        inst["private_ip"].as_str()
+    );
+    assert_eq!(
+        record(&cli, &public),
+        None,
+        "the public zone is not touched"
+    );
+    cli.ok(&["stop", "dev"]);
+    assert_eq!(record(&cli, &private), None);
+
+    // By default the public one; zone_id names one exactly.
+    cli.write_config(&with(
+        r#"dns = { zone = "example.com", name = "dev.example.com" }"#,
+    ));
+    let inst = cli.json(&["up", "dev", "--json"]);
+    assert_eq!(record(&cli, &public).as_deref(), inst["public_ip"].as_str());
+    assert_eq!(record(&cli, &private), None);
+    cli.ok(&["stop", "dev"]);
+    cli.write_config(&with(&format!(
+        r#"dns = {{ zone = "example.com", name = "dev.example.com", zone_id = "{private}" }}"#
+    )));
+    let inst = cli.json(&["up", "dev", "--json"]);
+    assert_eq!(
+        record(&cli, &private).as_deref(),
+        inst["public_ip"].as_str()
+    );
+}

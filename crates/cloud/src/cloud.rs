@@ -149,8 +149,9 @@ pub trait Cloud: Send + Sync + std::fmt::Debug {
     /// Deregisters an image and deletes its snapshots.
     async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError>;
 
-    /// The id of the Route53 hosted zone named `name`, if it exists.
-    async fn dns_zone(&self, name: &str) -> Result<Option<String>, CloudError>;
+    /// The id of the public (with `private`, the private) Route53 hosted
+    /// zone named `name`, if it exists.
+    async fn dns_zone(&self, name: &str, private: bool) -> Result<Option<String>, CloudError>;
 
     /// The record set `name` of type `kind` in a zone, if any.
     async fn dns_record(

@@ -29,7 +29,7 @@ struct State {
     volumes: BTreeMap<VolumeId, Volume>,
     snapshots: BTreeMap<SnapshotId, Snapshot>,
     images: BTreeMap<ImageId, Image>,
-    dns_zones: BTreeMap<String, String>,
+    dns_zones: BTreeMap<(String, bool), String>,
     records: BTreeMap<(String, String, RecordType), DnsRecord>,
     addresses: BTreeMap<String, InstanceId>,
     describe_lag: u32,
@@ -86,9 +86,18 @@ impl FakeCloud {
 
     /// Declares a Route53 hosted zone; returns its id.
     pub fn add_dns_zone(&self, name: &str) -> String {
+        self.add_zone(name, false)
+    }
+
+    /// Adds a private hosted zone (beside a public one of the same name, say); returns its id.
+    pub fn add_private_dns_zone(&self, name: &str) -> String {
+        self.add_zone(name, true)
+    }
+
+    fn add_zone(&self, name: &str, private: bool) -> String {
         let mut s = self.lock();
         let id = format!("Z{:08}", s.dns_zones.len() + 1);
-        s.dns_zones.insert(fqdn(name), id.clone());
+        s.dns_zones.insert((fqdn(name), private), id.clone());
         id
     }
 
@@ -746,11 +755,11 @@ impl Cloud for FakeCloud {
             .copied())
     }
 
-    async fn dns_zone(&self, name: &str) -> Result<Option<String>, CloudError> {
+    async fn dns_zone(&self, name: &str, private: bool) -> Result<Option<String>, CloudError> {
         Ok(self
             .enter("ListHostedZonesByName")?
             .dns_zones
-            .get(&fqdn(name))
+            .get(&(fqdn(name), private))
             .cloned())
     }
 

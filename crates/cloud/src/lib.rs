@@ -207,8 +207,8 @@ impl Cloud for AwsCloud {
     async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError> {
         AwsCloud::delete_image(self, id).await
     }
-    async fn dns_zone(&self, name: &str) -> Result<Option<String>, CloudError> {
-        AwsCloud::dns_zone(self, name).await
+    async fn dns_zone(&self, name: &str, private: bool) -> Result<Option<String>, CloudError> {
+        AwsCloud::dns_zone(self, name, private).await
     }
     async fn dns_record(
         &self,

@@ -163,8 +163,12 @@ pub async fn inventory(cloud: &dyn Cloud, config: &Config) -> Result<Inventory, 
     // Only names marked as the box's: a record spotkeeper did not write stays.
     for spec in config.boxes.values() {
         let Some(dns) = &spec.dns else { continue };
-        let Some(zone) = cloud.dns_zone(&dns.zone).await? else {
-            continue;
+        let zone = match &dns.zone_id {
+            Some(id) => id.clone(),
+            None => match cloud.dns_zone(&dns.zone, dns.private).await? {
+                Some(z) => z,
+                None => continue,
+            },
         };
         let record = cloud.dns_record(&zone, &dns.name, RecordType::A).await?;
         let mark = cloud

@@ -318,6 +318,11 @@ pub struct DnsSpec {
     /// `adopt = true`: a record of this name that spotkeeper did not create
     /// may be taken over (it is then marked as the box's).
     pub adopt: bool,
+    /// Which hosted zone of that name: the private one (`private = true`),
+    /// else the public one; or exactly this zone id (`zone_id`).
+    pub private: bool,
+    /// `zone_id = "Z…"`: the hosted zone, given by id.
+    pub zone_id: Option<String>,
 }
 
 /// `images = { keep, every }`.
@@ -467,6 +472,9 @@ struct RawDns {
     address: Option<String>,
     #[serde(default)]
     adopt: bool,
+    #[serde(default)]
+    private: bool,
+    zone_id: Option<String>,
 }
 
 fn default_ttl() -> i64 {
@@ -1107,12 +1115,29 @@ fn validate_box(
                     )));
                 }
             };
+            if let Some(id) = &d.zone_id {
+                let id = id.trim_start_matches("/hostedzone/");
+                if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+                    return Err(bad(format!(
+                        "zone_id {id:?} is not a Route53 hosted zone id"
+                    )));
+                }
+                if d.private {
+                    return Err(bad(
+                        "set private or zone_id, not both (the id already says which zone)".into(),
+                    ));
+                }
+            }
             Some(DnsSpec {
                 zone,
                 name,
                 ttl: d.ttl,
                 address,
                 adopt: d.adopt,
+                private: d.private,
+                zone_id: d
+                    .zone_id
+                    .map(|z| z.trim_start_matches("/hostedzone/").to_owned()),
             })
         }
     };

@@ -145,12 +145,22 @@ pub struct DnsStatus {
     pub owner_note: Option<String>,
 }
 
-/// The hosted zone id, or an error naming the missing zone.
+/// The hosted zone id (`zone_id`, else the public or private zone of that
+/// name), or an error naming the missing zone.
 pub async fn zone_id(cloud: &dyn Cloud, dns: &DnsSpec) -> Result<String, DnsError> {
+    if let Some(id) = &dns.zone_id {
+        return Ok(id.clone());
+    }
     cloud
-        .dns_zone(&dns.zone)
+        .dns_zone(&dns.zone, dns.private)
         .await?
-        .ok_or_else(|| DnsError::NoZone(dns.zone.clone()))
+        .ok_or_else(|| {
+            DnsError::NoZone(if dns.private {
+                format!("{} (private)", dns.zone)
+            } else {
+                dns.zone.clone()
+            })
+        })
 }
 
 /// The address the record should hold for `instance`.

@@ -9,8 +9,9 @@ use crate::error::{CloudError, ErrorKind};
 use crate::model::{DnsAction, DnsChange, DnsRecord, InstanceId, RecordType, fqdn};
 
 impl AwsCloud {
-    /// The id of the hosted zone named `name` (`example.com` or `example.com.`), if it exists.
-    pub async fn dns_zone(&self, name: &str) -> Result<Option<String>, CloudError> {
+    /// The id of the public (or, with `private`, the private) hosted zone
+    /// named `name` (`example.com` or `example.com.`), if it exists.
+    pub async fn dns_zone(&self, name: &str, private: bool) -> Result<Option<String>, CloudError> {
         let want = fqdn(name);
         let out = self
             .route53
@@ -22,7 +23,9 @@ impl AwsCloud {
         Ok(out
             .hosted_zones()
             .iter()
-            .find(|z| fqdn(z.name()) == want)
+            .find(|z| {
+                fqdn(z.name()) == want && z.config().is_some_and(|c| c.private_zone()) == private
+            })
             .map(|z| z.id().trim_start_matches("/hostedzone/").to_owned()))
     }
 
