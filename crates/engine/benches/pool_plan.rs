@@ -51,6 +51,7 @@ fn spec(n: usize) -> PoolSpec {
         max_capacity: 1000,
         jobs_per_capacity: 1,
         scale_down_after: Duration::from_secs(600),
+        max_lifetime: None,
         fallback_on_demand: true,
         demand: Demand::None,
         key_name: None,

@@ -691,3 +691,93 @@ fn the_last_units_come_from_a_dearer_type_when_the_cheap_one_would_overshoot_max
     assert_eq!(l[0].0, "c7i.large");
     assert_eq!(l[0].3, 1);
 }
+
+fn terminated(p: &spotkeeper_engine::pools::plan::Plan) -> Vec<InstanceId> {
+    p.steps
+        .iter()
+        .flat_map(|s| match s {
+            Step::Terminate { instances } => instances.clone(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+#[test]
+fn members_over_the_ceiling_are_replaced_first_then_terminated() {
+    let spec = pool("max_price = 0.05\nmin_capacity = 2");
+    let mut case = Case::new(&spec, 0);
+    // c7i.large is over its 0.05 ceiling in us-east-1a only.
+    case.prices = prices(0.04, 0.07);
+    for p in case.prices.iter_mut() {
+        if p.instance_type == "c7i.large" && p.zone == "us-east-1a" {
+            p.price = 0.08;
+        }
+    }
+    case.members = vec![
+        member(1, "c7i.large", "us-east-1a", Market::Spot, 3600),
+        member(2, "c7i.large", "us-east-1a", Market::Spot, 3600),
+    ];
+    let p = case.plan();
+    assert_eq!(p.current, 0, "{:?}", p.reasons);
+    assert_eq!(launched_units(&p), 2);
+    assert!(
+        launches(&p)
+            .iter()
+            .all(|l| !(l.0 == "c7i.large" && l.1 == "us-east-1a")),
+        "never the offering over its ceiling: {:?}",
+        launches(&p)
+    );
+    assert!(terminated(&p).is_empty(), "the replacements come first");
+    // The replacements are there: the over-ceiling ones go.
+    case.members
+        .push(member(3, "c7i.large", "us-east-1b", Market::Spot, 10));
+    case.members
+        .push(member(4, "c7i.large", "us-east-1c", Market::Spot, 10));
+    let p = case.plan();
+    assert_eq!(launched_units(&p), 0);
+    assert_eq!(
+        terminated(&p),
+        [case.members[0].id.clone(), case.members[1].id.clone()]
+    );
+
+    // With nowhere under the ceiling, nothing moves.
+    case.members.truncate(2);
+    case.prices = prices(0.08, 0.2);
+    let p = case.plan();
+    assert_eq!((p.current, terminated(&p).len()), (2, 0), "{:?}", p.reasons);
+}
+
+#[test]
+fn max_lifetime_replaces_old_members_a_quarter_at_a_time() {
+    let spec = pool("max_price = 0.05\nmin_capacity = 8\nmax_lifetime = \"12h\"");
+    let mut case = Case::new(&spec, 0);
+    case.members = (0..8)
+        .map(|n| {
+            member(
+                n,
+                "c7i.large",
+                ZONES[n as usize % 3],
+                Market::Spot,
+                13 * 3600 + u64::from(n),
+            )
+        })
+        .collect();
+    let p = case.plan();
+    assert_eq!(p.current, 6, "two of eight retire at once: {:?}", p.reasons);
+    assert_eq!(launched_units(&p), 2);
+    assert!(terminated(&p).is_empty());
+    // Two replacements later: the two oldest go, and only them.
+    case.members
+        .push(member(100, "c7i.large", "us-east-1a", Market::Spot, 5));
+    case.members
+        .push(member(101, "c7i.large", "us-east-1b", Market::Spot, 5));
+    let p = case.plan();
+    assert_eq!(launched_units(&p), 0, "{:?}", p.reasons);
+    assert_eq!(
+        terminated(&p),
+        [
+            InstanceId::new(format!("i-{:017x}", 7)),
+            InstanceId::new(format!("i-{:017x}", 6))
+        ]
+    );
+}

@@ -147,12 +147,78 @@ pub fn request_units(spec: &PoolSpec, requests: &[OpenRequest]) -> u32 {
         .sum()
 }
 
+/// Members on their way out, with why: spot instances whose offering's price
+/// rose over their ceiling while an allowed offering is under it, and (with
+/// `max_lifetime`) the oldest of those past it, a quarter of the pool at most.
+/// They no longer count: replacements launch, and once the pool is whole
+/// without them they are terminated.
+fn retiring(input: &Input<'_>) -> Vec<(InstanceId, String)> {
+    let spec = input.spec;
+    let ceiling = |t: &str| {
+        spec.types
+            .iter()
+            .find(|x| x.instance_type == t)
+            .and_then(|x| x.max_price)
+            .or(spec.max_price)
+    };
+    let under_somewhere = input.prices.iter().any(|p| {
+        ceiling(&p.instance_type).is_some_and(|c| p.price <= c)
+            && input.placements.iter().any(|pl| pl.zone == p.zone)
+    });
+    let mut out: Vec<(InstanceId, String)> = Vec::new();
+    for m in input.members.iter().filter(|m| m.market == Market::Spot) {
+        let price = input
+            .prices
+            .iter()
+            .find(|p| p.instance_type == m.instance_type && Some(&p.zone) == m.zone.as_ref());
+        if let (Some(p), Some(c)) = (price, ceiling(&m.instance_type))
+            && p.price > c
+            && under_somewhere
+        {
+            out.push((
+                m.id.clone(),
+                format!("{} over the ceiling ({} > {c})", m.id, p.price),
+            ));
+        }
+    }
+    if let Some(max) = spec.max_lifetime {
+        let at_most = (input.members.len() / 4).max(1);
+        let mut old: Vec<&Member> = input
+            .members
+            .iter()
+            .filter(|m| !out.iter().any(|(id, _)| id == &m.id))
+            .filter(|m| {
+                m.launched_at
+                    .and_then(|t| input.now.duration_since(t).ok())
+                    .is_some_and(|age| age >= max)
+            })
+            .collect();
+        old.sort_by(|a, b| {
+            a.launched_at
+                .cmp(&b.launched_at)
+                .then(a.id.as_str().cmp(b.id.as_str()))
+        });
+        for m in old.into_iter().take(at_most) {
+            out.push((
+                m.id.clone(),
+                format!("{} past max_lifetime ({}s)", m.id, max.as_secs()),
+            ));
+        }
+    }
+    out
+}
+
 /// Plans one pass of one pool.
 pub fn plan(input: &Input<'_>) -> Plan {
     let spec = input.spec;
     let mut reasons = Vec::new();
-    let in_members: u32 = input
+    let retiring = retiring(input);
+    let staying: Vec<&Member> = input
         .members
+        .iter()
+        .filter(|m| !retiring.iter().any(|(id, _)| id == &m.id))
+        .collect();
+    let in_members: u32 = staying
         .iter()
         .map(|m| spec.capacity_of(&m.instance_type))
         .sum();
@@ -203,6 +269,17 @@ pub fn plan(input: &Input<'_>) -> Plan {
     }
     let mut steps = Vec::new();
     let mut surplus_since = None;
+    if !retiring.is_empty() {
+        let why: Vec<&str> = retiring.iter().map(|(_, w)| w.as_str()).collect();
+        if current >= desired {
+            reasons.push(format!("replaced, now terminated: {}", why.join(", ")));
+            steps.push(Step::Terminate {
+                instances: retiring.iter().map(|(id, _)| id.clone()).collect(),
+            });
+        } else {
+            reasons.push(format!("to be replaced first: {}", why.join(", ")));
+        }
+    }
     if current < desired {
         let need = desired - current;
         reasons.push(format!("short {need} units (current {current})"));
@@ -231,7 +308,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
             let idle = input.now.duration_since(since).unwrap_or(Duration::ZERO);
             if idle >= spec.scale_down_after {
                 // On-demand first (dearer), then newest first.
-                let mut order: Vec<&Member> = input.members.iter().collect();
+                let mut order: Vec<&Member> = staying.clone();
                 order.sort_by(|a, b| {
                     (a.market == Market::Spot)
                         .cmp(&(b.market == Market::Spot))

@@ -52,6 +52,10 @@ pub struct PoolSpec {
     /// How long the pool must have been over its desired capacity before
     /// surplus instances are terminated.
     pub scale_down_after: Duration,
+    /// `max_lifetime = "12h"`: instances older than this are replaced (a
+    /// quarter of the pool at most at a time, never all at once), so a
+    /// long-running pool picks up new images.
+    pub max_lifetime: Option<Duration>,
     /// Launch on-demand when no spot offering can be had.
     pub fallback_on_demand: bool,
     /// Where the number of pending jobs comes from.
@@ -128,6 +132,7 @@ pub(crate) struct RawPool {
     max_capacity: Spanned<i64>,
     jobs_per_capacity: Option<Spanned<i64>>,
     scale_down_after: Option<Spanned<String>>,
+    max_lifetime: Option<Spanned<String>>,
     fallback: Option<Spanned<String>>,
     demand: Option<Spanned<RawDemand>>,
     key_name: Option<String>,
@@ -263,6 +268,24 @@ pub(crate) fn validate_pool(
             )
         })?,
     };
+    let max_lifetime = match p.max_lifetime {
+        None => None,
+        Some(s) => {
+            let d = humantime::parse_duration(s.get_ref()).map_err(|e| {
+                at(
+                    Some(s.span()),
+                    format!("max_lifetime {:?}: {e}", s.get_ref()),
+                )
+            })?;
+            if d < Duration::from_secs(600) {
+                return Err(at(
+                    Some(s.span()),
+                    format!("max_lifetime {:?} is under 10 minutes", s.get_ref()),
+                ));
+            }
+            Some(d)
+        }
+    };
     let fallback_on_demand = validate_fallback(p.fallback.as_ref(), at)?;
     let demand = match p.demand {
         None => Demand::None,
@@ -362,6 +385,7 @@ pub(crate) fn validate_pool(
         max_capacity,
         jobs_per_capacity,
         scale_down_after,
+        max_lifetime,
         fallback_on_demand,
         demand,
         key_name: p.key_name,
@@ -452,6 +476,14 @@ tags = { team = "ci" }
         assert!(e.contains("family.size"), "{e}");
         let e = err(&POOL.replace("scale_down_after = \"10m\"", "scale_down_after = \"soon\""));
         assert!(e.contains("scale_down_after"), "{e}");
+        let e = err(&POOL.replace("scale_down_after = \"10m\"", "max_lifetime = \"5m\""));
+        assert!(e.contains("max_lifetime \"5m\" is under 10 minutes"), "{e}");
+        let ok = POOL.replace("scale_down_after = \"10m\"", "max_lifetime = \"12h\"");
+        let c = parse(Path::new("p.toml"), &ok).expect("valid");
+        assert_eq!(
+            c.pools["builders"].max_lifetime,
+            Some(std::time::Duration::from_secs(12 * 3600))
+        );
         let e = err(&POOL.replace("capacity = 1 }", "capacity = 1, weight = 3 }"));
         assert!(e.contains("weight"), "{e}");
         let e = err(&format!(
