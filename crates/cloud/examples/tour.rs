@@ -1,7 +1,9 @@
 //! A tour of spotkeeper-cloud, pycloudlib style: resolve an image, make a
 //! VPC, launch a spot instance into it without waiting, wait, add a volume and
-//! a network interface, make an AMI of it, boot a second instance from that
-//! AMI, then clean everything up.
+//! a network interface, read its console log, make an AMI of it, boot an
+//! on-demand instance from that AMI into the VPC, reboot, stop and start it,
+//! then clean everything up. (Commands, files and scripts over SSH need a
+//! reachable server: see `tests/ssh_on_loopback.rs`.)
 //!
 //! Run it against the local AWS emulator: `scripts/emulator cargo run -p spotkeeper-cloud --example tour`
 //! (against a real account it launches two small spot instances for a minute).
@@ -76,6 +78,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         inst.ssh_settings().user
     );
 
+    if let Some(log) = inst.console_log().await? {
+        println!("console log: {} bytes", log.len());
+    }
+
     let ami = cloud
         .snapshot(
             inst.id(),
@@ -87,10 +93,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "image {} is {} (snapshots {:?})",
         ami.id, ami.state, ami.snapshot_ids
     );
-    let mut from_ami = cloud
-        .launch_instance(&LaunchSpec::new(ami.id.clone(), "t3.micro"), true)
-        .await?;
-    println!("{} booted from {}", from_ami.id(), ami.id);
+    // An on-demand instance from the AMI, placed in the VPC's subnet and
+    // security group; rebooted, stopped and started again.
+    let mut od = LaunchSpec::new(ami.id.clone(), "t3.micro");
+    od.market = Market::OnDemand;
+    let mut from_ami = cloud.launch_in_vpc(&od, &vpc, true).await?;
+    println!(
+        "{} booted from {} in {:?}",
+        from_ami.id(),
+        ami.id,
+        from_ami.info().subnet_id
+    );
+    from_ami.restart(true).await?;
+    from_ami.shutdown(true).await?;
+    println!("{} is {}", from_ami.id(), from_ami.info().state);
+    from_ami.start(true).await?;
+    println!("{} is {} again", from_ami.id(), from_ami.info().state);
 
     from_ami.delete(true).await?;
     let mut inst = inst;

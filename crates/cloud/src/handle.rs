@@ -18,6 +18,8 @@ pub const DELETE_WITH: &str = "spotkeeper:delete-with";
 
 /// Launch to `running`; spot fulfilment is usually seconds, a busy zone minutes.
 const RUNNING_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// `launch_ready` and a waiting `wait`: boot and cloud-init take minutes.
+const READY_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// Terminate to `terminated`.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const POLL: Duration = Duration::from_secs(2);
@@ -29,6 +31,8 @@ pub struct InstanceHandle {
     cloud: AwsCloud,
     info: Instance,
     ssh: SshSettings,
+    /// SSH settings were given: waits include boot and cloud-init.
+    ssh_given: bool,
 }
 
 impl fmt::Debug for InstanceHandle {
@@ -38,6 +42,25 @@ impl fmt::Debug for InstanceHandle {
             .field("ssh", &self.ssh)
             .finish_non_exhaustive()
     }
+}
+
+/// Why a handle call that talks to AWS and to the instance failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    /// An AWS call.
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
+    /// SSH or scp.
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    /// cloud-init finished, with errors.
+    #[error("cloud-init on {id} finished with errors: {detail}")]
+    CloudInit {
+        /// The instance.
+        id: InstanceId,
+        /// What cloud-init said.
+        detail: String,
+    },
 }
 
 /// A VPC made by spotkeeper, with what was made in it.
@@ -88,11 +111,47 @@ impl AwsCloud {
             cloud: self.clone(),
             info,
             ssh: SshSettings::default(),
+            ssh_given: false,
         };
         if wait {
-            handle.wait().await?;
+            handle.wait_running().await?;
         }
         Ok(handle)
+    }
+
+    /// Launches one instance and, with `wait`, returns once it has booted
+    /// and cloud-init has finished (pycloudlib's `launch`): `running`, then
+    /// an SSH login with `ssh`, then `cloud-init status --wait` done. An
+    /// error if cloud-init ends in error.
+    pub async fn launch_ready(
+        &self,
+        spec: &LaunchSpec,
+        ssh: SshSettings,
+        wait: bool,
+    ) -> Result<InstanceHandle, LibraryError> {
+        let mut handle = self.launch_instance(spec, false).await?.with_ssh(ssh);
+        if wait {
+            handle.wait_ready(READY_TIMEOUT).await?;
+        }
+        Ok(handle)
+    }
+
+    /// Launches into `vpc`: its first subnet (or the one in `spec.zone`) and
+    /// its security group, unless `spec` names its own.
+    pub async fn launch_in_vpc(
+        &self,
+        spec: &LaunchSpec,
+        vpc: &Vpc,
+        wait: bool,
+    ) -> Result<InstanceHandle, CloudError> {
+        let mut spec = spec.clone();
+        if spec.subnet_id.is_none() {
+            spec.subnet_id = vpc.subnet(spec.zone.as_deref()).map(str::to_owned);
+        }
+        if spec.security_group_ids.is_empty() {
+            spec.security_group_ids = vpc.info().security_group_id.iter().cloned().collect();
+        }
+        self.launch_instance(&spec, wait).await
     }
 
     /// A handle for an instance launched elsewhere.
@@ -108,6 +167,7 @@ impl AwsCloud {
             cloud: self.clone(),
             info,
             ssh: SshSettings::default(),
+            ssh_given: false,
         })
     }
 
@@ -141,9 +201,12 @@ impl InstanceHandle {
         &self.info
     }
 
-    /// Uses these SSH settings for [`execute`](Self::execute) and the waits.
+    /// Uses these SSH settings for [`execute`](Self::execute) and the
+    /// waits; from now on [`wait`](Self::wait) also waits for boot and
+    /// cloud-init, as pycloudlib's does.
     pub fn with_ssh(mut self, ssh: SshSettings) -> Self {
         self.ssh = ssh;
+        self.ssh_given = true;
         self
     }
 
@@ -160,8 +223,36 @@ impl InstanceHandle {
         Ok(&self.info)
     }
 
+    /// Waits until the instance is up: `running`, and when SSH settings were
+    /// given ([`with_ssh`](Self::with_ssh)) also booted (an SSH login works)
+    /// and cloud-init finished, as pycloudlib's `wait` does.
+    pub async fn wait(&mut self) -> Result<&Instance, LibraryError> {
+        if self.ssh_given {
+            self.wait_ready(READY_TIMEOUT).await?;
+        } else {
+            self.wait_running().await?;
+        }
+        Ok(&self.info)
+    }
+
+    /// Waits for `running`, then an SSH login, then cloud-init to finish
+    /// (with errors: an error; degraded: fine), all within `within`.
+    pub async fn wait_ready(&mut self, within: Duration) -> Result<&Instance, LibraryError> {
+        let deadline = tokio::time::Instant::now() + within;
+        self.wait_running().await?;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.wait_for_ssh(left()).await?;
+        match self.wait_for_cloud_init(left()).await? {
+            CloudInitStatus::Done | CloudInitStatus::Degraded(_) => Ok(&self.info),
+            CloudInitStatus::Error(detail) => Err(LibraryError::CloudInit {
+                id: self.info.id.clone(),
+                detail,
+            }),
+        }
+    }
+
     /// Waits until the instance is `running`; an error if it ends first.
-    pub async fn wait(&mut self) -> Result<&Instance, CloudError> {
+    pub async fn wait_running(&mut self) -> Result<&Instance, CloudError> {
         let deadline = tokio::time::Instant::now() + RUNNING_TIMEOUT;
         loop {
             // Right after RunInstances the id may be unknown to describes for a moment.
@@ -348,5 +439,116 @@ impl InstanceHandle {
     /// Waits for cloud-init to finish and returns its verdict.
     pub async fn wait_for_cloud_init(&self, within: Duration) -> Result<CloudInitStatus, SshError> {
         self.ssh.wait_for_cloud_init(&self.address()?, within).await
+    }
+
+    /// Uploads `local` to `remote` on the instance (the system `scp`).
+    pub async fn push_file(
+        &self,
+        local: &std::path::Path,
+        remote: &str,
+        within: Duration,
+    ) -> Result<(), SshError> {
+        self.ssh
+            .copy(&self.address()?, local, remote, true, within)
+            .await
+    }
+
+    /// Downloads `remote` from the instance to `local` (the system `scp`).
+    pub async fn pull_file(
+        &self,
+        remote: &str,
+        local: &std::path::Path,
+        within: Duration,
+    ) -> Result<(), SshError> {
+        self.ssh
+            .copy(&self.address()?, local, remote, false, within)
+            .await
+    }
+
+    /// Runs a script on the instance: uploaded to a temporary file, run
+    /// (with its `#!` line, else `sh`), removed; its output and status.
+    pub async fn run_script(&self, script: &str, within: Duration) -> Result<ExecOutput, SshError> {
+        let token = crate::model::random_token();
+        let local = std::env::temp_dir().join(format!("spotkeeper-local-{token}"));
+        std::fs::write(&local, script)
+            .map_err(|e| SshError::Spawn(format!("writing {}: {e}", local.display())))?;
+        let remote = format!("/tmp/spotkeeper-script-{token}");
+        let pushed = self.push_file(&local, &remote, within).await;
+        let _ = std::fs::remove_file(&local);
+        pushed?;
+        let run = if script.starts_with("#!") {
+            format!("chmod 700 {remote} && {remote}; rc=$?; rm -f {remote}; exit $rc")
+        } else {
+            format!("sh {remote}; rc=$?; rm -f {remote}; exit $rc")
+        };
+        self.execute(&run, within).await
+    }
+
+    /// The console output AWS keeps (kernel and init messages), if any yet.
+    pub async fn console_log(&self) -> Result<Option<String>, CloudError> {
+        self.cloud.console_output(&self.info.id).await
+    }
+
+    /// Reboots the instance; with `wait`, returns once it answers again
+    /// (an SSH login when SSH settings were given, else `running`).
+    pub async fn restart(&mut self, wait: bool) -> Result<(), LibraryError> {
+        self.cloud
+            .reboot(std::slice::from_ref(&self.info.id))
+            .await?;
+        if wait {
+            if self.ssh_given {
+                // The reboot takes a moment to begin: let sshd go down first.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                self.wait_for_ssh(READY_TIMEOUT).await?;
+            } else {
+                self.wait_running().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the instance (on-demand, or persistent spot: a one-time spot
+    /// instance cannot be stopped); with `wait`, until it is `stopped`.
+    pub async fn shutdown(&mut self, wait: bool) -> Result<(), CloudError> {
+        self.cloud
+            .stop_instances(std::slice::from_ref(&self.info.id))
+            .await?;
+        if wait {
+            self.wait_state(InstanceState::Stopped).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped instance; with `wait`, as [`wait`](Self::wait).
+    pub async fn start(&mut self, wait: bool) -> Result<(), LibraryError> {
+        self.cloud
+            .start_instances(std::slice::from_ref(&self.info.id))
+            .await?;
+        if wait {
+            self.wait().await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_state(&mut self, want: InstanceState) -> Result<(), CloudError> {
+        let deadline = tokio::time::Instant::now() + RUNNING_TIMEOUT;
+        loop {
+            self.refresh().await?;
+            if self.info.state == want {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CloudError::other(
+                    "DescribeInstances",
+                    ErrorKind::Other,
+                    format!(
+                        "instance {} not {want} after {}s",
+                        self.info.id,
+                        RUNNING_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 }

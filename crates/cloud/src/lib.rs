@@ -67,7 +67,7 @@ pub use aws::{
 };
 pub use cloud::Cloud;
 pub use error::{CloudError, ErrorKind, classify};
-pub use handle::{DELETE_WITH, InstanceHandle, Vpc};
+pub use handle::{DELETE_WITH, InstanceHandle, LibraryError, Vpc};
 pub use model::{
     Arch, DnsAction, DnsChange, DnsRecord, Image, ImageId, ImageRef, Instance, InstanceId,
     InstanceState, KeyPair, LaunchSpec, Market, NetworkInterface, Offering, RecordType, RootVolume,

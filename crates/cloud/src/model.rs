@@ -494,14 +494,14 @@ impl ImageRef {
         };
         match (head, rest.len()) {
             ("ubuntu", 1 | 2) => {
-                let release = rest[0];
+                let release = ubuntu_codename(rest[0]).unwrap_or(rest[0]);
                 let valid = release.split('.').count() == 2
                     && release
                         .split('.')
                         .all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
                 if !valid {
                     return Err(format!(
-                        "Ubuntu release {release:?} is not of the form 24.04"
+                        "Ubuntu release {release:?} is neither of the form 24.04 nor a codename (noble, jammy, focal, …)"
                     ));
                 }
                 Ok(ImageRef::Ubuntu {
@@ -517,6 +517,20 @@ impl ImageRef {
             )),
         }
     }
+}
+
+/// The release number of an Ubuntu codename (`noble` → `24.04`).
+pub fn ubuntu_codename(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "bionic" => "18.04",
+        "focal" => "20.04",
+        "jammy" => "22.04",
+        "noble" => "24.04",
+        "oracular" => "24.10",
+        "plucky" => "25.04",
+        "questing" => "25.10",
+        _ => return None,
+    })
 }
 
 impl fmt::Display for ImageRef {
@@ -683,4 +697,28 @@ pub fn fqdn(name: &str) -> String {
         "{}.",
         name.trim().trim_end_matches('.').to_ascii_lowercase()
     )
+}
+
+#[cfg(test)]
+mod image_ref_tests {
+    use super::*;
+
+    #[test]
+    fn ubuntu_codenames_are_their_release() {
+        assert_eq!(
+            ImageRef::parse("ubuntu:noble:arm64").expect("codename"),
+            ImageRef::Ubuntu {
+                release: "24.04".into(),
+                arch: Arch::Arm64
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("ubuntu:jammy")
+                .expect("codename")
+                .to_string(),
+            "ubuntu:22.04"
+        );
+        let e = ImageRef::parse("ubuntu:warty").expect_err("unknown");
+        assert!(e.contains("nor a codename"), "{e}");
+    }
 }

@@ -131,19 +131,18 @@ impl SshSettings {
 
     /// The `ssh` arguments for a session with `address` (without a command).
     pub fn args(&self, address: &str) -> Result<Vec<String>, SshError> {
-        for value in [
-            Some(address),
-            Some(self.user.as_str()),
-            self.jump.as_deref(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if value.starts_with('-') || value.is_empty() {
-                return Err(SshError::BadTarget(value.to_owned()));
-            }
-        }
+        self.check_target(address)?;
         let mut a: Vec<String> = vec!["-p".into(), self.port.to_string()];
+        a.extend(self.options_args());
+        a.push("-l".into());
+        a.push(self.user.clone());
+        a.push(address.to_owned());
+        Ok(a)
+    }
+
+    /// The `-o` options and jump host both `ssh` and `scp` take.
+    fn options_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
         let mut opt = |o: String| {
             a.push("-o".into());
             a.push(o);
@@ -169,10 +168,85 @@ impl SshSettings {
             a.push("-J".into());
             a.push(j.clone());
         }
-        a.push("-l".into());
-        a.push(self.user.clone());
-        a.push(address.to_owned());
-        Ok(a)
+        a
+    }
+
+    fn check_target(&self, address: &str) -> Result<(), SshError> {
+        for value in [
+            Some(address),
+            Some(self.user.as_str()),
+            self.jump.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if value.starts_with('-') || value.is_empty() {
+                return Err(SshError::BadTarget(value.to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a file with the system `scp` (same port, key, known hosts,
+    /// options and jump host as commands): `to_remote` uploads `local` to
+    /// `remote`, else downloads `remote` to `local`.
+    pub async fn copy(
+        &self,
+        address: &str,
+        local: &std::path::Path,
+        remote: &str,
+        to_remote: bool,
+        within: Duration,
+    ) -> Result<(), SshError> {
+        self.check_target(address)?;
+        if remote.is_empty() || remote.starts_with('-') {
+            return Err(SshError::BadTarget(remote.to_owned()));
+        }
+        let mut args: Vec<String> =
+            vec!["-q".into(), "-B".into(), "-P".into(), self.port.to_string()];
+        args.extend(self.options_args());
+        let host = if address.contains(':') {
+            format!("[{address}]")
+        } else {
+            address.to_owned()
+        };
+        let far = format!("{}@{host}:{remote}", self.user);
+        let near = local.display().to_string();
+        if to_remote {
+            args.extend([near, far]);
+        } else {
+            args.extend([far, near]);
+        }
+        let child = Command::new("scp")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| SshError::Spawn(format!("scp: {e}")))?;
+        let target = self.target(address);
+        let out = match timeout(within, child.wait_with_output()).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => return Err(SshError::Spawn(e.to_string())),
+            Err(_) => {
+                return Err(SshError::Timeout {
+                    target,
+                    what: format!("copying {remote}"),
+                    after: within,
+                });
+            }
+        };
+        if out.status.success() {
+            return Ok(());
+        }
+        let reason = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or("scp failed")
+            .to_owned();
+        Err(SshError::Connect { target, reason })
     }
 
     /// Runs `command` on `address` (non-interactive, `BatchMode`) and returns

@@ -40,6 +40,9 @@ fn the_tour_example_runs_end_to_end_and_cleans_up() {
         "added vol-",
         "device index Some(1)",
         "booted from",
+        "console log:",
+        "is stopped",
+        "is running again",
         "snapshots",
         "vpc deleted",
     ] {

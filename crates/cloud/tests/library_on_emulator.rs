@@ -358,3 +358,41 @@ async fn importing_a_key_twice_imports_it_once() {
     cloud.delete_key_pair("dev-key").await.expect("delete");
     assert!(cloud.key_pair("dev-key").await.expect("lookup").is_none());
 }
+
+#[tokio::test]
+async fn console_log_restart_shutdown_start_and_launching_into_a_vpc() {
+    let moto = Moto::start();
+    let cloud = cloud(&moto).await;
+    let vpc = cloud
+        .get_or_create_vpc("lib-vpc", "10.42.0.0/16")
+        .await
+        .expect("vpc");
+    let mut spec = LaunchSpec::new(ImageId::new(AMI), "t3.micro");
+    spec.market = spotkeeper_cloud::Market::OnDemand;
+    let mut inst = cloud
+        .launch_in_vpc(&spec, &vpc, true)
+        .await
+        .expect("launched into the vpc");
+    assert_eq!(inst.info().vpc_id.as_deref(), Some(vpc.info().id.as_str()));
+    assert!(
+        vpc.info()
+            .subnets
+            .iter()
+            .any(|(s, _)| Some(s.as_str()) == inst.info().subnet_id.as_deref()),
+        "in one of its subnets: {:?}",
+        vpc.info().subnets
+    );
+
+    // The emulator keeps a console log for every instance.
+    let log = inst.console_log().await.expect("console output");
+    assert!(log.is_some_and(|l| !l.is_empty()));
+
+    inst.restart(true).await.expect("rebooted");
+    assert_eq!(inst.info().state, InstanceState::Running);
+    inst.shutdown(true).await.expect("stopped");
+    assert_eq!(inst.info().state, InstanceState::Stopped);
+    inst.start(true).await.expect("started");
+    assert_eq!(inst.info().state, InstanceState::Running);
+    inst.delete(true).await.expect("delete");
+    vpc.delete().await.expect("vpc deleted");
+}

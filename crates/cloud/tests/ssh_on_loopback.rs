@@ -151,3 +151,71 @@ async fn a_server_that_never_answers_times_out_clearly() {
     );
     drop(silent);
 }
+
+#[tokio::test]
+async fn files_go_up_and_down_scripts_run_and_wait_includes_cloud_init_with_ssh() {
+    let (moto, sshd) = (Moto::start(), Sshd::start());
+    sshd.set_cloud_init(FakeCloudInit::Done);
+    let mut inst = instance(&moto, settings(&sshd)).await;
+    // With SSH settings, wait means booted and cloud-init done (pycloudlib's meaning).
+    inst.wait().await.expect("running, ssh, cloud-init done");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let up = dir.path().join("up.txt");
+    std::fs::write(&up, "hello over scp\n").expect("write");
+    let remote = dir.path().join("remote.txt");
+    inst.push_file(&up, &remote.display().to_string(), Duration::from_secs(20))
+        .await
+        .expect("pushed");
+    assert_eq!(
+        std::fs::read_to_string(&remote).expect("arrived"),
+        "hello over scp\n"
+    );
+    let down = dir.path().join("down.txt");
+    inst.pull_file(
+        &remote.display().to_string(),
+        &down,
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("pulled");
+    assert_eq!(
+        std::fs::read_to_string(&down).expect("came back"),
+        "hello over scp\n"
+    );
+    let missing = inst
+        .pull_file("/no/such/file", &down, Duration::from_secs(20))
+        .await
+        .expect_err("no such file");
+    assert!(missing.to_string().contains("No such file"), "{missing}");
+
+    let out = inst
+        .run_script(
+            "#!/bin/sh\necho \"from a script: $0\" | grep -c spotkeeper-script\nexit 4\n",
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("ran");
+    assert_eq!((out.stdout.as_str(), out.status), ("1\n", 4));
+    let plain = inst
+        .run_script("x=2\necho $((x * 21))\n", Duration::from_secs(20))
+        .await
+        .expect("ran");
+    assert_eq!(plain.stdout, "42\n");
+    let left = inst
+        .execute(
+            "ls /tmp | grep -c spotkeeper-script || true",
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("ran");
+    assert_eq!(left.stdout.trim(), "0", "scripts are removed after running");
+
+    // cloud-init in error: a waiting wait says so.
+    sshd.set_cloud_init(FakeCloudInit::Error);
+    let err = inst.wait().await.expect_err("cloud-init failed");
+    assert!(
+        err.to_string().contains("cloud-init on") && err.to_string().contains("boom"),
+        "{err}"
+    );
+}

@@ -1651,10 +1651,17 @@ ready = { check = "tcp", port = 22, timeout = "10m" }
         let e = err(&GOOD.replace("tags =", "ssh = { user = \"-oProxyCommand=x\" }\ntags ="));
         assert!(e.message.contains("not a valid name"), "{e}");
         assert!(
-            err(&GOOD.replace("ami-0123456789abcdef0", "ubuntu:noble"))
+            err(&GOOD.replace("ami-0123456789abcdef0", "ubuntu:warty"))
                 .message
                 .contains("24.04")
         );
+        // A codename is its release.
+        let c = parse(
+            Path::new("x.toml"),
+            &GOOD.replace("ami-0123456789abcdef0", "ubuntu:noble"),
+        )
+        .expect("valid");
+        assert_eq!(c.boxes["dev"].image.to_string(), "ubuntu:24.04");
     }
 
     #[test]

@@ -348,6 +348,10 @@ mod tests {
     #[test]
     fn every_aws_call_in_the_code_is_in_the_policy() {
         const LIBRARY_ONLY: &[&str] = &[
+            "ec2:GetConsoleOutput",
+            "ec2:RebootInstances",
+            "ec2:StartInstances",
+            "ec2:StopInstances",
             "ec2:AssociateRouteTable",
             "ec2:AttachInternetGateway",
             "ec2:AttachNetworkInterface",

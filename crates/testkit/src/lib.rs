@@ -372,8 +372,20 @@ impl Sshd {
             d.display()
         );
         write_executable(&d.join("bin/cloud-init"), &fake);
+        // File copies (scp, which speaks SFTP) reach the SFTP server through
+        // the forced command too.
+        let sftp = [
+            "/usr/lib/openssh/sftp-server",
+            "/usr/libexec/openssh/sftp-server",
+            "/usr/lib/ssh/sftp-server",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("/usr/lib/openssh/sftp-server");
         let wrapper = format!(
-            "#!/bin/sh\nPATH={}/bin:$PATH\nexport PATH\nexec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n",
+            "#!/bin/sh\nPATH={}/bin:$PATH\nexport PATH\n\
+             case \"$SSH_ORIGINAL_COMMAND\" in sftp|internal-sftp|*/sftp-server) exec {sftp} ;; esac\n\
+             exec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n",
             d.display()
         );
         write_executable(&d.join("wrapper"), &wrapper);
@@ -382,7 +394,7 @@ impl Sshd {
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n\
-             AllowUsers {user}\nForceCommand {d}/wrapper\nLogLevel ERROR\n",
+             AllowUsers {user}\nForceCommand {d}/wrapper\nSubsystem sftp {sftp}\nLogLevel ERROR\n",
             d = d.display()
         );
         std::fs::write(d.join("sshd_config"), config).expect("sshd_config");

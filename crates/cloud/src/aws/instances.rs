@@ -18,6 +18,62 @@ use crate::model::{
 };
 
 impl AwsCloud {
+    /// The instance's console output (what the kernel and init printed),
+    /// the latest AWS has; `None` when there is none yet.
+    pub async fn console_output(&self, id: &InstanceId) -> Result<Option<String>, CloudError> {
+        const OP: &str = "GetConsoleOutput";
+        let out = self
+            .ec2
+            .get_console_output()
+            .instance_id(id.as_str())
+            .latest(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error(OP, e))?;
+        match out.output() {
+            None | Some("") => Ok(None),
+            Some(b64) => base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map(|bytes| Some(String::from_utf8_lossy(&bytes).into_owned()))
+                .map_err(|e| {
+                    CloudError::other(OP, ErrorKind::Other, format!("undecodable output: {e}"))
+                }),
+        }
+    }
+
+    /// Reboots instances (`RebootInstances`): the same instance, addresses kept.
+    pub async fn reboot(&self, ids: &[InstanceId]) -> Result<(), CloudError> {
+        self.ec2
+            .reboot_instances()
+            .set_instance_ids(Some(ids.iter().map(|i| i.to_string()).collect()))
+            .send()
+            .await
+            .map_err(|e| sdk_error("RebootInstances", e))?;
+        Ok(())
+    }
+
+    /// Stops instances (on-demand, or persistent spot); their EBS root stays.
+    pub async fn stop_instances(&self, ids: &[InstanceId]) -> Result<(), CloudError> {
+        self.ec2
+            .stop_instances()
+            .set_instance_ids(Some(ids.iter().map(|i| i.to_string()).collect()))
+            .send()
+            .await
+            .map_err(|e| sdk_error("StopInstances", e))?;
+        Ok(())
+    }
+
+    /// Starts stopped instances.
+    pub async fn start_instances(&self, ids: &[InstanceId]) -> Result<(), CloudError> {
+        self.ec2
+            .start_instances()
+            .set_instance_ids(Some(ids.iter().map(|i| i.to_string()).collect()))
+            .send()
+            .await
+            .map_err(|e| sdk_error("StartInstances", e))?;
+        Ok(())
+    }
+
     pub(crate) async fn launch_impl(&self, spec: &LaunchSpec) -> Result<Instance, CloudError> {
         self.launch_with(spec, |req| req).await
     }
