@@ -3,6 +3,7 @@
 //! Bad requests get a JSON error (`{"error": "..."}`) and a 4xx status;
 //! nothing a client sends can panic the daemon.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -46,7 +47,17 @@ pub struct ApiState {
     pub wake: Arc<Notify>,
     /// The daemon's metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What each box's DNS record said lately: the dashboard refreshes every
+    /// few seconds, and Route53 allows five requests a second per account.
+    pub dns_cache: DnsCache,
 }
+
+/// Box name → (when read, for which instance, the status as JSON).
+pub type DnsCache =
+    Arc<std::sync::Mutex<HashMap<String, (std::time::Instant, Option<String>, Value)>>>;
+
+/// How long a box's DNS status is served from [`ApiState::dns_cache`].
+const DNS_STATUS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::fmt::Debug for ApiState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -218,6 +229,38 @@ async fn latest_prices(state: &ApiState) -> std::collections::BTreeMap<(String, 
         .collect()
 }
 
+/// A box's DNS status for the API, from the cache while it is fresh and
+/// about the same instance.
+async fn dns_json(
+    state: &ApiState,
+    spec: &crate::config::BoxSpec,
+    instance: Option<&spotkeeper_cloud::Instance>,
+) -> Value {
+    let id = instance.map(|i| i.id.to_string());
+    if let Ok(cache) = state.dns_cache.lock()
+        && let Some((at, for_id, v)) = cache.get(&spec.name)
+        && at.elapsed() < DNS_STATUS_TTL
+        && *for_id == id
+    {
+        return v.clone();
+    }
+    let v =
+        match crate::dns::status(state.cloud.as_ref(), &state.config.owner, spec, instance).await {
+            Ok(Some(d)) => json!({ "name": d.name, "matches": d.matches, "owned": d.owned }),
+            Ok(None) => Value::Null,
+            Err(e) => {
+                json!({ "name": spec.dns.as_ref().map(|d| d.name.clone()), "error": e.to_string() })
+            }
+        };
+    if let Ok(mut cache) = state.dns_cache.lock() {
+        cache.insert(
+            spec.name.clone(),
+            (std::time::Instant::now(), id, v.clone()),
+        );
+    }
+    v
+}
+
 async fn box_json(
     state: &ApiState,
     name: &str,
@@ -234,17 +277,7 @@ async fn box_json(
             .copied()
     });
     let dns = match &spec {
-        Some(spec) if spec.dns.is_some() => {
-            match crate::dns::status(state.cloud.as_ref(), &state.config.owner, spec, instance)
-                .await
-            {
-                Ok(Some(d)) => json!({ "name": d.name, "matches": d.matches, "owned": d.owned }),
-                Ok(None) => Value::Null,
-                Err(e) => {
-                    json!({ "name": spec.dns.as_ref().map(|d| d.name.clone()), "error": e.to_string() })
-                }
-            }
-        }
+        Some(spec) if spec.dns.is_some() => dns_json(state, spec, instance).await,
         _ => Value::Null,
     };
     json!({

@@ -255,13 +255,19 @@ async fn on_demand_price(
     {
         return Ok(cached);
     }
+    let now = crate::store::unix_now();
     match cloud.on_demand_price(instance_type).await {
         Ok(p) => {
-            store.cache_on_demand(region, instance_type, p).await?;
+            store.cache_on_demand(region, instance_type, p, now).await?;
             Ok(p)
         }
         Err(e) => {
+            // Unknown for an hour (no permission, no answer): the dashboard
+            // refreshes often, and a failing call each time would slow it.
             tracing::warn!("the on-demand price of {instance_type} is unknown: {e}");
+            store
+                .cache_on_demand(region, instance_type, None, now - ON_DEMAND_FRESH + 3600)
+                .await?;
             Ok(None)
         }
     }

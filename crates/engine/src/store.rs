@@ -1164,12 +1164,14 @@ impl Store {
         Ok(row.map(|r| r.get("price")))
     }
 
-    /// Caches an on-demand price (or that there is none).
+    /// Caches an on-demand price (or that there is none) as read at `at`
+    /// (unix seconds).
     pub async fn cache_on_demand(
         &self,
         region: &str,
         instance_type: &str,
         price: Option<f64>,
+        at: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO ondemand_prices (region, instance_type, price, fetched_at) VALUES (?, ?, ?, ?)
@@ -1178,7 +1180,7 @@ impl Store {
         .bind(region)
         .bind(instance_type)
         .bind(price)
-        .bind(unix_now())
+        .bind(at)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -25,6 +25,7 @@ struct World {
     store: Store,
     config: Arc<config::Config>,
     locks: tempfile::TempDir,
+    dns_cache: spotkeeper_engine::api::DnsCache,
 }
 
 async fn world() -> World {
@@ -38,6 +39,7 @@ async fn world() -> World {
         store: Store::memory().await.expect("store"),
         config: Arc::new(config),
         locks: tempfile::tempdir().expect("dir"),
+        dns_cache: Default::default(),
     }
 }
 
@@ -51,6 +53,7 @@ impl World {
             lock_dir: self.locks.path().to_path_buf(),
             wake: Arc::new(tokio::sync::Notify::new()),
             metrics: Arc::default(),
+            dns_cache: self.dns_cache.clone(),
         }
     }
 
@@ -751,4 +754,30 @@ async fn charts_are_svg_of_the_recorded_prices_and_bad_queries_are_refused() {
     let (s, boxes) = w.call("GET", "/api/boxes", Some(TOKEN), None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(boxes[0]["max_price"], 0.02);
+}
+
+#[tokio::test]
+async fn the_boxes_dns_status_is_read_from_route53_once_a_minute_not_on_every_refresh() {
+    let text = "owner = \"tester\"\n[box.web]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\n\
+                dns = { zone = \"example.com\", name = \"web.example.com\" }\n";
+    let w = World {
+        config: Arc::new(config::parse(Path::new("t.toml"), text).expect("valid")),
+        ..world().await
+    };
+    w.cloud.add_dns_zone("example.com");
+    w.store
+        .register_box("tester", "web", "up", None)
+        .await
+        .expect("managed");
+    for _ in 0..5 {
+        let (s, b) = w.call("GET", "/api/boxes", Some(TOKEN), None).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b[0]["dns"]["name"], "web.example.com.", "{b}");
+        assert_eq!(b[0]["dns"]["matches"], false);
+    }
+    assert_eq!(
+        w.cloud.count("ListResourceRecordSets"),
+        2,
+        "one status read (the record and its mark), then the cache"
+    );
 }

@@ -90,6 +90,7 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
         lock_dir: locks.clone(),
         wake: daemon.waker(),
         metrics: daemon.metrics(),
+        dns_cache: Default::default(),
     };
     tracing::info!(
         queue = %config.queue,
