@@ -44,6 +44,19 @@ impl fmt::Debug for InstanceHandle {
     }
 }
 
+/// What [`InstanceHandle::update`] runs.
+const UPDATE_SCRIPT: &str = "if command -v apt-get >/dev/null 2>&1; then \
+     export DEBIAN_FRONTEND=noninteractive; apt-get -q update && apt-get -q -y dist-upgrade; \
+     elif command -v dnf >/dev/null 2>&1; then dnf -y upgrade; \
+     elif command -v yum >/dev/null 2>&1; then yum -y update; \
+     else echo 'no apt-get, dnf or yum to update with' >&2; exit 1; fi";
+
+/// `command` as root: as it is for root, else through `sudo -n` (never a prompt).
+fn as_root(command: &str) -> String {
+    let quoted = format!("'{}'", command.replace('\'', "'\\''"));
+    format!("if [ \"$(id -u)\" = 0 ]; then sh -c {quoted}; else sudo -n sh -c {quoted}; fi")
+}
+
 /// Why a handle call that talks to AWS and to the instance failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LibraryError {
@@ -482,6 +495,25 @@ impl InstanceHandle {
             format!("sh {remote}; rc=$?; rm -f {remote}; exit $rc")
         };
         self.execute(&run, within).await
+    }
+
+    /// Prepares the instance to be imaged (pycloudlib's `clean`):
+    /// `cloud-init clean --logs --machine-id --seed`, so an instance made
+    /// from the image boots as a new one (new machine id, cloud-init runs
+    /// again and makes new SSH host keys). As root, or through `sudo -n`.
+    pub async fn clean(&self, within: Duration) -> Result<ExecOutput, SshError> {
+        self.execute(
+            &as_root("cloud-init clean --logs --machine-id --seed"),
+            within,
+        )
+        .await
+    }
+
+    /// Upgrades the installed packages (pycloudlib's `update`): apt-get
+    /// (non-interactive `update` and `dist-upgrade`), else dnf or yum. As
+    /// root, or through `sudo -n`.
+    pub async fn update(&self, within: Duration) -> Result<ExecOutput, SshError> {
+        self.execute(&as_root(UPDATE_SCRIPT), within).await
     }
 
     /// The console output AWS keeps (kernel and init messages), if any yet.

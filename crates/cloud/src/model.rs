@@ -465,6 +465,14 @@ pub enum ImageRef {
         /// Architecture.
         arch: Arch,
     },
+    /// The newest Canonical Ubuntu **daily** build of a release
+    /// (`ubuntu:24.04:daily`, `ubuntu:noble:arm64:daily`).
+    UbuntuDaily {
+        /// Release number, e.g. `24.04`.
+        release: String,
+        /// Architecture.
+        arch: Arch,
+    },
     /// The newest Amazon Linux 2023 image (`al2023[:arm64]`).
     AmazonLinux2023 {
         /// Architecture.
@@ -484,7 +492,11 @@ impl ImageRef {
         }
         let mut parts = s.split(':');
         let head = parts.next().unwrap_or("");
-        let rest: Vec<&str> = parts.collect();
+        let mut rest: Vec<&str> = parts.collect();
+        let daily = head == "ubuntu" && rest.last() == Some(&"daily");
+        if daily {
+            rest.pop();
+        }
         let arch = |p: Option<&&str>| -> Result<Arch, String> {
             match p {
                 None => Ok(Arch::Amd64),
@@ -504,33 +516,52 @@ impl ImageRef {
                         "Ubuntu release {release:?} is neither of the form 24.04 nor a codename (noble, jammy, focal, …)"
                     ));
                 }
-                Ok(ImageRef::Ubuntu {
-                    release: release.to_owned(),
-                    arch: arch(rest.get(1))?,
-                })
+                let (release, arch) = (release.to_owned(), arch(rest.get(1))?);
+                if daily {
+                    if ubuntu_release_codename(&release).is_none() {
+                        return Err(format!(
+                            "no codename known for Ubuntu {release}: daily images are named by codename"
+                        ));
+                    }
+                    return Ok(ImageRef::UbuntuDaily { release, arch });
+                }
+                Ok(ImageRef::Ubuntu { release, arch })
             }
             ("al2023", 0 | 1) => Ok(ImageRef::AmazonLinux2023 {
                 arch: arch(rest.first())?,
             }),
             _ => Err(format!(
-                "image {s:?} is neither an AMI id (ami-…) nor an alias (ubuntu:24.04, ubuntu:24.04:arm64, al2023, al2023:arm64)"
+                "image {s:?} is neither an AMI id (ami-…) nor an alias (ubuntu:24.04, ubuntu:noble, ubuntu:24.04:arm64, ubuntu:24.04:daily, al2023, al2023:arm64)"
             )),
         }
     }
 }
 
+/// Ubuntu releases spotkeeper knows by codename.
+const UBUNTU_CODENAMES: &[(&str, &str)] = &[
+    ("bionic", "18.04"),
+    ("focal", "20.04"),
+    ("jammy", "22.04"),
+    ("noble", "24.04"),
+    ("oracular", "24.10"),
+    ("plucky", "25.04"),
+    ("questing", "25.10"),
+];
+
 /// The release number of an Ubuntu codename (`noble` → `24.04`).
 pub fn ubuntu_codename(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "bionic" => "18.04",
-        "focal" => "20.04",
-        "jammy" => "22.04",
-        "noble" => "24.04",
-        "oracular" => "24.10",
-        "plucky" => "25.04",
-        "questing" => "25.10",
-        _ => return None,
-    })
+    UBUNTU_CODENAMES
+        .iter()
+        .find(|(c, _)| *c == name)
+        .map(|(_, r)| *r)
+}
+
+/// The codename of an Ubuntu release number (`24.04` → `noble`).
+pub fn ubuntu_release_codename(release: &str) -> Option<&'static str> {
+    UBUNTU_CODENAMES
+        .iter()
+        .find(|(_, r)| *r == release)
+        .map(|(c, _)| *c)
 }
 
 impl fmt::Display for ImageRef {
@@ -543,6 +574,13 @@ impl fmt::Display for ImageRef {
             } => write!(f, "ubuntu:{release}"),
             ImageRef::Ubuntu { release, arch } => {
                 write!(f, "ubuntu:{release}:{}", arch.ubuntu_name())
+            }
+            ImageRef::UbuntuDaily {
+                release,
+                arch: Arch::Amd64,
+            } => write!(f, "ubuntu:{release}:daily"),
+            ImageRef::UbuntuDaily { release, arch } => {
+                write!(f, "ubuntu:{release}:{}:daily", arch.ubuntu_name())
             }
             ImageRef::AmazonLinux2023 { arch: Arch::Amd64 } => write!(f, "al2023"),
             ImageRef::AmazonLinux2023 { arch } => write!(f, "al2023:{}", arch.ubuntu_name()),
@@ -720,5 +758,19 @@ mod image_ref_tests {
         );
         let e = ImageRef::parse("ubuntu:warty").expect_err("unknown");
         assert!(e.contains("nor a codename"), "{e}");
+        assert_eq!(
+            ImageRef::parse("ubuntu:noble:arm64:daily").expect("daily"),
+            ImageRef::UbuntuDaily {
+                release: "24.04".into(),
+                arch: Arch::Arm64
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("ubuntu:22.04:daily")
+                .expect("daily")
+                .to_string(),
+            "ubuntu:22.04:daily"
+        );
+        assert!(ImageRef::parse("ubuntu:99.04:daily").is_err());
     }
 }

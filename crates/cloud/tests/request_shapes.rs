@@ -14,7 +14,7 @@ use aws_sdk_ssm::types::Parameter;
 use aws_sdk_ssm::types::error::ParameterNotFound;
 use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
 use spotkeeper_cloud::model::tags;
-use spotkeeper_cloud::{Arch, AwsCloud, Cloud, ImageId, LaunchSpec, Market};
+use spotkeeper_cloud::{Arch, AwsCloud, Cloud, ImageId, ImageRef, LaunchSpec, Market};
 
 fn ec2_with(rules: &[&Rule]) -> Client {
     let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
@@ -440,4 +440,49 @@ async fn the_on_demand_price_asks_the_price_list_for_linux_shared_in_the_region(
         None
     );
     assert_eq!(products.num_calls(), 1);
+}
+
+#[tokio::test]
+async fn ubuntu_daily_images_are_canonicals_newest_images_testing_build_of_the_codename() {
+    let images = mock!(Client::describe_images)
+        .match_requests(|r| {
+            let filter = |name: &str| {
+                r.filters()
+                    .iter()
+                    .find(|f| f.name() == Some(name))
+                    .map(|f| f.values().to_vec())
+                    .unwrap_or_default()
+            };
+            r.owners() == [spotkeeper_cloud::CANONICAL_OWNER]
+                && filter("name")
+                    == ["ubuntu/images-testing/hvm-ssd*/ubuntu-noble-daily-arm64-server-*"]
+                && filter("architecture") == ["arm64"]
+        })
+        .then_output(|| {
+            let img = |id: &str, date: &str| {
+                Ec2Image::builder()
+                    .image_id(id)
+                    .owner_id(spotkeeper_cloud::CANONICAL_OWNER)
+                    .name(format!(
+                        "ubuntu/images-testing/hvm-ssd-gp3/ubuntu-noble-daily-arm64-server-{date}"
+                    ))
+                    .creation_date(date)
+                    .build()
+            };
+            DescribeImagesOutput::builder()
+                .images(img("ami-0000000000000d001", "2026-11-28T03:04:05.000Z"))
+                .images(img("ami-0000000000000d002", "2026-11-29T03:04:05.000Z"))
+                .build()
+        });
+    let cloud = AwsCloud::from_clients(ec2_with(&[&images]), ssm(), route53(), "us-east-1");
+    let id = cloud
+        .resolve_image(&ImageRef::parse("ubuntu:24.04:arm64:daily").expect("alias"))
+        .await
+        .expect("resolved");
+    assert_eq!(
+        id.as_str(),
+        "ami-0000000000000d002",
+        "the newest daily build"
+    );
+    assert_eq!(images.num_calls(), 1);
 }

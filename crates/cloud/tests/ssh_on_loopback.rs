@@ -219,3 +219,29 @@ async fn files_go_up_and_down_scripts_run_and_wait_includes_cloud_init_with_ssh(
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn clean_resets_cloud_init_and_update_upgrades_with_the_package_manager() {
+    let (moto, sshd) = (Moto::start(), Sshd::start());
+    let inst = instance(&moto, settings(&sshd)).await;
+    inst.wait_for_ssh(Duration::from_secs(20))
+        .await
+        .expect("ssh up");
+    let out = inst.clean(Duration::from_secs(20)).await.expect("ran");
+    assert!(out.success(), "{out:?}");
+    assert!(
+        sshd.calls("cloud-init")
+            .contains(&"clean --logs --machine-id --seed".to_owned()),
+        "{:?}",
+        sshd.calls("cloud-init")
+    );
+
+    sshd.fake_command("apt-get", "exit 0");
+    let out = inst.update(Duration::from_secs(20)).await.expect("ran");
+    assert!(out.success(), "{out:?}");
+    assert_eq!(sshd.calls("apt-get"), ["-q update", "-q -y dist-upgrade"]);
+    // A failing upgrade is the command's status, not hidden.
+    sshd.fake_command("apt-get", "exit 100");
+    let out = inst.update(Duration::from_secs(20)).await.expect("ran");
+    assert_eq!(out.status, 100);
+}

@@ -362,6 +362,8 @@ impl Sshd {
         std::fs::create_dir_all(d.join("bin")).expect("bin dir");
         let fake = format!(
             "#!/bin/sh\n# fake cloud-init: answers `status` from {0}/cloud-init.mode\n\
+             echo \"$*\" >> {0}/cloud-init.calls\n\
+             [ \"$1\" = status ] || exit 0\n\
              mode=$(cat {0}/cloud-init.mode 2>/dev/null || echo done)\n\
              case \"$mode\" in\n\
              done) echo 'status: done'; exit 0 ;;\n\
@@ -441,6 +443,28 @@ impl Sshd {
     /// A known_hosts file private to this server.
     pub fn known_hosts(&self) -> PathBuf {
         self.dir.path().join("known_hosts")
+    }
+
+    /// Puts a fake command first on the sessions' PATH: it records its
+    /// arguments (see [`Sshd::calls`]) and runs `body`.
+    pub fn fake_command(&self, name: &str, body: &str) {
+        let d = self.dir.path();
+        write_executable(
+            &d.join("bin").join(name),
+            &format!(
+                "#!/bin/sh\necho \"$*\" >> {}/{name}.calls\n{body}\n",
+                d.display()
+            ),
+        );
+    }
+
+    /// The argument lines a fake command (or `cloud-init`) was called with.
+    pub fn calls(&self, name: &str) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.calls")))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Sets what the fake `cloud-init status` answers.

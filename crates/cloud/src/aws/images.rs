@@ -54,6 +54,39 @@ impl AwsCloud {
         })
     }
 
+    /// The newest Canonical daily build of an Ubuntu release (Canonical's
+    /// `ubuntu/images-testing/…/ubuntu-CODENAME-daily-ARCH-server-*`).
+    pub async fn latest_ubuntu_daily(
+        &self,
+        release: &str,
+        arch: Arch,
+    ) -> Result<ImageId, CloudError> {
+        let codename = crate::model::ubuntu_release_codename(release).ok_or_else(|| {
+            CloudError::other(
+                "DescribeImages",
+                ErrorKind::InvalidRequest,
+                format!("no codename known for Ubuntu {release}"),
+            )
+        })?;
+        let pattern = format!(
+            "ubuntu/images-testing/hvm-ssd*/ubuntu-{codename}-daily-{}-server-*",
+            arch.ubuntu_name()
+        );
+        self.newest_image(CANONICAL_OWNER, &pattern, arch)
+            .await?
+            .ok_or_else(|| {
+                CloudError::other(
+                    "DescribeImages",
+                    ErrorKind::NotFound,
+                    format!(
+                        "no Ubuntu {release} daily {} image in {}",
+                        arch.ubuntu_name(),
+                        self.region()
+                    ),
+                )
+            })
+    }
+
     /// The newest Amazon Linux 2023 AMI for `arch`, from its public SSM parameter.
     pub async fn latest_al2023(&self, arch: Arch) -> Result<ImageId, CloudError> {
         let name = al2023_parameter(arch);
@@ -74,6 +107,9 @@ impl AwsCloud {
         match image {
             ImageRef::Id(id) => Ok(id.clone()),
             ImageRef::Ubuntu { release, arch } => self.latest_ubuntu(release, *arch).await,
+            ImageRef::UbuntuDaily { release, arch } => {
+                self.latest_ubuntu_daily(release, *arch).await
+            }
             ImageRef::AmazonLinux2023 { arch } => self.latest_al2023(*arch).await,
         }
     }
