@@ -642,7 +642,7 @@ fn a_volume_spotkeeper_did_not_create_is_used_only_when_adopted_and_never_taken_
 }
 
 #[test]
-fn a_public_and_a_private_zone_of_one_name_are_told_apart() {
+fn a_public_and_a_private_zone_of_one_name_are_told_apart_or_both_written() {
     let cli = Cli::new();
     let zones = cli.moto.boto(
         "v = ec2.describe_vpcs(Filters=[{'Name': 'is-default', 'Values': ['true']}])['Vpcs'][0]['VpcId']\n\
@@ -688,5 +688,25 @@ fn a_public_and_a_private_zone_of_one_name_are_told_apart() {
     assert_eq!(
         record(&cli, &private).as_deref(),
         inst["public_ip"].as_str()
+    );
+    cli.ok(&["stop", "dev"]);
+
+    // Split-horizon: the public address in the public zone, the private one
+    // in the private zone; stop removes both.
+    cli.write_config(&with(
+        r#"dns = { zone = "example.com", name = "dev.example.com", address = "both" }"#,
+    ));
+    let inst = cli.json(&["up", "dev", "--json"]);
+    assert_eq!(record(&cli, &public).as_deref(), inst["public_ip"].as_str());
+    assert_eq!(
+        record(&cli, &private).as_deref(),
+        inst["private_ip"].as_str()
+    );
+    let status = cli.json(&["dns", "dev", "--json"]);
+    assert_eq!(status["matches"], true, "{status}");
+    cli.ok(&["stop", "dev"]);
+    assert_eq!(
+        (record(&cli, &public), record(&cli, &private)),
+        (None, None)
     );
 }

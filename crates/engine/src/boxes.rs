@@ -1210,18 +1210,20 @@ async fn after_stop(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<(), BoxError> {
             ctx.progress
                 .note(&format!("Kept DNS record {} (keep_dns)", dns.name));
         } else {
-            match crate::dns::remove(ctx.cloud, ctx.owner, &spec.name, dns).await? {
-                crate::dns::Removal::Deleted(Some(r)) => ctx.progress.note(&format!(
-                    "Removed DNS record {} ({})",
-                    r.name,
-                    r.values.join(", ")
-                )),
-                crate::dns::Removal::Deleted(None) | crate::dns::Removal::Absent => {}
-                crate::dns::Removal::LeftAlone(r, why) => ctx.progress.note(&format!(
-                    "Left DNS record {} ({}) alone: {why}",
-                    r.name,
-                    r.values.join(", ")
-                )),
+            for removal in crate::dns::remove(ctx.cloud, ctx.owner, &spec.name, dns).await? {
+                match removal {
+                    crate::dns::Removal::Deleted(Some(r)) => ctx.progress.note(&format!(
+                        "Removed DNS record {} ({})",
+                        r.name,
+                        r.values.join(", ")
+                    )),
+                    crate::dns::Removal::Deleted(None) | crate::dns::Removal::Absent => {}
+                    crate::dns::Removal::LeftAlone(r, why) => ctx.progress.note(&format!(
+                        "Left DNS record {} ({}) alone: {why}",
+                        r.name,
+                        r.values.join(", ")
+                    )),
+                }
             }
         }
     }

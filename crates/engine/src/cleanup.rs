@@ -161,11 +161,15 @@ pub async fn inventory(cloud: &dyn Cloud, config: &Config) -> Result<Inventory, 
     let images = cloud.images(&mine).await?;
     let mut records = Vec::new();
     // Only names marked as the box's: a record spotkeeper did not write stays.
-    for spec in config.boxes.values() {
-        let Some(dns) = &spec.dns else { continue };
+    let names = config
+        .boxes
+        .values()
+        .filter_map(|b| b.dns.as_ref().map(|d| (b, d)))
+        .flat_map(|(b, d)| crate::dns::targets(d).into_iter().map(move |t| (b, d, t)));
+    for (spec, dns, target) in names {
         let zone = match &dns.zone_id {
             Some(id) => id.clone(),
-            None => match cloud.dns_zone(&dns.zone, dns.private).await? {
+            None => match cloud.dns_zone(&dns.zone, target.private_zone).await? {
                 Some(z) => z,
                 None => continue,
             },

@@ -302,6 +302,9 @@ pub enum DnsAddress {
     Public,
     /// The private address.
     Private,
+    /// Both: the public address in the public zone and the private one in
+    /// the private zone of the same name (split-horizon).
+    Both,
 }
 
 /// `dns = { zone, name, ttl, address }`.
@@ -1109,12 +1112,20 @@ fn validate_box(
             let address = match d.address.as_deref() {
                 None | Some("public") => DnsAddress::Public,
                 Some("private") => DnsAddress::Private,
+                Some("both") => DnsAddress::Both,
                 Some(other) => {
                     return Err(bad(format!(
-                        "address {other:?} is neither \"public\" nor \"private\""
+                        "address {other:?} is not \"public\", \"private\" or \"both\""
                     )));
                 }
             };
+            if address == DnsAddress::Both && (d.private || d.zone_id.is_some()) {
+                return Err(bad(
+                    "address = \"both\" writes the public and the private zone of the name; \
+                     private and zone_id do not apply"
+                        .into(),
+                ));
+            }
             if let Some(id) = &d.zone_id {
                 let id = id.trim_start_matches("/hostedzone/");
                 if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {

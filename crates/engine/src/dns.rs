@@ -108,13 +108,46 @@ struct Current {
     claim: Claim,
 }
 
+/// One record a box writes: in which zone (the private one or not) and
+/// which of the instance's addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// The private hosted zone of the name (else the public one, or `zone_id`).
+    pub private_zone: bool,
+    /// Which address (public or private).
+    pub address: DnsAddress,
+}
+
+/// The records a box writes: one, or with `address = "both"` the public
+/// address in the public zone and the private one in the private zone of the
+/// same name (split-horizon).
+pub fn targets(dns: &DnsSpec) -> Vec<Target> {
+    match dns.address {
+        DnsAddress::Both => vec![
+            Target {
+                private_zone: false,
+                address: DnsAddress::Public,
+            },
+            Target {
+                private_zone: true,
+                address: DnsAddress::Private,
+            },
+        ],
+        address => vec![Target {
+            private_zone: dns.private,
+            address,
+        }],
+    }
+}
+
 async fn current(
     cloud: &dyn Cloud,
     owner: &str,
     box_name: &str,
     dns: &DnsSpec,
+    target: Target,
 ) -> Result<Current, DnsError> {
-    let zone = zone_id(cloud, dns).await?;
+    let zone = zone_for(cloud, dns, target.private_zone).await?;
     let record = cloud.dns_record(&zone, &dns.name, RecordType::A).await?;
     let mark = cloud
         .dns_record(&zone, &mark_name(&dns.name), RecordType::Txt)
@@ -147,28 +180,30 @@ pub struct DnsStatus {
 
 /// The hosted zone id (`zone_id`, else the public or private zone of that
 /// name), or an error naming the missing zone.
-pub async fn zone_id(cloud: &dyn Cloud, dns: &DnsSpec) -> Result<String, DnsError> {
+pub async fn zone_for(cloud: &dyn Cloud, dns: &DnsSpec, private: bool) -> Result<String, DnsError> {
     if let Some(id) = &dns.zone_id {
         return Ok(id.clone());
     }
-    cloud
-        .dns_zone(&dns.zone, dns.private)
-        .await?
-        .ok_or_else(|| {
-            DnsError::NoZone(if dns.private {
-                format!("{} (private)", dns.zone)
-            } else {
-                dns.zone.clone()
-            })
+    cloud.dns_zone(&dns.zone, private).await?.ok_or_else(|| {
+        DnsError::NoZone(if private {
+            format!("{} (private)", dns.zone)
+        } else {
+            dns.zone.clone()
         })
+    })
 }
 
-/// The address the record should hold for `instance`.
-pub fn address_for(dns: &DnsSpec, instance: &Instance) -> Option<String> {
-    match dns.address {
-        DnsAddress::Public => instance.public_ip.clone(),
+/// The address a record of kind `address` holds for `instance`.
+pub fn address_of(address: DnsAddress, instance: &Instance) -> Option<String> {
+    match address {
+        DnsAddress::Public | DnsAddress::Both => instance.public_ip.clone(),
         DnsAddress::Private => instance.private_ip.clone(),
     }
+}
+
+/// The address the box's (first) record should hold for `instance`.
+pub fn address_for(dns: &DnsSpec, instance: &Instance) -> Option<String> {
+    address_of(targets(dns)[0].address, instance)
 }
 
 /// Why the box may not take the name, if it may not.
@@ -187,20 +222,25 @@ fn refusal(dns: &DnsSpec, claim: &Claim) -> Option<DnsError> {
     })
 }
 
-/// Checks, before a launch, that the zone exists and the box may write the name.
+/// Checks, before a launch, that the zones exist and the box may write the name.
 pub async fn check(
     cloud: &dyn Cloud,
     owner: &str,
     box_name: &str,
     dns: &DnsSpec,
 ) -> Result<(), DnsError> {
-    let now = current(cloud, owner, box_name, dns).await?;
-    refusal(dns, &now.claim).map_or(Ok(()), Err)
+    for target in targets(dns) {
+        let now = current(cloud, owner, box_name, dns, target).await?;
+        if let Some(no) = refusal(dns, &now.claim) {
+            return Err(no);
+        }
+    }
+    Ok(())
 }
 
-/// Points the record at the instance's address, marking the name as the
-/// box's in the same batch; returns the address. Refuses a name that is not
-/// the box's (see the module).
+/// Points the box's records at the instance's addresses, marking the name
+/// as the box's in the same batch; returns the addresses. Refuses a name
+/// that is not the box's (see the module) before changing any.
 pub async fn point(
     cloud: &dyn Cloud,
     owner: &str,
@@ -208,18 +248,38 @@ pub async fn point(
     dns: &DnsSpec,
     instance: &Instance,
 ) -> Result<String, DnsError> {
-    let address = address_for(dns, instance).ok_or_else(|| DnsError::NoAddress {
-        id: instance.id.to_string(),
-        kind: match dns.address {
-            DnsAddress::Public => "public",
-            DnsAddress::Private => "private",
-        },
-        name: dns.name.clone(),
-    })?;
-    let now = current(cloud, owner, box_name, dns).await?;
-    if let Some(no) = refusal(dns, &now.claim) {
-        return Err(no);
+    let mut planned = Vec::new();
+    for target in targets(dns) {
+        let address = address_of(target.address, instance).ok_or_else(|| DnsError::NoAddress {
+            id: instance.id.to_string(),
+            kind: match target.address {
+                DnsAddress::Private => "private",
+                DnsAddress::Public | DnsAddress::Both => "public",
+            },
+            name: dns.name.clone(),
+        })?;
+        let now = current(cloud, owner, box_name, dns, target).await?;
+        if let Some(no) = refusal(dns, &now.claim) {
+            return Err(no);
+        }
+        planned.push((now, address));
     }
+    let mut said = Vec::new();
+    for (now, address) in planned {
+        point_one(cloud, owner, box_name, dns, &now, &address).await?;
+        said.push(address);
+    }
+    Ok(said.join(", "))
+}
+
+async fn point_one(
+    cloud: &dyn Cloud,
+    owner: &str,
+    box_name: &str,
+    dns: &DnsSpec,
+    now: &Current,
+    address: &str,
+) -> Result<(), DnsError> {
     // A free name is created, so that a record someone writes meanwhile
     // fails the batch rather than being overwritten.
     let action = if now.claim == Claim::Free {
@@ -232,7 +292,7 @@ pub async fn point(
         kind: RecordType::A,
         record: DnsRecord {
             name: fqdn(&dns.name),
-            values: vec![address.clone()],
+            values: vec![address.to_owned()],
             ttl: dns.ttl,
         },
     }];
@@ -248,7 +308,7 @@ pub async fn point(
         });
     }
     cloud.change_dns(&now.zone, &changes).await?;
-    Ok(address)
+    Ok(())
 }
 
 /// What [`remove`] did.
@@ -262,14 +322,29 @@ pub enum Removal {
     Absent,
 }
 
-/// Deletes the box's record and its mark, only if the name is marked as the box's.
+/// Deletes the box's records and their marks, each only if the name is
+/// marked as the box's in that zone.
 pub async fn remove(
     cloud: &dyn Cloud,
     owner: &str,
     box_name: &str,
     dns: &DnsSpec,
+) -> Result<Vec<Removal>, DnsError> {
+    let mut out = Vec::new();
+    for target in targets(dns) {
+        out.push(remove_one(cloud, owner, box_name, dns, target).await?);
+    }
+    Ok(out)
+}
+
+async fn remove_one(
+    cloud: &dyn Cloud,
+    owner: &str,
+    box_name: &str,
+    dns: &DnsSpec,
+    target: Target,
 ) -> Result<Removal, DnsError> {
-    let now = current(cloud, owner, box_name, dns).await?;
+    let now = current(cloud, owner, box_name, dns, target).await?;
     match (&now.claim, now.record) {
         (Claim::Ours, record) => {
             let changes = deletions(record.as_ref(), now.mark.as_ref());
@@ -310,12 +385,22 @@ pub async fn status(
     let Some(dns) = &spec.dns else {
         return Ok(None);
     };
-    let now = current(cloud, owner, &spec.name, dns).await?;
-    let instance_address = live.and_then(|i| address_for(dns, i));
-    let matches = match (&now.record, &instance_address) {
-        (Some(r), Some(a)) => r.values == [a.clone()],
-        _ => false,
+    // The first record is shown; every record must point at the instance.
+    let mut matches = true;
+    let mut first = None;
+    for target in targets(dns) {
+        let now = current(cloud, owner, &spec.name, dns, target).await?;
+        let want = live.and_then(|i| address_of(target.address, i));
+        matches &= match (&now.record, &want) {
+            (Some(r), Some(a)) => r.values == [a.clone()],
+            _ => false,
+        };
+        first.get_or_insert(now);
+    }
+    let Some(now) = first else {
+        return Ok(None);
     };
+    let instance_address = live.and_then(|i| address_for(dns, i));
     let owner_note = match &now.claim {
         Claim::Ours | Claim::Free => None,
         Claim::Unmarked => Some("not created by spotkeeper".to_owned()),
