@@ -52,3 +52,49 @@ fn the_systemd_unit_verifies_runs_serve_and_outwaits_its_stop() {
     assert_eq!(setting("Restart"), "on-failure");
     assert_eq!(setting("StateDirectoryMode"), "0700");
 }
+
+#[test]
+fn the_demo_says_it_is_building_and_shows_cargos_progress() {
+    // A fake cargo that records how it was called and stops the demo there.
+    let dir = tempfile::tempdir().expect("dir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    std::fs::write(
+        bin.join("cargo"),
+        format!(
+            "#!/bin/sh\necho \"$*\" > {}/cargo.args\nexit 3\n",
+            dir.path().display()
+        ),
+    )
+    .expect("fake cargo");
+    Command::new("chmod")
+        .arg("755")
+        .arg(bin.join("cargo"))
+        .status()
+        .expect("chmod");
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/demo");
+    let out = Command::new("bash")
+        .arg(demo)
+        .arg("--emulator")
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("CARGO_TARGET_DIR", dir.path().join("target"))
+        .output()
+        .expect("run the demo");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("building spotkeeper first") && said.contains("12-17 minutes"),
+        "{said}"
+    );
+    let args = std::fs::read_to_string(dir.path().join("cargo.args")).expect("cargo ran");
+    assert!(
+        args.starts_with("build") && !args.contains("--quiet"),
+        "{args}"
+    );
+}

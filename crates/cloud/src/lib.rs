@@ -14,11 +14,19 @@
 //! | pycloudlib | spotkeeper-cloud |
 //! |---|---|
 //! | `EC2(...)` | [`AwsCloud::connect`] (or [`AwsCloud::from_sdk_config`]) |
-//! | `daily_image('noble')` | [`AwsCloud::latest_ubuntu`], [`AwsCloud::latest_al2023`], [`AwsCloud::resolve_image`] |
+//! | `released_image('noble')`, `daily_image('noble')` | [`AwsCloud::resolve_image`] of [`ImageRef::parse`]`("ubuntu:noble")` / `("ubuntu:noble:daily")`; [`AwsCloud::latest_ubuntu`], [`AwsCloud::latest_ubuntu_daily`], [`AwsCloud::latest_al2023`] |
+//! | `launch(ami, wait=True)` | [`AwsCloud::launch_ready`]: running, an SSH login, cloud-init done |
 //! | `launch(ami, wait=False)` | [`AwsCloud::launch_instance`] → [`InstanceHandle`]; [`AwsCloud::launch_with`] for raw RunInstances fields |
+//! | `launch(..., vpc=vpc)` | [`AwsCloud::launch_in_vpc`] |
 //! | `get_instance(id)` | [`AwsCloud::get_instance`] |
-//! | `inst.wait()`, `wait_for_delete()`, `delete(wait)` | [`InstanceHandle::wait`], [`InstanceHandle::wait_for_delete`], [`InstanceHandle::delete`] |
+//! | `inst.wait()` | [`InstanceHandle::wait`]: running, and with SSH settings ([`InstanceHandle::with_ssh`]) booted and cloud-init done; [`InstanceHandle::wait_running`] |
+//! | `inst.wait_for_delete()`, `delete(wait)` | [`InstanceHandle::wait_for_delete`], [`InstanceHandle::delete`] |
 //! | `inst.execute(cmd)` | [`InstanceHandle::execute`], [`InstanceHandle::wait_for_ssh`], [`InstanceHandle::wait_for_cloud_init`] |
+//! | `inst.run_script(script)` | [`InstanceHandle::run_script`] |
+//! | `inst.push_file()`, `pull_file()` | [`InstanceHandle::push_file`], [`InstanceHandle::pull_file`] (the system `scp`) |
+//! | `inst.console_log()` | [`InstanceHandle::console_log`] |
+//! | `inst.restart()`, `shutdown()`, `start()` | [`InstanceHandle::restart`], [`InstanceHandle::shutdown`], [`InstanceHandle::start`] |
+//! | `inst.clean()`, `update()` | [`InstanceHandle::clean`], [`InstanceHandle::update`] |
 //! | `snapshot(id)`, `image_delete(ami)` | [`AwsCloud::snapshot`], [`AwsCloud::delete_image`] |
 //! | `get_or_create_vpc(name)`, `vpc.delete()` | [`AwsCloud::get_or_create_vpc`], [`Vpc::delete`] |
 //! | `inst.add_volume()`, `add_network_interface()` | [`InstanceHandle::add_volume`], [`InstanceHandle::add_network_interface`] |
