@@ -217,35 +217,12 @@ impl SshSettings {
         } else {
             args.extend([far, near]);
         }
-        let child = Command::new("scp")
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| SshError::Spawn(format!("scp: {e}")))?;
         let target = self.target(address);
-        let out = match timeout(within, child.wait_with_output()).await {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => return Err(SshError::Spawn(e.to_string())),
-            Err(_) => {
-                return Err(SshError::Timeout {
-                    target,
-                    what: format!("copying {remote}"),
-                    after: within,
-                });
-            }
-        };
+        let out = run_bounded("scp", &args, &target, &format!("copying {remote}"), within).await?;
         if out.status.success() {
             return Ok(());
         }
-        let reason = String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .map(str::trim)
-            .rfind(|l| !l.is_empty())
-            .unwrap_or("scp failed")
-            .to_owned();
+        let reason = last_words(&String::from_utf8_lossy(&out.stderr), "scp failed");
         Err(SshError::Connect { target, reason })
     }
 
@@ -267,35 +244,12 @@ impl SshSettings {
             dest,
             command.to_owned(),
         ]);
-        let child = Command::new("ssh")
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| SshError::Spawn(e.to_string()))?;
         let target = self.target(address);
-        let out = match timeout(within, child.wait_with_output()).await {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => return Err(SshError::Spawn(e.to_string())),
-            Err(_) => {
-                return Err(SshError::Timeout {
-                    target,
-                    what: format!("`{command}`"),
-                    after: within,
-                });
-            }
-        };
+        let out = run_bounded("ssh", &args, &target, &format!("`{command}`"), within).await?;
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let status = out.status.code().unwrap_or(-1);
         if status == 255 {
-            let reason = stderr
-                .lines()
-                .map(str::trim)
-                .rfind(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
-                .unwrap_or("ssh exited 255")
-                .to_owned();
+            let reason = last_words(&stderr, "ssh exited 255");
             return Err(SshError::Connect { target, reason });
         }
         Ok(ExecOutput {
@@ -396,6 +350,51 @@ impl SshSettings {
             sleep(Duration::from_secs(2)).await;
         }
     }
+}
+
+/// Runs `program` (ssh or scp) with no stdin, its output collected, killed
+/// when `within` passes.
+async fn run_bounded(
+    program: &str,
+    args: &[String],
+    target: &str,
+    what: &str,
+    within: Duration,
+) -> Result<std::process::Output, SshError> {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        // The error already says "cannot run ssh"; scp is named.
+        .map_err(|e| {
+            SshError::Spawn(if program == "ssh" {
+                e.to_string()
+            } else {
+                format!("{program}: {e}")
+            })
+        })?;
+    match timeout(within, child.wait_with_output()).await {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(SshError::Spawn(e.to_string())),
+        Err(_) => Err(SshError::Timeout {
+            target: target.to_owned(),
+            what: what.to_owned(),
+            after: within,
+        }),
+    }
+}
+
+/// What ssh or scp last said on stderr (not the known-hosts notice), else `fallback`.
+fn last_words(stderr: &str, fallback: &str) -> String {
+    stderr
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
+        .unwrap_or(fallback)
+        .to_owned()
 }
 
 #[cfg(test)]

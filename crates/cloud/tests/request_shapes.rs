@@ -60,6 +60,18 @@ fn route53() -> aws_sdk_route53::Client {
     aws_sdk_route53::Client::from_conf(conf)
 }
 
+/// The values of a DescribeImages request's filter `name` (none when absent).
+fn filter_values(
+    r: &aws_sdk_ec2::operation::describe_images::DescribeImagesInput,
+    name: &str,
+) -> Vec<String> {
+    r.filters()
+        .iter()
+        .find(|f| f.name() == Some(name))
+        .map(|f| f.values().to_vec())
+        .unwrap_or_default()
+}
+
 fn running() -> RunInstancesOutput {
     RunInstancesOutput::builder()
         .instances(
@@ -223,13 +235,7 @@ async fn latest_ubuntu_falls_back_to_the_newest_canonical_image() {
     });
     let images = mock!(Client::describe_images)
         .match_requests(|r| {
-            let filter = |name: &str| {
-                r.filters()
-                    .iter()
-                    .find(|f| f.name() == Some(name))
-                    .map(|f| f.values().to_vec())
-                    .unwrap_or_default()
-            };
+            let filter = |name: &str| filter_values(r, name);
             r.owners() == [spotkeeper_cloud::CANONICAL_OWNER]
                 && filter("name") == ["ubuntu/images/hvm-ssd*/ubuntu-*-24.04-amd64-server-*"]
                 && filter("architecture") == ["x86_64"]
@@ -446,13 +452,7 @@ async fn the_on_demand_price_asks_the_price_list_for_linux_shared_in_the_region(
 async fn ubuntu_daily_images_are_canonicals_newest_images_testing_build_of_the_codename() {
     let images = mock!(Client::describe_images)
         .match_requests(|r| {
-            let filter = |name: &str| {
-                r.filters()
-                    .iter()
-                    .find(|f| f.name() == Some(name))
-                    .map(|f| f.values().to_vec())
-                    .unwrap_or_default()
-            };
+            let filter = |name: &str| filter_values(r, name);
             r.owners() == [spotkeeper_cloud::CANONICAL_OWNER]
                 && filter("name")
                     == ["ubuntu/images-testing/hvm-ssd*/ubuntu-noble-daily-arm64-server-*"]

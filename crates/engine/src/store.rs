@@ -92,6 +92,33 @@ pub struct ManagedBox {
     pub registered_at: i64,
 }
 
+/// The columns `seen_instances` and `runs_since` select.
+const SEEN_COLUMNS: &str = "instance_id, box, pool, instance_type, zone, market, state, first_seen, last_seen, launched_at, ended_at";
+
+fn seen_from_row(r: &sqlx::sqlite::SqliteRow) -> SeenInstance {
+    SeenInstance {
+        instance_id: r.get("instance_id"),
+        box_name: r.get("box"),
+        pool: r.get("pool"),
+        instance_type: r.get("instance_type"),
+        zone: r.get("zone"),
+        market: r.get("market"),
+        state: r.get("state"),
+        first_seen: r.get("first_seen"),
+        last_seen: r.get("last_seen"),
+        launched_at: r.get("launched_at"),
+        ended_at: r.get("ended_at"),
+    }
+}
+
+fn cursor_from_row(r: &sqlx::sqlite::SqliteRow) -> NotifyCursor {
+    NotifyCursor {
+        last_event: r.get("last_event"),
+        attempts: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(0),
+        last_error: r.get("last_error"),
+    }
+}
+
 fn event_from_row(r: &sqlx::sqlite::SqliteRow) -> Event {
     Event {
         id: r.get("id"),
@@ -379,11 +406,7 @@ impl Store {
         .bind(sink)
         .fetch_one(&self.pool)
         .await?;
-        Ok(NotifyCursor {
-            last_event: row.get("last_event"),
-            attempts: u32::try_from(row.get::<i64, _>("attempts")).unwrap_or(0),
-            last_error: row.get("last_error"),
-        })
+        Ok(cursor_from_row(&row))
     }
 
     /// The receiver took everything up to event `last_event`.
@@ -442,16 +465,7 @@ impl Store {
         .await?;
         Ok(rows
             .iter()
-            .map(|r| {
-                (
-                    r.get("sink"),
-                    NotifyCursor {
-                        last_event: r.get("last_event"),
-                        attempts: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(0),
-                        last_error: r.get("last_error"),
-                    },
-                )
-            })
+            .map(|r| (r.get("sink"), cursor_from_row(r)))
             .collect())
     }
 
@@ -1037,30 +1051,14 @@ impl Store {
         owner: &str,
         limit: i64,
     ) -> Result<Vec<SeenInstance>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT instance_id, box, pool, instance_type, zone, market, state, first_seen, last_seen, launched_at, ended_at
-             FROM instances_seen WHERE owner = ? ORDER BY last_seen DESC, first_seen DESC LIMIT ?",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {SEEN_COLUMNS} FROM instances_seen WHERE owner = ? ORDER BY last_seen DESC, first_seen DESC LIMIT ?"
+        ))
         .bind(owner)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| SeenInstance {
-                instance_id: r.get("instance_id"),
-                box_name: r.get("box"),
-                pool: r.get("pool"),
-                instance_type: r.get("instance_type"),
-                zone: r.get("zone"),
-                market: r.get("market"),
-                state: r.get("state"),
-                first_seen: r.get("first_seen"),
-                last_seen: r.get("last_seen"),
-                launched_at: r.get("launched_at"),
-                ended_at: r.get("ended_at"),
-            })
-            .collect())
+        Ok(rows.iter().map(seen_from_row).collect())
     }
 
     /// Instances whose run overlaps `[since, ∞)`.
@@ -1069,30 +1067,14 @@ impl Store {
         owner: &str,
         since: i64,
     ) -> Result<Vec<SeenInstance>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT instance_id, box, pool, instance_type, zone, market, state, first_seen, last_seen, launched_at, ended_at
-             FROM instances_seen WHERE owner = ? AND COALESCE(ended_at, last_seen) >= ? ORDER BY instance_id",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {SEEN_COLUMNS} FROM instances_seen WHERE owner = ? AND COALESCE(ended_at, last_seen) >= ? ORDER BY instance_id"
+        ))
         .bind(owner)
         .bind(since)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| SeenInstance {
-                instance_id: r.get("instance_id"),
-                box_name: r.get("box"),
-                pool: r.get("pool"),
-                instance_type: r.get("instance_type"),
-                zone: r.get("zone"),
-                market: r.get("market"),
-                state: r.get("state"),
-                first_seen: r.get("first_seen"),
-                last_seen: r.get("last_seen"),
-                launched_at: r.get("launched_at"),
-                ended_at: r.get("ended_at"),
-            })
-            .collect())
+        Ok(rows.iter().map(seen_from_row).collect())
     }
 
     /// Keeps the prices a pass read: a sample per offering when its price

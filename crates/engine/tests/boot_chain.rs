@@ -92,6 +92,19 @@ fn in_namespace(script: &str, env: &[(&str, PathBuf)]) -> Output {
     cmd.output().expect("unshare")
 }
 
+/// The data volume script's settings for a test tree under `t` (fake
+/// sysfs, /dev and rootfs).
+fn data_env(t: &Path) -> Vec<(&'static str, PathBuf)> {
+    vec![
+        ("SK_SYS_BLOCK", t.join("sys/block")),
+        ("SK_DEV_DIR", t.join("dev")),
+        ("SK_BYID_DIR", t.join("no-by-id")),
+        ("SK_ROOTFS", t.join("rootfs")),
+        ("SK_STATE_DIR", PathBuf::from("/state")),
+        ("SK_WAIT_SECONDS", PathBuf::from("10")),
+    ]
+}
+
 #[test]
 fn the_boot_template_passes_shellcheck() {
     let dir = tempfile::tempdir().expect("dir");
@@ -134,14 +147,7 @@ fn data_volume_script_makes_a_filesystem_once_mounts_it_and_then_runs_the_users_
     std::fs::write(&path, &script).expect("write");
     shellcheck(&path);
 
-    let env = [
-        ("SK_SYS_BLOCK", t.join("sys/block")),
-        ("SK_DEV_DIR", t.join("dev")),
-        ("SK_BYID_DIR", t.join("no-by-id")),
-        ("SK_ROOTFS", t.join("rootfs")),
-        ("SK_STATE_DIR", PathBuf::from("/state")),
-        ("SK_WAIT_SECONDS", PathBuf::from("10")),
-    ];
+    let env = data_env(t);
     let first = in_namespace(&format!("sh {}", path.display()), &env);
     let log = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{log}");
@@ -242,15 +248,8 @@ touch {}/user-ran
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let env = [
-        ("SK_SYS_BLOCK", t.join("sys/block")),
-        ("SK_DEV_DIR", t.join("dev")),
-        ("SK_BYID_DIR", t.join("no-by-id")),
-        ("SK_ROOTFS", t.join("rootfs")),
-        ("SK_STATE_DIR", PathBuf::from("/state")),
-        ("SK_WAIT_SECONDS", PathBuf::from("10")),
-        ("PATH", PathBuf::from(path_var)),
-    ];
+    let mut env = data_env(t);
+    env.push(("PATH", PathBuf::from(path_var)));
     let out = in_namespace(&format!("sh {}", path.display()), &env);
     let has_fs = Command::new("blkid")
         .arg("-p")
