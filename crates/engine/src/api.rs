@@ -218,10 +218,11 @@ fn spec_of(state: &ApiState, name: &str, stored: Option<&str>) -> Option<crate::
 
 /// The latest recorded spot price of each offering.
 async fn latest_prices(state: &ApiState) -> std::collections::BTreeMap<(String, String), f64> {
-    let since = crate::store::unix_now() - 7 * 86_400;
+    // The samples "since now" are each offering's one in effect now: one row
+    // per offering, not every sample of the week, on each 5 s refresh.
     state
         .store
-        .price_samples(since)
+        .price_samples(crate::store::unix_now())
         .await
         .unwrap_or_default()
         .into_iter()

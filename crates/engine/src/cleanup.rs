@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use spotkeeper_cloud::model::tags;
 use spotkeeper_cloud::{
-    Cloud, CloudError, DnsChange, DnsRecord, Image, Instance, RecordType, SpotRequest,
-    SpotRequestState, Volume, fqdn,
+    Cloud, CloudError, DnsChange, DnsRecord, Image, Instance, SpotRequest, SpotRequestState,
+    Volume, fqdn,
 };
 
 use crate::boxes::owner_filter;
@@ -161,31 +161,16 @@ pub async fn inventory(cloud: &dyn Cloud, config: &Config) -> Result<Inventory, 
     let images = cloud.images(&mine).await?;
     let mut records = Vec::new();
     // Only names marked as the box's: a record spotkeeper did not write stays.
-    let names = config
-        .boxes
-        .values()
-        .filter_map(|b| b.dns.as_ref().map(|d| (b, d)))
-        .flat_map(|(b, d)| crate::dns::targets(d).into_iter().map(move |t| (b, d, t)));
-    for (spec, dns, target) in names {
-        let zone = match &dns.zone_id {
-            Some(id) => id.clone(),
-            None => match cloud.dns_zone(&dns.zone, target.private_zone).await? {
-                Some(z) => z,
-                None => continue,
-            },
-        };
-        let record = cloud.dns_record(&zone, &dns.name, RecordType::A).await?;
-        let mark = cloud
-            .dns_record(&zone, &crate::dns::mark_name(&dns.name), RecordType::Txt)
-            .await?;
-        if crate::dns::claim(&config.owner, &spec.name, mark.as_ref(), record.is_some())
-            == crate::dns::Claim::Ours
+    for spec in config.boxes.values() {
+        let Some(dns) = &spec.dns else { continue };
+        for (zone, record, deletions) in
+            crate::dns::owned(cloud, &config.owner, &spec.name, dns).await?
         {
             records.push(OwnedName {
                 zone,
                 name: fqdn(&dns.name),
-                deletions: crate::dns::deletions(record.as_ref(), mark.as_ref()),
                 record,
+                deletions,
             });
         }
     }

@@ -148,6 +148,17 @@ async fn current(
     target: Target,
 ) -> Result<Current, DnsError> {
     let zone = zone_for(cloud, dns, target.private_zone).await?;
+    Ok(current_in(cloud, owner, box_name, dns, zone).await?)
+}
+
+/// The record and mark of the box's name in `zone`, and whose the name is.
+async fn current_in(
+    cloud: &dyn Cloud,
+    owner: &str,
+    box_name: &str,
+    dns: &DnsSpec,
+    zone: String,
+) -> Result<Current, CloudError> {
     let record = cloud.dns_record(&zone, &dns.name, RecordType::A).await?;
     let mark = cloud
         .dns_record(&zone, &mark_name(&dns.name), RecordType::Txt)
@@ -159,6 +170,33 @@ async fn current(
         mark,
         claim,
     })
+}
+
+/// The box's records marked as its own, each as (zone, record if any, the
+/// batch deleting it and its mark): what `cleanup --all` removes. A zone
+/// that does not exist holds nothing.
+pub async fn owned(
+    cloud: &dyn Cloud,
+    owner: &str,
+    box_name: &str,
+    dns: &DnsSpec,
+) -> Result<Vec<(String, Option<DnsRecord>, Vec<DnsChange>)>, CloudError> {
+    let mut out = Vec::new();
+    for target in targets(dns) {
+        let zone = match &dns.zone_id {
+            Some(id) => id.clone(),
+            None => match cloud.dns_zone(&dns.zone, target.private_zone).await? {
+                Some(z) => z,
+                None => continue,
+            },
+        };
+        let now = current_in(cloud, owner, box_name, dns, zone).await?;
+        if now.claim == Claim::Ours {
+            let changes = deletions(now.record.as_ref(), now.mark.as_ref());
+            out.push((now.zone, now.record, changes));
+        }
+    }
+    Ok(out)
 }
 
 /// What the record says and whether it matches the box.
