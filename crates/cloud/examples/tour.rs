@@ -9,6 +9,7 @@
 //! (against a real account it launches two small spot instances for a minute).
 
 use spotkeeper_cloud::model::tags;
+use spotkeeper_cloud::prelude::*;
 use spotkeeper_cloud::{
     Arch, AwsCloud, ClientConfig, ImageRef, LaunchSpec, Market, RootVolume, SshSettings,
 };
@@ -83,7 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let ami = cloud
-        .snapshot(
+        .create_image(
             inst.id(),
             "spotkeeper-tour-image",
             &[(tags::NAME.into(), "spotkeeper-tour".into())],

@@ -1,6 +1,10 @@
-//! The `Cloud` trait: the domain verbs the engine uses. Engine code never sees an
-//! SDK type; [`crate::AwsCloud`] implements this over the AWS SDK and
-//! `FakeCloud` (feature `test-util`) in memory.
+//! The `Cloud` seam: the domain verbs the engine uses, one trait per area
+//! ([`Pricing`], [`Compute`], [`Storage`], [`Images`], [`Network`], [`Dns`])
+//! and [`Cloud`], all of them at once. Engine code never sees an SDK type;
+//! [`crate::AwsCloud`] implements each area directly over the AWS SDK (no
+//! forwarding layer) and `FakeCloud` (feature `test-util`) in memory. Callers
+//! holding a concrete type bring the verbs into scope with
+//! `use spotkeeper_cloud::prelude::*`.
 
 use async_trait::async_trait;
 
@@ -10,17 +14,14 @@ use crate::model::{
     Snapshot, SnapshotId, SpotPrice, SpotRequest, SpotRequestId, TagFilter, Volume, VolumeId,
 };
 
-/// The EC2 operations spotkeeper's engine is written against.
+/// Where and for how much: the region, its zones, spot and on-demand prices.
 #[async_trait]
-pub trait Cloud: Send + Sync + std::fmt::Debug {
-    /// The AMI an [`ImageRef`] names now (aliases resolve to the newest image).
-    async fn resolve_image(&self, image: &ImageRef) -> Result<ImageId, CloudError>;
+pub trait Pricing: Send + Sync {
+    /// The region this handle works in.
+    fn region(&self) -> &str;
 
     /// Availability zones of the region that are `available`, sorted by name.
     async fn zones(&self) -> Result<Vec<String>, CloudError>;
-
-    /// The zone a subnet lives in (a subnet pins its instances' zone).
-    async fn subnet_zone(&self, subnet_id: &str) -> Result<String, CloudError>;
 
     /// The newest spot price of each (type, zone) pair among `instance_types`
     /// (and `zones`, when not empty), for Linux/UNIX. One entry per pair; pairs
@@ -31,22 +32,14 @@ pub trait Cloud: Send + Sync + std::fmt::Debug {
         zones: &[String],
     ) -> Result<Vec<SpotPrice>, CloudError>;
 
-    /// The ids of security groups given by id or by name (looked up in the
-    /// VPC of `subnet`, else the default VPC); a name matching no group or
-    /// several is an error.
-    async fn security_group_ids(
-        &self,
-        groups: &[String],
-        subnet: Option<&str>,
-    ) -> Result<Vec<String>, CloudError>;
-
-    /// The region this handle works in.
-    fn region(&self) -> &str;
-
     /// The on-demand price (USD per hour, Linux) of `instance_type` in the
     /// region, from the AWS Price List; `None` when it has no such product.
     async fn on_demand_price(&self, instance_type: &str) -> Result<Option<f64>, CloudError>;
+}
 
+/// Instances and spot requests: launch, describe, terminate, cancel, tag.
+#[async_trait]
+pub trait Compute: Send + Sync {
     /// Launches exactly one instance as `spec` says, tagged at creation. Repeating
     /// a call with the same `client_token` and parameters returns the same instance
     /// (AWS idempotency) instead of launching another.
@@ -84,7 +77,11 @@ pub trait Cloud: Send + Sync + std::fmt::Debug {
 
     /// Removes tag keys from resources.
     async fn untag(&self, resource_ids: &[String], keys: &[&str]) -> Result<(), CloudError>;
+}
 
+/// EBS volumes and their snapshots.
+#[async_trait]
+pub trait Storage: Send + Sync {
     /// Every volume whose tags match `filter`.
     async fn volumes(&self, filter: &TagFilter) -> Result<Vec<Volume>, CloudError>;
 
@@ -131,6 +128,13 @@ pub trait Cloud: Send + Sync + std::fmt::Debug {
 
     /// Deletes a snapshot (gone already is fine).
     async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), CloudError>;
+}
+
+/// AMIs: resolve, list, create from an instance, delete.
+#[async_trait]
+pub trait Images: Send + Sync {
+    /// The AMI an [`ImageRef`] names now (aliases resolve to the newest image).
+    async fn resolve_image(&self, image: &ImageRef) -> Result<ImageId, CloudError>;
 
     /// The snapshot behind an image's root device.
     async fn image_root_snapshot(&self, image: &ImageId) -> Result<Option<SnapshotId>, CloudError>;
@@ -148,7 +152,40 @@ pub trait Cloud: Send + Sync + std::fmt::Debug {
 
     /// Deregisters an image and deletes its snapshots.
     async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError>;
+}
 
+/// Subnets, security groups and Elastic IPs.
+#[async_trait]
+pub trait Network: Send + Sync {
+    /// The zone a subnet lives in (a subnet pins its instances' zone).
+    async fn subnet_zone(&self, subnet_id: &str) -> Result<String, CloudError>;
+
+    /// The ids of security groups given by id or by name (looked up in the
+    /// VPC of `subnet`, else the default VPC); a name matching no group or
+    /// several is an error.
+    async fn security_group_ids(
+        &self,
+        groups: &[String],
+        subnet: Option<&str>,
+    ) -> Result<Vec<String>, CloudError>;
+
+    /// Associates an Elastic IP allocation with an instance. With
+    /// `reassociate` false, AWS refuses when the address is on another
+    /// instance (`Resource.AlreadyAssociated`).
+    async fn associate_address(
+        &self,
+        allocation_id: &str,
+        instance: &InstanceId,
+        reassociate: bool,
+    ) -> Result<(), CloudError>;
+
+    /// The instance an Elastic IP allocation is associated with, if any.
+    async fn address_holder(&self, allocation_id: &str) -> Result<Option<InstanceId>, CloudError>;
+}
+
+/// Route 53 zones and records.
+#[async_trait]
+pub trait Dns: Send + Sync {
     /// The id of the public (with `private`, the private) Route53 hosted
     /// zone named `name`, if it exists.
     async fn dns_zone(&self, name: &str, private: bool) -> Result<Option<String>, CloudError>;
@@ -165,17 +202,12 @@ pub trait Cloud: Send + Sync + std::fmt::Debug {
     /// `ChangeResourceRecordSets`): a `Create` of a set that exists or a
     /// `Delete` of one that differs fails the whole batch.
     async fn change_dns(&self, zone_id: &str, changes: &[DnsChange]) -> Result<(), CloudError>;
-
-    /// Associates an Elastic IP allocation with an instance. With
-    /// `reassociate` false, AWS refuses when the address is on another
-    /// instance (`Resource.AlreadyAssociated`).
-    async fn associate_address(
-        &self,
-        allocation_id: &str,
-        instance: &InstanceId,
-        reassociate: bool,
-    ) -> Result<(), CloudError>;
-
-    /// The instance an Elastic IP allocation is associated with, if any.
-    async fn address_holder(&self, allocation_id: &str) -> Result<Option<InstanceId>, CloudError>;
 }
+
+/// The AWS operations spotkeeper's engine is written against: every area
+/// trait at once. [`crate::AwsCloud`] implements each area in its own module
+/// (`aws/pricing.rs`, `aws/instances.rs`, …), `FakeCloud` in memory; the
+/// engine holds a `&dyn Cloud` and calls any of them.
+pub trait Cloud: Pricing + Compute + Storage + Images + Network + Dns + std::fmt::Debug {}
+
+impl<T> Cloud for T where T: Pricing + Compute + Storage + Images + Network + Dns + std::fmt::Debug {}

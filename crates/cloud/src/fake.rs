@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use crate::cloud::Cloud;
+use crate::cloud::{Compute, Dns, Images, Network, Pricing, Storage};
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{
     DnsAction, DnsChange, DnsRecord, Image, ImageId, ImageRef, Instance, InstanceId, InstanceState,
@@ -261,32 +261,13 @@ impl FakeCloud {
 }
 
 #[async_trait]
-impl Cloud for FakeCloud {
+impl Pricing for FakeCloud {
+    fn region(&self) -> &str {
+        "us-east-1"
+    }
+
     async fn zones(&self) -> Result<Vec<String>, CloudError> {
         Ok(self.enter("DescribeAvailabilityZones")?.zones.clone())
-    }
-
-    async fn resolve_image(&self, image: &ImageRef) -> Result<ImageId, CloudError> {
-        let _s = self.enter("ResolveImage")?;
-        // Aliases resolve to a fixed id derived from their text.
-        Ok(match image {
-            ImageRef::Id(id) => id.clone(),
-            other => ImageId::new(format!(
-                "ami-fake-{}",
-                other.to_string().replace([':', '.'], "-")
-            )),
-        })
-    }
-
-    async fn subnet_zone(&self, subnet_id: &str) -> Result<String, CloudError> {
-        let s = self.enter("DescribeSubnets")?;
-        s.subnets.get(subnet_id).cloned().ok_or_else(|| {
-            CloudError::from_code(
-                "DescribeSubnets",
-                "InvalidSubnetID.NotFound",
-                format!("subnet {subnet_id} not found"),
-            )
-        })
     }
 
     async fn spot_prices(
@@ -308,6 +289,17 @@ impl Cloud for FakeCloud {
             .collect())
     }
 
+    async fn on_demand_price(&self, instance_type: &str) -> Result<Option<f64>, CloudError> {
+        Ok(self
+            .enter("GetProducts")?
+            .on_demand
+            .get(instance_type)
+            .copied())
+    }
+}
+
+#[async_trait]
+impl Compute for FakeCloud {
     async fn launch(&self, spec: &LaunchSpec) -> Result<Instance, CloudError> {
         let mut launched = self.launch_many(spec, 1).await?;
         launched.pop().ok_or_else(|| {
@@ -523,7 +515,10 @@ impl Cloud for FakeCloud {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl Storage for FakeCloud {
     async fn volumes(&self, filter: &TagFilter) -> Result<Vec<Volume>, CloudError> {
         let s = self.enter("DescribeVolumes")?;
         Ok(s.volumes
@@ -665,6 +660,21 @@ impl Cloud for FakeCloud {
         self.enter("DeleteSnapshot")?.snapshots.remove(id);
         Ok(())
     }
+}
+
+#[async_trait]
+impl Images for FakeCloud {
+    async fn resolve_image(&self, image: &ImageRef) -> Result<ImageId, CloudError> {
+        let _s = self.enter("ResolveImage")?;
+        // Aliases resolve to a fixed id derived from their text.
+        Ok(match image {
+            ImageRef::Id(id) => id.clone(),
+            other => ImageId::new(format!(
+                "ami-fake-{}",
+                other.to_string().replace([':', '.'], "-")
+            )),
+        })
+    }
 
     async fn image_root_snapshot(&self, image: &ImageId) -> Result<Option<SnapshotId>, CloudError> {
         let _s = self.enter("DescribeImages")?;
@@ -730,9 +740,19 @@ impl Cloud for FakeCloud {
         }
         Ok(image.snapshot_ids)
     }
+}
 
-    fn region(&self) -> &str {
-        "us-east-1"
+#[async_trait]
+impl Network for FakeCloud {
+    async fn subnet_zone(&self, subnet_id: &str) -> Result<String, CloudError> {
+        let s = self.enter("DescribeSubnets")?;
+        s.subnets.get(subnet_id).cloned().ok_or_else(|| {
+            CloudError::from_code(
+                "DescribeSubnets",
+                "InvalidSubnetID.NotFound",
+                format!("subnet {subnet_id} not found"),
+            )
+        })
     }
 
     async fn security_group_ids(
@@ -747,14 +767,40 @@ impl Cloud for FakeCloud {
         crate::aws::resolve_groups(groups, &s.security_groups, "vpc-fake")
     }
 
-    async fn on_demand_price(&self, instance_type: &str) -> Result<Option<f64>, CloudError> {
-        Ok(self
-            .enter("GetProducts")?
-            .on_demand
-            .get(instance_type)
-            .copied())
+    async fn associate_address(
+        &self,
+        allocation_id: &str,
+        instance: &InstanceId,
+        reassociate: bool,
+    ) -> Result<(), CloudError> {
+        let mut s = self.enter("AssociateAddress")?;
+        if !reassociate
+            && s.addresses
+                .get(allocation_id)
+                .is_some_and(|holder| holder != instance)
+        {
+            return Err(CloudError::from_code(
+                "AssociateAddress",
+                "Resource.AlreadyAssociated",
+                format!("{allocation_id} is already associated"),
+            ));
+        }
+        s.addresses
+            .insert(allocation_id.to_owned(), instance.clone());
+        Ok(())
     }
 
+    async fn address_holder(&self, allocation_id: &str) -> Result<Option<InstanceId>, CloudError> {
+        Ok(self
+            .enter("DescribeAddresses")?
+            .addresses
+            .get(allocation_id)
+            .cloned())
+    }
+}
+
+#[async_trait]
+impl Dns for FakeCloud {
     async fn dns_zone(&self, name: &str, private: bool) -> Result<Option<String>, CloudError> {
         Ok(self
             .enter("ListHostedZonesByName")?
@@ -819,37 +865,6 @@ impl Cloud for FakeCloud {
         }
         s.records = next;
         Ok(())
-    }
-
-    async fn associate_address(
-        &self,
-        allocation_id: &str,
-        instance: &InstanceId,
-        reassociate: bool,
-    ) -> Result<(), CloudError> {
-        let mut s = self.enter("AssociateAddress")?;
-        if !reassociate
-            && s.addresses
-                .get(allocation_id)
-                .is_some_and(|holder| holder != instance)
-        {
-            return Err(CloudError::from_code(
-                "AssociateAddress",
-                "Resource.AlreadyAssociated",
-                format!("{allocation_id} is already associated"),
-            ));
-        }
-        s.addresses
-            .insert(allocation_id.to_owned(), instance.clone());
-        Ok(())
-    }
-
-    async fn address_holder(&self, allocation_id: &str) -> Result<Option<InstanceId>, CloudError> {
-        Ok(self
-            .enter("DescribeAddresses")?
-            .addresses
-            .get(allocation_id)
-            .cloned())
     }
 }
 

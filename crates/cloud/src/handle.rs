@@ -6,12 +6,13 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::aws::{AwsCloud, VpcInfo, next_free_device};
-use crate::cloud::Cloud;
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{
     Instance, InstanceId, InstanceState, LaunchSpec, NetworkInterface, TagFilter, Volume, tags,
 };
+use crate::prelude::*;
 use crate::ssh::{CloudInitStatus, ExecOutput, SshError, SshSettings};
+use crate::wait::{self, Look};
 
 /// Tag on volumes and interfaces added through a handle: the instance they go with.
 pub const DELETE_WITH: &str = "spotkeeper:delete-with";
@@ -266,36 +267,25 @@ impl InstanceHandle {
 
     /// Waits until the instance is `running`; an error if it ends first.
     pub async fn wait_running(&mut self) -> Result<&Instance, CloudError> {
-        let deadline = tokio::time::Instant::now() + RUNNING_TIMEOUT;
-        loop {
+        let (cloud, id) = (&self.cloud, &self.info.id);
+        self.info = wait::until("DescribeInstances", RUNNING_TIMEOUT, POLL, || async {
             // Right after RunInstances the id may be unknown to describes for a moment.
-            if let Some(info) = self.cloud.instance(&self.info.id).await? {
-                self.info = info;
-                match self.info.state {
-                    InstanceState::Running => return Ok(&self.info),
-                    InstanceState::Pending => {}
-                    other => {
-                        return Err(CloudError::other(
-                            "DescribeInstances",
-                            ErrorKind::Other,
-                            format!("instance {} is {other}, not running", self.info.id),
-                        ));
-                    }
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(CloudError::other(
+            match cloud.instance(id).await? {
+                Some(info) if info.state == InstanceState::Running => Ok(Look::Done(info)),
+                None
+                | Some(Instance {
+                    state: InstanceState::Pending,
+                    ..
+                }) => Ok(Look::NotYet(format!("instance {id} not running"))),
+                Some(info) => Err(CloudError::other(
                     "DescribeInstances",
                     ErrorKind::Other,
-                    format!(
-                        "instance {} not running after {}s",
-                        self.info.id,
-                        RUNNING_TIMEOUT.as_secs()
-                    ),
-                ));
+                    format!("instance {id} is {}, not running", info.state),
+                )),
             }
-            tokio::time::sleep(POLL).await;
-        }
+        })
+        .await?;
+        Ok(&self.info)
     }
 
     /// Waits until the instance is terminated.
@@ -563,24 +553,14 @@ impl InstanceHandle {
     }
 
     async fn wait_state(&mut self, want: InstanceState) -> Result<(), CloudError> {
-        let deadline = tokio::time::Instant::now() + RUNNING_TIMEOUT;
-        loop {
-            self.refresh().await?;
-            if self.info.state == want {
-                return Ok(());
+        let (cloud, id) = (&self.cloud, &self.info.id);
+        self.info = wait::until("DescribeInstances", RUNNING_TIMEOUT, POLL, || async {
+            match cloud.instance(id).await? {
+                Some(info) if info.state == want => Ok(Look::Done(info)),
+                _ => Ok(Look::NotYet(format!("instance {id} not {want}"))),
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(CloudError::other(
-                    "DescribeInstances",
-                    ErrorKind::Other,
-                    format!(
-                        "instance {} not {want} after {}s",
-                        self.info.id,
-                        RUNNING_TIMEOUT.as_secs()
-                    ),
-                ));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        })
+        .await?;
+        Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! The event queue seam: where the daemon's EC2 events come from. [`SqsQueue`]
 //! is the SQS queue `setup` makes (EventBridge → SQS); `fake::FakeQueue`
 //! (feature `test-util`) stands in for it so the daemon's receive loop (keep
-//! or delete a message, shut down) is tested in-process.
+//! or delete a message, shut down) is tested in-process. [`JobQueue`] is
+//! where worker pools count their pending jobs.
 
 use async_trait::async_trait;
 
@@ -20,6 +21,13 @@ pub trait EventQueue: Send + Sync {
     fn account(&self) -> Option<String> {
         None
     }
+}
+
+/// Where a worker pool's pending jobs are counted: an SQS queue's depth.
+#[async_trait]
+pub trait JobQueue: Send + Sync + std::fmt::Debug {
+    /// How many messages wait in `queue` (a name or a URL).
+    async fn queue_depth(&self, queue: &str) -> Result<u64, CloudError>;
 }
 
 /// The SQS queue `setup` made.

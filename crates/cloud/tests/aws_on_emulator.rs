@@ -2,12 +2,13 @@
 //! at creation (instance and volumes), describes page and filter by tag, spot
 //! requests are listed and cancelled, terminate and not-found behave.
 
+use spotkeeper_cloud::prelude::*;
 use std::collections::BTreeMap;
 
 use spotkeeper_cloud::model::tags;
 use spotkeeper_cloud::{
-    AwsCloud, Cloud, ErrorKind, ImageId, InstanceId, InstanceState, LaunchSpec, Market,
-    SpotRequestState, TagFilter,
+    AwsCloud, ErrorKind, ImageId, InstanceId, InstanceState, LaunchSpec, Market, SpotRequestState,
+    TagFilter,
 };
 use spotkeeper_testkit::{Moto, REGION};
 

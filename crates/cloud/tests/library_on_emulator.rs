@@ -4,6 +4,7 @@
 
 use aws_sdk_ec2::types::Filter;
 use spotkeeper_cloud::model::tags;
+use spotkeeper_cloud::prelude::*;
 use spotkeeper_cloud::{
     Arch, AwsCloud, CloudError, DELETE_WITH, ErrorKind, ImageId, ImageRef, InstanceId,
     InstanceState, LaunchSpec, RootVolume, TagFilter, VPC_TAG,
@@ -95,7 +96,7 @@ async fn snapshot_makes_a_tagged_ami_and_delete_image_removes_it_with_its_snapsh
         (tags::BOX.to_owned(), "dev".to_owned()),
     ];
     let image = cloud
-        .snapshot(handle.id(), "dev-image-1", &t)
+        .create_image(handle.id(), "dev-image-1", &t)
         .await
         .expect("snapshot");
     assert_eq!(image.state, "available");

@@ -1,6 +1,7 @@
 //! What `AwsCloud` sends, checked below the SDK with aws-smithy-mocks: the
 //! emulator does not show ClientToken, spot options or the spot request's tags.
 
+use spotkeeper_cloud::prelude::*;
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::Client;
@@ -14,7 +15,7 @@ use aws_sdk_ssm::types::Parameter;
 use aws_sdk_ssm::types::error::ParameterNotFound;
 use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client, mock};
 use spotkeeper_cloud::model::tags;
-use spotkeeper_cloud::{Arch, AwsCloud, Cloud, ImageId, ImageRef, LaunchSpec, Market};
+use spotkeeper_cloud::{Arch, AwsCloud, ImageId, ImageRef, LaunchSpec, Market};
 
 fn ec2_with(rules: &[&Rule]) -> Client {
     let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
@@ -376,7 +377,7 @@ async fn an_image_tags_itself_and_its_snapshots_at_creation() {
         "us-east-1",
     );
     cloud
-        .snapshot(
+        .create_image(
             &spotkeeper_cloud::InstanceId::new("i-0123456789abcdef0"),
             "img",
             &[(tags::OWNER.to_owned(), "tester".to_owned())],

@@ -1,6 +1,7 @@
 //! Box lifecycle logic the emulator cannot show (it has one constant price and
 //! ignores client tokens), proved on the in-memory FakeCloud.
 
+use spotkeeper_cloud::prelude::*;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -567,7 +568,6 @@ async fn an_elastic_ip_moves_from_the_boxs_own_instance_but_is_taken_from_no_one
 
 #[tokio::test]
 async fn a_volume_move_that_died_before_deleting_the_original_heals_keeping_the_attached_copy() {
-    use spotkeeper_cloud::Cloud;
     let w = World::new().await;
     let dev = spec(r#"data_volume = { name = "dev-data", size_gb = 10 }"#);
     let first = boxes::up(&w.ctx(), &dev).await.expect("up").instance;

@@ -1,12 +1,13 @@
 //! The scheduled image refresh the daemon calls (`images.every`) and
 //! retention (`images.keep`), on FakeCloud with explicit clocks.
 
+use spotkeeper_cloud::prelude::*;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use spotkeeper_cloud::fake::FakeCloud;
 use spotkeeper_cloud::model::tags;
-use spotkeeper_cloud::{Cloud, ImageId, LaunchSpec};
+use spotkeeper_cloud::{ImageId, LaunchSpec};
 use spotkeeper_engine::config;
 use spotkeeper_engine::images;
 

@@ -4,6 +4,7 @@
 //! failures (capacity → next offering, spot quota → on-demand and back,
 //! authorization → stop), holding on a failed demand source.
 
+use spotkeeper_cloud::prelude::*;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
@@ -13,8 +14,7 @@ use async_trait::async_trait;
 use spotkeeper_cloud::fake::FakeCloud;
 use spotkeeper_cloud::model::tags;
 use spotkeeper_cloud::{
-    Cloud, InstanceId, InstanceState, Market, SpotPrice, SpotRequest, SpotRequestId,
-    SpotRequestState,
+    InstanceId, InstanceState, Market, SpotPrice, SpotRequest, SpotRequestId, SpotRequestState,
 };
 use spotkeeper_engine::config;
 use spotkeeper_engine::pools::demand::DemandReader;

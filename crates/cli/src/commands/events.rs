@@ -1,6 +1,7 @@
 //! `spotkeeper setup`, `cleanup` and `iam-policy`: the event plumbing the
 //! daemon reads, and the permissions it needs.
 
+use spotkeeper_cloud::prelude::*;
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
@@ -19,7 +20,6 @@ async fn settle_owner(
     cloud: &spotkeeper_cloud::AwsCloud,
     config: &spotkeeper_engine::config::Config,
 ) -> Result<Option<String>, Failure> {
-    use spotkeeper_cloud::Cloud as _;
     let Ok(text) = std::fs::read_to_string(&config.path) else {
         return Ok(None);
     };

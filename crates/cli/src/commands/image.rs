@@ -1,5 +1,6 @@
 //! `spotkeeper image IMAGE` (resolve an alias) and `spotkeeper image delete AMI`.
 
+use spotkeeper_cloud::prelude::*;
 use std::process::ExitCode;
 
 use spotkeeper_cloud::{ImageId, ImageRef};

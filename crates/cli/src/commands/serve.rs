@@ -80,7 +80,7 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
     });
 
     let daemon = Daemon::new(&cloud, &store, &config, &locks).with_demand(Box::new(
-        spotkeeper_engine::pools::demand::LiveDemand::new(Some(cloud.clone())),
+        spotkeeper_engine::pools::demand::LiveDemand::new(Some(Arc::new(cloud.clone()))),
     ));
     let api_state = ApiState {
         cloud: Arc::new(cloud.clone()),

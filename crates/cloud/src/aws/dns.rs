@@ -4,14 +4,49 @@ use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
 
-use super::{AwsCloud, absent, sdk_error};
-use crate::error::{CloudError, ErrorKind};
-use crate::model::{DnsAction, DnsChange, DnsRecord, InstanceId, RecordType, fqdn};
+use async_trait::async_trait;
 
-impl AwsCloud {
+use super::{AwsCloud, sdk_error};
+use crate::error::{CloudError, ErrorKind};
+use crate::model::{DnsAction, DnsChange, DnsRecord, RecordType, fqdn};
+use crate::prelude::*;
+
+fn rr_type(kind: RecordType) -> RrType {
+    match kind {
+        RecordType::A => RrType::A,
+        RecordType::Txt => RrType::Txt,
+    }
+}
+
+/// A TXT string as Route53 wants it: quoted, with `"` and `\` escaped.
+fn quote(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The inverse of [`quote`]; a value without quotes is returned as it is.
+fn unquote(value: &str) -> String {
+    let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) else {
+        return value.to_owned();
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(next) = chars.next() {
+                out.push(next);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl Dns for AwsCloud {
     /// The id of the public (or, with `private`, the private) hosted zone
     /// named `name` (`example.com` or `example.com.`), if it exists.
-    pub async fn dns_zone(&self, name: &str, private: bool) -> Result<Option<String>, CloudError> {
+    async fn dns_zone(&self, name: &str, private: bool) -> Result<Option<String>, CloudError> {
         let want = fqdn(name);
         let out = self
             .route53
@@ -31,7 +66,7 @@ impl AwsCloud {
 
     /// The record set `name` of type `kind` in zone `zone_id`, if any; TXT
     /// values come without their quotes.
-    pub async fn dns_record(
+    async fn dns_record(
         &self,
         zone_id: &str,
         name: &str,
@@ -68,7 +103,7 @@ impl AwsCloud {
     }
 
     /// Applies the changes as one batch (all or none).
-    pub async fn change_dns(&self, zone_id: &str, changes: &[DnsChange]) -> Result<(), CloudError> {
+    async fn change_dns(&self, zone_id: &str, changes: &[DnsChange]) -> Result<(), CloudError> {
         const OP: &str = "ChangeResourceRecordSets";
         let invalid = |e: aws_sdk_route53::error::BuildError| {
             CloudError::other(OP, ErrorKind::InvalidRequest, e.to_string())
@@ -113,80 +148,6 @@ impl AwsCloud {
             .map_err(|e| sdk_error(OP, e))?;
         Ok(())
     }
-
-    /// Associates an Elastic IP allocation with an instance (taking it from another if needed).
-    pub async fn associate_address(
-        &self,
-        allocation_id: &str,
-        instance: &InstanceId,
-        reassociate: bool,
-    ) -> Result<(), CloudError> {
-        self.ec2
-            .associate_address()
-            .allocation_id(allocation_id)
-            .instance_id(instance.as_str())
-            .allow_reassociation(reassociate)
-            .send()
-            .await
-            .map_err(|e| sdk_error("AssociateAddress", e))?;
-        Ok(())
-    }
-
-    /// The public address of an Elastic IP allocation and the instance it is on.
-    pub async fn address(
-        &self,
-        allocation_id: &str,
-    ) -> Result<Option<(String, Option<InstanceId>)>, CloudError> {
-        Ok(absent(
-            self.ec2
-                .describe_addresses()
-                .allocation_ids(allocation_id)
-                .send()
-                .await
-                .map_err(|e| sdk_error("DescribeAddresses", e)),
-        )?
-        .and_then(|out| {
-            out.addresses().first().and_then(|a| {
-                Some((
-                    a.public_ip()?.to_owned(),
-                    a.instance_id()
-                        .filter(|i| !i.is_empty())
-                        .map(InstanceId::new),
-                ))
-            })
-        }))
-    }
-}
-
-fn rr_type(kind: RecordType) -> RrType {
-    match kind {
-        RecordType::A => RrType::A,
-        RecordType::Txt => RrType::Txt,
-    }
-}
-
-/// A TXT string as Route53 wants it: quoted, with `"` and `\` escaped.
-fn quote(text: &str) -> String {
-    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// The inverse of [`quote`]; a value without quotes is returned as it is.
-fn unquote(value: &str) -> String {
-    let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) else {
-        return value.to_owned();
-    };
-    let mut out = String::with_capacity(inner.len());
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(next) = chars.next() {
-                out.push(next);
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

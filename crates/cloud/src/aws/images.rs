@@ -5,9 +5,13 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 
+use async_trait::async_trait;
+
 use super::{AwsCloud, absent, sdk_error, tag_filters, tag_map};
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{Arch, Image, ImageId, ImageRef, InstanceId, SnapshotId, TagFilter};
+use crate::prelude::*;
+use crate::wait::{self, Look};
 
 /// Canonical's AWS account: the owner of the official Ubuntu images.
 pub const CANONICAL_OWNER: &str = "099720109477";
@@ -102,18 +106,6 @@ impl AwsCloud {
             })
     }
 
-    /// Resolves an [`ImageRef`] to an AMI id.
-    pub async fn resolve_image(&self, image: &ImageRef) -> Result<ImageId, CloudError> {
-        match image {
-            ImageRef::Id(id) => Ok(id.clone()),
-            ImageRef::Ubuntu { release, arch } => self.latest_ubuntu(release, *arch).await,
-            ImageRef::UbuntuDaily { release, arch } => {
-                self.latest_ubuntu_daily(release, *arch).await
-            }
-            ImageRef::AmazonLinux2023 { arch } => self.latest_al2023(*arch).await,
-        }
-    }
-
     /// An SSM parameter's value; `None` when it does not exist.
     async fn parameter(&self, name: &str) -> Result<Option<String>, CloudError> {
         Ok(absent(
@@ -174,12 +166,79 @@ impl AwsCloud {
         Ok(img.1.unwrap_or_else(|| "/dev/xvda".to_owned()))
     }
 
+    /// One image by id, with its root device name; `None` when unknown.
+    async fn image(&self, id: &ImageId) -> Result<Option<(Image, Option<String>)>, CloudError> {
+        Ok(absent(
+            self.ec2
+                .describe_images()
+                .image_ids(id.as_str())
+                .send()
+                .await
+                .map_err(|e| sdk_error("DescribeImages", e)),
+        )?
+        .and_then(|out| {
+            out.images()
+                .first()
+                .map(|i| (convert_image(i), i.root_device_name().map(str::to_owned)))
+        }))
+    }
+
+    async fn wait_image_available(&self, id: &ImageId) -> Result<Image, CloudError> {
+        wait::until("CreateImage", IMAGE_TIMEOUT, IMAGE_POLL, || async {
+            match self.image(id).await? {
+                Some((image, _)) if image.state == "available" => Ok(Look::Done(image)),
+                Some((image, _))
+                    if matches!(
+                        image.state.as_str(),
+                        "failed" | "error" | "invalid" | "deregistered"
+                    ) =>
+                {
+                    Err(CloudError::other(
+                        "CreateImage",
+                        ErrorKind::Other,
+                        format!("image {id} ended {}", image.state),
+                    ))
+                }
+                _ => Ok(Look::NotYet(format!("image {id} not available"))),
+            }
+        })
+        .await
+    }
+}
+
+fn convert_image(i: &aws_sdk_ec2::types::Image) -> Image {
+    Image {
+        id: ImageId::new(i.image_id().unwrap_or_default()),
+        name: i.name().map(str::to_owned),
+        state: i.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        created_at: i.creation_date().map(str::to_owned),
+        snapshot_ids: i
+            .block_device_mappings()
+            .iter()
+            .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()))
+            .map(SnapshotId::new)
+            .collect(),
+        tags: tag_map(i.tags()),
+    }
+}
+
+#[async_trait]
+impl Images for AwsCloud {
+    /// Resolves an [`ImageRef`] to an AMI id.
+    async fn resolve_image(&self, image: &ImageRef) -> Result<ImageId, CloudError> {
+        match image {
+            ImageRef::Id(id) => Ok(id.clone()),
+            ImageRef::Ubuntu { release, arch } => self.latest_ubuntu(release, *arch).await,
+            ImageRef::UbuntuDaily { release, arch } => {
+                self.latest_ubuntu_daily(release, *arch).await
+            }
+            ImageRef::AmazonLinux2023 { arch } => self.latest_al2023(*arch).await,
+        }
+    }
+
     /// The snapshot behind an image's root device: what a persistent root
     /// volume is first created from.
-    pub async fn image_root_snapshot(
-        &self,
-        image: &ImageId,
-    ) -> Result<Option<SnapshotId>, CloudError> {
+    async fn image_root_snapshot(&self, image: &ImageId) -> Result<Option<SnapshotId>, CloudError> {
         let Some(out) = absent(
             self.ec2
                 .describe_images()
@@ -205,25 +264,8 @@ impl AwsCloud {
         Ok(snap)
     }
 
-    /// One image by id, with its root device name; `None` when unknown.
-    async fn image(&self, id: &ImageId) -> Result<Option<(Image, Option<String>)>, CloudError> {
-        Ok(absent(
-            self.ec2
-                .describe_images()
-                .image_ids(id.as_str())
-                .send()
-                .await
-                .map_err(|e| sdk_error("DescribeImages", e)),
-        )?
-        .and_then(|out| {
-            out.images()
-                .first()
-                .map(|i| (convert_image(i), i.root_device_name().map(str::to_owned)))
-        }))
-    }
-
     /// Images this account owns whose tags match `filter`, newest first.
-    pub async fn images(&self, filter: &TagFilter) -> Result<Vec<Image>, CloudError> {
+    async fn images(&self, filter: &TagFilter) -> Result<Vec<Image>, CloudError> {
         let out = self
             .ec2
             .describe_images()
@@ -250,7 +292,7 @@ impl AwsCloud {
     /// Uses `NoReboot`: a one-time spot instance cannot be stopped, and a
     /// reboot would interrupt whatever the box is doing. The image is tagged at
     /// creation with `tags`; its snapshots are tagged once they exist.
-    pub async fn snapshot(
+    async fn create_image(
         &self,
         instance: &InstanceId,
         name: &str,
@@ -289,43 +331,13 @@ impl AwsCloud {
         })?;
         let image = self.wait_image_available(&id).await?;
         let snaps: Vec<String> = image.snapshot_ids.iter().map(|s| s.to_string()).collect();
-        self.tag_impl(&snaps, tags).await?;
+        self.tag(&snaps, tags).await?;
         Ok(image)
-    }
-
-    async fn wait_image_available(&self, id: &ImageId) -> Result<Image, CloudError> {
-        let deadline = tokio::time::Instant::now() + IMAGE_TIMEOUT;
-        loop {
-            if let Some((image, _)) = self.image(id).await? {
-                match image.state.as_str() {
-                    "available" => return Ok(image),
-                    "failed" | "error" | "invalid" | "deregistered" => {
-                        return Err(CloudError::other(
-                            "CreateImage",
-                            ErrorKind::Other,
-                            format!("image {id} ended {}", image.state),
-                        ));
-                    }
-                    _ => {}
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(CloudError::other(
-                    "CreateImage",
-                    ErrorKind::Other,
-                    format!(
-                        "image {id} not available after {}s",
-                        IMAGE_TIMEOUT.as_secs()
-                    ),
-                ));
-            }
-            tokio::time::sleep(IMAGE_POLL).await;
-        }
     }
 
     /// Deregisters an AMI and deletes the snapshots behind it. An image that
     /// no longer exists is not an error (the delete may be a retry).
-    pub async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError> {
+    async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError> {
         let Some((image, _)) = self.image(id).await? else {
             return Ok(Vec::new());
         };
@@ -350,21 +362,5 @@ impl AwsCloud {
             }
         }
         Ok(image.snapshot_ids)
-    }
-}
-
-fn convert_image(i: &aws_sdk_ec2::types::Image) -> Image {
-    Image {
-        id: ImageId::new(i.image_id().unwrap_or_default()),
-        name: i.name().map(str::to_owned),
-        state: i.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
-        created_at: i.creation_date().map(str::to_owned),
-        snapshot_ids: i
-            .block_device_mappings()
-            .iter()
-            .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()))
-            .map(SnapshotId::new)
-            .collect(),
-        tags: tag_map(i.tags()),
     }
 }

@@ -10,12 +10,15 @@ use aws_sdk_ec2::types::{
 };
 use base64::Engine as _;
 
+use async_trait::async_trait;
+
 use super::{AwsCloud, absent, sdk_error, tag_filters, tag_map};
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{
     ImageId, Instance, InstanceId, InstanceState, LaunchSpec, Market, SpotRequest, SpotRequestId,
     SpotRequestState, TagFilter,
 };
+use crate::prelude::*;
 
 impl AwsCloud {
     /// The instance's console output (what the kernel and init printed),
@@ -74,26 +77,7 @@ impl AwsCloud {
         Ok(())
     }
 
-    pub(crate) async fn launch_impl(&self, spec: &LaunchSpec) -> Result<Instance, CloudError> {
-        self.launch_with(spec, |req| req).await
-    }
-
-    pub(crate) async fn launch_many_impl(
-        &self,
-        spec: &LaunchSpec,
-        count: u32,
-    ) -> Result<Vec<Instance>, CloudError> {
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        let count = i32::try_from(count).unwrap_or(i32::MAX);
-        // MinCount = MaxCount: all or nothing, so a capacity error moves the
-        // whole batch to the next offering instead of half-filling it.
-        self.run_instances(spec, |req| req.min_count(count).max_count(count))
-            .await
-    }
-
-    /// Launches like [`Cloud::launch`](crate::Cloud::launch), letting `customize`
+    /// Launches like [`Compute::launch`](crate::Compute::launch), letting `customize`
     /// set RunInstances fields the typed [`LaunchSpec`] lacks (the escape hatch:
     /// metadata options, placement groups, capacity reservations …).
     pub async fn launch_with(
@@ -225,176 +209,6 @@ impl AwsCloud {
         }
         Ok(launched)
     }
-
-    pub(crate) async fn instances_impl(
-        &self,
-        filter: &TagFilter,
-    ) -> Result<Vec<Instance>, CloudError> {
-        const OP: &str = "DescribeInstances";
-        let mut all = Vec::new();
-        let mut pages = self
-            .ec2
-            .describe_instances()
-            .set_filters(Some(tag_filters(filter)))
-            // The largest page: calls grow with pages, not instances.
-            .max_results(1000)
-            .into_paginator()
-            .send();
-        while let Some(out) = pages.next().await {
-            let out = out.map_err(|e| sdk_error(OP, e))?;
-            for reservation in out.reservations() {
-                all.extend(reservation.instances().iter().filter_map(convert_instance));
-            }
-        }
-        // Filter again client-side: cheap, and correct even where a filter is
-        // ignored by an emulator.
-        all.retain(|i| filter.matches(&i.tags));
-        Ok(all)
-    }
-
-    pub(crate) async fn instance_impl(
-        &self,
-        id: &InstanceId,
-    ) -> Result<Option<Instance>, CloudError> {
-        let res = self
-            .ec2
-            .describe_instances()
-            .instance_ids(id.as_str())
-            .send()
-            .await;
-        Ok(
-            absent(res.map_err(|e| sdk_error("DescribeInstances", e)))?.and_then(|out| {
-                out.reservations()
-                    .iter()
-                    .flat_map(|r| r.instances())
-                    .filter_map(convert_instance)
-                    .find(|i| &i.id == id)
-            }),
-        )
-    }
-
-    pub(crate) async fn spot_requests_impl(
-        &self,
-        filter: &TagFilter,
-    ) -> Result<Vec<SpotRequest>, CloudError> {
-        const OP: &str = "DescribeSpotInstanceRequests";
-        let mut all = Vec::new();
-        let mut pages = self
-            .ec2
-            .describe_spot_instance_requests()
-            .set_filters(Some(tag_filters(filter)))
-            // The largest page: calls grow with pages, not instances.
-            .max_results(1000)
-            .into_paginator()
-            .send();
-        while let Some(out) = pages.next().await {
-            let out = out.map_err(|e| sdk_error(OP, e))?;
-            for r in out.spot_instance_requests() {
-                let Some(id) = r.spot_instance_request_id() else {
-                    continue;
-                };
-                let Some(state) = r.state().and_then(|s| SpotRequestState::parse(s.as_str()))
-                else {
-                    continue;
-                };
-                all.push(SpotRequest {
-                    id: SpotRequestId::new(id),
-                    state,
-                    instance_id: r
-                        .instance_id()
-                        .filter(|s| !s.is_empty())
-                        .map(InstanceId::new),
-                    instance_type: r
-                        .launch_specification()
-                        .and_then(|l| l.instance_type())
-                        .map(|t| t.as_str().to_owned()),
-                    status: r.status().and_then(|st| {
-                        Some((
-                            st.code()?.to_owned(),
-                            st.message().unwrap_or_default().to_owned(),
-                        ))
-                    }),
-                    tags: tag_map(r.tags()),
-                });
-            }
-        }
-        all.retain(|r| filter.matches(&r.tags));
-        Ok(all)
-    }
-
-    pub(crate) async fn terminate_impl(&self, ids: &[InstanceId]) -> Result<(), CloudError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        self.ec2
-            .terminate_instances()
-            .set_instance_ids(Some(ids.iter().map(|i| i.as_str().to_owned()).collect()))
-            .send()
-            .await
-            .map_err(|e| sdk_error("TerminateInstances", e))?;
-        Ok(())
-    }
-
-    pub(crate) async fn cancel_spot_requests_impl(
-        &self,
-        ids: &[SpotRequestId],
-    ) -> Result<(), CloudError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        self.ec2
-            .cancel_spot_instance_requests()
-            .set_spot_instance_request_ids(Some(
-                ids.iter().map(|i| i.as_str().to_owned()).collect(),
-            ))
-            .send()
-            .await
-            .map_err(|e| sdk_error("CancelSpotInstanceRequests", e))?;
-        Ok(())
-    }
-
-    pub(crate) async fn tag_impl(
-        &self,
-        resource_ids: &[String],
-        tags: &[(String, String)],
-    ) -> Result<(), CloudError> {
-        if resource_ids.is_empty() || tags.is_empty() {
-            return Ok(());
-        }
-        self.ec2
-            .create_tags()
-            .set_resources(Some(resource_ids.to_vec()))
-            .set_tags(Some(
-                tags.iter()
-                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                    .collect(),
-            ))
-            .send()
-            .await
-            .map_err(|e| sdk_error("CreateTags", e))?;
-        Ok(())
-    }
-}
-
-impl AwsCloud {
-    /// Removes tag keys from resources.
-    pub async fn untag(&self, resource_ids: &[String], keys: &[&str]) -> Result<(), CloudError> {
-        if resource_ids.is_empty() || keys.is_empty() {
-            return Ok(());
-        }
-        self.ec2
-            .delete_tags()
-            .set_resources(Some(resource_ids.to_vec()))
-            .set_tags(Some(
-                keys.iter()
-                    .map(|k| Tag::builder().key(*k).build())
-                    .collect(),
-            ))
-            .send()
-            .await
-            .map_err(|e| sdk_error("DeleteTags", e))?;
-        Ok(())
-    }
 }
 
 /// Converts an SDK instance; `None` when it lacks the fields every instance has.
@@ -440,4 +254,182 @@ pub(crate) fn convert_instance(i: &aws_sdk_ec2::types::Instance) -> Option<Insta
         vpc_id: i.vpc_id().filter(|s| !s.is_empty()).map(str::to_owned),
         tags: tag_map(i.tags()),
     })
+}
+
+#[async_trait]
+impl Compute for AwsCloud {
+    async fn launch(&self, spec: &LaunchSpec) -> Result<Instance, CloudError> {
+        self.launch_with(spec, |req| req).await
+    }
+
+    async fn launch_many(
+        &self,
+        spec: &LaunchSpec,
+        count: u32,
+    ) -> Result<Vec<Instance>, CloudError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let count = i32::try_from(count).unwrap_or(i32::MAX);
+        // MinCount = MaxCount: all or nothing, so a capacity error moves the
+        // whole batch to the next offering instead of half-filling it.
+        self.run_instances(spec, |req| req.min_count(count).max_count(count))
+            .await
+    }
+
+    async fn instances(&self, filter: &TagFilter) -> Result<Vec<Instance>, CloudError> {
+        const OP: &str = "DescribeInstances";
+        let mut all = Vec::new();
+        let mut pages = self
+            .ec2
+            .describe_instances()
+            .set_filters(Some(tag_filters(filter)))
+            // The largest page: calls grow with pages, not instances.
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        while let Some(out) = pages.next().await {
+            let out = out.map_err(|e| sdk_error(OP, e))?;
+            for reservation in out.reservations() {
+                all.extend(reservation.instances().iter().filter_map(convert_instance));
+            }
+        }
+        // Filter again client-side: cheap, and correct even where a filter is
+        // ignored by an emulator.
+        all.retain(|i| filter.matches(&i.tags));
+        Ok(all)
+    }
+
+    async fn instance(&self, id: &InstanceId) -> Result<Option<Instance>, CloudError> {
+        let res = self
+            .ec2
+            .describe_instances()
+            .instance_ids(id.as_str())
+            .send()
+            .await;
+        Ok(
+            absent(res.map_err(|e| sdk_error("DescribeInstances", e)))?.and_then(|out| {
+                out.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .filter_map(convert_instance)
+                    .find(|i| &i.id == id)
+            }),
+        )
+    }
+
+    async fn spot_requests(&self, filter: &TagFilter) -> Result<Vec<SpotRequest>, CloudError> {
+        const OP: &str = "DescribeSpotInstanceRequests";
+        let mut all = Vec::new();
+        let mut pages = self
+            .ec2
+            .describe_spot_instance_requests()
+            .set_filters(Some(tag_filters(filter)))
+            // The largest page: calls grow with pages, not instances.
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        while let Some(out) = pages.next().await {
+            let out = out.map_err(|e| sdk_error(OP, e))?;
+            for r in out.spot_instance_requests() {
+                let Some(id) = r.spot_instance_request_id() else {
+                    continue;
+                };
+                let Some(state) = r.state().and_then(|s| SpotRequestState::parse(s.as_str()))
+                else {
+                    continue;
+                };
+                all.push(SpotRequest {
+                    id: SpotRequestId::new(id),
+                    state,
+                    instance_id: r
+                        .instance_id()
+                        .filter(|s| !s.is_empty())
+                        .map(InstanceId::new),
+                    instance_type: r
+                        .launch_specification()
+                        .and_then(|l| l.instance_type())
+                        .map(|t| t.as_str().to_owned()),
+                    status: r.status().and_then(|st| {
+                        Some((
+                            st.code()?.to_owned(),
+                            st.message().unwrap_or_default().to_owned(),
+                        ))
+                    }),
+                    tags: tag_map(r.tags()),
+                });
+            }
+        }
+        all.retain(|r| filter.matches(&r.tags));
+        Ok(all)
+    }
+
+    async fn terminate(&self, ids: &[InstanceId]) -> Result<(), CloudError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .terminate_instances()
+            .set_instance_ids(Some(ids.iter().map(|i| i.as_str().to_owned()).collect()))
+            .send()
+            .await
+            .map_err(|e| sdk_error("TerminateInstances", e))?;
+        Ok(())
+    }
+
+    async fn cancel_spot_requests(&self, ids: &[SpotRequestId]) -> Result<(), CloudError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .cancel_spot_instance_requests()
+            .set_spot_instance_request_ids(Some(
+                ids.iter().map(|i| i.as_str().to_owned()).collect(),
+            ))
+            .send()
+            .await
+            .map_err(|e| sdk_error("CancelSpotInstanceRequests", e))?;
+        Ok(())
+    }
+
+    async fn tag(
+        &self,
+        resource_ids: &[String],
+        tags: &[(String, String)],
+    ) -> Result<(), CloudError> {
+        if resource_ids.is_empty() || tags.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .create_tags()
+            .set_resources(Some(resource_ids.to_vec()))
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map_err(|e| sdk_error("CreateTags", e))?;
+        Ok(())
+    }
+
+    /// Removes tag keys from resources.
+    async fn untag(&self, resource_ids: &[String], keys: &[&str]) -> Result<(), CloudError> {
+        if resource_ids.is_empty() || keys.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .delete_tags()
+            .set_resources(Some(resource_ids.to_vec()))
+            .set_tags(Some(
+                keys.iter()
+                    .map(|k| Tag::builder().key(*k).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DeleteTags", e))?;
+        Ok(())
+    }
 }

@@ -280,11 +280,6 @@ impl AwsCloud {
     pub fn ec2(&self) -> &aws_sdk_ec2::Client {
         &self.ec2
     }
-
-    /// The region this handle talks to.
-    pub fn region(&self) -> &str {
-        &self.region
-    }
 }
 
 /// Turns an SDK error into a one-line [`CloudError`] naming the operation.

@@ -8,9 +8,13 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, ResourceType, Tag, TagSpecification};
 
+use async_trait::async_trait;
+
 use super::{AwsCloud, absent, ignore_not_found, sdk_error, tag_map};
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{InstanceId, KeyPair, NetworkInterface, tags};
+use crate::prelude::*;
+use crate::wait::{self, Look};
 
 /// Tag naming the spotkeeper VPC a resource belongs to.
 pub const VPC_TAG: &str = "spotkeeper:vpc";
@@ -71,72 +75,6 @@ fn tag_spec(kind: ResourceType, name: &str, vpc: &str) -> TagSpecification {
 }
 
 impl AwsCloud {
-    /// The ids of `groups`: an id (`sg-…`) as it is, a name looked up in
-    /// the VPC of `subnet` (the default VPC without one). A name that
-    /// matches no group, or several, is an error naming it.
-    pub async fn security_group_ids(
-        &self,
-        groups: &[String],
-        subnet: Option<&str>,
-    ) -> Result<Vec<String>, CloudError> {
-        const OP: &str = "DescribeSecurityGroups";
-        let names: Vec<&String> = groups.iter().filter(|g| !is_group_id(g)).collect();
-        if names.is_empty() {
-            return Ok(groups.to_vec());
-        }
-        let vpc = match subnet {
-            Some(s) => self
-                .ec2
-                .describe_subnets()
-                .subnet_ids(s)
-                .send()
-                .await
-                .map_err(|e| sdk_error("DescribeSubnets", e))?
-                .subnets()
-                .first()
-                .and_then(|x| x.vpc_id().map(str::to_owned)),
-            None => self
-                .ec2
-                .describe_vpcs()
-                .filters(Filter::builder().name("is-default").values("true").build())
-                .send()
-                .await
-                .map_err(|e| sdk_error("DescribeVpcs", e))?
-                .vpcs()
-                .first()
-                .and_then(|v| v.vpc_id().map(str::to_owned)),
-        };
-        let Some(vpc) = vpc else {
-            return Err(CloudError::other(
-                OP,
-                ErrorKind::InvalidRequest,
-                match subnet {
-                    Some(s) => format!("subnet {s} not found: cannot look up security groups by name"),
-                    None => "no default VPC to look up security groups by name in: give their ids, or a subnet".to_owned(),
-                },
-            ));
-        };
-        let found = self
-            .ec2
-            .describe_security_groups()
-            .filters(Filter::builder().name("vpc-id").values(&vpc).build())
-            .filters(
-                Filter::builder()
-                    .name("group-name")
-                    .set_values(Some(names.iter().map(|n| (*n).clone()).collect()))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| sdk_error(OP, e))?;
-        let pairs: Vec<(String, String)> = found
-            .security_groups()
-            .iter()
-            .filter_map(|g| Some((g.group_name()?.to_owned(), g.group_id()?.to_owned())))
-            .collect();
-        resolve_groups(groups, &pairs, &vpc)
-    }
-
     /// Finds the VPC named `name` (by its `spotkeeper:vpc` tag) or creates it:
     /// the VPC, a subnet in each of up to four zones (the range split in
     /// four), an internet gateway, a route table with a default route to it,
@@ -181,7 +119,7 @@ impl AwsCloud {
 
     async fn complete_vpc(&self, info: &mut VpcInfo, blocks: &[String]) -> Result<(), CloudError> {
         let (name, vpc_id) = (info.name.clone(), info.id.clone());
-        let zones = self.zones_impl().await?;
+        let zones = self.zones().await?;
         for (block, zone) in blocks.iter().zip(zones.iter()) {
             if info.subnets.iter().any(|(_, z)| z == zone) {
                 continue;
@@ -438,7 +376,7 @@ impl AwsCloud {
             .filter_map(|i| i.instance_id().map(InstanceId::new))
             .collect();
         if !ids.is_empty() {
-            self.terminate_impl(&ids).await?;
+            self.terminate(&ids).await?;
             self.wait_terminated(&ids, Duration::from_secs(10 * 60))
                 .await?;
         }
@@ -551,31 +489,27 @@ impl AwsCloud {
         ids: &[InstanceId],
         within: Duration,
     ) -> Result<(), CloudError> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let mut left = 0;
-            for id in ids {
-                if let Some(i) = self.instance_impl(id).await?
-                    && i.state != crate::model::InstanceState::Terminated
-                {
-                    left += 1;
+        wait::until(
+            "DescribeInstances",
+            within,
+            Duration::from_secs(2),
+            || async {
+                let mut left = 0;
+                for id in ids {
+                    if let Some(i) = self.instance(id).await?
+                        && i.state != crate::model::InstanceState::Terminated
+                    {
+                        left += 1;
+                    }
                 }
-            }
-            if left == 0 {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(CloudError::other(
-                    "DescribeInstances",
-                    ErrorKind::Other,
-                    format!(
-                        "{left} instance(s) not terminated within {}s",
-                        within.as_secs()
-                    ),
-                ));
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
+                Ok(if left == 0 {
+                    Look::Done(())
+                } else {
+                    Look::NotYet(format!("{left} instance(s) not terminated"))
+                })
+            },
+        )
+        .await
     }
 
     /// Creates a network interface in `subnet` (tagged at creation) and
@@ -823,6 +757,133 @@ pub(crate) fn resolve_groups(
             }
         })
         .collect()
+}
+
+#[async_trait]
+impl Network for AwsCloud {
+    /// The ids of `groups`: an id (`sg-…`) as it is, a name looked up in
+    /// the VPC of `subnet` (the default VPC without one). A name that
+    /// matches no group, or several, is an error naming it.
+    async fn security_group_ids(
+        &self,
+        groups: &[String],
+        subnet: Option<&str>,
+    ) -> Result<Vec<String>, CloudError> {
+        const OP: &str = "DescribeSecurityGroups";
+        let names: Vec<&String> = groups.iter().filter(|g| !is_group_id(g)).collect();
+        if names.is_empty() {
+            return Ok(groups.to_vec());
+        }
+        let vpc = match subnet {
+            Some(s) => self
+                .ec2
+                .describe_subnets()
+                .subnet_ids(s)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DescribeSubnets", e))?
+                .subnets()
+                .first()
+                .and_then(|x| x.vpc_id().map(str::to_owned)),
+            None => self
+                .ec2
+                .describe_vpcs()
+                .filters(Filter::builder().name("is-default").values("true").build())
+                .send()
+                .await
+                .map_err(|e| sdk_error("DescribeVpcs", e))?
+                .vpcs()
+                .first()
+                .and_then(|v| v.vpc_id().map(str::to_owned)),
+        };
+        let Some(vpc) = vpc else {
+            return Err(CloudError::other(
+                OP,
+                ErrorKind::InvalidRequest,
+                match subnet {
+                    Some(s) => format!("subnet {s} not found: cannot look up security groups by name"),
+                    None => "no default VPC to look up security groups by name in: give their ids, or a subnet".to_owned(),
+                },
+            ));
+        };
+        let found = self
+            .ec2
+            .describe_security_groups()
+            .filters(Filter::builder().name("vpc-id").values(&vpc).build())
+            .filters(
+                Filter::builder()
+                    .name("group-name")
+                    .set_values(Some(names.iter().map(|n| (*n).clone()).collect()))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_error(OP, e))?;
+        let pairs: Vec<(String, String)> = found
+            .security_groups()
+            .iter()
+            .filter_map(|g| Some((g.group_name()?.to_owned(), g.group_id()?.to_owned())))
+            .collect();
+        resolve_groups(groups, &pairs, &vpc)
+    }
+
+    async fn subnet_zone(&self, subnet_id: &str) -> Result<String, CloudError> {
+        const OP: &str = "DescribeSubnets";
+        let out = self
+            .ec2
+            .describe_subnets()
+            .subnet_ids(subnet_id)
+            .send()
+            .await
+            .map_err(|e| sdk_error(OP, e))?;
+        out.subnets()
+            .first()
+            .and_then(|s| s.availability_zone())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                CloudError::other(
+                    OP,
+                    ErrorKind::NotFound,
+                    format!("subnet {subnet_id} not found"),
+                )
+            })
+    }
+
+    /// Associates an Elastic IP allocation with an instance (taking it from another if needed).
+    async fn associate_address(
+        &self,
+        allocation_id: &str,
+        instance: &InstanceId,
+        reassociate: bool,
+    ) -> Result<(), CloudError> {
+        self.ec2
+            .associate_address()
+            .allocation_id(allocation_id)
+            .instance_id(instance.as_str())
+            .allow_reassociation(reassociate)
+            .send()
+            .await
+            .map_err(|e| sdk_error("AssociateAddress", e))?;
+        Ok(())
+    }
+
+    async fn address_holder(&self, allocation_id: &str) -> Result<Option<InstanceId>, CloudError> {
+        Ok(absent(
+            self.ec2
+                .describe_addresses()
+                .allocation_ids(allocation_id)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DescribeAddresses", e)),
+        )?
+        .and_then(|out| {
+            out.addresses().first().and_then(|a| {
+                a.instance_id()
+                    .filter(|i| !i.is_empty())
+                    .map(InstanceId::new)
+            })
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -7,48 +7,36 @@ use std::time::SystemTime;
 use aws_sdk_ec2::primitives::DateTime;
 use aws_sdk_ec2::types::{Filter, InstanceType};
 
+use async_trait::async_trait;
+
 use super::{AwsCloud, sdk_error};
 use crate::error::{CloudError, ErrorKind};
 use crate::model::SpotPrice;
+use crate::prelude::*;
 
-impl AwsCloud {
-    /// The on-demand price (USD per hour, Linux, shared tenancy) of
-    /// `instance_type` in this handle's region, from the AWS Price List;
-    /// `None` when the list has no such product.
-    pub async fn on_demand_price(&self, instance_type: &str) -> Result<Option<f64>, CloudError> {
-        const OP: &str = "GetProducts";
-        use aws_sdk_pricing::types::{Filter as PriceFilter, FilterType};
-        let mut req = self
-            .pricing
-            .get_products()
-            .service_code("AmazonEC2")
-            .format_version("aws_v1")
-            .max_results(10);
-        for (field, value) in [
-            ("instanceType", instance_type),
-            ("regionCode", self.region.as_str()),
-            ("operatingSystem", "Linux"),
-            ("tenancy", "Shared"),
-            ("preInstalledSw", "NA"),
-            ("capacitystatus", "Used"),
-        ] {
-            req = req.filters(
-                PriceFilter::builder()
-                    .r#type(FilterType::TermMatch)
-                    .field(field)
-                    .value(value)
-                    .build()
-                    .map_err(|e| CloudError::other(OP, ErrorKind::InvalidRequest, e.to_string()))?,
-            );
-        }
-        let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
-        Ok(out
-            .price_list()
-            .iter()
-            .find_map(|doc| hourly_on_demand(doc)))
-    }
+/// The hourly USD on-demand price in one Price List product document.
+pub(crate) fn hourly_on_demand(doc: &str) -> Option<f64> {
+    let v: serde_json::Value = serde_json::from_str(doc).ok()?;
+    v.get("terms")?
+        .get("OnDemand")?
+        .as_object()?
+        .values()
+        .filter_map(|term| term.get("priceDimensions")?.as_object())
+        .flat_map(|dims| dims.values())
+        .filter(|d| d.get("unit").and_then(|u| u.as_str()) == Some("Hrs"))
+        .filter_map(|d| {
+            d.get("pricePerUnit")?
+                .get("USD")?
+                .as_str()?
+                .parse::<f64>()
+                .ok()
+        })
+        .find(|p| *p > 0.0)
+}
 
-    pub(crate) async fn zones_impl(&self) -> Result<Vec<String>, CloudError> {
+#[async_trait]
+impl Pricing for AwsCloud {
+    async fn zones(&self) -> Result<Vec<String>, CloudError> {
         let out = self
             .ec2
             .describe_availability_zones()
@@ -65,29 +53,7 @@ impl AwsCloud {
         Ok(zones)
     }
 
-    pub(crate) async fn subnet_zone_impl(&self, subnet_id: &str) -> Result<String, CloudError> {
-        const OP: &str = "DescribeSubnets";
-        let out = self
-            .ec2
-            .describe_subnets()
-            .subnet_ids(subnet_id)
-            .send()
-            .await
-            .map_err(|e| sdk_error(OP, e))?;
-        out.subnets()
-            .first()
-            .and_then(|s| s.availability_zone())
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                CloudError::other(
-                    OP,
-                    ErrorKind::NotFound,
-                    format!("subnet {subnet_id} not found"),
-                )
-            })
-    }
-
-    pub(crate) async fn spot_prices_impl(
+    async fn spot_prices(
         &self,
         instance_types: &[String],
         zones: &[String],
@@ -154,24 +120,44 @@ impl AwsCloud {
             })
             .collect())
     }
-}
 
-/// The hourly USD on-demand price in one Price List product document.
-pub(crate) fn hourly_on_demand(doc: &str) -> Option<f64> {
-    let v: serde_json::Value = serde_json::from_str(doc).ok()?;
-    v.get("terms")?
-        .get("OnDemand")?
-        .as_object()?
-        .values()
-        .filter_map(|term| term.get("priceDimensions")?.as_object())
-        .flat_map(|dims| dims.values())
-        .filter(|d| d.get("unit").and_then(|u| u.as_str()) == Some("Hrs"))
-        .filter_map(|d| {
-            d.get("pricePerUnit")?
-                .get("USD")?
-                .as_str()?
-                .parse::<f64>()
-                .ok()
-        })
-        .find(|p| *p > 0.0)
+    /// The on-demand price (USD per hour, Linux, shared tenancy) of
+    /// `instance_type` in this handle's region, from the AWS Price List;
+    /// `None` when the list has no such product.
+    async fn on_demand_price(&self, instance_type: &str) -> Result<Option<f64>, CloudError> {
+        const OP: &str = "GetProducts";
+        use aws_sdk_pricing::types::{Filter as PriceFilter, FilterType};
+        let mut req = self
+            .pricing
+            .get_products()
+            .service_code("AmazonEC2")
+            .format_version("aws_v1")
+            .max_results(10);
+        for (field, value) in [
+            ("instanceType", instance_type),
+            ("regionCode", self.region.as_str()),
+            ("operatingSystem", "Linux"),
+            ("tenancy", "Shared"),
+            ("preInstalledSw", "NA"),
+            ("capacitystatus", "Used"),
+        ] {
+            req = req.filters(
+                PriceFilter::builder()
+                    .r#type(FilterType::TermMatch)
+                    .field(field)
+                    .value(value)
+                    .build()
+                    .map_err(|e| CloudError::other(OP, ErrorKind::InvalidRequest, e.to_string()))?,
+            );
+        }
+        let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
+        Ok(out
+            .price_list()
+            .iter()
+            .find_map(|doc| hourly_on_demand(doc)))
+    }
+
+    fn region(&self) -> &str {
+        &self.region
+    }
 }

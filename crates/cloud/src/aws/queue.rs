@@ -7,6 +7,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 
 use super::{AwsCloud, sdk_error};
 use crate::error::{CloudError, ErrorKind};
+use async_trait::async_trait;
 
 /// How long undelivered events are kept: they are only useful for minutes
 /// (a spot warning gives two), so a short retention drops stale ones.
@@ -329,9 +330,24 @@ impl AwsCloud {
         Ok(())
     }
 
+    /// Sends a message (tests, and re-queueing).
+    pub async fn send_message(&self, queue_url: &str, body: &str) -> Result<(), CloudError> {
+        self.sqs
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| sdk_error("SendMessage", e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl crate::queue::JobQueue for AwsCloud {
     /// How many messages wait in the queue (`ApproximateNumberOfMessages`):
     /// the demand of a worker pool. `queue` is a URL or a name.
-    pub async fn queue_depth(&self, queue: &str) -> Result<u64, CloudError> {
+    async fn queue_depth(&self, queue: &str) -> Result<u64, CloudError> {
         const OP: &str = "GetQueueAttributes";
         let url = if queue.starts_with("https://") || queue.starts_with("http://") {
             queue.to_owned()
@@ -364,17 +380,5 @@ impl AwsCloud {
                     "the queue did not report ApproximateNumberOfMessages",
                 )
             })
-    }
-
-    /// Sends a message (tests, and re-queueing).
-    pub async fn send_message(&self, queue_url: &str, body: &str) -> Result<(), CloudError> {
-        self.sqs
-            .send_message()
-            .queue_url(queue_url)
-            .message_body(body)
-            .send()
-            .await
-            .map_err(|e| sdk_error("SendMessage", e))?;
-        Ok(())
     }
 }

@@ -3,7 +3,9 @@
 //! pool instead of scaling it down.
 
 use async_trait::async_trait;
-use spotkeeper_cloud::AwsCloud;
+use std::sync::Arc;
+
+use spotkeeper_cloud::JobQueue;
 
 use super::Demand;
 
@@ -17,16 +19,16 @@ pub trait DemandReader: Send + Sync {
     async fn pending(&self, demand: &Demand) -> Result<u64, String>;
 }
 
-/// Reads HTTP sources with reqwest and SQS sources through the AWS handle.
+/// Reads HTTP sources with reqwest and SQS sources through a [`JobQueue`].
 #[derive(Debug, Clone)]
 pub struct LiveDemand {
     http: reqwest::Client,
-    aws: Option<AwsCloud>,
+    aws: Option<Arc<dyn JobQueue>>,
 }
 
 impl LiveDemand {
     /// A reader; without `aws`, SQS sources report an error.
-    pub fn new(aws: Option<AwsCloud>) -> Self {
+    pub fn new(aws: Option<Arc<dyn JobQueue>>) -> Self {
         Self {
             http: reqwest::Client::builder()
                 .user_agent(concat!("spotkeeper/", env!("CARGO_PKG_VERSION")))
