@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 use crate::boxes::{self, Ctx, Timing};
-use crate::config::{Config, Secret, parse_box_json};
+use crate::config::{Config, Secret, parse_box_json, refuse_code};
 use crate::daemon::Log;
 use crate::store::Store;
 
@@ -70,71 +70,6 @@ impl std::fmt::Debug for ApiState {
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
-}
-
-/// The API registers data, never code for the daemon's host: settings that
-/// would make the daemon run a command or connect where the caller says are
-/// refused unless `[api] allow_commands` is set, adoption of resources
-/// spotkeeper did not create is refused, and an instance profile must be one
-/// the config allows. The error names the field.
-pub fn refuse_code(config: &Config, body: &Value) -> Result<(), String> {
-    let ready = body.get("ready");
-    if !config.api_allow_commands {
-        if ready.and_then(|r| r.get("check")).and_then(Value::as_str) == Some("command") {
-            return Err(
-                "ready.check: \"command\" would run a command on the daemon's host; \
-                        not accepted through the API unless [api] allow_commands = true"
-                    .into(),
-            );
-        }
-        if ready.and_then(|r| r.get("host")).is_some() {
-            return Err(
-                "ready.host: the daemon would connect to an address of the caller's \
-                        choosing; not accepted through the API unless [api] allow_commands = true"
-                    .into(),
-            );
-        }
-        if body.get("ssh").is_some() {
-            return Err("ssh: the daemon would connect where the caller says; \
-                        not accepted through the API unless [api] allow_commands = true"
-                .into());
-        }
-    }
-    // Taking over what spotkeeper did not create is the operator's call.
-    let adopts = [
-        ("adopt_elastic_ip", body.get("adopt_elastic_ip")),
-        ("data_volume.adopt", body.pointer("/data_volume/adopt")),
-        ("root_volume.adopt", body.pointer("/root_volume/adopt")),
-        ("dns.adopt", body.pointer("/dns/adopt")),
-    ];
-    if let Some((field, _)) = adopts
-        .iter()
-        .find(|(_, v)| v.is_some_and(|v| v != &Value::Bool(false)))
-    {
-        return Err(format!(
-            "{field}: taking over a resource spotkeeper did not create is only \
-             possible from the config file, not through the API"
-        ));
-    }
-    // The daemon's environment is the operator's: a caller naming a
-    // variable would have its value sent to a URL of the caller's choosing.
-    if body.pointer("/demand/bearer_env").is_some() {
-        return Err(
-            "demand.bearer_env: sends one of the daemon's environment variables; \
-                    only possible from the config file, not through the API"
-                .into(),
-        );
-    }
-    if let Some(profile) = body.get("iam_instance_profile") {
-        let name = profile.as_str().unwrap_or_default();
-        if !config.api_instance_profiles.iter().any(|p| p == name) {
-            return Err(format!(
-                "iam_instance_profile: {name:?} is not in [api] instance_profiles; \
-                 the API may only hand out roles the config allows"
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The router.

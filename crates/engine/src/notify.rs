@@ -15,32 +15,15 @@
 //! never appear in logs, errors or `Debug`: only the scheme and host do.
 
 use std::fmt;
-use std::ops::Range;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
 use serde_json::json;
 use sha2::Sha256;
-use toml::Spanned;
 
-use crate::config::{ConfigError, Secret};
+use crate::config::Secret;
+pub use crate::config::sinks::{DEFAULT_EVENTS, SecretSource, Sink, SinkKind, origin};
 use crate::store::{Event, Store, StoreError};
-
-/// The event kinds a sink gets when its table says no `events`
-/// (a box replaced or failing to be, launches failing for capacity, quota
-/// or permissions, a pool held because its demand cannot be read, a box
-/// falling back to on-demand).
-pub const DEFAULT_EVENTS: &[&str] = &[
-    "replaced",
-    "replace-failed",
-    "launch-failed",
-    "no-capacity",
-    "quota",
-    "unauthorized",
-    "demand-failed",
-    "fallback",
-];
 
 /// Signature header of a webhook with a secret: `sha256=<hex HMAC of the body>`.
 pub const SIGNATURE_HEADER: &str = "x-spotkeeper-signature";
@@ -53,216 +36,6 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// At most this many events per look at the log.
 const BATCH: i64 = 100;
-
-/// What a sink speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SinkKind {
-    /// JSON body with the event's fields; signed when a secret is set.
-    Webhook,
-    /// A Slack incoming webhook: `{"text": …}`.
-    Slack,
-}
-
-/// Where the signing secret comes from.
-#[derive(Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    /// Written in the config.
-    Inline(Secret),
-    /// Read from this environment variable when the daemon starts.
-    Env(String),
-}
-
-impl fmt::Debug for SecretSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SecretSource::Inline(_) => f.write_str("Inline(***)"),
-            SecretSource::Env(name) => write!(f, "Env({name})"),
-        }
-    }
-}
-
-/// A `[[notify]]` table.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Sink {
-    /// Its name (`name`, else `KIND-N` by position): the key of its cursor.
-    pub name: String,
-    /// Webhook or Slack.
-    pub kind: SinkKind,
-    /// Where to POST; secret as a whole (never logged).
-    pub url: Secret,
-    /// Signing secret (webhooks).
-    pub secret: Option<SecretSource>,
-    /// The event kinds it gets.
-    pub events: Vec<String>,
-}
-
-impl fmt::Debug for Sink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sink")
-            .field("name", &self.name)
-            .field("kind", &self.kind)
-            .field("url", &origin(self.url.expose()))
-            .field("secret", &self.secret)
-            .field("events", &self.events)
-            .finish()
-    }
-}
-
-/// `scheme://host[:port]` of a URL: all that may be said of a sink's address.
-pub fn origin(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => {
-            let host = u.host_str().unwrap_or("?");
-            match u.port() {
-                Some(p) => format!("{}://{host}:{p}", u.scheme()),
-                None => format!("{}://{host}", u.scheme()),
-            }
-        }
-        Err(_) => "(unparsable URL)".to_owned(),
-    }
-}
-
-/// A `[[notify]]` table as written.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawSink {
-    name: Option<Spanned<String>>,
-    kind: Spanned<SinkKind>,
-    url: Spanned<String>,
-    secret: Option<Spanned<String>>,
-    secret_env: Option<Spanned<String>>,
-    events: Option<Spanned<Vec<String>>>,
-}
-
-/// Validates the `[[notify]]` tables; errors point at the offending value.
-pub(crate) fn validate(
-    raw: Vec<Spanned<RawSink>>,
-    at: &dyn Fn(Option<Range<usize>>, String) -> ConfigError,
-) -> Result<Vec<Sink>, ConfigError> {
-    let mut sinks: Vec<Sink> = Vec::new();
-    for (i, table) in raw.into_iter().enumerate() {
-        let span = table.span();
-        let r = table.into_inner();
-        let kind = *r.kind.get_ref();
-        let name = match &r.name {
-            Some(n) => {
-                let v = n.get_ref();
-                if v.is_empty()
-                    || v.len() > 40
-                    || !v
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                {
-                    return Err(at(
-                        Some(n.span()),
-                        format!("notify name {v:?} must be 1-40 letters, digits, '-' or '_'"),
-                    ));
-                }
-                v.clone()
-            }
-            None => format!(
-                "{}-{}",
-                match kind {
-                    SinkKind::Webhook => "webhook",
-                    SinkKind::Slack => "slack",
-                },
-                i + 1
-            ),
-        };
-        if sinks.iter().any(|s| s.name == name) {
-            return Err(at(
-                Some(r.name.as_ref().map_or(span.clone(), |n| n.span())),
-                format!("two [[notify]] sinks are named {name:?}"),
-            ));
-        }
-        let url = r.url.get_ref();
-        match reqwest::Url::parse(url) {
-            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some() => {}
-            _ => {
-                return Err(at(
-                    Some(r.url.span()),
-                    format!(
-                        "notify {name}: url must be an http(s) URL (got {})",
-                        origin(url)
-                    ),
-                ));
-            }
-        }
-        let secret = match (r.secret, r.secret_env) {
-            (Some(s), Some(_)) => {
-                return Err(at(
-                    Some(s.span()),
-                    format!("notify {name}: set secret or secret_env, not both"),
-                ));
-            }
-            (Some(s), None) if kind == SinkKind::Slack => {
-                return Err(at(
-                    Some(s.span()),
-                    format!(
-                        "notify {name}: Slack does not check signatures; secret applies to kind = \"webhook\""
-                    ),
-                ));
-            }
-            (None, Some(e)) if kind == SinkKind::Slack => {
-                return Err(at(
-                    Some(e.span()),
-                    format!(
-                        "notify {name}: Slack does not check signatures; secret_env applies to kind = \"webhook\""
-                    ),
-                ));
-            }
-            (Some(s), None) if s.get_ref().len() < 16 => {
-                return Err(at(
-                    Some(s.span()),
-                    format!("notify {name}: secret must be at least 16 characters"),
-                ));
-            }
-            (Some(s), None) => Some(SecretSource::Inline(Secret::new(s.into_inner()))),
-            (None, Some(e)) if e.get_ref().is_empty() => {
-                return Err(at(
-                    Some(e.span()),
-                    format!("notify {name}: secret_env is empty"),
-                ));
-            }
-            (None, Some(e)) => Some(SecretSource::Env(e.into_inner())),
-            (None, None) => None,
-        };
-        let events = match r.events {
-            None => DEFAULT_EVENTS.iter().map(|s| (*s).to_owned()).collect(),
-            Some(e) if e.get_ref().is_empty() => {
-                return Err(at(
-                    Some(e.span()),
-                    format!("notify {name}: events is empty (leave it out for the default kinds)"),
-                ));
-            }
-            Some(e) => {
-                if let Some(bad) = e.get_ref().iter().find(|k| {
-                    k.is_empty()
-                        || !k
-                            .chars()
-                            .all(|c| c.is_ascii_lowercase() || c == '-' || c == '*')
-                }) {
-                    return Err(at(
-                        Some(e.span()),
-                        format!(
-                            "notify {name}: {bad:?} is not an event kind (lower-case words joined by '-', or \"*\" for all)"
-                        ),
-                    ));
-                }
-                e.into_inner()
-            }
-        };
-        sinks.push(Sink {
-            name,
-            kind,
-            url: Secret::new(url.clone()),
-            secret,
-            events,
-        });
-    }
-    Ok(sinks)
-}
 
 impl Sink {
     /// Whether the sink gets events of this kind.
@@ -484,7 +257,7 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn parse(text: &str) -> Result<Vec<Sink>, ConfigError> {
+    fn parse(text: &str) -> Result<Vec<Sink>, crate::config::ConfigError> {
         crate::config::parse(Path::new("n.toml"), text).map(|c| c.notify)
     }
 

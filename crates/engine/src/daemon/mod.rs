@@ -705,6 +705,6 @@ pub(crate) fn stored_spec(
     let value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
     // Checked again here: a box stored before the check existed, or with a
     // config that allowed it then, must not make this daemon run its code.
-    crate::api::refuse_code(config, &value)?;
+    crate::config::refuse_code(config, &value)?;
     crate::config::parse_box_json(name, &value)
 }

@@ -6,7 +6,6 @@
 pub mod demand;
 pub mod pass;
 pub mod plan;
-pub mod spec;
 pub mod view;
 
-pub use spec::{Demand, PoolSpec, PoolType};
+pub use crate::config::{Demand, PoolSpec, PoolType};

@@ -132,7 +132,7 @@ pub async fn all_pools(
             .map_err(|e| e.to_string())
             .and_then(|v| {
                 // Stored before the check existed, or allowed then: checked again.
-                crate::api::refuse_code(config, &v)?;
+                crate::config::refuse_code(config, &v)?;
                 crate::config::parse_pool_json(&name, &v)
             }) {
             Ok(spec) => pools.push((spec, "api".to_owned())),

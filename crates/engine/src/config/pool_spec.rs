@@ -1,19 +1,20 @@
-//! `[pool.NAME]`: a worker pool's settings, validated like a box's (every
-//! error names the file, line and column, or the JSON field for the API).
+//! `[pool.NAME]`: a worker pool's settings ([`PoolSpec`]), validated like a
+//! box's (every error names the file, line and column, or the JSON field for
+//! the API), one function per part (types, subnets, capacities, demand).
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
 use spotkeeper_cloud::{ImageRef, RootVolume};
 use toml::Spanned;
 
-use crate::config::{
-    ConfigError, RawDisk, validate_fallback, validate_root_disk, validate_tags, validate_user_data,
+use super::error::{At, ConfigError, duration, duration_at_least};
+use super::launch::{
+    is_instance_type, validate_fallback, validate_root_disk, validate_tags, validate_user_data,
     validate_zones,
 };
+use super::raw::{RawDemand, RawPool, RawPoolType};
 
 /// Idle time before surplus instances are terminated, when not configured.
 pub const DEFAULT_SCALE_DOWN_AFTER: Duration = Duration::from_secs(10 * 60);
@@ -119,53 +120,6 @@ pub enum Demand {
     },
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawPool {
-    image: Spanned<String>,
-    instance_types: Spanned<Vec<Spanned<RawPoolType>>>,
-    max_price: Option<Spanned<f64>>,
-    zones: Option<Spanned<Vec<String>>>,
-    subnet: Option<String>,
-    subnets: Option<Spanned<Vec<String>>>,
-    min_capacity: Option<Spanned<i64>>,
-    max_capacity: Spanned<i64>,
-    jobs_per_capacity: Option<Spanned<i64>>,
-    scale_down_after: Option<Spanned<String>>,
-    max_lifetime: Option<Spanned<String>>,
-    fallback: Option<Spanned<String>>,
-    demand: Option<Spanned<RawDemand>>,
-    key_name: Option<String>,
-    #[serde(default)]
-    security_groups: Vec<String>,
-    user_data: Option<Spanned<String>>,
-    user_data_file: Option<Spanned<String>>,
-    #[serde(default)]
-    tags: BTreeMap<Spanned<String>, String>,
-    iam_instance_profile: Option<String>,
-    root_disk: Option<Spanned<RawDisk>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPoolType {
-    #[serde(rename = "type")]
-    instance_type: String,
-    capacity: Option<i64>,
-    max_price: Option<f64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDemand {
-    http: Option<String>,
-    sqs: Option<String>,
-    timeout: Option<String>,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    bearer_env: Option<String>,
-}
-
 fn price(p: f64) -> Result<f64, String> {
     if p.is_finite() && p > 0.0 {
         Ok(p)
@@ -176,21 +130,68 @@ fn price(p: f64) -> Result<f64, String> {
     }
 }
 
-pub(crate) fn validate_pool(
+/// Validates one `[pool.NAME]` table.
+pub(super) fn validate_pool(
     name: &str,
     p: RawPool,
     base: &Path,
-    at: &dyn Fn(Option<Range<usize>>, String) -> ConfigError,
+    at: At,
 ) -> Result<PoolSpec, ConfigError> {
     let image = ImageRef::parse(p.image.get_ref()).map_err(|m| at(Some(p.image.span()), m))?;
-    let types_span = p.instance_types.span();
+    let max_price = match p.max_price {
+        None => None,
+        Some(m) => Some(price(*m.get_ref()).map_err(|e| at(Some(m.span()), e))?),
+    };
+    let (min_capacity, max_capacity) = capacities(p.min_capacity, p.max_capacity, at)?;
+    Ok(PoolSpec {
+        name: name.to_owned(),
+        image,
+        types: pool_types(p.instance_types, at)?,
+        max_price,
+        zones: validate_zones(p.zones, at)?,
+        subnets: subnets(p.subnet, p.subnets, at)?,
+        min_capacity,
+        max_capacity,
+        jobs_per_capacity: whole(p.jobs_per_capacity, "jobs_per_capacity", 1, 1, at)? as u32,
+        scale_down_after: match &p.scale_down_after {
+            None => DEFAULT_SCALE_DOWN_AFTER,
+            Some(s) => duration(s, "scale_down_after", at)?,
+        },
+        max_lifetime: duration_at_least(
+            p.max_lifetime.as_ref(),
+            "max_lifetime",
+            Duration::from_secs(600),
+            "",
+            at,
+        )?,
+        fallback_on_demand: validate_fallback(p.fallback),
+        demand: p
+            .demand
+            .map(|d| demand(d, at))
+            .transpose()?
+            .unwrap_or(Demand::None),
+        key_name: p.key_name,
+        security_groups: p.security_groups,
+        user_data: validate_user_data(p.user_data, p.user_data_file, base, at)?,
+        tags: validate_tags(p.tags, at)?,
+        iam_instance_profile: p.iam_instance_profile,
+        root_disk: validate_root_disk(p.root_disk, at)?,
+    })
+}
+
+/// `instance_types = [ { type, capacity, max_price } … ]`.
+fn pool_types(
+    raw: Spanned<Vec<Spanned<RawPoolType>>>,
+    at: At,
+) -> Result<Vec<PoolType>, ConfigError> {
+    let types_span = raw.span();
     let mut types: Vec<PoolType> = Vec::new();
-    for t in p.instance_types.into_inner() {
+    for t in raw.into_inner() {
         let span = t.span();
         let t = t.into_inner();
         let bad = |m: String| at(Some(span.clone()), format!("instance_types: {m}"));
         let ty = t.instance_type.trim();
-        if !crate::config::is_instance_type(ty) {
+        if !is_instance_type(ty) {
             return Err(bad(format!(
                 "type {ty:?} is not of the form family.size, e.g. c7i.large"
             )));
@@ -217,183 +218,153 @@ pub(crate) fn validate_pool(
             "instance_types is empty: list at least one { type = \"…\", capacity = N }".into(),
         ));
     }
-    let max_price = match p.max_price {
-        None => None,
-        Some(m) => Some(price(*m.get_ref()).map_err(|e| at(Some(m.span()), e))?),
+    Ok(types)
+}
+
+/// `subnet` or `subnets`.
+fn subnets(
+    one: Option<String>,
+    many: Option<Spanned<Vec<String>>>,
+    at: At,
+) -> Result<Vec<String>, ConfigError> {
+    match (one, many) {
+        (Some(_), Some(s)) => Err(at(Some(s.span()), "set subnet or subnets, not both".into())),
+        (Some(one), None) => Ok(vec![one]),
+        (None, Some(s)) if s.get_ref().is_empty() => Err(at(
+            Some(s.span()),
+            "subnets is empty: list subnets or leave the key out".into(),
+        )),
+        (None, Some(s)) => Ok(s.into_inner()),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+/// A whole number from `least` to [`MAX_CAPACITY_LIMIT`], `default` when not set.
+fn whole(
+    v: Option<Spanned<i64>>,
+    what: &str,
+    default: i64,
+    least: i64,
+    at: At,
+) -> Result<i64, ConfigError> {
+    let Some(v) = v else {
+        return Ok(default);
     };
-    let zones = validate_zones(p.zones, at)?;
-    let subnets = match (p.subnet, p.subnets) {
-        (Some(_), Some(s)) => {
-            return Err(at(Some(s.span()), "set subnet or subnets, not both".into()));
-        }
-        (Some(one), None) => vec![one],
-        (None, Some(s)) if s.get_ref().is_empty() => {
-            return Err(at(
-                Some(s.span()),
-                "subnets is empty: list subnets or leave the key out".into(),
-            ));
-        }
-        (None, Some(s)) => s.into_inner(),
-        (None, None) => Vec::new(),
-    };
-    let whole = |v: Option<Spanned<i64>>, what: &str, default: i64, least: i64| {
-        let Some(v) = v else {
-            return Ok(default);
-        };
-        let n = *v.get_ref();
-        if n < least || n > i64::from(MAX_CAPACITY_LIMIT) {
-            return Err(at(
-                Some(v.span()),
-                format!("{what} must be from {least} to {MAX_CAPACITY_LIMIT}, not {n}"),
-            ));
-        }
-        Ok(n)
-    };
-    let min_span = p.min_capacity.as_ref().map(Spanned::span);
-    let min_capacity = whole(p.min_capacity, "min_capacity", 0, 0)? as u32;
-    let max_capacity = whole(Some(p.max_capacity), "max_capacity", 0, 1)? as u32;
+    let n = *v.get_ref();
+    if n < least || n > i64::from(MAX_CAPACITY_LIMIT) {
+        return Err(at(
+            Some(v.span()),
+            format!("{what} must be from {least} to {MAX_CAPACITY_LIMIT}, not {n}"),
+        ));
+    }
+    Ok(n)
+}
+
+/// `min_capacity` and `max_capacity`, the first not above the second.
+fn capacities(
+    min: Option<Spanned<i64>>,
+    max: Spanned<i64>,
+    at: At,
+) -> Result<(u32, u32), ConfigError> {
+    let min_span = min.as_ref().map(Spanned::span);
+    let min_capacity = whole(min, "min_capacity", 0, 0, at)? as u32;
+    let max_capacity = whole(Some(max), "max_capacity", 0, 1, at)? as u32;
     if min_capacity > max_capacity {
         return Err(at(
             min_span,
             format!("min_capacity {min_capacity} is above max_capacity {max_capacity}"),
         ));
     }
-    let jobs_per_capacity = whole(p.jobs_per_capacity, "jobs_per_capacity", 1, 1)? as u32;
-    let scale_down_after = match p.scale_down_after {
-        None => DEFAULT_SCALE_DOWN_AFTER,
-        Some(s) => humantime::parse_duration(s.get_ref()).map_err(|e| {
-            at(
-                Some(s.span()),
-                format!("scale_down_after {:?}: {e}", s.get_ref()),
-            )
-        })?,
-    };
-    let max_lifetime = match p.max_lifetime {
-        None => None,
-        Some(s) => {
-            let d = humantime::parse_duration(s.get_ref()).map_err(|e| {
-                at(
-                    Some(s.span()),
-                    format!("max_lifetime {:?}: {e}", s.get_ref()),
-                )
-            })?;
-            if d < Duration::from_secs(600) {
-                return Err(at(
-                    Some(s.span()),
-                    format!("max_lifetime {:?} is under 10 minutes", s.get_ref()),
-                ));
+    Ok((min_capacity, max_capacity))
+}
+
+/// `demand = { http = … }` or `{ sqs = … }`.
+fn demand(raw: Spanned<RawDemand>, at: At) -> Result<Demand, ConfigError> {
+    let span = raw.span();
+    let d = raw.into_inner();
+    let bad = |m: String| at(Some(span.clone()), format!("demand: {m}"));
+    match (d.http.clone(), d.sqs.clone()) {
+        (Some(url), None) => http_demand(url, d, &bad),
+        (None, Some(queue)) => {
+            if !d.headers.is_empty() || d.bearer_env.is_some() {
+                return Err(bad("headers and bearer_env only apply to http".into()));
             }
-            Some(d)
+            if queue.trim().is_empty() {
+                return Err(bad("sqs is empty: give a queue URL or name".into()));
+            }
+            if d.timeout.is_some() {
+                return Err(bad("timeout only applies to http".into()));
+            }
+            Ok(Demand::Sqs { queue })
+        }
+        _ => Err(bad(
+            "give exactly one source: { http = \"URL\" } or { sqs = \"queue\" }".into(),
+        )),
+    }
+}
+
+/// `demand = { http = URL, timeout, headers, bearer_env }`.
+fn http_demand(
+    url: String,
+    d: RawDemand,
+    bad: &dyn Fn(String) -> ConfigError,
+) -> Result<Demand, ConfigError> {
+    let timeout = match &d.timeout {
+        None => DEFAULT_DEMAND_TIMEOUT,
+        Some(t) => {
+            let d = humantime::parse_duration(t).map_err(|e| bad(format!("timeout {t:?}: {e}")))?;
+            if d > MAX_DEMAND_TIMEOUT {
+                return Err(bad(format!(
+                    "timeout {t:?} is over the limit of {}",
+                    humantime::format_duration(MAX_DEMAND_TIMEOUT)
+                )));
+            }
+            d
         }
     };
-    let fallback_on_demand = validate_fallback(p.fallback.as_ref(), at)?;
-    let demand = match p.demand {
-        None => Demand::None,
-        Some(d) => {
-            let span = d.span();
-            let d = d.into_inner();
-            let bad = |m: String| at(Some(span.clone()), format!("demand: {m}"));
-            let timeout = match &d.timeout {
-                None => DEFAULT_DEMAND_TIMEOUT,
-                Some(t) => {
-                    let d = humantime::parse_duration(t)
-                        .map_err(|e| bad(format!("timeout {t:?}: {e}")))?;
-                    if d > MAX_DEMAND_TIMEOUT {
-                        return Err(bad(format!(
-                            "timeout {t:?} is over the limit of {}",
-                            humantime::format_duration(MAX_DEMAND_TIMEOUT)
-                        )));
-                    }
-                    d
-                }
-            };
-            match (d.http, d.sqs) {
-                (Some(url), None) => {
-                    if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        return Err(bad(format!("http {url:?} is not an http(s) URL")));
-                    }
-                    for (name, value) in &d.headers {
-                        let ok_name = !name.is_empty()
-                            && name
-                                .bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
-                        if !ok_name || name.eq_ignore_ascii_case("host") {
-                            return Err(bad(format!(
-                                "headers: {name:?} is not a header name this can send"
-                            )));
-                        }
-                        if value.bytes().any(|b| b.is_ascii_control()) {
-                            return Err(bad(format!(
-                                "headers: the value of {name} holds control characters"
-                            )));
-                        }
-                    }
-                    if let Some(var) = &d.bearer_env {
-                        if var.is_empty()
-                            || !var
-                                .bytes()
-                                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-                        {
-                            return Err(bad(format!(
-                                "bearer_env {var:?} must be an environment variable name (A-Z, 0-9, _)"
-                            )));
-                        }
-                        if d.headers
-                            .keys()
-                            .any(|h| h.eq_ignore_ascii_case("authorization"))
-                        {
-                            return Err(bad(
-                                "set bearer_env or an Authorization header, not both".into()
-                            ));
-                        }
-                    }
-                    Demand::Http {
-                        url,
-                        timeout,
-                        headers: d.headers.into_iter().collect(),
-                        bearer_env: d.bearer_env,
-                    }
-                }
-                (None, Some(queue)) => {
-                    if !d.headers.is_empty() || d.bearer_env.is_some() {
-                        return Err(bad("headers and bearer_env only apply to http".into()));
-                    }
-                    if queue.trim().is_empty() {
-                        return Err(bad("sqs is empty: give a queue URL or name".into()));
-                    }
-                    if d.timeout.is_some() {
-                        return Err(bad("timeout only applies to http".into()));
-                    }
-                    Demand::Sqs { queue }
-                }
-                _ => {
-                    return Err(bad(
-                        "give exactly one source: { http = \"URL\" } or { sqs = \"queue\" }".into(),
-                    ));
-                }
-            }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(bad(format!("http {url:?} is not an http(s) URL")));
+    }
+    for (name, value) in &d.headers {
+        let ok_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+        if !ok_name || name.eq_ignore_ascii_case("host") {
+            return Err(bad(format!(
+                "headers: {name:?} is not a header name this can send"
+            )));
         }
-    };
-    Ok(PoolSpec {
-        name: name.to_owned(),
-        image,
-        types,
-        max_price,
-        zones,
-        subnets,
-        min_capacity,
-        max_capacity,
-        jobs_per_capacity,
-        scale_down_after,
-        max_lifetime,
-        fallback_on_demand,
-        demand,
-        key_name: p.key_name,
-        security_groups: p.security_groups,
-        user_data: validate_user_data(p.user_data, p.user_data_file, base, at)?,
-        tags: validate_tags(p.tags, at)?,
-        iam_instance_profile: p.iam_instance_profile,
-        root_disk: validate_root_disk(p.root_disk, at)?,
+        if value.bytes().any(|b| b.is_ascii_control()) {
+            return Err(bad(format!(
+                "headers: the value of {name} holds control characters"
+            )));
+        }
+    }
+    if let Some(var) = &d.bearer_env {
+        if var.is_empty()
+            || !var
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(bad(format!(
+                "bearer_env {var:?} must be an environment variable name (A-Z, 0-9, _)"
+            )));
+        }
+        if d.headers
+            .keys()
+            .any(|h| h.eq_ignore_ascii_case("authorization"))
+        {
+            return Err(bad(
+                "set bearer_env or an Authorization header, not both".into()
+            ));
+        }
+    }
+    Ok(Demand::Http {
+        url,
+        timeout,
+        headers: d.headers.into_iter().collect(),
+        bearer_env: d.bearer_env,
     })
 }
 
@@ -477,7 +448,7 @@ tags = { team = "ci" }
         let e = err(&POOL.replace("scale_down_after = \"10m\"", "scale_down_after = \"soon\""));
         assert!(e.contains("scale_down_after"), "{e}");
         let e = err(&POOL.replace("scale_down_after = \"10m\"", "max_lifetime = \"5m\""));
-        assert!(e.contains("max_lifetime \"5m\" is under 10 minutes"), "{e}");
+        assert!(e.contains("max_lifetime must be at least 10m"), "{e}");
         let ok = POOL.replace("scale_down_after = \"10m\"", "max_lifetime = \"12h\"");
         let c = parse(Path::new("p.toml"), &ok).expect("valid");
         assert_eq!(

@@ -1,0 +1,331 @@
+//! The config's validation, error by error.
+
+use spotkeeper_cloud::{ImageRef, Market, RootVolume};
+
+use super::*;
+
+const GOOD: &str = r#"
+[aws]
+region = "us-east-1"
+
+[box.dev]
+image = "ami-0123456789abcdef0"
+instance_types = ["t3.micro", "t3a.micro"]
+max_price = 0.02
+zones = ["us-east-1a", "us-east-1b"]
+tags = { team = "ml" }
+ready = { check = "tcp", port = 22, timeout = "10m" }
+"#;
+
+fn err(text: &str) -> ConfigError {
+    parse(Path::new("/cfg/spotkeeper.toml"), text).expect_err("config should be rejected")
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let c = parse(Path::new("x.toml"), GOOD).expect("valid");
+    let b = c.box_spec("dev").expect("box");
+    assert_eq!(b.instance_types, ["t3.micro", "t3a.micro"]);
+    assert_eq!(b.max_price, 0.02);
+    assert_eq!(b.market, Market::Spot);
+    assert_eq!(c.owner, DEFAULT_OWNER);
+    assert_eq!(
+        b.ready,
+        ReadyCheck::Tcp {
+            host: None,
+            port: 22,
+            timeout: Duration::from_secs(600)
+        }
+    );
+}
+
+#[test]
+fn unknown_key_is_reported_with_line_and_column() {
+    let e = err(&GOOD.replace("max_price = 0.02", "max_price = 0.02\nmax_prize = 1"));
+    assert_eq!((e.line, e.column), (Some(9), Some(1)), "{e}");
+    assert!(e.message.contains("max_prize"), "{e}");
+}
+
+#[test]
+fn negative_price_points_at_the_value() {
+    let e = err(&GOOD.replace("0.02", "-1.0"));
+    assert_eq!((e.line, e.column), (Some(8), Some(13)), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("/cfg/spotkeeper.toml:8:13: box \"dev\": max_price"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_type_is_reported() {
+    let e = err(&GOOD.replace("max_price = 0.02", "max_price = \"cheap\""));
+    assert_eq!(e.line, Some(8), "{e}");
+}
+
+#[test]
+fn empty_instance_types_is_rejected() {
+    let e = err(&GOOD.replace(r#"["t3.micro", "t3a.micro"]"#, "[]"));
+    assert_eq!(e.line, Some(7), "{e}");
+    assert!(e.message.contains("instance_types is empty"), "{e}");
+}
+
+#[test]
+fn missing_user_data_file_is_rejected_at_its_key() {
+    let e = err(&GOOD.replace("tags =", "user_data_file = \"nope.sh\"\ntags ="));
+    assert_eq!(e.line, Some(10), "{e}");
+    assert!(e.message.contains("/cfg/nope.sh"), "{e}");
+}
+
+#[test]
+fn user_data_file_is_read_relative_to_the_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("boot.sh"), "#!/bin/sh\necho hi\n").expect("write");
+    let text = GOOD.replace("tags =", "user_data_file = \"boot.sh\"\ntags =");
+    let c = parse(&dir.path().join("spotkeeper.toml"), &text).expect("valid");
+    assert_eq!(
+        c.boxes["dev"].user_data.as_deref(),
+        Some("#!/bin/sh\necho hi\n")
+    );
+}
+
+#[test]
+fn unknown_box_lists_the_known_ones() {
+    let c = parse(Path::new("x.toml"), GOOD).expect("valid");
+    let e = c.box_spec("prod").expect_err("no such box");
+    assert!(e.message.contains("defines: dev"), "{e}");
+}
+
+#[test]
+fn bad_ready_check_and_timeout_are_rejected() {
+    assert!(err(&GOOD.replace("check = \"tcp\"", "check = \"ping\"")).line == Some(11));
+    assert!(
+        err(&GOOD.replace("\"10m\"", "\"soon\""))
+            .message
+            .contains("not a duration")
+    );
+}
+
+#[test]
+fn reserved_tags_and_bad_images_are_rejected() {
+    assert!(
+        err(&GOOD.replace("team = ", "\"spotkeeper:box\" = "))
+            .message
+            .contains("reserved")
+    );
+    assert!(
+        err(&GOOD.replace("ami-0123456789abcdef0", "ubuntu"))
+            .message
+            .contains("neither an AMI id")
+    );
+}
+
+#[test]
+fn image_aliases_ssh_and_root_disk_parse() {
+    let text = GOOD
+        .replace("ami-0123456789abcdef0", "ubuntu:24.04:arm64")
+        .replace("tags =", "ssh = { user = \"ubuntu\", key_file = \"keys/id\", port = 2222, host = \"203.0.113.7\", jump = \"bastion\" }\nroot_disk = { size_gb = 30 }\ntags =");
+    let c = parse(Path::new("/etc/sk/x.toml"), &text).expect("valid");
+    let b = &c.boxes["dev"];
+    assert_eq!(
+        b.image,
+        ImageRef::Ubuntu {
+            release: "24.04".into(),
+            arch: spotkeeper_cloud::Arch::Arm64
+        }
+    );
+    assert_eq!(b.ssh.user, "ubuntu");
+    assert_eq!(
+        b.ssh.key_file.as_deref(),
+        Some(Path::new("/etc/sk/keys/id"))
+    );
+    assert_eq!(
+        (b.ssh.port, b.ssh.host.as_deref(), b.ssh.jump.as_deref()),
+        (2222, Some("203.0.113.7"), Some("bastion"))
+    );
+    assert_eq!(
+        b.root_disk,
+        Some(RootVolume {
+            size_gb: 30,
+            kind: "gp3".into()
+        })
+    );
+    let e = err(&GOOD.replace("tags =", "ssh = { port = 22 }\ntags ="));
+    assert!(e.message.contains("user"), "{e}");
+    let e = err(&GOOD.replace("tags =", "ssh = { user = \"-oProxyCommand=x\" }\ntags ="));
+    assert!(e.message.contains("not a valid name"), "{e}");
+    assert!(
+        err(&GOOD.replace("ami-0123456789abcdef0", "ubuntu:warty"))
+            .message
+            .contains("24.04")
+    );
+    // A codename is its release.
+    let c = parse(
+        Path::new("x.toml"),
+        &GOOD.replace("ami-0123456789abcdef0", "ubuntu:noble"),
+    )
+    .expect("valid");
+    assert_eq!(c.boxes["dev"].image.to_string(), "ubuntu:24.04");
+}
+
+#[test]
+fn persistence_keys_parse_and_validate() {
+    let text = GOOD.replace(
+        "tags =",
+        "data_volume = { name = \"dev-data\", size_gb = 50, mount = \"/data\", on_stop = \"snapshot\" }\n\
+         root_volume = { name = \"dev-root\" }\nmove_volume = true\n\
+         dns = { zone = \"example.com\", name = \"dev.example.com\", ttl = 30, address = \"private\" }\n\
+         elastic_ip = \"eipalloc-0abc\"\nimages = { keep = 3, every = \"24h\" }\ntags =",
+    );
+    let c = parse(Path::new("x.toml"), &text).expect("valid");
+    let b = &c.boxes["dev"];
+    let d = b.data_volume.as_ref().expect("data");
+    assert_eq!(
+        (
+            d.name.as_str(),
+            d.size_gb,
+            d.kind.as_str(),
+            d.mount.as_str(),
+            d.on_stop
+        ),
+        ("dev-data", Some(50), "gp3", "/data", OnStop::Snapshot)
+    );
+    assert_eq!(d.keep, DEFAULT_STOP_SNAPSHOTS);
+    assert_eq!(
+        b.root_volume.as_ref().map(|r| (r.name.as_str(), r.on_stop)),
+        Some(("dev-root", OnStop::Retain))
+    );
+    assert!(b.move_volume);
+    let dns = b.dns.as_ref().expect("dns");
+    assert_eq!(
+        (dns.zone.as_str(), dns.name.as_str(), dns.ttl, dns.address),
+        ("example.com.", "dev.example.com.", 30, DnsAddress::Private)
+    );
+    assert_eq!(
+        b.images,
+        ImagePolicy {
+            keep: Some(3),
+            every: Some(Duration::from_secs(86_400))
+        }
+    );
+}
+
+#[test]
+fn persistence_mistakes_are_located() {
+    let e = err(&GOOD.replace(
+        "tags =",
+        "data_volume = { name = \"v\", size_gb = 5 }\nroot_volume = { name = \"v\" }\ntags =",
+    ));
+    assert_eq!(e.line, Some(11), "{e}");
+    assert!(e.message.contains("both named"), "{e}");
+    assert!(
+        err(&GOOD.replace(
+            "tags =",
+            "dns = { zone = \"example.com\", name = \"dev.other.org\" }\ntags ="
+        ))
+        .message
+        .contains("not inside zone")
+    );
+    assert!(
+        err(&GOOD.replace(
+            "tags =",
+            "data_volume = { name = \"v\", size_gb = 5, on_stop = \"shred\" }\ntags ="
+        ))
+        .message
+        .contains("on_stop")
+    );
+    assert!(
+        err(&GOOD.replace("tags =", "data_volume = { name = \"v\" }\ntags ="))
+            .message
+            .contains("size_gb is required")
+    );
+    for (keep, says) in [
+        ("on_stop = \"snapshot\", keep = 0", "keep must be 1-100"),
+        ("keep = 2", "keep applies to on_stop = \"snapshot\""),
+    ] {
+        let e = err(&GOOD.replace(
+            "tags =",
+            &format!("data_volume = {{ name = \"v\", size_gb = 5, {keep} }}\ntags ="),
+        ));
+        assert!(e.message.contains(says), "{e}");
+    }
+    assert!(
+        err(&GOOD.replace(
+            "tags =",
+            "root_volume = { name = \"r\", mount = \"/x\" }\ntags ="
+        ))
+        .message
+        .contains("mount does not apply")
+    );
+    assert!(
+        err(&GOOD.replace("ami-0123456789abcdef0", "box:latest"))
+            .message
+            .contains("base_image")
+    );
+    assert!(
+        err(&GOOD.replace("tags =", "images = { every = \"5m\" }\ntags ="))
+            .message
+            .contains("images.every must be at least 1h")
+    );
+    let latest = parse(
+        Path::new("x.toml"),
+        &GOOD.replace(
+            "\"ami-0123456789abcdef0\"",
+            "\"box:latest\"\nbase_image = \"al2023\"",
+        ),
+    )
+    .expect("valid");
+    assert!(latest.boxes["dev"].image_from_box);
+    assert_eq!(
+        latest.boxes["dev"].image,
+        ImageRef::AmazonLinux2023 {
+            arch: spotkeeper_cloud::Arch::Amd64
+        }
+    );
+}
+
+#[test]
+fn fallback_and_rebalance_policies_are_checked() {
+    let c = parse(
+        Path::new("x.toml"),
+        &GOOD.replace(
+            "tags =",
+            "fallback = \"on-demand\"\non_rebalance = \"replace\"\ntags =",
+        ),
+    )
+    .expect("valid");
+    assert!(c.boxes["dev"].fallback_on_demand && c.boxes["dev"].replace_on_rebalance);
+    assert!(
+        err(&GOOD.replace("tags =", "fallback = \"reserved\"\ntags ="))
+            .message
+            .contains("fallback")
+    );
+    assert!(
+        err(&GOOD.replace("tags =", "on_rebalance = \"panic\"\ntags ="))
+            .message
+            .contains("on_rebalance")
+    );
+    assert_eq!(c.boxes["dev"].price_cap, PriceCap::Spotkeeper);
+    let capped = parse(
+        Path::new("x.toml"),
+        &GOOD.replace("tags =", "price_cap = \"aws\"\ntags ="),
+    )
+    .expect("valid");
+    assert_eq!(capped.boxes["dev"].price_cap, PriceCap::Aws);
+    let e = err(&GOOD.replace("tags =", "price_cap = \"bid\"\ntags ="));
+    // Keywords are read by serde: the error names the choices and the place.
+    assert_eq!(
+        e.to_string(),
+        "/cfg/spotkeeper.toml:10:13: price_cap: unknown variant `bid`, expected `spotkeeper` or `aws`"
+    );
+}
+
+#[test]
+fn config_location_prefers_flag_then_env_then_default() {
+    assert_eq!(
+        locate(Some(Path::new("a.toml")), Some("b.toml")),
+        PathBuf::from("a.toml")
+    );
+    assert_eq!(locate(None, Some("b.toml")), PathBuf::from("b.toml"));
+    assert_eq!(locate(None, None), PathBuf::from(DEFAULT_FILE));
+}
