@@ -1,0 +1,696 @@
+//! `up`'s steps: trust (or not) what the daemon knows, check what would fail
+//! half way, find the box's volumes, take an existing instance or open
+//! request, choose the offerings, then per offering: an intent (its client
+//! token) recorded before the launch call, the volumes prepared in its zone,
+//! the launch, and the race with another launcher settled by the keeper rule.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use spotkeeper_cloud::{
+    ImageId, Instance, InstanceId, InstanceState, LaunchSpec, Market, SpotRequest, SpotRequestId,
+    SpotRequestState, Volume,
+};
+use tokio::time::{Instant, sleep};
+
+use super::settle::{elastic_ip_reassociation, mark_stopped, settle, terminate_extras};
+use super::{Avoid, BoxError, Ctx, Known, UpOutcome, allowed_zones, box_prices};
+use crate::config::{BoxSpec, PriceCap, VolumeSpec};
+use crate::ownership::{box_filter, keeper, launch_tags, live, open_requests, owner_filter};
+use crate::persist;
+use crate::plan;
+use crate::store::{Intent, StoreError};
+
+/// A (type, zone) to try, in order; `zone` is `None` when AWS may choose.
+struct Target {
+    instance_type: String,
+    zone: Option<String>,
+}
+
+/// A box's persistent volume as found before the launch.
+type Found<'s> = (persist::Role, &'s VolumeSpec, Option<Volume>);
+
+/// What one launch attempt came to.
+enum Attempt {
+    /// The box is up (launched now, or another launcher's instance).
+    Up(Box<UpOutcome>),
+    /// No capacity for this offering; why, to say if none has any.
+    NoCapacity(String),
+}
+
+pub(super) async fn up_inner(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    avoid: &Avoid,
+    known: Option<&Known>,
+) -> Result<UpOutcome, BoxError> {
+    let name = spec.name.as_str();
+    // Read once: under the box lock nothing else writes this box's intents.
+    let open = ctx.store.open_intent(ctx.owner, name).await?;
+    let known = trusted(known, open.as_ref(), avoid);
+    if known.is_none() {
+        check_before_launch(ctx, spec).await?;
+    }
+    let found = find_volumes(ctx, spec, known).await?;
+    if let Some(outcome) = take_existing(ctx, spec, avoid, known).await? {
+        return Ok(outcome);
+    }
+    // Nothing live: an open intent whose instance we had seen is history now.
+    let mut reusable = open;
+    if let Some(intent) = &reusable
+        && intent.instance_id.is_some()
+    {
+        ctx.store.close_intent(intent.id, "gone").await?;
+        reusable = None;
+    }
+    let targets = targets(ctx, spec, avoid, known, &found).await?;
+    let image_id = match known {
+        Some(k) => k.image.clone(),
+        None => launch_image(ctx, spec).await?,
+    };
+    let mut tried = Vec::new();
+    for target in targets {
+        let intent = intent_for(ctx, spec, reusable.take(), &target).await?;
+        match launch_at(ctx, spec, avoid, &found, &image_id, &target, intent).await? {
+            Attempt::Up(outcome) => return Ok(*outcome),
+            Attempt::NoCapacity(why) => tried.push(why),
+        }
+    }
+    Err(BoxError::NoCapacity {
+        tried: tried.join("; "),
+    })
+}
+
+/// What the daemon knows holds only while nothing was launched since its
+/// observation: an open intent whose instance is not one of the doomed
+/// means a launch it has not seen, so look at AWS first.
+fn trusted<'k>(
+    known: Option<&'k Known>,
+    open: Option<&Intent>,
+    avoid: &Avoid,
+) -> Option<&'k Known> {
+    match (known, open) {
+        (Some(_), Some(i))
+            if i.instance_id
+                .as_ref()
+                .is_some_and(|id| !avoid.instances.contains(&InstanceId::new(id.clone()))) =>
+        {
+            None
+        }
+        (k, _) => k,
+    }
+}
+
+/// What would otherwise fail half way, checked before anything is launched:
+/// the DNS name is the box's to write, the Elastic IP the box's to take.
+async fn check_before_launch(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<(), BoxError> {
+    if let Some(dns) = &spec.dns {
+        crate::dns::check(ctx.cloud, ctx.owner, &spec.name, dns).await?;
+    }
+    if let Some(alloc) = &spec.elastic_ip {
+        elastic_ip_reassociation(ctx, spec, alloc, None).await?;
+    }
+    Ok(())
+}
+
+/// The box's persistent volumes, from what the daemon knows or from AWS.
+async fn find_volumes<'s>(
+    ctx: &Ctx<'_>,
+    spec: &'s BoxSpec,
+    known: Option<&Known>,
+) -> Result<Vec<Found<'s>>, BoxError> {
+    let mut found = Vec::new();
+    for (role, vs) in persist::volume_specs(spec) {
+        let v = match known.and_then(|k| k.volumes.get(&vs.name)) {
+            // Where it is (its zone) is what matters before the launch; it
+            // is read again when it is attached.
+            Some(v) => Some(v.clone()),
+            None => persist::find(ctx.cloud, ctx.owner, &spec.name, role, vs).await?,
+        };
+        found.push((role, vs, v));
+    }
+    Ok(found)
+}
+
+/// The box's live instance (duplicates terminated) or its open spot
+/// request, waited for and settled; `None` when there is neither.
+async fn take_existing(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    avoid: &Avoid,
+    known: Option<&Known>,
+) -> Result<Option<UpOutcome>, BoxError> {
+    if known.is_some() {
+        return Ok(None);
+    }
+    let name = spec.name.as_str();
+    let filter = box_filter(ctx.owner, name);
+    let mut existing = live(ctx.cloud.instances(&filter).await?);
+    existing.retain(|i| !avoid.instances.contains(&i.id));
+    let id = if let Some(keep) = keeper(&existing).cloned() {
+        ctx.progress.note(&format!(
+            "Instance exists already ({}, {}), we will not be provisioning another one",
+            keep.id, keep.state
+        ));
+        terminate_extras(ctx, name, &existing, &keep).await?;
+        keep.id
+    } else if spec.market == Market::Spot
+        && let Some(open) = open_requests(ctx.cloud.spot_requests(&filter).await?)
+            .into_iter()
+            .next()
+    {
+        ctx.progress.note(&format!(
+            "Spot request {} for box {name} is open already; waiting for it",
+            open.id
+        ));
+        wait_fulfilled(ctx, &open.id).await?
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(settled(ctx, spec, avoid, &id, &[], false).await?))
+}
+
+/// Waits for `id` to run and settles it.
+async fn settled(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    avoid: &Avoid,
+    id: &InstanceId,
+    prepared: &[persist::Prepared],
+    launched: bool,
+) -> Result<UpOutcome, BoxError> {
+    let instance = wait_running(ctx, id).await?;
+    let instance = settle(ctx, spec, instance, prepared, &avoid.instances).await?;
+    Ok(UpOutcome { instance, launched })
+}
+
+/// Where to try, in order: the volumes' zone if they pin one, else the
+/// allowed zones; spot offerings under the ceiling cheapest first, or the
+/// on-demand types.
+async fn targets(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    avoid: &Avoid,
+    known: Option<&Known>,
+    found: &[Found<'_>],
+) -> Result<Vec<Target>, BoxError> {
+    let pinned = persist::pinned_zone(
+        &found
+            .iter()
+            .map(|(r, _, v)| (*r, v.clone()))
+            .collect::<Vec<_>>(),
+        spec.move_volume,
+    )?;
+    let zones = match &pinned {
+        Some(z) => {
+            ctx.progress
+                .note(&format!("The box's volumes are in {z}; launching there"));
+            vec![z.clone()]
+        }
+        None => match known {
+            Some(k) => k.zones.clone(),
+            None => allowed_zones(ctx, spec).await?,
+        },
+    };
+    if spec.market == Market::Spot {
+        return spot_targets(ctx, spec, avoid, known, &zones).await;
+    }
+    let zone = if spec.subnet.is_some() || spec.zones.is_some() || !found.is_empty() {
+        zones.first().cloned()
+    } else {
+        None
+    };
+    Ok(spec
+        .instance_types
+        .iter()
+        .map(|t| Target {
+            instance_type: t.clone(),
+            zone: zone.clone(),
+        })
+        .collect())
+}
+
+/// The spot offerings in `zones` under the ceiling, cheapest first; every
+/// one interrupted lately beats leaving the box down.
+async fn spot_targets(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    avoid: &Avoid,
+    known: Option<&Known>,
+    zones: &[String],
+) -> Result<Vec<Target>, BoxError> {
+    let prices = match known {
+        Some(k) => {
+            let mut p = k.prices.clone();
+            p.retain(|x| zones.contains(&x.zone));
+            plan::sort_prices(&mut p, &spec.instance_types);
+            p
+        }
+        None => box_prices(ctx, spec).await?,
+    };
+    let under = |unavailable| {
+        plan::candidates(
+            &prices,
+            &spec.instance_types,
+            zones,
+            spec.max_price,
+            unavailable,
+        )
+    };
+    let chosen = match under(&avoid.offerings) {
+        Ok(c) => c,
+        Err(_) if !avoid.offerings.is_empty() => {
+            ctx.progress
+                .note("Every allowed offering was interrupted lately; trying them anyway");
+            under(&HashSet::new())?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let best = &chosen[0];
+    ctx.progress.note(&format!(
+        "Spot price is {} ({} in {}), at or under the ceiling of {} ({}), continuing",
+        best.price,
+        best.instance_type,
+        best.zone,
+        spec.max_price,
+        match spec.price_cap {
+            PriceCap::Spotkeeper => "held by spotkeeper: a box above it is moved",
+            PriceCap::Aws => "sent to AWS as MaxPrice: AWS interrupts above it",
+        }
+    ));
+    Ok(chosen
+        .into_iter()
+        .map(|p| Target {
+            instance_type: p.instance_type,
+            zone: Some(p.zone),
+        })
+        .collect())
+}
+
+/// The intent of a launch at `target`: a crashed earlier run's, when it
+/// planned the same offering (its token makes AWS return what it made),
+/// else a new one.
+async fn intent_for(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    reusable: Option<Intent>,
+    target: &Target,
+) -> Result<Intent, BoxError> {
+    let (instance_type, zone) = (&target.instance_type, &target.zone);
+    match reusable {
+        Some(i) if &i.instance_type == instance_type && &i.zone == zone => {
+            ctx.progress.note(&format!(
+                "Resuming an interrupted launch (client token {})",
+                i.token
+            ));
+            return Ok(i);
+        }
+        Some(stale) => ctx.store.close_intent(stale.id, "abandoned").await?,
+        None => {}
+    }
+    Ok(new_intent(ctx, &spec.name, spec.market, instance_type, zone.as_deref()).await?)
+}
+
+/// The volumes made ready in `zone` (found, moved by snapshot, or created).
+async fn prepare_volumes(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    found: &[Found<'_>],
+    zone: &str,
+    image_id: &ImageId,
+) -> Result<Vec<persist::Prepared>, BoxError> {
+    let mut prepared = Vec::new();
+    for (role, vs, existing) in found {
+        let p = persist::prepare(
+            ctx.cloud,
+            ctx.owner,
+            &spec.name,
+            *role,
+            vs,
+            existing.as_ref(),
+            zone,
+            image_id,
+        )
+        .await?;
+        match (&p.moved_from, p.fresh) {
+            (Some(old), _) => ctx.progress.note(&format!(
+                "Moved {} {:?} from {} to {zone} by snapshot ({} → {})",
+                role.key(),
+                vs.name,
+                old.zone,
+                old.id,
+                p.volume.id
+            )),
+            (None, true) => ctx.progress.note(&format!(
+                "Created {} {:?} ({}) in {zone}",
+                role.key(),
+                vs.name,
+                p.volume.id
+            )),
+            (None, false) => {}
+        }
+        prepared.push(p);
+    }
+    Ok(prepared)
+}
+
+/// The RunInstances parameters of a launch at `target` under `intent`.
+async fn launch_spec(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    image_id: &ImageId,
+    target: &Target,
+    intent: &Intent,
+    prepared: &[persist::Prepared],
+) -> Result<LaunchSpec, BoxError> {
+    let user_data = crate::bootstrap::user_data(
+        &spec.name,
+        &boot_volumes(spec, prepared),
+        spec.user_data.as_deref(),
+    )?;
+    // Names are looked up in the subnet's (or the default) VPC; ids pass.
+    let security_group_ids = ctx
+        .cloud
+        .security_group_ids(&spec.security_groups, spec.subnet.as_deref())
+        .await?;
+    Ok(LaunchSpec {
+        image_id: image_id.clone(),
+        instance_type: target.instance_type.clone(),
+        market: spec.market,
+        zone: if spec.subnet.is_some() {
+            None
+        } else {
+            target.zone.clone()
+        },
+        subnet_id: spec.subnet.clone(),
+        security_group_ids,
+        key_name: spec.key_name.clone(),
+        user_data,
+        tags: launch_tags(ctx.owner, spec, &intent.token),
+        client_token: intent.token.clone(),
+        root_volume: spec.root_disk.clone(),
+        iam_instance_profile: spec.iam_instance_profile.clone(),
+        spot_max_price: (spec.market == Market::Spot && spec.price_cap == PriceCap::Aws)
+            .then_some(spec.max_price),
+    })
+}
+
+/// One launch at `target`: volumes, the call, its record, the race.
+async fn launch_at(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    avoid: &Avoid,
+    found: &[Found<'_>],
+    image_id: &ImageId,
+    target: &Target,
+    intent: Intent,
+) -> Result<Attempt, BoxError> {
+    let name = spec.name.as_str();
+    let zone_name = target.zone.as_deref().unwrap_or("any zone");
+    let prepared = match &target.zone {
+        Some(z) => prepare_volumes(ctx, spec, found, z, image_id).await?,
+        None => Vec::new(),
+    };
+    let launch = launch_spec(ctx, spec, image_id, target, &intent, &prepared).await?;
+    tracing::debug!(box_name = name, token = %intent.token, "launch call");
+    ctx.progress.start(&format!(
+        "Requesting a {} {} instance in {zone_name}",
+        spec.market, target.instance_type
+    ));
+    let instance = match ctx.cloud.launch(&launch).await {
+        Ok(i) => i,
+        Err(e) => {
+            let capacity = e.kind.offering_unavailable();
+            ctx.progress.finish(&if capacity {
+                format!("no capacity ({e})")
+            } else {
+                "failed".into()
+            });
+            // AWS refused: nothing exists for this token. Without an answer
+            // we cannot know whether AWS launched: the intent stays open so
+            // the next run reuses its token.
+            if capacity || !e.kind.outcome_unknown() {
+                for p in &prepared {
+                    persist::discard(ctx.cloud, p).await?;
+                }
+                let why = if capacity { "no-capacity" } else { "failed" };
+                ctx.store.close_intent(intent.id, why).await?;
+            }
+            ctx.store
+                .record_event(ctx.owner, Some(name), "launch-failed", &e.to_string())
+                .await?;
+            if !capacity {
+                return Err(e.into());
+            }
+            return Ok(Attempt::NoCapacity(format!(
+                "{} in {zone_name}: {}",
+                target.instance_type,
+                e.code.as_deref().unwrap_or("?")
+            )));
+        }
+    };
+    launched(ctx, spec, target, &intent, &instance).await?;
+    let outcome = race(ctx, spec, avoid, &intent, instance, &prepared).await?;
+    Ok(Attempt::Up(Box::new(outcome)))
+}
+
+/// Records a launched instance: on its intent, and as a `launch` event.
+async fn launched(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    target: &Target,
+    intent: &Intent,
+    instance: &Instance,
+) -> Result<(), BoxError> {
+    ctx.store
+        .set_intent_instance(intent.id, instance.id.as_str())
+        .await?;
+    let via = instance
+        .spot_request_id
+        .as_ref()
+        .map(|r| format!(" (spot request {r})"))
+        .unwrap_or_default();
+    ctx.progress
+        .finish(&format!("launched {}{via}", instance.id));
+    ctx.store
+        .record_event(
+            ctx.owner,
+            Some(&spec.name),
+            "launch",
+            &format!(
+                "launched {} ({} {} in {})",
+                instance.id,
+                spec.market,
+                target.instance_type,
+                target.zone.as_deref().unwrap_or("?")
+            ),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Another machine may have launched the same box at the same moment: every
+/// racer keeps the oldest and terminates its own if it lost.
+async fn race(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    avoid: &Avoid,
+    intent: &Intent,
+    instance: Instance,
+    prepared: &[persist::Prepared],
+) -> Result<UpOutcome, BoxError> {
+    let mut live_now = live(
+        ctx.cloud
+            .instances(&box_filter(ctx.owner, &spec.name))
+            .await?,
+    );
+    live_now.retain(|i| !avoid.instances.contains(&i.id));
+    if !live_now.iter().any(|i| i.id == instance.id) {
+        live_now.push(instance.clone());
+    }
+    let keep = keeper(&live_now)
+        .cloned()
+        .unwrap_or_else(|| instance.clone());
+    if keep.id == instance.id {
+        return settled(ctx, spec, avoid, &instance.id, prepared, true).await;
+    }
+    ctx.progress.note(&format!(
+        "Another launch of box {} won the race ({}); terminating ours ({})",
+        spec.name, keep.id, instance.id
+    ));
+    mark_stopped(ctx, &[instance.id.as_str().to_owned()]).await?;
+    ctx.cloud
+        .terminate(std::slice::from_ref(&instance.id))
+        .await?;
+    ctx.store.close_intent(intent.id, "lost-race").await?;
+    for p in prepared {
+        persist::discard(ctx.cloud, p).await?;
+    }
+    settled(ctx, spec, avoid, &keep.id, &[], false).await
+}
+
+/// The image to launch: the box's newest image when the config asks for it
+/// and one exists, else the configured image (aliases resolved now).
+pub async fn launch_image(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<ImageId, BoxError> {
+    if spec.image_from_box {
+        if let Some(img) = crate::images::latest(ctx.cloud, ctx.owner, &spec.name).await? {
+            ctx.progress
+                .note(&format!("Launching from the box's newest image {}", img.id));
+            return Ok(img.id);
+        }
+        ctx.progress.note(&format!(
+            "Box {} has no image yet; launching from {}",
+            spec.name, spec.image
+        ));
+    }
+    let id = ctx.cloud.resolve_image(&spec.image).await?;
+    if !matches!(spec.image, spotkeeper_cloud::ImageRef::Id(_)) {
+        ctx.progress.note(&format!("Image {} is {id}", spec.image));
+    }
+    Ok(id)
+}
+
+/// The volumes the boot script attaches and mounts.
+fn boot_volumes(spec: &BoxSpec, prepared: &[persist::Prepared]) -> crate::bootstrap::BootVolumes {
+    let mut b = crate::bootstrap::BootVolumes::default();
+    for p in prepared {
+        match p.role {
+            persist::Role::Data => {
+                let mount = spec
+                    .data_volume
+                    .as_ref()
+                    .map(|d| d.mount.clone())
+                    .unwrap_or_default();
+                b.data = Some(crate::bootstrap::BootData {
+                    volume: p.volume.id.to_string(),
+                    device: p.role.device().to_owned(),
+                    mount,
+                    new: p.volume.tags.contains_key(persist::NEW_TAG),
+                });
+            }
+            persist::Role::Root => {
+                b.root = Some((p.volume.id.to_string(), p.role.device().to_owned()))
+            }
+        }
+    }
+    b
+}
+
+/// A new intent (generation, client token) for a launch, recorded before the call.
+async fn new_intent(
+    ctx: &Ctx<'_>,
+    name: &str,
+    market: Market,
+    instance_type: &str,
+    zone: Option<&str>,
+) -> Result<Intent, StoreError> {
+    let generation = ctx.store.next_generation(ctx.owner, name).await?;
+    let token = plan::client_token(ctx.owner, name, generation, market, instance_type, zone);
+    ctx.store
+        .create_intent(
+            ctx.owner,
+            name,
+            generation,
+            &token,
+            market.as_str(),
+            instance_type,
+            zone,
+        )
+        .await
+}
+
+/// Waits for a spot request to be fulfilled, saying each status change once.
+async fn wait_fulfilled(ctx: &Ctx<'_>, request: &SpotRequestId) -> Result<InstanceId, BoxError> {
+    ctx.progress.start(&format!(
+        "Waiting for spot request {request} to be fulfilled (usually under a minute)"
+    ));
+    let deadline = Instant::now() + ctx.timing.running_timeout;
+    // What the request says as it moves (open → active, or why AWS does not
+    // fulfil it: capacity-not-available, price-too-low, …), each change once.
+    let mut said: Option<(SpotRequestState, Option<(String, String)>)> = None;
+    loop {
+        let all = ctx.cloud.spot_requests(&owner_filter(ctx.owner)).await?;
+        let found = all.into_iter().find(|r| &r.id == request);
+        if let Some(r) = &found {
+            let now = (r.state, r.status.clone());
+            if said.as_ref() != Some(&now) {
+                ctx.progress.note(&match &r.status {
+                    Some((code, message)) if !message.is_empty() => {
+                        format!(
+                            "Spot request {request}: {} ({code}: {message})",
+                            r.state.as_str()
+                        )
+                    }
+                    Some((code, _)) => {
+                        format!("Spot request {request}: {} ({code})", r.state.as_str())
+                    }
+                    None => format!("Spot request {request}: {}", r.state.as_str()),
+                });
+                said = Some(now);
+            }
+        }
+        match found {
+            Some(SpotRequest {
+                instance_id: Some(id),
+                ..
+            }) => {
+                ctx.progress.finish(&format!("fulfilled by {id}"));
+                return Ok(id);
+            }
+            Some(r) if r.state != SpotRequestState::Open => {
+                ctx.progress.finish(r.state.as_str());
+                return Err(BoxError::Timeout {
+                    what: format!(
+                        "spot request {request} ended {} without an instance",
+                        r.state.as_str()
+                    ),
+                    after: Duration::ZERO,
+                });
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            ctx.progress.finish("timed out");
+            return Err(BoxError::Timeout {
+                what: format!("spot request {request} to be fulfilled"),
+                after: ctx.timing.running_timeout,
+            });
+        }
+        sleep(ctx.timing.poll).await;
+    }
+}
+
+/// Waits for `running`; an error if the instance ends first.
+async fn wait_running(ctx: &Ctx<'_>, id: &InstanceId) -> Result<Instance, BoxError> {
+    ctx.progress
+        .start(&format!("Waiting for instance {id} to be running"));
+    let deadline = Instant::now() + ctx.timing.running_timeout;
+    loop {
+        // Right after a launch DescribeInstances may not know the id yet
+        // (eventual consistency): keep asking.
+        if let Some(i) = ctx.cloud.instance(id).await? {
+            match i.state {
+                InstanceState::Running => {
+                    ctx.progress.finish("Instance is running.");
+                    return Ok(i);
+                }
+                InstanceState::Pending => {}
+                state => {
+                    ctx.progress.finish(state.as_str());
+                    return Err(BoxError::EndedEarly {
+                        id: id.clone(),
+                        state,
+                    });
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            ctx.progress.finish("timed out");
+            return Err(BoxError::Timeout {
+                what: format!("instance {id} to be running"),
+                after: ctx.timing.running_timeout,
+            });
+        }
+        sleep(ctx.timing.poll).await;
+    }
+}
