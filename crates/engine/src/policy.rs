@@ -33,10 +33,26 @@ fn queue_arn(queue: &str) -> String {
 /// - Route 53 changes only of the configured record names;
 /// - the EventBridge rules by their exact names.
 pub fn iam_policy(config: &Config, demand_queues: &[String]) -> Value {
-    let owner = config.owner.as_str();
+    let mut statements = ec2_statements(&config.owner);
+    statements.extend(event_statements(config));
+    statements.extend(dns_statements(config));
+    statements.extend(pass_role_statement(config));
+    if !demand_queues.is_empty() {
+        statements.push(json!({
+            "Sid": "PoolDemand",
+            "Effect": "Allow",
+            "Action": ["sqs:GetQueueUrl", "sqs:GetQueueAttributes"],
+            "Resource": demand_queues.iter().map(|q| queue_arn(q)).collect::<Vec<_>>()
+        }));
+    }
+    json!({ "Version": "2012-10-17", "Statement": statements })
+}
+
+/// EC2: read anything; create only tagged as the owner's; act only on the owner's.
+fn ec2_statements(owner: &str) -> Vec<Value> {
     let owned = json!({ "StringEquals": { "aws:ResourceTag/spotkeeper:owner": owner } });
     let tagging_new = json!({ "StringEquals": { "aws:RequestTag/spotkeeper:owner": owner } });
-    let mut statements = vec![
+    vec![
         json!({
             "Sid": "Read",
             "Effect": "Allow",
@@ -89,6 +105,13 @@ pub fn iam_policy(config: &Config, demand_queues: &[String]) -> Value {
             "Resource": "*",
             "Condition": owned
         }),
+    ]
+}
+
+/// Public image parameters, the event queue and the EventBridge rules, by name.
+fn event_statements(config: &Config) -> Vec<Value> {
+    let owner = config.owner.as_str();
+    vec![
         json!({
             "Sid": "PublicImageParameters",
             "Effect": "Allow",
@@ -120,7 +143,12 @@ pub fn iam_policy(config: &Config, demand_queues: &[String]) -> Value {
                 ))
                 .collect::<Vec<_>>()
         }),
-    ];
+    ]
+}
+
+/// Route 53: changes only of the configured names (A records and their marks).
+fn dns_statements(config: &Config) -> Vec<Value> {
+    let mut statements = Vec::new();
     let mut records: Vec<String> = config
         .boxes
         .values()
@@ -153,6 +181,11 @@ pub fn iam_policy(config: &Config, demand_queues: &[String]) -> Value {
             }
         }));
     }
+    statements
+}
+
+/// `iam:PassRole` only for the configured instance profiles' roles.
+fn pass_role_statement(config: &Config) -> Option<Value> {
     let mut profiles: Vec<&str> = config
         .boxes
         .values()
@@ -167,24 +200,15 @@ pub fn iam_policy(config: &Config, demand_queues: &[String]) -> Value {
         .collect();
     profiles.sort();
     profiles.dedup();
-    if !profiles.is_empty() {
-        statements.push(json!({
+    (!profiles.is_empty()).then(|| {
+        json!({
             "Sid": "PassInstanceRoles",
             "Effect": "Allow",
             "Action": "iam:PassRole",
             "Resource": profiles.iter().map(|p| format!("arn:aws:iam::*:role/{p}")).collect::<Vec<_>>(),
             "Condition": { "StringEquals": { "iam:PassedToService": "ec2.amazonaws.com" } }
-        }));
-    }
-    if !demand_queues.is_empty() {
-        statements.push(json!({
-            "Sid": "PoolDemand",
-            "Effect": "Allow",
-            "Action": ["sqs:GetQueueUrl", "sqs:GetQueueAttributes"],
-            "Resource": demand_queues.iter().map(|q| queue_arn(q)).collect::<Vec<_>>()
-        }));
-    }
-    json!({ "Version": "2012-10-17", "Statement": statements })
+        })
+    })
 }
 
 /// Describes and reads: allowed on every resource (EC2 does not scope them).

@@ -146,6 +146,20 @@ async fn delivery_resumes_after_the_deliverer_is_killed_and_nothing_is_sent_twic
         .expect("event");
     let (_stop, task) = spawn(deliverer(&hook, ""), &store);
     wait_for(&hook, "a failed attempt", |g| !g.is_empty()).await;
+    // The receiver answers before the deliverer records the failure: wait
+    // for the record, so the kill lands mid-retry.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.notify_cursors("tester").await.expect("cursors")[0]
+        .1
+        .attempts
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed attempt recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Killed mid-retry: nothing is acknowledged, the cursor has not moved.
     task.abort();
     let _ = task.await;

@@ -19,6 +19,41 @@ pub async fn stop(ctx: &Ctx<'_>, spec: &BoxSpec, wait: bool) -> Result<StopOutco
     // registered the box; from here no daemon will replace what is stopped.
     ctx.store.deregister_box(ctx.owner, box_name).await?;
 
+    let outcome = targets(ctx, box_name).await?;
+    ctx.store
+        .close_box_intents(ctx.owner, box_name, "stopped")
+        .await?;
+    if outcome.terminated.is_empty() && outcome.cancelled.is_empty() {
+        ctx.progress.note(&format!(
+            "Nothing to stop: box {box_name} has no live instance or open spot request."
+        ));
+        after_stop(ctx, spec).await?;
+        return Ok(outcome);
+    }
+    // Snapshotting or deleting a volume needs it detached, so its instance gone.
+    let volumes_wait = persist::volume_specs(spec)
+        .iter()
+        .any(|(_, vs)| vs.on_stop != crate::config::OnStop::Retain);
+
+    take_down(ctx, &outcome, wait, volumes_wait).await?;
+    ctx.store
+        .record_event(
+            ctx.owner,
+            Some(box_name),
+            "stop",
+            &format!(
+                "terminated {:?}, cancelled {:?}",
+                outcome.terminated, outcome.cancelled
+            ),
+        )
+        .await?;
+    after_stop(ctx, spec).await?;
+    Ok(outcome)
+}
+
+/// The box's instances (also those seen only through its requests) and its
+/// open or active spot requests.
+async fn targets(ctx: &Ctx<'_>, box_name: &str) -> Result<StopOutcome, BoxError> {
     let filter = box_filter(ctx.owner, box_name);
     let instances: Vec<Instance> = ctx
         .cloud
@@ -48,21 +83,17 @@ pub async fn stop(ctx: &Ctx<'_>, spec: &BoxSpec, wait: bool) -> Result<StopOutco
             outcome.terminated.push(id.clone());
         }
     }
-    ctx.store
-        .close_box_intents(ctx.owner, box_name, "stopped")
-        .await?;
-    if outcome.terminated.is_empty() && outcome.cancelled.is_empty() {
-        ctx.progress.note(&format!(
-            "Nothing to stop: box {box_name} has no live instance or open spot request."
-        ));
-        after_stop(ctx, spec).await?;
-        return Ok(outcome);
-    }
-    // Snapshotting or deleting a volume needs it detached, so its instance gone.
-    let volumes_wait = persist::volume_specs(spec)
-        .iter()
-        .any(|(_, vs)| vs.on_stop != crate::config::OnStop::Retain);
+    Ok(outcome)
+}
 
+/// Marks, cancels and terminates; waits when asked or when the volumes'
+/// `on_stop` needs them detached.
+async fn take_down(
+    ctx: &Ctx<'_>,
+    outcome: &StopOutcome,
+    wait: bool,
+    volumes_wait: bool,
+) -> Result<(), BoxError> {
     // Mark first: if we die between here and the terminate, nobody mistakes
     // these for the live box, and the next `stop` finishes the job.
     let mut marked: Vec<String> = outcome
@@ -103,19 +134,7 @@ pub async fn stop(ctx: &Ctx<'_>, spec: &BoxSpec, wait: bool) -> Result<StopOutco
             ctx.progress.finish("requested (not waiting).");
         }
     }
-    ctx.store
-        .record_event(
-            ctx.owner,
-            Some(box_name),
-            "stop",
-            &format!(
-                "terminated {:?}, cancelled {:?}",
-                outcome.terminated, outcome.cancelled
-            ),
-        )
-        .await?;
-    after_stop(ctx, spec).await?;
-    Ok(outcome)
+    Ok(())
 }
 
 /// Volumes per `on_stop`, and the DNS record unless `keep_dns`.

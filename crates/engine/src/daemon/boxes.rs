@@ -226,51 +226,13 @@ impl Daemon<'_> {
                     known: None,
                 }),
                 Step::Wait(_) => {}
-                Step::OverCeiling { instance, price } => {
-                    // Marked first: a crash here leaves a box the next pass replaces.
-                    self.store
-                        .doom(&self.config.owner, name, instance.as_str(), "over-ceiling")
-                        .await?;
-                    let what = format!(
-                        "spot price of {instance} is {price}, over the ceiling of {}: replacing it under the ceiling",
-                        spec.max_price
-                    );
-                    self.record(Some(name), "over-ceiling", &what).await;
-                    done.push(what);
-                    work.push(Work::Replace {
-                        spec: spec.clone(),
-                        known: None,
-                    });
-                }
-                Step::TerminateDuplicates { keep, extra } => {
-                    self.cloud.terminate(&extra).await?;
-                    let ids: Vec<&str> = extra.iter().map(InstanceId::as_str).collect();
-                    let what = format!(
-                        "duplicate instances {} terminated; {keep} kept",
-                        ids.join(" "),
-                    );
-                    self.record(Some(name), "duplicate", &what).await;
-                    done.push(what);
-                }
-                Step::CancelStale(stale) => {
-                    self.cloud.cancel_spot_requests(&stale).await?;
-                    let ids: Vec<&str> = stale.iter().map(|r| r.as_str()).collect();
-                    let what = format!(
-                        "open spot requests {} cancelled: the box already runs",
-                        ids.join(" "),
-                    );
-                    self.record(Some(name), "stale-request", &what).await;
-                    done.push(what);
-                }
-                Step::Retire(old) => {
-                    self.cloud.terminate(&old).await?;
-                    let ids: Vec<&str> = old.iter().map(InstanceId::as_str).collect();
-                    self.record(
-                        Some(name),
-                        "retired",
-                        &format!("terminated {}: the replacement runs", ids.join(" ")),
-                    )
-                    .await;
+                Step::OverCeiling { .. }
+                | Step::TerminateDuplicates { .. }
+                | Step::CancelStale(_)
+                | Step::Retire(_) => {
+                    if let Some(what) = self.prompt_step(spec, step, &mut work).await? {
+                        done.push(what);
+                    }
                 }
                 Step::Settle(ref id) | Step::BackToSpot(ref id) | Step::Image(ref id) => {
                     let instance = instances
@@ -288,6 +250,66 @@ impl Daemon<'_> {
             }
         }
         Ok((done, work))
+    }
+
+    /// Runs a step a pass does at once (no waiting on the box); says what it did.
+    async fn prompt_step(
+        &self,
+        spec: &BoxSpec,
+        step: Step,
+        work: &mut Vec<Work>,
+    ) -> Result<Option<String>, BoxError> {
+        let name = spec.name.as_str();
+        match step {
+            Step::OverCeiling { instance, price } => {
+                // Marked first: a crash here leaves a box the next pass replaces.
+                self.store
+                    .doom(&self.config.owner, name, instance.as_str(), "over-ceiling")
+                    .await?;
+                let what = format!(
+                    "spot price of {instance} is {price}, over the ceiling of {}: replacing it under the ceiling",
+                    spec.max_price
+                );
+                self.record(Some(name), "over-ceiling", &what).await;
+                work.push(Work::Replace {
+                    spec: spec.clone(),
+                    known: None,
+                });
+                Ok(Some(what))
+            }
+            Step::TerminateDuplicates { keep, extra } => {
+                self.cloud.terminate(&extra).await?;
+                let ids: Vec<&str> = extra.iter().map(InstanceId::as_str).collect();
+                let what = format!(
+                    "duplicate instances {} terminated; {keep} kept",
+                    ids.join(" "),
+                );
+                self.record(Some(name), "duplicate", &what).await;
+                Ok(Some(what))
+            }
+            Step::CancelStale(stale) => {
+                self.cloud.cancel_spot_requests(&stale).await?;
+                let ids: Vec<&str> = stale.iter().map(|r| r.as_str()).collect();
+                let what = format!(
+                    "open spot requests {} cancelled: the box already runs",
+                    ids.join(" "),
+                );
+                self.record(Some(name), "stale-request", &what).await;
+                Ok(Some(what))
+            }
+            Step::Retire(old) => {
+                self.cloud.terminate(&old).await?;
+                let ids: Vec<&str> = old.iter().map(InstanceId::as_str).collect();
+                self.record(
+                    Some(name),
+                    "retired",
+                    &format!("terminated {}: the replacement runs", ids.join(" ")),
+                )
+                .await;
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// What the fast path launches from: the box's resolved image (known

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use spotkeeper_cloud::model::tags;
-use spotkeeper_cloud::{InstanceState, Market, Offering};
+use spotkeeper_cloud::{Instance, InstanceState, Market, Offering};
 use tokio::time::Instant;
 
 use super::tasks::{Job, Subject, Work};
@@ -95,130 +95,23 @@ impl Daemon<'_> {
             if instance.tag(tags::OWNER) != Some(self.config.owner.as_str()) {
                 continue;
             }
-            // The event must agree with AWS: a spot warning is about a spot
-            // instance, and an instance said to be going away is not one AWS
-            // shows running (a forged, replayed or out-of-order message).
-            if matches!(event.kind, EventKind::SpotInterruption { .. })
-                && instance.market != Market::Spot
-            {
-                ignored.push(format!(
-                    "spot warning for {id}, which AWS shows as {}: ignored",
-                    instance.market
-                ));
-                continue;
-            }
-            if let EventKind::StateChange { state, .. } = &event.kind
-                && !matches!(state, InstanceState::Pending | InstanceState::Running)
-                && matches!(
-                    instance.state,
-                    InstanceState::Pending | InstanceState::Running
-                )
-            {
-                ignored.push(format!(
-                    "state change of {id} to {state}, but AWS shows it {}: ignored",
-                    instance.state
-                ));
-                continue;
-            }
-            if let Some(pool) = instance.tag(tags::POOL) {
-                // The pool pass replaces it: it is short once the instance
-                // stops counting (doomed) or is gone.
-                if let EventKind::SpotInterruption { .. } | EventKind::ScheduledChange { .. } =
-                    &event.kind
-                {
-                    self.store
-                        .doom(
-                            &self.config.owner,
-                            &format!("pool:{pool}"),
-                            id.as_str(),
-                            event.kind.name(),
-                        )
-                        .await?;
-                    if let Some(zone) = &instance.zone {
-                        self.mark_unavailable(&instance.instance_type, zone, instance.market);
+            let verdict = if let Some(why) = disagrees(event, &instance) {
+                Verdict::Ignored(why)
+            } else if let Some(pool) = instance.tag(tags::POOL) {
+                self.act_on_pool(event, &instance, pool).await?
+            } else {
+                match instance.tag(tags::BOX).filter(|b| managed.contains_key(*b)) {
+                    Some(box_name) => {
+                        let stored = managed.get(box_name).and_then(Option::as_deref);
+                        self.act_on_box(event, &instance, box_name, stored).await?
                     }
-                } else if !matches!(event.kind, EventKind::StateChange { .. }) {
-                    ignored.push(format!(
-                        "{} for {id} (pool {pool}): nothing to do",
-                        event.kind.name()
-                    ));
-                    continue;
-                }
-                let what = format!(
-                    "{} for {id} of pool {pool}: the pool pass refills it",
-                    event.kind.name()
-                );
-                if let Err(e) = self
-                    .store
-                    .record_pool_event(&self.config.owner, pool, event.kind.name(), &what)
-                    .await
-                {
-                    tracing::warn!("cannot record a pool event: {e}");
-                }
-                acted.push(what);
-                continue;
-            }
-            let Some(box_name) = instance
-                .tag(tags::BOX)
-                .filter(|b| managed.contains_key(*b))
-                .map(str::to_owned)
-            else {
-                continue;
-            };
-            // The box's spec: from the config file, else as registered
-            // through the API.
-            let spec = match self.config.boxes.get(&box_name) {
-                Some(s) => Some(s.clone()),
-                None => managed
-                    .get(&box_name)
-                    .and_then(Option::as_deref)
-                    .and_then(|json| stored_spec(self.config, &box_name, json).ok()),
-            };
-            let doom = match &event.kind {
-                EventKind::SpotInterruption { .. } | EventKind::ScheduledChange { .. } => true,
-                EventKind::Rebalance { .. } => {
-                    spec.as_ref().is_some_and(|s| s.replace_on_rebalance)
-                }
-                EventKind::StateChange { state, .. } => {
-                    !matches!(state, InstanceState::Pending | InstanceState::Running)
+                    None => continue,
                 }
             };
-            if !doom {
-                ignored.push(format!(
-                    "{} for {id} ({box_name}): nothing to do",
-                    event.kind.name()
-                ));
-                continue;
+            match verdict {
+                Verdict::Acted(what) => acted.push(what),
+                Verdict::Ignored(why) => ignored.push(why),
             }
-            self.store
-                .doom(
-                    &self.config.owner,
-                    &box_name,
-                    id.as_str(),
-                    event.kind.name(),
-                )
-                .await?;
-            if matches!(
-                event.kind,
-                EventKind::SpotInterruption { .. } | EventKind::Rebalance { .. }
-            ) && let Some(zone) = &instance.zone
-            {
-                self.mark_unavailable(&instance.instance_type, zone, instance.market);
-            }
-            self.lock_memory()
-                .warned_at
-                .entry(box_name.clone())
-                .or_insert_with(Instant::now);
-            tracing::debug!(%id, "event: doomed and marked");
-            if let Some(spec) = spec {
-                self.fast_path(spec);
-            }
-            let what = format!(
-                "{} for {id} of box {box_name}: replacing it",
-                event.kind.name()
-            );
-            self.record(Some(&box_name), event.kind.name(), &what).await;
-            acted.push(what);
         }
         if acted.is_empty() && ignored.is_empty() {
             self.metrics.event("not-ours");
@@ -231,6 +124,103 @@ impl Daemon<'_> {
         self.wake.notify_one();
         self.metrics.event(event.kind.name());
         Ok(Handled::Acted(acted.join("; ")))
+    }
+
+    /// A pool's instance: doomed on a warning (the pool pass refills it).
+    async fn act_on_pool(
+        &self,
+        event: &events::Event,
+        instance: &Instance,
+        pool: &str,
+    ) -> Result<Verdict, BoxError> {
+        let id = &instance.id;
+        // The pool pass replaces it: it is short once the instance stops
+        // counting (doomed) or is gone.
+        if let EventKind::SpotInterruption { .. } | EventKind::ScheduledChange { .. } = &event.kind
+        {
+            self.store
+                .doom(
+                    &self.config.owner,
+                    &format!("pool:{pool}"),
+                    id.as_str(),
+                    event.kind.name(),
+                )
+                .await?;
+            if let Some(zone) = &instance.zone {
+                self.mark_unavailable(&instance.instance_type, zone, instance.market);
+            }
+        } else if !matches!(event.kind, EventKind::StateChange { .. }) {
+            return Ok(Verdict::Ignored(format!(
+                "{} for {id} (pool {pool}): nothing to do",
+                event.kind.name()
+            )));
+        }
+        let what = format!(
+            "{} for {id} of pool {pool}: the pool pass refills it",
+            event.kind.name()
+        );
+        if let Err(e) = self
+            .store
+            .record_pool_event(&self.config.owner, pool, event.kind.name(), &what)
+            .await
+        {
+            tracing::warn!("cannot record a pool event: {e}");
+        }
+        Ok(Verdict::Acted(what))
+    }
+
+    /// A managed box's instance: doomed, its offering marked, and its
+    /// replacement handed to the task loop at once.
+    async fn act_on_box(
+        &self,
+        event: &events::Event,
+        instance: &Instance,
+        box_name: &str,
+        stored: Option<&str>,
+    ) -> Result<Verdict, BoxError> {
+        let id = &instance.id;
+        // The box's spec: from the config file, else as registered through the API.
+        let spec = match self.config.boxes.get(box_name) {
+            Some(s) => Some(s.clone()),
+            None => stored.and_then(|json| stored_spec(self.config, box_name, json).ok()),
+        };
+        let doom = match &event.kind {
+            EventKind::SpotInterruption { .. } | EventKind::ScheduledChange { .. } => true,
+            EventKind::Rebalance { .. } => spec.as_ref().is_some_and(|s| s.replace_on_rebalance),
+            EventKind::StateChange { state, .. } => {
+                !matches!(state, InstanceState::Pending | InstanceState::Running)
+            }
+        };
+        if !doom {
+            return Ok(Verdict::Ignored(format!(
+                "{} for {id} ({box_name}): nothing to do",
+                event.kind.name()
+            )));
+        }
+        self.store
+            .doom(&self.config.owner, box_name, id.as_str(), event.kind.name())
+            .await?;
+        if matches!(
+            event.kind,
+            EventKind::SpotInterruption { .. } | EventKind::Rebalance { .. }
+        ) && let Some(zone) = &instance.zone
+        {
+            self.mark_unavailable(&instance.instance_type, zone, instance.market);
+        }
+        self.lock_memory()
+            .warned_at
+            .entry(box_name.to_owned())
+            .or_insert_with(Instant::now);
+        tracing::debug!(%id, "event: doomed and marked");
+        if let Some(spec) = spec {
+            self.fast_path(spec);
+        }
+        let what = format!(
+            "{} for {id} of box {box_name}: replacing it",
+            event.kind.name()
+        );
+        self.record(Some(box_name), event.kind.name(), &what).await;
+        Ok(Verdict::Acted(what))
     }
 
     /// Hands the box's replacement to the running task loop, planned on the
@@ -262,4 +252,38 @@ impl Daemon<'_> {
             .unavailable
             .insert(Offering::new(instance_type, zone, market), until);
     }
+}
+
+/// What an event came to for one instance.
+enum Verdict {
+    /// Acted on; what was done.
+    Acted(String),
+    /// Not acted on; why.
+    Ignored(String),
+}
+
+/// Why an event is not believed, when AWS shows otherwise: a spot warning is
+/// about a spot instance, and an instance said to be going away is not one
+/// AWS shows running (a forged, replayed or out-of-order message).
+fn disagrees(event: &events::Event, instance: &Instance) -> Option<String> {
+    let id = &instance.id;
+    if matches!(event.kind, EventKind::SpotInterruption { .. }) && instance.market != Market::Spot {
+        return Some(format!(
+            "spot warning for {id}, which AWS shows as {}: ignored",
+            instance.market
+        ));
+    }
+    if let EventKind::StateChange { state, .. } = &event.kind
+        && !matches!(state, InstanceState::Pending | InstanceState::Running)
+        && matches!(
+            instance.state,
+            InstanceState::Pending | InstanceState::Running
+        )
+    {
+        return Some(format!(
+            "state change of {id} to {state}, but AWS shows it {}: ignored",
+            instance.state
+        ));
+    }
+    None
 }

@@ -15,7 +15,7 @@ use super::tasks::{Job, Subject, Work};
 use super::{Daemon, ORPHAN_GRACE, Observation, UNAVAILABLE_FOR};
 use crate::boxes::BoxError;
 use crate::pools::PoolSpec;
-use crate::pools::pass::{PoolMemory, PoolPass, World};
+use crate::pools::pass::{Outcome, PoolMemory, PoolPass, World};
 use crate::pools::plan::OfferingKey;
 
 impl Daemon<'_> {
@@ -182,32 +182,8 @@ impl Daemon<'_> {
                 !known.contains(p.as_str()) && !unreadable.contains(p) && deleted.contains(p)
             })
         };
-        let mut unknown: Vec<&str> = world
-            .instances
-            .iter()
-            .filter(|i| i.state.is_live())
-            .filter_map(|i| i.tag(tags::POOL))
-            .filter(|p| !known.contains(p) && !unreadable.contains(*p) && !deleted.contains(*p))
-            .collect();
-        unknown.sort();
-        unknown.dedup();
-        self.metrics
-            .left_alone("unknown-pool")
-            .set(unknown.len() as i64);
-        for p in &unknown {
-            let first = self.lock_memory().reported_unknown.insert((*p).to_owned());
-            if first {
-                self.record(
-                    None,
-                    "unknown-pool",
-                    &format!(
-                        "instances of pool {p}: no spec here and no record of its deletion; left alone \
-                         (register the pool again, or delete it through the API to collect them)"
-                    ),
-                )
-                .await;
-            }
-        }
+        self.report_unknown_pools(&known, unreadable, &deleted, world)
+            .await;
         let instances: Vec<InstanceId> = world
             .instances
             .iter()
@@ -246,6 +222,43 @@ impl Daemon<'_> {
         Ok(done)
     }
 
+    /// Instances of a pool with no spec here and no record of its deletion
+    /// are left alone, and said once.
+    async fn report_unknown_pools(
+        &self,
+        known: &HashSet<&str>,
+        unreadable: &HashSet<String>,
+        deleted: &HashSet<String>,
+        world: &World,
+    ) {
+        let mut unknown: Vec<&str> = world
+            .instances
+            .iter()
+            .filter(|i| i.state.is_live())
+            .filter_map(|i| i.tag(tags::POOL))
+            .filter(|p| !known.contains(p) && !unreadable.contains(*p) && !deleted.contains(*p))
+            .collect();
+        unknown.sort();
+        unknown.dedup();
+        self.metrics
+            .left_alone("unknown-pool")
+            .set(unknown.len() as i64);
+        for p in &unknown {
+            let first = self.lock_memory().reported_unknown.insert((*p).to_owned());
+            if first {
+                self.record(
+                    None,
+                    "unknown-pool",
+                    &format!(
+                        "instances of pool {p}: no spec here and no record of its deletion; left alone \
+                         (register the pool again, or delete it through the API to collect them)"
+                    ),
+                )
+                .await;
+            }
+        }
+    }
+
     /// Offerings a pool should not use now: interrupted or refused, for a
     /// box or a pool alike (one set).
     fn pool_unavailable(&self) -> HashSet<OfferingKey> {
@@ -258,24 +271,7 @@ impl Daemon<'_> {
         spec: &PoolSpec,
         world: &World,
     ) -> Result<Option<String>, BoxError> {
-        let owner = &self.config.owner;
-        let to_time = |s: i64| std::time::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64);
-        let known = self.lock_memory().pools.get(&spec.name).cloned();
-        let memory = match known {
-            Some(m) => m,
-            // After a restart: what the last pass saved.
-            None => self
-                .store
-                .pool_status(owner, Some(&spec.name))
-                .await?
-                .into_iter()
-                .next()
-                .map(|s| PoolMemory {
-                    last_desired: s.last_desired.map(|d| d.max(0) as u32),
-                    surplus_since: s.surplus_since.map(to_time),
-                })
-                .unwrap_or_default(),
-        };
+        let memory = self.pool_memory(&spec.name).await?;
         let spot_blocked = self
             .lock_memory()
             .spot_blocked
@@ -306,6 +302,52 @@ impl Daemon<'_> {
         self.lock_memory()
             .pools
             .insert(spec.name.clone(), memory.clone());
+        self.save_pool_pass(spec, &out, &memory, spot_blocked, now)
+            .await?;
+        self.pool_metrics(spec, &out);
+        let changed = !out.launched.is_empty() || out.terminated > 0 || out.cancelled > 0;
+        Ok(changed.then(|| {
+            format!(
+                "pool {}: desired {}, launched {}, terminated {}, cancelled {}",
+                spec.name,
+                out.plan.desired,
+                out.launched.len(),
+                out.terminated,
+                out.cancelled
+            )
+        }))
+    }
+
+    /// What the last pass of a pool left to the next: in memory, or after a
+    /// restart what it saved.
+    async fn pool_memory(&self, pool: &str) -> Result<PoolMemory, BoxError> {
+        if let Some(m) = self.lock_memory().pools.get(pool).cloned() {
+            return Ok(m);
+        }
+        let to_time = |s: i64| std::time::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64);
+        Ok(self
+            .store
+            .pool_status(&self.config.owner, Some(pool))
+            .await?
+            .into_iter()
+            .next()
+            .map(|s| PoolMemory {
+                last_desired: s.last_desired.map(|d| d.max(0) as u32),
+                surplus_since: s.surplus_since.map(to_time),
+            })
+            .unwrap_or_default())
+    }
+
+    /// The pass's plan and status, and a desired/current sample for the charts.
+    async fn save_pool_pass(
+        &self,
+        spec: &PoolSpec,
+        out: &Outcome,
+        memory: &PoolMemory,
+        spot_blocked: bool,
+        now: std::time::SystemTime,
+    ) -> Result<(), BoxError> {
+        let owner = &self.config.owner;
         let status = crate::store::PoolStatus {
             pool: spec.name.clone(),
             at: crate::store::unix_seconds(now),
@@ -329,7 +371,11 @@ impl Daemon<'_> {
                 i64::from(out.plan.current),
             )
             .await?;
-        // Metrics.
+        Ok(())
+    }
+
+    /// The pool's gauges and counters after a pass.
+    fn pool_metrics(&self, spec: &PoolSpec, out: &Outcome) {
         let m = &self.metrics.pools;
         let label = crate::metrics::PoolLabel {
             pool: spec.name.clone(),
@@ -362,16 +408,5 @@ impl Daemon<'_> {
         if let Some(p) = out.price_per_unit {
             m.price_per_unit.get_or_create(&label).set(p);
         }
-        let changed = !out.launched.is_empty() || out.terminated > 0 || out.cancelled > 0;
-        Ok(changed.then(|| {
-            format!(
-                "pool {}: desired {}, launched {}, terminated {}, cancelled {}",
-                spec.name,
-                out.plan.desired,
-                out.launched.len(),
-                out.terminated,
-                out.cancelled
-            )
-        }))
     }
 }

@@ -283,8 +283,93 @@ impl PoolPass<'_> {
         now: SystemTime,
     ) -> Result<Outcome, BoxError> {
         let mut image: Option<ImageId> = None;
-        let mut launched: Vec<Instance> = Vec::new();
         // 1. Launches a crash left open: repeat them with the same token.
+        let launched = self.resume(spec, world, now, &mut image).await?;
+        // 2. Observe (from the shared world), read the demand, plan.
+        let mut members = members(spec, &world.instances, &world.doomed);
+        members.extend(launched.iter().map(member));
+        let requests = open_requests(spec, &world.requests);
+        let places = self.places(spec, world).await?;
+        let prices = self.prices(spec, world, &places).await?;
+        let demand = self.demand.pending(&spec.demand).await;
+        if let Err(why) = &demand {
+            self.record(&spec.name, "demand-failed", why).await;
+        }
+        // 3. Carry out the plan; a launch AWS refuses marks the offering and
+        // plans again, a few times at most.
+        let mut state = PassState {
+            image,
+            members,
+            launched,
+            gone: HashSet::new(),
+            cancelled: HashSet::new(),
+            unavailable: unavailable.clone(),
+            spot_blocked,
+            outcome: Outcome::default(),
+        };
+        let mut reasons_so_far: Vec<String> = Vec::new();
+        for round in 0..=MAX_REPLANS {
+            let live: Vec<Member> = state
+                .members
+                .iter()
+                .filter(|m| !state.gone.contains(&m.id))
+                .cloned()
+                .collect();
+            let open: Vec<OpenRequest> = requests
+                .iter()
+                .filter(|r| !state.cancelled.contains(&r.id))
+                .cloned()
+                .collect();
+            let p = plan(&Input {
+                spec,
+                demand: demand.clone(),
+                last_desired: memory.last_desired,
+                members: &live,
+                open_requests: &open,
+                prices: &prices,
+                placements: &places,
+                unavailable: &state.unavailable,
+                spot_blocked: state.spot_blocked,
+                surplus_since: memory.surplus_since,
+                now,
+            });
+            let mut flow = Flow::Go;
+            for step in &p.steps {
+                flow = self
+                    .step(spec, step, round, now, &places, &mut state)
+                    .await?;
+                if flow != Flow::Go {
+                    break;
+                }
+            }
+            reasons_so_far.extend(p.reasons.iter().cloned());
+            state.outcome.plan = p;
+            if flow != Flow::Replan || round == MAX_REPLANS {
+                break;
+            }
+        }
+        let mut outcome = state.outcome;
+        let running: Vec<&Member> = state
+            .members
+            .iter()
+            .filter(|m| !state.gone.contains(&m.id))
+            .collect();
+        (outcome.units_by_market, outcome.price_per_unit) = units(spec, &running, &prices);
+        outcome.plan.reasons = reasons_so_far;
+        outcome.launched = state.launched;
+        Ok(outcome)
+    }
+
+    /// Repeats the pool's launches a crash left open (with their tokens),
+    /// closing those too old or whose instances are visible already.
+    async fn resume(
+        &self,
+        spec: &PoolSpec,
+        world: &World,
+        now: SystemTime,
+        image: &mut Option<ImageId>,
+    ) -> Result<Vec<Instance>, BoxError> {
+        let mut launched = Vec::new();
         for open in self
             .store
             .open_pool_launches(self.owner, &spec.name)
@@ -310,10 +395,7 @@ impl PoolPass<'_> {
                     .await?;
                 continue;
             }
-            if image.is_none() {
-                image = Some(self.cloud.resolve_image(&spec.image).await?);
-            }
-            let img = image.clone().expect("resolved above");
+            let img = self.image(spec, image).await?;
             match self.launch(spec, &img, &open).await {
                 Ok(instances) => {
                     let known: HashSet<&InstanceId> =
@@ -330,15 +412,34 @@ impl PoolPass<'_> {
                 }
             }
         }
+        Ok(launched)
+    }
 
-        // 2. Observe (from the shared world), read the demand, plan.
-        let mut members = members(spec, &world.instances, &world.doomed);
-        members.extend(launched.iter().map(member));
-        let requests = open_requests(spec, &world.requests);
-        let places = self.places(spec, world).await?;
+    /// The pool's image, resolved once per pass.
+    async fn image(
+        &self,
+        spec: &PoolSpec,
+        image: &mut Option<ImageId>,
+    ) -> Result<ImageId, BoxError> {
+        if let Some(img) = image {
+            return Ok(img.clone());
+        }
+        let img = self.cloud.resolve_image(&spec.image).await?;
+        *image = Some(img.clone());
+        Ok(img)
+    }
+
+    /// Spot prices of the pool's types in its places: from the shared
+    /// observation, or read for a pool in its own subnets.
+    async fn prices(
+        &self,
+        spec: &PoolSpec,
+        world: &World,
+        places: &[Placement],
+    ) -> Result<Vec<spotkeeper_cloud::SpotPrice>, BoxError> {
         let zones: Vec<String> = places.iter().map(|p| p.zone.clone()).collect();
         let type_names: Vec<String> = spec.types.iter().map(|t| t.instance_type.clone()).collect();
-        let prices = match &world.prices {
+        Ok(match &world.prices {
             _ if zones.is_empty() => Vec::new(),
             Some(all) if spec.subnets.is_empty() => all
                 .iter()
@@ -346,252 +447,256 @@ impl PoolPass<'_> {
                 .cloned()
                 .collect(),
             _ => self.cloud.spot_prices(&type_names, &zones).await?,
-        };
-        let demand = self.demand.pending(&spec.demand).await;
-        if let Err(why) = &demand {
-            self.record(&spec.name, "demand-failed", why).await;
-        }
-        let mut unavailable = unavailable.clone();
-        let mut spot_blocked = spot_blocked;
-        let mut outcome = Outcome::default();
-        let mut reasons_so_far: Vec<String> = Vec::new();
-        let mut gone: HashSet<InstanceId> = HashSet::new();
-        let mut cancelled: HashSet<spotkeeper_cloud::SpotRequestId> = HashSet::new();
-        for round in 0..=MAX_REPLANS {
-            let live: Vec<Member> = members
-                .iter()
-                .filter(|m| !gone.contains(&m.id))
-                .cloned()
-                .collect();
-            let open: Vec<OpenRequest> = requests
-                .iter()
-                .filter(|r| !cancelled.contains(&r.id))
-                .cloned()
-                .collect();
-            let p = plan(&Input {
-                spec,
-                demand: demand.clone(),
-                last_desired: memory.last_desired,
-                members: &live,
-                open_requests: &open,
-                prices: &prices,
-                placements: &places,
-                unavailable: &unavailable,
-                spot_blocked,
-                surplus_since: memory.surplus_since,
-                now,
-            });
-            let mut replan = false;
-            let mut halted = false;
-            for step in &p.steps {
-                match step {
-                    Step::Cancel { requests } => {
-                        for chunk in requests.chunks(IDS_PER_CALL) {
-                            self.cloud.cancel_spot_requests(chunk).await?;
-                        }
-                        cancelled.extend(requests.iter().cloned());
-                        outcome.cancelled += requests.len();
-                        self.record(
-                            &spec.name,
-                            "cancel",
-                            &format!("cancelled {} open spot requests", requests.len()),
-                        )
-                        .await;
-                    }
-                    Step::Terminate { instances } => {
-                        for chunk in instances.chunks(IDS_PER_CALL) {
-                            self.cloud.terminate(chunk).await?;
-                        }
-                        gone.extend(instances.iter().cloned());
-                        outcome.terminated += instances.len();
-                        let ids: Vec<&str> = instances.iter().map(InstanceId::as_str).collect();
-                        self.record(
-                            &spec.name,
-                            "scale-down",
-                            &format!("terminated {}", ids.join(" ")),
-                        )
-                        .await;
-                    }
-                    Step::Launch(batch) => {
-                        if image.is_none() {
-                            image = Some(self.cloud.resolve_image(&spec.image).await?);
-                        }
-                        let img = image.clone().expect("resolved above");
-                        let token = crate::plan::client_token(
-                            self.owner,
-                            &format!("pool:{}", spec.name),
-                            now.duration_since(UNIX_EPOCH)
-                                .map_or(0, |d| d.as_nanos() as i64)
-                                .wrapping_add(round as i64),
-                            batch.market,
-                            &batch.instance_type,
-                            Some(&format!("{}:{}", batch.zone, batch.count)),
-                        );
-                        let id = self
-                            .store
-                            .create_pool_launch(
-                                self.owner,
-                                &spec.name,
-                                &token,
-                                &batch.instance_type,
-                                &batch.zone,
-                                batch.subnet.as_deref(),
-                                batch.market.as_str(),
-                                batch.count,
-                            )
-                            .await?;
-                        let intent = PoolLaunch {
-                            id,
-                            pool: spec.name.clone(),
-                            token,
-                            instance_type: batch.instance_type.clone(),
-                            zone: batch.zone.clone(),
-                            subnet: batch.subnet.clone(),
-                            market: batch.market.as_str().to_owned(),
-                            count: i64::from(batch.count),
-                            created_at: unix_seconds(now),
-                        };
-                        match self.launch(spec, &img, &intent).await {
-                            Ok(instances) => {
-                                let ids: Vec<&str> =
-                                    instances.iter().map(|i| i.id.as_str()).collect();
-                                self.record(
-                                    &spec.name,
-                                    "launch",
-                                    &format!(
-                                        "launched {} × {} in {} ({}): {}",
-                                        batch.count,
-                                        batch.instance_type,
-                                        batch.zone,
-                                        batch.market.as_str(),
-                                        ids.join(" ")
-                                    ),
-                                )
-                                .await;
-                                members.extend(instances.iter().map(member));
-                                launched.extend(instances);
-                            }
-                            Err(BoxError::Cloud(e)) => {
-                                let reason = e.kind.as_str();
-                                outcome.failures.push(LaunchFailure {
-                                    batch: batch.clone(),
-                                    reason,
-                                    message: e.to_string(),
-                                });
-                                let key = OfferingKey::new(
-                                    &batch.instance_type,
-                                    &batch.zone,
-                                    batch.market,
-                                );
-                                match e.kind {
-                                    k if k.offering_unavailable() => {
-                                        self.record(
-                                            &spec.name,
-                                            "no-capacity",
-                                            &format!(
-                                                "{} in {} ({}): {e}; trying the next offering",
-                                                batch.instance_type,
-                                                batch.zone,
-                                                batch.market.as_str()
-                                            ),
-                                        )
-                                        .await;
-                                        unavailable.insert(key.clone());
-                                        outcome.marks.push(key);
-                                        replan = true;
-                                    }
-                                    ErrorKind::QuotaExceeded if batch.market == Market::Spot => {
-                                        self.record(
-                                            &spec.name,
-                                            "quota",
-                                            &format!(
-                                                "spot quota reached ({e}); {}",
-                                                if spec.fallback_on_demand {
-                                                    "launching on-demand until it clears"
-                                                } else {
-                                                    "no fallback: the pool stays short"
-                                                }
-                                            ),
-                                        )
-                                        .await;
-                                        spot_blocked = true;
-                                        outcome.block_spot = true;
-                                        replan = true;
-                                    }
-                                    ErrorKind::QuotaExceeded => {
-                                        self.record(
-                                            &spec.name,
-                                            "quota",
-                                            &format!("on-demand quota reached: {e}"),
-                                        )
-                                        .await;
-                                        // Every zone of this type on-demand.
-                                        for p in &places {
-                                            let k = OfferingKey::new(
-                                                &batch.instance_type,
-                                                &p.zone,
-                                                Market::OnDemand,
-                                            );
-                                            unavailable.insert(k.clone());
-                                            outcome.marks.push(k);
-                                        }
-                                        replan = true;
-                                    }
-                                    ErrorKind::Unauthorized => {
-                                        self.record(
-                                            &spec.name,
-                                            "unauthorized",
-                                            &format!(
-                                                "not allowed to launch, stopping this pass: {e}"
-                                            ),
-                                        )
-                                        .await;
-                                        halted = true;
-                                    }
-                                    _ => {
-                                        self.record(&spec.name, "launch-failed", &e.to_string())
-                                            .await;
-                                    }
-                                }
-                            }
-                            Err(other) => return Err(other),
-                        }
-                        if replan || halted {
-                            break;
-                        }
-                    }
-                }
-            }
-            reasons_so_far.extend(p.reasons.iter().cloned());
-            outcome.plan = p;
-            if halted || !replan || round == MAX_REPLANS {
-                break;
-            }
-        }
-        let mut spot_units = 0;
-        let mut od_units = 0;
-        let mut spot_cost = 0.0;
-        let mut priced_units = 0;
-        // What runs after the pass: units by market and the spot price per unit.
-        for m in members.iter().filter(|m| !gone.contains(&m.id)) {
-            let cap = spec.capacity_of(&m.instance_type);
-            match m.market {
-                Market::Spot => {
-                    spot_units += cap;
-                    if let Some(p) = prices.iter().find(|p| {
-                        p.instance_type == m.instance_type && Some(&p.zone) == m.zone.as_ref()
-                    }) {
-                        spot_cost += p.price;
-                        priced_units += cap;
-                    }
-                }
-                Market::OnDemand => od_units += cap,
-            }
-        }
-        outcome.units_by_market = (spot_units, od_units);
-        outcome.price_per_unit = (priced_units > 0).then(|| spot_cost / f64::from(priced_units));
-        outcome.plan.reasons = reasons_so_far;
-        outcome.launched = launched;
-        Ok(outcome)
+        })
     }
+
+    /// Carries out one step of a plan.
+    async fn step(
+        &self,
+        spec: &PoolSpec,
+        step: &Step,
+        round: usize,
+        now: SystemTime,
+        places: &[Placement],
+        state: &mut PassState,
+    ) -> Result<Flow, BoxError> {
+        match step {
+            Step::Cancel { requests } => {
+                for chunk in requests.chunks(IDS_PER_CALL) {
+                    self.cloud.cancel_spot_requests(chunk).await?;
+                }
+                state.cancelled.extend(requests.iter().cloned());
+                state.outcome.cancelled += requests.len();
+                self.record(
+                    &spec.name,
+                    "cancel",
+                    &format!("cancelled {} open spot requests", requests.len()),
+                )
+                .await;
+                Ok(Flow::Go)
+            }
+            Step::Terminate { instances } => {
+                for chunk in instances.chunks(IDS_PER_CALL) {
+                    self.cloud.terminate(chunk).await?;
+                }
+                state.gone.extend(instances.iter().cloned());
+                state.outcome.terminated += instances.len();
+                let ids: Vec<&str> = instances.iter().map(InstanceId::as_str).collect();
+                self.record(
+                    &spec.name,
+                    "scale-down",
+                    &format!("terminated {}", ids.join(" ")),
+                )
+                .await;
+                Ok(Flow::Go)
+            }
+            Step::Launch(batch) => {
+                self.launch_batch(spec, batch, round, now, places, state)
+                    .await
+            }
+        }
+    }
+
+    /// Launches a batch under a new intent; a refusal marks the offering.
+    async fn launch_batch(
+        &self,
+        spec: &PoolSpec,
+        batch: &Batch,
+        round: usize,
+        now: SystemTime,
+        places: &[Placement],
+        state: &mut PassState,
+    ) -> Result<Flow, BoxError> {
+        let img = self.image(spec, &mut state.image).await?;
+        let intent = self.new_launch(spec, batch, round, now).await?;
+        match self.launch(spec, &img, &intent).await {
+            Ok(instances) => {
+                let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+                self.record(
+                    &spec.name,
+                    "launch",
+                    &format!(
+                        "launched {} × {} in {} ({}): {}",
+                        batch.count,
+                        batch.instance_type,
+                        batch.zone,
+                        batch.market.as_str(),
+                        ids.join(" ")
+                    ),
+                )
+                .await;
+                state.members.extend(instances.iter().map(member));
+                state.launched.extend(instances);
+                Ok(Flow::Go)
+            }
+            Err(BoxError::Cloud(e)) => Ok(self.refused(spec, batch, &e, places, state).await),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Records the intent of a batch launch (its client token) before the call.
+    async fn new_launch(
+        &self,
+        spec: &PoolSpec,
+        batch: &Batch,
+        round: usize,
+        now: SystemTime,
+    ) -> Result<PoolLaunch, BoxError> {
+        let token = crate::plan::client_token(
+            self.owner,
+            &format!("pool:{}", spec.name),
+            now.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64)
+                .wrapping_add(round as i64),
+            batch.market,
+            &batch.instance_type,
+            Some(&format!("{}:{}", batch.zone, batch.count)),
+        );
+        let id = self
+            .store
+            .create_pool_launch(
+                self.owner,
+                &spec.name,
+                &token,
+                &batch.instance_type,
+                &batch.zone,
+                batch.subnet.as_deref(),
+                batch.market.as_str(),
+                batch.count,
+            )
+            .await?;
+        Ok(PoolLaunch {
+            id,
+            pool: spec.name.clone(),
+            token,
+            instance_type: batch.instance_type.clone(),
+            zone: batch.zone.clone(),
+            subnet: batch.subnet.clone(),
+            market: batch.market.as_str().to_owned(),
+            count: i64::from(batch.count),
+            created_at: unix_seconds(now),
+        })
+    }
+
+    /// What a launch AWS refused changes: no capacity marks the offering, a
+    /// spot quota blocks spot, an on-demand quota marks the type on-demand
+    /// everywhere (each: plan again); no permission stops the pass.
+    async fn refused(
+        &self,
+        spec: &PoolSpec,
+        batch: &Batch,
+        e: &CloudError,
+        places: &[Placement],
+        state: &mut PassState,
+    ) -> Flow {
+        state.outcome.failures.push(LaunchFailure {
+            batch: batch.clone(),
+            reason: e.kind.as_str(),
+            message: e.to_string(),
+        });
+        let mut mark = |zone: &str, market: Market| {
+            let key = OfferingKey::new(&batch.instance_type, zone, market);
+            state.unavailable.insert(key.clone());
+            state.outcome.marks.push(key);
+        };
+        let (kind, message, flow) = match e.kind {
+            k if k.offering_unavailable() => {
+                mark(&batch.zone, batch.market);
+                let what = format!(
+                    "{} in {} ({}): {e}; trying the next offering",
+                    batch.instance_type,
+                    batch.zone,
+                    batch.market.as_str()
+                );
+                ("no-capacity", what, Flow::Replan)
+            }
+            ErrorKind::QuotaExceeded if batch.market == Market::Spot => {
+                state.spot_blocked = true;
+                state.outcome.block_spot = true;
+                let then = if spec.fallback_on_demand {
+                    "launching on-demand until it clears"
+                } else {
+                    "no fallback: the pool stays short"
+                };
+                (
+                    "quota",
+                    format!("spot quota reached ({e}); {then}"),
+                    Flow::Replan,
+                )
+            }
+            ErrorKind::QuotaExceeded => {
+                // Every zone of this type on-demand.
+                for p in places {
+                    mark(&p.zone, Market::OnDemand);
+                }
+                (
+                    "quota",
+                    format!("on-demand quota reached: {e}"),
+                    Flow::Replan,
+                )
+            }
+            ErrorKind::Unauthorized => (
+                "unauthorized",
+                format!("not allowed to launch, stopping this pass: {e}"),
+                Flow::Halt,
+            ),
+            _ => ("launch-failed", e.to_string(), Flow::Go),
+        };
+        self.record(&spec.name, kind, &message).await;
+        flow
+    }
+}
+
+/// What a pass carries from step to step.
+struct PassState {
+    image: Option<ImageId>,
+    members: Vec<Member>,
+    launched: Vec<Instance>,
+    gone: HashSet<InstanceId>,
+    cancelled: HashSet<spotkeeper_cloud::SpotRequestId>,
+    unavailable: HashSet<OfferingKey>,
+    spot_blocked: bool,
+    outcome: Outcome,
+}
+
+/// Where a pass goes after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// On with the plan.
+    Go,
+    /// Something changed what is possible: plan again.
+    Replan,
+    /// Stop the pass.
+    Halt,
+}
+
+/// Units by market of what runs after the pass, and the spot price per unit.
+fn units(
+    spec: &PoolSpec,
+    running: &[&Member],
+    prices: &[spotkeeper_cloud::SpotPrice],
+) -> ((u32, u32), Option<f64>) {
+    let mut spot_units = 0;
+    let mut od_units = 0;
+    let mut spot_cost = 0.0;
+    let mut priced_units = 0;
+    for m in running {
+        let cap = spec.capacity_of(&m.instance_type);
+        match m.market {
+            Market::Spot => {
+                spot_units += cap;
+                if let Some(p) = prices.iter().find(|p| {
+                    p.instance_type == m.instance_type && Some(&p.zone) == m.zone.as_ref()
+                }) {
+                    spot_cost += p.price;
+                    priced_units += cap;
+                }
+            }
+            Market::OnDemand => od_units += cap,
+        }
+    }
+    (
+        (spot_units, od_units),
+        (priced_units > 0).then(|| spot_cost / f64::from(priced_units)),
+    )
 }

@@ -224,7 +224,48 @@ pub fn plan(input: &Input<'_>) -> Plan {
         .sum();
     let pending = request_units(spec, input.open_requests);
     let current = in_members + pending;
-    let (desired, held) = match &input.demand {
+    let (desired, held) = desired(input, current, &mut reasons);
+    over_ceiling(input, &mut reasons);
+    let mut steps = Vec::new();
+    let mut surplus_since = None;
+    if !retiring.is_empty() {
+        let why: Vec<&str> = retiring.iter().map(|(_, w)| w.as_str()).collect();
+        if current >= desired {
+            reasons.push(format!("replaced, now terminated: {}", why.join(", ")));
+            steps.push(Step::Terminate {
+                instances: retiring.iter().map(|(id, _)| id.clone()).collect(),
+            });
+        } else {
+            reasons.push(format!("to be replaced first: {}", why.join(", ")));
+        }
+    }
+    if current < desired {
+        let need = desired - current;
+        reasons.push(format!("short {need} units (current {current})"));
+        launch(input, need, current, &mut steps, &mut reasons);
+    } else if current > desired && held.is_none() {
+        reasons.push(format!(
+            "over by {} units (current {current})",
+            current - desired
+        ));
+        surplus_since = scale_down(input, &staying, current - desired, &mut steps, &mut reasons);
+    }
+    Plan {
+        desired,
+        current,
+        pending,
+        held,
+        steps,
+        reasons,
+        surplus_since,
+    }
+}
+
+/// The desired capacity from the demand, and why it is held when the demand
+/// cannot be read (then never lower than now).
+fn desired(input: &Input<'_>, current: u32, reasons: &mut Vec<String>) -> (u32, Option<String>) {
+    let spec = input.spec;
+    match &input.demand {
         Ok(jobs) => {
             let units = jobs.div_ceil(u64::from(spec.jobs_per_capacity.max(1)));
             let desired =
@@ -245,8 +286,12 @@ pub fn plan(input: &Input<'_>) -> Plan {
             ));
             (desired, Some(why.clone()))
         }
-    };
-    // Said on every pass, so `pool show` tells why a type is not used.
+    }
+}
+
+/// Said on every pass, so `pool show` tells why a type is not used.
+fn over_ceiling(input: &Input<'_>, reasons: &mut Vec<String>) {
+    let spec = input.spec;
     let mut excluded = Vec::new();
     for t in &spec.types {
         let Some(ceiling) = t.max_price.or(spec.max_price) else {
@@ -267,93 +312,76 @@ pub fn plan(input: &Input<'_>) -> Plan {
         excluded.sort();
         reasons.push(format!("over the price ceiling: {}", excluded.join(", ")));
     }
-    let mut steps = Vec::new();
-    let mut surplus_since = None;
-    if !retiring.is_empty() {
-        let why: Vec<&str> = retiring.iter().map(|(_, w)| w.as_str()).collect();
-        if current >= desired {
-            reasons.push(format!("replaced, now terminated: {}", why.join(", ")));
-            steps.push(Step::Terminate {
-                instances: retiring.iter().map(|(id, _)| id.clone()).collect(),
-            });
-        } else {
-            reasons.push(format!("to be replaced first: {}", why.join(", ")));
+}
+
+/// Over by `surplus` units: open requests are cancelled at once (nothing
+/// runs on them); instances go once the pool has been over for
+/// `scale_down_after`, on-demand first, newest first. Returns since when the
+/// pool is over, while it waits.
+fn scale_down(
+    input: &Input<'_>,
+    staying: &[&Member],
+    mut surplus: u32,
+    steps: &mut Vec<Step>,
+    reasons: &mut Vec<String>,
+) -> Option<SystemTime> {
+    let spec = input.spec;
+    let mut cancel = Vec::new();
+    for r in input.open_requests {
+        let cap = r
+            .instance_type
+            .as_deref()
+            .map_or(1, |t| spec.capacity_of(t));
+        if cap <= surplus {
+            surplus -= cap;
+            cancel.push(r.id.clone());
         }
     }
-    if current < desired {
-        let need = desired - current;
-        reasons.push(format!("short {need} units (current {current})"));
-        launch(input, need, current, &mut steps, &mut reasons);
-    } else if current > desired && held.is_none() {
-        let mut surplus = current - desired;
-        reasons.push(format!("over by {surplus} units (current {current})"));
-        // Open requests first: nothing runs on them yet.
-        let mut cancel = Vec::new();
-        for r in input.open_requests {
-            let cap = r
-                .instance_type
-                .as_deref()
-                .map_or(1, |t| spec.capacity_of(t));
-            if cap <= surplus {
-                surplus -= cap;
-                cancel.push(r.id.clone());
-            }
+    if !cancel.is_empty() {
+        reasons.push(format!("cancel {} open spot requests", cancel.len()));
+        steps.push(Step::Cancel { requests: cancel });
+    }
+    if surplus == 0 {
+        return None;
+    }
+    let since = input.surplus_since.unwrap_or(input.now);
+    let idle = input.now.duration_since(since).unwrap_or(Duration::ZERO);
+    if idle < spec.scale_down_after {
+        reasons.push(format!(
+            "surplus of {surplus} units idle for {}s; terminating after {}s",
+            idle.as_secs(),
+            spec.scale_down_after.as_secs()
+        ));
+        return Some(since);
+    }
+    let mut order: Vec<&Member> = staying.to_vec();
+    order.sort_by(|a, b| {
+        (a.market == Market::Spot)
+            .cmp(&(b.market == Market::Spot))
+            .then(b.launched_at.cmp(&a.launched_at))
+            .then(b.id.as_str().cmp(a.id.as_str()))
+    });
+    let mut doomed = Vec::new();
+    for m in order {
+        let cap = spec.capacity_of(&m.instance_type);
+        if cap <= surplus {
+            surplus -= cap;
+            doomed.push(m.id.clone());
         }
-        if !cancel.is_empty() {
-            reasons.push(format!("cancel {} open spot requests", cancel.len()));
-            steps.push(Step::Cancel { requests: cancel });
-        }
-        if surplus > 0 {
-            let since = input.surplus_since.unwrap_or(input.now);
-            let idle = input.now.duration_since(since).unwrap_or(Duration::ZERO);
-            if idle >= spec.scale_down_after {
-                // On-demand first (dearer), then newest first.
-                let mut order: Vec<&Member> = staying.clone();
-                order.sort_by(|a, b| {
-                    (a.market == Market::Spot)
-                        .cmp(&(b.market == Market::Spot))
-                        .then(b.launched_at.cmp(&a.launched_at))
-                        .then(b.id.as_str().cmp(a.id.as_str()))
-                });
-                let mut doomed = Vec::new();
-                for m in order {
-                    let cap = spec.capacity_of(&m.instance_type);
-                    if cap <= surplus {
-                        surplus -= cap;
-                        doomed.push(m.id.clone());
-                    }
-                    if surplus == 0 {
-                        break;
-                    }
-                }
-                if !doomed.is_empty() {
-                    reasons.push(format!(
-                        "idle for {}s (scale_down_after {}s): terminate {} instances",
-                        idle.as_secs(),
-                        spec.scale_down_after.as_secs(),
-                        doomed.len()
-                    ));
-                    steps.push(Step::Terminate { instances: doomed });
-                }
-            } else {
-                reasons.push(format!(
-                    "surplus of {surplus} units idle for {}s; terminating after {}s",
-                    idle.as_secs(),
-                    spec.scale_down_after.as_secs()
-                ));
-                surplus_since = Some(since);
-            }
+        if surplus == 0 {
+            break;
         }
     }
-    Plan {
-        desired,
-        current,
-        pending,
-        held,
-        steps,
-        reasons,
-        surplus_since,
+    if !doomed.is_empty() {
+        reasons.push(format!(
+            "idle for {}s (scale_down_after {}s): terminate {} instances",
+            idle.as_secs(),
+            spec.scale_down_after.as_secs(),
+            doomed.len()
+        ));
+        steps.push(Step::Terminate { instances: doomed });
     }
+    None
 }
 
 /// A candidate offering with its price per unit.
@@ -368,6 +396,9 @@ struct Candidate<'a> {
     rank: usize,
 }
 
+/// Plans launches for `need` units: spot offerings under their ceiling,
+/// cheapest per unit first, else on-demand when the pool falls back; spread
+/// over the offerings near the cheapest.
 fn launch(
     input: &Input<'_>,
     need: u32,
@@ -376,73 +407,16 @@ fn launch(
     reasons: &mut Vec<String>,
 ) {
     let spec = input.spec;
-    let prices: HashMap<(&str, &str), f64> = input
-        .prices
-        .iter()
-        .map(|p| ((p.instance_type.as_str(), p.zone.as_str()), p.price))
-        .collect();
-    let mut spot = Vec::new();
-    if input.spot_blocked {
+    let spot = if input.spot_blocked {
         reasons.push("spot refused for now (quota): spot offerings skipped".into());
+        Vec::new()
     } else {
-        for (rank, t) in spec.types.iter().enumerate() {
-            let ceiling = t.max_price.or(spec.max_price);
-            for placement in input.placements {
-                let key = OfferingKey::new(&t.instance_type, &placement.zone, Market::Spot);
-                if input.unavailable.contains(&key) {
-                    continue;
-                }
-                let Some(&price) = prices.get(&(t.instance_type.as_str(), placement.zone.as_str()))
-                else {
-                    continue;
-                };
-                if ceiling.is_some_and(|c| price > c) {
-                    continue;
-                }
-                spot.push(Candidate {
-                    instance_type: &t.instance_type,
-                    placement,
-                    market: Market::Spot,
-                    capacity: t.capacity,
-                    price: Some(price),
-                    per_unit: price / f64::from(t.capacity),
-                    rank,
-                });
-            }
-        }
-    }
+        spot_candidates(input)
+    };
     let candidates = if !spot.is_empty() {
-        spot.sort_by(|a, b| {
-            a.per_unit
-                .total_cmp(&b.per_unit)
-                .then(a.rank.cmp(&b.rank))
-                .then(a.placement.zone.cmp(&b.placement.zone))
-        });
         spot
     } else if spec.fallback_on_demand {
-        // No spot to be had: on-demand, in type preference order.
-        let mut od = Vec::new();
-        for (rank, t) in spec.types.iter().enumerate() {
-            for placement in input.placements {
-                let key = OfferingKey::new(&t.instance_type, &placement.zone, Market::OnDemand);
-                if input.unavailable.contains(&key) {
-                    continue;
-                }
-                od.push(Candidate {
-                    instance_type: &t.instance_type,
-                    placement,
-                    market: Market::OnDemand,
-                    capacity: t.capacity,
-                    price: None,
-                    per_unit: 0.0,
-                    rank,
-                });
-            }
-        }
-        // One type (the most preferred available), spread over zones.
-        if let Some(best) = od.iter().map(|c| c.rank).min() {
-            od.retain(|c| c.rank == best);
-        }
+        let od = on_demand_candidates(input);
         if !od.is_empty() {
             reasons.push("no spot offering: falling back to on-demand".into());
         }
@@ -461,6 +435,111 @@ fn launch(
         ));
         return;
     }
+    let counts = spread(input, &candidates, need, current, reasons);
+    for (c, count) in candidates.iter().zip(counts) {
+        if count == 0 {
+            continue;
+        }
+        reasons.push(format!(
+            "launch {count} × {} in {} ({}{})",
+            c.instance_type,
+            c.placement.zone,
+            c.market.as_str(),
+            c.price
+                .map(|p| format!(", {:.4}/unit-hour", p / f64::from(c.capacity)))
+                .unwrap_or_default()
+        ));
+        steps.push(Step::Launch(Batch {
+            instance_type: c.instance_type.to_owned(),
+            zone: c.placement.zone.clone(),
+            subnet: c.placement.subnet.clone(),
+            market: c.market,
+            count,
+            capacity: c.capacity,
+            price: c.price,
+        }));
+    }
+}
+
+/// Spot offerings available and under their ceiling, cheapest per unit first.
+fn spot_candidates<'a>(input: &Input<'a>) -> Vec<Candidate<'a>> {
+    let spec = input.spec;
+    let prices: HashMap<(&str, &str), f64> = input
+        .prices
+        .iter()
+        .map(|p| ((p.instance_type.as_str(), p.zone.as_str()), p.price))
+        .collect();
+    let mut spot = Vec::new();
+    for (rank, t) in spec.types.iter().enumerate() {
+        let ceiling = t.max_price.or(spec.max_price);
+        for placement in input.placements {
+            let key = OfferingKey::new(&t.instance_type, &placement.zone, Market::Spot);
+            if input.unavailable.contains(&key) {
+                continue;
+            }
+            let Some(&price) = prices.get(&(t.instance_type.as_str(), placement.zone.as_str()))
+            else {
+                continue;
+            };
+            if ceiling.is_some_and(|c| price > c) {
+                continue;
+            }
+            spot.push(Candidate {
+                instance_type: &t.instance_type,
+                placement,
+                market: Market::Spot,
+                capacity: t.capacity,
+                price: Some(price),
+                per_unit: price / f64::from(t.capacity),
+                rank,
+            });
+        }
+    }
+    spot.sort_by(|a, b| {
+        a.per_unit
+            .total_cmp(&b.per_unit)
+            .then(a.rank.cmp(&b.rank))
+            .then(a.placement.zone.cmp(&b.placement.zone))
+    });
+    spot
+}
+
+/// No spot to be had: on-demand, the most preferred available type, spread over zones.
+fn on_demand_candidates<'a>(input: &Input<'a>) -> Vec<Candidate<'a>> {
+    let mut od = Vec::new();
+    for (rank, t) in input.spec.types.iter().enumerate() {
+        for placement in input.placements {
+            let key = OfferingKey::new(&t.instance_type, &placement.zone, Market::OnDemand);
+            if input.unavailable.contains(&key) {
+                continue;
+            }
+            od.push(Candidate {
+                instance_type: &t.instance_type,
+                placement,
+                market: Market::OnDemand,
+                capacity: t.capacity,
+                price: None,
+                per_unit: 0.0,
+                rank,
+            });
+        }
+    }
+    if let Some(best) = od.iter().map(|c| c.rank).min() {
+        od.retain(|c| c.rank == best);
+    }
+    od
+}
+
+/// How many instances of each candidate make up `need` units: where there
+/// are fewest units already, among the offerings near the cheapest.
+fn spread(
+    input: &Input<'_>,
+    candidates: &[Candidate<'_>],
+    need: u32,
+    current: u32,
+    reasons: &mut Vec<String>,
+) -> Vec<u32> {
+    let spec = input.spec;
     // Units already in each offering: spread new ones where there are fewest.
     let mut held: HashMap<(&str, &str), u32> = HashMap::new();
     for m in input.members {
@@ -523,27 +602,5 @@ fn launch(
         total += cap;
         remaining = remaining.saturating_sub(cap);
     }
-    for (c, count) in candidates.iter().zip(counts) {
-        if count == 0 {
-            continue;
-        }
-        reasons.push(format!(
-            "launch {count} × {} in {} ({}{})",
-            c.instance_type,
-            c.placement.zone,
-            c.market.as_str(),
-            c.price
-                .map(|p| format!(", {:.4}/unit-hour", p / f64::from(c.capacity)))
-                .unwrap_or_default()
-        ));
-        steps.push(Step::Launch(Batch {
-            instance_type: c.instance_type.to_owned(),
-            zone: c.placement.zone.clone(),
-            subnet: c.placement.subnet.clone(),
-            market: c.market,
-            count,
-            capacity: c.capacity,
-            price: c.price,
-        }));
-    }
+    counts
 }
