@@ -44,6 +44,51 @@ struct State {
     delays: HashMap<&'static str, std::time::Duration>,
 }
 
+impl State {
+    /// A new pending instance (with its spot request) as RunInstances makes it.
+    fn new_instance(&mut self, spec: &LaunchSpec, zone: Option<String>) -> Instance {
+        self.next_id += 1;
+        let n = self.next_id;
+        let id = InstanceId::new(format!("i-{n:017x}"));
+        let spot_request_id =
+            (spec.market == Market::Spot).then(|| SpotRequestId::new(format!("sir-{n:08x}")));
+        if let Some(rid) = &spot_request_id {
+            self.requests.insert(
+                rid.clone(),
+                SpotRequest {
+                    id: rid.clone(),
+                    state: SpotRequestState::Active,
+                    instance_id: Some(id.clone()),
+                    instance_type: Some(spec.instance_type.clone()),
+                    status: None,
+                    tags: spec.tags.clone(),
+                },
+            );
+        }
+        let instance = Instance {
+            id: id.clone(),
+            state: InstanceState::Pending,
+            instance_type: spec.instance_type.clone(),
+            zone: zone.clone(),
+            market: spec.market,
+            spot_request_id,
+            public_ip: Some(format!("198.51.100.{}", n % 250)),
+            private_ip: Some(format!("10.0.0.{}", n % 250)),
+            launched_at: Some(SystemTime::now()),
+            image_id: Some(spec.image_id.clone()),
+            subnet_id: spec.subnet_id.clone(),
+            vpc_id: None,
+            tags: spec.tags.clone(),
+        };
+        self.instances.insert(id.clone(), instance.clone());
+        let lag = self.describe_lag;
+        if lag > 0 {
+            self.hidden.insert(id, lag);
+        }
+        instance
+    }
+}
+
 /// An in-memory cloud. Instances launch `pending` and are `running` on the next describe.
 #[derive(Debug, Default)]
 pub struct FakeCloud {
@@ -348,45 +393,7 @@ impl Compute for FakeCloud {
         }
         let mut launched = Vec::new();
         for _ in 0..count {
-            s.next_id += 1;
-            let n = s.next_id;
-            let id = InstanceId::new(format!("i-{n:017x}"));
-            let spot_request_id =
-                (spec.market == Market::Spot).then(|| SpotRequestId::new(format!("sir-{n:08x}")));
-            if let Some(rid) = &spot_request_id {
-                s.requests.insert(
-                    rid.clone(),
-                    SpotRequest {
-                        id: rid.clone(),
-                        state: SpotRequestState::Active,
-                        instance_id: Some(id.clone()),
-                        instance_type: Some(spec.instance_type.clone()),
-                        status: None,
-                        tags: spec.tags.clone(),
-                    },
-                );
-            }
-            let instance = Instance {
-                id: id.clone(),
-                state: InstanceState::Pending,
-                instance_type: spec.instance_type.clone(),
-                zone: zone.clone(),
-                market: spec.market,
-                spot_request_id,
-                public_ip: Some(format!("198.51.100.{}", n % 250)),
-                private_ip: Some(format!("10.0.0.{}", n % 250)),
-                launched_at: Some(SystemTime::now()),
-                image_id: Some(spec.image_id.clone()),
-                subnet_id: spec.subnet_id.clone(),
-                vpc_id: None,
-                tags: spec.tags.clone(),
-            };
-            s.instances.insert(id.clone(), instance.clone());
-            let lag = s.describe_lag;
-            if lag > 0 {
-                s.hidden.insert(id, lag);
-            }
-            launched.push(instance);
+            launched.push(s.new_instance(spec, zone.clone()));
         }
         s.tokens.insert(
             spec.client_token.clone(),

@@ -53,13 +53,13 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn looks_until_done_and_says_what_it_waited_for_when_time_runs_out() {
         let looks = AtomicU32::new(0);
         let done = until(
             "Op",
             Duration::from_secs(60),
-            Duration::from_secs(1),
+            Duration::from_millis(1),
             || async {
                 let n = looks.fetch_add(1, Ordering::SeqCst) + 1;
                 Ok(if n == 3 {
@@ -75,15 +75,15 @@ mod tests {
 
         let err = until::<(), _, _>(
             "DescribeThings",
-            Duration::from_secs(5),
-            Duration::from_secs(2),
+            Duration::from_millis(30),
+            Duration::from_millis(5),
             || async { Ok(Look::NotYet("thing t-1 not ready".into())) },
         )
         .await
         .expect_err("never done");
         assert_eq!(err.operation, "DescribeThings");
         assert!(
-            err.to_string().contains("thing t-1 not ready after 5s"),
+            err.to_string().contains("thing t-1 not ready after 0s"),
             "{err}"
         );
 

@@ -103,29 +103,7 @@ impl AwsCloud {
         customize: impl FnOnce(RunInstancesFluentBuilder) -> RunInstancesFluentBuilder,
     ) -> Result<Vec<Instance>, CloudError> {
         const OP: &str = "RunInstances";
-        let tags: Vec<Tag> = spec
-            .tags
-            .iter()
-            .map(|(k, v)| Tag::builder().key(k).value(v).build())
-            .collect();
-        let mut resources = vec![ResourceType::Instance, ResourceType::Volume];
-        if spec.market == Market::Spot {
-            resources.push(ResourceType::SpotInstancesRequest);
-        }
-        // AWS rejects a tag specification without tags.
-        let tag_specs: Vec<TagSpecification> = if tags.is_empty() {
-            Vec::new()
-        } else {
-            resources
-                .into_iter()
-                .map(|r| {
-                    TagSpecification::builder()
-                        .resource_type(r)
-                        .set_tags(Some(tags.clone()))
-                        .build()
-                })
-                .collect()
-        };
+        let tag_specs = tag_specifications(spec);
         let mut req = self
             .ec2
             .run_instances()
@@ -155,20 +133,9 @@ impl AwsCloud {
             req = req.user_data(base64::engine::general_purpose::STANDARD.encode(data));
         }
         if spec.market == Market::Spot {
-            // One-time, terminate on interruption, and no MaxPrice: the price
-            // ceiling is enforced by the caller from the price history.
-            req = req.instance_market_options(
-                InstanceMarketOptionsRequest::builder()
-                    .market_type(MarketType::Spot)
-                    .spot_options(
-                        SpotMarketOptions::builder()
-                            .spot_instance_type(SpotInstanceType::OneTime)
-                            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
-                            .set_max_price(spec.spot_max_price.map(|p| format!("{p}")))
-                            .build(),
-                    )
-                    .build(),
-            );
+            // One-time, terminated on interruption; MaxPrice only with
+            // price_cap = "aws" (else the caller holds the ceiling).
+            req = req.instance_market_options(spot_options(spec));
         }
         if let Some(root) = &spec.root_volume {
             let device = self.root_device_name(&spec.image_id).await?;
@@ -186,13 +153,7 @@ impl AwsCloud {
             );
         }
         if let Some(profile) = &spec.iam_instance_profile {
-            let p = IamInstanceProfileSpecification::builder();
-            let p = if profile.starts_with("arn:") {
-                p.arn(profile)
-            } else {
-                p.name(profile)
-            };
-            req = req.iam_instance_profile(p.build());
+            req = req.iam_instance_profile(instance_profile(profile));
         }
         let out = customize(req).send().await.map_err(|e| sdk_error(OP, e))?;
         let launched: Vec<Instance> = out
@@ -209,6 +170,58 @@ impl AwsCloud {
         }
         Ok(launched)
     }
+}
+
+/// Tags at creation on the instance, its volumes and (spot) its request.
+fn tag_specifications(spec: &LaunchSpec) -> Vec<TagSpecification> {
+    let tags: Vec<Tag> = spec
+        .tags
+        .iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect();
+    let mut resources = vec![ResourceType::Instance, ResourceType::Volume];
+    if spec.market == Market::Spot {
+        resources.push(ResourceType::SpotInstancesRequest);
+    }
+    // AWS rejects a tag specification without tags.
+    if tags.is_empty() {
+        Vec::new()
+    } else {
+        resources
+            .into_iter()
+            .map(|r| {
+                TagSpecification::builder()
+                    .resource_type(r)
+                    .set_tags(Some(tags.clone()))
+                    .build()
+            })
+            .collect()
+    }
+}
+
+/// One-time spot, terminated on interruption; `MaxPrice` only with `price_cap = "aws"`.
+fn spot_options(spec: &LaunchSpec) -> InstanceMarketOptionsRequest {
+    InstanceMarketOptionsRequest::builder()
+        .market_type(MarketType::Spot)
+        .spot_options(
+            SpotMarketOptions::builder()
+                .spot_instance_type(SpotInstanceType::OneTime)
+                .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                .set_max_price(spec.spot_max_price.map(|p| format!("{p}")))
+                .build(),
+        )
+        .build()
+}
+
+/// An instance profile by ARN or by name.
+fn instance_profile(profile: &str) -> IamInstanceProfileSpecification {
+    let p = IamInstanceProfileSpecification::builder();
+    let p = if profile.starts_with("arn:") {
+        p.arn(profile)
+    } else {
+        p.name(profile)
+    };
+    p.build()
 }
 
 /// Converts an SDK instance; `None` when it lacks the fields every instance has.

@@ -118,6 +118,21 @@ impl AwsCloud {
     }
 
     async fn complete_vpc(&self, info: &mut VpcInfo, blocks: &[String]) -> Result<(), CloudError> {
+        self.add_subnets(info, blocks).await?;
+        if info.internet_gateway_id.is_none() {
+            self.add_gateway(info).await?;
+        }
+        if info.route_table_id.is_none() {
+            self.add_routes(info).await?;
+        }
+        if info.security_group_id.is_none() {
+            self.add_ssh_group(info).await?;
+        }
+        Ok(())
+    }
+
+    /// A public subnet per zone, from `blocks`, where the VPC has none yet.
+    async fn add_subnets(&self, info: &mut VpcInfo, blocks: &[String]) -> Result<(), CloudError> {
         let (name, vpc_id) = (info.name.clone(), info.id.clone());
         let zones = self.zones().await?;
         for (block, zone) in blocks.iter().zip(zones.iter()) {
@@ -156,98 +171,110 @@ impl AwsCloud {
                 .map_err(|e| sdk_error("ModifySubnetAttribute", e))?;
             info.subnets.push((id, zone.clone()));
         }
-        if info.internet_gateway_id.is_none() {
-            let igw = self
-                .ec2
-                .create_internet_gateway()
-                .tag_specifications(tag_spec(ResourceType::InternetGateway, &name, &name))
-                .send()
-                .await
-                .map_err(|e| sdk_error("CreateInternetGateway", e))?;
-            let igw_id = igw
-                .internet_gateway()
-                .and_then(|g| g.internet_gateway_id())
-                .unwrap_or_default()
-                .to_owned();
+        Ok(())
+    }
+
+    /// An internet gateway, attached.
+    async fn add_gateway(&self, info: &mut VpcInfo) -> Result<(), CloudError> {
+        let (name, vpc_id) = (info.name.clone(), info.id.clone());
+        let igw = self
+            .ec2
+            .create_internet_gateway()
+            .tag_specifications(tag_spec(ResourceType::InternetGateway, &name, &name))
+            .send()
+            .await
+            .map_err(|e| sdk_error("CreateInternetGateway", e))?;
+        let igw_id = igw
+            .internet_gateway()
+            .and_then(|g| g.internet_gateway_id())
+            .unwrap_or_default()
+            .to_owned();
+        self.ec2
+            .attach_internet_gateway()
+            .internet_gateway_id(&igw_id)
+            .vpc_id(&vpc_id)
+            .send()
+            .await
+            .map_err(|e| sdk_error("AttachInternetGateway", e))?;
+        info.internet_gateway_id = Some(igw_id);
+        Ok(())
+    }
+
+    /// A route table with the default route through the gateway, on every subnet.
+    async fn add_routes(&self, info: &mut VpcInfo) -> Result<(), CloudError> {
+        let (name, vpc_id) = (info.name.clone(), info.id.clone());
+        let rt = self
+            .ec2
+            .create_route_table()
+            .vpc_id(&vpc_id)
+            .tag_specifications(tag_spec(ResourceType::RouteTable, &name, &name))
+            .send()
+            .await
+            .map_err(|e| sdk_error("CreateRouteTable", e))?;
+        let rt_id = rt
+            .route_table()
+            .and_then(|r| r.route_table_id())
+            .unwrap_or_default()
+            .to_owned();
+        self.ec2
+            .create_route()
+            .route_table_id(&rt_id)
+            .destination_cidr_block("0.0.0.0/0")
+            .set_gateway_id(info.internet_gateway_id.clone())
+            .send()
+            .await
+            .map_err(|e| sdk_error("CreateRoute", e))?;
+        for (subnet, _) in &info.subnets {
             self.ec2
-                .attach_internet_gateway()
-                .internet_gateway_id(&igw_id)
-                .vpc_id(&vpc_id)
-                .send()
-                .await
-                .map_err(|e| sdk_error("AttachInternetGateway", e))?;
-            info.internet_gateway_id = Some(igw_id);
-        }
-        if info.route_table_id.is_none() {
-            let rt = self
-                .ec2
-                .create_route_table()
-                .vpc_id(&vpc_id)
-                .tag_specifications(tag_spec(ResourceType::RouteTable, &name, &name))
-                .send()
-                .await
-                .map_err(|e| sdk_error("CreateRouteTable", e))?;
-            let rt_id = rt
-                .route_table()
-                .and_then(|r| r.route_table_id())
-                .unwrap_or_default()
-                .to_owned();
-            self.ec2
-                .create_route()
+                .associate_route_table()
                 .route_table_id(&rt_id)
-                .destination_cidr_block("0.0.0.0/0")
-                .set_gateway_id(info.internet_gateway_id.clone())
+                .subnet_id(subnet)
                 .send()
                 .await
-                .map_err(|e| sdk_error("CreateRoute", e))?;
-            for (subnet, _) in &info.subnets {
-                self.ec2
-                    .associate_route_table()
-                    .route_table_id(&rt_id)
-                    .subnet_id(subnet)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("AssociateRouteTable", e))?;
-            }
-            info.route_table_id = Some(rt_id);
+                .map_err(|e| sdk_error("AssociateRouteTable", e))?;
         }
-        if info.security_group_id.is_none() {
-            let sg = self
-                .ec2
-                .create_security_group()
-                .group_name(format!("{name}-ssh"))
-                .description("SSH in; made by spotkeeper")
-                .vpc_id(&vpc_id)
-                .tag_specifications(tag_spec(
-                    ResourceType::SecurityGroup,
-                    &format!("{name}-ssh"),
-                    &name,
-                ))
-                .send()
-                .await
-                .map_err(|e| sdk_error("CreateSecurityGroup", e))?;
-            let sg_id = sg.group_id().unwrap_or_default().to_owned();
-            self.ec2
-                .authorize_security_group_ingress()
-                .group_id(&sg_id)
-                .ip_permissions(
-                    IpPermission::builder()
-                        .ip_protocol("tcp")
-                        .from_port(22)
-                        .to_port(22)
-                        .ip_ranges(
-                            IpRange::builder()
-                                .cidr_ip("0.0.0.0/0")
-                                .description("SSH")
-                                .build(),
-                        )
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| sdk_error("AuthorizeSecurityGroupIngress", e))?;
-            info.security_group_id = Some(sg_id);
-        }
+        info.route_table_id = Some(rt_id);
+        Ok(())
+    }
+
+    /// A security group letting SSH in.
+    async fn add_ssh_group(&self, info: &mut VpcInfo) -> Result<(), CloudError> {
+        let (name, vpc_id) = (info.name.clone(), info.id.clone());
+        let sg = self
+            .ec2
+            .create_security_group()
+            .group_name(format!("{name}-ssh"))
+            .description("SSH in; made by spotkeeper")
+            .vpc_id(&vpc_id)
+            .tag_specifications(tag_spec(
+                ResourceType::SecurityGroup,
+                &format!("{name}-ssh"),
+                &name,
+            ))
+            .send()
+            .await
+            .map_err(|e| sdk_error("CreateSecurityGroup", e))?;
+        let sg_id = sg.group_id().unwrap_or_default().to_owned();
+        self.ec2
+            .authorize_security_group_ingress()
+            .group_id(&sg_id)
+            .ip_permissions(
+                IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(22)
+                    .to_port(22)
+                    .ip_ranges(
+                        IpRange::builder()
+                            .cidr_ip("0.0.0.0/0")
+                            .description("SSH")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_error("AuthorizeSecurityGroupIngress", e))?;
+        info.security_group_id = Some(sg_id);
         Ok(())
     }
 
@@ -275,6 +302,29 @@ impl AwsCloud {
             return Ok(None);
         };
         let vpc_id = vpc.vpc_id().unwrap_or_default().to_owned();
+        let cidr = vpc.cidr_block().unwrap_or_default().to_owned();
+        let mut info = self.vpc_info(name, vpc_id, cidr).await?;
+        info.subnets.sort_by(|a, b| a.1.cmp(&b.1));
+        // A creation cut short is finished here, so a found VPC is always whole.
+        let complete = info.internet_gateway_id.is_some()
+            && info.route_table_id.is_some()
+            && info.security_group_id.is_some()
+            && !info.subnets.is_empty();
+        if !complete {
+            let blocks = split_cidr(&info.cidr, VPC_SUBNETS)
+                .map_err(|m| CloudError::other("CreateSubnet", ErrorKind::InvalidRequest, m))?;
+            self.complete_vpc(&mut info, &blocks).await?;
+        }
+        Ok(Some(info))
+    }
+
+    /// The subnets, gateway, route table and security group of a VPC.
+    async fn vpc_info(
+        &self,
+        name: &str,
+        vpc_id: String,
+        cidr: String,
+    ) -> Result<VpcInfo, CloudError> {
         let in_vpc = Filter::builder().name("vpc-id").values(&vpc_id).build();
         let subnets = self
             .ec2
@@ -311,10 +361,10 @@ impl AwsCloud {
             .send()
             .await
             .map_err(|e| sdk_error("DescribeSecurityGroups", e))?;
-        let mut info = VpcInfo {
+        Ok(VpcInfo {
             name: name.into(),
             id: vpc_id,
-            cidr: vpc.cidr_block().unwrap_or_default().to_owned(),
+            cidr,
             subnets: subnets
                 .subnets()
                 .iter()
@@ -337,25 +387,70 @@ impl AwsCloud {
                 .first()
                 .and_then(|g| g.group_id())
                 .map(str::to_owned),
-        };
-        info.subnets.sort_by(|a, b| a.1.cmp(&b.1));
-        // A creation cut short is finished here, so a found VPC is always whole.
-        let complete = info.internet_gateway_id.is_some()
-            && info.route_table_id.is_some()
-            && info.security_group_id.is_some()
-            && !info.subnets.is_empty();
-        if !complete {
-            let blocks = split_cidr(&info.cidr, VPC_SUBNETS)
-                .map_err(|m| CloudError::other("CreateSubnet", ErrorKind::InvalidRequest, m))?;
-            self.complete_vpc(&mut info, &blocks).await?;
-        }
-        Ok(Some(info))
+        })
     }
 
     /// Deletes a VPC and everything in it: terminates its instances (and
     /// waits), deletes leftover network interfaces, the security group, the
     /// route table, the internet gateway, the subnets and the VPC.
     pub async fn delete_vpc(&self, vpc: &VpcInfo) -> Result<(), CloudError> {
+        self.empty_vpc(vpc).await?;
+        if let Some(sg) = &vpc.security_group_id {
+            ignore_not_found(
+                self.ec2
+                    .delete_security_group()
+                    .group_id(sg)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("DeleteSecurityGroup", e)),
+            )?;
+        }
+        if let Some(rt) = &vpc.route_table_id {
+            self.delete_route_table(rt).await?;
+        }
+        if let Some(igw) = &vpc.internet_gateway_id {
+            ignore_not_found(
+                self.ec2
+                    .detach_internet_gateway()
+                    .internet_gateway_id(igw)
+                    .vpc_id(&vpc.id)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("DetachInternetGateway", e)),
+            )?;
+            ignore_not_found(
+                self.ec2
+                    .delete_internet_gateway()
+                    .internet_gateway_id(igw)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("DeleteInternetGateway", e)),
+            )?;
+        }
+        for (subnet, _) in &vpc.subnets {
+            ignore_not_found(
+                self.ec2
+                    .delete_subnet()
+                    .subnet_id(subnet)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("DeleteSubnet", e)),
+            )?;
+        }
+        ignore_not_found(
+            self.ec2
+                .delete_vpc()
+                .vpc_id(&vpc.id)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DeleteVpc", e)),
+        )?;
+        Ok(())
+    }
+
+    /// Terminates the VPC's instances (waiting until they are gone) and
+    /// deletes its network interfaces.
+    async fn empty_vpc(&self, vpc: &VpcInfo) -> Result<(), CloudError> {
         let in_vpc = || Filter::builder().name("vpc-id").values(&vpc.id).build();
         let out = self
             .ec2
@@ -399,86 +494,42 @@ impl AwsCloud {
                 )?;
             }
         }
-        if let Some(sg) = &vpc.security_group_id {
-            ignore_not_found(
-                self.ec2
-                    .delete_security_group()
-                    .group_id(sg)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("DeleteSecurityGroup", e)),
-            )?;
-        }
-        if let Some(rt) = &vpc.route_table_id {
-            let rts = self
-                .ec2
-                .describe_route_tables()
-                .route_table_ids(rt)
-                .send()
-                .await
-                .map_err(|e| sdk_error("DescribeRouteTables", e));
-            if let Ok(rts) = rts {
-                for assoc in rts.route_tables().iter().flat_map(|r| r.associations()) {
-                    if let (Some(id), false) = (
-                        assoc.route_table_association_id(),
-                        assoc.main().unwrap_or(false),
-                    ) {
-                        ignore_not_found(
-                            self.ec2
-                                .disassociate_route_table()
-                                .association_id(id)
-                                .send()
-                                .await
-                                .map_err(|e| sdk_error("DisassociateRouteTable", e)),
-                        )?;
-                    }
+        Ok(())
+    }
+
+    /// Disassociates a route table from its subnets and deletes it.
+    async fn delete_route_table(&self, rt: &str) -> Result<(), CloudError> {
+        let rts = self
+            .ec2
+            .describe_route_tables()
+            .route_table_ids(rt)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeRouteTables", e));
+        if let Ok(rts) = rts {
+            for assoc in rts.route_tables().iter().flat_map(|r| r.associations()) {
+                if let (Some(id), false) = (
+                    assoc.route_table_association_id(),
+                    assoc.main().unwrap_or(false),
+                ) {
+                    ignore_not_found(
+                        self.ec2
+                            .disassociate_route_table()
+                            .association_id(id)
+                            .send()
+                            .await
+                            .map_err(|e| sdk_error("DisassociateRouteTable", e)),
+                    )?;
                 }
             }
-            ignore_not_found(
-                self.ec2
-                    .delete_route_table()
-                    .route_table_id(rt)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("DeleteRouteTable", e)),
-            )?;
-        }
-        if let Some(igw) = &vpc.internet_gateway_id {
-            ignore_not_found(
-                self.ec2
-                    .detach_internet_gateway()
-                    .internet_gateway_id(igw)
-                    .vpc_id(&vpc.id)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("DetachInternetGateway", e)),
-            )?;
-            ignore_not_found(
-                self.ec2
-                    .delete_internet_gateway()
-                    .internet_gateway_id(igw)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("DeleteInternetGateway", e)),
-            )?;
-        }
-        for (subnet, _) in &vpc.subnets {
-            ignore_not_found(
-                self.ec2
-                    .delete_subnet()
-                    .subnet_id(subnet)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("DeleteSubnet", e)),
-            )?;
         }
         ignore_not_found(
             self.ec2
-                .delete_vpc()
-                .vpc_id(&vpc.id)
+                .delete_route_table()
+                .route_table_id(rt)
                 .send()
                 .await
-                .map_err(|e| sdk_error("DeleteVpc", e)),
+                .map_err(|e| sdk_error("DeleteRouteTable", e)),
         )?;
         Ok(())
     }

@@ -117,10 +117,28 @@ impl AwsCloud {
                 (out.queue_url().unwrap_or_default().to_owned(), true)
             }
         };
+        let queue_arn = self.allow_event_rules(&queue_url, owner).await?;
+        let mut rules = Vec::new();
+        for (suffix, pattern) in EVENT_RULES {
+            let name = rule_name(owner, suffix);
+            let created = self.put_rule(&name, pattern, owner, &queue_arn).await?;
+            rules.push((name, created));
+        }
+        Ok(Plumbing {
+            queue_url,
+            queue_arn,
+            queue_created,
+            rules,
+        })
+    }
+
+    /// Lets the owner's EventBridge rules (and nothing else) send to the
+    /// queue; returns the queue's ARN.
+    async fn allow_event_rules(&self, queue_url: &str, owner: &str) -> Result<String, CloudError> {
         let attrs = self
             .sqs
             .get_queue_attributes()
-            .queue_url(&queue_url)
+            .queue_url(queue_url)
             .attribute_names(QueueAttributeName::QueueArn)
             .send()
             .await
@@ -156,65 +174,65 @@ impl AwsCloud {
         });
         self.sqs
             .set_queue_attributes()
-            .queue_url(&queue_url)
+            .queue_url(queue_url)
             .attributes(QueueAttributeName::Policy, policy.to_string())
             .send()
             .await
             .map_err(|e| sdk_error("SetQueueAttributes", e))?;
 
-        let mut rules = Vec::new();
-        for (suffix, pattern) in EVENT_RULES {
-            let name = rule_name(owner, suffix);
-            let exists = match self.events.describe_rule().name(&name).send().await {
-                Ok(_) => true,
-                Err(e) => {
-                    let err = sdk_error("DescribeRule", e);
-                    if err.kind == ErrorKind::NotFound {
-                        false
-                    } else {
-                        return Err(err);
-                    }
+        Ok(queue_arn)
+    }
+
+    /// Creates or updates one rule (tagged when new) targeting the queue;
+    /// true when it was created.
+    async fn put_rule(
+        &self,
+        name: &str,
+        pattern: &str,
+        owner: &str,
+        queue_arn: &str,
+    ) -> Result<bool, CloudError> {
+        let exists = match self.events.describe_rule().name(name).send().await {
+            Ok(_) => true,
+            Err(e) => {
+                let err = sdk_error("DescribeRule", e);
+                if err.kind == ErrorKind::NotFound {
+                    false
+                } else {
+                    return Err(err);
                 }
-            };
-            let tag = EbTag::builder()
-                .key("spotkeeper:owner")
-                .value(owner)
-                .build()
-                .map_err(|e| {
-                    CloudError::other("PutRule", ErrorKind::InvalidRequest, e.to_string())
-                })?;
-            let mut put = self
-                .events
-                .put_rule()
-                .name(&name)
-                .event_pattern(pattern)
-                .description("spotkeeper: EC2 events for the daemon");
-            if !exists {
-                put = put.tags(tag);
             }
-            put.send().await.map_err(|e| sdk_error("PutRule", e))?;
-            let target = Target::builder()
-                .id("spotkeeper-queue")
-                .arn(&queue_arn)
-                .build()
-                .map_err(|e| {
-                    CloudError::other("PutTargets", ErrorKind::InvalidRequest, e.to_string())
-                })?;
-            self.events
-                .put_targets()
-                .rule(&name)
-                .targets(target)
-                .send()
-                .await
-                .map_err(|e| sdk_error("PutTargets", e))?;
-            rules.push((name, !exists));
+        };
+        let tag = EbTag::builder()
+            .key("spotkeeper:owner")
+            .value(owner)
+            .build()
+            .map_err(|e| CloudError::other("PutRule", ErrorKind::InvalidRequest, e.to_string()))?;
+        let mut put = self
+            .events
+            .put_rule()
+            .name(name)
+            .event_pattern(pattern)
+            .description("spotkeeper: EC2 events for the daemon");
+        if !exists {
+            put = put.tags(tag);
         }
-        Ok(Plumbing {
-            queue_url,
-            queue_arn,
-            queue_created,
-            rules,
-        })
+        put.send().await.map_err(|e| sdk_error("PutRule", e))?;
+        let target = Target::builder()
+            .id("spotkeeper-queue")
+            .arn(queue_arn)
+            .build()
+            .map_err(|e| {
+                CloudError::other("PutTargets", ErrorKind::InvalidRequest, e.to_string())
+            })?;
+        self.events
+            .put_targets()
+            .rule(name)
+            .targets(target)
+            .send()
+            .await
+            .map_err(|e| sdk_error("PutTargets", e))?;
+        Ok(!exists)
     }
 
     /// Removes the rules and the queue; returns what was removed.
