@@ -3,6 +3,7 @@
 //! across, and a pool's desired and current units over time. The x axis is
 //! hours before now.
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// Chart size in pixels.
@@ -124,6 +125,34 @@ fn draw(
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(|x| e(&x))?;
+    draw_lines(&mut chart, series, since, until)?;
+    if let Some(c) = ceiling {
+        let red = RGBColor(214, 39, 40);
+        chart
+            .draw_series(LineSeries::new([(left, c), (0.0, c)], red.stroke_width(1)))
+            .map_err(|x| e(&x))?
+            .label(format!("ceiling {c}"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], red));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(200, 200, 200))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|x| e(&x))?;
+    root.present().map_err(|x| e(&x))?;
+    Ok(())
+}
+
+/// Each series as a step line with its samples as dots.
+fn draw_lines(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    series: &[Series],
+    since: i64,
+    until: i64,
+) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
     for (i, s) in series.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
         chart
@@ -147,22 +176,6 @@ fn draw(
             }))
             .map_err(|x| e(&x))?;
     }
-    if let Some(c) = ceiling {
-        let red = RGBColor(214, 39, 40);
-        chart
-            .draw_series(LineSeries::new([(left, c), (0.0, c)], red.stroke_width(1)))
-            .map_err(|x| e(&x))?
-            .label(format!("ceiling {c}"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], red));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(200, 200, 200))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|x| e(&x))?;
-    root.present().map_err(|x| e(&x))?;
     Ok(())
 }
 

@@ -120,6 +120,36 @@ fn text<'a>(v: &'a Value, key: &'static str) -> Result<&'a str, EventError> {
         .ok_or(EventError::Missing(key))
 }
 
+/// The instances an AWS Health event names: its affected entities, else
+/// its resources' ARNs.
+fn affected_instances(v: &Value, detail: &Value) -> Vec<InstanceId> {
+    let mut instances = Vec::new();
+    let entities = detail
+        .get("affectedEntities")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    for e in entities.filter_map(|e| e.get("entityValue").and_then(Value::as_str)) {
+        if let Ok(id) = instance_id(e) {
+            instances.push(id);
+        }
+    }
+    if instances.is_empty() {
+        for r in v
+            .get("resources")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            if let Ok(id) = instance_id(r.rsplit('/').next().unwrap_or(r)) {
+                instances.push(id);
+            }
+        }
+    }
+    instances
+}
+
 /// Parses an SQS message body.
 pub fn parse(body: &str) -> Result<Event, EventError> {
     if body.len() > MAX_BODY {
@@ -165,30 +195,7 @@ pub fn parse(body: &str) -> Result<Event, EventError> {
                 && detail.get("eventTypeCategory").and_then(Value::as_str)
                     == Some("scheduledChange") =>
         {
-            let mut instances = Vec::new();
-            let entities = detail
-                .get("affectedEntities")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten();
-            for e in entities.filter_map(|e| e.get("entityValue").and_then(Value::as_str)) {
-                if let Ok(id) = instance_id(e) {
-                    instances.push(id);
-                }
-            }
-            if instances.is_empty() {
-                for r in v
-                    .get("resources")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                {
-                    if let Ok(id) = instance_id(r.rsplit('/').next().unwrap_or(r)) {
-                        instances.push(id);
-                    }
-                }
-            }
+            let instances = affected_instances(&v, detail);
             if instances.is_empty() {
                 return Err(EventError::Missing("an affected instance"));
             }

@@ -87,6 +87,60 @@ pub struct Metrics {
     pub notifications: Family<SinkLabel, Counter>,
 }
 
+impl PoolMetrics {
+    /// Registers the pools' metrics.
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "pool_desired_units",
+            "Desired capacity units of each pool",
+            self.desired.clone(),
+        );
+        registry.register(
+            "pool_current_units",
+            "Current capacity units of each pool, by market (requested: open spot requests)",
+            self.current.clone(),
+        );
+        registry.register(
+            "pool_launches",
+            "Pool instances launched, by market",
+            self.launches.clone(),
+        );
+        registry.register(
+            "pool_launch_failures",
+            "Failed pool launches, by reason",
+            self.launch_failures.clone(),
+        );
+        registry.register(
+            "pool_demand_failures",
+            "Pool passes that could not read the demand and held the pool",
+            self.demand_failures.clone(),
+        );
+        registry.register(
+            "pool_price_per_unit",
+            "Mean spot price per capacity unit and hour of each pool",
+            self.price_per_unit.clone(),
+        );
+    }
+}
+
+/// The pools left alone and the notifications sent.
+fn register_upkeep(
+    registry: &mut Registry,
+    left_alone: &Family<KindLabel, Gauge>,
+    notifications: &Family<SinkLabel, Counter>,
+) {
+    registry.register(
+        "left_alone_pools",
+        "Pools whose instances are left alone: unreadable spec, or no spec and no deletion record",
+        left_alone.clone(),
+    );
+    registry.register(
+        "notifications",
+        "Notification attempts, by sink and result (delivered, failed)",
+        notifications.clone(),
+    );
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("spotkeeper");
@@ -140,49 +194,10 @@ impl Default for Metrics {
             "Box and pool tasks running, by kind",
             tasks.clone(),
         );
-        let left_alone = Family::<KindLabel, Gauge>::default();
-        registry.register(
-            "left_alone_pools",
-            "Pools whose instances are left alone: unreadable spec, or no spec and no deletion record",
-            left_alone.clone(),
-        );
-        let notifications = Family::<SinkLabel, Counter>::default();
-        registry.register(
-            "notifications",
-            "Notification attempts, by sink and result (delivered, failed)",
-            notifications.clone(),
-        );
+        let (left_alone, notifications) = (Family::default(), Family::default());
+        register_upkeep(&mut registry, &left_alone, &notifications);
         let pools = PoolMetrics::default();
-        registry.register(
-            "pool_desired_units",
-            "Desired capacity units of each pool",
-            pools.desired.clone(),
-        );
-        registry.register(
-            "pool_current_units",
-            "Current capacity units of each pool, by market (requested: open spot requests)",
-            pools.current.clone(),
-        );
-        registry.register(
-            "pool_launches",
-            "Pool instances launched, by market",
-            pools.launches.clone(),
-        );
-        registry.register(
-            "pool_launch_failures",
-            "Failed pool launches, by reason",
-            pools.launch_failures.clone(),
-        );
-        registry.register(
-            "pool_demand_failures",
-            "Pool passes that could not read the demand and held the pool",
-            pools.demand_failures.clone(),
-        );
-        registry.register(
-            "pool_price_per_unit",
-            "Mean spot price per capacity unit and hour of each pool",
-            pools.price_per_unit.clone(),
-        );
+        pools.register(&mut registry);
         Self {
             registry,
             pools,

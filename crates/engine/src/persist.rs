@@ -160,6 +160,36 @@ fn volume_tags(owner: &str, box_name: &str, name: &str) -> Vec<(String, String)>
     ]
 }
 
+/// Finishes or undoes the moves a crash cut short (a copy tagged with the
+/// volume it was made from) and returns the volumes without copies.
+async fn finish_moves(
+    cloud: &dyn Cloud,
+    owner: &str,
+    all: Vec<Volume>,
+) -> Result<Vec<Volume>, PersistError> {
+    let (copies, mut originals): (Vec<Volume>, Vec<Volume>) = all
+        .into_iter()
+        .partition(|v| v.tags.contains_key(MOVING_FROM));
+    for copy in copies {
+        let from = copy.tags.get(MOVING_FROM).cloned().unwrap_or_default();
+        let original = originals.iter().position(|o| o.id.as_str() == from);
+        if !copy.attachments.is_empty() || original.is_none() {
+            // The copy was attached (or is all that is left): the move happened.
+            if let Some(i) = original {
+                let old = originals.remove(i);
+                release(cloud, owner, &old, &HashSet::new()).await?;
+                cloud.delete_volume(&old.id).await?;
+            }
+            cloud.untag(&[copy.id.to_string()], &[MOVING_FROM]).await?;
+            originals.push(copy);
+        } else {
+            // Never attached: the original still holds the truth.
+            cloud.delete_volume(&copy.id).await?;
+        }
+    }
+    Ok(originals)
+}
+
 /// The volume named `vs.name` (by its `Name` tag, so a volume made by hand
 /// counts), after finishing or undoing a move a crash cut short. An error if
 /// the name matches more than one volume.
@@ -193,26 +223,7 @@ pub async fn find(
         cloud.tag(&[v.id.to_string()], &t).await?;
         v.tags.extend(t);
     }
-    let (copies, mut originals): (Vec<Volume>, Vec<Volume>) = all
-        .into_iter()
-        .partition(|v| v.tags.contains_key(MOVING_FROM));
-    for copy in copies {
-        let from = copy.tags.get(MOVING_FROM).cloned().unwrap_or_default();
-        let original = originals.iter().position(|o| o.id.as_str() == from);
-        if !copy.attachments.is_empty() || original.is_none() {
-            // The copy was attached (or is all that is left): the move happened.
-            if let Some(i) = original {
-                let old = originals.remove(i);
-                release(cloud, owner, &old, &HashSet::new()).await?;
-                cloud.delete_volume(&old.id).await?;
-            }
-            cloud.untag(&[copy.id.to_string()], &[MOVING_FROM]).await?;
-            originals.push(copy);
-        } else {
-            // Never attached: the original still holds the truth.
-            cloud.delete_volume(&copy.id).await?;
-        }
-    }
+    let mut originals = finish_moves(cloud, owner, all).await?;
     for v in &originals {
         for (holder, _) in &v.attachments {
             if let Some(i) = cloud.instance(holder).await?
@@ -352,25 +363,7 @@ pub async fn prepare(
                 moved_from: None,
             });
         }
-        release(cloud, owner, v, &HashSet::new()).await?;
-        let mut snap_tags = tags.clone();
-        snap_tags.push((PURPOSE_TAG.to_owned(), "move".to_owned()));
-        let snapshot = cloud.snapshot_volume(&v.id, &snap_tags).await?;
-        let mut copy_tags = tags;
-        copy_tags.push((MOVING_FROM.to_owned(), v.id.to_string()));
-        if v.tags.contains_key(NEW_TAG) {
-            // Still never used: the copy is as new as the original.
-            copy_tags.push((NEW_TAG.to_owned(), "true".to_owned()));
-        }
-        let copy = cloud
-            .create_volume(zone, None, &v.kind, Some(&snapshot), &copy_tags)
-            .await?;
-        return Ok(Prepared {
-            role,
-            volume: copy,
-            fresh: false,
-            moved_from: Some(v.clone()),
-        });
+        return move_by_snapshot(cloud, owner, role, v, zone, tags).await;
     }
     let volume = match role {
         Role::Data => {
@@ -412,6 +405,37 @@ pub async fn prepare(
         volume,
         fresh: true,
         moved_from: None,
+    })
+}
+
+/// A copy of `v` in `zone`, made from a snapshot of it (tagged with where it
+/// came from until it is attached, so a crash can be finished or undone).
+async fn move_by_snapshot(
+    cloud: &dyn Cloud,
+    owner: &str,
+    role: Role,
+    v: &Volume,
+    zone: &str,
+    tags: Vec<(String, String)>,
+) -> Result<Prepared, PersistError> {
+    release(cloud, owner, v, &HashSet::new()).await?;
+    let mut snap_tags = tags.clone();
+    snap_tags.push((PURPOSE_TAG.to_owned(), "move".to_owned()));
+    let snapshot = cloud.snapshot_volume(&v.id, &snap_tags).await?;
+    let mut copy_tags = tags;
+    copy_tags.push((MOVING_FROM.to_owned(), v.id.to_string()));
+    if v.tags.contains_key(NEW_TAG) {
+        // Still never used: the copy is as new as the original.
+        copy_tags.push((NEW_TAG.to_owned(), "true".to_owned()));
+    }
+    let copy = cloud
+        .create_volume(zone, None, &v.kind, Some(&snapshot), &copy_tags)
+        .await?;
+    Ok(Prepared {
+        role,
+        volume: copy,
+        fresh: false,
+        moved_from: Some(v.clone()),
     })
 }
 

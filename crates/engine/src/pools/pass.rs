@@ -309,17 +309,7 @@ impl PoolPass<'_> {
         };
         let mut reasons_so_far: Vec<String> = Vec::new();
         for round in 0..=MAX_REPLANS {
-            let live: Vec<Member> = state
-                .members
-                .iter()
-                .filter(|m| !state.gone.contains(&m.id))
-                .cloned()
-                .collect();
-            let open: Vec<OpenRequest> = requests
-                .iter()
-                .filter(|r| !state.cancelled.contains(&r.id))
-                .cloned()
-                .collect();
+            let (live, open) = state.standing(&requests);
             let p = plan(&Input {
                 spec,
                 demand: demand.clone(),
@@ -657,6 +647,24 @@ struct PassState {
     unavailable: HashSet<OfferingKey>,
     spot_blocked: bool,
     outcome: Outcome,
+}
+
+impl PassState {
+    /// The members not terminated and the requests not cancelled so far.
+    fn standing(&self, requests: &[OpenRequest]) -> (Vec<Member>, Vec<OpenRequest>) {
+        let live = self
+            .members
+            .iter()
+            .filter(|m| !self.gone.contains(&m.id))
+            .cloned()
+            .collect();
+        let open = requests
+            .iter()
+            .filter(|r| !self.cancelled.contains(&r.id))
+            .cloned()
+            .collect();
+        (live, open)
+    }
 }
 
 /// Where a pass goes after a step.
