@@ -116,6 +116,18 @@ impl Market {
     }
 }
 
+impl TryFrom<String> for Market {
+    type Error = String;
+    /// `"spot"` or `"on-demand"` (as stored in spotkeeper's state).
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "spot" => Ok(Market::Spot),
+            "on-demand" => Ok(Market::OnDemand),
+            other => Err(format!("{other:?} is not a market (spot or on-demand)")),
+        }
+    }
+}
+
 impl fmt::Display for Market {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

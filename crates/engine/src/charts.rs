@@ -64,7 +64,6 @@ pub fn svg(
     out
 }
 
-#[allow(clippy::too_many_arguments)]
 fn draw(
     out: &mut String,
     title: &str,

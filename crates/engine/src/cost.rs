@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use spotkeeper_cloud::Cloud;
+use spotkeeper_cloud::{Cloud, Market};
 
 use crate::config::Config;
 use crate::store::{PriceSample, SeenInstance, Store, StoreError};
@@ -54,7 +54,7 @@ impl Run {
             },
             instance_type: i.instance_type.clone(),
             zone: i.zone.clone(),
-            spot: i.market == "spot",
+            spot: i.market == Market::Spot,
             start,
             end,
         })
@@ -398,7 +398,7 @@ mod tests {
             pool: None,
             instance_type: "t3.micro".into(),
             zone: Some("us-east-1a".into()),
-            market: "spot".into(),
+            market: Market::Spot,
             state: "terminated".into(),
             first_seen: 100,
             last_seen: 9000,

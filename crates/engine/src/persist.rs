@@ -190,6 +190,17 @@ async fn finish_moves(
     Ok(originals)
 }
 
+/// A volume a box wants: its role, its settings and the volume found for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    /// Data or root.
+    pub role: Role,
+    /// Its settings.
+    pub spec: &'a VolumeSpec,
+    /// The volume of that name, if one exists.
+    pub existing: Option<&'a Volume>,
+}
+
 /// The volume named `vs.name` (by its `Name` tag, so a volume made by hand
 /// counts), after finishing or undoing a move a crash cut short. An error if
 /// the name matches more than one volume.
@@ -341,17 +352,19 @@ async fn release(
 /// Makes the volume available in `zone`: the existing one, a moved copy of
 /// it, one restored from its newest stop snapshot, or a new one (blank for
 /// data; from the image's root snapshot for a root volume).
-#[allow(clippy::too_many_arguments)]
 pub async fn prepare(
     cloud: &dyn Cloud,
     owner: &str,
     box_name: &str,
-    role: Role,
-    vs: &VolumeSpec,
-    existing: Option<&Volume>,
+    want: Wanted<'_>,
     zone: &str,
     image: &ImageId,
 ) -> Result<Prepared, PersistError> {
+    let Wanted {
+        role,
+        spec: vs,
+        existing,
+    } = want;
     let tags = volume_tags(owner, box_name, &vs.name);
     if let Some(v) = existing {
         if v.zone == zone {

@@ -6,8 +6,9 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::Row;
+use spotkeeper_cloud::Market;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{FromRow, Row};
 
 /// A state-file failure.
 #[derive(Debug, thiserror::Error)]
@@ -27,20 +28,22 @@ pub enum StoreError {
 }
 
 /// A launch intent: the plan for one launch, recorded before the call.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Intent {
     /// Row id.
     pub id: i64,
     /// Owner tag value.
     pub owner: String,
     /// Box name.
+    #[sqlx(rename = "box")]
     pub box_name: String,
     /// Launch generation of the box: a new one only after the previous instance is gone.
     pub generation: i64,
     /// The ClientToken used for the launch.
     pub token: String,
-    /// `spot` or `on-demand`.
-    pub market: String,
+    /// Spot or on-demand.
+    #[sqlx(try_from = "String")]
+    pub market: Market,
     /// Chosen type.
     pub instance_type: String,
     /// Chosen zone.
@@ -51,14 +54,65 @@ pub struct Intent {
     pub instance_id: Option<String>,
 }
 
+/// A launch about to be made, as [`Store::create_intent`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewIntent<'a> {
+    /// Owner tag value.
+    pub owner: &'a str,
+    /// Box name.
+    pub box_name: &'a str,
+    /// Launch generation of the box.
+    pub generation: i64,
+    /// The ClientToken of the launch.
+    pub token: &'a str,
+    /// Spot or on-demand.
+    pub market: Market,
+    /// Chosen type.
+    pub instance_type: &'a str,
+    /// Chosen zone.
+    pub zone: Option<&'a str>,
+}
+
+/// How a box's launch intent ended (its `outcome` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its instance is gone.
+    Gone,
+    /// A later run planned another offering.
+    Abandoned,
+    /// AWS had no capacity for it.
+    NoCapacity,
+    /// AWS refused the launch.
+    Failed,
+    /// Another launcher's instance was kept; this one was terminated.
+    LostRace,
+    /// The box was stopped.
+    Stopped,
+}
+
+impl Outcome {
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Gone => "gone",
+            Outcome::Abandoned => "abandoned",
+            Outcome::NoCapacity => "no-capacity",
+            Outcome::Failed => "failed",
+            Outcome::LostRace => "lost-race",
+            Outcome::Stopped => "stopped",
+        }
+    }
+}
+
 /// A row of the event log.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
 pub struct Event {
     /// Row id (increasing).
     pub id: i64,
     /// Unix seconds.
     pub at: i64,
     /// Box, if the event concerns one.
+    #[sqlx(rename = "box")]
     pub box_name: Option<String>,
     /// Worker pool, if the event concerns one.
     pub pool: Option<String>,
@@ -69,18 +123,19 @@ pub struct Event {
 }
 
 /// How far a notification sink has been told.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct NotifyCursor {
     /// The last event id the receiver took (or skipped as not wanted).
     pub last_event: i64,
     /// Failed attempts at the next event.
+    #[sqlx(try_from = "i64")]
     pub attempts: u32,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
 }
 
 /// A box the daemon keeps alive.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct ManagedBox {
     /// Box name.
     pub name: String,
@@ -94,41 +149,6 @@ pub struct ManagedBox {
 
 /// The columns `seen_instances` and `runs_since` select.
 const SEEN_COLUMNS: &str = "instance_id, box, pool, instance_type, zone, market, state, first_seen, last_seen, launched_at, ended_at";
-
-fn seen_from_row(r: &sqlx::sqlite::SqliteRow) -> SeenInstance {
-    SeenInstance {
-        instance_id: r.get("instance_id"),
-        box_name: r.get("box"),
-        pool: r.get("pool"),
-        instance_type: r.get("instance_type"),
-        zone: r.get("zone"),
-        market: r.get("market"),
-        state: r.get("state"),
-        first_seen: r.get("first_seen"),
-        last_seen: r.get("last_seen"),
-        launched_at: r.get("launched_at"),
-        ended_at: r.get("ended_at"),
-    }
-}
-
-fn cursor_from_row(r: &sqlx::sqlite::SqliteRow) -> NotifyCursor {
-    NotifyCursor {
-        last_event: r.get("last_event"),
-        attempts: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(0),
-        last_error: r.get("last_error"),
-    }
-}
-
-fn event_from_row(r: &sqlx::sqlite::SqliteRow) -> Event {
-    Event {
-        id: r.get("id"),
-        at: r.get("at"),
-        box_name: r.get("box"),
-        pool: r.get("pool"),
-        kind: r.get("kind"),
-        message: r.get("message"),
-    }
-}
 
 /// The state store.
 #[derive(Debug, Clone)]
@@ -238,18 +258,7 @@ impl Store {
         .bind(box_name)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| Intent {
-            id: r.get("id"),
-            owner: r.get("owner"),
-            box_name: r.get("box"),
-            generation: r.get("generation"),
-            token: r.get("token"),
-            market: r.get("market"),
-            instance_type: r.get("instance_type"),
-            zone: r.get("zone"),
-            created_at: r.get("created_at"),
-            instance_id: r.get("instance_id"),
-        }))
+        Ok(row.as_ref().map(Intent::from_row).transpose()?)
     }
 
     /// The next launch generation of a box (one more than any recorded).
@@ -264,42 +273,32 @@ impl Store {
     }
 
     /// Records a new open intent.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn create_intent(
-        &self,
-        owner: &str,
-        box_name: &str,
-        generation: i64,
-        token: &str,
-        market: &str,
-        instance_type: &str,
-        zone: Option<&str>,
-    ) -> Result<Intent, StoreError> {
+    pub async fn create_intent(&self, new: NewIntent<'_>) -> Result<Intent, StoreError> {
         let created_at = unix_now();
         let id = sqlx::query(
             "INSERT INTO intents (owner, box, generation, token, market, instance_type, zone, created_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(owner)
-        .bind(box_name)
-        .bind(generation)
-        .bind(token)
-        .bind(market)
-        .bind(instance_type)
-        .bind(zone)
+        .bind(new.owner)
+        .bind(new.box_name)
+        .bind(new.generation)
+        .bind(new.token)
+        .bind(new.market.as_str())
+        .bind(new.instance_type)
+        .bind(new.zone)
         .bind(created_at)
         .execute(&self.pool)
         .await?
         .last_insert_rowid();
         Ok(Intent {
             id,
-            owner: owner.to_owned(),
-            box_name: box_name.to_owned(),
-            generation,
-            token: token.to_owned(),
-            market: market.to_owned(),
-            instance_type: instance_type.to_owned(),
-            zone: zone.map(str::to_owned),
+            owner: new.owner.to_owned(),
+            box_name: new.box_name.to_owned(),
+            generation: new.generation,
+            token: new.token.to_owned(),
+            market: new.market,
+            instance_type: new.instance_type.to_owned(),
+            zone: new.zone.map(str::to_owned),
             created_at,
             instance_id: None,
         })
@@ -320,12 +319,12 @@ impl Store {
     }
 
     /// Closes an intent with a one-word outcome (`gone`, `failed`, `stopped`, `lost-race`).
-    pub async fn close_intent(&self, intent_id: i64, outcome: &str) -> Result<(), StoreError> {
+    pub async fn close_intent(&self, intent_id: i64, outcome: Outcome) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE intents SET closed_at = ?, outcome = ? WHERE id = ? AND closed_at IS NULL",
         )
         .bind(unix_now())
-        .bind(outcome)
+        .bind(outcome.as_str())
         .bind(intent_id)
         .execute(&self.pool)
         .await?;
@@ -337,11 +336,11 @@ impl Store {
         &self,
         owner: &str,
         box_name: &str,
-        outcome: &str,
+        outcome: Outcome,
     ) -> Result<(), StoreError> {
         sqlx::query("UPDATE intents SET closed_at = ?, outcome = ? WHERE owner = ? AND box = ? AND closed_at IS NULL")
             .bind(unix_now())
-            .bind(outcome)
+            .bind(outcome.as_str())
             .bind(owner)
             .bind(box_name)
             .execute(&self.pool)
@@ -384,7 +383,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(event_from_row).collect())
+        Ok(rows.iter().map(Event::from_row).collect::<Result<_, _>>()?)
     }
 
     /// Where a notification sink stands; a sink seen for the first time
@@ -406,7 +405,7 @@ impl Store {
         .bind(sink)
         .fetch_one(&self.pool)
         .await?;
-        Ok(cursor_from_row(&row))
+        Ok(NotifyCursor::from_row(&row)?)
     }
 
     /// The receiver took everything up to event `last_event`.
@@ -465,8 +464,8 @@ impl Store {
         .await?;
         Ok(rows
             .iter()
-            .map(|r| (r.get("sink"), cursor_from_row(r)))
-            .collect())
+            .map(|r| Ok((r.try_get("sink")?, NotifyCursor::from_row(r)?)))
+            .collect::<Result<_, sqlx::Error>>()?)
     }
 
     /// The newest `limit` events (of one box, if given), newest first.
@@ -486,7 +485,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(event_from_row).collect())
+        Ok(rows.iter().map(Event::from_row).collect::<Result<_, _>>()?)
     }
 }
 
@@ -548,14 +547,9 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows
-            .into_iter()
-            .map(|r| ManagedBox {
-                name: r.get("name"),
-                source: r.get("source"),
-                spec: r.get("spec"),
-                registered_at: r.get("registered_at"),
-            })
-            .collect())
+            .iter()
+            .map(ManagedBox::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Whether this owner's event `id` was acted on already.
@@ -730,7 +724,7 @@ impl Store {
 }
 
 /// A pool launch intent.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct PoolLaunch {
     /// Row id.
     pub id: i64,
@@ -744,8 +738,9 @@ pub struct PoolLaunch {
     pub zone: String,
     /// Subnet, if any.
     pub subnet: Option<String>,
-    /// `spot` or `on-demand`.
-    pub market: String,
+    /// Spot or on-demand.
+    #[sqlx(try_from = "String")]
+    pub market: Market,
     /// Instances asked for.
     pub count: i64,
     /// Unix seconds.
@@ -753,7 +748,7 @@ pub struct PoolLaunch {
 }
 
 /// The last plan of a pool, as `pool list|show` print it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct PoolStatus {
     /// Pool name.
     pub pool: String,
@@ -818,34 +813,30 @@ impl Store {
     }
 
     /// Records a pool launch before it is made; returns its id.
-    #[allow(clippy::too_many_arguments)]
     pub async fn create_pool_launch(
         &self,
         owner: &str,
-        pool: &str,
-        token: &str,
-        instance_type: &str,
-        zone: &str,
-        subnet: Option<&str>,
-        market: &str,
-        count: u32,
-    ) -> Result<i64, StoreError> {
+        launch: &PoolLaunch,
+    ) -> Result<PoolLaunch, StoreError> {
         let row = sqlx::query(
             "INSERT INTO pool_launches (owner, pool, token, instance_type, zone, subnet, market, count, created_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(owner)
-        .bind(pool)
-        .bind(token)
-        .bind(instance_type)
-        .bind(zone)
-        .bind(subnet)
-        .bind(market)
-        .bind(i64::from(count))
+        .bind(&launch.pool)
+        .bind(&launch.token)
+        .bind(&launch.instance_type)
+        .bind(&launch.zone)
+        .bind(&launch.subnet)
+        .bind(launch.market.as_str())
+        .bind(launch.count)
         .bind(unix_now())
         .fetch_one(&self.pool)
         .await?;
-        Ok(row.get("id"))
+        Ok(PoolLaunch {
+            id: row.try_get("id")?,
+            ..launch.clone()
+        })
     }
 
     /// Closes a pool launch with what came of it.
@@ -874,19 +865,9 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
-            .into_iter()
-            .map(|r| PoolLaunch {
-                id: r.get("id"),
-                pool: r.get("pool"),
-                token: r.get("token"),
-                instance_type: r.get("instance_type"),
-                zone: r.get("zone"),
-                subnet: r.get("subnet"),
-                market: r.get("market"),
-                count: r.get("count"),
-                created_at: r.get("created_at"),
-            })
-            .collect())
+            .iter()
+            .map(PoolLaunch::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Saves the last plan of a pool.
@@ -930,16 +911,9 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
-            .into_iter()
-            .map(|r| PoolStatus {
-                pool: r.get("pool"),
-                at: r.get("at"),
-                desired: r.get("desired"),
-                last_desired: r.get("last_desired"),
-                surplus_since: r.get("surplus_since"),
-                plan: r.get("plan"),
-            })
-            .collect())
+            .iter()
+            .map(PoolStatus::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Appends an event about a pool.
@@ -977,16 +951,17 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(event_from_row).collect())
+        Ok(rows.iter().map(Event::from_row).collect::<Result<_, _>>()?)
     }
 }
 
 /// An instance as the daemon last saw it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct SeenInstance {
     /// Instance id.
     pub instance_id: String,
     /// Its box, if any.
+    #[sqlx(rename = "box")]
     pub box_name: Option<String>,
     /// Its pool, if any.
     pub pool: Option<String>,
@@ -994,8 +969,9 @@ pub struct SeenInstance {
     pub instance_type: String,
     /// Zone.
     pub zone: Option<String>,
-    /// `spot` or `on-demand`.
-    pub market: String,
+    /// Spot or on-demand.
+    #[sqlx(try_from = "String")]
+    pub market: Market,
     /// State when last seen.
     pub state: String,
     /// Unix seconds.
@@ -1058,7 +1034,10 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(seen_from_row).collect())
+        Ok(rows
+            .iter()
+            .map(SeenInstance::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Instances whose run overlaps `[since, ∞)`.
@@ -1074,7 +1053,10 @@ impl Store {
         .bind(since)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(seen_from_row).collect())
+        Ok(rows
+            .iter()
+            .map(SeenInstance::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Keeps the prices a pass read: a sample per offering when its price
@@ -1118,13 +1100,8 @@ impl Store {
         .await?;
         Ok(rows
             .iter()
-            .map(|r| PriceSample {
-                instance_type: r.get("instance_type"),
-                zone: r.get("zone"),
-                at: r.get("at"),
-                price: r.get("price"),
-            })
-            .collect())
+            .map(PriceSample::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     /// The cached on-demand price of a type: `Some(None)` when the Price
@@ -1233,7 +1210,7 @@ impl Store {
 }
 
 /// A spot price the daemon read.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
 pub struct PriceSample {
     /// Instance type.
     pub instance_type: String,
@@ -1254,15 +1231,15 @@ mod tests {
         let s = Store::memory().await.expect("store");
         assert_eq!(s.next_generation("o", "dev").await.expect("gen"), 1);
         let i = s
-            .create_intent(
-                "o",
-                "dev",
-                1,
-                "tok-1",
-                "spot",
-                "t3.micro",
-                Some("us-east-1a"),
-            )
+            .create_intent(NewIntent {
+                owner: "o",
+                box_name: "dev",
+                generation: 1,
+                token: "tok-1",
+                market: Market::Spot,
+                instance_type: "t3.micro",
+                zone: Some("us-east-1a"),
+            })
             .await
             .expect("create");
         assert_eq!(
@@ -1280,7 +1257,7 @@ mod tests {
                 .and_then(|i| i.instance_id),
             Some("i-1".into())
         );
-        s.close_intent(i.id, "gone").await.expect("close");
+        s.close_intent(i.id, Outcome::Gone).await.expect("close");
         assert_eq!(s.open_intent("o", "dev").await.expect("open"), None);
         assert_eq!(s.next_generation("o", "dev").await.expect("gen"), 2);
         assert_eq!(s.next_generation("o", "other").await.expect("gen"), 1);
@@ -1331,9 +1308,17 @@ mod tests {
         let path = dir.path().join("sub/state.db");
         {
             let s = Store::open(&path).await.expect("open");
-            s.create_intent("o", "dev", 1, "tok-1", "spot", "t3.micro", None)
-                .await
-                .expect("create");
+            s.create_intent(NewIntent {
+                owner: "o",
+                box_name: "dev",
+                generation: 1,
+                token: "tok-1",
+                market: Market::Spot,
+                instance_type: "t3.micro",
+                zone: None,
+            })
+            .await
+            .expect("create");
             s.record_event("o", Some("dev"), "launch", "launched i-1")
                 .await
                 .expect("event");

@@ -19,7 +19,7 @@ use crate::config::{BoxSpec, PriceCap, VolumeSpec};
 use crate::ownership::{box_filter, keeper, launch_tags, live, open_requests, owner_filter};
 use crate::persist;
 use crate::plan;
-use crate::store::{Intent, StoreError};
+use crate::store::{Intent, NewIntent, Outcome, StoreError};
 
 /// A (type, zone) to try, in order; `zone` is `None` when AWS may choose.
 struct Target {
@@ -60,7 +60,7 @@ pub(super) async fn up_inner(
     if let Some(intent) = &reusable
         && intent.instance_id.is_some()
     {
-        ctx.store.close_intent(intent.id, "gone").await?;
+        ctx.store.close_intent(intent.id, Outcome::Gone).await?;
         reusable = None;
     }
     let targets = targets(ctx, spec, avoid, known, &found).await?;
@@ -305,7 +305,7 @@ async fn intent_for(
             ));
             return Ok(i);
         }
-        Some(stale) => ctx.store.close_intent(stale.id, "abandoned").await?,
+        Some(stale) => ctx.store.close_intent(stale.id, Outcome::Abandoned).await?,
         None => {}
     }
     Ok(new_intent(ctx, &spec.name, spec.market, instance_type, zone.as_deref()).await?)
@@ -321,17 +321,12 @@ async fn prepare_volumes(
 ) -> Result<Vec<persist::Prepared>, BoxError> {
     let mut prepared = Vec::new();
     for (role, vs, existing) in found {
-        let p = persist::prepare(
-            ctx.cloud,
-            ctx.owner,
-            &spec.name,
-            *role,
-            vs,
-            existing.as_ref(),
-            zone,
-            image_id,
-        )
-        .await?;
+        let want = persist::Wanted {
+            role: *role,
+            spec: vs,
+            existing: existing.as_ref(),
+        };
+        let p = persist::prepare(ctx.cloud, ctx.owner, &spec.name, want, zone, image_id).await?;
         match (&p.moved_from, p.fresh) {
             (Some(old), _) => ctx.progress.note(&format!(
                 "Moved {} {:?} from {} to {zone} by snapshot ({} → {})",
@@ -433,7 +428,11 @@ async fn launch_at(
                 for p in &prepared {
                     persist::discard(ctx.cloud, p).await?;
                 }
-                let why = if capacity { "no-capacity" } else { "failed" };
+                let why = if capacity {
+                    Outcome::NoCapacity
+                } else {
+                    Outcome::Failed
+                };
                 ctx.store.close_intent(intent.id, why).await?;
             }
             ctx.store
@@ -522,7 +521,7 @@ async fn race(
     ctx.cloud
         .terminate(std::slice::from_ref(&instance.id))
         .await?;
-    ctx.store.close_intent(intent.id, "lost-race").await?;
+    ctx.store.close_intent(intent.id, Outcome::LostRace).await?;
     for p in prepared {
         persist::discard(ctx.cloud, p).await?;
     }
@@ -587,15 +586,15 @@ async fn new_intent(
     let generation = ctx.store.next_generation(ctx.owner, name).await?;
     let token = plan::client_token(ctx.owner, name, generation, market, instance_type, zone);
     ctx.store
-        .create_intent(
-            ctx.owner,
-            name,
+        .create_intent(NewIntent {
+            owner: ctx.owner,
+            box_name: name,
             generation,
-            &token,
-            market.as_str(),
+            token: &token,
+            market,
             instance_type,
             zone,
-        )
+        })
         .await
 }
 

@@ -8,6 +8,7 @@ use super::settle::mark_stopped;
 use super::{BoxError, Ctx, StopOutcome, box_filter, take_lock};
 use crate::config::BoxSpec;
 use crate::persist;
+use crate::store::Outcome;
 
 /// Stops a box: marks its instances and requests (so no `up` or daemon takes
 /// them for the live box), cancels open requests, terminates instances, closes
@@ -21,7 +22,7 @@ pub async fn stop(ctx: &Ctx<'_>, spec: &BoxSpec, wait: bool) -> Result<StopOutco
 
     let outcome = targets(ctx, box_name).await?;
     ctx.store
-        .close_box_intents(ctx.owner, box_name, "stopped")
+        .close_box_intents(ctx.owner, box_name, Outcome::Stopped)
         .await?;
     if outcome.terminated.is_empty() && outcome.cancelled.is_empty() {
         ctx.progress.note(&format!(

@@ -168,11 +168,7 @@ pub fn pool_tags(owner: &str, spec: &PoolSpec, token: &str) -> BTreeMap<String, 
 
 fn launch_spec(owner: &str, spec: &PoolSpec, image: &ImageId, launch: &PoolLaunch) -> LaunchSpec {
     let mut l = LaunchSpec::new(image.clone(), launch.instance_type.clone());
-    l.market = if launch.market == Market::OnDemand.as_str() {
-        Market::OnDemand
-    } else {
-        Market::Spot
-    };
+    l.market = launch.market;
     l.zone = Some(launch.zone.clone());
     l.subnet_id = launch.subnet.clone();
     l.security_group_ids = spec.security_groups.clone();
@@ -542,30 +538,18 @@ impl PoolPass<'_> {
             &batch.instance_type,
             Some(&format!("{}:{}", batch.zone, batch.count)),
         );
-        let id = self
-            .store
-            .create_pool_launch(
-                self.owner,
-                &spec.name,
-                &token,
-                &batch.instance_type,
-                &batch.zone,
-                batch.subnet.as_deref(),
-                batch.market.as_str(),
-                batch.count,
-            )
-            .await?;
-        Ok(PoolLaunch {
-            id,
+        let launch = PoolLaunch {
+            id: 0,
             pool: spec.name.clone(),
             token,
             instance_type: batch.instance_type.clone(),
             zone: batch.zone.clone(),
             subnet: batch.subnet.clone(),
-            market: batch.market.as_str().to_owned(),
+            market: batch.market,
             count: i64::from(batch.count),
             created_at: unix_seconds(now),
-        })
+        };
+        Ok(self.store.create_pool_launch(self.owner, &launch).await?)
     }
 
     /// What a launch AWS refused changes: no capacity marks the offering, a
