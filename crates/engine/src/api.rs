@@ -744,9 +744,14 @@ async fn price_chart(
             }),
         }
     }
-    svg_response(crate::charts::svg(
-        &title, "USD/hour", &series, ceiling, since, until,
-    ))
+    svg_response(crate::charts::svg(&crate::charts::Chart {
+        title: &title,
+        unit: "USD/hour",
+        series: &series,
+        ceiling,
+        since,
+        until,
+    }))
 }
 
 /// A pool's desired and current units over the last `days`: an SVG chart.
@@ -786,14 +791,14 @@ async fn pool_chart(
             points: samples.iter().map(|&(t, _, c)| (t, c as f64)).collect(),
         },
     ];
-    svg_response(crate::charts::svg(
-        &format!("pool {name}: units"),
-        "units",
-        &series,
-        None,
+    svg_response(crate::charts::svg(&crate::charts::Chart {
+        title: &format!("pool {name}: units"),
+        unit: "units",
+        series: &series,
+        ceiling: None,
         since,
         until,
-    ))
+    }))
 }
 
 #[derive(Deserialize)]

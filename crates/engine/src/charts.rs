@@ -47,32 +47,42 @@ fn steps(points: &[(i64, f64)], since: i64, until: i64) -> Vec<(f64, f64)> {
     out
 }
 
-/// Draws the series (and a dashed-looking ceiling, if any) as an SVG
-/// document; `title` is the caption. Nothing to draw gives a chart that says so.
-pub fn svg(
-    title: &str,
-    unit: &str,
-    series: &[Series],
-    ceiling: Option<f64>,
-    since: i64,
-    until: i64,
-) -> String {
+/// A chart to draw: series (and a ceiling, if any) over `[since, until]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Chart<'a> {
+    /// The caption.
+    pub title: &'a str,
+    /// What the y axis counts (`USD/hour`, `units`).
+    pub unit: &'a str,
+    /// The lines.
+    pub series: &'a [Series],
+    /// A horizontal line: the price ceiling.
+    pub ceiling: Option<f64>,
+    /// Unix seconds where the window starts.
+    pub since: i64,
+    /// Unix seconds where it ends (now).
+    pub until: i64,
+}
+
+/// Draws the chart as an SVG document. Nothing to draw gives a chart that
+/// says so.
+pub fn svg(chart: &Chart<'_>) -> String {
     let mut out = String::new();
-    if let Err(e) = draw(&mut out, title, unit, series, ceiling, since, until) {
-        tracing::warn!("drawing the chart {title:?} failed: {e}");
+    if let Err(e) = draw(&mut out, chart) {
+        tracing::warn!("drawing the chart {:?} failed: {e}", chart.title);
     }
     out
 }
 
-fn draw(
-    out: &mut String,
-    title: &str,
-    unit: &str,
-    series: &[Series],
-    ceiling: Option<f64>,
-    since: i64,
-    until: i64,
-) -> Result<(), String> {
+fn draw(out: &mut String, chart: &Chart<'_>) -> Result<(), String> {
+    let &Chart {
+        title,
+        unit,
+        series,
+        ceiling,
+        since,
+        until,
+    } = chart;
     let e = |e: &dyn std::fmt::Display| e.to_string();
     let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
@@ -194,7 +204,14 @@ mod tests {
                 points: vec![(2000, 0.005)],
             },
         ];
-        let out = svg("box dev", "USD/hour", &series, Some(0.02), 0, 7200);
+        let out = svg(&Chart {
+            title: "box dev",
+            unit: "USD/hour",
+            series: &series,
+            ceiling: Some(0.02),
+            since: 0,
+            until: 7200,
+        });
         assert!(out.starts_with("<svg"), "{out}");
         assert!(out.contains("t3.micro us-east-1a") && out.contains("ceiling 0.02"));
         assert_eq!(out.matches("<circle").count(), 3, "one dot per sample");
@@ -202,7 +219,14 @@ mod tests {
             out.matches("<polyline").count() >= 3,
             "two lines and the ceiling"
         );
-        let empty = svg("box web", "USD/hour", &[], Some(0.02), 0, 7200);
+        let empty = svg(&Chart {
+            title: "box web",
+            unit: "USD/hour",
+            series: &[],
+            ceiling: Some(0.02),
+            since: 0,
+            until: 7200,
+        });
         assert!(empty.contains("no samples yet"));
     }
 

@@ -374,7 +374,7 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<Event>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as::<_, Event>(
             "SELECT id, at, box, pool, kind, message FROM events
              WHERE owner = ? AND id > ? ORDER BY id LIMIT ?",
         )
@@ -382,8 +382,7 @@ impl Store {
         .bind(after)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(Event::from_row).collect::<Result<_, _>>()?)
+        .await?)
     }
 
     /// Where a notification sink stands; a sink seen for the first time
@@ -475,7 +474,7 @@ impl Store {
         box_name: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Event>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as::<_, Event>(
             "SELECT id, at, box, pool, kind, message FROM events
              WHERE owner = ? AND (? IS NULL OR box = ?) ORDER BY id DESC LIMIT ?",
         )
@@ -484,8 +483,7 @@ impl Store {
         .bind(box_name)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(Event::from_row).collect::<Result<_, _>>()?)
+        .await?)
     }
 }
 
@@ -542,14 +540,10 @@ impl Store {
 
     /// The managed boxes, by name.
     pub async fn managed_boxes(&self, owner: &str) -> Result<Vec<ManagedBox>, StoreError> {
-        let rows = sqlx::query("SELECT name, source, spec, registered_at FROM managed_boxes WHERE owner = ? ORDER BY name")
+        Ok(sqlx::query_as::<_, ManagedBox>("SELECT name, source, spec, registered_at FROM managed_boxes WHERE owner = ? ORDER BY name")
             .bind(owner)
             .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(ManagedBox::from_row)
-            .collect::<Result<_, _>>()?)
+            .await?)
     }
 
     /// Whether this owner's event `id` was acted on already.
@@ -856,18 +850,14 @@ impl Store {
         owner: &str,
         pool: &str,
     ) -> Result<Vec<PoolLaunch>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as::<_, PoolLaunch>(
             "SELECT id, pool, token, instance_type, zone, subnet, market, count, created_at
              FROM pool_launches WHERE owner = ? AND pool = ? AND closed_at IS NULL ORDER BY id",
         )
         .bind(owner)
         .bind(pool)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(PoolLaunch::from_row)
-            .collect::<Result<_, _>>()?)
+        .await?)
     }
 
     /// Saves the last plan of a pool.
@@ -901,7 +891,7 @@ impl Store {
         owner: &str,
         pool: Option<&str>,
     ) -> Result<Vec<PoolStatus>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as::<_, PoolStatus>(
             "SELECT pool, at, desired, last_desired, surplus_since, plan FROM pool_status
              WHERE owner = ? AND (? IS NULL OR pool = ?) ORDER BY pool",
         )
@@ -909,11 +899,7 @@ impl Store {
         .bind(pool)
         .bind(pool)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(PoolStatus::from_row)
-            .collect::<Result<_, _>>()?)
+        .await?)
     }
 
     /// Appends an event about a pool.
@@ -942,7 +928,7 @@ impl Store {
         pool: &str,
         limit: i64,
     ) -> Result<Vec<Event>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as::<_, Event>(
             "SELECT id, at, box, pool, kind, message FROM events
              WHERE owner = ? AND pool = ? ORDER BY id DESC LIMIT ?",
         )
@@ -950,8 +936,7 @@ impl Store {
         .bind(pool)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(Event::from_row).collect::<Result<_, _>>()?)
+        .await?)
     }
 }
 
@@ -1027,17 +1012,12 @@ impl Store {
         owner: &str,
         limit: i64,
     ) -> Result<Vec<SeenInstance>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {SEEN_COLUMNS} FROM instances_seen WHERE owner = ? ORDER BY last_seen DESC, first_seen DESC LIMIT ?"
-        ))
-        .bind(owner)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(SeenInstance::from_row)
-            .collect::<Result<_, _>>()?)
+        self.seen_rows(
+            owner,
+            "ORDER BY last_seen DESC, first_seen DESC LIMIT ?",
+            limit,
+        )
+        .await
     }
 
     /// Instances whose run overlaps `[since, ∞)`.
@@ -1046,17 +1026,27 @@ impl Store {
         owner: &str,
         since: i64,
     ) -> Result<Vec<SeenInstance>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {SEEN_COLUMNS} FROM instances_seen WHERE owner = ? AND COALESCE(ended_at, last_seen) >= ? ORDER BY instance_id"
-        ))
-        .bind(owner)
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(SeenInstance::from_row)
-            .collect::<Result<_, _>>()?)
+        self.seen_rows(
+            owner,
+            "AND COALESCE(ended_at, last_seen) >= ? ORDER BY instance_id",
+            since,
+        )
+        .await
+    }
+
+    /// The owner's seen instances, `rest` of the query taking one number.
+    async fn seen_rows(
+        &self,
+        owner: &str,
+        rest: &str,
+        value: i64,
+    ) -> Result<Vec<SeenInstance>, StoreError> {
+        let query = format!("SELECT {SEEN_COLUMNS} FROM instances_seen WHERE owner = ? {rest}");
+        Ok(sqlx::query_as::<_, SeenInstance>(&query)
+            .bind(owner)
+            .bind(value)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Keeps the prices a pass read: a sample per offering when its price
@@ -1089,7 +1079,7 @@ impl Store {
     /// Price samples since `since` (with the one in effect at `since`), by
     /// offering then time.
     pub async fn price_samples(&self, since: i64) -> Result<Vec<PriceSample>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as::<_, PriceSample>(
             "SELECT instance_type, zone, at, price FROM price_samples s
              WHERE at >= ?1 OR at = (SELECT MAX(at) FROM price_samples p
                                      WHERE p.instance_type = s.instance_type AND p.zone = s.zone AND p.at < ?1)
@@ -1097,11 +1087,7 @@ impl Store {
         )
         .bind(since)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(PriceSample::from_row)
-            .collect::<Result<_, _>>()?)
+        .await?)
     }
 
     /// The cached on-demand price of a type: `Some(None)` when the Price

@@ -41,16 +41,34 @@ fn ctx<'a>(cloud: &'a FakeCloud, store: &'a Store, locks: &'a Path) -> Ctx<'a> {
     common::ctx(cloud, store, locks, TIMING)
 }
 
+/// FakeCloud, a state store, a lock directory and the config of box `dev`
+/// (with `extra` lines).
+async fn setup(extra: &str) -> (FakeCloud, Store, tempfile::TempDir, Config) {
+    let (cloud, store, locks) = world().await;
+    (cloud, store, locks, config(extra))
+}
+
+/// Box `dev` brought up; its instance.
+async fn up(ctx: &Ctx<'_>, cfg: &Config) -> spotkeeper_cloud::Instance {
+    boxes::up(ctx, &cfg.boxes["dev"]).await.expect("up").instance
+}
+
+/// A daemon over them, with the tests' quick timing.
+fn daemon<'a>(
+    cloud: &'a FakeCloud,
+    store: &'a Store,
+    cfg: &'a Config,
+    locks: &'a tempfile::TempDir,
+) -> Daemon<'a> {
+    Daemon::new(cloud, store, cfg, locks.path()).with_timing(TIMING)
+}
+
 #[tokio::test]
 async fn a_spot_warning_marks_the_offering_and_the_pass_replaces_the_box_elsewhere() {
-    let (cloud, store, locks) = world().await;
-    let cfg = config("");
+    let (cloud, store, locks, cfg) = setup("").await;
     let ctx = ctx(&cloud, &store, locks.path());
-    let first = boxes::up(&ctx, &cfg.boxes["dev"])
-        .await
-        .expect("up")
-        .instance;
-    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    let first = up(&ctx, &cfg).await;
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
 
     let out = daemon
         .handle(&warning("spot", first.id.as_str(), "e1"))
@@ -96,14 +114,10 @@ async fn a_spot_warning_marks_the_offering_and_the_pass_replaces_the_box_elsewhe
 
 #[tokio::test]
 async fn garbage_strangers_and_ignored_rebalances_launch_nothing() {
-    let (cloud, store, locks) = world().await;
-    let cfg = config("");
+    let (cloud, store, locks, cfg) = setup("").await;
     let ctx = ctx(&cloud, &store, locks.path());
-    let first = boxes::up(&ctx, &cfg.boxes["dev"])
-        .await
-        .expect("up")
-        .instance;
-    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    let first = up(&ctx, &cfg).await;
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
     assert!(matches!(
         daemon.handle("{not json").await.expect("handled"),
         Handled::Garbage(_)
@@ -130,14 +144,10 @@ async fn garbage_strangers_and_ignored_rebalances_launch_nothing() {
 
 #[tokio::test]
 async fn rebalance_with_replace_starts_the_replacement_early_and_retires_the_old_one() {
-    let (cloud, store, locks) = world().await;
-    let cfg = config("on_rebalance = \"replace\"");
+    let (cloud, store, locks, cfg) = setup("on_rebalance = \"replace\"").await;
     let ctx = ctx(&cloud, &store, locks.path());
-    let first = boxes::up(&ctx, &cfg.boxes["dev"])
-        .await
-        .expect("up")
-        .instance;
-    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    let first = up(&ctx, &cfg).await;
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
     assert!(matches!(
         daemon
             .handle(&warning("rebalance", first.id.as_str(), "r1"))
@@ -168,15 +178,11 @@ async fn rebalance_with_replace_starts_the_replacement_early_and_retires_the_old
 
 #[tokio::test]
 async fn a_box_lost_while_the_daemon_was_down_is_replaced_on_start_but_a_stopped_box_is_not() {
-    let (cloud, store, locks) = world().await;
-    let cfg = config("");
+    let (cloud, store, locks, cfg) = setup("").await;
     let ctx = ctx(&cloud, &store, locks.path());
-    let first = boxes::up(&ctx, &cfg.boxes["dev"])
-        .await
-        .expect("up")
-        .instance;
+    let first = up(&ctx, &cfg).await;
     cloud.set_state(&first.id, InstanceState::Terminated);
-    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
     assert_eq!(daemon.reconcile().await.expect("pass").len(), 1);
     boxes::stop(&ctx, &cfg.boxes["dev"], true)
         .await
@@ -189,14 +195,10 @@ async fn a_box_lost_while_the_daemon_was_down_is_replaced_on_start_but_a_stopped
 
 #[tokio::test]
 async fn unavailable_offerings_expire() {
-    let (cloud, store, locks) = world().await;
-    let cfg = config("");
+    let (cloud, store, locks, cfg) = setup("").await;
     let ctx = ctx(&cloud, &store, locks.path());
-    let first = boxes::up(&ctx, &cfg.boxes["dev"])
-        .await
-        .expect("up")
-        .instance;
-    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    let first = up(&ctx, &cfg).await;
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
     let marked_at = tokio::time::Instant::now();
     daemon
         .handle(&warning("spot", first.id.as_str(), "x1"))
@@ -223,7 +225,7 @@ async fn the_pass_makes_scheduled_images_of_healthy_boxes() {
     let cfg = config("images = { every = \"24h\", keep = 2 }");
     let ctx = ctx(&cloud, &store, locks.path());
     boxes::up(&ctx, &cfg.boxes["dev"]).await.expect("up");
-    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
     daemon.reconcile().await.expect("pass");
     assert_eq!(cloud.count("CreateImage"), 1, "no image yet: one is due");
     daemon.reconcile().await.expect("pass");
@@ -239,7 +241,7 @@ async fn when_every_offering_was_interrupted_lately_the_box_still_comes_back() {
         .await
         .expect("up")
         .instance;
-    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
     // Two interruptions mark both types in the only zone unavailable.
     for round in 0..3 {
         daemon
@@ -275,7 +277,7 @@ async fn without_spot_the_box_falls_back_to_on_demand_and_returns_to_spot_at_the
         .instance;
     assert_eq!(first.market, spotkeeper_cloud::Market::OnDemand);
 
-    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
     assert!(
         daemon.reconcile().await.expect("pass").is_empty(),
         "spot still too dear: stays on on-demand"
@@ -335,14 +337,10 @@ async fn a_duplicate_past_the_grace_period_is_terminated_and_a_stale_spot_reques
     use spotkeeper_cloud::{
         Instance, InstanceId, Market, SpotRequest, SpotRequestId, SpotRequestState,
     };
-    let (cloud, store, locks) = world().await;
-    let cfg = config("");
+    let (cloud, store, locks, cfg) = setup("").await;
     let ctx = ctx(&cloud, &store, locks.path());
-    let first = boxes::up(&ctx, &cfg.boxes["dev"])
-        .await
-        .expect("up")
-        .instance;
-    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    let first = up(&ctx, &cfg).await;
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
     let mut box_tags = std::collections::BTreeMap::new();
     box_tags.insert(tags::OWNER.to_owned(), "tester".to_owned());
     box_tags.insert(tags::BOX.to_owned(), "dev".to_owned());
@@ -418,7 +416,7 @@ async fn a_spot_warning_for_a_pool_instance_is_refilled_by_the_next_pass_elsewhe
         "[pool.workers]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [ { type = \"t3.micro\" } ]\n\
          zones = [\"us-east-1a\", \"us-east-1b\"]\nmin_capacity = 2\nmax_capacity = 4\n",
     );
-    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
     daemon.reconcile().await.expect("pass");
     let pool_live = |c: &FakeCloud| {
         c.all_instances()
@@ -478,7 +476,7 @@ async fn one_pass_over_many_pools_reads_prices_and_instances_once() {
         ));
     }
     let cfg = config(&extra);
-    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
     daemon.reconcile().await.expect("pass");
     let before = cloud.calls().len();
     daemon.reconcile().await.expect("pass");
@@ -509,7 +507,7 @@ async fn a_box_registered_through_the_api_keeps_its_rebalance_policy() {
         .register_box("tester", "web", "api", Some(&spec.to_string()))
         .await
         .expect("register");
-    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
     daemon.reconcile().await.expect("pass");
     let web = cloud
         .all_instances()
@@ -525,14 +523,10 @@ async fn a_box_registered_through_the_api_keeps_its_rebalance_policy() {
 
 #[tokio::test]
 async fn each_pass_records_the_instances_it_saw() {
-    let (cloud, store, locks) = world().await;
-    let cfg = config("");
+    let (cloud, store, locks, cfg) = setup("").await;
     let ctx = ctx(&cloud, &store, locks.path());
-    let first = boxes::up(&ctx, &cfg.boxes["dev"])
-        .await
-        .expect("up")
-        .instance;
-    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    let first = up(&ctx, &cfg).await;
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
     daemon.reconcile().await.expect("pass");
     let seen = store.seen_instances("tester", 10).await.expect("seen");
     assert_eq!(seen.len(), 1);
@@ -556,14 +550,10 @@ async fn each_pass_records_the_instances_it_saw() {
 
 #[tokio::test]
 async fn on_tokios_paused_clock_an_interrupted_offering_comes_back_after_five_minutes() {
-    let (cloud, store, locks) = world().await;
-    let cfg = config("");
+    let (cloud, store, locks, cfg) = setup("").await;
     let ctx = ctx(&cloud, &store, locks.path());
-    let first = boxes::up(&ctx, &cfg.boxes["dev"])
-        .await
-        .expect("up")
-        .instance;
-    let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
+    let first = up(&ctx, &cfg).await;
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
     daemon
         .handle(&warning("spot", first.id.as_str(), "paused-1"))
         .await
