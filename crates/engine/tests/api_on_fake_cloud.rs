@@ -57,6 +57,12 @@ impl World {
         }
     }
 
+    /// POSTs `body` with the token.
+    async fn post(&self, uri: &str, body: &Value) -> (StatusCode, Value) {
+        self.call("POST", uri, Some(TOKEN), Some(body.to_string()))
+            .await
+    }
+
     async fn call(
         &self,
         method: &str,
@@ -168,24 +174,14 @@ async fn registration_errors_name_the_field_and_hostile_bodies_get_4xx() {
         post(huge.to_string()).await.0,
         StatusCode::PAYLOAD_TOO_LARGE
     );
-    assert_eq!(
-        w.call("GET", "/api/events?limit=0", Some(TOKEN), None)
-            .await
-            .0,
-        StatusCode::BAD_REQUEST
-    );
-    assert_eq!(
-        w.call("GET", "/api/events?colour=red", Some(TOKEN), None)
-            .await
-            .0,
-        StatusCode::BAD_REQUEST
-    );
-    assert_eq!(
-        w.call("DELETE", "/api/boxes/web?stop=maybe", Some(TOKEN), None)
-            .await
-            .0,
-        StatusCode::BAD_REQUEST
-    );
+    for (method, path) in [
+        ("GET", "/api/events?limit=0"),
+        ("GET", "/api/events?colour=red"),
+        ("DELETE", "/api/boxes/web?stop=maybe"),
+    ] {
+        let status = w.call(method, path, Some(TOKEN), None).await.0;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}");
+    }
     assert!(
         w.store
             .managed_boxes("tester")
@@ -199,14 +195,7 @@ async fn registration_errors_name_the_field_and_hostile_bodies_get_4xx() {
 #[tokio::test]
 async fn a_registered_box_is_launched_by_the_daemon_and_deregistering_with_stop_takes_it_down() {
     let w = world().await;
-    let (s, b) = w
-        .call(
-            "POST",
-            "/api/boxes",
-            Some(TOKEN),
-            Some(good_box().to_string()),
-        )
-        .await;
+    let (s, b) = w.post("/api/boxes", &good_box()).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     let daemon =
         Daemon::new(w.cloud.as_ref(), &w.store, &w.config, w.locks.path()).with_timing(Timing {
@@ -420,9 +409,7 @@ async fn pools_are_registered_updated_scaled_by_the_daemon_and_deleted_with_thei
         for (k, v) in patch.as_object().expect("object") {
             body[k] = v.clone();
         }
-        let (s, b) = w
-            .call("POST", "/api/pools", Some(TOKEN), Some(body.to_string()))
-            .await;
+        let (s, b) = w.post("/api/pools", &body).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
         assert!(
             b["error"].as_str().expect("error").contains(expect),
@@ -433,21 +420,12 @@ async fn pools_are_registered_updated_scaled_by_the_daemon_and_deleted_with_thei
         .call("POST", "/api/pools", None, Some(good_pool().to_string()))
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, b) = w
-        .call(
-            "POST",
-            "/api/pools",
-            Some(TOKEN),
-            Some(good_pool().to_string()),
-        )
-        .await;
+    let (s, b) = w.post("/api/pools", &good_pool()).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     // Update: same name, new max.
     let mut update = good_pool();
     update["max_capacity"] = json!(3);
-    let (s, b) = w
-        .call("POST", "/api/pools", Some(TOKEN), Some(update.to_string()))
-        .await;
+    let (s, b) = w.post("/api/pools", &update).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["updated"], true);
     // The daemon scales it (demand 10 → clamped to the new max 3).

@@ -105,6 +105,16 @@ fn data_env(t: &Path) -> Vec<(&'static str, PathBuf)> {
     ]
 }
 
+/// Runs the boot script `path` in the namespace, which must succeed;
+/// returns its log and what the user script wrote to `t/out`.
+fn boot(path: &Path, env: &[(&str, PathBuf)], t: &Path) -> (String, String) {
+    let run = in_namespace(&format!("sh {}", path.display()), env);
+    let log = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "{log}");
+    let out = std::fs::read_to_string(t.join("out")).expect("user script ran");
+    (log, out.trim().to_owned())
+}
+
 #[test]
 fn the_boot_template_passes_shellcheck() {
     let dir = tempfile::tempdir().expect("dir");
@@ -148,34 +158,19 @@ fn data_volume_script_makes_a_filesystem_once_mounts_it_and_then_runs_the_users_
     shellcheck(&path);
 
     let env = data_env(t);
-    let first = in_namespace(&format!("sh {}", path.display()), &env);
-    let log = String::from_utf8_lossy(&first.stderr);
-    assert!(first.status.success(), "{log}");
+    let (log, out) = boot(&path, &env, t);
     assert!(
         log.contains("is new and blank; creating an ext4 filesystem"),
         "{log}"
     );
-    assert_eq!(
-        std::fs::read_to_string(t.join("out"))
-            .expect("user script ran")
-            .trim(),
-        "none"
-    );
+    assert_eq!(out, "none");
 
-    let second = in_namespace(&format!("sh {}", path.display()), &env);
-    let log = String::from_utf8_lossy(&second.stderr);
-    assert!(second.status.success(), "{log}");
+    let (log, out) = boot(&path, &env, t);
     assert!(
         log.contains("has a filesystem; keeping it"),
         "no second mkfs: {log}"
     );
-    assert_eq!(
-        std::fs::read_to_string(t.join("out"))
-            .expect("user script ran")
-            .trim(),
-        "hello",
-        "the data survived"
-    );
+    assert_eq!(out, "hello", "the data survived");
     let fstab = std::fs::read_to_string(t.join("rootfs/etc/fstab")).expect("fstab");
     assert_eq!(
         fstab.matches("UUID=").count(),

@@ -50,7 +50,10 @@ async fn setup(extra: &str) -> (FakeCloud, Store, tempfile::TempDir, Config) {
 
 /// Box `dev` brought up; its instance.
 async fn up(ctx: &Ctx<'_>, cfg: &Config) -> spotkeeper_cloud::Instance {
-    boxes::up(ctx, &cfg.boxes["dev"]).await.expect("up").instance
+    boxes::up(ctx, &cfg.boxes["dev"])
+        .await
+        .expect("up")
+        .instance
 }
 
 /// A daemon over them, with the tests' quick timing.

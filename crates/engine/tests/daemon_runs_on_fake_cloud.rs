@@ -89,15 +89,25 @@ async fn passes(rx: &mut watch::Receiver<u64>, n: u64) {
         .expect("daemon alive");
 }
 
+/// A queue to push events into, the stop switch for `drive`, and the
+/// daemon's pass counter.
+fn harness(
+    daemon: &Daemon<'_>,
+) -> (
+    FakeQueue,
+    (watch::Sender<bool>, watch::Receiver<bool>),
+    watch::Receiver<u64>,
+) {
+    (FakeQueue::new(), watch::channel(false), daemon.passes())
+}
+
 #[tokio::test]
 async fn run_deletes_handled_messages_keeps_failed_ones_and_stops_on_shutdown() {
     let (cloud, store, locks) = world().await;
     let cfg = config(1, "", "");
     let first = up_all(&cloud, &store, locks.path(), &cfg).await;
     let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
-    let queue = FakeQueue::new();
-    let (stop, rx) = watch::channel(false);
-    let mut passes_rx = daemon.passes();
+    let (queue, (stop, rx), mut passes_rx) = harness(&daemon);
     let test = async {
         passes(&mut passes_rx, 1).await;
         let garbage = queue.push("not json at all");
@@ -136,9 +146,7 @@ async fn a_wave_of_twenty_warnings_is_replaced_concurrently() {
     // Each launch takes a second: one after the other, twenty take twenty.
     cloud.set_delay("RunInstances", Duration::from_secs(1));
     let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
-    let queue = FakeQueue::new();
-    let (stop, rx) = watch::channel(false);
-    let mut passes_rx = daemon.passes();
+    let (queue, (stop, rx), mut passes_rx) = harness(&daemon);
     let test = async {
         passes(&mut passes_rx, 1).await;
         let launches_before = cloud.count("RunInstances");
@@ -221,9 +229,7 @@ async fn shutdown_drops_a_hung_launch_at_once_and_the_next_daemon_resumes_it_wit
     let first = up_all(&cloud, &store, locks.path(), &cfg).await;
     cloud.set_delay("RunInstances", Duration::from_secs(3600));
     let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
-    let queue = FakeQueue::new();
-    let (stop, rx) = watch::channel(false);
-    let mut passes_rx = daemon.passes();
+    let (queue, (stop, rx), mut passes_rx) = harness(&daemon);
     let test = async {
         passes(&mut passes_rx, 1).await;
         queue.push(&warning(first[0].id.as_str(), "hang-1"));
@@ -281,9 +287,7 @@ async fn failing_passes_back_off_say_so_and_recover() {
     let cfg = config(1, "", "");
     up_all(&cloud, &store, locks.path(), &cfg).await;
     let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
-    let queue = FakeQueue::new();
-    let (stop, rx) = watch::channel(false);
-    let mut passes_rx = daemon.passes();
+    let (queue, (stop, rx), mut passes_rx) = harness(&daemon);
     for _ in 0..2 {
         cloud.fail_next("DescribeInstances", "RequestLimitExceeded");
     }

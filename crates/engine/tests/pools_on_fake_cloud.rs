@@ -137,6 +137,15 @@ fn launches(p: &spotkeeper_engine::pools::plan::Plan) -> Vec<(String, String, Ma
         .collect()
 }
 
+/// The plan gives a reason that says `what`.
+fn says(p: &spotkeeper_engine::pools::plan::Plan, what: &str) {
+    assert!(
+        p.reasons.iter().any(|r| r.contains(what)),
+        "{:?}",
+        p.reasons
+    );
+}
+
 #[test]
 fn desired_is_pending_over_jobs_per_capacity_clamped_to_min_and_max() {
     let spec = pool("min_capacity = 2\njobs_per_capacity = 3");
@@ -189,13 +198,7 @@ fn a_type_over_its_max_price_is_excluded() {
         p.steps
     );
     assert_eq!(launched_units(&p), 4);
-    assert!(
-        p.reasons
-            .iter()
-            .any(|r| r.contains("over the price ceiling")),
-        "{:?}",
-        p.reasons
-    );
+    says(&p, "over the price ceiling");
 }
 
 #[test]
@@ -255,11 +258,7 @@ fn max_capacity_is_never_exceeded_even_with_open_requests_in_flight() {
         .collect();
     let p = case.plan();
     assert_eq!(launched_units(&p), 0, "{:?}", p.steps);
-    assert!(
-        p.reasons.iter().any(|r| r.contains("exceed max_capacity")),
-        "{:?}",
-        p.reasons
-    );
+    says(&p, "exceed max_capacity");
 }
 
 #[test]
@@ -344,11 +343,7 @@ fn without_spot_fallback_goes_on_demand_in_the_preferred_type() {
     case.spot_blocked = true;
     let p = case.plan();
     assert!(p.steps.is_empty());
-    assert!(
-        p.reasons.iter().any(|r| r.contains("no offering")),
-        "{:?}",
-        p.reasons
-    );
+    says(&p, "no offering");
 }
 
 // ---- the pass, on FakeCloud ----
@@ -397,6 +392,15 @@ async fn once(
     spec: &PoolSpec,
     cloud: &FakeCloud,
 ) -> spotkeeper_engine::pools::pass::Outcome {
+    try_once(pass, spec, cloud).await.expect("pass")
+}
+
+/// One pass with nothing marked or remembered, as it came out.
+async fn try_once(
+    pass: &PoolPass<'_>,
+    spec: &PoolSpec,
+    cloud: &FakeCloud,
+) -> Result<spotkeeper_engine::pools::pass::Outcome, spotkeeper_engine::boxes::BoxError> {
     pass.run(
         spec,
         &world(cloud).await,
@@ -406,7 +410,6 @@ async fn once(
         SystemTime::now(),
     )
     .await
-    .expect("pass")
 }
 
 fn live(cloud: &FakeCloud) -> Vec<spotkeeper_cloud::Instance> {
@@ -417,11 +420,18 @@ fn live(cloud: &FakeCloud) -> Vec<spotkeeper_cloud::Instance> {
         .collect()
 }
 
+/// FakeCloud, an empty state store and a demand source answering `demand`.
+async fn setup(demand: Result<u64, String>) -> (FakeCloud, Store, FixedDemand) {
+    (
+        fake(),
+        Store::memory().await.expect("store"),
+        FixedDemand(Mutex::new(demand)),
+    )
+}
+
 #[tokio::test]
 async fn a_pass_launches_in_batches_tagged_at_creation_with_an_intent_each() {
-    let cloud = fake();
-    let store = Store::memory().await.expect("store");
-    let demand = FixedDemand(Mutex::new(Ok(7)));
+    let (cloud, store, demand) = setup(Ok(7)).await;
     let pass = pass_over(&cloud, &store, &demand);
     let spec = pool("");
     let out = once(&pass, &spec, &cloud).await;
@@ -553,25 +563,14 @@ async fn an_authorization_error_stops_the_pass_and_is_reported() {
 
 #[tokio::test]
 async fn a_launch_left_open_by_a_crash_is_repeated_with_its_token_and_makes_no_duplicates() {
-    let cloud = fake();
-    let store = Store::memory().await.expect("store");
-    let demand = FixedDemand(Mutex::new(Ok(2)));
+    let (cloud, store, demand) = setup(Ok(2)).await;
     let pass = pass_over(&cloud, &store, &demand);
     let spec = pool("");
     // The answer is lost: the intent stays open; the instances exist but the
     // describe does not show them yet.
     cloud.lose_next_launch_answer();
     cloud.set_describe_lag(1);
-    let _ = pass
-        .run(
-            &spec,
-            &world(&cloud).await,
-            &HashSet::new(),
-            false,
-            &PoolMemory::default(),
-            SystemTime::now(),
-        )
-        .await;
+    let _ = try_once(&pass, &spec, &cloud).await;
     assert_eq!(
         store
             .open_pool_launches("tester", "builders")
@@ -597,16 +596,7 @@ async fn a_launch_left_open_by_a_crash_is_repeated_with_its_token_and_makes_no_d
     *demand.0.lock().expect("lock") = Ok(4);
     cloud.set_describe_lag(0);
     cloud.lose_next_launch_answer();
-    let _ = pass
-        .run(
-            &spec,
-            &world(&cloud).await,
-            &HashSet::new(),
-            false,
-            &PoolMemory::default(),
-            SystemTime::now(),
-        )
-        .await;
+    let _ = try_once(&pass, &spec, &cloud).await;
     let calls = cloud.count("RunInstances");
     let open = store
         .open_pool_launches("tester", "builders")
@@ -626,9 +616,7 @@ async fn a_launch_left_open_by_a_crash_is_repeated_with_its_token_and_makes_no_d
 
 #[tokio::test]
 async fn open_spot_requests_count_and_interrupted_members_do_not() {
-    let cloud = fake();
-    let store = Store::memory().await.expect("store");
-    let demand = FixedDemand(Mutex::new(Ok(3)));
+    let (cloud, store, demand) = setup(Ok(3)).await;
     let pass = pass_over(&cloud, &store, &demand);
     let spec = pool("");
     let mut request_tags = std::collections::BTreeMap::new();
