@@ -143,12 +143,9 @@ async fn require_token(
 /// A managed box's spec: the config's, else the stored one (checked again);
 /// `None` when the stored one does not parse.
 fn spec_of(state: &ApiState, name: &str, stored: Option<&str>) -> Option<crate::config::BoxSpec> {
-    state
-        .config
-        .boxes
-        .get(name)
-        .cloned()
-        .or_else(|| stored.and_then(|j| crate::daemon::stored_spec(&state.config, name, j).ok()))
+    crate::desired::box_spec(&state.config, name, stored)
+        .ok()
+        .flatten()
 }
 
 /// The latest recorded spot price of each offering.
@@ -438,7 +435,7 @@ async fn delete_box(
 }
 
 async fn pool_views(state: &ApiState, only: Option<&str>) -> Result<Vec<Value>, Response> {
-    let (pools, _) = crate::pools::view::all_pools(&state.config, &state.store)
+    let (pools, _) = crate::desired::pools(&state.config, &state.store)
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let pools: Vec<_> = pools
@@ -710,7 +707,7 @@ async fn price_chart(
             )
         }
         (None, Some(name)) => {
-            let pools = match crate::pools::view::all_pools(&state.config, &state.store).await {
+            let pools = match crate::desired::pools(&state.config, &state.store).await {
                 Ok((p, _)) => p,
                 Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             };

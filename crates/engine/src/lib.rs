@@ -14,6 +14,7 @@ pub mod cleanup;
 pub mod config;
 pub mod cost;
 pub mod daemon;
+pub mod desired;
 pub mod dns;
 pub mod events;
 pub mod images;

@@ -400,7 +400,7 @@ async fn try_once(
     pass: &PoolPass<'_>,
     spec: &PoolSpec,
     cloud: &FakeCloud,
-) -> Result<spotkeeper_engine::pools::pass::Outcome, spotkeeper_engine::boxes::BoxError> {
+) -> Result<spotkeeper_engine::pools::pass::Outcome, spotkeeper_engine::pools::PoolError> {
     pass.run(
         spec,
         &world(cloud).await,

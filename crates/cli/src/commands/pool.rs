@@ -3,7 +3,8 @@
 
 use std::process::ExitCode;
 
-use spotkeeper_engine::pools::view::{all_pools, view};
+use spotkeeper_engine::desired::pools as all_pools;
+use spotkeeper_engine::pools::view::view;
 
 use crate::Failure;
 use crate::cli::Args;

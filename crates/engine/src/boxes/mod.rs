@@ -95,6 +95,9 @@ pub enum BoxError {
     /// The state file failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A pool pass failed (the daemon runs boxes and pools alike).
+    #[error(transparent)]
+    Pool(#[from] crate::pools::PoolError),
     /// The lock file could not be taken.
     #[error("cannot lock box {box_name} ({path}): {source}")]
     Lock {

@@ -12,8 +12,8 @@ use spotkeeper_cloud::model::tags;
 use spotkeeper_cloud::{Instance, InstanceState, Market, Offering};
 use tokio::time::Instant;
 
+use super::Daemon;
 use super::tasks::{Job, Subject, Work};
-use super::{Daemon, stored_spec};
 use crate::boxes::BoxError;
 use crate::events::{self, EventKind};
 
@@ -180,10 +180,9 @@ impl Daemon<'_> {
     ) -> Result<Verdict, BoxError> {
         let id = &instance.id;
         // The box's spec: from the config file, else as registered through the API.
-        let spec = match self.config.boxes.get(box_name) {
-            Some(s) => Some(s.clone()),
-            None => stored.and_then(|json| stored_spec(self.config, box_name, json).ok()),
-        };
+        let spec = crate::desired::box_spec(self.config, box_name, stored)
+            .ok()
+            .flatten();
         let doom = match &event.kind {
             EventKind::SpotInterruption { .. } | EventKind::ScheduledChange { .. } => true,
             EventKind::Rebalance { .. } => spec.as_ref().is_some_and(|s| s.replace_on_rebalance),

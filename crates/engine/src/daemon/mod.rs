@@ -383,20 +383,17 @@ impl<'a> Daemon<'a> {
     async fn managed_specs(&self) -> Result<Vec<crate::config::BoxSpec>, BoxError> {
         let mut specs = Vec::new();
         for managed in self.store.managed_boxes(&self.config.owner).await? {
-            match (self.config.boxes.get(&managed.name), &managed.spec) {
-                (Some(s), _) => specs.push(s.clone()),
-                (None, Some(json)) => match stored_spec(self.config, &managed.name, json) {
-                    Ok(s) => specs.push(s),
-                    Err(m) => {
-                        self.record(
-                            Some(&managed.name),
-                            "bad-box",
-                            &format!("stored box is refused or does not parse: {m}"),
-                        )
-                        .await
-                    }
-                },
-                (None, None) => {
+            match crate::desired::box_spec(self.config, &managed.name, managed.spec.as_deref()) {
+                Ok(Some(s)) => specs.push(s),
+                Err(m) => {
+                    self.record(
+                        Some(&managed.name),
+                        "bad-box",
+                        &format!("stored box is refused or does not parse: {m}"),
+                    )
+                    .await
+                }
+                Ok(None) => {
                     self.record(
                         Some(&managed.name),
                         "unknown-box",
@@ -694,17 +691,4 @@ impl<'a> Daemon<'a> {
             }
         }
     }
-}
-
-/// A box registered through the API, from the JSON stored with it.
-pub(crate) fn stored_spec(
-    config: &Config,
-    name: &str,
-    json: &str,
-) -> Result<crate::config::BoxSpec, String> {
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    // Checked again here: a box stored before the check existed, or with a
-    // config that allowed it then, must not make this daemon run its code.
-    crate::config::refuse_code(config, &value)?;
-    crate::config::parse_box_json(name, &value)
 }

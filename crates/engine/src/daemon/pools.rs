@@ -28,7 +28,7 @@ impl Daemon<'_> {
     /// The pools, and the names of stored pools that do not parse (or are
     /// refused): those are unknown, and their instances are left alone.
     async fn pools_and_unreadable(&self) -> Result<(Vec<PoolSpec>, HashSet<String>), BoxError> {
-        let (pools, bad) = crate::pools::view::all_pools(self.config, self.store).await?;
+        let (pools, bad) = crate::desired::pools(self.config, self.store).await?;
         let mut unreadable = HashSet::new();
         for (name, why) in bad {
             self.record(

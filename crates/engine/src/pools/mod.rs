@@ -9,3 +9,14 @@ pub mod plan;
 pub mod view;
 
 pub use crate::config::{Demand, PoolSpec, PoolType};
+
+/// Why a pool pass or view failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// An AWS call failed.
+    #[error(transparent)]
+    Cloud(#[from] spotkeeper_cloud::CloudError),
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}

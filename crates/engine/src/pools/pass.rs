@@ -14,10 +14,9 @@ use spotkeeper_cloud::{
 
 use spotkeeper_cloud::model::tags;
 
-use super::PoolSpec;
 use super::demand::DemandReader;
 use super::plan::{Batch, Input, Member, OfferingKey, OpenRequest, Placement, Plan, Step, plan};
-use crate::boxes::BoxError;
+use super::{PoolError, PoolSpec};
 use crate::store::{PoolLaunch, Store, unix_seconds};
 
 /// An open launch intent older than this is not retried (its instances, if
@@ -231,7 +230,7 @@ impl PoolPass<'_> {
         spec: &PoolSpec,
         image: &ImageId,
         intent: &PoolLaunch,
-    ) -> Result<Vec<Instance>, BoxError> {
+    ) -> Result<Vec<Instance>, PoolError> {
         let mut l = launch_spec(self.owner, spec, image, intent);
         // Names are looked up in the launch subnet's (or the default) VPC.
         let resolved = self
@@ -277,7 +276,7 @@ impl PoolPass<'_> {
         spot_blocked: bool,
         memory: &PoolMemory,
         now: SystemTime,
-    ) -> Result<Outcome, BoxError> {
+    ) -> Result<Outcome, PoolError> {
         let mut image: Option<ImageId> = None;
         // 1. Launches a crash left open: repeat them with the same token.
         let launched = self.resume(spec, world, now, &mut image).await?;
@@ -354,7 +353,7 @@ impl PoolPass<'_> {
         world: &World,
         now: SystemTime,
         image: &mut Option<ImageId>,
-    ) -> Result<Vec<Instance>, BoxError> {
+    ) -> Result<Vec<Instance>, PoolError> {
         let mut launched = Vec::new();
         for open in self
             .store
@@ -406,7 +405,7 @@ impl PoolPass<'_> {
         &self,
         spec: &PoolSpec,
         image: &mut Option<ImageId>,
-    ) -> Result<ImageId, BoxError> {
+    ) -> Result<ImageId, PoolError> {
         if let Some(img) = image {
             return Ok(img.clone());
         }
@@ -422,7 +421,7 @@ impl PoolPass<'_> {
         spec: &PoolSpec,
         world: &World,
         places: &[Placement],
-    ) -> Result<Vec<spotkeeper_cloud::SpotPrice>, BoxError> {
+    ) -> Result<Vec<spotkeeper_cloud::SpotPrice>, PoolError> {
         let zones: Vec<String> = places.iter().map(|p| p.zone.clone()).collect();
         let type_names: Vec<String> = spec.types.iter().map(|t| t.instance_type.clone()).collect();
         Ok(match &world.prices {
@@ -445,7 +444,7 @@ impl PoolPass<'_> {
         now: SystemTime,
         places: &[Placement],
         state: &mut PassState,
-    ) -> Result<Flow, BoxError> {
+    ) -> Result<Flow, PoolError> {
         match step {
             Step::Cancel { requests } => {
                 for chunk in requests.chunks(IDS_PER_CALL) {
@@ -492,7 +491,7 @@ impl PoolPass<'_> {
         now: SystemTime,
         places: &[Placement],
         state: &mut PassState,
-    ) -> Result<Flow, BoxError> {
+    ) -> Result<Flow, PoolError> {
         let img = self.image(spec, &mut state.image).await?;
         let intent = self.new_launch(spec, batch, round, now).await?;
         match self.launch(spec, &img, &intent).await {
@@ -515,7 +514,7 @@ impl PoolPass<'_> {
                 state.launched.extend(instances);
                 Ok(Flow::Go)
             }
-            Err(BoxError::Cloud(e)) => Ok(self.refused(spec, batch, &e, places, state).await),
+            Err(PoolError::Cloud(e)) => Ok(self.refused(spec, batch, &e, places, state).await),
             Err(other) => Err(other),
         }
     }
@@ -527,7 +526,7 @@ impl PoolPass<'_> {
         batch: &Batch,
         round: usize,
         now: SystemTime,
-    ) -> Result<PoolLaunch, BoxError> {
+    ) -> Result<PoolLaunch, PoolError> {
         let token = crate::plan::client_token(
             self.owner,
             &format!("pool:{}", spec.name),

@@ -7,9 +7,9 @@ use serde::Serialize;
 use spotkeeper_cloud::Cloud;
 use spotkeeper_cloud::model::tags;
 
-use super::PoolSpec;
 use super::pass::{members, open_requests};
-use crate::boxes::{BoxError, owner_filter};
+use super::{PoolError, PoolSpec};
+use crate::ownership::owner_filter;
 use crate::store::{Event, Store};
 
 /// One pool, as shown.
@@ -52,7 +52,7 @@ pub async fn view(
     owner: &str,
     pools: &[(PoolSpec, String)],
     events: i64,
-) -> Result<Vec<PoolView>, BoxError> {
+) -> Result<Vec<PoolView>, PoolError> {
     // One pool: only its instances; several: every pool instance at once.
     let filter = match pools {
         [(one, _)] => owner_filter(owner).with(tags::POOL, &one.name),
@@ -109,35 +109,4 @@ pub async fn view(
         });
     }
     Ok(out)
-}
-
-/// The pools of `config` and those registered through the API (the file
-/// wins a name clash), with where each comes from; and the stored pools that
-/// no longer parse, with why.
-pub async fn all_pools(
-    config: &crate::config::Config,
-    store: &Store,
-) -> Result<(Vec<(PoolSpec, String)>, Vec<(String, String)>), BoxError> {
-    let mut pools: Vec<(PoolSpec, String)> = config
-        .pools
-        .values()
-        .map(|p| (p.clone(), "config".to_owned()))
-        .collect();
-    let mut bad = Vec::new();
-    for (name, json) in store.pools(&config.owner).await? {
-        if config.pools.contains_key(&name) {
-            continue;
-        }
-        match serde_json::from_str(&json)
-            .map_err(|e| e.to_string())
-            .and_then(|v| {
-                // Stored before the check existed, or allowed then: checked again.
-                crate::config::refuse_code(config, &v)?;
-                crate::config::parse_pool_json(&name, &v)
-            }) {
-            Ok(spec) => pools.push((spec, "api".to_owned())),
-            Err(m) => bad.push((name, m)),
-        }
-    }
-    Ok((pools, bad))
 }
