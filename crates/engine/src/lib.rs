@@ -1,10 +1,22 @@
 //! # spotkeeper-engine
 //!
-//! Everything between the command line and the cloud: the config file, the
-//! state store, pure launch planning, readiness checks, per-box locks, the
-//! box lifecycle (`up`, `stop`, `list`, prices), worker pools, and the
-//! daemon (`daemon`: level-triggered passes, tracked per-box and per-pool
-//! tasks, the warning fast path) with its HTTP API and metrics.
+//! Everything between the command line and the cloud. The modules, roughly
+//! from the bottom up (a module uses only those above it or beside it; no
+//! two import each other, which `tests/module_graph.rs` checks):
+//!
+//! - `config`: the config file, validated into specs (imports no other
+//!   module of the engine); `store`: the SQLite state; `events`: EventBridge
+//!   messages; `progress`, `ownership`, `plan`, `lock`, `ready`,
+//!   `bootstrap`, `policy`: small pure or local pieces;
+//! - `persist` (volumes), `dns` (Route 53 records), `images`: what a box
+//!   owns besides its instance;
+//! - `boxes`: `up` (`boxes::launch`), what follows `running`
+//!   (`boxes::settle`) and `stop` (`boxes::stop`);
+//! - `pools`: worker pools (`spec` lives in `config`; `plan` is pure,
+//!   `pass` executes, `demand` reads the queue, `view` shows);
+//! - `desired`: what should exist (config and API-registered specs);
+//! - `daemon`: passes, the warning fast path, tasks, marks; `notify`,
+//!   `metrics`, `cost`, `charts`, `api` (HTTP), `cleanup`.
 
 pub mod api;
 pub mod bootstrap;
