@@ -83,15 +83,22 @@ fn record(cli: &Cli) -> String {
         .to_owned()
 }
 
-#[test]
-fn a_spot_warning_gets_the_box_replaced_with_its_volume_and_name_and_noise_changes_nothing() {
-    let api_port = spotkeeper_testkit::closed_port();
-    let cli = Cli::with_config(&config("2s", api_port));
+/// A CLI on `config` with the DNS zone, `setup` done and box `dev` up;
+/// its instance id.
+fn dev_up(config: &str) -> (Cli, String) {
+    let cli = Cli::with_config(config);
     cli.moto
         .boto("r53.create_hosted_zone(Name='example.com', CallerReference='d')");
     cli.ok(&["setup"]);
     let first = cli.json(&["up", "dev", "--json"]);
     let old = first["instance_id"].as_str().expect("id").to_owned();
+    (cli, old)
+}
+
+#[test]
+fn a_spot_warning_gets_the_box_replaced_with_its_volume_and_name_and_noise_changes_nothing() {
+    let api_port = spotkeeper_testkit::closed_port();
+    let (cli, old) = dev_up(&config("2s", api_port));
     let serve = Serve::start(&cli);
 
     // The two-minute warning, then AWS takes the instance.
@@ -101,8 +108,8 @@ fn a_spot_warning_gets_the_box_replaced_with_its_volume_and_name_and_noise_chang
     );
     cli.moto
         .boto(&format!("ec2.terminate_instances(InstanceIds=['{old}'])"));
-    let new = wait_replaced(&cli, &first["instance_id"], &serve);
-    assert_ne!(new["instance_id"], first["instance_id"]);
+    let new = wait_replaced(&cli, &serde_json::Value::from(old.as_str()), &serve);
+    assert_ne!(new["instance_id"], old.as_str());
     // The volume follows once the new instance runs (and the old is gone).
     let attached = || {
         let vol = cli.moto.boto(
@@ -183,12 +190,7 @@ fn a_spot_warning_gets_the_box_replaced_with_its_volume_and_name_and_noise_chang
 fn a_state_change_event_alone_wakes_the_daemon_and_stop_is_respected() {
     // An hour between passes: only the event can cause the replacement.
     let api_port = spotkeeper_testkit::closed_port();
-    let cli = Cli::with_config(&config("1h", api_port));
-    cli.moto
-        .boto("r53.create_hosted_zone(Name='example.com', CallerReference='d')");
-    cli.ok(&["setup"]);
-    let first = cli.json(&["up", "dev", "--json"]);
-    let old = first["instance_id"].as_str().expect("id").to_owned();
+    let (cli, old) = dev_up(&config("1h", api_port));
     let serve = Serve::start(&cli);
     wait_passes(api_port, 1, &serve); // the start-up pass finds the box healthy
     cli.moto
@@ -197,7 +199,7 @@ fn a_state_change_event_alone_wakes_the_daemon_and_stop_is_respected() {
         &cli,
         &event("state-change-terminated.json", &old, "state-1"),
     );
-    let new = wait_replaced(&cli, &first["instance_id"], &serve);
+    let new = wait_replaced(&cli, &serde_json::Value::from(old.as_str()), &serve);
 
     // `stop` deregisters the box: the daemon must not bring it back.
     let out = cli.run(&["stop", "dev"]);
@@ -253,7 +255,7 @@ fn killing_the_daemon_at_any_moment_never_yields_a_second_instance_or_a_leaked_v
         let _ = serve.child.wait();
     }
     let serve = Serve::start(&cli);
-    let new = wait_replaced(&cli, &first["instance_id"], &serve);
+    let new = wait_replaced(&cli, &serde_json::Value::from(old.as_str()), &serve);
     // Let a few passes heal whatever a kill interrupted.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -313,7 +315,7 @@ fn rebalance_with(policy: &str) -> (String, Vec<Value>, Serve, Cli) {
         ),
     );
     let live = if policy == "replace" {
-        let new = wait_replaced(&cli, &first["instance_id"], &serve);
+        let new = wait_replaced(&cli, &serde_json::Value::from(old.as_str()), &serve);
         vec![new]
     } else {
         // Give the daemon time to read and act on the message.
@@ -430,7 +432,7 @@ fn notifications_survive_a_kill_and_a_receiver_that_never_answers_does_not_delay
     );
     cli.moto
         .boto(&format!("ec2.terminate_instances(InstanceIds=['{old}'])"));
-    wait_replaced(&cli, &first["instance_id"], &serve);
+    wait_replaced(&cli, &serde_json::Value::from(old.as_str()), &serve);
     eprintln!(
         "replacement running {:.1} s after the warning while a sink hangs",
         warned.elapsed().as_secs_f64()
@@ -477,7 +479,7 @@ fn cost_integrates_the_recorded_spot_prices_and_counts_interruptions_per_offerin
     );
     cli.moto
         .boto(&format!("ec2.terminate_instances(InstanceIds=['{old}'])"));
-    wait_replaced(&cli, &first["instance_id"], &serve);
+    wait_replaced(&cli, &serde_json::Value::from(old.as_str()), &serve);
     wait_passes(api_port, 3, &serve);
     let api = common::http_get(api_port, "/api/cost?since=1d", Some("e2e-token-0123456789"))
         .expect("API");

@@ -93,6 +93,19 @@ fn good_box() -> Value {
     json!({ "name": "web", "image": "ami-0123456789abcdef0", "instance_types": ["t3.micro"], "max_price": 0.02, "ready": { "check": "none" } })
 }
 
+/// GETs `uri` without a token.
+async fn get(state: ApiState, uri: &str) -> axum::response::Response {
+    router(state)
+        .oneshot(
+            Request::builder()
+                .uri(uri)
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await
+        .expect("resp")
+}
+
 #[tokio::test]
 async fn healthz_is_open_and_api_routes_need_the_token() {
     let w = world().await;
@@ -317,15 +330,7 @@ async fn metrics_count_events_replacements_and_failures() {
     );
     let mut state = w.state();
     state.metrics = daemon.metrics();
-    let resp = router(state)
-        .oneshot(
-            Request::builder()
-                .uri("/metrics")
-                .body(Body::empty())
-                .expect("req"),
-        )
-        .await
-        .expect("resp");
+    let resp = get(state, "/metrics").await;
     assert_eq!(resp.status(), StatusCode::OK);
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     assert!(
@@ -337,15 +342,7 @@ async fn metrics_count_events_replacements_and_failures() {
 #[tokio::test]
 async fn the_web_page_is_served_and_holds_no_data_itself() {
     let w = world().await;
-    let resp = router(w.state())
-        .oneshot(
-            Request::builder()
-                .uri("/")
-                .body(Body::empty())
-                .expect("req"),
-        )
-        .await
-        .expect("resp");
+    let resp = get(w.state(), "/").await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "text/html; charset=utf-8");
     let html = String::from_utf8(
