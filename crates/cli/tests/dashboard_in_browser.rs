@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 const TOKEN: &str = "browser-token-0123456789";
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/fixtures/events");
 
-/// chromedriver on a loopback port; killed when dropped.
+/// chromedriver on a loopback port, in its own PID namespace; killed (with
+/// every browser it started) when dropped.
 struct Driver {
     child: Child,
     port: u16,
@@ -28,16 +29,23 @@ impl Driver {
     fn start() -> Self {
         let port = spotkeeper_testkit::closed_port();
         use std::os::unix::process::CommandExt as _;
-        let child = Command::new("chromedriver")
+        if let Err(e) = Command::new("chromedriver").arg("--version").output() {
+            panic!(
+                "chromedriver is not installed ({e}): run scripts/setup (Debian chromium and chromium-driver)"
+            );
+        }
+        // In a PID namespace of its own, chromedriver first: when it goes,
+        // the kernel takes every browser process with it, and no signal a
+        // browser process sends (Chromium's shutdown may signal every
+        // process it can see) reaches the other tests.
+        let child = Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "--", "chromedriver"])
             .arg(format!("--port={port}"))
-            // Its own process group: the browsers it starts go with it.
             .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("chromedriver is not installed ({e}): run scripts/setup (Debian chromium and chromium-driver)")
-            });
+            .unwrap_or_else(|e| panic!("unshare: {e}"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -52,11 +60,9 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // chromedriver and every Chromium process it started, even after a
-        // failed assertion left the session open.
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.child.id())])
-            .status();
+        // unshare's --kill-child takes chromedriver, and with it its
+        // namespace (every Chromium process), even after a failed assertion
+        // left the session open.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
