@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use spotkeeper_cloud::{AwsCloud, ClientConfig};
+use spotkeeper_cloud::AwsCloud;
 use spotkeeper_engine::config::{self, Config};
 use spotkeeper_engine::store::Store;
 
@@ -30,16 +30,7 @@ pub fn load_config(args: &Args, required: bool) -> Result<Config, Failure> {
 
 /// Connects to AWS as the config's `[aws]` section and the credential chain say.
 pub async fn connect(config: &Config) -> Result<AwsCloud, Failure> {
-    let cc = ClientConfig {
-        region: config.aws.region.clone(),
-        profile: config.aws.profile.clone(),
-        endpoint_url: config.aws.endpoint_url.clone(),
-        operation_timeout: config.aws.operation_timeout,
-        attempt_timeout: config.aws.attempt_timeout,
-        max_attempts: config.aws.max_attempts,
-        adaptive_retry: config.aws.adaptive_retry,
-    };
-    AwsCloud::connect(&cc)
+    AwsCloud::connect(&config.aws)
         .await
         .map_err(|e| Failure::Usage(e.into()))
 }

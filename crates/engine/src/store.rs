@@ -1212,20 +1212,25 @@ pub struct PriceSample {
 mod tests {
     use super::*;
 
+    /// Box `dev`'s first spot t3.micro launch, in `zone`.
+    fn dev_launch(zone: Option<&str>) -> NewIntent<'_> {
+        NewIntent {
+            owner: "o",
+            box_name: "dev",
+            generation: 1,
+            token: "tok-1",
+            market: Market::Spot,
+            instance_type: "t3.micro",
+            zone,
+        }
+    }
+
     #[tokio::test]
     async fn intents_open_close_and_generations_advance() {
         let s = Store::memory().await.expect("store");
         assert_eq!(s.next_generation("o", "dev").await.expect("gen"), 1);
         let i = s
-            .create_intent(NewIntent {
-                owner: "o",
-                box_name: "dev",
-                generation: 1,
-                token: "tok-1",
-                market: Market::Spot,
-                instance_type: "t3.micro",
-                zone: Some("us-east-1a"),
-            })
+            .create_intent(dev_launch(Some("us-east-1a")))
             .await
             .expect("create");
         assert_eq!(
@@ -1294,17 +1299,7 @@ mod tests {
         let path = dir.path().join("sub/state.db");
         {
             let s = Store::open(&path).await.expect("open");
-            s.create_intent(NewIntent {
-                owner: "o",
-                box_name: "dev",
-                generation: 1,
-                token: "tok-1",
-                market: Market::Spot,
-                instance_type: "t3.micro",
-                zone: None,
-            })
-            .await
-            .expect("create");
+            s.create_intent(dev_launch(None)).await.expect("create");
             s.record_event("o", Some("dev"), "launch", "launched i-1")
                 .await
                 .expect("event");

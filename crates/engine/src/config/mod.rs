@@ -154,24 +154,9 @@ impl Config {
     }
 }
 
-/// `[aws]`: region, profile, endpoint. Never credentials.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AwsSettings {
-    /// Region.
-    pub region: Option<String>,
-    /// Named profile.
-    pub profile: Option<String>,
-    /// Endpoint override (an emulator).
-    pub endpoint_url: Option<String>,
-    /// `operation_timeout`: one AWS call, retries included.
-    pub operation_timeout: Option<Duration>,
-    /// `attempt_timeout`: one attempt of an AWS call.
-    pub attempt_timeout: Option<Duration>,
-    /// `max_attempts`: attempts per AWS call.
-    pub max_attempts: Option<u32>,
-    /// `retry_mode = "adaptive"` (default `"standard"`).
-    pub adaptive_retry: bool,
-}
+/// `[aws]`: region, profile, endpoint, timeouts and retries; never
+/// credentials. It is the cloud crate's client configuration as is.
+pub type AwsSettings = spotkeeper_cloud::ClientConfig;
 
 /// How long the state keeps processed event ids, doomed and seen instances
 /// and the event log when `[daemon] retention` is not set: a month of history

@@ -650,9 +650,9 @@ impl<'a> Daemon<'a> {
                 }
                 out = async { pass.as_mut().expect("guarded").await }, if pass.is_some() => {
                     pass = None;
-                    self.pass_done(out.is_ok(), started);
                     match out {
                         Ok(out) => {
+                            self.pass_done(true, started);
                             failures = 0;
                             out.done.iter().for_each(|d| tracing::info!("{d}"));
                             let mut stale = false;
@@ -674,6 +674,9 @@ impl<'a> Daemon<'a> {
                             );
                             tracing::warn!("{what}");
                             self.record(None, "pass-failed", &what).await;
+                            // Counted once recorded: who sees the failure
+                            // counted finds its event.
+                            self.pass_done(false, started);
                             next = Instant::now() + pause;
                         }
                     }
