@@ -57,6 +57,12 @@ impl World {
         }
     }
 
+    /// The event log as `uri` (`/api/events?…`) serves it.
+    async fn events(&self, uri: &str) -> Vec<Value> {
+        let (_, events) = self.call("GET", uri, Some(TOKEN), None).await;
+        events.as_array().expect("events").clone()
+    }
+
     /// POSTs `body` with the token.
     async fn post(&self, uri: &str, body: &Value) -> (StatusCode, Value) {
         self.call("POST", uri, Some(TOKEN), Some(body.to_string()))
@@ -227,16 +233,10 @@ async fn a_registered_box_is_launched_by_the_daemon_and_deregistering_with_stop_
             .is_some_and(|i| i.starts_with("i-")),
         "{one}"
     );
-    let (_, events) = w
-        .call("GET", "/api/events?box=web&limit=10", Some(TOKEN), None)
-        .await;
+    let events = w.events("/api/events?box=web&limit=10").await;
     assert!(
-        events
-            .as_array()
-            .expect("events")
-            .iter()
-            .any(|e| e["kind"] == "registered"),
-        "{events}"
+        events.iter().any(|e| e["kind"] == "registered"),
+        "{events:?}"
     );
 
     let (s, del) = w
@@ -481,16 +481,12 @@ async fn pools_are_registered_updated_scaled_by_the_daemon_and_deleted_with_thei
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // The event log names the pool.
-    let (_, events) = w
-        .call("GET", "/api/events?limit=100", Some(TOKEN), None)
-        .await;
+    let events = w.events("/api/events?limit=100").await;
     assert!(
         events
-            .as_array()
-            .expect("events")
             .iter()
             .any(|e| e["pool"] == "builders" && e["kind"] == "launch"),
-        "{events}"
+        "{events:?}"
     );
     // Metrics carry the pool.
     let text = daemon.metrics().render();

@@ -115,6 +115,27 @@ fn boot(path: &Path, env: &[(&str, PathBuf)], t: &Path) -> (String, String) {
     (log, out.trim().to_owned())
 }
 
+/// Writes the boot script of a box whose data volume `volume` (`new`:
+/// spotkeeper created it empty) mounts at `mount`, with the user's script
+/// `user`; returns its path.
+fn data_script(t: &Path, volume: &str, mount: &Path, new: bool, user: &str) -> PathBuf {
+    let volumes = BootVolumes {
+        data: Some(BootData {
+            volume: volume.into(),
+            device: "/dev/sdf".into(),
+            mount: mount.display().to_string(),
+            new,
+        }),
+        root: None,
+    };
+    let script = user_data("dev", &volumes, Some(user))
+        .expect("generate")
+        .expect("some");
+    let path = t.join("user-data.sh");
+    std::fs::write(&path, &script).expect("write");
+    path
+}
+
 #[test]
 fn the_boot_template_passes_shellcheck() {
     let dir = tempfile::tempdir().expect("dir");
@@ -141,20 +162,7 @@ fn data_volume_script_makes_a_filesystem_once_mounts_it_and_then_runs_the_users_
         m = mount.display(),
         t = t.display()
     );
-    let volumes = BootVolumes {
-        data: Some(BootData {
-            volume: "vol-0abc1230000000001".into(),
-            device: "/dev/sdf".into(),
-            mount: mount.display().to_string(),
-            new: true,
-        }),
-        root: None,
-    };
-    let script = user_data("dev", &volumes, Some(&user))
-        .expect("generate")
-        .expect("some");
-    let path = t.join("user-data.sh");
-    std::fs::write(&path, &script).expect("write");
+    let path = data_script(t, "vol-0abc1230000000001", &mount, true, &user);
     shellcheck(&path);
 
     let env = data_env(t);
@@ -210,20 +218,7 @@ touch {}/user-ran
 ",
         t.display()
     );
-    let volumes = BootVolumes {
-        data: Some(BootData {
-            volume: "vol-0abc1230000000002".into(),
-            device: "/dev/sdf".into(),
-            mount: mount.display().to_string(),
-            new,
-        }),
-        root: None,
-    };
-    let script = user_data("dev", &volumes, Some(&user))
-        .expect("generate")
-        .expect("some");
-    let path = t.join("user-data.sh");
-    std::fs::write(&path, &script).expect("write");
+    let path = data_script(t, "vol-0abc1230000000002", &mount, new, &user);
     let bin = t.join("bin");
     std::fs::create_dir_all(&bin).expect("bin");
     if let Some(body) = fake_blkid {

@@ -429,6 +429,14 @@ async fn setup(demand: Result<u64, String>) -> (FakeCloud, Store, FixedDemand) {
     )
 }
 
+/// The pool's launches recorded and not yet closed.
+async fn open_launches(store: &Store) -> Vec<spotkeeper_engine::store::PoolLaunch> {
+    store
+        .open_pool_launches("tester", "builders")
+        .await
+        .expect("open launches")
+}
+
 #[tokio::test]
 async fn a_pass_launches_in_batches_tagged_at_creation_with_an_intent_each() {
     let (cloud, store, demand) = setup(Ok(7)).await;
@@ -448,13 +456,7 @@ async fn a_pass_launches_in_batches_tagged_at_creation_with_an_intent_each() {
         assert_eq!(i.tag(tags::OWNER), Some("tester"));
         assert!(i.tag(tags::INTENT).is_some());
     }
-    assert!(
-        store
-            .open_pool_launches("tester", "builders")
-            .await
-            .expect("q")
-            .is_empty()
-    );
+    assert!(open_launches(&store).await.is_empty());
     // A second pass at the same demand launches nothing.
     let before = cloud.count("RunInstances");
     once(&pass, &spec, &cloud).await;
@@ -571,24 +573,11 @@ async fn a_launch_left_open_by_a_crash_is_repeated_with_its_token_and_makes_no_d
     cloud.lose_next_launch_answer();
     cloud.set_describe_lag(1);
     let _ = try_once(&pass, &spec, &cloud).await;
-    assert_eq!(
-        store
-            .open_pool_launches("tester", "builders")
-            .await
-            .expect("q")
-            .len(),
-        1
-    );
+    assert_eq!(open_launches(&store).await.len(), 1);
     let first = cloud.all_instances().len();
     // Next pass: the open intent is repeated (same token → same instances).
     once(&pass, &spec, &cloud).await;
-    assert!(
-        store
-            .open_pool_launches("tester", "builders")
-            .await
-            .expect("q")
-            .is_empty()
-    );
+    assert!(open_launches(&store).await.is_empty());
     assert_eq!(cloud.all_instances().len(), first, "no second launch");
 
     // Lost again, but this time the describe shows the instances: the intent
@@ -605,13 +594,7 @@ async fn a_launch_left_open_by_a_crash_is_repeated_with_its_token_and_makes_no_d
     assert!(!open.is_empty());
     once(&pass, &spec, &cloud).await;
     assert_eq!(cloud.count("RunInstances"), calls, "nothing repeated");
-    assert!(
-        store
-            .open_pool_launches("tester", "builders")
-            .await
-            .expect("q")
-            .is_empty()
-    );
+    assert!(open_launches(&store).await.is_empty());
 }
 
 #[tokio::test]
