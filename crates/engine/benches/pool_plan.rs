@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use spotkeeper_cloud::model::tags;
 use spotkeeper_cloud::{ImageRef, Instance, InstanceId, InstanceState, Market, SpotPrice};
+use spotkeeper_engine::config::LaunchTemplate;
 use spotkeeper_engine::pools::pass::members;
 use spotkeeper_engine::pools::plan::{Input, Placement, plan};
 use spotkeeper_engine::pools::{Demand, PoolSpec, PoolType};
@@ -35,7 +36,17 @@ const ZONES: [&str; 5] = [
 fn spec(n: usize) -> PoolSpec {
     PoolSpec {
         name: format!("pool-{n}"),
-        image: ImageRef::parse("ami-0123456789abcdef0").expect("image"),
+        launch: LaunchTemplate {
+            image: ImageRef::parse("ami-0123456789abcdef0").expect("image"),
+            zones: Some(ZONES.iter().map(|z| (*z).to_owned()).collect()),
+            key_name: None,
+            security_groups: Vec::new(),
+            user_data: None,
+            tags: BTreeMap::new(),
+            iam_instance_profile: None,
+            root_disk: None,
+            fallback_on_demand: true,
+        },
         types: TYPES
             .iter()
             .map(|(t, c)| PoolType {
@@ -45,21 +56,13 @@ fn spec(n: usize) -> PoolSpec {
             })
             .collect(),
         max_price: Some(0.5),
-        zones: Some(ZONES.iter().map(|z| (*z).to_owned()).collect()),
         subnets: Vec::new(),
         min_capacity: 0,
         max_capacity: 1000,
         jobs_per_capacity: 1,
         scale_down_after: Duration::from_secs(600),
         max_lifetime: None,
-        fallback_on_demand: true,
         demand: Demand::None,
-        key_name: None,
-        security_groups: Vec::new(),
-        user_data: None,
-        tags: BTreeMap::new(),
-        iam_instance_profile: None,
-        root_disk: None,
     }
 }
 

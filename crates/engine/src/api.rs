@@ -702,7 +702,7 @@ async fn price_chart(
             (
                 format!("box {name}: spot price"),
                 spec.instance_types,
-                spec.zones,
+                spec.launch.zones,
                 Some(spec.max_price),
             )
         }
@@ -718,7 +718,7 @@ async fn price_chart(
             (
                 format!("pool {name}: spot price"),
                 types,
-                spec.zones,
+                spec.launch.zones,
                 spec.max_price,
             )
         }

@@ -52,7 +52,7 @@ where
 
 /// Tags set at creation on the instance, its volumes and its spot request.
 pub fn launch_tags(owner: &str, spec: &BoxSpec, token: &str) -> BTreeMap<String, String> {
-    let mut t = spec.tags.clone();
+    let mut t = spec.launch.tags.clone();
     t.insert(tags::NAME.into(), format!("spotkeeper-{}", spec.name));
     t.insert(tags::OWNER.into(), owner.into());
     t.insert(tags::BOX.into(), spec.name.clone());

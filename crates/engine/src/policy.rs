@@ -189,12 +189,12 @@ fn pass_role_statement(config: &Config) -> Option<Value> {
     let mut profiles: Vec<&str> = config
         .boxes
         .values()
-        .filter_map(|b| b.iam_instance_profile.as_deref())
+        .filter_map(|b| b.launch.iam_instance_profile.as_deref())
         .chain(
             config
                 .pools
                 .values()
-                .filter_map(|p| p.iam_instance_profile.as_deref()),
+                .filter_map(|p| p.launch.iam_instance_profile.as_deref()),
         )
         .chain(config.api_instance_profiles.iter().map(String::as_str))
         .collect();

@@ -215,7 +215,7 @@ async fn targets(
     if spec.market == Market::Spot {
         return spot_targets(ctx, spec, avoid, known, &zones).await;
     }
-    let zone = if spec.subnet.is_some() || spec.zones.is_some() || !found.is_empty() {
+    let zone = if spec.subnet.is_some() || spec.launch.zones.is_some() || !found.is_empty() {
         zones.first().cloned()
     } else {
         None
@@ -361,12 +361,12 @@ async fn launch_spec(
     let user_data = crate::bootstrap::user_data(
         &spec.name,
         &boot_volumes(spec, prepared),
-        spec.user_data.as_deref(),
+        spec.launch.user_data.as_deref(),
     )?;
     // Names are looked up in the subnet's (or the default) VPC; ids pass.
     let security_group_ids = ctx
         .cloud
-        .security_group_ids(&spec.security_groups, spec.subnet.as_deref())
+        .security_group_ids(&spec.launch.security_groups, spec.subnet.as_deref())
         .await?;
     Ok(LaunchSpec {
         image_id: image_id.clone(),
@@ -379,12 +379,12 @@ async fn launch_spec(
         },
         subnet_id: spec.subnet.clone(),
         security_group_ids,
-        key_name: spec.key_name.clone(),
+        key_name: spec.launch.key_name.clone(),
         user_data,
         tags: launch_tags(ctx.owner, spec, &intent.token),
         client_token: intent.token.clone(),
-        root_volume: spec.root_disk.clone(),
-        iam_instance_profile: spec.iam_instance_profile.clone(),
+        root_volume: spec.launch.root_disk.clone(),
+        iam_instance_profile: spec.launch.iam_instance_profile.clone(),
         spot_max_price: (spec.market == Market::Spot && spec.price_cap == PriceCap::Aws)
             .then_some(spec.max_price),
     })
@@ -539,12 +539,13 @@ pub async fn launch_image(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<ImageId, BoxE
         }
         ctx.progress.note(&format!(
             "Box {} has no image yet; launching from {}",
-            spec.name, spec.image
+            spec.name, spec.launch.image
         ));
     }
-    let id = ctx.cloud.resolve_image(&spec.image).await?;
-    if !matches!(spec.image, spotkeeper_cloud::ImageRef::Id(_)) {
-        ctx.progress.note(&format!("Image {} is {id}", spec.image));
+    let id = ctx.cloud.resolve_image(&spec.launch.image).await?;
+    if !matches!(spec.launch.image, spotkeeper_cloud::ImageRef::Id(_)) {
+        ctx.progress
+            .note(&format!("Image {} is {id}", spec.launch.image));
     }
     Ok(id)
 }

@@ -177,7 +177,7 @@ async fn allowed_zones(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<Vec<String>, Clo
         let zone = ctx.cloud.subnet_zone(subnet).await?;
         return Ok(vec![zone]);
     }
-    match &spec.zones {
+    match &spec.launch.zones {
         Some(z) => Ok(z.clone()),
         None => ctx.cloud.zones().await,
     }
@@ -291,7 +291,9 @@ pub async fn up_known(
     tracing::debug!(box_name = %spec.name, known = known.is_some(), "up: locked");
     let outcome = match launch::up_inner(ctx, spec, avoid, known).await {
         Err(e)
-            if spec.fallback_on_demand && spec.market == Market::Spot && spot_unavailable(&e) =>
+            if spec.launch.fallback_on_demand
+                && spec.market == Market::Spot
+                && spot_unavailable(&e) =>
         {
             let what = format!(
                 "No spot capacity for box {} ({e}); falling back to on-demand",

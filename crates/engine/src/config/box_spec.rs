@@ -2,19 +2,18 @@
 //! function per part (image, types, ready check, SSH, volumes, DNS, images).
 //! Errors point at the offending value.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use spotkeeper_cloud::{ImageRef, Market, RootVolume, SshSettings};
+use spotkeeper_cloud::{ImageRef, Market, SshSettings};
 use toml::Spanned;
 
 use super::error::{At, ConfigError, duration_at_least};
 use super::keywords::OnRebalance;
 pub use super::keywords::{DnsAddress, OnStop, PriceCap};
 use super::launch::{
-    EBS_TYPES, expand_path, is_instance_type, validate_fallback, validate_root_disk, validate_tags,
-    validate_user_data, validate_zones,
+    EBS_TYPES, LaunchTemplate, expand_path, is_instance_type, validate_fallback,
+    validate_root_disk, validate_tags, validate_user_data, validate_zones,
 };
 use super::raw::{RawBox, RawDns, RawImages, RawReady, RawSsh, RawVolume};
 
@@ -31,32 +30,19 @@ pub const MAX_READY_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 pub struct BoxSpec {
     /// The box name (the table key).
     pub name: String,
-    /// AMI id or alias (`ubuntu:24.04`, `al2023` …), resolved at launch.
-    pub image: ImageRef,
+    /// The launch settings boxes and pools share (image, zones, key, security
+    /// groups, user data, tags, instance profile, root disk, fallback).
+    pub launch: LaunchTemplate,
     /// Instance types, most preferred first.
     pub instance_types: Vec<String>,
     /// Price ceiling in USD/hour, checked by spotkeeper against the spot price.
     pub max_price: f64,
-    /// Allowed zones; `None` means every zone of the region.
-    pub zones: Option<Vec<String>>,
     /// Spot (default) or on-demand.
     pub market: Market,
-    /// Key pair name.
-    pub key_name: Option<String>,
-    /// Security group ids.
-    pub security_groups: Vec<String>,
     /// Subnet id.
     pub subnet: Option<String>,
-    /// User data (inline, or read from `user_data_file`).
-    pub user_data: Option<String>,
-    /// User tags.
-    pub tags: BTreeMap<String, String>,
     /// How to tell the box is up.
     pub ready: ReadyCheck,
-    /// Root disk size and type; default: the image's.
-    pub root_disk: Option<RootVolume>,
-    /// IAM instance profile (name or ARN) giving the box its role.
-    pub iam_instance_profile: Option<String>,
     /// How to reach the box over SSH (`exec`, `ssh`).
     pub ssh: SshSettings,
     /// A data volume that outlives instances.
@@ -83,10 +69,6 @@ pub struct BoxSpec {
     /// On a rebalance recommendation, start the replacement early (`replace`)
     /// or do nothing (`ignore`, default).
     pub replace_on_rebalance: bool,
-    /// When no spot offering can be had (none under the ceiling, no
-    /// capacity, a spot quota), launch on-demand instead (`fallback =
-    /// "on-demand"`); the daemon moves the box back to spot at the next chance.
-    pub fallback_on_demand: bool,
     /// Who holds the ceiling: spotkeeper (each pass moves a box whose price
     /// rose above it, when there is an offering under it) or AWS too
     /// (`price_cap = "aws"`: sent as the spot `MaxPrice`, so AWS interrupts
@@ -204,19 +186,22 @@ pub(super) fn validate_box(
     }
     Ok(BoxSpec {
         name: name.to_owned(),
-        image,
+        launch: LaunchTemplate {
+            image,
+            zones: validate_zones(b.zones, at)?,
+            key_name: b.key_name,
+            security_groups: b.security_groups,
+            user_data: validate_user_data(b.user_data, b.user_data_file, base, at)?,
+            tags: validate_tags(b.tags, at)?,
+            iam_instance_profile: b.iam_instance_profile,
+            root_disk: validate_root_disk(b.root_disk, at)?,
+            fallback_on_demand: validate_fallback(b.fallback),
+        },
         instance_types,
         max_price,
-        zones: validate_zones(b.zones, at)?,
         market: b.market.unwrap_or(Market::Spot),
-        key_name: b.key_name,
-        security_groups: b.security_groups,
         subnet: b.subnet,
-        user_data: validate_user_data(b.user_data, b.user_data_file, base, at)?,
-        tags: validate_tags(b.tags, at)?,
         ready: ready_check(b.ready, at)?,
-        root_disk: validate_root_disk(b.root_disk, at)?,
-        iam_instance_profile: b.iam_instance_profile,
         ssh: ssh_settings(b.ssh, base, at)?,
         data_volume,
         root_volume,
@@ -232,7 +217,6 @@ pub(super) fn validate_box(
             .transpose()?
             .unwrap_or_default(),
         replace_on_rebalance: b.on_rebalance == Some(OnRebalance::Replace),
-        fallback_on_demand: validate_fallback(b.fallback),
         price_cap: b.price_cap.unwrap_or_default(),
     })
 }

@@ -5,12 +5,36 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use spotkeeper_cloud::RootVolume;
+use spotkeeper_cloud::{ImageRef, RootVolume};
 use toml::Spanned;
 
 use super::error::{At, ConfigError};
 use super::keywords::Fallback;
 use super::raw::RawDisk;
+
+/// The launch settings boxes and pools share, validated the same way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchTemplate {
+    /// AMI id or alias (`ubuntu:24.04`, `al2023` …), resolved at launch.
+    pub image: ImageRef,
+    /// Allowed zones; `None`: every zone of the region (or the subnets').
+    pub zones: Option<Vec<String>>,
+    /// Key pair name.
+    pub key_name: Option<String>,
+    /// Security groups, by id or by name.
+    pub security_groups: Vec<String>,
+    /// User data (inline, or read from `user_data_file`).
+    pub user_data: Option<String>,
+    /// User tags.
+    pub tags: BTreeMap<String, String>,
+    /// IAM instance profile (name or ARN).
+    pub iam_instance_profile: Option<String>,
+    /// Root disk size and type; default: the image's.
+    pub root_disk: Option<RootVolume>,
+    /// `fallback = "on-demand"`: launch on-demand when no spot offering
+    /// can be had (a box moves back to spot at the next chance).
+    pub fallback_on_demand: bool,
+}
 
 /// The EBS volume types a volume or root disk may have.
 pub(crate) const EBS_TYPES: &[&str] = &["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"];

@@ -41,6 +41,7 @@ pub use box_spec::{
     MAX_READY_TIMEOUT, OnStop, PriceCap, ReadyCheck, VolumeSpec,
 };
 pub use error::ConfigError;
+pub use launch::LaunchTemplate;
 pub use pool_spec::{
     DEFAULT_DEMAND_TIMEOUT, DEFAULT_SCALE_DOWN_AFTER, Demand, MAX_CAPACITY_LIMIT,
     MAX_DEMAND_TIMEOUT, PoolSpec, PoolType,

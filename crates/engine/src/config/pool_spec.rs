@@ -2,17 +2,16 @@
 //! box's (every error names the file, line and column, or the JSON field for
 //! the API), one function per part (types, subnets, capacities, demand).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use spotkeeper_cloud::{ImageRef, RootVolume};
+use spotkeeper_cloud::ImageRef;
 use toml::Spanned;
 
 use super::error::{At, ConfigError, duration, duration_at_least};
 use super::launch::{
-    is_instance_type, validate_fallback, validate_root_disk, validate_tags, validate_user_data,
-    validate_zones,
+    LaunchTemplate, is_instance_type, validate_fallback, validate_root_disk, validate_tags,
+    validate_user_data, validate_zones,
 };
 use super::raw::{RawDemand, RawPool, RawPoolType};
 
@@ -34,14 +33,13 @@ pub const MAX_CAPACITY_LIMIT: u32 = 10_000;
 pub struct PoolSpec {
     /// The pool name (the table key).
     pub name: String,
-    /// AMI id or alias, resolved at launch.
-    pub image: ImageRef,
+    /// The launch settings boxes and pools share (image, zones, key, security
+    /// groups, user data, tags, instance profile, root disk, fallback).
+    pub launch: LaunchTemplate,
     /// The types the pool may run, with their capacity weights.
     pub types: Vec<PoolType>,
     /// Default price ceiling (USD/hour per instance) for types without their own.
     pub max_price: Option<f64>,
-    /// Allowed zones; `None`: every zone of the region (or the subnets' zones).
-    pub zones: Option<Vec<String>>,
     /// Subnets to launch into (their zones are the pool's zones).
     pub subnets: Vec<String>,
     /// Capacity kept even without demand.
@@ -57,22 +55,8 @@ pub struct PoolSpec {
     /// quarter of the pool at most at a time, never all at once), so a
     /// long-running pool picks up new images.
     pub max_lifetime: Option<Duration>,
-    /// Launch on-demand when no spot offering can be had.
-    pub fallback_on_demand: bool,
     /// Where the number of pending jobs comes from.
     pub demand: Demand,
-    /// Key pair name.
-    pub key_name: Option<String>,
-    /// Security group ids.
-    pub security_groups: Vec<String>,
-    /// User data.
-    pub user_data: Option<String>,
-    /// User tags.
-    pub tags: BTreeMap<String, String>,
-    /// IAM instance profile.
-    pub iam_instance_profile: Option<String>,
-    /// Root disk size and type.
-    pub root_disk: Option<RootVolume>,
 }
 
 impl PoolSpec {
@@ -145,10 +129,19 @@ pub(super) fn validate_pool(
     let (min_capacity, max_capacity) = capacities(p.min_capacity, p.max_capacity, at)?;
     Ok(PoolSpec {
         name: name.to_owned(),
-        image,
+        launch: LaunchTemplate {
+            image,
+            zones: validate_zones(p.zones, at)?,
+            key_name: p.key_name,
+            security_groups: p.security_groups,
+            user_data: validate_user_data(p.user_data, p.user_data_file, base, at)?,
+            tags: validate_tags(p.tags, at)?,
+            iam_instance_profile: p.iam_instance_profile,
+            root_disk: validate_root_disk(p.root_disk, at)?,
+            fallback_on_demand: validate_fallback(p.fallback),
+        },
         types: pool_types(p.instance_types, at)?,
         max_price,
-        zones: validate_zones(p.zones, at)?,
         subnets: subnets(p.subnet, p.subnets, at)?,
         min_capacity,
         max_capacity,
@@ -164,18 +157,11 @@ pub(super) fn validate_pool(
             "",
             at,
         )?,
-        fallback_on_demand: validate_fallback(p.fallback),
         demand: p
             .demand
             .map(|d| demand(d, at))
             .transpose()?
             .unwrap_or(Demand::None),
-        key_name: p.key_name,
-        security_groups: p.security_groups,
-        user_data: validate_user_data(p.user_data, p.user_data_file, base, at)?,
-        tags: validate_tags(p.tags, at)?,
-        iam_instance_profile: p.iam_instance_profile,
-        root_disk: validate_root_disk(p.root_disk, at)?,
     })
 }
 
@@ -403,7 +389,7 @@ tags = { team = "ci" }
         assert_eq!(p.capacity_of("c7i.xlarge"), 2);
         assert_eq!(p.types[1].max_price, Some(0.09));
         assert_eq!(p.max_capacity, 40);
-        assert!(p.fallback_on_demand);
+        assert!(p.launch.fallback_on_demand);
         assert!(matches!(&p.demand, Demand::Http { url, .. } if url.contains("PENDING")));
         let sqs = POOL.replace(
             r#"demand = { http = "http://queue.internal:8080/v1/jobs?state=PENDING" }"#,

@@ -84,7 +84,7 @@ fn user_data_file_is_read_relative_to_the_config() {
     let text = GOOD.replace("tags =", "user_data_file = \"boot.sh\"\ntags =");
     let c = parse(&dir.path().join("spotkeeper.toml"), &text).expect("valid");
     assert_eq!(
-        c.boxes["dev"].user_data.as_deref(),
+        c.boxes["dev"].launch.user_data.as_deref(),
         Some("#!/bin/sh\necho hi\n")
     );
 }
@@ -128,7 +128,7 @@ fn image_aliases_ssh_and_root_disk_parse() {
     let c = parse(Path::new("/etc/sk/x.toml"), &text).expect("valid");
     let b = &c.boxes["dev"];
     assert_eq!(
-        b.image,
+        b.launch.image,
         ImageRef::Ubuntu {
             release: "24.04".into(),
             arch: spotkeeper_cloud::Arch::Arm64
@@ -144,7 +144,7 @@ fn image_aliases_ssh_and_root_disk_parse() {
         (2222, Some("203.0.113.7"), Some("bastion"))
     );
     assert_eq!(
-        b.root_disk,
+        b.launch.root_disk,
         Some(RootVolume {
             size_gb: 30,
             kind: "gp3".into()
@@ -165,7 +165,7 @@ fn image_aliases_ssh_and_root_disk_parse() {
         &GOOD.replace("ami-0123456789abcdef0", "ubuntu:noble"),
     )
     .expect("valid");
-    assert_eq!(c.boxes["dev"].image.to_string(), "ubuntu:24.04");
+    assert_eq!(c.boxes["dev"].launch.image.to_string(), "ubuntu:24.04");
 }
 
 #[test]
@@ -277,7 +277,7 @@ fn persistence_mistakes_are_located() {
     .expect("valid");
     assert!(latest.boxes["dev"].image_from_box);
     assert_eq!(
-        latest.boxes["dev"].image,
+        latest.boxes["dev"].launch.image,
         ImageRef::AmazonLinux2023 {
             arch: spotkeeper_cloud::Arch::Amd64
         }
@@ -294,7 +294,7 @@ fn fallback_and_rebalance_policies_are_checked() {
         ),
     )
     .expect("valid");
-    assert!(c.boxes["dev"].fallback_on_demand && c.boxes["dev"].replace_on_rebalance);
+    assert!(c.boxes["dev"].launch.fallback_on_demand && c.boxes["dev"].replace_on_rebalance);
     assert!(
         err(&GOOD.replace("tags =", "fallback = \"reserved\"\ntags ="))
             .message

@@ -80,7 +80,7 @@ pub struct BoxFacts<'o> {
 
 /// What `spec`'s box needs, from `facts` alone (no I/O).
 pub fn plan_box(spec: &BoxSpec, facts: &BoxFacts<'_>) -> Vec<Step> {
-    let counts = |i: &&Instance| !facts.doomed.contains(&i.id) && i.tag(tags::STOPPED).is_none();
+    let counts = |i: &&Instance| counts(facts, i);
     let running = facts
         .instances
         .iter()
@@ -100,18 +100,7 @@ pub fn plan_box(spec: &BoxSpec, facts: &BoxFacts<'_>) -> Vec<Step> {
         };
     };
     let mut steps = Vec::new();
-    let extra: Vec<InstanceId> = facts
-        .instances
-        .iter()
-        .copied()
-        .filter(counts)
-        .filter(|i| i.state.is_live() && i.id != healthy.id)
-        .filter(|i| {
-            i.launched_at
-                .is_none_or(|t| facts.now.duration_since(t).unwrap_or_default() >= ORPHAN_GRACE)
-        })
-        .map(|i| i.id.clone())
-        .collect();
+    let extra = duplicates(facts, healthy);
     if !extra.is_empty() {
         steps.push(Step::TerminateDuplicates {
             keep: healthy.id.clone(),
@@ -151,13 +140,37 @@ pub fn plan_box(spec: &BoxSpec, facts: &BoxFacts<'_>) -> Vec<Step> {
         });
         return steps;
     }
-    if healthy.market == Market::OnDemand && spec.market == Market::Spot && spec.fallback_on_demand
+    if healthy.market == Market::OnDemand
+        && spec.market == Market::Spot
+        && spec.launch.fallback_on_demand
     {
         steps.push(Step::BackToSpot(healthy.id.clone()));
     } else if spec.images.every.is_some() && facts.image_check_due {
         steps.push(Step::Image(healthy.id.clone()));
     }
     steps
+}
+
+/// Whether an instance counts as the box's: not doomed, not marked stopped.
+fn counts(facts: &BoxFacts<'_>, i: &Instance) -> bool {
+    !facts.doomed.contains(&i.id) && i.tag(tags::STOPPED).is_none()
+}
+
+/// The box's other live instances, once past the orphan grace (a racing
+/// `up` may still be settling a younger one).
+fn duplicates(facts: &BoxFacts<'_>, healthy: &Instance) -> Vec<InstanceId> {
+    facts
+        .instances
+        .iter()
+        .copied()
+        .filter(|i| counts(facts, i))
+        .filter(|i| i.state.is_live() && i.id != healthy.id)
+        .filter(|i| {
+            i.launched_at
+                .is_none_or(|t| facts.now.duration_since(t).unwrap_or_default() >= ORPHAN_GRACE)
+        })
+        .map(|i| i.id.clone())
+        .collect()
 }
 
 /// The price of `running`'s offering when it is above the box's ceiling and
@@ -177,7 +190,11 @@ fn over_ceiling(spec: &BoxSpec, running: &Instance, prices: &[SpotPrice]) -> Opt
     let elsewhere = prices.iter().any(|p| {
         p.price <= spec.max_price
             && spec.instance_types.contains(&p.instance_type)
-            && spec.zones.as_ref().is_none_or(|z| z.contains(&p.zone))
+            && spec
+                .launch
+                .zones
+                .as_ref()
+                .is_none_or(|z| z.contains(&p.zone))
             && (!pinned || p.zone == zone)
     });
     (now > spec.max_price && elsewhere).then_some(now)
@@ -323,7 +340,7 @@ impl Daemon<'_> {
             return None;
         }
         let image = self.lock_memory().images.get(&spec.name).cloned()?;
-        let zones = match (&spec.subnet, &spec.zones) {
+        let zones = match (&spec.subnet, &spec.launch.zones) {
             (Some(_), _) => return None,
             (None, Some(z)) => z.clone(),
             (None, None) if !obs.zones.is_empty() => obs.zones.clone(),
@@ -522,10 +539,8 @@ impl Daemon<'_> {
             offerings: self.unavailable(),
         };
         avoid.instances.insert(instance.id.clone());
-        let spot_only = BoxSpec {
-            fallback_on_demand: false,
-            ..spec.clone()
-        };
+        let mut spot_only = spec.clone();
+        spot_only.launch.fallback_on_demand = false;
         let ctx = self.ctx();
         let Ok(out) = boxes::up_avoiding(&ctx, &spot_only, &avoid).await else {
             return Vec::new();

@@ -358,7 +358,7 @@ impl<'a> Daemon<'a> {
         if spot.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let region = if spot.iter().any(|s| s.zones.is_none()) {
+        let region = if spot.iter().any(|s| s.launch.zones.is_none()) {
             self.region_zones().await?
         } else {
             Vec::new()
@@ -371,7 +371,7 @@ impl<'a> Daemon<'a> {
         types.dedup();
         let mut zones: Vec<String> = spot
             .iter()
-            .flat_map(|s| s.zones.clone().unwrap_or_else(|| region.clone()))
+            .flat_map(|s| s.launch.zones.clone().unwrap_or_else(|| region.clone()))
             .collect();
         zones.sort();
         zones.dedup();

@@ -71,7 +71,7 @@ impl Daemon<'_> {
         }
         let zones = if pools
             .iter()
-            .all(|p| p.zones.is_some() || !p.subnets.is_empty())
+            .all(|p| p.launch.zones.is_some() || !p.subnets.is_empty())
         {
             Vec::new()
         } else {
@@ -83,7 +83,7 @@ impl Daemon<'_> {
         let mut price_zones: Vec<String> = Vec::new();
         for p in pools.iter().filter(|p| p.subnets.is_empty()) {
             types.extend(p.types.iter().map(|t| t.instance_type.clone()));
-            price_zones.extend(p.zones.clone().unwrap_or_else(|| zones.clone()));
+            price_zones.extend(p.launch.zones.clone().unwrap_or_else(|| zones.clone()));
         }
         types.sort();
         types.dedup();

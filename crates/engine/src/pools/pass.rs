@@ -157,7 +157,7 @@ pub fn open_requests(spec: &PoolSpec, requests: &[SpotRequest]) -> Vec<OpenReque
 
 /// The tags of every pool instance, set at creation.
 pub fn pool_tags(owner: &str, spec: &PoolSpec, token: &str) -> BTreeMap<String, String> {
-    let mut t = spec.tags.clone();
+    let mut t = spec.launch.tags.clone();
     t.insert(tags::OWNER.into(), owner.to_owned());
     t.insert(tags::POOL.into(), spec.name.clone());
     t.insert(tags::INTENT.into(), token.to_owned());
@@ -170,26 +170,28 @@ fn launch_spec(owner: &str, spec: &PoolSpec, image: &ImageId, launch: &PoolLaunc
     l.market = launch.market;
     l.zone = Some(launch.zone.clone());
     l.subnet_id = launch.subnet.clone();
-    l.security_group_ids = spec.security_groups.clone();
-    l.key_name = spec.key_name.clone();
-    l.user_data = spec.user_data.clone();
+    l.security_group_ids = spec.launch.security_groups.clone();
+    l.key_name = spec.launch.key_name.clone();
+    l.user_data = spec.launch.user_data.clone();
     l.tags = pool_tags(owner, spec, &launch.token);
     l.client_token = launch.token.clone();
-    l.root_volume = spec.root_disk.clone();
-    l.iam_instance_profile = spec.iam_instance_profile.clone();
+    l.root_volume = spec.launch.root_disk.clone();
+    l.iam_instance_profile = spec.launch.iam_instance_profile.clone();
     l
 }
 
 impl PoolPass<'_> {
     async fn places(&self, spec: &PoolSpec, world: &World) -> Result<Vec<Placement>, CloudError> {
         let allowed = |z: &str| {
-            spec.zones
+            spec.launch
+                .zones
                 .as_ref()
                 .is_none_or(|zs| zs.iter().any(|a| a == z))
         };
         if spec.subnets.is_empty() {
             // The pool's zones, else every zone of the region.
             return Ok(spec
+                .launch
                 .zones
                 .as_ref()
                 .unwrap_or(&world.zones)
@@ -235,7 +237,7 @@ impl PoolPass<'_> {
         // Names are looked up in the launch subnet's (or the default) VPC.
         let resolved = self
             .cloud
-            .security_group_ids(&spec.security_groups, intent.subnet.as_deref())
+            .security_group_ids(&spec.launch.security_groups, intent.subnet.as_deref())
             .await;
         let launched = match resolved {
             Ok(ids) => {
@@ -409,7 +411,7 @@ impl PoolPass<'_> {
         if let Some(img) = image {
             return Ok(img.clone());
         }
-        let img = self.cloud.resolve_image(&spec.image).await?;
+        let img = self.cloud.resolve_image(&spec.launch.image).await?;
         *image = Some(img.clone());
         Ok(img)
     }
@@ -586,7 +588,7 @@ impl PoolPass<'_> {
             ErrorKind::QuotaExceeded if batch.market == Market::Spot => {
                 state.spot_blocked = true;
                 state.outcome.block_spot = true;
-                let then = if spec.fallback_on_demand {
+                let then = if spec.launch.fallback_on_demand {
                     "launching on-demand until it clears"
                 } else {
                     "no fallback: the pool stays short"

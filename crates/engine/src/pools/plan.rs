@@ -415,7 +415,7 @@ fn launch(
     };
     let candidates = if !spot.is_empty() {
         spot
-    } else if spec.fallback_on_demand {
+    } else if spec.launch.fallback_on_demand {
         let od = on_demand_candidates(input);
         if !od.is_empty() {
             reasons.push("no spot offering: falling back to on-demand".into());
@@ -427,7 +427,7 @@ fn launch(
     if candidates.is_empty() {
         reasons.push(format!(
             "short {need} units but no offering is available (fallback {})",
-            if spec.fallback_on_demand {
+            if spec.launch.fallback_on_demand {
                 "on-demand also unavailable"
             } else {
                 "none"
