@@ -106,6 +106,16 @@ fn spec(market: Market) -> LaunchSpec {
     }
 }
 
+/// An image Canonical published: what DescribeImages answers for it.
+fn canonical_image(id: &str, name: &str, created: &str) -> Ec2Image {
+    Ec2Image::builder()
+        .image_id(id)
+        .owner_id(spotkeeper_cloud::CANONICAL_OWNER)
+        .name(name)
+        .creation_date(created)
+        .build()
+}
+
 #[tokio::test]
 async fn a_spot_launch_is_one_time_uncapped_tokened_and_tags_instance_volume_and_request() {
     let rule = mock!(Client::run_instances)
@@ -243,14 +253,11 @@ async fn latest_ubuntu_falls_back_to_the_newest_canonical_image() {
         })
         .then_output(|| {
             let img = |id: &str, date: &str| {
-                Ec2Image::builder()
-                    .image_id(id)
-                    .owner_id(spotkeeper_cloud::CANONICAL_OWNER)
-                    .name(format!(
-                        "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-{id}"
-                    ))
-                    .creation_date(date)
-                    .build()
+                canonical_image(
+                    id,
+                    &format!("ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-{id}"),
+                    date,
+                )
             };
             DescribeImagesOutput::builder()
                 .images(img("ami-old", "2025-01-02T03:04:05.000Z"))
@@ -461,14 +468,13 @@ async fn ubuntu_daily_images_are_canonicals_newest_images_testing_build_of_the_c
         })
         .then_output(|| {
             let img = |id: &str, date: &str| {
-                Ec2Image::builder()
-                    .image_id(id)
-                    .owner_id(spotkeeper_cloud::CANONICAL_OWNER)
-                    .name(format!(
+                canonical_image(
+                    id,
+                    &format!(
                         "ubuntu/images-testing/hvm-ssd-gp3/ubuntu-noble-daily-arm64-server-{date}"
-                    ))
-                    .creation_date(date)
-                    .build()
+                    ),
+                    date,
+                )
             };
             DescribeImagesOutput::builder()
                 .images(img("ami-0000000000000d001", "2026-11-28T03:04:05.000Z"))
