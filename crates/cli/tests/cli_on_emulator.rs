@@ -469,6 +469,21 @@ fn security_groups_may_be_named_and_an_unknown_name_stops_up_before_any_launch()
         describe(&out)
     );
     assert!(cli.live().is_empty(), "nothing launched");
+    // With a data volume too: the name is resolved before any volume is made.
+    cli.write_config(&CONFIG.replace(
+        "tags =",
+        "security_groups = [\"no-such-group\"]\ndata_volume = { name = \"sg-data\", size_gb = 1 }\ntags =",
+    ));
+    let out = cli.run(&["up", "dev"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let volumes = cli.moto.boto(
+        "print(len(ec2.describe_volumes(Filters=[{'Name': 'tag:Name', 'Values': ['sg-data']}])['Volumes']))",
+    );
+    assert_eq!(
+        volumes.trim(),
+        "0",
+        "no volume left for a launch that cannot happen"
+    );
 
     cli.write_config(&CONFIG.replace("tags =", "security_groups = [\"web-ssh\"]\ntags ="));
     let inst = cli.json(&["up", "dev", "--json"]);

@@ -27,6 +27,14 @@ struct Target {
     zone: Option<String>,
 }
 
+/// What every launch attempt of one `up` uses, resolved once.
+struct Resolved {
+    /// The image (aliases resolved).
+    image: ImageId,
+    /// The security groups' ids.
+    security_groups: Vec<String>,
+}
+
 /// A box's persistent volume as found before the launch.
 type Found<'s> = (persist::Role, &'s VolumeSpec, Option<Volume>);
 
@@ -64,14 +72,23 @@ pub(super) async fn up_inner(
         reusable = None;
     }
     let targets = targets(ctx, spec, avoid, known, &found).await?;
-    let image_id = match known {
-        Some(k) => k.image.clone(),
-        None => launch_image(ctx, spec).await?,
+    let resolved = Resolved {
+        image: match known {
+            Some(k) => k.image.clone(),
+            None => launch_image(ctx, spec).await?,
+        },
+        // Once for every offering, and before any volume is made for one:
+        // a group name that resolves to nothing stops `up` with nothing done.
+        // Names are looked up in the subnet's (or the default) VPC; ids pass.
+        security_groups: ctx
+            .cloud
+            .security_group_ids(&spec.launch.security_groups, spec.subnet.as_deref())
+            .await?,
     };
     let mut tried = Vec::new();
     for target in targets {
         let intent = intent_for(ctx, spec, reusable.take(), &target).await?;
-        match launch_at(ctx, spec, avoid, &found, &image_id, &target, intent).await? {
+        match launch_at(ctx, spec, avoid, &found, &resolved, &target, intent).await? {
             Attempt::Up(outcome) => return Ok(*outcome),
             Attempt::NoCapacity(why) => tried.push(why),
         }
@@ -350,10 +367,10 @@ async fn prepare_volumes(
 }
 
 /// The RunInstances parameters of a launch at `target` under `intent`.
-async fn launch_spec(
+fn launch_spec(
     ctx: &Ctx<'_>,
     spec: &BoxSpec,
-    image_id: &ImageId,
+    resolved: &Resolved,
     target: &Target,
     intent: &Intent,
     prepared: &[persist::Prepared],
@@ -363,13 +380,8 @@ async fn launch_spec(
         &boot_volumes(spec, prepared),
         spec.launch.user_data.as_deref(),
     )?;
-    // Names are looked up in the subnet's (or the default) VPC; ids pass.
-    let security_group_ids = ctx
-        .cloud
-        .security_group_ids(&spec.launch.security_groups, spec.subnet.as_deref())
-        .await?;
     Ok(LaunchSpec {
-        image_id: image_id.clone(),
+        image_id: resolved.image.clone(),
         instance_type: target.instance_type.clone(),
         market: spec.market,
         zone: if spec.subnet.is_some() {
@@ -378,7 +390,7 @@ async fn launch_spec(
             target.zone.clone()
         },
         subnet_id: spec.subnet.clone(),
-        security_group_ids,
+        security_group_ids: resolved.security_groups.clone(),
         key_name: spec.launch.key_name.clone(),
         user_data,
         tags: launch_tags(ctx.owner, spec, &intent.token),
@@ -396,17 +408,17 @@ async fn launch_at(
     spec: &BoxSpec,
     avoid: &Avoid,
     found: &[Found<'_>],
-    image_id: &ImageId,
+    resolved: &Resolved,
     target: &Target,
     intent: Intent,
 ) -> Result<Attempt, BoxError> {
     let name = spec.name.as_str();
     let zone_name = target.zone.as_deref().unwrap_or("any zone");
     let prepared = match &target.zone {
-        Some(z) => prepare_volumes(ctx, spec, found, z, image_id).await?,
+        Some(z) => prepare_volumes(ctx, spec, found, z, &resolved.image).await?,
         None => Vec::new(),
     };
-    let launch = launch_spec(ctx, spec, image_id, target, &intent, &prepared).await?;
+    let launch = launch_spec(ctx, spec, resolved, target, &intent, &prepared)?;
     tracing::debug!(box_name = name, token = %intent.token, "launch call");
     ctx.progress.start(&format!(
         "Requesting a {} {} instance in {zone_name}",
