@@ -1,6 +1,9 @@
-//! Per-box lock files: two `up` (or `up` and `stop`) of one box on one machine
-//! run one after the other, never interleaved. Across machines, `up` re-checks
-//! by tag after launching and terminates the loser.
+//! Per-box locks: two `up` (or `up` and `stop`, or a daemon's replacement) of
+//! one box run one after the other, never interleaved. On a SQLite state they
+//! are lock files (one machine); on PostgreSQL, advisory locks held by a
+//! connection of their own (every machine sharing the database; see
+//! [`crate::store::Store::lock_box`]). Beyond that, `up` re-checks by tag
+//! after launching and terminates the loser.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
@@ -9,17 +12,25 @@ use std::time::Duration;
 /// How often a waiting process retries the lock.
 const RETRY: Duration = Duration::from_millis(200);
 
-/// Held while a box is being changed; the OS releases it if the process dies.
+/// Held while a box is being changed; released when dropped, and by the
+/// OS (a file) or the database (a closed connection) if the process dies.
 #[derive(Debug)]
 pub struct BoxLock {
-    _file: File,
-    path: PathBuf,
+    _held: Held,
+}
+
+#[derive(Debug)]
+enum Held {
+    File(#[allow(dead_code)] File),
+    Database(#[allow(dead_code)] sqlx::AnyConnection),
 }
 
 impl BoxLock {
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// A lock held by the database connection `conn` (closed when dropped).
+    pub fn in_database(conn: sqlx::AnyConnection) -> Self {
+        Self {
+            _held: Held::Database(conn),
+        }
     }
 }
 
@@ -46,7 +57,11 @@ pub async fn lock_file(path: PathBuf, on_wait: &(dyn Fn() + Sync)) -> std::io::R
     let mut told = false;
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(BoxLock { _file: file, path }),
+            Ok(()) => {
+                return Ok(BoxLock {
+                    _held: Held::File(file),
+                });
+            }
             Err(TryLockError::WouldBlock) => {
                 if !told {
                     on_wait();

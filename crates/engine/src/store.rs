@@ -1,20 +1,25 @@
-//! The state file: SQLite through sqlx (WAL, embedded append-only migrations).
+//! The state store: SQLite through sqlx (WAL, embedded append-only
+//! migrations) by default, or PostgreSQL (`[daemon] database`) for several
+//! daemons sharing the work. One set of queries serves both (through sqlx's
+//! `Any` driver, with `$n` placeholders both dialects read); the schemas have
+//! their own migrations (`migrations/sqlite`, `migrations/postgres`).
 //! It holds launch intents (written before the launch call, closed when the
-//! instance is seen gone) and an append-only event log.
+//! instance is seen gone), an append-only event log, and the daemons' leases.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use spotkeeper_cloud::Market;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::{FromRow, Row};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor as _, FromRow, Row};
+
+pub use crate::config::DatabaseUrl;
 
 /// A state-file failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Opening or migrating the file failed.
-    #[error("cannot open the state file {path}: {source}")]
+    /// Opening or migrating the file (or database) failed.
+    #[error("cannot open the state store {path}: {source}")]
     Open {
         /// The file.
         path: String,
@@ -150,10 +155,20 @@ pub struct ManagedBox {
 /// The columns `seen_instances` and `runs_since` select.
 const SEEN_COLUMNS: &str = "instance_id, box, pool, instance_type, zone, market, state, first_seen, last_seen, launched_at, ended_at";
 
+/// Which database a store is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file (or memory): one machine.
+    Sqlite,
+    /// A PostgreSQL server: several daemons and CLIs on several machines.
+    Postgres,
+}
+
 /// The state store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 /// Seconds since the epoch, now.
@@ -166,6 +181,9 @@ pub fn unix_seconds(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
+
+/// How long a SQLite connection waits for another process's write lock.
+const SQLITE_BUSY_MS: u32 = 15_000;
 
 impl Store {
     /// Opens (creating it and its directory if needed) the state file at `path`.
@@ -186,13 +204,6 @@ impl Store {
                 .create(dir)
                 .map_err(|e| err(sqlx::Error::Io(e)))?;
         }
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // Another spotkeeper process (the daemon, a second CLI) may hold the
-            // write lock for a moment; wait rather than fail.
-            .busy_timeout(Duration::from_secs(15));
         // sqlx's SQLite migrator takes no lock: two processes opening a new
         // file at once would both create the tables. Migrate one at a time.
         let mut lock_path = path.as_os_str().to_owned();
@@ -200,12 +211,9 @@ impl Store {
         let _migrating = crate::lock::lock_file(lock_path.into(), &|| {})
             .await
             .map_err(|e| err(sqlx::Error::Io(e)))?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(err)?;
-        sqlx::migrate!("./migrations")
+        let url = sqlite_url(path).map_err(err)?;
+        let pool = Self::sqlite_pool(&url, 4).await.map_err(err)?;
+        sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
             .map_err(|e| err(e.into()))?;
@@ -221,7 +229,65 @@ impl Store {
                     .map_err(|e| err(sqlx::Error::Io(e)))?;
             }
         }
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            backend: Backend::Sqlite,
+        })
+    }
+
+    /// A pool of SQLite connections in WAL mode that wait for a busy file.
+    async fn sqlite_pool(url: &str, connections: u32) -> Result<AnyPool, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let options: AnyConnectOptions = url.parse()?;
+        AnyPoolOptions::new()
+            .max_connections(connections)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // Another spotkeeper process (the daemon, a second CLI) may
+                    // hold the write lock for a moment; wait rather than fail.
+                    conn.execute(&*format!(
+                        "PRAGMA busy_timeout = {SQLITE_BUSY_MS}; PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON"
+                    ))
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+    }
+
+    /// Connects to the PostgreSQL database at `url` and brings its schema
+    /// up to date (sqlx's migrator holds an advisory lock while it does, so
+    /// daemons starting together migrate once).
+    pub async fn connect(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        let err = |source| StoreError::Open {
+            path: url.to_string(),
+            source,
+        };
+        sqlx::any::install_default_drivers();
+        let options: AnyConnectOptions = url.expose().parse().map_err(err)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .map_err(|e| err(redact(e, url)))?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| err(redact(e.into(), url)))?;
+        Ok(Self {
+            pool,
+            backend: Backend::Postgres,
+        })
+    }
+
+    /// The store at `url`: a PostgreSQL URL, else a SQLite file path.
+    pub async fn open_database(db: &crate::config::Database) -> Result<Self, StoreError> {
+        match db {
+            crate::config::Database::File(path) => Self::open(path).await,
+            crate::config::Database::Postgres(url) => Self::connect(url).await,
+        }
     }
 
     /// An in-memory store, for tests.
@@ -230,18 +296,21 @@ impl Store {
             path: ":memory:".into(),
             source,
         };
-        let options = SqliteConnectOptions::from_str("sqlite::memory:").map_err(err)?;
         // One connection: every connection to :memory: is a separate database.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .map_err(err)?;
-        sqlx::migrate!("./migrations")
+        let pool = Self::sqlite_pool("sqlite::memory:", 1).await.map_err(err)?;
+        sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
             .map_err(|e| err(e.into()))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            backend: Backend::Sqlite,
+        })
+    }
+
+    /// Which database this store is on.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// The box's open intent (not yet closed), if any.
@@ -252,7 +321,7 @@ impl Store {
     ) -> Result<Option<Intent>, StoreError> {
         let row = sqlx::query(
             "SELECT id, owner, box, generation, token, market, instance_type, zone, created_at, instance_id
-             FROM intents WHERE owner = ? AND box = ? AND closed_at IS NULL ORDER BY id DESC LIMIT 1",
+             FROM intents WHERE owner = $1 AND box = $2 AND closed_at IS NULL ORDER BY id DESC LIMIT 1",
         )
         .bind(owner)
         .bind(box_name)
@@ -264,7 +333,7 @@ impl Store {
     /// The next launch generation of a box (one more than any recorded).
     pub async fn next_generation(&self, owner: &str, box_name: &str) -> Result<i64, StoreError> {
         let max: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(generation) FROM intents WHERE owner = ? AND box = ?")
+            sqlx::query_scalar("SELECT MAX(generation) FROM intents WHERE owner = $1 AND box = $2")
                 .bind(owner)
                 .bind(box_name)
                 .fetch_one(&self.pool)
@@ -275,9 +344,9 @@ impl Store {
     /// Records a new open intent.
     pub async fn create_intent(&self, new: NewIntent<'_>) -> Result<Intent, StoreError> {
         let created_at = unix_now();
-        let id = sqlx::query(
+        let id: i64 = sqlx::query_scalar(
             "INSERT INTO intents (owner, box, generation, token, market, instance_type, zone, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(new.owner)
         .bind(new.box_name)
@@ -287,9 +356,8 @@ impl Store {
         .bind(new.instance_type)
         .bind(new.zone)
         .bind(created_at)
-        .execute(&self.pool)
-        .await?
-        .last_insert_rowid();
+        .fetch_one(&self.pool)
+        .await?;
         Ok(Intent {
             id,
             owner: new.owner.to_owned(),
@@ -310,7 +378,7 @@ impl Store {
         intent_id: i64,
         instance_id: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE intents SET instance_id = ? WHERE id = ?")
+        sqlx::query("UPDATE intents SET instance_id = $1 WHERE id = $2")
             .bind(instance_id)
             .bind(intent_id)
             .execute(&self.pool)
@@ -321,7 +389,7 @@ impl Store {
     /// Closes an intent with a one-word outcome (`gone`, `failed`, `stopped`, `lost-race`).
     pub async fn close_intent(&self, intent_id: i64, outcome: Outcome) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE intents SET closed_at = ?, outcome = ? WHERE id = ? AND closed_at IS NULL",
+            "UPDATE intents SET closed_at = $1, outcome = $2 WHERE id = $3 AND closed_at IS NULL",
         )
         .bind(unix_now())
         .bind(outcome.as_str())
@@ -338,7 +406,7 @@ impl Store {
         box_name: &str,
         outcome: Outcome,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE intents SET closed_at = ?, outcome = ? WHERE owner = ? AND box = ? AND closed_at IS NULL")
+        sqlx::query("UPDATE intents SET closed_at = $1, outcome = $2 WHERE owner = $3 AND box = $4 AND closed_at IS NULL")
             .bind(unix_now())
             .bind(outcome.as_str())
             .bind(owner)
@@ -356,14 +424,16 @@ impl Store {
         kind: &str,
         message: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO events (at, owner, box, kind, message) VALUES (?, ?, ?, ?, ?)")
-            .bind(unix_now())
-            .bind(owner)
-            .bind(box_name)
-            .bind(kind)
-            .bind(message)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO events (at, owner, box, kind, message) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(unix_now())
+        .bind(owner)
+        .bind(box_name)
+        .bind(kind)
+        .bind(message)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -376,7 +446,7 @@ impl Store {
     ) -> Result<Vec<Event>, StoreError> {
         Ok(sqlx::query_as::<_, Event>(
             "SELECT id, at, box, pool, kind, message FROM events
-             WHERE owner = ? AND id > ? ORDER BY id LIMIT ?",
+             WHERE owner = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
         .bind(owner)
         .bind(after)
@@ -389,8 +459,9 @@ impl Store {
     /// starts after the newest event (it is not sent the history).
     pub async fn notify_cursor(&self, owner: &str, sink: &str) -> Result<NotifyCursor, StoreError> {
         sqlx::query(
-            "INSERT OR IGNORE INTO notify_cursors (owner, sink, last_event, attempts, updated_at)
-             VALUES (?, ?, (SELECT COALESCE(MAX(id), 0) FROM events), 0, ?)",
+            "INSERT INTO notify_cursors (owner, sink, last_event, attempts, updated_at)
+             VALUES ($1, $2, (SELECT COALESCE(MAX(id), 0) FROM events), 0, $3)
+             ON CONFLICT (owner, sink) DO NOTHING",
         )
         .bind(owner)
         .bind(sink)
@@ -398,7 +469,7 @@ impl Store {
         .execute(&self.pool)
         .await?;
         let row = sqlx::query(
-            "SELECT last_event, attempts, last_error FROM notify_cursors WHERE owner = ? AND sink = ?",
+            "SELECT last_event, attempts, last_error FROM notify_cursors WHERE owner = $1 AND sink = $2",
         )
         .bind(owner)
         .bind(sink)
@@ -415,8 +486,8 @@ impl Store {
         last_event: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE notify_cursors SET last_event = ?, attempts = 0, last_error = NULL, updated_at = ?
-             WHERE owner = ? AND sink = ?",
+            "UPDATE notify_cursors SET last_event = $1, attempts = 0, last_error = NULL, updated_at = $2
+             WHERE owner = $3 AND sink = $4",
         )
         .bind(last_event)
         .bind(unix_now())
@@ -436,8 +507,8 @@ impl Store {
         why: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE notify_cursors SET last_event = ?, attempts = ?, last_error = ?, updated_at = ?
-             WHERE owner = ? AND sink = ?",
+            "UPDATE notify_cursors SET last_event = $1, attempts = $2, last_error = $3, updated_at = $4
+             WHERE owner = $5 AND sink = $6",
         )
         .bind(cursor.last_event)
         .bind(i64::from(cursor.attempts))
@@ -456,7 +527,7 @@ impl Store {
         owner: &str,
     ) -> Result<Vec<(String, NotifyCursor)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT sink, last_event, attempts, last_error FROM notify_cursors WHERE owner = ? ORDER BY sink",
+            "SELECT sink, last_event, attempts, last_error FROM notify_cursors WHERE owner = $1 ORDER BY sink",
         )
         .bind(owner)
         .fetch_all(&self.pool)
@@ -476,7 +547,7 @@ impl Store {
     ) -> Result<Vec<Event>, StoreError> {
         Ok(sqlx::query_as::<_, Event>(
             "SELECT id, at, box, pool, kind, message FROM events
-             WHERE owner = ? AND (? IS NULL OR box = ?) ORDER BY id DESC LIMIT ?",
+             WHERE owner = $1 AND ($2 IS NULL OR box = $3) ORDER BY id DESC LIMIT $4",
         )
         .bind(owner)
         .bind(box_name)
@@ -484,6 +555,34 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+/// A `sqlite://` URL for the file at `path`, read-write and created if
+/// missing (the path percent-encoded: `?` and `#` are file name characters).
+fn sqlite_url(path: &Path) -> Result<String, sqlx::Error> {
+    let text = path.to_str().ok_or_else(|| {
+        sqlx::Error::Configuration(format!("{} is not UTF-8", path.display()).into())
+    })?;
+    let mut url = String::from("sqlite://");
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            url.push(b as char);
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url.push_str("?mode=rwc");
+    Ok(url)
+}
+
+/// An error that might quote the URL, with its password taken out.
+fn redact(e: sqlx::Error, url: &DatabaseUrl) -> sqlx::Error {
+    match url.password() {
+        Some(p) if !p.is_empty() && e.to_string().contains(p) => {
+            sqlx::Error::Configuration(e.to_string().replace(p, "***").into())
+        }
+        _ => e,
     }
 }
 
@@ -497,7 +596,7 @@ impl Store {
         spec: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO managed_boxes (owner, name, source, spec, registered_at) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO managed_boxes (owner, name, source, spec, registered_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (owner, name) DO UPDATE SET source = excluded.source, spec = excluded.spec",
         )
         .bind(owner)
@@ -517,7 +616,7 @@ impl Store {
         name: &str,
         source: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT OR IGNORE INTO managed_boxes (owner, name, source, spec, registered_at) VALUES (?, ?, ?, NULL, ?)")
+        sqlx::query("INSERT INTO managed_boxes (owner, name, source, spec, registered_at) VALUES ($1, $2, $3, NULL, $4) ON CONFLICT (owner, name) DO NOTHING")
             .bind(owner)
             .bind(name)
             .bind(source)
@@ -529,7 +628,7 @@ impl Store {
 
     /// Stops managing a box; returns whether it was managed.
     pub async fn deregister_box(&self, owner: &str, name: &str) -> Result<bool, StoreError> {
-        let n = sqlx::query("DELETE FROM managed_boxes WHERE owner = ? AND name = ?")
+        let n = sqlx::query("DELETE FROM managed_boxes WHERE owner = $1 AND name = $2")
             .bind(owner)
             .bind(name)
             .execute(&self.pool)
@@ -540,7 +639,7 @@ impl Store {
 
     /// The managed boxes, by name.
     pub async fn managed_boxes(&self, owner: &str) -> Result<Vec<ManagedBox>, StoreError> {
-        Ok(sqlx::query_as::<_, ManagedBox>("SELECT name, source, spec, registered_at FROM managed_boxes WHERE owner = ? ORDER BY name")
+        Ok(sqlx::query_as::<_, ManagedBox>("SELECT name, source, spec, registered_at FROM managed_boxes WHERE owner = $1 ORDER BY name")
             .bind(owner)
             .fetch_all(&self.pool)
             .await?)
@@ -549,7 +648,7 @@ impl Store {
     /// Whether this owner's event `id` was acted on already.
     pub async fn seen(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM processed_events WHERE owner = ? AND event_id = ?",
+            "SELECT COUNT(*) FROM processed_events WHERE owner = $1 AND event_id = $2",
         )
         .bind(owner)
         .bind(id)
@@ -567,7 +666,7 @@ impl Store {
         kind: &str,
         instance: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let n = sqlx::query("INSERT OR IGNORE INTO processed_events (owner, event_id, at, kind, instance) VALUES (?, ?, ?, ?, ?)")
+        let n = sqlx::query("INSERT INTO processed_events (owner, event_id, at, kind, instance) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner, event_id) DO NOTHING")
             .bind(owner)
             .bind(id)
             .bind(unix_now())
@@ -585,11 +684,11 @@ impl Store {
     pub async fn prune(&self, owner: &str, before: i64) -> Result<u64, StoreError> {
         let mut n = 0;
         for sql in [
-            "DELETE FROM processed_events WHERE owner = ? AND at < ?",
-            "DELETE FROM doomed_instances WHERE owner = ? AND at < ?",
-            "DELETE FROM instances_seen WHERE owner = ? AND last_seen < ?",
-            "DELETE FROM events WHERE owner = ? AND at < ?",
-            "DELETE FROM pool_samples WHERE owner = ? AND at < ?",
+            "DELETE FROM processed_events WHERE owner = $1 AND at < $2",
+            "DELETE FROM doomed_instances WHERE owner = $1 AND at < $2",
+            "DELETE FROM instances_seen WHERE owner = $1 AND last_seen < $2",
+            "DELETE FROM events WHERE owner = $1 AND at < $2",
+            "DELETE FROM pool_samples WHERE owner = $1 AND at < $2",
         ] {
             n += sqlx::query(sql)
                 .bind(owner)
@@ -599,7 +698,7 @@ impl Store {
                 .rows_affected();
         }
         // Prices are the region's, not an owner's.
-        n += sqlx::query("DELETE FROM price_samples WHERE at < ?")
+        n += sqlx::query("DELETE FROM price_samples WHERE at < $1")
             .bind(before)
             .execute(&self.pool)
             .await?
@@ -611,7 +710,8 @@ impl Store {
     /// instances may be collected.
     pub async fn pool_deleted(&self, owner: &str, pool: &str, how: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT OR REPLACE INTO deleted_pools (owner, pool, at, how) VALUES (?, ?, ?, ?)",
+            "INSERT INTO deleted_pools (owner, pool, at, how) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (owner, pool) DO UPDATE SET at = excluded.at, how = excluded.how",
         )
         .bind(owner)
         .bind(pool)
@@ -625,7 +725,7 @@ impl Store {
     /// Pools recorded as deleted.
     pub async fn deleted_pools(&self, owner: &str) -> Result<Vec<String>, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT pool FROM deleted_pools WHERE owner = ? ORDER BY pool")
+            sqlx::query_scalar("SELECT pool FROM deleted_pools WHERE owner = $1 ORDER BY pool")
                 .bind(owner)
                 .fetch_all(&self.pool)
                 .await?,
@@ -634,7 +734,7 @@ impl Store {
 
     /// A pool registered again is no longer deleted.
     pub async fn pool_revived(&self, owner: &str, pool: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM deleted_pools WHERE owner = ? AND pool = ?")
+        sqlx::query("DELETE FROM deleted_pools WHERE owner = $1 AND pool = $2")
             .bind(owner)
             .bind(pool)
             .execute(&self.pool)
@@ -650,14 +750,14 @@ impl Store {
         now: &[String],
     ) -> Result<Vec<String>, StoreError> {
         let before: Vec<String> =
-            sqlx::query_scalar("SELECT pool FROM config_pools_seen WHERE owner = ? ORDER BY pool")
+            sqlx::query_scalar("SELECT pool FROM config_pools_seen WHERE owner = $1 ORDER BY pool")
                 .bind(owner)
                 .fetch_all(&self.pool)
                 .await?;
         let mut tx = self.pool.begin().await?;
         for p in now.iter().filter(|p| !before.contains(p)) {
             sqlx::query(
-                "INSERT OR IGNORE INTO config_pools_seen (owner, pool, at) VALUES (?, ?, ?)",
+                "INSERT INTO config_pools_seen (owner, pool, at) VALUES ($1, $2, $3) ON CONFLICT (owner, pool) DO NOTHING",
             )
             .bind(owner)
             .bind(p)
@@ -667,7 +767,7 @@ impl Store {
         }
         let gone: Vec<String> = before.into_iter().filter(|p| !now.contains(p)).collect();
         for p in &gone {
-            sqlx::query("DELETE FROM config_pools_seen WHERE owner = ? AND pool = ?")
+            sqlx::query("DELETE FROM config_pools_seen WHERE owner = $1 AND pool = $2")
                 .bind(owner)
                 .bind(p)
                 .execute(&mut *tx)
@@ -685,7 +785,7 @@ impl Store {
         instance: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT OR IGNORE INTO doomed_instances (instance_id, owner, box, reason, at) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO doomed_instances (instance_id, owner, box, reason, at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (instance_id) DO NOTHING")
             .bind(instance)
             .bind(owner)
             .bind(box_name)
@@ -699,7 +799,7 @@ impl Store {
     /// Instances marked as going away, with when (unix seconds).
     pub async fn doomed_since(&self, owner: &str) -> Result<Vec<(String, i64)>, StoreError> {
         Ok(
-            sqlx::query_as("SELECT instance_id, at FROM doomed_instances WHERE owner = ?")
+            sqlx::query_as("SELECT instance_id, at FROM doomed_instances WHERE owner = $1")
                 .bind(owner)
                 .fetch_all(&self.pool)
                 .await?,
@@ -709,7 +809,7 @@ impl Store {
     /// Instances marked as going away.
     pub async fn doomed(&self, owner: &str) -> Result<Vec<String>, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT instance_id FROM doomed_instances WHERE owner = ?")
+            sqlx::query_scalar("SELECT instance_id FROM doomed_instances WHERE owner = $1")
                 .bind(owner)
                 .fetch_all(&self.pool)
                 .await?,
@@ -767,7 +867,7 @@ impl Store {
         spec: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO pools (owner, name, spec, registered_at) VALUES (?, ?, ?, ?)
+            "INSERT INTO pools (owner, name, spec, registered_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (owner, name) DO UPDATE SET spec = excluded.spec",
         )
         .bind(owner)
@@ -781,12 +881,12 @@ impl Store {
 
     /// Forgets an API pool; `false` if there was none.
     pub async fn deregister_pool(&self, owner: &str, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM pools WHERE owner = ? AND name = ?")
+        let done = sqlx::query("DELETE FROM pools WHERE owner = $1 AND name = $2")
             .bind(owner)
             .bind(name)
             .execute(&self.pool)
             .await?;
-        sqlx::query("DELETE FROM pool_status WHERE owner = ? AND pool = ?")
+        sqlx::query("DELETE FROM pool_status WHERE owner = $1 AND pool = $2")
             .bind(owner)
             .bind(name)
             .execute(&self.pool)
@@ -796,7 +896,7 @@ impl Store {
 
     /// The API pools: (name, spec JSON).
     pub async fn pools(&self, owner: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT name, spec FROM pools WHERE owner = ? ORDER BY name")
+        let rows = sqlx::query("SELECT name, spec FROM pools WHERE owner = $1 ORDER BY name")
             .bind(owner)
             .fetch_all(&self.pool)
             .await?;
@@ -814,7 +914,7 @@ impl Store {
     ) -> Result<PoolLaunch, StoreError> {
         let row = sqlx::query(
             "INSERT INTO pool_launches (owner, pool, token, instance_type, zone, subnet, market, count, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(owner)
         .bind(&launch.pool)
@@ -835,7 +935,7 @@ impl Store {
 
     /// Closes a pool launch with what came of it.
     pub async fn close_pool_launch(&self, id: i64, outcome: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE pool_launches SET closed_at = ?, outcome = ? WHERE id = ?")
+        sqlx::query("UPDATE pool_launches SET closed_at = $1, outcome = $2 WHERE id = $3")
             .bind(unix_now())
             .bind(outcome)
             .bind(id)
@@ -852,7 +952,7 @@ impl Store {
     ) -> Result<Vec<PoolLaunch>, StoreError> {
         Ok(sqlx::query_as::<_, PoolLaunch>(
             "SELECT id, pool, token, instance_type, zone, subnet, market, count, created_at
-             FROM pool_launches WHERE owner = ? AND pool = ? AND closed_at IS NULL ORDER BY id",
+             FROM pool_launches WHERE owner = $1 AND pool = $2 AND closed_at IS NULL ORDER BY id",
         )
         .bind(owner)
         .bind(pool)
@@ -868,7 +968,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO pool_status (owner, pool, at, desired, last_desired, surplus_since, plan)
-             VALUES (?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (owner, pool) DO UPDATE SET at = excluded.at, desired = excluded.desired,
                last_desired = excluded.last_desired, surplus_since = excluded.surplus_since,
                plan = excluded.plan",
@@ -893,7 +993,7 @@ impl Store {
     ) -> Result<Vec<PoolStatus>, StoreError> {
         Ok(sqlx::query_as::<_, PoolStatus>(
             "SELECT pool, at, desired, last_desired, surplus_since, plan FROM pool_status
-             WHERE owner = ? AND (? IS NULL OR pool = ?) ORDER BY pool",
+             WHERE owner = $1 AND ($2 IS NULL OR pool = $3) ORDER BY pool",
         )
         .bind(owner)
         .bind(pool)
@@ -910,14 +1010,16 @@ impl Store {
         kind: &str,
         message: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO events (at, owner, pool, kind, message) VALUES (?, ?, ?, ?, ?)")
-            .bind(unix_now())
-            .bind(owner)
-            .bind(pool)
-            .bind(kind)
-            .bind(message)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO events (at, owner, pool, kind, message) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(unix_now())
+        .bind(owner)
+        .bind(pool)
+        .bind(kind)
+        .bind(message)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -930,7 +1032,7 @@ impl Store {
     ) -> Result<Vec<Event>, StoreError> {
         Ok(sqlx::query_as::<_, Event>(
             "SELECT id, at, box, pool, kind, message FROM events
-             WHERE owner = ? AND pool = ? ORDER BY id DESC LIMIT ?",
+             WHERE owner = $1 AND pool = $2 ORDER BY id DESC LIMIT $3",
         )
         .bind(owner)
         .bind(pool)
@@ -982,7 +1084,7 @@ impl Store {
         for i in seen {
             sqlx::query(
                 "INSERT INTO instances_seen (instance_id, owner, box, pool, instance_type, zone, market, state, first_seen, last_seen, launched_at, ended_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                  ON CONFLICT (instance_id) DO UPDATE SET state = excluded.state, last_seen = excluded.last_seen,
                      launched_at = COALESCE(instances_seen.launched_at, excluded.launched_at),
                      ended_at = COALESCE(instances_seen.ended_at, excluded.ended_at)",
@@ -1014,7 +1116,7 @@ impl Store {
     ) -> Result<Vec<SeenInstance>, StoreError> {
         self.seen_rows(
             owner,
-            "ORDER BY last_seen DESC, first_seen DESC LIMIT ?",
+            "ORDER BY last_seen DESC, first_seen DESC LIMIT $2",
             limit,
         )
         .await
@@ -1028,7 +1130,7 @@ impl Store {
     ) -> Result<Vec<SeenInstance>, StoreError> {
         self.seen_rows(
             owner,
-            "AND COALESCE(ended_at, last_seen) >= ? ORDER BY instance_id",
+            "AND COALESCE(ended_at, last_seen) >= $2 ORDER BY instance_id",
             since,
         )
         .await
@@ -1041,7 +1143,7 @@ impl Store {
         rest: &str,
         value: i64,
     ) -> Result<Vec<SeenInstance>, StoreError> {
-        let query = format!("SELECT {SEEN_COLUMNS} FROM instances_seen WHERE owner = ? {rest}");
+        let query = format!("SELECT {SEEN_COLUMNS} FROM instances_seen WHERE owner = $1 {rest}");
         Ok(sqlx::query_as::<_, SeenInstance>(&query)
             .bind(owner)
             .bind(value)
@@ -1060,10 +1162,10 @@ impl Store {
         for p in prices {
             sqlx::query(
                 "INSERT INTO price_samples (instance_type, zone, at, price)
-                 SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (
+                 SELECT $1, $2, $3, $4 WHERE NOT EXISTS (
                      SELECT 1 FROM (SELECT at, price FROM price_samples
-                                    WHERE instance_type = ?1 AND zone = ?2 ORDER BY at DESC LIMIT 1) last
-                     WHERE last.price = ?4 AND last.at > ?3 - 600)",
+                                    WHERE instance_type = $1 AND zone = $2 ORDER BY at DESC LIMIT 1) last
+                     WHERE last.price = $4 AND last.at > $3 - 600)",
             )
             .bind(&p.instance_type)
             .bind(&p.zone)
@@ -1081,8 +1183,8 @@ impl Store {
     pub async fn price_samples(&self, since: i64) -> Result<Vec<PriceSample>, StoreError> {
         Ok(sqlx::query_as::<_, PriceSample>(
             "SELECT instance_type, zone, at, price FROM price_samples s
-             WHERE at >= ?1 OR at = (SELECT MAX(at) FROM price_samples p
-                                     WHERE p.instance_type = s.instance_type AND p.zone = s.zone AND p.at < ?1)
+             WHERE at >= $1 OR at = (SELECT MAX(at) FROM price_samples p
+                                     WHERE p.instance_type = s.instance_type AND p.zone = s.zone AND p.at < $1)
              ORDER BY instance_type, zone, at",
         )
         .bind(since)
@@ -1099,7 +1201,7 @@ impl Store {
         fresh_after: i64,
     ) -> Result<Option<Option<f64>>, StoreError> {
         let row = sqlx::query(
-            "SELECT price FROM ondemand_prices WHERE region = ? AND instance_type = ? AND fetched_at >= ?",
+            "SELECT price FROM ondemand_prices WHERE region = $1 AND instance_type = $2 AND fetched_at >= $3",
         )
         .bind(region)
         .bind(instance_type)
@@ -1119,7 +1221,7 @@ impl Store {
         at: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO ondemand_prices (region, instance_type, price, fetched_at) VALUES (?, ?, ?, ?)
+            "INSERT INTO ondemand_prices (region, instance_type, price, fetched_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (region, instance_type) DO UPDATE SET price = excluded.price, fetched_at = excluded.fetched_at",
         )
         .bind(region)
@@ -1139,7 +1241,7 @@ impl Store {
     ) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query(
             "SELECT instance, at FROM processed_events
-             WHERE owner = ? AND kind = 'spot-interruption' AND instance IS NOT NULL AND at >= ? ORDER BY at",
+             WHERE owner = $1 AND kind = 'spot-interruption' AND instance IS NOT NULL AND at >= $2 ORDER BY at",
         )
         .bind(owner)
         .bind(since)
@@ -1161,7 +1263,7 @@ impl Store {
         current: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO pool_samples (owner, pool, at, desired, current) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO pool_samples (owner, pool, at, desired, current) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(owner)
         .bind(pool)
@@ -1181,7 +1283,7 @@ impl Store {
         since: i64,
     ) -> Result<Vec<(i64, i64, i64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT at, desired, current FROM pool_samples WHERE owner = ? AND pool = ? AND at >= ? ORDER BY at",
+            "SELECT at, desired, current FROM pool_samples WHERE owner = $1 AND pool = $2 AND at >= $3 ORDER BY at",
         )
         .bind(owner)
         .bind(pool)
@@ -1192,6 +1294,205 @@ impl Store {
             .iter()
             .map(|r| (r.get("at"), r.get("desired"), r.get("current")))
             .collect())
+    }
+}
+
+/// A daemon sharing this owner's work, as it last said it was alive.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct DaemonRow {
+    /// Its id (host, process and a random part).
+    pub id: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Unix milliseconds it started.
+    pub started_at: i64,
+    /// Unix milliseconds it last renewed its leases.
+    pub seen_at: i64,
+    /// Leases it held then.
+    pub leases: i64,
+}
+
+/// Who holds a box's or pool's lease, until when.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct Lease {
+    /// `box:NAME`, `pool:NAME` or `fleet` (the owner-wide chores).
+    pub subject: String,
+    /// The daemon holding it.
+    pub holder: String,
+    /// Unix milliseconds it expires unless renewed.
+    pub expires_at: i64,
+    /// Unix milliseconds the holder took it.
+    pub since: i64,
+}
+
+impl Store {
+    /// Daemon `id` on `host` is alive at `now` (unix ms) holding `leases`.
+    pub async fn daemon_alive(
+        &self,
+        owner: &str,
+        id: &str,
+        host: &str,
+        now: i64,
+        leases: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO daemons (owner, id, host, started_at, seen_at, leases) VALUES ($1, $2, $3, $4, $4, $5)
+             ON CONFLICT (owner, id) DO UPDATE SET seen_at = excluded.seen_at, leases = excluded.leases",
+        )
+        .bind(owner)
+        .bind(id)
+        .bind(host)
+        .bind(now)
+        .bind(leases)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The daemons seen since `since` (unix ms), by id.
+    pub async fn daemons(&self, owner: &str, since: i64) -> Result<Vec<DaemonRow>, StoreError> {
+        Ok(sqlx::query_as::<_, DaemonRow>(
+            "SELECT id, host, started_at, seen_at, leases FROM daemons
+             WHERE owner = $1 AND seen_at >= $2 ORDER BY id",
+        )
+        .bind(owner)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Daemon `id` stops: its leases are freed at once and it is forgotten,
+    /// along with daemons silent since `stale` (unix ms).
+    pub async fn daemon_gone(&self, owner: &str, id: &str, stale: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM leases WHERE owner = $1 AND holder = $2")
+            .bind(owner)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM daemons WHERE owner = $1 AND (id = $2 OR seen_at < $3)")
+            .bind(owner)
+            .bind(id)
+            .bind(stale)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every lease of the owner, by subject.
+    pub async fn leases(&self, owner: &str) -> Result<Vec<Lease>, StoreError> {
+        Ok(sqlx::query_as::<_, Lease>(
+            "SELECT subject, holder, expires_at, since FROM leases WHERE owner = $1 ORDER BY subject",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Renews every lease `holder` still holds until `until` (unix ms);
+    /// returns how many it holds. A lease another daemon took is not its own
+    /// any more and is left alone.
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        holder: &str,
+        until: i64,
+    ) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("UPDATE leases SET expires_at = $1 WHERE owner = $2 AND holder = $3")
+                .bind(until)
+                .bind(owner)
+                .bind(holder)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// Takes the lease on `subject` for `holder` until `until` if it is free,
+    /// expired at `now`, or the holder's already; `false` if another daemon
+    /// holds it. One statement: of two daemons taking it at once, one wins.
+    pub async fn take_lease(
+        &self,
+        owner: &str,
+        subject: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "INSERT INTO leases (owner, subject, holder, expires_at, since) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (owner, subject) DO UPDATE
+                 SET holder = excluded.holder, expires_at = excluded.expires_at,
+                     since = CASE WHEN leases.holder = excluded.holder THEN leases.since ELSE excluded.since END
+                 WHERE leases.holder = excluded.holder OR leases.expires_at < $5",
+        )
+        .bind(owner)
+        .bind(subject)
+        .bind(holder)
+        .bind(until)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Gives the lease on `subject` up, if `holder` holds it.
+    pub async fn release_lease(
+        &self,
+        owner: &str,
+        subject: &str,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM leases WHERE owner = $1 AND subject = $2 AND holder = $3")
+            .bind(owner)
+            .bind(subject)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes box `box_name`'s lock in the database (PostgreSQL: a session
+    /// advisory lock on a connection of its own, so every machine sharing the
+    /// database sees it), calling `on_wait` once if another holds it. The
+    /// lock goes when the returned guard drops (its connection closes) or
+    /// the process dies.
+    pub async fn lock_box(
+        &self,
+        owner: &str,
+        box_name: &str,
+        on_wait: &(dyn Fn() + Sync),
+    ) -> Result<crate::lock::BoxLock, StoreError> {
+        let mut conn = self.pool.acquire().await?.detach();
+        let key = format!("spotkeeper box {owner}/{box_name}");
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(&key)
+            .fetch_one(&mut conn)
+            .await?;
+        if !got {
+            on_wait();
+            // pg_advisory_lock returns void, which sqlx's Any driver cannot read.
+            let _: String =
+                sqlx::query_scalar("SELECT pg_advisory_lock(hashtextextended($1, 0))::text")
+                    .bind(&key)
+                    .fetch_one(&mut conn)
+                    .await?;
+        }
+        Ok(crate::lock::BoxLock::in_database(conn))
+    }
+
+    /// Forgets that event `id` was taken (acting on it failed: the
+    /// redelivered message is acted on again).
+    pub async fn forget_delivery(&self, owner: &str, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM processed_events WHERE owner = $1 AND event_id = $2")
+            .bind(owner)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }
 
@@ -1225,9 +1526,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn intents_open_close_and_generations_advance() {
-        let s = Store::memory().await.expect("store");
+    async fn intents_open_close_and_generations_advance(s: Store) {
         assert_eq!(s.next_generation("o", "dev").await.expect("gen"), 1);
         let i = s
             .create_intent(dev_launch(Some("us-east-1a")))
@@ -1254,9 +1553,7 @@ mod tests {
         assert_eq!(s.next_generation("o", "other").await.expect("gen"), 1);
     }
 
-    #[tokio::test]
-    async fn managed_boxes_duplicates_and_doomed_instances_are_recorded() {
-        let s = Store::memory().await.expect("store");
+    async fn managed_boxes_duplicates_and_doomed_instances_are_recorded(s: Store) {
         s.register_box("o", "dev", "up", None)
             .await
             .expect("register");
@@ -1322,9 +1619,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn price_samples_keep_changes_and_the_price_in_effect_at_the_start() {
-        let s = Store::memory().await.expect("store");
+    async fn price_samples_keep_changes_and_the_price_in_effect_at_the_start(s: Store) {
         let p = |price: f64| spotkeeper_cloud::SpotPrice {
             instance_type: "t3.micro".into(),
             zone: "us-east-1a".into(),
@@ -1357,5 +1652,136 @@ mod tests {
             .map(|x| x.at)
             .collect();
         assert_eq!(from, [1060, 1700]);
+    }
+
+    async fn leases_go_to_one_holder_and_expired_ones_may_be_taken(s: Store) {
+        assert!(
+            s.take_lease("o", "box:dev", "a", 1000, 2000)
+                .await
+                .expect("take")
+        );
+        assert!(
+            !s.take_lease("o", "box:dev", "b", 1500, 2500)
+                .await
+                .expect("held")
+        );
+        // Renewing through take keeps when it was first taken.
+        assert!(
+            s.take_lease("o", "box:dev", "a", 1600, 2600)
+                .await
+                .expect("again")
+        );
+        assert_eq!(s.leases("o").await.expect("leases")[0].since, 1000);
+        // Expired: another daemon takes it, and the old holder cannot renew it.
+        assert!(
+            s.take_lease("o", "box:dev", "b", 2700, 3700)
+                .await
+                .expect("expired")
+        );
+        assert_eq!(s.renew_leases("o", "a", 9999).await.expect("renew"), 0);
+        s.release_lease("o", "box:dev", "a").await.expect("not a's");
+        let l = s.leases("o").await.expect("leases");
+        assert_eq!(
+            (l[0].holder.as_str(), l[0].expires_at, l[0].since),
+            ("b", 3700, 2700)
+        );
+        assert_eq!(s.renew_leases("o", "b", 4000).await.expect("renew"), 1);
+        // Another owner's subject of the same name is another lease.
+        assert!(
+            s.take_lease("p", "box:dev", "a", 2800, 3800)
+                .await
+                .expect("other owner")
+        );
+        s.daemon_alive("o", "a", "host-a", 100, 0)
+            .await
+            .expect("alive");
+        s.daemon_alive("o", "b", "host-b", 200, 1)
+            .await
+            .expect("alive");
+        s.daemon_alive("o", "b", "host-b", 300, 1)
+            .await
+            .expect("alive again");
+        let d = s.daemons("o", 150).await.expect("daemons");
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            (d[0].id.as_str(), d[0].started_at, d[0].seen_at),
+            ("b", 200, 300)
+        );
+        // A daemon stopping frees its leases at once and forgets the stale.
+        s.daemon_gone("o", "b", 150).await.expect("gone");
+        assert!(s.leases("o").await.expect("leases").is_empty());
+        assert!(s.daemons("o", 0).await.expect("daemons").is_empty());
+    }
+
+    /// Runs each scenario on a SQLite store and on a real PostgreSQL server.
+    macro_rules! on_both {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $(#[tokio::test]
+                async fn $name() {
+                    super::$name(super::Store::memory().await.expect("store")).await;
+                })*
+            }
+            mod postgres {
+                $(#[tokio::test]
+                async fn $name() {
+                    let server = spotkeeper_testkit::Postgres::start();
+                    let url = super::DatabaseUrl::parse(&server.url()).expect("url");
+                    super::$name(super::Store::connect(&url).await.expect("store")).await;
+                })*
+            }
+        };
+    }
+
+    on_both!(
+        leases_go_to_one_holder_and_expired_ones_may_be_taken,
+        intents_open_close_and_generations_advance,
+        managed_boxes_duplicates_and_doomed_instances_are_recorded,
+        price_samples_keep_changes_and_the_price_in_effect_at_the_start
+    );
+
+    #[tokio::test]
+    async fn a_box_lock_in_postgres_holds_off_another_connection_until_dropped() {
+        let server = spotkeeper_testkit::Postgres::start();
+        let url = DatabaseUrl::parse(&server.url()).expect("url");
+        let (a, b) = (
+            Store::connect(&url).await.expect("a"),
+            Store::connect(&url).await.expect("b"),
+        );
+        let first = a
+            .lock_box("o", "dev", &|| panic!("free"))
+            .await
+            .expect("lock");
+        let waited = std::sync::atomic::AtomicBool::new(false);
+        let on_wait = || waited.store(true, std::sync::atomic::Ordering::SeqCst);
+        let second = b.lock_box("o", "dev", &on_wait);
+        let second = tokio::time::timeout(Duration::from_millis(500), second).await;
+        assert!(second.is_err(), "the second lock must wait");
+        assert!(waited.load(std::sync::atomic::Ordering::SeqCst));
+        // Another box is not held off.
+        let _other = b
+            .lock_box("o", "web", &|| panic!("free"))
+            .await
+            .expect("web");
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(10), b.lock_box("o", "dev", &|| {}))
+            .await
+            .expect("taken once the first is dropped")
+            .expect("lock");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_error_does_not_show_the_password() {
+        let server = spotkeeper_testkit::Postgres::start();
+        // Trust authentication accepts any password; a missing database fails.
+        let url = server
+            .url_of("no_such_db")
+            .replace("spotkeeper@", "spotkeeper:pw-s3cr3t@");
+        let e = Store::connect(&DatabaseUrl::parse(&url).expect("url"))
+            .await
+            .expect_err("no such database");
+        assert!(e.to_string().contains("no_such_db"), "{e}");
+        assert!(!e.to_string().contains("pw-s3cr3t"), "{e}");
+        assert!(!format!("{e:?}").contains("pw-s3cr3t"), "{e:?}");
     }
 }

@@ -679,3 +679,176 @@ impl Receiver {
         }
     }
 }
+
+/// A throwaway PostgreSQL server from Debian's `postgresql` packages:
+/// `initdb` into a temporary directory, listening on a Unix socket in it
+/// (no TCP port at all), trust authentication, durability off (it is thrown
+/// away). Run as the `postgres` user when the test runs as root (PostgreSQL
+/// refuses root). Dropping it stops the server and removes its files.
+#[derive(Debug)]
+pub struct Postgres {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+/// The directory of PostgreSQL's server programs: `$SPOTKEEPER_PG_BIN`, else
+/// the newest `/usr/lib/postgresql/*/bin`.
+fn pg_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SPOTKEEPER_PG_BIN") {
+        return PathBuf::from(p);
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, b)| b).unwrap_or_else(|| {
+        panic!("PostgreSQL is not installed: run scripts/setup (installs Debian's postgresql)")
+    })
+}
+
+impl Postgres {
+    /// Initialises and starts a server; returns once it accepts connections.
+    pub fn start() -> Self {
+        let bin = pg_bin();
+        let dir = tempfile::Builder::new()
+            .prefix("skpg")
+            .tempdir()
+            .expect("a temporary directory for PostgreSQL");
+        let d = dir.path();
+        let as_postgres = |program: &str| {
+            let mut c = if is_root() {
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+                    .arg(bin.join(program));
+                c
+            } else {
+                Command::new(bin.join(program))
+            };
+            c.env("LC_ALL", "C");
+            c
+        };
+        if is_root() {
+            run(Command::new("chown").arg("postgres:").arg(d));
+        }
+        run(as_postgres("initdb")
+            .args([
+                "-U",
+                "spotkeeper",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(d.join("data"))
+            .stdout(Stdio::null()));
+        let child = as_postgres("postgres")
+            .arg("-D")
+            .arg(d.join("data"))
+            .arg("-k")
+            .arg(d)
+            .args([
+                "-c",
+                "listen_addresses=",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(d.join("server.log")).expect("server log"),
+            ))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start PostgreSQL from {}: {e}", bin.display()));
+        let server = Self { child, dir };
+        // postmaster.pid's status line says `ready` once it accepts connections.
+        for _ in 0..400 {
+            let pid = std::fs::read_to_string(server.dir.path().join("data/postmaster.pid"));
+            if pid.is_ok_and(|p| p.lines().nth(7).is_some_and(|l| l.trim() == "ready")) {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "PostgreSQL did not start: {}",
+            std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default()
+        );
+    }
+
+    /// The URL of its `postgres` database (user `spotkeeper`, over the socket).
+    pub fn url(&self) -> String {
+        self.url_of("postgres")
+    }
+
+    /// The URL of database `db` (see [`Postgres::create_database`]).
+    pub fn url_of(&self, db: &str) -> String {
+        format!(
+            "postgres://spotkeeper@localhost/{db}?host={}",
+            self.dir.path().display()
+        )
+    }
+
+    /// Creates database `db` (for tests that want more than one).
+    pub fn create_database(&self, db: &str) {
+        run(Command::new(pg_bin().join("createdb"))
+            .args(["-U", "spotkeeper", "-h"])
+            .arg(self.dir.path())
+            .arg(db));
+    }
+
+    /// Runs `sql` with psql on the `postgres` database; returns what it printed
+    /// (unaligned, tuples only).
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(pg_bin().join("psql"))
+            .args([
+                "-U",
+                "spotkeeper",
+                "-d",
+                "postgres",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+            ])
+            .arg(self.dir.path())
+            .args(["-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // SIGQUIT: immediate shutdown (the data is thrown away).
+        let _ = Command::new("kill")
+            .args(["-QUIT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}

@@ -318,17 +318,21 @@ pub async fn up_known(
 }
 
 async fn take_lock(ctx: &Ctx<'_>, name: &str) -> Result<crate::lock::BoxLock, BoxError> {
-    lock_box(ctx.lock_dir, ctx.owner, name, &|| {
+    let on_wait = || {
         ctx.progress.note(&format!(
             "Another spotkeeper is changing box {name}; waiting for it to finish ..."
         ));
-    })
-    .await
-    .map_err(|source| BoxError::Lock {
-        box_name: name.to_owned(),
-        path: ctx.lock_dir.to_path_buf(),
-        source,
-    })
+    };
+    if ctx.store.backend() == crate::store::Backend::Postgres {
+        return Ok(ctx.store.lock_box(ctx.owner, name, &on_wait).await?);
+    }
+    lock_box(ctx.lock_dir, ctx.owner, name, &on_wait)
+        .await
+        .map_err(|source| BoxError::Lock {
+            box_name: name.to_owned(),
+            path: ctx.lock_dir.to_path_buf(),
+            source,
+        })
 }
 
 /// Whether a failed spot launch means "no spot to be had now" (so on-demand may stand in).

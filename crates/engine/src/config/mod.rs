@@ -18,6 +18,7 @@
 
 pub mod api;
 mod box_spec;
+mod database;
 mod error;
 mod keywords;
 mod launch;
@@ -40,6 +41,7 @@ pub use box_spec::{
     BoxSpec, DEFAULT_READY_TIMEOUT, DEFAULT_STOP_SNAPSHOTS, DnsAddress, DnsSpec, ImagePolicy,
     MAX_READY_TIMEOUT, OnStop, PriceCap, ReadyCheck, VolumeSpec,
 };
+pub use database::{Database, DatabaseUrl};
 pub use error::ConfigError;
 pub use launch::LaunchTemplate;
 pub use pool_spec::{
@@ -101,6 +103,12 @@ pub struct Config {
     pub aws: AwsSettings,
     /// State file from `[daemon] state`, if set.
     pub state: Option<PathBuf>,
+    /// The shared PostgreSQL database from `[daemon] database`, if set
+    /// (`$SPOTKEEPER_DATABASE_URL` overrides it; the CLI reads that).
+    pub database: Option<DatabaseUrl>,
+    /// How long a daemon's lease on a box or pool lasts unless renewed
+    /// (`[daemon] lease`): a dead daemon's boxes are taken over after it.
+    pub lease: Duration,
     /// The SQS queue `setup` creates for EC2 events (`[daemon] queue`).
     pub queue: String,
     /// Time between two reconcile passes of the daemon (`[daemon] interval`).
@@ -235,6 +243,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         owner,
         aws: aws_settings(raw.aws, &at)?,
         state: daemon.state,
+        database: daemon.database,
+        lease: daemon
+            .lease
+            .unwrap_or_else(|| default_lease(daemon.interval)),
         queue: daemon.queue,
         interval: daemon.interval,
         max_tasks: daemon.max_tasks,
@@ -343,9 +355,17 @@ fn in_range(
     }
 }
 
+/// The lease when `[daemon] lease` is not set: three passes, so one slow
+/// or failed pass does not hand a box to another daemon.
+pub fn default_lease(interval: Duration) -> Duration {
+    (interval * 3).max(Duration::from_secs(10))
+}
+
 /// `[daemon]`, validated.
 struct DaemonSettings {
     state: Option<PathBuf>,
+    database: Option<DatabaseUrl>,
+    lease: Option<Duration>,
     queue: String,
     interval: Duration,
     max_tasks: usize,
@@ -357,6 +377,8 @@ impl DaemonSettings {
         let Some(raw) = raw else {
             return Ok(Self {
                 state: None,
+                database: None,
+                lease: None,
                 queue: DEFAULT_QUEUE.to_owned(),
                 interval: DEFAULT_INTERVAL,
                 max_tasks: DEFAULT_MAX_TASKS,
@@ -402,10 +424,27 @@ impl DaemonSettings {
             None => DEFAULT_MAX_TASKS,
             Some(n) => in_range(n, "daemon.max_tasks", 1, 10_000, at)? as usize,
         };
+        let database = match &raw.database {
+            None => None,
+            Some(d) => Some(
+                DatabaseUrl::parse(d.get_ref())
+                    .map_err(|m| at(Some(d.span()), format!("daemon.database: {m}")))?,
+            ),
+        };
+        let interval = interval.unwrap_or(DEFAULT_INTERVAL);
+        let lease = duration_at_least(
+            raw.lease.as_ref(),
+            "daemon.lease",
+            (interval * 2).max(Duration::from_secs(2)),
+            " (twice daemon.interval: a lease outlives a pass)",
+            at,
+        )?;
         Ok(Self {
             state: raw.state.map(PathBuf::from),
+            database,
+            lease,
             queue,
-            interval: interval.unwrap_or(DEFAULT_INTERVAL),
+            interval,
             max_tasks,
             retention: retention.unwrap_or(DEFAULT_RETENTION),
         })

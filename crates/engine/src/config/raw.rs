@@ -64,6 +64,8 @@ pub(crate) struct RawDaemon {
     pub(crate) interval: Option<Spanned<String>>,
     pub(crate) max_tasks: Option<Spanned<i64>>,
     pub(crate) retention: Option<Spanned<String>>,
+    pub(crate) database: Option<Spanned<String>>,
+    pub(crate) lease: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
