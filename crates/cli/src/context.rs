@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use spotkeeper_cloud::AwsCloud;
-use spotkeeper_engine::config::{self, Config};
+use spotkeeper_engine::config::{self, Config, DatabaseUrl};
 use spotkeeper_engine::store::Store;
 
 use crate::Failure;
@@ -54,11 +54,30 @@ pub fn state_path(args: &Args, config: &Config) -> Result<PathBuf, Failure> {
     Ok(dirs.data_dir().join("state.db"))
 }
 
-/// Opens the state store and returns it with the lock directory beside it.
-pub async fn open_store(path: &Path) -> Result<(Store, PathBuf), Failure> {
-    let store = Store::open(path)
-        .await
-        .with_context(|| "opening the state file")?;
+/// The shared database: `$SPOTKEEPER_DATABASE_URL`, else `[daemon] database`;
+/// `None` for the SQLite state file.
+pub fn database_url(config: &Config) -> Result<Option<DatabaseUrl>, Failure> {
+    match std::env::var("SPOTKEEPER_DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => DatabaseUrl::parse(&url)
+            .map(Some)
+            .map_err(|m| Failure::Usage(anyhow::anyhow!("$SPOTKEEPER_DATABASE_URL: {m}"))),
+        _ => Ok(config.database.clone()),
+    }
+}
+
+/// Opens the state store — the shared PostgreSQL database when one is
+/// configured, else the SQLite file at `path` — and returns it with the
+/// lock directory beside `path` (used with the file only: on PostgreSQL the
+/// box locks are in the database).
+pub async fn open_store(path: &Path, config: &Config) -> Result<(Store, PathBuf), Failure> {
+    let store = match database_url(config)? {
+        Some(url) => Store::connect(&url)
+            .await
+            .with_context(|| "connecting to the state database")?,
+        None => Store::open(path)
+            .await
+            .with_context(|| "opening the state file")?,
+    };
     let locks = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -47,6 +47,8 @@ pub struct ApiState {
     pub wake: Arc<Notify>,
     /// The daemon's metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The daemon's id (in `/healthz` and the daemons list).
+    pub daemon_id: String,
     /// What each box's DNS record said lately: the dashboard refreshes every
     /// few seconds, and Route53 allows five requests a second per account.
     pub dns_cache: DnsCache,
@@ -81,6 +83,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/events", get(events))
         .route("/notify", get(notify_sinks))
+        .route("/daemons", get(daemons))
         .route("/cost", get(cost))
         .route("/charts/prices", get(price_chart))
         .route("/charts/pool", get(pool_chart))
@@ -89,7 +92,13 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route(
             "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
+            get(|State(state): State<ApiState>| async move {
+                Json(json!({
+                    "status": "ok",
+                    "daemon": state.daemon_id,
+                    "leases": state.metrics.leases_held.get(),
+                }))
+            }),
         )
         .route("/metrics", get(metrics))
         .route("/", get(page))
@@ -863,6 +872,38 @@ async fn notify_sinks(State(state): State<ApiState>) -> Response {
         })
         .collect();
     Json(sinks).into_response()
+}
+
+/// The daemons sharing the owner's work (seen within a lease) and the
+/// leases each holds.
+async fn daemons(State(state): State<ApiState>) -> Response {
+    let now = crate::store::unix_now() * 1000;
+    let owner = &state.config.owner;
+    let since = now - state.config.lease.as_millis() as i64;
+    let (daemons, leases) =
+        match tokio::try_join!(state.store.daemons(owner, since), state.store.leases(owner)) {
+            Ok(x) => x,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+    let daemons: Vec<Value> = daemons
+        .iter()
+        .map(|d| {
+            let held: Vec<&str> = leases
+                .iter()
+                .filter(|l| l.holder == d.id && l.expires_at >= now)
+                .map(|l| l.subject.as_str())
+                .collect();
+            json!({
+                "id": d.id,
+                "host": d.host,
+                "this": d.id == state.daemon_id,
+                "started_at": d.started_at / 1000,
+                "seen_at": d.seen_at / 1000,
+                "leases": held,
+            })
+        })
+        .collect();
+    Json(json!({ "daemons": daemons, "leases": leases })).into_response()
 }
 
 #[derive(Deserialize)]

@@ -85,6 +85,10 @@ pub struct Metrics {
     pub left_alone: Family<KindLabel, Gauge>,
     /// Notification attempts, by sink and result.
     pub notifications: Family<SinkLabel, Counter>,
+    /// Leases this daemon holds (boxes, pools, the fleet chores).
+    pub leases_held: Gauge,
+    /// Leases taken from a daemon whose lease had expired.
+    pub lease_takeovers: Counter,
 }
 
 impl PoolMetrics {
@@ -198,7 +202,20 @@ impl Default for Metrics {
         register_upkeep(&mut registry, &left_alone, &notifications);
         let pools = PoolMetrics::default();
         pools.register(&mut registry);
+        let (leases_held, lease_takeovers) = (Gauge::default(), Counter::default());
+        registry.register(
+            "leases_held",
+            "Leases this daemon holds on boxes, pools and the fleet chores",
+            leases_held.clone(),
+        );
+        registry.register(
+            "lease_takeovers",
+            "Leases taken from a daemon whose lease had expired",
+            lease_takeovers.clone(),
+        );
         Self {
+            leases_held,
+            lease_takeovers,
             registry,
             pools,
             passes,

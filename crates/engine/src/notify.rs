@@ -108,6 +108,9 @@ pub struct Deliverer {
     pub base_backoff: Duration,
     /// How often the log is looked at when nothing is pending.
     pub poll: Duration,
+    /// Delivers only while this is set: the daemon holding the `fleet`
+    /// lease tells the sinks, so several daemons do not tell them twice.
+    pub gate: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl fmt::Debug for Deliverer {
@@ -149,6 +152,7 @@ impl Deliverer {
             http,
             base_backoff: Duration::from_secs(1),
             poll: Duration::from_secs(1),
+            gate: None,
         })
     }
 
@@ -190,8 +194,44 @@ impl Deliverer {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), NotifyError> {
         tokio::pin!(shutdown);
-        let mut cursor = store.notify_cursor(&self.owner, &self.sink.name).await?;
+        let open = || {
+            self.gate
+                .as_ref()
+                .is_none_or(|g| g.load(std::sync::atomic::Ordering::SeqCst))
+        };
+        'gated: loop {
+            // Another daemon may have delivered while this one did not hold
+            // the gate: the cursor is read again each time it opens.
+            while !open() {
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(self.poll) => {}
+                }
+            }
+            let cursor = store.notify_cursor(&self.owner, &self.sink.name).await?;
+            if self
+                .deliver_while(&open, cursor, &store, &metrics, &mut shutdown)
+                .await?
+            {
+                return Ok(());
+            }
+            continue 'gated;
+        }
+    }
+
+    /// Delivers from `cursor` while `open` says so; `true` once shut down.
+    async fn deliver_while(
+        &self,
+        open: &(dyn Fn() -> bool + Sync),
+        mut cursor: crate::store::NotifyCursor,
+        store: &Store,
+        metrics: &crate::metrics::Metrics,
+        shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Result<bool, NotifyError> {
         loop {
+            if !open() {
+                return Ok(false);
+            }
             let events = store
                 .events_after(&self.owner, cursor.last_event, BATCH)
                 .await?;
@@ -203,7 +243,7 @@ impl Deliverer {
                     continue;
                 }
                 let outcome = tokio::select! {
-                    () = &mut shutdown => return Ok(()),
+                    () = shutdown.as_mut() => return Ok(true),
                     r = self.send(e) => r,
                 };
                 metrics.notification(&self.sink.name, outcome.is_ok());
@@ -239,7 +279,7 @@ impl Deliverer {
             }
             if events.is_empty() || cursor.attempts > 0 {
                 tokio::select! {
-                    () = &mut shutdown => return Ok(()),
+                    () = shutdown.as_mut() => return Ok(true),
                     () = tokio::time::sleep(wait) => {}
                 }
             }

@@ -444,13 +444,21 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<Event>, StoreError> {
+        // On PostgreSQL, ids come from a sequence and concurrent inserts may
+        // commit out of order: an event is read once it is two seconds old,
+        // so a later id never overtakes an earlier one still committing.
+        let settled = match self.backend {
+            Backend::Sqlite => i64::MAX,
+            Backend::Postgres => unix_now() - 2,
+        };
         Ok(sqlx::query_as::<_, Event>(
             "SELECT id, at, box, pool, kind, message FROM events
-             WHERE owner = $1 AND id > $2 ORDER BY id LIMIT $3",
+             WHERE owner = $1 AND id > $2 AND at <= $4 ORDER BY id LIMIT $3",
         )
         .bind(owner)
         .bind(after)
         .bind(limit)
+        .bind(settled)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -62,6 +62,7 @@ async fn slow_clients_are_cut_off_and_connections_are_bounded() {
     let cloud = Arc::new(FakeCloud::new(&["us-east-1a"]));
     let locks = tempfile::tempdir().expect("dir");
     let state = ApiState {
+        daemon_id: "test-daemon".into(),
         cloud,
         store: Store::memory().await.expect("store"),
         config: Arc::new(config()),

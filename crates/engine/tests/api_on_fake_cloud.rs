@@ -46,6 +46,7 @@ async fn world() -> World {
 impl World {
     fn state(&self) -> ApiState {
         ApiState {
+            daemon_id: "test-daemon".into(),
             cloud: self.cloud.clone(),
             store: self.store.clone(),
             config: self.config.clone(),

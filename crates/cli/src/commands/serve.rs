@@ -36,7 +36,7 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
     }
     let cloud = context::connect(&config).await?;
     let state = context::state_path(args, &config)?;
-    let (store, locks) = context::open_store(&state).await?;
+    let (store, locks) = context::open_store(&state, &config).await?;
     let queue = SqsQueue::open(&cloud, &config.queue).await?;
     let token_file = state.with_file_name("api-token");
     let token = api::load_or_make_token(
@@ -90,18 +90,21 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
         lock_dir: locks.clone(),
         wake: daemon.waker(),
         metrics: daemon.metrics(),
+        daemon_id: daemon.id().to_owned(),
         dns_cache: Default::default(),
     };
     tracing::info!(
         queue = %config.queue,
-        state = %state.display(),
+        state = %context::database_url(&config)?.map_or_else(|| state.display().to_string(), |u| u.to_string()),
+        daemon = %daemon.id(),
         api = %config.api_listen,
         "spotkeeper daemon started (owner {}; API token in [api] token, $SPOTKEEPER_API_TOKEN or {})",
         config.owner,
         token_file.display()
     );
     // One task per sink: a receiver that hangs delays only its own notifications.
-    for d in deliverers {
+    for mut d in deliverers {
+        d.gate = Some(daemon.fleet_gate());
         let (store, metrics, mut stop) = (store.clone(), daemon.metrics(), rx.clone());
         tokio::spawn(async move {
             loop {

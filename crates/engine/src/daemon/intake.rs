@@ -58,21 +58,37 @@ impl Daemon<'_> {
             return Ok(Handled::Ignored(what));
         }
         let first_instance = event.kind.instances().first().map(|i| i.to_string());
-        // Checked now, recorded once acted on: a crash in between re-acts on
-        // the redelivered message, and acting (doom, mark) is idempotent.
-        if self.store.seen(&self.config.owner, &event.id).await? {
-            self.metrics.event("duplicate");
-            return Ok(Handled::Duplicate);
-        }
-        let outcome = self.act(&event).await?;
-        self.store
+        // Claimed first (one insert that conflicts): of the daemons sharing
+        // the queue, or a message delivered twice, one acts. Acting failed:
+        // forgotten, so the redelivered message is acted on again. A crash in
+        // between leaves it to the passes (the box is replaced once its
+        // instance is seen going).
+        if !self
+            .store
             .first_delivery(
                 &self.config.owner,
                 &event.id,
                 event.kind.name(),
                 first_instance.as_deref(),
             )
-            .await?;
+            .await?
+        {
+            self.metrics.event("duplicate");
+            return Ok(Handled::Duplicate);
+        }
+        let outcome = match self.act(&event).await {
+            Ok(o) => o,
+            Err(e) => {
+                if let Err(f) = self
+                    .store
+                    .forget_delivery(&self.config.owner, &event.id)
+                    .await
+                {
+                    tracing::warn!("cannot forget event {} after failing on it: {f}", event.id);
+                }
+                return Err(e);
+            }
+        };
         Ok(outcome)
     }
 
@@ -211,13 +227,23 @@ impl Daemon<'_> {
             .entry(box_name.to_owned())
             .or_insert_with(Instant::now);
         tracing::debug!(%id, "event: doomed and marked");
-        if let Some(spec) = spec {
+        // The daemon holding the box's lease replaces it: this one at once,
+        // another at its next pass (it reads the doomed instance).
+        let held = self.holds(&super::leases::box_subject(box_name));
+        if let Some(spec) = spec.filter(|_| held) {
             self.fast_path(spec);
         }
-        let what = format!(
-            "{} for {id} of box {box_name}: replacing it",
-            event.kind.name()
-        );
+        let what = if held {
+            format!(
+                "{} for {id} of box {box_name}: replacing it",
+                event.kind.name()
+            )
+        } else {
+            format!(
+                "{} for {id} of box {box_name}: doomed; the daemon holding its lease replaces it",
+                event.kind.name()
+            )
+        };
         self.record(Some(box_name), event.kind.name(), &what).await;
         Ok(Verdict::Acted(what))
     }

@@ -22,6 +22,7 @@
 
 mod boxes;
 mod intake;
+pub mod leases;
 mod marks;
 mod pools;
 pub mod tasks;
@@ -136,10 +137,15 @@ struct Memory {
     reported_unknown: HashSet<String>,
     pruned_at: Option<Instant>,
     account: Option<String>,
+    held: std::collections::BTreeSet<String>,
+    subjects: Vec<String>,
 }
 
 /// The daemon.
 pub struct Daemon<'a> {
+    id: String,
+    host: String,
+    fleet: Arc<std::sync::atomic::AtomicBool>,
     cloud: &'a dyn Cloud,
     store: &'a Store,
     config: &'a Config,
@@ -157,6 +163,7 @@ impl std::fmt::Debug for Daemon<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Daemon")
             .field("owner", &self.config.owner)
+            .field("id", &self.id)
             .finish_non_exhaustive()
     }
 }
@@ -179,6 +186,9 @@ impl<'a> Daemon<'a> {
         lock_dir: &'a std::path::Path,
     ) -> Self {
         Self {
+            id: leases::default_id(store.backend()),
+            host: leases::host(),
+            fleet: Arc::default(),
             cloud,
             store,
             config,
@@ -220,6 +230,12 @@ impl<'a> Daemon<'a> {
     /// the queue's URL when not set).
     pub fn with_account(self, account: Option<String>) -> Self {
         self.lock_memory().account = account;
+        self
+    }
+
+    /// Calls this daemon `id` (default: host, process id and a random part).
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
         self
     }
 
@@ -422,9 +438,23 @@ impl<'a> Daemon<'a> {
     /// returns the work for tasks. It never waits on a box's launch, ready
     /// check, image or volume.
     pub async fn pass(&self) -> Result<PassOutcome, BoxError> {
-        self.prune_if_due().await;
-        let mut obs = self.observe().await?;
         let specs = self.managed_specs().await?;
+        let (pools, unreadable) = self.pools_and_unreadable().await?;
+        // Only what this daemon holds a lease on (all of it when alone).
+        let mut subjects: Vec<String> =
+            specs.iter().map(|s| leases::box_subject(&s.name)).collect();
+        subjects.extend(pools.iter().map(|p| leases::pool_subject(&p.name)));
+        subjects.push(leases::FLEET.to_owned());
+        self.claim(&subjects).await?;
+        let specs: Vec<_> = specs
+            .into_iter()
+            .filter(|s| self.holds(&leases::box_subject(&s.name)))
+            .collect();
+        let fleet = self.holds(leases::FLEET);
+        if fleet {
+            self.prune_if_due().await;
+        }
+        let mut obs = self.observe().await?;
         // Only the fast path needs them: without, launches ask AWS first.
         match self.box_prices(&specs).await {
             Ok((prices, zones)) => {
@@ -437,7 +467,9 @@ impl<'a> Daemon<'a> {
         let obs = Arc::new(obs);
         self.lock_memory().last = Some(obs.clone());
         let mut out = PassOutcome::default();
-        out.done.extend(self.finish_stops(&obs).await?);
+        if fleet {
+            out.done.extend(self.finish_stops(&obs).await?);
+        }
         for spec in &specs {
             let subject = Subject::Box(spec.name.clone());
             let (done, work) = match self.plan_and_step(spec, &obs).await {
@@ -465,7 +497,7 @@ impl<'a> Daemon<'a> {
                 }
             }));
         }
-        let (done, jobs) = self.reconcile_pools(&obs).await?;
+        let (done, jobs) = self.reconcile_pools(&obs, pools, unreadable, fleet).await?;
         out.done.extend(done);
         out.jobs.extend(jobs);
         Ok(out)
@@ -563,9 +595,11 @@ impl<'a> Daemon<'a> {
         }
         tokio::join!(
             self.receive(queue, shutdown.clone()),
+            self.renew_loop(shutdown.clone()),
             self.reconcile_loop(rx, shutdown)
         );
         self.lock_memory().fast = None;
+        self.leave().await;
     }
 
     async fn receive(&self, queue: &dyn EventQueue, mut stop: watch::Receiver<bool>) {

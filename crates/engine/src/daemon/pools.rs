@@ -27,7 +27,9 @@ impl Daemon<'_> {
 
     /// The pools, and the names of stored pools that do not parse (or are
     /// refused): those are unknown, and their instances are left alone.
-    async fn pools_and_unreadable(&self) -> Result<(Vec<PoolSpec>, HashSet<String>), BoxError> {
+    pub(super) async fn pools_and_unreadable(
+        &self,
+    ) -> Result<(Vec<PoolSpec>, HashSet<String>), BoxError> {
         let (pools, bad) = crate::desired::pools(self.config, self.store).await?;
         let mut unreadable = HashSet::new();
         for (name, why) in bad {
@@ -45,15 +47,13 @@ impl Daemon<'_> {
         Ok((pools.into_iter().map(|(p, _)| p).collect(), unreadable))
     }
 
-    /// Plans every pool on `obs`: orphans are collected now, each pool's
-    /// pass is a job for the task runner.
-    pub(super) async fn reconcile_pools(
+    /// A pool gone from the config file is deleted (positive evidence,
+    /// recorded); one never seen there proves nothing.
+    async fn deleted_from_config(
         &self,
-        obs: &Observation,
-    ) -> Result<(Vec<String>, Vec<Job>), BoxError> {
-        let (pools, unreadable) = self.pools_and_unreadable().await?;
-        // A pool gone from the config file is deleted (positive evidence,
-        // recorded); one never seen there proves nothing.
+        pools: &[PoolSpec],
+        unreadable: &HashSet<String>,
+    ) -> Result<(), BoxError> {
         let in_config: Vec<String> = self.config.pools.keys().cloned().collect();
         for gone in self
             .store
@@ -66,7 +66,29 @@ impl Daemon<'_> {
                     .await?;
             }
         }
-        if pools.is_empty() && !obs.instances.iter().any(|i| i.tag(tags::POOL).is_some()) {
+        Ok(())
+    }
+
+    /// Plans every pool on `obs`: orphans are collected now, each pool's
+    /// pass is a job for the task runner. Only the pools whose lease this daemon holds are planned; orphans
+    /// are collected by the holder of the `fleet` lease.
+    pub(super) async fn reconcile_pools(
+        &self,
+        obs: &Observation,
+        pools: Vec<PoolSpec>,
+        unreadable: HashSet<String>,
+        fleet: bool,
+    ) -> Result<(Vec<String>, Vec<Job>), BoxError> {
+        if fleet {
+            self.deleted_from_config(&pools, &unreadable).await?;
+        }
+        let known = pools.clone();
+        let pools: Vec<PoolSpec> = pools
+            .into_iter()
+            .filter(|p| self.holds(&super::leases::pool_subject(&p.name)))
+            .collect();
+        if pools.is_empty() && !(fleet && obs.instances.iter().any(|i| i.tag(tags::POOL).is_some()))
+        {
             return Ok((Vec::new(), Vec::new()));
         }
         let zones = if pools
@@ -103,7 +125,11 @@ impl Daemon<'_> {
             doomed: obs.doomed.clone(),
             prices,
         });
-        let done = self.collect_orphans(&pools, &unreadable, &world).await?;
+        let done = if fleet {
+            self.collect_orphans(&known, &unreadable, &world).await?
+        } else {
+            Vec::new()
+        };
         let jobs = pools
             .into_iter()
             .map(|spec| {

@@ -1,0 +1,324 @@
+//! Leases: several daemons on one database share an owner's boxes and pools.
+//!
+//! Every subject — `box:NAME`, `pool:NAME`, and `fleet` (the owner-wide
+//! chores: stopped instances left running, orphaned pool instances,
+//! pruning, notifications) — has at most one holder at a time, recorded in
+//! the database with an expiry. A daemon renews what it holds every
+//! `lease / 3` and at each pass; acts only on the subjects it holds; and
+//! takes a subject whose lease is free or expired. Each takes at most its
+//! share (subjects ÷ live daemons, rounded up) and gives back what is over
+//! it, so a second daemon gets half the work within a renewal, and when a
+//! daemon dies its boxes go to the others once its leases expire. Taking
+//! is one conditional upsert: of two daemons taking a lease at once, one
+//! wins. Times are read from the daemon's [`Clock`](super::Clock), so tests
+//! may run on tokio's paused clock.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use super::Daemon;
+use crate::boxes::BoxError;
+use crate::store::{Backend, Lease, unix_seconds};
+
+/// The subject of the owner-wide chores.
+pub const FLEET: &str = "fleet";
+
+/// The lease subject of box `name`.
+pub fn box_subject(name: &str) -> String {
+    format!("box:{name}")
+}
+
+/// The lease subject of pool `name`.
+pub fn pool_subject(name: &str) -> String {
+    format!("pool:{name}")
+}
+
+/// This daemon's id. On PostgreSQL: host, process and a random part (two
+/// daemons on one host, or one restarted with the same pid, are told
+/// apart; a daemon that crashed has its leases taken over once they
+/// expire). On a SQLite file, which lives on one machine: the host, so a
+/// daemon restarted after a crash takes its leases back at once.
+pub fn default_id(backend: Backend) -> String {
+    match backend {
+        Backend::Sqlite => host(),
+        Backend::Postgres => {
+            format!(
+                "{}-{}-{:04x}",
+                host(),
+                std::process::id(),
+                fastrand::u16(..)
+            )
+        }
+    }
+}
+
+/// The host name, for the daemons list.
+pub fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// What a claim changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// Subjects held now.
+    pub held: BTreeSet<String>,
+    /// Subjects newly taken (free before).
+    pub taken: Vec<String>,
+    /// Subjects taken from a daemon whose lease had expired: (subject, it).
+    pub taken_over: Vec<(String, String)>,
+    /// Subjects given back (over this daemon's share).
+    pub released: Vec<String>,
+}
+
+/// How many subjects one daemon holds at most among `live` daemons.
+pub fn share(subjects: usize, live: usize) -> usize {
+    subjects.div_ceil(live.max(1))
+}
+
+impl Daemon<'_> {
+    /// This daemon's id (in the daemons list, the leases, `/healthz`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The subjects whose leases this daemon holds (as of its last claim).
+    pub fn held(&self) -> BTreeSet<String> {
+        self.lock_memory().held.clone()
+    }
+
+    /// Set while this daemon holds the `fleet` lease: notification
+    /// deliverers deliver only then ([`crate::notify::Deliverer::gate`]).
+    pub fn fleet_gate(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.fleet.clone()
+    }
+
+    pub(super) fn holds(&self, subject: &str) -> bool {
+        self.lock_memory().held.contains(subject)
+    }
+
+    fn now_ms(&self) -> i64 {
+        let t = self.clock.now();
+        unix_seconds(t) * 1000
+            + i64::from(
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_millis()),
+            )
+    }
+
+    fn lease_ms(&self) -> i64 {
+        self.config.lease.as_millis() as i64
+    }
+
+    /// How often leases are renewed between passes.
+    pub(super) fn renew_every(&self) -> Duration {
+        (self.config.lease / 3).max(Duration::from_millis(200))
+    }
+
+    /// Renews this daemon's leases, gives back what is over its share, takes
+    /// free and expired ones up to it, and says it is alive. `subjects` are
+    /// every box and pool there is (with [`FLEET`]); the held ones are
+    /// remembered for the pass and the fast path.
+    pub(super) async fn claim(&self, subjects: &[String]) -> Result<Claim, BoxError> {
+        let owner = &self.config.owner;
+        let (now, lease) = (self.now_ms(), self.lease_ms());
+        self.lock_memory().subjects = subjects.to_vec();
+        self.store
+            .daemon_alive(owner, &self.id, &self.host, now, self.held().len() as i64)
+            .await?;
+        let live = self.store.daemons(owner, now - lease).await?.len();
+        self.store
+            .renew_leases(owner, &self.id, now + lease)
+            .await?;
+        let leases = self.store.leases(owner).await?;
+        let wanted: HashSet<&str> = subjects.iter().map(String::as_str).collect();
+        let mut claim = Claim::default();
+        for l in leases.iter().filter(|l| l.holder == self.id) {
+            if wanted.contains(l.subject.as_str()) {
+                claim.held.insert(l.subject.clone());
+            } else {
+                // A box stopped or a pool deleted: nothing to hold.
+                self.store
+                    .release_lease(owner, &l.subject, &self.id)
+                    .await?;
+            }
+        }
+        let share = share(subjects.len(), live);
+        while claim.held.len() > share {
+            let Some(give) = self.least_busy(&claim.held) else {
+                break;
+            };
+            self.store.release_lease(owner, &give, &self.id).await?;
+            claim.held.remove(&give);
+            claim.released.push(give);
+        }
+        for (subject, from) in candidates(subjects, &leases, &self.id, now) {
+            if claim.held.len() >= share {
+                break;
+            }
+            if self
+                .store
+                .take_lease(owner, subject, &self.id, now, now + lease)
+                .await?
+            {
+                claim.held.insert(subject.to_owned());
+                match from {
+                    Some(from) => claim.taken_over.push((subject.to_owned(), from.to_owned())),
+                    None => claim.taken.push(subject.to_owned()),
+                }
+            }
+        }
+        self.claimed(&claim).await;
+        Ok(claim)
+    }
+
+    /// A held subject to give back: the last by name, the chores last of all.
+    fn least_busy(&self, held: &BTreeSet<String>) -> Option<String> {
+        held.iter()
+            .rev()
+            .find(|s| s.as_str() != FLEET)
+            .or_else(|| held.iter().next_back())
+            .cloned()
+    }
+
+    /// Remembers the claim, counts it, and records what changed hands.
+    async fn claimed(&self, claim: &Claim) {
+        self.lock_memory().held = claim.held.clone();
+        self.fleet.store(
+            claim.held.contains(FLEET),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        self.metrics.leases_held.set(claim.held.len() as i64);
+        if !claim.taken.is_empty() {
+            let what = format!(
+                "daemon {} took {} lease(s): {}",
+                self.id,
+                claim.taken.len(),
+                claim.taken.join(" ")
+            );
+            self.record(None, "leases-taken", &what).await;
+        }
+        for (subject, from) in &claim.taken_over {
+            self.metrics.lease_takeovers.inc();
+            let what = format!(
+                "daemon {} took over {subject} from daemon {from}, whose lease expired",
+                self.id
+            );
+            let box_name = subject.strip_prefix("box:");
+            self.record(box_name, "lease-takeover", &what).await;
+        }
+        if !claim.released.is_empty() {
+            let what = format!(
+                "daemon {} gave back {} lease(s) over its share: {}",
+                self.id,
+                claim.released.len(),
+                claim.released.join(" ")
+            );
+            self.record(None, "leases-released", &what).await;
+        }
+    }
+
+    /// Renews and rebalances between passes; a subject taken wakes a pass.
+    pub(super) async fn renew_loop(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                () = tokio::time::sleep(self.renew_every()) => {}
+            }
+            let subjects = self.lock_memory().subjects.clone();
+            if subjects.is_empty() {
+                continue;
+            }
+            match self.claim(&subjects).await {
+                Ok(c) if !c.taken.is_empty() || !c.taken_over.is_empty() => self.wake.notify_one(),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("renewing the leases failed: {e}"),
+            }
+        }
+    }
+
+    /// Gives every lease back at once (a clean stop): the others take the
+    /// boxes at their next renewal instead of after the expiry.
+    pub async fn leave(&self) {
+        let stale = self.now_ms() - 10 * self.lease_ms();
+        match self
+            .store
+            .daemon_gone(&self.config.owner, &self.id, stale)
+            .await
+        {
+            Ok(()) => {
+                self.record(
+                    None,
+                    "daemon-stopped",
+                    &format!("daemon {} stopped and gave its leases back", self.id),
+                )
+                .await
+            }
+            Err(e) => tracing::warn!("giving the leases back failed (they expire): {e}"),
+        }
+        self.lock_memory().held.clear();
+        self.fleet.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.metrics.leases_held.set(0);
+    }
+}
+
+/// Subjects this daemon may take, free ones first, then expired ones (with
+/// their last holder).
+fn candidates<'s>(
+    subjects: &'s [String],
+    leases: &'s [Lease],
+    me: &str,
+    now: i64,
+) -> Vec<(&'s str, Option<&'s str>)> {
+    let mut free = Vec::new();
+    let mut expired = Vec::new();
+    for s in subjects {
+        match leases.iter().find(|l| &l.subject == s) {
+            None => free.push((s.as_str(), None)),
+            Some(l) if l.holder != me && l.expires_at < now => {
+                expired.push((s.as_str(), Some(l.holder.as_str())))
+            }
+            Some(_) => {}
+        }
+    }
+    // The owner-wide chores first: somebody must always do them.
+    free.sort_by_key(|(s, _)| *s != FLEET);
+    free.extend(expired);
+    free
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_round_up_and_never_divide_by_zero() {
+        assert_eq!(share(21, 2), 11);
+        assert_eq!(share(20, 2), 10);
+        assert_eq!(share(5, 0), 5);
+        assert_eq!(share(0, 3), 0);
+    }
+
+    #[test]
+    fn free_subjects_come_first_then_expired_ones_with_their_holder() {
+        let subjects: Vec<String> = ["box:a", "box:b", "box:c", FLEET].map(String::from).into();
+        let lease = |s: &str, h: &str, exp| Lease {
+            subject: s.into(),
+            holder: h.into(),
+            expires_at: exp,
+            since: 0,
+        };
+        let leases = [
+            lease("box:a", "x", 50),
+            lease("box:b", "y", 500),
+            lease("box:c", "me", 10),
+        ];
+        assert_eq!(
+            candidates(&subjects, &leases, "me", 100),
+            [(FLEET, None), ("box:a", Some("x"))]
+        );
+    }
+}
