@@ -420,15 +420,7 @@ fn a_ready_command_runs_without_aws_credentials_or_the_api_token_and_its_output_
     let text = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
     assert!(text.contains("exit status: 3"), "{text}");
     assert!(!text.contains("leaked-42-secret"), "{text}");
-    let events = Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3, sys; print([r for r in sqlite3.connect(sys.argv[1]).execute('SELECT kind, message FROM events')])",
-        ])
-        .arg(cli.dir.path().join("state/state.db"))
-        .output()
-        .expect("python3 reads the state file");
-    let events = String::from_utf8_lossy(&events.stdout).into_owned();
+    let events = format!("{:?}", cli.state_rows("SELECT kind, message FROM events"));
     assert!(events.contains("launch"), "the events were read: {events}");
     assert!(!events.contains("leaked-42-secret"), "{events}");
 }

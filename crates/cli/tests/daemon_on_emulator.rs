@@ -500,14 +500,17 @@ fn cost_integrates_the_recorded_spot_prices_and_counts_interruptions_per_offerin
     // to when it was first seen going away (else last seen), at its type's
     // price (the volume keeps the box in its zone: the replacement runs
     // t3a.micro there, t3.micro being marked interrupted).
-    let runs = cli.moto.boto(&format!(
-        "import sqlite3\nc = sqlite3.connect('{}')\n\
-         rows = c.execute(\"SELECT instance_id, zone, launched_at, COALESCE(ended_at, last_seen), instance_type FROM instances_seen WHERE box = 'dev'\").fetchall()\n\
-         print(json.dumps(rows))",
-        cli.dir.path().join("state/state.db").display()
-    ));
-    let runs: Vec<(String, String, i64, i64, String)> =
-        serde_json::from_str(runs.trim()).expect("rows");
+    let runs: Vec<(String, String, i64, i64, String)> = cli
+        .state_rows(
+            "SELECT instance_id, zone, launched_at, COALESCE(ended_at, last_seen), instance_type \
+             FROM instances_seen WHERE box = 'dev'",
+        )
+        .into_iter()
+        .map(|r| {
+            let n = |i: usize| r[i].parse::<i64>().expect("a number");
+            (r[0].clone(), r[1].clone(), n(2), n(3), r[4].clone())
+        })
+        .collect();
     assert_eq!(runs.len(), 2, "{runs:?}");
     let price = |t: &str| match t {
         "t3.micro" => (0.0031, 0.0104),

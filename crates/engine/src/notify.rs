@@ -199,6 +199,9 @@ impl Deliverer {
                 .as_ref()
                 .is_none_or(|g| g.load(std::sync::atomic::Ordering::SeqCst))
         };
+        // A sink seen for the first time starts after the newest event now,
+        // whether or not this daemon delivers: not when the gate opens.
+        store.notify_cursor(&self.owner, &self.sink.name).await?;
         'gated: loop {
             // Another daemon may have delivered while this one did not hold
             // the gate: the cursor is read again each time it opens.

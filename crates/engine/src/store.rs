@@ -1474,12 +1474,8 @@ impl Store {
         box_name: &str,
         on_wait: &(dyn Fn() + Sync),
     ) -> Result<crate::lock::BoxLock, StoreError> {
-        let mut conn = self.pool.acquire().await?.detach();
         let key = format!("spotkeeper box {owner}/{box_name}");
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(&key)
-            .fetch_one(&mut conn)
-            .await?;
+        let (mut conn, got) = self.try_advisory_lock(&key).await?;
         if !got {
             on_wait();
             // pg_advisory_lock returns void, which sqlx's Any driver cannot read.
@@ -1490,6 +1486,25 @@ impl Store {
                     .await?;
         }
         Ok(crate::lock::BoxLock::in_database(conn))
+    }
+
+    /// Takes the database lock named `key` if it is free (PostgreSQL only):
+    /// `None` when another connection holds it.
+    pub async fn try_lock(&self, key: &str) -> Result<Option<crate::lock::BoxLock>, StoreError> {
+        let (conn, got) = self.try_advisory_lock(key).await?;
+        Ok(got.then(|| crate::lock::BoxLock::in_database(conn)))
+    }
+
+    async fn try_advisory_lock(
+        &self,
+        key: &str,
+    ) -> Result<(sqlx::AnyConnection, bool), StoreError> {
+        let mut conn = self.pool.acquire().await?.detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await?;
+        Ok((conn, got))
     }
 
     /// Forgets that event `id` was taken (acting on it failed: the

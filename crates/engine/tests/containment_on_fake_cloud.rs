@@ -58,7 +58,7 @@ async fn world() -> (FakeCloud, Store, tempfile::TempDir) {
     cloud.set_price("t3.micro", "us-east-1a", 0.004);
     (
         cloud,
-        Store::memory().await.expect("store"),
+        common::store().await,
         tempfile::tempdir().expect("dir"),
     )
 }
@@ -117,7 +117,9 @@ async fn instances_of_a_pool_without_a_readable_spec_or_a_deletion_record_are_le
 async fn a_pool_removed_from_the_config_file_is_collected_one_never_seen_there_is_not() {
     let (cloud, store, locks) = world().await;
     let with_pool = config(POOL);
-    let daemon = Daemon::new(&cloud, &store, &with_pool, locks.path());
+    // The same daemon before and after its config changed (one id: on
+    // PostgreSQL a new id would wait for the old one's leases to expire).
+    let daemon = Daemon::new(&cloud, &store, &with_pool, locks.path()).with_id("d1");
     daemon
         .reconcile()
         .await
@@ -142,7 +144,7 @@ async fn a_pool_removed_from_the_config_file_is_collected_one_never_seen_there_i
         });
     }
     let without = config("");
-    let daemon = Daemon::new(&cloud, &store, &without, locks.path());
+    let daemon = Daemon::new(&cloud, &store, &without, locks.path()).with_id("d1");
     daemon.reconcile().await.expect("pass");
     assert_eq!(
         live(&cloud),
@@ -202,7 +204,7 @@ async fn events_that_aws_or_the_account_contradict_are_ignored() {
 
 #[tokio::test]
 async fn old_rows_are_pruned_after_the_retention() {
-    let store = Store::memory().await.expect("store");
+    let store = common::store().await;
     store
         .first_delivery("tester", "old-event", "spot-interruption", Some("i-1"))
         .await

@@ -4,6 +4,8 @@
 //! failures (capacity → next offering, spot quota → on-demand and back,
 //! authorization → stop), holding on a failed demand source.
 
+mod common;
+
 use spotkeeper_cloud::prelude::*;
 use std::collections::HashSet;
 use std::path::Path;
@@ -424,7 +426,7 @@ fn live(cloud: &FakeCloud) -> Vec<spotkeeper_cloud::Instance> {
 async fn setup(demand: Result<u64, String>) -> (FakeCloud, Store, FixedDemand) {
     (
         fake(),
-        Store::memory().await.expect("store"),
+        common::store().await,
         FixedDemand(Mutex::new(demand)),
     )
 }
@@ -474,7 +476,7 @@ async fn insufficient_capacity_marks_the_offering_and_the_same_pass_uses_the_nex
             "InsufficientInstanceCapacity",
         );
     }
-    let store = Store::memory().await.expect("store");
+    let store = common::store().await;
     let demand = FixedDemand(Mutex::new(Ok(4)));
     let pass = pass_over(&cloud, &store, &demand);
     let spec = pool("");
@@ -503,7 +505,7 @@ async fn a_spot_quota_falls_back_to_on_demand_and_spot_returns_once_the_block_li
             cloud.refuse(t, z, Market::Spot, "MaxSpotInstanceCountExceeded");
         }
     }
-    let store = Store::memory().await.expect("store");
+    let store = common::store().await;
     let demand = FixedDemand(Mutex::new(Ok(2)));
     let pass = pass_over(&cloud, &store, &demand);
     let spec = pool("fallback = \"on-demand\"");
@@ -546,7 +548,7 @@ async fn a_spot_quota_falls_back_to_on_demand_and_spot_returns_once_the_block_li
 async fn an_authorization_error_stops_the_pass_and_is_reported() {
     let cloud = fake();
     cloud.fail_next("RunInstances", "UnauthorizedOperation");
-    let store = Store::memory().await.expect("store");
+    let store = common::store().await;
     let demand = FixedDemand(Mutex::new(Ok(6)));
     let pass = pass_over(&cloud, &store, &demand);
     let out = once(&pass, &pool(""), &cloud).await;

@@ -801,6 +801,13 @@ impl Postgres {
         )
     }
 
+    /// Sends `signal` (`KILL`, `STOP`, …) to the server.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status();
+    }
+
     /// Creates database `db` (for tests that want more than one).
     pub fn create_database(&self, db: &str) {
         run(Command::new(pg_bin().join("createdb"))
@@ -833,6 +840,41 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+/// The variable `scripts/test` sets, in its PostgreSQL pass, to the URL of a
+/// throwaway server (started by the `with-postgres` program).
+pub const TEST_DATABASE_VAR: &str = "SPOTKEEPER_TEST_DATABASE_URL";
+
+/// In the PostgreSQL pass (`$SPOTKEEPER_TEST_DATABASE_URL` set): a fresh
+/// database on that server for this test, its URL. `None` otherwise (the
+/// test runs on SQLite).
+pub fn test_database() -> Option<String> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let admin = std::env::var(TEST_DATABASE_VAR)
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let name = format!(
+        "sk_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    run(Command::new(pg_bin().join("psql"))
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-d", &admin, "-c"])
+        .arg(format!("CREATE DATABASE {name}")));
+    Some(with_database(&admin, &name))
+}
+
+/// `url` with its database replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let (server, _) = base.rsplit_once('/').expect("a URL with a database");
+    match query {
+        Some(q) => format!("{server}/{db}?{q}"),
+        None => format!("{server}/{db}"),
     }
 }
 

@@ -79,9 +79,18 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
         std::process::exit(INTERRUPTED);
     });
 
-    let daemon = Daemon::new(&cloud, &store, &config, &locks).with_demand(Box::new(
-        spotkeeper_engine::pools::demand::LiveDemand::new(Some(Arc::new(cloud.clone()))),
-    ));
+    let preferred = std::env::var("SPOTKEEPER_DAEMON_ID")
+        .ok()
+        .filter(|id| !id.trim().is_empty());
+    let (id, _identity) =
+        spotkeeper_engine::daemon::leases::identity(&store, &config.owner, preferred.as_deref())
+            .await
+            .map_err(|e| Failure::Usage(anyhow::anyhow!("{e}")))?;
+    let daemon = Daemon::new(&cloud, &store, &config, &locks)
+        .with_id(id)
+        .with_demand(Box::new(spotkeeper_engine::pools::demand::LiveDemand::new(
+            Some(Arc::new(cloud.clone())),
+        )));
     let api_state = ApiState {
         cloud: Arc::new(cloud.clone()),
         store: store.clone(),

@@ -27,6 +27,9 @@ ready = { check = "none" }
 pub struct Cli {
     pub moto: Moto,
     pub dir: tempfile::TempDir,
+    /// In `scripts/test`'s PostgreSQL pass: this test's database, which
+    /// every command is pointed at (`$SPOTKEEPER_DATABASE_URL`).
+    pub database: Option<String>,
 }
 
 impl Cli {
@@ -38,6 +41,7 @@ impl Cli {
         let cli = Self {
             moto: Moto::start(),
             dir: tempfile::tempdir().expect("tempdir"),
+            database: spotkeeper_testkit::test_database(),
         };
         cli.write_config(config);
         cli
@@ -52,14 +56,58 @@ impl Cli {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
+        self.command_as(
+            &self.config_path(),
+            &self.dir.path().join("state/state.db"),
+            args,
+        )
+    }
+
+    /// A command as run on another machine: its own config file and state
+    /// file (the database, if any, is the same).
+    pub fn command_as(
+        &self,
+        config: &std::path::Path,
+        state: &std::path::Path,
+        args: &[&str],
+    ) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotkeeper"));
         self.moto.configure(&mut cmd);
+        match &self.database {
+            Some(url) => cmd.env("SPOTKEEPER_DATABASE_URL", url),
+            None => cmd.env_remove("SPOTKEEPER_DATABASE_URL"),
+        };
         cmd.env_remove("SPOTKEEPER_CONFIG")
-            .env("SPOTKEEPER_STATE", self.dir.path().join("state/state.db"))
+            .env_remove("SPOTKEEPER_DAEMON_ID")
+            .env("SPOTKEEPER_STATE", state)
             .arg("--config")
-            .arg(self.config_path())
+            .arg(config)
             .args(args);
         cmd
+    }
+
+    /// Rows of `sql` run on this test's state (the SQLite file, or its
+    /// PostgreSQL database), every value as text.
+    pub fn state_rows(&self, sql: &str) -> Vec<Vec<String>> {
+        let out = match &self.database {
+            Some(url) => Command::new("psql")
+                .args(["-At", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+                .output(),
+            None => Command::new(spotkeeper_testkit::moto_python())
+                .args([
+                    "-c",
+                    "import sqlite3, sys\nfor r in sqlite3.connect(sys.argv[1]).execute(sys.argv[2]):\n    print('\\t'.join(str(v) for v in r))",
+                ])
+                .arg(self.dir.path().join("state/state.db"))
+                .arg(sql)
+                .output(),
+        }
+        .expect("read the state");
+        assert!(out.status.success(), "{}", describe(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split('\t').map(str::to_owned).collect())
+            .collect()
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
@@ -111,9 +159,12 @@ pub struct Serve {
 
 impl Serve {
     pub fn start(cli: &Cli) -> Self {
-        let log = cli.dir.path().join("serve.log");
-        let child = cli
-            .command(&["serve"])
+        Self::spawn(cli.command(&["serve"]), cli.dir.path().join("serve.log"))
+    }
+
+    /// `serve` from `cmd`, logging to `log`.
+    pub fn spawn(mut cmd: Command, log: std::path::PathBuf) -> Self {
+        let child = cmd
             // Tests read what the daemon did from its log (scripts/test sets
             // RUST_LOG=warn for everything else).
             .env("RUST_LOG", "warn,spotkeeper=info,spotkeeper_engine=info")

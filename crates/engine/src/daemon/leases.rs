@@ -52,6 +52,43 @@ pub fn default_id(backend: Backend) -> String {
     }
 }
 
+/// The id `serve` runs under: `preferred` (`$SPOTKEEPER_DAEMON_ID`) or
+/// the host name, so a daemon restarted after a crash is the same daemon
+/// and takes its leases back at once. On PostgreSQL the id is locked in
+/// the database for as long as the daemon runs (the returned guard): a
+/// second daemon on the same host gets an id of its own, and a preferred
+/// id that a running daemon holds is refused. A crashed daemon's lock goes
+/// with its connection.
+pub async fn identity(
+    store: &crate::store::Store,
+    owner: &str,
+    preferred: Option<&str>,
+) -> Result<(String, Option<crate::lock::BoxLock>), String> {
+    let base = preferred.map_or_else(host, str::to_owned);
+    if store.backend() == Backend::Sqlite {
+        return Ok((base, None));
+    }
+    let lock = |id: String| async move {
+        let key = format!("spotkeeper daemon {owner}/{id}");
+        store
+            .try_lock(&key)
+            .await
+            .map(|l| l.map(|l| (id, Some(l))))
+            .map_err(|e| e.to_string())
+    };
+    if let Some(taken) = lock(base.clone()).await? {
+        return Ok(taken);
+    }
+    if preferred.is_some() {
+        return Err(format!(
+            "daemon id {base:?} is in use by a running daemon (every daemon needs its own id)"
+        ));
+    }
+    lock(default_id(Backend::Postgres))
+        .await?
+        .ok_or_else(|| "no free daemon id".to_owned())
+}
+
 /// The host name, for the daemons list.
 pub fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -6,21 +6,28 @@ use std::path::Path;
 
 use spotkeeper_cloud::fake::FakeCloud;
 use spotkeeper_engine::boxes::{Ctx, Silent, Timing};
-use spotkeeper_engine::store::Store;
+use spotkeeper_engine::store::{DatabaseUrl, Store};
+
+/// An empty state store: in memory, or — in `scripts/test`'s PostgreSQL
+/// pass — a fresh database on the throwaway server.
+pub async fn store() -> Store {
+    match spotkeeper_testkit::test_database() {
+        Some(url) => Store::connect(&DatabaseUrl::parse(&url).expect("url"))
+            .await
+            .expect("postgres store"),
+        None => Store::memory().await.expect("store"),
+    }
+}
 
 /// Two zones, t3.micro at 0.004 and t3a.micro at 0.005 in each, an empty
-/// state store, and a directory for lock files.
+/// state store ([`store`]), and a directory for lock files.
 pub async fn world() -> (FakeCloud, Store, tempfile::TempDir) {
     let cloud = FakeCloud::new(&["us-east-1a", "us-east-1b"]);
     for z in ["us-east-1a", "us-east-1b"] {
         cloud.set_price("t3.micro", z, 0.004);
         cloud.set_price("t3a.micro", z, 0.005);
     }
-    (
-        cloud,
-        Store::memory().await.expect("store"),
-        tempfile::tempdir().expect("dir"),
-    )
+    (cloud, store().await, tempfile::tempdir().expect("dir"))
 }
 
 /// The sample event `file` (`fixtures/events/`) about `instance`, with

@@ -1,0 +1,520 @@
+//! Several daemons on one PostgreSQL (#14), against the emulator and a real
+//! PostgreSQL server from Debian's packages (the testkit starts one per
+//! test, on a Unix socket): each daemon is another "machine" (its own config
+//! file, API port and state directory). Boxes and the pool are shared out by
+//! leases; a wave of spot warnings, each delivered twice, is acted on once
+//! per event; a daemon killed with SIGKILL mid-wave has its boxes taken over
+//! once its leases expire; a CLI `up` racing a daemon yields one instance.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{Cli, Serve, describe, http_get};
+use serde_json::Value;
+use spotkeeper_testkit::Postgres;
+
+const TOKEN: &str = "shared-token-0123456789";
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/fixtures/events");
+/// `[daemon] lease`: short, so a takeover happens within the test.
+const LEASE: Duration = Duration::from_secs(3);
+/// `[daemon] interval`.
+const INTERVAL: Duration = Duration::from_secs(1);
+
+/// `boxes` boxes b00 … with a data volume each, and (with `pool`) pool
+/// `workers` kept at two instances by its minimum.
+fn config(api_port: u16, demand_port: u16, boxes: usize, pool: bool) -> String {
+    let mut text = format!(
+        "owner = \"shared\"\n\n[daemon]\ninterval = \"{}s\"\nlease = \"{}s\"\n\n\
+         [api]\nlisten = \"127.0.0.1:{api_port}\"\ntoken = \"{TOKEN}\"\n\n[aws]\nregion = \"us-east-1\"\n",
+        INTERVAL.as_secs(),
+        LEASE.as_secs()
+    );
+    for i in 0..boxes {
+        text.push_str(&format!(
+            "\n[box.b{i:02}]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\", \"t3a.micro\"]\n\
+             max_price = 0.02\nzones = [\"us-east-1a\", \"us-east-1b\"]\nready = {{ check = \"none\" }}\n\
+             data_volume = {{ name = \"b{i:02}-data\", size_gb = 1, on_stop = \"delete\" }}\n"
+        ));
+    }
+    if pool {
+        text.push_str(&format!(
+            "\n[pool.workers]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [ {{ type = \"t3.micro\", capacity = 1 }} ]\n\
+             zones = [\"us-east-1a\", \"us-east-1b\"]\nmin_capacity = 2\nmax_capacity = 4\njobs_per_capacity = 1\n\
+             demand = {{ http = \"http://127.0.0.1:{demand_port}/jobs\", timeout = \"2s\" }}\n"
+        ));
+    }
+    text
+}
+
+/// A demand endpoint with no pending jobs (the pool keeps its minimum).
+fn no_jobs() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]"
+            );
+        }
+    });
+    port
+}
+
+/// Two "machines" on one database: the test's CLI is machine `a`.
+struct Shared {
+    cli: Cli,
+    pg: Postgres,
+    boxes: usize,
+    pool: bool,
+}
+
+impl Shared {
+    fn new(boxes: usize, pool: bool) -> Self {
+        let pg = Postgres::start();
+        let demand = no_jobs();
+        let mut cli = Cli::with_config(&config(
+            spotkeeper_testkit::closed_port(),
+            demand,
+            boxes,
+            pool,
+        ));
+        cli.database = Some(pg.url());
+        cli.ok(&["setup"]);
+        Self {
+            cli,
+            pg,
+            boxes,
+            pool,
+        }
+    }
+
+    /// Machine `name`'s config file (its own API port) and state file.
+    fn machine(&self, name: &str, api_port: u16) -> (PathBuf, PathBuf) {
+        let dir = self.cli.dir.path().join(name);
+        std::fs::create_dir_all(&dir).expect("machine dir");
+        let text = std::fs::read_to_string(self.cli.config_path()).expect("config");
+        let at = text.find("listen = ").expect("listen");
+        let end = at + text[at..].find('\n').expect("line");
+        let text = format!(
+            "{}listen = \"127.0.0.1:{api_port}\"{}",
+            &text[..at],
+            &text[end..]
+        );
+        std::fs::write(dir.join("spotkeeper.toml"), text).expect("write config");
+        (dir.join("spotkeeper.toml"), dir.join("state/state.db"))
+    }
+
+    /// `serve` on machine `name`; its API port.
+    fn serve(&self, name: &str) -> (Serve, u16) {
+        let port = spotkeeper_testkit::closed_port();
+        let (config, state) = self.machine(name, port);
+        let serve = Serve::spawn(
+            self.cli.command_as(&config, &state, &["serve"]),
+            self.cli.dir.path().join(format!("{name}.log")),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(port, "/healthz", None).is_err() {
+            assert!(Instant::now() < deadline, "no API:\n{}", serve.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (serve, port)
+    }
+
+    /// `up` of every box from machine `a`, four at a time.
+    fn up_all(&self) {
+        let names: Vec<String> = (0..self.boxes).map(|i| format!("b{i:02}")).collect();
+        for chunk in names.chunks(4) {
+            let children: Vec<_> = chunk
+                .iter()
+                .map(|n| {
+                    self.cli
+                        .command(&["up", n])
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::piped())
+                        .spawn()
+                        .expect("up")
+                })
+                .collect();
+            for c in children {
+                let out = c.wait_with_output().expect("up ran");
+                assert!(out.status.success(), "{}", describe(&out));
+            }
+        }
+    }
+
+    /// Every subject there should be.
+    fn subjects(&self) -> Vec<String> {
+        let mut s: Vec<String> = (0..self.boxes).map(|i| format!("box:b{i:02}")).collect();
+        if self.pool {
+            s.push("pool:workers".into());
+        }
+        s.push("fleet".into());
+        s
+    }
+
+    /// Live leases (not expired): subject → holder.
+    fn holders(&self) -> BTreeMap<String, String> {
+        self.pg
+            .psql(
+                "SELECT subject, holder FROM leases WHERE owner = 'shared' \
+                 AND expires_at >= (extract(epoch from now()) * 1000)::bigint",
+            )
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(s, h)| (s.to_owned(), h.to_owned()))
+            .collect()
+    }
+
+    /// Instances of each box in the emulator: box → [(id, state)], every
+    /// state (moto keeps terminated ones).
+    fn instances(&self) -> BTreeMap<String, Vec<(String, String)>> {
+        let out = self.cli.moto.boto(
+            "r = ec2.describe_instances(Filters=[{'Name': 'tag:spotkeeper:owner', 'Values': ['shared']}])['Reservations']\n\
+             out = {}\n\
+             for x in r:\n\
+             \x20   for i in x['Instances']:\n\
+             \x20       b = [t['Value'] for t in i.get('Tags', []) if t['Key'] == 'spotkeeper:box']\n\
+             \x20       if b: out.setdefault(b[0], []).append([i['InstanceId'], i['State']['Name']])\n\
+             print(json.dumps(out))",
+        );
+        serde_json::from_str(out.trim()).expect("json")
+    }
+
+    /// The live instances of each box (two for a moment while one is
+    /// replaced: the old goes once the new runs).
+    fn live_all(&self) -> BTreeMap<String, Vec<String>> {
+        self.instances()
+            .into_iter()
+            .map(|(b, list)| {
+                let live = list
+                    .into_iter()
+                    .filter(|(_, s)| s == "pending" || s == "running")
+                    .map(|(id, _)| id)
+                    .collect();
+                (b, live)
+            })
+            .collect()
+    }
+
+    /// The live instance of each box that has exactly one.
+    fn live(&self) -> BTreeMap<String, String> {
+        self.live_all()
+            .into_iter()
+            .filter(|(_, l)| l.len() == 1)
+            .map(|(b, l)| (b, l[0].clone()))
+            .collect()
+    }
+
+    /// Checks the volumes: no volume attached twice, and one data volume
+    /// per box (none made twice).
+    fn check_volumes(&self) {
+        let out = self.cli.moto.boto(
+            "v = ec2.describe_volumes(Filters=[{'Name': 'tag:spotkeeper:owner', 'Values': ['shared']}])['Volumes']\n\
+             print(json.dumps([[([t['Value'] for t in x.get('Tags', []) if t['Key'] == 'Name'] + [''])[0], x['VolumeId'],\
+             [a['InstanceId'] for a in x.get('Attachments', []) if a['State'] in ('attaching', 'attached')]] for x in v]))",
+        );
+        let volumes: Vec<(String, String, Vec<String>)> =
+            serde_json::from_str(out.trim()).expect("json");
+        for (name, id, on) in &volumes {
+            assert!(on.len() <= 1, "{name} {id} attached to {on:?}");
+        }
+        for i in 0..self.boxes {
+            let name = format!("b{i:02}-data");
+            let n = volumes.iter().filter(|(v, _, _)| *v == name).count();
+            assert_eq!(n, 1, "{name}: {volumes:?}");
+        }
+    }
+
+    /// Sends a spot warning for each `(instance, event id)`, each twice.
+    fn wave(&self, warnings: &[(String, String)]) {
+        let template =
+            std::fs::read_to_string(format!("{FIXTURES}/spot-interruption-warning.json"))
+                .expect("fixture");
+        let bodies: Vec<String> = warnings
+            .iter()
+            .flat_map(|(instance, id)| {
+                let body = template
+                    .replace("i-1234567890abcdef0", instance)
+                    .replace("12345678-1234-1234-1234-123456789012", id);
+                [body.clone(), body]
+            })
+            .collect();
+        self.cli.moto.boto(&format!(
+            "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-events')['QueueUrl']\n\
+             for b in json.loads({}):\n    sqs.send_message(QueueUrl=u, MessageBody=b)",
+            serde_json::to_string(&serde_json::to_string(&bodies).expect("json")).expect("quoted")
+        ));
+    }
+
+    /// Waits until every box runs on an instance not in `old`.
+    fn wait_all_replaced(
+        &self,
+        old: &BTreeMap<String, String>,
+        logs: &[&Serve],
+    ) -> BTreeMap<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let all = self.live_all();
+            let live = self.live();
+            if all.values().all(|l| l.len() <= 1)
+                && live.len() == self.boxes
+                && live.iter().all(|(b, id)| old.get(b) != Some(id))
+            {
+                return live;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not every box was replaced within 120 s: live {all:?}, old {old:?}\n{}",
+                logs.iter()
+                    .map(|s| s.log())
+                    .collect::<Vec<_>>()
+                    .join("\n----\n")
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Waits until every subject has a live lease, with `want` holders
+    /// among them; returns subject → holder.
+    fn wait_shared(&self, want: usize, logs: &[&Serve]) -> BTreeMap<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let held = self.holders();
+            let holders: std::collections::BTreeSet<&String> = held.values().collect();
+            if self.subjects().iter().all(|s| held.contains_key(s)) && holders.len() == want {
+                return held;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the leases were not shared by {want} daemon(s) within 30 s: {held:?}\n{}",
+                logs.iter()
+                    .map(|s| s.log())
+                    .collect::<Vec<_>>()
+                    .join("\n----\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn count(&self, sql: &str) -> usize {
+        self.pg.psql(sql).parse().expect("a count")
+    }
+}
+
+/// `name` from the daemon's metrics at `port` (0 when absent).
+fn metric(port: u16, name: &str) -> f64 {
+    http_get(port, "/metrics", None)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn two_daemons_share_20_boxes_and_a_pool_and_a_wave_of_20_warnings_gets_exactly_20_replacements() {
+    let shared = Shared::new(20, true);
+    shared.up_all();
+    let (a, port_a) = shared.serve("a");
+    let (b, port_b) = shared.serve("b");
+    // Every box, the pool and the chores held by exactly one daemon, both at work.
+    let held = shared.wait_shared(2, &[&a, &b]);
+    let mut per: HashMap<&String, usize> = HashMap::new();
+    for h in held.values() {
+        *per.entry(h).or_default() += 1;
+    }
+    let subjects = shared.subjects().len();
+    assert!(
+        per.values().all(|n| *n <= subjects.div_ceil(2)),
+        "each holds at most its share: {per:?}"
+    );
+    // `/healthz` names each daemon and its leases; `/api/daemons` lists both.
+    for port in [port_a, port_b] {
+        let health = http_get(port, "/healthz", None).expect("healthz");
+        let body: Value =
+            serde_json::from_str(health.split("\r\n\r\n").nth(1).expect("body")).expect("json");
+        let id = body["daemon"].as_str().expect("daemon id");
+        assert!(per.contains_key(&id.to_owned()), "{body} {per:?}");
+        let listed = http_get(port, "/api/daemons", Some(TOKEN)).expect("daemons");
+        assert!(
+            listed.contains(id) && listed.contains("\"this\":true"),
+            "{listed}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while shared.instances().values().flatten().count() < 20 || pool_live(&shared) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the pool did not reach its minimum"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let old = shared.live();
+    assert_eq!(old.len(), 20, "{old:?}");
+    let warnings: Vec<(String, String)> = old
+        .values()
+        .enumerate()
+        .map(|(i, id)| (id.clone(), format!("aaaaaaaa-0000-0000-0000-{i:012}")))
+        .collect();
+    shared.wave(&warnings);
+    let new = shared.wait_all_replaced(&old, &[&a, &b]);
+
+    // Exactly 20 replacements: two instances ever per box, one live.
+    for (bx, list) in shared.instances() {
+        assert_eq!(list.len(), 2, "box {bx}: {list:?}");
+    }
+    assert_eq!(new.len(), 20);
+    // Each event acted on once, its second delivery seen as a duplicate.
+    assert_eq!(
+        shared.count("SELECT COUNT(*) FROM processed_events WHERE owner = 'shared'"),
+        20
+    );
+    assert_eq!(
+        shared.count(
+            "SELECT COUNT(*) FROM events WHERE owner = 'shared' AND kind = 'spot-interruption'"
+        ),
+        20
+    );
+    let duplicates: f64 = [port_a, port_b]
+        .iter()
+        .map(|p| metric(*p, "spotkeeper_events_total{kind=\"duplicate\"}"))
+        .sum();
+    assert_eq!(duplicates, 20.0);
+    shared.check_volumes();
+    assert_eq!(pool_live(&shared), 2, "the pool keeps its two");
+    assert!(a.stop().success());
+    assert!(b.stop().success());
+}
+
+/// Live instances of pool `workers`.
+fn pool_live(shared: &Shared) -> usize {
+    shared
+        .cli
+        .moto
+        .boto(
+            "r = ec2.describe_instances(Filters=[{'Name': 'tag:spotkeeper:pool', 'Values': ['workers']}, {'Name': 'instance-state-name', 'Values': ['pending', 'running']}])['Reservations']\n\
+             print(sum(len(x['Instances']) for x in r))",
+        )
+        .trim()
+        .parse()
+        .expect("count")
+}
+
+#[test]
+fn a_daemon_killed_mid_wave_has_its_boxes_taken_over_and_every_box_ends_with_one_instance() {
+    let shared = Shared::new(20, true);
+    shared.up_all();
+    let (mut a, port_a) = shared.serve("a");
+    let (b, port_b) = shared.serve("b");
+    let held = shared.wait_shared(2, &[&a, &b]);
+    let health = http_get(port_a, "/healthz", None).expect("healthz");
+    let a_id = serde_json::from_str::<Value>(health.split("\r\n\r\n").nth(1).expect("body"))
+        .expect("json")["daemon"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let a_had = held.values().filter(|h| **h == a_id).count();
+    assert!(a_had > 0, "{held:?}");
+
+    let old = shared.live();
+    let warnings: Vec<(String, String)> = old
+        .values()
+        .enumerate()
+        .map(|(i, id)| (id.clone(), format!("bbbbbbbb-0000-0000-0000-{i:012}")))
+        .collect();
+    shared.wave(&warnings);
+    // In the middle of the wave: a's replacements are in flight.
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    a.child.kill().expect("SIGKILL");
+    let _ = a.child.wait();
+
+    let held = shared.wait_shared(1, &[&b]);
+    let takeover = killed.elapsed();
+    assert!(held.values().all(|h| *h != a_id), "{held:?}");
+    println!(
+        "takeover: daemon b held all {} subjects {:.1} s after daemon a was killed \
+         ({a_had} of them a's; lease {} s, interval {} s)",
+        held.len(),
+        takeover.as_secs_f64(),
+        LEASE.as_secs(),
+        INTERVAL.as_secs()
+    );
+    assert!(
+        takeover <= LEASE + INTERVAL * 2 + Duration::from_secs(5),
+        "takeover took {takeover:?}"
+    );
+    assert!(metric(port_b, "spotkeeper_lease_takeovers_total") >= 1.0);
+
+    let new = shared.wait_all_replaced(&old, &[&b]);
+    assert_eq!(new.len(), 20);
+    // Stable: a few more passes change nothing, no box gets a second instance.
+    std::thread::sleep(LEASE);
+    assert_eq!(
+        shared.live_all(),
+        new.iter()
+            .map(|(b, i)| (b.clone(), vec![i.clone()]))
+            .collect()
+    );
+    shared.check_volumes();
+    let events = shared
+        .pg
+        .psql("SELECT COUNT(*) FROM events WHERE owner = 'shared' AND kind = 'lease-takeover'");
+    assert!(events.parse::<usize>().expect("count") >= 1);
+    assert!(b.stop().success());
+}
+
+#[test]
+fn a_cli_up_on_another_machine_racing_a_daemon_yields_one_instance() {
+    let shared = Shared::new(1, false);
+    shared.up_all();
+    let (b, _) = shared.serve("b");
+    shared.wait_shared(1, &[&b]);
+    const ROUNDS: usize = 4;
+    for round in 0..ROUNDS {
+        let live = shared.live();
+        let id = live.get("b00").expect("live").clone();
+        // The instance goes away; the daemon (machine b) and `up` (machine
+        // a: another state directory, the same database) both bring it back.
+        shared
+            .cli
+            .moto
+            .boto(&format!("ec2.terminate_instances(InstanceIds=['{id}'])"));
+        let out = shared.cli.run(&["up", "b00", "--json"]);
+        assert!(out.status.success(), "round {round}: {}", describe(&out));
+        // Let the daemon look again twice: it must find `up`'s instance (or
+        // `up` the daemon's), not launch another.
+        std::thread::sleep(INTERVAL * 3);
+        let after = shared.live_all();
+        assert_eq!(
+            after["b00"].len(),
+            1,
+            "round {round}: {after:?}\n{}",
+            b.log()
+        );
+    }
+    let ever = shared.instances().remove("b00").expect("b00");
+    assert_eq!(
+        ever.len(),
+        1 + ROUNDS,
+        "one launch per round: {ever:?}\n{}",
+        b.log()
+    );
+    assert!(b.stop().success());
+}
