@@ -242,14 +242,25 @@ impl FakeCloud {
     }
 
     /// Every later call of `operation` takes `delay` before it answers (an
-    /// image that stays pending for minutes, an endpoint that hangs). Only
-    /// `CreateImage`, `RunInstances` and `DescribeInstances` honour it.
+    /// image that stays pending for minutes, an endpoint that hangs).
     pub fn set_delay(&self, operation: &'static str, delay: std::time::Duration) {
         self.lock().delays.insert(operation, delay);
     }
 
+    /// Every later call of an operation without a delay of its own takes
+    /// `latency` (a round trip to AWS, for benchmarks).
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.lock().delays.insert("*", latency);
+    }
+
     async fn pause(&self, operation: &'static str) {
-        let delay = self.lock().delays.get(operation).copied();
+        let delay = {
+            let s = self.lock();
+            s.delays
+                .get(operation)
+                .or_else(|| s.delays.get("*"))
+                .copied()
+        };
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }
@@ -312,6 +323,7 @@ impl Pricing for FakeCloud {
     }
 
     async fn zones(&self) -> Result<Vec<String>, CloudError> {
+        self.pause("DescribeAvailabilityZones").await;
         Ok(self.enter("DescribeAvailabilityZones")?.zones.clone())
     }
 
@@ -320,6 +332,7 @@ impl Pricing for FakeCloud {
         instance_types: &[String],
         zones: &[String],
     ) -> Result<Vec<SpotPrice>, CloudError> {
+        self.pause("DescribeSpotPriceHistory").await;
         let s = self.enter("DescribeSpotPriceHistory")?;
         Ok(s.prices
             .iter()
@@ -432,6 +445,7 @@ impl Compute for FakeCloud {
     }
 
     async fn instance(&self, id: &InstanceId) -> Result<Option<Instance>, CloudError> {
+        self.pause("DescribeInstances").await;
         let mut s = self.enter("DescribeInstances")?;
         if tick_hidden(&mut s).contains(id) {
             return Ok(None);
@@ -444,6 +458,7 @@ impl Compute for FakeCloud {
     }
 
     async fn spot_requests(&self, filter: &TagFilter) -> Result<Vec<SpotRequest>, CloudError> {
+        self.pause("DescribeSpotInstanceRequests").await;
         let s = self.enter("DescribeSpotInstanceRequests")?;
         Ok(s.requests
             .values()
@@ -453,6 +468,7 @@ impl Compute for FakeCloud {
     }
 
     async fn terminate(&self, ids: &[InstanceId]) -> Result<(), CloudError> {
+        self.pause("TerminateInstances").await;
         let mut s = self.enter("TerminateInstances")?;
         for id in ids {
             match s.instances.get_mut(id) {
@@ -484,6 +500,7 @@ impl Compute for FakeCloud {
     }
 
     async fn cancel_spot_requests(&self, ids: &[SpotRequestId]) -> Result<(), CloudError> {
+        self.pause("CancelSpotInstanceRequests").await;
         let mut s = self.enter("CancelSpotInstanceRequests")?;
         for id in ids {
             if let Some(r) = s.requests.get_mut(id) {
@@ -498,6 +515,7 @@ impl Compute for FakeCloud {
         resource_ids: &[String],
         tags: &[(String, String)],
     ) -> Result<(), CloudError> {
+        self.pause("CreateTags").await;
         let mut s = self.enter("CreateTags")?;
         for rid in resource_ids {
             if let Some(i) = s.instances.get_mut(&InstanceId::new(rid.as_str())) {
@@ -511,6 +529,7 @@ impl Compute for FakeCloud {
     }
 
     async fn untag(&self, resource_ids: &[String], keys: &[&str]) -> Result<(), CloudError> {
+        self.pause("DeleteTags").await;
         let mut s = self.enter("DeleteTags")?;
         for rid in resource_ids {
             if let Some(i) = s.instances.get_mut(&InstanceId::new(rid.as_str())) {
@@ -527,6 +546,7 @@ impl Compute for FakeCloud {
 #[async_trait]
 impl Storage for FakeCloud {
     async fn volumes(&self, filter: &TagFilter) -> Result<Vec<Volume>, CloudError> {
+        self.pause("DescribeVolumes").await;
         let s = self.enter("DescribeVolumes")?;
         Ok(s.volumes
             .values()
@@ -536,6 +556,7 @@ impl Storage for FakeCloud {
     }
 
     async fn volume(&self, id: &VolumeId) -> Result<Option<Volume>, CloudError> {
+        self.pause("DescribeVolumes").await;
         Ok(self.enter("DescribeVolumes")?.volumes.get(id).cloned())
     }
 
@@ -547,6 +568,7 @@ impl Storage for FakeCloud {
         snapshot: Option<&SnapshotId>,
         tags: &[(String, String)],
     ) -> Result<Volume, CloudError> {
+        self.pause("CreateVolume").await;
         let mut s = self.enter("CreateVolume")?;
         let n = self.next(&mut s);
         let v = Volume {
@@ -569,6 +591,7 @@ impl Storage for FakeCloud {
         instance: &InstanceId,
         device: &str,
     ) -> Result<Volume, CloudError> {
+        self.pause("AttachVolume").await;
         let mut s = self.enter("AttachVolume")?;
         let zone = s.instances.get(instance).and_then(|i| i.zone.clone());
         let v = s.volumes.get_mut(volume).ok_or_else(|| {
@@ -602,6 +625,7 @@ impl Storage for FakeCloud {
         volume: &VolumeId,
         _instance: &InstanceId,
     ) -> Result<Volume, CloudError> {
+        self.pause("DetachVolume").await;
         let mut s = self.enter("DetachVolume")?;
         let v = s.volumes.get_mut(volume).ok_or_else(|| {
             CloudError::from_code(
@@ -616,6 +640,7 @@ impl Storage for FakeCloud {
     }
 
     async fn delete_volume(&self, volume: &VolumeId) -> Result<(), CloudError> {
+        self.pause("DeleteVolume").await;
         let mut s = self.enter("DeleteVolume")?;
         if let Some(v) = s.volumes.get(volume)
             && !v.attachments.is_empty()
@@ -635,6 +660,7 @@ impl Storage for FakeCloud {
         volume: &VolumeId,
         tags: &[(String, String)],
     ) -> Result<SnapshotId, CloudError> {
+        self.pause("CreateSnapshot").await;
         let mut s = self.enter("CreateSnapshot")?;
         let n = self.next(&mut s);
         let id = SnapshotId::new(format!("snap-{n:017x}"));
@@ -652,6 +678,7 @@ impl Storage for FakeCloud {
     }
 
     async fn snapshots(&self, filter: &TagFilter) -> Result<Vec<Snapshot>, CloudError> {
+        self.pause("DescribeSnapshots").await;
         let s = self.enter("DescribeSnapshots")?;
         let mut all: Vec<Snapshot> = s
             .snapshots
@@ -664,6 +691,7 @@ impl Storage for FakeCloud {
     }
 
     async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), CloudError> {
+        self.pause("DeleteSnapshot").await;
         self.enter("DeleteSnapshot")?.snapshots.remove(id);
         Ok(())
     }
@@ -672,6 +700,7 @@ impl Storage for FakeCloud {
 #[async_trait]
 impl Images for FakeCloud {
     async fn resolve_image(&self, image: &ImageRef) -> Result<ImageId, CloudError> {
+        self.pause("ResolveImage").await;
         let _s = self.enter("ResolveImage")?;
         // Aliases resolve to a fixed id derived from their text.
         Ok(match image {
@@ -684,11 +713,13 @@ impl Images for FakeCloud {
     }
 
     async fn image_root_snapshot(&self, image: &ImageId) -> Result<Option<SnapshotId>, CloudError> {
+        self.pause("DescribeImages").await;
         let _s = self.enter("DescribeImages")?;
         Ok(Some(SnapshotId::new(format!("snap-root-of-{image}"))))
     }
 
     async fn images(&self, filter: &TagFilter) -> Result<Vec<Image>, CloudError> {
+        self.pause("DescribeImages").await;
         let s = self.enter("DescribeImages")?;
         let mut all: Vec<Image> = s
             .images
@@ -738,11 +769,13 @@ impl Images for FakeCloud {
     }
 
     async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError> {
+        self.pause("DeregisterImage").await;
         let Some(image) = self.enter("DeregisterImage")?.images.remove(id) else {
             return Ok(Vec::new());
         };
         // As AWS: deregistered first, then each snapshot (which may fail).
         for snap in &image.snapshot_ids {
+            self.pause("DeleteSnapshot").await;
             self.enter("DeleteSnapshot")?.snapshots.remove(snap);
         }
         Ok(image.snapshot_ids)
@@ -752,6 +785,7 @@ impl Images for FakeCloud {
 #[async_trait]
 impl Network for FakeCloud {
     async fn subnet_zone(&self, subnet_id: &str) -> Result<String, CloudError> {
+        self.pause("DescribeSubnets").await;
         let s = self.enter("DescribeSubnets")?;
         s.subnets.get(subnet_id).cloned().ok_or_else(|| {
             CloudError::from_code(
@@ -770,6 +804,7 @@ impl Network for FakeCloud {
         if groups.iter().all(|g| crate::aws::is_group_id(g)) {
             return Ok(groups.to_vec());
         }
+        self.pause("DescribeSecurityGroups").await;
         let s = self.enter("DescribeSecurityGroups")?;
         crate::aws::resolve_groups(groups, &s.security_groups, "vpc-fake")
     }
@@ -780,6 +815,7 @@ impl Network for FakeCloud {
         instance: &InstanceId,
         reassociate: bool,
     ) -> Result<(), CloudError> {
+        self.pause("AssociateAddress").await;
         let mut s = self.enter("AssociateAddress")?;
         if !reassociate
             && s.addresses
@@ -822,6 +858,7 @@ impl Dns for FakeCloud {
         name: &str,
         kind: RecordType,
     ) -> Result<Option<DnsRecord>, CloudError> {
+        self.pause("ListResourceRecordSets").await;
         let s = self.enter("ListResourceRecordSets")?;
         Ok(s.records
             .get(&(zone_id.to_owned(), fqdn(name), kind))

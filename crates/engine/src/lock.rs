@@ -22,14 +22,47 @@ pub struct BoxLock {
 #[derive(Debug)]
 enum Held {
     File(#[allow(dead_code)] File),
-    Database(#[allow(dead_code)] sqlx::AnyConnection),
+    /// A PostgreSQL session advisory lock: the connection holding it and
+    /// the statement that releases it.
+    Database(Option<(sqlx::pool::PoolConnection<sqlx::Any>, String, i64)>),
 }
 
 impl BoxLock {
-    /// A lock held by the database connection `conn` (closed when dropped).
-    pub fn in_database(conn: sqlx::AnyConnection) -> Self {
+    /// The advisory lock `key` (its 64-bit id) held by the pooled
+    /// connection `conn`. Dropped: released, and the connection goes back
+    /// to its pool; if that fails, the connection is closed (which releases
+    /// it too).
+    pub fn in_database(
+        conn: sqlx::pool::PoolConnection<sqlx::Any>,
+        unlock: String,
+        key: i64,
+    ) -> Self {
         Self {
-            _held: Held::Database(conn),
+            _held: Held::Database(Some((conn, unlock, key))),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Held::Database(held) = self else { return };
+        let Some((mut conn, unlock, key)) = held.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    let done: Result<bool, _> = sqlx::query_scalar(&unlock)
+                        .bind(key)
+                        .fetch_one(&mut *conn)
+                        .await;
+                    if !matches!(done, Ok(true)) {
+                        // Not released: closing the session releases it.
+                        drop(conn.detach());
+                    }
+                });
+            }
+            Err(_) => drop(conn.detach()),
         }
     }
 }

@@ -168,6 +168,9 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// PostgreSQL: the connections that hold box locks (apart, so a wave of
+    /// launches holding locks never starves the queries).
+    locks: Option<AnyPool>,
     backend: Backend,
 }
 
@@ -231,6 +234,7 @@ impl Store {
         }
         Ok(Self {
             pool,
+            locks: None,
             backend: Backend::Sqlite,
         })
     }
@@ -276,8 +280,16 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| err(redact(e.into(), url)))?;
+        let locks = AnyPoolOptions::new()
+            .max_connections(LOCK_CONNECTIONS)
+            .min_connections(0)
+            .idle_timeout(Duration::from_secs(300))
+            // Waiting for a lock connection is waiting for the lock.
+            .acquire_timeout(Duration::from_secs(3600))
+            .connect_lazy_with(url.expose().parse().map_err(err)?);
         Ok(Self {
             pool,
+            locks: Some(locks),
             backend: Backend::Postgres,
         })
     }
@@ -304,6 +316,7 @@ impl Store {
             .map_err(|e| err(e.into()))?;
         Ok(Self {
             pool,
+            locks: None,
             backend: Backend::Sqlite,
         })
     }
@@ -564,6 +577,47 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// Connections a store keeps for box locks on PostgreSQL: each box being
+/// changed holds one for as long as it is (a launch with its waits).
+pub const LOCK_CONNECTIONS: u32 = 32;
+
+/// A lock pool connection while a lock is being taken: if the taking is
+/// cancelled (its future dropped mid-query), the session may get the lock
+/// after all, so the connection is closed, never handed back to the pool.
+struct Locking(Option<sqlx::pool::PoolConnection<sqlx::Any>>);
+
+impl Locking {
+    fn get(&mut self) -> &mut sqlx::AnyConnection {
+        self.0.as_mut().expect("taken only once")
+    }
+
+    fn take(mut self) -> sqlx::pool::PoolConnection<sqlx::Any> {
+        self.0.take().expect("taken only once")
+    }
+}
+
+impl Drop for Locking {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(conn.detach());
+        }
+    }
+}
+
+/// Releases an advisory lock taken by [`Store::lock_box`].
+const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
+
+/// The 64-bit advisory lock id of `key` (FNV-1a: the same on every machine
+/// and every build).
+fn lock_id(key: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
 }
 
 /// A `sqlite://` URL for the file at `path`, read-write and created if
@@ -1464,10 +1518,11 @@ impl Store {
     }
 
     /// Takes box `box_name`'s lock in the database (PostgreSQL: a session
-    /// advisory lock on a connection of its own, so every machine sharing the
-    /// database sees it), calling `on_wait` once if another holds it. The
-    /// lock goes when the returned guard drops (its connection closes) or
-    /// the process dies.
+    /// advisory lock, so every machine sharing the database sees it),
+    /// calling `on_wait` once if another holds it. The lock is held by a
+    /// connection of the lock pool ([`LOCK_CONNECTIONS`] at most: more boxes
+    /// changing at once wait for a connection, as for a lock) and goes when
+    /// the returned guard drops, or with the connection if the process dies.
     pub async fn lock_box(
         &self,
         owner: &str,
@@ -1475,36 +1530,42 @@ impl Store {
         on_wait: &(dyn Fn() + Sync),
     ) -> Result<crate::lock::BoxLock, StoreError> {
         let key = format!("spotkeeper box {owner}/{box_name}");
-        let (mut conn, got) = self.try_advisory_lock(&key).await?;
-        if !got {
-            on_wait();
-            // pg_advisory_lock returns void, which sqlx's Any driver cannot read.
-            let _: String =
-                sqlx::query_scalar("SELECT pg_advisory_lock(hashtextextended($1, 0))::text")
-                    .bind(&key)
-                    .fetch_one(&mut conn)
+        match self.try_lock(&key).await? {
+            Some(lock) => Ok(lock),
+            None => {
+                on_wait();
+                let mut conn = Locking(Some(self.lock_pool().acquire().await?));
+                let id = lock_id(&key);
+                // pg_advisory_lock returns void, which sqlx's Any driver cannot read.
+                let _: String = sqlx::query_scalar("SELECT pg_advisory_lock($1)::text")
+                    .bind(id)
+                    .fetch_one(conn.get())
                     .await?;
+                Ok(crate::lock::BoxLock::in_database(
+                    conn.take(),
+                    UNLOCK.into(),
+                    id,
+                ))
+            }
         }
-        Ok(crate::lock::BoxLock::in_database(conn))
     }
 
     /// Takes the database lock named `key` if it is free (PostgreSQL only):
-    /// `None` when another connection holds it.
+    /// `None` when another session holds it.
     pub async fn try_lock(&self, key: &str) -> Result<Option<crate::lock::BoxLock>, StoreError> {
-        let (conn, got) = self.try_advisory_lock(key).await?;
-        Ok(got.then(|| crate::lock::BoxLock::in_database(conn)))
+        let mut conn = Locking(Some(self.lock_pool().acquire().await?));
+        let id = lock_id(key);
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(id)
+            .fetch_one(conn.get())
+            .await?;
+        // Not got: nothing is held, the connection goes back to the pool.
+        let conn = conn.take();
+        Ok(got.then(|| crate::lock::BoxLock::in_database(conn, UNLOCK.into(), id)))
     }
 
-    async fn try_advisory_lock(
-        &self,
-        key: &str,
-    ) -> Result<(sqlx::AnyConnection, bool), StoreError> {
-        let mut conn = self.pool.acquire().await?.detach();
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(key)
-            .fetch_one(&mut conn)
-            .await?;
-        Ok((conn, got))
+    fn lock_pool(&self) -> &AnyPool {
+        self.locks.as_ref().unwrap_or(&self.pool)
     }
 
     /// Forgets that event `id` was taken (acting on it failed: the

@@ -329,7 +329,9 @@ impl<'a> Daemon<'a> {
     /// Observes the world once: the state file's doomed instances, every
     /// owned instance and spot request, and (for spot boxes) the prices the
     /// fast path launches from. Any failed describe fails the pass.
-    async fn observe(&self) -> Result<Observation, BoxError> {
+    /// Only the holder of the `fleet` lease (`fleet`) records what it saw:
+    /// one history, not one write of every instance per daemon.
+    async fn observe(&self, fleet: bool) -> Result<Observation, BoxError> {
         let owner = &self.config.owner;
         let epochs = self.lock_memory().epochs.clone();
         let since = self.store.doomed_since(owner).await?;
@@ -346,7 +348,7 @@ impl<'a> Daemon<'a> {
         let filter = crate::boxes::owner_filter(owner);
         let instances = self.cloud.instances(&filter).await?;
         let requests = self.cloud.spot_requests(&filter).await?;
-        if let Err(e) = self.store.record_seen(owner, &instances).await {
+        if fleet && let Err(e) = self.store.record_seen(owner, &instances).await {
             tracing::warn!("cannot record the instances seen in the state file: {e}");
         }
         Ok(Observation {
@@ -454,7 +456,7 @@ impl<'a> Daemon<'a> {
         if fleet {
             self.prune_if_due().await;
         }
-        let mut obs = self.observe().await?;
+        let mut obs = self.observe(fleet).await?;
         // Only the fast path needs them: without, launches ask AWS first.
         match self.box_prices(&specs).await {
             Ok((prices, zones)) => {
