@@ -329,3 +329,39 @@ fn config_location_prefers_flag_then_env_then_default() {
     assert_eq!(locate(None, Some("b.toml")), PathBuf::from("b.toml"));
     assert_eq!(locate(None, None), PathBuf::from(DEFAULT_FILE));
 }
+
+#[test]
+fn a_shared_database_and_its_lease_are_read_and_checked() {
+    let ok = parse(
+        Path::new("/cfg/spotkeeper.toml"),
+        "[daemon]\ninterval = \"10s\"\ndatabase = \"postgres://sk:pw-s3cr3t@db.internal/sk\"\n",
+    )
+    .expect("valid");
+    let db = ok.database.as_ref().expect("database");
+    assert_eq!(db.expose(), "postgres://sk:pw-s3cr3t@db.internal/sk");
+    assert!(!format!("{ok:?}").contains("pw-s3cr3t"));
+    assert_eq!(
+        ok.lease,
+        Duration::from_secs(30),
+        "three intervals by default"
+    );
+    let alone = parse(Path::new("/cfg/spotkeeper.toml"), GOOD).expect("valid");
+    assert_eq!((alone.database, alone.lease), (None, DEFAULT_INTERVAL * 3));
+    for (text, line, says) in [
+        (
+            "[daemon]\ndatabase = \"mysql://db/x\"\n",
+            2,
+            "daemon.database: mysql:// is not supported",
+        ),
+        (
+            "[daemon]\ninterval = \"10s\"\nlease = \"15s\"\n",
+            3,
+            "daemon.lease must be at least 20s",
+        ),
+        ("[daemon]\nlease = \"soon\"\n", 2, "daemon.lease"),
+    ] {
+        let e = err(text);
+        assert_eq!(e.line, Some(line), "{e}");
+        assert!(e.message.contains(says), "{e}");
+    }
+}

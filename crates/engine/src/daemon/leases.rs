@@ -160,6 +160,7 @@ impl Daemon<'_> {
     /// every box and pool there is (with [`FLEET`]); the held ones are
     /// remembered for the pass and the fast path.
     pub(super) async fn claim(&self, subjects: &[String]) -> Result<Claim, BoxError> {
+        let _one_at_a_time = self.claiming.lock().await;
         let owner = &self.config.owner;
         let (now, lease) = (self.now_ms(), self.lease_ms());
         self.lock_memory().subjects = subjects.to_vec();

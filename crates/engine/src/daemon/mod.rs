@@ -146,6 +146,9 @@ pub struct Daemon<'a> {
     id: String,
     host: String,
     fleet: Arc<std::sync::atomic::AtomicBool>,
+    /// One claim at a time (a pass's and the renewal's): a claim that read
+    /// the leases before another gave one back must not say it holds it.
+    claiming: tokio::sync::Mutex<()>,
     cloud: &'a dyn Cloud,
     store: &'a Store,
     config: &'a Config,
@@ -189,6 +192,7 @@ impl<'a> Daemon<'a> {
             id: leases::default_id(store.backend()),
             host: leases::host(),
             fleet: Arc::default(),
+            claiming: tokio::sync::Mutex::new(()),
             cloud,
             store,
             config,

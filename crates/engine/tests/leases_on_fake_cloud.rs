@@ -1,0 +1,213 @@
+//! Leases between daemons on one store, in-process on FakeCloud: a second
+//! daemon gets its share; a daemon that stops renewing has its boxes taken
+//! over once its leases expire on the daemons' clock (tokio's, advanced
+//! here, not waited for); a daemon that stops cleanly hands them over at
+//! once; only a box's holder replaces it. Runs on SQLite, and on PostgreSQL
+//! in `scripts/test`'s second pass.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use spotkeeper_engine::boxes::Timing;
+use spotkeeper_engine::config::{self, Config};
+use spotkeeper_engine::daemon::Daemon;
+use spotkeeper_engine::daemon::leases::FLEET;
+
+const TIMING: Timing = Timing {
+    poll: Duration::from_millis(5),
+    running_timeout: Duration::from_secs(5),
+    stop_timeout: Duration::from_secs(5),
+};
+const LEASE: Duration = Duration::from_secs(20);
+
+fn config(boxes: usize) -> Config {
+    let mut text =
+        String::from("owner = \"tester\"\n[daemon]\ninterval = \"10s\"\nlease = \"20s\"\n");
+    for i in 0..boxes {
+        text.push_str(&format!(
+            "[box.b{i}]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\nready = {{ check = \"none\" }}\n"
+        ));
+    }
+    config::parse(Path::new("t.toml"), &text).expect("valid")
+}
+
+fn all(boxes: usize) -> BTreeSet<String> {
+    let mut s: BTreeSet<String> = (0..boxes).map(|i| format!("box:b{i}")).collect();
+    s.insert(FLEET.to_owned());
+    s
+}
+
+/// Moves the daemons' clock (tokio's) forward by `by` without waiting.
+async fn later(by: Duration) {
+    // Paused only around the jump: the store's pools have timeouts of their
+    // own that a paused clock would fire while the database answers.
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
+#[tokio::test]
+async fn a_second_daemon_gets_its_share_and_a_silent_ones_boxes_are_taken_over_after_the_lease() {
+    let (cloud, store, locks) = common::world().await;
+    let cfg = config(4);
+    for name in cfg.boxes.keys() {
+        store
+            .register_box("tester", name, "up", None)
+            .await
+            .expect("register");
+    }
+    let a = Daemon::new(&cloud, &store, &cfg, locks.path())
+        .with_id("a")
+        .with_timing(TIMING);
+    let b = Daemon::new(&cloud, &store, &cfg, locks.path())
+        .with_id("b")
+        .with_timing(TIMING);
+    // Alone, a holds everything and launches every box.
+    a.reconcile().await.expect("a's pass");
+    assert_eq!(a.held(), all(4));
+    assert_eq!(common_live(&cloud), 4);
+    // b joins: nothing is free yet; a gives back what is over its share
+    // (5 subjects / 2 daemons → 3), b takes it.
+    b.reconcile().await.expect("b's pass");
+    assert!(b.held().is_empty(), "{:?}", b.held());
+    a.reconcile().await.expect("a's pass");
+    b.reconcile().await.expect("b's pass");
+    let (ha, hb) = (a.held(), b.held());
+    assert_eq!((ha.len(), hb.len()), (3, 2), "{ha:?} {hb:?}");
+    assert!(ha.is_disjoint(&hb));
+    assert_eq!(ha.union(&hb).cloned().collect::<BTreeSet<_>>(), all(4));
+    assert!(ha.contains(FLEET), "the chores stay with a: {ha:?}");
+    assert_eq!(common_live(&cloud), 4, "nobody launched twice");
+
+    // a goes silent. Before its lease runs out b takes nothing of a's.
+    later(LEASE - Duration::from_secs(5)).await;
+    b.reconcile().await.expect("b's pass");
+    assert_eq!(b.held(), hb);
+    // After it, b takes everything over (a is no longer alive either).
+    later(Duration::from_secs(6)).await;
+    b.reconcile().await.expect("b's pass");
+    assert_eq!(b.held(), all(4));
+    let body = b.metrics().render();
+    assert!(
+        body.contains("spotkeeper_lease_takeovers_total 3"),
+        "{}",
+        body.lines()
+            .filter(|l| l.contains("lease"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(body.contains("spotkeeper_leases_held 5"));
+    let takeovers = store
+        .events("tester", None, 100)
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.kind == "lease-takeover")
+        .count();
+    assert_eq!(takeovers, 3);
+    // a wakes up: its renewal keeps nothing, its pass acts on nothing.
+    a.reconcile().await.expect("a's pass");
+    assert!(a.held().is_empty() || a.held().is_disjoint(&b.held()));
+    assert_eq!(common_live(&cloud), 4);
+}
+
+#[tokio::test]
+async fn a_daemon_that_stops_cleanly_hands_its_boxes_over_at_once() {
+    let (cloud, store, locks) = common::world().await;
+    let cfg = config(2);
+    for name in cfg.boxes.keys() {
+        store
+            .register_box("tester", name, "up", None)
+            .await
+            .expect("register");
+    }
+    let a = Daemon::new(&cloud, &store, &cfg, locks.path())
+        .with_id("a")
+        .with_timing(TIMING);
+    let b = Daemon::new(&cloud, &store, &cfg, locks.path())
+        .with_id("b")
+        .with_timing(TIMING);
+    a.reconcile().await.expect("a's pass");
+    b.reconcile().await.expect("b's pass");
+    assert!(b.held().is_empty());
+    a.leave().await;
+    assert!(a.held().is_empty());
+    b.reconcile().await.expect("b's pass");
+    assert_eq!(b.held(), all(2), "no waiting for the lease");
+}
+
+#[tokio::test]
+async fn a_warning_for_a_box_another_daemon_holds_dooms_it_and_the_holder_replaces_it() {
+    let (cloud, store, locks) = common::world().await;
+    let cfg = config(2);
+    for name in cfg.boxes.keys() {
+        store
+            .register_box("tester", name, "up", None)
+            .await
+            .expect("register");
+    }
+    let a = Daemon::new(&cloud, &store, &cfg, locks.path())
+        .with_id("a")
+        .with_timing(TIMING);
+    let b = Daemon::new(&cloud, &store, &cfg, locks.path())
+        .with_id("b")
+        .with_timing(TIMING);
+    a.reconcile().await.expect("a's pass");
+    b.reconcile().await.expect("b's pass");
+    a.reconcile().await.expect("a's pass");
+    b.reconcile().await.expect("b's pass");
+    let held_by_a: Vec<String> = a
+        .held()
+        .into_iter()
+        .filter_map(|s| s.strip_prefix("box:").map(str::to_owned))
+        .collect();
+    let theirs = held_by_a.first().expect("a holds a box").clone();
+    let old = cloud
+        .all_instances()
+        .into_iter()
+        .find(|i| i.state.is_live() && i.tag("spotkeeper:box") == Some(theirs.as_str()))
+        .expect("live");
+    // b receives the warning: it dooms the instance, does not launch.
+    let handled = b
+        .handle(&common::event(
+            "spot-interruption-warning.json",
+            old.id.as_str(),
+            "held-elsewhere-1",
+        ))
+        .await
+        .expect("handled");
+    assert!(
+        format!("{handled:?}").contains("holding its lease"),
+        "{handled:?}"
+    );
+    assert_eq!(common_live(&cloud), 2, "b launched nothing");
+    // a's next pass replaces it (the doom is in the store).
+    a.reconcile().await.expect("a's pass");
+    let now: Vec<_> = cloud
+        .all_instances()
+        .into_iter()
+        .filter(|i| i.state.is_live() && i.tag("spotkeeper:box") == Some(theirs.as_str()))
+        .collect();
+    assert!(now.iter().any(|i| i.id != old.id), "replaced: {now:?}");
+    // The same event again, to either daemon: a duplicate.
+    let again = a
+        .handle(&common::event(
+            "spot-interruption-warning.json",
+            old.id.as_str(),
+            "held-elsewhere-1",
+        ))
+        .await
+        .expect("handled");
+    assert_eq!(format!("{again:?}"), "Duplicate");
+}
+
+fn common_live(cloud: &spotkeeper_cloud::fake::FakeCloud) -> usize {
+    cloud
+        .all_instances()
+        .iter()
+        .filter(|i| i.state.is_live())
+        .count()
+}
