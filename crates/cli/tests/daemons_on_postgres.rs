@@ -9,11 +9,10 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Cli, Serve, describe, http_get};
+use common::{Cli, Demand, Serve, demand_server, describe, http_get};
 use serde_json::Value;
 use spotkeeper_testkit::Postgres;
 
@@ -50,30 +49,6 @@ fn config(api_port: u16, demand_port: u16, boxes: usize, pool: bool) -> String {
     text
 }
 
-/// A demand endpoint with no pending jobs (the pool keeps its minimum).
-fn no_jobs() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match stream.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]"
-            );
-        }
-    });
-    port
-}
-
 /// Two "machines" on one database: the test's CLI is machine `a`.
 struct Shared {
     cli: Cli,
@@ -85,7 +60,7 @@ struct Shared {
 impl Shared {
     fn new(boxes: usize, pool: bool) -> Self {
         let pg = Postgres::start();
-        let demand = no_jobs();
+        let demand = demand_server(std::sync::Arc::new(std::sync::Mutex::new(Demand::Jobs(0))));
         let mut cli = Cli::with_config(&config(
             spotkeeper_testkit::closed_port(),
             demand,

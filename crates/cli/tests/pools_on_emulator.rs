@@ -6,54 +6,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cli, Serve, describe};
+use common::{Cli, Demand, Serve, demand_server, describe};
 use serde_json::Value;
-
-#[derive(Clone, Debug)]
-enum Answer {
-    Jobs(usize),
-    Status500,
-    Garbage,
-}
-
-/// A tiny HTTP server on 127.0.0.1 answering every GET with `answer`.
-fn demand_server(answer: Arc<Mutex<Answer>>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match stream.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
-            let now = answer.lock().expect("lock").clone();
-            let (status, body) = match now {
-                Answer::Jobs(n) => {
-                    let jobs: Vec<String> = (0..n).map(|i| format!("{{\"id\":{i}}}")).collect();
-                    ("200 OK", format!("[{}]", jobs.join(",")))
-                }
-                Answer::Status500 => ("500 Internal Server Error", "oops".to_owned()),
-                Answer::Garbage => ("200 OK", "<html>not json</html>".to_owned()),
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    port
-}
 
 fn config(demand_port: u16, api_port: u16) -> String {
     format!(
@@ -124,7 +81,7 @@ fn wait_for(cli: &Cli, serve: &Serve, desired: i64, want_units: usize) -> Vec<(S
 
 #[test]
 fn a_pool_follows_its_demand_within_max_and_holds_when_the_demand_source_fails() {
-    let answer = Arc::new(Mutex::new(Answer::Jobs(0)));
+    let answer = Arc::new(Mutex::new(Demand::Jobs(0)));
     let demand_port = demand_server(answer.clone());
     let api_port = spotkeeper_testkit::closed_port();
     let cli = Cli::with_config(&config(demand_port, api_port));
@@ -138,7 +95,7 @@ fn a_pool_follows_its_demand_within_max_and_holds_when_the_demand_source_fails()
     wait_for(&cli, &serve, 0, 0);
 
     // 3 pending: three t3.micro, the large type excluded by its max_price.
-    *answer.lock().expect("lock") = Answer::Jobs(3);
+    *answer.lock().expect("lock") = Demand::Jobs(3);
     let live = wait_for(&cli, &serve, 3, 3);
     assert!(
         live.iter().all(|(t, m)| t == "t3.micro" && m == "spot"),
@@ -172,17 +129,17 @@ fn a_pool_follows_its_demand_within_max_and_holds_when_the_demand_source_fails()
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    *answer.lock().expect("lock") = Answer::Jobs(5);
+    *answer.lock().expect("lock") = Demand::Jobs(5);
     let live = wait_for(&cli, &serve, 5, 5);
     assert_eq!(live.len(), 4, "3 × micro + 1 × large: {live:?}");
 
     // 12 pending: clamped to max_capacity 8.
-    *answer.lock().expect("lock") = Answer::Jobs(12);
+    *answer.lock().expect("lock") = Demand::Jobs(12);
     let live = wait_for(&cli, &serve, 8, 8);
     assert!(units(&live) <= 8);
 
     // The demand source fails: the pool holds at 8, says why, never shrinks.
-    for bad in [Answer::Status500, Answer::Garbage] {
+    for bad in [Demand::Status500, Demand::Garbage] {
         *answer.lock().expect("lock") = bad.clone();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -213,7 +170,7 @@ fn a_pool_follows_its_demand_within_max_and_holds_when_the_demand_source_fails()
     );
 
     // 0 pending: after the idle period, back down to min_capacity 0.
-    *answer.lock().expect("lock") = Answer::Jobs(0);
+    *answer.lock().expect("lock") = Demand::Jobs(0);
     wait_for(&cli, &serve, 0, 0);
 
     // `pool list` shows it; the daemon stops cleanly.

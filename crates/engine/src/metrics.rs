@@ -145,6 +145,22 @@ fn register_upkeep(
     );
 }
 
+/// The leases of several daemons on one database: held now, taken over.
+fn register_leases(registry: &mut Registry) -> (Gauge, Counter) {
+    let (held, takeovers) = (Gauge::default(), Counter::default());
+    registry.register(
+        "leases_held",
+        "Leases this daemon holds on boxes, pools and the fleet chores",
+        held.clone(),
+    );
+    registry.register(
+        "lease_takeovers",
+        "Leases taken from a daemon whose lease had expired",
+        takeovers.clone(),
+    );
+    (held, takeovers)
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("spotkeeper");
@@ -202,17 +218,7 @@ impl Default for Metrics {
         register_upkeep(&mut registry, &left_alone, &notifications);
         let pools = PoolMetrics::default();
         pools.register(&mut registry);
-        let (leases_held, lease_takeovers) = (Gauge::default(), Counter::default());
-        registry.register(
-            "leases_held",
-            "Leases this daemon holds on boxes, pools and the fleet chores",
-            leases_held.clone(),
-        );
-        registry.register(
-            "lease_takeovers",
-            "Leases taken from a daemon whose lease had expired",
-            lease_takeovers.clone(),
-        );
+        let (leases_held, lease_takeovers) = register_leases(&mut registry);
         Self {
             leases_held,
             lease_takeovers,

@@ -40,6 +40,42 @@ fn all(boxes: usize) -> BTreeSet<String> {
     s
 }
 
+/// A FakeCloud region and a store with `boxes` boxes registered, their
+/// config, and a lock directory.
+async fn registered(
+    boxes: usize,
+) -> (
+    spotkeeper_cloud::fake::FakeCloud,
+    spotkeeper_engine::store::Store,
+    tempfile::TempDir,
+    Config,
+) {
+    let (cloud, store, locks) = common::world().await;
+    let cfg = config(boxes);
+    for name in cfg.boxes.keys() {
+        store
+            .register_box("tester", name, "up", None)
+            .await
+            .expect("register");
+    }
+    (cloud, store, locks, cfg)
+}
+
+/// Daemon `id` on them.
+fn daemon<'a>(
+    (cloud, store, locks, cfg): &'a (
+        spotkeeper_cloud::fake::FakeCloud,
+        spotkeeper_engine::store::Store,
+        tempfile::TempDir,
+        Config,
+    ),
+    id: &str,
+) -> Daemon<'a> {
+    Daemon::new(cloud, store, cfg, locks.path())
+        .with_id(id)
+        .with_timing(TIMING)
+}
+
 /// Moves the daemons' clock (tokio's) forward by `by` without waiting.
 async fn later(by: Duration) {
     // Paused only around the jump: the store's pools have timeouts of their
@@ -51,24 +87,13 @@ async fn later(by: Duration) {
 
 #[tokio::test]
 async fn a_second_daemon_gets_its_share_and_a_silent_ones_boxes_are_taken_over_after_the_lease() {
-    let (cloud, store, locks) = common::world().await;
-    let cfg = config(4);
-    for name in cfg.boxes.keys() {
-        store
-            .register_box("tester", name, "up", None)
-            .await
-            .expect("register");
-    }
-    let a = Daemon::new(&cloud, &store, &cfg, locks.path())
-        .with_id("a")
-        .with_timing(TIMING);
-    let b = Daemon::new(&cloud, &store, &cfg, locks.path())
-        .with_id("b")
-        .with_timing(TIMING);
+    let world = registered(4).await;
+    let (cloud, store) = (&world.0, &world.1);
+    let (a, b) = (daemon(&world, "a"), daemon(&world, "b"));
     // Alone, a holds everything and launches every box.
     a.reconcile().await.expect("a's pass");
     assert_eq!(a.held(), all(4));
-    assert_eq!(common_live(&cloud), 4);
+    assert_eq!(common_live(cloud), 4);
     // b joins: nothing is free yet; a gives back what is over its share
     // (5 subjects / 2 daemons → 3), b takes it.
     b.reconcile().await.expect("b's pass");
@@ -80,7 +105,7 @@ async fn a_second_daemon_gets_its_share_and_a_silent_ones_boxes_are_taken_over_a
     assert!(ha.is_disjoint(&hb));
     assert_eq!(ha.union(&hb).cloned().collect::<BTreeSet<_>>(), all(4));
     assert!(ha.contains(FLEET), "the chores stay with a: {ha:?}");
-    assert_eq!(common_live(&cloud), 4, "nobody launched twice");
+    assert_eq!(common_live(cloud), 4, "nobody launched twice");
 
     // a goes silent. Before its lease runs out b takes nothing of a's.
     later(LEASE - Duration::from_secs(5)).await;
@@ -111,25 +136,13 @@ async fn a_second_daemon_gets_its_share_and_a_silent_ones_boxes_are_taken_over_a
     // a wakes up: its renewal keeps nothing, its pass acts on nothing.
     a.reconcile().await.expect("a's pass");
     assert!(a.held().is_empty() || a.held().is_disjoint(&b.held()));
-    assert_eq!(common_live(&cloud), 4);
+    assert_eq!(common_live(cloud), 4);
 }
 
 #[tokio::test]
 async fn a_daemon_that_stops_cleanly_hands_its_boxes_over_at_once() {
-    let (cloud, store, locks) = common::world().await;
-    let cfg = config(2);
-    for name in cfg.boxes.keys() {
-        store
-            .register_box("tester", name, "up", None)
-            .await
-            .expect("register");
-    }
-    let a = Daemon::new(&cloud, &store, &cfg, locks.path())
-        .with_id("a")
-        .with_timing(TIMING);
-    let b = Daemon::new(&cloud, &store, &cfg, locks.path())
-        .with_id("b")
-        .with_timing(TIMING);
+    let world = registered(2).await;
+    let (a, b) = (daemon(&world, "a"), daemon(&world, "b"));
     a.reconcile().await.expect("a's pass");
     b.reconcile().await.expect("b's pass");
     assert!(b.held().is_empty());
@@ -141,20 +154,9 @@ async fn a_daemon_that_stops_cleanly_hands_its_boxes_over_at_once() {
 
 #[tokio::test]
 async fn a_warning_for_a_box_another_daemon_holds_dooms_it_and_the_holder_replaces_it() {
-    let (cloud, store, locks) = common::world().await;
-    let cfg = config(2);
-    for name in cfg.boxes.keys() {
-        store
-            .register_box("tester", name, "up", None)
-            .await
-            .expect("register");
-    }
-    let a = Daemon::new(&cloud, &store, &cfg, locks.path())
-        .with_id("a")
-        .with_timing(TIMING);
-    let b = Daemon::new(&cloud, &store, &cfg, locks.path())
-        .with_id("b")
-        .with_timing(TIMING);
+    let world = registered(2).await;
+    let cloud = &world.0;
+    let (a, b) = (daemon(&world, "a"), daemon(&world, "b"));
     a.reconcile().await.expect("a's pass");
     b.reconcile().await.expect("b's pass");
     a.reconcile().await.expect("a's pass");
@@ -183,7 +185,7 @@ async fn a_warning_for_a_box_another_daemon_holds_dooms_it_and_the_holder_replac
         format!("{handled:?}").contains("holding its lease"),
         "{handled:?}"
     );
-    assert_eq!(common_live(&cloud), 2, "b launched nothing");
+    assert_eq!(common_live(cloud), 2, "b launched nothing");
     // a's next pass replaces it (the doom is in the store).
     a.reconcile().await.expect("a's pass");
     let now: Vec<_> = cloud

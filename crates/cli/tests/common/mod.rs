@@ -264,3 +264,47 @@ pub fn wait_passes(port: u16, n: u64, serve: &Serve) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// What [`demand_server`] answers: a pool's pending jobs, or a failure.
+#[derive(Clone, Debug)]
+pub enum Demand {
+    Jobs(usize),
+    Status500,
+    Garbage,
+}
+
+/// A tiny HTTP server on 127.0.0.1 answering every GET with `answer`.
+pub fn demand_server(answer: std::sync::Arc<std::sync::Mutex<Demand>>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match std::io::Read::read(&mut stream, &mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let now = answer.lock().expect("lock").clone();
+            let (status, body) = match now {
+                Demand::Jobs(n) => {
+                    let jobs: Vec<String> = (0..n).map(|i| format!("{{\"id\":{i}}}")).collect();
+                    ("200 OK", format!("[{}]", jobs.join(",")))
+                }
+                Demand::Status500 => ("500 Internal Server Error", "oops".to_owned()),
+                Demand::Garbage => ("200 OK", "<html>not json</html>".to_owned()),
+            };
+            let _ = std::io::Write::write_fmt(
+                &mut stream,
+                format_args!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                ),
+            );
+        }
+    });
+    port
+}

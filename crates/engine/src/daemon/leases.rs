@@ -159,8 +159,21 @@ impl Daemon<'_> {
     /// free and expired ones up to it, and says it is alive. `subjects` are
     /// every box and pool there is (with [`FLEET`]); the held ones are
     /// remembered for the pass and the fast path.
+    /// A claim that fails (the database unreachable) forgets what was held:
+    /// the leases may expire before the next one succeeds, and then another
+    /// daemon acts on those boxes; this one does not in the meantime.
     pub(super) async fn claim(&self, subjects: &[String]) -> Result<Claim, BoxError> {
         let _one_at_a_time = self.claiming.lock().await;
+        let claim = self.claim_now(subjects).await;
+        if claim.is_err() {
+            self.lock_memory().held.clear();
+            self.fleet.store(false, std::sync::atomic::Ordering::SeqCst);
+            self.metrics.leases_held.set(0);
+        }
+        claim
+    }
+
+    async fn claim_now(&self, subjects: &[String]) -> Result<Claim, BoxError> {
         let owner = &self.config.owner;
         let (now, lease) = (self.now_ms(), self.lease_ms());
         self.lock_memory().subjects = subjects.to_vec();

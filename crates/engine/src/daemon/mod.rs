@@ -237,7 +237,8 @@ impl<'a> Daemon<'a> {
         self
     }
 
-    /// Calls this daemon `id` (default: host, process id and a random part).
+    /// Calls this daemon `id` (default [`leases::default_id`]; `serve`
+    /// takes [`leases::identity`]).
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
         self.id = id.into();
         self

@@ -69,9 +69,9 @@ impl Daemon<'_> {
         Ok(())
     }
 
-    /// Plans every pool on `obs`: orphans are collected now, each pool's
-    /// pass is a job for the task runner. Only the pools whose lease this daemon holds are planned; orphans
-    /// are collected by the holder of the `fleet` lease.
+    /// Plans every pool on `obs` whose lease this daemon holds: each pool's
+    /// pass is a job for the task runner. Orphans are collected now, by the
+    /// holder of the `fleet` lease (`fleet`).
     pub(super) async fn reconcile_pools(
         &self,
         obs: &Observation,
