@@ -4,7 +4,9 @@
 //! file, API port and state directory). Boxes and the pool are shared out by
 //! leases; a wave of spot warnings, each delivered twice, is acted on once
 //! per event; a daemon killed with SIGKILL mid-wave has its boxes taken over
-//! once its leases expire; a CLI `up` racing a daemon yields one instance.
+//! once its leases expire; a CLI `up` racing a daemon yields one instance,
+//! and an `up` waits for another machine's `up` of the same box (the lock is
+//! in the database) and launches nothing.
 
 mod common;
 
@@ -492,4 +494,49 @@ fn a_cli_up_on_another_machine_racing_a_daemon_yields_one_instance() {
         b.log()
     );
     assert!(b.stop().success());
+}
+
+#[test]
+fn an_up_on_one_machine_waits_for_an_up_on_another_and_launches_nothing() {
+    let shared = Shared::new(1, false);
+    // A ready check that takes seconds: the first `up` holds the box's lock
+    // while it waits.
+    let text = std::fs::read_to_string(shared.cli.config_path()).expect("config");
+    shared.cli.write_config(&text.replace(
+        "ready = { check = \"none\" }",
+        "ready = { check = \"command\", command = \"sleep 3\", timeout = \"30s\" }",
+    ));
+    let (config_b, state_b) = shared.machine("b", spotkeeper_testkit::closed_port());
+    let first = shared
+        .cli
+        .command_as(&config_b, &state_b, &["up", "b00", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("up on b");
+    // Once b has launched (it is in its ready check), a's `up` starts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shared.instances().is_empty() {
+        assert!(Instant::now() < deadline, "b launched nothing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second = shared.cli.run(&["up", "b00", "--json"]);
+    let first = first.wait_with_output().expect("b's up");
+    assert!(first.status.success(), "{}", describe(&first));
+    assert!(second.status.success(), "{}", describe(&second));
+    // a waited for b's lock (in the database: their lock directories differ)…
+    assert!(
+        common::stderr(&second).contains("waiting for it to finish"),
+        "{}",
+        describe(&second)
+    );
+    // …and found b's instance instead of launching one.
+    let id = |out: &std::process::Output| -> String {
+        serde_json::from_slice::<Value>(&out.stdout).expect("json")["instance_id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    };
+    assert_eq!(id(&first), id(&second));
+    assert_eq!(shared.instances()["b00"].len(), 1);
 }
