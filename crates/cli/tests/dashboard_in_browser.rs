@@ -189,6 +189,15 @@ async fn the_dashboard_shows_boxes_a_replacement_charts_and_savings_in_chromium(
             .any(|b| b == "running")
     );
     assert!(texts(&c, "#message").await.join("").is_empty());
+    // The daemons: this one, with its leases (the box, the pool, the chores).
+    let daemons = eventually(&c, 30, "the daemons table", || async {
+        let rows = texts(&c, "#daemons tbody tr").await;
+        rows.iter()
+            .any(|r| r.contains("(this one)") && r.contains("box:dev"))
+            .then_some(rows)
+    })
+    .await;
+    assert_eq!(daemons.len(), 1, "{daemons:?}");
 
     // Charts: the box's and the pool's price charts and the pool's units, with points.
     let circles = eventually(&c, 30, "charts with sample points", || async {
