@@ -64,6 +64,17 @@ pub async fn identity(
     owner: &str,
     preferred: Option<&str>,
 ) -> Result<(String, Option<crate::lock::BoxLock>), String> {
+    if let Some(id) = preferred
+        && (id.is_empty()
+            || id.len() > 64
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+    {
+        return Err(format!(
+            "daemon id {id:?} must be 1-64 letters, digits, '.', '_' or '-'"
+        ));
+    }
     let base = preferred.map_or_else(host, str::to_owned);
     if store.backend() == Backend::Sqlite {
         return Ok((base, None));
@@ -371,5 +382,48 @@ mod tests {
             candidates(&subjects, &leases, "me", 100),
             [(FLEET, None), ("box:a", Some("x"))]
         );
+    }
+
+    #[tokio::test]
+    async fn a_daemon_id_is_locked_while_it_runs_and_a_second_daemon_gets_another() {
+        let server = spotkeeper_testkit::Postgres::start();
+        let url = crate::store::DatabaseUrl::parse(&server.url()).expect("url");
+        let store = crate::store::Store::connect(&url).await.expect("store");
+        let (first, guard) = identity(&store, "o", None).await.expect("first");
+        assert_eq!(first, host());
+        let (second, _g2) = identity(&store, "o", None).await.expect("second");
+        assert_ne!(second, first, "the host's id is taken");
+        assert!(second.starts_with(&host()));
+        // Another owner's daemon may use the host's id.
+        let (other, _g3) = identity(&store, "p", None).await.expect("other owner");
+        assert_eq!(other, first);
+        let (chosen, _g4) = identity(&store, "o", Some("edge-1")).await.expect("chosen");
+        assert_eq!(chosen, "edge-1");
+        let e = identity(&store, "o", Some("edge-1"))
+            .await
+            .expect_err("in use");
+        assert!(e.contains("in use"), "{e}");
+        let e = identity(&store, "o", Some("a b\nc"))
+            .await
+            .expect_err("bad id");
+        assert!(e.contains("must be"), "{e}");
+        // The first daemon stops (or dies): its id is free again.
+        drop(guard);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (again, _g) = identity(&store, "o", None).await.expect("again");
+            if again == first {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never freed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_the_id_is_the_host_and_nothing_is_locked() {
+        let store = crate::store::Store::memory().await.expect("store");
+        let (id, guard) = identity(&store, "o", None).await.expect("id");
+        assert_eq!((id, guard.is_none()), (host(), true));
     }
 }
