@@ -375,6 +375,13 @@ fn two_daemons_share_20_boxes_and_a_pool_and_a_wave_of_20_warnings_gets_exactly_
     assert_eq!(duplicates, 20.0);
     shared.check_volumes();
     assert_eq!(pool_live(&shared), 2, "the pool keeps its two");
+    // A warning taken by the daemon that does not hold the box woke the one
+    // that does (PostgreSQL NOTIFY), instead of leaving it to its next pass.
+    let logs = format!("{}{}", a.log(), b.log());
+    assert!(
+        logs.contains("another daemon received a warning for it"),
+        "no daemon was woken by the other:\n{logs}"
+    );
     assert!(a.stop().success());
     assert!(b.stop().success());
 }

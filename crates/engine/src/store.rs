@@ -171,6 +171,8 @@ pub struct Store {
     /// PostgreSQL: the connections that hold box locks (apart, so a wave of
     /// launches holding locks never starves the queries).
     locks: Option<AnyPool>,
+    /// PostgreSQL: where it is, for the daemons' wake-up channel.
+    url: Option<DatabaseUrl>,
     backend: Backend,
 }
 
@@ -235,6 +237,7 @@ impl Store {
         Ok(Self {
             pool,
             locks: None,
+            url: None,
             backend: Backend::Sqlite,
         })
     }
@@ -290,6 +293,7 @@ impl Store {
         Ok(Self {
             pool,
             locks: Some(locks),
+            url: Some(url.clone()),
             backend: Backend::Postgres,
         })
     }
@@ -317,6 +321,7 @@ impl Store {
         Ok(Self {
             pool,
             locks: None,
+            url: None,
             backend: Backend::Sqlite,
         })
     }
@@ -602,6 +607,25 @@ impl Drop for Locking {
     fn drop(&mut self) {
         if let Some(conn) = self.0.take() {
             drop(conn.detach());
+        }
+    }
+}
+
+/// The channel daemons wake each other on ([`Store::wake_daemons`]).
+const WAKE_CHANNEL: &str = "spotkeeper_wake";
+
+/// A daemon's end of the wake-up channel.
+#[derive(Debug)]
+pub struct WakeListener(sqlx::postgres::PgListener);
+
+impl WakeListener {
+    /// The next wake-up: (owner, box).
+    pub async fn next(&mut self) -> Result<(String, String), StoreError> {
+        loop {
+            let n = self.0.recv().await?;
+            if let Some((owner, b)) = n.payload().split_once('/') {
+                return Ok((owner.to_owned(), b.to_owned()));
+            }
         }
     }
 }
@@ -1568,6 +1592,35 @@ impl Store {
         self.locks.as_ref().unwrap_or(&self.pool)
     }
 
+    /// Tells every daemon listening on this owner's channel that box
+    /// `box_name` needs its holder (PostgreSQL `NOTIFY`; nothing on SQLite,
+    /// where the daemon is alone).
+    pub async fn wake_daemons(&self, owner: &str, box_name: &str) -> Result<(), StoreError> {
+        if self.backend == Backend::Sqlite {
+            return Ok(());
+        }
+        // pg_notify returns void, which sqlx's Any driver cannot read.
+        let _: String = sqlx::query_scalar("SELECT pg_notify($1, $2)::text")
+            .bind(WAKE_CHANNEL)
+            .bind(format!("{owner}/{box_name}"))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Listens on the daemons' wake-up channel (PostgreSQL `LISTEN`, on a
+    /// connection of its own that reconnects by itself); `None` on SQLite.
+    pub async fn wake_listener(&self) -> Result<Option<WakeListener>, StoreError> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let mut listener = sqlx::postgres::PgListener::connect(url.expose())
+            .await
+            .map_err(|e| redact(e, url))?;
+        listener.listen(WAKE_CHANNEL).await?;
+        Ok(Some(WakeListener(listener)))
+    }
+
     /// Forgets that event `id` was taken (acting on it failed: the
     /// redelivered message is acted on again).
     pub async fn forget_delivery(&self, owner: &str, id: &str) -> Result<(), StoreError> {
@@ -1867,5 +1920,28 @@ mod tests {
         assert!(e.to_string().contains("no_such_db"), "{e}");
         assert!(!e.to_string().contains("pw-s3cr3t"), "{e}");
         assert!(!format!("{e:?}").contains("pw-s3cr3t"), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_wake_up_reaches_every_listening_daemon_and_sqlite_has_none() {
+        let server = spotkeeper_testkit::Postgres::start();
+        let url = DatabaseUrl::parse(&server.url()).expect("url");
+        let (a, b) = (
+            Store::connect(&url).await.expect("a"),
+            Store::connect(&url).await.expect("b"),
+        );
+        let mut la = a.wake_listener().await.expect("listen").expect("postgres");
+        let mut lb = b.wake_listener().await.expect("listen").expect("postgres");
+        b.wake_daemons("o", "dev").await.expect("wake");
+        for l in [&mut la, &mut lb] {
+            let got = tokio::time::timeout(Duration::from_secs(10), l.next())
+                .await
+                .expect("woken")
+                .expect("payload");
+            assert_eq!(got, ("o".to_owned(), "dev".to_owned()));
+        }
+        let memory = Store::memory().await.expect("sqlite");
+        assert!(memory.wake_listener().await.expect("none").is_none());
+        memory.wake_daemons("o", "dev").await.expect("a no-op");
     }
 }

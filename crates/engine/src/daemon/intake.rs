@@ -233,6 +233,9 @@ impl Daemon<'_> {
         if let Some(spec) = spec.filter(|_| held) {
             self.fast_path(spec);
         }
+        if !held && let Err(e) = self.store.wake_daemons(&self.config.owner, box_name).await {
+            tracing::warn!("cannot wake the daemon holding {box_name}: {e}");
+        }
         let what = if held {
             format!(
                 "{} for {id} of box {box_name}: replacing it",

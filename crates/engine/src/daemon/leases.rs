@@ -302,6 +302,55 @@ impl Daemon<'_> {
         }
     }
 
+    /// Wakes a pass when another daemon received a warning for a box this
+    /// one holds (PostgreSQL `LISTEN`): the pass reads the doomed instance
+    /// and replaces it, instead of at the next interval.
+    pub(super) async fn listen_loop(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        loop {
+            let listener = tokio::select! {
+                _ = shutdown.changed() => return,
+                l = self.store.wake_listener() => l,
+            };
+            let mut listener = match listener {
+                Ok(Some(l)) => l,
+                Ok(None) => return,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!("cannot listen for the other daemons: {e}");
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        () = tokio::time::sleep(super::backoff(failures, Duration::from_secs(60))) => {}
+                    }
+                    continue;
+                }
+            };
+            failures = 0;
+            loop {
+                let woke = tokio::select! {
+                    _ = shutdown.changed() => return,
+                    w = listener.next() => w,
+                };
+                match woke {
+                    Ok((owner, box_name))
+                        if owner == self.config.owner && self.holds(&box_subject(&box_name)) =>
+                    {
+                        tracing::info!(
+                            box_name,
+                            "another daemon received a warning for it: a pass now"
+                        );
+                        self.wake.notify_one();
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!("listening for the other daemons failed: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// Gives every lease back at once (a clean stop): the others take the
     /// boxes at their next renewal instead of after the expiry.
     pub async fn leave(&self) {

@@ -603,6 +603,7 @@ impl<'a> Daemon<'a> {
         tokio::join!(
             self.receive(queue, shutdown.clone()),
             self.renew_loop(shutdown.clone()),
+            self.listen_loop(shutdown.clone()),
             self.reconcile_loop(rx, shutdown)
         );
         self.lock_memory().fast = None;
