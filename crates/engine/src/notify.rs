@@ -202,7 +202,7 @@ impl Deliverer {
         // A sink seen for the first time starts after the newest event now,
         // whether or not this daemon delivers: not when the gate opens.
         store.notify_cursor(&self.owner, &self.sink.name).await?;
-        'gated: loop {
+        loop {
             // Another daemon may have delivered while this one did not hold
             // the gate: the cursor is read again each time it opens.
             while !open() {
@@ -218,7 +218,6 @@ impl Deliverer {
             {
                 return Ok(());
             }
-            continue 'gated;
         }
     }
 

@@ -227,8 +227,9 @@ impl Daemon<'_> {
             .entry(box_name.to_owned())
             .or_insert_with(Instant::now);
         tracing::debug!(%id, "event: doomed and marked");
-        // The daemon holding the box's lease replaces it: this one at once,
-        // another at its next pass (it reads the doomed instance).
+        // The daemon holding the box's lease replaces it: this one at once
+        // (the fast path); another is woken through the database and its
+        // pass reads the doomed instance.
         let held = self.holds(&super::leases::box_subject(box_name));
         if let Some(spec) = spec.filter(|_| held) {
             self.fast_path(spec);
