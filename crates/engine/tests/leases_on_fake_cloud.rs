@@ -172,15 +172,13 @@ async fn a_warning_for_a_box_another_daemon_holds_dooms_it_and_the_holder_replac
         .into_iter()
         .find(|i| i.state.is_live() && i.tag("spotkeeper:box") == Some(theirs.as_str()))
         .expect("live");
+    let warning = common::event(
+        "spot-interruption-warning.json",
+        old.id.as_str(),
+        "held-elsewhere-1",
+    );
     // b receives the warning: it dooms the instance, does not launch.
-    let handled = b
-        .handle(&common::event(
-            "spot-interruption-warning.json",
-            old.id.as_str(),
-            "held-elsewhere-1",
-        ))
-        .await
-        .expect("handled");
+    let handled = b.handle(&warning).await.expect("handled");
     assert!(
         format!("{handled:?}").contains("holding its lease"),
         "{handled:?}"
@@ -195,14 +193,7 @@ async fn a_warning_for_a_box_another_daemon_holds_dooms_it_and_the_holder_replac
         .collect();
     assert!(now.iter().any(|i| i.id != old.id), "replaced: {now:?}");
     // The same event again, to either daemon: a duplicate.
-    let again = a
-        .handle(&common::event(
-            "spot-interruption-warning.json",
-            old.id.as_str(),
-            "held-elsewhere-1",
-        ))
-        .await
-        .expect("handled");
+    let again = a.handle(&warning).await.expect("handled");
     assert_eq!(format!("{again:?}"), "Duplicate");
 }
 
