@@ -19,6 +19,8 @@ use serde_json::Value;
 use spotkeeper_testkit::Postgres;
 
 const TOKEN: &str = "shared-token-0123456789";
+/// The database password in the URL every process is given.
+const PASSWORD: &str = "pw-s3cr3t-0123";
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/fixtures/events");
 /// `[daemon] lease`: short, so a takeover happens within the test.
 const LEASE: Duration = Duration::from_secs(3);
@@ -69,7 +71,11 @@ impl Shared {
             boxes,
             pool,
         ));
-        cli.database = Some(pg.url());
+        // Trust authentication takes any password: this one must show nowhere.
+        cli.database = Some(
+            pg.url()
+                .replace("spotkeeper@", &format!("spotkeeper:{PASSWORD}@")),
+        );
         cli.ok(&["setup"]);
         Self {
             cli,
@@ -382,6 +388,18 @@ fn two_daemons_share_20_boxes_and_a_pool_and_a_wave_of_20_warnings_gets_exactly_
         logs.contains("another daemon received a warning for it"),
         "no daemon was woken by the other:\n{logs}"
     );
+    // The database password: in no log line and no event.
+    assert!(!logs.contains(PASSWORD));
+    assert!(
+        logs.contains("postgres://spotkeeper:***@"),
+        "the store is named, redacted"
+    );
+    assert_eq!(
+        shared.count(&format!(
+            "SELECT COUNT(*) FROM events WHERE message LIKE '%{PASSWORD}%'"
+        )),
+        0
+    );
     assert!(a.stop().success());
     assert!(b.stop().success());
 }
@@ -546,4 +564,32 @@ fn an_up_on_one_machine_waits_for_an_up_on_another_and_launches_nothing() {
     };
     assert_eq!(id(&first), id(&second));
     assert_eq!(shared.instances()["b00"].len(), 1);
+}
+
+#[test]
+fn a_database_that_cannot_be_opened_is_a_clear_error_without_the_password() {
+    let shared = Shared::new(1, false);
+    let mut cli_url = shared.cli.database.clone().expect("url");
+    cli_url = cli_url.replace("/postgres?", "/no_such_db?");
+    let out = shared
+        .cli
+        .command(&["pool", "list"])
+        .env("SPOTKEEPER_DATABASE_URL", &cli_url)
+        .output()
+        .expect("pool list");
+    assert!(!out.status.success());
+    let text = describe(&out);
+    assert!(
+        text.contains("state database") && text.contains("no_such_db"),
+        "{text}"
+    );
+    assert!(!text.contains(PASSWORD), "{text}");
+    let out = shared
+        .cli
+        .command(&["pool", "list"])
+        .env("SPOTKEEPER_DATABASE_URL", "mysql://db/x")
+        .output()
+        .expect("pool list");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(describe(&out).contains("$SPOTKEEPER_DATABASE_URL: mysql:// is not supported"));
 }
