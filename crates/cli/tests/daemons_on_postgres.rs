@@ -531,10 +531,19 @@ fn an_up_on_one_machine_waits_for_an_up_on_another_and_launches_nothing() {
         "ready = { check = \"none\" }",
         "ready = { check = \"command\", command = \"sleep 3\", timeout = \"30s\" }",
     ));
+    // Machine b names the database in its config file, not the environment.
     let (config_b, state_b) = shared.machine("b", spotkeeper_testkit::closed_port());
+    let url = shared.cli.database.clone().expect("url");
+    let text = std::fs::read_to_string(&config_b).expect("config");
+    std::fs::write(
+        &config_b,
+        text.replace("[daemon]\n", &format!("[daemon]\ndatabase = \"{url}\"\n")),
+    )
+    .expect("write");
     let first = shared
         .cli
         .command_as(&config_b, &state_b, &["up", "b00", "--json"])
+        .env_remove("SPOTKEEPER_DATABASE_URL")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
