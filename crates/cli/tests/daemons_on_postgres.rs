@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Cli, Demand, Serve, demand_server, describe, http_get};
+use common::{Cli, Demand, Serve, demand_server, describe, http_get, metric};
 use serde_json::Value;
 use spotkeeper_testkit::Postgres;
 
@@ -296,17 +296,6 @@ impl Shared {
     fn count(&self, sql: &str) -> usize {
         self.pg.psql(sql).parse().expect("a count")
     }
-}
-
-/// `name` from the daemon's metrics at `port` (0 when absent).
-fn metric(port: u16, name: &str) -> f64 {
-    http_get(port, "/metrics", None)
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[test]

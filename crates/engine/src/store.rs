@@ -298,14 +298,6 @@ impl Store {
         })
     }
 
-    /// The store at `url`: a PostgreSQL URL, else a SQLite file path.
-    pub async fn open_database(db: &crate::config::Database) -> Result<Self, StoreError> {
-        match db {
-            crate::config::Database::File(path) => Self::open(path).await,
-            crate::config::Database::Postgres(url) => Self::connect(url).await,
-        }
-    }
-
     /// An in-memory store, for tests.
     pub async fn memory() -> Result<Self, StoreError> {
         let err = |source| StoreError::Open {

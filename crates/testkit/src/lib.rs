@@ -793,27 +793,12 @@ impl Postgres {
         self.url_of("postgres")
     }
 
-    /// The URL of database `db` (see [`Postgres::create_database`]).
+    /// The URL of database `db` on it.
     pub fn url_of(&self, db: &str) -> String {
         format!(
             "postgres://spotkeeper@localhost/{db}?host={}",
             self.dir.path().display()
         )
-    }
-
-    /// Sends `signal` (`KILL`, `STOP`, …) to the server.
-    pub fn signal(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status();
-    }
-
-    /// Creates database `db` (for tests that want more than one).
-    pub fn create_database(&self, db: &str) {
-        run(Command::new(pg_bin().join("createdb"))
-            .args(["-U", "spotkeeper", "-h"])
-            .arg(self.dir.path())
-            .arg(db));
     }
 
     /// Runs `sql` with psql on the `postgres` database; returns what it printed
@@ -867,7 +852,7 @@ pub fn test_database() -> Option<String> {
 }
 
 /// `url` with its database replaced by `db`.
-pub fn with_database(url: &str, db: &str) -> String {
+fn with_database(url: &str, db: &str) -> String {
     let (base, query) = url
         .split_once('?')
         .map_or((url, None), |(b, q)| (b, Some(q)));

@@ -235,18 +235,28 @@ pub fn http_get(port: u16, path: &str, token: Option<&str>) -> Result<String, St
 pub fn passes(port: u16) -> (u64, u64) {
     let metrics = http_get(port, "/metrics", None).unwrap_or_default();
     let count = |kind: &str| {
-        metrics
-            .lines()
-            .find(|l| {
-                l.starts_with(&format!(
-                    "spotkeeper_reconcile_passes_total{{kind=\"{kind}\"}}"
-                ))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0)
+        sample(
+            &metrics,
+            &format!("spotkeeper_reconcile_passes_total{{kind=\"{kind}\"}}"),
+        ) as u64
     };
     (count("ok"), count("failed"))
+}
+
+/// The sample `name` (with its labels, as printed) of the daemon's metrics
+/// at API port `port`; 0 when absent.
+pub fn metric(port: u16, name: &str) -> f64 {
+    sample(&http_get(port, "/metrics", None).unwrap_or_default(), name)
+}
+
+/// The value of sample `name` in Prometheus text `metrics`; 0 when absent.
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Waits until the daemon on API port `port` has finished `n` more

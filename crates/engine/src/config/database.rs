@@ -3,20 +3,10 @@
 //! password replaced by `***`, in `Display` and `Debug` alike.
 
 use std::fmt;
-use std::path::PathBuf;
 
 /// A `postgres://` URL whose password never reaches a log or an error.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl(String);
-
-/// The state store to open.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Database {
-    /// A SQLite file.
-    File(PathBuf),
-    /// A PostgreSQL database.
-    Postgres(DatabaseUrl),
-}
 
 impl DatabaseUrl {
     /// Checks that `url` is a PostgreSQL URL (`postgres://` or `postgresql://`).

@@ -41,7 +41,7 @@ pub use box_spec::{
     BoxSpec, DEFAULT_READY_TIMEOUT, DEFAULT_STOP_SNAPSHOTS, DnsAddress, DnsSpec, ImagePolicy,
     MAX_READY_TIMEOUT, OnStop, PriceCap, ReadyCheck, VolumeSpec,
 };
-pub use database::{Database, DatabaseUrl};
+pub use database::DatabaseUrl;
 pub use error::ConfigError;
 pub use launch::LaunchTemplate;
 pub use pool_spec::{

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::Daemon;
 use crate::boxes::BoxError;
-use crate::store::{Backend, Lease, unix_seconds};
+use crate::store::{Backend, Lease};
 
 /// The subject of the owner-wide chores.
 pub const FLEET: &str = "fleet";
@@ -149,12 +149,10 @@ impl Daemon<'_> {
     }
 
     fn now_ms(&self) -> i64 {
-        let t = self.clock.now();
-        unix_seconds(t) * 1000
-            + i64::from(
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.subsec_millis()),
-            )
+        self.clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
     }
 
     fn lease_ms(&self) -> i64 {
@@ -177,9 +175,7 @@ impl Daemon<'_> {
         let _one_at_a_time = self.claiming.lock().await;
         let claim = self.claim_now(subjects).await;
         if claim.is_err() {
-            self.lock_memory().held.clear();
-            self.fleet.store(false, std::sync::atomic::Ordering::SeqCst);
-            self.metrics.leases_held.set(0);
+            self.hold(BTreeSet::new());
         }
         claim
     }
@@ -246,14 +242,18 @@ impl Daemon<'_> {
             .cloned()
     }
 
+    /// What this daemon acts on from now: `held` (the pass, the fast path,
+    /// the notification gate and `spotkeeper_leases_held` read it).
+    fn hold(&self, held: BTreeSet<String>) {
+        self.fleet
+            .store(held.contains(FLEET), std::sync::atomic::Ordering::SeqCst);
+        self.metrics.leases_held.set(held.len() as i64);
+        self.lock_memory().held = held;
+    }
+
     /// Remembers the claim, counts it, and records what changed hands.
     async fn claimed(&self, claim: &Claim) {
-        self.lock_memory().held = claim.held.clone();
-        self.fleet.store(
-            claim.held.contains(FLEET),
-            std::sync::atomic::Ordering::SeqCst,
-        );
-        self.metrics.leases_held.set(claim.held.len() as i64);
+        self.hold(claim.held.clone());
         if !claim.taken.is_empty() {
             let what = format!(
                 "daemon {} took {} lease(s): {}",
@@ -370,9 +370,7 @@ impl Daemon<'_> {
             }
             Err(e) => tracing::warn!("giving the leases back failed (they expire): {e}"),
         }
-        self.lock_memory().held.clear();
-        self.fleet.store(false, std::sync::atomic::Ordering::SeqCst);
-        self.metrics.leases_held.set(0);
+        self.hold(BTreeSet::new());
     }
 }
 
