@@ -13,6 +13,27 @@ use base64::Engine as _;
 /// The boot script template.
 pub const BOOT_TEMPLATE: &str = include_str!("../scripts/boot.sh");
 
+/// The boot script as it goes into user data: the template without its
+/// comment lines, blank lines and indentation (EC2 takes 16 KiB of user
+/// data, the user's own script included), but for the shebang and the line
+/// naming the box. Nothing in the script depends on leading blanks (its
+/// here-documents end at column 0 and carry shell code).
+fn compact(template: &str) -> String {
+    let mut out = String::with_capacity(template.len());
+    for (n, line) in template.lines().enumerate() {
+        let code = line.trim_start();
+        if n < 2 {
+            out.push_str(line);
+        } else if code.is_empty() || (code.starts_with('#') && !code.starts_with("#!")) {
+            continue;
+        } else {
+            out.push_str(code);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// EC2 refuses user data over 16 KiB (before base64).
 pub const USER_DATA_LIMIT: usize = 16 * 1024;
 
@@ -93,7 +114,7 @@ pub fn user_data(
         None => Default::default(),
     };
     let embedded = user.filter(|u| u.starts_with("#!"));
-    let script = BOOT_TEMPLATE
+    let script = compact(BOOT_TEMPLATE)
         .replace("@BOX@", &safe("box", box_name)?)
         .replace("@DATA_VOLUME@", &dv)
         .replace("@DATA_DEVICE@", &dd)
@@ -226,6 +247,36 @@ mod tests {
             user_data("dev", &data(), Some(&big)),
             Err(BootError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn the_script_goes_without_comments_and_indentation_and_leaves_room_for_the_users() {
+        let both = BootVolumes {
+            root: Some(("vol-0abc".into(), "/dev/sdg".into())),
+            ..data()
+        };
+        let out = user_data("dev", &both, None).expect("ok").expect("some");
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("#!/bin/sh"));
+        assert!(
+            lines
+                .next()
+                .is_some_and(|l| l.starts_with("# spotkeeper boot script")),
+            "{out}"
+        );
+        for line in lines {
+            assert!(
+                line.starts_with("#!") || !line.starts_with('#'),
+                "a comment line: {line}"
+            );
+            assert!(!line.starts_with(' '), "indented: {line}");
+            assert!(!line.is_empty(), "a blank line");
+        }
+        assert!(
+            out.len() < USER_DATA_LIMIT - 5 * 1024,
+            "{} bytes leave under 5 KiB of EC2's 16 for the user's own",
+            out.len()
+        );
     }
 
     #[test]

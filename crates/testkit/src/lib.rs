@@ -4,6 +4,8 @@
 //! when dropped. If moto is not installed the test fails, saying how to
 //! install it; it never skips.
 
+pub mod qemu;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
