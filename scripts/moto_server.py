@@ -32,6 +32,20 @@ parameters gets the first answer again without reaching the emulator; other
 parameters get IdempotentParameterMismatch. `GET /__proxy/stats` returns what
 it did, and the arrival time of every call (for benchmarks).
 
+Where spotkeeper depends on how AWS behaves and moto is kinder, the
+launcher makes moto behave like AWS:
+
+- CreateImage records every EBS volume attached to the instance (besides its
+  root) as a block device mapping of the image, snapshotting it, unless the
+  call lists the device with NoDevice; RunInstances from that image creates
+  those volumes again and attaches them at their devices (AWS: "Amazon EBS
+  volumes attached to the instance are included in the AMI" unless excluded
+  with a NoDevice mapping; an instance launched from the AMI gets them).
+- AttachVolume to a device name the instance already uses fails
+  (InvalidParameterValue: attachment point in use), so does attaching a
+  volume that is attached (VolumeInUse) or one in another zone
+  (InvalidVolume.ZoneMismatch).
+
 The server binds 127.0.0.1 only, prints "READY <port> <proxy port>" once it
 answers, and exits when its standard input closes (so it never outlives the
 test that started it), or on SIGTERM.
@@ -52,8 +66,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
-from moto.ec2.models.amis import AmiBackend
+from moto.ec2.models.amis import Ami, AmiBackend
+from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.ec2.models.instances import InstanceBackend
+from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.spot_instances import SpotInstances
 from moto.server import ThreadedMotoServer
 
@@ -114,7 +130,69 @@ def run_instances(self, image_id, count, user_data, security_group_names, **kwar
             f"We currently do not have sufficient {itype} capacity in the "
             f"Availability Zone you requested ({zone}).",
         )
-    return _run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+    reservation = _run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+    # The image's other volumes come with every launch (unless the request
+    # maps their device to NoDevice or to a volume of its own).
+    image = self.amis.get(image_id)
+    asked = {m.get("DeviceName") for m in kwargs.get("block_device_mappings") or []}
+    volume_tags = (kwargs.get("tags") or {}).get("volume", {})
+    for instance in reservation.instances:
+        for m in getattr(image, "spotkeeper_mappings", []):
+            if m["DeviceName"] in asked:
+                continue
+            ebs = m["Ebs"]
+            instance.add_block_device(ebs["VolumeSize"], m["DeviceName"], ebs["SnapshotId"], False,
+                                      ebs["DeleteOnTermination"], None, volume_type=ebs["VolumeType"])
+            held = instance.block_device_mapping[m["DeviceName"]]
+            self.get_volume(held.volume_id).add_tags(volume_tags)
+    return reservation
+
+
+_attach_volume = EBSBackend.attach_volume
+
+
+def attach_volume(self, volume_id, instance_id, device_path, delete_on_termination=False):
+    volume = self.get_volume(volume_id)
+    instance = self.get_instance(instance_id)
+    if volume is not None and instance is not None:
+        held = instance.block_device_mapping.get(device_path)
+        if held is not None and held.volume_id != volume_id:
+            raise EC2ClientError(
+                "InvalidParameterValue",
+                f"Invalid value '{device_path}' for unixDevice. Attachment point {device_path} is already in use",
+            )
+        if volume.attachment is not None:
+            raise EC2ClientError("VolumeInUse", f"{volume_id} is already attached to an instance")
+        if volume.zone.name != instance._placement.zone:
+            raise EC2ClientError(
+                "InvalidVolume.ZoneMismatch",
+                f"The volume '{volume_id}' is not in the same availability zone as instance '{instance_id}'",
+            )
+    return _attach_volume(self, volume_id, instance_id, device_path, delete_on_termination)
+
+
+_ami_mappings = Ami.block_device_mappings
+
+
+def ami_block_device_mappings(self):
+    return _ami_mappings.fget(self) + getattr(self, "spotkeeper_mappings", [])
+
+
+def create_image_response(self):
+    """CreateImage with the devices the request leaves out (NoDevice)."""
+    excluded = {
+        m.get("DeviceName")
+        for m in self._get_param("BlockDeviceMappings", [])
+        if "NoDevice" in m
+    }
+    self.ec2_backend.spotkeeper_excluded = excluded
+    try:
+        return _create_image_response(self)
+    finally:
+        self.ec2_backend.spotkeeper_excluded = set()
+
+
+_create_image_response = AmisResponse.create_image
 
 
 class Proxy:
@@ -289,9 +367,27 @@ def create_image(self, instance_id, name, description, tag_specifications):
         else:
             image_specs.append(spec)
     ami = _create_image(self, instance_id, name, description, tag_specifications=image_specs)
-    snapshot = getattr(ami, "ebs_snapshot", None)
-    if snapshot is not None and snapshot_tags:
-        self.create_tags([snapshot.id], {t["Key"]: t["Value"] for t in snapshot_tags})
+    snapshots = [ami.ebs_snapshot] if getattr(ami, "ebs_snapshot", None) is not None else []
+    # Every other attached volume goes into the image, snapshotted, unless
+    # the request excluded its device.
+    instance = self.get_instance(instance_id)
+    excluded = getattr(self, "spotkeeper_excluded", set())
+    ami.spotkeeper_mappings = []
+    for device, held in instance.get_block_device_mapping:
+        if device == ami.root_device_name or device == "/dev/sda1" or device in excluded:
+            continue
+        volume = self.get_volume(held.volume_id)
+        snap = self.create_snapshot(volume.id, f"Created by CreateImage({instance_id}) for {ami.id}", None)
+        snapshots.append(snap)
+        ami.spotkeeper_mappings.append({
+            "DeviceName": device,
+            "Ebs": {"SnapshotId": snap.id, "VolumeSize": volume.size,
+                    "DeleteOnTermination": bool(held.delete_on_termination),
+                    "VolumeType": volume.volume_type or "gp2"},
+        })
+    if snapshot_tags:
+        for snap in snapshots:
+            self.create_tags([snap.id], {t["Key"]: t["Value"] for t in snapshot_tags})
     return ami
 
 
@@ -303,6 +399,9 @@ def main() -> None:
     SpotInstances.describe_spot_price_history = describe_spot_price_history
     InstanceBackend.run_instances = run_instances
     AmiBackend.create_image = create_image
+    AmisResponse.create_image = create_image_response
+    Ami.block_device_mappings = property(ami_block_device_mappings)
+    EBSBackend.attach_volume = attach_volume
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()

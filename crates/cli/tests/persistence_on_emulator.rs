@@ -586,6 +586,72 @@ fn images_are_created_pruned_to_keep_and_used_by_box_latest() {
     );
 }
 
+/// A volume as the emulator lists it: (id, attached instance, device, Name tag).
+type Listed = (String, Option<String>, Option<String>, Option<String>);
+
+/// Every volume in the emulator.
+fn all_volumes(cli: &Cli) -> Vec<Listed> {
+    let out = cli.moto.boto(
+        "r = ec2.describe_volumes()['Volumes']\n\
+         print(json.dumps([[v['VolumeId'], (v['Attachments'][0]['InstanceId'] if v['Attachments'] else None), \
+         (v['Attachments'][0]['Device'] if v['Attachments'] else None), \
+         {t['Key']: t['Value'] for t in v.get('Tags', [])}.get('Name')] for v in r]))",
+    );
+    serde_json::from_str(out.trim()).expect("json")
+}
+
+#[test]
+fn an_image_of_a_box_leaves_its_volumes_out_and_a_launch_from_it_has_only_the_boxs_own() {
+    // The emulator's launcher plays AWS here: CreateImage snapshots every
+    // attached volume into the image unless its device is NoDevice, a launch
+    // from the image creates them again, and attaching at a taken device
+    // fails. Without NoDevice the launch below would come up with copies at
+    // /dev/sdf and /dev/sdg and the real volumes could not be attached.
+    let base = with(&format!("{DATA}\nroot_volume = {{ name = \"dev-root\" }}"))
+        .replace("ami-0123456789abcdef0", "ami-785db401");
+    let cli = Cli::with_config(&base);
+    let first = cli.json(&["up", "dev", "--json"]);
+    let made = cli.json(&["image", "create", "dev", "--json"]);
+    let image = made["image"]["id"].as_str().expect("image id").to_owned();
+    let mappings = cli.moto.boto(&format!(
+        "i = ec2.describe_images(ImageIds=['{image}'])['Images'][0]\n\
+         print(json.dumps(sorted(m['DeviceName'] for m in i['BlockDeviceMappings'])))"
+    ));
+    let mappings: Vec<String> = serde_json::from_str(mappings.trim()).expect("json");
+    assert_eq!(
+        mappings,
+        ["/dev/sda1"],
+        "only the instance's root disk is in the image"
+    );
+
+    cli.ok(&["stop", "dev"]);
+    cli.write_config(&base.replace(
+        "\"ami-785db401\"",
+        "\"box:latest\"\nbase_image = \"ami-785db401\"",
+    ));
+    let second = cli.json(&["up", "dev", "--json"]);
+    assert_eq!(second["image_id"].as_str(), Some(image.as_str()));
+    assert_ne!(second["instance_id"], first["instance_id"]);
+    let id = second["instance_id"].as_str().expect("id");
+    let mut on_it: Vec<(String, Option<String>)> = all_volumes(&cli)
+        .into_iter()
+        .filter(|v| v.1.as_deref() == Some(id))
+        .map(|v| (v.2.unwrap_or_default(), v.3))
+        .collect();
+    on_it.sort();
+    assert_eq!(
+        on_it,
+        [
+            ("/dev/sda1".to_owned(), Some("spotkeeper-dev".to_owned())),
+            ("/dev/sdf".to_owned(), Some("dev-data".to_owned())),
+            ("/dev/sdg".to_owned(), Some("dev-root".to_owned())),
+        ],
+        "the new instance has its own root disk and the box's two volumes, nothing else"
+    );
+    assert_eq!(volumes(&cli, "dev-data").len(), 1);
+    assert_eq!(volumes(&cli, "dev-root").len(), 1);
+}
+
 #[test]
 fn a_volume_spotkeeper_did_not_create_is_used_only_when_adopted_and_never_taken_from_a_foreign_instance()
  {

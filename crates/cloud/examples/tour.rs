@@ -88,6 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             inst.id(),
             "spotkeeper-tour-image",
             &[(tags::NAME.into(), "spotkeeper-tour".into())],
+            spotkeeper_cloud::ImageVolumes::All,
         )
         .await?;
     println!(

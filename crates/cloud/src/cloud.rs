@@ -10,8 +10,9 @@ use async_trait::async_trait;
 
 use crate::error::CloudError;
 use crate::model::{
-    DnsChange, DnsRecord, Image, ImageId, ImageRef, Instance, InstanceId, LaunchSpec, RecordType,
-    Snapshot, SnapshotId, SpotPrice, SpotRequest, SpotRequestId, TagFilter, Volume, VolumeId,
+    DnsChange, DnsRecord, Image, ImageId, ImageRef, ImageVolumes, Instance, InstanceId, LaunchSpec,
+    RecordType, Snapshot, SnapshotId, SpotPrice, SpotRequest, SpotRequestId, TagFilter, Volume,
+    VolumeId,
 };
 
 /// Where and for how much: the region, its zones, spot and on-demand prices.
@@ -142,12 +143,14 @@ pub trait Images: Send + Sync {
     /// Images this account owns whose tags match `filter`, newest first.
     async fn images(&self, filter: &TagFilter) -> Result<Vec<Image>, CloudError>;
 
-    /// An AMI of a running instance (`NoReboot`), tagged; returns once available.
+    /// An AMI of a running instance (`NoReboot`), tagged, carrying the
+    /// instance's `volumes`; returns once available.
     async fn create_image(
         &self,
         instance: &InstanceId,
         name: &str,
         tags: &[(String, String)],
+        volumes: ImageVolumes,
     ) -> Result<Image, CloudError>;
 
     /// Deregisters an image and deletes its snapshots.

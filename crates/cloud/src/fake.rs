@@ -12,9 +12,9 @@ use async_trait::async_trait;
 use crate::cloud::{Compute, Dns, Images, Network, Pricing, Storage};
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{
-    DnsAction, DnsChange, DnsRecord, Image, ImageId, ImageRef, Instance, InstanceId, InstanceState,
-    LaunchSpec, Market, RecordType, Snapshot, SnapshotId, SpotPrice, SpotRequest, SpotRequestId,
-    SpotRequestState, TagFilter, Volume, VolumeId, fqdn,
+    DnsAction, DnsChange, DnsRecord, Image, ImageId, ImageRef, ImageVolumes, Instance, InstanceId,
+    InstanceState, LaunchSpec, Market, RecordType, Snapshot, SnapshotId, SpotPrice, SpotRequest,
+    SpotRequestId, SpotRequestState, TagFilter, Volume, VolumeId, fqdn,
 };
 
 #[derive(Debug, Default)]
@@ -29,6 +29,7 @@ struct State {
     volumes: BTreeMap<VolumeId, Volume>,
     snapshots: BTreeMap<SnapshotId, Snapshot>,
     images: BTreeMap<ImageId, Image>,
+    image_volumes: BTreeMap<ImageId, ImageVolumes>,
     dns_zones: BTreeMap<(String, bool), String>,
     records: BTreeMap<(String, String, RecordType), DnsRecord>,
     addresses: BTreeMap<String, InstanceId>,
@@ -127,6 +128,11 @@ impl FakeCloud {
     /// Lifts every [`FakeCloud::refuse`] rule.
     pub fn accept(&self) {
         self.lock().refusals.clear();
+    }
+
+    /// Which volumes `CreateImage` was asked to carry into `image`.
+    pub fn image_volumes(&self, image: &ImageId) -> Option<ImageVolumes> {
+        self.lock().image_volumes.get(image).copied()
     }
 
     /// Declares a Route53 hosted zone; returns its id.
@@ -736,6 +742,7 @@ impl Images for FakeCloud {
         instance: &InstanceId,
         name: &str,
         tags: &[(String, String)],
+        volumes: ImageVolumes,
     ) -> Result<Image, CloudError> {
         self.pause("CreateImage").await;
         let mut s = self.enter("CreateImage")?;
@@ -765,6 +772,7 @@ impl Images for FakeCloud {
         };
         s.snapshots.insert(snapshot.id.clone(), snapshot);
         s.images.insert(image.id.clone(), image.clone());
+        s.image_volumes.insert(image.id.clone(), volumes);
         Ok(image)
     }
 

@@ -51,7 +51,7 @@
 //! let out = inst_ssh.execute("uname -a", Duration::from_secs(30)).await?;
 //! println!("{}", out.stdout);
 //! inst.add_volume(8, "gp3").await?;
-//! let image = cloud.create_image(inst.id(), "my-image", &[]).await?;
+//! let image = cloud.create_image(inst.id(), "my-image", &[], ImageVolumes::All).await?;
 //! inst.delete(true).await?;
 //! cloud.delete_image(&image.id).await?;
 //! # Ok(()) }
@@ -80,10 +80,10 @@ pub use cloud::{Cloud, Compute, Dns, Images, Network, Pricing, Storage};
 pub use error::{CloudError, ErrorKind, classify};
 pub use handle::{DELETE_WITH, InstanceHandle, LibraryError, Vpc};
 pub use model::{
-    Arch, DnsAction, DnsChange, DnsRecord, Image, ImageId, ImageRef, Instance, InstanceId,
-    InstanceState, KeyPair, LaunchSpec, Market, NetworkInterface, Offering, RecordType, RootVolume,
-    Snapshot, SnapshotId, SpotPrice, SpotRequest, SpotRequestId, SpotRequestState, TagFilter,
-    Volume, VolumeId, fqdn,
+    Arch, DnsAction, DnsChange, DnsRecord, Image, ImageId, ImageRef, ImageVolumes, Instance,
+    InstanceId, InstanceState, KeyPair, LaunchSpec, Market, NetworkInterface, Offering, RecordType,
+    RootVolume, Snapshot, SnapshotId, SpotPrice, SpotRequest, SpotRequestId, SpotRequestState,
+    TagFilter, Volume, VolumeId, fqdn,
 };
 pub use queue::{EventQueue, JobQueue, SqsQueue};
 pub use ssh::{CloudInitStatus, ExecOutput, SshError, SshSettings};

@@ -617,6 +617,23 @@ pub struct Image {
     pub tags: BTreeMap<String, String>,
 }
 
+/// Which of an instance's EBS volumes an image made of it carries.
+///
+/// AWS's `CreateImage` records every EBS volume attached to the instance as
+/// a block device mapping of the new image (a snapshot of each), and every
+/// launch from the image creates those volumes again, unless the call maps
+/// the device to `NoDevice`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ImageVolumes {
+    /// The root volume only: every other device of the instance is left
+    /// out (`NoDevice`). What an image of a box with its own persistent
+    /// volumes needs: a launch from it must not bring stale copies of them.
+    #[default]
+    RootOnly,
+    /// Every attached volume, AWS's default.
+    All,
+}
+
 /// Root volume settings for a launch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RootVolume {

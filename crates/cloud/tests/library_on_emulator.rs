@@ -96,7 +96,12 @@ async fn snapshot_makes_a_tagged_ami_and_delete_image_removes_it_with_its_snapsh
         (tags::BOX.to_owned(), "dev".to_owned()),
     ];
     let image = cloud
-        .create_image(handle.id(), "dev-image-1", &t)
+        .create_image(
+            handle.id(),
+            "dev-image-1",
+            &t,
+            spotkeeper_cloud::ImageVolumes::All,
+        )
         .await
         .expect("snapshot");
     assert_eq!(image.state, "available");

@@ -343,10 +343,55 @@ async fn describes_follow_next_token_through_every_page_in_1000_result_pages() {
     assert_eq!(second.num_calls(), 1);
 }
 
-#[tokio::test]
-async fn an_image_tags_itself_and_its_snapshots_at_creation() {
+/// DescribeInstances of an instance whose root is /dev/sda1, with a data
+/// volume at /dev/sdf and a persistent root at /dev/sdg attached.
+fn instance_with_volumes() -> aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput {
+    use aws_sdk_ec2::types::{EbsInstanceBlockDevice, InstanceBlockDeviceMapping, Reservation};
+    let device = |name: &str, vol: &str| {
+        InstanceBlockDeviceMapping::builder()
+            .device_name(name)
+            .ebs(EbsInstanceBlockDevice::builder().volume_id(vol).build())
+            .build()
+    };
+    aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput::builder()
+        .reservations(
+            Reservation::builder()
+                .instances(
+                    Ec2Instance::builder()
+                        .instance_id("i-0123456789abcdef0")
+                        .root_device_name("/dev/sda1")
+                        .block_device_mappings(device("/dev/sda1", "vol-root"))
+                        .block_device_mappings(device("/dev/sdf", "vol-data"))
+                        .block_device_mappings(device("/dev/sdg", "vol-persistent-root"))
+                        .build(),
+                )
+                .build(),
+        )
+        .build()
+}
+
+/// What CreateImage asked to leave out (`NoDevice`), and to keep.
+fn image_devices(
+    r: &aws_sdk_ec2::operation::create_image::CreateImageInput,
+) -> (Vec<String>, usize) {
+    let left_out = r
+        .block_device_mappings()
+        .iter()
+        .filter(|m| m.no_device() == Some(""))
+        .filter_map(|m| m.device_name().map(str::to_owned))
+        .collect();
+    let kept = r
+        .block_device_mappings()
+        .iter()
+        .filter(|m| m.no_device().is_none())
+        .count();
+    (left_out, kept)
+}
+
+async fn create_image_with(volumes: spotkeeper_cloud::ImageVolumes, want_left_out: &[&str]) {
+    let want: Vec<String> = want_left_out.iter().map(|d| (*d).to_owned()).collect();
     let create = mock!(Client::create_image)
-        .match_requests(|r| {
+        .match_requests(move |r| {
             let kinds: Vec<&ResourceType> = r
                 .tag_specifications()
                 .iter()
@@ -359,6 +404,7 @@ async fn an_image_tags_itself_and_its_snapshots_at_creation() {
                         .iter()
                         .any(|tag| tag.key() == Some(tags::OWNER) && tag.value() == Some("tester"))
                 })
+                && image_devices(r) == (want.clone(), 0)
         })
         .then_output(|| {
             aws_sdk_ec2::operation::create_image::CreateImageOutput::builder()
@@ -375,10 +421,11 @@ async fn an_image_tags_itself_and_its_snapshots_at_creation() {
             )
             .build()
     });
+    let instance = mock!(Client::describe_instances).then_output(instance_with_volumes);
     let tag = mock!(Client::create_tags)
         .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
     let cloud = AwsCloud::from_clients(
-        ec2_with(&[&create, &describe, &tag]),
+        ec2_with(&[&create, &describe, &instance, &tag]),
         ssm(),
         route53(),
         "us-east-1",
@@ -388,10 +435,25 @@ async fn an_image_tags_itself_and_its_snapshots_at_creation() {
             &spotkeeper_cloud::InstanceId::new("i-0123456789abcdef0"),
             "img",
             &[(tags::OWNER.to_owned(), "tester".to_owned())],
+            volumes,
         )
         .await
-        .expect("the request matched: image and snapshots tagged at creation");
+        .expect("the request matched: image and snapshots tagged at creation, devices as asked");
     assert_eq!(create.num_calls(), 1);
+}
+
+#[tokio::test]
+async fn an_image_tags_itself_and_its_snapshots_at_creation() {
+    create_image_with(spotkeeper_cloud::ImageVolumes::All, &[]).await;
+}
+
+#[tokio::test]
+async fn an_image_of_the_root_only_leaves_every_other_device_out_with_no_device() {
+    create_image_with(
+        spotkeeper_cloud::ImageVolumes::RootOnly,
+        &["/dev/sdf", "/dev/sdg"],
+    )
+    .await;
 }
 
 /// A recorded `GetProducts` answer (trimmed to what is read) for t3.micro in us-east-1.

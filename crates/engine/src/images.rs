@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use spotkeeper_cloud::model::tags;
-use spotkeeper_cloud::{Cloud, CloudError, Image, ImageId, Instance, TagFilter};
+use spotkeeper_cloud::{Cloud, CloudError, Image, ImageId, ImageVolumes, Instance, TagFilter};
 
 use crate::config::BoxSpec;
 
@@ -69,7 +69,11 @@ pub async fn create(
         (tags::NAME.to_owned(), name.clone()),
         (CREATED_TAG.to_owned(), stamp),
     ];
-    let image = cloud.create_image(&instance.id, &name, &t).await?;
+    // The box's own volumes (data, root, `volume add`) stay out of its
+    // image: a launch from it would otherwise bring stale copies of them.
+    let image = cloud
+        .create_image(&instance.id, &name, &t, ImageVolumes::RootOnly)
+        .await?;
     let pruned = match spec.images.keep {
         Some(keep) => prune(cloud, owner, &spec.name, keep, now).await?,
         None => Vec::new(),

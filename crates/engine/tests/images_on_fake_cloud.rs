@@ -40,6 +40,11 @@ async fn a_refresh_is_due_at_once_then_every_period() {
         .await
         .expect("refresh");
     assert!(first.is_some(), "no image yet: due now");
+    assert_eq!(
+        cloud.image_volumes(&first.as_ref().expect("made").0.id),
+        Some(spotkeeper_cloud::ImageVolumes::RootOnly),
+        "the box's own volumes stay out of its image"
+    );
     assert!(
         images::refresh_if_due(&cloud, "o", &box_spec, &inst, t0 + DAY / 2)
             .await

@@ -3,13 +3,15 @@
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{BlockDeviceMapping, Filter, ResourceType, Tag, TagSpecification};
 
 use async_trait::async_trait;
 
 use super::{AwsCloud, absent, sdk_error, tag_filters, tag_map};
 use crate::error::{CloudError, ErrorKind};
-use crate::model::{Arch, Image, ImageId, ImageRef, InstanceId, SnapshotId, TagFilter};
+use crate::model::{
+    Arch, Image, ImageId, ImageRef, ImageVolumes, InstanceId, SnapshotId, TagFilter,
+};
 use crate::prelude::*;
 use crate::wait::{self, Look};
 
@@ -183,6 +185,31 @@ impl AwsCloud {
         }))
     }
 
+    /// The devices of an instance other than its root device.
+    async fn non_root_devices(&self, instance: &InstanceId) -> Result<Vec<String>, CloudError> {
+        let out = self
+            .ec2
+            .describe_instances()
+            .instance_ids(instance.as_str())
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeInstances", e))?;
+        let Some(i) = out.reservations().iter().flat_map(|r| r.instances()).next() else {
+            return Err(CloudError::from_code(
+                "DescribeInstances",
+                "InvalidInstanceID.NotFound",
+                format!("instance {instance} not found"),
+            ));
+        };
+        let root = i.root_device_name();
+        Ok(i.block_device_mappings()
+            .iter()
+            .filter_map(|b| b.device_name())
+            .filter(|d| Some(*d) != root)
+            .map(str::to_owned)
+            .collect())
+    }
+
     async fn wait_image_available(&self, id: &ImageId) -> Result<Image, CloudError> {
         wait::until("CreateImage", IMAGE_TIMEOUT, IMAGE_POLL, || async {
             match self.image(id).await? {
@@ -291,12 +318,17 @@ impl Images for AwsCloud {
     /// Makes an AMI of a running instance and waits until it is `available`.
     /// Uses `NoReboot`: a one-time spot instance cannot be stopped, and a
     /// reboot would interrupt whatever the box is doing. The image is tagged at
-    /// creation with `tags`; its snapshots are tagged once they exist.
+    /// creation with `tags`; its snapshots are tagged once they exist. With
+    /// [`ImageVolumes::RootOnly`] every device of the instance but its root
+    /// (as DescribeInstances lists them) is mapped to `NoDevice`: AWS would
+    /// otherwise snapshot each into the image and create it again at every
+    /// launch from it.
     async fn create_image(
         &self,
         instance: &InstanceId,
         name: &str,
         tags: &[(String, String)],
+        volumes: ImageVolumes,
     ) -> Result<Image, CloudError> {
         const OP: &str = "CreateImage";
         let aws_tags: Vec<Tag> = tags
@@ -309,6 +341,16 @@ impl Images for AwsCloud {
             .instance_id(instance.as_str())
             .name(name)
             .no_reboot(true);
+        if volumes == ImageVolumes::RootOnly {
+            for device in self.non_root_devices(instance).await? {
+                req = req.block_device_mappings(
+                    BlockDeviceMapping::builder()
+                        .device_name(device)
+                        .no_device("")
+                        .build(),
+                );
+            }
+        }
         if !aws_tags.is_empty() {
             // The snapshots too, at creation: a policy that lets spotkeeper
             // tag only what it owns could not tag them afterwards.
