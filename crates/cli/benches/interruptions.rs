@@ -134,7 +134,7 @@ impl Bench {
             })
             .collect();
         let out = self.moto.boto(&format!(
-            "import time\nsqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-events')['QueueUrl']\n\
+            "import time\nsqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-bench-events')['QueueUrl']\n\
              bodies = json.loads({})\nids = json.loads({})\n\
              for i in range(0, len(bodies), 10):\n    sqs.send_message_batch(QueueUrl=u, Entries=[{{'Id': str(n), 'MessageBody': b}} for n, b in enumerate(bodies[i:i+10])])\n\
              t = time.time()\nec2.terminate_instances(InstanceIds=ids)\nprint(t)",

@@ -96,7 +96,7 @@ fn main() {
         boto(
             &moto,
             &format!(
-                "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-events')['QueueUrl']\nsqs.send_message(QueueUrl=u, MessageBody={})\nec2.terminate_instances(InstanceIds=['{old}'])",
+                "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-bench-events')['QueueUrl']\nsqs.send_message(QueueUrl=u, MessageBody={})\nec2.terminate_instances(InstanceIds=['{old}'])",
                 serde_json::to_string(&body).expect("quoted")
             ),
         );

@@ -85,3 +85,32 @@ pub async fn open_store(path: &Path, config: &Config) -> Result<(Store, PathBuf)
         .join("locks");
     Ok((store, locks))
 }
+
+/// The event queue this installation reads: the one `[daemon] queue` names,
+/// else the owner's own (`spotkeeper-OWNER-events`). An installation set up
+/// before names were derived from the owner keeps reading the old shared
+/// `spotkeeper-events` while that one is its own (tagged with its owner) and
+/// it has no queue of the new name yet; the second value says so.
+pub async fn event_queue(cloud: &AwsCloud, config: &Config) -> Result<(String, bool), Failure> {
+    if config.queue_named || cloud.queue_url(&config.queue).await?.is_some() {
+        return Ok((config.queue.clone(), false));
+    }
+    if let Some(url) = cloud.queue_url(config::LEGACY_QUEUE).await?
+        && cloud.queue_owner(&url).await?.as_deref() == Some(config.owner.as_str())
+    {
+        return Ok((config::LEGACY_QUEUE.to_owned(), true));
+    }
+    Ok((config.queue.clone(), false))
+}
+
+/// What `setup` and `serve` say to an installation still on the old shared queue.
+pub fn legacy_queue_note(config: &Config) -> String {
+    format!(
+        "this installation reads the queue {legacy}, the name every installation shared before \
+         queue names were derived from the owner; it keeps working. To move to {new}: stop the daemon, \
+         run `spotkeeper cleanup` (removes the old queue and this owner's rules), then `spotkeeper setup`, \
+         and start the daemon again (or keep the old name with [daemon] queue = \"{legacy}\")",
+        legacy = config::LEGACY_QUEUE,
+        new = config::default_queue(&config.owner),
+    )
+}

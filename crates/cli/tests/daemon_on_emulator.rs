@@ -34,14 +34,14 @@ fn event(name: &str, instance: &str, id: &str) -> String {
 
 fn send(cli: &Cli, body: &str) {
     cli.moto.boto(&format!(
-        "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-events')['QueueUrl']\nsqs.send_message(QueueUrl=u, MessageBody={})",
+        "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-clitest-events')['QueueUrl']\nsqs.send_message(QueueUrl=u, MessageBody={})",
         serde_json::to_string(body).expect("quoted")
     ));
 }
 
 fn queue_depth(cli: &Cli) -> i64 {
     let out = cli.moto.boto(
-        "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-events')['QueueUrl']\n\
+        "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-clitest-events')['QueueUrl']\n\
          a = sqs.get_queue_attributes(QueueUrl=u, AttributeNames=['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible'])['Attributes']\n\
          print(int(a['ApproximateNumberOfMessages']) + int(a['ApproximateNumberOfMessagesNotVisible']))",
     );

@@ -237,7 +237,7 @@ impl Shared {
             })
             .collect();
         self.cli.moto.boto(&format!(
-            "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-events')['QueueUrl']\n\
+            "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-shared-events')['QueueUrl']\n\
              for b in json.loads({}):\n    sqs.send_message(QueueUrl=u, MessageBody=b)",
             serde_json::to_string(&serde_json::to_string(&bodies).expect("json")).expect("quoted")
         ));

@@ -230,7 +230,7 @@ async fn the_dashboard_shows_boxes_a_replacement_charts_and_savings_in_chromium(
         .replace("i-1234567890abcdef0", &old)
         .replace("12345678-1234-1234-1234-123456789012", "browser-1");
     cli.moto.boto(&format!(
-        "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-events')['QueueUrl']\nsqs.send_message(QueueUrl=u, MessageBody={})",
+        "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-clitest-events')['QueueUrl']\nsqs.send_message(QueueUrl=u, MessageBody={})",
         serde_json::to_string(&warning).expect("quoted")
     ));
     cli.moto

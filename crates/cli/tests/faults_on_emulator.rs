@@ -37,7 +37,7 @@ fn config(cli_proxy: &str, api_port: u16, boxes: usize, aws: &str, extra: &str) 
 
 fn send(cli: &Cli, body: &str) {
     cli.moto.boto(&format!(
-        "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-events')['QueueUrl']\nsqs.send_message(QueueUrl=u, MessageBody={})",
+        "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-faults-events')['QueueUrl']\nsqs.send_message(QueueUrl=u, MessageBody={})",
         serde_json::to_string(body).expect("quoted")
     ));
 }

@@ -38,7 +38,10 @@ fn setup_is_idempotent_and_events_reach_the_queue() {
             .iter()
             .all(|r| r["created"] == false)
     );
-    assert_eq!(queue_names(&cli), vec!["spotkeeper-events".to_owned()]);
+    assert_eq!(
+        queue_names(&cli),
+        vec!["spotkeeper-clitest-events".to_owned()]
+    );
     assert_eq!(
         rule_names(&cli),
         [
@@ -50,7 +53,7 @@ fn setup_is_idempotent_and_events_reach_the_queue() {
         .map(|s| format!("spotkeeper-clitest-{s}"))
     );
     let attrs = cli.moto.boto(
-        "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-events')['QueueUrl']\n\
+        "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-clitest-events')['QueueUrl']\n\
          print(json.dumps(sqs.get_queue_attributes(QueueUrl=u, AttributeNames=['All'])['Attributes']))",
     );
     let attrs: Value = serde_json::from_str(attrs.trim()).expect("json");
@@ -77,7 +80,7 @@ fn setup_is_idempotent_and_events_reach_the_queue() {
     let body = cli.moto.boto(&format!(
         "eb = boto3.client('events', **kw)\nsqs = boto3.client('sqs', **kw)\n\
          eb.put_events(Entries=[{{'Source': 'aws.ec2', 'DetailType': 'EC2 Spot Instance Interruption Warning', 'Detail': json.dumps({})}}])\n\
-         u = sqs.get_queue_url(QueueName='spotkeeper-events')['QueueUrl']\n\
+         u = sqs.get_queue_url(QueueName='spotkeeper-clitest-events')['QueueUrl']\n\
          m = sqs.receive_message(QueueUrl=u, WaitTimeSeconds=2).get('Messages', [])\nprint(m[0]['Body'] if m else '')",
         serde_json::to_string(&serde_json::to_string(&detail["detail"]).expect("s")).expect("quoted")
     ));
@@ -91,7 +94,7 @@ fn setup_is_idempotent_and_events_reach_the_queue() {
 
     let out = cli.ok(&["cleanup"]);
     assert!(
-        stderr(&out).contains("removed queue spotkeeper-events"),
+        stderr(&out).contains("removed queue spotkeeper-clitest-events"),
         "{}",
         describe(&out)
     );
@@ -225,5 +228,176 @@ fn setup_keeps_the_default_owner_when_aws_already_holds_its_resources() {
         cli.live().len(),
         1,
         "the existing box is still this installation's"
+    );
+}
+
+/// Runs spotkeeper as another installation in the same account and region:
+/// its own config (owner `owner`, `extra` appended) and state.
+fn as_owner(cli: &Cli, owner: &str, extra: &str, args: &[&str]) -> std::process::Output {
+    let dir = cli.dir.path().join(owner);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("spotkeeper.toml");
+    std::fs::write(
+        &config,
+        format!("owner = \"{owner}\"\n{extra}\n[aws]\nregion = \"us-east-1\"\n"),
+    )
+    .expect("config");
+    cli.command_as(&config, &dir.join("state.db"), args)
+        .output()
+        .expect("run")
+}
+
+fn ok_as(cli: &Cli, owner: &str, args: &[&str]) -> std::process::Output {
+    let out = as_owner(cli, owner, "", args);
+    assert!(
+        out.status.success(),
+        "{owner}: {args:?}: {}",
+        describe(&out)
+    );
+    out
+}
+
+#[test]
+fn two_installations_get_a_queue_each_and_either_cleanup_leaves_the_others() {
+    let cli = Cli::new();
+    ok_as(&cli, "team-a", &["setup"]);
+    ok_as(&cli, "team.b", &["setup"]);
+    let mut queues = queue_names(&cli);
+    queues.sort();
+    assert_eq!(
+        queues,
+        ["spotkeeper-team-a-events", "spotkeeper-team_b-events"]
+    );
+    assert_eq!(rule_names(&cli).len(), 8, "four rules each");
+
+    let out = ok_as(&cli, "team-a", &["cleanup"]);
+    assert!(
+        stderr(&out).contains("removed queue spotkeeper-team-a-events"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(queue_names(&cli), ["spotkeeper-team_b-events"]);
+    let rules = rule_names(&cli);
+    assert_eq!(rules.len(), 4, "{rules:?}");
+    assert!(
+        rules.iter().all(|r| r.starts_with("spotkeeper-team.b-")),
+        "{rules:?}"
+    );
+    // b's plumbing still delivers: a warning put on the bus reaches b's queue.
+    let got = cli.moto.boto(
+        "eb = boto3.client('events', **kw)\nsqs = boto3.client('sqs', **kw)\n\
+         eb.put_events(Entries=[{'Source': 'aws.ec2', 'DetailType': 'EC2 Spot Instance Interruption Warning', 'Detail': json.dumps({'instance-id': 'i-1', 'instance-action': 'terminate'})}])\n\
+         u = sqs.get_queue_url(QueueName='spotkeeper-team_b-events')['QueueUrl']\n\
+         print(len(sqs.receive_message(QueueUrl=u, WaitTimeSeconds=2).get('Messages', [])))",
+    );
+    assert_eq!(got.trim(), "1");
+}
+
+#[test]
+fn setup_refuses_a_queue_another_installation_uses_and_leaves_it_as_it_was() {
+    let cli = Cli::new();
+    ok_as(&cli, "team-a", &["setup"]);
+    let policy = |cli: &Cli, q: &str| {
+        cli.moto.boto(&format!(
+            "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='{q}')['QueueUrl']\n\
+             print(sqs.get_queue_attributes(QueueUrl=u, AttributeNames=['Policy'])['Attributes']['Policy'])"
+        ))
+    };
+    let before = policy(&cli, "spotkeeper-team-a-events");
+    // b names a's queue (its tag says team-a).
+    let out = as_owner(
+        &cli,
+        "team-b",
+        "[daemon]\nqueue = \"spotkeeper-team-a-events\"",
+        &["setup"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "queue spotkeeper-team-a-events belongs to the installation of owner \"team-a\""
+        ) && err.contains("this one is owner \"team-b\""),
+        "{err}"
+    );
+    assert_eq!(
+        policy(&cli, "spotkeeper-team-a-events"),
+        before,
+        "a's policy untouched"
+    );
+    assert!(
+        rule_names(&cli)
+            .iter()
+            .all(|r| !r.starts_with("spotkeeper-team-b-")),
+        "no rule of b points at a's queue"
+    );
+
+    // A queue without a tag whose policy admits another owner's rules: refused too.
+    cli.moto.boto(
+        "sqs = boto3.client('sqs', **kw)\n\
+         sqs.create_queue(QueueName='handmade', Attributes={'Policy': json.dumps({'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Principal': {'Service': 'events.amazonaws.com'}, 'Action': 'sqs:SendMessage', 'Resource': '*', 'Condition': {'ArnLike': {'aws:SourceArn': 'arn:aws:events:us-east-1:123456789012:rule/spotkeeper-team-c-*'}}}]})})",
+    );
+    let out = as_owner(&cli, "team-b", "[daemon]\nqueue = \"handmade\"", &["setup"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("owner \"team-c\""),
+        "{}",
+        describe(&out)
+    );
+    // b's cleanup of a queue it does not own removes its rules and keeps the queue.
+    let out = as_owner(
+        &cli,
+        "team-b",
+        "[daemon]\nqueue = \"spotkeeper-team-a-events\"",
+        &["cleanup"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("kept queue spotkeeper-team-a-events: it belongs to the installation of owner \"team-a\""),
+        "{}",
+        describe(&out)
+    );
+    assert!(queue_names(&cli).contains(&"spotkeeper-team-a-events".to_owned()));
+}
+
+#[test]
+fn an_installation_on_the_old_shared_queue_keeps_it_and_is_told_how_to_move() {
+    let cli = Cli::new();
+    // What setup made before queue names were derived from the owner.
+    cli.moto.boto(
+        "sqs = boto3.client('sqs', **kw)\n\
+         sqs.create_queue(QueueName='spotkeeper-events', tags={'spotkeeper:owner': 'clitest'})",
+    );
+    let first = cli.json(&["setup", "--json"]);
+    assert_eq!(first["queue"], "spotkeeper-events");
+    assert_eq!(first["legacy_queue"], true);
+    assert_eq!(first["queue_created"], false);
+    assert_eq!(queue_names(&cli), ["spotkeeper-events"], "no second queue");
+    let out = cli.ok(&["setup"]);
+    assert!(
+        stderr(&out).contains("reads the queue spotkeeper-events")
+            && stderr(&out).contains("To move to spotkeeper-clitest-events"),
+        "{}",
+        describe(&out)
+    );
+    // Another installation does not take the old queue: it gets its own.
+    ok_as(&cli, "other", &["setup"]);
+    let mut queues = queue_names(&cli);
+    queues.sort();
+    assert_eq!(queues, ["spotkeeper-events", "spotkeeper-other-events"]);
+    // The move: cleanup removes the old queue (this owner's), setup makes the new.
+    let out = cli.ok(&["cleanup"]);
+    assert!(
+        stderr(&out).contains("removed queue spotkeeper-events"),
+        "{}",
+        describe(&out)
+    );
+    let moved = cli.json(&["setup", "--json"]);
+    assert_eq!(moved["queue"], "spotkeeper-clitest-events");
+    assert_eq!(moved["legacy_queue"], false);
+    let mut queues = queue_names(&cli);
+    queues.sort();
+    assert_eq!(
+        queues,
+        ["spotkeeper-clitest-events", "spotkeeper-other-events"]
     );
 }

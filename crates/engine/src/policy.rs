@@ -124,7 +124,7 @@ fn event_statements(config: &Config) -> Vec<Value> {
             "Action": [
                 "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:ReceiveMessage", "sqs:DeleteMessage",
                 "sqs:SendMessage", "sqs:CreateQueue", "sqs:SetQueueAttributes", "sqs:TagQueue",
-                "sqs:DeleteQueue"
+                "sqs:ListQueueTags", "sqs:DeleteQueue"
             ],
             "Resource": format!("arn:aws:sqs:*:*:{}", config.queue)
         }),

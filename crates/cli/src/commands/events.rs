@@ -70,13 +70,20 @@ pub async fn setup(args: &Args) -> Result<ExitCode, Failure> {
         }
         None => config,
     };
-    let plumbing = cloud
-        .ensure_event_plumbing(&config.queue, &config.owner)
-        .await?;
+    let (queue, legacy) = context::event_queue(&cloud, &config).await?;
+    let plumbing = cloud.ensure_event_plumbing(&queue, &config.owner).await?;
+    let config = spotkeeper_engine::config::Config {
+        queue: queue.clone(),
+        ..config
+    };
     let iam = policy::iam_policy(&config, &demand_queues(&config));
+    if legacy {
+        eprintln!("Note: {}", context::legacy_queue_note(&config));
+    }
     if args.json {
         output::print_json(&serde_json::json!({
-            "queue": config.queue,
+            "queue": queue,
+            "legacy_queue": legacy,
             "queue_url": plumbing.queue_url,
             "queue_arn": plumbing.queue_arn,
             "queue_created": plumbing.queue_created,
@@ -148,13 +155,8 @@ pub async fn cleanup(args: &Args, all: bool, yes: bool) -> Result<ExitCode, Fail
             done.extend(sweep::remove(&cloud, &inv).await?);
         }
     }
-    done.extend(
-        cloud
-            .remove_event_plumbing(&config.queue, &config.owner)
-            .await?
-            .into_iter()
-            .map(|r| format!("removed {r}")),
-    );
+    let (queue, _) = context::event_queue(&cloud, &config).await?;
+    done.extend(cloud.remove_event_plumbing(&queue, &config.owner).await?);
     if args.json {
         output::print_json(&done)?;
     } else if done.is_empty() {

@@ -37,7 +37,11 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
     let cloud = context::connect(&config).await?;
     let state = context::state_path(args, &config)?;
     let (store, locks) = context::open_store(&state, &config).await?;
-    let queue = SqsQueue::open(&cloud, &config.queue).await?;
+    let (queue_name, legacy) = context::event_queue(&cloud, &config).await?;
+    if legacy {
+        tracing::warn!("{}", context::legacy_queue_note(&config));
+    }
+    let queue = SqsQueue::open(&cloud, &queue_name).await?;
     let token_file = state.with_file_name("api-token");
     let token = api::load_or_make_token(
         &config,
@@ -103,7 +107,7 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
         dns_cache: Default::default(),
     };
     tracing::info!(
-        queue = %config.queue,
+        queue = %queue_name,
         state = %context::database_url(&config)?.map_or_else(|| state.display().to_string(), |u| u.to_string()),
         daemon = %daemon.id(),
         api = %config.api_listen,

@@ -33,6 +33,20 @@ pub const EVENT_RULES: [(&str, &str); 4] = [
     ),
 ];
 
+/// The tag that says whose a queue (or rule) is.
+const OWNER_TAG: &str = "spotkeeper:owner";
+
+/// The owner whose rules a queue policy written by `setup` admits: the
+/// `OWNER` of `…:rule/spotkeeper-OWNER-*` in its `aws:SourceArn` condition.
+pub fn policy_owner(policy: &str) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_str(policy).ok()?;
+    doc["Statement"].as_array()?.iter().find_map(|st| {
+        let arn = st["Condition"]["ArnLike"]["aws:SourceArn"].as_str()?;
+        let rest = arn.rsplit_once(":rule/spotkeeper-")?.1;
+        rest.strip_suffix("-*").map(str::to_owned)
+    })
+}
+
 /// The name of one of spotkeeper's rules for `owner`.
 pub fn rule_name(owner: &str, suffix: &str) -> String {
     format!("spotkeeper-{owner}-{suffix}")
@@ -87,15 +101,63 @@ impl AwsCloud {
         }
     }
 
+    /// Whose an existing queue is: its `spotkeeper:owner` tag, else the
+    /// owner whose rules its policy admits (`rule/spotkeeper-OWNER-*`, what
+    /// `setup` writes); `None` when it says neither.
+    pub async fn queue_owner(&self, url: &str) -> Result<Option<String>, CloudError> {
+        let tags = self
+            .sqs
+            .list_queue_tags()
+            .queue_url(url)
+            .send()
+            .await
+            .map_err(|e| sdk_error("ListQueueTags", e))?;
+        if let Some(owner) = tags.tags().and_then(|t| t.get(OWNER_TAG)) {
+            return Ok(Some(owner.clone()));
+        }
+        let attrs = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::Policy)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetQueueAttributes", e))?;
+        Ok(attrs
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::Policy))
+            .and_then(|p| policy_owner(p)))
+    }
+
     /// Creates (or finds) the event queue and the rules that feed it, tagged
-    /// with the owner, and lets EventBridge send to the queue from those rules only.
+    /// with the owner, and lets EventBridge send to the queue from those rules
+    /// only. A queue another owner's installation uses (its tag or its policy
+    /// says so) is refused and left as it is: SQS names are shared by the
+    /// account and region, and taking it would rewrite the other's policy and
+    /// delete its events.
     pub async fn ensure_event_plumbing(
         &self,
         queue: &str,
         owner: &str,
     ) -> Result<Plumbing, CloudError> {
         let (queue_url, queue_created) = match self.queue_url(queue).await? {
-            Some(url) => (url, false),
+            Some(url) => {
+                match self.queue_owner(&url).await? {
+                    Some(theirs) if theirs != owner => {
+                        return Err(CloudError::other(
+                            "CreateQueue",
+                            ErrorKind::InvalidRequest,
+                            format!(
+                                "queue {queue} belongs to the installation of owner {theirs:?} (its tag or its policy says so); \
+                                 this one is owner {owner:?}: name another queue in [daemon] queue, or leave it unset for spotkeeper-{owner}-events"
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => self.tag_queue(&url, owner).await?,
+                }
+                (url, false)
+            }
             None => {
                 let out = self
                     .sqs
@@ -110,7 +172,7 @@ impl AwsCloud {
                         QueueAttributeName::VisibilityTimeout,
                         RECEIVE_VISIBILITY_SECONDS.to_string(),
                     )
-                    .tags("spotkeeper:owner", owner)
+                    .tags(OWNER_TAG, owner)
                     .send()
                     .await
                     .map_err(|e| sdk_error("CreateQueue", e))?;
@@ -235,7 +297,21 @@ impl AwsCloud {
         Ok(!exists)
     }
 
-    /// Removes the rules and the queue; returns what was removed.
+    /// Tags a queue as `owner`'s.
+    async fn tag_queue(&self, url: &str, owner: &str) -> Result<(), CloudError> {
+        self.sqs
+            .tag_queue()
+            .queue_url(url)
+            .tags(OWNER_TAG, owner)
+            .send()
+            .await
+            .map_err(|e| sdk_error("TagQueue", e))?;
+        Ok(())
+    }
+
+    /// Removes the owner's rules and the queue when it is the owner's (a
+    /// queue another installation uses is left, and said so); returns one
+    /// line per thing removed or kept.
     pub async fn remove_event_plumbing(
         &self,
         queue: &str,
@@ -267,16 +343,26 @@ impl AwsCloud {
                 .send()
                 .await
                 .map_err(|e| sdk_error("DeleteRule", e))?;
-            removed.push(format!("rule {name}"));
+            removed.push(format!("removed rule {name}"));
         }
         if let Some(url) = self.queue_url(queue).await? {
-            self.sqs
-                .delete_queue()
-                .queue_url(&url)
-                .send()
-                .await
-                .map_err(|e| sdk_error("DeleteQueue", e))?;
-            removed.push(format!("queue {queue}"));
+            match self.queue_owner(&url).await? {
+                Some(o) if o == owner => {
+                    self.sqs
+                        .delete_queue()
+                        .queue_url(&url)
+                        .send()
+                        .await
+                        .map_err(|e| sdk_error("DeleteQueue", e))?;
+                    removed.push(format!("removed queue {queue}"));
+                }
+                Some(theirs) => removed.push(format!(
+                    "kept queue {queue}: it belongs to the installation of owner {theirs:?}"
+                )),
+                None => removed.push(format!(
+                    "kept queue {queue}: nothing marks it as this installation's"
+                )),
+            }
         }
         Ok(removed)
     }
@@ -398,5 +484,29 @@ impl crate::queue::JobQueue for AwsCloud {
                     "the queue did not report ApproximateNumberOfMessages",
                 )
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_a_queue_policy_admits_is_read_from_its_source_arn() {
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": { "Service": "events.amazonaws.com" },
+                "Action": "sqs:SendMessage",
+                "Condition": { "ArnLike": { "aws:SourceArn": "arn:aws:events:us-east-1:123456789012:rule/spotkeeper-team-a.prod-*" } }
+            }]
+        });
+        assert_eq!(
+            policy_owner(&policy.to_string()).as_deref(),
+            Some("team-a.prod")
+        );
+        assert_eq!(policy_owner("{}"), None);
+        assert_eq!(policy_owner("not json"), None);
     }
 }

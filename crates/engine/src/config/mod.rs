@@ -86,8 +86,19 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// The event queue's name when `[daemon] queue` is not set.
-pub const DEFAULT_QUEUE: &str = "spotkeeper-events";
+/// The event queue every installation shared before its name was derived
+/// from the owner; an installation set up then keeps reading it (see
+/// [`default_queue`]).
+pub const LEGACY_QUEUE: &str = "spotkeeper-events";
+
+/// The event queue's name when `[daemon] queue` is not set: one per
+/// installation. An SQS queue name belongs to the whole account and region,
+/// so two installations on one name would rewrite each other's policy,
+/// delete each other's events and remove the queue the other reads.
+/// (`.` is not allowed in a queue name; owners may hold one.)
+pub fn default_queue(owner: &str) -> String {
+    format!("spotkeeper-{}-events", owner.replace('.', "_"))
+}
 
 /// Owner tag value when the config does not set `owner`.
 pub const DEFAULT_OWNER: &str = "spotkeeper";
@@ -109,8 +120,12 @@ pub struct Config {
     /// How long a daemon's lease on a box or pool lasts unless renewed
     /// (`[daemon] lease`): a dead daemon's boxes are taken over after it.
     pub lease: Duration,
-    /// The SQS queue `setup` creates for EC2 events (`[daemon] queue`).
+    /// The SQS queue `setup` creates for EC2 events (`[daemon] queue`, else
+    /// [`default_queue`] of the owner).
     pub queue: String,
+    /// Whether `[daemon] queue` names the queue (else it is the default,
+    /// and an installation still on [`LEGACY_QUEUE`] keeps reading that).
+    pub queue_named: bool,
     /// Time between two reconcile passes of the daemon (`[daemon] interval`).
     pub interval: Duration,
     /// How many box and pool tasks the daemon runs at once (`[daemon] max_tasks`).
@@ -240,14 +255,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     })?;
     Ok(Config {
         path: path.to_path_buf(),
-        owner,
         aws: aws_settings(raw.aws, &at)?,
         state: daemon.state,
         database: daemon.database,
         lease: daemon
             .lease
             .unwrap_or_else(|| default_lease(daemon.interval)),
-        queue: daemon.queue,
+        queue_named: daemon.queue.is_some(),
+        queue: daemon.queue.unwrap_or_else(|| default_queue(&owner)),
         interval: daemon.interval,
         max_tasks: daemon.max_tasks,
         retention: daemon.retention,
@@ -259,6 +274,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         pools,
         notify: sinks::validate(raw.notify, &at)?,
         on_demand_prices: on_demand_prices(raw.cost, &at)?,
+        owner,
     })
 }
 
@@ -366,7 +382,7 @@ struct DaemonSettings {
     state: Option<PathBuf>,
     database: Option<DatabaseUrl>,
     lease: Option<Duration>,
-    queue: String,
+    queue: Option<String>,
     interval: Duration,
     max_tasks: usize,
     retention: Duration,
@@ -379,14 +395,14 @@ impl DaemonSettings {
                 state: None,
                 database: None,
                 lease: None,
-                queue: DEFAULT_QUEUE.to_owned(),
+                queue: None,
                 interval: DEFAULT_INTERVAL,
                 max_tasks: DEFAULT_MAX_TASKS,
                 retention: DEFAULT_RETENTION,
             });
         };
         let queue = match &raw.queue {
-            None => DEFAULT_QUEUE.to_owned(),
+            None => None,
             Some(q) => {
                 let name = q.get_ref();
                 // SQS: 1-80 characters, alphanumerics, hyphens and underscores.
@@ -403,7 +419,7 @@ impl DaemonSettings {
                         ),
                     ));
                 }
-                name.clone()
+                Some(name.clone())
             }
         };
         let interval = duration_at_least(

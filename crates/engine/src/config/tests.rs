@@ -365,3 +365,24 @@ fn a_shared_database_and_its_lease_are_read_and_checked() {
         assert!(e.message.contains(says), "{e}");
     }
 }
+
+#[test]
+fn the_event_queue_is_the_owners_own_unless_the_config_names_one() {
+    let c = parse(Path::new("x.toml"), &format!("owner = \"team.a\"\n{GOOD}")).expect("valid");
+    assert_eq!(c.queue, "spotkeeper-team_a-events");
+    assert!(!c.queue_named);
+    let c = parse(Path::new("x.toml"), GOOD).expect("valid");
+    assert_eq!(
+        c.queue, "spotkeeper-spotkeeper-events",
+        "the default owner's"
+    );
+    let c = parse(
+        Path::new("x.toml"),
+        &format!("[daemon]\nqueue = \"{LEGACY_QUEUE}\"\n{GOOD}"),
+    )
+    .expect("valid");
+    assert_eq!(c.queue, "spotkeeper-events");
+    assert!(c.queue_named);
+    let e = err(&format!("[daemon]\nqueue = \"a.b\"\n{GOOD}"));
+    assert!(e.message.contains("is not an SQS queue name"), "{e}");
+}
