@@ -653,6 +653,32 @@ fn an_image_of_a_box_leaves_its_volumes_out_and_a_launch_from_it_has_only_the_bo
 }
 
 #[test]
+fn a_box_naming_another_boxs_volume_is_refused_before_launch_and_the_volume_stays() {
+    let cli = Cli::with_config(&with(DATA));
+    let a = cli.json(&["up", "dev", "--json"]);
+    // Another config (a later edit, another machine) names dev's volume for
+    // a box of its own.
+    cli.write_config(&with(DATA).replace("[box.dev]", "[box.web]"));
+    let out = cli.run(&["up", "web"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("data_volume \"dev-data\"")
+            && stderr(&out).contains("is box \"dev\"'s"),
+        "{}",
+        describe(&out)
+    );
+    let live = cli.live();
+    assert_eq!(live.len(), 1, "nothing launched for web: {live:?}");
+    assert_eq!(live[0]["instance_id"], a["instance_id"]);
+    let vols = volumes(&cli, "dev-data");
+    assert_eq!(vols.len(), 1, "{vols:?}");
+    assert_eq!(
+        vols[0]["instance"], a["instance_id"],
+        "dev keeps its volume"
+    );
+}
+
+#[test]
 fn a_volume_spotkeeper_did_not_create_is_used_only_when_adopted_and_never_taken_from_a_foreign_instance()
  {
     // Someone's own volume that happens to have the box's volume name.

@@ -344,10 +344,15 @@ async fn register_box(
             format!("box {name:?} is defined in the config file; register another name"),
         );
     }
-    if let Err(message) =
-        parse_box_json(&name, &body).and_then(|_| refuse_code(&state.config, &body))
-    {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, message);
+    let spec = match parse_box_json(&name, &body).and_then(|spec| {
+        refuse_code(&state.config, &body)?;
+        Ok(spec)
+    }) {
+        Ok(spec) => spec,
+        Err(message) => return error(StatusCode::UNPROCESSABLE_ENTITY, message),
+    };
+    if let Err((status, message)) = name_and_volumes_free(&state, &spec).await {
+        return error(status, message);
     }
     if let Err(e) = state
         .store
@@ -371,6 +376,108 @@ async fn register_box(
         Json(json!({ "name": name, "registered": true })),
     )
         .into_response()
+}
+
+/// Refuses a registration that would take over what another box has: a
+/// box started by `up` from a config file (recorded as such, or running in
+/// AWS without having been registered here) is never taken over (409), and a
+/// volume another box names or holds is never named (422), before anything
+/// is stored or launched.
+async fn name_and_volumes_free(
+    state: &ApiState,
+    spec: &crate::config::BoxSpec,
+) -> Result<(), (StatusCode, String)> {
+    let owner = &state.config.owner;
+    let name = &spec.name;
+    let internal = |e: &dyn std::fmt::Display| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let managed = state
+        .store
+        .managed_boxes(owner)
+        .await
+        .map_err(|e| internal(&e))?;
+    let registered = managed.iter().find(|b| &b.name == name);
+    if let Some(b) = registered.filter(|b| b.source != "api") {
+        return Err((
+            StatusCode::CONFLICT,
+            format!(
+                "box {name:?} was started by `{}` from a config file; register another name",
+                b.source
+            ),
+        ));
+    }
+    if registered.is_none() {
+        let running = state
+            .cloud
+            .instances(&crate::ownership::box_filter(owner, name))
+            .await
+            .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+        if let Some(i) = running.iter().find(|i| i.state.is_live()) {
+            return Err((
+                StatusCode::CONFLICT,
+                format!(
+                    "box {name:?} runs already ({}), started from a config file; register another name",
+                    i.id
+                ),
+            ));
+        }
+    }
+    // The other boxes' volumes: the config's and the registered ones'.
+    let mut others: Vec<crate::config::BoxSpec> = state
+        .config
+        .boxes
+        .values()
+        .filter(|b| &b.name != name)
+        .cloned()
+        .collect();
+    for b in managed
+        .iter()
+        .filter(|b| &b.name != name && !state.config.boxes.contains_key(&b.name))
+    {
+        if let Ok(Some(spec)) = crate::desired::box_spec(&state.config, &b.name, b.spec.as_deref())
+        {
+            others.push(spec);
+        }
+    }
+    for (role, vs) in crate::persist::volume_specs(spec) {
+        for other in &others {
+            if let Some((other_role, _)) = crate::persist::volume_specs(other)
+                .into_iter()
+                .find(|(_, o)| o.name == vs.name)
+            {
+                return Err((
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "{}.name: volume {:?} is box {:?}'s {} already; a volume belongs to one box",
+                        role.key(),
+                        vs.name,
+                        other.name,
+                        other_role.key()
+                    ),
+                ));
+            }
+        }
+        let tagged = state
+            .cloud
+            .volumes(&crate::ownership::owner_filter(owner).with(tags::NAME, &vs.name))
+            .await
+            .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+        if let Some(v) = tagged
+            .iter()
+            .find(|v| v.tags.get(tags::BOX).is_some_and(|b| b != name))
+        {
+            return Err((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "{}.name: volume {:?} ({}) is box {:?}'s; a volume belongs to one box",
+                    role.key(),
+                    vs.name,
+                    v.id,
+                    v.tags.get(tags::BOX).map_or("", String::as_str)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]

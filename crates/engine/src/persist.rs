@@ -118,6 +118,22 @@ pub enum PersistError {
         /// The instance holding it.
         instance: String,
     },
+    /// The volume of that name belongs to another box.
+    #[error(
+        "{key} {name:?}: volume {volume} is box {other:?}'s (its {box_tag} tag); a volume belongs to one box: name another one"
+    )]
+    OtherBox {
+        /// Config key.
+        key: &'static str,
+        /// The name.
+        name: String,
+        /// The volume.
+        volume: String,
+        /// The box it belongs to.
+        other: String,
+        /// The box tag's key.
+        box_tag: &'static str,
+    },
     /// The image has no root snapshot to make a root volume from.
     #[error("image {0} has no root snapshot to make the persistent root volume from")]
     NoRootSnapshot(ImageId),
@@ -233,6 +249,20 @@ pub async fn find(
         let t = volume_tags(owner, box_name, &vs.name);
         cloud.tag(&[v.id.to_string()], &t).await?;
         v.tags.extend(t);
+    }
+    // A volume tagged for another box is never this box's: taking it would
+    // detach it from that box's instance.
+    if let Some(v) = all
+        .iter()
+        .find(|v| v.tags.get(tags::BOX).is_some_and(|b| b != box_name))
+    {
+        return Err(PersistError::OtherBox {
+            key: role.key(),
+            name: vs.name.clone(),
+            volume: v.id.to_string(),
+            other: v.tags.get(tags::BOX).cloned().unwrap_or_default(),
+            box_tag: tags::BOX,
+        });
     }
     let mut originals = finish_moves(cloud, owner, all).await?;
     for v in &originals {

@@ -753,3 +753,136 @@ async fn the_boxes_dns_status_is_read_from_route53_once_a_minute_not_on_every_re
         "one status read (the record and its mark), then the cache"
     );
 }
+
+#[tokio::test]
+async fn a_box_is_never_taken_over_and_a_volume_never_named_twice_through_the_api() {
+    use spotkeeper_cloud::model::tags;
+    use spotkeeper_cloud::prelude::*;
+    let text = "owner = \"tester\"\n[box.from-config]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\nready = { check = \"none\" }\ndata_volume = { name = \"config-data\", size_gb = 5 }\n";
+    let w = World {
+        config: Arc::new(config::parse(Path::new("t.toml"), text).expect("valid")),
+        ..world().await
+    };
+    let with_volume = |name: &str, key: &str, volume: &str| {
+        let mut b = good_box();
+        b["name"] = json!(name);
+        b[key] = json!({ "name": volume, "size_gb": 5 });
+        if key == "root_volume" {
+            b[key] = json!({ "name": volume });
+        }
+        b
+    };
+    // The config box's volume.
+    let (status, body) = w
+        .post(
+            "/api/boxes",
+            &with_volume("web", "data_volume", "config-data"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.starts_with(
+            "data_volume.name: volume \"config-data\" is box \"from-config\"'s data_volume"
+        )),
+        "{body}"
+    );
+    // Another registered box's volume.
+    let (status, _) = w
+        .post("/api/boxes", &with_volume("web", "data_volume", "web-data"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = w
+        .post(
+            "/api/boxes",
+            &with_volume("api2", "root_volume", "web-data"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("root_volume.name")),
+        "{body}"
+    );
+    // Re-registering a box with its own volume is fine.
+    let (status, body) = w
+        .post("/api/boxes", &with_volume("web", "data_volume", "web-data"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // A volume AWS has tagged for a box this daemon does not know.
+    w.cloud
+        .create_volume(
+            "us-east-1a",
+            Some(5),
+            "gp3",
+            None,
+            &[
+                (tags::NAME.into(), "elsewhere-data".into()),
+                (tags::OWNER.into(), "tester".into()),
+                (tags::BOX.into(), "elsewhere".into()),
+            ],
+        )
+        .await
+        .expect("volume");
+    let (status, body) = w
+        .post(
+            "/api/boxes",
+            &with_volume("api3", "data_volume", "elsewhere-data"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is box \"elsewhere\"'s")),
+        "{body}"
+    );
+
+    // A box `up` started from a config file (recorded as such), and one
+    // running in AWS that this daemon never registered: 409.
+    w.store
+        .register_box("tester", "cli-box", "up", None)
+        .await
+        .expect("managed");
+    let mut b = good_box();
+    b["name"] = json!("cli-box");
+    let (status, body) = w.post("/api/boxes", &b).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("was started by `up`")),
+        "{body}"
+    );
+    let mut launch = spotkeeper_cloud::LaunchSpec::new(
+        spotkeeper_cloud::ImageId::new("ami-0123456789abcdef0"),
+        "t3.micro",
+    );
+    launch.tags.insert(tags::OWNER.into(), "tester".into());
+    launch.tags.insert(tags::BOX.into(), "other-machine".into());
+    w.cloud.launch(&launch).await.expect("launch");
+    b["name"] = json!("other-machine");
+    let (status, body) = w.post("/api/boxes", &b).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("runs already")),
+        "{body}"
+    );
+    // Nothing of these was stored or launched.
+    let managed: Vec<String> = w
+        .store
+        .managed_boxes("tester")
+        .await
+        .expect("managed")
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(managed, ["cli-box", "web"]);
+    assert_eq!(
+        w.cloud.count("RunInstances"),
+        1,
+        "only the test's own launch"
+    );
+}

@@ -236,6 +236,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         None => DEFAULT_OWNER.to_owned(),
     };
     let base = path.parent().unwrap_or(Path::new("."));
+    one_box_per_volume(&raw.boxes, &at)?;
     let daemon = DaemonSettings::validate(raw.daemon, &at)?;
     let api = ApiSettings::validate(raw.api, &at)?;
     let boxes = named(raw.boxes, "box", &at, |name, b| {
@@ -276,6 +277,41 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         on_demand_prices: on_demand_prices(raw.cost, &at)?,
         owner,
     })
+}
+
+/// A volume belongs to one box: two boxes naming one volume would take it
+/// from each other (the second detaches it from the first's running
+/// instance). Reported at the second naming.
+fn one_box_per_volume(
+    boxes: &BTreeMap<Spanned<String>, raw::RawBox>,
+    at: At,
+) -> Result<(), ConfigError> {
+    let mut seen: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    for (name, b) in boxes {
+        for (key, v) in [
+            ("data_volume", &b.data_volume),
+            ("root_volume", &b.root_volume),
+        ] {
+            let Some(v) = v else { continue };
+            match seen.get(v.get_ref().name.as_str()) {
+                Some((other, other_key)) if *other != name.get_ref().as_str() => {
+                    return Err(at(
+                        Some(v.span()),
+                        format!(
+                            "box {:?}: {key} {:?} is box {other:?}'s {other_key} already; \
+                             a volume belongs to one box (name another one)",
+                            name.get_ref(),
+                            v.get_ref().name
+                        ),
+                    ));
+                }
+                _ => {
+                    seen.insert(&v.get_ref().name, (name.get_ref(), key));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `[box.NAME]` or `[pool.NAME]` tables validated by `validate`, each name

@@ -386,3 +386,26 @@ fn the_event_queue_is_the_owners_own_unless_the_config_names_one() {
     let e = err(&format!("[daemon]\nqueue = \"a.b\"\n{GOOD}"));
     assert!(e.message.contains("is not an SQS queue name"), "{e}");
 }
+
+#[test]
+fn one_volume_named_in_two_boxes_is_refused_where_the_second_names_it() {
+    let text = format!(
+        "{GOOD}data_volume = {{ name = \"shared\", size_gb = 5 }}\n\n\
+         [box.other]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\n\
+         root_volume = {{ name = \"shared\" }}\n"
+    );
+    let e = err(&text);
+    assert_eq!(e.line, Some(18), "{e}");
+    assert!(
+        e.message
+            .contains("box \"other\": root_volume \"shared\" is box \"dev\"'s data_volume already"),
+        "{e}"
+    );
+    // Different names, or one box: fine (one box naming one volume twice is
+    // refused by the box's own check).
+    let ok = text.replace(
+        "root_volume = { name = \"shared\" }",
+        "root_volume = { name = \"own\" }",
+    );
+    assert!(parse(Path::new("x.toml"), &ok).is_ok());
+}
