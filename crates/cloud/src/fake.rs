@@ -130,6 +130,15 @@ impl FakeCloud {
         self.lock().refusals.clear();
     }
 
+    /// Every distinct launch asked for (one per client token).
+    pub fn launch_specs(&self) -> Vec<LaunchSpec> {
+        self.lock()
+            .tokens
+            .values()
+            .map(|(spec, _, _)| spec.clone())
+            .collect()
+    }
+
     /// Which volumes `CreateImage` was asked to carry into `image`.
     pub fn image_volumes(&self, image: &ImageId) -> Option<ImageVolumes> {
         self.lock().image_volumes.get(image).copied()

@@ -81,9 +81,9 @@ pub use error::{CloudError, ErrorKind, classify};
 pub use handle::{DELETE_WITH, InstanceHandle, LibraryError, Vpc};
 pub use model::{
     Arch, DnsAction, DnsChange, DnsRecord, Image, ImageId, ImageRef, ImageVolumes, Instance,
-    InstanceId, InstanceState, KeyPair, LaunchSpec, Market, NetworkInterface, Offering, RecordType,
-    RootVolume, Snapshot, SnapshotId, SpotPrice, SpotRequest, SpotRequestId, SpotRequestState,
-    TagFilter, Volume, VolumeId, fqdn,
+    InstanceId, InstanceState, KeyPair, LaunchSpec, Market, MetadataTokens, NetworkInterface,
+    Offering, RecordType, RootVolume, Snapshot, SnapshotId, SpotPrice, SpotRequest, SpotRequestId,
+    SpotRequestState, TagFilter, Volume, VolumeId, fqdn,
 };
 pub use queue::{EventQueue, JobQueue, SqsQueue};
 pub use ssh::{CloudInitStatus, ExecOutput, SshError, SshSettings};

@@ -378,6 +378,22 @@ pub struct LaunchSpec {
     /// interrupts the instance when the price rises above it); `None`: up
     /// to the on-demand price, AWS's default.
     pub spot_max_price: Option<f64>,
+    /// Whether the instance metadata service answers without a session
+    /// token (IMDSv1); required (IMDSv2 only) unless asked otherwise.
+    pub metadata_tokens: MetadataTokens,
+}
+
+/// Whether the instance metadata service needs a session token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetadataTokens {
+    /// IMDSv2 only: a request forged through the instance (SSRF) cannot read
+    /// its role's credentials without a token from a PUT.
+    #[default]
+    Required,
+    /// IMDSv1 too, for images whose scripts still read the metadata
+    /// without a token.
+    Optional,
 }
 
 impl LaunchSpec {
@@ -398,6 +414,7 @@ impl LaunchSpec {
             root_volume: None,
             iam_instance_profile: None,
             spot_max_price: None,
+            metadata_tokens: MetadataTokens::Required,
         }
     }
 }
@@ -551,6 +568,7 @@ impl ImageRef {
 
 /// Ubuntu releases spotkeeper knows by codename.
 const UBUNTU_CODENAMES: &[(&str, &str)] = &[
+    ("xenial", "16.04"),
     ("bionic", "18.04"),
     ("focal", "20.04"),
     ("jammy", "22.04"),

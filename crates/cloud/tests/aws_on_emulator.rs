@@ -31,6 +31,7 @@ fn spec(token: &str, owner: &str) -> LaunchSpec {
         root_volume: None,
         iam_instance_profile: None,
         spot_max_price: None,
+        metadata_tokens: spotkeeper_cloud::MetadataTokens::Required,
     }
 }
 

@@ -75,6 +75,14 @@ async fn images_resolve_through_ssm_and_the_describe_images_fallback() {
         .await
         .expect("ubuntu 16.04");
     assert_eq!(xenial.as_str(), "ami-785db401");
+    // The persistent-root tools' default image, by its codename.
+    assert_eq!(
+        cloud
+            .resolve_image(&ImageRef::parse("ubuntu:xenial").expect("alias"))
+            .await
+            .expect("resolve"),
+        xenial
+    );
     let err = cloud
         .latest_ubuntu("99.04", Arch::Arm64)
         .await

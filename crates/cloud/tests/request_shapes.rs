@@ -103,6 +103,7 @@ fn spec(market: Market) -> LaunchSpec {
         root_volume: None,
         iam_instance_profile: None,
         spot_max_price: None,
+        metadata_tokens: spotkeeper_cloud::MetadataTokens::Required,
     }
 }
 
@@ -190,6 +191,23 @@ async fn a_spot_launch_with_a_price_cap_sends_it_as_max_price() {
 }
 
 #[tokio::test]
+async fn imdsv1_is_let_through_only_when_the_launch_asks_for_it() {
+    let rule = mock!(Client::run_instances)
+        .match_requests(|r| {
+            r.metadata_options()
+                .and_then(|m| m.http_tokens())
+                .map(|t| t.as_str())
+                == Some("optional")
+        })
+        .then_output(running);
+    let cloud = AwsCloud::from_clients(ec2_with(&[&rule]), ssm(), route53(), "us-east-1");
+    let mut v1 = spec(Market::Spot);
+    v1.metadata_tokens = spotkeeper_cloud::MetadataTokens::Optional;
+    cloud.launch(&v1).await.expect("HttpTokens optional sent");
+    assert_eq!(rule.num_calls(), 1);
+}
+
+#[tokio::test]
 async fn an_on_demand_launch_has_no_market_options_and_no_request_tags() {
     let rule = mock!(Client::run_instances)
         .match_requests(|r| {
@@ -209,6 +227,27 @@ async fn an_on_demand_launch_has_no_market_options_and_no_request_tags() {
         .await
         .expect("matched");
     assert_eq!(rule.num_calls(), 1);
+}
+
+#[test]
+fn xenial_is_an_alias_of_16_04_whose_parameter_names_gp2() {
+    assert_eq!(
+        ImageRef::parse("ubuntu:xenial").expect("alias"),
+        ImageRef::Ubuntu {
+            release: "16.04".into(),
+            arch: Arch::Amd64
+        }
+    );
+    assert_eq!(
+        ImageRef::parse("ubuntu:16.04"),
+        ImageRef::parse("ubuntu:xenial")
+    );
+    assert_eq!(
+        spotkeeper_cloud::ubuntu_parameter("16.04", Arch::Amd64),
+        "/aws/service/canonical/ubuntu/server/16.04/stable/current/amd64/hvm/ebs-gp2/ami-id"
+    );
+    assert!(spotkeeper_cloud::ubuntu_parameter("22.04", Arch::Amd64).contains("/ebs-gp2/"));
+    assert!(spotkeeper_cloud::ubuntu_parameter("23.10", Arch::Amd64).contains("/ebs-gp3/"));
 }
 
 #[tokio::test]

@@ -46,6 +46,7 @@ fn spec(n: usize) -> PoolSpec {
             iam_instance_profile: None,
             root_disk: None,
             fallback_on_demand: true,
+            metadata_tokens: Default::default(),
         },
         types: TYPES
             .iter()

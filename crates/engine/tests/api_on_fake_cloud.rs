@@ -541,6 +541,10 @@ async fn the_api_token_is_not_a_shell_commands_hosts_ssh_adoption_and_foreign_ro
             json!({ "dns": { "zone": "example.com", "name": "www.example.com", "adopt": true } }),
             "dns.adopt",
         ),
+        (
+            json!({ "metadata": { "http_tokens": "optional" } }),
+            "metadata.http_tokens",
+        ),
     ] {
         let mut body = good_box();
         for (k, v) in patch.as_object().expect("object") {

@@ -602,3 +602,24 @@ async fn a_volume_move_that_died_before_deleting_the_original_heals_keeping_the_
     assert_eq!(left[0].id, copy.id, "the attached copy is kept");
     assert_ne!(left[0].id, stale.id);
 }
+
+#[tokio::test]
+async fn imdsv1_is_allowed_only_where_the_box_asks_for_it() {
+    let w = World::new().await;
+    boxes::up(&w.ctx(), &spec("")).await.expect("up");
+    let launched = w.cloud.launch_specs();
+    assert_eq!(launched.len(), 1);
+    assert_eq!(
+        launched[0].metadata_tokens,
+        spotkeeper_cloud::MetadataTokens::Required,
+        "IMDSv2 only by default"
+    );
+    let w = World::new().await;
+    boxes::up(&w.ctx(), &spec("metadata = { http_tokens = \"optional\" }"))
+        .await
+        .expect("up");
+    assert_eq!(
+        w.cloud.launch_specs()[0].metadata_tokens,
+        spotkeeper_cloud::MetadataTokens::Optional
+    );
+}

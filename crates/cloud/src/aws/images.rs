@@ -23,10 +23,17 @@ pub const CANONICAL_OWNER: &str = "099720109477";
 const IMAGE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 const IMAGE_POLL: Duration = Duration::from_secs(5);
 
-/// The public SSM parameter that names the newest Ubuntu server AMI of a release.
+/// The public SSM parameter that names the newest Ubuntu server AMI of a
+/// release. Canonical's images are gp3 from 23.10 on and gp2 before (16.04,
+/// the persistent-root tools' default, to 23.04), and the parameter's path
+/// says which; a release it does not fit is found by DescribeImages.
 pub fn ubuntu_parameter(release: &str, arch: Arch) -> String {
+    let disk = match release.split_once('.').map(|(y, m)| (y.parse(), m.parse())) {
+        Some((Ok(year), Ok(month))) if (year, month) < (23u32, 10u32) => "ebs-gp2",
+        _ => "ebs-gp3",
+    };
     format!(
-        "/aws/service/canonical/ubuntu/server/{release}/stable/current/{}/hvm/ebs-gp3/ami-id",
+        "/aws/service/canonical/ubuntu/server/{release}/stable/current/{}/hvm/{disk}/ami-id",
         arch.ubuntu_name()
     )
 }

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use super::{AwsCloud, absent, sdk_error, tag_filters, tag_map};
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{
-    ImageId, Instance, InstanceId, InstanceState, LaunchSpec, Market, SpotRequest, SpotRequestId,
-    SpotRequestState, TagFilter,
+    ImageId, Instance, InstanceId, InstanceState, LaunchSpec, Market, MetadataTokens, SpotRequest,
+    SpotRequestId, SpotRequestState, TagFilter,
 };
 use crate::prelude::*;
 
@@ -115,12 +115,16 @@ impl AwsCloud {
             .set_tag_specifications((!tag_specs.is_empty()).then_some(tag_specs))
             .set_key_name(spec.key_name.clone())
             .set_subnet_id(spec.subnet_id.clone())
-            // IMDSv2 only: a request forged through the box (SSRF) cannot read
-            // the instance role's credentials without a session token.
+            // IMDSv2 only unless asked: a request forged through the box
+            // (SSRF) cannot read the instance role's credentials without a
+            // session token.
             .metadata_options(
                 InstanceMetadataOptionsRequest::builder()
                     .http_endpoint(InstanceMetadataEndpointState::Enabled)
-                    .http_tokens(HttpTokensState::Required)
+                    .http_tokens(match spec.metadata_tokens {
+                        MetadataTokens::Required => HttpTokensState::Required,
+                        MetadataTokens::Optional => HttpTokensState::Optional,
+                    })
                     .build(),
             );
         if !spec.security_group_ids.is_empty() {

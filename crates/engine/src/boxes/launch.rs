@@ -399,6 +399,7 @@ fn launch_spec(
         iam_instance_profile: spec.launch.iam_instance_profile.clone(),
         spot_max_price: (spec.market == Market::Spot && spec.price_cap == PriceCap::Aws)
             .then_some(spec.max_price),
+        metadata_tokens: spec.launch.metadata_tokens,
     })
 }
 

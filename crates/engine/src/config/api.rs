@@ -98,6 +98,19 @@ pub fn refuse_code(config: &Config, body: &Value) -> Result<(), String> {
              possible from the config file, not through the API"
         ));
     }
+    // IMDSv1 lets a request forged through the instance read its role's
+    // credentials: weakening that is the operator's call.
+    if body
+        .pointer("/metadata/http_tokens")
+        .and_then(Value::as_str)
+        == Some("optional")
+    {
+        return Err(
+            "metadata.http_tokens: \"optional\" (IMDSv1) is only possible from the config file, \
+             not through the API"
+                .into(),
+        );
+    }
     // The daemon's environment is the operator's: a caller naming a
     // variable would have its value sent to a URL of the caller's choosing.
     if body.pointer("/demand/bearer_env").is_some() {

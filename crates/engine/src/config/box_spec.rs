@@ -196,6 +196,7 @@ pub(super) fn validate_box(
             iam_instance_profile: b.iam_instance_profile,
             root_disk: validate_root_disk(b.root_disk, at)?,
             fallback_on_demand: validate_fallback(b.fallback),
+            metadata_tokens: b.metadata.map(|m| m.http_tokens).unwrap_or_default(),
         },
         instance_types,
         max_price,

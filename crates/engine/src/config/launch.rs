@@ -34,6 +34,9 @@ pub struct LaunchTemplate {
     /// `fallback = "on-demand"`: launch on-demand when no spot offering
     /// can be had (a box moves back to spot at the next chance).
     pub fallback_on_demand: bool,
+    /// `metadata = { http_tokens = "optional" }`: the instance metadata
+    /// service answers IMDSv1 requests too (default: IMDSv2 only).
+    pub metadata_tokens: spotkeeper_cloud::MetadataTokens,
 }
 
 /// The EBS volume types a volume or root disk may have.

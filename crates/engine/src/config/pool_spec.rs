@@ -139,6 +139,7 @@ pub(super) fn validate_pool(
             iam_instance_profile: p.iam_instance_profile,
             root_disk: validate_root_disk(p.root_disk, at)?,
             fallback_on_demand: validate_fallback(p.fallback),
+            metadata_tokens: p.metadata.map(|m| m.http_tokens).unwrap_or_default(),
         },
         types: pool_types(p.instance_types, at)?,
         max_price,

@@ -103,6 +103,13 @@ pub(crate) struct RawBox {
     pub(crate) fallback: Option<Fallback>,
     pub(crate) on_rebalance: Option<OnRebalance>,
     pub(crate) price_cap: Option<PriceCap>,
+    pub(crate) metadata: Option<RawMetadata>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetadata {
+    pub(crate) http_tokens: spotkeeper_cloud::MetadataTokens,
 }
 
 #[derive(Deserialize)]
@@ -214,6 +221,7 @@ pub(crate) struct RawPool {
     pub(crate) tags: BTreeMap<Spanned<String>, String>,
     pub(crate) iam_instance_profile: Option<String>,
     pub(crate) root_disk: Option<Spanned<RawDisk>>,
+    pub(crate) metadata: Option<RawMetadata>,
 }
 
 #[derive(Deserialize)]

@@ -409,3 +409,28 @@ fn one_volume_named_in_two_boxes_is_refused_where_the_second_names_it() {
     );
     assert!(parse(Path::new("x.toml"), &ok).is_ok());
 }
+
+#[test]
+fn imdsv1_is_asked_for_with_metadata_http_tokens_and_a_typo_names_the_choices() {
+    let c = parse(
+        Path::new("x.toml"),
+        &format!("{GOOD}metadata = {{ http_tokens = \"optional\" }}\n"),
+    )
+    .expect("valid");
+    assert_eq!(
+        c.boxes["dev"].launch.metadata_tokens,
+        spotkeeper_cloud::MetadataTokens::Optional
+    );
+    let c = parse(Path::new("x.toml"), GOOD).expect("valid");
+    assert_eq!(
+        c.boxes["dev"].launch.metadata_tokens,
+        spotkeeper_cloud::MetadataTokens::Required
+    );
+    let e = err(&format!("{GOOD}metadata = {{ http_tokens = \"v1\" }}\n"));
+    assert_eq!((e.line, e.column), (Some(12), Some(28)), "{e}");
+    assert!(
+        e.message
+            .contains("unknown variant `v1`, expected `required` or `optional`"),
+        "{e}"
+    );
+}

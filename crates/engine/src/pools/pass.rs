@@ -177,6 +177,7 @@ fn launch_spec(owner: &str, spec: &PoolSpec, image: &ImageId, launch: &PoolLaunc
     l.client_token = launch.token.clone();
     l.root_volume = spec.launch.root_disk.clone();
     l.iam_instance_profile = spec.launch.iam_instance_profile.clone();
+    l.metadata_tokens = spec.launch.metadata_tokens;
     l
 }
 
