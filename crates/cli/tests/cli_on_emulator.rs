@@ -142,6 +142,43 @@ fn up_launches_in_the_cheapest_zone_and_falls_back_when_capacity_is_refused() {
 }
 
 #[test]
+fn a_box_in_a_custom_vpc_launches_into_its_subnets_and_changes_zone_when_one_has_no_capacity() {
+    let cli = Cli::new();
+    let subnets = cli.moto.boto(
+        "v = ec2.create_vpc(CidrBlock='10.9.0.0/16')['Vpc']['VpcId']\n\
+         a = ec2.create_subnet(VpcId=v, CidrBlock='10.9.1.0/24', AvailabilityZone='us-east-1a')['Subnet']['SubnetId']\n\
+         b = ec2.create_subnet(VpcId=v, CidrBlock='10.9.2.0/24', AvailabilityZone='us-east-1b')['Subnet']['SubnetId']\n\
+         print(json.dumps([a, b]))",
+    );
+    let subnets: Vec<String> = serde_json::from_str(subnets.trim()).expect("json");
+    cli.write_config(&CONFIG.replace(
+        "zones = [\"us-east-1a\", \"us-east-1b\"]",
+        &format!("subnets = [\"{}\", \"{}\"]", subnets[0], subnets[1]),
+    ));
+    // Zone a is the cheapest and has no capacity: the box goes to b's subnet.
+    cli.moto.set_market(
+        &[
+            ("t3.micro", Some(0.0104)),
+            ("t3a.micro", Some(0.0094)),
+            ("t3a.micro/us-east-1a", Some(0.002)),
+        ],
+        &["t3a.micro/us-east-1a", "t3.micro/us-east-1a"],
+    );
+    let inst = cli.json(&["up", "dev", "--json"]);
+    assert_eq!(inst["zone"], "us-east-1b", "{inst}");
+    let placed = cli.moto.boto(&format!(
+        "i = ec2.describe_instances(InstanceIds=['{}'])['Reservations'][0]['Instances'][0]\nprint(i['SubnetId'])",
+        inst["instance_id"].as_str().expect("id")
+    ));
+    assert_eq!(
+        placed.trim(),
+        subnets[1],
+        "launched into the subnet of its zone"
+    );
+    assert_eq!(cli.live().len(), 1);
+}
+
+#[test]
 fn a_ceiling_below_every_price_exits_1_lists_the_prices_and_creates_nothing() {
     let cli = Cli::with_config(&CONFIG.replace("max_price = 0.02", "max_price = 0.005"));
     cli.moto.set_market(

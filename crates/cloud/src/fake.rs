@@ -404,7 +404,13 @@ impl Compute for FakeCloud {
                 })
                 .collect();
         }
-        let zone = spec.zone.clone().or_else(|| s.zones.first().cloned());
+        // As on AWS, a subnet places the instance in its zone.
+        let zone = spec
+            .subnet_id
+            .as_ref()
+            .and_then(|sub| s.subnets.get(sub).cloned())
+            .or_else(|| spec.zone.clone())
+            .or_else(|| s.zones.first().cloned());
         if let Some(code) = zone.as_ref().and_then(|z| {
             s.refusals
                 .get(&(spec.instance_type.clone(), z.clone(), spec.market))

@@ -623,3 +623,76 @@ async fn imdsv1_is_allowed_only_where_the_box_asks_for_it() {
         spotkeeper_cloud::MetadataTokens::Optional
     );
 }
+
+#[tokio::test]
+async fn a_box_in_subnets_launches_into_the_subnet_of_the_zone_it_picks_and_can_change_zone() {
+    let w = World::new().await;
+    w.cloud.add_subnet("subnet-aaa", "us-east-1a");
+    w.cloud.add_subnet("subnet-bbb", "us-east-1b");
+    w.cloud.set_price("t3a.micro", "us-east-1b", 0.004);
+    let box_spec = spec("subnets = [\"subnet-aaa\", \"subnet-bbb\"]");
+    let first = boxes::up(&w.ctx(), &box_spec).await.expect("up");
+    assert_eq!(
+        first.instance.zone.as_deref(),
+        Some("us-east-1b"),
+        "the cheapest"
+    );
+    let launched = w.cloud.launch_specs();
+    assert_eq!(launched[0].subnet_id.as_deref(), Some("subnet-bbb"));
+    assert_eq!(launched[0].zone, None, "the subnet pins the zone");
+
+    // Zone b has no capacity now: the next launch goes to a's subnet.
+    w.cloud
+        .set_state(&first.instance.id, InstanceState::Terminated);
+    for t in ["t3.micro", "t3a.micro"] {
+        w.cloud.refuse(
+            t,
+            "us-east-1b",
+            Market::Spot,
+            "InsufficientInstanceCapacity",
+        );
+    }
+    let second = boxes::up(&w.ctx(), &box_spec).await.expect("up elsewhere");
+    assert_eq!(second.instance.zone.as_deref(), Some("us-east-1a"));
+    assert!(
+        w.cloud
+            .launch_specs()
+            .iter()
+            .any(|l| l.subnet_id.as_deref() == Some("subnet-aaa")),
+        "launched into a's subnet"
+    );
+    // `zones` beside `subnets` keeps only the subnets in those zones.
+    let w = World::new().await;
+    w.cloud.add_subnet("subnet-aaa", "us-east-1a");
+    w.cloud.add_subnet("subnet-bbb", "us-east-1b");
+    w.cloud.set_price("t3a.micro", "us-east-1b", 0.004);
+    let only_a = spec("subnets = [\"subnet-aaa\", \"subnet-bbb\"]\nzones = [\"us-east-1a\"]");
+    let out = boxes::up(&w.ctx(), &only_a).await.expect("up");
+    assert_eq!(out.instance.zone.as_deref(), Some("us-east-1a"));
+}
+
+#[tokio::test]
+async fn volumes_in_a_zone_without_a_subnet_of_the_box_stop_up_before_launch() {
+    let w = World::new().await;
+    w.cloud.add_subnet("subnet-aaa", "us-east-1a");
+    w.cloud
+        .create_volume(
+            "us-east-1c",
+            Some(5),
+            "gp3",
+            None,
+            &[
+                (tags::NAME.into(), "dev-data".into()),
+                (tags::OWNER.into(), "tester".into()),
+                (tags::BOX.into(), "dev".into()),
+            ],
+        )
+        .await
+        .expect("volume");
+    let box_spec =
+        spec("subnets = [\"subnet-aaa\"]\ndata_volume = { name = \"dev-data\", size_gb = 5 }");
+    let err = boxes::up(&w.ctx(), &box_spec).await.expect_err("refused");
+    assert!(matches!(err, BoxError::NoSubnetThere { .. }), "{err}");
+    assert!(err.to_string().contains("us-east-1c"), "{err}");
+    assert_eq!(w.cloud.count("RunInstances"), 0);
+}

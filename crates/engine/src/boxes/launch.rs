@@ -4,7 +4,7 @@
 //! token) recorded before the launch call, the volumes prepared in its zone,
 //! the launch, and the race with another launcher settled by the keeper rule.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use spotkeeper_cloud::{
@@ -14,7 +14,7 @@ use spotkeeper_cloud::{
 use tokio::time::{Instant, sleep};
 
 use super::settle::{elastic_ip_reassociation, mark_stopped, settle, terminate_extras};
-use super::{Avoid, BoxError, Ctx, Known, UpOutcome, allowed_zones, box_prices};
+use super::{Avoid, BoxError, Ctx, Known, UpOutcome, allowed_zones, box_prices, places};
 use crate::config::{BoxSpec, PriceCap, VolumeSpec};
 use crate::ownership::{box_filter, keeper, launch_tags, live, open_requests, owner_filter};
 use crate::persist;
@@ -25,14 +25,17 @@ use crate::store::{Intent, NewIntent, Outcome, StoreError};
 struct Target {
     instance_type: String,
     zone: Option<String>,
+    /// The box's subnet in that zone, if it has subnets.
+    subnet: Option<String>,
 }
 
 /// What every launch attempt of one `up` uses, resolved once.
 struct Resolved {
     /// The image (aliases resolved).
     image: ImageId,
-    /// The security groups' ids.
-    security_groups: Vec<String>,
+    /// The security groups' ids, per subnet (names are looked up in each
+    /// subnet's VPC; `None`: the default VPC).
+    security_groups: HashMap<Option<String>, Vec<String>>,
 }
 
 /// A box's persistent volume as found before the launch.
@@ -77,13 +80,7 @@ pub(super) async fn up_inner(
             Some(k) => k.image.clone(),
             None => launch_image(ctx, spec).await?,
         },
-        // Once for every offering, and before any volume is made for one:
-        // a group name that resolves to nothing stops `up` with nothing done.
-        // Names are looked up in the subnet's (or the default) VPC; ids pass.
-        security_groups: ctx
-            .cloud
-            .security_group_ids(&spec.launch.security_groups, spec.subnet.as_deref())
-            .await?,
+        security_groups: security_groups(ctx, spec, &targets).await?,
     };
     let mut tried = Vec::new();
     for target in targets {
@@ -116,6 +113,28 @@ fn trusted<'k>(
         }
         (k, _) => k,
     }
+}
+
+/// The security groups' ids for each subnet a target launches into: once
+/// for every offering, and before any volume is made for one (a group name
+/// that resolves to nothing stops `up` with nothing done). Names are looked
+/// up in the subnet's (or the default) VPC; ids pass.
+async fn security_groups(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    targets: &[Target],
+) -> Result<HashMap<Option<String>, Vec<String>>, BoxError> {
+    let mut by_subnet = HashMap::new();
+    for t in targets {
+        if !by_subnet.contains_key(&t.subnet) {
+            let ids = ctx
+                .cloud
+                .security_group_ids(&spec.launch.security_groups, t.subnet.as_deref())
+                .await?;
+            by_subnet.insert(t.subnet.clone(), ids);
+        }
+    }
+    Ok(by_subnet)
 }
 
 /// What would otherwise fail half way, checked before anything is launched:
@@ -218,33 +237,56 @@ async fn targets(
             .collect::<Vec<_>>(),
         spec.move_volume,
     )?;
+    // The subnet of each zone, for a box with subnets (the fast path has
+    // none: `known` is only made for boxes without).
+    let in_subnets = if spec.subnets.is_empty() {
+        Vec::new()
+    } else {
+        places(ctx, spec).await?
+    };
+    let subnets: HashMap<String, String> = in_subnets
+        .iter()
+        .filter_map(|p| p.subnet.clone().map(|s| (p.zone.clone(), s)))
+        .collect();
     let zones = match &pinned {
+        Some(z) if !spec.subnets.is_empty() && !subnets.contains_key(z) => {
+            return Err(BoxError::NoSubnetThere {
+                zone: z.clone(),
+                subnets: spec.subnets.join(", "),
+            });
+        }
         Some(z) => {
             ctx.progress
                 .note(&format!("The box's volumes are in {z}; launching there"));
             vec![z.clone()]
         }
+        None if !in_subnets.is_empty() => in_subnets.iter().map(|p| p.zone.clone()).collect(),
         None => match known {
             Some(k) => k.zones.clone(),
             None => allowed_zones(ctx, spec).await?,
         },
     };
-    if spec.market == Market::Spot {
-        return spot_targets(ctx, spec, avoid, known, &zones).await;
-    }
-    let zone = if spec.subnet.is_some() || spec.launch.zones.is_some() || !found.is_empty() {
-        zones.first().cloned()
+    let mut targets = if spec.market == Market::Spot {
+        spot_targets(ctx, spec, avoid, known, &zones).await?
     } else {
-        None
+        let zone = if !spec.subnets.is_empty() || spec.launch.zones.is_some() || !found.is_empty() {
+            zones.first().cloned()
+        } else {
+            None
+        };
+        spec.instance_types
+            .iter()
+            .map(|t| Target {
+                instance_type: t.clone(),
+                zone: zone.clone(),
+                subnet: None,
+            })
+            .collect()
     };
-    Ok(spec
-        .instance_types
-        .iter()
-        .map(|t| Target {
-            instance_type: t.clone(),
-            zone: zone.clone(),
-        })
-        .collect())
+    for t in &mut targets {
+        t.subnet = t.zone.as_ref().and_then(|z| subnets.get(z)).cloned();
+    }
+    Ok(targets)
 }
 
 /// The spot offerings in `zones` under the ceiling, cheapest first; every
@@ -300,6 +342,7 @@ async fn spot_targets(
         .map(|p| Target {
             instance_type: p.instance_type,
             zone: Some(p.zone),
+            subnet: None,
         })
         .collect())
 }
@@ -384,13 +427,18 @@ fn launch_spec(
         image_id: resolved.image.clone(),
         instance_type: target.instance_type.clone(),
         market: spec.market,
-        zone: if spec.subnet.is_some() {
+        // A subnet pins the zone (AWS ignores a placement beside it).
+        zone: if target.subnet.is_some() {
             None
         } else {
             target.zone.clone()
         },
-        subnet_id: spec.subnet.clone(),
-        security_group_ids: resolved.security_groups.clone(),
+        subnet_id: target.subnet.clone(),
+        security_group_ids: resolved
+            .security_groups
+            .get(&target.subnet)
+            .cloned()
+            .unwrap_or_default(),
         key_name: spec.launch.key_name.clone(),
         user_data,
         tags: launch_tags(ctx.owner, spec, &intent.token),

@@ -115,6 +115,16 @@ pub enum BoxError {
         /// What was tried and why it failed.
         tried: String,
     },
+    /// The box's volumes pin it to a zone none of its subnets is in.
+    #[error(
+        "the box's volumes are in {zone}, where none of its subnets ({subnets}) is: add a subnet there, or set move_volume = true"
+    )]
+    NoSubnetThere {
+        /// The volumes' zone.
+        zone: String,
+        /// The box's subnets.
+        subnets: String,
+    },
     /// The instance ended while we waited for it to run.
     #[error(
         "instance {id} ended ({state}) before it was running; AWS may have reclaimed the spot capacity"
@@ -171,16 +181,50 @@ pub struct StopOutcome {
     pub cancelled: Vec<SpotRequestId>,
 }
 
-/// The zones a box may use: its `zones`, its subnet's zone, or every zone of the region.
+/// Where a box may launch: a zone, and the subnet to launch into there.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Place {
+    /// The zone.
+    pub zone: String,
+    /// The box's subnet in that zone; `None`: the default VPC.
+    pub subnet: Option<String>,
+}
+
+/// The places a box may use: the zones of its subnets (the first subnet of
+/// each zone; with `zones` set too, only those zones), else its `zones`,
+/// else every zone of the region.
+pub(crate) async fn places(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<Vec<Place>, CloudError> {
+    if !spec.subnets.is_empty() {
+        let mut out: Vec<Place> = Vec::new();
+        for subnet in &spec.subnets {
+            let zone = ctx.cloud.subnet_zone(subnet).await?;
+            let allowed = spec.launch.zones.as_ref().is_none_or(|z| z.contains(&zone));
+            if allowed && !out.iter().any(|p| p.zone == zone) {
+                out.push(Place {
+                    zone,
+                    subnet: Some(subnet.clone()),
+                });
+            }
+        }
+        return Ok(out);
+    }
+    let zones = match &spec.launch.zones {
+        Some(z) => z.clone(),
+        None => ctx.cloud.zones().await?,
+    };
+    Ok(zones
+        .into_iter()
+        .map(|zone| Place { zone, subnet: None })
+        .collect())
+}
+
+/// The zones a box may use (see [`places`]).
 async fn allowed_zones(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<Vec<String>, CloudError> {
-    if let Some(subnet) = &spec.subnet {
-        let zone = ctx.cloud.subnet_zone(subnet).await?;
-        return Ok(vec![zone]);
-    }
-    match &spec.launch.zones {
-        Some(z) => Ok(z.clone()),
-        None => ctx.cloud.zones().await,
-    }
+    Ok(places(ctx, spec)
+        .await?
+        .into_iter()
+        .map(|p| p.zone)
+        .collect())
 }
 
 /// Current spot prices of `types` in `zones` (every zone when empty), cheapest first.

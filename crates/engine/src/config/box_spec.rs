@@ -13,7 +13,7 @@ use super::keywords::OnRebalance;
 pub use super::keywords::{DnsAddress, OnStop, PriceCap};
 use super::launch::{
     EBS_TYPES, LaunchTemplate, expand_path, is_instance_type, validate_fallback,
-    validate_root_disk, validate_tags, validate_user_data, validate_zones,
+    validate_root_disk, validate_subnets, validate_tags, validate_user_data, validate_zones,
 };
 use super::raw::{RawBox, RawDns, RawImages, RawReady, RawSsh, RawVolume};
 
@@ -39,8 +39,10 @@ pub struct BoxSpec {
     pub max_price: f64,
     /// Spot (default) or on-demand.
     pub market: Market,
-    /// Subnet id.
-    pub subnet: Option<String>,
+    /// Subnets (`subnet = "…"` or `subnets = [...]`): the box launches into
+    /// the subnet of the zone it picks (names of security groups are looked
+    /// up in each subnet's VPC); empty: the default VPC.
+    pub subnets: Vec<String>,
     /// How to tell the box is up.
     pub ready: ReadyCheck,
     /// How to reach the box over SSH (`exec`, `ssh`).
@@ -201,7 +203,7 @@ pub(super) fn validate_box(
         instance_types,
         max_price,
         market: b.market.unwrap_or(Market::Spot),
-        subnet: b.subnet,
+        subnets: validate_subnets(b.subnet, b.subnets, at)?,
         ready: ready_check(b.ready, at)?,
         ssh: ssh_settings(b.ssh, base, at)?,
         data_volume,

@@ -59,6 +59,24 @@ pub(crate) fn validate_zones(
     })
 }
 
+/// `subnet` or `subnets` (boxes and pools).
+pub(crate) fn validate_subnets(
+    one: Option<String>,
+    many: Option<Spanned<Vec<String>>>,
+    at: At,
+) -> Result<Vec<String>, ConfigError> {
+    match (one, many) {
+        (Some(_), Some(s)) => Err(at(Some(s.span()), "set subnet or subnets, not both".into())),
+        (Some(one), None) => Ok(vec![one]),
+        (None, Some(s)) if s.get_ref().is_empty() => Err(at(
+            Some(s.span()),
+            "subnets is empty: list subnets or leave the key out".into(),
+        )),
+        (None, Some(s)) => Ok(s.into_inner()),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
 /// `user_data` or `user_data_file` (read relative to the config), at most 16 KiB.
 pub(crate) fn validate_user_data(
     user_data: Option<Spanned<String>>,

@@ -10,8 +10,8 @@ use toml::Spanned;
 
 use super::error::{At, ConfigError, duration, duration_at_least};
 use super::launch::{
-    LaunchTemplate, is_instance_type, validate_fallback, validate_root_disk, validate_tags,
-    validate_user_data, validate_zones,
+    LaunchTemplate, is_instance_type, validate_fallback, validate_root_disk, validate_subnets,
+    validate_tags, validate_user_data, validate_zones,
 };
 use super::raw::{RawDemand, RawPool, RawPoolType};
 
@@ -143,7 +143,7 @@ pub(super) fn validate_pool(
         },
         types: pool_types(p.instance_types, at)?,
         max_price,
-        subnets: subnets(p.subnet, p.subnets, at)?,
+        subnets: validate_subnets(p.subnet, p.subnets, at)?,
         min_capacity,
         max_capacity,
         jobs_per_capacity: whole(p.jobs_per_capacity, "jobs_per_capacity", 1, 1, at)? as u32,
@@ -206,24 +206,6 @@ fn pool_types(
         ));
     }
     Ok(types)
-}
-
-/// `subnet` or `subnets`.
-fn subnets(
-    one: Option<String>,
-    many: Option<Spanned<Vec<String>>>,
-    at: At,
-) -> Result<Vec<String>, ConfigError> {
-    match (one, many) {
-        (Some(_), Some(s)) => Err(at(Some(s.span()), "set subnet or subnets, not both".into())),
-        (Some(one), None) => Ok(vec![one]),
-        (None, Some(s)) if s.get_ref().is_empty() => Err(at(
-            Some(s.span()),
-            "subnets is empty: list subnets or leave the key out".into(),
-        )),
-        (None, Some(s)) => Ok(s.into_inner()),
-        (None, None) => Ok(Vec::new()),
-    }
 }
 
 /// A whole number from `least` to [`MAX_CAPACITY_LIMIT`], `default` when not set.

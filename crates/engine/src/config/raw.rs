@@ -80,6 +80,7 @@ pub(crate) struct RawBox {
     #[serde(default)]
     pub(crate) security_groups: Vec<String>,
     pub(crate) subnet: Option<String>,
+    pub(crate) subnets: Option<Spanned<Vec<String>>>,
     pub(crate) user_data: Option<Spanned<String>>,
     pub(crate) user_data_file: Option<Spanned<String>>,
     #[serde(default)]

@@ -434,3 +434,25 @@ fn imdsv1_is_asked_for_with_metadata_http_tokens_and_a_typo_names_the_choices() 
         "{e}"
     );
 }
+
+#[test]
+fn a_box_takes_subnet_or_subnets_not_both_and_not_none() {
+    let c = parse(
+        Path::new("x.toml"),
+        &format!("{GOOD}subnets = [\"subnet-a\", \"subnet-b\"]\n"),
+    )
+    .expect("valid");
+    assert_eq!(c.boxes["dev"].subnets, ["subnet-a", "subnet-b"]);
+    let c = parse(
+        Path::new("x.toml"),
+        &format!("{GOOD}subnet = \"subnet-a\"\n"),
+    )
+    .expect("valid");
+    assert_eq!(c.boxes["dev"].subnets, ["subnet-a"]);
+    let e = err(&format!(
+        "{GOOD}subnet = \"subnet-a\"\nsubnets = [\"subnet-b\"]\n"
+    ));
+    assert!(e.message.contains("set subnet or subnets, not both"), "{e}");
+    let e = err(&format!("{GOOD}subnets = []\n"));
+    assert!(e.message.contains("subnets is empty"), "{e}");
+}

@@ -186,7 +186,10 @@ fn over_ceiling(spec: &BoxSpec, running: &Instance, prices: &[SpotPrice]) -> Opt
         .iter()
         .find(|p| p.instance_type == running.instance_type && p.zone == zone)?
         .price;
-    let pinned = (spec.data_volume.is_some() || spec.root_volume.is_some()) && !spec.move_volume;
+    // A box in subnets can go only where one of them is: the pure planner
+    // knows those zones only when `zones` lists them, else it stays put.
+    let pinned = ((spec.data_volume.is_some() || spec.root_volume.is_some()) && !spec.move_volume)
+        || (!spec.subnets.is_empty() && spec.launch.zones.is_none());
     let elsewhere = prices.iter().any(|p| {
         p.price <= spec.max_price
             && spec.instance_types.contains(&p.instance_type)
@@ -340,11 +343,13 @@ impl Daemon<'_> {
             return None;
         }
         let image = self.lock_memory().images.get(&spec.name).cloned()?;
-        let zones = match (&spec.subnet, &spec.launch.zones) {
-            (Some(_), _) => return None,
-            (None, Some(z)) => z.clone(),
-            (None, None) if !obs.zones.is_empty() => obs.zones.clone(),
-            (None, None) => return None,
+        if !spec.subnets.is_empty() {
+            return None;
+        }
+        let zones = match &spec.launch.zones {
+            Some(z) => z.clone(),
+            None if !obs.zones.is_empty() => obs.zones.clone(),
+            None => return None,
         };
         if spec.market == Market::Spot && obs.prices.is_empty() {
             return None;
@@ -779,6 +784,25 @@ mod tests {
         // A volume keeps the box in its zone: a cheaper zone elsewhere does not count.
         let pinned = spec("data_volume = { name = \"d\", size_gb = 1 }");
         assert!(plan_priced(&pinned, std::slice::from_ref(&a), &[], Some("i-a"), &over).is_empty());
+        // Subnets keep it in its zone unless `zones` says where they are.
+        let in_subnets = spec("subnets = [\"subnet-a\", \"subnet-b\"]");
+        assert!(
+            plan_priced(
+                &in_subnets,
+                std::slice::from_ref(&a),
+                &[],
+                Some("i-a"),
+                &over
+            )
+            .is_empty()
+        );
+        let listed = spec(
+            "subnets = [\"subnet-a\", \"subnet-b\"]\nzones = [\"us-east-1a\", \"us-east-1b\"]",
+        );
+        assert_eq!(
+            plan_priced(&listed, std::slice::from_ref(&a), &[], Some("i-a"), &over).len(),
+            1
+        );
         // AWS holds the ceiling itself.
         let aws = spec("price_cap = \"aws\"");
         assert!(plan_priced(&aws, std::slice::from_ref(&a), &[], Some("i-a"), &over).is_empty());

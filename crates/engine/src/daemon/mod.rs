@@ -368,7 +368,7 @@ impl<'a> Daemon<'a> {
     }
 
     /// Spot prices of every spot box's types in the zones they may use, in
-    /// one read, for the fast path. Boxes pinned to a subnet are left out
+    /// one read, for the fast path. Boxes in subnets are left out
     /// (their launch asks AWS).
     async fn box_prices(
         &self,
@@ -376,7 +376,7 @@ impl<'a> Daemon<'a> {
     ) -> Result<(Vec<SpotPrice>, Vec<String>), BoxError> {
         let spot: Vec<&crate::config::BoxSpec> = specs
             .iter()
-            .filter(|s| s.market == Market::Spot && s.subnet.is_none())
+            .filter(|s| s.market == Market::Spot && s.subnets.is_empty())
             .collect();
         if spot.is_empty() {
             return Ok((Vec::new(), Vec::new()));
