@@ -26,7 +26,13 @@ InternalError with probability `fail`, and for a mutating call (an EC2 action
 that is not Describe*/Get*, any Route 53 POST) lets it take effect and then
 drops the connection without an answer with probability `lose`, all drawn
 from a generator seeded with `seed`. With `hang` true it accepts requests and
-answers none until `hang` is false again. Unlike the emulator it honours
+answers none until `hang` is false again. With `"lag": SECONDS` it plays
+AWS's eventual consistency: for that long after RunInstances or CreateVolume
+answered, a describe by id of the new instance or volume answers
+InvalidInstanceID.NotFound / InvalidVolume.NotFound, and filtered describes
+(DescribeInstances, DescribeVolumes, DescribeSpotInstanceRequests) leave it
+out (AWS: "a resource may not be visible to all subsequent API calls for a
+short period after you create it"). Unlike the emulator it honours
 `ClientToken` as AWS does: a repeated call with the same token and the same
 parameters gets the first answer again without reaching the emulator; other
 parameters get IdempotentParameterMismatch. `GET /__proxy/stats` returns what
@@ -57,11 +63,13 @@ import http.client
 import json
 import os
 import random
+import re
 import signal
 import sys
 import threading
 import time
 import urllib.parse
+import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from moto.core.responses import ActionResult
@@ -204,8 +212,9 @@ class Proxy:
         self.rules_seen = None
         self.rng = random.Random(0)
         self.tokens = {}
+        self.hidden = {}  # id of a new instance or volume -> until when it is hidden
         self.stats = {"requests": 0, "throttled": 0, "failed": 0, "lost": 0,
-                      "replayed": 0, "mismatched": 0, "hung": 0}
+                      "replayed": 0, "mismatched": 0, "hung": 0, "hidden": 0}
         self.calls = []
 
     def rules(self) -> dict:
@@ -223,6 +232,64 @@ class Proxy:
     def count(self, key: str) -> None:
         with self.lock:
             self.stats[key] += 1
+
+    def hide(self, ids, seconds: float) -> None:
+        until = time.time() + seconds
+        with self.lock:
+            for i in ids:
+                self.hidden.setdefault(i, until)
+
+    def hidden_now(self) -> set:
+        now = time.time()
+        with self.lock:
+            return {i for i, until in self.hidden.items() if until > now}
+
+
+# What a describe lists, by action: the child of each listed item that
+# names a new resource.
+LISTED = {
+    "DescribeInstances": "instanceId",
+    "DescribeVolumes": "volumeId",
+    "DescribeSpotInstanceRequests": "instanceId",
+}
+NOT_FOUND = {
+    "DescribeInstances": ("InstanceId.", "InvalidInstanceID.NotFound", "The instance ID '{}' does not exist"),
+    "DescribeVolumes": ("VolumeId.", "InvalidVolume.NotFound", "The volume '{}' does not exist."),
+}
+
+
+def strip_hidden(data: bytes, action: str, hidden: set) -> bytes:
+    """The describe answer without the items that name a hidden resource
+    (and without reservations left empty)."""
+    root = ET.fromstring(data)
+    ns = root.tag[1:].split("}")[0] if root.tag.startswith("{") else ""
+    q = (lambda t: f"{{{ns}}}{t}") if ns else (lambda t: t)
+    key = LISTED[action]
+    removed = 0
+    if action == "DescribeInstances":
+        for rset in root.findall(q("reservationSet")):
+            for res in list(rset):
+                iset = res.find(q("instancesSet"))
+                if iset is None:
+                    continue
+                for inst in list(iset):
+                    if inst.findtext(q(key)) in hidden:
+                        iset.remove(inst)
+                        removed += 1
+                if len(iset) == 0:
+                    rset.remove(res)
+    else:
+        set_name = "volumeSet" if action == "DescribeVolumes" else "spotInstanceRequestSet"
+        for vset in root.findall(q(set_name)):
+            for item in list(vset):
+                if item.findtext(q(key)) in hidden:
+                    vset.remove(item)
+                    removed += 1
+    if not removed:
+        return data
+    if ns:
+        ET.register_namespace("", ns)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
 def error_xml(code: str, message: str) -> bytes:
@@ -301,6 +368,16 @@ def make_handler(proxy: Proxy):
                     proxy.count("failed")
                     self.answer(500, error_xml("InternalError", "An internal error has occurred."))
                     return
+            lag = float(rules.get("lag", 0) or 0) if service == "ec2" else 0
+            if lag and action in NOT_FOUND:
+                prefix, code, message = NOT_FOUND[action]
+                asked = [v for k, v in params.items() if k.startswith(prefix)]
+                hidden = proxy.hidden_now()
+                gone = next((i for i in asked if i in hidden), None)
+                if gone is not None:
+                    proxy.count("hidden")
+                    self.answer(400, error_xml(code, message.format(gone)))
+                    return
             token = params.get("ClientToken")
             key = fingerprint = None
             if token:
@@ -331,6 +408,14 @@ def make_handler(proxy: Proxy):
             if key and resp.status == 200:
                 with proxy.lock:
                     proxy.tokens.setdefault(key, (fingerprint, data, resp_headers))
+            if lag and resp.status == 200:
+                if action in ("RunInstances", "CreateVolume"):
+                    text = data.decode("utf-8", "replace")
+                    proxy.hide(re.findall(r"<(?:instanceId|volumeId)>([^<]+)</", text), lag)
+                elif action in LISTED:
+                    hidden = proxy.hidden_now()
+                    if hidden:
+                        data = strip_hidden(data, action, hidden)
             mutating = (
                 (service == "ec2" and not action.startswith(("Describe", "Get")))
                 or (service == "route53" and self.command == "POST")

@@ -5,7 +5,11 @@
 //! errors; lost answers never yield a second instance or volume; a hung
 //! endpoint fails passes within the configured bound while `/healthz`
 //! answers; SIGTERM stops `serve` within seconds whatever is in flight, and
-//! the next daemon finishes the job.
+//! the next daemon finishes the job. With AWS's eventual consistency played
+//! by the proxy (a new instance or volume is not found by id and left out of
+//! listings for a while), `up` twice, a replacement, a pool fill and a volume
+//! move each end with exactly one of everything, and so do the scenarios
+//! with throttling and lost answers.
 
 mod common;
 
@@ -17,6 +21,10 @@ use spotkeeper_testkit::Faults;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/fixtures/events");
 const TOKEN: &str = "faults-token-0123456789";
+
+/// How long the proxy hides a new instance or volume (AWS: usually seconds;
+/// longer than every step between a launch and the next look at it here).
+const LAG: Duration = Duration::from_secs(2);
 
 /// `boxes` boxes dev0 … with a data volume each (deleted on stop), every
 /// call through the proxy; `aws` and `extra` lines go into `[aws]` and each box.
@@ -101,6 +109,7 @@ fn with_a_fifth_of_ec2_calls_throttled_and_some_failing_up_list_stop_and_a_repla
         seed: 7,
         throttle: 0.2,
         fail: 0.05,
+        lag: LAG,
         ..Faults::default()
     });
     let up: Value =
@@ -129,6 +138,9 @@ fn with_a_fifth_of_ec2_calls_throttled_and_some_failing_up_list_stop_and_a_repla
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // Past the listing lag, passes that saw the replacement late launched nothing.
+    std::thread::sleep(LAG + Duration::from_secs(2));
+    assert_eq!(owned(&cli, "dev0"), (1, 1), "one instance, one volume");
     assert!(serve.stop().success());
     cli.ok(&["stop", "dev0"]);
     assert!(cli.live().is_empty());
@@ -149,6 +161,7 @@ fn with_lost_answers_every_box_ends_with_one_instance_and_one_volume_and_stop_le
     cli.moto.set_faults(&Faults {
         seed: 11,
         lose: 0.15,
+        lag: LAG,
         ..Faults::default()
     });
     for b in ["dev0", "dev1", "dev2"] {
@@ -306,4 +319,122 @@ fn sigterm_during_a_ready_check_exits_at_once_and_the_next_daemon_finishes_the_r
     }
     assert_eq!(owned(&cli, "dev0"), (1, 1));
     assert!(serve.stop().success());
+}
+
+/// Live pool instances of `pool`, straight from the emulator.
+fn pool_size(cli: &Cli, pool: &str) -> usize {
+    cli.moto
+        .boto(&format!(
+            "r = ec2.describe_instances(Filters=[{{'Name': 'tag:spotkeeper:pool', 'Values': ['{pool}']}}, {{'Name': 'instance-state-name', 'Values': ['pending', 'running']}}])['Reservations']\n\
+             print(sum(len(x['Instances']) for x in r))"
+        ))
+        .trim()
+        .parse()
+        .expect("count")
+}
+
+#[test]
+fn with_aws_eventually_consistent_up_a_move_a_replacement_and_a_pool_fill_end_with_one_of_each() {
+    let api_port = spotkeeper_testkit::closed_port();
+    let cli = Cli::new();
+    let mut text = config(&cli.moto.proxy_endpoint(), api_port, 1, "", "");
+    text.push_str(
+        "\n[box.mover]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\n\
+         zones = [\"us-east-1a\", \"us-east-1b\"]\nready = { check = \"none\" }\nmove_volume = true\n\
+         data_volume = { name = \"mover-data\", size_gb = 5 }\n\
+         \n[pool.workers]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [ { type = \"t3.micro\", capacity = 1 } ]\n\
+         zones = [\"us-east-1a\", \"us-east-1b\"]\nmin_capacity = 2\nmax_capacity = 4\n",
+    );
+    cli.write_config(&text);
+    cli.ok(&["setup"]);
+    cli.moto.set_faults(&Faults {
+        lag: LAG,
+        ..Faults::default()
+    });
+
+    // `up`, and `up` again while AWS does not list the new instance yet.
+    let first: Value =
+        serde_json::from_slice(&cli.ok(&["up", "dev0", "--json"]).stdout).expect("json");
+    let again: Value =
+        serde_json::from_slice(&cli.ok(&["up", "dev0", "--json"]).stdout).expect("json");
+    assert_eq!(
+        again["instance_id"], first["instance_id"],
+        "the same instance"
+    );
+    assert_eq!(owned(&cli, "dev0"), (1, 1));
+
+    // A volume move (cheaper in the other zone after a stop), and `up` again.
+    cli.moto.set_market(
+        &[
+            ("t3.micro", Some(0.01)),
+            ("t3.micro/us-east-1a", Some(0.002)),
+        ],
+        &[],
+    );
+    let placed: Value =
+        serde_json::from_slice(&cli.ok(&["up", "mover", "--json"]).stdout).expect("json");
+    assert_eq!(placed["zone"], "us-east-1a");
+    cli.ok(&["stop", "mover"]);
+    cli.moto.set_market(
+        &[
+            ("t3.micro", Some(0.01)),
+            ("t3.micro/us-east-1b", Some(0.002)),
+        ],
+        &[],
+    );
+    let moved: Value =
+        serde_json::from_slice(&cli.ok(&["up", "mover", "--json"]).stdout).expect("json");
+    assert_eq!(moved["zone"], "us-east-1b", "moved with its volume");
+    let still: Value =
+        serde_json::from_slice(&cli.ok(&["up", "mover", "--json"]).stdout).expect("json");
+    assert_eq!(still["instance_id"], moved["instance_id"]);
+    assert_eq!(
+        owned(&cli, "mover"),
+        (1, 1),
+        "one instance, one volume after the move"
+    );
+
+    // The daemon: a replacement of dev0, and the pool filled to its minimum,
+    // with passes every second that do not list what was just launched.
+    let serve = Serve::start(&cli);
+    wait_passes(api_port, 1, &serve);
+    let old = first["instance_id"].as_str().expect("id");
+    send(&cli, &warning(old, "lagging-1"));
+    cli.moto
+        .boto(&format!("ec2.terminate_instances(InstanceIds=['{old}'])"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while owned(&cli, "dev0").0 != 1 || pool_size(&cli, "workers") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "dev0 {:?}, pool {}\n{}",
+            owned(&cli, "dev0"),
+            pool_size(&cli, "workers"),
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Several passes past the lag: still one of each.
+    wait_passes(api_port, 3, &serve);
+    std::thread::sleep(LAG);
+    assert_eq!(
+        owned(&cli, "dev0"),
+        (1, 1),
+        "dev0: one instance, one volume"
+    );
+    assert_eq!(
+        owned(&cli, "mover"),
+        (1, 1),
+        "mover: one instance, one volume"
+    );
+    assert_eq!(
+        pool_size(&cli, "workers"),
+        2,
+        "the pool at its minimum, no more\n{}",
+        serve.log()
+    );
+    assert!(serve.stop().success());
+    assert!(
+        stats(&cli)["hidden"].as_u64() > Some(0),
+        "describes were answered NotFound"
+    );
 }

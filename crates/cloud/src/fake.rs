@@ -237,6 +237,12 @@ impl FakeCloud {
         self.lock().lose_next_answer = true;
     }
 
+    /// Hides an existing instance from the next `n` describes (listings and
+    /// by id), as AWS's eventual consistency can right after a launch.
+    pub fn hide(&self, id: &InstanceId, n: u32) {
+        self.lock().hidden.insert(id.clone(), n);
+    }
+
     /// New instances stay invisible to the next `n` describes, as AWS's
     /// eventual consistency can make them right after RunInstances.
     pub fn set_describe_lag(&self, n: u32) {

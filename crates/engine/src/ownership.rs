@@ -20,6 +20,14 @@ pub fn box_filter(owner: &str, box_name: &str) -> TagFilter {
     owner_filter(owner).with(tags::BOX, box_name)
 }
 
+/// How long after a launch AWS may still leave the new instance out of a
+/// listing, or answer `InvalidInstanceID.NotFound` for its id (eventual
+/// consistency: "a resource may not be visible to all subsequent API calls
+/// for a short period after you create it", usually seconds). Within it, a
+/// launch spotkeeper recorded counts even where AWS does not list it yet:
+/// never launch again because a describe did not show the last launch.
+pub const LISTING_LAG: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Live (pending or running) instances of a box that no `stop` has marked.
 pub(crate) fn live(instances: Vec<Instance>) -> Vec<Instance> {
     instances

@@ -1038,6 +1038,38 @@ impl Store {
         .await?)
     }
 
+    /// The pool's launches closed since `since` (unix seconds) with the
+    /// instances they made (what [`Store::close_pool_launch`] recorded as
+    /// `launched ID …`), oldest first.
+    pub async fn launched_since(
+        &self,
+        owner: &str,
+        pool: &str,
+        since: i64,
+    ) -> Result<Vec<(PoolLaunch, Vec<String>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, pool, token, instance_type, zone, subnet, market, count, created_at, outcome
+             FROM pool_launches WHERE owner = $1 AND pool = $2 AND closed_at >= $3 ORDER BY id",
+        )
+        .bind(owner)
+        .bind(pool)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for row in &rows {
+            let outcome: Option<String> = row.try_get("outcome")?;
+            let Some(ids) = outcome.as_deref().and_then(|o| o.strip_prefix("launched ")) else {
+                continue;
+            };
+            out.push((
+                PoolLaunch::from_row(row)?,
+                ids.split_whitespace().map(str::to_owned).collect(),
+            ));
+        }
+        Ok(out)
+    }
+
     /// Saves the last plan of a pool.
     pub async fn save_pool_status(
         &self,

@@ -696,3 +696,15 @@ async fn volumes_in_a_zone_without_a_subnet_of_the_box_stop_up_before_launch() {
     assert!(err.to_string().contains("us-east-1c"), "{err}");
     assert_eq!(w.cloud.count("RunInstances"), 0);
 }
+
+#[tokio::test]
+async fn an_up_right_after_an_up_takes_the_instance_aws_does_not_list_yet() {
+    let w = World::new().await;
+    let first = boxes::up(&w.ctx(), &spec("")).await.expect("up");
+    // The instance is not listed by the next describes (by tag or by id).
+    w.cloud.hide(&first.instance.id, 3);
+    let second = boxes::up(&w.ctx(), &spec("")).await.expect("second up");
+    assert_eq!(second.instance.id, first.instance.id, "the same instance");
+    assert!(!second.launched);
+    assert_eq!(w.cloud.count("RunInstances"), 1, "no second launch");
+}

@@ -754,3 +754,23 @@ fn max_lifetime_replaces_old_members_a_quarter_at_a_time() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_pass_right_after_a_fill_counts_the_launches_aws_does_not_list_yet() {
+    let (cloud, store, demand) = setup(Ok(3)).await;
+    let pass = pass_over(&cloud, &store, &demand);
+    let spec = pool("");
+    // AWS's eventual consistency: the new instances stay out of the next
+    // describes.
+    cloud.set_describe_lag(3);
+    once(&pass, &spec, &cloud).await;
+    let after_fill = cloud.all_instances().len();
+    assert!(after_fill >= 2, "the pool was filled: {after_fill}");
+    once(&pass, &spec, &cloud).await;
+    once(&pass, &spec, &cloud).await;
+    assert_eq!(
+        cloud.all_instances().len(),
+        after_fill,
+        "passes that do not see the new instances launch nothing more"
+    );
+}

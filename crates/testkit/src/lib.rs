@@ -64,6 +64,9 @@ pub struct Faults {
     pub hang: bool,
     /// Signing names of the services affected (default `ec2`).
     pub services: Vec<&'static str>,
+    /// AWS's eventual consistency: for this long after it was made, a new
+    /// instance or volume is not found by id and left out of listings.
+    pub lag: Duration,
 }
 
 impl Default for Faults {
@@ -75,6 +78,7 @@ impl Default for Faults {
             lose: 0.0,
             hang: false,
             services: vec!["ec2"],
+            lag: Duration::ZERO,
         }
     }
 }
@@ -174,12 +178,13 @@ impl Moto {
     pub fn set_faults(&self, f: &Faults) {
         let services: Vec<String> = f.services.iter().map(|s| format!("{s:?}")).collect();
         let json = format!(
-            "{{\"seed\": {}, \"throttle\": {}, \"fail\": {}, \"lose\": {}, \"hang\": {}, \"services\": [{}]}}",
+            "{{\"seed\": {}, \"throttle\": {}, \"fail\": {}, \"lose\": {}, \"hang\": {}, \"lag\": {}, \"services\": [{}]}}",
             f.seed,
             f.throttle,
             f.fail,
             f.lose,
             f.hang,
+            f.lag.as_secs_f64(),
             services.join(", ")
         );
         self.control.lock().unwrap_or_else(|e| e.into_inner()).1 = json;
@@ -187,7 +192,8 @@ impl Moto {
     }
 
     /// What the proxy did so far, as JSON: counts of `requests`,
-    /// `throttled`, `failed`, `lost`, `replayed`, `mismatched`, `hung`, and
+    /// `throttled`, `failed`, `lost`, `replayed`, `mismatched`, `hung`,
+    /// `hidden` (describes answered NotFound for a new resource), and
     /// `calls`, `[unix time, service, action]` per call in arrival order.
     pub fn proxy_stats(&self) -> String {
         use std::io::{Read, Write};

@@ -16,7 +16,9 @@ use tokio::time::{Instant, sleep};
 use super::settle::{elastic_ip_reassociation, mark_stopped, settle, terminate_extras};
 use super::{Avoid, BoxError, Ctx, Known, UpOutcome, allowed_zones, box_prices, places};
 use crate::config::{BoxSpec, PriceCap, VolumeSpec};
-use crate::ownership::{box_filter, keeper, launch_tags, live, open_requests, owner_filter};
+use crate::ownership::{
+    LISTING_LAG, box_filter, keeper, launch_tags, live, open_requests, owner_filter,
+};
 use crate::persist;
 use crate::plan;
 use crate::store::{Intent, NewIntent, Outcome, StoreError};
@@ -66,11 +68,16 @@ pub(super) async fn up_inner(
     if let Some(outcome) = take_existing(ctx, spec, avoid, known).await? {
         return Ok(outcome);
     }
-    // Nothing live: an open intent whose instance we had seen is history now.
+    // Nothing live is listed. An open intent's instance may only not be
+    // listed yet (AWS is eventually consistent): asked for by id it is the
+    // box's; gone, it is history now.
     let mut reusable = open;
     if let Some(intent) = &reusable
         && intent.instance_id.is_some()
     {
+        if let Some(id) = launched_unlisted(ctx, intent, avoid).await? {
+            return settled(ctx, spec, avoid, &id, &[], false).await;
+        }
         ctx.store.close_intent(intent.id, Outcome::Gone).await?;
         reusable = None;
     }
@@ -204,6 +211,42 @@ async fn take_existing(
         return Ok(None);
     };
     Ok(Some(settled(ctx, spec, avoid, &id, &[], false).await?))
+}
+
+/// The live instance of an open intent that a listing left out: asked for
+/// by id, as long as AWS may still not know it ([`LISTING_LAG`] after the
+/// launch). `None`: it ended, was marked stopped, is being replaced, or AWS
+/// has not known it for longer than that.
+async fn launched_unlisted(
+    ctx: &Ctx<'_>,
+    intent: &Intent,
+    avoid: &Avoid,
+) -> Result<Option<InstanceId>, BoxError> {
+    let Some(id) = intent.instance_id.clone().map(InstanceId::new) else {
+        return Ok(None);
+    };
+    if avoid.instances.contains(&id) {
+        return Ok(None);
+    }
+    let age = Duration::from_secs(
+        u64::try_from(crate::store::unix_now() - intent.created_at).unwrap_or(0),
+    );
+    let deadline = Instant::now() + LISTING_LAG.saturating_sub(age);
+    loop {
+        match ctx.cloud.instance(&id).await? {
+            Some(i)
+                if i.state.is_live() && i.tag(spotkeeper_cloud::model::tags::STOPPED).is_none() =>
+            {
+                ctx.progress.note(&format!(
+                    "Instance {id} of the last launch is not listed yet (AWS is eventually consistent); taking it"
+                ));
+                return Ok(Some(id));
+            }
+            Some(_) => return Ok(None),
+            None if Instant::now() < deadline => sleep(ctx.timing.poll).await,
+            None => return Ok(None),
+        }
+    }
 }
 
 /// Waits for `id` to run and settles it.

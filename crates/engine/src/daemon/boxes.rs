@@ -396,6 +396,14 @@ impl Daemon<'_> {
         };
         let ctx = self.ctx();
         match boxes::up_known(&ctx, spec, &avoid, known).await {
+            // The instance this daemon settled, not listed yet (eventual
+            // consistency): nothing was replaced.
+            Ok(out)
+                if !out.launched
+                    && self.settled_instance(name).as_ref() == Some(&out.instance.id) =>
+            {
+                Vec::new()
+            }
             Ok(out) => {
                 let what = format!(
                     "replacement {} ({} in {}) is up",

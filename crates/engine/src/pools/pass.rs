@@ -286,6 +286,11 @@ impl PoolPass<'_> {
         // 2. Observe (from the shared world), read the demand, plan.
         let mut members = members(spec, &world.instances, &world.doomed);
         members.extend(launched.iter().map(member));
+        for m in self.unlisted(spec, world, now).await? {
+            if !members.iter().any(|known| known.id == m.id) {
+                members.push(m);
+            }
+        }
         let requests = open_requests(spec, &world.requests);
         let places = self.places(spec, world).await?;
         let prices = self.prices(spec, world, &places).await?;
@@ -401,6 +406,39 @@ impl PoolPass<'_> {
             }
         }
         Ok(launched)
+    }
+
+    /// Instances the pool launched lately that the world does not list at
+    /// all (AWS lists a new instance only after a while): they count as
+    /// pending members, so a pass right after a launch does not launch them
+    /// again.
+    async fn unlisted(
+        &self,
+        spec: &PoolSpec,
+        world: &World,
+        now: SystemTime,
+    ) -> Result<Vec<Member>, PoolError> {
+        let since = unix_seconds(now) - crate::ownership::LISTING_LAG.as_secs() as i64;
+        let listed: HashSet<&str> = world.instances.iter().map(|i| i.id.as_str()).collect();
+        let mut out = Vec::new();
+        for (launch, ids) in self
+            .store
+            .launched_since(self.owner, &spec.name, since)
+            .await?
+        {
+            for id in ids.iter().filter(|id| !listed.contains(id.as_str())) {
+                out.push(Member {
+                    id: InstanceId::new(id.clone()),
+                    instance_type: launch.instance_type.clone(),
+                    zone: Some(launch.zone.clone()),
+                    market: launch.market,
+                    launched_at: Some(
+                        UNIX_EPOCH + Duration::from_secs(launch.created_at.max(0) as u64),
+                    ),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The pool's image, resolved once per pass.
