@@ -393,6 +393,33 @@ fn with_aws_eventually_consistent_up_a_move_a_replacement_and_a_pool_fill_end_wi
         (1, 1),
         "one instance, one volume after the move"
     );
+    // An image of the box, and a launch from it: only the box's own volume.
+    let made: Value =
+        serde_json::from_slice(&cli.ok(&["image", "create", "mover", "--json"]).stdout)
+            .expect("json");
+    cli.ok(&["stop", "mover"]);
+    cli.write_config(&text.replace(
+        "[box.mover]\nimage = \"ami-0123456789abcdef0\"",
+        "[box.mover]\nimage = \"box:latest\"\nbase_image = \"ami-0123456789abcdef0\"",
+    ));
+    let from_image: Value =
+        serde_json::from_slice(&cli.ok(&["up", "mover", "--json"]).stdout).expect("json");
+    let devices = cli.moto.boto(&format!(
+        "v = ec2.describe_volumes(Filters=[{{'Name': 'attachment.instance-id', 'Values': ['{}']}}])['Volumes']\n\
+         print(json.dumps(sorted(a['Device'] for x in v for a in x['Attachments'])))",
+        from_image["instance_id"].as_str().expect("id")
+    ));
+    let devices: Vec<String> = serde_json::from_str(devices.trim()).expect("json");
+    assert_eq!(
+        from_image["image_id"], made["image"]["id"],
+        "from the box's image"
+    );
+    assert_eq!(
+        devices,
+        ["/dev/sda1", "/dev/sdf"],
+        "its root disk and its data volume"
+    );
+    assert_eq!(owned(&cli, "mover"), (1, 1));
 
     // The daemon: a replacement of dev0, and the pool filled to its minimum,
     // with passes every second that do not list what was just launched.
