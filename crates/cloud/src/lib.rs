@@ -38,7 +38,7 @@
 //! ```no_run
 //! use std::time::Duration;
 //! use spotkeeper_cloud::prelude::*;
-//! use spotkeeper_cloud::{Arch, AwsCloud, ClientConfig, LaunchSpec, SshSettings};
+//! use spotkeeper_cloud::{Arch, AwsCloud, ClientConfig, ImageVolumes, LaunchSpec, SshSettings};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let cloud = AwsCloud::connect(&ClientConfig { region: Some("us-east-1".into()), ..Default::default() }).await?;

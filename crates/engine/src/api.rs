@@ -387,15 +387,42 @@ async fn name_and_volumes_free(
     state: &ApiState,
     spec: &crate::config::BoxSpec,
 ) -> Result<(), (StatusCode, String)> {
-    let owner = &state.config.owner;
-    let name = &spec.name;
-    let internal = |e: &dyn std::fmt::Display| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     let managed = state
         .store
-        .managed_boxes(owner)
+        .managed_boxes(&state.config.owner)
         .await
-        .map_err(|e| internal(&e))?;
-    let registered = managed.iter().find(|b| &b.name == name);
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    name_free(state, &spec.name, &managed).await?;
+    // The other boxes: the config's and the registered ones.
+    let mut others: Vec<crate::config::BoxSpec> = state
+        .config
+        .boxes
+        .values()
+        .filter(|b| b.name != spec.name)
+        .cloned()
+        .collect();
+    for b in managed
+        .iter()
+        .filter(|b| b.name != spec.name && !state.config.boxes.contains_key(&b.name))
+    {
+        if let Ok(Some(other)) = crate::desired::box_spec(&state.config, &b.name, b.spec.as_deref())
+        {
+            others.push(other);
+        }
+    }
+    for (role, vs) in crate::persist::volume_specs(spec) {
+        volume_free(state, spec, role, vs, &others).await?;
+    }
+    Ok(())
+}
+
+/// 409 when `name` is a box `up` started from a config file.
+async fn name_free(
+    state: &ApiState,
+    name: &str,
+    managed: &[crate::store::ManagedBox],
+) -> Result<(), (StatusCode, String)> {
+    let registered = managed.iter().find(|b| b.name == name);
     if let Some(b) = registered.filter(|b| b.source != "api") {
         return Err((
             StatusCode::CONFLICT,
@@ -405,79 +432,71 @@ async fn name_and_volumes_free(
             ),
         ));
     }
-    if registered.is_none() {
-        let running = state
-            .cloud
-            .instances(&crate::ownership::box_filter(owner, name))
-            .await
-            .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
-        if let Some(i) = running.iter().find(|i| i.state.is_live()) {
-            return Err((
-                StatusCode::CONFLICT,
-                format!(
-                    "box {name:?} runs already ({}), started from a config file; register another name",
-                    i.id
-                ),
-            ));
-        }
+    if registered.is_some() {
+        return Ok(());
     }
-    // The other boxes' volumes: the config's and the registered ones'.
-    let mut others: Vec<crate::config::BoxSpec> = state
-        .config
-        .boxes
-        .values()
-        .filter(|b| &b.name != name)
-        .cloned()
-        .collect();
-    for b in managed
-        .iter()
-        .filter(|b| &b.name != name && !state.config.boxes.contains_key(&b.name))
-    {
-        if let Ok(Some(spec)) = crate::desired::box_spec(&state.config, &b.name, b.spec.as_deref())
+    let running = state
+        .cloud
+        .instances(&crate::ownership::box_filter(&state.config.owner, name))
+        .await
+        .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+    match running.iter().find(|i| i.state.is_live()) {
+        Some(i) => Err((
+            StatusCode::CONFLICT,
+            format!(
+                "box {name:?} runs already ({}), started from a config file; register another name",
+                i.id
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// 422 when volume `vs` is another box's: named by one of `others`, or
+/// tagged in AWS for another box.
+async fn volume_free(
+    state: &ApiState,
+    spec: &crate::config::BoxSpec,
+    role: crate::persist::Role,
+    vs: &crate::config::VolumeSpec,
+    others: &[crate::config::BoxSpec],
+) -> Result<(), (StatusCode, String)> {
+    let taken = |whose: String| {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "{}.name: volume {:?} is {whose}; a volume belongs to one box",
+                role.key(),
+                vs.name
+            ),
+        )
+    };
+    for other in others {
+        if let Some((other_role, _)) = crate::persist::volume_specs(other)
+            .into_iter()
+            .find(|(_, o)| o.name == vs.name)
         {
-            others.push(spec);
+            return Err(taken(format!(
+                "box {:?}'s {} already",
+                other.name,
+                other_role.key()
+            )));
         }
     }
-    for (role, vs) in crate::persist::volume_specs(spec) {
-        for other in &others {
-            if let Some((other_role, _)) = crate::persist::volume_specs(other)
-                .into_iter()
-                .find(|(_, o)| o.name == vs.name)
-            {
-                return Err((
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!(
-                        "{}.name: volume {:?} is box {:?}'s {} already; a volume belongs to one box",
-                        role.key(),
-                        vs.name,
-                        other.name,
-                        other_role.key()
-                    ),
-                ));
-            }
-        }
-        let tagged = state
-            .cloud
-            .volumes(&crate::ownership::owner_filter(owner).with(tags::NAME, &vs.name))
-            .await
-            .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
-        if let Some(v) = tagged
-            .iter()
-            .find(|v| v.tags.get(tags::BOX).is_some_and(|b| b != name))
-        {
-            return Err((
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!(
-                    "{}.name: volume {:?} ({}) is box {:?}'s; a volume belongs to one box",
-                    role.key(),
-                    vs.name,
-                    v.id,
-                    v.tags.get(tags::BOX).map_or("", String::as_str)
-                ),
-            ));
-        }
+    let tagged = state
+        .cloud
+        .volumes(&crate::ownership::owner_filter(&state.config.owner).with(tags::NAME, &vs.name))
+        .await
+        .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+    match tagged.iter().find_map(|v| {
+        v.tags
+            .get(tags::BOX)
+            .filter(|b| **b != spec.name)
+            .map(|b| (v, b))
+    }) {
+        Some((v, other)) => Err(taken(format!("({}) box {other:?}'s", v.id))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[derive(Deserialize)]

@@ -250,20 +250,7 @@ pub async fn find(
         cloud.tag(&[v.id.to_string()], &t).await?;
         v.tags.extend(t);
     }
-    // A volume tagged for another box is never this box's: taking it would
-    // detach it from that box's instance.
-    if let Some(v) = all
-        .iter()
-        .find(|v| v.tags.get(tags::BOX).is_some_and(|b| b != box_name))
-    {
-        return Err(PersistError::OtherBox {
-            key: role.key(),
-            name: vs.name.clone(),
-            volume: v.id.to_string(),
-            other: v.tags.get(tags::BOX).cloned().unwrap_or_default(),
-            box_tag: tags::BOX,
-        });
-    }
+    not_another_boxs(&all, box_name, role, vs)?;
     let mut originals = finish_moves(cloud, owner, all).await?;
     for v in &originals {
         for (holder, _) in &v.attachments {
@@ -301,6 +288,31 @@ pub async fn find(
         });
     }
     Ok(originals.pop())
+}
+
+/// A volume tagged for another box is never this box's: taking it would
+/// detach it from that box's instance.
+fn not_another_boxs(
+    found: &[Volume],
+    box_name: &str,
+    role: Role,
+    vs: &VolumeSpec,
+) -> Result<(), PersistError> {
+    match found.iter().find_map(|v| {
+        v.tags
+            .get(tags::BOX)
+            .filter(|b| *b != box_name)
+            .map(|b| (v, b))
+    }) {
+        Some((v, other)) => Err(PersistError::OtherBox {
+            key: role.key(),
+            name: vs.name.clone(),
+            volume: v.id.to_string(),
+            other: other.clone(),
+            box_tag: tags::BOX,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The zone the box must launch in because its volumes are there (`None`:

@@ -284,13 +284,7 @@ impl PoolPass<'_> {
         // 1. Launches a crash left open: repeat them with the same token.
         let launched = self.resume(spec, world, now, &mut image).await?;
         // 2. Observe (from the shared world), read the demand, plan.
-        let mut members = members(spec, &world.instances, &world.doomed);
-        members.extend(launched.iter().map(member));
-        for m in self.unlisted(spec, world, now).await? {
-            if !members.iter().any(|known| known.id == m.id) {
-                members.push(m);
-            }
-        }
+        let members = self.observed(spec, world, &launched, now).await?;
         let requests = open_requests(spec, &world.requests);
         let places = self.places(spec, world).await?;
         let prices = self.prices(spec, world, &places).await?;
@@ -406,6 +400,26 @@ impl PoolPass<'_> {
             }
         }
         Ok(launched)
+    }
+
+    /// The pool's members: the world's, what this pass launched again, and
+    /// what it launched lately that the world does not list yet.
+    async fn observed(
+        &self,
+        spec: &PoolSpec,
+        world: &World,
+        launched: &[Instance],
+        now: SystemTime,
+    ) -> Result<Vec<Member>, PoolError> {
+        let mut all = members(spec, &world.instances, &world.doomed);
+        all.extend(launched.iter().map(member));
+        let unlisted = self.unlisted(spec, world, now).await?;
+        all.extend(
+            unlisted
+                .into_iter()
+                .filter(|m| !launched.iter().any(|l| l.id == m.id)),
+        );
+        Ok(all)
     }
 
     /// Instances the pool launched lately that the world does not list at
