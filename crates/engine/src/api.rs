@@ -494,7 +494,7 @@ async fn volume_free(
             .filter(|b| **b != spec.name)
             .map(|b| (v, b))
     }) {
-        Some((v, other)) => Err(taken(format!("({}) box {other:?}'s", v.id))),
+        Some((v, other)) => Err(taken(format!("box {other:?}'s ({})", v.id))),
         None => Ok(()),
     }
 }

@@ -328,9 +328,17 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc 2>/dev/null
 mount -t sysfs sysfs /sys 2>/dev/null
 mount -o remount,rw /
+# Filesystems go read-only before the machine stops, as a distribution's
+# shutdown leaves them (no journal to replay at the next boot).
+settle() {
+    sync
+    for m in $(awk '$1 ~ /^\/dev\// { print $2 }' /proc/self/mounts); do
+        mount -o remount,ro "$m" 2>/dev/null
+    done
+}
 # A reboot asked of init (busybox's reboot signals PID 1, as systemctl asks
 # systemd) happens once the running command is done.
-trap 'echo "test-init: rebooting"; sync; reboot -f' TERM
+trap 'echo "test-init: rebooting"; settle; reboot -f' TERM
 echo "test-init: $(cat /etc/system-name) system on $(awk '$2 == "/" { d = $1 } END { print d }' /proc/self/mounts), kernel $(uname -r)"
 echo "test-init: / in /etc/fstab: $(awk '$1 !~ /^#/ && $2 == "/" { print $1 }' /etc/fstab)"
 for s in /sys/block/nvme*/device/serial; do
@@ -350,8 +358,8 @@ if [ -n "${seed:-}" ]; then
         echo "test-init: the user data exited $?"
     fi
 fi
-sync
 echo "test-init: powering off"
+settle
 poweroff -f
 "#;
 
