@@ -512,14 +512,15 @@ pub async fn attach(
     instance: &InstanceId,
     doomed: &HashSet<InstanceId>,
 ) -> Result<Volume, CloudError> {
-    if let Some(current) = cloud.volume(&p.volume.id).await?
-        && !current.attachments.iter().any(|(i, _)| i == instance)
-    {
-        release(cloud, owner, &current, doomed).await?;
-    }
-    let attached = cloud
-        .attach_volume(&p.volume.id, instance, p.role.device())
-        .await?;
+    let attached = match cloud.volume(&p.volume.id).await? {
+        Some(current) if current.attachments.iter().any(|(i, _)| i == instance) => current,
+        current => {
+            if let Some(current) = current {
+                release(cloud, owner, &current, doomed).await?;
+            }
+            attach_once(cloud, &p.volume.id, instance, p.role.device()).await?
+        }
+    };
     if let Some(old) = &p.moved_from {
         cloud
             .untag(&[p.volume.id.to_string()], &[MOVING_FROM])
@@ -544,6 +545,25 @@ pub async fn attach(
         }
     }
     Ok(attached)
+}
+
+/// Attaches a volume to `instance`; one that is attached to it already (a
+/// task of the daemon settled the box meanwhile) is fine: AWS answers
+/// `VolumeInUse` to an AttachVolume of an attached volume, even to the same
+/// instance.
+async fn attach_once(
+    cloud: &dyn Cloud,
+    volume: &spotkeeper_cloud::VolumeId,
+    instance: &InstanceId,
+    device: &str,
+) -> Result<Volume, CloudError> {
+    match cloud.attach_volume(volume, instance, device).await {
+        Err(e) if e.code.as_deref() == Some("VolumeInUse") => match cloud.volume(volume).await? {
+            Some(v) if v.attachments.iter().any(|(i, _)| i == instance) => Ok(v),
+            _ => Err(e),
+        },
+        attached => attached,
+    }
 }
 
 /// For a box that is already up: attaches its volumes if a crash left them
