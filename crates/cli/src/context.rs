@@ -91,7 +91,10 @@ pub async fn open_store(path: &Path, config: &Config) -> Result<(Store, PathBuf)
 /// before names were derived from the owner keeps reading the old shared
 /// `spotkeeper-events` while that one is its own (tagged with its owner) and
 /// it has no queue of the new name yet; the second value says so.
-pub async fn event_queue(cloud: &AwsCloud, config: &Config) -> Result<(String, bool), Failure> {
+pub async fn event_queue(
+    cloud: &AwsCloud,
+    config: &Config,
+) -> Result<(String, bool), spotkeeper_cloud::CloudError> {
     if config.queue_named || cloud.queue_url(&config.queue).await?.is_some() {
         return Ok((config.queue.clone(), false));
     }

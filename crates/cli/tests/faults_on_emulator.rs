@@ -15,7 +15,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cli, Serve, describe, http_get, passes, wait_passes};
+use common::{Cli, Serve, describe, http_get, metric, passes, wait_passes};
 use serde_json::Value;
 use spotkeeper_testkit::Faults;
 
@@ -207,6 +207,11 @@ fn a_hung_endpoint_fails_passes_within_the_bound_healthz_answers_and_sigterm_exi
         std::thread::sleep(Duration::from_millis(200));
     }
     let failed_after = hung_at.elapsed();
+    let health = healthz(api_port).expect("healthz answers");
+    assert!(
+        health.0.contains("503") && health.1.contains("a reconcile pass failed"),
+        "degraded while AWS hangs: {health:?}"
+    );
     let events = http_get(api_port, "/api/events", Some(TOKEN)).expect("events");
     assert!(
         events.contains("pass-failed") && events.contains("time limit"),
@@ -214,9 +219,11 @@ fn a_hung_endpoint_fails_passes_within_the_bound_healthz_answers_and_sigterm_exi
     );
     assert!(s_stats_hung(&cli) > 0);
 
-    // AWS answers again: a later pass succeeds.
+    // AWS answers again: a later pass succeeds, and the daemon is healthy.
     cli.moto.set_faults(&Faults::default());
     wait_passes(api_port, 1, &serve);
+    let health = healthz(api_port).expect("healthz answers");
+    assert!(health.0.contains("200"), "{health:?}");
 
     // Hung again, and SIGTERM while a call hangs.
     cli.moto.set_faults(&Faults {
@@ -463,5 +470,125 @@ fn with_aws_eventually_consistent_up_a_move_a_replacement_and_a_pool_fill_end_wi
     assert!(
         stats(&cli)["hidden"].as_u64() > Some(0),
         "describes were answered NotFound"
+    );
+}
+
+/// `GET /healthz`: (status line, body).
+fn healthz(port: u16) -> Option<(String, String)> {
+    let answer = http_get(port, "/healthz", None).ok()?;
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    Some((status, body))
+}
+
+#[test]
+fn a_daemon_started_while_aws_hangs_serves_healthz_says_why_and_works_once_aws_answers() {
+    let api_port = spotkeeper_testkit::closed_port();
+    let cli = Cli::new();
+    cli.write_config(&config(
+        &cli.moto.proxy_endpoint(),
+        api_port,
+        1,
+        "operation_timeout = \"2s\"\nattempt_timeout = \"1s\"\nmax_attempts = 2",
+        "",
+    ));
+    cli.ok(&["setup"]);
+    // EC2 and SQS accept calls and answer none.
+    cli.moto.set_faults(&Faults {
+        hang: true,
+        services: vec!["ec2", "sqs"],
+        ..Faults::default()
+    });
+    let started = Instant::now();
+    let serve = Serve::start(&cli);
+    // The API answers at once, and says the daemon cannot work yet.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let Some(h) = healthz(api_port) {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "no /healthz\n{}", serve.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let answered_after = started.elapsed();
+    assert!(first.0.contains("503"), "{first:?}");
+    let degraded = loop {
+        let h = healthz(api_port).expect("healthz answers");
+        if h.1.contains("degraded") {
+            break h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never degraded: {h:?}\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(degraded.0.contains("503"), "{degraded:?}");
+    assert!(
+        degraded.1.contains("the event queue cannot be read"),
+        "{degraded:?}"
+    );
+    assert_eq!(metric(api_port, "spotkeeper_aws_reachable"), 0.0);
+    // It keeps asking (a second failure at least), recording one event.
+    std::thread::sleep(Duration::from_secs(5));
+    let events = http_get(api_port, "/api/events", Some(TOKEN)).expect("events");
+    assert_eq!(events.matches("aws-unreachable").count(), 1, "{events}");
+
+    // AWS answers: the daemon gets to work and says it is healthy.
+    cli.moto.set_faults(&Faults::default());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let h = healthz(api_port).expect("healthz answers");
+        if h.0.contains("200") && h.1.contains("\"ok\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never ok: {h:?}\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(metric(api_port, "spotkeeper_aws_reachable"), 1.0);
+    let events = http_get(api_port, "/api/events", Some(TOKEN)).expect("events");
+    assert!(events.contains("aws-reachable"), "{events}");
+    assert!(serve.stop().success());
+    println!("/healthz answered {answered_after:?} after the start, while AWS hung");
+}
+
+#[test]
+fn a_daemon_stopped_while_it_waits_for_aws_exits_at_once() {
+    let api_port = spotkeeper_testkit::closed_port();
+    let cli = Cli::new();
+    cli.write_config(&config(
+        &cli.moto.proxy_endpoint(),
+        api_port,
+        1,
+        "operation_timeout = \"2s\"\nattempt_timeout = \"1s\"\nmax_attempts = 2",
+        "",
+    ));
+    cli.ok(&["setup"]);
+    cli.moto.set_faults(&Faults {
+        hang: true,
+        services: vec!["ec2", "sqs"],
+        ..Faults::default()
+    });
+    let serve = Serve::start(&cli);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while healthz(api_port).is_none_or(|h| !h.1.contains("degraded")) {
+        assert!(Instant::now() < deadline, "never degraded\n{}", serve.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stopping = Instant::now();
+    assert!(serve.stop().success());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopping.elapsed()
     );
 }

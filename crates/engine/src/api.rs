@@ -49,6 +49,8 @@ pub struct ApiState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The daemon's id (in `/healthz` and the daemons list).
     pub daemon_id: String,
+    /// Whether the daemon reaches AWS (`/healthz`).
+    pub health: crate::daemon::health::HealthState,
     /// What each box's DNS record said lately: the dashboard refreshes every
     /// few seconds, and Route53 allows five requests a second per account.
     pub dns_cache: DnsCache,
@@ -93,11 +95,22 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/healthz",
             get(|State(state): State<ApiState>| async move {
-                Json(json!({
-                    "status": "ok",
+                use crate::daemon::health::Health;
+                let health = state.health.get();
+                let mut body = json!({
+                    "status": health.status(),
                     "daemon": state.daemon_id,
                     "leases": state.metrics.leases_held.get(),
-                }))
+                });
+                let code = match &health {
+                    Health::Ok => StatusCode::OK,
+                    Health::Starting => StatusCode::SERVICE_UNAVAILABLE,
+                    Health::Degraded(why) => {
+                        body["reason"] = json!(why);
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                };
+                (code, Json(body))
             }),
         )
         .route("/metrics", get(metrics))

@@ -17,11 +17,16 @@ pub fn stored_box(config: &Config, name: &str, json: &str) -> Result<BoxSpec, St
     parse_box_json(name, &value)
 }
 
-/// A pool registered through the API, as [`stored_box`] a box.
+/// A pool registered through the API, as [`stored_box`] a box; its demand
+/// is asked only where `[api] demand_hosts` allows.
 pub fn stored_pool(config: &Config, name: &str, json: &str) -> Result<PoolSpec, String> {
     let value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
     refuse_code(config, &value)?;
-    parse_pool_json(name, &value)
+    let mut spec = parse_pool_json(name, &value)?;
+    if let crate::config::Demand::Http { guarded, .. } = &mut spec.demand {
+        *guarded = true;
+    }
+    Ok(spec)
 }
 
 /// The spec of box `name`: the config file's, else the one `stored` through

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub leases_held: Gauge,
     /// Leases taken from a daemon whose lease had expired.
     pub lease_takeovers: Counter,
+    /// 1 while the daemon reaches AWS (its last pass did), 0 while it does not.
+    pub aws_reachable: Gauge,
 }
 
 impl PoolMetrics {
@@ -145,9 +147,15 @@ fn register_upkeep(
     );
 }
 
-/// The leases of several daemons on one database: held now, taken over.
-fn register_leases(registry: &mut Registry) -> (Gauge, Counter) {
-    let (held, takeovers) = (Gauge::default(), Counter::default());
+/// The leases of several daemons on one database (held now, taken over),
+/// and whether this one reaches AWS.
+fn register_leases(registry: &mut Registry) -> (Gauge, Counter, Gauge) {
+    let (held, takeovers, reachable) = (Gauge::default(), Counter::default(), Gauge::default());
+    registry.register(
+        "aws_reachable",
+        "1 while the daemon reaches AWS (its last pass did), 0 while it does not",
+        reachable.clone(),
+    );
     registry.register(
         "leases_held",
         "Leases this daemon holds on boxes, pools and the fleet chores",
@@ -158,7 +166,7 @@ fn register_leases(registry: &mut Registry) -> (Gauge, Counter) {
         "Leases taken from a daemon whose lease had expired",
         takeovers.clone(),
     );
-    (held, takeovers)
+    (held, takeovers, reachable)
 }
 
 impl Default for Metrics {
@@ -218,8 +226,9 @@ impl Default for Metrics {
         register_upkeep(&mut registry, &left_alone, &notifications);
         let pools = PoolMetrics::default();
         pools.register(&mut registry);
-        let (leases_held, lease_takeovers) = register_leases(&mut registry);
+        let (leases_held, lease_takeovers, aws_reachable) = register_leases(&mut registry);
         Self {
+            aws_reachable,
             leases_held,
             lease_takeovers,
             registry,

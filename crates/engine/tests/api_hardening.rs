@@ -70,6 +70,11 @@ async fn slow_clients_are_cut_off_and_connections_are_bounded() {
         lock_dir: locks.path().to_path_buf(),
         wake: Arc::new(tokio::sync::Notify::new()),
         metrics: Arc::default(),
+        health: {
+            let h = spotkeeper_engine::daemon::health::HealthState::default();
+            h.set(spotkeeper_engine::daemon::health::Health::Ok);
+            h
+        },
         dns_cache: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

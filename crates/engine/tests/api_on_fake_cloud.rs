@@ -15,6 +15,7 @@ use spotkeeper_engine::api::{ApiState, MAX_BODY, router};
 use spotkeeper_engine::boxes::Timing;
 use spotkeeper_engine::config::{self, Secret};
 use spotkeeper_engine::daemon::Daemon;
+use spotkeeper_engine::daemon::health::{Health, HealthState};
 use spotkeeper_engine::store::Store;
 use tower::ServiceExt;
 
@@ -26,13 +27,14 @@ struct World {
     config: Arc<config::Config>,
     locks: tempfile::TempDir,
     dns_cache: spotkeeper_engine::api::DnsCache,
+    health: HealthState,
 }
 
 async fn world() -> World {
     let cloud = FakeCloud::new(&["us-east-1a", "us-east-1b"]);
     cloud.set_price("t3.micro", "us-east-1a", 0.004);
     cloud.set_price("t3.micro", "us-east-1b", 0.003);
-    let text = "owner = \"tester\"\n[box.from-config]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\nready = { check = \"none\" }\n";
+    let text = "owner = \"tester\"\n[api]\ndemand_hosts = [\"127.0.0.1\"]\n[box.from-config]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\nready = { check = \"none\" }\n";
     let config = config::parse(Path::new("t.toml"), text).expect("valid");
     World {
         cloud: Arc::new(cloud),
@@ -40,6 +42,11 @@ async fn world() -> World {
         config: Arc::new(config),
         locks: tempfile::tempdir().expect("dir"),
         dns_cache: Default::default(),
+        health: {
+            let h = HealthState::default();
+            h.set(Health::Ok);
+            h
+        },
     }
 }
 
@@ -54,6 +61,7 @@ impl World {
             lock_dir: self.locks.path().to_path_buf(),
             wake: Arc::new(tokio::sync::Notify::new()),
             metrics: Arc::default(),
+            health: self.health.clone(),
             dns_cache: self.dns_cache.clone(),
         }
     }
@@ -120,6 +128,21 @@ async fn healthz_is_open_and_api_routes_need_the_token() {
         w.call("GET", "/healthz", None, None).await.0,
         StatusCode::OK
     );
+    // Starting, or unable to reach AWS: 503 (a load balancer sees it), and why.
+    w.health.set(Health::Starting);
+    let (status, body) = w.call("GET", "/healthz", None, None).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!("starting"))
+    );
+    w.health.set(Health::Degraded(
+        "the event queue cannot be read: timeout".into(),
+    ));
+    let (status, body) = w.call("GET", "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["reason"], "the event queue cannot be read: timeout");
+    w.health.set(Health::Ok);
     let (status, body) = w.call("GET", "/api/boxes", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(
@@ -561,6 +584,24 @@ async fn the_api_token_is_not_a_shell_commands_hosts_ssh_adoption_and_foreign_ro
     pool["iam_instance_profile"] = json!("admin");
     let (s, b) = post("/api/pools", pool).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    // A demand host the operator did not list: the metadata service, an
+    // internal name.
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "https://db.internal:5432/x",
+        "http://[::1]:9/jobs",
+    ] {
+        let mut pool = good_pool();
+        pool["demand"] = json!({ "http": url });
+        let (s, b) = post("/api/pools", pool).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {b}");
+        assert!(
+            b["error"].as_str().is_some_and(
+                |e| e.starts_with("demand.http: host") && e.contains("[api] demand_hosts")
+            ),
+            "{url}: {b}"
+        );
+    }
     // The daemon's environment sent to a URL of the caller's choosing: refused.
     let mut pool = good_pool();
     pool["demand"] =

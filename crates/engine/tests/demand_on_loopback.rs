@@ -77,3 +77,62 @@ fn bad_headers_are_config_errors() {
         assert_eq!(e.line, Some(6), "{e}");
     }
 }
+
+/// The demand of a pool registered through the API (`desired::stored_pool`
+/// marks it so).
+fn from_the_api(mut d: spotkeeper_engine::pools::Demand) -> spotkeeper_engine::pools::Demand {
+    if let spotkeeper_engine::pools::Demand::Http { guarded, .. } = &mut d {
+        *guarded = true;
+    }
+    d
+}
+
+fn listed(hosts: &[&str]) -> LiveDemand {
+    LiveDemand::guarded_by(
+        None,
+        hosts
+            .iter()
+            .map(|h| spotkeeper_engine::config::DemandHost::parse(h).expect("entry"))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_pool_asks_no_loopback_link_local_or_private_address_unless_it_is_listed() {
+    let r = Receiver::start(Answer::Ok, 0);
+    let url = r.url("/v1/jobs");
+    assert!(url.contains("127.0.0.1"), "{url}");
+    // An address literal, a name that resolves to loopback, the metadata
+    // service: refused before anything is sent.
+    for (d, reader, says) in [
+        (
+            demand(&url, ""),
+            listed(&[]),
+            "127.0.0.1 is a loopback address",
+        ),
+        (
+            demand(&url.replace("127.0.0.1", "localhost"), ""),
+            listed(&["localhost"]),
+            "localhost resolves to",
+        ),
+        (
+            demand("http://169.254.169.254/latest/meta-data/iam/", ""),
+            listed(&["169.254.169.254.nip.io"]),
+            "a link-local address (the instance metadata service is one)",
+        ),
+    ] {
+        let err = reader.pending(&from_the_api(d)).await.expect_err("refused");
+        assert!(err.contains(says), "{says}: {err}");
+    }
+    assert!(r.got().is_empty(), "nothing was sent");
+    // The operator listed the address: asked (the empty answer is no job list).
+    let err = listed(&["127.0.0.1"])
+        .pending(&from_the_api(demand(&url, "")))
+        .await
+        .expect_err("not JSON");
+    assert!(err.contains("not JSON"), "{err}");
+    assert_eq!(r.got().len(), 1);
+    // A pool of the config file is the operator's own: asked as written.
+    let _ = LiveDemand::new(None).pending(&demand(&url, "")).await;
+    assert_eq!(r.got().len(), 2);
+}

@@ -37,11 +37,6 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
     let cloud = context::connect(&config).await?;
     let state = context::state_path(args, &config)?;
     let (store, locks) = context::open_store(&state, &config).await?;
-    let (queue_name, legacy) = context::event_queue(&cloud, &config).await?;
-    if legacy {
-        tracing::warn!("{}", context::legacy_queue_note(&config));
-    }
-    let queue = SqsQueue::open(&cloud, &queue_name).await?;
     let token_file = state.with_file_name("api-token");
     let token = api::load_or_make_token(
         &config,
@@ -92,9 +87,12 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
             .map_err(|e| Failure::Usage(anyhow::anyhow!("{e}")))?;
     let daemon = Daemon::new(&cloud, &store, &config, &locks)
         .with_id(id)
-        .with_demand(Box::new(spotkeeper_engine::pools::demand::LiveDemand::new(
-            Some(Arc::new(cloud.clone())),
-        )));
+        .with_demand(Box::new(
+            spotkeeper_engine::pools::demand::LiveDemand::guarded_by(
+                Some(Arc::new(cloud.clone())),
+                config.api_demand_hosts.clone(),
+            ),
+        ));
     let api_state = ApiState {
         cloud: Arc::new(cloud.clone()),
         store: store.clone(),
@@ -104,10 +102,10 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
         wake: daemon.waker(),
         metrics: daemon.metrics(),
         daemon_id: daemon.id().to_owned(),
+        health: daemon.health(),
         dns_cache: Default::default(),
     };
     tracing::info!(
-        queue = %queue_name,
         state = %context::database_url(&config)?.map_or_else(|| state.display().to_string(), |u| u.to_string()),
         daemon = %daemon.id(),
         api = %config.api_listen,
@@ -115,7 +113,85 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
         config.owner,
         token_file.display()
     );
-    // One task per sink: a receiver that hangs delays only its own notifications.
+    // The API and /healthz first: a daemon that cannot reach AWS yet says
+    // so there rather than exiting into a crash loop.
+    let daemon_side = async {
+        let Some(queue) = queue_when_aws_answers(&cloud, &config, &daemon, rx.clone()).await?
+        else {
+            return Ok::<(), Failure>(());
+        };
+        notify(&daemon, &store, deliverers, &rx);
+        daemon.run(&queue, rx.clone()).await;
+        Ok(())
+    };
+    let api = api::serve(listener, api_state, rx.clone());
+    tokio::pin!(daemon_side, api);
+    tokio::select! {
+        // Stopped (the API follows), or a failure that ends `serve`.
+        ran = &mut daemon_side => {
+            ran?;
+            if let Err(e) = api.await {
+                tracing::warn!("the API server stopped with an error: {e}");
+            }
+        }
+        served = &mut api => {
+            if let Err(e) = served {
+                tracing::warn!("the API server stopped with an error: {e}");
+            }
+            daemon_side.await?;
+        }
+    }
+    tracing::info!("spotkeeper daemon stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The event queue, once AWS answers. Until then `/healthz` says the daemon
+/// is degraded and why (one `aws-unreachable` event), and it asks again
+/// with a growing pause; a queue AWS says does not exist stops `serve`
+/// (`setup` makes it). `None`: stopped while waiting.
+async fn queue_when_aws_answers(
+    cloud: &spotkeeper_cloud::AwsCloud,
+    config: &spotkeeper_engine::config::Config,
+    daemon: &Daemon<'_>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<SqsQueue>, Failure> {
+    let mut failures = 0u32;
+    loop {
+        let opened = async {
+            let (name, legacy) = context::event_queue(cloud, config).await?;
+            if legacy {
+                tracing::warn!("{}", context::legacy_queue_note(config));
+            }
+            tracing::info!(queue = %name, "reading the event queue");
+            SqsQueue::open(cloud, &name).await
+        };
+        let err = match opened.await {
+            Ok(queue) => return Ok(Some(queue)),
+            Err(e) if e.kind == spotkeeper_cloud::ErrorKind::NotFound => return Err(e.into()),
+            Err(e) => e,
+        };
+        failures += 1;
+        let pause = std::time::Duration::from_secs((1u64 << failures.min(5)).min(30));
+        tracing::warn!(
+            "the event queue cannot be read ({failures} in a row; next try in {pause:?}): {err}"
+        );
+        daemon
+            .unreachable(&format!("the event queue cannot be read: {err}"))
+            .await;
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(None),
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// One task per sink: a receiver that hangs delays only its own notifications.
+fn notify(
+    daemon: &Daemon<'_>,
+    store: &spotkeeper_engine::store::Store,
+    deliverers: Vec<spotkeeper_engine::notify::Deliverer>,
+    rx: &tokio::sync::watch::Receiver<bool>,
+) {
     for mut d in deliverers {
         d.gate = Some(daemon.fleet_gate());
         let (store, metrics, mut stop) = (store.clone(), daemon.metrics(), rx.clone());
@@ -138,13 +214,4 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
             }
         });
     }
-    let (_, served) = tokio::join!(
-        daemon.run(&queue, rx.clone()),
-        api::serve(listener, api_state, rx)
-    );
-    if let Err(e) = served {
-        tracing::warn!("the API server stopped with an error: {e}");
-    }
-    tracing::info!("spotkeeper daemon stopped");
-    Ok(ExitCode::SUCCESS)
 }

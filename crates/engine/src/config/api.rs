@@ -54,6 +54,40 @@ fn parse_json_section(section: &str, name: &str, value: &Value) -> Result<Config
     parse(Path::new("request"), &text).map_err(|e| e.message)
 }
 
+/// What a pool's demand may not do through the API: send one of the
+/// daemon's environment variables, or ask a host the operator did not list.
+fn refuse_demand(config: &Config, body: &Value) -> Result<(), String> {
+    // The daemon's environment is the operator's: a caller naming a
+    // variable would have its value sent to a URL of the caller's choosing.
+    if body.pointer("/demand/bearer_env").is_some() {
+        return Err(
+            "demand.bearer_env: sends one of the daemon's environment variables; \
+                    only possible from the config file, not through the API"
+                .into(),
+        );
+    }
+    // The daemon asks a demand URL every pass: only hosts the operator
+    // listed (a Host header is refused for every pool, config or API).
+    if let Some(url) = body.pointer("/demand/http").and_then(Value::as_str) {
+        let host = url_host(url);
+        if !super::demand_hosts::host_listed(&config.api_demand_hosts, &host) {
+            return Err(format!(
+                "demand.http: host {host:?} is not in [api] demand_hosts (none by default): \
+                 a pool registered through the API asks for its demand only where the operator allows"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The host of a URL, lower-cased; empty when it has none or does not parse.
+fn url_host(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+        .unwrap_or_default()
+}
+
 /// The API registers data, never code for the daemon's host: settings that
 /// would make the daemon run a command or connect where the caller says are
 /// refused unless `[api] allow_commands` is set, adoption of resources
@@ -111,15 +145,7 @@ pub fn refuse_code(config: &Config, body: &Value) -> Result<(), String> {
                 .into(),
         );
     }
-    // The daemon's environment is the operator's: a caller naming a
-    // variable would have its value sent to a URL of the caller's choosing.
-    if body.pointer("/demand/bearer_env").is_some() {
-        return Err(
-            "demand.bearer_env: sends one of the daemon's environment variables; \
-                    only possible from the config file, not through the API"
-                .into(),
-        );
-    }
+    refuse_demand(config, body)?;
     if let Some(profile) = body.get("iam_instance_profile") {
         let name = profile.as_str().unwrap_or_default();
         if !config.api_instance_profiles.iter().any(|p| p == name) {

@@ -19,6 +19,7 @@
 pub mod api;
 mod box_spec;
 mod database;
+pub mod demand_hosts;
 mod error;
 mod keywords;
 mod launch;
@@ -42,6 +43,7 @@ pub use box_spec::{
     MAX_READY_TIMEOUT, OnStop, PriceCap, ReadyCheck, VolumeSpec,
 };
 pub use database::DatabaseUrl;
+pub use demand_hosts::DemandHost;
 pub use error::ConfigError;
 pub use launch::LaunchTemplate;
 pub use pool_spec::{
@@ -143,6 +145,9 @@ pub struct Config {
     /// `[api] instance_profiles`: the IAM instance profiles a box or pool
     /// registered through the API may name (none by default).
     pub api_instance_profiles: Vec<String>,
+    /// `[api] demand_hosts`: where a pool registered through the API may
+    /// ask for its demand (none by default).
+    pub api_demand_hosts: Vec<DemandHost>,
     /// The API token from `[api] token`, if set there.
     pub api_token: Option<Secret>,
     /// The boxes, by name.
@@ -271,6 +276,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         api_token: api.token,
         api_allow_commands: api.allow_commands,
         api_instance_profiles: api.instance_profiles,
+        api_demand_hosts: api.demand_hosts,
         boxes,
         pools,
         notify: sinks::validate(raw.notify, &at)?,
@@ -509,6 +515,7 @@ struct ApiSettings {
     token: Option<Secret>,
     allow_commands: bool,
     instance_profiles: Vec<String>,
+    demand_hosts: Vec<DemandHost>,
 }
 
 impl ApiSettings {
@@ -532,11 +539,19 @@ impl ApiSettings {
         if token.as_ref().is_some_and(|t| t.expose().len() < 16) {
             return Err(at(None, "api.token must be at least 16 characters".into()));
         }
+        let mut demand_hosts = Vec::new();
+        for h in raw.demand_hosts.unwrap_or_default() {
+            demand_hosts.push(
+                DemandHost::parse(h.get_ref())
+                    .map_err(|m| at(Some(h.span()), format!("api.demand_hosts: {m}")))?,
+            );
+        }
         Ok(Self {
             listen,
             token,
             allow_commands: raw.allow_commands.unwrap_or(false),
             instance_profiles: raw.instance_profiles.unwrap_or_default(),
+            demand_hosts,
         })
     }
 }

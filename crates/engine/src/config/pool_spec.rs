@@ -96,6 +96,9 @@ pub enum Demand {
         /// An environment variable of the daemon whose value is sent as
         /// `Authorization: Bearer …` (read at each request, never stored).
         bearer_env: Option<String>,
+        /// Registered through the API: asked only at addresses `[api]
+        /// demand_hosts` allows (see [`crate::config::demand_hosts`]).
+        guarded: bool,
     },
     /// An SQS queue's `ApproximateNumberOfMessages`.
     Sqs {
@@ -334,6 +337,7 @@ fn http_demand(
         timeout,
         headers: d.headers.into_iter().collect(),
         bearer_env: d.bearer_env,
+        guarded: false,
     })
 }
 

@@ -54,6 +54,7 @@ pub(crate) struct RawApi {
     pub(crate) token: Option<String>,
     pub(crate) allow_commands: Option<bool>,
     pub(crate) instance_profiles: Option<Vec<String>>,
+    pub(crate) demand_hosts: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]

@@ -21,6 +21,7 @@
 //! next daemon resumes from AWS and the state file.
 
 mod boxes;
+pub mod health;
 mod intake;
 pub mod leases;
 mod marks;
@@ -160,6 +161,7 @@ pub struct Daemon<'a> {
     demand: Box<dyn DemandReader>,
     memory: Mutex<Memory>,
     passes: watch::Sender<u64>,
+    health: health::HealthState,
 }
 
 impl std::fmt::Debug for Daemon<'_> {
@@ -203,6 +205,7 @@ impl<'a> Daemon<'a> {
             metrics: Arc::default(),
             demand: Box::new(LiveDemand::new(None)),
             memory: Mutex::new(Memory::default()),
+            health: health::HealthState::default(),
             passes: watch::channel(0).0,
         }
     }
@@ -222,6 +225,35 @@ impl<'a> Daemon<'a> {
     /// The daemon's metrics (the API serves them).
     pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
         self.metrics.clone()
+    }
+
+    /// The daemon's health (`/healthz` answers from it).
+    pub fn health(&self) -> health::HealthState {
+        self.health.clone()
+    }
+
+    /// The daemon cannot work because AWS (or the state store) does not
+    /// answer: `/healthz` says so with `why`, and one `aws-unreachable`
+    /// event is recorded when it starts, not one per attempt.
+    pub async fn unreachable(&self, why: &str) {
+        self.metrics.aws_reachable.set(0);
+        let was = self.health.set(health::Health::Degraded(why.to_owned()));
+        if !matches!(was, health::Health::Degraded(_)) {
+            self.record(None, "aws-unreachable", why).await;
+        }
+    }
+
+    /// A pass reached AWS: healthy again (`aws-reachable` after an outage).
+    async fn reached(&self) {
+        self.metrics.aws_reachable.set(1);
+        if let health::Health::Degraded(why) = self.health.set(health::Health::Ok) {
+            self.record(
+                None,
+                "aws-reachable",
+                &format!("AWS answers again (it did not: {why})"),
+            )
+            .await;
+        }
     }
 
     /// Passes finished so far (failed ones included); tests wait on it
@@ -694,6 +726,7 @@ impl<'a> Daemon<'a> {
                     pass = None;
                     match out {
                         Ok(out) => {
+                            self.reached().await;
                             self.pass_done(true, started);
                             failures = 0;
                             out.done.iter().for_each(|d| tracing::info!("{d}"));
@@ -715,6 +748,7 @@ impl<'a> Daemon<'a> {
                                 humantime::format_duration(Duration::from_secs(pause.as_secs().max(1)))
                             );
                             tracing::warn!("{what}");
+                            self.unreachable(&format!("a reconcile pass failed: {e}")).await;
                             self.record(None, "pass-failed", &what).await;
                             // Counted once recorded: who sees the failure
                             // counted finds its event.

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use spotkeeper_cloud::JobQueue;
 
 use super::Demand;
+use crate::config::DemandHost;
+use crate::config::demand_hosts::refused_address;
 
 /// Largest demand response read (a JSON array of pending jobs).
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -23,32 +25,89 @@ pub trait DemandReader: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct LiveDemand {
     http: reqwest::Client,
+    /// For pools registered through the API: resolves names itself and
+    /// refuses addresses `[api] demand_hosts` does not allow, so the
+    /// address checked is the address connected to (no DNS rebinding).
+    guarded: reqwest::Client,
+    hosts: Arc<Vec<DemandHost>>,
     aws: Option<Arc<dyn JobQueue>>,
 }
 
+/// A client that follows redirects to the same host only (a demand URL must
+/// not become a way to reach another address).
+fn client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(concat!("spotkeeper/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let same_host =
+                attempt.previous().first().map(|u| u.host_str()) == Some(attempt.url().host_str());
+            if same_host && attempt.previous().len() < 5 {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        }))
+}
+
 impl LiveDemand {
-    /// A reader; without `aws`, SQS sources report an error.
+    /// A reader; without `aws`, SQS sources report an error. Pools
+    /// registered through the API may ask no address but public ones.
     pub fn new(aws: Option<Arc<dyn JobQueue>>) -> Self {
+        Self::guarded_by(aws, Vec::new())
+    }
+
+    /// A reader whose API pools may also ask the addresses `hosts` lists.
+    pub fn guarded_by(aws: Option<Arc<dyn JobQueue>>, hosts: Vec<DemandHost>) -> Self {
+        let hosts = Arc::new(hosts);
         Self {
-            http: reqwest::Client::builder()
-                .user_agent(concat!("spotkeeper/", env!("CARGO_PKG_VERSION")))
-                // A redirect may not take the daemon to another host (a
-                // demand URL registered through the API must not become a
-                // way to reach an address of the caller's choosing).
-                .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                    let same_host = attempt.previous().first().map(|u| u.host_str())
-                        == Some(attempt.url().host_str());
-                    if same_host && attempt.previous().len() < 5 {
-                        attempt.follow()
-                    } else {
-                        attempt.stop()
-                    }
-                }))
+            http: client().build().unwrap_or_default(),
+            guarded: client()
+                .no_proxy()
+                .dns_resolver(Arc::new(Guard(hosts.clone())))
                 .build()
                 .unwrap_or_default(),
+            hosts,
             aws,
         }
     }
+}
+
+/// Resolves a name and refuses it when any of its addresses is one the
+/// daemon may not be sent to.
+struct Guard(Arc<Vec<DemandHost>>);
+
+impl reqwest::dns::Resolve for Guard {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let hosts = self.0.clone();
+        let name = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            for a in &addrs {
+                if let Some(why) = refused_address(&hosts, a.ip()) {
+                    return Err(format!(
+                        "{name} resolves to {}, {why} that [api] demand_hosts does not list",
+                        a.ip()
+                    )
+                    .into());
+                }
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The guarded client does not resolve an address literal: checked here.
+fn literal_refused(hosts: &[DemandHost], url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let ip: std::net::IpAddr = parsed
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    refused_address(hosts, ip)
+        .map(|why| format!("{ip} is {why} that [api] demand_hosts does not list"))
 }
 
 #[async_trait]
@@ -61,6 +120,7 @@ impl DemandReader for LiveDemand {
                 timeout,
                 headers,
                 bearer_env,
+                guarded,
             } => {
                 // What errors (and so events) say: never the credentials a
                 // URL may carry (user:password@, a token in the query), nor
@@ -78,8 +138,12 @@ impl DemandReader for LiveDemand {
                         }
                     },
                 };
+                if *guarded && let Some(why) = literal_refused(&self.hosts, full) {
+                    return Err(format!("GET {url}: {why}"));
+                }
+                let http = if *guarded { &self.guarded } else { &self.http };
                 let read = async {
-                    let mut req = self.http.get(full).header("accept", "application/json");
+                    let mut req = http.get(full).header("accept", "application/json");
                     for (name, value) in headers {
                         req = req.header(name.as_str(), value.as_str());
                     }
