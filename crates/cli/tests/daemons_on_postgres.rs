@@ -591,3 +591,45 @@ fn a_database_that_cannot_be_opened_is_a_clear_error_without_the_password() {
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(describe(&out).contains("$SPOTKEEPER_DATABASE_URL: mysql:// is not supported"));
 }
+
+#[test]
+fn a_daemon_whose_config_names_another_owner_on_the_database_says_so_at_start() {
+    let shared = Shared::new(1, false);
+    let (b, port_b) = shared.serve("b");
+    common::wait_passes(port_b, 1, &b);
+    // Machine c's copy of the config names another owner (setup wrote a
+    // generated one into one copy only, say).
+    let port_c = spotkeeper_testkit::closed_port();
+    let (config, state) = shared.machine("c", port_c);
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("owner = \"shared\"", "owner = \"other\""),
+    )
+    .expect("write");
+    let setup = shared
+        .cli
+        .command_as(&config, &state, &["setup"])
+        .output()
+        .expect("setup");
+    assert!(setup.status.success(), "{}", describe(&setup));
+    let c = Serve::spawn(
+        shared.cli.command_as(&config, &state, &["serve"]),
+        shared.cli.dir.path().join("c.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c
+        .log()
+        .contains("uses this database as owner \"shared\", this one as owner \"other\"")
+    {
+        assert!(Instant::now() < deadline, "not said:\n{}", c.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        shared
+            .count("SELECT COUNT(*) FROM events WHERE owner = 'other' AND kind = 'owner-mismatch'"),
+        1
+    );
+    assert!(c.stop().success());
+    assert!(b.stop().success());
+}

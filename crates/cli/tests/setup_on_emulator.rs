@@ -185,6 +185,12 @@ fn setup_writes_a_unique_owner_into_a_config_without_one_keeping_its_comments() 
         CONFIG.replace("owner = \"clitest\"\n", "")
     );
     let cli = Cli::with_config(&text);
+    // The file's mode survives the rewrite (written beside it, renamed over it).
+    std::fs::set_permissions(
+        cli.config_path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .expect("chmod");
     let out = cli.ok(&["setup"]);
     let written = std::fs::read_to_string(cli.config_path()).expect("config");
     let owner_line = written
@@ -192,7 +198,30 @@ fn setup_writes_a_unique_owner_into_a_config_without_one_keeping_its_comments() 
         .find(|l| l.starts_with("owner = \"spotkeeper-"))
         .unwrap_or_else(|| panic!("no owner written:\n{written}"));
     let owner = owner_line.split('"').nth(1).expect("quoted").to_owned();
-    assert_eq!(owner.len(), "spotkeeper-".len() + 8, "{owner}");
+    assert_eq!(
+        owner.len(),
+        "spotkeeper-".len() + 12,
+        "48 random bits: {owner}"
+    );
+    assert!(
+        owner["spotkeeper-".len()..]
+            .chars()
+            .all(|c| c.is_ascii_hexdigit()),
+        "{owner}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(cli.config_path())
+            .expect("meta")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o640);
+    assert!(
+        std::fs::read_dir(cli.dir.path())
+            .expect("dir")
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp")),
+        "no temporary file left beside it"
+    );
     assert!(
         stderr(&out).contains(&format!("Wrote owner = {owner:?}")),
         "{}",

@@ -472,13 +472,18 @@ impl InstanceHandle {
     /// (with its `#!` line, else `sh`), removed; its output and status.
     pub async fn run_script(&self, script: &str, within: Duration) -> Result<ExecOutput, SshError> {
         let token = crate::model::random_token();
-        let local = std::env::temp_dir().join(format!("spotkeeper-local-{token}"));
-        std::fs::write(&local, script)
-            .map_err(|e| SshError::Spawn(format!("writing {}: {e}", local.display())))?;
+        // Readable by this user only (a script may carry secrets), made
+        // with a name no one else can take first; scp gives the remote copy
+        // the same mode.
+        let mut local = tempfile::Builder::new()
+            .prefix("spotkeeper-local-")
+            .tempfile()
+            .map_err(|e| SshError::Spawn(format!("a temporary file for the script: {e}")))?;
+        std::io::Write::write_all(&mut local, script.as_bytes())
+            .map_err(|e| SshError::Spawn(format!("writing {}: {e}", local.path().display())))?;
         let remote = format!("/tmp/spotkeeper-script-{token}");
-        let pushed = self.push_file(&local, &remote, within).await;
-        let _ = std::fs::remove_file(&local);
-        pushed?;
+        self.push_file(local.path(), &remote, within).await?;
+        drop(local);
         let run = if script.starts_with("#!") {
             format!("chmod 700 {remote} && {remote}; rc=$?; rm -f {remote}; exit $rc")
         } else {

@@ -111,8 +111,11 @@ pub async fn wait_ready(
                     Err(e) => format!("cannot run sh: {e}"),
                 };
                 if Instant::now() + poll > deadline {
+                    // Nor is the command's text: it may carry a secret
+                    // (a token on its command line), and errors become
+                    // events the API serves and sinks are sent.
                     return Err(ReadyError::Timeout {
-                        what: format!("command `{command}`"),
+                        what: "the ready command (ready.command)".into(),
                         within: *within,
                         last,
                     });
@@ -244,6 +247,14 @@ mod tests {
         let e = wait_ready(&bad, &inst(), Duration::from_millis(20))
             .await
             .expect_err("fails");
-        assert!(e.to_string().contains("nope"), "{e}");
+        let said = e.to_string();
+        assert!(
+            said.contains("the ready command") && said.contains("exit status: 3"),
+            "{said}"
+        );
+        assert!(
+            !said.contains("nope"),
+            "neither its text nor its output: {said}"
+        );
     }
 }

@@ -1471,6 +1471,27 @@ impl Store {
         .await?)
     }
 
+    /// Daemons of owners other than `owner` seen since `since` (unix ms):
+    /// (owner, id, host). Two configs naming different owners on one
+    /// database are two installations that ignore each other's boxes and
+    /// events, which is rarely what was meant.
+    pub async fn other_owners_daemons(
+        &self,
+        owner: &str,
+        since: i64,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT owner, id, host FROM daemons WHERE owner <> $1 AND seen_at >= $2 ORDER BY owner, id",
+        )
+        .bind(owner)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("owner")?, r.try_get("id")?, r.try_get("host")?)))
+            .collect()
+    }
+
     /// Daemon `id` stops: its leases are freed at once and it is forgotten,
     /// along with daemons silent since `stale` (unix ms).
     pub async fn daemon_gone(&self, owner: &str, id: &str, stale: i64) -> Result<(), StoreError> {

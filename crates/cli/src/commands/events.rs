@@ -35,10 +35,10 @@ async fn settle_owner(
     let owner = if in_use {
         config.owner.clone()
     } else {
-        format!(
-            "spotkeeper-{}",
-            &spotkeeper_cloud::model::random_token()[..8].to_ascii_lowercase()
-        )
+        // 48 random bits: two installations in one account must not meet.
+        let token = spotkeeper_cloud::model::random_token();
+        let hex = token.trim_start_matches("skr-");
+        format!("spotkeeper-{}", &hex[..12])
     };
     // A root key: toml_edit writes it before the tables; comments and
     // layout of everything else stay as they were.
@@ -47,14 +47,31 @@ async fn settle_owner(
         "   # the spotkeeper:owner tag, written by `setup`; changing it disowns what exists",
     );
     doc.insert("owner", toml_edit::Item::Value(value));
-    let out = doc.to_string();
-    std::fs::write(&config.path, out).map_err(|e| {
+    write_atomically(&config.path, &doc.to_string()).map_err(|e| {
         Failure::Failed(anyhow::anyhow!(
             "cannot write {}: {e}",
             config.path.display()
         ))
     })?;
     Ok(Some(owner))
+}
+
+/// Replaces `path` with `text` as one step: written beside it (same
+/// directory, same permissions), flushed, then renamed over it, so a crash
+/// or a full disk never leaves half a config.
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        tmp.as_file().set_permissions(meta.permissions())?;
+    }
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 pub async fn setup(args: &Args) -> Result<ExitCode, Failure> {

@@ -85,6 +85,7 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
         spotkeeper_engine::daemon::leases::identity(&store, &config.owner, preferred.as_deref())
             .await
             .map_err(|e| Failure::Usage(anyhow::anyhow!("{e}")))?;
+    warn_of_other_owners(&store, &config).await;
     let daemon = Daemon::new(&cloud, &store, &config, &locks)
         .with_id(id)
         .with_demand(Box::new(
@@ -181,6 +182,41 @@ async fn queue_when_aws_answers(
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return Ok(None),
             () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Says at start when daemons of another owner use this database: the
+/// configs then name two installations (easy to get: `setup` writes a
+/// generated owner into the copy it runs on, another machine's copy keeps
+/// none), which act on their own boxes only and ignore each other's events.
+async fn warn_of_other_owners(
+    store: &spotkeeper_engine::store::Store,
+    config: &spotkeeper_engine::config::Config,
+) {
+    let since = spotkeeper_engine::store::unix_now()
+        .saturating_sub(i64::try_from(config.lease.as_secs() * 3).unwrap_or(i64::MAX))
+        * 1000;
+    let others = match store.other_owners_daemons(&config.owner, since).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!("cannot read the daemons of this database: {e}");
+            return;
+        }
+    };
+    for (owner, id, host) in others {
+        let what = format!(
+            "daemon {id} on {host} uses this database as owner {owner:?}, this one as owner {:?}: \
+             they are two installations that ignore each other's boxes and events; if they are \
+             meant to be one, give every config the same owner",
+            config.owner
+        );
+        tracing::warn!("{what}");
+        if let Err(e) = store
+            .record_event(&config.owner, None, "owner-mismatch", &what)
+            .await
+        {
+            tracing::warn!("cannot record an event: {e}");
         }
     }
 }

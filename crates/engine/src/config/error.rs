@@ -75,12 +75,46 @@ pub(crate) fn duration(
     key: &str,
     at: At,
 ) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(value.get_ref()).map_err(|e| {
+    let d = humantime::parse_duration(value.get_ref()).map_err(|e| {
         at(
             Some(value.span()),
             format!("{key} {:?}: {e}", value.get_ref()),
         )
-    })
+    })?;
+    // Added to a clock reading (Instant, SystemTime) such a duration
+    // overflows it: an error here, never a panic there.
+    if d > LONGEST {
+        return Err(at(
+            Some(value.span()),
+            format!("{key} {:?} is longer than a hundred years", value.get_ref()),
+        ));
+    }
+    Ok(d)
+}
+
+/// No duration of the config is longer (every key has a tighter bound of
+/// its own, or none that matters below this).
+const LONGEST: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// `d`, read from `value`, unless it is over `most`.
+pub(crate) fn at_most(
+    d: Option<Duration>,
+    value: Option<&Spanned<String>>,
+    key: &str,
+    most: Duration,
+    why: &str,
+    at: At,
+) -> Result<Option<Duration>, ConfigError> {
+    match (d, value) {
+        (Some(d), Some(v)) if d > most => Err(at(
+            Some(v.span()),
+            format!(
+                "{key} must be at most {}{why}",
+                humantime::format_duration(most)
+            ),
+        )),
+        _ => Ok(d),
+    }
 }
 
 /// An optional duration at `key` of at least `least`; `None` when not set.

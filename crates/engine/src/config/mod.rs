@@ -51,7 +51,7 @@ pub use pool_spec::{
     MAX_DEMAND_TIMEOUT, PoolSpec, PoolType,
 };
 
-use error::{At, duration, duration_at_least, key_before, locate_error};
+use error::{At, at_most, duration, duration_at_least, key_before, locate_error};
 use keywords::RetryMode;
 use launch::{check_name, is_instance_type};
 use raw::{RawApi, RawAws, RawConfig, RawCost, RawDaemon};
@@ -186,6 +186,18 @@ impl Config {
 /// `[aws]`: region, profile, endpoint, timeouts and retries; never
 /// credentials. It is the cloud crate's client configuration as is.
 pub type AwsSettings = spotkeeper_cloud::ClientConfig;
+
+/// The longest `[daemon] interval`: an hour between passes that look again
+/// at what no event announced.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The longest `[daemon] lease`: a dead daemon's boxes are taken over after
+/// it (a lease is at least twice the interval, so twice the longest one).
+pub const MAX_LEASE: Duration = Duration::from_secs(2 * 3600);
+
+/// The longest `[daemon] retention`: ten years of history (humantime's
+/// years of 365.25 days, so it reads "10years").
+pub const MAX_RETENTION: Duration = Duration::from_secs(315_576_000);
 
 /// How long the state keeps processed event ids, doomed and seen instances
 /// and the event log when `[daemon] retention` is not set: a month of history
@@ -471,11 +483,27 @@ impl DaemonSettings {
             "",
             at,
         )?;
+        let interval = at_most(
+            interval,
+            raw.interval.as_ref(),
+            "daemon.interval",
+            MAX_INTERVAL,
+            " (events wake the daemon; the timer catches what none announced)",
+            at,
+        )?;
         let retention = duration_at_least(
             raw.retention.as_ref(),
             "daemon.retention",
             Duration::from_secs(3600),
             " (events are redelivered for minutes)",
+            at,
+        )?;
+        let retention = at_most(
+            retention,
+            raw.retention.as_ref(),
+            "daemon.retention",
+            MAX_RETENTION,
+            "",
             at,
         )?;
         let max_tasks = match &raw.max_tasks {
@@ -495,6 +523,14 @@ impl DaemonSettings {
             "daemon.lease",
             (interval * 2).max(Duration::from_secs(2)),
             " (twice daemon.interval: a lease outlives a pass)",
+            at,
+        )?;
+        let lease = at_most(
+            lease,
+            raw.lease.as_ref(),
+            "daemon.lease",
+            MAX_LEASE,
+            " (a dead daemon's boxes wait this long for another)",
             at,
         )?;
         Ok(Self {

@@ -456,3 +456,31 @@ fn a_box_takes_subnet_or_subnets_not_both_and_not_none() {
     let e = err(&format!("{GOOD}subnets = []\n"));
     assert!(e.message.contains("subnets is empty"), "{e}");
 }
+
+#[test]
+fn daemon_durations_have_an_upper_bound_and_a_huge_one_is_an_error_not_a_panic() {
+    for (key, value, says) in [
+        ("interval", "2h", "daemon.interval must be at most 1h"),
+        ("interval", "100000000000s", "longer than a hundred years"),
+        ("lease", "5h", "daemon.lease must be at most 2h"),
+        (
+            "retention",
+            "20000d",
+            "daemon.retention must be at most 10years",
+        ),
+    ] {
+        let e = err(&format!("[daemon]\n{key} = \"{value}\"\n{GOOD}"));
+        assert!(e.message.contains(says), "{key} = {value}: {e}");
+        assert_eq!(e.line, Some(2), "{e}");
+    }
+    let e = err(&format!(
+        "{GOOD}images = {{ every = \"9999999999999s\" }}\n"
+    ));
+    assert!(e.message.contains("is longer than a hundred years"), "{e}");
+    let c = parse(
+        Path::new("x.toml"),
+        &format!("[daemon]\ninterval = \"1h\"\nlease = \"2h\"\nretention = \"10y\"\n{GOOD}"),
+    )
+    .expect("the bounds themselves are fine");
+    assert_eq!(c.interval, MAX_INTERVAL);
+}
