@@ -96,24 +96,21 @@ pub(crate) fn duration(
 /// its own, or none that matters below this).
 const LONGEST: Duration = Duration::from_secs(100 * 31_557_600);
 
-/// `d`, read from `value`, unless it is over `most`.
-pub(crate) fn at_most(
-    d: Option<Duration>,
+/// An optional duration at `key` from `least` (`why` says why) to `most`;
+/// `None` when not set.
+pub(crate) fn duration_within(
     value: Option<&Spanned<String>>,
     key: &str,
-    most: Duration,
+    (least, most): (Duration, Duration),
     why: &str,
     at: At,
 ) -> Result<Option<Duration>, ConfigError> {
-    match (d, value) {
+    match (duration_at_least(value, key, least, why, at)?, value) {
         (Some(d), Some(v)) if d > most => Err(at(
             Some(v.span()),
-            format!(
-                "{key} must be at most {}{why}",
-                humantime::format_duration(most)
-            ),
+            format!("{key} must be at most {}", humantime::format_duration(most)),
         )),
-        _ => Ok(d),
+        (d, _) => Ok(d),
     }
 }
 

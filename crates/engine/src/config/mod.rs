@@ -51,7 +51,7 @@ pub use pool_spec::{
     MAX_DEMAND_TIMEOUT, PoolSpec, PoolType,
 };
 
-use error::{At, at_most, duration, duration_at_least, key_before, locate_error};
+use error::{At, duration, duration_within, key_before, locate_error};
 use keywords::RetryMode;
 use launch::{check_name, is_instance_type};
 use raw::{RawApi, RawAws, RawConfig, RawCost, RawDaemon};
@@ -455,55 +455,19 @@ impl DaemonSettings {
                 retention: DEFAULT_RETENTION,
             });
         };
-        let queue = match &raw.queue {
-            None => None,
-            Some(q) => {
-                let name = q.get_ref();
-                // SQS: 1-80 characters, alphanumerics, hyphens and underscores.
-                if name.is_empty()
-                    || name.len() > 80
-                    || !name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                {
-                    return Err(at(
-                        Some(q.span()),
-                        format!(
-                            "daemon.queue {name:?} is not an SQS queue name (1-80 letters, digits, - or _)"
-                        ),
-                    ));
-                }
-                Some(name.clone())
-            }
-        };
-        let interval = duration_at_least(
+        let queue = raw.queue.as_ref().map(|q| queue_name(q, at)).transpose()?;
+        let interval = duration_within(
             raw.interval.as_ref(),
             "daemon.interval",
-            Duration::from_secs(1),
+            (Duration::from_secs(1), MAX_INTERVAL),
             "",
             at,
         )?;
-        let interval = at_most(
-            interval,
-            raw.interval.as_ref(),
-            "daemon.interval",
-            MAX_INTERVAL,
-            " (events wake the daemon; the timer catches what none announced)",
-            at,
-        )?;
-        let retention = duration_at_least(
+        let retention = duration_within(
             raw.retention.as_ref(),
             "daemon.retention",
-            Duration::from_secs(3600),
+            (Duration::from_secs(3600), MAX_RETENTION),
             " (events are redelivered for minutes)",
-            at,
-        )?;
-        let retention = at_most(
-            retention,
-            raw.retention.as_ref(),
-            "daemon.retention",
-            MAX_RETENTION,
-            "",
             at,
         )?;
         let max_tasks = match &raw.max_tasks {
@@ -518,19 +482,11 @@ impl DaemonSettings {
             ),
         };
         let interval = interval.unwrap_or(DEFAULT_INTERVAL);
-        let lease = duration_at_least(
+        let lease = duration_within(
             raw.lease.as_ref(),
             "daemon.lease",
-            (interval * 2).max(Duration::from_secs(2)),
+            ((interval * 2).max(Duration::from_secs(2)), MAX_LEASE),
             " (twice daemon.interval: a lease outlives a pass)",
-            at,
-        )?;
-        let lease = at_most(
-            lease,
-            raw.lease.as_ref(),
-            "daemon.lease",
-            MAX_LEASE,
-            " (a dead daemon's boxes wait this long for another)",
             at,
         )?;
         Ok(Self {
@@ -543,6 +499,25 @@ impl DaemonSettings {
             retention: retention.unwrap_or(DEFAULT_RETENTION),
         })
     }
+}
+
+/// `[daemon] queue`: an SQS queue name, 1-80 letters, digits, `-` or `_`.
+fn queue_name(q: &Spanned<String>, at: At) -> Result<String, ConfigError> {
+    let name = q.get_ref();
+    let fits = !name.is_empty()
+        && name.len() <= 80
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !fits {
+        return Err(at(
+            Some(q.span()),
+            format!(
+                "daemon.queue {name:?} is not an SQS queue name (1-80 letters, digits, - or _)"
+            ),
+        ));
+    }
+    Ok(name.clone())
 }
 
 /// `[api]`, validated.
