@@ -239,9 +239,9 @@ impl Deliverer {
                 .await?;
             let mut wait = self.poll;
             let stored = cursor.last_event;
-            for e in &events {
+            for (place, e) in &events {
                 if !self.sink.wants(&e.kind) {
-                    cursor.last_event = e.id;
+                    cursor.last_event = *place;
                     continue;
                 }
                 let outcome = tokio::select! {
@@ -251,10 +251,10 @@ impl Deliverer {
                 metrics.notification(&self.sink.name, outcome.is_ok());
                 match outcome {
                     Ok(()) => {
-                        cursor.last_event = e.id;
+                        cursor.last_event = *place;
                         cursor.attempts = 0;
                         store
-                            .notify_delivered(&self.owner, &self.sink.name, e.id)
+                            .notify_delivered(&self.owner, &self.sink.name, *place)
                             .await?;
                     }
                     Err(why) => {

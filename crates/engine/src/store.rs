@@ -130,7 +130,9 @@ pub struct Event {
 /// How far a notification sink has been told.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct NotifyCursor {
-    /// The last event id the receiver took (or skipped as not wanted).
+    /// The place ([`Store::events_after`]) of the last event the receiver
+    /// took (or skipped as not wanted). For events recorded before places
+    /// existed, the place is the id.
     pub last_event: i64,
     /// Failed attempts at the next event.
     #[sqlx(try_from = "i64")]
@@ -174,7 +176,14 @@ pub struct Store {
     /// PostgreSQL: where it is, for the daemons' wake-up channel.
     url: Option<DatabaseUrl>,
     backend: Backend,
+    /// One event sequencer at a time in this process (see
+    /// [`Store::events_after`]).
+    ordering: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
+
+/// The PostgreSQL advisory lock the event sequencers of every process take
+/// ("spotkeep" in ASCII).
+const ORDERING_LOCK: i64 = 0x7370_6f74_6b65_6570;
 
 /// Seconds since the epoch, now.
 pub fn unix_now() -> i64 {
@@ -239,6 +248,7 @@ impl Store {
             locks: None,
             url: None,
             backend: Backend::Sqlite,
+            ordering: Default::default(),
         })
     }
 
@@ -295,6 +305,7 @@ impl Store {
             locks: Some(locks),
             url: Some(url.clone()),
             backend: Backend::Postgres,
+            ordering: Default::default(),
         })
     }
 
@@ -315,6 +326,7 @@ impl Store {
             locks: None,
             url: None,
             backend: Backend::Sqlite,
+            ordering: Default::default(),
         })
     }
 
@@ -447,38 +459,89 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `limit` events of the owner after event id `after`, oldest first.
+    /// Up to `limit` events of the owner after place `after` in the
+    /// delivery order, with their places, in that order. An event has a
+    /// place once it is committed ([`Store::order_events`]): however late
+    /// it commits, and whatever its writer's clock said, it comes after
+    /// every place read before and is never stepped over.
     pub async fn events_after(
         &self,
         owner: &str,
         after: i64,
         limit: i64,
-    ) -> Result<Vec<Event>, StoreError> {
-        // On PostgreSQL, ids come from a sequence and concurrent inserts may
-        // commit out of order: an event is read once it is two seconds old,
-        // so a later id never overtakes an earlier one still committing.
-        let settled = match self.backend {
-            Backend::Sqlite => i64::MAX,
-            Backend::Postgres => unix_now() - 2,
-        };
-        Ok(sqlx::query_as::<_, Event>(
-            "SELECT id, at, box, pool, kind, message FROM events
-             WHERE owner = $1 AND id > $2 AND at <= $4 ORDER BY id LIMIT $3",
+    ) -> Result<Vec<(i64, Event)>, StoreError> {
+        self.order_events().await?;
+        let rows = sqlx::query(
+            "SELECT seq, id, at, box, pool, kind, message FROM events
+             WHERE owner = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(owner)
         .bind(after)
         .bind(limit)
-        .bind(settled)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get("seq")?, Event::from_row(r)?)))
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    /// Gives the committed events that have no place in the delivery order
+    /// the next places, in id order. One sequencer at a time (a lock in
+    /// this process; on PostgreSQL a transaction-level advisory lock for
+    /// every process), so places become visible in increasing order: a
+    /// reader that saw place n later sees only places above n. (Ids do not
+    /// do that on PostgreSQL: a transaction holding a smaller id may commit
+    /// after one holding a larger.)
+    pub async fn order_events(&self) -> Result<(), StoreError> {
+        let _one = self.ordering.lock().await;
+        let mut tx = self.pool.begin().await?;
+        match self.backend {
+            Backend::Postgres => {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(ORDERING_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Backend::Sqlite => {
+                // The first statement writes, so the transaction holds the
+                // write lock from here on (one that read first could not
+                // write once another process had committed).
+                let claimed = sqlx::query(
+                    "UPDATE events SET seq = NULL WHERE id = (SELECT MIN(id) FROM events WHERE seq IS NULL)",
+                )
+                .execute(&mut *tx)
+                .await?;
+                if claimed.rows_affected() == 0 {
+                    return Ok(());
+                }
+            }
+        }
+        let base: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await?;
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM events WHERE seq IS NULL ORDER BY id LIMIT 1000")
+                .fetch_all(&mut *tx)
+                .await?;
+        for (n, id) in (1..).zip(&ids) {
+            sqlx::query("UPDATE events SET seq = $1 WHERE id = $2")
+                .bind(base + n)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Where a notification sink stands; a sink seen for the first time
     /// starts after the newest event (it is not sent the history).
     pub async fn notify_cursor(&self, owner: &str, sink: &str) -> Result<NotifyCursor, StoreError> {
+        self.order_events().await?;
         sqlx::query(
             "INSERT INTO notify_cursors (owner, sink, last_event, attempts, updated_at)
-             VALUES ($1, $2, (SELECT COALESCE(MAX(id), 0) FROM events), 0, $3)
+             VALUES ($1, $2, (SELECT COALESCE(MAX(seq), 0) FROM events), 0, $3)
              ON CONFLICT (owner, sink) DO NOTHING",
         )
         .bind(owner)
@@ -1950,6 +2013,70 @@ mod tests {
             .await
             .expect("taken once the first is dropped")
             .expect("lock");
+    }
+
+    /// Events after `after`: (place, message).
+    async fn after(store: &Store, after: i64) -> Vec<(i64, String)> {
+        store
+            .events_after("o", after, 100)
+            .await
+            .expect("events")
+            .into_iter()
+            .map(|(place, e)| (place, e.message))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_event_committed_late_or_stamped_ahead_is_never_stepped_over() {
+        let server = spotkeeper_testkit::Postgres::start();
+        let url = DatabaseUrl::parse(&server.url()).expect("url");
+        let (reader, writer) = (
+            Store::connect(&url).await.expect("reader"),
+            Store::connect(&url).await.expect("writer"),
+        );
+        // A transaction takes an id first and commits last.
+        let mut slow = writer.pool.begin().await.expect("begin");
+        sqlx::query("INSERT INTO events (at, owner, kind, message) VALUES ($1, 'o', 'k', 'late')")
+            .bind(unix_now())
+            .execute(&mut *slow)
+            .await
+            .expect("insert");
+        writer
+            .record_event("o", None, "k", "early")
+            .await
+            .expect("early");
+        let seen = after(&reader, 0).await;
+        assert_eq!(
+            seen.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>(),
+            ["early"]
+        );
+        let cursor = seen[0].0;
+        slow.commit().await.expect("commit");
+        // A writer whose clock runs 10 s ahead.
+        sqlx::query("INSERT INTO events (at, owner, kind, message) VALUES ($1, 'o', 'k', 'ahead')")
+            .bind(unix_now() + 10)
+            .execute(&writer.pool)
+            .await
+            .expect("insert");
+        let next = after(&reader, cursor).await;
+        assert_eq!(
+            next.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>(),
+            ["late", "ahead"],
+            "the late commit and the stamp ahead are both delivered, after the cursor"
+        );
+        assert!(next.iter().all(|(place, _)| *place > cursor));
+        // SQLite: ids are commit order; places follow them.
+        let sqlite = Store::memory().await.expect("sqlite");
+        for m in ["a", "b"] {
+            sqlite
+                .record_event("o", None, "k", m)
+                .await
+                .expect("record");
+        }
+        assert_eq!(
+            after(&sqlite, 0).await,
+            [(1, "a".to_owned()), (2, "b".to_owned())]
+        );
     }
 
     #[tokio::test]
