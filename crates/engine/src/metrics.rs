@@ -56,6 +56,10 @@ pub struct PoolMetrics {
     pub demand_failures: Family<PoolLabel, Counter>,
     /// Mean spot price paid per capacity unit and hour.
     pub price_per_unit: Family<PoolLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// The kinds each pool's series were made with, to take them all away
+    /// when the pool goes (pools registered through the API come and go).
+    series:
+        std::sync::Mutex<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>>,
 }
 
 /// The daemon's metrics.
@@ -94,6 +98,46 @@ pub struct Metrics {
 }
 
 impl PoolMetrics {
+    /// The series of a pool labelled with `kind` (market, reason …).
+    pub fn kind(&self, pool: &str, kind: &str) -> PoolKindLabel {
+        self.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(pool.to_owned())
+            .or_default()
+            .insert(kind.to_owned());
+        PoolKindLabel {
+            pool: pool.to_owned(),
+            kind: kind.to_owned(),
+        }
+    }
+
+    /// Drops every series of the pools not in `keep` (deleted, or run by
+    /// another daemon now), so the families do not grow with pool names.
+    pub fn keep_only(&self, keep: &std::collections::HashSet<&str>) {
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<String> = series
+            .keys()
+            .filter(|p| !keep.contains(p.as_str()))
+            .cloned()
+            .collect();
+        for pool in gone {
+            let label = PoolLabel { pool: pool.clone() };
+            self.desired.remove(&label);
+            self.demand_failures.remove(&label);
+            self.price_per_unit.remove(&label);
+            for kind in series.remove(&pool).unwrap_or_default() {
+                let label = PoolKindLabel {
+                    pool: pool.clone(),
+                    kind,
+                };
+                self.current.remove(&label);
+                self.launches.remove(&label);
+                self.launch_failures.remove(&label);
+            }
+        }
+    }
+
     /// Registers the pools' metrics.
     fn register(&self, registry: &mut Registry) {
         registry.register(

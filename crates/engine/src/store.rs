@@ -838,12 +838,67 @@ impl Store {
                 .await?
                 .rows_affected();
         }
+        // Closed launches are history; each box keeps its newest intent,
+        // whose generation the next launch's token counts on.
+        for sql in [
+            "DELETE FROM intents WHERE owner = $1 AND closed_at IS NOT NULL AND closed_at < $2
+             AND generation < (SELECT MAX(i2.generation) FROM intents i2 WHERE i2.owner = intents.owner AND i2.box = intents.box)",
+            "DELETE FROM pool_launches WHERE owner = $1 AND closed_at IS NOT NULL AND closed_at < $2",
+        ] {
+            n += sqlx::query(sql)
+                .bind(owner)
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        // Leases and daemons gone silent (milliseconds).
+        for sql in [
+            "DELETE FROM leases WHERE owner = $1 AND expires_at < $2",
+            "DELETE FROM daemons WHERE owner = $1 AND seen_at < $2",
+        ] {
+            n += sqlx::query(sql)
+                .bind(owner)
+                .bind(before.saturating_mul(1000))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
         // Prices are the region's, not an owner's.
         n += sqlx::query("DELETE FROM price_samples WHERE at < $1")
             .bind(before)
             .execute(&self.pool)
             .await?
             .rows_affected();
+        Ok(n)
+    }
+
+    /// Forgets the cursors of sinks that are not in `sinks` (removed from
+    /// the config) and have not moved since `before`: a daemon whose config
+    /// still lags behind another's does not drop a live sink's place.
+    pub async fn prune_cursors(
+        &self,
+        owner: &str,
+        sinks: &[String],
+        before: i64,
+    ) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for (sink, updated_at) in sqlx::query_as::<_, (String, i64)>(
+            "SELECT sink, updated_at FROM notify_cursors WHERE owner = $1",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            if updated_at < before && !sinks.contains(&sink) {
+                n += sqlx::query("DELETE FROM notify_cursors WHERE owner = $1 AND sink = $2")
+                    .bind(owner)
+                    .bind(&sink)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+            }
+        }
         Ok(n)
     }
 
@@ -1798,6 +1853,93 @@ mod tests {
         assert_eq!(s.next_generation("o", "other").await.expect("gen"), 1);
     }
 
+    /// Three closed launches of dev, a closed pool launch, a daemon and its
+    /// lease long silent, and the cursors of sinks `kept` and `removed`.
+    async fn history_to_prune(s: &Store) {
+        // Three launches of dev, closed: the newest one's generation stays.
+        for g in 1..=3 {
+            let token = format!("tok-{g}");
+            let i = s
+                .create_intent(NewIntent {
+                    generation: g,
+                    token: &token,
+                    ..dev_launch(None)
+                })
+                .await
+                .expect("create");
+            s.close_intent(i.id, Outcome::Gone).await.expect("close");
+        }
+        let launch = s
+            .create_pool_launch(
+                "o",
+                &PoolLaunch {
+                    id: 0,
+                    pool: "workers".into(),
+                    token: "pool-tok".into(),
+                    instance_type: "t3.micro".into(),
+                    zone: "us-east-1a".into(),
+                    subnet: None,
+                    market: Market::Spot,
+                    count: 1,
+                    created_at: 0,
+                },
+            )
+            .await
+            .expect("pool launch");
+        s.close_pool_launch(launch.id, "launched i-1")
+            .await
+            .expect("close");
+        s.daemon_alive("o", "dead", "host", 1_000, 1)
+            .await
+            .expect("alive");
+        s.take_lease("o", "box:dev", "dead", 1_000, 2_000)
+            .await
+            .expect("lease");
+        s.notify_cursor("o", "kept").await.expect("cursor");
+        s.notify_cursor("o", "removed").await.expect("cursor");
+    }
+
+    async fn pruning_forgets_closed_launches_silent_daemons_and_removed_sinks(s: Store) {
+        history_to_prune(&s).await;
+        let later = unix_now() + 10;
+        s.prune("o", later).await.expect("prune");
+        let removed = s
+            .prune_cursors("o", &["kept".to_owned()], later)
+            .await
+            .expect("cursors");
+        assert_eq!(removed, 1);
+        let count = |sql: &'static str| {
+            let s = s.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(&s.pool)
+                    .await
+                    .expect("count")
+            }
+        };
+        assert_eq!(
+            count("SELECT COUNT(*) FROM intents").await,
+            1,
+            "the newest stays"
+        );
+        assert_eq!(
+            s.next_generation("o", "dev").await.expect("gen"),
+            4,
+            "never a token again"
+        );
+        assert_eq!(count("SELECT COUNT(*) FROM pool_launches").await, 0);
+        assert_eq!(count("SELECT COUNT(*) FROM leases").await, 0);
+        assert_eq!(count("SELECT COUNT(*) FROM daemons").await, 0);
+        let sinks: Vec<String> = s
+            .notify_cursors("o")
+            .await
+            .expect("cursors")
+            .into_iter()
+            .map(|(sink, _)| sink)
+            .collect();
+        assert_eq!(sinks, ["kept"]);
+    }
+
     async fn managed_boxes_duplicates_and_doomed_instances_are_recorded(s: Store) {
         s.register_box("o", "dev", "up", None)
             .await
@@ -1981,6 +2123,7 @@ mod tests {
     on_both!(
         leases_go_to_one_holder_and_expired_ones_may_be_taken,
         intents_open_close_and_generations_advance,
+        pruning_forgets_closed_launches_silent_daemons_and_removed_sinks,
         managed_boxes_duplicates_and_doomed_instances_are_recorded,
         price_samples_keep_changes_and_the_price_in_effect_at_the_start
     );

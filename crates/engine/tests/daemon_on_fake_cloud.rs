@@ -577,3 +577,90 @@ async fn on_tokios_paused_clock_an_interrupted_offering_comes_back_after_five_mi
         "five minutes on: usable again"
     );
 }
+
+#[tokio::test]
+async fn a_box_that_cannot_be_replaced_backs_off_and_says_so_once_per_kind_of_failure() {
+    let (cloud, store, locks, cfg) = setup("").await;
+    let ctx = ctx(&cloud, &store, locks.path());
+    let first = up(&ctx, &cfg).await;
+    cloud.set_state(&first.id, InstanceState::Terminated);
+    for z in ["us-east-1a", "us-east-1b"] {
+        for t in ["t3.micro", "t3a.micro"] {
+            cloud.refuse(
+                t,
+                z,
+                spotkeeper_cloud::Market::Spot,
+                "InsufficientInstanceCapacity",
+            );
+        }
+    }
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
+    let failed_events = |store: &Store| {
+        let store = store.clone();
+        async move {
+            store
+                .events("tester", None, 100)
+                .await
+                .expect("events")
+                .into_iter()
+                .filter(|e| e.kind == "replace-failed")
+                .count()
+        }
+    };
+    // The first pass tries every offering once and fails.
+    let _ = daemon.reconcile().await;
+    let tried = cloud.count("RunInstances") - 1;
+    assert_eq!(tried, 4, "two types in two zones");
+    let tried = tried + 1;
+    // Passes within the backoff do not try again, and say nothing more.
+    for _ in 0..5 {
+        let _ = daemon.reconcile().await;
+    }
+    assert_eq!(cloud.count("RunInstances"), tried, "backing off");
+    assert_eq!(failed_events(&store).await, 1, "said once");
+    // After the backoff the box is tried again; the same failure is not
+    // news. (The daemon's backoff runs on tokio's clock, moved here; paused
+    // only while it moves: the state file's pool has timeouts of its own.)
+    let later = |by: Duration| async move {
+        tokio::time::pause();
+        tokio::time::advance(by).await;
+        tokio::time::resume();
+    };
+    later(Duration::from_secs(10)).await;
+    let _ = daemon.reconcile().await;
+    assert_eq!(cloud.count("RunInstances"), tried + 4, "tried again");
+    assert_eq!(
+        failed_events(&store).await,
+        1,
+        "the same failure, not said again"
+    );
+    // Capacity comes back: the next try after the (longer) backoff replaces it.
+    cloud.accept();
+    later(Duration::from_secs(30)).await;
+    let done = daemon.reconcile().await.expect("pass");
+    assert!(done.iter().any(|d| d.contains("is up")), "{done:?}");
+    // And failing again later is news again.
+    let events = store.events("tester", None, 100).await.expect("events");
+    assert!(events.iter().any(|e| e.kind == "replaced"), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_managed_box_gone_from_the_config_is_said_once_not_every_pass() {
+    let (cloud, store, locks, cfg) = setup("").await;
+    store
+        .register_box("tester", "gone", "up", None)
+        .await
+        .expect("managed");
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
+    for _ in 0..4 {
+        let _ = daemon.reconcile().await;
+    }
+    let unknown = store
+        .events("tester", Some("gone"), 100)
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.kind == "unknown-box")
+        .count();
+    assert_eq!(unknown, 1);
+}

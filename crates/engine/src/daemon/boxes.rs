@@ -241,6 +241,9 @@ impl Daemon<'_> {
         let mut work = Vec::new();
         for step in plan_box(spec, &facts) {
             match step {
+                // A box whose replacements keep failing waits out its
+                // backoff (a warning's fast path does not).
+                Step::Launch if self.backing_off(&format!("box:{name}")) => {}
                 Step::Launch => work.push(Work::Replace {
                     spec: spec.clone(),
                     known: None,
@@ -405,6 +408,8 @@ impl Daemon<'_> {
                 Vec::new()
             }
             Ok(out) => {
+                self.recovered(&format!("box:{name}"));
+                self.state_ended(&format!("replace-failed:{name}"));
                 let what = format!(
                     "replacement {} ({} in {}) is up",
                     out.instance.id,
@@ -430,8 +435,17 @@ impl Daemon<'_> {
             }
             Err(e) => {
                 self.metrics.launch_failure(failure_reason(&e));
-                self.record(Some(name), "replace-failed", &e.to_string())
-                    .await;
+                // Tried again after a growing pause, said once per kind of
+                // failure (not every pass, not to every sink every pass).
+                self.failed(&format!("box:{name}"));
+                self.record_change(
+                    &format!("replace-failed:{name}"),
+                    failure_reason(&e),
+                    Some(name),
+                    "replace-failed",
+                    &e.to_string(),
+                )
+                .await;
                 Vec::new()
             }
         }

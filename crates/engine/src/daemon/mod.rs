@@ -136,6 +136,11 @@ struct Memory {
     epochs: HashMap<Subject, u64>,
     fast: Option<mpsc::UnboundedSender<Job>>,
     reported_unknown: HashSet<String>,
+    /// What was last said of a state (`replace-failed:dev` → its reason):
+    /// the same again records no event (and so sends no notification).
+    said: HashMap<String, String>,
+    /// Subjects whose work failed: failures in a row, and when to try again.
+    failing: HashMap<String, (u32, Instant)>,
     pruned_at: Option<Instant>,
     account: Option<String>,
     held: std::collections::BTreeSet<String>,
@@ -322,6 +327,60 @@ impl<'a> Daemon<'a> {
             .collect()
     }
 
+    /// Records an event when the state it reports changes: `key` names the
+    /// state (`replace-failed:dev`), `now` is what it is now (a failure's
+    /// kind); the same state again, pass after pass, records nothing (no
+    /// event, no notification, only a debug line).
+    async fn record_change(
+        &self,
+        key: &str,
+        now: &str,
+        box_name: Option<&str>,
+        kind: &str,
+        message: &str,
+    ) {
+        let before = self
+            .lock_memory()
+            .said
+            .insert(key.to_owned(), now.to_owned());
+        if before.as_deref() == Some(now) {
+            tracing::debug!(box_name, kind, "{message} (said already)");
+        } else {
+            self.record(box_name, kind, message).await;
+        }
+    }
+
+    /// The state `key` ended: the next time it comes is news again.
+    fn state_ended(&self, key: &str) {
+        self.lock_memory().said.remove(key);
+    }
+
+    /// `subject`'s work failed again: it waits before the next try, twice
+    /// as long each time (with jitter), up to the failing-pass cap.
+    fn failed(&self, subject: &str) {
+        let cap = MAX_BACKOFF.max(self.config.interval);
+        let mut m = self.lock_memory();
+        let entry = m
+            .failing
+            .entry(subject.to_owned())
+            .or_insert((0, Instant::now()));
+        entry.0 += 1;
+        entry.1 = Instant::now() + backoff(entry.0, cap);
+    }
+
+    /// `subject`'s work succeeded: no more waiting.
+    fn recovered(&self, subject: &str) {
+        self.lock_memory().failing.remove(subject);
+    }
+
+    /// Whether `subject` is waiting after failures (a pass does not retry it yet).
+    fn backing_off(&self, subject: &str) -> bool {
+        self.lock_memory()
+            .failing
+            .get(subject)
+            .is_some_and(|(_, next)| *next > Instant::now())
+    }
+
     async fn record(&self, box_name: Option<&str>, kind: &str, message: &str) {
         tracing::info!(box_name, kind, "{message}");
         if let Err(e) = self
@@ -438,23 +497,22 @@ impl<'a> Daemon<'a> {
     async fn managed_specs(&self) -> Result<Vec<crate::config::BoxSpec>, BoxError> {
         let mut specs = Vec::new();
         for managed in self.store.managed_boxes(&self.config.owner).await? {
-            match crate::desired::box_spec(self.config, &managed.name, managed.spec.as_deref()) {
-                Ok(Some(s)) => specs.push(s),
+            let name = managed.name.as_str();
+            let key = format!("box-spec:{name}");
+            match crate::desired::box_spec(self.config, name, managed.spec.as_deref()) {
+                Ok(Some(s)) => {
+                    self.state_ended(&key);
+                    specs.push(s);
+                }
                 Err(m) => {
-                    self.record(
-                        Some(&managed.name),
-                        "bad-box",
-                        &format!("stored box is refused or does not parse: {m}"),
-                    )
-                    .await
+                    let what = format!("stored box is refused or does not parse: {m}");
+                    self.record_change(&key, &what, Some(name), "bad-box", &what)
+                        .await
                 }
                 Ok(None) => {
-                    self.record(
-                        Some(&managed.name),
-                        "unknown-box",
-                        "managed, but not in the config file: left alone",
-                    )
-                    .await
+                    let what = "managed, but not in the config file: left alone";
+                    self.record_change(&key, what, Some(name), "unknown-box", what)
+                        .await
                 }
             }
         }
@@ -553,7 +611,17 @@ impl<'a> Daemon<'a> {
         }
         self.lock_memory().pruned_at = Some(Instant::now());
         let before = crate::store::unix_seconds(self.clock.now() - self.config.retention);
-        match self.store.prune(&self.config.owner, before).await {
+        let sinks: Vec<String> = self.config.notify.iter().map(|s| s.name.clone()).collect();
+        let pruned = async {
+            Ok::<u64, crate::store::StoreError>(
+                self.store.prune(&self.config.owner, before).await?
+                    + self
+                        .store
+                        .prune_cursors(&self.config.owner, &sinks, before)
+                        .await?,
+            )
+        };
+        match pruned.await {
             Ok(0) => {}
             Ok(n) => tracing::info!("pruned {n} rows older than the retention"),
             Err(e) => tracing::warn!("pruning the state file failed: {e}"),
@@ -727,6 +795,7 @@ impl<'a> Daemon<'a> {
                     match out {
                         Ok(out) => {
                             self.reached().await;
+                            self.state_ended("pass-failed");
                             self.pass_done(true, started);
                             failures = 0;
                             out.done.iter().for_each(|d| tracing::info!("{d}"));
@@ -749,7 +818,8 @@ impl<'a> Daemon<'a> {
                             );
                             tracing::warn!("{what}");
                             self.unreachable(&format!("a reconcile pass failed: {e}")).await;
-                            self.record(None, "pass-failed", &what).await;
+                            self.record_change("pass-failed", boxes::failure_reason(&e), None, "pass-failed", &what)
+                                .await;
                             // Counted once recorded: who sees the failure
                             // counted finds its event.
                             self.pass_done(false, started);

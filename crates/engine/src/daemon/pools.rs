@@ -33,12 +33,10 @@ impl Daemon<'_> {
         let (pools, bad) = crate::desired::pools(self.config, self.store).await?;
         let mut unreadable = HashSet::new();
         for (name, why) in bad {
-            self.record(
-                None,
-                "bad-pool",
-                &format!("stored pool {name} does not parse: {why}; its instances are left alone"),
-            )
-            .await;
+            let what =
+                format!("stored pool {name} does not parse: {why}; its instances are left alone");
+            self.record_change(&format!("bad-pool:{name}"), &why, None, "bad-pool", &what)
+                .await;
             unreadable.insert(name);
         }
         self.metrics
@@ -87,6 +85,9 @@ impl Daemon<'_> {
             .into_iter()
             .filter(|p| self.holds(&super::leases::pool_subject(&p.name)))
             .collect();
+        self.metrics
+            .pools
+            .keep_only(&pools.iter().map(|p| p.name.as_str()).collect());
         if pools.is_empty() && !(fleet && obs.instances.iter().any(|i| i.tag(tags::POOL).is_some()))
         {
             return Ok((Vec::new(), Vec::new()));
@@ -132,6 +133,8 @@ impl Daemon<'_> {
         };
         let jobs = pools
             .into_iter()
+            // A pool whose passes fail waits out its backoff.
+            .filter(|spec| !self.backing_off(&format!("pool:{}", spec.name)))
             .map(|spec| {
                 let subject = Subject::Pool(spec.name.clone());
                 Job {
@@ -157,23 +160,39 @@ impl Daemon<'_> {
             demand: self.demand.as_ref(),
         };
         let mut done = Vec::new();
+        let subject = format!("pool:{}", spec.name);
         {
             match self.pool_pass(&pass, spec, world).await {
-                Ok(Some(what)) => done.push(what),
-                Ok(None) => {}
+                Ok(found) => {
+                    self.recovered(&subject);
+                    self.state_ended(&format!("pool-failed:{}", spec.name));
+                    done.extend(found);
+                }
                 Err(e) => {
+                    self.failed(&subject);
                     self.metrics
                         .pools
                         .launch_failures
-                        .get_or_create(&crate::metrics::PoolKindLabel {
-                            pool: spec.name.clone(),
-                            kind: super::boxes::failure_reason(&e).into(),
-                        })
+                        .get_or_create(
+                            &self
+                                .metrics
+                                .pools
+                                .kind(&spec.name, super::boxes::failure_reason(&e)),
+                        )
                         .inc();
-                    if let Err(e) = self
-                        .store
-                        .record_pool_event(owner, &spec.name, "pass-failed", &e.to_string())
-                        .await
+                    // One event per state: the first failure, or a new kind.
+                    let reason = super::boxes::failure_reason(&e);
+                    let news = self
+                        .lock_memory()
+                        .said
+                        .insert(format!("pool-failed:{}", spec.name), reason.to_owned())
+                        .as_deref()
+                        != Some(reason);
+                    if news
+                        && let Err(e) = self
+                            .store
+                            .record_pool_event(owner, &spec.name, "pass-failed", &e.to_string())
+                            .await
                     {
                         tracing::warn!("cannot record a pool event: {e}");
                     }
@@ -406,10 +425,7 @@ impl Daemon<'_> {
         let label = crate::metrics::PoolLabel {
             pool: spec.name.clone(),
         };
-        let kind = |k: &str| crate::metrics::PoolKindLabel {
-            pool: spec.name.clone(),
-            kind: k.to_owned(),
-        };
+        let kind = |k: &str| m.kind(&spec.name, k);
         m.desired
             .get_or_create(&label)
             .set(i64::from(out.plan.desired));
