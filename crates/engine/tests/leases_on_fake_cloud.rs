@@ -204,3 +204,58 @@ fn common_live(cloud: &spotkeeper_cloud::fake::FakeCloud) -> usize {
         .filter(|i| i.state.is_live())
         .count()
 }
+
+#[tokio::test]
+async fn a_daemon_that_cannot_reach_aws_lets_its_boxes_go_to_one_that_can() {
+    let world = registered(4).await;
+    let cloud = &world.0;
+    let (a, b) = (daemon(&world, "a"), daemon(&world, "b"));
+    a.reconcile().await.expect("a's pass");
+    b.reconcile().await.expect("b's pass");
+    a.reconcile().await.expect("a's pass");
+    b.reconcile().await.expect("b's pass");
+    assert_eq!((a.held().len(), b.held().len()), (3, 2));
+    // a's passes fail (its AWS does not answer: the error is queued for its
+    // pass's first describe); b's do not.
+    let a_fails = || async {
+        cloud.fail_next("DescribeInstances", "RequestLimitExceeded");
+        assert!(a.reconcile().await.is_err(), "a's AWS does not answer");
+    };
+    a_fails().await;
+    // One failing pass is not being cut off: a keeps its share for now.
+    assert_eq!(a.held().len(), 3);
+    // Half a lease later, still failing: a lets go at its next claim, and b
+    // takes everything at its next pass, well within a lease.
+    later(LEASE / 2).await;
+    a_fails().await;
+    assert!(a.held().is_empty(), "{:?}", a.held());
+    b.reconcile().await.expect("b's pass");
+    assert_eq!(b.held(), all(4), "b holds every box and the chores");
+    a_fails().await;
+    let events = world.1.events("tester", None, 100).await.expect("events");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == "leases-released" && e.message.contains("cannot reach AWS"))
+            .count(),
+        1,
+        "said once: {events:?}"
+    );
+    assert_eq!(common_live(cloud), 4, "nobody launched twice");
+    // AWS answers a again: it is a daemon like the others once more (it
+    // says it is alive, b gives back what is over its share, a takes it).
+    for _ in 0..2 {
+        a.reconcile().await.expect("a's pass");
+        b.reconcile().await.expect("b's pass");
+    }
+    a.reconcile().await.expect("a's pass");
+    let (held_a, held_b) = (a.held(), b.held());
+    let mut shares = [held_a.len(), held_b.len()];
+    shares.sort();
+    assert_eq!(
+        shares,
+        [2, 3],
+        "a takes its share again: {held_a:?} {held_b:?}"
+    );
+    assert!(held_a.is_disjoint(&held_b), "{held_a:?} {held_b:?}");
+}

@@ -184,6 +184,9 @@ impl Daemon<'_> {
         let owner = &self.config.owner;
         let (now, lease) = (self.now_ms(), self.lease_ms());
         self.lock_memory().subjects = subjects.to_vec();
+        if self.cut_off() {
+            return self.let_go(now - lease).await;
+        }
         self.store
             .daemon_alive(owner, &self.id, &self.host, now, self.held().len() as i64)
             .await?;
@@ -231,6 +234,38 @@ impl Daemon<'_> {
         }
         self.claimed(&claim).await;
         Ok(claim)
+    }
+
+    /// Whether this daemon has not reached AWS for half a lease: it reaches
+    /// the database (it claims) but cannot act on its boxes, so it must not
+    /// keep them from a daemon that can. A pass or two failing is not that.
+    fn cut_off(&self) -> bool {
+        let half = self.config.lease / 2;
+        self.lock_memory()
+            .degraded_since
+            .is_some_and(|since| since.elapsed() >= half)
+    }
+
+    /// Gives every lease back and leaves the daemons list (a daemon that
+    /// counts as live would keep the others' share down): the others take
+    /// its boxes at their next claim. It claims again once AWS answers.
+    async fn let_go(&self, stale: i64) -> Result<Claim, BoxError> {
+        let had = self.held();
+        self.store
+            .daemon_gone(&self.config.owner, &self.id, stale)
+            .await?;
+        self.hold(BTreeSet::new());
+        let what = format!(
+            "daemon {} cannot reach AWS: it gave its {} lease(s) back until AWS answers",
+            self.id,
+            had.len()
+        );
+        self.record_change("cut-off", "cut-off", None, "leases-released", &what)
+            .await;
+        Ok(Claim {
+            released: had.into_iter().collect(),
+            ..Claim::default()
+        })
     }
 
     /// A held subject to give back: the last by name, the chores last of all.

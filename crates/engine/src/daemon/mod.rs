@@ -141,6 +141,8 @@ struct Memory {
     said: HashMap<String, String>,
     /// Subjects whose work failed: failures in a row, and when to try again.
     failing: HashMap<String, (u32, Instant)>,
+    /// Since when the daemon has not reached AWS (its passes fail).
+    degraded_since: Option<Instant>,
     pruned_at: Option<Instant>,
     account: Option<String>,
     held: std::collections::BTreeSet<String>,
@@ -242,6 +244,9 @@ impl<'a> Daemon<'a> {
     /// event is recorded when it starts, not one per attempt.
     pub async fn unreachable(&self, why: &str) {
         self.metrics.aws_reachable.set(0);
+        self.lock_memory()
+            .degraded_since
+            .get_or_insert_with(Instant::now);
         let was = self.health.set(health::Health::Degraded(why.to_owned()));
         if !matches!(was, health::Health::Degraded(_)) {
             self.record(None, "aws-unreachable", why).await;
@@ -251,6 +256,8 @@ impl<'a> Daemon<'a> {
     /// A pass reached AWS: healthy again (`aws-reachable` after an outage).
     async fn reached(&self) {
         self.metrics.aws_reachable.set(1);
+        self.lock_memory().degraded_since = None;
+        self.state_ended("cut-off");
         if let health::Health::Degraded(why) = self.health.set(health::Health::Ok) {
             self.record(
                 None,
@@ -657,6 +664,13 @@ impl<'a> Daemon<'a> {
     pub async fn reconcile(&self) -> Result<Vec<String>, BoxError> {
         let started = Instant::now();
         let out = self.pass().await;
+        match &out {
+            Ok(_) => self.reached().await,
+            Err(e) => {
+                self.unreachable(&format!("a reconcile pass failed: {e}"))
+                    .await
+            }
+        }
         self.pass_done(out.is_ok(), started);
         let out = out?;
         let mut done = out.done;
