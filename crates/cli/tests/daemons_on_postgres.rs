@@ -87,9 +87,16 @@ impl Shared {
 
     /// Machine `name`'s config file (its own API port) and state file.
     fn machine(&self, name: &str, api_port: u16) -> (PathBuf, PathBuf) {
+        self.machine_with(name, api_port, "")
+    }
+
+    /// Machine `name`'s config file, with `aws` lines added to its `[aws]`.
+    fn machine_with(&self, name: &str, api_port: u16, aws: &str) -> (PathBuf, PathBuf) {
         let dir = self.cli.dir.path().join(name);
         std::fs::create_dir_all(&dir).expect("machine dir");
-        let text = std::fs::read_to_string(self.cli.config_path()).expect("config");
+        let text = std::fs::read_to_string(self.cli.config_path())
+            .expect("config")
+            .replace("[aws]\n", &format!("[aws]\n{aws}"));
         let at = text.find("listen = ").expect("listen");
         let end = at + text[at..].find('\n').expect("line");
         let text = format!(
@@ -103,8 +110,13 @@ impl Shared {
 
     /// `serve` on machine `name`; its API port.
     fn serve(&self, name: &str) -> (Serve, u16) {
+        self.serve_with(name, "")
+    }
+
+    /// `serve` on machine `name` with `aws` lines in its `[aws]`.
+    fn serve_with(&self, name: &str, aws: &str) -> (Serve, u16) {
         let port = spotkeeper_testkit::closed_port();
-        let (config, state) = self.machine(name, port);
+        let (config, state) = self.machine_with(name, port, aws);
         let serve = Serve::spawn(
             self.cli.command_as(&config, &state, &["serve"]),
             self.cli.dir.path().join(format!("{name}.log")),
@@ -291,6 +303,16 @@ impl Shared {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The id a daemon gives on its `/healthz`.
+    fn daemon_id(port: u16) -> String {
+        let health = http_get(port, "/healthz", None).expect("healthz");
+        serde_json::from_str::<Value>(health.split("\r\n\r\n").nth(1).expect("body")).expect("json")
+            ["daemon"]
+            .as_str()
+            .expect("id")
+            .to_owned()
     }
 
     fn count(&self, sql: &str) -> usize {
@@ -631,5 +653,96 @@ fn a_daemon_whose_config_names_another_owner_on_the_database_says_so_at_start() 
         1
     );
     assert!(c.stop().success());
+    assert!(b.stop().success());
+}
+
+#[test]
+fn a_daemon_whose_aws_hangs_loses_its_boxes_to_a_healthy_one_within_a_lease() {
+    let shared = Shared::new(6, false);
+    // A lease long enough that a third of it is over the least silence
+    // that counts (5 s): the rule is then the lease's, not the floor's.
+    let lease = Duration::from_secs(15);
+    let text = std::fs::read_to_string(shared.cli.config_path()).expect("config");
+    shared.cli.write_config(&text.replace(
+        &format!("lease = \"{}s\"", LEASE.as_secs()),
+        &format!("lease = \"{}s\"", lease.as_secs()),
+    ));
+    shared.up_all();
+    // Machine a reaches EC2 through the fault proxy; b directly.
+    let (a, port_a) = shared.serve_with(
+        "a",
+        &format!(
+            "endpoint_url = \"{}\"\noperation_timeout = \"4s\"\nattempt_timeout = \"2s\"\nmax_attempts = 2\n",
+            shared.cli.moto.proxy_endpoint()
+        ),
+    );
+    let (b, port_b) = shared.serve("b");
+    let held = shared.wait_shared(2, &[&a, &b]);
+    let (a_id, b_id) = (Shared::daemon_id(port_a), Shared::daemon_id(port_b));
+    let a_had: Vec<String> = held
+        .iter()
+        .filter(|(_, h)| **h == a_id)
+        .map(|(s, _)| s.clone())
+        .collect();
+    assert!(!a_had.is_empty(), "{held:?}");
+
+    // a's EC2 endpoint accepts calls and answers none; its database works.
+    shared.cli.moto.set_faults(&spotkeeper_testkit::Faults {
+        hang: true,
+        ..spotkeeper_testkit::Faults::default()
+    });
+    let hung = Instant::now();
+    let held = shared.wait_shared(1, &[&a, &b]);
+    let moved = hung.elapsed();
+    assert!(held.values().all(|h| *h == b_id), "{held:?}");
+    println!(
+        "a's AWS hung: b held all {} subjects {:.1} s later ({} of them a's; lease {} s)",
+        held.len(),
+        moved.as_secs_f64(),
+        a_had.len(),
+        lease.as_secs()
+    );
+    assert!(
+        moved <= lease,
+        "the boxes moved {moved:?} after the hang\n{}",
+        a.log()
+    );
+    let said = shared.count(
+        "SELECT COUNT(*) FROM events WHERE owner = 'shared' AND kind = 'leases-released' \
+         AND message LIKE '%cannot reach AWS%'",
+    );
+    assert_eq!(said, 1, "a says once that it let go");
+    // b acts on what was a's: one of a's boxes loses its instance, b
+    // brings it back.
+    let taken = a_had
+        .iter()
+        .find_map(|s| s.strip_prefix("box:"))
+        .expect("a held a box")
+        .to_owned();
+    let old = shared.live()[&taken].clone();
+    shared
+        .cli
+        .moto
+        .boto(&format!("ec2.terminate_instances(InstanceIds=['{old}'])"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while shared.live().get(&taken).is_none_or(|id| *id == old) {
+        assert!(
+            Instant::now() < deadline,
+            "b did not bring {taken} back\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // AWS answers a again: it takes its share back.
+    shared
+        .cli
+        .moto
+        .set_faults(&spotkeeper_testkit::Faults::default());
+    let held = shared.wait_shared(2, &[&a, &b]);
+    assert!(held.values().any(|h| *h == a_id), "{held:?}");
+    shared.check_volumes();
+    assert!(shared.live_all().values().all(|l| l.len() == 1));
+    assert!(a.stop().success());
     assert!(b.stop().success());
 }

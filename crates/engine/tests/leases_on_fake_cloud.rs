@@ -224,9 +224,9 @@ async fn a_daemon_that_cannot_reach_aws_lets_its_boxes_go_to_one_that_can() {
     a_fails().await;
     // One failing pass is not being cut off: a keeps its share for now.
     assert_eq!(a.held().len(), 3);
-    // Half a lease later, still failing: a lets go at its next claim, and b
-    // takes everything at its next pass, well within a lease.
-    later(LEASE / 2).await;
+    // A third of a lease after its first unanswered pass, still failing: a
+    // lets go at its next claim, and b takes everything at its next pass.
+    later(LEASE / 3).await;
     a_fails().await;
     assert!(a.held().is_empty(), "{:?}", a.held());
     b.reconcile().await.expect("b's pass");

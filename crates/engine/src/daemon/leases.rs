@@ -20,6 +20,11 @@ use super::Daemon;
 use crate::boxes::BoxError;
 use crate::store::{Backend, Lease};
 
+/// The least time AWS must have been silent before a daemon gives its
+/// leases back ([`Daemon::cut_off`]): looking at AWS takes a few calls, and
+/// on a loaded AWS that may take seconds without anything being wrong.
+pub const MIN_CUT_OFF: Duration = Duration::from_secs(5);
+
 /// The subject of the owner-wide chores.
 pub const FLEET: &str = "fleet";
 
@@ -236,14 +241,26 @@ impl Daemon<'_> {
         Ok(claim)
     }
 
-    /// Whether this daemon has not reached AWS for half a lease: it reaches
-    /// the database (it claims) but cannot act on its boxes, so it must not
-    /// keep them from a daemon that can. A pass or two failing is not that.
+    /// Whether AWS has not answered this daemon for a third of a lease (at
+    /// least [`MIN_CUT_OFF`]): a pass hanging on a call, or passes failing.
+    /// It reaches the database (it claims) but cannot act on its boxes, so
+    /// it must not keep them from a daemon that can. A pass or two failing
+    /// and retried within that is not being cut off. A third: the pass that
+    /// notices starts at most an interval (a third of the default lease)
+    /// after the outage, this daemon lets go when the third is up (the
+    /// renewal loop wakes for it), and the others take the boxes at their
+    /// next renewal (another third): within a lease.
     fn cut_off(&self) -> bool {
-        let half = self.config.lease / 2;
+        self.until_cut_off() == Some(Duration::ZERO)
+    }
+
+    /// How long until this daemon counts as cut off from AWS, if AWS is
+    /// not answering it now.
+    fn until_cut_off(&self) -> Option<Duration> {
+        let after = (self.config.lease / 3).max(MIN_CUT_OFF);
         self.lock_memory()
-            .degraded_since
-            .is_some_and(|since| since.elapsed() >= half)
+            .unanswered_since
+            .map(|since| after.saturating_sub(since.elapsed()))
     }
 
     /// Gives every lease back and leaves the daemons list (a daemon that
@@ -321,9 +338,16 @@ impl Daemon<'_> {
     /// Renews and rebalances between passes; a subject taken wakes a pass.
     pub(super) async fn renew_loop(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         loop {
+            // Wakes for the moment AWS has been silent too long, too.
+            let wait = match self.until_cut_off() {
+                Some(left) if !left.is_zero() => {
+                    self.renew_every().min(left + Duration::from_millis(10))
+                }
+                _ => self.renew_every(),
+            };
             tokio::select! {
                 _ = shutdown.changed() => break,
-                () = tokio::time::sleep(self.renew_every()) => {}
+                () = tokio::time::sleep(wait) => {}
             }
             let subjects = self.lock_memory().subjects.clone();
             if subjects.is_empty() {

@@ -141,8 +141,11 @@ struct Memory {
     said: HashMap<String, String>,
     /// Subjects whose work failed: failures in a row, and when to try again.
     failing: HashMap<String, (u32, Instant)>,
-    /// Since when the daemon has not reached AWS (its passes fail).
-    degraded_since: Option<Instant>,
+    /// Since when AWS has not answered this daemon: the start of the first
+    /// pass whose look at AWS is still unanswered or failed (cleared when a
+    /// pass reaches AWS). A hung endpoint counts from the call, not from
+    /// the timeout.
+    unanswered_since: Option<Instant>,
     pruned_at: Option<Instant>,
     account: Option<String>,
     held: std::collections::BTreeSet<String>,
@@ -245,7 +248,7 @@ impl<'a> Daemon<'a> {
     pub async fn unreachable(&self, why: &str) {
         self.metrics.aws_reachable.set(0);
         self.lock_memory()
-            .degraded_since
+            .unanswered_since
             .get_or_insert_with(Instant::now);
         let was = self.health.set(health::Health::Degraded(why.to_owned()));
         if !matches!(was, health::Health::Degraded(_)) {
@@ -256,7 +259,7 @@ impl<'a> Daemon<'a> {
     /// A pass reached AWS: healthy again (`aws-reachable` after an outage).
     async fn reached(&self) {
         self.metrics.aws_reachable.set(1);
-        self.lock_memory().degraded_since = None;
+        self.lock_memory().unanswered_since = None;
         self.state_ended("cut-off");
         if let health::Health::Degraded(why) = self.health.set(health::Health::Ok) {
             self.record(
@@ -558,7 +561,11 @@ impl<'a> Daemon<'a> {
         if fleet {
             self.prune_if_due().await;
         }
+        self.lock_memory()
+            .unanswered_since
+            .get_or_insert_with(Instant::now);
         let mut obs = self.observe(fleet).await?;
+        self.lock_memory().unanswered_since = None;
         // Only the fast path needs them: without, launches ask AWS first.
         match self.box_prices(&specs).await {
             Ok((prices, zones)) => {
