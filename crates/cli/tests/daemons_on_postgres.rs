@@ -746,3 +746,201 @@ fn a_daemon_whose_aws_hangs_loses_its_boxes_to_a_healthy_one_within_a_lease() {
     assert!(a.stop().success());
     assert!(b.stop().success());
 }
+
+/// The A record of `b00.example.com`, if any.
+fn b00_record(shared: &Shared) -> String {
+    shared
+        .cli
+        .moto
+        .boto(
+            "z = r53.list_hosted_zones()['HostedZones'][0]['Id']\n\
+             a = [x['ResourceRecords'][0]['Value'] for x in r53.list_resource_record_sets(HostedZoneId=z)['ResourceRecordSets'] \
+             if x['Type'] == 'A' and x['Name'] == 'b00.example.com.']\n\
+             print(a[0] if a else '')",
+        )
+        .trim()
+        .to_owned()
+}
+
+/// `b00-data`'s attachments and instance `id`'s public address.
+fn b00_volume_and_address(shared: &Shared, id: &str) -> (Vec<String>, String) {
+    let out = shared.cli.moto.boto(&format!(
+        "v = ec2.describe_volumes(Filters=[{{'Name': 'tag:Name', 'Values': ['b00-data']}}])['Volumes']\n\
+         on = [a['InstanceId'] for x in v for a in x.get('Attachments', []) if a['State'] in ('attaching', 'attached')]\n\
+         i = ec2.describe_instances(InstanceIds=['{id}'])['Reservations'][0]['Instances'][0]\n\
+         print(json.dumps([on, i.get('PublicIpAddress', '')]))"
+    ));
+    serde_json::from_str(out.trim()).expect("json")
+}
+
+#[test]
+fn a_daemon_paused_past_its_lease_resumes_mid_settle_and_changes_nothing_the_other_moved() {
+    let shared = Shared::new(1, false);
+    let gates = shared.cli.dir.path().join("gates");
+    std::fs::create_dir_all(&gates).expect("gates");
+    // Ready once the test opens the instance's gate (or the `all` gate);
+    // each check leaves a mark, so the test sees who is waiting on what.
+    let text = std::fs::read_to_string(shared.cli.config_path()).expect("config");
+    let g = gates.display();
+    shared.cli.write_config(
+        &text
+            .replace(
+                "ready = { check = \"none\" }",
+                &format!(
+                    "ready = {{ check = \"command\", command = \"touch {g}/asked-{{id}}; test -e {g}/ready-{{id}} || test -e {g}/all\", timeout = \"10m\" }}\n\
+                     dns = {{ zone = \"example.com\", name = \"b00.example.com\" }}"
+                ),
+            ),
+    );
+    shared
+        .cli
+        .moto
+        .boto("r53.create_hosted_zone(Name='example.com', CallerReference='fence')");
+    std::fs::write(gates.join("all"), "").expect("gate");
+    shared.up_all();
+    std::fs::remove_file(gates.join("all")).expect("gate");
+    let first = shared.live()["b00"].clone();
+    // `up`'s own ready check left its mark: the daemon's is awaited below.
+    std::fs::remove_file(gates.join(format!("asked-{first}"))).expect("up's mark");
+    // Someone moved the name by hand: the holder's next settle moves it
+    // back, once the instance answers its ready check (it waits there).
+    shared.cli.moto.boto(
+        "z = r53.list_hosted_zones()['HostedZones'][0]['Id']\n\
+         r53.change_resource_record_sets(HostedZoneId=z, ChangeBatch={'Changes': [{'Action': 'UPSERT', \
+         'ResourceRecordSet': {'Name': 'b00.example.com.', 'Type': 'A', 'TTL': 60, 'ResourceRecords': [{'Value': '198.51.100.7'}]}}]})",
+    );
+    let (a, _) = shared.serve_with(
+        "a",
+        &format!("endpoint_url = \"{}\"\n", shared.cli.moto.proxy_endpoint()),
+    );
+    let asked = gates.join(format!("asked-{first}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !asked.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "a never settled b00\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // a waits in its settle for the first instance to answer. Paused there
+    // (a stopped VM), well past its lease.
+    let pid = a.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    let (b, port_b) = shared.serve("b");
+    let b_id = Shared::daemon_id(port_b);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = shared.holders();
+        if shared.subjects().iter().all(|s| held.get(s) == Some(&b_id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b took nothing over: {held:?}\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, first_address) = b00_volume_and_address(&shared, &first);
+    // While a sleeps, the first instance is interrupted and b replaces it:
+    // the volume and the name follow the second.
+    shared
+        .cli
+        .moto
+        .boto(&format!("ec2.terminate_instances(InstanceIds=['{first}'])"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let second = loop {
+        for entry in std::fs::read_dir(&gates).expect("gates") {
+            let name = entry
+                .expect("entry")
+                .file_name()
+                .into_string()
+                .expect("utf-8");
+            if let Some(id) = name.strip_prefix("asked-")
+                && id != first
+            {
+                std::fs::write(gates.join(format!("ready-{id}")), "").expect("gate");
+            }
+        }
+        if let Some(id) = shared.live().get("b00").filter(|id| **id != first) {
+            let (on, address) = b00_volume_and_address(&shared, id);
+            if on == [id.clone()] && b00_record(&shared) == address {
+                break id.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b did not replace b00\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (_, second_address) = b00_volume_and_address(&shared, &second);
+    assert_ne!(first_address, second_address);
+    // a wakes up: its settle's instance answers now, and without fencing it
+    // would point the name at the first (terminated) instance's address.
+    std::fs::write(gates.join(format!("ready-{first}")), "").expect("gate");
+    signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // It stops at its next step (or, unfenced, moves the name back).
+    while !a.log().contains("no longer holds box:b00") && b00_record(&shared) == second_address {
+        assert!(
+            Instant::now() < deadline,
+            "a neither stopped at the fence nor acted\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        b00_record(&shared),
+        second_address,
+        "the name stayed with b's instance"
+    );
+    std::thread::sleep(INTERVAL * 3);
+    assert_eq!(
+        b00_record(&shared),
+        second_address,
+        "the name stayed with b's instance"
+    );
+    // Nobody pointed it at the first instance's released address, even
+    // for a moment.
+    assert_eq!(
+        shared.count(&format!(
+            "SELECT COUNT(*) FROM events WHERE owner = 'shared' AND kind = 'healed' \
+             AND message LIKE '%{first_address}%'"
+        )),
+        0,
+        "{}",
+        a.log()
+    );
+    let (on, _) = b00_volume_and_address(&shared, &second);
+    assert_eq!(
+        on,
+        vec![second.clone()],
+        "the volume stayed on b's instance"
+    );
+    assert_eq!(
+        shared.live_all()["b00"],
+        vec![second.clone()],
+        "no instance made or lost"
+    );
+    shared.check_volumes();
+    assert!(
+        shared.count(
+            "SELECT COUNT(*) FROM events WHERE owner = 'shared' AND kind = 'fenced' \
+             AND message LIKE '%no longer holds box:b00%'"
+        ) >= 1,
+        "{}",
+        a.log()
+    );
+    assert!(a.stop().success());
+    assert!(b.stop().success());
+}

@@ -25,6 +25,9 @@ pub enum ErrorKind {
     InvalidRequest,
     /// The request never got an answer (connection refused, timeout, DNS).
     Unreachable,
+    /// Not sent: the caller no longer holds the lease of what the call is
+    /// for (another daemon acts on it now). Never from AWS.
+    Fenced,
     /// Anything else.
     Other,
 }
@@ -42,6 +45,7 @@ impl ErrorKind {
             Self::Unauthorized => "unauthorized",
             Self::InvalidRequest => "invalid-request",
             Self::Unreachable => "unreachable",
+            Self::Fenced => "fenced",
             Self::Other => "other",
         }
     }

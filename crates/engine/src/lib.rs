@@ -29,6 +29,7 @@ pub mod daemon;
 pub mod desired;
 pub mod dns;
 pub mod events;
+pub mod fence;
 pub mod images;
 pub mod lock;
 pub mod metrics;

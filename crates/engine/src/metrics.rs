@@ -95,6 +95,8 @@ pub struct Metrics {
     pub lease_takeovers: Counter,
     /// 1 while the daemon reaches AWS (its last pass did), 0 while it does not.
     pub aws_reachable: Gauge,
+    /// Steps not taken because this daemon no longer held the lease.
+    pub fenced: Counter,
 }
 
 impl PoolMetrics {
@@ -193,8 +195,14 @@ fn register_upkeep(
 
 /// The leases of several daemons on one database (held now, taken over),
 /// and whether this one reaches AWS.
-fn register_leases(registry: &mut Registry) -> (Gauge, Counter, Gauge) {
+fn register_leases(registry: &mut Registry) -> (Gauge, Counter, Gauge, Counter) {
     let (held, takeovers, reachable) = (Gauge::default(), Counter::default(), Gauge::default());
+    let fenced = Counter::default();
+    registry.register(
+        "fenced",
+        "Steps not taken because this daemon no longer held the lease (another daemon took it over)",
+        fenced.clone(),
+    );
     registry.register(
         "aws_reachable",
         "1 while the daemon reaches AWS (its last pass did), 0 while it does not",
@@ -210,7 +218,7 @@ fn register_leases(registry: &mut Registry) -> (Gauge, Counter, Gauge) {
         "Leases taken from a daemon whose lease had expired",
         takeovers.clone(),
     );
-    (held, takeovers, reachable)
+    (held, takeovers, reachable, fenced)
 }
 
 impl Default for Metrics {
@@ -270,9 +278,10 @@ impl Default for Metrics {
         register_upkeep(&mut registry, &left_alone, &notifications);
         let pools = PoolMetrics::default();
         pools.register(&mut registry);
-        let (leases_held, lease_takeovers, aws_reachable) = register_leases(&mut registry);
+        let (leases_held, lease_takeovers, aws_reachable, fenced) = register_leases(&mut registry);
         Self {
             aws_reachable,
+            fenced,
             leases_held,
             lease_takeovers,
             registry,

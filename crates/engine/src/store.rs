@@ -30,6 +30,10 @@ pub enum StoreError {
     /// A query failed.
     #[error("state file query failed: {0}")]
     Query(#[from] sqlx::Error),
+    /// The daemon recording a step no longer holds the subject's lease
+    /// (another daemon took it over): nothing was recorded.
+    #[error("{0}")]
+    Fenced(crate::fence::Fence),
 }
 
 /// A launch intent: the plan for one launch, recorded before the call.
@@ -363,9 +367,15 @@ impl Store {
         Ok(max.unwrap_or(0) + 1)
     }
 
-    /// Records a new open intent.
+    /// Records a new open intent. Within a daemon's task (a fence in
+    /// scope), the same transaction checks that the daemon still holds the
+    /// box's lease at the generation it planned under: a daemon that lost
+    /// it records no launch (and so makes none).
     pub async fn create_intent(&self, new: NewIntent<'_>) -> Result<Intent, StoreError> {
         let created_at = unix_now();
+        let mut tx = self.pool.begin().await?;
+        // The insert first: on SQLite the transaction then holds the write
+        // lock from its first statement (a read first could not upgrade).
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO intents (owner, box, generation, token, market, instance_type, zone, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
@@ -378,8 +388,15 @@ impl Store {
         .bind(new.instance_type)
         .bind(new.zone)
         .bind(created_at)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        if let Some(fence) = crate::fence::current()
+            && !self.holds_lease_on(&mut tx, &fence).await?
+        {
+            tx.rollback().await?;
+            return Err(StoreError::Fenced(fence));
+        }
+        tx.commit().await?;
         Ok(Intent {
             id,
             owner: new.owner.to_owned(),
@@ -1108,6 +1125,8 @@ impl Store {
         owner: &str,
         launch: &PoolLaunch,
     ) -> Result<PoolLaunch, StoreError> {
+        // As a box's intent: recorded only while the pool's lease holds.
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "INSERT INTO pool_launches (owner, pool, token, instance_type, zone, subnet, market, count, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
@@ -1121,8 +1140,15 @@ impl Store {
         .bind(launch.market.as_str())
         .bind(launch.count)
         .bind(unix_now())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        if let Some(fence) = crate::fence::current()
+            && !self.holds_lease_on(&mut tx, &fence).await?
+        {
+            tx.rollback().await?;
+            return Err(StoreError::Fenced(fence));
+        }
+        tx.commit().await?;
         Ok(PoolLaunch {
             id: row.try_get("id")?,
             ..launch.clone()
@@ -1551,6 +1577,8 @@ pub struct Lease {
     pub expires_at: i64,
     /// Unix milliseconds the holder took it.
     pub since: i64,
+    /// The fencing token: new each time the lease changes hands.
+    pub generation: i64,
 }
 
 impl Store {
@@ -1632,7 +1660,7 @@ impl Store {
     /// Every lease of the owner, by subject.
     pub async fn leases(&self, owner: &str) -> Result<Vec<Lease>, StoreError> {
         Ok(sqlx::query_as::<_, Lease>(
-            "SELECT subject, holder, expires_at, since FROM leases WHERE owner = $1 ORDER BY subject",
+            "SELECT subject, holder, expires_at, since, generation FROM leases WHERE owner = $1 ORDER BY subject",
         )
         .bind(owner)
         .fetch_all(&self.pool)
@@ -1660,8 +1688,12 @@ impl Store {
     }
 
     /// Takes the lease on `subject` for `holder` until `until` if it is free,
-    /// expired at `now`, or the holder's already; `false` if another daemon
-    /// holds it. One statement: of two daemons taking it at once, one wins.
+    /// expired at `now`, or the holder's already; returns its generation
+    /// (`None`: another daemon holds it). A lease that changes hands gets a
+    /// new generation from the owner's counter, which only grows (a lease
+    /// row deleted and taken again does not start over); the holder's own
+    /// lease keeps its generation. The conditional upsert decides: of two
+    /// daemons taking it at once, one wins.
     pub async fn take_lease(
         &self,
         owner: &str,
@@ -1669,22 +1701,82 @@ impl Store {
         holder: &str,
         now: i64,
         until: i64,
-    ) -> Result<bool, StoreError> {
-        let n = sqlx::query(
-            "INSERT INTO leases (owner, subject, holder, expires_at, since) VALUES ($1, $2, $3, $4, $5)
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let next: i64 = sqlx::query_scalar(
+            "INSERT INTO lease_generations (owner, last) VALUES ($1, 1)
+             ON CONFLICT (owner) DO UPDATE SET last = lease_generations.last + 1
+             RETURNING last",
+        )
+        .bind(owner)
+        .fetch_one(&mut *tx)
+        .await?;
+        let generation: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO leases (owner, subject, holder, expires_at, since, generation)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (owner, subject) DO UPDATE
                  SET holder = excluded.holder, expires_at = excluded.expires_at,
-                     since = CASE WHEN leases.holder = excluded.holder THEN leases.since ELSE excluded.since END
-                 WHERE leases.holder = excluded.holder OR leases.expires_at < $5",
+                     since = CASE WHEN leases.holder = excluded.holder THEN leases.since ELSE excluded.since END,
+                     generation = CASE WHEN leases.holder = excluded.holder THEN leases.generation ELSE excluded.generation END
+                 WHERE leases.holder = excluded.holder OR leases.expires_at < $5
+             RETURNING generation",
         )
         .bind(owner)
         .bind(subject)
         .bind(holder)
         .bind(until)
         .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        .bind(next)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(generation)
+    }
+
+    /// SQL for the database's clock in unix milliseconds. Leases expire by
+    /// it, never by a host's: two daemons whose clocks differ agree on it.
+    fn clock_sql(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            // The file lives on one machine: its clock is the database's.
+            Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+        }
+    }
+
+    /// The database's clock, unix milliseconds.
+    pub async fn clock_ms(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(&format!("SELECT {}", self.clock_sql()))
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Whether `holder` still holds `subject` at `generation`, unexpired by
+    /// the database's clock (moved `offset_ms`: tests run on a paused clock;
+    /// zero otherwise).
+    pub async fn holds_lease(&self, fence: &crate::fence::Fence) -> Result<bool, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        self.holds_lease_on(&mut conn, fence).await
+    }
+
+    /// [`Store::holds_lease`] on a connection (in a transaction that
+    /// records what the holder does).
+    async fn holds_lease_on(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        fence: &crate::fence::Fence,
+    ) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM leases WHERE owner = $1 AND subject = $2 AND holder = $3
+             AND generation = $4 AND expires_at > {} + $5",
+            self.clock_sql()
+        ))
+        .bind(&fence.owner)
+        .bind(&fence.subject)
+        .bind(&fence.holder)
+        .bind(fence.generation)
+        .bind(fence.offset_ms)
+        .fetch_one(conn)
+        .await?;
         Ok(n > 0)
     }
 
@@ -2042,42 +2134,62 @@ mod tests {
     }
 
     async fn leases_go_to_one_holder_and_expired_ones_may_be_taken(s: Store) {
-        assert!(
-            s.take_lease("o", "box:dev", "a", 1000, 2000)
+        let first = s
+            .take_lease("o", "box:dev", "a", 1000, 2000)
+            .await
+            .expect("take")
+            .expect("free: taken");
+        assert_eq!(
+            s.take_lease("o", "box:dev", "b", 1500, 2500)
                 .await
-                .expect("take")
+                .expect("held"),
+            None
         );
-        assert!(
-            !s.take_lease("o", "box:dev", "b", 1500, 2500)
-                .await
-                .expect("held")
-        );
-        // Renewing through take keeps when it was first taken.
-        assert!(
+        // Renewing through take keeps when it was first taken, and its
+        // generation (no one else held it in between).
+        assert_eq!(
             s.take_lease("o", "box:dev", "a", 1600, 2600)
                 .await
-                .expect("again")
+                .expect("again"),
+            Some(first)
         );
         assert_eq!(s.leases("o").await.expect("leases")[0].since, 1000);
-        // Expired: another daemon takes it, and the old holder cannot renew it.
-        assert!(
-            s.take_lease("o", "box:dev", "b", 2700, 3700)
-                .await
-                .expect("expired")
-        );
+        // Expired: another daemon takes it, at a new generation, and the
+        // old holder cannot renew it.
+        let second = s
+            .take_lease("o", "box:dev", "b", 2700, 3700)
+            .await
+            .expect("expired")
+            .expect("taken over");
+        assert!(second > first, "{second} > {first}");
         assert_eq!(s.renew_leases("o", "a", 9999).await.expect("renew"), 0);
         s.release_lease("o", "box:dev", "a").await.expect("not a's");
         let l = s.leases("o").await.expect("leases");
         assert_eq!(
-            (l[0].holder.as_str(), l[0].expires_at, l[0].since),
-            ("b", 3700, 2700)
+            (
+                l[0].holder.as_str(),
+                l[0].expires_at,
+                l[0].since,
+                l[0].generation
+            ),
+            ("b", 3700, 2700, second)
         );
         assert_eq!(s.renew_leases("o", "b", 4000).await.expect("renew"), 1);
+        // Released and taken again, even by its last holder: a new
+        // generation (the counter never goes back).
+        s.release_lease("o", "box:dev", "b").await.expect("release");
+        let third = s
+            .take_lease("o", "box:dev", "b", 4100, 5100)
+            .await
+            .expect("take")
+            .expect("free");
+        assert!(third > second, "{third} > {second}");
         // Another owner's subject of the same name is another lease.
         assert!(
             s.take_lease("p", "box:dev", "a", 2800, 3800)
                 .await
                 .expect("other owner")
+                .is_some()
         );
         s.daemon_alive("o", "a", "host-a", 100, 0)
             .await
@@ -2098,6 +2210,81 @@ mod tests {
         s.daemon_gone("o", "b", 150).await.expect("gone");
         assert!(s.leases("o").await.expect("leases").is_empty());
         assert!(s.daemons("o", 0).await.expect("daemons").is_empty());
+    }
+
+    async fn a_fence_holds_only_for_its_holder_and_generation_until_the_database_clock_says(
+        s: Store,
+    ) {
+        let now = s.clock_ms().await.expect("clock");
+        let host = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("epoch")
+            .as_millis() as i64;
+        assert!(
+            (now - host).abs() < 60_000,
+            "the database's clock: {now} vs {host}"
+        );
+        let generation = s
+            .take_lease("o", "box:dev", "a", now, now + 60_000)
+            .await
+            .expect("take")
+            .expect("free");
+        let fence = crate::fence::Fence {
+            owner: "o".into(),
+            subject: "box:dev".into(),
+            holder: "a".into(),
+            generation,
+            offset_ms: 0,
+        };
+        assert!(s.holds_lease(&fence).await.expect("check"));
+        let other = |f: &dyn Fn(&mut crate::fence::Fence)| {
+            let mut g = fence.clone();
+            f(&mut g);
+            g
+        };
+        for wrong in [
+            other(&|f| f.generation += 1),
+            other(&|f| f.holder = "b".into()),
+            other(&|f| f.subject = "box:other".into()),
+            other(&|f| f.owner = "p".into()),
+            // The daemon's clock moved past the expiry (tokio's, in tests).
+            other(&|f| f.offset_ms = 61_000),
+        ] {
+            assert!(!s.holds_lease(&wrong).await.expect("check"), "{wrong:?}");
+        }
+        // An intent is recorded only while the fence in scope holds.
+        let new = NewIntent {
+            owner: "o",
+            box_name: "dev",
+            generation: 1,
+            token: "tok-1",
+            market: spotkeeper_cloud::Market::Spot,
+            instance_type: "t3.micro",
+            zone: None,
+        };
+        crate::fence::scope(Some(fence.clone()), s.create_intent(new))
+            .await
+            .expect("held: recorded");
+        let stale = other(&|f| f.generation -= 1);
+        let refused = crate::fence::scope(
+            Some(stale),
+            s.create_intent(NewIntent {
+                token: "tok-2",
+                generation: 2,
+                ..new
+            }),
+        )
+        .await;
+        assert!(matches!(refused, Err(StoreError::Fenced(_))), "{refused:?}");
+        assert_eq!(
+            s.open_intent("o", "dev")
+                .await
+                .expect("intent")
+                .expect("one")
+                .token,
+            "tok-1",
+            "the fenced-off intent was not recorded"
+        );
     }
 
     /// Runs each scenario on a SQLite store and on a real PostgreSQL server.
@@ -2122,6 +2309,7 @@ mod tests {
 
     on_both!(
         leases_go_to_one_holder_and_expired_ones_may_be_taken,
+        a_fence_holds_only_for_its_holder_and_generation_until_the_database_clock_says,
         intents_open_close_and_generations_advance,
         pruning_forgets_closed_launches_silent_daemons_and_removed_sinks,
         managed_boxes_duplicates_and_doomed_instances_are_recorded,

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use spotkeeper_engine::boxes::Timing;
 use spotkeeper_engine::config::{self, Config};
-use spotkeeper_engine::daemon::Daemon;
 use spotkeeper_engine::daemon::leases::FLEET;
+use spotkeeper_engine::daemon::{Clock, Daemon};
 
 const TIMING: Timing = Timing {
     poll: Duration::from_millis(5),
@@ -258,4 +258,70 @@ async fn a_daemon_that_cannot_reach_aws_lets_its_boxes_go_to_one_that_can() {
         "a takes its share again: {held_a:?} {held_b:?}"
     );
     assert!(held_a.is_disjoint(&held_b), "{held_a:?} {held_b:?}");
+}
+
+#[tokio::test]
+async fn a_daemon_whose_clock_runs_ahead_takes_no_lease_that_is_live_by_the_database_clock() {
+    let world = registered(3).await;
+    let a = daemon(&world, "a");
+    // b's host clock is ten minutes ahead: by it, a's leases ran out long
+    // ago. Expiry is the database's to say.
+    let ahead = std::time::SystemTime::now() + Duration::from_secs(600);
+    let b = daemon(&world, "b").with_clock(Clock::starting_at(ahead));
+    a.reconcile().await.expect("a's pass");
+    assert_eq!(a.held(), all(3));
+    b.reconcile().await.expect("b's pass");
+    assert!(b.held().is_empty(), "b took live leases: {:?}", b.held());
+    // The usual rebalance still happens: a gives back, b takes.
+    a.reconcile().await.expect("a's pass");
+    b.reconcile().await.expect("b's pass");
+    assert_eq!((a.held().len(), b.held().len()), (2, 2));
+    assert!(a.held().is_disjoint(&b.held()));
+    assert_eq!(common_live(&world.0), 3, "nobody launched twice");
+}
+
+#[tokio::test]
+async fn a_rebalance_never_hands_over_a_box_whose_replacement_is_in_flight() {
+    let world = registered(3).await;
+    let (cloud, store) = (&world.0, &world.1);
+    let (a, b) = (daemon(&world, "a"), daemon(&world, "b"));
+    a.reconcile().await.expect("a's pass");
+    assert_eq!(a.held(), all(3));
+    // b2 loses its instance; a's replacement of it hangs in RunInstances.
+    let lost = cloud
+        .all_instances()
+        .into_iter()
+        .find(|i| i.tag("spotkeeper:box") == Some("b2"))
+        .expect("b2's instance");
+    cloud.set_state(&lost.id, spotkeeper_cloud::InstanceState::Terminated);
+    cloud.set_delay("RunInstances", Duration::from_secs(5));
+    let (pass, released) = tokio::join!(a.reconcile(), async {
+        // The replacement is in flight once its intent is recorded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store
+            .open_intent("tester", "b2")
+            .await
+            .expect("intent")
+            .is_none()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no replacement started"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // b joins; a renews and gives back what is over its share (2 of
+        // 4), but not b2, whose task runs.
+        b.reconcile().await.expect("b's pass");
+        let claim = a.renew().await.expect("a renews");
+        assert!(a.held().contains("box:b2"), "{:?}", a.held());
+        later(Duration::from_secs(6)).await;
+        claim.released
+    });
+    pass.expect("a's pass");
+    assert_eq!(released, ["box:b1", "box:b0"], "the idle boxes went");
+    b.reconcile().await.expect("b's pass");
+    assert_eq!(b.held(), ["box:b0", "box:b1"].map(String::from).into());
+    // Once the task is over, b2 may move like any other subject.
+    assert_eq!(common_live(cloud), 3, "b2 replaced once");
 }

@@ -163,6 +163,27 @@ pub enum BoxError {
     },
 }
 
+impl BoxError {
+    /// Whether the daemon stopped because it no longer holds the box's (or
+    /// pool's) lease ([`crate::fence`]): not a failure of the box, another
+    /// daemon acts on it now.
+    pub fn fenced(&self) -> bool {
+        let cloud = match self {
+            Self::Cloud(c)
+            | Self::Persist(crate::persist::PersistError::Cloud(c))
+            | Self::Dns(crate::dns::DnsError::Cloud(c))
+            | Self::Pool(crate::pools::PoolError::Cloud(c)) => Some(c),
+            _ => None,
+        };
+        cloud.is_some_and(crate::fence::is_fenced)
+            || matches!(
+                self,
+                Self::Store(StoreError::Fenced(_))
+                    | Self::Pool(crate::pools::PoolError::Store(StoreError::Fenced(_)))
+            )
+    }
+}
+
 /// The result of `up`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpOutcome {

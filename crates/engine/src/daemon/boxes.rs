@@ -6,6 +6,7 @@
 //! back to spot) is a [`Work`] item for the task runner, so a pass never
 //! waits on one box.
 
+use spotkeeper_cloud::prelude::*;
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
@@ -433,6 +434,7 @@ impl Daemon<'_> {
                 }
                 vec![what]
             }
+            Err(e) if self.stopped_by_fence(Some(name), &e).await => Vec::new(),
             Err(e) => {
                 self.metrics.launch_failure(failure_reason(&e));
                 // Tried again after a growing pause, said once per kind of
@@ -481,7 +483,9 @@ impl Daemon<'_> {
                 self.remember_launch(spec, &instance.id).await;
             }
             Err(e) => {
-                self.record(Some(name), "heal-failed", &e.to_string()).await;
+                if !self.stopped_by_fence(Some(name), &e).await {
+                    self.record(Some(name), "heal-failed", &e.to_string()).await;
+                }
                 return Vec::new();
             }
         }
@@ -500,14 +504,19 @@ impl Daemon<'_> {
             .into_iter()
             .map(InstanceId::new)
             .collect();
-        for note in
-            crate::persist::ensure_attached(self.cloud, &self.config.owner, spec, instance, &doomed)
-                .await?
+        for note in crate::persist::ensure_attached(
+            &self.cloud,
+            &self.config.owner,
+            spec,
+            instance,
+            &doomed,
+        )
+        .await?
         {
             self.record(Some(&spec.name), "healed", &note).await;
         }
         if let Some(status) =
-            crate::dns::status(self.cloud, &self.config.owner, spec, Some(instance)).await?
+            crate::dns::status(&self.cloud, &self.config.owner, spec, Some(instance)).await?
             && !status.matches
             && status.instance_address.is_some()
         {
@@ -521,7 +530,7 @@ impl Daemon<'_> {
                 })?;
             let dns = spec.dns.as_ref().expect("status implies dns");
             let address =
-                crate::dns::point(self.cloud, &self.config.owner, &spec.name, dns, instance)
+                crate::dns::point(&self.cloud, &self.config.owner, &spec.name, dns, instance)
                     .await?;
             self.record(
                 Some(&spec.name),
@@ -543,7 +552,7 @@ impl Daemon<'_> {
         let mut volumes = std::collections::BTreeMap::new();
         for (role, vs) in crate::persist::volume_specs(spec) {
             if let Ok(Some(v)) =
-                crate::persist::find(self.cloud, &self.config.owner, &spec.name, role, vs).await
+                crate::persist::find(&self.cloud, &self.config.owner, &spec.name, role, vs).await
             {
                 volumes.insert(vs.name.clone(), v);
             }
@@ -602,7 +611,7 @@ impl Daemon<'_> {
     pub(super) async fn image(&self, spec: &BoxSpec, instance: &Instance) -> Vec<String> {
         let name = spec.name.as_str();
         let owner = &self.config.owner;
-        let newest = match crate::images::box_images(self.cloud, owner, name).await {
+        let newest = match crate::images::box_images(&self.cloud, owner, name).await {
             Ok(all) => all.into_iter().next(),
             Err(e) => {
                 self.record(Some(name), "image-failed", &e.to_string())
@@ -625,7 +634,7 @@ impl Daemon<'_> {
         self.lock_memory()
             .image_checks
             .insert(name.to_owned(), now + SETTLE_AGAIN_AFTER);
-        match crate::images::create(self.cloud, owner, spec, instance, now).await {
+        match crate::images::create(&self.cloud, owner, spec, instance, now).await {
             Ok((image, pruned)) => {
                 if let Some(every) = spec.images.every {
                     self.lock_memory()
@@ -676,6 +685,7 @@ impl Daemon<'_> {
 /// A short reason for the launch-failure metric.
 pub(super) fn failure_reason(e: &BoxError) -> &'static str {
     match e {
+        e if e.fenced() => "fenced",
         BoxError::Cloud(c) => c.kind.as_str(),
         BoxError::NoOffering(_) => "no-offering-under-ceiling",
         BoxError::NoCapacity { .. } => "insufficient-capacity",

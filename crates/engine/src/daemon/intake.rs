@@ -6,6 +6,7 @@
 //! observation without a full describe. The next pass verifies (level
 //! triggered: a lost message changes nothing but the delay).
 
+use spotkeeper_cloud::prelude::*;
 use std::collections::HashMap;
 
 use spotkeeper_cloud::model::tags;

@@ -140,7 +140,55 @@ impl Daemon<'_> {
 
     /// The subjects whose leases this daemon holds (as of its last claim).
     pub fn held(&self) -> BTreeSet<String> {
-        self.lock_memory().held.clone()
+        self.lock_memory().held.keys().cloned().collect()
+    }
+
+    /// The fence of work for `subject`: this daemon and the generation it
+    /// holds the subject's lease at; `None` when it does not hold it.
+    pub(super) fn fence_for(&self, subject: &str) -> Option<crate::fence::Fence> {
+        let generation = *self.lock_memory().held.get(subject)?;
+        Some(crate::fence::Fence {
+            owner: self.config.owner.clone(),
+            subject: subject.to_owned(),
+            holder: self.id.clone(),
+            generation,
+            offset_ms: self.clock.offset_ms(),
+        })
+    }
+
+    /// Runs `work` for `subject` in the scope of its fence: its changes to
+    /// AWS are refused once another daemon holds the subject. Work for a
+    /// subject this daemon does not hold runs fenced off from the start.
+    pub(super) async fn fenced<F: std::future::Future>(&self, subject: &str, work: F) -> F::Output {
+        let fence = self
+            .fence_for(subject)
+            .unwrap_or_else(|| crate::fence::Fence {
+                owner: self.config.owner.clone(),
+                subject: subject.to_owned(),
+                holder: self.id.clone(),
+                generation: -1,
+                offset_ms: 0,
+            });
+        crate::fence::scope(Some(fence), work).await
+    }
+
+    /// Says that work stopped at a fence, if `e` is that: not a failure of
+    /// the box or pool (no backoff, no `*-failed` event); the daemon that
+    /// holds the lease now acts on it.
+    pub(super) async fn stopped_by_fence(&self, box_name: Option<&str>, e: &BoxError) -> bool {
+        if !e.fenced() {
+            return false;
+        }
+        self.metrics.fenced.inc();
+        tracing::info!("{e}");
+        self.record(box_name, "fenced", &e.to_string()).await;
+        true
+    }
+
+    /// Subjects with a task in flight (the runner says so): a rebalance
+    /// keeps them until the task ends.
+    pub(super) fn set_busy(&self, busy: HashSet<String>) {
+        self.lock_memory().busy = busy;
     }
 
     /// Set while this daemon holds the `fleet` lease: notification
@@ -150,14 +198,13 @@ impl Daemon<'_> {
     }
 
     pub(super) fn holds(&self, subject: &str) -> bool {
-        self.lock_memory().held.contains(subject)
+        self.lock_memory().held.contains_key(subject)
     }
 
-    fn now_ms(&self) -> i64 {
-        self.clock
-            .now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
+    /// Now by the database's clock (unix ms), which every daemon reads
+    /// alike: whether a lease expired is never a host's clock's say.
+    async fn now_ms(&self) -> Result<i64, BoxError> {
+        Ok(self.store.clock_ms().await? + self.clock.offset_ms())
     }
 
     fn lease_ms(&self) -> i64 {
@@ -180,14 +227,14 @@ impl Daemon<'_> {
         let _one_at_a_time = self.claiming.lock().await;
         let claim = self.claim_now(subjects).await;
         if claim.is_err() {
-            self.hold(BTreeSet::new());
+            self.hold(Default::default());
         }
         claim
     }
 
     async fn claim_now(&self, subjects: &[String]) -> Result<Claim, BoxError> {
         let owner = &self.config.owner;
-        let (now, lease) = (self.now_ms(), self.lease_ms());
+        let (now, lease) = (self.now_ms().await?, self.lease_ms());
         self.lock_memory().subjects = subjects.to_vec();
         if self.cut_off() {
             return self.let_go(now - lease).await;
@@ -202,9 +249,11 @@ impl Daemon<'_> {
         let leases = self.store.leases(owner).await?;
         let wanted: HashSet<&str> = subjects.iter().map(String::as_str).collect();
         let mut claim = Claim::default();
+        let mut generations = std::collections::BTreeMap::new();
         for l in leases.iter().filter(|l| l.holder == self.id) {
             if wanted.contains(l.subject.as_str()) {
                 claim.held.insert(l.subject.clone());
+                generations.insert(l.subject.clone(), l.generation);
             } else {
                 // A box stopped or a pool deleted: nothing to hold.
                 self.store
@@ -219,25 +268,27 @@ impl Daemon<'_> {
             };
             self.store.release_lease(owner, &give, &self.id).await?;
             claim.held.remove(&give);
+            generations.remove(&give);
             claim.released.push(give);
         }
         for (subject, from) in candidates(subjects, &leases, &self.id, now) {
             if claim.held.len() >= share {
                 break;
             }
-            if self
+            if let Some(generation) = self
                 .store
                 .take_lease(owner, subject, &self.id, now, now + lease)
                 .await?
             {
                 claim.held.insert(subject.to_owned());
+                generations.insert(subject.to_owned(), generation);
                 match from {
                     Some(from) => claim.taken_over.push((subject.to_owned(), from.to_owned())),
                     None => claim.taken.push(subject.to_owned()),
                 }
             }
         }
-        self.claimed(&claim).await;
+        self.claimed(&claim, generations).await;
         Ok(claim)
     }
 
@@ -271,7 +322,7 @@ impl Daemon<'_> {
         self.store
             .daemon_gone(&self.config.owner, &self.id, stale)
             .await?;
-        self.hold(BTreeSet::new());
+        self.hold(Default::default());
         let what = format!(
             "daemon {} cannot reach AWS: it gave its {} lease(s) back until AWS answers",
             self.id,
@@ -285,27 +336,33 @@ impl Daemon<'_> {
         })
     }
 
-    /// A held subject to give back: the last by name, the chores last of all.
+    /// A held subject to give back: the last by name, the chores last of
+    /// all, never one whose task is in flight (handing it over would have
+    /// two daemons at work on it; the next claim after the task may).
     fn least_busy(&self, held: &BTreeSet<String>) -> Option<String> {
-        held.iter()
-            .rev()
+        let busy = self.lock_memory().busy.clone();
+        let idle = || held.iter().rev().filter(|s| !busy.contains(s.as_str()));
+        idle()
             .find(|s| s.as_str() != FLEET)
-            .or_else(|| held.iter().next_back())
+            .or_else(|| idle().next())
             .cloned()
     }
 
-    /// What this daemon acts on from now: `held` (the pass, the fast path,
-    /// the notification gate and `spotkeeper_leases_held` read it).
-    fn hold(&self, held: BTreeSet<String>) {
-        self.fleet
-            .store(held.contains(FLEET), std::sync::atomic::Ordering::SeqCst);
+    /// What this daemon acts on from now: `held`, subject → generation
+    /// (the pass, the fast path, the fences, the notification gate and
+    /// `spotkeeper_leases_held` read it).
+    fn hold(&self, held: std::collections::BTreeMap<String, i64>) {
+        self.fleet.store(
+            held.contains_key(FLEET),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         self.metrics.leases_held.set(held.len() as i64);
         self.lock_memory().held = held;
     }
 
     /// Remembers the claim, counts it, and records what changed hands.
-    async fn claimed(&self, claim: &Claim) {
-        self.hold(claim.held.clone());
+    async fn claimed(&self, claim: &Claim, generations: std::collections::BTreeMap<String, i64>) {
+        self.hold(generations);
         if !claim.taken.is_empty() {
             let what = format!(
                 "daemon {} took {} lease(s): {}",
@@ -335,6 +392,14 @@ impl Daemon<'_> {
         }
     }
 
+    /// One renewal now, as between passes (the subjects of the last pass):
+    /// renews, gives back what is over this daemon's share (never a subject
+    /// whose task is in flight), takes free and expired leases up to it.
+    pub async fn renew(&self) -> Result<Claim, BoxError> {
+        let subjects = self.lock_memory().subjects.clone();
+        self.claim(&subjects).await
+    }
+
     /// Renews and rebalances between passes; a subject taken wakes a pass.
     pub(super) async fn renew_loop(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         loop {
@@ -349,11 +414,10 @@ impl Daemon<'_> {
                 _ = shutdown.changed() => break,
                 () = tokio::time::sleep(wait) => {}
             }
-            let subjects = self.lock_memory().subjects.clone();
-            if subjects.is_empty() {
+            if self.lock_memory().subjects.is_empty() {
                 continue;
             }
-            match self.claim(&subjects).await {
+            match self.renew().await {
                 Ok(c) if !c.taken.is_empty() || !c.taken_over.is_empty() => self.wake.notify_one(),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("renewing the leases failed: {e}"),
@@ -413,7 +477,15 @@ impl Daemon<'_> {
     /// Gives every lease back at once (a clean stop): the others take the
     /// boxes at their next renewal instead of after the expiry.
     pub async fn leave(&self) {
-        let stale = self.now_ms() - 10 * self.lease_ms();
+        let now = match self.now_ms().await {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!("giving the leases back failed (they expire): {e}");
+                self.hold(Default::default());
+                return;
+            }
+        };
+        let stale = now - 10 * self.lease_ms();
         match self
             .store
             .daemon_gone(&self.config.owner, &self.id, stale)
@@ -429,7 +501,7 @@ impl Daemon<'_> {
             }
             Err(e) => tracing::warn!("giving the leases back failed (they expire): {e}"),
         }
-        self.hold(BTreeSet::new());
+        self.hold(Default::default());
     }
 }
 
@@ -478,6 +550,7 @@ mod tests {
             holder: h.into(),
             expires_at: exp,
             since: 0,
+            generation: 1,
         };
         let leases = [
             lease("box:a", "x", 50),

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 pub struct Clock {
     wall: SystemTime,
     at: Instant,
+    real: std::time::Instant,
 }
 
 impl Default for Clock {
@@ -28,10 +29,26 @@ impl Default for Clock {
 impl Clock {
     /// A clock reading the system time now and advancing with tokio's clock.
     pub fn new() -> Self {
+        Self::starting_at(SystemTime::now())
+    }
+
+    /// A clock that reads `wall` now (a host whose clock is off, in tests).
+    pub fn starting_at(wall: SystemTime) -> Self {
         Self {
-            wall: SystemTime::now(),
+            wall,
             at: Instant::now(),
+            real: std::time::Instant::now(),
         }
+    }
+
+    /// How far tokio's clock has been moved ahead of real time since this
+    /// clock started, in milliseconds: zero but in tests on a paused clock.
+    /// Lease times come from the database's clock plus this, never from the
+    /// host's wall clock (two hosts' clocks may disagree by any amount).
+    pub fn offset_ms(&self) -> i64 {
+        let moved = self.at.elapsed().as_millis() as i64;
+        let real = self.real.elapsed().as_millis() as i64;
+        moved - real
     }
 
     /// Wall-clock now.

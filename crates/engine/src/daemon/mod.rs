@@ -21,6 +21,7 @@
 //! next daemon resumes from AWS and the state file.
 
 mod boxes;
+mod fenced;
 pub mod health;
 mod intake;
 pub mod leases;
@@ -28,6 +29,7 @@ mod marks;
 mod pools;
 pub mod tasks;
 
+use spotkeeper_cloud::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -148,7 +150,10 @@ struct Memory {
     unanswered_since: Option<Instant>,
     pruned_at: Option<Instant>,
     account: Option<String>,
-    held: std::collections::BTreeSet<String>,
+    /// The subjects whose leases this daemon holds, with their generations.
+    held: std::collections::BTreeMap<String, i64>,
+    /// Subjects with a task in flight: a rebalance does not hand them over.
+    busy: HashSet<String>,
     subjects: Vec<String>,
 }
 
@@ -160,7 +165,8 @@ pub struct Daemon<'a> {
     /// One claim at a time (a pass's and the renewal's): a claim that read
     /// the leases before another gave one back must not say it holds it.
     claiming: tokio::sync::Mutex<()>,
-    cloud: &'a dyn Cloud,
+    /// AWS, each change checked against the work's lease ([`crate::fence`]).
+    cloud: fenced::FencedCloud<'a>,
     store: &'a Store,
     config: &'a Config,
     lock_dir: &'a std::path::Path,
@@ -205,7 +211,7 @@ impl<'a> Daemon<'a> {
             host: leases::host(),
             fleet: Arc::default(),
             claiming: tokio::sync::Mutex::new(()),
-            cloud,
+            cloud: fenced::FencedCloud::new(cloud, store),
             store,
             config,
             lock_dir,
@@ -297,10 +303,16 @@ impl<'a> Daemon<'a> {
         self
     }
 
+    /// Reads the time from `clock` (tests: a host whose clock is off).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// What `up` needs, for launching replacements the same way.
     fn ctx(&self) -> Ctx<'_> {
         Ctx {
-            cloud: self.cloud,
+            cloud: &self.cloud,
             store: self.store,
             owner: &self.config.owner,
             lock_dir: self.lock_dir,
@@ -566,6 +578,11 @@ impl<'a> Daemon<'a> {
             .get_or_insert_with(Instant::now);
         let mut obs = self.observe(fleet).await?;
         self.lock_memory().unanswered_since = None;
+        // What a slow look at AWS let go meanwhile is not planned (and the
+        // fences refuse it anyway).
+        let mut specs = specs;
+        specs.retain(|s| self.holds(&leases::box_subject(&s.name)));
+        let fleet = fleet && self.holds(leases::FLEET);
         // Only the fast path needs them: without, launches ask AWS first.
         match self.box_prices(&specs).await {
             Ok((prices, zones)) => {
@@ -579,12 +596,15 @@ impl<'a> Daemon<'a> {
         self.lock_memory().last = Some(obs.clone());
         let mut out = PassOutcome::default();
         if fleet {
-            out.done.extend(self.finish_stops(&obs).await?);
+            out.done
+                .extend(self.fenced(leases::FLEET, self.finish_stops(&obs)).await?);
         }
         for spec in &specs {
             let subject = Subject::Box(spec.name.clone());
-            let (done, work) = match self.plan_and_step(spec, &obs).await {
+            let step = self.plan_and_step(spec, &obs);
+            let (done, work) = match self.fenced(&subject.lease(), step).await {
                 Ok(x) => x,
+                Err(e) if self.stopped_by_fence(Some(&spec.name), &e).await => continue,
                 Err(e) => {
                     self.record(Some(&spec.name), "step-failed", &e.to_string())
                         .await;

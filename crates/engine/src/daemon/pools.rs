@@ -3,6 +3,7 @@
 //! slow demand source or a slow launch holds that pool only; orphans of
 //! pools that no longer exist are collected in the pass.
 
+use spotkeeper_cloud::prelude::*;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,7 +128,8 @@ impl Daemon<'_> {
             prices,
         });
         let done = if fleet {
-            self.collect_orphans(&known, &unreadable, &world).await?
+            let orphans = self.collect_orphans(&known, &unreadable, &world);
+            self.fenced(super::leases::FLEET, orphans).await?
         } else {
             Vec::new()
         };
@@ -154,7 +156,7 @@ impl Daemon<'_> {
     pub(super) async fn pool_task(&self, spec: &PoolSpec, world: &World) -> Vec<String> {
         let owner = &self.config.owner;
         let pass = PoolPass {
-            cloud: self.cloud,
+            cloud: &self.cloud,
             store: self.store,
             owner,
             demand: self.demand.as_ref(),
@@ -168,6 +170,7 @@ impl Daemon<'_> {
                     self.state_ended(&format!("pool-failed:{}", spec.name));
                     done.extend(found);
                 }
+                Err(e) if self.stopped_by_fence(None, &e).await => {}
                 Err(e) => {
                     self.failed(&subject);
                     self.metrics

@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 use super::Daemon;
 use crate::boxes::Known;
 use crate::config::BoxSpec;
+use crate::fence::Fence;
 use crate::pools::PoolSpec;
 use crate::pools::pass::World;
 
@@ -36,6 +37,16 @@ pub enum Subject {
     Box(String),
     /// A worker pool, by name.
     Pool(String),
+}
+
+impl Subject {
+    /// The subject's lease (`box:NAME`, `pool:NAME`).
+    pub fn lease(&self) -> String {
+        match self {
+            Self::Box(name) => super::leases::box_subject(name),
+            Self::Pool(name) => super::leases::pool_subject(name),
+        }
+    }
 }
 
 /// The slow work of one subject.
@@ -149,7 +160,8 @@ pub struct Runner<'f> {
     limit: usize,
     running: FuturesUnordered<BoxFuture<'f, Finished>>,
     busy: HashMap<Subject, Busy>,
-    queue: VecDeque<Job>,
+    /// Jobs waiting for a slot, each with the fence it was offered under.
+    queue: VecDeque<(Job, Fence)>,
     next_id: u64,
 }
 
@@ -180,13 +192,18 @@ impl<'f> Runner<'f> {
         self.running.is_empty() && self.queue.is_empty()
     }
 
-    /// Starts or queues `job` (see the module's rules).
+    /// Starts or queues `job` (see the module's rules). The job runs in the
+    /// fence of the lease the daemon holds now on its subject; work for a
+    /// subject it does not hold (any more) is stale.
     pub fn offer<'a: 'f>(&mut self, daemon: &'f Daemon<'a>, job: Job) -> Offered {
         if let Some(epoch) = job.epoch
             && daemon.epoch(&job.subject) != epoch
         {
             return Offered::Stale;
         }
+        let Some(fence) = daemon.fence_for(&job.subject.lease()) else {
+            return Offered::Stale;
+        };
         if let Some(b) = self.busy.get_mut(&job.subject) {
             if !(job.work.urgent() && b.preemptible) {
                 return Offered::Busy;
@@ -197,8 +214,12 @@ impl<'f> Runner<'f> {
             }
             self.busy.remove(&job.subject);
         }
-        if let Some(pos) = self.queue.iter().position(|j| j.subject == job.subject) {
-            if job.work.urgent() && !self.queue[pos].work.urgent() {
+        if let Some(pos) = self
+            .queue
+            .iter()
+            .position(|(j, _)| j.subject == job.subject)
+        {
+            if job.work.urgent() && !self.queue[pos].0.work.urgent() {
                 self.queue.remove(pos);
             } else {
                 return Offered::Busy;
@@ -206,17 +227,22 @@ impl<'f> Runner<'f> {
         }
         if self.running.len() >= self.limit {
             if job.work.urgent() {
-                self.queue.push_front(job);
+                self.queue.push_front((job, fence));
             } else {
-                self.queue.push_back(job);
+                self.queue.push_back((job, fence));
             }
             return Offered::Queued;
         }
-        self.start(daemon, job);
+        self.start(daemon, job, fence);
         Offered::Started
     }
 
-    fn start<'a: 'f>(&mut self, daemon: &'f Daemon<'a>, job: Job) {
+    /// Tells the daemon which subjects have a task in flight.
+    fn busy_to<'a: 'f>(&self, daemon: &'f Daemon<'a>) {
+        daemon.set_busy(self.busy.keys().map(Subject::lease).collect());
+    }
+
+    fn start<'a: 'f>(&mut self, daemon: &'f Daemon<'a>, job: Job, fence: Fence) {
         self.next_id += 1;
         let id = self.next_id;
         let (tx, rx) = oneshot::channel::<()>();
@@ -230,11 +256,12 @@ impl<'f> Runner<'f> {
             },
         );
         daemon.metrics.task_started(kind);
+        self.busy_to(daemon);
         let subject = job.subject;
         self.running.push(Box::pin(async move {
             let work = job.work;
             let lines = tokio::select! {
-                lines = daemon.execute(&work) => Some(lines),
+                lines = crate::fence::scope(Some(fence), daemon.execute(&work)) => Some(lines),
                 _ = rx => None,
             };
             Finished {
@@ -265,13 +292,14 @@ impl<'f> Runner<'f> {
         }
         daemon.advance_epoch(&done.subject);
         while self.running.len() < self.limit {
-            let Some(job) = self.queue.pop_front() else {
+            let Some((job, fence)) = self.queue.pop_front() else {
                 break;
             };
             if self.busy.contains_key(&job.subject) {
                 continue;
             }
-            self.start(daemon, job);
+            self.start(daemon, job, fence);
         }
+        self.busy_to(daemon);
     }
 }
