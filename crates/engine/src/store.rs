@@ -1566,6 +1566,19 @@ pub struct DaemonRow {
     pub leases: i64,
 }
 
+/// The config a live daemon runs ([`Store::live_configs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveConfig {
+    /// The daemon.
+    pub daemon: String,
+    /// Its config's fingerprint.
+    pub fingerprint: String,
+    /// When that config was first recorded, as the owner's generation.
+    pub generation: i64,
+    /// The lease subjects its file names (`box:NAME`, `pool:NAME`).
+    pub subjects: Vec<String>,
+}
+
 /// Who holds a box's or pool's lease, until when.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct Lease {
@@ -1582,7 +1595,8 @@ pub struct Lease {
 }
 
 impl Store {
-    /// Daemon `id` on `host` is alive at `now` (unix ms) holding `leases`.
+    /// Daemon `id` on `host` is alive at `now` (unix ms) holding `leases`,
+    /// running the config whose fingerprint is `config`.
     pub async fn daemon_alive(
         &self,
         owner: &str,
@@ -1590,19 +1604,132 @@ impl Store {
         host: &str,
         now: i64,
         leases: i64,
+        config: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO daemons (owner, id, host, started_at, seen_at, leases) VALUES ($1, $2, $3, $4, $4, $5)
-             ON CONFLICT (owner, id) DO UPDATE SET seen_at = excluded.seen_at, leases = excluded.leases",
+            "INSERT INTO daemons (owner, id, host, started_at, seen_at, leases, config) VALUES ($1, $2, $3, $4, $4, $5, $6)
+             ON CONFLICT (owner, id) DO UPDATE SET seen_at = excluded.seen_at, leases = excluded.leases, config = excluded.config",
         )
         .bind(owner)
         .bind(id)
         .bind(host)
         .bind(now)
         .bind(leases)
+        .bind(config)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Records the config whose fingerprint is `fingerprint` (naming the
+    /// lease `subjects`), its file written at `written_at`, seen `now` (unix
+    /// ms); returns its generation. A fingerprint not seen before gets the
+    /// owner's next generation; one seen before keeps its own, unless it is
+    /// not the newest and its file was written after the newest's (a config
+    /// reverted on purpose is current again; a stale copy is not).
+    pub async fn record_config(
+        &self,
+        owner: &str,
+        fingerprint: &str,
+        subjects: &[String],
+        written_at: i64,
+        now: i64,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // A write first: on SQLite the transaction holds the lock from here.
+        sqlx::query("UPDATE config_versions SET written_at = written_at WHERE owner = $1")
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        let newest = sqlx::query(
+            "SELECT fingerprint, generation, written_at FROM config_versions WHERE owner = $1
+             ORDER BY generation DESC, written_at DESC LIMIT 1",
+        )
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (newest_fp, newest_generation, newest_written): (String, i64, i64) = match &newest {
+            Some(r) => (
+                r.try_get("fingerprint")?,
+                r.try_get("generation")?,
+                r.try_get("written_at")?,
+            ),
+            None => (String::new(), 0, 0),
+        };
+        let mine: Option<i64> = sqlx::query_scalar(
+            "SELECT generation FROM config_versions WHERE owner = $1 AND fingerprint = $2",
+        )
+        .bind(owner)
+        .bind(fingerprint)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let generation = match mine {
+            Some(g) if newest_fp == fingerprint || written_at <= newest_written => g,
+            _ => newest_generation + 1,
+        };
+        sqlx::query(
+            "INSERT INTO config_versions (owner, fingerprint, generation, first_seen, written_at, subjects)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (owner, fingerprint) DO UPDATE SET generation = excluded.generation,
+                 written_at = CASE WHEN excluded.written_at > config_versions.written_at
+                                   THEN excluded.written_at ELSE config_versions.written_at END",
+        )
+        .bind(owner)
+        .bind(fingerprint)
+        .bind(generation)
+        .bind(now)
+        .bind(written_at)
+        .bind(subjects.join("\n"))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(generation)
+    }
+
+    /// The newest config recorded: (fingerprint, generation).
+    pub async fn newest_config(&self, owner: &str) -> Result<Option<(String, i64)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT fingerprint, generation FROM config_versions WHERE owner = $1
+             ORDER BY generation DESC, written_at DESC LIMIT 1",
+        )
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((r.try_get("fingerprint")?, r.try_get("generation")?)))
+            .transpose()
+    }
+
+    /// The configs of the daemons seen since `since` (unix ms), one per
+    /// daemon: what each live daemon's config wants.
+    pub async fn live_configs(
+        &self,
+        owner: &str,
+        since: i64,
+    ) -> Result<Vec<LiveConfig>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.id, c.fingerprint, c.generation, c.subjects FROM daemons d JOIN config_versions c
+             ON c.owner = d.owner AND c.fingerprint = d.config
+             WHERE d.owner = $1 AND d.seen_at >= $2 ORDER BY d.id",
+        )
+        .bind(owner)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let subjects: String = r.try_get("subjects")?;
+                Ok(LiveConfig {
+                    daemon: r.try_get("id")?,
+                    fingerprint: r.try_get("fingerprint")?,
+                    generation: r.try_get("generation")?,
+                    subjects: subjects
+                        .lines()
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                })
+            })
+            .collect()
     }
 
     /// The daemons seen since `since` (unix ms), by id.
@@ -1981,7 +2108,7 @@ mod tests {
         s.close_pool_launch(launch.id, "launched i-1")
             .await
             .expect("close");
-        s.daemon_alive("o", "dead", "host", 1_000, 1)
+        s.daemon_alive("o", "dead", "host", 1_000, 1, "c")
             .await
             .expect("alive");
         s.take_lease("o", "box:dev", "dead", 1_000, 2_000)
@@ -2191,13 +2318,13 @@ mod tests {
                 .expect("other owner")
                 .is_some()
         );
-        s.daemon_alive("o", "a", "host-a", 100, 0)
+        s.daemon_alive("o", "a", "host-a", 100, 0, "c")
             .await
             .expect("alive");
-        s.daemon_alive("o", "b", "host-b", 200, 1)
+        s.daemon_alive("o", "b", "host-b", 200, 1, "c")
             .await
             .expect("alive");
-        s.daemon_alive("o", "b", "host-b", 300, 1)
+        s.daemon_alive("o", "b", "host-b", 300, 1, "c")
             .await
             .expect("alive again");
         let d = s.daemons("o", 150).await.expect("daemons");
@@ -2287,6 +2414,58 @@ mod tests {
         );
     }
 
+    async fn configs_get_generations_by_first_sight_and_a_rewritten_file_is_newest(s: Store) {
+        let subjects = ["pool:w".to_owned()];
+        let record = |fp: &'static str, written: i64| {
+            let s = &s;
+            let subjects = &subjects;
+            async move {
+                s.record_config("o", fp, subjects, written, 1)
+                    .await
+                    .expect("record")
+            }
+        };
+        assert_eq!(record("v1", 100).await, 1);
+        assert_eq!(record("v1", 100).await, 1, "seen before: the same");
+        assert_eq!(record("v2", 200).await, 2, "new: the next");
+        // A stale copy of v1 (its file older than v2's) stays older.
+        assert_eq!(record("v1", 150).await, 1);
+        assert_eq!(
+            s.newest_config("o").await.expect("newest"),
+            Some(("v2".into(), 2))
+        );
+        // v1 written again after v2 (reverted on purpose): the newest.
+        assert_eq!(record("v1", 300).await, 3);
+        assert_eq!(
+            s.newest_config("o").await.expect("newest"),
+            Some(("v1".into(), 3))
+        );
+        // Another owner counts on its own.
+        assert_eq!(
+            s.record_config("p", "v9", &subjects, 0, 1)
+                .await
+                .expect("record"),
+            1
+        );
+        // What live daemons run, by their config.
+        s.daemon_alive("o", "d1", "h", 1_000, 0, "v1")
+            .await
+            .expect("alive");
+        s.daemon_alive("o", "d2", "h", 10, 0, "v2")
+            .await
+            .expect("alive");
+        let live = s.live_configs("o", 500).await.expect("live");
+        assert_eq!(live.len(), 1, "{live:?}");
+        assert_eq!(
+            (
+                live[0].daemon.as_str(),
+                live[0].generation,
+                live[0].subjects.clone()
+            ),
+            ("d1", 3, vec!["pool:w".to_owned()])
+        );
+    }
+
     /// Runs each scenario on a SQLite store and on a real PostgreSQL server.
     macro_rules! on_both {
         ($($name:ident),* $(,)?) => {
@@ -2310,6 +2489,7 @@ mod tests {
     on_both!(
         leases_go_to_one_holder_and_expired_ones_may_be_taken,
         a_fence_holds_only_for_its_holder_and_generation_until_the_database_clock_says,
+        configs_get_generations_by_first_sight_and_a_rewritten_file_is_newest,
         intents_open_close_and_generations_advance,
         pruning_forgets_closed_launches_silent_daemons_and_removed_sinks,
         managed_boxes_duplicates_and_doomed_instances_are_recorded,

@@ -325,3 +325,166 @@ async fn a_rebalance_never_hands_over_a_box_whose_replacement_is_in_flight() {
     // Once the task is over, b2 may move like any other subject.
     assert_eq!(common_live(cloud), 3, "b2 replaced once");
 }
+
+/// Pool `workers` (kept at one instance by its minimum) in `with`, not in
+/// the other config; box b0 in both.
+fn config_pool(with: bool) -> Config {
+    let mut text = String::from(
+        "owner = \"tester\"\n[daemon]\ninterval = \"10s\"\nlease = \"20s\"\n\
+         [box.b0]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\nready = { check = \"none\" }\n",
+    );
+    if with {
+        text.push_str(
+            "[pool.workers]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [ { type = \"t3.micro\", capacity = 1 } ]\n\
+             min_capacity = 1\nmax_capacity = 2\ndemand = { http = \"http://127.0.0.1:9/jobs\" }\n",
+        );
+    }
+    config::parse(Path::new("t.toml"), &text).expect("valid")
+}
+
+struct NoJobs;
+
+#[async_trait::async_trait]
+impl spotkeeper_engine::pools::demand::DemandReader for NoJobs {
+    async fn pending(&self, _: &spotkeeper_engine::pools::Demand) -> Result<u64, String> {
+        Ok(0)
+    }
+}
+
+/// A daemon `id` on `world`'s cloud and store, with `config`.
+fn daemon_with<'a>(
+    world: &'a (
+        spotkeeper_cloud::fake::FakeCloud,
+        spotkeeper_engine::store::Store,
+        tempfile::TempDir,
+        Config,
+    ),
+    config: &'a Config,
+    id: &str,
+) -> Daemon<'a> {
+    Daemon::new(&world.0, &world.1, config, world.2.path())
+        .with_id(id)
+        .with_timing(TIMING)
+        .with_demand(Box::new(NoJobs))
+}
+
+fn workers_live(cloud: &spotkeeper_cloud::fake::FakeCloud) -> usize {
+    cloud
+        .all_instances()
+        .iter()
+        .filter(|i| i.state.is_live() && i.tag("spotkeeper:pool") == Some("workers"))
+        .count()
+}
+
+#[tokio::test]
+async fn a_daemon_behind_on_its_config_holding_the_fleet_lease_deletes_and_terminates_nothing() {
+    let world = registered(0).await;
+    world
+        .1
+        .register_box("tester", "b0", "up", None)
+        .await
+        .expect("register");
+    let (old, new) = (config_pool(false), config_pool(true));
+    // The old config ran first; the new one adds pool `workers`, and b runs
+    // it alone for a while (its fleet chores note the pool).
+    let a = daemon_with(&world, &old, "a");
+    a.reconcile().await.expect("a's pass");
+    a.leave().await;
+    let b = daemon_with(&world, &new, "b");
+    b.reconcile().await.expect("b's pass");
+    assert_eq!(workers_live(&world.0), 1);
+    // a comes back with its stale copy and ends up with the fleet chores
+    // while b runs the pool.
+    b.leave().await;
+    a.reconcile().await.expect("a's pass");
+    for _ in 0..2 {
+        b.reconcile().await.expect("b's pass");
+        a.reconcile().await.expect("a's pass");
+    }
+    assert!(a.held().contains(FLEET), "{:?}", a.held());
+    assert!(b.held().contains("pool:workers"), "{:?}", b.held());
+    // Long past the orphans' grace: a records no deletion of the pool its
+    // config lacks, so nothing is terminated.
+    for _ in 0..3 {
+        later(spotkeeper_engine::daemon::ORPHAN_GRACE).await;
+        a.reconcile().await.expect("a's pass");
+        b.reconcile().await.expect("b's pass");
+    }
+    assert!(a.held().contains(FLEET), "{:?}", a.held());
+    assert_eq!(
+        workers_live(&world.0),
+        1,
+        "the pool b runs kept its instance"
+    );
+    assert!(
+        world
+            .1
+            .deleted_pools("tester")
+            .await
+            .expect("deleted")
+            .is_empty(),
+        "nothing recorded as deleted"
+    );
+    let events = world.1.events("tester", None, 200).await.expect("events");
+    let said: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "config-behind")
+        .collect();
+    assert_eq!(said.len(), 1, "said once: {said:?}");
+    assert!(
+        said[0].message.contains("daemon a runs an older config"),
+        "{said:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_pool_removed_from_the_config_is_deleted_only_once_every_live_daemon_agrees() {
+    let world = registered(0).await;
+    let store = &world.1;
+    store
+        .register_box("tester", "b0", "up", None)
+        .await
+        .expect("register");
+    let (old, new) = (config_pool(true), config_pool(false));
+    // The config with the pool ran before; the new one removes it. b, on
+    // the new one, starts alone and holds the fleet chores.
+    let subjects = ["box:b0", "pool:workers"].map(String::from);
+    store
+        .record_config("tester", &old.fingerprint, &subjects, 0, 0)
+        .await
+        .expect("the old config");
+    let b = daemon_with(&world, &new, "b");
+    b.reconcile().await.expect("b's pass");
+    // a still runs the old config, and the pool.
+    let a = daemon_with(&world, &old, "a");
+    for _ in 0..3 {
+        a.reconcile().await.expect("a's pass");
+        b.reconcile().await.expect("b's pass");
+    }
+    assert!(b.held().contains(FLEET), "{:?}", b.held());
+    assert!(a.held().contains("pool:workers"), "{:?}", a.held());
+    assert_eq!(workers_live(&world.0), 1);
+    assert!(
+        store
+            .deleted_pools("tester")
+            .await
+            .expect("deleted")
+            .is_empty(),
+        "a live daemon's config still has it"
+    );
+    // a is updated (it stops): no live config wants the pool any more. The
+    // removal is agreed, recorded, and its instance goes after the grace.
+    a.leave().await;
+    b.reconcile().await.expect("b's pass");
+    assert_eq!(
+        store.deleted_pools("tester").await.expect("deleted"),
+        ["workers"]
+    );
+    later(spotkeeper_engine::daemon::ORPHAN_GRACE).await;
+    b.reconcile().await.expect("b's pass");
+    assert_eq!(
+        workers_live(&world.0),
+        0,
+        "the removed pool's instance went"
+    );
+}

@@ -110,6 +110,15 @@ pub const DEFAULT_OWNER: &str = "spotkeeper";
 pub struct Config {
     /// The file it was read from.
     pub path: PathBuf,
+    /// What the config wants (its `[box.*]` and `[pool.*]` tables, as
+    /// written), as a SHA-256 hex fingerprint: two daemons whose files differ
+    /// only in machine settings (`[api] listen`, the database) run the same
+    /// config. See [`desired_fingerprint`].
+    pub fingerprint: String,
+    /// When the file was last written (its modification time; `None` when
+    /// it cannot be read): a config written later than the newest one the
+    /// daemons recorded is newer even if its content was seen before.
+    pub written_at: Option<std::time::SystemTime>,
     /// Value of the `spotkeeper:owner` tag on everything this config creates.
     pub owner: String,
     /// Where AWS is.
@@ -273,6 +282,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     })?;
     Ok(Config {
         path: path.to_path_buf(),
+        fingerprint: desired_fingerprint(text),
+        written_at: std::fs::metadata(path).and_then(|m| m.modified()).ok(),
         aws: aws_settings(raw.aws, &at)?,
         state: daemon.state,
         database: daemon.database,
@@ -295,6 +306,58 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         on_demand_prices: on_demand_prices(raw.cost, &at)?,
         owner,
     })
+}
+
+/// The fingerprint of a config file's desired part: SHA-256 of its `box`
+/// and `pool` tables as canonical JSON (keys sorted), so formatting,
+/// comments and key order do not count, and machine settings do not either.
+/// Called on a file that parsed.
+pub fn desired_fingerprint(text: &str) -> String {
+    use sha2::Digest as _;
+    let table: toml::Table = toml::from_str(text).unwrap_or_default();
+    let mut canonical = String::new();
+    for key in ["box", "pool"] {
+        canonical.push_str(key);
+        canonical.push('=');
+        if let Some(v) = table.get(key) {
+            canonical_json(&serde_json::to_value(v).unwrap_or_default(), &mut canonical);
+        }
+        canonical.push('\n');
+    }
+    let digest = sha2::Sha256::digest(canonical.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `value` as JSON with every object's keys sorted (whatever order the
+/// maps keep).
+fn canonical_json(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(&map[k], out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(v, out);
+            }
+            out.push(']');
+        }
+        v => out.push_str(&v.to_string()),
+    }
 }
 
 /// A volume belongs to one box: two boxes naming one volume would take it

@@ -484,3 +484,25 @@ fn daemon_durations_have_an_upper_bound_and_a_huge_one_is_an_error_not_a_panic()
     .expect("the bounds themselves are fine");
     assert_eq!(c.interval, MAX_INTERVAL);
 }
+
+#[test]
+fn the_fingerprint_follows_the_boxes_and_pools_not_the_machine_or_the_layout() {
+    let base = "owner = \"o\"\n[api]\nlisten = \"127.0.0.1:7000\"\n\
+                [box.dev]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\n";
+    let fp = |text: &str| parse(Path::new("t.toml"), text).expect("valid").fingerprint;
+    let same = fp(base);
+    assert_eq!(same.len(), 64);
+    // Another machine (its own listen address), comments, key order.
+    let other_machine = base.replace("7000", "7001");
+    assert_eq!(fp(&other_machine), same);
+    let reordered = "# a comment\nowner = \"o\"\n[box.dev]\nmax_price = 0.02\n\
+                     instance_types = [\"t3.micro\"]\nimage = \"ami-0123456789abcdef0\"\n";
+    assert_eq!(fp(reordered), same);
+    // What is wanted changed: another fingerprint.
+    assert_ne!(fp(&base.replace("0.02", "0.03")), same);
+    let with_pool = format!(
+        "{base}[pool.w]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [ {{ type = \"t3.micro\", capacity = 1 }} ]\n\
+         max_capacity = 2\ndemand = {{ http = \"http://127.0.0.1:1/jobs\" }}\n"
+    );
+    assert_ne!(fp(&with_pool), same);
+}

@@ -239,8 +239,11 @@ impl Daemon<'_> {
         if self.cut_off() {
             return self.let_go(now - lease).await;
         }
+        self.record_config(now).await?;
+        let held = self.held().len() as i64;
+        let config = &self.config.fingerprint;
         self.store
-            .daemon_alive(owner, &self.id, &self.host, now, self.held().len() as i64)
+            .daemon_alive(owner, &self.id, &self.host, now, held, config)
             .await?;
         let live = self.store.daemons(owner, now - lease).await?.len();
         self.store
@@ -262,8 +265,13 @@ impl Daemon<'_> {
             }
         }
         let share = share(subjects.len(), live);
+        let keep = if claim.held.len() > share {
+            self.only_mine().await?
+        } else {
+            HashSet::new()
+        };
         while claim.held.len() > share {
-            let Some(give) = self.least_busy(&claim.held) else {
+            let Some(give) = self.least_busy(&claim.held, &keep) else {
                 break;
             };
             self.store.release_lease(owner, &give, &self.id).await?;
@@ -336,12 +344,35 @@ impl Daemon<'_> {
         })
     }
 
+    /// Subjects only this daemon's config names (no other live daemon's
+    /// does, and none was registered through the API): given back, nobody
+    /// would take them. Configs differ for a while in a rollout.
+    async fn only_mine(&self) -> Result<HashSet<String>, BoxError> {
+        let others: HashSet<String> = self
+            .live_configs()
+            .await?
+            .into_iter()
+            .filter(|c| c.daemon != self.id)
+            .flat_map(|c| c.subjects)
+            .collect();
+        Ok(self
+            .config_subjects()
+            .into_iter()
+            .filter(|s| !others.contains(s))
+            .collect())
+    }
+
     /// A held subject to give back: the last by name, the chores last of
     /// all, never one whose task is in flight (handing it over would have
-    /// two daemons at work on it; the next claim after the task may).
-    fn least_busy(&self, held: &BTreeSet<String>) -> Option<String> {
+    /// two daemons at work on it; the next claim after the task may), nor
+    /// one in `keep` (only this daemon knows it).
+    fn least_busy(&self, held: &BTreeSet<String>, keep: &HashSet<String>) -> Option<String> {
         let busy = self.lock_memory().busy.clone();
-        let idle = || held.iter().rev().filter(|s| !busy.contains(s.as_str()));
+        let idle = || {
+            held.iter()
+                .rev()
+                .filter(|s| !busy.contains(s.as_str()) && !keep.contains(s.as_str()))
+        };
         idle()
             .find(|s| s.as_str() != FLEET)
             .or_else(|| idle().next())

@@ -150,6 +150,8 @@ struct Memory {
     unanswered_since: Option<Instant>,
     pruned_at: Option<Instant>,
     account: Option<String>,
+    /// The generation of this daemon's config, once recorded.
+    config_generation: Option<i64>,
     /// The subjects whose leases this daemon holds, with their generations.
     held: std::collections::BTreeMap<String, i64>,
     /// Subjects with a task in flight: a rebalance does not hand them over.
@@ -572,6 +574,9 @@ impl<'a> Daemon<'a> {
         let fleet = self.holds(leases::FLEET);
         if fleet {
             self.prune_if_due().await;
+        } else {
+            // The fleet holder asks as it collects; every daemon says so.
+            self.config_behind().await?;
         }
         self.lock_memory()
             .unanswered_since

@@ -46,19 +46,103 @@ impl Daemon<'_> {
         Ok((pools.into_iter().map(|(p, _)| p).collect(), unreadable))
     }
 
+    /// Records this daemon's config (its fingerprint, the subjects it
+    /// names, when its file was written), once.
+    pub(super) async fn record_config(&self, now: i64) -> Result<i64, BoxError> {
+        if let Some(generation) = self.lock_memory().config_generation {
+            return Ok(generation);
+        }
+        let written = self.config.written_at.map_or(0, |t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        });
+        let generation = self
+            .store
+            .record_config(
+                &self.config.owner,
+                &self.config.fingerprint,
+                &self.config_subjects(),
+                written,
+                now,
+            )
+            .await?;
+        self.lock_memory().config_generation = Some(generation);
+        Ok(generation)
+    }
+
+    /// The lease subjects this daemon's config file names.
+    pub(super) fn config_subjects(&self) -> Vec<String> {
+        let boxes = self
+            .config
+            .boxes
+            .keys()
+            .map(|b| super::leases::box_subject(b));
+        let pools = self
+            .config
+            .pools
+            .keys()
+            .map(|p| super::leases::pool_subject(p));
+        boxes.chain(pools).collect()
+    }
+
+    /// The configs of the live daemons (this one's included once it said
+    /// it is alive).
+    pub(super) async fn live_configs(&self) -> Result<Vec<crate::store::LiveConfig>, BoxError> {
+        let since = self.store.clock_ms().await? + self.clock.offset_ms()
+            - self.config.lease.as_millis() as i64;
+        Ok(self.store.live_configs(&self.config.owner, since).await?)
+    }
+
+    /// Whether a newer config than this daemon's was recorded (a rollout
+    /// under way, or this daemon started from a stale copy): then it
+    /// deletes nothing its own config lacks, and says so once. It catches
+    /// up when its file is brought up to date (or written anew: see
+    /// [`crate::store::Store::record_config`]).
+    pub(super) async fn config_behind(&self) -> Result<bool, BoxError> {
+        let Some(mine) = self.lock_memory().config_generation else {
+            return Ok(false);
+        };
+        match self.store.newest_config(&self.config.owner).await? {
+            Some((fingerprint, newest)) if newest > mine => {
+                let what = format!(
+                    "daemon {} runs an older config (generation {mine}) than the newest one recorded \
+                     (generation {newest}, {}): it deletes nothing its config lacks until its config \
+                     file is brought up to date",
+                    self.id,
+                    &fingerprint[..12.min(fingerprint.len())]
+                );
+                self.record_change("config-behind", &fingerprint, None, "config-behind", &what)
+                    .await;
+                Ok(true)
+            }
+            _ => {
+                self.state_ended("config-behind");
+                Ok(false)
+            }
+        }
+    }
+
     /// A pool gone from the config file is deleted (positive evidence,
-    /// recorded); one never seen there proves nothing.
+    /// recorded) once no live daemon's config has it, and only by a daemon
+    /// not behind on its config; one never seen in a config proves nothing.
     async fn deleted_from_config(
         &self,
         pools: &[PoolSpec],
         unreadable: &HashSet<String>,
     ) -> Result<(), BoxError> {
-        let in_config: Vec<String> = self.config.pools.keys().cloned().collect();
-        for gone in self
-            .store
-            .config_pools(&self.config.owner, &in_config)
+        if self.config_behind().await? {
+            return Ok(());
+        }
+        let mut wanted: std::collections::BTreeSet<String> = self
+            .live_configs()
             .await?
-        {
+            .into_iter()
+            .flat_map(|c| c.subjects)
+            .filter_map(|s| s.strip_prefix("pool:").map(str::to_owned))
+            .collect();
+        wanted.extend(self.config.pools.keys().cloned());
+        let wanted: Vec<String> = wanted.into_iter().collect();
+        for gone in self.store.config_pools(&self.config.owner, &wanted).await? {
             if !pools.iter().any(|p| p.name == gone) && !unreadable.contains(&gone) {
                 self.store
                     .pool_deleted(&self.config.owner, &gone, "config")
