@@ -47,6 +47,12 @@ launcher makes moto behave like AWS:
   those volumes again and attaches them at their devices (AWS: "Amazon EBS
   volumes attached to the instance are included in the AMI" unless excluded
   with a NoDevice mapping; an instance launched from the AMI gets them).
+- With `{"ec2": {"terminating_for": SECONDS}}` in the control file,
+  TerminateInstances leaves the instances `shutting-down` (their volumes
+  attached, their public address still theirs) for that long before they are
+  `terminated` and their volumes detached, as AWS does (termination takes
+  from seconds to minutes; a volume stays in-use until its instance is
+  terminated). By default termination is at once, as moto does.
 - AttachVolume to a device name the instance already uses fails
   (InvalidParameterValue: attachment point in use), so does attaching a
   volume that is attached (VolumeInUse) or one in another zone
@@ -58,6 +64,7 @@ test that started it), or on SIGTERM.
 """
 
 import argparse
+import copy
 import hashlib
 import http.client
 import json
@@ -85,8 +92,9 @@ MOTO_DEFAULT_PRICE = "0.00001"
 
 
 def control() -> dict:
-    """The control file: {"market": {prices, no_capacity}, "faults": {...}}.
-    A file with "prices" at the top (the older layout) is the market alone."""
+    """The control file: {"market": {prices, no_capacity}, "faults": {...},
+    "ec2": {...}}. A file with "prices" at the top (the older layout) is the
+    market alone."""
     path = os.environ.get("SPOTKEEPER_MOTO_CONTROL")
     if not path:
         return {}
@@ -96,7 +104,7 @@ def control() -> dict:
     except FileNotFoundError:
         return {}
     if "market" in data:
-        return {**data["market"], "faults": data.get("faults") or {}}
+        return {**data["market"], "faults": data.get("faults") or {}, "ec2": data.get("ec2") or {}}
     return data
 
 
@@ -154,6 +162,29 @@ def run_instances(self, image_id, count, user_data, security_group_names, **kwar
             held = instance.block_device_mapping[m["DeviceName"]]
             self.get_volume(held.volume_id).add_tags(volume_tags)
     return reservation
+
+
+_terminate_instances = InstanceBackend.terminate_instances
+
+
+def terminate_instances(self, instance_ids):
+    """TerminateInstances; with `terminating_for`, through `shutting-down`."""
+    delay = float((control().get("ec2") or {}).get("terminating_for") or 0)
+    if delay <= 0 or not instance_ids:
+        return _terminate_instances(self, instance_ids)
+    out = []
+    for instance in self.get_multi_instances_by_id(instance_ids):
+        if instance.disable_api_termination is True:
+            return _terminate_instances(self, instance_ids)
+        previous = copy.copy(instance._state)
+        if instance._state.name not in ("shutting-down", "terminated"):
+            instance._state.name = "shutting-down"
+            instance._state.code = 32
+            later = threading.Timer(delay, _terminate_instances, (self, [instance.id]))
+            later.daemon = True
+            later.start()
+        out.append((instance, previous))
+    return out
 
 
 _attach_volume = EBSBackend.attach_volume
@@ -483,6 +514,7 @@ def main() -> None:
 
     SpotInstances.describe_spot_price_history = describe_spot_price_history
     InstanceBackend.run_instances = run_instances
+    InstanceBackend.terminate_instances = terminate_instances
     AmiBackend.create_image = create_image
     AmisResponse.create_image = create_image_response
     Ami.block_device_mappings = property(ami_block_device_mappings)

@@ -614,3 +614,134 @@ fn a_box_whose_spot_price_rises_over_the_ceiling_is_moved_under_it_and_the_old_o
     );
     assert!(serve.stop().success());
 }
+
+/// The state of instance `id` as the emulator says.
+fn instance_state(cli: &Cli, id: &str) -> String {
+    cli.moto
+        .boto(&format!(
+            "print(ec2.describe_instances(InstanceIds=['{id}'])['Reservations'][0]['Instances'][0]['State']['Name'])"
+        ))
+        .trim()
+        .to_owned()
+}
+
+/// The body of an API answer, as JSON.
+fn body(answer: &str) -> Value {
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+#[test]
+fn a_stop_through_the_api_answers_at_once_takes_the_name_first_and_a_killed_daemons_job_is_finished()
+ {
+    const TOKEN: &str = "e2e-token-0123456789";
+    let api_port = spotkeeper_testkit::closed_port();
+    let (cli, old) = dev_up(
+        &config("1s", api_port).replace("size_gb = 5 }", "size_gb = 5, on_stop = \"snapshot\" }"),
+    );
+    assert!(!record(&cli).is_empty(), "up set the DNS record");
+    // AWS takes from seconds to minutes to terminate an instance; the
+    // emulator now does too (the instance stays shutting-down, its volume
+    // attached, its address its own).
+    cli.moto.set_terminating_for(Duration::from_secs(15));
+    let serve = Serve::start(&cli);
+    wait_passes(api_port, 1, &serve);
+
+    let asked = Instant::now();
+    let answer = common::http(api_port, "DELETE", "/api/boxes/dev?stop=true", Some(TOKEN))
+        .expect("the API answers");
+    println!("DELETE ?stop=true answered in {:?}", asked.elapsed());
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("location: /api/boxes/dev"),
+        "{answer}"
+    );
+    assert_eq!(body(&answer)["stop"]["state"], "pending", "{answer}");
+    // Asking again is the same stop.
+    let again = common::http(api_port, "DELETE", "/api/boxes/dev?stop=true", Some(TOKEN))
+        .expect("the API answers");
+    assert!(again.starts_with("HTTP/1.1 202"), "{again}");
+    assert_eq!(
+        body(&again)["stop"]["requested_at"],
+        body(&answer)["stop"]["requested_at"]
+    );
+
+    // The name goes while the instance is still shutting down: a record
+    // left on a released public address can be taken over.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !record(&cli).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the DNS record stayed\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        instance_state(&cli, &old),
+        "shutting-down",
+        "the name went before the instance did"
+    );
+    let view =
+        body(&common::http_get(api_port, "/api/boxes/dev", Some(TOKEN)).expect("the API answers"));
+    let steps = |view: &Value| -> Vec<String> {
+        view["stop"]["steps"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .filter_map(|s| s["step"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(view["stop"]["state"], "stopping", "{view}");
+    assert_eq!(steps(&view), ["terminating", "dns"], "{view}");
+
+    // The daemon dies mid-job (the volume waits for the instance to go);
+    // the next one finishes it.
+    let mut serve = serve;
+    let _ = serve.child.kill();
+    let _ = serve.child.wait();
+    assert_eq!(instance_state(&cli, &old), "shutting-down");
+    let serve = Serve::start(&cli);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let view = loop {
+        let view = body(
+            &common::http_get(api_port, "/api/boxes/dev", Some(TOKEN))
+                .unwrap_or_else(|_| "HTTP/1.1 000\r\n\r\n{}".into()),
+        );
+        if view["stop"]["state"] == "done" {
+            break view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stop was not finished: {view}\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(view["managed"], false, "{view}");
+    assert_eq!(
+        steps(&view),
+        ["terminating", "dns", "terminated", "volumes", "done"],
+        "{view}"
+    );
+    assert_eq!(instance_state(&cli, &old), "terminated");
+    let left = cli.moto.boto(
+        "v = ec2.describe_volumes(Filters=[{'Name': 'tag:Name', 'Values': ['dev-data']}])['Volumes']\n\
+         s = ec2.describe_snapshots(Filters=[{'Name': 'tag:spotkeeper:purpose', 'Values': ['stop']}])['Snapshots']\n\
+         print(len(v), len(s))",
+    );
+    assert_eq!(
+        left.trim(),
+        "0 1",
+        "the volume saved as a snapshot, then deleted"
+    );
+    // Stopped stays stopped, and the name is free again.
+    wait_passes(api_port, 2, &serve);
+    assert!(cli.live().is_empty(), "{}", serve.log());
+    assert!(record(&cli).is_empty());
+    assert!(serve.stop().success());
+}

@@ -21,10 +21,9 @@ use spotkeeper_cloud::model::tags;
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
-use crate::boxes::{self, Ctx, Timing};
+use crate::boxes;
 use crate::config::{Config, Secret, parse_box_json, refuse_code};
-use crate::daemon::Log;
-use crate::store::Store;
+use crate::store::{StopJob, Store};
 
 /// Requests larger than this are refused (413): a box is a few hundred bytes,
 /// user data at most 16 KiB.
@@ -291,29 +290,40 @@ async fn get_box(State(state): State<ApiState>, Path(name): Path<String>) -> Res
         Ok(m) => m,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
+    let stop = match state.store.stop_job(&state.config.owner, &name).await {
+        Ok(j) => j,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
     let Some(b) = managed.iter().find(|b| b.name == name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no managed box named {name:?}"),
-        );
+        // A box whose stop is done: what the stop did.
+        return match stop {
+            Some(job) => {
+                Json(json!({ "name": name, "managed": false, "stop": job })).into_response()
+            }
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("no managed box named {name:?}"),
+            ),
+        };
     };
     let live = match live(&state).await {
         Ok(l) => l,
         Err(r) => return r,
     };
     let prices = latest_prices(&state).await;
-    Json(
-        box_json(
-            &state,
-            &b.name,
-            &b.source,
-            b.spec.as_deref(),
-            &live,
-            &prices,
-        )
-        .await,
+    let mut body = box_json(
+        &state,
+        &b.name,
+        &b.source,
+        b.spec.as_deref(),
+        &live,
+        &prices,
     )
-    .into_response()
+    .await;
+    if let Some(job) = stop.filter(StopJob::open) {
+        body["stop"] = json!(job);
+    }
+    Json(body).into_response()
 }
 
 /// A registration body: a JSON object with a string `name`, returned apart
@@ -435,6 +445,19 @@ async fn name_free(
     name: &str,
     managed: &[crate::store::ManagedBox],
 ) -> Result<(), (StatusCode, String)> {
+    let stopping = state
+        .store
+        .stop_job(&state.config.owner, name)
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if stopping.is_some_and(|j| j.open()) {
+        return Err((
+            StatusCode::CONFLICT,
+            format!(
+                "box {name:?} is being stopped; register it again once its stop is done (GET it)"
+            ),
+        ));
+    }
     let registered = managed.iter().find(|b| b.name == name);
     if let Some(b) = registered.filter(|b| b.source != "api") {
         return Err((
@@ -547,39 +570,47 @@ async fn delete_box(
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
     }
-    let spec = match (&b.spec, state.config.boxes.get(&name)) {
-        (_, Some(s)) => s.clone(),
-        (Some(json), None) => match serde_json::from_str::<Value>(json)
-            .map_err(|e| e.to_string())
-            .and_then(|v| parse_box_json(&name, &v))
-        {
-            Ok(s) => s,
-            Err(m) => {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("stored box does not parse: {m}"),
-                );
-            }
-        },
-        (None, None) => {
+    // A stop the daemons can finish: they need the box's spec.
+    match crate::desired::box_spec(&state.config, &name, b.spec.as_deref()) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
             return error(
                 StatusCode::CONFLICT,
                 format!("box {name:?} is no longer in the config; stop it with the CLI"),
             );
         }
-    };
-    let ctx = Ctx {
-        cloud: state.cloud.as_ref(),
-        store: &state.store,
-        owner: &state.config.owner,
-        lock_dir: &state.lock_dir,
-        progress: &Log,
-        timing: Timing::default(),
-    };
-    match boxes::stop(&ctx, &spec, false).await {
-        Ok(out) => Json(json!({ "name": name, "deregistered": true, "stopped": true, "terminated": out.terminated, "cancelled": out.cancelled })).into_response(),
-        Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+        Err(m) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("stored box is refused or does not parse: {m}"),
+            );
+        }
     }
+    // Recorded, then done by the daemon (or the next one) as a job: a stop
+    // takes minutes (instances going, snapshots), a request does not.
+    let job = match state.store.request_stop(&state.config.owner, &name).await {
+        Ok(j) => j,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    if let Err(e) = state
+        .store
+        .record_event(
+            &state.config.owner,
+            Some(&name),
+            "stop-requested",
+            "stop asked through the API; the daemon runs it as a job (GET the box for its steps)",
+        )
+        .await
+    {
+        tracing::warn!("recording the stop request: {e}");
+    }
+    state.wake.notify_one();
+    (
+        StatusCode::ACCEPTED,
+        [(axum::http::header::LOCATION, format!("/api/boxes/{name}"))],
+        Json(json!({ "name": name, "stop": job })),
+    )
+        .into_response()
 }
 
 async fn pool_views(state: &ApiState, only: Option<&str>) -> Result<Vec<Value>, Response> {

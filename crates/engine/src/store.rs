@@ -795,6 +795,130 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Asks for box `name`'s stop: records a `pending` job unless one is
+    /// open already (asking twice is one stop); returns the job.
+    pub async fn request_stop(&self, owner: &str, name: &str) -> Result<StopJob, StoreError> {
+        sqlx::query(
+            "INSERT INTO stop_jobs (owner, box, requested_at, finished_at, state, steps, error)
+             VALUES ($1, $2, $3, NULL, 'pending', '', NULL)
+             ON CONFLICT (owner, box) DO UPDATE SET requested_at = excluded.requested_at,
+                 finished_at = NULL, state = 'pending', steps = '', error = NULL
+             WHERE stop_jobs.state = 'done'",
+        )
+        .bind(owner)
+        .bind(name)
+        .bind(unix_ms())
+        .execute(&self.pool)
+        .await?;
+        self.stop_job(owner, name)
+            .await?
+            .ok_or(StoreError::Query(sqlx::Error::RowNotFound))
+    }
+
+    /// Box `name`'s stop job, open or the last one done.
+    pub async fn stop_job(&self, owner: &str, name: &str) -> Result<Option<StopJob>, StoreError> {
+        let row = sqlx::query(
+            "SELECT box, state, requested_at, finished_at, steps, error FROM stop_jobs
+             WHERE owner = $1 AND box = $2",
+        )
+        .bind(owner)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(stop_job_from_row).transpose()?)
+    }
+
+    /// The boxes whose stop is still to be finished.
+    pub async fn open_stops(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT box FROM stop_jobs WHERE owner = $1 AND state <> 'done' ORDER BY box",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records a step of box `name`'s stop (`stopping` from the first
+    /// one). Within a daemon's task the same transaction checks its lease
+    /// ([`crate::fence`]).
+    pub async fn stop_step(
+        &self,
+        owner: &str,
+        name: &str,
+        step: &str,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        let line = format!(
+            "{}\t{step}\t{}\n",
+            unix_ms(),
+            what.replace(['\t', '\n'], " ")
+        );
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE stop_jobs SET steps = steps || $3, state = 'stopping', error = NULL
+             WHERE owner = $1 AND box = $2 AND state <> 'done'",
+        )
+        .bind(owner)
+        .bind(name)
+        .bind(line)
+        .execute(&mut *tx)
+        .await?;
+        self.fenced_commit(tx).await
+    }
+
+    /// Box `name`'s stop failed this time (it is tried again).
+    pub async fn stop_failed(&self, owner: &str, name: &str, why: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE stop_jobs SET state = 'failed', error = $3
+             WHERE owner = $1 AND box = $2 AND state <> 'done'",
+        )
+        .bind(owner)
+        .bind(name)
+        .bind(why)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Box `name`'s stop is done: the box is no longer managed, in the same
+    /// transaction.
+    pub async fn stop_done(&self, owner: &str, name: &str) -> Result<(), StoreError> {
+        let line = format!("{}\tdone\tthe box is no longer managed\n", unix_ms());
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE stop_jobs SET steps = steps || $3, state = 'done', finished_at = $4, error = NULL
+             WHERE owner = $1 AND box = $2 AND state <> 'done'",
+        )
+        .bind(owner)
+        .bind(name)
+        .bind(line)
+        .bind(unix_ms())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM managed_boxes WHERE owner = $1 AND name = $2")
+            .bind(owner)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        self.fenced_commit(tx).await
+    }
+
+    /// Commits `tx` if no fence is in scope or it still holds; rolls back
+    /// (nothing recorded) otherwise.
+    async fn fenced_commit(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+    ) -> Result<(), StoreError> {
+        if let Some(fence) = crate::fence::current()
+            && !self.holds_lease_on(&mut tx, &fence).await?
+        {
+            tx.rollback().await?;
+            return Err(StoreError::Fenced(fence));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The managed boxes, by name.
     pub async fn managed_boxes(&self, owner: &str) -> Result<Vec<ManagedBox>, StoreError> {
         Ok(sqlx::query_as::<_, ManagedBox>("SELECT name, source, spec, registered_at FROM managed_boxes WHERE owner = $1 ORDER BY name")
@@ -869,10 +993,11 @@ impl Store {
                 .await?
                 .rows_affected();
         }
-        // Leases and daemons gone silent (milliseconds).
+        // Leases and daemons gone silent, stops long done (milliseconds).
         for sql in [
             "DELETE FROM leases WHERE owner = $1 AND expires_at < $2",
             "DELETE FROM daemons WHERE owner = $1 AND seen_at < $2",
+            "DELETE FROM stop_jobs WHERE owner = $1 AND state = 'done' AND finished_at < $2",
         ] {
             n += sqlx::query(sql)
                 .bind(owner)
@@ -1564,6 +1689,72 @@ pub struct DaemonRow {
     pub seen_at: i64,
     /// Leases it held then.
     pub leases: i64,
+}
+
+/// A box's stop job ([`Store::request_stop`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StopJob {
+    /// The box.
+    #[serde(rename = "box")]
+    pub box_name: String,
+    /// `pending` (nothing done yet), `stopping`, `failed` (the last try
+    /// failed; it is tried again), `done`.
+    pub state: String,
+    /// Unix milliseconds it was asked for.
+    pub requested_at: i64,
+    /// Unix milliseconds it was done.
+    pub finished_at: Option<i64>,
+    /// The steps done, in order.
+    pub steps: Vec<StopStep>,
+    /// Why the last try failed.
+    pub error: Option<String>,
+}
+
+impl StopJob {
+    /// Whether it is still to be finished.
+    pub fn open(&self) -> bool {
+        self.state != "done"
+    }
+}
+
+/// One step of a stop job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StopStep {
+    /// Unix milliseconds.
+    pub at: i64,
+    /// `terminating`, `dns`, `terminated`, `volumes`, `done` …
+    pub step: String,
+    /// What was done.
+    pub what: String,
+}
+
+/// Milliseconds since the epoch, now (this host's clock: a record's time).
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn stop_job_from_row(r: &sqlx::any::AnyRow) -> Result<StopJob, sqlx::Error> {
+    let steps: String = r.try_get("steps")?;
+    Ok(StopJob {
+        box_name: r.try_get("box")?,
+        state: r.try_get("state")?,
+        requested_at: r.try_get("requested_at")?,
+        finished_at: r.try_get("finished_at")?,
+        steps: steps
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.splitn(3, '\t');
+                Some(StopStep {
+                    at: parts.next()?.parse().ok()?,
+                    step: parts.next()?.to_owned(),
+                    what: parts.next().unwrap_or_default().to_owned(),
+                })
+            })
+            .collect(),
+        error: r.try_get("error")?,
+    })
 }
 
 /// The config a live daemon runs ([`Store::live_configs`]).

@@ -2,6 +2,7 @@
 //! registration with field-level validation errors, the daemon launching a
 //! registered box, deregistration with stop, events, hostile requests.
 
+use spotkeeper_cloud::prelude::*;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -263,19 +264,61 @@ async fn a_registered_box_is_launched_by_the_daemon_and_deregistering_with_stop_
         "{events:?}"
     );
 
+    // A stop is a job: accepted at once, done by the daemon.
     let (s, del) = w
         .call("DELETE", "/api/boxes/web?stop=true", Some(TOKEN), None)
         .await;
-    assert_eq!(s, StatusCode::OK, "{del}");
-    assert_eq!(del["terminated"], json!([one["instance_id"]]));
+    assert_eq!(s, StatusCode::ACCEPTED, "{del}");
+    assert_eq!(del["stop"]["state"], "pending", "{del}");
     assert_eq!(
-        w.call("GET", "/api/boxes/web", Some(TOKEN), None).await.0,
-        StatusCode::NOT_FOUND
+        w.cloud
+            .instance(&spotkeeper_cloud::InstanceId::new(
+                one["instance_id"].as_str().expect("id")
+            ))
+            .await
+            .expect("describe")
+            .expect("known")
+            .state,
+        spotkeeper_cloud::InstanceState::Running,
+        "nothing done by the request itself"
     );
+    // Asked twice: one job.
+    let (s, again) = w
+        .call("DELETE", "/api/boxes/web?stop=true", Some(TOKEN), None)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(again["stop"]["requested_at"], del["stop"]["requested_at"]);
+    // Registering it again meanwhile is refused: it is being stopped.
+    let (s, b) = w.post("/api/boxes", &good_box()).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    let (s, pending) = w.call("GET", "/api/boxes/web", Some(TOKEN), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(pending["stop"]["state"], "pending", "{pending}");
+    let done = daemon.reconcile().await.expect("pass");
+    assert!(
+        done.iter().any(|d| d.contains("box web stopped")),
+        "{done:?}"
+    );
+    let live = w.cloud.all_instances();
+    assert!(live.iter().all(|i| !i.state.is_live()), "{live:?}");
+    let (s, finished) = w.call("GET", "/api/boxes/web", Some(TOKEN), None).await;
+    assert_eq!(s, StatusCode::OK, "what the stop did");
+    assert_eq!(finished["managed"], false);
+    assert_eq!(finished["stop"]["state"], "done", "{finished}");
+    let steps: Vec<&str> = finished["stop"]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["step"].as_str().expect("step"))
+        .collect();
+    assert_eq!(steps, ["terminating", "done"], "{finished}");
     assert!(
         daemon.reconcile().await.expect("pass").is_empty(),
         "gone for good"
     );
+    // Done: the name is free again.
+    let (s, b) = w.post("/api/boxes", &good_box()).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
 }
 
 #[tokio::test]

@@ -416,6 +416,15 @@ async fn a_marked_instance_whose_termination_failed_is_not_taken_for_the_box() {
     boxes::stop(&w.ctx(), &spec(""), true)
         .await
         .expect_err("terminate failed after marking");
+    // The stop is not done: `up` does not bring the box back meanwhile.
+    let refused = boxes::up(&w.ctx(), &spec("")).await;
+    assert!(
+        matches!(refused, Err(boxes::BoxError::Stopping { .. })),
+        "{refused:?}"
+    );
+    // Even with the stop's record gone (set aside by hand, say), the
+    // instance it marked is not taken for the box.
+    w.store.stop_done("tester", "dev").await.expect("set aside");
     let second = boxes::up(&w.ctx(), &spec("")).await.expect("up");
     assert!(second.launched, "the marked instance is not the live box");
     assert_ne!(second.instance.id, first.instance.id);

@@ -221,12 +221,25 @@ async fn old_rows_are_pruned_after_the_retention() {
         .first_delivery("other", "old-event", "spot-interruption", Some("i-9"))
         .await
         .expect("another owner's");
+    // A stop done is history; one still open is work.
+    store.request_stop("tester", "gone").await.expect("asked");
+    store.stop_done("tester", "gone").await.expect("done");
+    store.request_stop("tester", "going").await.expect("asked");
     // Nothing is older than a minute ago.
     let now = spotkeeper_engine::store::unix_seconds(SystemTime::now());
     assert_eq!(store.prune("tester", now - 60).await.expect("prune"), 0);
     // Everything of this owner is older than a minute from now.
-    assert_eq!(store.prune("tester", now + 60).await.expect("prune"), 3);
+    assert_eq!(store.prune("tester", now + 60).await.expect("prune"), 4);
     assert!(!store.seen("tester", "old-event").await.expect("seen"));
+    assert_eq!(store.stop_job("tester", "gone").await.expect("read"), None);
+    assert!(
+        store
+            .stop_job("tester", "going")
+            .await
+            .expect("read")
+            .is_some_and(|j| j.open()),
+        "an open stop is never pruned"
+    );
     assert!(
         store.seen("other", "old-event").await.expect("seen"),
         "keyed by owner"

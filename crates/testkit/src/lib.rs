@@ -46,7 +46,7 @@ pub struct Moto {
     port: u16,
     proxy_port: u16,
     dir: tempfile::TempDir,
-    control: std::sync::Mutex<(String, String)>,
+    control: std::sync::Mutex<(String, String, String)>,
 }
 
 /// What the proxy does to the calls of `services` that pass through it.
@@ -136,7 +136,7 @@ impl Moto {
             port,
             proxy_port,
             dir,
-            control: std::sync::Mutex::new(("{}".into(), "{}".into())),
+            control: std::sync::Mutex::new(("{}".into(), "{}".into(), "{}".into())),
         };
         moto.wait_answering();
         moto
@@ -208,13 +208,22 @@ impl Moto {
             .unwrap_or_default()
     }
 
+    /// Makes TerminateInstances take `how_long`, as on AWS: the instances
+    /// stay `shutting-down` with their volumes attached, then are
+    /// `terminated`. Zero (the default) terminates at once, as moto does.
+    pub fn set_terminating_for(&self, how_long: Duration) {
+        self.control.lock().unwrap_or_else(|e| e.into_inner()).2 =
+            format!("{{\"terminating_for\": {}}}", how_long.as_secs_f64());
+        self.write_control();
+    }
+
     fn write_control(&self) {
-        let (market, faults) = self
+        let (market, faults, ec2) = self
             .control
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let json = format!("{{\"market\": {market}, \"faults\": {faults}}}");
+        let json = format!("{{\"market\": {market}, \"faults\": {faults}, \"ec2\": {ec2}}}");
         let path = self.dir.path().join("control.json");
         let tmp = self.dir.path().join("control.json.tmp");
         std::fs::write(&tmp, json).expect("write the emulator control file");
@@ -287,10 +296,43 @@ impl Drop for Moto {
     }
 }
 
-/// A port on 127.0.0.1 that nothing listens on (bound, then released).
+/// A port on 127.0.0.1 that nothing listens on, for a server the test starts
+/// later (a daemon's API, an sshd, a ready check's target).
+///
+/// A port the kernel hands out for `bind(0)` is taken from the ephemeral
+/// range (`/proc/sys/net/ipv4/ip_local_port_range`, 32768–60999 by default),
+/// the same range every outgoing connection's local port comes from: between
+/// the test releasing it and its server binding it, any client in any test
+/// process may take it ("Address already in use"). So the port comes from
+/// below that range, and a lock file held for the life of this process keeps
+/// every other test process (nextest runs one per test) off it.
 pub fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    l.local_addr().expect("local address").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let dir = std::env::temp_dir().join("spotkeeper-test-ports");
+    std::fs::create_dir_all(&dir).expect("create the port lock directory");
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for _ in 0..SPAN {
+        let port = (LOW + (seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))) % SPAN) as u16;
+        let Ok(lock) = std::fs::File::create(dir.join(port.to_string())) else {
+            continue;
+        };
+        if lock.try_lock().is_err() {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock().unwrap_or_else(|e| e.into_inner()).push(lock);
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {}", LOW + SPAN);
 }
 
 /// A real OpenSSH server on a loopback port, with throwaway host and user

@@ -209,6 +209,12 @@ impl Drop for Serve {
 /// `GET path` on the daemon's API at 127.0.0.1:`port` (with `token` when
 /// given); the whole response, or the error if it did not answer within 5 s.
 pub fn http_get(port: u16, path: &str, token: Option<&str>) -> Result<String, String> {
+    http(port, "GET", path, token)
+}
+
+/// `method path` (no body) on the daemon's API at 127.0.0.1:`port`, as
+/// [`http_get`].
+pub fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> Result<String, String> {
     use std::io::{Read, Write};
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
@@ -221,7 +227,7 @@ pub fn http_get(port: u16, path: &str, token: Option<&str>) -> Result<String, St
         .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
     )
     .map_err(|e| e.to_string())?;
     let mut response = String::new();

@@ -31,7 +31,7 @@ use crate::store::{Store, StoreError};
 pub use crate::ownership::{box_filter, keeper, launch_tags, owner_filter};
 pub use crate::progress::{Progress, Silent};
 pub use launch::launch_image;
-pub use stop::stop;
+pub use stop::{finish_stop, stop};
 
 use crate::ownership::live;
 
@@ -152,6 +152,15 @@ pub enum BoxError {
     /// The DNS step failed.
     #[error(transparent)]
     Dns(#[from] crate::dns::DnsError),
+    /// The box's stop is under way (asked through the API, or a `stop`
+    /// that did not finish): it is not brought up meanwhile.
+    #[error(
+        "box {box_name} is being stopped; `spotkeeper stop {box_name}` finishes that (a running daemon does too), then `up` starts it again"
+    )]
+    Stopping {
+        /// The box.
+        box_name: String,
+    },
     /// The box runs but its ready check failed.
     #[error("instance {id} is running but not ready: {source}")]
     NotReady {
@@ -354,6 +363,14 @@ pub async fn up_known(
     // registered as managed before the lock is let go.
     let _lock = take_lock(ctx, &spec.name).await?;
     tracing::debug!(box_name = %spec.name, known = known.is_some(), "up: locked");
+    // A box being stopped is not brought back until its stop is done.
+    if let Some(job) = ctx.store.stop_job(ctx.owner, &spec.name).await?
+        && job.open()
+    {
+        return Err(BoxError::Stopping {
+            box_name: spec.name.clone(),
+        });
+    }
     let outcome = match launch::up_inner(ctx, spec, avoid, known).await {
         Err(e)
             if spec.launch.fallback_on_demand

@@ -1,5 +1,11 @@
-//! `stop`: mark, cancel, terminate, wait; then the volumes' `on_stop` and
-//! the DNS record.
+//! `stop` as a job: recorded before anything is done, each step recorded as
+//! it is done, resumable by whoever finishes it (the CLI, this daemon after a
+//! restart, another daemon). Mark, cancel, terminate; the DNS record as soon
+//! as the instances are told to go (their public addresses are released
+//! with them, and a name left on a released address can be taken over by
+//! whoever gets the address next); then, once the instances are gone when
+//! the volumes need it, the volumes' `on_stop`; then the box is no longer
+//! managed.
 
 use spotkeeper_cloud::{Instance, InstanceId, InstanceState, SpotRequest, SpotRequestState};
 use tokio::time::{Instant, sleep};
@@ -10,59 +16,108 @@ use crate::config::BoxSpec;
 use crate::persist;
 use crate::store::Outcome;
 
-/// Stops a box: marks its instances and requests (so no `up` or daemon takes
-/// them for the live box), cancels open requests, terminates instances, closes
-/// intents, and unless `wait` is false waits until they are shutting down.
+/// Stops a box: asks for its stop job ([`crate::store::Store::request_stop`])
+/// and runs it to its end ([`finish_stop`]); with `wait`, until the
+/// instances are shutting down even when the volumes do not need it.
 pub async fn stop(ctx: &Ctx<'_>, spec: &BoxSpec, wait: bool) -> Result<StopOutcome, BoxError> {
-    let box_name = spec.name.as_str();
-    let _lock = take_lock(ctx, box_name).await?;
-    // Under the lock: an `up` in flight (the daemon's, say) has finished and
-    // registered the box; from here no daemon will replace what is stopped.
-    ctx.store.deregister_box(ctx.owner, box_name).await?;
+    ctx.store.request_stop(ctx.owner, &spec.name).await?;
+    finish_stop(ctx, spec, wait).await
+}
 
-    let outcome = targets(ctx, box_name).await?;
+/// Runs box `spec`'s stop job (asked for before) to its end, each step
+/// recorded. Every step can be done again: one that was cut off (a request
+/// timeout, a crash, SIGKILL) is finished by the next run, which finds what
+/// is left in AWS. The box stays managed (and is never replaced: see
+/// [`super::up`]) until the last step.
+pub async fn finish_stop(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    wait: bool,
+) -> Result<StopOutcome, BoxError> {
+    let box_name = spec.name.as_str();
+    // Under the lock: an `up` in flight has finished; from here `up` and
+    // the daemons see the stop job and launch nothing for the box.
+    let _lock = take_lock(ctx, box_name).await?;
+    let step = |step: &'static str, what: String| async move {
+        ctx.store.stop_step(ctx.owner, box_name, step, &what).await
+    };
+    let (outcome, going) = targets(ctx, box_name).await?;
     ctx.store
         .close_box_intents(ctx.owner, box_name, Outcome::Stopped)
         .await?;
-    if outcome.terminated.is_empty() && outcome.cancelled.is_empty() {
+    let nothing = outcome.terminated.is_empty() && outcome.cancelled.is_empty();
+    if nothing && going.is_empty() {
         ctx.progress.note(&format!(
             "Nothing to stop: box {box_name} has no live instance or open spot request."
         ));
-        after_stop(ctx, spec).await?;
-        return Ok(outcome);
-    }
-    // Snapshotting or deleting a volume needs it detached, so its instance gone.
-    let volumes_wait = persist::volume_specs(spec)
-        .iter()
-        .any(|(_, vs)| vs.on_stop != crate::config::OnStop::Retain);
-
-    take_down(ctx, &outcome, wait, volumes_wait).await?;
-    ctx.store
-        .record_event(
-            ctx.owner,
-            Some(box_name),
-            "stop",
-            &format!(
-                "terminated {:?}, cancelled {:?}",
+    } else if !nothing {
+        take_down(ctx, &outcome, wait || volumes_wait(spec)).await?;
+        step(
+            "terminating",
+            format!(
+                "terminating {:?}, cancelled {:?}",
                 outcome.terminated, outcome.cancelled
             ),
         )
         .await?;
-    after_stop(ctx, spec).await?;
+    }
+    // The name first: the instances' addresses go with them.
+    let dns = remove_dns(ctx, spec).await?;
+    if !dns.is_empty() {
+        step("dns", dns.join("; ")).await?;
+    }
+    // Also those a cut-off run of this job told to go, still shutting down.
+    let down: Vec<InstanceId> = outcome.terminated.iter().chain(&going).cloned().collect();
+    if !down.is_empty() && (wait || volumes_wait(spec)) {
+        wait_down(ctx, &down, wait, volumes_wait(spec)).await?;
+        step("terminated", format!("{down:?} gone")).await?;
+    }
+    let volumes = persist::on_stop(ctx.cloud, ctx.owner, spec).await?;
+    for line in &volumes {
+        ctx.progress.note(line);
+    }
+    if !volumes.is_empty() {
+        step("volumes", volumes.join("; ")).await?;
+    }
+    // Said once the job is through, by whichever run finished it.
+    if !(nothing && going.is_empty() && volumes.is_empty() && dns.is_empty()) {
+        ctx.store
+            .record_event(
+                ctx.owner,
+                Some(box_name),
+                "stop",
+                &format!(
+                    "terminated {:?}, cancelled {:?}{}",
+                    outcome.terminated,
+                    outcome.cancelled,
+                    if going.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", waited for {going:?}")
+                    }
+                ),
+            )
+            .await?;
+    }
+    ctx.store.stop_done(ctx.owner, box_name).await?;
     Ok(outcome)
 }
 
-/// The box's instances (also those seen only through its requests) and its
-/// open or active spot requests.
-async fn targets(ctx: &Ctx<'_>, box_name: &str) -> Result<StopOutcome, BoxError> {
+/// The box's live instances (also those seen only through its requests)
+/// and its open or active spot requests; and its instances shutting down.
+async fn targets(
+    ctx: &Ctx<'_>,
+    box_name: &str,
+) -> Result<(StopOutcome, Vec<InstanceId>), BoxError> {
     let filter = box_filter(ctx.owner, box_name);
-    let instances: Vec<Instance> = ctx
+    let (instances, going): (Vec<Instance>, Vec<Instance>) = ctx
         .cloud
         .instances(&filter)
         .await?
         .into_iter()
-        .filter(|i| !i.state.is_gone())
-        .collect();
+        .filter(|i| i.state != InstanceState::Terminated)
+        .partition(|i| !i.state.is_gone());
+    let going = going.into_iter().map(|i| i.id).collect();
     let requests: Vec<SpotRequest> = ctx
         .cloud
         .spot_requests(&filter)
@@ -84,19 +139,22 @@ async fn targets(ctx: &Ctx<'_>, box_name: &str) -> Result<StopOutcome, BoxError>
             outcome.terminated.push(id.clone());
         }
     }
-    Ok(outcome)
+    Ok((outcome, going))
 }
 
-/// Marks, cancels and terminates; waits when asked or when the volumes'
-/// `on_stop` needs them detached.
-async fn take_down(
-    ctx: &Ctx<'_>,
-    outcome: &StopOutcome,
-    wait: bool,
-    volumes_wait: bool,
-) -> Result<(), BoxError> {
+/// Whether the volumes' `on_stop` needs the instances gone: snapshotting or
+/// deleting a volume needs it detached.
+fn volumes_wait(spec: &BoxSpec) -> bool {
+    persist::volume_specs(spec)
+        .iter()
+        .any(|(_, vs)| vs.on_stop != crate::config::OnStop::Retain)
+}
+
+/// Marks, cancels and terminates; says whether anyone waits for the
+/// instances to go.
+async fn take_down(ctx: &Ctx<'_>, outcome: &StopOutcome, waits: bool) -> Result<(), BoxError> {
     // Mark first: if we die between here and the terminate, nobody mistakes
-    // these for the live box, and the next `stop` finishes the job.
+    // these for the live box, and the next run of the job finishes it.
     let mut marked: Vec<String> = outcome
         .terminated
         .iter()
@@ -106,66 +164,81 @@ async fn take_down(
     mark_stopped(ctx, &marked).await?;
     if !outcome.cancelled.is_empty() {
         ctx.cloud.cancel_spot_requests(&outcome.cancelled).await?;
-        let list = outcome
-            .cancelled
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        ctx.progress
-            .note(&format!("Cancelled spot request(s) {list}"));
+        ctx.progress.note(&format!(
+            "Cancelled spot request(s) {}",
+            list(&outcome.cancelled)
+        ));
     }
     if !outcome.terminated.is_empty() {
-        let list = outcome
-            .terminated
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        ctx.progress.start(&format!("Terminating {list}"));
         ctx.cloud.terminate(&outcome.terminated).await?;
-        if wait || volumes_wait {
-            wait_gone(ctx, &outcome.terminated, volumes_wait).await?;
-            ctx.progress.finish(if wait {
-                "done."
+        ctx.progress.note(&format!(
+            "Terminating {}{}",
+            list(&outcome.terminated),
+            if waits {
+                ""
             } else {
-                "done (waited: the volumes' on_stop needs them detached)."
-            });
-        } else {
-            ctx.progress.finish("requested (not waiting).");
-        }
+                ": requested (not waiting)."
+            }
+        ));
     }
     Ok(())
 }
 
-/// Volumes per `on_stop`, and the DNS record unless `keep_dns`.
-async fn after_stop(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<(), BoxError> {
-    for line in persist::on_stop(ctx.cloud, ctx.owner, spec).await? {
-        ctx.progress.note(&line);
-    }
-    if let Some(dns) = &spec.dns {
-        if spec.keep_dns {
-            ctx.progress
-                .note(&format!("Kept DNS record {} (keep_dns)", dns.name));
-        } else {
-            for removal in crate::dns::remove(ctx.cloud, ctx.owner, &spec.name, dns).await? {
-                match removal {
-                    crate::dns::Removal::Deleted(Some(r)) => ctx.progress.note(&format!(
-                        "Removed DNS record {} ({})",
-                        r.name,
-                        r.values.join(", ")
-                    )),
-                    crate::dns::Removal::Deleted(None) | crate::dns::Removal::Absent => {}
-                    crate::dns::Removal::LeftAlone(r, why) => ctx.progress.note(&format!(
-                        "Left DNS record {} ({}) alone: {why}",
-                        r.name,
-                        r.values.join(", ")
-                    )),
-                }
+fn list(ids: &[impl std::fmt::Display]) -> String {
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Waits for the terminated instances: shutting down with `wait`,
+/// terminated (their volumes detached) when the volumes' `on_stop` needs it.
+async fn wait_down(
+    ctx: &Ctx<'_>,
+    ids: &[InstanceId],
+    wait: bool,
+    volumes_wait: bool,
+) -> Result<(), BoxError> {
+    ctx.progress
+        .start(&format!("Waiting for {} to go", list(ids)));
+    wait_gone(ctx, ids, volumes_wait).await?;
+    ctx.progress.finish(if wait {
+        "done."
+    } else {
+        "done (waited: the volumes' on_stop needs them detached)."
+    });
+    Ok(())
+}
+
+/// Removes the DNS record unless `keep_dns`; says what it did.
+async fn remove_dns(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<Vec<String>, BoxError> {
+    let Some(dns) = &spec.dns else {
+        return Ok(Vec::new());
+    };
+    let mut said = Vec::new();
+    if spec.keep_dns {
+        said.push(format!("Kept DNS record {} (keep_dns)", dns.name));
+    } else {
+        for removal in crate::dns::remove(ctx.cloud, ctx.owner, &spec.name, dns).await? {
+            match removal {
+                crate::dns::Removal::Deleted(Some(r)) => said.push(format!(
+                    "Removed DNS record {} ({})",
+                    r.name,
+                    r.values.join(", ")
+                )),
+                crate::dns::Removal::Deleted(None) | crate::dns::Removal::Absent => {}
+                crate::dns::Removal::LeftAlone(r, why) => said.push(format!(
+                    "Left DNS record {} ({}) alone: {why}",
+                    r.name,
+                    r.values.join(", ")
+                )),
             }
         }
     }
-    Ok(())
+    for line in &said {
+        ctx.progress.note(line);
+    }
+    Ok(said)
 }
 
 /// Waits until the instances are shutting down (or, `terminated_only`, terminated).

@@ -435,6 +435,8 @@ impl Daemon<'_> {
                 vec![what]
             }
             Err(e) if self.stopped_by_fence(Some(name), &e).await => Vec::new(),
+            // Its stop is under way: a pass runs that instead.
+            Err(BoxError::Stopping { .. }) => Vec::new(),
             Err(e) => {
                 self.metrics.launch_failure(failure_reason(&e));
                 // Tried again after a growing pause, said once per kind of
@@ -445,6 +447,43 @@ impl Daemon<'_> {
                     failure_reason(&e),
                     Some(name),
                     "replace-failed",
+                    &e.to_string(),
+                )
+                .await;
+                Vec::new()
+            }
+        }
+    }
+
+    /// A stop job: run (or resume) to its end. A failure is said once and
+    /// tried again after a growing pause.
+    pub(super) async fn stop_box(&self, spec: &BoxSpec) -> Vec<String> {
+        let name = spec.name.as_str();
+        let subject = format!("box:{name}");
+        match boxes::finish_stop(&self.ctx(), spec, false).await {
+            Ok(out) => {
+                self.recovered(&subject);
+                self.state_ended(&format!("stop-failed:{name}"));
+                vec![format!(
+                    "box {name} stopped: terminated {:?}, cancelled {:?}",
+                    out.terminated, out.cancelled
+                )]
+            }
+            Err(e) if self.stopped_by_fence(Some(name), &e).await => Vec::new(),
+            Err(e) => {
+                self.failed(&subject);
+                if let Err(s) = self
+                    .store
+                    .stop_failed(&self.config.owner, name, &e.to_string())
+                    .await
+                {
+                    tracing::warn!("recording a failed stop: {s}");
+                }
+                self.record_change(
+                    &format!("stop-failed:{name}"),
+                    failure_reason(&e),
+                    Some(name),
+                    "stop-failed",
                     &e.to_string(),
                 )
                 .await;

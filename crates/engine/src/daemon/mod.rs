@@ -604,9 +604,41 @@ impl<'a> Daemon<'a> {
             out.done
                 .extend(self.fenced(leases::FLEET, self.finish_stops(&obs)).await?);
         }
-        for spec in &specs {
+        self.plan_boxes(&specs, &obs, &mut out).await?;
+        let (done, jobs) = self.reconcile_pools(&obs, pools, unreadable, fleet).await?;
+        out.done.extend(done);
+        out.jobs.extend(jobs);
+        Ok(out)
+    }
+
+    /// Plans every box held: its stop job when one is open (nothing else
+    /// for it meanwhile), else its prompt steps and its tasks.
+    async fn plan_boxes(
+        &self,
+        specs: &[crate::config::BoxSpec],
+        obs: &Observation,
+        out: &mut PassOutcome,
+    ) -> Result<(), BoxError> {
+        let stopping: HashSet<String> = self
+            .store
+            .open_stops(&self.config.owner)
+            .await?
+            .into_iter()
+            .collect();
+        for spec in specs {
             let subject = Subject::Box(spec.name.clone());
-            let step = self.plan_and_step(spec, &obs);
+            if stopping.contains(&spec.name) {
+                // Its stop job, to the end; nothing else for it meanwhile.
+                if !self.backing_off(&subject.lease()) {
+                    out.jobs.push(Job {
+                        epoch: Some(obs.epoch(&subject)),
+                        subject,
+                        work: Work::Stop { spec: spec.clone() },
+                    });
+                }
+                continue;
+            }
+            let step = self.plan_and_step(spec, obs);
             let (done, work) = match self.fenced(&subject.lease(), step).await {
                 Ok(x) => x,
                 Err(e) if self.stopped_by_fence(Some(&spec.name), &e).await => continue,
@@ -621,7 +653,7 @@ impl<'a> Daemon<'a> {
                 let work = match work {
                     // The fast path's knowledge serves a pass's launch too.
                     Work::Replace { spec, known: None } => {
-                        let known = self.known(&spec, &obs);
+                        let known = self.known(&spec, obs);
                         Work::Replace { spec, known }
                     }
                     w => w,
@@ -633,10 +665,7 @@ impl<'a> Daemon<'a> {
                 }
             }));
         }
-        let (done, jobs) = self.reconcile_pools(&obs, pools, unreadable, fleet).await?;
-        out.done.extend(done);
-        out.jobs.extend(jobs);
-        Ok(out)
+        Ok(())
     }
 
     /// Forgets what is older than `[daemon] retention`, at most hourly.
@@ -730,6 +759,7 @@ impl<'a> Daemon<'a> {
             Work::Image { spec, instance } => self.image(spec, instance).await,
             Work::BackToSpot { spec, instance } => self.back_to_spot(spec, instance).await,
             Work::Pool { spec, world } => self.pool_task(spec, world).await,
+            Work::Stop { spec } => self.stop_box(spec).await,
         }
     }
 

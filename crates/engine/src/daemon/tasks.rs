@@ -81,6 +81,11 @@ pub enum Work {
         /// Its on-demand instance.
         instance: spotkeeper_cloud::Instance,
     },
+    /// Finish the box's stop job (asked through the API, or left half done).
+    Stop {
+        /// The box.
+        spec: BoxSpec,
+    },
     /// One pool's pass on a shared observation.
     Pool {
         /// The pool.
@@ -99,11 +104,12 @@ impl Work {
             Self::Image { .. } => "image",
             Self::BackToSpot { .. } => "back-to-spot",
             Self::Pool { .. } => "pool",
+            Self::Stop { .. } => "stop",
         }
     }
 
     fn urgent(&self) -> bool {
-        matches!(self, Self::Replace { .. })
+        matches!(self, Self::Replace { .. } | Self::Stop { .. })
     }
 
     fn preemptible(&self) -> bool {
