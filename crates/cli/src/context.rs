@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use spotkeeper_cloud::AwsCloud;
 use spotkeeper_engine::config::{self, Config, DatabaseUrl};
-use spotkeeper_engine::store::Store;
+use spotkeeper_engine::store::{Connections, Store};
 
 use crate::Failure;
 use crate::cli::Args;
@@ -68,10 +68,15 @@ pub fn database_url(config: &Config) -> Result<Option<DatabaseUrl>, Failure> {
 /// Opens the state store — the shared PostgreSQL database when one is
 /// configured, else the SQLite file at `path` — and returns it with the
 /// lock directory beside `path` (used with the file only: on PostgreSQL the
-/// box locks are in the database).
-pub async fn open_store(path: &Path, config: &Config) -> Result<(Store, PathBuf), Failure> {
+/// box locks are in the database). On PostgreSQL it opens at most
+/// `connections`.
+pub async fn open_store(
+    path: &Path,
+    config: &Config,
+    connections: Connections,
+) -> Result<(Store, PathBuf), Failure> {
     let store = match database_url(config)? {
-        Some(url) => Store::connect(&url)
+        Some(url) => Store::connect_with(&url, connections)
             .await
             .with_context(|| "connecting to the state database")?,
         None => Store::open(path)

@@ -643,7 +643,7 @@ fn a_stop_through_the_api_answers_at_once_takes_the_name_first_and_a_killed_daem
     // AWS takes from seconds to minutes to terminate an instance; the
     // emulator now does too (the instance stays shutting-down, its volume
     // attached, its address its own).
-    cli.moto.set_terminating_for(Duration::from_secs(15));
+    cli.moto.set_terminating_for(Duration::from_secs(45));
     let serve = Serve::start(&cli);
     wait_passes(api_port, 1, &serve);
 
@@ -706,7 +706,7 @@ fn a_stop_through_the_api_answers_at_once_takes_the_name_first_and_a_killed_daem
     let _ = serve.child.wait();
     assert_eq!(instance_state(&cli, &old), "shutting-down");
     let serve = Serve::start(&cli);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(90);
     let view = loop {
         let view = body(
             &common::http_get(api_port, "/api/boxes/dev", Some(TOKEN))

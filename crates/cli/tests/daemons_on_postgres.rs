@@ -63,7 +63,11 @@ struct Shared {
 
 impl Shared {
     fn new(boxes: usize, pool: bool) -> Self {
-        let pg = Postgres::start();
+        Self::on(Postgres::start(), boxes, pool)
+    }
+
+    /// [`Shared::new`] on server `pg`.
+    fn on(pg: Postgres, boxes: usize, pool: bool) -> Self {
         let demand = demand_server(std::sync::Arc::new(std::sync::Mutex::new(Demand::Jobs(0))));
         let mut cli = Cli::with_config(&config(
             spotkeeper_testkit::closed_port(),
@@ -943,4 +947,62 @@ fn a_daemon_paused_past_its_lease_resumes_mid_settle_and_changes_nothing_the_oth
     );
     assert!(a.stop().success());
     assert!(b.stop().success());
+}
+
+#[test]
+fn a_daemon_whose_connections_would_overflow_the_servers_limit_refuses_to_start_and_says_why() {
+    // 120 connections, 3 kept for superusers: 117 for the daemons.
+    let shared = Shared::on(Postgres::start_with(&["max_connections=120"]), 1, false);
+    // One daemon with the default max_tasks (64) may open 64 + 19 = 83.
+    let (a, port_a) = shared.serve("a");
+    common::wait_passes(port_a, 1, &a);
+    assert_eq!(
+        shared.count("SELECT connections FROM daemons WHERE owner = 'shared'"),
+        83,
+        "the daemon records what it may open"
+    );
+    // A second like it would make 166: refused, with the sum and the way out.
+    let port_b = spotkeeper_testkit::closed_port();
+    let (config, state) = shared.machine("b", port_b);
+    let out = shared
+        .cli
+        .command_as(&config, &state, &["serve"])
+        .output()
+        .expect("serve");
+    assert!(!out.status.success(), "{}", describe(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    for part in [
+        "not starting",
+        "may open 83 connections",
+        "max_tasks 64",
+        "the 1 other live daemon(s) on the database 83: 166 in all",
+        "over the 117 the server allows (max_connections 120 less 3 reserved",
+        "max_tasks + 19",
+    ] {
+        assert!(said.contains(part), "{part:?} not in: {said}");
+    }
+    assert!(!said.contains(PASSWORD), "{said}");
+    assert_eq!(
+        shared.count("SELECT COUNT(*) FROM daemons WHERE owner = 'shared'"),
+        1,
+        "the refused daemon left no row"
+    );
+    // With max_tasks = 10 it needs 29: 112 fits.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("[daemon]\n", "[daemon]\nmax_tasks = 10\n"),
+    )
+    .expect("write");
+    let b = Serve::spawn(
+        shared.cli.command_as(&config, &state, &["serve"]),
+        shared.cli.dir.path().join("b.log"),
+    );
+    common::wait_passes(port_b, 1, &b);
+    assert_eq!(
+        shared.count("SELECT SUM(connections) FROM daemons WHERE owner = 'shared'"),
+        112
+    );
+    assert!(b.stop().success());
+    assert!(a.stop().success());
 }

@@ -180,9 +180,90 @@ pub struct Store {
     /// PostgreSQL: where it is, for the daemons' wake-up channel.
     url: Option<DatabaseUrl>,
     backend: Backend,
+    /// PostgreSQL: how many connections it may open (recorded with the
+    /// daemon, so the next one knows what the server has left).
+    connections: Option<Connections>,
     /// One event sequencer at a time in this process (see
     /// [`Store::events_after`]).
     ordering: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// How many connections a store may open to PostgreSQL (lazily: only what
+/// is used is open). What a daemon needs is [`Connections::daemon`]; the
+/// daemons sharing a server must fit in its `max_connections`
+/// ([`Store::check_connections`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connections {
+    /// For queries: short, shared by the passes, the tasks and the API.
+    pub queries: u32,
+    /// For locks: each box being changed holds one for as long as it is (a
+    /// launch with its waits, a stop), a daemon one for its id.
+    pub locks: u32,
+    /// For the daemons' wake-up channel (a daemon's `LISTEN`).
+    pub listener: u32,
+}
+
+/// Connections for queries a store opens at most.
+pub const QUERY_CONNECTIONS: u32 = 16;
+
+impl Connections {
+    /// A daemon running up to `max_tasks` tasks at once: a lock connection
+    /// for each task (a wave of `max_tasks` warnings launches at once, none
+    /// waits for another's ready check), one held for the daemon's id and
+    /// one for a lock being tried; the queries; the listener. In all
+    /// `max_tasks + 19`.
+    pub fn daemon(max_tasks: usize) -> Self {
+        Self {
+            queries: QUERY_CONNECTIONS,
+            locks: u32::try_from(max_tasks)
+                .unwrap_or(u32::MAX)
+                .saturating_add(2),
+            listener: 1,
+        }
+    }
+
+    /// All of them.
+    pub fn total(self) -> u32 {
+        self.queries
+            .saturating_add(self.locks)
+            .saturating_add(self.listener)
+    }
+}
+
+impl Default for Connections {
+    /// A command of the CLI: it changes a box or a few at a time.
+    fn default() -> Self {
+        Self {
+            queries: QUERY_CONNECTIONS,
+            locks: 8,
+            listener: 0,
+        }
+    }
+}
+
+/// What the PostgreSQL server allows and what the daemons sharing it may
+/// open ([`Store::check_connections`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionBudget {
+    /// The server's `max_connections`.
+    pub max_connections: i64,
+    /// Of those, kept for superusers (`superuser_reserved_connections`,
+    /// and `reserved_connections` from PostgreSQL 16).
+    pub reserved: i64,
+    /// What this store may open.
+    pub mine: i64,
+    /// What the other live daemons on the database may open, and how many
+    /// they are.
+    pub others: i64,
+    /// The other live daemons.
+    pub other_daemons: i64,
+}
+
+impl ConnectionBudget {
+    /// Whether they all fit.
+    pub fn fits(&self) -> bool {
+        self.mine + self.others <= self.max_connections - self.reserved
+    }
 }
 
 /// The PostgreSQL advisory lock the event sequencers of every process take
@@ -252,6 +333,7 @@ impl Store {
             locks: None,
             url: None,
             backend: Backend::Sqlite,
+            connections: None,
             ordering: Default::default(),
         })
     }
@@ -281,6 +363,14 @@ impl Store {
     /// up to date (sqlx's migrator holds an advisory lock while it does, so
     /// daemons starting together migrate once).
     pub async fn connect(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        Self::connect_with(url, Connections::default()).await
+    }
+
+    /// [`Store::connect`], opening at most `connections`.
+    pub async fn connect_with(
+        url: &DatabaseUrl,
+        connections: Connections,
+    ) -> Result<Self, StoreError> {
         let err = |source| StoreError::Open {
             path: url.to_string(),
             source,
@@ -288,7 +378,7 @@ impl Store {
         sqlx::any::install_default_drivers();
         let options: AnyConnectOptions = url.expose().parse().map_err(err)?;
         let pool = AnyPoolOptions::new()
-            .max_connections(16)
+            .max_connections(connections.queries.max(1))
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await
@@ -298,7 +388,7 @@ impl Store {
             .await
             .map_err(|e| err(redact(e.into(), url)))?;
         let locks = AnyPoolOptions::new()
-            .max_connections(LOCK_CONNECTIONS)
+            .max_connections(connections.locks.max(1))
             .min_connections(0)
             .idle_timeout(Duration::from_secs(300))
             // Waiting for a lock connection is waiting for the lock.
@@ -309,6 +399,7 @@ impl Store {
             locks: Some(locks),
             url: Some(url.clone()),
             backend: Backend::Postgres,
+            connections: Some(connections),
             ordering: Default::default(),
         })
     }
@@ -330,6 +421,7 @@ impl Store {
             locks: None,
             url: None,
             backend: Backend::Sqlite,
+            connections: None,
             ordering: Default::default(),
         })
     }
@@ -655,10 +747,6 @@ impl Store {
         .await?)
     }
 }
-
-/// Connections a store keeps for box locks on PostgreSQL: each box being
-/// changed holds one for as long as it is (a launch with its waits).
-pub const LOCK_CONNECTIONS: u32 = 32;
 
 /// A lock pool connection while a lock is being taken: if the taking is
 /// cancelled (its future dropped mid-query), the session may get the lock
@@ -1798,8 +1886,9 @@ impl Store {
         config: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO daemons (owner, id, host, started_at, seen_at, leases, config) VALUES ($1, $2, $3, $4, $4, $5, $6)
-             ON CONFLICT (owner, id) DO UPDATE SET seen_at = excluded.seen_at, leases = excluded.leases, config = excluded.config",
+            "INSERT INTO daemons (owner, id, host, started_at, seen_at, leases, config, connections) VALUES ($1, $2, $3, $4, $4, $5, $6, $7)
+             ON CONFLICT (owner, id) DO UPDATE SET seen_at = excluded.seen_at, leases = excluded.leases, config = excluded.config,
+                 connections = excluded.connections",
         )
         .bind(owner)
         .bind(id)
@@ -1807,9 +1896,53 @@ impl Store {
         .bind(now)
         .bind(leases)
         .bind(config)
+        .bind(i64::from(self.connections.map_or(0, Connections::total)))
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// What the PostgreSQL server allows against what this store and the
+    /// other daemons on the database seen since `since` (unix ms, the
+    /// database's clock) may open: every one of them may have all its
+    /// connections open at once (a wave), and a server out of connections
+    /// refuses the next with "too many clients", the lock a launch waits
+    /// for included. `None` on SQLite. `me` is this daemon (owner, id): its
+    /// own earlier row does not count twice.
+    pub async fn check_connections(
+        &self,
+        me: (&str, &str),
+        since: i64,
+    ) -> Result<Option<ConnectionBudget>, StoreError> {
+        let Some(mine) = self
+            .connections
+            .filter(|_| self.backend == Backend::Postgres)
+        else {
+            return Ok(None);
+        };
+        let (max_connections, reserved): (i64, i64) = sqlx::query_as(
+            "SELECT current_setting('max_connections')::bigint,
+                    current_setting('superuser_reserved_connections')::bigint
+                    + COALESCE(NULLIF(current_setting('reserved_connections', true), ''), '0')::bigint",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let (others, other_daemons): (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(connections), 0)::bigint, COUNT(*)::bigint FROM daemons
+             WHERE seen_at >= $3 AND connections > 0 AND NOT (owner = $1 AND id = $2)",
+        )
+        .bind(me.0)
+        .bind(me.1)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Some(ConnectionBudget {
+            max_connections,
+            reserved,
+            mine: i64::from(mine.total()),
+            others,
+            other_daemons,
+        }))
     }
 
     /// Records the config whose fingerprint is `fingerprint` (naming the
@@ -2117,7 +2250,7 @@ impl Store {
     /// Takes box `box_name`'s lock in the database (PostgreSQL: a session
     /// advisory lock, so every machine sharing the database sees it),
     /// calling `on_wait` once if another holds it. The lock is held by a
-    /// connection of the lock pool ([`LOCK_CONNECTIONS`] at most: more boxes
+    /// connection of the lock pool ([`Connections::locks`] at most: more boxes
     /// changing at once wait for a connection, as for a lock) and goes when
     /// the returned guard drops, or with the connection if the process dies.
     pub async fn lock_box(
@@ -2715,6 +2848,98 @@ mod tests {
             .await
             .expect("taken once the first is dropped")
             .expect("lock");
+    }
+
+    #[tokio::test]
+    async fn a_daemons_store_holds_a_box_lock_for_every_task_beside_its_id() {
+        let server = spotkeeper_testkit::Postgres::start();
+        let url = DatabaseUrl::parse(&server.url()).expect("url");
+        // 40 tasks (more than the 32 lock connections there used to be).
+        let store = Store::connect_with(&url, Connections::daemon(40))
+            .await
+            .expect("store");
+        let _id = store
+            .try_lock("spotkeeper daemon o/d1")
+            .await
+            .expect("try")
+            .expect("the daemon's id");
+        let names: Vec<String> = (0..40).map(|i| format!("b{i:02}")).collect();
+        fn free() {
+            panic!("every box is free")
+        }
+        let all =
+            futures_util::future::join_all(names.iter().map(|n| store.lock_box("o", n, &free)));
+        let held = tokio::time::timeout(Duration::from_secs(20), all)
+            .await
+            .expect("no box waits for another's lock connection");
+        assert_eq!(held.into_iter().filter(Result::is_ok).count(), 40);
+        // Still a connection for a lock being tried.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), store.try_lock("spare"))
+                .await
+                .expect("a spare connection")
+                .expect("try")
+                .is_some()
+        );
+        assert_eq!(Connections::daemon(40).total(), 40 + 19);
+    }
+
+    #[tokio::test]
+    async fn the_connection_budget_counts_live_daemons_and_the_servers_reserve() {
+        let server = spotkeeper_testkit::Postgres::start_with(&["max_connections=100"]);
+        let url = DatabaseUrl::parse(&server.url()).expect("url");
+        let store = Store::connect_with(&url, Connections::daemon(64))
+            .await
+            .expect("store");
+        let other = Store::connect_with(&url, Connections::daemon(10))
+            .await
+            .expect("store");
+        let now = store.clock_ms().await.expect("clock");
+        other
+            .daemon_alive("o", "d2", "h", now, 0, "c")
+            .await
+            .expect("alive");
+        // Silent for long: not counted. This daemon's own row: not twice.
+        other
+            .daemon_alive("o", "d3", "h", now - 600_000, 0, "c")
+            .await
+            .expect("alive");
+        store
+            .daemon_alive("o", "d1", "h", now, 0, "c")
+            .await
+            .expect("alive");
+        let budget = store
+            .check_connections(("o", "d1"), now - 60_000)
+            .await
+            .expect("read")
+            .expect("PostgreSQL");
+        assert_eq!(
+            budget,
+            ConnectionBudget {
+                max_connections: 100,
+                reserved: 3,
+                mine: 83,
+                others: 29,
+                other_daemons: 1,
+            }
+        );
+        assert!(!budget.fits(), "83 + 29 > 97");
+        let alone = store
+            .check_connections(("o", "d1"), now + 1)
+            .await
+            .expect("read")
+            .expect("PostgreSQL");
+        assert!(alone.fits(), "83 <= 97");
+        assert_eq!(
+            Store::memory()
+                .await
+                .expect("store")
+                .check_connections(("o", "d1"), 0)
+                .await
+                .expect("read"),
+            None,
+            "SQLite has no connection limit to share"
+        );
     }
 
     /// Events after `after`: (place, message).

@@ -288,9 +288,18 @@ async fn a_registered_box_is_launched_by_the_daemon_and_deregistering_with_stop_
         .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     assert_eq!(again["stop"]["requested_at"], del["stop"]["requested_at"]);
-    // Registering it again meanwhile is refused: it is being stopped.
+    // Registering it again meanwhile is refused: it is being stopped; so is
+    // letting it go unmanaged (nobody would finish the stop).
     let (s, b) = w.post("/api/boxes", &good_box()).await;
     assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    let (s, b) = w.call("DELETE", "/api/boxes/web", Some(TOKEN), None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert!(
+        b["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("being stopped")),
+        "{b}"
+    );
     let (s, pending) = w.call("GET", "/api/boxes/web", Some(TOKEN), None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(pending["stop"]["state"], "pending", "{pending}");

@@ -766,6 +766,12 @@ fn pg_bin() -> PathBuf {
 impl Postgres {
     /// Initialises and starts a server; returns once it accepts connections.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`Postgres::start`] with server settings (`"max_connections=120"`)
+    /// over the defaults.
+    pub fn start_with(settings: &[&str]) -> Self {
         let bin = pg_bin();
         let dir = tempfile::Builder::new()
             .prefix("skpg")
@@ -816,6 +822,7 @@ impl Postgres {
                 "-c",
                 "max_connections=200",
             ])
+            .args(settings.iter().flat_map(|s| ["-c", s]))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(

@@ -83,7 +83,7 @@ async fn open_box(args: &Args, box_name: &str) -> Result<(Config, BoxSpec, AwsCl
 /// The state store and lock directory for `config`.
 async fn open_state(args: &Args, config: &Config) -> Result<(Store, PathBuf), Failure> {
     let state = context::state_path(args, config)?;
-    context::open_store(&state, config).await
+    context::open_store(&state, config, Default::default()).await
 }
 
 /// Runs `f` with a box context (cloud, store, owner, locks, progress on stderr).

@@ -24,7 +24,7 @@ fn when(at: Option<i64>) -> String {
 pub async fn run(args: &Args, only: Option<&str>) -> Result<ExitCode, Failure> {
     let config = context::load_config(args, true)?;
     let path = context::state_path(args, &config)?;
-    let (store, _) = context::open_store(&path, &config).await?;
+    let (store, _) = context::open_store(&path, &config, Default::default()).await?;
     let (mut pools, _) = all_pools(&config, &store).await?;
     if let Some(name) = only {
         pools.retain(|(p, _)| p.name == name);

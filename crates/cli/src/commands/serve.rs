@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use spotkeeper_engine::api::{self, ApiState};
+use spotkeeper_engine::config::Config;
 use spotkeeper_engine::daemon::{Daemon, SqsQueue};
+use spotkeeper_engine::store::{Connections, Store};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::Failure;
@@ -36,7 +38,8 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
     }
     let cloud = context::connect(&config).await?;
     let state = context::state_path(args, &config)?;
-    let (store, locks) = context::open_store(&state, &config).await?;
+    let connections = Connections::daemon(config.max_tasks);
+    let (store, locks) = context::open_store(&state, &config, connections).await?;
     let token_file = state.with_file_name("api-token");
     let token = api::load_or_make_token(
         &config,
@@ -85,6 +88,7 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
         spotkeeper_engine::daemon::leases::identity(&store, &config.owner, preferred.as_deref())
             .await
             .map_err(|e| Failure::Usage(anyhow::anyhow!("{e}")))?;
+    check_connections(&store, &config, &id, connections).await?;
     warn_of_other_owners(&store, &config).await;
     let daemon = Daemon::new(&cloud, &store, &config, &locks)
         .with_id(id)
@@ -250,4 +254,65 @@ fn notify(
             }
         });
     }
+}
+
+/// Refuses to start (PostgreSQL) when what this daemon may open and what
+/// the live daemons on the database may open do not fit in the server's
+/// `max_connections`: under a wave every one of them may use all of its
+/// connections, and the server refuses the next ("too many clients") in
+/// the middle of a launch.
+async fn check_connections(
+    store: &Store,
+    config: &Config,
+    id: &str,
+    mine: Connections,
+) -> Result<(), Failure> {
+    let failed = |e: spotkeeper_engine::store::StoreError| {
+        Failure::Failed(anyhow::anyhow!(
+            "reading the database's connection limit: {e}"
+        ))
+    };
+    let lease = i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX);
+    let since = store
+        .clock_ms()
+        .await
+        .map_err(failed)?
+        .saturating_sub(lease);
+    let Some(budget) = store
+        .check_connections((&config.owner, id), since)
+        .await
+        .map_err(failed)?
+    else {
+        return Ok(());
+    };
+    let allowed = budget.max_connections - budget.reserved;
+    if budget.fits() {
+        tracing::info!(
+            mine = budget.mine,
+            others = budget.others,
+            allowed,
+            "PostgreSQL connections: this daemon may open {}, the {} other live daemon(s) {}, the server allows {allowed}",
+            budget.mine,
+            budget.other_daemons,
+            budget.others
+        );
+        return Ok(());
+    }
+    Err(Failure::Usage(anyhow::anyhow!(
+        "not starting: this daemon may open {} connections to PostgreSQL ({} for queries, \
+         [daemon] max_tasks {} + 2 for box locks, {} for the wake-up listener) and the {} other \
+         live daemon(s) on the database {}: {} in all, over the {allowed} the server allows \
+         (max_connections {} less {} reserved for superusers). Each daemon needs max_tasks + {}: \
+         lower [daemon] max_tasks, or raise max_connections on the server",
+        budget.mine,
+        mine.queries,
+        config.max_tasks,
+        mine.listener,
+        budget.other_daemons,
+        budget.others,
+        budget.mine + budget.others,
+        budget.max_connections,
+        budget.reserved,
+        mine.total() as usize - config.max_tasks,
+    )))
 }

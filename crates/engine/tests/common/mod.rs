@@ -6,15 +6,20 @@ use std::path::Path;
 
 use spotkeeper_cloud::fake::FakeCloud;
 use spotkeeper_engine::boxes::{Ctx, Silent, Timing};
-use spotkeeper_engine::store::{DatabaseUrl, Store};
+use spotkeeper_engine::config::DEFAULT_MAX_TASKS;
+use spotkeeper_engine::store::{Connections, DatabaseUrl, Store};
 
 /// An empty state store: in memory, or — in `scripts/test`'s PostgreSQL
-/// pass — a fresh database on the throwaway server.
+/// pass — a fresh database on the throwaway server, with a daemon's
+/// connections.
 pub async fn store() -> Store {
     match spotkeeper_testkit::test_database() {
-        Some(url) => Store::connect(&DatabaseUrl::parse(&url).expect("url"))
-            .await
-            .expect("postgres store"),
+        Some(url) => Store::connect_with(
+            &DatabaseUrl::parse(&url).expect("url"),
+            Connections::daemon(DEFAULT_MAX_TASKS),
+        )
+        .await
+        .expect("postgres store"),
         None => Store::memory().await.expect("store"),
     }
 }
