@@ -564,23 +564,24 @@ async fn delete_box(
         );
     };
     if !q.stop {
-        // Its stop job needs it managed to the end (the daemons run the
-        // jobs of the boxes they manage).
-        match state.store.stop_job(&state.config.owner, &name).await {
-            Ok(Some(job)) if job.open() => {
-                return error(
+        // A box being stopped stays managed until its stop is done (the
+        // daemons run the jobs of the boxes they manage).
+        return match state.store.deregister_box(&state.config.owner, &name).await {
+            Ok(true) => Json(json!({ "name": name, "deregistered": true, "stopped": false }))
+                .into_response(),
+            Ok(false) => match state.store.stop_job(&state.config.owner, &name).await {
+                Ok(Some(job)) if job.open() => error(
                     StatusCode::CONFLICT,
                     format!(
                         "box {name:?} is being stopped; it is no longer managed once its stop is done (GET it)"
                     ),
-                );
-            }
-            Ok(_) => {}
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        }
-        return match state.store.deregister_box(&state.config.owner, &name).await {
-            Ok(_) => Json(json!({ "name": name, "deregistered": true, "stopped": false }))
-                .into_response(),
+                ),
+                Ok(_) => error(
+                    StatusCode::NOT_FOUND,
+                    format!("no managed box named {name:?}"),
+                ),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            },
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
     }

@@ -872,14 +872,19 @@ impl Store {
         Ok(())
     }
 
-    /// Stops managing a box; returns whether it was managed.
+    /// Stops managing a box; returns whether it was managed. A box whose
+    /// stop job is open stays managed (its stop ends that: the daemons run
+    /// the jobs of the boxes they manage), in the same statement.
     pub async fn deregister_box(&self, owner: &str, name: &str) -> Result<bool, StoreError> {
-        let n = sqlx::query("DELETE FROM managed_boxes WHERE owner = $1 AND name = $2")
-            .bind(owner)
-            .bind(name)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let n = sqlx::query(
+            "DELETE FROM managed_boxes WHERE owner = $1 AND name = $2 AND NOT EXISTS
+             (SELECT 1 FROM stop_jobs s WHERE s.owner = $1 AND s.box = $2 AND s.state <> 'done')",
+        )
+        .bind(owner)
+        .bind(name)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(n > 0)
     }
 
@@ -2501,6 +2506,19 @@ mod tests {
         assert_eq!(names, ["dev", "web"]);
         assert!(s.deregister_box("o", "dev").await.expect("deregister"));
         assert!(!s.deregister_box("o", "dev").await.expect("deregister"));
+        // Being stopped, it stays managed until the stop is done.
+        s.register_box("o", "dev", "api", None)
+            .await
+            .expect("register");
+        s.request_stop("o", "dev").await.expect("asked");
+        assert!(!s.deregister_box("o", "dev").await.expect("deregister"));
+        assert!(
+            s.managed_boxes("o")
+                .await
+                .expect("read")
+                .iter()
+                .any(|b| b.name == "dev")
+        );
         assert!(
             s.first_delivery("o", "ev-1", "spot-interruption", Some("i-1"))
                 .await
