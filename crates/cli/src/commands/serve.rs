@@ -313,6 +313,6 @@ async fn check_connections(
         budget.mine + budget.others,
         budget.max_connections,
         budget.reserved,
-        mine.total() as usize - config.max_tasks,
+        (mine.total() as usize).saturating_sub(config.max_tasks),
     )))
 }
