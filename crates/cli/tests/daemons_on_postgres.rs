@@ -291,10 +291,20 @@ impl Shared {
     /// among them; returns subject → holder.
     fn wait_shared(&self, want: usize, logs: &[&Serve]) -> BTreeMap<String, String> {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let share = self.subjects().len().div_ceil(want);
         loop {
             let held = self.holders();
-            let holders: std::collections::BTreeSet<&String> = held.values().collect();
-            if self.subjects().iter().all(|s| held.contains_key(s)) && holders.len() == want {
+            let mut per: HashMap<&String, usize> = HashMap::new();
+            for h in held.values() {
+                *per.entry(h).or_default() += 1;
+            }
+            // Shared: every subject held, by `want` daemons, none over its
+            // share (a daemon gives back what is over it at its next claim,
+            // the newcomer takes it at its own: for a moment one holds more).
+            if self.subjects().iter().all(|s| held.contains_key(s))
+                && per.len() == want
+                && per.values().all(|n| *n <= share)
+            {
                 return held;
             }
             assert!(
