@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 
 use crate::boxes;
 use crate::config::{Config, Secret, parse_box_json, refuse_code};
+use crate::event_kind::EventKind;
 use crate::store::{StopJob, Store};
 
 /// Requests larger than this are refused (413): a box is a few hundred bytes,
@@ -389,7 +390,7 @@ async fn register_box(
         .record_event(
             &state.config.owner,
             Some(&name),
-            "registered",
+            EventKind::Registered,
             "registered through the API",
         )
         .await;
@@ -564,26 +565,7 @@ async fn delete_box(
         );
     };
     if !q.stop {
-        // A box being stopped stays managed until its stop is done (the
-        // daemons run the jobs of the boxes they manage).
-        return match state.store.deregister_box(&state.config.owner, &name).await {
-            Ok(true) => Json(json!({ "name": name, "deregistered": true, "stopped": false }))
-                .into_response(),
-            Ok(false) => match state.store.stop_job(&state.config.owner, &name).await {
-                Ok(Some(job)) if job.open() => error(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "box {name:?} is being stopped; it is no longer managed once its stop is done (GET it)"
-                    ),
-                ),
-                Ok(_) => error(
-                    StatusCode::NOT_FOUND,
-                    format!("no managed box named {name:?}"),
-                ),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            },
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        };
+        return deregister(&state, &name).await;
     }
     // A stop the daemons can finish: they need the box's spec.
     match crate::desired::box_spec(&state.config, &name, b.spec.as_deref()) {
@@ -612,7 +594,7 @@ async fn delete_box(
         .record_event(
             &state.config.owner,
             Some(&name),
-            "stop-requested",
+            EventKind::StopRequested,
             "stop asked through the API; the daemon runs it as a job (GET the box for its steps)",
         )
         .await
@@ -626,6 +608,31 @@ async fn delete_box(
         Json(json!({ "name": name, "stop": job })),
     )
         .into_response()
+}
+
+/// `DELETE /api/boxes/{name}` without `stop`: no longer managed, left running.
+async fn deregister(state: &ApiState, name: &str) -> Response {
+    // A box being stopped stays managed until its stop is done (the
+    // daemons run the jobs of the boxes they manage).
+    match state.store.deregister_box(&state.config.owner, name).await {
+        Ok(true) => {
+            Json(json!({ "name": name, "deregistered": true, "stopped": false })).into_response()
+        }
+        Ok(false) => match state.store.stop_job(&state.config.owner, name).await {
+            Ok(Some(job)) if job.open() => error(
+                StatusCode::CONFLICT,
+                format!(
+                    "box {name:?} is being stopped; it is no longer managed once its stop is done (GET it)"
+                ),
+            ),
+            Ok(_) => error(
+                StatusCode::NOT_FOUND,
+                format!("no managed box named {name:?}"),
+            ),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 async fn pool_views(state: &ApiState, only: Option<&str>) -> Result<Vec<Value>, Response> {
@@ -708,14 +715,18 @@ async fn register_pool(
     {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
-    let what = if existed { "updated" } else { "registered" };
+    let kind = if existed {
+        EventKind::Updated
+    } else {
+        EventKind::Registered
+    };
     let _ = state
         .store
         .record_pool_event(
             &state.config.owner,
             &name,
-            what,
-            &format!("{what} through the API"),
+            kind,
+            &format!("{kind} through the API"),
         )
         .await;
     state.wake.notify_one();
@@ -725,7 +736,7 @@ async fn register_pool(
         } else {
             StatusCode::CREATED
         },
-        Json(json!({ "name": name, what: true })),
+        Json(json!({ "name": name, kind.as_str(): true })),
     )
         .into_response()
 }
@@ -796,7 +807,7 @@ async fn delete_pool(State(state): State<ApiState>, Path(name): Path<String>) ->
                 .record_pool_event(
                     &state.config.owner,
                     &name,
-                    "deleted",
+                    EventKind::Deleted,
                     &format!("deleted through the API: cancelled {cancelled} requests, terminated {terminated} instances"),
                 )
                 .await;

@@ -4,6 +4,7 @@
 //! Health event's affected entities), never from the ARN, and `account` is
 //! optional: some real deliveries and the emulator omit it.
 
+use crate::event_kind::EventKind;
 use serde_json::Value;
 use spotkeeper_cloud::{InstanceId, InstanceState};
 
@@ -22,12 +23,12 @@ pub struct Event {
     /// The account, when present.
     pub account: Option<String>,
     /// What happened.
-    pub kind: EventKind,
+    pub kind: Notice,
 }
 
 /// What an event says.
 #[derive(Debug, Clone, PartialEq)]
-pub enum EventKind {
+pub enum Notice {
     /// "EC2 Spot Instance Interruption Warning": about two minutes left.
     SpotInterruption {
         /// The instance.
@@ -56,25 +57,30 @@ pub enum EventKind {
     },
 }
 
-impl EventKind {
+impl Notice {
     /// Every instance the event concerns.
     pub fn instances(&self) -> Vec<&InstanceId> {
         match self {
-            EventKind::SpotInterruption { instance, .. }
-            | EventKind::Rebalance { instance }
-            | EventKind::StateChange { instance, .. } => vec![instance],
-            EventKind::ScheduledChange { instances, .. } => instances.iter().collect(),
+            Notice::SpotInterruption { instance, .. }
+            | Notice::Rebalance { instance }
+            | Notice::StateChange { instance, .. } => vec![instance],
+            Notice::ScheduledChange { instances, .. } => instances.iter().collect(),
+        }
+    }
+
+    /// The kind of event it is recorded as.
+    pub fn event_kind(&self) -> EventKind {
+        match self {
+            Notice::SpotInterruption { .. } => EventKind::SpotInterruption,
+            Notice::Rebalance { .. } => EventKind::Rebalance,
+            Notice::StateChange { .. } => EventKind::StateChange,
+            Notice::ScheduledChange { .. } => EventKind::ScheduledChange,
         }
     }
 
     /// A short stable name, for logs and metrics.
     pub fn name(&self) -> &'static str {
-        match self {
-            EventKind::SpotInterruption { .. } => "spot-interruption",
-            EventKind::Rebalance { .. } => "rebalance",
-            EventKind::StateChange { .. } => "state-change",
-            EventKind::ScheduledChange { .. } => "scheduled-change",
-        }
+        self.event_kind().as_str()
     }
 }
 
@@ -171,7 +177,7 @@ pub fn parse(body: &str) -> Result<Event, EventError> {
     let instance =
         || -> Result<InstanceId, EventError> { instance_id(text(detail, "instance-id")?) };
     let kind = match (source, detail_type) {
-        ("aws.ec2", "EC2 Spot Instance Interruption Warning") => EventKind::SpotInterruption {
+        ("aws.ec2", "EC2 Spot Instance Interruption Warning") => Notice::SpotInterruption {
             instance: instance()?,
             action: detail
                 .get("instance-action")
@@ -179,12 +185,12 @@ pub fn parse(body: &str) -> Result<Event, EventError> {
                 .unwrap_or("terminate")
                 .to_owned(),
         },
-        ("aws.ec2", "EC2 Instance Rebalance Recommendation") => EventKind::Rebalance {
+        ("aws.ec2", "EC2 Instance Rebalance Recommendation") => Notice::Rebalance {
             instance: instance()?,
         },
         ("aws.ec2", "EC2 Instance State-change Notification") => {
             let state = text(detail, "state")?;
-            EventKind::StateChange {
+            Notice::StateChange {
                 instance: instance()?,
                 state: InstanceState::parse(state)
                     .ok_or(EventError::Missing("a known detail.state"))?,
@@ -199,7 +205,7 @@ pub fn parse(body: &str) -> Result<Event, EventError> {
             if instances.is_empty() {
                 return Err(EventError::Missing("an affected instance"));
             }
-            EventKind::ScheduledChange {
+            Notice::ScheduledChange {
                 type_code: text(detail, "eventTypeCode")
                     .unwrap_or("unknown")
                     .to_owned(),
@@ -240,7 +246,7 @@ mod tests {
         assert_eq!(e.id, "12345678-1234-1234-1234-123456789012");
         assert_eq!(
             e.kind,
-            EventKind::SpotInterruption {
+            Notice::SpotInterruption {
                 instance: i.clone(),
                 action: "terminate".into()
             }
@@ -249,7 +255,7 @@ mod tests {
             parse(&fixture("rebalance-recommendation.json"))
                 .expect("rebalance")
                 .kind,
-            EventKind::Rebalance {
+            Notice::Rebalance {
                 instance: i.clone()
             }
         );
@@ -257,7 +263,7 @@ mod tests {
             parse(&fixture("state-change-terminated.json"))
                 .expect("state")
                 .kind,
-            EventKind::StateChange {
+            Notice::StateChange {
                 instance: i.clone(),
                 state: InstanceState::Terminated
             }
@@ -265,7 +271,7 @@ mod tests {
         let h = parse(&fixture("health-scheduled-change.json")).expect("health");
         assert_eq!(
             h.kind,
-            EventKind::ScheduledChange {
+            Notice::ScheduledChange {
                 type_code: "AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED".into(),
                 instances: vec![i]
             }

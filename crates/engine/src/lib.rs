@@ -28,6 +28,7 @@ pub mod cost;
 pub mod daemon;
 pub mod desired;
 pub mod dns;
+pub mod event_kind;
 pub mod events;
 pub mod fence;
 pub mod images;

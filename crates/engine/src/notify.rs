@@ -347,6 +347,12 @@ mod tests {
                 4,
             ),
             (
+                // A typo: today a sink that would silently hear nothing.
+                "kind = \"webhook\"\nurl = \"https://x.example\"\nevents = [\"replaced\", \"replace-faild\"]",
+                "\"replace-faild\" is not an event kind; the kinds are spot-interruption,",
+                4,
+            ),
+            (
                 "kind = \"webhook\"\nurl = \"https://x.example\"\nretries = 3",
                 "retries",
                 4,
@@ -357,6 +363,16 @@ mod tests {
             assert_eq!(e.line, Some(line), "{table}: {e}");
             assert!(!e.to_string().contains("secret\""), "{e}");
         }
+        // The error points at the unknown kind, and lists the known ones.
+        let e = parse(
+            "[[notify]]\nname = \"n\"\nkind = \"webhook\"\nurl = \"https://x.example\"\nevents = [\"replaced\", \"stop-faild\"]\n",
+        )
+        .expect_err("typo");
+        assert_eq!((e.line, e.column), (Some(5), Some(23)), "{e}");
+        assert!(
+            e.message.contains("replace-failed") && e.message.contains("\"*\""),
+            "{e}"
+        );
         let e = parse("[[notify]]\nkind = \"webhook\"\nurl = \"ftp://x.example/secret\"\n")
             .expect_err("ftp");
         assert!(

@@ -552,7 +552,7 @@ impl Store {
         &self,
         owner: &str,
         box_name: Option<&str>,
-        kind: &str,
+        kind: crate::event_kind::EventKind,
         message: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
@@ -561,7 +561,7 @@ impl Store {
         .bind(unix_now())
         .bind(owner)
         .bind(box_name)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(message)
         .execute(&self.pool)
         .await?;
@@ -1479,7 +1479,7 @@ impl Store {
         &self,
         owner: &str,
         pool: &str,
-        kind: &str,
+        kind: crate::event_kind::EventKind,
         message: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
@@ -1488,7 +1488,7 @@ impl Store {
         .bind(unix_now())
         .bind(owner)
         .bind(pool)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(message)
         .execute(&self.pool)
         .await?;
@@ -2360,6 +2360,7 @@ pub struct PriceSample {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event_kind::EventKind;
 
     /// Box `dev`'s first spot t3.micro launch, in `zone`.
     fn dev_launch(zone: Option<&str>) -> NewIntent<'_> {
@@ -2545,7 +2546,7 @@ mod tests {
         {
             let s = Store::open(&path).await.expect("open");
             s.create_intent(dev_launch(None)).await.expect("create");
-            s.record_event("o", Some("dev"), "launch", "launched i-1")
+            s.record_event("o", Some("dev"), EventKind::Launch, "launched i-1")
                 .await
                 .expect("event");
         }
@@ -2987,7 +2988,7 @@ mod tests {
             .await
             .expect("insert");
         writer
-            .record_event("o", None, "k", "early")
+            .record_event("o", None, EventKind::Launch, "early")
             .await
             .expect("early");
         let seen = after(&reader, 0).await;
@@ -3014,7 +3015,7 @@ mod tests {
         let sqlite = Store::memory().await.expect("sqlite");
         for m in ["a", "b"] {
             sqlite
-                .record_event("o", None, "k", m)
+                .record_event("o", None, EventKind::Launch, m)
                 .await
                 .expect("record");
         }

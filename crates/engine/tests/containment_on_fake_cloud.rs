@@ -14,6 +14,7 @@ use spotkeeper_cloud::model::tags;
 use spotkeeper_cloud::{Instance, InstanceId, InstanceState, Market};
 use spotkeeper_engine::config::{self, Config};
 use spotkeeper_engine::daemon::{Daemon, Handled};
+use spotkeeper_engine::event_kind::EventKind;
 use spotkeeper_engine::store::Store;
 
 const POOL: &str = "[pool.workers]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [ { type = \"t3.micro\" } ]\nmax_price = 0.02\nzones = [\"us-east-1a\"]\nmin_capacity = 1\nmax_capacity = 1\n";
@@ -214,7 +215,7 @@ async fn old_rows_are_pruned_after_the_retention() {
         .await
         .expect("doomed");
     store
-        .record_event("tester", Some("dev"), "launch", "x")
+        .record_event("tester", Some("dev"), EventKind::Launch, "x")
         .await
         .expect("event");
     store

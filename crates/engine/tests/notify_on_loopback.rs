@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use spotkeeper_engine::event_kind::EventKind;
 use spotkeeper_engine::notify::{self, Deliverer, EVENT_HEADER, SIGNATURE_HEADER};
 use spotkeeper_engine::store::Store;
 use spotkeeper_testkit::{Answer, Receiver};
@@ -73,19 +74,19 @@ async fn a_receiver_failing_three_times_still_gets_every_wanted_event_in_order_s
     // The sink exists before the events (a new sink is not sent the history).
     store.notify_cursor("tester", "hook").await.expect("cursor");
     store
-        .record_event("tester", Some("dev"), "replaced", "i-1 → i-2")
+        .record_event("tester", Some("dev"), EventKind::Replaced, "i-1 → i-2")
         .await
         .expect("event");
     store
-        .record_event("tester", Some("dev"), "registered", "not wanted")
+        .record_event("tester", Some("dev"), EventKind::Registered, "not wanted")
         .await
         .expect("event");
     store
-        .record_pool_event("tester", "builders", "launch-failed", "no capacity")
+        .record_pool_event("tester", "builders", EventKind::LaunchFailed, "no capacity")
         .await
         .expect("event");
     store
-        .record_event("other-owner", Some("x"), "replaced", "not ours")
+        .record_event("other-owner", Some("x"), EventKind::Replaced, "not ours")
         .await
         .expect("event");
     let (stop, task) = spawn(d, &store);
@@ -141,7 +142,7 @@ async fn delivery_resumes_after_the_deliverer_is_killed_and_nothing_is_sent_twic
     let hook = Receiver::start(Answer::Fail, 0);
     store.notify_cursor("tester", "hook").await.expect("cursor");
     store
-        .record_event("tester", Some("dev"), "replaced", "i-1 → i-2")
+        .record_event("tester", Some("dev"), EventKind::Replaced, "i-1 → i-2")
         .await
         .expect("event");
     let (_stop, task) = spawn(deliverer(&hook, ""), &store);
@@ -200,7 +201,7 @@ async fn a_filter_sends_only_its_kinds_and_a_new_sink_gets_no_history() {
         .await
         .expect("store");
     store
-        .record_event("tester", Some("dev"), "replaced", "history")
+        .record_event("tester", Some("dev"), EventKind::Replaced, "history")
         .await
         .expect("event");
     let hook = Receiver::start(Answer::Ok, 0);
@@ -209,11 +210,11 @@ async fn a_filter_sends_only_its_kinds_and_a_new_sink_gets_no_history() {
     let (stop, task) = spawn(d, &store);
     tokio::time::sleep(Duration::from_millis(200)).await;
     store
-        .record_event("tester", Some("dev"), "replaced", "not wanted")
+        .record_event("tester", Some("dev"), EventKind::Replaced, "not wanted")
         .await
         .expect("event");
     store
-        .record_event("tester", Some("web"), "registered", "wanted")
+        .record_event("tester", Some("web"), EventKind::Registered, "wanted")
         .await
         .expect("event");
     let got = wait_for(&hook, "the registered event", |g| !g.is_empty()).await;

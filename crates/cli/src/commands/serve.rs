@@ -9,6 +9,7 @@ use std::sync::Arc;
 use spotkeeper_engine::api::{self, ApiState};
 use spotkeeper_engine::config::Config;
 use spotkeeper_engine::daemon::{Daemon, SqsQueue};
+use spotkeeper_engine::event_kind::EventKind;
 use spotkeeper_engine::store::{Connections, Store};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -217,7 +218,7 @@ async fn warn_of_other_owners(
         );
         tracing::warn!("{what}");
         if let Err(e) = store
-            .record_event(&config.owner, None, "owner-mismatch", &what)
+            .record_event(&config.owner, None, EventKind::OwnerMismatch, &what)
             .await
         {
             tracing::warn!("cannot record an event: {e}");

@@ -16,6 +16,7 @@ use tokio::time::{Instant, sleep};
 use super::settle::{elastic_ip_reassociation, mark_stopped, settle, terminate_extras};
 use super::{Avoid, BoxError, Ctx, Known, UpOutcome, allowed_zones, box_prices, places};
 use crate::config::{BoxSpec, PriceCap, VolumeSpec};
+use crate::event_kind::EventKind;
 use crate::ownership::{
     LISTING_LAG, box_filter, keeper, launch_tags, live, open_requests, owner_filter,
 };
@@ -540,7 +541,12 @@ async fn launch_at(
                 ctx.store.close_intent(intent.id, why).await?;
             }
             ctx.store
-                .record_event(ctx.owner, Some(name), "launch-failed", &e.to_string())
+                .record_event(
+                    ctx.owner,
+                    Some(name),
+                    EventKind::LaunchFailed,
+                    &e.to_string(),
+                )
                 .await?;
             if !capacity {
                 return Err(e.into());
@@ -579,7 +585,7 @@ async fn launched(
         .record_event(
             ctx.owner,
             Some(&spec.name),
-            "launch",
+            EventKind::Launch,
             &format!(
                 "launched {} ({} {} in {})",
                 instance.id,

@@ -23,6 +23,7 @@ use spotkeeper_cloud::{
 };
 
 use crate::config::BoxSpec;
+use crate::event_kind::EventKind;
 use crate::lock::lock_box;
 use crate::plan::{self, NoOffering};
 use crate::ready::ReadyError;
@@ -383,7 +384,7 @@ pub async fn up_known(
             );
             ctx.progress.note(&what);
             ctx.store
-                .record_event(ctx.owner, Some(&spec.name), "fallback", &what)
+                .record_event(ctx.owner, Some(&spec.name), EventKind::Fallback, &what)
                 .await?;
             let on_demand = BoxSpec {
                 market: Market::OnDemand,

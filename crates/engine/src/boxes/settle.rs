@@ -10,6 +10,7 @@ use spotkeeper_cloud::{CloudError, ErrorKind, Instance, InstanceId};
 
 use super::{BoxError, Ctx};
 use crate::config::BoxSpec;
+use crate::event_kind::EventKind;
 use crate::persist;
 use crate::ready;
 
@@ -69,7 +70,7 @@ pub(super) async fn settle(
             .record_event(
                 ctx.owner,
                 Some(&spec.name),
-                "dns",
+                EventKind::Dns,
                 &format!("{} → {address} ({})", dns.name, instance.id),
             )
             .await?;
@@ -146,7 +147,7 @@ pub(super) async fn terminate_extras(
         .record_event(
             ctx.owner,
             Some(name),
-            "duplicate-terminated",
+            EventKind::DuplicateTerminated,
             &format!("terminated {list}, kept {}", keep.id),
         )
         .await?;

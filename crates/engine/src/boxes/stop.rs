@@ -13,6 +13,7 @@ use tokio::time::{Instant, sleep};
 use super::settle::mark_stopped;
 use super::{BoxError, Ctx, StopOutcome, box_filter, take_lock};
 use crate::config::BoxSpec;
+use crate::event_kind::EventKind;
 use crate::persist;
 use crate::store::Outcome;
 
@@ -85,7 +86,7 @@ pub async fn finish_stop(
             .record_event(
                 ctx.owner,
                 Some(box_name),
-                "stop",
+                EventKind::Stop,
                 &format!(
                     "terminated {:?}, cancelled {:?}{}",
                     outcome.terminated,

@@ -255,5 +255,5 @@ pub(crate) struct RawSink {
     pub(crate) url: Spanned<String>,
     pub(crate) secret: Option<Spanned<String>>,
     pub(crate) secret_env: Option<Spanned<String>>,
-    pub(crate) events: Option<Spanned<Vec<String>>>,
+    pub(crate) events: Option<Spanned<Vec<Spanned<String>>>>,
 }

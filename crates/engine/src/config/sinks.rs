@@ -10,20 +10,21 @@ use super::Secret;
 use super::error::{At, ConfigError};
 pub use super::keywords::SinkKind;
 use super::raw::RawSink;
+use crate::event_kind::EventKind;
 
 /// The event kinds a sink gets when its table says no `events`
 /// (a box replaced or failing to be, launches failing for capacity, quota
 /// or permissions, a pool held because its demand cannot be read, a box
 /// falling back to on-demand).
-pub const DEFAULT_EVENTS: &[&str] = &[
-    "replaced",
-    "replace-failed",
-    "launch-failed",
-    "no-capacity",
-    "quota",
-    "unauthorized",
-    "demand-failed",
-    "fallback",
+pub const DEFAULT_EVENTS: &[EventKind] = &[
+    EventKind::Replaced,
+    EventKind::ReplaceFailed,
+    EventKind::LaunchFailed,
+    EventKind::NoCapacity,
+    EventKind::Quota,
+    EventKind::Unauthorized,
+    EventKind::DemandFailed,
+    EventKind::Fallback,
 ];
 
 /// Where the signing secret comes from.
@@ -189,14 +190,19 @@ fn signing_secret(
     }
 }
 
-/// `events`: the kinds the sink gets ([`DEFAULT_EVENTS`] when not set).
+/// `events`: the kinds the sink gets ([`DEFAULT_EVENTS`] when not set),
+/// each a kind spotkeeper records ([`EventKind`]) or `"*"` for all: a name
+/// that is none (a typo) is an error at it, never a sink that hears nothing.
 fn sink_events(
     name: &str,
-    events: Option<Spanned<Vec<String>>>,
+    events: Option<Spanned<Vec<Spanned<String>>>>,
     at: At,
 ) -> Result<Vec<String>, ConfigError> {
     let Some(e) = events else {
-        return Ok(DEFAULT_EVENTS.iter().map(|s| (*s).to_owned()).collect());
+        return Ok(DEFAULT_EVENTS
+            .iter()
+            .map(|k| k.as_str().to_owned())
+            .collect());
     };
     if e.get_ref().is_empty() {
         return Err(at(
@@ -204,18 +210,19 @@ fn sink_events(
             format!("notify {name}: events is empty (leave it out for the default kinds)"),
         ));
     }
-    if let Some(bad) = e.get_ref().iter().find(|k| {
-        k.is_empty()
-            || !k
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c == '-' || c == '*')
-    }) {
-        return Err(at(
-            Some(e.span()),
-            format!(
-                "notify {name}: {bad:?} is not an event kind (lower-case words joined by '-', or \"*\" for all)"
-            ),
-        ));
+    let mut kinds = Vec::new();
+    for k in e.into_inner() {
+        let span = k.span();
+        let k = k.into_inner();
+        if k != "*"
+            && let Err(unknown) = k.parse::<EventKind>()
+        {
+            return Err(at(
+                Some(span),
+                format!("notify {name}: {unknown} (or \"*\" for all)"),
+            ));
+        }
+        kinds.push(k);
     }
-    Ok(e.into_inner())
+    Ok(kinds)
 }

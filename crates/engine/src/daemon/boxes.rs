@@ -20,6 +20,7 @@ use super::tasks::Work;
 use super::{Daemon, ORPHAN_GRACE, Observation};
 use crate::boxes::{self, Avoid, BoxError, Known};
 use crate::config::BoxSpec;
+use crate::event_kind::EventKind;
 
 /// What one box needs, as [`plan_box`] decides it.
 #[derive(Debug, Clone, PartialEq)]
@@ -288,13 +289,18 @@ impl Daemon<'_> {
             Step::OverCeiling { instance, price } => {
                 // Marked first: a crash here leaves a box the next pass replaces.
                 self.store
-                    .doom(&self.config.owner, name, instance.as_str(), "over-ceiling")
+                    .doom(
+                        &self.config.owner,
+                        name,
+                        instance.as_str(),
+                        EventKind::OverCeiling.as_str(),
+                    )
                     .await?;
                 let what = format!(
                     "spot price of {instance} is {price}, over the ceiling of {}: replacing it under the ceiling",
                     spec.max_price
                 );
-                self.record(Some(name), "over-ceiling", &what).await;
+                self.record(Some(name), EventKind::OverCeiling, &what).await;
                 work.push(Work::Replace {
                     spec: spec.clone(),
                     known: None,
@@ -308,7 +314,7 @@ impl Daemon<'_> {
                     "duplicate instances {} terminated; {keep} kept",
                     ids.join(" "),
                 );
-                self.record(Some(name), "duplicate", &what).await;
+                self.record(Some(name), EventKind::Duplicate, &what).await;
                 Ok(Some(what))
             }
             Step::CancelStale(stale) => {
@@ -318,7 +324,8 @@ impl Daemon<'_> {
                     "open spot requests {} cancelled: the box already runs",
                     ids.join(" "),
                 );
-                self.record(Some(name), "stale-request", &what).await;
+                self.record(Some(name), EventKind::StaleRequest, &what)
+                    .await;
                 Ok(Some(what))
             }
             Step::Retire(old) => {
@@ -326,7 +333,7 @@ impl Daemon<'_> {
                 let ids: Vec<&str> = old.iter().map(InstanceId::as_str).collect();
                 self.record(
                     Some(name),
-                    "retired",
+                    EventKind::Retired,
                     &format!("terminated {}: the replacement runs", ids.join(" ")),
                 )
                 .await;
@@ -389,7 +396,7 @@ impl Daemon<'_> {
         let doomed: HashSet<InstanceId> = match self.store.doomed(&self.config.owner).await {
             Ok(d) => d.into_iter().map(InstanceId::new).collect(),
             Err(e) => {
-                self.record(Some(name), "replace-failed", &e.to_string())
+                self.record(Some(name), EventKind::ReplaceFailed, &e.to_string())
                     .await;
                 return Vec::new();
             }
@@ -424,12 +431,12 @@ impl Daemon<'_> {
                         .warning_to_running
                         .observe(at.elapsed().as_secs_f64());
                 }
-                self.record(Some(name), "replaced", &what).await;
+                self.record(Some(name), EventKind::Replaced, &what).await;
                 self.settled(name, &out.instance.id);
                 self.remember_launch(spec, &out.instance.id).await;
                 // The replaced instances (rebalance: still running) go now.
                 if let Err(e) = self.retire_doomed(name, &doomed, &out.instance.id).await {
-                    self.record(Some(name), "retire-failed", &e.to_string())
+                    self.record(Some(name), EventKind::RetireFailed, &e.to_string())
                         .await;
                 }
                 vec![what]
@@ -446,7 +453,7 @@ impl Daemon<'_> {
                     &format!("replace-failed:{name}"),
                     failure_reason(&e),
                     Some(name),
-                    "replace-failed",
+                    EventKind::ReplaceFailed,
                     &e.to_string(),
                 )
                 .await;
@@ -483,7 +490,7 @@ impl Daemon<'_> {
                     &format!("stop-failed:{name}"),
                     failure_reason(&e),
                     Some(name),
-                    "stop-failed",
+                    EventKind::StopFailed,
                     &e.to_string(),
                 )
                 .await;
@@ -523,7 +530,8 @@ impl Daemon<'_> {
             }
             Err(e) => {
                 if !self.stopped_by_fence(Some(name), &e).await {
-                    self.record(Some(name), "heal-failed", &e.to_string()).await;
+                    self.record(Some(name), EventKind::HealFailed, &e.to_string())
+                        .await;
                 }
                 return Vec::new();
             }
@@ -552,7 +560,8 @@ impl Daemon<'_> {
         )
         .await?
         {
-            self.record(Some(&spec.name), "healed", &note).await;
+            self.record(Some(&spec.name), EventKind::Healed, &note)
+                .await;
         }
         if let Some(status) =
             crate::dns::status(&self.cloud, &self.config.owner, spec, Some(instance)).await?
@@ -573,7 +582,7 @@ impl Daemon<'_> {
                     .await?;
             self.record(
                 Some(&spec.name),
-                "healed",
+                EventKind::Healed,
                 &format!("DNS {} → {address}", dns.name),
             )
             .await;
@@ -623,7 +632,7 @@ impl Daemon<'_> {
         let still = match self.cloud.instance(&instance.id).await {
             Ok(i) => i.is_some_and(|i| i.state.is_live()),
             Err(e) => {
-                self.record(Some(name), "back-to-spot", &e.to_string())
+                self.record(Some(name), EventKind::BackToSpot, &e.to_string())
                     .await;
                 true
             }
@@ -634,7 +643,7 @@ impl Daemon<'_> {
                 .terminate(std::slice::from_ref(&instance.id))
                 .await
         {
-            self.record(Some(name), "back-to-spot", &e.to_string())
+            self.record(Some(name), EventKind::BackToSpot, &e.to_string())
                 .await;
         }
         self.settled(name, &out.instance.id);
@@ -642,7 +651,7 @@ impl Daemon<'_> {
             "back on spot: {} replaced on-demand {}",
             out.instance.id, instance.id
         );
-        self.record(Some(name), "back-to-spot", &what).await;
+        self.record(Some(name), EventKind::BackToSpot, &what).await;
         vec![what]
     }
 
@@ -653,7 +662,7 @@ impl Daemon<'_> {
         let newest = match crate::images::box_images(&self.cloud, owner, name).await {
             Ok(all) => all.into_iter().next(),
             Err(e) => {
-                self.record(Some(name), "image-failed", &e.to_string())
+                self.record(Some(name), EventKind::ImageFailed, &e.to_string())
                     .await;
                 return Vec::new();
             }
@@ -685,13 +694,13 @@ impl Daemon<'_> {
                 }
                 self.record(
                     Some(name),
-                    "image",
+                    EventKind::Image,
                     &format!("made image {} (pruned {pruned:?})", image.id),
                 )
                 .await;
             }
             Err(e) => {
-                self.record(Some(name), "image-failed", &e.to_string())
+                self.record(Some(name), EventKind::ImageFailed, &e.to_string())
                     .await
             }
         }

@@ -16,7 +16,8 @@ use tokio::time::Instant;
 use super::Daemon;
 use super::tasks::{Job, Subject, Work};
 use crate::boxes::BoxError;
-use crate::events::{self, EventKind};
+use crate::event_kind::EventKind;
+use crate::events::{self, Notice};
 
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +41,8 @@ impl Daemon<'_> {
         let event = match events::parse(body) {
             Ok(e) => e,
             Err(e) => {
-                self.metrics.event("garbage");
-                self.record(None, "garbage", &format!("dropped a message: {e}"))
+                self.metrics.event(EventKind::Garbage.as_str());
+                self.record(None, EventKind::Garbage, &format!("dropped a message: {e}"))
                     .await;
                 return Ok(Handled::Garbage(e.to_string()));
             }
@@ -50,12 +51,12 @@ impl Daemon<'_> {
         if let (Some(theirs), Some(ours)) = (&event.account, &expected)
             && theirs != ours
         {
-            self.metrics.event("foreign-account");
+            self.metrics.event(EventKind::ForeignAccount.as_str());
             let what = format!(
                 "event {} is about account {theirs}, this daemon's queue is in {ours}: ignored",
                 event.id
             );
-            self.record(None, "foreign-account", &what).await;
+            self.record(None, EventKind::ForeignAccount, &what).await;
             return Ok(Handled::Ignored(what));
         }
         let first_instance = event.kind.instances().first().map(|i| i.to_string());
@@ -74,7 +75,7 @@ impl Daemon<'_> {
             )
             .await?
         {
-            self.metrics.event("duplicate");
+            self.metrics.event(EventKind::Duplicate.as_str());
             return Ok(Handled::Duplicate);
         }
         let outcome = match self.act(&event).await {
@@ -153,8 +154,7 @@ impl Daemon<'_> {
         let id = &instance.id;
         // The pool pass replaces it: it is short once the instance stops
         // counting (doomed) or is gone.
-        if let EventKind::SpotInterruption { .. } | EventKind::ScheduledChange { .. } = &event.kind
-        {
+        if let Notice::SpotInterruption { .. } | Notice::ScheduledChange { .. } = &event.kind {
             self.store
                 .doom(
                     &self.config.owner,
@@ -166,7 +166,7 @@ impl Daemon<'_> {
             if let Some(zone) = &instance.zone {
                 self.mark_unavailable(&instance.instance_type, zone, instance.market);
             }
-        } else if !matches!(event.kind, EventKind::StateChange { .. }) {
+        } else if !matches!(event.kind, Notice::StateChange { .. }) {
             return Ok(Verdict::Ignored(format!(
                 "{} for {id} (pool {pool}): nothing to do",
                 event.kind.name()
@@ -178,7 +178,7 @@ impl Daemon<'_> {
         );
         if let Err(e) = self
             .store
-            .record_pool_event(&self.config.owner, pool, event.kind.name(), &what)
+            .record_pool_event(&self.config.owner, pool, event.kind.event_kind(), &what)
             .await
         {
             tracing::warn!("cannot record a pool event: {e}");
@@ -201,9 +201,9 @@ impl Daemon<'_> {
             .ok()
             .flatten();
         let doom = match &event.kind {
-            EventKind::SpotInterruption { .. } | EventKind::ScheduledChange { .. } => true,
-            EventKind::Rebalance { .. } => spec.as_ref().is_some_and(|s| s.replace_on_rebalance),
-            EventKind::StateChange { state, .. } => {
+            Notice::SpotInterruption { .. } | Notice::ScheduledChange { .. } => true,
+            Notice::Rebalance { .. } => spec.as_ref().is_some_and(|s| s.replace_on_rebalance),
+            Notice::StateChange { state, .. } => {
                 !matches!(state, InstanceState::Pending | InstanceState::Running)
             }
         };
@@ -218,7 +218,7 @@ impl Daemon<'_> {
             .await?;
         if matches!(
             event.kind,
-            EventKind::SpotInterruption { .. } | EventKind::Rebalance { .. }
+            Notice::SpotInterruption { .. } | Notice::Rebalance { .. }
         ) && let Some(zone) = &instance.zone
         {
             self.mark_unavailable(&instance.instance_type, zone, instance.market);
@@ -249,7 +249,8 @@ impl Daemon<'_> {
                 event.kind.name()
             )
         };
-        self.record(Some(box_name), event.kind.name(), &what).await;
+        self.record(Some(box_name), event.kind.event_kind(), &what)
+            .await;
         Ok(Verdict::Acted(what))
     }
 
@@ -297,13 +298,13 @@ enum Verdict {
 /// AWS shows running (a forged, replayed or out-of-order message).
 fn disagrees(event: &events::Event, instance: &Instance) -> Option<String> {
     let id = &instance.id;
-    if matches!(event.kind, EventKind::SpotInterruption { .. }) && instance.market != Market::Spot {
+    if matches!(event.kind, Notice::SpotInterruption { .. }) && instance.market != Market::Spot {
         return Some(format!(
             "spot warning for {id}, which AWS shows as {}: ignored",
             instance.market
         ));
     }
-    if let EventKind::StateChange { state, .. } = &event.kind
+    if let Notice::StateChange { state, .. } = &event.kind
         && !matches!(state, InstanceState::Pending | InstanceState::Running)
         && matches!(
             instance.state,

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use super::Daemon;
 use crate::boxes::BoxError;
+use crate::event_kind::EventKind;
 use crate::store::{Backend, Lease};
 
 /// The least time AWS must have been silent before a daemon gives its
@@ -181,7 +182,8 @@ impl Daemon<'_> {
         }
         self.metrics.fenced.inc();
         tracing::info!("{e}");
-        self.record(box_name, "fenced", &e.to_string()).await;
+        self.record(box_name, EventKind::Fenced, &e.to_string())
+            .await;
         true
     }
 
@@ -336,7 +338,7 @@ impl Daemon<'_> {
             self.id,
             had.len()
         );
-        self.record_change("cut-off", "cut-off", None, "leases-released", &what)
+        self.record_change("cut-off", "cut-off", None, EventKind::LeasesReleased, &what)
             .await;
         Ok(Claim {
             released: had.into_iter().collect(),
@@ -401,7 +403,7 @@ impl Daemon<'_> {
                 claim.taken.len(),
                 claim.taken.join(" ")
             );
-            self.record(None, "leases-taken", &what).await;
+            self.record(None, EventKind::LeasesTaken, &what).await;
         }
         for (subject, from) in &claim.taken_over {
             self.metrics.lease_takeovers.inc();
@@ -410,7 +412,7 @@ impl Daemon<'_> {
                 self.id
             );
             let box_name = subject.strip_prefix("box:");
-            self.record(box_name, "lease-takeover", &what).await;
+            self.record(box_name, EventKind::LeaseTakeover, &what).await;
         }
         if !claim.released.is_empty() {
             let what = format!(
@@ -419,7 +421,7 @@ impl Daemon<'_> {
                 claim.released.len(),
                 claim.released.join(" ")
             );
-            self.record(None, "leases-released", &what).await;
+            self.record(None, EventKind::LeasesReleased, &what).await;
         }
     }
 
@@ -525,7 +527,7 @@ impl Daemon<'_> {
             Ok(()) => {
                 self.record(
                     None,
-                    "daemon-stopped",
+                    EventKind::DaemonStopped,
                     &format!("daemon {} stopped and gave its leases back", self.id),
                 )
                 .await

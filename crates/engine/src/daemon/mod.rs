@@ -44,6 +44,7 @@ pub use self::marks::{Clock, Expiring, backoff};
 use self::tasks::{Job, Runner, Subject, Work};
 use crate::boxes::{BoxError, Ctx, Progress, Silent, Timing};
 use crate::config::Config;
+use crate::event_kind::EventKind;
 use crate::pools::demand::{DemandReader, LiveDemand};
 use crate::pools::pass::PoolMemory;
 use crate::pools::plan::OfferingKey;
@@ -260,7 +261,7 @@ impl<'a> Daemon<'a> {
             .get_or_insert_with(Instant::now);
         let was = self.health.set(health::Health::Degraded(why.to_owned()));
         if !matches!(was, health::Health::Degraded(_)) {
-            self.record(None, "aws-unreachable", why).await;
+            self.record(None, EventKind::AwsUnreachable, why).await;
         }
     }
 
@@ -272,7 +273,7 @@ impl<'a> Daemon<'a> {
         if let health::Health::Degraded(why) = self.health.set(health::Health::Ok) {
             self.record(
                 None,
-                "aws-reachable",
+                EventKind::AwsReachable,
                 &format!("AWS answers again (it did not: {why})"),
             )
             .await;
@@ -360,7 +361,7 @@ impl<'a> Daemon<'a> {
         key: &str,
         now: &str,
         box_name: Option<&str>,
-        kind: &str,
+        kind: EventKind,
         message: &str,
     ) {
         let before = self
@@ -368,7 +369,7 @@ impl<'a> Daemon<'a> {
             .said
             .insert(key.to_owned(), now.to_owned());
         if before.as_deref() == Some(now) {
-            tracing::debug!(box_name, kind, "{message} (said already)");
+            tracing::debug!(box_name, kind = kind.as_str(), "{message} (said already)");
         } else {
             self.record(box_name, kind, message).await;
         }
@@ -405,8 +406,8 @@ impl<'a> Daemon<'a> {
             .is_some_and(|(_, next)| *next > Instant::now())
     }
 
-    async fn record(&self, box_name: Option<&str>, kind: &str, message: &str) {
-        tracing::info!(box_name, kind, "{message}");
+    async fn record(&self, box_name: Option<&str>, kind: EventKind, message: &str) {
+        tracing::info!(box_name, kind = kind.as_str(), "{message}");
         if let Err(e) = self
             .store
             .record_event(&self.config.owner, box_name, kind, message)
@@ -530,12 +531,12 @@ impl<'a> Daemon<'a> {
                 }
                 Err(m) => {
                     let what = format!("stored box is refused or does not parse: {m}");
-                    self.record_change(&key, &what, Some(name), "bad-box", &what)
+                    self.record_change(&key, &what, Some(name), EventKind::BadBox, &what)
                         .await
                 }
                 Ok(None) => {
                     let what = "managed, but not in the config file: left alone";
-                    self.record_change(&key, what, Some(name), "unknown-box", what)
+                    self.record_change(&key, what, Some(name), EventKind::UnknownBox, what)
                         .await
                 }
             }
@@ -643,7 +644,7 @@ impl<'a> Daemon<'a> {
                 Ok(x) => x,
                 Err(e) if self.stopped_by_fence(Some(&spec.name), &e).await => continue,
                 Err(e) => {
-                    self.record(Some(&spec.name), "step-failed", &e.to_string())
+                    self.record(Some(&spec.name), EventKind::StepFailed, &e.to_string())
                         .await;
                     continue;
                 }
@@ -715,7 +716,7 @@ impl<'a> Daemon<'a> {
         self.cloud.terminate(&left).await?;
         let ids: Vec<&str> = left.iter().map(InstanceId::as_str).collect();
         let what = format!("terminated {}: stopped, but still running", ids.join(" "));
-        self.record(None, "stop-finished", &what).await;
+        self.record(None, EventKind::StopFinished, &what).await;
         Ok(vec![what])
     }
 
@@ -871,7 +872,7 @@ impl<'a> Daemon<'a> {
                     match out {
                         Ok(out) => {
                             self.reached().await;
-                            self.state_ended("pass-failed");
+                            self.state_ended(EventKind::PassFailed.as_str());
                             self.pass_done(true, started);
                             failures = 0;
                             out.done.iter().for_each(|d| tracing::info!("{d}"));
@@ -894,7 +895,7 @@ impl<'a> Daemon<'a> {
                             );
                             tracing::warn!("{what}");
                             self.unreachable(&format!("a reconcile pass failed: {e}")).await;
-                            self.record_change("pass-failed", boxes::failure_reason(&e), None, "pass-failed", &what)
+                            self.record_change(EventKind::PassFailed.as_str(), boxes::failure_reason(&e), None, EventKind::PassFailed, &what)
                                 .await;
                             // Counted once recorded: who sees the failure
                             // counted finds its event.

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::tasks::{Job, Subject, Work};
 use super::{Daemon, ORPHAN_GRACE, Observation, UNAVAILABLE_FOR};
 use crate::boxes::BoxError;
+use crate::event_kind::EventKind;
 use crate::pools::PoolSpec;
 use crate::pools::pass::{Outcome, PoolMemory, PoolPass, World};
 use crate::pools::plan::OfferingKey;
@@ -36,8 +37,14 @@ impl Daemon<'_> {
         for (name, why) in bad {
             let what =
                 format!("stored pool {name} does not parse: {why}; its instances are left alone");
-            self.record_change(&format!("bad-pool:{name}"), &why, None, "bad-pool", &what)
-                .await;
+            self.record_change(
+                &format!("bad-pool:{name}"),
+                &why,
+                None,
+                EventKind::BadPool,
+                &what,
+            )
+            .await;
             unreadable.insert(name);
         }
         self.metrics
@@ -111,12 +118,18 @@ impl Daemon<'_> {
                     self.id,
                     &fingerprint[..12.min(fingerprint.len())]
                 );
-                self.record_change("config-behind", &fingerprint, None, "config-behind", &what)
-                    .await;
+                self.record_change(
+                    EventKind::ConfigBehind.as_str(),
+                    &fingerprint,
+                    None,
+                    EventKind::ConfigBehind,
+                    &what,
+                )
+                .await;
                 Ok(true)
             }
             _ => {
-                self.state_ended("config-behind");
+                self.state_ended(EventKind::ConfigBehind.as_str());
                 Ok(false)
             }
         }
@@ -278,7 +291,12 @@ impl Daemon<'_> {
                     if news
                         && let Err(e) = self
                             .store
-                            .record_pool_event(owner, &spec.name, "pass-failed", &e.to_string())
+                            .record_pool_event(
+                                owner,
+                                &spec.name,
+                                EventKind::PassFailed,
+                                &e.to_string(),
+                            )
                             .await
                     {
                         tracing::warn!("cannot record a pool event: {e}");
@@ -349,7 +367,7 @@ impl Daemon<'_> {
             ));
         }
         for d in &done {
-            self.record(None, "orphans", d).await;
+            self.record(None, EventKind::Orphans, d).await;
         }
         Ok(done)
     }
@@ -373,14 +391,14 @@ impl Daemon<'_> {
         unknown.sort();
         unknown.dedup();
         self.metrics
-            .left_alone("unknown-pool")
+            .left_alone(EventKind::UnknownPool.as_str())
             .set(unknown.len() as i64);
         for p in &unknown {
             let first = self.lock_memory().reported_unknown.insert((*p).to_owned());
             if first {
                 self.record(
                     None,
-                    "unknown-pool",
+                    EventKind::UnknownPool,
                     &format!(
                         "instances of pool {p}: no spec here and no record of its deletion; left alone \
                          (register the pool again, or delete it through the API to collect them)"

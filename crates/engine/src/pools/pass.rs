@@ -17,6 +17,7 @@ use spotkeeper_cloud::model::tags;
 use super::demand::DemandReader;
 use super::plan::{Batch, Input, Member, OfferingKey, OpenRequest, Placement, Plan, Step, plan};
 use super::{PoolError, PoolSpec};
+use crate::event_kind::EventKind;
 use crate::store::{PoolLaunch, Store, unix_seconds};
 
 /// An open launch intent older than this is not retried (its instances, if
@@ -216,8 +217,8 @@ impl PoolPass<'_> {
         Ok(places)
     }
 
-    async fn record(&self, pool: &str, kind: &str, message: &str) {
-        tracing::info!(pool, kind, "{message}");
+    async fn record(&self, pool: &str, kind: EventKind, message: &str) {
+        tracing::info!(pool, kind = kind.as_str(), "{message}");
         if let Err(e) = self
             .store
             .record_pool_event(self.owner, pool, kind, message)
@@ -290,7 +291,7 @@ impl PoolPass<'_> {
         let prices = self.prices(spec, world, &places).await?;
         let demand = self.demand.pending(&spec.demand).await;
         if let Err(why) = &demand {
-            self.record(&spec.name, "demand-failed", why).await;
+            self.record(&spec.name, EventKind::DemandFailed, why).await;
         }
         // 3. Carry out the plan; a launch AWS refuses marks the offering and
         // plans again, a few times at most.
@@ -392,7 +393,7 @@ impl PoolPass<'_> {
                 Err(e) => {
                     self.record(
                         &spec.name,
-                        "resume-failed",
+                        EventKind::ResumeFailed,
                         &format!("repeating launch {}: {e}", open.token),
                     )
                     .await;
@@ -509,7 +510,7 @@ impl PoolPass<'_> {
                 state.outcome.cancelled += requests.len();
                 self.record(
                     &spec.name,
-                    "cancel",
+                    EventKind::Cancel,
                     &format!("cancelled {} open spot requests", requests.len()),
                 )
                 .await;
@@ -524,7 +525,7 @@ impl PoolPass<'_> {
                 let ids: Vec<&str> = instances.iter().map(InstanceId::as_str).collect();
                 self.record(
                     &spec.name,
-                    "scale-down",
+                    EventKind::ScaleDown,
                     &format!("terminated {}", ids.join(" ")),
                 )
                 .await;
@@ -554,7 +555,7 @@ impl PoolPass<'_> {
                 let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
                 self.record(
                     &spec.name,
-                    "launch",
+                    EventKind::Launch,
                     &format!(
                         "launched {} × {} in {} ({}): {}",
                         batch.count,
@@ -636,7 +637,7 @@ impl PoolPass<'_> {
                     batch.zone,
                     batch.market.as_str()
                 );
-                ("no-capacity", what, Flow::Replan)
+                (EventKind::NoCapacity, what, Flow::Replan)
             }
             ErrorKind::QuotaExceeded if batch.market == Market::Spot => {
                 state.spot_blocked = true;
@@ -647,7 +648,7 @@ impl PoolPass<'_> {
                     "no fallback: the pool stays short"
                 };
                 (
-                    "quota",
+                    EventKind::Quota,
                     format!("spot quota reached ({e}); {then}"),
                     Flow::Replan,
                 )
@@ -658,17 +659,17 @@ impl PoolPass<'_> {
                     mark(&p.zone, Market::OnDemand);
                 }
                 (
-                    "quota",
+                    EventKind::Quota,
                     format!("on-demand quota reached: {e}"),
                     Flow::Replan,
                 )
             }
             ErrorKind::Unauthorized => (
-                "unauthorized",
+                EventKind::Unauthorized,
                 format!("not allowed to launch, stopping this pass: {e}"),
                 Flow::Halt,
             ),
-            _ => ("launch-failed", e.to_string(), Flow::Go),
+            _ => (EventKind::LaunchFailed, e.to_string(), Flow::Go),
         };
         self.record(&spec.name, kind, &message).await;
         flow
