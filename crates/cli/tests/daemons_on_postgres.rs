@@ -466,8 +466,22 @@ fn a_daemon_killed_mid_wave_has_its_boxes_taken_over_and_every_box_ends_with_one
         .map(|(i, id)| (id.clone(), format!("bbbbbbbb-0000-0000-0000-{i:012}")))
         .collect();
     shared.wave(&warnings);
-    // In the middle of the wave: a's replacements are in flight.
-    std::thread::sleep(Duration::from_millis(300));
+    // In the middle of the wave: replacements are in flight once the first
+    // one was launched.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shared
+        .live_all()
+        .values()
+        .all(|l| old.values().any(|o| l == &vec![o.clone()]))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no replacement launched
+{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let killed = Instant::now();
     a.child.kill().expect("SIGKILL");
     let _ = a.child.wait();
@@ -492,7 +506,7 @@ fn a_daemon_killed_mid_wave_has_its_boxes_taken_over_and_every_box_ends_with_one
     let new = shared.wait_all_replaced(&old, &[&b]);
     assert_eq!(new.len(), 20);
     // Stable: a few more passes change nothing, no box gets a second instance.
-    std::thread::sleep(LEASE);
+    common::wait_passes(port_b, 3, &b);
     assert_eq!(
         shared.live_all(),
         new.iter()
@@ -511,7 +525,7 @@ fn a_daemon_killed_mid_wave_has_its_boxes_taken_over_and_every_box_ends_with_one
 fn a_cli_up_on_another_machine_racing_a_daemon_yields_one_instance() {
     let shared = Shared::new(1, false);
     shared.up_all();
-    let (b, _) = shared.serve("b");
+    let (b, port_b) = shared.serve("b");
     shared.wait_shared(1, &[&b]);
     const ROUNDS: usize = 4;
     for round in 0..ROUNDS {
@@ -527,7 +541,7 @@ fn a_cli_up_on_another_machine_racing_a_daemon_yields_one_instance() {
         assert!(out.status.success(), "round {round}: {}", describe(&out));
         // Let the daemon look again twice: it must find `up`'s instance (or
         // `up` the daemon's), not launch another.
-        std::thread::sleep(INTERVAL * 3);
+        common::wait_passes(port_b, 2, &b);
         let after = shared.live_all();
         assert_eq!(
             after["b00"].len(),
@@ -918,7 +932,7 @@ fn a_daemon_paused_past_its_lease_resumes_mid_settle_and_changes_nothing_the_oth
         second_address,
         "the name stayed with b's instance"
     );
-    std::thread::sleep(INTERVAL * 3);
+    common::wait_passes(port_b, 3, &b);
     assert_eq!(
         b00_record(&shared),
         second_address,

@@ -138,8 +138,8 @@ fn with_a_fifth_of_ec2_calls_throttled_and_some_failing_up_list_stop_and_a_repla
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    // Past the listing lag, passes that saw the replacement late launched nothing.
-    std::thread::sleep(LAG + Duration::from_secs(2));
+    // Passes past the listing lag, which saw the replacement late, launched nothing.
+    passes_past(api_port, &serve, Instant::now() + LAG, 2);
     assert_eq!(owned(&cli, "dev0"), (1, 1), "one instance, one volume");
     assert!(serve.stop().success());
     cli.ok(&["stop", "dev0"]);
@@ -226,11 +226,16 @@ fn a_hung_endpoint_fails_passes_within_the_bound_healthz_answers_and_sigterm_exi
     assert!(health.0.contains("200"), "{health:?}");
 
     // Hung again, and SIGTERM while a call hangs.
+    let hung = s_stats_hung(&cli);
     cli.moto.set_faults(&Faults {
         hang: true,
         ..Faults::default()
     });
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s_stats_hung(&cli) == hung {
+        assert!(Instant::now() < deadline, "no call hangs\n{}", serve.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let stopping = Instant::now();
     let status = serve.stop();
     let stop_took = stopping.elapsed();
@@ -240,6 +245,15 @@ fn a_hung_endpoint_fails_passes_within_the_bound_healthz_answers_and_sigterm_exi
         "serve took {stop_took:?} to stop"
     );
     println!("first pass failed {failed_after:?} after the hang; SIGTERM → exit in {stop_took:?}");
+}
+
+/// Waits for the daemon's passes until `until` (a fault's window, say) is
+/// over, then for `n` more: what is asserted next was looked at after it.
+fn passes_past(api_port: u16, serve: &Serve, until: Instant, n: u64) {
+    while Instant::now() < until {
+        wait_passes(api_port, 1, serve);
+    }
+    wait_passes(api_port, n, serve);
 }
 
 fn s_stats_hung(cli: &Cli) -> u64 {
@@ -448,8 +462,7 @@ fn with_aws_eventually_consistent_up_a_move_a_replacement_and_a_pool_fill_end_wi
         std::thread::sleep(Duration::from_millis(300));
     }
     // Several passes past the lag: still one of each.
-    wait_passes(api_port, 3, &serve);
-    std::thread::sleep(LAG);
+    passes_past(api_port, &serve, Instant::now() + LAG, 3);
     assert_eq!(
         owned(&cli, "dev0"),
         (1, 1),
@@ -534,8 +547,17 @@ fn a_daemon_started_while_aws_hangs_serves_healthz_says_why_and_works_once_aws_a
         "{degraded:?}"
     );
     assert_eq!(metric(api_port, "spotkeeper_aws_reachable"), 0.0);
-    // It keeps asking (a second failure at least), recording one event.
-    std::thread::sleep(Duration::from_secs(5));
+    // It keeps asking (a second unanswered call at least), recording one event.
+    let hung = s_stats_hung(&cli);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s_stats_hung(&cli) < hung + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "it stopped asking\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let events = http_get(api_port, "/api/events", Some(TOKEN)).expect("events");
     assert_eq!(events.matches("aws-unreachable").count(), 1, "{events}");
 

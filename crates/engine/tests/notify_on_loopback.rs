@@ -185,13 +185,26 @@ async fn delivery_resumes_after_the_deliverer_is_killed_and_nothing_is_sent_twic
     task.await.expect("stopped");
     assert_eq!(delivered(&got)[0]["kind"], "replaced");
 
-    // A third deliverer sends nothing again: the cursor moved past it.
+    // A third deliverer sends the delivered event not again: the cursor
+    // moved past it. Events go out in order, so once a new one arrived, a
+    // second copy of the old one would have arrived before it.
     let before = hook.got().len();
     let (stop, task) = spawn(deliverer(&hook, ""), &store);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    store
+        .record_event("tester", Some("web"), EventKind::Replaced, "i-3 → i-4")
+        .await
+        .expect("event");
+    let got = wait_for(&hook, "the event after the third start", move |g| {
+        g.len() > before
+    })
+    .await;
     let _ = stop.send(());
     task.await.expect("stopped");
-    assert_eq!(hook.got().len(), before);
+    let after: Vec<_> = delivered(&got[before..])
+        .iter()
+        .map(|e| (e["kind"].clone(), e["box"].clone()))
+        .collect();
+    assert_eq!(after, vec![("replaced".into(), "web".into())], "{got:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -206,9 +219,22 @@ async fn a_filter_sends_only_its_kinds_and_a_new_sink_gets_no_history() {
         .expect("event");
     let hook = Receiver::start(Answer::Ok, 0);
     let d = deliverer(&hook, "events = [\"registered\"]\n");
-    // A new sink: starts after the newest event.
+    // A new sink: starts after the newest event. The events below come
+    // after the sink has its cursor (before, they would be history too).
     let (stop, task) = spawn(d, &store);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store
+        .notify_cursors("tester")
+        .await
+        .expect("cursors")
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink has no cursor"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     store
         .record_event("tester", Some("dev"), EventKind::Replaced, "not wanted")
         .await
@@ -217,11 +243,11 @@ async fn a_filter_sends_only_its_kinds_and_a_new_sink_gets_no_history() {
         .record_event("tester", Some("web"), EventKind::Registered, "wanted")
         .await
         .expect("event");
+    // In order: the unwanted event, had it been sent, would be first.
     let got = wait_for(&hook, "the registered event", |g| !g.is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = stop.send(());
     task.await.expect("stopped");
+    assert_eq!(delivered(&got)[0]["box"], "web", "{got:#?}");
     let all = hook.got();
     assert_eq!(all.len(), 1, "{all:#?}");
-    assert_eq!(delivered(&got)[0]["box"], "web");
 }
