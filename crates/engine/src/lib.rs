@@ -43,3 +43,4 @@ pub mod pools;
 pub mod progress;
 pub mod ready;
 pub mod store;
+pub mod subject;

@@ -211,7 +211,12 @@ async fn old_rows_are_pruned_after_the_retention() {
         .await
         .expect("recorded");
     store
-        .doom("tester", "dev", "i-1", "spot")
+        .doom(
+            "tester",
+            &spotkeeper_engine::subject::Subject::Box("dev".into()),
+            "i-1",
+            EventKind::SpotInterruption,
+        )
         .await
         .expect("doomed");
     store

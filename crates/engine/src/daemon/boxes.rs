@@ -21,6 +21,7 @@ use super::{Daemon, ORPHAN_GRACE, Observation};
 use crate::boxes::{self, Avoid, BoxError, Known};
 use crate::config::BoxSpec;
 use crate::event_kind::EventKind;
+use crate::subject::Subject;
 
 /// What one box needs, as [`plan_box`] decides it.
 #[derive(Debug, Clone, PartialEq)]
@@ -245,7 +246,7 @@ impl Daemon<'_> {
             match step {
                 // A box whose replacements keep failing waits out its
                 // backoff (a warning's fast path does not).
-                Step::Launch if self.backing_off(&format!("box:{name}")) => {}
+                Step::Launch if self.backing_off(&Subject::Box(name.to_owned())) => {}
                 Step::Launch => work.push(Work::Replace {
                     spec: spec.clone(),
                     known: None,
@@ -291,9 +292,9 @@ impl Daemon<'_> {
                 self.store
                     .doom(
                         &self.config.owner,
-                        name,
+                        &Subject::Box(name.to_owned()),
                         instance.as_str(),
-                        EventKind::OverCeiling.as_str(),
+                        EventKind::OverCeiling,
                     )
                     .await?;
                 let what = format!(
@@ -416,7 +417,7 @@ impl Daemon<'_> {
                 Vec::new()
             }
             Ok(out) => {
-                self.recovered(&format!("box:{name}"));
+                self.recovered(&Subject::Box(name.to_owned()));
                 self.state_ended(&format!("replace-failed:{name}"));
                 let what = format!(
                     "replacement {} ({} in {}) is up",
@@ -448,7 +449,7 @@ impl Daemon<'_> {
                 self.metrics.launch_failure(failure_reason(&e));
                 // Tried again after a growing pause, said once per kind of
                 // failure (not every pass, not to every sink every pass).
-                self.failed(&format!("box:{name}"));
+                self.failed(&Subject::Box(name.to_owned()));
                 self.record_change(
                     &format!("replace-failed:{name}"),
                     failure_reason(&e),
@@ -466,7 +467,7 @@ impl Daemon<'_> {
     /// tried again after a growing pause.
     pub(super) async fn stop_box(&self, spec: &BoxSpec) -> Vec<String> {
         let name = spec.name.as_str();
-        let subject = format!("box:{name}");
+        let subject = Subject::Box(name.to_owned());
         match boxes::finish_stop(&self.ctx(), spec, false).await {
             Ok(out) => {
                 self.recovered(&subject);

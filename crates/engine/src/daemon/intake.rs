@@ -158,9 +158,9 @@ impl Daemon<'_> {
             self.store
                 .doom(
                     &self.config.owner,
-                    &format!("pool:{pool}"),
+                    &Subject::Pool(pool.to_owned()),
                     id.as_str(),
-                    event.kind.name(),
+                    event.kind.event_kind(),
                 )
                 .await?;
             if let Some(zone) = &instance.zone {
@@ -214,7 +214,12 @@ impl Daemon<'_> {
             )));
         }
         self.store
-            .doom(&self.config.owner, box_name, id.as_str(), event.kind.name())
+            .doom(
+                &self.config.owner,
+                &Subject::Box(box_name.to_owned()),
+                id.as_str(),
+                event.kind.event_kind(),
+            )
             .await?;
         if matches!(
             event.kind,
@@ -231,7 +236,7 @@ impl Daemon<'_> {
         // The daemon holding the box's lease replaces it: this one at once
         // (the fast path); another is woken through the database and its
         // pass reads the doomed instance.
-        let held = self.holds(&super::leases::box_subject(box_name));
+        let held = self.holds(&Subject::Box(box_name.to_owned()));
         if let Some(spec) = spec.filter(|_| held) {
             self.fast_path(spec);
         }

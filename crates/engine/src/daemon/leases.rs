@@ -27,17 +27,8 @@ use crate::store::{Backend, Lease};
 pub const MIN_CUT_OFF: Duration = Duration::from_secs(5);
 
 /// The subject of the owner-wide chores.
-pub const FLEET: &str = "fleet";
-
-/// The lease subject of box `name`.
-pub fn box_subject(name: &str) -> String {
-    format!("box:{name}")
-}
-
-/// The lease subject of pool `name`.
-pub fn pool_subject(name: &str) -> String {
-    format!("pool:{name}")
-}
+pub use crate::subject::FLEET;
+use crate::subject::Subject;
 
 /// This daemon's id. On PostgreSQL: host, process and a random part (two
 /// daemons on one host, or one restarted with the same pid, are told
@@ -146,11 +137,12 @@ impl Daemon<'_> {
 
     /// The fence of work for `subject`: this daemon and the generation it
     /// holds the subject's lease at; `None` when it does not hold it.
-    pub(super) fn fence_for(&self, subject: &str) -> Option<crate::fence::Fence> {
-        let generation = *self.lock_memory().held.get(subject)?;
+    pub(super) fn fence_for(&self, subject: &Subject) -> Option<crate::fence::Fence> {
+        let subject = subject.to_string();
+        let generation = *self.lock_memory().held.get(&subject)?;
         Some(crate::fence::Fence {
             owner: self.config.owner.clone(),
-            subject: subject.to_owned(),
+            subject,
             holder: self.id.clone(),
             generation,
             offset_ms: self.clock.offset_ms(),
@@ -160,12 +152,16 @@ impl Daemon<'_> {
     /// Runs `work` for `subject` in the scope of its fence: its changes to
     /// AWS are refused once another daemon holds the subject. Work for a
     /// subject this daemon does not hold runs fenced off from the start.
-    pub(super) async fn fenced<F: std::future::Future>(&self, subject: &str, work: F) -> F::Output {
+    pub(super) async fn fenced<F: std::future::Future>(
+        &self,
+        subject: &Subject,
+        work: F,
+    ) -> F::Output {
         let fence = self
             .fence_for(subject)
             .unwrap_or_else(|| crate::fence::Fence {
                 owner: self.config.owner.clone(),
-                subject: subject.to_owned(),
+                subject: subject.to_string(),
                 holder: self.id.clone(),
                 generation: -1,
                 offset_ms: 0,
@@ -199,8 +195,8 @@ impl Daemon<'_> {
         self.fleet.clone()
     }
 
-    pub(super) fn holds(&self, subject: &str) -> bool {
-        self.lock_memory().held.contains_key(subject)
+    pub(super) fn holds(&self, subject: &Subject) -> bool {
+        self.lock_memory().held.contains_key(&subject.to_string())
     }
 
     /// Now by the database's clock (unix ms), which every daemon reads
@@ -411,7 +407,8 @@ impl Daemon<'_> {
                 "daemon {} took over {subject} from daemon {from}, whose lease expired",
                 self.id
             );
-            let box_name = subject.strip_prefix("box:");
+            let subject = subject.parse::<Subject>().ok();
+            let box_name = subject.as_ref().and_then(Subject::box_name);
             self.record(box_name, EventKind::LeaseTakeover, &what).await;
         }
         if !claim.released.is_empty() {
@@ -489,7 +486,8 @@ impl Daemon<'_> {
                 };
                 match woke {
                     Ok((owner, box_name))
-                        if owner == self.config.owner && self.holds(&box_subject(&box_name)) =>
+                        if owner == self.config.owner
+                            && self.holds(&Subject::Box(box_name.clone())) =>
                     {
                         tracing::info!(
                             box_name,

@@ -143,7 +143,7 @@ struct Memory {
     /// the same again records no event (and so sends no notification).
     said: HashMap<String, String>,
     /// Subjects whose work failed: failures in a row, and when to try again.
-    failing: HashMap<String, (u32, Instant)>,
+    failing: HashMap<Subject, (u32, Instant)>,
     /// Since when AWS has not answered this daemon: the start of the first
     /// pass whose look at AWS is still unanswered or failed (cleared when a
     /// pass reaches AWS). A hung endpoint counts from the call, not from
@@ -382,24 +382,24 @@ impl<'a> Daemon<'a> {
 
     /// `subject`'s work failed again: it waits before the next try, twice
     /// as long each time (with jitter), up to the failing-pass cap.
-    fn failed(&self, subject: &str) {
+    fn failed(&self, subject: &Subject) {
         let cap = MAX_BACKOFF.max(self.config.interval);
         let mut m = self.lock_memory();
         let entry = m
             .failing
-            .entry(subject.to_owned())
+            .entry(subject.clone())
             .or_insert((0, Instant::now()));
         entry.0 += 1;
         entry.1 = Instant::now() + backoff(entry.0, cap);
     }
 
     /// `subject`'s work succeeded: no more waiting.
-    fn recovered(&self, subject: &str) {
+    fn recovered(&self, subject: &Subject) {
         self.lock_memory().failing.remove(subject);
     }
 
     /// Whether `subject` is waiting after failures (a pass does not retry it yet).
-    fn backing_off(&self, subject: &str) -> bool {
+    fn backing_off(&self, subject: &Subject) -> bool {
         self.lock_memory()
             .failing
             .get(subject)
@@ -563,16 +563,22 @@ impl<'a> Daemon<'a> {
         let specs = self.managed_specs().await?;
         let (pools, unreadable) = self.pools_and_unreadable().await?;
         // Only what this daemon holds a lease on (all of it when alone).
-        let mut subjects: Vec<String> =
-            specs.iter().map(|s| leases::box_subject(&s.name)).collect();
-        subjects.extend(pools.iter().map(|p| leases::pool_subject(&p.name)));
-        subjects.push(leases::FLEET.to_owned());
+        let mut subjects: Vec<String> = specs
+            .iter()
+            .map(|s| Subject::Box(s.name.clone()).to_string())
+            .collect();
+        subjects.extend(
+            pools
+                .iter()
+                .map(|p| Subject::Pool(p.name.clone()).to_string()),
+        );
+        subjects.push(Subject::Fleet.to_string());
         self.claim(&subjects).await?;
         let specs: Vec<_> = specs
             .into_iter()
-            .filter(|s| self.holds(&leases::box_subject(&s.name)))
+            .filter(|s| self.holds(&Subject::Box(s.name.clone())))
             .collect();
-        let fleet = self.holds(leases::FLEET);
+        let fleet = self.holds(&Subject::Fleet);
         if fleet {
             self.prune_if_due().await;
         } else {
@@ -587,8 +593,8 @@ impl<'a> Daemon<'a> {
         // What a slow look at AWS let go meanwhile is not planned (and the
         // fences refuse it anyway).
         let mut specs = specs;
-        specs.retain(|s| self.holds(&leases::box_subject(&s.name)));
-        let fleet = fleet && self.holds(leases::FLEET);
+        specs.retain(|s| self.holds(&Subject::Box(s.name.clone())));
+        let fleet = fleet && self.holds(&Subject::Fleet);
         // Only the fast path needs them: without, launches ask AWS first.
         match self.box_prices(&specs).await {
             Ok((prices, zones)) => {
@@ -602,8 +608,10 @@ impl<'a> Daemon<'a> {
         self.lock_memory().last = Some(obs.clone());
         let mut out = PassOutcome::default();
         if fleet {
-            out.done
-                .extend(self.fenced(leases::FLEET, self.finish_stops(&obs)).await?);
+            out.done.extend(
+                self.fenced(&Subject::Fleet, self.finish_stops(&obs))
+                    .await?,
+            );
         }
         self.plan_boxes(&specs, &obs, &mut out).await?;
         let (done, jobs) = self.reconcile_pools(&obs, pools, unreadable, fleet).await?;
@@ -630,7 +638,7 @@ impl<'a> Daemon<'a> {
             let subject = Subject::Box(spec.name.clone());
             if stopping.contains(&spec.name) {
                 // Its stop job, to the end; nothing else for it meanwhile.
-                if !self.backing_off(&subject.lease()) {
+                if !self.backing_off(&subject) {
                     out.jobs.push(Job {
                         epoch: Some(obs.epoch(&subject)),
                         subject,
@@ -640,7 +648,7 @@ impl<'a> Daemon<'a> {
                 continue;
             }
             let step = self.plan_and_step(spec, obs);
-            let (done, work) = match self.fenced(&subject.lease(), step).await {
+            let (done, work) = match self.fenced(&subject, step).await {
                 Ok(x) => x,
                 Err(e) if self.stopped_by_fence(Some(&spec.name), &e).await => continue,
                 Err(e) => {

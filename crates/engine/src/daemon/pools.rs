@@ -83,12 +83,12 @@ impl Daemon<'_> {
             .config
             .boxes
             .keys()
-            .map(|b| super::leases::box_subject(b));
+            .map(|b| Subject::Box(b.clone()).to_string());
         let pools = self
             .config
             .pools
             .keys()
-            .map(|p| super::leases::pool_subject(p));
+            .map(|p| Subject::Pool(p.clone()).to_string());
         boxes.chain(pools).collect()
     }
 
@@ -151,7 +151,10 @@ impl Daemon<'_> {
             .await?
             .into_iter()
             .flat_map(|c| c.subjects)
-            .filter_map(|s| s.strip_prefix("pool:").map(str::to_owned))
+            .filter_map(|s| match s.parse::<Subject>() {
+                Ok(Subject::Pool(name)) => Some(name),
+                _ => None,
+            })
             .collect();
         wanted.extend(self.config.pools.keys().cloned());
         let wanted: Vec<String> = wanted.into_iter().collect();
@@ -181,7 +184,7 @@ impl Daemon<'_> {
         let known = pools.clone();
         let pools: Vec<PoolSpec> = pools
             .into_iter()
-            .filter(|p| self.holds(&super::leases::pool_subject(&p.name)))
+            .filter(|p| self.holds(&Subject::Pool(p.name.clone())))
             .collect();
         self.metrics
             .pools
@@ -226,14 +229,14 @@ impl Daemon<'_> {
         });
         let done = if fleet {
             let orphans = self.collect_orphans(&known, &unreadable, &world);
-            self.fenced(super::leases::FLEET, orphans).await?
+            self.fenced(&Subject::Fleet, orphans).await?
         } else {
             Vec::new()
         };
         let jobs = pools
             .into_iter()
             // A pool whose passes fail waits out its backoff.
-            .filter(|spec| !self.backing_off(&format!("pool:{}", spec.name)))
+            .filter(|spec| !self.backing_off(&Subject::Pool(spec.name.clone())))
             .map(|spec| {
                 let subject = Subject::Pool(spec.name.clone());
                 Job {
@@ -259,7 +262,7 @@ impl Daemon<'_> {
             demand: self.demand.as_ref(),
         };
         let mut done = Vec::new();
-        let subject = format!("pool:{}", spec.name);
+        let subject = Subject::Pool(spec.name.clone());
         {
             match self.pool_pass(&pass, spec, world).await {
                 Ok(found) => {

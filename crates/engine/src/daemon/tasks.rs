@@ -30,24 +30,7 @@ use crate::fence::Fence;
 use crate::pools::PoolSpec;
 use crate::pools::pass::World;
 
-/// What a task is about: one box or one pool.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Subject {
-    /// A managed box, by name.
-    Box(String),
-    /// A worker pool, by name.
-    Pool(String),
-}
-
-impl Subject {
-    /// The subject's lease (`box:NAME`, `pool:NAME`).
-    pub fn lease(&self) -> String {
-        match self {
-            Self::Box(name) => super::leases::box_subject(name),
-            Self::Pool(name) => super::leases::pool_subject(name),
-        }
-    }
-}
+pub use crate::subject::Subject;
 
 /// The slow work of one subject.
 #[derive(Debug, Clone)]
@@ -207,7 +190,7 @@ impl<'f> Runner<'f> {
         {
             return Offered::Stale;
         }
-        let Some(fence) = daemon.fence_for(&job.subject.lease()) else {
+        let Some(fence) = daemon.fence_for(&job.subject) else {
             return Offered::Stale;
         };
         if let Some(b) = self.busy.get_mut(&job.subject) {
@@ -245,7 +228,7 @@ impl<'f> Runner<'f> {
 
     /// Tells the daemon which subjects have a task in flight.
     fn busy_to<'a: 'f>(&self, daemon: &'f Daemon<'a>) {
-        daemon.set_busy(self.busy.keys().map(Subject::lease).collect());
+        daemon.set_busy(self.busy.keys().map(Subject::to_string).collect());
     }
 
     fn start<'a: 'f>(&mut self, daemon: &'f Daemon<'a>, job: Job, fence: Fence) {
