@@ -413,6 +413,19 @@ fn two_daemons_share_20_boxes_and_a_pool_and_a_wave_of_20_warnings_gets_exactly_
         logs.contains("another daemon received a warning for it"),
         "no daemon was woken by the other:\n{logs}"
     );
+    // Each replacement's lines carry its task's span (subject and kind): a
+    // wave's twenty are told apart. Passes have theirs; a log file gets no
+    // terminal colours.
+    for bx in new.keys() {
+        let tagged = format!("task{{subject=box:{bx} kind=replace");
+        assert!(
+            logs.lines()
+                .any(|l| l.contains(&tagged) && l.contains("is up")),
+            "no line of {bx}'s replacement names its task:\n{logs}"
+        );
+    }
+    assert!(logs.lines().any(|l| l.contains("pass{n=")), "{logs}");
+    assert!(!logs.contains('\x1b'), "colours in a log file:\n{logs}");
     // The database password: in no log line and no event.
     assert!(!logs.contains(PASSWORD));
     assert!(

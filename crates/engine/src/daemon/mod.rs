@@ -37,6 +37,7 @@ use std::time::{Duration, SystemTime};
 use spotkeeper_cloud::{Cloud, ImageId, Instance, InstanceId, Market, SpotPrice, SpotRequest};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 pub use self::boxes::{BoxFacts, SETTLE_AGAIN_AFTER, Step, plan_box};
 pub use self::intake::Handled;
@@ -755,6 +756,22 @@ impl<'a> Daemon<'a> {
         Ok(done)
     }
 
+    /// A pass in its span (`pass{n=…}`): a pass's log lines are told apart
+    /// from its tasks' and from the next pass's.
+    fn traced_pass(&self) -> futures_util::future::BoxFuture<'_, Result<PassOutcome, BoxError>> {
+        let n = *self.passes.borrow() + 1;
+        Box::pin(
+            async move {
+                let out = self.pass().await;
+                if let Ok(out) = &out {
+                    out.done.iter().for_each(|d| tracing::info!("{d}"));
+                }
+                out
+            }
+            .instrument(tracing::info_span!("pass", n)),
+        )
+    }
+
     fn pass_done(&self, ok: bool, started: Instant) {
         self.metrics.pass(ok, started.elapsed().as_secs_f64());
         self.passes.send_modify(|n| *n += 1);
@@ -786,9 +803,12 @@ impl<'a> Daemon<'a> {
             }
         }
         tokio::join!(
-            self.receive(queue, shutdown.clone()),
-            self.renew_loop(shutdown.clone()),
-            self.listen_loop(shutdown.clone()),
+            self.receive(queue, shutdown.clone())
+                .instrument(tracing::info_span!("intake")),
+            self.renew_loop(shutdown.clone())
+                .instrument(tracing::info_span!("leases")),
+            self.listen_loop(shutdown.clone())
+                .instrument(tracing::info_span!("leases")),
             self.reconcile_loop(rx, shutdown)
         );
         self.lock_memory().fast = None;
@@ -840,7 +860,8 @@ impl<'a> Daemon<'a> {
                 .queue_lag_seconds
                 .set(now_ms.saturating_sub(sent) as f64 / 1000.0);
         }
-        match self.handle(&m.body).await {
+        let span = tracing::info_span!("event", message = %m.id);
+        match self.handle(&m.body).instrument(span).await {
             Ok(outcome) => {
                 tracing::info!(message = %m.id, "{outcome:?}");
                 if let Err(e) = queue.delete(&m.receipt).await {
@@ -858,7 +879,7 @@ impl<'a> Daemon<'a> {
     ) {
         let mut runner = Runner::new(self.config.max_tasks);
         let mut pass: Option<futures_util::future::BoxFuture<'_, Result<PassOutcome, BoxError>>> =
-            Some(Box::pin(self.pass()));
+            Some(self.traced_pass());
         let mut started = Instant::now();
         let mut failures = 0u32;
         let mut next = Instant::now() + self.config.interval;
@@ -873,7 +894,6 @@ impl<'a> Daemon<'a> {
                 }
                 Some(f) = runner.next(), if !runner.is_idle() => {
                     runner.finished(self, &f);
-                    f.lines.unwrap_or_default().iter().for_each(|d| tracing::info!("{d}"));
                 }
                 out = async { pass.as_mut().expect("guarded").await }, if pass.is_some() => {
                     pass = None;
@@ -883,7 +903,6 @@ impl<'a> Daemon<'a> {
                             self.state_ended(EventKind::PassFailed.as_str());
                             self.pass_done(true, started);
                             failures = 0;
-                            out.done.iter().for_each(|d| tracing::info!("{d}"));
                             let mut stale = false;
                             for job in out.jobs {
                                 stale |= runner.offer(self, job) == tasks::Offered::Stale;
@@ -916,11 +935,11 @@ impl<'a> Daemon<'a> {
                 // (then the backoff decides; the fast path does not need a pass).
                 _ = self.wake.notified(), if pass.is_none() && failures == 0 => {
                     started = Instant::now();
-                    pass = Some(Box::pin(self.pass()));
+                    pass = Some(self.traced_pass());
                 }
                 _ = tokio::time::sleep_until(next), if pass.is_none() => {
                     started = Instant::now();
-                    pass = Some(Box::pin(self.pass()));
+                    pass = Some(self.traced_pass());
                 }
             }
         }

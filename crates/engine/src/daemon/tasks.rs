@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 use super::Daemon;
 use crate::boxes::Known;
@@ -247,12 +248,20 @@ impl<'f> Runner<'f> {
         daemon.metrics.task_started(kind);
         self.busy_to(daemon);
         let subject = job.subject;
+        // Every line a task logs names its subject and kind: a wave's
+        // twenty replacements are told apart in the log.
+        let span = tracing::info_span!("task", subject = %subject, kind = %kind, id);
         self.running.push(Box::pin(async move {
             let work = job.work;
+            let run =
+                crate::fence::scope(Some(fence), daemon.execute(&work)).instrument(span.clone());
             let lines = tokio::select! {
-                lines = crate::fence::scope(Some(fence), daemon.execute(&work)) => Some(lines),
+                lines = run => Some(lines),
                 _ = rx => None,
             };
+            for line in lines.iter().flatten() {
+                tracing::info!(parent: &span, "{line}");
+            }
             Finished {
                 subject,
                 id,
