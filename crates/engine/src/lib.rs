@@ -5,8 +5,9 @@
 //! two import each other, which `tests/module_graph.rs` checks):
 //!
 //! - `config`: the config file, validated into specs (imports no other
-//!   module of the engine); `store`: the SQLite state; `events`: EventBridge
-//!   messages; `progress`, `ownership`, `plan`, `lock`, `ready`,
+//!   module of the engine); `event_kind` and `subject`: the names events,
+//!   leases and dooms go by; `store`: the state (SQLite or PostgreSQL, a
+//!   file per family of tables); `events`: EventBridge messages; `progress`, `ownership`, `plan`, `lock`, `ready`,
 //!   `bootstrap`, `policy`: small pure or local pieces;
 //! - `persist` (volumes), `dns` (Route 53 records), `images`: what a box
 //!   owns besides its instance;
