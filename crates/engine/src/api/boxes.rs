@@ -1,0 +1,444 @@
+//! `/api/boxes`: list, show, register (a box another owns, or naming another
+//! box's volume, is refused) and delete (deregister, or a stop job).
+
+use super::*;
+
+/// The latest recorded spot price of each offering.
+pub(super) async fn latest_prices(
+    state: &ApiState,
+) -> std::collections::BTreeMap<(String, String), f64> {
+    // The samples "since now" are each offering's one in effect now: one row
+    // per offering, not every sample of the week, on each 5 s refresh.
+    state
+        .store
+        .price_samples(crate::store::unix_now())
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| ((p.instance_type, p.zone), p.price))
+        .collect()
+}
+
+/// A box's DNS status for the API, from the cache while it is fresh and
+/// about the same instance.
+pub(super) async fn dns_json(
+    state: &ApiState,
+    spec: &crate::config::BoxSpec,
+    instance: Option<&spotkeeper_cloud::Instance>,
+) -> Value {
+    let id = instance.map(|i| i.id.to_string());
+    if let Ok(cache) = state.dns_cache.lock()
+        && let Some((at, for_id, v)) = cache.get(&spec.name)
+        && at.elapsed() < DNS_STATUS_TTL
+        && *for_id == id
+    {
+        return v.clone();
+    }
+    let v =
+        match crate::dns::status(state.cloud.as_ref(), &state.config.owner, spec, instance).await {
+            Ok(Some(d)) => json!({ "name": d.name, "matches": d.matches, "owned": d.owned }),
+            Ok(None) => Value::Null,
+            Err(e) => {
+                json!({ "name": spec.dns.as_ref().map(|d| d.name.clone()), "error": e.to_string() })
+            }
+        };
+    if let Ok(mut cache) = state.dns_cache.lock() {
+        cache.insert(
+            spec.name.clone(),
+            (std::time::Instant::now(), id, v.clone()),
+        );
+    }
+    v
+}
+
+pub(super) async fn box_json(
+    state: &ApiState,
+    name: &str,
+    source: &str,
+    stored: Option<&str>,
+    live: &[spotkeeper_cloud::Instance],
+    prices: &std::collections::BTreeMap<(String, String), f64>,
+) -> Value {
+    let instance = live.iter().find(|i| i.tag(tags::BOX) == Some(name));
+    let spec = spec_of(state, name, stored);
+    let price = instance.and_then(|i| {
+        prices
+            .get(&(i.instance_type.clone(), i.zone.clone()?))
+            .copied()
+    });
+    let dns = match &spec {
+        Some(spec) if spec.dns.is_some() => dns_json(state, spec, instance).await,
+        _ => Value::Null,
+    };
+    json!({
+        "launched_at": instance.and_then(|i| i.launched_at).map(crate::store::unix_seconds),
+        "price": price,
+        "max_price": spec.as_ref().map(|s| s.max_price),
+        "dns": dns,
+        "name": name,
+        "source": source,
+        "instance_id": instance.map(|i| i.id.to_string()),
+        "state": instance.map(|i| i.state.as_str()),
+        "instance_type": instance.map(|i| i.instance_type.clone()),
+        "zone": instance.and_then(|i| i.zone.clone()),
+        "market": instance.map(|i| i.market.as_str()),
+        "public_ip": instance.and_then(|i| i.public_ip.clone()),
+        "private_ip": instance.and_then(|i| i.private_ip.clone()),
+        "in_config": state.config.boxes.contains_key(name),
+    })
+}
+
+pub(super) async fn live(state: &ApiState) -> Result<Vec<spotkeeper_cloud::Instance>, Response> {
+    crate::boxes::list(state.cloud.as_ref(), &state.config.owner)
+        .await
+        .map_err(|e| error(StatusCode::BAD_GATEWAY, e.to_string()))
+}
+
+pub(super) async fn list_boxes(State(state): State<ApiState>) -> Response {
+    let managed = match state.store.managed_boxes(&state.config.owner).await {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let live = match live(&state).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let prices = latest_prices(&state).await;
+    let mut out = Vec::new();
+    for b in &managed {
+        out.push(
+            box_json(
+                &state,
+                &b.name,
+                &b.source,
+                b.spec.as_deref(),
+                &live,
+                &prices,
+            )
+            .await,
+        );
+    }
+    Json(Value::Array(out)).into_response()
+}
+
+pub(super) async fn get_box(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    let managed = match state.store.managed_boxes(&state.config.owner).await {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let stop = match state.store.stop_job(&state.config.owner, &name).await {
+        Ok(j) => j,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let Some(b) = managed.iter().find(|b| b.name == name) else {
+        // A box whose stop is done: what the stop did.
+        return match stop {
+            Some(job) => {
+                Json(json!({ "name": name, "managed": false, "stop": job })).into_response()
+            }
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("no managed box named {name:?}"),
+            ),
+        };
+    };
+    let live = match live(&state).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let prices = latest_prices(&state).await;
+    let mut body = box_json(
+        &state,
+        &b.name,
+        &b.source,
+        b.spec.as_deref(),
+        &live,
+        &prices,
+    )
+    .await;
+    if let Some(job) = stop.filter(StopJob::open) {
+        body["stop"] = json!(job);
+    }
+    Json(body).into_response()
+}
+
+pub(super) async fn register_box(
+    State(state): State<ApiState>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Response {
+    let (name, body) = match named_body(body, "box") {
+        Ok(nb) => nb,
+        Err((status, message)) => return error(status, message),
+    };
+    if state.config.boxes.contains_key(&name) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("box {name:?} is defined in the config file; register another name"),
+        );
+    }
+    let spec = match parse_box_json(&name, &body).and_then(|spec| {
+        refuse_code(&state.config, &body)?;
+        Ok(spec)
+    }) {
+        Ok(spec) => spec,
+        Err(message) => return error(StatusCode::UNPROCESSABLE_ENTITY, message),
+    };
+    if let Err((status, message)) = name_and_volumes_free(&state, &spec).await {
+        return error(status, message);
+    }
+    if let Err(e) = state
+        .store
+        .register_box(&state.config.owner, &name, "api", Some(&body.to_string()))
+        .await
+    {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    let _ = state
+        .store
+        .record_event(
+            &state.config.owner,
+            Some(&name),
+            EventKind::Registered,
+            "registered through the API",
+        )
+        .await;
+    state.wake.notify_one();
+    (
+        StatusCode::CREATED,
+        Json(json!({ "name": name, "registered": true })),
+    )
+        .into_response()
+}
+
+/// Refuses a registration that would take over what another box has: a
+/// box started by `up` from a config file (recorded as such, or running in
+/// AWS without having been registered here) is never taken over (409), and a
+/// volume another box names or holds is never named (422), before anything
+/// is stored or launched.
+pub(super) async fn name_and_volumes_free(
+    state: &ApiState,
+    spec: &crate::config::BoxSpec,
+) -> Result<(), (StatusCode, String)> {
+    let managed = state
+        .store
+        .managed_boxes(&state.config.owner)
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    name_free(state, &spec.name, &managed).await?;
+    // The other boxes: the config's and the registered ones.
+    let mut others: Vec<crate::config::BoxSpec> = state
+        .config
+        .boxes
+        .values()
+        .filter(|b| b.name != spec.name)
+        .cloned()
+        .collect();
+    for b in managed
+        .iter()
+        .filter(|b| b.name != spec.name && !state.config.boxes.contains_key(&b.name))
+    {
+        if let Ok(Some(other)) = crate::desired::box_spec(&state.config, &b.name, b.spec.as_deref())
+        {
+            others.push(other);
+        }
+    }
+    for (role, vs) in crate::persist::volume_specs(spec) {
+        volume_free(state, spec, role, vs, &others).await?;
+    }
+    Ok(())
+}
+
+/// 409 when `name` is a box `up` started from a config file.
+pub(super) async fn name_free(
+    state: &ApiState,
+    name: &str,
+    managed: &[crate::store::ManagedBox],
+) -> Result<(), (StatusCode, String)> {
+    let stopping = state
+        .store
+        .stop_job(&state.config.owner, name)
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if stopping.is_some_and(|j| j.open()) {
+        return Err((
+            StatusCode::CONFLICT,
+            format!(
+                "box {name:?} is being stopped; register it again once its stop is done (GET it)"
+            ),
+        ));
+    }
+    let registered = managed.iter().find(|b| b.name == name);
+    if let Some(b) = registered.filter(|b| b.source != "api") {
+        return Err((
+            StatusCode::CONFLICT,
+            format!(
+                "box {name:?} was started by `{}` from a config file; register another name",
+                b.source
+            ),
+        ));
+    }
+    if registered.is_some() {
+        return Ok(());
+    }
+    let running = state
+        .cloud
+        .instances(&crate::ownership::box_filter(&state.config.owner, name))
+        .await
+        .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+    match running.iter().find(|i| i.state.is_live()) {
+        Some(i) => Err((
+            StatusCode::CONFLICT,
+            format!(
+                "box {name:?} runs already ({}), started from a config file; register another name",
+                i.id
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// 422 when volume `vs` is another box's: named by one of `others`, or
+/// tagged in AWS for another box.
+pub(super) async fn volume_free(
+    state: &ApiState,
+    spec: &crate::config::BoxSpec,
+    role: crate::persist::Role,
+    vs: &crate::config::VolumeSpec,
+    others: &[crate::config::BoxSpec],
+) -> Result<(), (StatusCode, String)> {
+    let taken = |whose: String| {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "{}.name: volume {:?} is {whose}; a volume belongs to one box",
+                role.key(),
+                vs.name
+            ),
+        )
+    };
+    for other in others {
+        if let Some((other_role, _)) = crate::persist::volume_specs(other)
+            .into_iter()
+            .find(|(_, o)| o.name == vs.name)
+        {
+            return Err(taken(format!(
+                "box {:?}'s {} already",
+                other.name,
+                other_role.key()
+            )));
+        }
+    }
+    let tagged = state
+        .cloud
+        .volumes(&crate::ownership::owner_filter(&state.config.owner).with(tags::NAME, &vs.name))
+        .await
+        .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+    match tagged.iter().find_map(|v| {
+        v.tags
+            .get(tags::BOX)
+            .filter(|b| **b != spec.name)
+            .map(|b| (v, b))
+    }) {
+        Some((v, other)) => Err(taken(format!("box {other:?}'s ({})", v.id))),
+        None => Ok(()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeleteQuery {
+    #[serde(default)]
+    stop: bool,
+}
+
+pub(super) async fn delete_box(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the only query parameter is stop=true|false",
+        );
+    };
+    let managed = match state.store.managed_boxes(&state.config.owner).await {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let Some(b) = managed.into_iter().find(|b| b.name == name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no managed box named {name:?}"),
+        );
+    };
+    if !q.stop {
+        return deregister(&state, &name).await;
+    }
+    // A stop the daemons can finish: they need the box's spec.
+    match crate::desired::box_spec(&state.config, &name, b.spec.as_deref()) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("box {name:?} is no longer in the config; stop it with the CLI"),
+            );
+        }
+        Err(m) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("stored box is refused or does not parse: {m}"),
+            );
+        }
+    }
+    // Recorded, then done by the daemon (or the next one) as a job: a stop
+    // takes minutes (instances going, snapshots), a request does not.
+    let job = match state.store.request_stop(&state.config.owner, &name).await {
+        Ok(j) => j,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    if let Err(e) = state
+        .store
+        .record_event(
+            &state.config.owner,
+            Some(&name),
+            EventKind::StopRequested,
+            "stop asked through the API; the daemon runs it as a job (GET the box for its steps)",
+        )
+        .await
+    {
+        tracing::warn!("recording the stop request: {e}");
+    }
+    state.wake.notify_one();
+    (
+        StatusCode::ACCEPTED,
+        [(axum::http::header::LOCATION, format!("/api/boxes/{name}"))],
+        Json(json!({ "name": name, "stop": job })),
+    )
+        .into_response()
+}
+
+/// `DELETE /api/boxes/{name}` without `stop`: no longer managed, left running.
+pub(super) async fn deregister(state: &ApiState, name: &str) -> Response {
+    // A box being stopped stays managed until its stop is done (the
+    // daemons run the jobs of the boxes they manage).
+    match state.store.deregister_box(&state.config.owner, name).await {
+        Ok(true) => {
+            Json(json!({ "name": name, "deregistered": true, "stopped": false })).into_response()
+        }
+        Ok(false) => match state.store.stop_job(&state.config.owner, name).await {
+            Ok(Some(job)) if job.open() => error(
+                StatusCode::CONFLICT,
+                format!(
+                    "box {name:?} is being stopped; it is no longer managed once its stop is done (GET it)"
+                ),
+            ),
+            Ok(_) => error(
+                StatusCode::NOT_FOUND,
+                format!("no managed box named {name:?}"),
+            ),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

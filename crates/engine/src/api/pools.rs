@@ -1,0 +1,198 @@
+//! `/api/pools`: list, show, register (demand only from allowed hosts) and
+//! delete (the pool's instances and requests go with it).
+
+use super::*;
+
+pub(super) async fn pool_views(
+    state: &ApiState,
+    only: Option<&str>,
+) -> Result<Vec<Value>, Response> {
+    let (pools, _) = crate::desired::pools(&state.config, &state.store)
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let pools: Vec<_> = pools
+        .into_iter()
+        .filter(|(p, _)| only.is_none_or(|n| p.name == n))
+        .collect();
+    if let Some(name) = only
+        && pools.is_empty()
+    {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no pool named {name:?}"),
+        ));
+    }
+    let views = crate::pools::view::view(
+        state.cloud.as_ref(),
+        &state.store,
+        &state.config.owner,
+        &pools,
+        20,
+    )
+    .await
+    .map_err(|e| error(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    Ok(views
+        .into_iter()
+        .map(|v| serde_json::to_value(v).unwrap_or(Value::Null))
+        .collect())
+}
+
+pub(super) async fn list_pools(State(state): State<ApiState>) -> Response {
+    match pool_views(&state, None).await {
+        Ok(v) => Json(Value::Array(v)).into_response(),
+        Err(r) => r,
+    }
+}
+
+pub(super) async fn get_pool(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    match pool_views(&state, Some(&name)).await {
+        Ok(mut v) => Json(v.pop().unwrap_or(Value::Null)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Registers a pool, or updates one registered earlier (the config file's
+/// pools are the file's to change).
+pub(super) async fn register_pool(
+    State(state): State<ApiState>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Response {
+    let (name, body) = match named_body(body, "pool") {
+        Ok(nb) => nb,
+        Err((status, message)) => return error(status, message),
+    };
+    if state.config.pools.contains_key(&name) || state.config.boxes.contains_key(&name) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("{name:?} is defined in the config file; register another name"),
+        );
+    }
+    if let Err(message) =
+        crate::config::parse_pool_json(&name, &body).and_then(|_| refuse_code(&state.config, &body))
+    {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, message);
+    }
+    if let Err(e) = state.store.pool_revived(&state.config.owner, &name).await {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    let existed = match state.store.pools(&state.config.owner).await {
+        Ok(p) => p.iter().any(|(n, _)| *n == name),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    if let Err(e) = state
+        .store
+        .register_pool(&state.config.owner, &name, &body.to_string())
+        .await
+    {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    let kind = if existed {
+        EventKind::Updated
+    } else {
+        EventKind::Registered
+    };
+    let _ = state
+        .store
+        .record_pool_event(
+            &state.config.owner,
+            &name,
+            kind,
+            &format!("{kind} through the API"),
+        )
+        .await;
+    state.wake.notify_one();
+    (
+        if existed {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        },
+        Json(json!({ "name": name, kind.as_str(): true })),
+    )
+        .into_response()
+}
+
+/// Deregisters an API pool and takes its capacity down: open spot requests
+/// cancelled, instances terminated (both found by the pool tag).
+pub(super) async fn delete_pool(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Response {
+    if state.config.pools.contains_key(&name) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("pool {name:?} is defined in the config file; remove it there"),
+        );
+    }
+    match state
+        .store
+        .deregister_pool(&state.config.owner, &name)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return error(StatusCode::NOT_FOUND, format!("no pool named {name:?}")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    // The evidence the daemon needs to collect what this call may leave
+    // (a terminate that fails below, a launch racing the deletion).
+    if let Err(e) = state
+        .store
+        .pool_deleted(&state.config.owner, &name, "api")
+        .await
+    {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    let filter = crate::boxes::owner_filter(&state.config.owner).with(tags::POOL, &name);
+    let down = async {
+        let requests: Vec<_> = state
+            .cloud
+            .spot_requests(&filter)
+            .await?
+            .into_iter()
+            .filter(|r| {
+                matches!(
+                    r.state,
+                    spotkeeper_cloud::SpotRequestState::Open
+                        | spotkeeper_cloud::SpotRequestState::Active
+                )
+            })
+            .map(|r| r.id)
+            .collect();
+        if !requests.is_empty() {
+            state.cloud.cancel_spot_requests(&requests).await?;
+        }
+        let instances: Vec<_> = state
+            .cloud
+            .instances(&filter)
+            .await?
+            .into_iter()
+            .filter(|i| i.state.is_live())
+            .map(|i| i.id)
+            .collect();
+        if !instances.is_empty() {
+            state.cloud.terminate(&instances).await?;
+        }
+        Ok::<_, spotkeeper_cloud::CloudError>((requests.len(), instances.len()))
+    };
+    match down.await {
+        Ok((cancelled, terminated)) => {
+            let _ = state
+                .store
+                .record_pool_event(
+                    &state.config.owner,
+                    &name,
+                    EventKind::Deleted,
+                    &format!("deleted through the API: cancelled {cancelled} requests, terminated {terminated} instances"),
+                )
+                .await;
+            Json(json!({ "name": name, "deleted": true, "cancelled": cancelled, "terminated": terminated }))
+                .into_response()
+        }
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "pool {name:?} deregistered, but taking it down failed (the daemon's cleanup retries): {e}"
+            ),
+        ),
+    }
+}

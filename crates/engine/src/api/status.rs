@@ -1,0 +1,160 @@
+//! What the dashboard and scripts read: the event log, cost, notification
+//! sinks, the daemons sharing the database, the instances seen.
+
+use super::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EventsQuery {
+    #[serde(rename = "box")]
+    box_name: Option<String>,
+    limit: Option<i64>,
+}
+
+pub(super) async fn events(
+    State(state): State<ApiState>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query parameters: box=NAME, limit=1..1000",
+        );
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return error(StatusCode::BAD_REQUEST, "limit must be 1..1000");
+    }
+    match state
+        .store
+        .events(&state.config.owner, q.box_name.as_deref(), limit)
+        .await
+    {
+        Ok(e) => Json(e).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CostQuery {
+    since: Option<String>,
+}
+
+/// `spotkeeper cost` over the API: `?since=30d` (at most a year).
+pub(super) async fn cost(
+    State(state): State<ApiState>,
+    query: Result<Query<CostQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(StatusCode::BAD_REQUEST, "query parameters: since=DURATION");
+    };
+    let since = q.since.as_deref().unwrap_or("30d");
+    let window = match humantime::parse_duration(since) {
+        Ok(w) if w <= std::time::Duration::from_secs(366 * 86_400) => w,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "since must be a duration up to a year, like 30d or 12h",
+            );
+        }
+    };
+    let until = crate::store::unix_now();
+    let from = until - i64::try_from(window.as_secs()).unwrap_or(0);
+    match crate::cost::report(
+        state.cloud.as_ref(),
+        &state.store,
+        &state.config,
+        from,
+        until,
+    )
+    .await
+    {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The `[[notify]]` sinks: name, kind, events, how far delivery got and
+/// the last failure. Never the URL or the secret.
+pub(super) async fn notify_sinks(State(state): State<ApiState>) -> Response {
+    let cursors = match state.store.notify_cursors(&state.config.owner).await {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let sinks: Vec<Value> = state
+        .config
+        .notify
+        .iter()
+        .map(|s| {
+            let cursor = cursors.iter().find(|(n, _)| n == &s.name).map(|(_, c)| c);
+            json!({
+                "name": s.name,
+                "kind": s.kind,
+                "host": crate::notify::origin(s.url.expose()),
+                "events": s.events,
+                "delivered_up_to": cursor.map(|c| c.last_event),
+                "failed_attempts": cursor.map_or(0, |c| c.attempts),
+                "last_error": cursor.and_then(|c| c.last_error.clone()),
+            })
+        })
+        .collect();
+    Json(sinks).into_response()
+}
+
+/// The daemons sharing the owner's work (seen within a lease) and the
+/// leases each holds.
+pub(super) async fn daemons(State(state): State<ApiState>) -> Response {
+    let now = crate::store::unix_now() * 1000;
+    let owner = &state.config.owner;
+    let since = now - state.config.lease.as_millis() as i64;
+    let (daemons, leases) =
+        match tokio::try_join!(state.store.daemons(owner, since), state.store.leases(owner)) {
+            Ok(x) => x,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+    let daemons: Vec<Value> = daemons
+        .iter()
+        .map(|d| {
+            let held: Vec<&str> = leases
+                .iter()
+                .filter(|l| l.holder == d.id && l.expires_at >= now)
+                .map(|l| l.subject.as_str())
+                .collect();
+            json!({
+                "id": d.id,
+                "host": d.host,
+                "this": d.id == state.daemon_id,
+                "started_at": d.started_at / 1000,
+                "seen_at": d.seen_at / 1000,
+                "leases": held,
+            })
+        })
+        .collect();
+    Json(json!({ "daemons": daemons, "leases": leases })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitQuery {
+    limit: Option<i64>,
+}
+
+/// Every instance the daemon has seen (also those AWS no longer lists),
+/// most recently seen first.
+pub(super) async fn instances(
+    State(state): State<ApiState>,
+    query: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let limit = match query {
+        Ok(Query(q)) => q.limit.unwrap_or(100),
+        Err(_) => return error(StatusCode::BAD_REQUEST, "query parameters: limit=1..1000"),
+    };
+    if !(1..=1000).contains(&limit) {
+        return error(StatusCode::BAD_REQUEST, "limit must be 1..1000");
+    }
+    match state.store.seen_instances(&state.config.owner, limit).await {
+        Ok(i) => Json(i).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
