@@ -239,22 +239,6 @@ impl Store {
         self.fenced_commit(tx).await
     }
 
-    /// Commits `tx` if no fence is in scope or it still holds; rolls back
-    /// (nothing recorded) otherwise.
-    async fn fenced_commit(
-        &self,
-        mut tx: sqlx::Transaction<'_, sqlx::Any>,
-    ) -> Result<(), StoreError> {
-        if let Some(fence) = crate::fence::current()
-            && !self.holds_lease_on(&mut tx, &fence).await?
-        {
-            tx.rollback().await?;
-            return Err(StoreError::Fenced(fence));
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// The managed boxes, by name.
     pub async fn managed_boxes(&self, owner: &str) -> Result<Vec<ManagedBox>, StoreError> {
         Ok(sqlx::query_as::<_, ManagedBox>("SELECT name, source, spec, registered_at FROM managed_boxes WHERE owner = $1 ORDER BY name")

@@ -134,13 +134,7 @@ impl Store {
         .bind(created_at)
         .fetch_one(&mut *tx)
         .await?;
-        if let Some(fence) = crate::fence::current()
-            && !self.holds_lease_on(&mut tx, &fence).await?
-        {
-            tx.rollback().await?;
-            return Err(StoreError::Fenced(fence));
-        }
-        tx.commit().await?;
+        self.fenced_commit(tx).await?;
         Ok(Intent {
             id,
             owner: new.owner.to_owned(),

@@ -439,9 +439,26 @@ impl Store {
         self.holds_lease_on(&mut conn, fence).await
     }
 
+    /// Commits `tx` if no fence is in scope or it still holds; rolls back
+    /// (nothing recorded) otherwise. Every family that records a step under
+    /// a fence (intents, pool launches, stop jobs) commits through it.
+    pub(super) async fn fenced_commit(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+    ) -> Result<(), StoreError> {
+        if let Some(fence) = crate::fence::current()
+            && !self.holds_lease_on(&mut tx, &fence).await?
+        {
+            tx.rollback().await?;
+            return Err(StoreError::Fenced(fence));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// [`Store::holds_lease`] on a connection (in a transaction that
     /// records what the holder does).
-    pub(super) async fn holds_lease_on(
+    async fn holds_lease_on(
         &self,
         conn: &mut sqlx::AnyConnection,
         fence: &crate::fence::Fence,

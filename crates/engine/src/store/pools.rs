@@ -186,13 +186,7 @@ impl Store {
         .bind(unix_now())
         .fetch_one(&mut *tx)
         .await?;
-        if let Some(fence) = crate::fence::current()
-            && !self.holds_lease_on(&mut tx, &fence).await?
-        {
-            tx.rollback().await?;
-            return Err(StoreError::Fenced(fence));
-        }
-        tx.commit().await?;
+        self.fenced_commit(tx).await?;
         Ok(PoolLaunch {
             id: row.try_get("id")?,
             ..launch.clone()
