@@ -3,7 +3,7 @@
 //! a network interface, read its console log, make an AMI of it, boot an
 //! on-demand instance from that AMI into the VPC, reboot, stop and start it,
 //! then clean everything up. (Commands, files and scripts over SSH need a
-//! reachable server: see `tests/ssh_on_loopback.rs`.)
+//! reachable server: see `tests/it/ssh_on_loopback.rs`.)
 //!
 //! Run it against the local AWS emulator: `scripts/emulator cargo run -p spotkeeper-cloud --example tour`
 //! (against a real account it launches two small spot instances for a minute).

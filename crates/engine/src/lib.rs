@@ -2,7 +2,7 @@
 //!
 //! Everything between the command line and the cloud. The modules, roughly
 //! from the bottom up (a module uses only those above it or beside it; no
-//! two import each other, which `tests/module_graph.rs` checks):
+//! two import each other, which `tests/it/module_graph.rs` checks):
 //!
 //! - `config`: the config file, validated into specs (imports no other
 //!   module of the engine); `event_kind` and `subject`: the names events,

@@ -2,12 +2,11 @@
 //! event does, duplicates, strangers, rebalance policies, offering expiry on
 //! tokio's paused clock, scheduled images.
 
-mod common;
-
+use crate::common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::world;
+use crate::common::world;
 use spotkeeper_cloud::InstanceState;
 use spotkeeper_cloud::fake::FakeCloud;
 use spotkeeper_engine::boxes::{self, Ctx, Timing};

@@ -11,11 +11,9 @@
 //! move each end with exactly one of everything, and so do the scenarios
 //! with throttling and lost answers.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Cli, Serve, describe, http_get, metric, passes, wait_passes};
+use crate::common::{Cli, Serve, describe, http_get, metric, passes, wait_passes};
 use serde_json::Value;
 use spotkeeper_testkit::Faults;
 

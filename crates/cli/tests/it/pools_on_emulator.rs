@@ -4,12 +4,11 @@
 //! weights count; a type over its max_price is left out; the demand server
 //! answering 500 or garbage holds the pool.
 
-mod common;
-
+use crate::common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cli, Demand, Serve, demand_server, describe};
+use crate::common::{Cli, Demand, Serve, demand_server, describe};
 use serde_json::Value;
 
 fn config(demand_port: u16, api_port: u16) -> String {

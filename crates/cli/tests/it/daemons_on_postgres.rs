@@ -8,13 +8,12 @@
 //! and an `up` waits for another machine's `up` of the same box (the lock is
 //! in the database) and launches nothing.
 
-mod common;
-
+use crate::common;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Cli, Demand, Serve, demand_server, describe, http_get, metric};
+use crate::common::{Cli, Demand, Serve, demand_server, describe, http_get, metric};
 use serde_json::Value;
 use spotkeeper_testkit::Postgres;
 

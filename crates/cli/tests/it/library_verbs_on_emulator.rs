@@ -2,9 +2,7 @@
 //! sshd on loopback for `exec` and `ssh`): image, snapshot, image delete,
 //! volume add, exec, ssh.
 
-mod common;
-
-use common::{CONFIG, Cli, describe, stderr};
+use crate::common::{CONFIG, Cli, describe, stderr};
 use spotkeeper_testkit::{Sshd, closed_port};
 
 #[test]

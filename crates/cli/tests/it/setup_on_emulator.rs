@@ -2,9 +2,7 @@
 //! rules are made once, EventBridge delivers a real spot warning to the
 //! queue, and cleanup (with --all) leaves nothing of ours behind.
 
-mod common;
-
-use common::{CONFIG, Cli, describe, stderr};
+use crate::common::{CONFIG, Cli, describe, stderr};
 use serde_json::Value;
 
 fn queue_names(cli: &Cli) -> Vec<String> {

@@ -5,8 +5,7 @@
 //! once; only a box's holder replaces it. Runs on SQLite, and on PostgreSQL
 //! in `scripts/test`'s second pass.
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;

@@ -4,12 +4,11 @@
 //! another box's replacement; shutdown drops what is in flight at once and
 //! the next daemon resumes it; failing passes back off and say so.
 
-mod common;
-
+use crate::common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::world;
+use crate::common::world;
 use spotkeeper_cloud::fake::{FakeCloud, FakeQueue};
 use spotkeeper_cloud::{Instance, InstanceState};
 use spotkeeper_engine::boxes::{self, Timing};

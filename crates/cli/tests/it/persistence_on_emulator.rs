@@ -2,9 +2,7 @@
 //! the emulator: data and root volumes, on_stop policies, moving a volume to
 //! a cheaper zone, Route53 records, Elastic IPs, images and `box:latest`.
 
-mod common;
-
-use common::{CONFIG, Cli, describe, stderr};
+use crate::common::{CONFIG, Cli, describe, stderr};
 use serde_json::Value;
 
 fn with(extra: &str) -> String {

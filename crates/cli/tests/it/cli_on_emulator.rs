@@ -1,12 +1,10 @@
 //! The `spotkeeper` binary end to end against the AWS emulator (moto) on
 //! loopback: `price`, `up`, `list`, `stop`, exit codes and bad input.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{CONFIG, Cli, describe, stderr};
+use crate::common::{CONFIG, Cli, describe, stderr};
 use serde_json::Value;
 use spotkeeper_testkit::closed_port;
 

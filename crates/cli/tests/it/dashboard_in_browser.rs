@@ -6,12 +6,10 @@
 //! price and pool charts with their points, the savings. It leaves a
 //! screenshot in the target directory (`dashboard.png`).
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{CONFIG, Cli, Serve, wait_passes};
+use crate::common::{CONFIG, Cli, Serve, wait_passes};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 

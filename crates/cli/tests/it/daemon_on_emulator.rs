@@ -3,11 +3,10 @@
 //! and other people's instances change nothing, rebalance recommendations
 //! follow the box's policy, and SIGTERM stops it cleanly.
 
-mod common;
-
+use crate::common;
 use std::time::{Duration, Instant};
 
-use common::{CONFIG, Cli, Serve, describe, wait_passes};
+use crate::common::{CONFIG, Cli, Serve, describe, wait_passes};
 use serde_json::Value;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/fixtures/events");

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-const UNIT: &str = include_str!("../../../contrib/spotkeeper.service");
+const UNIT: &str = include_str!("../../../../contrib/spotkeeper.service");
 
 fn setting<'a>(key: &str) -> &'a str {
     UNIT.lines()

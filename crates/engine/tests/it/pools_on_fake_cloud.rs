@@ -4,8 +4,7 @@
 //! failures (capacity → next offering, spot quota → on-demand and back,
 //! authorization → stop), holding on a failed demand source.
 
-mod common;
-
+use crate::common;
 use spotkeeper_cloud::prelude::*;
 use std::collections::HashSet;
 use std::path::Path;

@@ -3,8 +3,7 @@
 //! deleting, act on an event AWS contradicts, or act on another account's
 //! events; and it forgets old rows.
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
