@@ -45,3 +45,4 @@ pub mod progress;
 pub mod ready;
 pub mod store;
 pub mod subject;
+mod tls;

@@ -137,8 +137,7 @@ impl Deliverer {
                 }
             },
         };
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("spotkeeper/", env!("CARGO_PKG_VERSION")))
+        let http = crate::tls::http_client()
             .timeout(ATTEMPT_TIMEOUT)
             .connect_timeout(ATTEMPT_TIMEOUT)
             // A redirect would send the event (and its signature) elsewhere.

@@ -36,17 +36,15 @@ pub struct LiveDemand {
 /// A client that follows redirects to the same host only (a demand URL must
 /// not become a way to reach another address).
 fn client() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .user_agent(concat!("spotkeeper/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::custom(|attempt| {
-            let same_host =
-                attempt.previous().first().map(|u| u.host_str()) == Some(attempt.url().host_str());
-            if same_host && attempt.previous().len() < 5 {
-                attempt.follow()
-            } else {
-                attempt.stop()
-            }
-        }))
+    crate::tls::http_client().redirect(reqwest::redirect::Policy::custom(|attempt| {
+        let same_host =
+            attempt.previous().first().map(|u| u.host_str()) == Some(attempt.url().host_str());
+        if same_host && attempt.previous().len() < 5 {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    }))
 }
 
 impl LiveDemand {
