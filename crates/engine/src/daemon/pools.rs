@@ -226,6 +226,7 @@ impl Daemon<'_> {
             instances: obs.instances.clone(),
             doomed: obs.doomed.clone(),
             prices,
+            index: Default::default(),
         });
         let done = if fleet {
             let orphans = self.collect_orphans(&known, &unreadable, &world);

@@ -35,8 +35,8 @@ const IDS_PER_CALL: usize = 500;
 /// interruption.
 #[derive(Debug, Default)]
 pub struct World {
-    /// Instances with the owner tag.
-    pub instances: Vec<Instance>,
+    /// Instances with the owner tag (the daemon's observation's, shared).
+    pub instances: std::sync::Arc<Vec<Instance>>,
     /// Spot requests with the owner tag.
     pub requests: Vec<SpotRequest>,
     /// Zones of the region.
@@ -46,6 +46,57 @@ pub struct World {
     /// Spot prices read once for every pool's types and zones; `None`: each
     /// pool reads its own.
     pub prices: Option<Vec<spotkeeper_cloud::SpotPrice>>,
+    /// `instances` by pool, built on first use.
+    pub index: PoolIndex,
+}
+
+/// The positions in [`World::instances`] of each pool's instances: a pass
+/// over 50 pools looks at each instance twice, not once per pool. One array
+/// of positions grouped by pool, and each pool's range in it: a handful of
+/// allocations, not one growing list per pool.
+#[derive(Debug, Default)]
+pub struct PoolIndex(std::sync::OnceLock<PoolRanges>);
+
+#[derive(Debug)]
+struct PoolRanges {
+    positions: Vec<usize>,
+    ranges: std::collections::HashMap<String, std::ops::Range<usize>>,
+}
+
+impl World {
+    /// The live members of `spec`'s pool (borrowing from the world).
+    pub fn members(&self, spec: &PoolSpec) -> Vec<Member<'_>> {
+        let index = self.index.0.get_or_init(|| {
+            // Count each pool's instances, give each a range, then fill.
+            let mut slots: std::collections::HashMap<&str, (usize, usize)> =
+                std::collections::HashMap::new();
+            for i in self.instances.iter() {
+                if let Some(pool) = i.tag(tags::POOL) {
+                    slots.entry(pool).or_default().0 += 1;
+                }
+            }
+            let mut ranges = std::collections::HashMap::with_capacity(slots.len());
+            let mut start = 0;
+            for (pool, (count, next)) in slots.iter_mut() {
+                ranges.insert((*pool).to_owned(), start..start + *count);
+                *next = start;
+                start += *count;
+            }
+            let mut positions = vec![0; start];
+            for (n, i) in self.instances.iter().enumerate() {
+                if let Some(slot) = i.tag(tags::POOL).and_then(|p| slots.get_mut(p)) {
+                    positions[slot.1] = n;
+                    slot.1 += 1;
+                }
+            }
+            PoolRanges { positions, ranges }
+        });
+        let at = index
+            .ranges
+            .get(spec.name.as_str())
+            .map_or(&[][..], |r| &index.positions[r.clone()]);
+        members(spec, at.iter().map(|&n| &self.instances[n]), &self.doomed)
+    }
 }
 
 /// What a pool remembers between passes.
@@ -112,32 +163,31 @@ impl std::fmt::Debug for PoolPass<'_> {
     }
 }
 
-/// The live members of `pool` among `instances`.
-pub fn members(
+/// The live members of `pool` among `instances` (borrowing from them).
+pub fn members<'a>(
     spec: &PoolSpec,
-    instances: &[Instance],
+    instances: impl IntoIterator<Item = &'a Instance>,
     doomed: &HashSet<InstanceId>,
-) -> Vec<Member> {
-    instances
-        .iter()
-        .filter(|i| {
-            i.tag(tags::POOL) == Some(spec.name.as_str())
-                && matches!(i.state, InstanceState::Pending | InstanceState::Running)
-                && i.tag(tags::STOPPED).is_none()
-                && !doomed.contains(&i.id)
-        })
-        .map(member)
-        .collect()
+) -> Vec<Member<'a>> {
+    let instances = instances.into_iter();
+    // Exact for a pool's own instances; bounded for a scan of every one.
+    let mut out = Vec::with_capacity(instances.size_hint().0.min(4096));
+    out.extend(
+        instances
+            .filter(|i| {
+                i.tag(tags::POOL) == Some(spec.name.as_str())
+                    && matches!(i.state, InstanceState::Pending | InstanceState::Running)
+                    && i.tag(tags::STOPPED).is_none()
+                    && !doomed.contains(&i.id)
+            })
+            .map(Member::of),
+    );
+    out
 }
 
-fn member(i: &Instance) -> Member {
-    Member {
-        id: i.id.clone(),
-        instance_type: i.instance_type.clone(),
-        zone: i.zone.clone(),
-        market: i.market,
-        launched_at: i.launched_at,
-    }
+/// An instance this pass launched, as a member owning its strings.
+fn member(i: &Instance) -> Member<'static> {
+    Member::of(i).into_owned()
 }
 
 /// The open spot requests (no instance yet) of `pool`.
@@ -405,20 +455,22 @@ impl PoolPass<'_> {
 
     /// The pool's members: the world's, what this pass launched again, and
     /// what it launched lately that the world does not list yet.
-    async fn observed(
+    async fn observed<'w>(
         &self,
         spec: &PoolSpec,
-        world: &World,
+        world: &'w World,
         launched: &[Instance],
         now: SystemTime,
-    ) -> Result<Vec<Member>, PoolError> {
-        let mut all = members(spec, &world.instances, &world.doomed);
-        all.extend(launched.iter().map(member));
+    ) -> Result<Vec<Member<'w>>, PoolError> {
+        let mut all = world.members(spec);
+        for i in launched {
+            all.push(member(i));
+        }
         let unlisted = self.unlisted(spec, world, now).await?;
         all.extend(
             unlisted
                 .into_iter()
-                .filter(|m| !launched.iter().any(|l| l.id == m.id)),
+                .filter(|m| !launched.iter().any(|l| l.id == *m.id)),
         );
         Ok(all)
     }
@@ -432,20 +484,23 @@ impl PoolPass<'_> {
         spec: &PoolSpec,
         world: &World,
         now: SystemTime,
-    ) -> Result<Vec<Member>, PoolError> {
+    ) -> Result<Vec<Member<'static>>, PoolError> {
         let since = unix_seconds(now) - crate::ownership::LISTING_LAG.as_secs() as i64;
-        let listed: HashSet<&str> = world.instances.iter().map(|i| i.id.as_str()).collect();
-        let mut out = Vec::new();
-        for (launch, ids) in self
+        let recent = self
             .store
             .launched_since(self.owner, &spec.name, since)
-            .await?
-        {
+            .await?;
+        if recent.is_empty() {
+            return Ok(Vec::new());
+        }
+        let listed: HashSet<&str> = world.instances.iter().map(|i| i.id.as_str()).collect();
+        let mut out = Vec::new();
+        for (launch, ids) in recent {
             for id in ids.iter().filter(|id| !listed.contains(id.as_str())) {
                 out.push(Member {
-                    id: InstanceId::new(id.clone()),
-                    instance_type: launch.instance_type.clone(),
-                    zone: Some(launch.zone.clone()),
+                    id: std::borrow::Cow::Owned(InstanceId::new(id.clone())),
+                    instance_type: launch.instance_type.clone().into(),
+                    zone: Some(launch.zone.clone().into()),
                     market: launch.market,
                     launched_at: Some(
                         UNIX_EPOCH + Duration::from_secs(launch.created_at.max(0) as u64),
@@ -499,7 +554,7 @@ impl PoolPass<'_> {
         round: usize,
         now: SystemTime,
         places: &[Placement],
-        state: &mut PassState,
+        state: &mut PassState<'_>,
     ) -> Result<Flow, PoolError> {
         match step {
             Step::Cancel { requests } => {
@@ -546,7 +601,7 @@ impl PoolPass<'_> {
         round: usize,
         now: SystemTime,
         places: &[Placement],
-        state: &mut PassState,
+        state: &mut PassState<'_>,
     ) -> Result<Flow, PoolError> {
         let img = self.image(spec, &mut state.image).await?;
         let intent = self.new_launch(spec, batch, round, now).await?;
@@ -566,7 +621,9 @@ impl PoolPass<'_> {
                     ),
                 )
                 .await;
-                state.members.extend(instances.iter().map(member));
+                for i in &instances {
+                    state.members.push(member(i));
+                }
                 state.launched.extend(instances);
                 Ok(Flow::Go)
             }
@@ -616,7 +673,7 @@ impl PoolPass<'_> {
         batch: &Batch,
         e: &CloudError,
         places: &[Placement],
-        state: &mut PassState,
+        state: &mut PassState<'_>,
     ) -> Flow {
         state.outcome.failures.push(LaunchFailure {
             batch: batch.clone(),
@@ -677,9 +734,9 @@ impl PoolPass<'_> {
 }
 
 /// What a pass carries from step to step.
-struct PassState {
+struct PassState<'w> {
     image: Option<ImageId>,
-    members: Vec<Member>,
+    members: Vec<Member<'w>>,
     launched: Vec<Instance>,
     gone: HashSet<InstanceId>,
     cancelled: HashSet<spotkeeper_cloud::SpotRequestId>,
@@ -688,9 +745,9 @@ struct PassState {
     outcome: Outcome,
 }
 
-impl PassState {
+impl<'w> PassState<'w> {
     /// The members not terminated and the requests not cancelled so far.
-    fn standing(&self, requests: &[OpenRequest]) -> (Vec<Member>, Vec<OpenRequest>) {
+    fn standing(&self, requests: &[OpenRequest]) -> (Vec<Member<'w>>, Vec<OpenRequest>) {
         let live = self
             .members
             .iter()
@@ -733,7 +790,7 @@ fn units(
             Market::Spot => {
                 spot_units += cap;
                 if let Some(p) = prices.iter().find(|p| {
-                    p.instance_type == m.instance_type && Some(&p.zone) == m.zone.as_ref()
+                    p.instance_type == m.instance_type && m.zone.as_deref() == Some(p.zone.as_str())
                 }) {
                     spot_cost += p.price;
                     priced_units += cap;

@@ -43,6 +43,9 @@ pub struct PoolView {
     pub last_pass: Option<serde_json::Value>,
     /// Recent events (newest first).
     pub events: Vec<Event>,
+    /// Unix seconds of the look at AWS the figures above come from (the
+    /// API's is the daemon's last pass; none before its first).
+    pub observed_at: Option<i64>,
 }
 
 /// Views of `pools`, from one describe of instances and spot requests.
@@ -60,11 +63,26 @@ pub async fn view(
     };
     let instances = cloud.instances(&filter).await?;
     let requests = cloud.spot_requests(&filter).await?;
+    let now = Some(crate::store::unix_now());
+    view_of(&instances, &requests, now, store, owner, pools, events).await
+}
+
+/// Views of `pools` from instances and spot requests already described
+/// (the API's: the daemon's last observation, no call of its own).
+pub async fn view_of(
+    instances: &[spotkeeper_cloud::Instance],
+    requests: &[spotkeeper_cloud::SpotRequest],
+    observed_at: Option<i64>,
+    store: &Store,
+    owner: &str,
+    pools: &[(PoolSpec, String)],
+    events: i64,
+) -> Result<Vec<PoolView>, PoolError> {
     let status = store.pool_status(owner, None).await?;
     let mut out = Vec::new();
     for (spec, source) in pools {
-        let live = members(spec, &instances, &HashSet::new());
-        let open = open_requests(spec, &requests);
+        let live = members(spec, instances, &HashSet::new());
+        let open = open_requests(spec, requests);
         let mut by_offering = BTreeMap::new();
         for m in &live {
             *by_offering
@@ -106,6 +124,7 @@ pub async fn view(
             reasons,
             last_pass,
             events: store.pool_events(owner, &spec.name, events).await?,
+            observed_at,
         });
     }
     Ok(out)

@@ -63,11 +63,11 @@ fn prices(large: f64, xlarge: f64) -> Vec<SpotPrice> {
     out
 }
 
-fn member(n: u32, ty: &str, zone: &str, market: Market, age_s: u64) -> Member {
+fn member(n: u32, ty: &str, zone: &str, market: Market, age_s: u64) -> Member<'static> {
     Member {
-        id: InstanceId::new(format!("i-{n:017x}")),
-        instance_type: ty.into(),
-        zone: Some(zone.into()),
+        id: std::borrow::Cow::Owned(InstanceId::new(format!("i-{n:017x}"))),
+        instance_type: ty.to_owned().into(),
+        zone: Some(zone.to_owned().into()),
         market,
         launched_at: Some(SystemTime::now() - Duration::from_secs(age_s)),
     }
@@ -76,7 +76,7 @@ fn member(n: u32, ty: &str, zone: &str, market: Market, age_s: u64) -> Member {
 struct Case<'a> {
     spec: &'a PoolSpec,
     demand: Result<u64, String>,
-    members: Vec<Member>,
+    members: Vec<Member<'static>>,
     open: Vec<OpenRequest>,
     prices: Vec<SpotPrice>,
     unavailable: HashSet<spotkeeper_cloud::Offering>,
@@ -370,11 +370,12 @@ fn fake() -> FakeCloud {
 async fn world(cloud: &FakeCloud) -> World {
     let filter = spotkeeper_cloud::TagFilter::default().with(tags::OWNER, "tester");
     World {
-        instances: cloud.instances(&filter).await.expect("describe"),
+        instances: std::sync::Arc::new(cloud.instances(&filter).await.expect("describe")),
         requests: cloud.spot_requests(&filter).await.expect("requests"),
         zones: ZONES.iter().map(|z| (*z).to_owned()).collect(),
         doomed: HashSet::new(),
         prices: None,
+        index: Default::default(),
     }
 }
 
@@ -709,7 +710,10 @@ fn members_over_the_ceiling_are_replaced_first_then_terminated() {
     assert_eq!(launched_units(&p), 0);
     assert_eq!(
         terminated(&p),
-        [case.members[0].id.clone(), case.members[1].id.clone()]
+        [
+            case.members[0].id.clone().into_owned(),
+            case.members[1].id.clone().into_owned()
+        ]
     );
 
     // With nowhere under the ceiling, nothing moves.
