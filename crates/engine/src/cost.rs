@@ -289,17 +289,22 @@ pub async fn report(
         .filter_map(|i| Run::of(i, since, until))
         .collect();
     let mut samples: BTreeMap<(String, String), Vec<(i64, f64)>> = BTreeMap::new();
-    for PriceSample {
-        instance_type,
-        zone,
-        at,
-        price,
-    } in store.price_samples(since).await?
-    {
-        samples
-            .entry((instance_type, zone))
-            .or_default()
-            .push((at, price));
+    // The types that ran only, not every offering the daemon sampled.
+    let types: std::collections::BTreeSet<&str> =
+        runs.iter().map(|r| r.instance_type.as_str()).collect();
+    for t in types {
+        for PriceSample {
+            instance_type,
+            zone,
+            at,
+            price,
+        } in store.price_samples_of(t, since).await?
+        {
+            samples
+                .entry((instance_type, zone))
+                .or_default()
+                .push((at, price));
+        }
     }
     let mut on_demand = BTreeMap::new();
     for r in &runs {

@@ -110,6 +110,7 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
         daemon_id: daemon.id().to_owned(),
         health: daemon.health(),
         dns_cache: Default::default(),
+        seen: daemon.seen(),
     };
     tracing::info!(
         state = %context::database_url(&config)?.map_or_else(|| state.display().to_string(), |u| u.to_string()),

@@ -7,11 +7,11 @@ use super::*;
 pub(super) async fn latest_prices(
     state: &ApiState,
 ) -> std::collections::BTreeMap<(String, String), f64> {
-    // The samples "since now" are each offering's one in effect now: one row
-    // per offering, not every sample of the week, on each 5 s refresh.
+    // One row per offering (latest_prices), not a scan of every sample, on
+    // each 5 s refresh.
     state
         .store
-        .price_samples(crate::store::unix_now())
+        .latest_prices()
         .await
         .unwrap_or_default()
         .into_iter()
@@ -56,7 +56,7 @@ pub(super) async fn box_json(
     name: &str,
     source: &str,
     stored: Option<&str>,
-    live: &[spotkeeper_cloud::Instance],
+    (observed_at, live): (Option<i64>, &[spotkeeper_cloud::Instance]),
     prices: &std::collections::BTreeMap<(String, String), f64>,
 ) -> Value {
     let instance = live.iter().find(|i| i.tag(tags::BOX) == Some(name));
@@ -85,13 +85,20 @@ pub(super) async fn box_json(
         "public_ip": instance.and_then(|i| i.public_ip.clone()),
         "private_ip": instance.and_then(|i| i.private_ip.clone()),
         "in_config": state.config.boxes.contains_key(name),
+        "observed_at": observed_at,
     })
 }
 
-pub(super) async fn live(state: &ApiState) -> Result<Vec<spotkeeper_cloud::Instance>, Response> {
-    crate::boxes::list(state.cloud.as_ref(), &state.config.owner)
-        .await
-        .map_err(|e| error(StatusCode::BAD_GATEWAY, e.to_string()))
+/// The live instances of the daemon's last observation, and when it was
+/// made (unix seconds; none before its first pass): no describe of its own.
+pub(super) fn live(state: &ApiState) -> (Option<i64>, Vec<spotkeeper_cloud::Instance>) {
+    match state.seen.get() {
+        Some((at, obs)) => (
+            Some(crate::store::unix_seconds(at)),
+            crate::boxes::live_sorted(obs.instances.iter().cloned()),
+        ),
+        None => (None, Vec::new()),
+    }
 }
 
 pub(super) async fn list_boxes(State(state): State<ApiState>) -> Response {
@@ -99,10 +106,7 @@ pub(super) async fn list_boxes(State(state): State<ApiState>) -> Response {
         Ok(m) => m,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let live = match live(&state).await {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
+    let (observed_at, live) = live(&state);
     let prices = latest_prices(&state).await;
     let mut out = Vec::new();
     for b in &managed {
@@ -112,7 +116,7 @@ pub(super) async fn list_boxes(State(state): State<ApiState>) -> Response {
                 &b.name,
                 &b.source,
                 b.spec.as_deref(),
-                &live,
+                (observed_at, &live),
                 &prices,
             )
             .await,
@@ -142,17 +146,14 @@ pub(super) async fn get_box(State(state): State<ApiState>, Path(name): Path<Stri
             ),
         };
     };
-    let live = match live(&state).await {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
+    let (observed_at, live) = live(&state);
     let prices = latest_prices(&state).await;
     let mut body = box_json(
         &state,
         &b.name,
         &b.source,
         b.spec.as_deref(),
-        &live,
+        (observed_at, &live),
         &prices,
     )
     .await;

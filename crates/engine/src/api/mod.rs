@@ -70,6 +70,9 @@ pub struct ApiState {
     pub daemon_id: String,
     /// Whether the daemon reaches AWS (`/healthz`).
     pub health: crate::daemon::health::HealthState,
+    /// The daemon's last observation: the boxes and pools shown come from
+    /// it, not from a describe per request ([`crate::daemon::seen`]).
+    pub seen: crate::daemon::seen::LastSeen,
     /// What each box's DNS record said lately: the dashboard refreshes every
     /// few seconds, and Route53 allows five requests a second per account.
     pub dns_cache: DnsCache,

@@ -22,8 +22,18 @@ pub(super) async fn pool_views(
             format!("no pool named {name:?}"),
         ));
     }
-    let views = crate::pools::view::view(
-        state.cloud.as_ref(),
+    let (observed_at, instances, requests) = match state.seen.get() {
+        Some((at, obs)) => (
+            Some(crate::store::unix_seconds(at)),
+            obs.instances.clone(),
+            obs.requests.clone(),
+        ),
+        None => (None, Default::default(), Vec::new()),
+    };
+    let views = crate::pools::view::view_of(
+        &instances,
+        &requests,
+        observed_at,
         &state.store,
         &state.config.owner,
         &pools,

@@ -294,16 +294,20 @@ pub async fn live_instance(
 
 /// Every live instance this owner has, by box then launch time.
 pub async fn list(cloud: &dyn Cloud, owner: &str) -> Result<Vec<Instance>, CloudError> {
-    let mut all: Vec<Instance> = cloud
-        .instances(&owner_filter(owner))
-        .await?
+    Ok(live_sorted(cloud.instances(&owner_filter(owner)).await?))
+}
+
+/// The live ones of `instances`, by box then launch time (the oldest of a
+/// box first: the one kept, should there be duplicates).
+pub fn live_sorted(instances: impl IntoIterator<Item = Instance>) -> Vec<Instance> {
+    let mut all: Vec<Instance> = instances
         .into_iter()
         .filter(|i| i.state.is_live())
         .collect();
     all.sort_by(|a, b| {
         (a.tag(tags::BOX), a.launched_at, &a.id).cmp(&(b.tag(tags::BOX), b.launched_at, &b.id))
     });
-    Ok(all)
+    all
 }
 
 /// Brings a box up: finds its live instance or open request, or launches one

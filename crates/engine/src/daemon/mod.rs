@@ -27,6 +27,7 @@ mod intake;
 pub mod leases;
 mod marks;
 mod pools;
+pub mod seen;
 pub mod tasks;
 
 use spotkeeper_cloud::prelude::*;
@@ -94,8 +95,9 @@ impl Progress for Log {
 /// and kept for the fast path.
 #[derive(Debug, Clone, Default)]
 pub struct Observation {
-    /// Instances with the owner tag.
-    pub instances: Vec<Instance>,
+    /// Instances with the owner tag (shared with the pools' world and the
+    /// API, not copied).
+    pub instances: Arc<Vec<Instance>>,
     /// Spot requests with the owner tag.
     pub requests: Vec<SpotRequest>,
     /// Instances about to go away.
@@ -182,6 +184,7 @@ pub struct Daemon<'a> {
     memory: Mutex<Memory>,
     passes: watch::Sender<u64>,
     health: health::HealthState,
+    seen: seen::LastSeen,
 }
 
 impl std::fmt::Debug for Daemon<'_> {
@@ -227,7 +230,20 @@ impl<'a> Daemon<'a> {
             memory: Mutex::new(Memory::default()),
             health: health::HealthState::default(),
             passes: watch::channel(0).0,
+            seen: seen::LastSeen::default(),
         }
+    }
+
+    /// Shares each observation with `seen` (the API's), instead of a handle
+    /// of its own.
+    pub fn with_seen(mut self, seen: seen::LastSeen) -> Self {
+        self.seen = seen;
+        self
+    }
+
+    /// The daemon's last observation (the API's boxes and pools read it).
+    pub fn seen(&self) -> seen::LastSeen {
+        self.seen.clone()
     }
 
     /// Reads pool demand with `reader` (the default reads HTTP only; `serve`
@@ -474,7 +490,7 @@ impl<'a> Daemon<'a> {
             tracing::warn!("cannot record the instances seen in the state file: {e}");
         }
         Ok(Observation {
-            instances,
+            instances: Arc::new(instances),
             requests,
             doomed,
             long_doomed,
@@ -607,6 +623,7 @@ impl<'a> Daemon<'a> {
         }
         let obs = Arc::new(obs);
         self.lock_memory().last = Some(obs.clone());
+        self.seen.set(SystemTime::now(), obs.clone());
         let mut out = PassOutcome::default();
         if fleet {
             out.done.extend(

@@ -206,18 +206,69 @@ impl Store {
             .bind(p.price)
             .execute(&mut *tx)
             .await?;
+            sqlx::query(
+                "INSERT INTO latest_prices (instance_type, zone, at, price) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (instance_type, zone) DO UPDATE SET at = excluded.at, price = excluded.price
+                 WHERE latest_prices.at <= excluded.at",
+            )
+            .bind(&p.instance_type)
+            .bind(&p.zone)
+            .bind(at)
+            .bind(p.price)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The price each offering was last read at: one row per offering.
+    pub async fn latest_prices(&self) -> Result<Vec<PriceSample>, StoreError> {
+        Ok(sqlx::query_as::<_, PriceSample>(
+            "SELECT instance_type, zone, at, price FROM latest_prices ORDER BY instance_type, zone",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Price samples of one instance type since `since` (with the one in
+    /// effect at `since` in each zone), by zone then time: what a chart or
+    /// a run's cost needs, not every offering of the region.
+    pub async fn price_samples_of(
+        &self,
+        instance_type: &str,
+        since: i64,
+    ) -> Result<Vec<PriceSample>, StoreError> {
+        Ok(sqlx::query_as::<_, PriceSample>(
+            "SELECT instance_type, zone, at, price FROM price_samples
+             WHERE instance_type = $2 AND at >= $1
+             UNION ALL
+             SELECT s.instance_type, s.zone, s.at, s.price FROM latest_prices l
+             JOIN price_samples s ON s.instance_type = l.instance_type AND s.zone = l.zone
+                 AND s.at = (SELECT MAX(p.at) FROM price_samples p
+                             WHERE p.instance_type = l.instance_type AND p.zone = l.zone AND p.at < $1)
+             WHERE l.instance_type = $2
+             ORDER BY instance_type, zone, at",
+        )
+        .bind(since)
+        .bind(instance_type)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Price samples since `since` (with the one in effect at `since`), by
     /// offering then time.
     pub async fn price_samples(&self, since: i64) -> Result<Vec<PriceSample>, StoreError> {
         Ok(sqlx::query_as::<_, PriceSample>(
-            "SELECT instance_type, zone, at, price FROM price_samples s
-             WHERE at >= $1 OR at = (SELECT MAX(at) FROM price_samples p
-                                     WHERE p.instance_type = s.instance_type AND p.zone = s.zone AND p.at < $1)
+            // The samples since, by the index on `at`; then, per offering
+            // (latest_prices lists them: a few hundred rows, not every
+            // sample), the one in effect at `since`, by the offering index.
+            "SELECT instance_type, zone, at, price FROM price_samples WHERE at >= $1
+             UNION ALL
+             SELECT s.instance_type, s.zone, s.at, s.price FROM latest_prices l
+             JOIN price_samples s ON s.instance_type = l.instance_type AND s.zone = l.zone
+                 AND s.at = (SELECT MAX(p.at) FROM price_samples p
+                             WHERE p.instance_type = l.instance_type AND p.zone = l.zone AND p.at < $1)
              ORDER BY instance_type, zone, at",
         )
         .bind(since)

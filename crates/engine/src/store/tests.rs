@@ -263,6 +263,43 @@ async fn price_samples_keep_changes_and_the_price_in_effect_at_the_start(s: Stor
         .map(|x| x.at)
         .collect();
     assert_eq!(from, [1060, 1700]);
+    // One type's: the same, and nothing of a type never sampled.
+    let of: Vec<i64> = s
+        .price_samples_of("t3.micro", 1100)
+        .await
+        .expect("samples")
+        .iter()
+        .map(|x| x.at)
+        .collect();
+    assert_eq!(of, [1060, 1700]);
+    assert!(
+        s.price_samples_of("m7i.large", 0)
+            .await
+            .expect("none")
+            .is_empty()
+    );
+    // The price each offering was last read at, one row each; a late
+    // writer's older reading does not replace a newer one.
+    let other = spotkeeper_cloud::SpotPrice {
+        zone: "us-east-1b".into(),
+        ..p(0.05)
+    };
+    s.record_prices(&[other], 1750).await.expect("record");
+    s.record_prices(&[p(0.03)], 1200).await.expect("late");
+    let latest: Vec<(String, i64, f64)> = s
+        .latest_prices()
+        .await
+        .expect("latest")
+        .into_iter()
+        .map(|x| (x.zone, x.at, x.price))
+        .collect();
+    assert_eq!(
+        latest,
+        [
+            ("us-east-1a".to_owned(), 1800, 0.02),
+            ("us-east-1b".to_owned(), 1750, 0.05)
+        ]
+    );
 }
 
 async fn leases_go_to_one_holder_and_expired_ones_may_be_taken(s: Store) {

@@ -76,6 +76,7 @@ async fn slow_clients_are_cut_off_and_connections_are_bounded() {
             h
         },
         dns_cache: Default::default(),
+        seen: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -17,6 +17,7 @@ use spotkeeper_engine::boxes::Timing;
 use spotkeeper_engine::config::{self, Secret};
 use spotkeeper_engine::daemon::Daemon;
 use spotkeeper_engine::daemon::health::{Health, HealthState};
+use spotkeeper_engine::daemon::seen::LastSeen;
 use spotkeeper_engine::store::Store;
 use tower::ServiceExt;
 
@@ -29,6 +30,7 @@ struct World {
     locks: tempfile::TempDir,
     dns_cache: spotkeeper_engine::api::DnsCache,
     health: HealthState,
+    seen: LastSeen,
 }
 
 async fn world() -> World {
@@ -43,6 +45,7 @@ async fn world() -> World {
         config: Arc::new(config),
         locks: tempfile::tempdir().expect("dir"),
         dns_cache: Default::default(),
+        seen: LastSeen::default(),
         health: {
             let h = HealthState::default();
             h.set(Health::Ok);
@@ -64,7 +67,19 @@ impl World {
             metrics: Arc::default(),
             health: self.health.clone(),
             dns_cache: self.dns_cache.clone(),
+            seen: self.seen.clone(),
         }
+    }
+
+    /// A daemon over this world whose observations the API shows.
+    fn daemon(&self) -> Daemon<'_> {
+        Daemon::new(
+            self.cloud.as_ref(),
+            &self.store,
+            &self.config,
+            self.locks.path(),
+        )
+        .with_seen(self.seen.clone())
     }
 
     /// The event log as `uri` (`/api/events?…`) serves it.
@@ -241,13 +256,14 @@ async fn a_registered_box_is_launched_by_the_daemon_and_deregistering_with_stop_
     let w = world().await;
     let (s, b) = w.post("/api/boxes", &good_box()).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
-    let daemon =
-        Daemon::new(w.cloud.as_ref(), &w.store, &w.config, w.locks.path()).with_timing(Timing {
-            poll: Duration::from_millis(1),
-            running_timeout: Duration::from_secs(5),
-            stop_timeout: Duration::from_secs(5),
-        });
+    let daemon = w.daemon().with_timing(Timing {
+        poll: Duration::from_millis(1),
+        running_timeout: Duration::from_secs(5),
+        stop_timeout: Duration::from_secs(5),
+    });
     assert_eq!(daemon.reconcile().await.expect("pass").len(), 1);
+    // The API shows what the daemon's last pass saw: the next one sees it.
+    daemon.reconcile().await.expect("pass");
     let (s, one) = w.call("GET", "/api/boxes/web", Some(TOKEN), None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(one["source"], "api");
@@ -362,8 +378,7 @@ async fn metrics_count_events_replacements_and_failures() {
         running_timeout: Duration::from_secs(5),
         stop_timeout: Duration::from_secs(5),
     };
-    let daemon =
-        Daemon::new(w.cloud.as_ref(), &w.store, &w.config, w.locks.path()).with_timing(timing);
+    let daemon = w.daemon().with_timing(timing);
     let ctx = spotkeeper_engine::boxes::Ctx {
         cloud: w.cloud.as_ref(),
         store: &w.store,
@@ -502,8 +517,9 @@ async fn pools_are_registered_updated_scaled_by_the_daemon_and_deleted_with_thei
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["updated"], true);
     // The daemon scales it (demand 10 → clamped to the new max 3).
-    let daemon = Daemon::new(w.cloud.as_ref(), &w.store, &w.config, w.locks.path())
-        .with_demand(Box::new(Demand(10)));
+    let daemon = w.daemon().with_demand(Box::new(Demand(10)));
+    daemon.reconcile().await.expect("pass");
+    // The view is the daemon's last observation: the next pass's sees them.
     daemon.reconcile().await.expect("pass");
     let (s, view) = w
         .call("GET", "/api/pools/builders", Some(TOKEN), None)
@@ -695,7 +711,7 @@ async fn the_api_token_is_not_a_shell_commands_hosts_ssh_adoption_and_foreign_ro
 
     // A box stored with a command (registered when it was allowed) is not
     // run by a daemon whose config does not allow it.
-    let daemon = Daemon::new(w.cloud.as_ref(), &w.store, &w.config, w.locks.path());
+    let daemon = w.daemon();
     let mut stored = good_box();
     stored["ready"] = json!({ "check": "command", "command": "touch /tmp/pwned" });
     w.store
@@ -986,4 +1002,61 @@ async fn a_box_is_never_taken_over_and_a_volume_never_named_twice_through_the_ap
         1,
         "only the test's own launch"
     );
+}
+
+#[tokio::test]
+async fn the_dashboard_reads_the_daemons_last_observation_and_asks_aws_nothing() {
+    let w = world().await;
+    // Before the daemon's first pass: nothing observed, said so, no call.
+    let (s, boxes) = w.call("GET", "/api/boxes", Some(TOKEN), None).await;
+    assert_eq!(s, StatusCode::OK, "{boxes}");
+    assert_eq!(boxes[0]["observed_at"], Value::Null, "{boxes}");
+    assert_eq!(boxes[0]["instance_id"], Value::Null, "{boxes}");
+    assert!(w.cloud.calls().is_empty(), "{:?}", w.cloud.calls());
+
+    w.store
+        .register_box("tester", "from-config", "up", None)
+        .await
+        .expect("managed");
+    let daemon = w.daemon().with_timing(Timing {
+        poll: Duration::from_millis(1),
+        running_timeout: Duration::from_secs(5),
+        stop_timeout: Duration::from_secs(5),
+    });
+    daemon.reconcile().await.expect("launch");
+    daemon.reconcile().await.expect("observe it running");
+    let launched = w.cloud.all_instances();
+    assert_eq!(launched.len(), 1, "{launched:?}");
+    let before = w.cloud.calls().len();
+    // What the page fetches on a refresh (and every third one), three times.
+    for _ in 0..3 {
+        for uri in [
+            "/api/boxes",
+            "/api/boxes/from-config",
+            "/api/pools",
+            "/api/events?limit=200",
+            "/api/notify",
+            "/api/daemons",
+            "/api/charts/prices?box=from-config",
+        ] {
+            let (s, b) = w.call("GET", uri, Some(TOKEN), None).await;
+            assert_eq!(s, StatusCode::OK, "{uri}: {b}");
+        }
+    }
+    let (_, boxes) = w.call("GET", "/api/boxes", Some(TOKEN), None).await;
+    let calls = w.cloud.calls();
+    assert_eq!(
+        &calls[before..],
+        &[] as &[String],
+        "the dashboard's reads made AWS calls"
+    );
+    assert_eq!(
+        boxes[0]["instance_id"],
+        launched[0].id.to_string(),
+        "{boxes}"
+    );
+    assert_eq!(boxes[0]["state"], "running", "{boxes}");
+    let at = boxes[0]["observed_at"].as_i64().expect("observed");
+    let now = spotkeeper_engine::store::unix_now();
+    assert!((now - 60..=now).contains(&at), "observed {at}, now {now}");
 }
