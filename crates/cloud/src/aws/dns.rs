@@ -49,7 +49,7 @@ impl Dns for AwsCloud {
     async fn dns_zone(&self, name: &str, private: bool) -> Result<Option<String>, CloudError> {
         let want = fqdn(name);
         let out = self
-            .route53
+            .route53()
             .list_hosted_zones_by_name()
             .dns_name(&want)
             .send()
@@ -75,7 +75,7 @@ impl Dns for AwsCloud {
         let want = fqdn(name);
         let rr = rr_type(kind);
         let out = self
-            .route53
+            .route53()
             .list_resource_record_sets()
             .hosted_zone_id(zone_id)
             .start_record_name(&want)
@@ -139,7 +139,7 @@ impl Dns for AwsCloud {
                     .map_err(invalid)?,
             );
         }
-        self.route53
+        self.route53()
             .change_resource_record_sets()
             .hosted_zone_id(zone_id)
             .change_batch(batch.build().map_err(invalid)?)

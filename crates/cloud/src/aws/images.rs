@@ -118,7 +118,7 @@ impl AwsCloud {
     /// An SSM parameter's value; `None` when it does not exist.
     async fn parameter(&self, name: &str) -> Result<Option<String>, CloudError> {
         Ok(absent(
-            self.ssm
+            self.ssm()
                 .get_parameter()
                 .name(name)
                 .send()

@@ -92,17 +92,52 @@ impl ClientConfig {
 /// The region whose endpoint serves the AWS Price List API.
 pub const PRICING_REGION: &str = "us-east-1";
 
-/// The AWS implementation of [`Cloud`](crate::Cloud): one handle holding the EC2 and SSM clients.
+/// The AWS implementation of [`Cloud`](crate::Cloud): one handle holding the
+/// EC2 client, and the SSM, Route53, SQS, EventBridge and Price List ones,
+/// each built on its first use: a one-shot command such as `list` builds
+/// only the client it calls.
 #[derive(Clone)]
 pub struct AwsCloud {
     pub(crate) ec2: aws_sdk_ec2::Client,
-    pub(crate) ssm: aws_sdk_ssm::Client,
-    pub(crate) route53: aws_sdk_route53::Client,
-    pub(crate) sqs: aws_sdk_sqs::Client,
-    pub(crate) events: aws_sdk_eventbridge::Client,
-    pub(crate) pricing: aws_sdk_pricing::Client,
+    ssm: Lazy<aws_sdk_ssm::Client>,
+    route53: Lazy<aws_sdk_route53::Client>,
+    sqs: Lazy<aws_sdk_sqs::Client>,
+    events: Lazy<aws_sdk_eventbridge::Client>,
+    pricing: Lazy<aws_sdk_pricing::Client>,
     region: String,
     calls: Arc<AtomicU64>,
+}
+
+/// A client built on first use (shared by the handle's clones).
+#[derive(Clone)]
+struct Lazy<C> {
+    cell: Arc<std::sync::OnceLock<C>>,
+    make: Arc<dyn Fn() -> C + Send + Sync>,
+}
+
+impl<C> Lazy<C> {
+    fn new(make: impl Fn() -> C + Send + Sync + 'static) -> Self {
+        Self {
+            cell: Arc::default(),
+            make: Arc::new(make),
+        }
+    }
+
+    fn ready(client: C) -> Self
+    where
+        C: Clone + Send + Sync + 'static,
+    {
+        let cell = std::sync::OnceLock::new();
+        let _ = cell.set(client.clone());
+        Self {
+            cell: Arc::new(cell),
+            make: Arc::new(move || client.clone()),
+        }
+    }
+
+    fn get(&self) -> &C {
+        self.cell.get_or_init(|| (self.make)())
+    }
 }
 
 /// Counts the HTTP requests the SDK clients send (retries included).
@@ -150,6 +185,15 @@ impl AwsCloud {
         if let Some(url) = &config.endpoint_url {
             loader = loader.endpoint_url(url);
         }
+        // The endpoint the SDK will use: the config's, else the standard
+        // environment variable's (scripts/emulator sets that one).
+        let endpoint = config
+            .endpoint_url
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        if let Some(client) = endpoint.as_deref().and_then(plain_http_client) {
+            loader = loader.http_client(client);
+        }
         let sdk = loader.load().await;
         if sdk.region().is_none() {
             return Err(CloudError::other(
@@ -172,43 +216,65 @@ impl AwsCloud {
             )
         })?;
         let calls = Arc::new(AtomicU64::new(0));
-        let counter = || CallCounter(calls.clone());
+        let counter = {
+            let calls = calls.clone();
+            move || CallCounter(calls.clone())
+        };
+        let (sdk, count) = (sdk.clone(), counter.clone());
+        let ec2 = aws_sdk_ec2::Client::from_conf(
+            aws_sdk_ec2::config::Builder::from(&sdk)
+                .interceptor(counter())
+                .build(),
+        );
+        macro_rules! lazy {
+            ($sdk:ident, $($region:expr)?) => {{
+                let (sdk, count) = (sdk.clone(), count.clone());
+                Lazy::new(move || {
+                    $sdk::Client::from_conf(
+                        $sdk::config::Builder::from(&sdk)
+                            $(.region(Region::new($region)))?
+                            .interceptor(count())
+                            .build(),
+                    )
+                })
+            }};
+        }
         Ok(Self {
-            ec2: aws_sdk_ec2::Client::from_conf(
-                aws_sdk_ec2::config::Builder::from(sdk)
-                    .interceptor(counter())
-                    .build(),
-            ),
-            ssm: aws_sdk_ssm::Client::from_conf(
-                aws_sdk_ssm::config::Builder::from(sdk)
-                    .interceptor(counter())
-                    .build(),
-            ),
-            route53: aws_sdk_route53::Client::from_conf(
-                aws_sdk_route53::config::Builder::from(sdk)
-                    .interceptor(counter())
-                    .build(),
-            ),
-            sqs: aws_sdk_sqs::Client::from_conf(
-                aws_sdk_sqs::config::Builder::from(sdk)
-                    .interceptor(counter())
-                    .build(),
-            ),
-            events: aws_sdk_eventbridge::Client::from_conf(
-                aws_sdk_eventbridge::config::Builder::from(sdk)
-                    .interceptor(counter())
-                    .build(),
-            ),
+            ec2,
+            ssm: lazy!(aws_sdk_ssm,),
+            route53: lazy!(aws_sdk_route53,),
+            sqs: lazy!(aws_sdk_sqs,),
+            events: lazy!(aws_sdk_eventbridge,),
             // The Price List API answers in us-east-1 (for every region).
-            pricing: aws_sdk_pricing::Client::from_conf(
-                aws_sdk_pricing::config::Builder::from(sdk)
-                    .region(Region::new(PRICING_REGION))
-                    .interceptor(counter())
-                    .build(),
-            ),
+            pricing: lazy!(aws_sdk_pricing, PRICING_REGION),
             region,
             calls,
         })
+    }
+
+    /// The SSM client.
+    pub(crate) fn ssm(&self) -> &aws_sdk_ssm::Client {
+        self.ssm.get()
+    }
+
+    /// The Route53 client.
+    pub(crate) fn route53(&self) -> &aws_sdk_route53::Client {
+        self.route53.get()
+    }
+
+    /// The SQS client.
+    pub(crate) fn sqs(&self) -> &aws_sdk_sqs::Client {
+        self.sqs.get()
+    }
+
+    /// The EventBridge client.
+    pub(crate) fn events(&self) -> &aws_sdk_eventbridge::Client {
+        self.events.get()
+    }
+
+    /// The Price List client.
+    pub(crate) fn pricing(&self) -> &aws_sdk_pricing::Client {
+        self.pricing.get()
     }
 
     /// How many HTTP requests this handle's clients have sent to AWS so far
@@ -224,14 +290,14 @@ impl AwsCloud {
         sqs: aws_sdk_sqs::Client,
         events: aws_sdk_eventbridge::Client,
     ) -> Self {
-        self.sqs = sqs;
-        self.events = events;
+        self.sqs = Lazy::ready(sqs);
+        self.events = Lazy::ready(events);
         self
     }
 
     /// Replaces the Price List client (see [`AwsCloud::from_clients`]).
     pub fn with_pricing_client(mut self, pricing: aws_sdk_pricing::Client) -> Self {
-        self.pricing = pricing;
+        self.pricing = Lazy::ready(pricing);
         self
     }
 
@@ -251,11 +317,11 @@ impl AwsCloud {
         let sdk = builder.build();
         Self {
             ec2,
-            ssm,
-            route53,
-            sqs: aws_sdk_sqs::Client::new(&sdk),
-            events: aws_sdk_eventbridge::Client::new(&sdk),
-            pricing: aws_sdk_pricing::Client::new(&sdk),
+            ssm: Lazy::ready(ssm),
+            route53: Lazy::ready(route53),
+            sqs: Lazy::ready(aws_sdk_sqs::Client::new(&sdk)),
+            events: Lazy::ready(aws_sdk_eventbridge::Client::new(&sdk)),
+            pricing: Lazy::ready(aws_sdk_pricing::Client::new(&sdk)),
             region: region.into(),
             calls: Arc::default(),
         }
@@ -265,7 +331,11 @@ impl AwsCloud {
     /// dummy credentials, ignoring the environment's credential chain.
     #[cfg(feature = "test-util")]
     pub async fn connect_emulator(endpoint: &str, region: &str) -> Self {
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(client) = plain_http_client(endpoint) {
+            loader = loader.http_client(client);
+        }
+        let sdk = loader
             .region(Region::new(region.to_owned()))
             .endpoint_url(endpoint)
             .credentials_provider(aws_sdk_ec2::config::Credentials::new(
@@ -280,6 +350,31 @@ impl AwsCloud {
     pub fn ec2(&self) -> &aws_sdk_ec2::Client {
         &self.ec2
     }
+}
+
+/// The SDK's HTTP client for a plain `http://` endpoint (an emulator, a
+/// local proxy): its usual rustls over aws-lc, with an empty trust store.
+/// The default client reads the system's root certificates before its first
+/// request (on Debian, the bundle and then ~150 files in /etc/ssl/certs:
+/// a third of a one-shot command's time) even when nothing will ever do TLS.
+/// `None` for `https://` endpoints: they keep the system's roots.
+fn plain_http_client(endpoint: &str) -> Option<aws_sdk_ec2::config::SharedHttpClient> {
+    use aws_smithy_http_client::tls;
+    if !endpoint.to_ascii_lowercase().starts_with("http://") {
+        return None;
+    }
+    let context = tls::TlsContext::builder()
+        .with_trust_store(tls::TrustStore::empty().with_native_roots(false))
+        .build()
+        .ok()?;
+    Some(
+        aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .tls_context(context)
+            .build_https(),
+    )
 }
 
 /// Turns an SDK error into a one-line [`CloudError`] naming the operation.
@@ -384,4 +479,15 @@ pub(crate) fn tag_filters(filter: &crate::TagFilter) -> Vec<aws_sdk_ec2::types::
             None => Filter::builder().name("tag-key").values(key).build(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod plain_http_tests {
+    #[test]
+    fn only_a_plain_http_endpoint_gets_the_client_without_root_certificates() {
+        assert!(super::plain_http_client("http://127.0.0.1:5000").is_some());
+        assert!(super::plain_http_client("HTTP://localhost:4566").is_some());
+        assert!(super::plain_http_client("https://ec2.us-east-1.amazonaws.com").is_none());
+        assert!(super::plain_http_client("https://127.0.0.1:5000").is_none());
+    }
 }

@@ -128,7 +128,7 @@ impl Pricing for AwsCloud {
         const OP: &str = "GetProducts";
         use aws_sdk_pricing::types::{Filter as PriceFilter, FilterType};
         let mut req = self
-            .pricing
+            .pricing()
             .get_products()
             .service_code("AmazonEC2")
             .format_version("aws_v1")

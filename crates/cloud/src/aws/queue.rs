@@ -86,7 +86,7 @@ pub const RECEIVE_VISIBILITY_SECONDS: i32 = 30;
 impl AwsCloud {
     /// The queue's URL, if it exists.
     pub async fn queue_url(&self, name: &str) -> Result<Option<String>, CloudError> {
-        match self.sqs.get_queue_url().queue_name(name).send().await {
+        match self.sqs().get_queue_url().queue_name(name).send().await {
             Ok(out) => Ok(out.queue_url().map(str::to_owned)),
             Err(e) => {
                 let err = sdk_error("GetQueueUrl", e);
@@ -106,7 +106,7 @@ impl AwsCloud {
     /// `setup` writes); `None` when it says neither.
     pub async fn queue_owner(&self, url: &str) -> Result<Option<String>, CloudError> {
         let tags = self
-            .sqs
+            .sqs()
             .list_queue_tags()
             .queue_url(url)
             .send()
@@ -116,7 +116,7 @@ impl AwsCloud {
             return Ok(Some(owner.clone()));
         }
         let attrs = self
-            .sqs
+            .sqs()
             .get_queue_attributes()
             .queue_url(url)
             .attribute_names(QueueAttributeName::Policy)
@@ -160,7 +160,7 @@ impl AwsCloud {
             }
             None => {
                 let out = self
-                    .sqs
+                    .sqs()
                     .create_queue()
                     .queue_name(queue)
                     .attributes(
@@ -198,7 +198,7 @@ impl AwsCloud {
     /// queue; returns the queue's ARN.
     async fn allow_event_rules(&self, queue_url: &str, owner: &str) -> Result<String, CloudError> {
         let attrs = self
-            .sqs
+            .sqs()
             .get_queue_attributes()
             .queue_url(queue_url)
             .attribute_names(QueueAttributeName::QueueArn)
@@ -234,7 +234,7 @@ impl AwsCloud {
                 "Condition": { "ArnLike": { "aws:SourceArn": format!("arn:{partition}:events:{region}:{account}:rule/spotkeeper-{owner}-*") } }
             }]
         });
-        self.sqs
+        self.sqs()
             .set_queue_attributes()
             .queue_url(queue_url)
             .attributes(QueueAttributeName::Policy, policy.to_string())
@@ -254,7 +254,7 @@ impl AwsCloud {
         owner: &str,
         queue_arn: &str,
     ) -> Result<bool, CloudError> {
-        let exists = match self.events.describe_rule().name(name).send().await {
+        let exists = match self.events().describe_rule().name(name).send().await {
             Ok(_) => true,
             Err(e) => {
                 let err = sdk_error("DescribeRule", e);
@@ -271,7 +271,7 @@ impl AwsCloud {
             .build()
             .map_err(|e| CloudError::other("PutRule", ErrorKind::InvalidRequest, e.to_string()))?;
         let mut put = self
-            .events
+            .events()
             .put_rule()
             .name(name)
             .event_pattern(pattern)
@@ -287,7 +287,7 @@ impl AwsCloud {
             .map_err(|e| {
                 CloudError::other("PutTargets", ErrorKind::InvalidRequest, e.to_string())
             })?;
-        self.events
+        self.events()
             .put_targets()
             .rule(name)
             .targets(target)
@@ -299,7 +299,7 @@ impl AwsCloud {
 
     /// Tags a queue as `owner`'s.
     async fn tag_queue(&self, url: &str, owner: &str) -> Result<(), CloudError> {
-        self.sqs
+        self.sqs()
             .tag_queue()
             .queue_url(url)
             .tags(OWNER_TAG, owner)
@@ -321,7 +321,7 @@ impl AwsCloud {
         for (suffix, _) in EVENT_RULES {
             let name = rule_name(owner, suffix);
             match self
-                .events
+                .events()
                 .remove_targets()
                 .rule(&name)
                 .ids("spotkeeper-queue")
@@ -337,7 +337,7 @@ impl AwsCloud {
                     return Err(err);
                 }
             }
-            self.events
+            self.events()
                 .delete_rule()
                 .name(&name)
                 .send()
@@ -348,7 +348,7 @@ impl AwsCloud {
         if let Some(url) = self.queue_url(queue).await? {
             match self.queue_owner(&url).await? {
                 Some(o) if o == owner => {
-                    self.sqs
+                    self.sqs()
                         .delete_queue()
                         .queue_url(&url)
                         .send()
@@ -375,7 +375,7 @@ impl AwsCloud {
         wait_seconds: i32,
     ) -> Result<Vec<QueueMessage>, CloudError> {
         let out = self
-            .sqs
+            .sqs()
             .receive_message()
             .queue_url(queue_url)
             .max_number_of_messages(max.clamp(1, 10))
@@ -424,7 +424,7 @@ impl AwsCloud {
 
     /// Deletes a handled message.
     pub async fn delete_message(&self, queue_url: &str, receipt: &str) -> Result<(), CloudError> {
-        self.sqs
+        self.sqs()
             .delete_message()
             .queue_url(queue_url)
             .receipt_handle(receipt)
@@ -436,7 +436,7 @@ impl AwsCloud {
 
     /// Sends a message (tests, and re-queueing).
     pub async fn send_message(&self, queue_url: &str, body: &str) -> Result<(), CloudError> {
-        self.sqs
+        self.sqs()
             .send_message()
             .queue_url(queue_url)
             .message_body(body)
@@ -465,7 +465,7 @@ impl crate::queue::JobQueue for AwsCloud {
             })?
         };
         let out = self
-            .sqs
+            .sqs()
             .get_queue_attributes()
             .queue_url(&url)
             .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
