@@ -441,13 +441,15 @@ mod tests {
     fn operations(source: &str) -> Vec<String> {
         let flat: String = source.split_whitespace().collect();
         let mut out = Vec::new();
+        // `self.ec2.op(` and, for the clients built on first use,
+        // `self.sqs().op(`.
         for (client, service) in [
             (".ec2.", "ec2"),
-            (".route53.", "route53"),
-            (".sqs.", "sqs"),
-            (".ssm.", "ssm"),
-            (".events.", "events"),
-            (".pricing.", "pricing"),
+            (".route53().", "route53"),
+            (".sqs().", "sqs"),
+            (".ssm().", "ssm"),
+            (".events().", "events"),
+            (".pricing().", "pricing"),
         ] {
             for (at, _) in flat.match_indices(client) {
                 let rest = &flat[at + client.len()..];

@@ -254,27 +254,27 @@ impl AwsCloud {
 
     /// The SSM client.
     pub(crate) fn ssm(&self) -> &aws_sdk_ssm::Client {
-        self.ssm.get()
+        Lazy::get(&self.ssm)
     }
 
     /// The Route53 client.
     pub(crate) fn route53(&self) -> &aws_sdk_route53::Client {
-        self.route53.get()
+        Lazy::get(&self.route53)
     }
 
     /// The SQS client.
     pub(crate) fn sqs(&self) -> &aws_sdk_sqs::Client {
-        self.sqs.get()
+        Lazy::get(&self.sqs)
     }
 
     /// The EventBridge client.
     pub(crate) fn events(&self) -> &aws_sdk_eventbridge::Client {
-        self.events.get()
+        Lazy::get(&self.events)
     }
 
     /// The Price List client.
     pub(crate) fn pricing(&self) -> &aws_sdk_pricing::Client {
-        self.pricing.get()
+        Lazy::get(&self.pricing)
     }
 
     /// How many HTTP requests this handle's clients have sent to AWS so far

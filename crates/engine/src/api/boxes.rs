@@ -95,7 +95,13 @@ pub(super) fn live(state: &ApiState) -> (Option<i64>, Vec<spotkeeper_cloud::Inst
     match state.seen.get() {
         Some((at, obs)) => (
             Some(crate::store::unix_seconds(at)),
-            crate::boxes::live_sorted(obs.instances.iter().cloned()),
+            // Boxes' only: a pool's thousands of instances are not copied.
+            crate::boxes::live_sorted(
+                obs.instances
+                    .iter()
+                    .filter(|i| i.tag(tags::BOX).is_some())
+                    .cloned(),
+            ),
         ),
         None => (None, Vec::new()),
     }

@@ -22,17 +22,19 @@ pub(super) async fn pool_views(
             format!("no pool named {name:?}"),
         ));
     }
-    let (observed_at, instances, requests) = match state.seen.get() {
+    // The daemon's last observation, borrowed: nothing described, nothing copied.
+    let seen = state.seen.get();
+    let (observed_at, instances, requests): (Option<i64>, &[_], &[_]) = match &seen {
         Some((at, obs)) => (
-            Some(crate::store::unix_seconds(at)),
-            obs.instances.clone(),
-            obs.requests.clone(),
+            Some(crate::store::unix_seconds(*at)),
+            &obs.instances,
+            &obs.requests,
         ),
-        None => (None, Default::default(), Vec::new()),
+        None => (None, &[], &[]),
     };
     let views = crate::pools::view::view_of(
-        &instances,
-        &requests,
+        instances,
+        requests,
         observed_at,
         &state.store,
         &state.config.owner,
