@@ -10,7 +10,7 @@ use spotkeeper_cloud::prelude::*;
 use std::collections::HashMap;
 
 use spotkeeper_cloud::model::tags;
-use spotkeeper_cloud::{Instance, InstanceState, Market, Offering};
+use spotkeeper_cloud::{Instance, InstanceId, InstanceState, Market, Offering};
 use tokio::time::Instant;
 
 use super::Daemon;
@@ -104,12 +104,16 @@ impl Daemon<'_> {
             .collect();
         let (mut acted, mut ignored) = (Vec::new(), Vec::new());
         for id in event.kind.instances() {
-            // Re-read the instance (one targeted describe, not a pass):
-            // events arrive late, twice, or out of order.
-            let Some(instance) = self.cloud.instance(id).await? else {
-                continue;
+            let instance = match self.known_spot_instance(event, id) {
+                Some(i) => i,
+                // Re-read the instance (one targeted describe, not a pass):
+                // events arrive late, twice, or out of order.
+                None => match self.cloud.instance(id).await? {
+                    Some(i) => i,
+                    None => continue,
+                },
             };
-            tracing::debug!(%id, "event: instance re-read");
+            tracing::debug!(%id, "event: instance read");
             if instance.tag(tags::OWNER) != Some(self.config.owner.as_str()) {
                 continue;
             }
@@ -142,6 +146,37 @@ impl Daemon<'_> {
         self.wake.notify_one();
         self.metrics.event(event.kind.name());
         Ok(Handled::Acted(acted.join("; ")))
+    }
+
+    /// The instance a spot warning or rebalance recommendation names, from
+    /// the last observation, when it shows it as this owner's live spot
+    /// instance: the describe would tell nothing more. For these notices
+    /// the checks are the owner tag, the box or pool tag and the market
+    /// (see [`disagrees`]), none of which AWS changes on a live instance
+    /// (a tag is only changed by someone with the account's rights). So a
+    /// forged message still acts only on an instance the daemon already
+    /// knows as its own live spot instance, as it would after a describe,
+    /// and the replacement's launch does not wait a describe (57 ms of the
+    /// 71 ms between a message and its launch against the emulator). A
+    /// state change, or an instance the observation does not show as live
+    /// and ours, is described.
+    fn known_spot_instance(&self, event: &events::Event, id: &InstanceId) -> Option<Instance> {
+        if !matches!(
+            event.kind,
+            Notice::SpotInterruption { .. } | Notice::Rebalance { .. }
+        ) {
+            return None;
+        }
+        let obs = self.last_observation()?;
+        obs.instances
+            .iter()
+            .find(|i| {
+                i.id == *id
+                    && i.tag(tags::OWNER) == Some(self.config.owner.as_str())
+                    && i.market == Market::Spot
+                    && matches!(i.state, InstanceState::Pending | InstanceState::Running)
+            })
+            .cloned()
     }
 
     /// A pool's instance: doomed on a warning (the pool pass refills it).

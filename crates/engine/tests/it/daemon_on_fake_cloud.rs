@@ -115,6 +115,54 @@ async fn a_spot_warning_marks_the_offering_and_the_pass_replaces_the_box_elsewhe
 }
 
 #[tokio::test]
+async fn a_spot_warning_for_an_instance_the_daemon_observed_acts_without_a_describe() {
+    let (cloud, store, locks, cfg) = setup("").await;
+    let ctx = ctx(&cloud, &store, locks.path());
+    let first = up(&ctx, &cfg).await;
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
+    // Before any pass there is no observation: the instance is described.
+    let described = cloud.count("DescribeInstances");
+    let out = daemon
+        .handle(&warning("spot", first.id.as_str(), "w0"))
+        .await
+        .expect("handled");
+    assert!(matches!(out, Handled::Acted(_)), "{out:?}");
+    assert_eq!(cloud.count("DescribeInstances"), described + 1);
+    // The pass replaces it and observes the replacement.
+    daemon.reconcile().await.expect("pass");
+    daemon.reconcile().await.expect("pass");
+    let second = cloud
+        .all_instances()
+        .into_iter()
+        .find(|i| i.state.is_live())
+        .expect("replacement");
+    // A warning for it now: acted on from the observation, no describe.
+    let described = cloud.count("DescribeInstances");
+    let out = daemon
+        .handle(&warning("spot", second.id.as_str(), "w1"))
+        .await
+        .expect("handled");
+    assert!(matches!(out, Handled::Acted(_)), "{out:?}");
+    assert_eq!(cloud.count("DescribeInstances"), described, "no describe");
+    // A state change says what the observation may not know: described,
+    // and not believed while AWS shows the instance running.
+    let out = daemon
+        .handle(&warning("state", second.id.as_str(), "w2"))
+        .await
+        .expect("handled");
+    assert!(matches!(out, Handled::Ignored(_)), "{out:?}");
+    assert_eq!(cloud.count("DescribeInstances"), described + 1);
+    // A warning for an instance the observation does not know: described,
+    // and someone else's changes nothing.
+    let out = daemon
+        .handle(&warning("spot", "i-0fedcba9876543210", "w3"))
+        .await
+        .expect("handled");
+    assert_eq!(out, Handled::NotOurs);
+    assert_eq!(cloud.count("DescribeInstances"), described + 2);
+}
+
+#[tokio::test]
 async fn garbage_strangers_and_ignored_rebalances_launch_nothing() {
     let (cloud, store, locks, cfg) = setup("").await;
     let ctx = ctx(&cloud, &store, locks.path());

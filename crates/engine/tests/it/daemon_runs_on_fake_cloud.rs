@@ -110,9 +110,15 @@ async fn run_deletes_handled_messages_keeps_failed_ones_and_stops_on_shutdown() 
     let test = async {
         passes(&mut passes_rx, 1).await;
         let garbage = queue.push("not json at all");
-        // The describe of the warned instance fails: the message stays.
+        // The describe of the instance a state change names fails: the
+        // message stays. (A spot warning for an instance the daemon has
+        // observed needs no describe: a state change always does.)
         cloud.fail_next("DescribeInstances", "RequestLimitExceeded");
-        let kept = queue.push(&warning(first[0].id.as_str(), "w-1"));
+        let kept = queue.push(&common::event(
+            "state-change-terminated.json",
+            first[0].id.as_str(),
+            "w-1",
+        ));
         until("the garbage deleted", Duration::from_secs(5), || {
             queue.deleted().contains(&garbage)
         })
@@ -122,7 +128,9 @@ async fn run_deletes_handled_messages_keeps_failed_ones_and_stops_on_shutdown() 
         })
         .await;
         assert!(!queue.deleted().contains(&kept), "kept for another try");
-        // Redelivered (its visibility timeout passed): handled, deleted, replaced.
+        // Redelivered (its visibility timeout passed) once AWS shows the
+        // instance going: handled, deleted, replaced.
+        cloud.set_state(&first[0].id, InstanceState::ShuttingDown);
         queue.release_in_flight();
         until("the warning deleted", Duration::from_secs(5), || {
             queue.deleted().contains(&kept)
