@@ -219,16 +219,7 @@ impl Daemon<'_> {
         obs: &Observation,
     ) -> Result<(Vec<String>, Vec<Work>), BoxError> {
         let name = spec.name.as_str();
-        let instances: Vec<&Instance> = obs
-            .instances
-            .iter()
-            .filter(|i| i.tag(tags::BOX) == Some(name))
-            .collect();
-        let requests: Vec<&SpotRequest> = obs
-            .requests
-            .iter()
-            .filter(|r| r.tag(tags::BOX) == Some(name))
-            .collect();
+        let (instances, requests) = obs.of_box(name);
         let settled = self.settled_instance(name);
         let facts = BoxFacts {
             instances: &instances,
