@@ -76,15 +76,10 @@ pub(super) async fn price_chart(
         }
         _ => return error(StatusCode::BAD_REQUEST, "name one box=NAME or pool=NAME"),
     };
-    // The chart's types only: a region's every offering is 500,000 samples
-    // a week at one reading per offering every ten minutes.
-    let mut samples = Vec::new();
-    for t in &types {
-        match state.store.price_samples_of(t, since).await {
-            Ok(s) => samples.extend(s),
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        }
-    }
+    let samples = match samples_of(&state, &types, since).await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
     let mut series: Vec<crate::charts::Series> = Vec::new();
     for p in samples
         .into_iter()
@@ -107,6 +102,20 @@ pub(super) async fn price_chart(
         since,
         until,
     }))
+}
+
+/// The samples of the chart's types only: a region's every offering is
+/// 500,000 samples a week at one reading per offering every ten minutes.
+async fn samples_of(
+    state: &ApiState,
+    types: &[String],
+    since: i64,
+) -> Result<Vec<crate::store::PriceSample>, crate::store::StoreError> {
+    let mut samples = Vec::new();
+    for t in types {
+        samples.extend(state.store.price_samples_of(t, since).await?);
+    }
+    Ok(samples)
 }
 
 /// A pool's desired and current units over the last `days`: an SVG chart.

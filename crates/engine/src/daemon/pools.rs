@@ -201,25 +201,7 @@ impl Daemon<'_> {
         } else {
             self.region_zones().await?
         };
-        // One price read for every pool without subnets: calls grow with
-        // pages, not with pools.
-        let mut types: Vec<String> = Vec::new();
-        let mut price_zones: Vec<String> = Vec::new();
-        for p in pools.iter().filter(|p| p.subnets.is_empty()) {
-            types.extend(p.types.iter().map(|t| t.instance_type.clone()));
-            price_zones.extend(p.launch.zones.clone().unwrap_or_else(|| zones.clone()));
-        }
-        types.sort();
-        types.dedup();
-        price_zones.sort();
-        price_zones.dedup();
-        let prices = if types.is_empty() || price_zones.is_empty() {
-            None
-        } else {
-            let prices = self.cloud.spot_prices(&types, &price_zones).await?;
-            self.sample_prices(&prices).await;
-            Some(prices)
-        };
+        let prices = self.pool_prices(&pools, &zones).await?;
         let world = Arc::new(World {
             requests: obs.requests.clone(),
             zones,
@@ -251,6 +233,31 @@ impl Daemon<'_> {
             })
             .collect();
         Ok((done, jobs))
+    }
+
+    /// One price read for every pool without subnets (calls grow with
+    /// pages, not with pools); `None` when no pool reads prices here.
+    async fn pool_prices(
+        &self,
+        pools: &[PoolSpec],
+        zones: &[String],
+    ) -> Result<Option<Vec<spotkeeper_cloud::SpotPrice>>, BoxError> {
+        let mut types: Vec<String> = Vec::new();
+        let mut price_zones: Vec<String> = Vec::new();
+        for p in pools.iter().filter(|p| p.subnets.is_empty()) {
+            types.extend(p.types.iter().map(|t| t.instance_type.clone()));
+            price_zones.extend(p.launch.zones.clone().unwrap_or_else(|| zones.to_vec()));
+        }
+        types.sort();
+        types.dedup();
+        price_zones.sort();
+        price_zones.dedup();
+        if types.is_empty() || price_zones.is_empty() {
+            return Ok(None);
+        }
+        let prices = self.cloud.spot_prices(&types, &price_zones).await?;
+        self.sample_prices(&prices).await;
+        Ok(Some(prices))
     }
 
     /// One pool's pass (a task); failures are recorded, not returned.
