@@ -7,6 +7,7 @@ pub mod demand;
 pub mod pass;
 pub mod plan;
 pub mod view;
+pub mod world;
 
 pub use crate::config::{Demand, PoolSpec, PoolType};
 
