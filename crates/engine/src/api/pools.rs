@@ -154,39 +154,7 @@ pub(super) async fn delete_pool(
     {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
-    let filter = crate::boxes::owner_filter(&state.config.owner).with(tags::POOL, &name);
-    let down = async {
-        let requests: Vec<_> = state
-            .cloud
-            .spot_requests(&filter)
-            .await?
-            .into_iter()
-            .filter(|r| {
-                matches!(
-                    r.state,
-                    spotkeeper_cloud::SpotRequestState::Open
-                        | spotkeeper_cloud::SpotRequestState::Active
-                )
-            })
-            .map(|r| r.id)
-            .collect();
-        if !requests.is_empty() {
-            state.cloud.cancel_spot_requests(&requests).await?;
-        }
-        let instances: Vec<_> = state
-            .cloud
-            .instances(&filter)
-            .await?
-            .into_iter()
-            .filter(|i| i.state.is_live())
-            .map(|i| i.id)
-            .collect();
-        if !instances.is_empty() {
-            state.cloud.terminate(&instances).await?;
-        }
-        Ok::<_, spotkeeper_cloud::CloudError>((requests.len(), instances.len()))
-    };
-    match down.await {
+    match crate::pools::take_down(state.cloud.as_ref(), &state.config.owner, &name).await {
         Ok((cancelled, terminated)) => {
             let _ = state
                 .store
