@@ -61,17 +61,8 @@ impl Store {
             "DELETE FROM instances_seen WHERE owner = $1 AND last_seen < $2",
             "DELETE FROM events WHERE owner = $1 AND at < $2",
             "DELETE FROM pool_samples WHERE owner = $1 AND at < $2",
-        ] {
-            n += sqlx::query(sql)
-                .bind(owner)
-                .bind(before)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-        }
-        // Closed launches are history; each box keeps its newest intent,
-        // whose generation the next launch's token counts on.
-        for sql in [
+            // Closed launches are history; each box keeps its newest intent,
+            // whose generation the next launch's token counts on.
             "DELETE FROM intents WHERE owner = $1 AND closed_at IS NOT NULL AND closed_at < $2
              AND generation < (SELECT MAX(i2.generation) FROM intents i2 WHERE i2.owner = intents.owner AND i2.box = intents.box)",
             "DELETE FROM pool_launches WHERE owner = $1 AND closed_at IS NOT NULL AND closed_at < $2",
@@ -252,26 +243,6 @@ impl Store {
         )
         .bind(since)
         .bind(instance_type)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// Price samples since `since` (with the one in effect at `since`), by
-    /// offering then time.
-    pub async fn price_samples(&self, since: i64) -> Result<Vec<PriceSample>, StoreError> {
-        Ok(sqlx::query_as::<_, PriceSample>(
-            // The samples since, by the index on `at`; then, per offering
-            // (latest_prices lists them: a few hundred rows, not every
-            // sample), the one in effect at `since`, by the offering index.
-            "SELECT instance_type, zone, at, price FROM price_samples WHERE at >= $1
-             UNION ALL
-             SELECT s.instance_type, s.zone, s.at, s.price FROM latest_prices l
-             JOIN price_samples s ON s.instance_type = l.instance_type AND s.zone = l.zone
-                 AND s.at = (SELECT MAX(p.at) FROM price_samples p
-                             WHERE p.instance_type = l.instance_type AND p.zone = l.zone AND p.at < $1)
-             ORDER BY instance_type, zone, at",
-        )
-        .bind(since)
         .fetch_all(&self.pool)
         .await?)
     }
