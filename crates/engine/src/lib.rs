@@ -45,4 +45,5 @@ pub mod progress;
 pub mod ready;
 pub mod store;
 pub mod subject;
+pub mod tag_index;
 mod tls;

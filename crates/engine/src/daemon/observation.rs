@@ -7,6 +7,8 @@ use std::sync::Arc;
 use spotkeeper_cloud::{Instance, InstanceId, SpotPrice, SpotRequest};
 
 use super::tasks::Subject;
+use crate::tag_index::TagIndex;
+use spotkeeper_cloud::model::tags;
 
 /// One observation of the world, shared by the boxes and pools of a pass
 /// and kept for the fast path.
@@ -31,45 +33,33 @@ pub struct Observation {
     pub by_box: BoxIndex,
 }
 
-/// The positions of each box's instances and spot requests in an
-/// [`Observation`], built on first use: a pass over 2,000 boxes looks at
-/// each instance once, not once per box.
+/// An [`Observation`]'s instances and spot requests by box, built on first
+/// use ([`TagIndex`]): a pass over 2,000 boxes looks at each instance once,
+/// not once per box.
 #[derive(Debug, Clone, Default)]
-pub struct BoxIndex(std::sync::OnceLock<HashMap<String, Positions>>);
-
-/// Positions of one box's instances and of its spot requests.
-type Positions = (Vec<usize>, Vec<usize>);
+pub struct BoxIndex(std::sync::OnceLock<(TagIndex, TagIndex)>);
 
 impl Observation {
     /// The instances and spot requests tagged for box `name`.
     pub fn of_box(&self, name: &str) -> (Vec<&Instance>, Vec<&SpotRequest>) {
-        let index = self.by_box.0.get_or_init(|| {
-            fn slot<'m>(by: &'m mut HashMap<String, Positions>, name: &str) -> &'m mut Positions {
-                if !by.contains_key(name) {
-                    by.insert(name.to_owned(), Default::default());
-                }
-                by.get_mut(name).expect("just inserted")
-            }
-            let mut by = HashMap::new();
-            for (n, i) in self.instances.iter().enumerate() {
-                if let Some(b) = i.tag(spotkeeper_cloud::model::tags::BOX) {
-                    slot(&mut by, b).0.push(n);
-                }
-            }
-            for (n, r) in self.requests.iter().enumerate() {
-                if let Some(b) = r.tag(spotkeeper_cloud::model::tags::BOX) {
-                    slot(&mut by, b).1.push(n);
-                }
-            }
-            by
+        let (instances, requests) = self.by_box.0.get_or_init(|| {
+            (
+                TagIndex::build(&self.instances, |i| i.tag(tags::BOX)),
+                TagIndex::build(&self.requests, |r| r.tag(tags::BOX)),
+            )
         });
-        match index.get(name) {
-            Some((i, r)) => (
-                i.iter().map(|&n| &self.instances[n]).collect(),
-                r.iter().map(|&n| &self.requests[n]).collect(),
-            ),
-            None => (Vec::new(), Vec::new()),
-        }
+        (
+            instances
+                .of(name)
+                .iter()
+                .map(|&n| &self.instances[n])
+                .collect(),
+            requests
+                .of(name)
+                .iter()
+                .map(|&n| &self.requests[n])
+                .collect(),
+        )
     }
 }
 

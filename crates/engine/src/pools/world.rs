@@ -8,6 +8,7 @@ use spotkeeper_cloud::{Instance, InstanceId, InstanceState, SpotRequest};
 
 use super::PoolSpec;
 use super::plan::Member;
+use crate::tag_index::TagIndex;
 
 /// What a pass of all pools observed once: every instance and spot request
 /// with the owner tag, the region's zones, and the instances warned of
@@ -29,51 +30,19 @@ pub struct World {
     pub index: PoolIndex,
 }
 
-/// The positions in [`World::instances`] of each pool's instances: a pass
-/// over 50 pools looks at each instance twice, not once per pool. One array
-/// of positions grouped by pool, and each pool's range in it: a handful of
-/// allocations, not one growing list per pool.
+/// [`World::instances`] by pool, built on first use ([`TagIndex`]): a pass
+/// over 50 pools looks at each instance twice, not once per pool.
 #[derive(Debug, Default)]
-pub struct PoolIndex(std::sync::OnceLock<PoolRanges>);
-
-#[derive(Debug)]
-struct PoolRanges {
-    positions: Vec<usize>,
-    ranges: std::collections::HashMap<String, std::ops::Range<usize>>,
-}
+pub struct PoolIndex(std::sync::OnceLock<TagIndex>);
 
 impl World {
     /// The live members of `spec`'s pool (borrowing from the world).
     pub fn members(&self, spec: &PoolSpec) -> Vec<Member<'_>> {
-        let index = self.index.0.get_or_init(|| {
-            // Count each pool's instances, give each a range, then fill.
-            let mut slots: std::collections::HashMap<&str, (usize, usize)> =
-                std::collections::HashMap::new();
-            for i in self.instances.iter() {
-                if let Some(pool) = i.tag(tags::POOL) {
-                    slots.entry(pool).or_default().0 += 1;
-                }
-            }
-            let mut ranges = std::collections::HashMap::with_capacity(slots.len());
-            let mut start = 0;
-            for (pool, (count, next)) in slots.iter_mut() {
-                ranges.insert((*pool).to_owned(), start..start + *count);
-                *next = start;
-                start += *count;
-            }
-            let mut positions = vec![0; start];
-            for (n, i) in self.instances.iter().enumerate() {
-                if let Some(slot) = i.tag(tags::POOL).and_then(|p| slots.get_mut(p)) {
-                    positions[slot.1] = n;
-                    slot.1 += 1;
-                }
-            }
-            PoolRanges { positions, ranges }
-        });
-        let at = index
-            .ranges
-            .get(spec.name.as_str())
-            .map_or(&[][..], |r| &index.positions[r.clone()]);
+        let index = self
+            .index
+            .0
+            .get_or_init(|| TagIndex::build(&self.instances, |i| i.tag(tags::POOL)));
+        let at = index.of(&spec.name);
         members(spec, at.iter().map(|&n| &self.instances[n]), &self.doomed)
     }
 }
