@@ -86,6 +86,10 @@ kinds! {
     Updated = "updated",
     /// A box's DNS record was set.
     Dns = "dns",
+    /// A box's `on_interruption` hook ran on the warned instance (exit 0).
+    Hook = "hook",
+    /// The hook failed, timed out, or could not be started.
+    HookFailed = "hook-failed",
     /// A managed box is in neither the config nor the store.
     UnknownBox = "unknown-box",
     /// A registered box's stored spec does not parse.

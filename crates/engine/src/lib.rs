@@ -32,6 +32,7 @@ pub mod dns;
 pub mod event_kind;
 pub mod events;
 pub mod fence;
+pub mod hook;
 pub mod images;
 pub mod lock;
 pub mod metrics;

@@ -351,7 +351,8 @@ async fn release(
     for (instance, _) in &v.attachments {
         // A volume is never taken from a live instance spotkeeper does not
         // own: that is someone else's machine using it.
-        if let Some(holder) = cloud.instance(instance).await?
+        let holder = cloud.instance(instance).await?;
+        if let Some(holder) = &holder
             && holder.state.is_live()
             && holder.tag(tags::OWNER) != Some(owner)
         {
@@ -365,8 +366,13 @@ async fn release(
                 ),
             ));
         }
-        // A doomed holder (its replacement runs now) is let go at once.
+        // A doomed holder (its replacement runs now) is let go at once, or
+        // once its `on_interruption` hook has finished or run out of time
+        // (the gate its runner tagged; see `crate::hook`).
         if doomed.contains(instance) {
+            if let Some(holder) = holder.as_ref().filter(|h| h.state.is_live()) {
+                crate::hook::wait(cloud, holder).await?;
+            }
             cloud.terminate(std::slice::from_ref(instance)).await?;
         }
         let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;

@@ -110,6 +110,13 @@ pub fn refuse_code(config: &Config, body: &Value) -> Result<(), String> {
                     .into(),
             );
         }
+        if body.get("on_interruption").is_some() {
+            return Err(
+                "on_interruption: the daemon would run a command of the caller's choosing \
+                        on the box; not accepted through the API unless [api] allow_commands = true"
+                    .into(),
+            );
+        }
         if body.get("ssh").is_some() {
             return Err("ssh: the daemon would connect where the caller says; \
                         not accepted through the API unless [api] allow_commands = true"

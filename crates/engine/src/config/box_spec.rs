@@ -76,6 +76,11 @@ pub struct BoxSpec {
     /// (`price_cap = "aws"`: sent as the spot `MaxPrice`, so AWS interrupts
     /// above it, as the original launcher's bid did).
     pub price_cap: PriceCap,
+    /// `on_interruption`: run on the instance when its spot warning arrives.
+    pub on_interruption: Option<super::OnInterruption>,
+    /// `agent = true`: `spotkeeper agent` on the instance watches for the
+    /// warning itself and runs the hook (the daemon then only waits for it).
+    pub agent: bool,
 }
 
 /// How many stop snapshots of a volume are kept unless the config says `keep`.
@@ -221,6 +226,8 @@ pub(super) fn validate_box(
             .unwrap_or_default(),
         replace_on_rebalance: b.on_rebalance == Some(OnRebalance::Replace),
         price_cap: b.price_cap.unwrap_or_default(),
+        on_interruption: super::interruption::on_interruption(b.on_interruption, at)?,
+        agent: b.agent.unwrap_or(false),
     })
 }
 

@@ -21,6 +21,7 @@ mod box_spec;
 mod database;
 pub mod demand_hosts;
 mod error;
+mod interruption;
 mod keywords;
 mod launch;
 mod pool_spec;
@@ -45,6 +46,7 @@ pub use box_spec::{
 pub use database::DatabaseUrl;
 pub use demand_hosts::DemandHost;
 pub use error::ConfigError;
+pub use interruption::{DEFAULT_HOOK_TIMEOUT, MAX_HOOK_TIMEOUT, OnInterruption};
 pub use launch::LaunchTemplate;
 pub use pool_spec::{
     DEFAULT_DEMAND_TIMEOUT, DEFAULT_SCALE_DOWN_AFTER, Demand, MAX_CAPACITY_LIMIT,

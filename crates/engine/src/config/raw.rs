@@ -106,6 +106,8 @@ pub(crate) struct RawBox {
     pub(crate) on_rebalance: Option<OnRebalance>,
     pub(crate) price_cap: Option<PriceCap>,
     pub(crate) metadata: Option<RawMetadata>,
+    pub(crate) on_interruption: Option<Spanned<super::interruption::RawOnInterruption>>,
+    pub(crate) agent: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -506,3 +506,52 @@ fn the_fingerprint_follows_the_boxes_and_pools_not_the_machine_or_the_layout() {
     );
     assert_ne!(fp(&with_pool), same);
 }
+
+#[test]
+fn on_interruption_is_one_command_with_a_timeout_inside_the_two_minutes() {
+    let with = |hook: &str| GOOD.replace("tags =", &format!("on_interruption = {hook}\ntags ="));
+    let c = parse(
+        Path::new("x.toml"),
+        &with(r#"{ command = "systemctl stop app && sync" }"#),
+    )
+    .expect("valid");
+    let b = c.box_spec("dev").expect("box");
+    let h = b.on_interruption.as_ref().expect("hook");
+    assert_eq!(h.command, "systemctl stop app && sync");
+    assert_eq!(h.timeout, DEFAULT_HOOK_TIMEOUT);
+    assert!(!b.agent);
+    let c = parse(
+        Path::new("x.toml"),
+        &with(r#"{ command = "sync", timeout = "20s" }"#).replace("tags =", "agent = true\ntags ="),
+    )
+    .expect("valid");
+    let b = c.box_spec("dev").expect("box");
+    assert_eq!(
+        b.on_interruption.as_ref().expect("hook").timeout,
+        Duration::from_secs(20)
+    );
+    assert!(b.agent);
+
+    for (hook, says) in [
+        (r#"{ command = " " }"#, "on_interruption.command is empty"),
+        (r#"{ command = "a\nb" }"#, "must be one line"),
+        (
+            r#"{ command = "sync", timeout = "3m" }"#,
+            "on_interruption.timeout must be at most 1m 40s",
+        ),
+        (
+            r#"{ command = "sync", timeout = "soon" }"#,
+            "on_interruption.timeout",
+        ),
+        (
+            r#"{ command = "sync", tiemout = "1s" }"#,
+            "unknown field `tiemout`",
+        ),
+    ] {
+        let e = err(&with(hook));
+        assert!(
+            e.to_string().starts_with("/cfg/spotkeeper.toml:10:") && e.to_string().contains(says),
+            "{hook}: {e}"
+        );
+    }
+}

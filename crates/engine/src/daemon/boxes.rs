@@ -127,6 +127,8 @@ pub fn plan_box(spec: &BoxSpec, facts: &BoxFacts<'_>) -> Vec<Step> {
         .iter()
         .filter(|i| facts.doomed.contains(&i.id) && i.state.is_live())
         .filter(|i| settled || facts.long_doomed.contains(&i.id))
+        // Not while its `on_interruption` hook runs (bounded by the gate's deadline).
+        .filter(|i| crate::hook::holds(i, facts.now).is_none())
         .map(|i| i.id.clone())
         .collect();
     if !going.is_empty() {
@@ -503,6 +505,8 @@ impl Daemon<'_> {
             .await?
             .into_iter()
             .filter(|i| doomed.contains(&i.id) && i.state.is_live() && &i.id != keep)
+            // One whose hook still runs is retired by a later pass.
+            .filter(|i| crate::hook::holds(i, self.clock.now()).is_none())
             .map(|i| i.id)
             .collect();
         if !old.is_empty() {

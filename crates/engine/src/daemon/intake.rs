@@ -273,6 +273,12 @@ impl Daemon<'_> {
         // pass reads the doomed instance.
         let held = self.holds(&Subject::Box(box_name.to_owned()));
         if let Some(spec) = spec.filter(|_| held) {
+            // The hook's gate first: the replacement may settle before the
+            // hook would otherwise have said it runs.
+            if matches!(event.kind, Notice::SpotInterruption { .. }) {
+                self.start_hook(instance, &spec, event.time.as_deref())
+                    .await;
+            }
             self.fast_path(spec);
         }
         if !held && let Err(e) = self.store.wake_daemons(&self.config.owner, box_name).await {

@@ -23,6 +23,7 @@
 mod boxes;
 mod fenced;
 pub mod health;
+mod hooks;
 mod intake;
 pub mod leases;
 mod marks;
@@ -115,6 +116,8 @@ struct Memory {
     last: Option<Arc<Observation>>,
     epochs: HashMap<Subject, u64>,
     fast: Option<mpsc::UnboundedSender<Job>>,
+    /// The hook loop's inbox, while [`Daemon::run`] runs.
+    hooks: Option<mpsc::UnboundedSender<hooks::HookJob>>,
     reported_unknown: HashSet<String>,
     /// What was last said of a state (`replace-failed:dev` → its reason):
     /// the same again records no event (and so sends no notification).
@@ -787,9 +790,11 @@ impl<'a> Daemon<'a> {
     /// once; the next daemon resumes it.
     pub async fn run(&self, queue: &dyn EventQueue, shutdown: watch::Receiver<bool>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (hook_tx, hook_rx) = mpsc::unbounded_channel();
         {
             let mut m = self.lock_memory();
             m.fast = Some(tx);
+            m.hooks = Some(hook_tx);
             if m.account.is_none() {
                 m.account = queue.account();
             }
@@ -801,9 +806,15 @@ impl<'a> Daemon<'a> {
                 .instrument(tracing::info_span!("leases")),
             self.listen_loop(shutdown.clone())
                 .instrument(tracing::info_span!("leases")),
+            self.hook_loop(hook_rx, shutdown.clone())
+                .instrument(tracing::info_span!("hooks")),
             self.reconcile_loop(rx, shutdown)
         );
-        self.lock_memory().fast = None;
+        {
+            let mut m = self.lock_memory();
+            m.fast = None;
+            m.hooks = None;
+        }
         self.leave().await;
     }
 

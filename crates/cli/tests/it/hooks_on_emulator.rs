@@ -1,0 +1,219 @@
+//! `on_interruption` against the emulator: on a spot warning the daemon runs
+//! the box's hook on the warned instance (over SSH, here the test's sshd on
+//! loopback) beside the replacement, and hands the data volume over only
+//! after the hook ended or was cut at its timeout. The order is proven by
+//! recorded times: the calls' arrival at the emulator's proxy and the times
+//! the hook itself wrote.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use spotkeeper_testkit::Sshd;
+
+use crate::common::{CONFIG, Cli, Serve};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/fixtures/events");
+
+fn config(cli: &Cli, sshd: &Sshd, hook: &str) -> String {
+    CONFIG
+        .replace(
+            "[aws]",
+            &format!(
+                "[daemon]\ninterval = \"1h\"\n\n[api]\nlisten = \"127.0.0.1:{}\"\n\n[aws]\nendpoint_url = \"{}\"",
+                spotkeeper_testkit::closed_port(),
+                cli.moto.proxy_endpoint()
+            ),
+        )
+        .replace(
+            "tags =",
+            &format!(
+                "data_volume = {{ name = \"dev-data\", size_gb = 5 }}\n\
+                 ssh = {{ user = \"{}\", key_file = \"{}\", port = {}, host = \"127.0.0.1\", known_hosts = \"{}\" }}\n\
+                 on_interruption = {hook}\ntags =",
+                sshd.user(),
+                sshd.key_file().display(),
+                sshd.port(),
+                sshd.known_hosts().display()
+            ),
+        )
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+}
+
+/// The warning for `instance`, issued now (as EventBridge would).
+fn warn(cli: &Cli, instance: &str) {
+    let time = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let body = std::fs::read_to_string(format!("{FIXTURES}/spot-interruption-warning.json"))
+        .expect("fixture")
+        .replace("i-1234567890abcdef0", instance)
+        .replace("2026-11-02T09:59:19Z", &time);
+    cli.moto.boto(&format!(
+        "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-clitest-events')['QueueUrl']\nsqs.send_message(QueueUrl=u, MessageBody={})",
+        serde_json::to_string(&body).expect("quoted")
+    ));
+}
+
+/// The instance the data volume is attached to, if any.
+fn volume_holder(cli: &Cli) -> Option<String> {
+    let out = cli.moto.boto(
+        "v = ec2.describe_volumes(Filters=[{'Name': 'tag:Name', 'Values': ['dev-data']}])['Volumes']\n\
+         print(json.dumps([a['InstanceId'] for x in v for a in x['Attachments']]))",
+    );
+    let held: Vec<String> = serde_json::from_str(out.trim()).expect("json");
+    held.into_iter().next()
+}
+
+/// Arrival times at the proxy of `action` calls made after `since`.
+fn calls(cli: &Cli, action: &str, since: f64) -> Vec<f64> {
+    let stats: Value = serde_json::from_str(&cli.moto.proxy_stats()).expect("proxy stats");
+    stats["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .filter(|c| c[2] == action)
+        .filter_map(|c| c[0].as_f64())
+        .filter(|t| *t >= since)
+        .collect()
+}
+
+fn read_time(path: &Path) -> Option<f64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Waits until the data volume is attached to an instance other than `old`.
+fn wait_moved(cli: &Cli, old: &str, within: Duration, serve: &Serve) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(holder) = volume_holder(cli).filter(|h| h != old) {
+            return holder;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the volume did not move within {within:?}\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn hook_events(cli: &Cli) -> Vec<Vec<String>> {
+    cli.state_rows("SELECT kind, message FROM events WHERE kind LIKE 'hook%' ORDER BY id")
+}
+
+#[test]
+fn the_hook_runs_beside_the_replacement_and_the_volume_moves_after_it() {
+    let sshd = Sshd::start();
+    let marks = tempfile::tempdir().expect("tempdir");
+    let (start, end) = (marks.path().join("start"), marks.path().join("end"));
+    let hook = format!(
+        "{{ command = \"date +%s.%N > {}; sleep 3; date +%s.%N > {}\", timeout = \"30s\" }}",
+        start.display(),
+        end.display()
+    );
+    let cli = Cli::with_config(CONFIG);
+    cli.write_config(&config(&cli, &sshd, &hook));
+    cli.ok(&["setup"]);
+    let first = cli.json(&["up", "dev", "--json"]);
+    let old = first["instance_id"].as_str().expect("id").to_owned();
+    assert_eq!(volume_holder(&cli).as_deref(), Some(old.as_str()));
+    let serve = Serve::start(&cli);
+
+    let sent = now();
+    warn(&cli, &old);
+    let new = wait_moved(&cli, &old, Duration::from_secs(60), &serve);
+    let attached = now();
+
+    let started = read_time(&start).expect("the hook started");
+    let ended = read_time(&end).expect("the hook ended");
+    let launch = calls(&cli, "RunInstances", sent);
+    let gate = calls(&cli, "CreateTags", sent);
+    let terminate = calls(&cli, "TerminateInstances", sent);
+    let attach = calls(&cli, "AttachVolume", sent);
+    let log = serve.log();
+    assert_eq!(launch.len(), 1, "one replacement: {launch:?}\n{log}");
+    // The gate is set before the replacement is asked for ...
+    assert!(
+        gate[0] < launch[0],
+        "gate {gate:?}, launch {launch:?}\n{log}"
+    );
+    // ... the replacement does not wait for the hook ...
+    assert!(
+        launch[0] < ended,
+        "launch {launch:?}, hook ended {ended}\n{log}"
+    );
+    assert!(started < ended);
+    // ... and the old instance and its volume are let go only after it.
+    assert_eq!(terminate.len(), 1, "{terminate:?}\n{log}");
+    assert!(
+        ended < terminate[0],
+        "hook ended {ended}, terminate {terminate:?}\n{log}"
+    );
+    assert!(terminate[0] <= attach[0], "{terminate:?} {attach:?}\n{log}");
+    assert!(
+        attached - sent < 30.0,
+        "moved {:.1} s after the warning",
+        attached - sent
+    );
+    assert_ne!(new, old);
+
+    // Recorded (and so notified) with its status and duration; the outcome
+    // is on the instance for every other daemon.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hook_events(&cli).is_empty() {
+        assert!(Instant::now() < deadline, "no hook event\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let events = hook_events(&cli);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0][0], "hook");
+    assert!(events[0][1].contains("exited 0 after 3."), "{events:?}");
+    let tag = cli.moto.boto(&format!(
+        "t = ec2.describe_tags(Filters=[{{'Name': 'resource-id', 'Values': ['{old}']}}, {{'Name': 'key', 'Values': ['spotkeeper:hook']}}])['Tags']\nprint(t[0]['Value'] if t else '')"
+    ));
+    assert_eq!(tag.trim(), "done");
+    assert!(serve.stop().success());
+}
+
+#[test]
+fn a_hook_that_hangs_is_cut_at_its_timeout_and_the_volume_still_moves() {
+    let sshd = Sshd::start();
+    let hook = "{ command = \"sleep 600\", timeout = \"3s\" }";
+    let cli = Cli::with_config(CONFIG);
+    cli.write_config(&config(&cli, &sshd, hook));
+    cli.ok(&["setup"]);
+    let first = cli.json(&["up", "dev", "--json"]);
+    let old = first["instance_id"].as_str().expect("id").to_owned();
+    let serve = Serve::start(&cli);
+
+    let sent = now();
+    warn(&cli, &old);
+    wait_moved(&cli, &old, Duration::from_secs(60), &serve);
+    let attach = calls(&cli, "AttachVolume", sent);
+    let log = serve.log();
+    // Cut at 3 s, not waited for 600 s; well inside the two minutes.
+    assert!(
+        attach[0] - sent >= 3.0,
+        "attached {:.1} s after\n{log}",
+        attach[0] - sent
+    );
+    assert!(
+        attach[0] - sent < 20.0,
+        "attached {:.1} s after\n{log}",
+        attach[0] - sent
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hook_events(&cli).is_empty() {
+        assert!(Instant::now() < deadline, "no hook event\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let events = hook_events(&cli);
+    assert_eq!(events[0][0], "hook-failed", "{events:?}");
+    assert!(events[0][1].contains("cut at its timeout"), "{events:?}");
+    assert!(serve.stop().success());
+}
