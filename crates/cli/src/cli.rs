@@ -113,6 +113,24 @@ pub enum Command {
         #[arg(long)]
         insecure_listen: bool,
     },
+    /// On a box's instance: watch the metadata service (IMDSv2) for the spot warning, then run the hook, unmount the data volume and tag the outcome on the instance.
+    Agent {
+        /// The hook, run with `sh -c` when the warning appears.
+        #[arg(long, value_name = "CMD")]
+        on_interruption: Option<String>,
+        /// Cut the hook after this long (at most 100s; never past what the warning leaves for the volume).
+        #[arg(long, default_value = "90s", value_name = "DURATION")]
+        timeout: String,
+        /// The data volume's mount point: synced and unmounted after the hook.
+        #[arg(long, value_name = "DIR")]
+        mount: Option<PathBuf>,
+        /// How often to ask the metadata service.
+        #[arg(long, default_value = "2s", value_name = "DURATION")]
+        poll: String,
+        /// Records that the warning was handled, so a restarted agent does not run the hook again.
+        #[arg(long, value_name = "FILE")]
+        done_file: Option<PathBuf>,
+    },
     /// Print a least-privilege IAM policy for everything spotkeeper calls, scoped by the owner tag.
     IamPolicy,
     /// Add storage to a box.

@@ -28,7 +28,10 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 fn main() -> ExitCode {
     let args = cli::Args::parse();
     // The daemon reports what it does through its log.
-    let verbose = if matches!(args.command, cli::Command::Serve { .. }) {
+    let verbose = if matches!(
+        args.command,
+        cli::Command::Serve { .. } | cli::Command::Agent { .. }
+    ) {
         args.verbose.max(1)
     } else {
         args.verbose

@@ -19,6 +19,7 @@
 //! - `daemon`: passes, the warning fast path, tasks, marks; `notify`,
 //!   `metrics`, `cost`, `charts`, `api` (HTTP), `cleanup`.
 
+pub mod agent;
 pub mod api;
 pub mod bootstrap;
 pub mod boxes;

@@ -1,5 +1,6 @@
 //! One file per subcommand; this one dispatches and holds what they share.
 
+mod agent;
 mod cost;
 mod dns;
 mod events;
@@ -53,6 +54,22 @@ pub async fn dispatch(args: Args) -> Result<ExitCode, Failure> {
         Command::Setup => events::setup(&args).await,
         Command::Cleanup { all, yes } => events::cleanup(&args, *all, *yes).await,
         Command::IamPolicy => events::iam_policy(&args),
+        Command::Agent {
+            on_interruption,
+            timeout,
+            mount,
+            poll,
+            done_file,
+        } => {
+            agent::run(agent::Flags {
+                on_interruption,
+                timeout,
+                mount,
+                poll,
+                done_file,
+            })
+            .await
+        }
         Command::Serve { insecure_listen } => serve::run(&args, *insecure_listen).await,
         Command::Volume {
             action:

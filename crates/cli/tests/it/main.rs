@@ -1,6 +1,7 @@
 //! The cli crate's integration tests, one binary (a module per family):
 //! one link of the AWS SDK instead of one per file.
 
+mod agent_on_loopback;
 mod cli_on_emulator;
 mod common;
 mod contrib;
