@@ -116,8 +116,11 @@ pub enum Command {
     /// On a box's instance: watch the metadata service (IMDSv2) for the spot warning, then run the hook, unmount the data volume and tag the outcome on the instance.
     Agent {
         /// The hook, run with `sh -c` when the warning appears.
-        #[arg(long, value_name = "CMD")]
+        #[arg(long, value_name = "CMD", conflicts_with = "on_interruption_file")]
         on_interruption: Option<String>,
+        /// The hook, read from this file (what the boot script's unit passes).
+        #[arg(long, value_name = "FILE")]
+        on_interruption_file: Option<PathBuf>,
         /// Cut the hook after this long (at most 100s; never past what the warning leaves for the volume).
         #[arg(long, default_value = "90s", value_name = "DURATION")]
         timeout: String,

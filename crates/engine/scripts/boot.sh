@@ -20,6 +20,9 @@
 #   (/sbin/init), then reboot; from then on every boot mounts the volume's
 #   partition by device and pivot_roots into it, keeping the image's disk
 #   under /old-root.
+# - with `agent = true`: a systemd unit for `spotkeeper agent` (the hook's
+#   runner on the instance; the binary is put at /usr/local/bin/spotkeeper by
+#   the daemon, or the image has it; the unit retries until it is there).
 # - the user's own user data runs last, after the volume is mounted.
 #
 # Every setting can be overridden from the environment (the tests do).
@@ -32,6 +35,10 @@ set -eu
 : "${SK_ROOT_VOLUME:=@ROOT_VOLUME@}"
 : "${SK_ROOT_DEVICE:=@ROOT_DEVICE@}"
 : "${SK_USER_SCRIPT:=@USER_SCRIPT@}"
+: "${SK_AGENT:=@AGENT@}"
+: "${SK_AGENT_HOOK:=@AGENT_HOOK@}"
+: "${SK_AGENT_TIMEOUT:=@AGENT_TIMEOUT@}"
+: "${SK_SYSTEMCTL:=systemctl}"
 : "${SK_ROOTFS:=}"
 : "${SK_SYS_BLOCK:=/sys/block}"
 : "${SK_DEV_DIR:=/dev}"
@@ -380,6 +387,45 @@ setup_root_volume() {
     exit 0
 }
 
+# The agent's unit (`spotkeeper agent` with the box's hook, timeout and
+# data mount). The hook's text goes into a file of its own, never through
+# the unit's own quoting.
+setup_agent() {
+    etc="$SK_ROOTFS/etc/spotkeeper"
+    mkdir -p "$etc" "$SK_ROOTFS/etc/systemd/system" "$SK_ROOTFS$SK_STATE_DIR"
+    args="agent"
+    if [ -n "$SK_AGENT_HOOK" ]; then
+        echo "$SK_AGENT_HOOK" | base64 -d > "$etc/on-interruption"
+        chmod 600 "$etc/on-interruption"
+        args="$args --on-interruption-file /etc/spotkeeper/on-interruption"
+    fi
+    args="$args --timeout ${SK_AGENT_TIMEOUT}s"
+    if [ -n "$SK_DATA_MOUNT" ]; then
+        args="$args --mount $SK_DATA_MOUNT"
+    fi
+    args="$args --done-file $SK_STATE_DIR/agent-done"
+    cat > "$SK_ROOTFS/etc/systemd/system/spotkeeper-agent.service" <<UNIT
+[Unit]
+Description=spotkeeper agent: the spot warning's two minutes on this instance
+After=network-online.target
+Wants=network-online.target
+StartLimitIntervalSec=0
+
+[Service]
+ExecStart=/usr/local/bin/spotkeeper $args
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    if command -v "$SK_SYSTEMCTL" > /dev/null 2>&1; then
+        "$SK_SYSTEMCTL" daemon-reload || true
+        "$SK_SYSTEMCTL" enable --now spotkeeper-agent.service || log "could not start the agent's unit"
+    fi
+    log "agent unit installed (spotkeeper-agent.service)"
+}
+
 run_user_script() {
     [ -n "$SK_USER_SCRIPT" ] || return 0
     mkdir -p "$SK_ROOTFS$SK_STATE_DIR"
@@ -395,5 +441,8 @@ if [ -n "$SK_ROOT_VOLUME" ]; then
 fi
 if [ -n "$SK_DATA_VOLUME" ]; then
     setup_data_volume
+fi
+if [ "$SK_AGENT" = 1 ]; then
+    setup_agent
 fi
 run_user_script

@@ -44,6 +44,17 @@ pub struct BootVolumes {
     pub data: Option<BootData>,
     /// Persistent root: (volume id, device).
     pub root: Option<(String, String)>,
+    /// `agent = true`: the agent's unit, with the box's hook.
+    pub agent: Option<BootAgent>,
+}
+
+/// The agent as the boot script installs it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BootAgent {
+    /// The `on_interruption` command, if any (carried base64-encoded).
+    pub command: Option<String>,
+    /// Its timeout in seconds.
+    pub timeout_secs: u64,
 }
 
 /// The data volume as the boot script sees it.
@@ -97,7 +108,7 @@ pub fn user_data(
     volumes: &BootVolumes,
     user: Option<&str>,
 ) -> Result<Option<String>, BootError> {
-    if volumes.data.is_none() && volumes.root.is_none() {
+    if volumes.data.is_none() && volumes.root.is_none() && volumes.agent.is_none() {
         return Ok(user.map(str::to_owned));
     }
     let (dv, dd, dm, dn) = match &volumes.data {
@@ -113,6 +124,15 @@ pub fn user_data(
         Some((v, d)) => (safe("root volume", v)?, safe("device", d)?),
         None => Default::default(),
     };
+    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+    let (agent, hook, timeout) = match &volumes.agent {
+        Some(a) => (
+            "1",
+            a.command.as_deref().map(b64).unwrap_or_default(),
+            a.timeout_secs.to_string(),
+        ),
+        None => ("0", String::new(), String::new()),
+    };
     let embedded = user.filter(|u| u.starts_with("#!"));
     let script = compact(BOOT_TEMPLATE)
         .replace("@BOX@", &safe("box", box_name)?)
@@ -122,12 +142,10 @@ pub fn user_data(
         .replace("@DATA_NEW@", dn)
         .replace("@ROOT_VOLUME@", &rv)
         .replace("@ROOT_DEVICE@", &rd)
-        .replace(
-            "@USER_SCRIPT@",
-            &embedded
-                .map(|u| base64::engine::general_purpose::STANDARD.encode(u))
-                .unwrap_or_default(),
-        );
+        .replace("@AGENT@", agent)
+        .replace("@AGENT_HOOK@", &hook)
+        .replace("@AGENT_TIMEOUT@", &timeout)
+        .replace("@USER_SCRIPT@", &embedded.map(b64).unwrap_or_default());
     let out = match user {
         Some(u) if embedded.is_none() => multipart(&script, u),
         _ => script,
@@ -168,6 +186,7 @@ mod tests {
                 new: true,
             }),
             root: None,
+            agent: None,
         }
     }
 
@@ -237,6 +256,7 @@ mod tests {
                 new: false,
             }),
             root: None,
+            agent: None,
         };
         assert!(matches!(
             user_data("dev", &bad, None),

@@ -14,6 +14,7 @@ use crate::Failure;
 /// The flags, as given.
 pub struct Flags<'a> {
     pub on_interruption: &'a Option<String>,
+    pub on_interruption_file: &'a Option<PathBuf>,
     pub timeout: &'a str,
     pub mount: &'a Option<PathBuf>,
     pub poll: &'a str,
@@ -38,8 +39,19 @@ fn duration(
 }
 
 pub async fn run(flags: Flags<'_>) -> Result<ExitCode, Failure> {
+    let from_file = match flags.on_interruption_file {
+        Some(f) => Some(std::fs::read_to_string(f).map_err(|e| {
+            Failure::Usage(anyhow::anyhow!(
+                "--on-interruption-file {}: {e}",
+                f.display()
+            ))
+        })?),
+        None => None,
+    };
     let command = flags
         .on_interruption
+        .clone()
+        .or(from_file)
         .as_deref()
         .map(str::trim)
         .filter(|c| !c.is_empty())

@@ -56,6 +56,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode, Failure> {
         Command::IamPolicy => events::iam_policy(&args),
         Command::Agent {
             on_interruption,
+            on_interruption_file,
             timeout,
             mount,
             poll,
@@ -63,6 +64,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode, Failure> {
         } => {
             agent::run(agent::Flags {
                 on_interruption,
+                on_interruption_file,
                 timeout,
                 mount,
                 poll,

@@ -15,17 +15,17 @@ use spotkeeper_testkit::Moto;
 const TOKEN: &str = "AQAEAFakeSessionToken==";
 
 #[derive(Default)]
-struct Imds {
-    instance: String,
-    action: Option<String>,
+pub(crate) struct Imds {
+    pub(crate) instance: String,
+    pub(crate) action: Option<String>,
     /// Metadata reads that came with the session token.
-    reads: u32,
+    pub(crate) reads: u32,
     /// Metadata reads without it (answered 401).
-    tokenless: u32,
+    pub(crate) tokenless: u32,
 }
 
 /// Serves IMDSv2 on a loopback port until the process ends.
-fn start_imds(state: Arc<Mutex<Imds>>) -> u16 {
+pub(crate) fn start_imds(state: Arc<Mutex<Imds>>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     std::thread::spawn(move || {
@@ -98,7 +98,7 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
-fn agent(moto: &Moto, imds: u16, hook: &str, done: &Path, log: &Path) -> Child {
+pub(crate) fn agent(moto: &Moto, imds: u16, hook: &str, done: &Path, log: &Path) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotkeeper"));
     moto.configure(&mut cmd);
     cmd.env(
@@ -231,4 +231,108 @@ fn the_agent_runs_the_hook_once_within_seconds_of_the_warning_and_tags_its_insta
     );
     // Never a metadata read without the token.
     assert_eq!(state.lock().expect("state").tokenless, 0);
+}
+
+#[test]
+fn the_boot_script_installs_an_agent_unit_that_verifies_and_carries_the_hook_verbatim() {
+    use spotkeeper_engine::bootstrap::{BootAgent, BootVolumes, user_data};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = dir.path();
+    let hook = r#"systemctl stop app && echo "it's $HOME" > /tmp/x"#;
+    let volumes = BootVolumes {
+        agent: Some(BootAgent {
+            command: Some(hook.into()),
+            timeout_secs: 45,
+        }),
+        ..BootVolumes::default()
+    };
+    let script = user_data("dev", &volumes, None)
+        .expect("generate")
+        .expect("a script");
+    // The hook travels base64-encoded: nothing in it is read by the shell.
+    assert!(!script.contains("systemctl stop app"), "{script}");
+    let path = t.join("user-data.sh");
+    std::fs::write(&path, &script).expect("write");
+    let shellcheck = Command::new("shellcheck")
+        .args(["-s", "sh"])
+        .arg(&path)
+        .output()
+        .expect("shellcheck is installed (scripts/setup)");
+    assert!(
+        shellcheck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shellcheck.stdout)
+    );
+
+    let rootfs = t.join("rootfs");
+    let calls = t.join("systemctl-calls");
+    let systemctl = t.join("systemctl");
+    std::fs::write(
+        &systemctl,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+    )
+    .expect("fake systemctl");
+    Command::new("chmod")
+        .arg("755")
+        .arg(&systemctl)
+        .status()
+        .expect("chmod");
+    let run = Command::new("sh")
+        .arg(&path)
+        .env("SK_ROOTFS", &rootfs)
+        .env("SK_STATE_DIR", "/var/lib/spotkeeper")
+        .env("SK_SYSTEMCTL", &systemctl)
+        .output()
+        .expect("run the boot script");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("etc/spotkeeper/on-interruption")).expect("hook file"),
+        hook
+    );
+    assert_eq!(
+        std::fs::read_to_string(&calls).expect("systemctl ran"),
+        "daemon-reload\nenable --now spotkeeper-agent.service\n"
+    );
+    let unit = std::fs::read_to_string(rootfs.join("etc/systemd/system/spotkeeper-agent.service"))
+        .expect("unit");
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    assert_eq!(
+        exec,
+        "/usr/local/bin/spotkeeper agent --on-interruption-file /etc/spotkeeper/on-interruption \
+         --timeout 45s --done-file /var/lib/spotkeeper/agent-done"
+    );
+
+    // systemd accepts the unit, and the binary its command line.
+    let bin = env!("CARGO_BIN_EXE_spotkeeper");
+    let verify = t.join("spotkeeper-agent.service");
+    std::fs::write(&verify, unit.replace("/usr/local/bin/spotkeeper", bin)).expect("write");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&verify)
+        .output()
+        .expect("systemd-analyze is installed (scripts/setup)");
+    let complaints = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "{complaints}"
+    );
+    let args: Vec<&str> = exec.split_whitespace().skip(1).collect();
+    let help = Command::new(bin)
+        .args(&args)
+        .arg("--help")
+        .output()
+        .expect("run");
+    assert!(
+        help.status.success(),
+        "{}",
+        String::from_utf8_lossy(&help.stderr)
+    );
 }

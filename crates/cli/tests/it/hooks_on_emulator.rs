@@ -217,3 +217,74 @@ fn a_hook_that_hangs_is_cut_at_its_timeout_and_the_volume_still_moves() {
     assert!(events[0][1].contains("cut at its timeout"), "{events:?}");
     assert!(serve.stop().success());
 }
+
+#[test]
+fn with_the_agent_the_daemon_runs_no_hook_and_hands_over_when_the_agent_says_done() {
+    use crate::agent_on_loopback::{Imds, agent, start_imds};
+    use std::sync::{Arc, Mutex};
+
+    let sshd = Sshd::start();
+    let marks = tempfile::tempdir().expect("tempdir");
+    let (ran, end) = (marks.path().join("ran"), marks.path().join("end"));
+    let command = format!(
+        "date +%s.%N >> {}; sleep 2; date +%s.%N > {}",
+        ran.display(),
+        end.display()
+    );
+    // The same command for both: a run by the daemon (over SSH to the
+    // test's sshd) would add a second line.
+    let hook = format!("{{ command = \"{command}\", timeout = \"30s\" }}\nagent = true");
+    let cli = Cli::with_config(CONFIG);
+    cli.write_config(&config(&cli, &sshd, &hook));
+    cli.ok(&["setup"]);
+    let first = cli.json(&["up", "dev", "--json"]);
+    let old = first["instance_id"].as_str().expect("id").to_owned();
+    let state = Arc::new(Mutex::new(Imds {
+        instance: old.clone(),
+        ..Imds::default()
+    }));
+    let port = start_imds(state.clone());
+    let mut on_instance = agent(
+        &cli.moto,
+        port,
+        &command,
+        &marks.path().join("done"),
+        &marks.path().join("agent.log"),
+    );
+    let serve = Serve::start(&cli);
+
+    // AWS posts the action on the instance and sends the event.
+    let due = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(120));
+    state.lock().expect("state").action = Some(format!(
+        "{{\"action\": \"terminate\", \"time\": \"{due}\"}}"
+    ));
+    let sent = now();
+    warn(&cli, &old);
+    wait_moved(&cli, &old, Duration::from_secs(60), &serve);
+    let ended = read_time(&end).expect("the hook ended");
+    let terminate = calls(&cli, "TerminateInstances", sent);
+    let log = serve.log();
+    assert!(
+        ended < terminate[0],
+        "hook ended {ended}, terminate {terminate:?}\n{log}"
+    );
+    // Handed over on the agent's word, not at the 30 s deadline.
+    assert!(
+        terminate[0] - sent < 15.0,
+        "terminated {:.1} s after\n{log}",
+        terminate[0] - sent
+    );
+    let _ = on_instance.kill();
+    let _ = on_instance.wait();
+    assert_eq!(
+        std::fs::read_to_string(&ran).expect("ran").lines().count(),
+        1,
+        "the hook ran once\n{log}"
+    );
+    assert!(
+        hook_events(&cli).is_empty(),
+        "the daemon ran no hook: {:?}",
+        hook_events(&cli)
+    );
+    assert!(serve.stop().success());
+}

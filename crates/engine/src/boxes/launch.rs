@@ -662,7 +662,17 @@ pub async fn launch_image(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<ImageId, BoxE
 
 /// The volumes the boot script attaches and mounts.
 fn boot_volumes(spec: &BoxSpec, prepared: &[persist::Prepared]) -> crate::bootstrap::BootVolumes {
-    let mut b = crate::bootstrap::BootVolumes::default();
+    let mut b = crate::bootstrap::BootVolumes {
+        agent: spec.agent.then(|| crate::bootstrap::BootAgent {
+            command: spec.on_interruption.as_ref().map(|h| h.command.clone()),
+            timeout_secs: spec
+                .on_interruption
+                .as_ref()
+                .map_or(crate::config::DEFAULT_HOOK_TIMEOUT, |h| h.timeout)
+                .as_secs(),
+        }),
+        ..Default::default()
+    };
     for p in prepared {
         match p.role {
             persist::Role::Data => {

@@ -127,6 +127,7 @@ fn data_script(t: &Path, volume: &str, mount: &Path, new: bool, user: &str) -> P
             new,
         }),
         root: None,
+        agent: None,
     };
     let script = user_data("dev", &volumes, Some(user))
         .expect("generate")
@@ -365,6 +366,7 @@ fn persistent_root_installs_a_shim_that_pivot_roots_into_the_volume() {
     let volumes = BootVolumes {
         data: None,
         root: Some(("vol-0f00d00000000000a".into(), "/dev/sdg".into())),
+        agent: None,
     };
     let script = user_data("dev", &volumes, None)
         .expect("generate")

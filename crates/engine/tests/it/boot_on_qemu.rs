@@ -52,6 +52,7 @@ fn generated(new_data_volume: bool) -> String {
             new: new_data_volume,
         }),
         root: Some((ROOT_VOLUME.into(), "/dev/sdg".into())),
+        agent: None,
     };
     let user = "#!/bin/sh\n\
         echo \"user-data: on the $(cat /etc/system-name) system; /data holds: $(cat /data/greeting 2>/dev/null || echo nothing)\"\n\
