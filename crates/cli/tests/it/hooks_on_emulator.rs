@@ -224,6 +224,8 @@ fn with_the_agent_the_daemon_runs_no_hook_and_hands_over_when_the_agent_says_don
     use std::sync::{Arc, Mutex};
 
     let sshd = Sshd::start();
+    // The agent's install (on `up` and on the replacement) lands nowhere.
+    sshd.fake_command("install", "true");
     let marks = tempfile::tempdir().expect("tempdir");
     let (ran, end) = (marks.path().join("ran"), marks.path().join("end"));
     let command = format!(
@@ -286,5 +288,54 @@ fn with_the_agent_the_daemon_runs_no_hook_and_hands_over_when_the_agent_says_don
         "the daemon ran no hook: {:?}",
         hook_events(&cli)
     );
+    assert!(
+        !sshd.calls("install").is_empty(),
+        "the agent was put on the instances"
+    );
     assert!(serve.stop().success());
+}
+
+#[test]
+fn up_with_the_agent_puts_this_binary_on_the_instance_and_the_unit_in_its_user_data() {
+    let sshd = Sshd::start();
+    let marks = tempfile::tempdir().expect("tempdir");
+    let installed = marks.path().join("installed");
+    // `install -m 0755 SRC DST`, as the SSH user would run it: the copy is kept here.
+    sshd.fake_command("install", &format!("cp \"$3\" {}", installed.display()));
+    let cli = Cli::with_config(CONFIG);
+    let hook = "{ command = \"sync\" }\nagent = true";
+    cli.write_config(&config(&cli, &sshd, hook));
+    let up = cli.json(&["up", "dev", "--json"]);
+    let id = up["instance_id"].as_str().expect("id");
+
+    let calls = sshd.calls("install");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(
+        calls[0].starts_with("-m 0755 /tmp/spotkeeper-agent-"),
+        "{calls:?}"
+    );
+    assert!(
+        calls[0].ends_with(" /usr/local/bin/spotkeeper"),
+        "{calls:?}"
+    );
+    let ours = std::fs::metadata(env!("CARGO_BIN_EXE_spotkeeper"))
+        .expect("binary")
+        .len();
+    assert_eq!(std::fs::metadata(&installed).expect("copied").len(), ours);
+    // The temporary copy is gone.
+    let left: Vec<_> = std::fs::read_dir("/tmp")
+        .expect("tmp")
+        .flatten()
+        .filter(|e| calls[0].contains(&e.path().display().to_string()))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    let user_data = cli.moto.boto(&format!(
+        "import base64\nv = ec2.describe_instance_attribute(InstanceId='{id}', Attribute='userData')['UserData']['Value']\nprint(base64.b64decode(v).decode())"
+    ));
+    assert!(
+        user_data.contains("spotkeeper-agent.service"),
+        "{user_data}"
+    );
+    assert!(user_data.contains("SK_AGENT:=1"), "{user_data}");
 }

@@ -8,6 +8,7 @@
 //! - `settle`: what follows `running` (volumes, Elastic IP, ready, DNS);
 //! - `stop`: `stop` and what follows it.
 
+pub mod agent_install;
 mod launch;
 mod settle;
 mod stop;

@@ -53,6 +53,7 @@ pub(super) async fn settle(
         ));
     }
     check_ready(ctx, spec, &instance).await?;
+    super::agent_install::install_agent(ctx, spec, &instance).await;
     // The box got ready on its data volume: from now on the boot script
     // never makes a filesystem on it.
     let used: Vec<String> = prepared
