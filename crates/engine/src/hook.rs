@@ -103,13 +103,16 @@ pub fn gate_tags(until: SystemTime, running: bool) -> Vec<(String, String)> {
 }
 
 /// The deadline while `instance`'s hook holds its hand-over at `now`: a gate
-/// is set, no outcome is tagged yet, and the deadline has not passed.
+/// is set, no outcome is tagged yet, and the deadline has not passed. A
+/// deadline further off than a warning's two minutes was not set by a hook
+/// runner (anyone who may tag the instance can write the tag): it holds
+/// nothing, so no tag can keep an instance, or its volume, forever.
 pub fn holds(instance: &Instance, now: SystemTime) -> Option<SystemTime> {
     if instance.tag(HOOK_TAG).and_then(Outcome::parse).is_some() {
         return None;
     }
     let until = UNIX_EPOCH + Duration::from_secs(instance.tag(UNTIL_TAG)?.parse().ok()?);
-    (until > now).then_some(until)
+    (until > now && until <= now + WARNING_LEAD).then_some(until)
 }
 
 /// How often the hand-over looks at the instance again while it waits.
@@ -117,11 +120,19 @@ const POLL: Duration = Duration::from_millis(500);
 
 /// Waits while the hook holds `instance` (re-reading it), and returns the
 /// hook's outcome if one was tagged; returns at the deadline or when the
-/// instance is gone, whichever comes first.
+/// instance is gone, whichever comes first, and in any case within a
+/// warning's two minutes (a tag pushed ever later holds no longer).
 pub async fn wait(cloud: &dyn Cloud, instance: &Instance) -> Result<Option<Outcome>, CloudError> {
+    let give_up = SystemTime::now() + WARNING_LEAD;
     let mut now_seen = instance.clone();
     while let Some(until) = holds(&now_seen, SystemTime::now()) {
-        let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+        let left = until
+            .min(give_up)
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        if left.is_zero() {
+            break;
+        }
         tokio::time::sleep(left.min(POLL)).await;
         match cloud.instance(&instance.id).await? {
             Some(i) if !i.state.is_gone() => now_seen = i,
@@ -306,8 +317,11 @@ mod tests {
                 None
             );
         }
-        // A tag someone garbled opens nothing.
+        // A tag someone garbled opens nothing, nor one that would hold the
+        // instance longer than any warning lasts.
         assert_eq!(holds(&inst(&[(UNTIL_TAG, "soon")]), now), None);
+        assert_eq!(holds(&inst(&[(UNTIL_TAG, "1121")]), now), None);
+        assert_eq!(holds(&inst(&[(UNTIL_TAG, "99999999999")]), now), None);
     }
 
     #[test]
