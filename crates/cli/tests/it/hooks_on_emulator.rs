@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use spotkeeper_testkit::Sshd;
+use spotkeeper_testkit::{Answer, Receiver, Sshd};
 
 use crate::common::{CONFIG, Cli, Serve};
 
@@ -184,8 +184,14 @@ fn the_hook_runs_beside_the_replacement_and_the_volume_moves_after_it() {
 fn a_hook_that_hangs_is_cut_at_its_timeout_and_the_volume_still_moves() {
     let sshd = Sshd::start();
     let hook = "{ command = \"sleep 600\", timeout = \"3s\" }";
+    // A sink with the default kinds hears of it.
+    let receiver = Receiver::start(Answer::Ok, 0);
     let cli = Cli::with_config(CONFIG);
-    cli.write_config(&config(&cli, &sshd, hook));
+    cli.write_config(&format!(
+        "{}\n[[notify]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+        config(&cli, &sshd, hook),
+        receiver.url("/hook")
+    ));
     cli.ok(&["setup"]);
     let first = cli.json(&["up", "dev", "--json"]);
     let old = first["instance_id"].as_str().expect("id").to_owned();
@@ -215,6 +221,26 @@ fn a_hook_that_hangs_is_cut_at_its_timeout_and_the_volume_still_moves() {
     let events = hook_events(&cli);
     assert_eq!(events[0][0], "hook-failed", "{events:?}");
     assert!(events[0][1].contains("cut at its timeout"), "{events:?}");
+    let got = receiver.wait_for(
+        Duration::from_secs(20),
+        "the hook-failed notification",
+        |g| g.iter().any(|r| r.body.contains("\"hook-failed\"")),
+    );
+    let sent: Value = serde_json::from_str(
+        &got.iter()
+            .find(|r| r.body.contains("\"hook-failed\""))
+            .expect("found")
+            .body,
+    )
+    .expect("json");
+    assert_eq!(sent["box"], "dev");
+    assert!(
+        sent["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cut at its timeout"),
+        "{sent}"
+    );
     assert!(serve.stop().success());
 }
 
