@@ -57,6 +57,36 @@ pub struct PoolSpec {
     pub max_lifetime: Option<Duration>,
     /// Where the number of pending jobs comes from.
     pub demand: Demand,
+    /// `on_interruption`: run on the instance by `spotkeeper agent` (which
+    /// must be in the pool's image: a pool has no SSH settings), installed
+    /// as a unit by the boot script the pool's user data then begins with.
+    pub on_interruption: Option<super::OnInterruption>,
+}
+
+impl PoolSpec {
+    /// The user data of the pool's instances: the user's own, behind the
+    /// boot script that installs the agent when the pool has a hook.
+    pub fn user_data(&self) -> Option<String> {
+        // Generated once when the config was read (see `validate_pool`).
+        self.boot_user_data()
+            .ok()
+            .flatten()
+            .or_else(|| self.launch.user_data.clone())
+    }
+
+    fn boot_user_data(&self) -> Result<Option<String>, crate::bootstrap::BootError> {
+        let Some(h) = &self.on_interruption else {
+            return Ok(self.launch.user_data.clone());
+        };
+        let volumes = crate::bootstrap::BootVolumes {
+            agent: Some(crate::bootstrap::BootAgent {
+                command: Some(h.command.clone()),
+                timeout_secs: h.timeout.as_secs(),
+            }),
+            ..Default::default()
+        };
+        crate::bootstrap::user_data(&self.name, &volumes, self.launch.user_data.as_deref())
+    }
 }
 
 impl PoolSpec {
@@ -130,7 +160,8 @@ pub(super) fn validate_pool(
         Some(m) => Some(price(*m.get_ref()).map_err(|e| at(Some(m.span()), e))?),
     };
     let (min_capacity, max_capacity) = capacities(p.min_capacity, p.max_capacity, at)?;
-    Ok(PoolSpec {
+    let hook_span = p.on_interruption.as_ref().map(|h| h.span());
+    let spec = PoolSpec {
         name: name.to_owned(),
         launch: LaunchTemplate {
             image,
@@ -166,7 +197,11 @@ pub(super) fn validate_pool(
             .map(|d| demand(d, at))
             .transpose()?
             .unwrap_or(Demand::None),
-    })
+        on_interruption: super::interruption::on_interruption(p.on_interruption, at)?,
+    };
+    spec.boot_user_data()
+        .map_err(|e| at(hook_span, format!("on_interruption: {e}")))?;
+    Ok(spec)
 }
 
 /// `instance_types = [ { type, capacity, max_price } … ]`.

@@ -226,6 +226,7 @@ pub(crate) struct RawPool {
     pub(crate) iam_instance_profile: Option<String>,
     pub(crate) root_disk: Option<Spanned<RawDisk>>,
     pub(crate) metadata: Option<RawMetadata>,
+    pub(crate) on_interruption: Option<Spanned<super::interruption::RawOnInterruption>>,
 }
 
 #[derive(Deserialize)]

@@ -555,3 +555,30 @@ fn on_interruption_is_one_command_with_a_timeout_inside_the_two_minutes() {
         );
     }
 }
+
+#[test]
+fn a_pools_hook_goes_to_its_instances_agent_in_the_user_data() {
+    let text = format!(
+        "{GOOD}[pool.w]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [ {{ type = \"t3.micro\", capacity = 1 }} ]\n\
+         max_capacity = 2\nuser_data = \"#cloud-config\\npackages: [htop]\\n\"\n\
+         on_interruption = {{ command = \"drain-worker\", timeout = \"60s\" }}\n"
+    );
+    let c = parse(Path::new("x.toml"), &text).expect("valid");
+    let p = &c.pools["w"];
+    let data = p.user_data().expect("user data");
+    assert!(data.contains("spotkeeper-agent.service"), "{data}");
+    assert!(data.contains("SK_AGENT_TIMEOUT:=60"), "{data}");
+    // The user's own part follows, and the hook travels encoded.
+    assert!(data.contains("packages: [htop]"), "{data}");
+    assert!(!data.contains("drain-worker"), "{data}");
+    // Without a hook the user's data is unchanged.
+    let plain = parse(
+        Path::new("x.toml"),
+        &text.replace("on_interruption", "# on_interruption"),
+    )
+    .expect("valid");
+    assert_eq!(
+        plain.pools["w"].user_data().as_deref(),
+        Some("#cloud-config\npackages: [htop]\n")
+    );
+}

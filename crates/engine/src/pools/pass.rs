@@ -134,7 +134,7 @@ fn launch_spec(owner: &str, spec: &PoolSpec, image: &ImageId, launch: &PoolLaunc
     l.subnet_id = launch.subnet.clone();
     l.security_group_ids = spec.launch.security_groups.clone();
     l.key_name = spec.launch.key_name.clone();
-    l.user_data = spec.launch.user_data.clone();
+    l.user_data = spec.user_data();
     l.tags = pool_tags(owner, spec, &launch.token);
     l.client_token = launch.token.clone();
     l.root_volume = spec.launch.root_disk.clone();
