@@ -113,6 +113,18 @@ pub enum Command {
         #[arg(long)]
         insecure_listen: bool,
     },
+    /// Rehearse an interruption: send the box's live instance a spot warning shaped like EventBridge's through the box's queue, follow the daemon's recovery, print its timeline and judge it against the box's slo (exit 1 when late).
+    Drill {
+        /// The box.
+        #[arg(value_name = "BOX")]
+        box_name: String,
+        /// Send a rebalance recommendation instead (the box's on_rebalance decides).
+        #[arg(long)]
+        rebalance: bool,
+        /// Follow the recovery this long [default: twice the slo, else 10m].
+        #[arg(long, value_name = "DURATION")]
+        wait: Option<String>,
+    },
     /// On a box's instance: watch the metadata service (IMDSv2) for the spot warning, then run the hook, unmount the data volume and tag the outcome on the instance.
     Agent {
         /// The hook, run with `sh -c` when the warning appears.

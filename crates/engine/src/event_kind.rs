@@ -90,6 +90,8 @@ kinds! {
     Hook = "hook",
     /// The hook failed, timed out, or could not be started.
     HookFailed = "hook-failed",
+    /// A drill: its warning sent, and its verdict.
+    Drill = "drill",
     /// A managed box is in neither the config nor the store.
     UnknownBox = "unknown-box",
     /// A registered box's stored spec does not parse.

@@ -30,6 +30,7 @@ pub mod cost;
 pub mod daemon;
 pub mod desired;
 pub mod dns;
+pub mod drill;
 pub mod event_kind;
 pub mod events;
 pub mod fence;

@@ -3,6 +3,7 @@
 mod agent;
 mod cost;
 mod dns;
+mod drill;
 mod events;
 mod exec;
 mod image;
@@ -54,6 +55,11 @@ pub async fn dispatch(args: Args) -> Result<ExitCode, Failure> {
         Command::Setup => events::setup(&args).await,
         Command::Cleanup { all, yes } => events::cleanup(&args, *all, *yes).await,
         Command::IamPolicy => events::iam_policy(&args),
+        Command::Drill {
+            box_name,
+            rebalance,
+            wait,
+        } => drill::run(&args, box_name, *rebalance, wait.as_deref()).await,
         Command::Agent {
             on_interruption,
             on_interruption_file,

@@ -8,6 +8,7 @@ mod contrib;
 mod daemon_on_emulator;
 mod daemons_on_postgres;
 mod dashboard_in_browser;
+mod drill_on_emulator;
 mod faults_on_emulator;
 mod hooks_on_emulator;
 mod library_verbs_on_emulator;

@@ -81,6 +81,9 @@ pub struct BoxSpec {
     /// `agent = true`: `spotkeeper agent` on the instance watches for the
     /// warning itself and runs the hook (the daemon then only waits for it).
     pub agent: bool,
+    /// `slo = { recover_within }`: how fast a drill (or an interruption)
+    /// must see the box back.
+    pub slo: Option<Duration>,
 }
 
 /// How many stop snapshots of a volume are kept unless the config says `keep`.
@@ -228,6 +231,19 @@ pub(super) fn validate_box(
         price_cap: b.price_cap.unwrap_or_default(),
         on_interruption: super::interruption::on_interruption(b.on_interruption, at)?,
         agent: b.agent.unwrap_or(false),
+        slo: b
+            .slo
+            .map(|s| {
+                super::error::duration_within(
+                    Some(&s.recover_within),
+                    "slo.recover_within",
+                    (Duration::from_secs(1), Duration::from_secs(24 * 3600)),
+                    "",
+                    at,
+                )
+            })
+            .transpose()?
+            .flatten(),
     })
 }
 

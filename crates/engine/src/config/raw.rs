@@ -108,6 +108,13 @@ pub(crate) struct RawBox {
     pub(crate) metadata: Option<RawMetadata>,
     pub(crate) on_interruption: Option<Spanned<super::interruption::RawOnInterruption>>,
     pub(crate) agent: Option<bool>,
+    pub(crate) slo: Option<RawSlo>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSlo {
+    pub(crate) recover_within: Spanned<String>,
 }
 
 #[derive(Deserialize)]

@@ -284,14 +284,19 @@ impl Daemon<'_> {
         if !held && let Err(e) = self.store.wake_daemons(&self.config.owner, box_name).await {
             tracing::warn!("cannot wake the daemon holding {box_name}: {e}");
         }
+        let drill = if crate::drill::is_drill(&event.id) {
+            " (drill)"
+        } else {
+            ""
+        };
         let what = if held {
             format!(
-                "{} for {id} of box {box_name}: replacing it",
+                "{}{drill} for {id} of box {box_name}: replacing it",
                 event.kind.name()
             )
         } else {
             format!(
-                "{} for {id} of box {box_name}: doomed; the daemon holding its lease replaces it",
+                "{}{drill} for {id} of box {box_name}: doomed; the daemon holding its lease replaces it",
                 event.kind.name()
             )
         };

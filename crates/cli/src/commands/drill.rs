@@ -1,0 +1,256 @@
+//! `spotkeeper drill BOX [--rebalance] [--wait 10m]`: sends the box's live
+//! instance a spot warning shaped like EventBridge's through the box's own
+//! queue, follows the daemon's recovery and prints its timeline and the
+//! verdict against `slo = { recover_within }` (see
+//! `spotkeeper_engine::drill`). Exit 0 when the box recovered (within the
+//! SLO), 1 when not.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use spotkeeper_cloud::prelude::*;
+use spotkeeper_cloud::{AwsCloud, Instance, InstanceState};
+use spotkeeper_engine::config::{BoxSpec, Config};
+use spotkeeper_engine::drill::{self, Step, Timeline, Verdict};
+use spotkeeper_engine::event_kind::EventKind;
+use spotkeeper_engine::store::Store;
+use tokio::time::Instant;
+
+use crate::Failure;
+use crate::cli::Args;
+use crate::{context, output};
+
+/// How often the drill looks.
+const POLL: Duration = Duration::from_millis(250);
+
+pub async fn run(
+    args: &Args,
+    box_name: &str,
+    rebalance: bool,
+    wait: Option<&str>,
+) -> Result<ExitCode, Failure> {
+    let (config, spec, cloud) = super::open_box(args, box_name).await?;
+    let wait = match wait {
+        Some(w) => humantime::parse_duration(w)
+            .map_err(|e| Failure::Usage(anyhow::anyhow!("--wait {w:?}: {e}")))?,
+        // Room for a slow recovery beyond the SLO, to say how late it was.
+        None => spec.slo.map_or(Duration::from_secs(10 * 60), |s| {
+            (s * 2).max(Duration::from_secs(60))
+        }),
+    };
+    let path = context::state_path(args, &config)?;
+    let (store, _) = context::open_store(&path, &config, Default::default()).await?;
+    let old = spotkeeper_engine::boxes::live_instance(&cloud, &config.owner, box_name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("box {box_name} has no live instance: `up` it first"))?;
+    if old.market != spotkeeper_cloud::Market::Spot {
+        return Err(Failure::Failed(anyhow::anyhow!(
+            "box {box_name} runs {} on {}: AWS sends spot warnings only to spot instances, \
+             and the daemon ignores one for any other",
+            old.market,
+            old.id
+        )));
+    }
+    let (queue, _) = context::event_queue(&cloud, &config).await?;
+    let url = cloud.queue_url(&queue).await?.ok_or_else(|| {
+        anyhow::anyhow!("there is no event queue {queue}: run `spotkeeper setup`")
+    })?;
+    let since = store
+        .events(&config.owner, Some(box_name), 1)
+        .await
+        .context("reading the event log")?
+        .first()
+        .map_or(0, |e| e.id);
+    let id = format!(
+        "{}{}",
+        drill::DRILL_PREFIX,
+        spotkeeper_cloud::model::random_token()
+    );
+    let now = std::time::SystemTime::now();
+    let body = drill::warning_event(
+        &id,
+        old.id.as_str(),
+        cloud.region(),
+        account_of(&url),
+        &humantime::format_rfc3339_seconds(now).to_string(),
+        rebalance,
+    );
+    let what = if rebalance {
+        "rebalance recommendation"
+    } else {
+        "spot interruption warning"
+    };
+    say(
+        &store,
+        &config,
+        box_name,
+        &format!("drill: {what} for {} sent to {queue} (event {id})", old.id),
+    )
+    .await;
+    cloud.send_message(&url, &body).await?;
+    eprintln!(
+        "Drill of box {box_name}: {what} for {} sent to {queue}",
+        old.id
+    );
+    let timeline = follow(&cloud, &store, &config, &spec, &old, since, wait).await?;
+    let verdict = timeline.verdict(spec.slo);
+    report(args, box_name, &timeline, &verdict)?;
+    say(
+        &store,
+        &config,
+        box_name,
+        &format!("drill of {}: {}", old.id, verdict.describe()),
+    )
+    .await;
+    Ok(if verdict.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The account in a queue URL (`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`).
+fn account_of(url: &str) -> Option<&str> {
+    url.rsplit('/')
+        .nth(1)
+        .filter(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))
+}
+
+async fn say(store: &Store, config: &Config, box_name: &str, what: &str) {
+    if let Err(e) = store
+        .record_event(&config.owner, Some(box_name), EventKind::Drill, what)
+        .await
+    {
+        tracing::warn!("cannot record the drill: {e}");
+    }
+}
+
+/// Watches the box until every step was seen or `wait` passed.
+async fn follow(
+    cloud: &AwsCloud,
+    store: &Store,
+    config: &Config,
+    spec: &BoxSpec,
+    old: &Instance,
+    since: i64,
+    wait: Duration,
+) -> Result<Timeline, Failure> {
+    let volumes = spec.data_volume.is_some() || spec.root_volume.is_some();
+    let address = spec.dns.is_some() || spec.elastic_ip.is_some();
+    let mut timeline = Timeline::new(volumes, address);
+    let started = Instant::now();
+    let mut new: Option<Instance> = None;
+    while !timeline.complete() && started.elapsed() < wait {
+        let at = started.elapsed();
+        for e in store
+            .events(&config.owner, Some(&spec.name), 100)
+            .await
+            .context("reading the event log")?
+            .iter()
+            .filter(|e| e.id > since)
+        {
+            match e.kind.as_str() {
+                "launch" => timeline.saw(Step::Requested, at),
+                "replaced" => timeline.saw(Step::Ready, at),
+                "dns"
+                    if new
+                        .as_ref()
+                        .is_some_and(|n| e.message.contains(n.id.as_str())) =>
+                {
+                    timeline.saw(Step::Address, at)
+                }
+                _ => {}
+            }
+        }
+        let instances = cloud
+            .instances(&spotkeeper_engine::boxes::box_filter(
+                &config.owner,
+                &spec.name,
+            ))
+            .await?;
+        if let Some(n) = instances
+            .iter()
+            .find(|i| i.id != old.id && i.state == InstanceState::Running)
+        {
+            timeline.saw(Step::Running, at);
+            new = Some(n.clone());
+        }
+        if instances
+            .iter()
+            .find(|i| i.id == old.id)
+            .is_none_or(|i| !i.state.is_live())
+        {
+            timeline.saw(Step::OldGone, at);
+        }
+        if let Some(n) = &new {
+            if volumes && attached(cloud, config, spec, n).await? {
+                timeline.saw(Step::Volumes, at);
+            }
+            if spec.dns.is_none()
+                && let Some(alloc) = &spec.elastic_ip
+                && cloud.address_holder(alloc).await?.as_ref() == Some(&n.id)
+            {
+                timeline.saw(Step::Address, at);
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(timeline)
+}
+
+/// Whether every volume of the box is attached to `instance`.
+async fn attached(
+    cloud: &AwsCloud,
+    config: &Config,
+    spec: &BoxSpec,
+    instance: &Instance,
+) -> Result<bool, Failure> {
+    for (role, vs) in spotkeeper_engine::persist::volume_specs(spec) {
+        let v = spotkeeper_engine::persist::find(cloud, &config.owner, &spec.name, role, vs)
+            .await
+            .map_err(anyhow::Error::from)?;
+        if !v.is_some_and(|v| v.attachments.iter().any(|(i, _)| i == &instance.id)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn report(
+    args: &Args,
+    box_name: &str,
+    timeline: &Timeline,
+    verdict: &Verdict,
+) -> Result<(), Failure> {
+    if args.json {
+        let steps: Vec<serde_json::Value> = timeline
+            .steps
+            .iter()
+            .map(|(s, at)| serde_json::json!({ "step": s, "seconds": at.map(|d| d.as_secs_f64()) }))
+            .collect();
+        output::print_json(&serde_json::json!({
+            "box": box_name,
+            "steps": steps,
+            "verdict": verdict,
+            "passed": verdict.passed(),
+        }))?;
+        return Ok(());
+    }
+    println!("  {:>8}  warning sent", "+0.0 s");
+    let mut seen: Vec<_> = timeline.steps.iter().filter(|(_, w)| w.is_some()).collect();
+    seen.sort_by_key(|(_, w)| *w);
+    for (step, at) in seen {
+        let at = at.expect("seen");
+        println!(
+            "  {:>8}  {}",
+            format!("+{:.1} s", at.as_secs_f64()),
+            step.describe()
+        );
+    }
+    for (step, _) in timeline.steps.iter().filter(|(_, w)| w.is_none()) {
+        println!("  {:>8}  {} (not seen)", "-", step.describe());
+    }
+    println!("{}", verdict.describe());
+    Ok(())
+}
