@@ -1036,6 +1036,11 @@ impl FakeQueue {
 
 #[async_trait]
 impl crate::queue::EventQueue for FakeQueue {
+    async fn send(&self, body: &str) -> Result<(), CloudError> {
+        self.push(body);
+        Ok(())
+    }
+
     async fn receive(&self) -> Result<Vec<crate::aws::QueueMessage>, CloudError> {
         loop {
             let arrived = self.arrived.notified();

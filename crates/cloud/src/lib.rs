@@ -85,7 +85,7 @@ pub use model::{
     Offering, RecordType, RootVolume, Snapshot, SnapshotId, SpotPrice, SpotRequest, SpotRequestId,
     SpotRequestState, TagFilter, Volume, VolumeId, fqdn,
 };
-pub use queue::{EventQueue, JobQueue, SqsQueue};
+pub use queue::{EventQueue, JobQueue, SqsQueue, queue_account};
 pub use ssh::{CloudInitStatus, ExecOutput, SshError, SshSettings};
 
 /// The verbs of every area trait, for callers holding a concrete

@@ -21,6 +21,15 @@ pub trait EventQueue: Send + Sync {
     fn account(&self) -> Option<String> {
         None
     }
+    /// Sends a message into the queue (a drill's warning).
+    async fn send(&self, body: &str) -> Result<(), CloudError> {
+        let _ = body;
+        Err(CloudError::other(
+            "SendMessage",
+            ErrorKind::InvalidRequest,
+            "this queue takes no messages from spotkeeper",
+        ))
+    }
 }
 
 /// Where a worker pool's pending jobs are counted: an SQS queue's depth.
@@ -65,6 +74,9 @@ impl EventQueue for SqsQueue {
     }
     fn account(&self) -> Option<String> {
         queue_account(&self.url)
+    }
+    async fn send(&self, body: &str) -> Result<(), CloudError> {
+        self.cloud.send_message(&self.url, body).await
     }
 }
 

@@ -142,6 +142,7 @@ async fn main() {
         health: Default::default(),
         dns_cache: Default::default(),
         seen,
+        queue: Default::default(),
     };
     let app = router(state);
     let get = |uri: &'static str| {

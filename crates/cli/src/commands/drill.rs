@@ -72,7 +72,7 @@ pub async fn run(
         &id,
         old.id.as_str(),
         cloud.region(),
-        account_of(&url),
+        spotkeeper_cloud::queue_account(&url).as_deref(),
         &humantime::format_rfc3339_seconds(now).to_string(),
         rebalance,
     );
@@ -108,13 +108,6 @@ pub async fn run(
     } else {
         ExitCode::from(1)
     })
-}
-
-/// The account in a queue URL (`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`).
-fn account_of(url: &str) -> Option<&str> {
-    url.rsplit('/')
-        .nth(1)
-        .filter(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))
 }
 
 async fn say(store: &Store, config: &Config, box_name: &str, what: &str) {

@@ -111,7 +111,9 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
         health: daemon.health(),
         dns_cache: Default::default(),
         seen: daemon.seen(),
+        queue: Default::default(),
     };
+    let queue_slot = api_state.queue.clone();
     tracing::info!(
         state = %context::database_url(&config)?.map_or_else(|| state.display().to_string(), |u| u.to_string()),
         daemon = %daemon.id(),
@@ -128,7 +130,9 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
             return Ok::<(), Failure>(());
         };
         notify(&daemon, &store, deliverers, &rx);
-        daemon.run(&queue, rx.clone()).await;
+        let queue: Arc<dyn spotkeeper_cloud::EventQueue> = Arc::new(queue);
+        let _ = queue_slot.set(queue.clone());
+        daemon.run(queue.as_ref(), rx.clone()).await;
         Ok(())
     };
     let api = api::serve(listener, api_state, rx.clone());

@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 
 mod boxes;
 mod charts;
+mod drill;
 mod pools;
 mod server;
 mod status;
@@ -42,6 +43,7 @@ pub use token::{MIN_TOKEN_LEN, load_or_make_token};
 // The handlers the router names, from the modules beside this one.
 use self::boxes::*;
 use self::charts::*;
+use self::drill::*;
 use self::pools::*;
 use self::status::*;
 
@@ -76,7 +78,12 @@ pub struct ApiState {
     /// What each box's DNS record said lately: the dashboard refreshes every
     /// few seconds, and Route53 allows five requests a second per account.
     pub dns_cache: DnsCache,
+    /// The event queue, once the daemon has opened it (drills go into it).
+    pub queue: QueueSlot,
 }
+
+/// The event queue as the API sees it: set once the daemon opened it.
+pub type QueueSlot = Arc<std::sync::OnceLock<Arc<dyn spotkeeper_cloud::EventQueue>>>;
 
 /// Box name → (when read, for which instance, the status as JSON).
 pub type DnsCache =
@@ -103,6 +110,7 @@ pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/boxes", get(list_boxes).post(register_box))
         .route("/boxes/{name}", get(get_box).delete(delete_box))
+        .route("/boxes/{name}/drill", axum::routing::post(drill_box))
         .route("/pools", get(list_pools).post(register_pool))
         .route("/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/events", get(events))

@@ -77,6 +77,7 @@ async fn slow_clients_are_cut_off_and_connections_are_bounded() {
         },
         dns_cache: Default::default(),
         seen: Default::default(),
+        queue: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -31,6 +31,7 @@ struct World {
     dns_cache: spotkeeper_engine::api::DnsCache,
     health: HealthState,
     seen: LastSeen,
+    queue: spotkeeper_engine::api::QueueSlot,
 }
 
 async fn world() -> World {
@@ -46,6 +47,7 @@ async fn world() -> World {
         locks: tempfile::tempdir().expect("dir"),
         dns_cache: Default::default(),
         seen: LastSeen::default(),
+        queue: Default::default(),
         health: {
             let h = HealthState::default();
             h.set(Health::Ok);
@@ -68,6 +70,7 @@ impl World {
             health: self.health.clone(),
             dns_cache: self.dns_cache.clone(),
             seen: self.seen.clone(),
+            queue: self.queue.clone(),
         }
     }
 
@@ -1064,4 +1067,66 @@ async fn the_dashboard_reads_the_daemons_last_observation_and_asks_aws_nothing()
     let at = boxes[0]["observed_at"].as_i64().expect("observed");
     let now = spotkeeper_engine::store::unix_now();
     assert!((now - 60..=now).contains(&at), "observed {at}, now {now}");
+}
+
+#[tokio::test]
+async fn a_drill_sends_an_eventbridge_warning_for_the_live_instance_and_only_once_a_minute() {
+    use spotkeeper_cloud::fake::FakeQueue;
+    let w = world().await;
+    let (s, b) = w.post("/api/boxes", &good_box()).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let drill = |uri: &'static str| w.call("POST", uri, Some(TOKEN), None);
+    let (s, b) = drill("/api/boxes/nope/drill").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    let (s, b) = drill("/api/boxes/web/drill").await;
+    assert_eq!(s, StatusCode::CONFLICT, "not seen running yet: {b}");
+    let daemon = w.daemon().with_timing(Timing {
+        poll: Duration::from_millis(1),
+        running_timeout: Duration::from_secs(5),
+        stop_timeout: Duration::from_secs(5),
+    });
+    daemon.reconcile().await.expect("pass");
+    daemon.reconcile().await.expect("pass");
+    let (s, b) = drill("/api/boxes/web/drill").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "no queue yet: {b}");
+
+    let queue = Arc::new(FakeQueue::new());
+    assert!(w.queue.set(queue.clone()).is_ok());
+    let (s, b) = w
+        .call(
+            "POST",
+            "/api/boxes/web/drill?rebalance=maybe",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let (s, b) = w.call("POST", "/api/boxes/web/drill", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    let (s, b) = drill("/api/boxes/web/drill").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    let instance = b["instance_id"].as_str().expect("id").to_owned();
+    let sent = queue.receive().await.expect("a message");
+    assert_eq!(sent.len(), 1);
+    let event = spotkeeper_engine::events::parse(&sent[0].body).expect("EventBridge's shape");
+    assert_eq!(event.id, b["event_id"].as_str().expect("event id"));
+    assert!(spotkeeper_engine::drill::is_drill(&event.id));
+    assert!(
+        matches!(&event.kind, spotkeeper_engine::events::Notice::SpotInterruption { instance: i, .. } if i.as_str() == instance),
+        "{event:?}"
+    );
+    // The daemon acts on it as on AWS's, and says it was a drill.
+    let handled = daemon.handle(&sent[0].body).await.expect("handled");
+    assert!(format!("{handled:?}").contains("(drill)"), "{handled:?}");
+
+    // Once a minute per box.
+    let (s, b) = drill("/api/boxes/web/drill").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert!(queue.in_flight().len() == 1, "nothing more was sent");
+    let events = w.events("/api/events?box=web&limit=20").await;
+    assert_eq!(
+        events.iter().filter(|e| e["kind"] == "drill").count(),
+        1,
+        "{events:?}"
+    );
 }
