@@ -82,6 +82,61 @@ pub struct Line {
     pub savings: Option<f64>,
     /// Savings as a percentage of `on_demand_cost`.
     pub savings_percent: Option<f64>,
+    /// A box's interruptions (warnings and notices acted on, drills too).
+    pub interruptions: usize,
+    /// Seconds from each interruption to the box being ready again, summed
+    /// (one still recovering counts to the window's end).
+    pub down_seconds: i64,
+    /// The last recovery's seconds, if one completed.
+    pub last_recovery_seconds: Option<i64>,
+    /// Savings beside availability, in words ([`Line::describe`]).
+    pub summary: String,
+}
+
+impl Line {
+    /// "saved $41.20 (68 %), down 7 min over 3 interruptions".
+    pub fn describe(&self) -> String {
+        let saved = match (self.savings, self.savings_percent) {
+            (Some(s), Some(p)) => format!("saved ${s:.2} ({p:.0} %)"),
+            (Some(s), None) => format!("saved ${s:.2}"),
+            _ => "savings unknown".to_owned(),
+        };
+        if self.interruptions == 0 {
+            return saved;
+        }
+        let minutes = (self.down_seconds + 59) / 60;
+        let over = match self.interruptions {
+            1 => "1 interruption".to_owned(),
+            n => format!("{n} interruptions"),
+        };
+        format!("{saved}, down {minutes} min over {over}")
+    }
+}
+
+/// Each box's downtime from its recorded events (`(box, kind, at)` in
+/// order): an interruption opens an outage, the next `replaced` closes it.
+pub fn downtime(
+    events: &[(String, String, i64)],
+    until: i64,
+) -> BTreeMap<String, (usize, i64, Option<i64>)> {
+    let mut open: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut out: BTreeMap<String, (usize, i64, Option<i64>)> = BTreeMap::new();
+    for (b, kind, at) in events {
+        if kind == "replaced" {
+            if let Some(from) = open.remove(b.as_str()) {
+                let e = out.entry(b.clone()).or_default();
+                e.1 += at - from;
+                e.2 = Some(at - from);
+            }
+        } else if !open.contains_key(b.as_str()) {
+            open.insert(b, *at);
+            out.entry(b.clone()).or_default().0 += 1;
+        }
+    }
+    for (b, from) in open {
+        out.entry(b.to_owned()).or_default().1 += until - from;
+    }
+    out
 }
 
 /// Interruptions of one offering.
@@ -150,6 +205,7 @@ pub fn compute(
     samples: &BTreeMap<(String, String), Vec<(i64, f64)>>,
     on_demand: &BTreeMap<String, Option<f64>>,
     interruptions: &[(String, i64)],
+    recoveries: &[(String, String, i64)],
     since: i64,
     until: i64,
 ) -> Report {
@@ -195,15 +251,30 @@ pub fn compute(
         on_demand_cost: Some(0.0),
         ..Line::default()
     };
+    for (b, (n, down, last)) in downtime(recoveries, until) {
+        let line = lines.entry(format!("box {b}")).or_insert_with(|| Line {
+            subject: format!("box {b}"),
+            cost: Some(0.0),
+            on_demand_cost: Some(0.0),
+            ..Line::default()
+        });
+        line.interruptions = n;
+        line.down_seconds = down;
+        line.last_recovery_seconds = last;
+    }
     let mut lines: Vec<Line> = lines.into_values().collect();
     for l in &mut lines {
+        total.interruptions += l.interruptions;
+        total.down_seconds += l.down_seconds;
         total.spot_hours += l.spot_hours;
         total.on_demand_hours += l.on_demand_hours;
         total.cost = add(total.cost, l.cost);
         total.on_demand_cost = add(total.on_demand_cost, l.on_demand_cost);
         savings(l);
+        l.summary = l.describe();
     }
     savings(&mut total);
+    total.summary = total.describe();
     Report {
         since,
         until,
@@ -314,11 +385,13 @@ pub async fn report(
         }
     }
     let interruptions = store.interruptions_since(&config.owner, since).await?;
+    let recoveries = store.recoveries_since(&config.owner, since).await?;
     Ok(compute(
         &runs,
         &samples,
         &on_demand,
         &interruptions,
+        &recoveries,
         since,
         until,
     ))
@@ -369,7 +442,7 @@ mod tests {
             (("t3.micro".into(), "us-east-1b".into()), vec![(0, 0.005)]),
         ]);
         let od = BTreeMap::from([("t3.micro".to_owned(), Some(0.0104))]);
-        let r = compute(&runs, &samples, &od, &[("i-1".into(), 7000)], 0, 10800);
+        let r = compute(&runs, &samples, &od, &[("i-1".into(), 7000)], &[], 0, 10800);
         let dev = &r.lines[0];
         assert_eq!(dev.subject, "box dev");
         assert!((dev.spot_hours - 3.0).abs() < 1e-12);
@@ -388,11 +461,54 @@ mod tests {
         assert_eq!(r.offerings[1].hours_between, None);
 
         // An unknown on-demand price makes the money unknown, not zero.
-        let r = compute(&runs, &samples, &BTreeMap::new(), &[], 0, 10800);
+        let r = compute(&runs, &samples, &BTreeMap::new(), &[], &[], 0, 10800);
         assert_eq!(r.lines[0].on_demand_cost, None);
         assert_eq!(r.lines[0].savings, None);
         assert!(r.lines[0].cost.is_some(), "spot cost is still known");
         assert_eq!(r.lines[1].cost, None, "an on-demand run without its price");
+    }
+
+    #[test]
+    fn downtime_runs_from_each_interruption_to_the_box_being_ready_again() {
+        let e = |b: &str, k: &str, at: i64| (b.to_owned(), k.to_owned(), at);
+        let events = [
+            e("dev", "spot-interruption", 100),
+            e("dev", "rebalance", 110),
+            e("dev", "replaced", 190),
+            e("web", "replaced", 200),
+            e("dev", "spot-interruption", 1000),
+            e("dev", "replaced", 1300),
+            e("db", "state-change", 5000),
+        ];
+        let d = downtime(&events, 5600);
+        // dev: two outages (the rebalance inside the first is the same one).
+        assert_eq!(d["dev"], (2, 90 + 300, Some(300)));
+        // A replacement without an interruption (a first launch) is no outage.
+        assert!(!d.contains_key("web"));
+        // Still recovering: counted to the window's end.
+        assert_eq!(d["db"], (1, 600, None));
+
+        let mut r = compute(
+            &[],
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &[],
+            &events,
+            0,
+            5600,
+        );
+        let dev = r
+            .lines
+            .iter_mut()
+            .find(|l| l.subject == "box dev")
+            .expect("dev");
+        dev.savings = Some(41.2);
+        dev.savings_percent = Some(68.0);
+        assert_eq!(
+            dev.describe(),
+            "saved $41.20 (68 %), down 7 min over 2 interruptions"
+        );
+        assert_eq!(r.total.interruptions, 3);
     }
 
     #[test]

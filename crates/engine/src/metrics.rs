@@ -32,6 +32,13 @@ pub struct PoolKindLabel {
     pub kind: String,
 }
 
+/// Labels of a per-box series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BoxLabel {
+    /// Box name.
+    pub r#box: String,
+}
+
 /// Labels of a notification counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabel {
@@ -97,6 +104,8 @@ pub struct Metrics {
     pub aws_reachable: Gauge,
     /// Steps not taken because this daemon no longer held the lease.
     pub fenced: Counter,
+    /// Per box: seconds from its last warning to its replacement being up.
+    pub last_recovery_seconds: Family<BoxLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl PoolMetrics {
@@ -279,7 +288,14 @@ impl Default for Metrics {
         let pools = PoolMetrics::default();
         pools.register(&mut registry);
         let (leases_held, lease_takeovers, aws_reachable, fenced) = register_leases(&mut registry);
+        let last_recovery_seconds = Family::default();
+        registry.register(
+            "box_last_recovery_seconds",
+            "Per box: from its last warning to its replacement being up (drills included)",
+            last_recovery_seconds.clone(),
+        );
         Self {
+            last_recovery_seconds,
             aws_reachable,
             fenced,
             leases_held,
@@ -370,5 +386,23 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod box_label_tests {
+    #[test]
+    fn a_boxs_recovery_is_labelled_box() {
+        let m = super::Metrics::default();
+        m.last_recovery_seconds
+            .get_or_create(&super::BoxLabel {
+                r#box: "dev".into(),
+            })
+            .set(12.5);
+        let text = m.render();
+        assert!(
+            text.contains("spotkeeper_box_last_recovery_seconds{box=\"dev\"} 12.5"),
+            "{text}"
+        );
     }
 }

@@ -24,6 +24,11 @@ fn row(l: &Line) -> Vec<String> {
         money(l.savings),
         l.savings_percent
             .map_or("unknown".to_owned(), |p| format!("{p:.1}%")),
+        if l.interruptions == 0 {
+            "-".to_owned()
+        } else {
+            format!("{} min / {}", (l.down_seconds + 59) / 60, l.interruptions)
+        },
     ]
 }
 
@@ -54,9 +59,14 @@ pub async fn run(args: &Args, since: &str) -> Result<ExitCode, Failure> {
             "ON-DEMAND COST",
             "SAVED",
             "SAVED %",
+            "DOWN / INTERRUPTIONS",
         ],
         &rows,
     );
+    // Availability beside savings, in words, for the boxes interrupted.
+    for l in report.lines.iter().filter(|l| l.interruptions > 0) {
+        println!("{}: {}", l.subject, l.summary);
+    }
     if !report.offerings.is_empty() {
         println!();
         output::print_table(

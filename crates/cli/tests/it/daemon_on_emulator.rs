@@ -552,10 +552,21 @@ fn cost_integrates_the_recorded_spot_prices_and_counts_interruptions_per_offerin
         (old_run.3 - old_run.2) as f64 / 3600.0
     ));
 
+    // Availability beside savings: the warning to the replacement being up.
+    assert_eq!(dev["interruptions"], 1, "{report}");
+    let down = dev["down_seconds"].as_i64().expect("seconds");
+    assert!((0..60).contains(&down), "{report}");
+    assert_eq!(dev["last_recovery_seconds"].as_i64(), Some(down));
+
     let table = cli.ok(&["cost", "--since", "1d"]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
         text.contains("box dev") && text.contains(&format!("{percent:.1}%")),
+        "{text}"
+    );
+    assert!(
+        text.contains("down 1 min over 1 interruption")
+            || text.contains("down 0 min over 1 interruption"),
         "{text}"
     );
 }

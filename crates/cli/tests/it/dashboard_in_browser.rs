@@ -14,7 +14,6 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "browser-token-0123456789";
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/fixtures/events");
 
 /// chromedriver on a loopback port, in its own PID namespace; killed (with
 /// every browser it started) when dropped.
@@ -222,17 +221,11 @@ async fn the_dashboard_shows_boxes_a_replacement_charts_and_savings_in_chromium(
             .contains("Saved")
     );
 
-    // An interruption: the page follows the box to its new instance by itself.
-    let warning = std::fs::read_to_string(format!("{FIXTURES}/spot-interruption-warning.json"))
-        .expect("fixture")
-        .replace("i-1234567890abcdef0", &old)
-        .replace("12345678-1234-1234-1234-123456789012", "browser-1");
-    cli.moto.boto(&format!(
-        "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-clitest-events')['QueueUrl']\nsqs.send_message(QueueUrl=u, MessageBody={})",
-        serde_json::to_string(&warning).expect("quoted")
-    ));
-    cli.moto
-        .boto(&format!("ec2.terminate_instances(InstanceIds=['{old}'])"));
+    // A drill through the API (a warning shaped like EventBridge's): the
+    // page follows the box to its new instance by itself.
+    let drill = crate::common::http(api_port, "POST", "/api/boxes/dev/drill", Some(TOKEN))
+        .expect("the API answers");
+    assert!(drill.starts_with("HTTP/1.1 202"), "{drill}");
     let new = eventually(&c, 60, "the replacement instance", || async {
         let instances = texts(&c, "#boxes td.instance").await;
         instances
@@ -252,14 +245,28 @@ async fn the_dashboard_shows_boxes_a_replacement_charts_and_savings_in_chromium(
         new.as_str(),
         "the page shows the live one"
     );
-    eventually(&c, 20, "the replacement in the event timeline", || async {
-        texts(&c, "#events td")
-            .await
-            .iter()
-            .any(|t| t == "replaced")
+    eventually(
+        &c,
+        20,
+        "the replacement and the drill in the event timeline",
+        || async {
+            let cells = texts(&c, "#events td").await;
+            (cells.iter().any(|t| t == "replaced")
+                && cells.iter().any(|t| t == "drill")
+                && cells.iter().any(|t| t.contains("(drill)")))
             .then_some(())
+        },
+    )
+    .await;
+    // Availability beside savings: the box's downtime over its interruption.
+    let card = eventually(&c, 40, "the box's downtime card", || async {
+        texts(&c, "#savings .card")
+            .await
+            .into_iter()
+            .find(|t| t.contains("box dev") && t.contains("over 1 interruption"))
     })
     .await;
+    assert!(card.contains("down "), "{card}");
 
     // The timeline's filters: one kind, then one subject.
     let kind = c

@@ -421,9 +421,14 @@ impl Daemon<'_> {
                 self.metrics.replacements.inc();
                 let warned = self.lock_memory().warned_at.remove(name);
                 if let Some(at) = warned {
+                    let took = at.elapsed().as_secs_f64();
+                    self.metrics.warning_to_running.observe(took);
                     self.metrics
-                        .warning_to_running
-                        .observe(at.elapsed().as_secs_f64());
+                        .last_recovery_seconds
+                        .get_or_create(&crate::metrics::BoxLabel {
+                            r#box: name.to_owned(),
+                        })
+                        .set(took);
                 }
                 self.record(Some(name), EventKind::Replaced, &what).await;
                 self.settled(name, &out.instance.id);

@@ -308,6 +308,31 @@ impl Store {
             .collect())
     }
 
+    /// The boxes' interruptions and recoveries since `since`, in order:
+    /// `(box, kind, at)` for the warnings and notices the daemon acted on
+    /// and the `replaced` that followed (drills included: a drill's warning
+    /// is recorded as one).
+    pub async fn recoveries_since(
+        &self,
+        owner: &str,
+        since: i64,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT box, kind, at FROM events
+             WHERE owner = $1 AND box IS NOT NULL AND at >= $2
+               AND kind IN ('spot-interruption', 'rebalance', 'scheduled-change', 'state-change', 'replaced')
+             ORDER BY id",
+        )
+        .bind(owner)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("box"), r.get("kind"), r.get("at")))
+            .collect())
+    }
+
     /// Records a pool's desired and current units at `at`.
     pub async fn record_pool_sample(
         &self,
