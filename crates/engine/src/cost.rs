@@ -344,6 +344,38 @@ async fn on_demand_price(
     }
 }
 
+/// Per offering (type, zone): the spot hours this owner ran there and the
+/// interruptions it handled there, over `[since, until]` (what the ranking
+/// of [`crate::rank`] weighs).
+pub async fn offering_history(
+    store: &Store,
+    owner: &str,
+    since: i64,
+    until: i64,
+) -> Result<BTreeMap<(String, String), (f64, usize)>, StoreError> {
+    let runs: Vec<Run> = store
+        .runs_since(owner, since)
+        .await?
+        .iter()
+        .filter_map(|i| Run::of(i, since, until))
+        .collect();
+    let interruptions = store.interruptions_since(owner, since).await?;
+    let report = compute(
+        &runs,
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+        &interruptions,
+        &[],
+        since,
+        until,
+    );
+    Ok(report
+        .offerings
+        .into_iter()
+        .map(|o| ((o.instance_type, o.zone), (o.spot_hours, o.interruptions)))
+        .collect())
+}
+
 /// The report for this owner over `[since, until]`.
 pub async fn report(
     cloud: &dyn Cloud,

@@ -45,6 +45,9 @@ pub async fn run(
     if !zones.is_empty() {
         prices.retain(|p| zones.contains(&p.zone));
     }
+    if let Some(spec) = &spec {
+        return ranked(args, &config, spec, prices).await;
+    }
     if args.json {
         output::print_json(&prices)?;
     } else if prices.is_empty() {
@@ -85,5 +88,115 @@ pub async fn run(
             output::print_table(&["TYPE", "ZONE", "USD/HOUR"], &rows);
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A box's offerings with what its strategy weighs: price, placement score,
+/// this owner's interruption record, and the rank (offerings under the
+/// ceiling only; the first is what `up` would launch).
+async fn ranked(
+    args: &Args,
+    config: &spotkeeper_engine::config::Config,
+    spec: &spotkeeper_engine::config::BoxSpec,
+    prices: Vec<spotkeeper_cloud::SpotPrice>,
+) -> Result<ExitCode, Failure> {
+    use spotkeeper_engine::rank::{Offer, rank};
+    let (store, _) = super::open_state(args, config).await?;
+    let now = spotkeeper_engine::store::unix_now();
+    let history =
+        spotkeeper_engine::cost::offering_history(&store, &config.owner, now - 30 * 24 * 3600, now)
+            .await?;
+    let offer = |p: &spotkeeper_cloud::SpotPrice| {
+        let (hours, interruptions) = history
+            .get(&(p.instance_type.clone(), p.zone.clone()))
+            .copied()
+            .unwrap_or_default();
+        Offer {
+            instance_type: p.instance_type.clone(),
+            zone: p.zone.clone(),
+            price: p.price,
+            score: None,
+            hours,
+            interruptions,
+        }
+    };
+    let under: Vec<Offer> = prices
+        .iter()
+        .filter(|p| p.price <= spec.max_price)
+        .map(offer)
+        .collect();
+    let mut rows: Vec<serde_json::Value> = rank(under, spec.strategy, &spec.instance_types)
+        .into_iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(&r).unwrap_or_default();
+            v["under_ceiling"] = true.into();
+            v
+        })
+        .collect();
+    for p in prices.iter().filter(|p| p.price > spec.max_price) {
+        let mut v = serde_json::to_value(offer(p)).unwrap_or_default();
+        v["under_ceiling"] = false.into();
+        v["rank"] = serde_json::Value::Null;
+        rows.push(v);
+    }
+    if args.json {
+        output::print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        eprintln!("AWS reports no spot price for those instance types and zones.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                text(&r["rank"]),
+                text(&r["instance_type"]),
+                text(&r["zone"]),
+                text(&r["price"]),
+                if r["under_ceiling"] == true {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .to_owned(),
+                text(&r["score"]),
+                format!(
+                    "{} in {:.0} h",
+                    r["interruptions"],
+                    r["hours"].as_f64().unwrap_or_default()
+                ),
+                text(&r["reason"]),
+            ]
+        })
+        .collect();
+    output::print_table(
+        &[
+            "RANK",
+            "TYPE",
+            "ZONE",
+            "USD/HOUR",
+            "UNDER CEILING",
+            "SCORE",
+            "INTERRUPTED",
+            "WHY",
+        ],
+        &table,
+    );
+    eprintln!(
+        "Ceiling {} USD/hour ({}); strategy {}: rank 1 is what `up` launches. Placement scores are not asked yet (-).",
+        spec.max_price,
+        match spec.price_cap {
+            spotkeeper_engine::config::PriceCap::Spotkeeper => "held by spotkeeper",
+            spotkeeper_engine::config::PriceCap::Aws => "sent to AWS as MaxPrice",
+        },
+        spec.strategy.as_str()
+    );
     Ok(ExitCode::SUCCESS)
 }

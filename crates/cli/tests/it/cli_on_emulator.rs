@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::common::{CONFIG, Cli, describe, stderr};
-use serde_json::Value;
+use serde_json::{Value, json};
 use spotkeeper_testkit::closed_port;
 
 #[test]
@@ -95,9 +95,28 @@ fn price_lists_each_type_and_zone_cheapest_first() {
     let rows = prices.as_array().expect("array");
     assert_eq!(rows.len(), 4, "2 types × 2 zones: {prices}");
     assert_eq!(
-        rows[0],
-        serde_json::json!({"instance_type": "t3a.micro", "zone": "us-east-1b", "price": 0.0031})
+        (
+            &rows[0]["instance_type"],
+            &rows[0]["zone"],
+            &rows[0]["price"]
+        ),
+        (&json!("t3a.micro"), &json!("us-east-1b"), &json!(0.0031))
     );
+    // With what the box's strategy weighs: rank, score (not asked: null),
+    // the interruption record, and why.
+    assert_eq!(rows[0]["rank"], 1, "{prices}");
+    assert_eq!(rows[0]["score"], Value::Null);
+    assert_eq!(rows[0]["interruptions"], 0);
+    assert_eq!(rows[0]["under_ceiling"], true);
+    assert_eq!(
+        rows[0]["reason"], "the cheapest with good capacity (no history)",
+        "{prices}"
+    );
+    let table = cli.ok(&["price", "dev"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    for column in ["RANK", "SCORE", "INTERRUPTED", "WHY"] {
+        assert!(text.contains(column), "{text}");
+    }
     let p: Vec<f64> = rows
         .iter()
         .map(|r| r["price"].as_f64().expect("price"))

@@ -22,6 +22,7 @@ use crate::ownership::{
 };
 use crate::persist;
 use crate::plan;
+use crate::rank::{Offer, Ranked, Strategy, rank};
 use crate::store::{Intent, NewIntent, Outcome, StoreError};
 
 /// A (type, zone) to try, in order; `zone` is `None` when AWS may choose.
@@ -369,26 +370,73 @@ async fn spot_targets(
         }
         Err(e) => return Err(e.into()),
     };
-    let best = &chosen[0];
+    let ranked = ranked(ctx, spec, chosen).await?;
+    let best = &ranked[0];
     ctx.progress.note(&format!(
         "Spot price is {} ({} in {}), at or under the ceiling of {} ({}), continuing",
-        best.price,
-        best.instance_type,
-        best.zone,
+        best.offer.price,
+        best.offer.instance_type,
+        best.offer.zone,
         spec.max_price,
         match spec.price_cap {
             PriceCap::Spotkeeper => "held by spotkeeper: a box above it is moved",
             PriceCap::Aws => "sent to AWS as MaxPrice: AWS interrupts above it",
         }
     ));
-    Ok(chosen
+    if spec.strategy != Strategy::Cheapest {
+        ctx.progress.note(&format!(
+            "Chose {} in {} (strategy {}): {}",
+            best.offer.instance_type,
+            best.offer.zone,
+            spec.strategy.as_str(),
+            best.reason
+        ));
+    }
+    Ok(ranked
         .into_iter()
-        .map(|p| Target {
-            instance_type: p.instance_type,
-            zone: Some(p.zone),
+        .map(|r| Target {
+            instance_type: r.offer.instance_type,
+            zone: Some(r.offer.zone),
             subnet: None,
         })
         .collect())
+}
+
+/// How far back the interruption record is weighed.
+const HISTORY: i64 = 30 * 24 * 3600;
+
+/// The offerings under the ceiling in the box's strategy's order, with this
+/// owner's interruption record of each ([`crate::rank`]). Placement scores
+/// are not asked yet: the ranking takes them when given.
+async fn ranked(
+    ctx: &Ctx<'_>,
+    spec: &BoxSpec,
+    chosen: Vec<spotkeeper_cloud::SpotPrice>,
+) -> Result<Vec<Ranked>, BoxError> {
+    let history = if spec.strategy == Strategy::Cheapest {
+        Default::default()
+    } else {
+        let now = crate::store::unix_now();
+        crate::cost::offering_history(ctx.store, ctx.owner, now - HISTORY, now).await?
+    };
+    let offers = chosen
+        .into_iter()
+        .map(|p| {
+            let (hours, interruptions) = history
+                .get(&(p.instance_type.clone(), p.zone.clone()))
+                .copied()
+                .unwrap_or_default();
+            Offer {
+                instance_type: p.instance_type,
+                zone: p.zone,
+                price: p.price,
+                score: None,
+                hours,
+                interruptions,
+            }
+        })
+        .collect();
+    Ok(rank(offers, spec.strategy, &spec.instance_types))
 }
 
 /// The intent of a launch at `target`: a crashed earlier run's, when it

@@ -84,6 +84,8 @@ pub struct BoxSpec {
     /// `slo = { recover_within }`: how fast a drill (or an interruption)
     /// must see the box back.
     pub slo: Option<Duration>,
+    /// `strategy`: how the offering is chosen ([`crate::rank`]).
+    pub strategy: crate::rank::Strategy,
 }
 
 /// How many stop snapshots of a volume are kept unless the config says `keep`.
@@ -244,6 +246,7 @@ pub(super) fn validate_box(
             })
             .transpose()?
             .flatten(),
+        strategy: b.strategy.unwrap_or_default(),
     })
 }
 

@@ -109,6 +109,7 @@ pub(crate) struct RawBox {
     pub(crate) on_interruption: Option<Spanned<super::interruption::RawOnInterruption>>,
     pub(crate) agent: Option<bool>,
     pub(crate) slo: Option<RawSlo>,
+    pub(crate) strategy: Option<crate::rank::Strategy>,
 }
 
 #[derive(Deserialize)]

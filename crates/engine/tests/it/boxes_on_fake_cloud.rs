@@ -717,3 +717,78 @@ async fn an_up_right_after_an_up_takes_the_instance_aws_does_not_list_yet() {
     assert!(!second.launched);
     assert_eq!(w.cloud.count("RunInstances"), 1, "no second launch");
 }
+
+/// Seeds this owner's record: an instance of box `old` that ran two days in
+/// t3a.micro/us-east-1a and was interrupted there three times.
+async fn storm_in_t3a_zone_a(w: &World) {
+    let two_days_ago = SystemTime::now() - Duration::from_secs(48 * 3600);
+    let mut ran = foreign("i-0000000000000storm", two_days_ago);
+    ran.instance_type = "t3a.micro".into();
+    ran.tags.insert(tags::BOX.to_owned(), "old".to_owned());
+    w.store.record_seen("tester", &[ran]).await.expect("seen");
+    for n in 0..3 {
+        w.store
+            .first_delivery(
+                "tester",
+                &format!("storm-{n}"),
+                "spot-interruption",
+                Some("i-0000000000000storm"),
+            )
+            .await
+            .expect("recorded");
+    }
+}
+
+#[tokio::test]
+async fn price_capacity_passes_over_an_offering_this_owner_saw_interrupted_over_and_over() {
+    let w = World::new().await;
+    for z in ZONES {
+        w.cloud.set_price("t3a.micro", z, 0.010);
+        w.cloud.set_price("t3.micro", z, 0.011);
+    }
+    w.cloud.set_price("t3a.micro", "us-east-1a", 0.005);
+    storm_in_t3a_zone_a(&w).await;
+    let zones = r#"zones = ["us-east-1a", "us-east-1b"]"#;
+
+    // The default strategy: the cheapest of the offerings with good capacity.
+    let out = boxes::up(&w.ctx(), &spec(zones)).await.expect("up");
+    assert_eq!(
+        (
+            out.instance.instance_type.as_str(),
+            out.instance.zone.as_deref()
+        ),
+        ("t3a.micro", Some("us-east-1b")),
+        "not the storm's offering, though cheapest"
+    );
+    boxes::stop(&w.ctx(), &spec(zones), true)
+        .await
+        .expect("stop");
+
+    // `cheapest` takes it anyway.
+    let out = boxes::up(
+        &w.ctx(),
+        &spec(&format!("{zones}\nstrategy = \"cheapest\"")),
+    )
+    .await
+    .expect("up");
+    assert_eq!(
+        (
+            out.instance.instance_type.as_str(),
+            out.instance.zone.as_deref()
+        ),
+        ("t3a.micro", Some("us-east-1a"))
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_strategy_is_a_config_error_naming_the_choices() {
+    let text = "[box.dev]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\nstrategy = \"cheapest-ish\"\n";
+    let e = config::parse(Path::new("t.toml"), text).expect_err("refused");
+    assert!(
+        e.to_string().contains("t.toml:5:")
+            && e.to_string()
+                .contains("`cheapest`, `price-capacity`, `capacity`")
+            || e.to_string().contains("expected one of"),
+        "{e}"
+    );
+}
