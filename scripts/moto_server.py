@@ -13,6 +13,11 @@ on every request, from a JSON control file (path in $SPOTKEEPER_MOTO_CONTROL):
 
 A price key is "TYPE/ZONE" or "TYPE"; null means "not offered there". A
 no_capacity entry makes RunInstances fail with InsufficientInstanceCapacity.
+moto does not implement GetSpotPlacementScores; here it answers from
+"scores": {"us-east-1a": 9, "us-east-1b": 2} (by zone name, answered by zone
+id as AWS does: the same id is a different name in another account), and
+"scores_refused": true answers it with the error AWS gives an account past
+its daily number of distinct configurations.
 
 Beside the emulator runs a fault-injecting proxy (a second loopback port)
 that forwards to it. Its rules come from the same control file:
@@ -129,6 +134,22 @@ def describe_spot_price_history(self):
             }
         )
     return ActionResult({"SpotPriceHistory": history})
+
+
+def get_spot_placement_scores(self):
+    market = control()
+    if market.get("scores_refused"):
+        raise EC2ClientError(
+            "MaxConfigLimitExceeded",
+            "You have exceeded your maximum allowed Spot placement configurations. You can retry "
+            "configurations that you used within the last 24 hours, or wait for 24 hours before "
+            "specifying a new configuration.",
+        )
+    scores = market.get("scores", {})
+    return ActionResult({"SpotPlacementScores": [
+        {"Region": self.region, "AvailabilityZoneId": z.zone_id, "Score": scores[z.name]}
+        for z in self.ec2_backend.describe_availability_zones() if z.name in scores
+    ]})
 
 
 _run_instances = InstanceBackend.run_instances
@@ -513,6 +534,7 @@ def main() -> None:
     args = parser.parse_args()
 
     SpotInstances.describe_spot_price_history = describe_spot_price_history
+    SpotInstances.get_spot_placement_scores = get_spot_placement_scores
     InstanceBackend.run_instances = run_instances
     InstanceBackend.terminate_instances = terminate_instances
     AmiBackend.create_image = create_image

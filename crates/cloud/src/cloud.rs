@@ -36,6 +36,15 @@ pub trait Pricing: Send + Sync {
     /// The on-demand price (USD per hour, Linux) of `instance_type` in the
     /// region, from the AWS Price List; `None` when it has no such product.
     async fn on_demand_price(&self, instance_type: &str) -> Result<Option<f64>, CloudError>;
+
+    /// AWS's spot placement score (1–10: how likely a request succeeds) per
+    /// zone of the region, for one instance of any of `instance_types`
+    /// (`GetSpotPlacementScores`, single-zone scores). AWS limits how many
+    /// distinct configurations an account asks about a day: callers cache.
+    async fn placement_scores(
+        &self,
+        instance_types: &[String],
+    ) -> Result<std::collections::BTreeMap<String, u8>, CloudError>;
 }
 
 /// Instances and spot requests: launch, describe, terminate, cancel, tag.

@@ -22,6 +22,7 @@ struct State {
     zones: Vec<String>,
     prices: BTreeMap<(String, String), f64>,
     on_demand: BTreeMap<String, f64>,
+    scores: BTreeMap<String, u8>,
     security_groups: Vec<(String, String)>,
     subnets: BTreeMap<String, String>,
     launch_elsewhere: Vec<Instance>,
@@ -107,6 +108,11 @@ impl FakeCloud {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic in another test thread must not hide this test's result.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the placement score AWS gives `zone`.
+    pub fn set_score(&self, zone: &str, score: u8) {
+        self.lock().scores.insert(zone.to_owned(), score);
     }
 
     /// Sets the spot price of `instance_type` in `zone`.
@@ -374,6 +380,13 @@ impl Pricing for FakeCloud {
             .on_demand
             .get(instance_type)
             .copied())
+    }
+
+    async fn placement_scores(
+        &self,
+        _instance_types: &[String],
+    ) -> Result<BTreeMap<String, u8>, CloudError> {
+        Ok(self.enter("GetSpotPlacementScores")?.scores.clone())
     }
 }
 

@@ -216,6 +216,7 @@ const READ: &[&str] = &[
     "ec2:DescribeInstances",
     "ec2:DescribeSpotInstanceRequests",
     "ec2:DescribeSpotPriceHistory",
+    "ec2:GetSpotPlacementScores",
     "ec2:DescribeAvailabilityZones",
     "ec2:DescribeImages",
     "ec2:DescribeVolumes",

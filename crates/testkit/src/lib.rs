@@ -268,6 +268,20 @@ impl Moto {
     /// Sets the emulator's spot prices and capacity refusals; see
     /// `scripts/moto_server.py`. Keys are `"TYPE/ZONE"` or `"TYPE"`.
     pub fn set_market(&self, prices: &[(&str, Option<f64>)], no_capacity: &[&str]) {
+        self.set_market_with(prices, no_capacity, &[], false);
+    }
+
+    /// [`Moto::set_market`], with the placement scores GetSpotPlacementScores
+    /// answers (by zone name), or its refusal (an account past its daily
+    /// number of distinct configurations).
+    pub fn set_market_with(
+        &self,
+        prices: &[(&str, Option<f64>)],
+        no_capacity: &[&str],
+        scores: &[(&str, u8)],
+        scores_refused: bool,
+    ) {
+        let scores: Vec<String> = scores.iter().map(|(z, s)| format!("{z:?}: {s}")).collect();
         let prices: Vec<String> = prices
             .iter()
             .map(|(k, v)| {
@@ -280,9 +294,10 @@ impl Moto {
             .collect();
         let refused: Vec<String> = no_capacity.iter().map(|k| format!("{k:?}")).collect();
         let json = format!(
-            "{{\"prices\": {{{}}}, \"no_capacity\": [{}]}}",
+            "{{\"prices\": {{{}}}, \"no_capacity\": [{}], \"scores\": {{{}}}, \"scores_refused\": {scores_refused}}}",
             prices.join(", "),
-            refused.join(", ")
+            refused.join(", "),
+            scores.join(", ")
         );
         self.control.lock().unwrap_or_else(|e| e.into_inner()).0 = json;
         self.write_control();

@@ -46,7 +46,7 @@ pub async fn run(
         prices.retain(|p| zones.contains(&p.zone));
     }
     if let Some(spec) = &spec {
-        return ranked(args, &config, spec, prices).await;
+        return ranked(args, &config, spec, prices, &cloud).await;
     }
     if args.json {
         output::print_json(&prices)?;
@@ -99,6 +99,7 @@ async fn ranked(
     config: &spotkeeper_engine::config::Config,
     spec: &spotkeeper_engine::config::BoxSpec,
     prices: Vec<spotkeeper_cloud::SpotPrice>,
+    cloud: &spotkeeper_cloud::AwsCloud,
 ) -> Result<ExitCode, Failure> {
     use spotkeeper_engine::rank::{Offer, rank};
     let (store, _) = super::open_state(args, config).await?;
@@ -106,6 +107,11 @@ async fn ranked(
     let history =
         spotkeeper_engine::cost::offering_history(&store, &config.owner, now - 30 * 24 * 3600, now)
             .await?;
+    let (scores, refused) =
+        spotkeeper_engine::scores::scores(cloud, &spec.instance_types, true).await;
+    if let Some(said) = refused {
+        eprintln!("{said}");
+    }
     let offer = |p: &spotkeeper_cloud::SpotPrice| {
         let (hours, interruptions) = history
             .get(&(p.instance_type.clone(), p.zone.clone()))
@@ -115,7 +121,7 @@ async fn ranked(
             instance_type: p.instance_type.clone(),
             zone: p.zone.clone(),
             price: p.price,
-            score: None,
+            score: scores.get(&p.zone).copied(),
             hours,
             interruptions,
         }
@@ -190,7 +196,7 @@ async fn ranked(
         &table,
     );
     eprintln!(
-        "Ceiling {} USD/hour ({}); strategy {}: rank 1 is what `up` launches. Placement scores are not asked yet (-).",
+        "Ceiling {} USD/hour ({}); strategy {}: rank 1 is what `up` launches; score: AWS's spot placement score of the zone (1-10).",
         spec.max_price,
         match spec.price_cap {
             spotkeeper_engine::config::PriceCap::Spotkeeper => "held by spotkeeper",

@@ -543,3 +543,80 @@ fn security_groups_may_be_named_and_an_unknown_name_stops_up_before_any_launch()
         "launched in the named group"
     );
 }
+
+#[test]
+fn price_shows_placement_scores_and_up_goes_where_capacity_is_good() {
+    let cli = Cli::new();
+    cli.moto.set_market_with(
+        &[
+            ("t3.micro", Some(0.0104)),
+            ("t3a.micro", Some(0.0094)),
+            ("t3a.micro/us-east-1a", Some(0.0031)),
+        ],
+        &[],
+        &[("us-east-1a", 2), ("us-east-1b", 9)],
+        false,
+    );
+    let prices = cli.json(&["price", "dev", "--json"]);
+    let rows = prices.as_array().expect("array");
+    // The cheapest offering is in a zone AWS scores 2 of 10: last.
+    assert_eq!(
+        (
+            &rows[0]["instance_type"],
+            &rows[0]["zone"],
+            &rows[0]["score"]
+        ),
+        (&json!("t3a.micro"), &json!("us-east-1b"), &json!(9)),
+        "{prices}"
+    );
+    let poor = rows
+        .iter()
+        .find(|r| r["zone"] == "us-east-1a" && r["instance_type"] == "t3a.micro")
+        .expect("the cheapest row");
+    assert_eq!(
+        poor["rank"], 3,
+        "after every offering of good capacity: {prices}"
+    );
+    assert!(
+        poor["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("placement score 2 of 10")),
+        "{poor}"
+    );
+    let up = cli.ok(&["up", "dev"]);
+    let said = stderr(&up);
+    assert!(
+        said.contains("Chose t3a.micro in us-east-1b (strategy price-capacity)"),
+        "{said}"
+    );
+    assert_eq!(cli.live()[0]["zone"], "us-east-1b");
+}
+
+#[test]
+fn refused_placement_scores_leave_the_record_and_price_to_decide_and_are_said_once() {
+    let cli = Cli::new();
+    cli.moto.set_market_with(
+        &[
+            ("t3.micro", Some(0.0104)),
+            ("t3a.micro", Some(0.0094)),
+            ("t3a.micro/us-east-1a", Some(0.0031)),
+        ],
+        &[],
+        &[],
+        true,
+    );
+    let out = cli.ok(&["price", "dev", "--json"]);
+    let said = stderr(&out);
+    assert_eq!(
+        said.matches("Spot placement scores are not available")
+            .count(),
+        1,
+        "{said}"
+    );
+    assert!(said.contains("MaxConfigLimitExceeded"), "{said}");
+    let rows: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(rows[0]["zone"], "us-east-1a", "the cheapest: {rows}");
+    assert_eq!(rows[0]["score"], Value::Null);
+    let up = cli.ok(&["up", "dev"]);
+    assert!(stderr(&up).contains("us-east-1a"), "{}", stderr(&up));
+}

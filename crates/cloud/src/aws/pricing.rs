@@ -36,6 +36,45 @@ pub(crate) fn hourly_on_demand(doc: &str) -> Option<f64> {
 
 #[async_trait]
 impl Pricing for AwsCloud {
+    async fn placement_scores(
+        &self,
+        instance_types: &[String],
+    ) -> Result<BTreeMap<String, u8>, CloudError> {
+        const OP: &str = "GetSpotPlacementScores";
+        let out = self
+            .ec2
+            .get_spot_placement_scores()
+            .set_instance_types(Some(instance_types.to_vec()))
+            .target_capacity(1)
+            .single_availability_zone(true)
+            .region_names(self.region.clone())
+            .send()
+            .await
+            .map_err(|e| sdk_error(OP, e))?;
+        // Scores name zones by id (use1-az4): the same id is a different
+        // name in another account, so the names come from this account.
+        let zones = self
+            .ec2
+            .describe_availability_zones()
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeAvailabilityZones", e))?;
+        let names: BTreeMap<&str, &str> = zones
+            .availability_zones()
+            .iter()
+            .filter_map(|z| Some((z.zone_id()?, z.zone_name()?)))
+            .collect();
+        Ok(out
+            .spot_placement_scores()
+            .iter()
+            .filter_map(|s| {
+                let name = names.get(s.availability_zone_id()?)?;
+                let score = u8::try_from(s.score()?).ok()?;
+                Some(((*name).to_owned(), score))
+            })
+            .collect())
+    }
+
     async fn zones(&self) -> Result<Vec<String>, CloudError> {
         let out = self
             .ec2

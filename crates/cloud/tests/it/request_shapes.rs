@@ -594,3 +594,63 @@ async fn ubuntu_daily_images_are_canonicals_newest_images_testing_build_of_the_c
     );
     assert_eq!(images.num_calls(), 1);
 }
+
+#[tokio::test]
+async fn placement_scores_are_single_zone_for_one_instance_in_the_region_and_named_by_this_account()
+{
+    use aws_sdk_ec2::operation::describe_availability_zones::DescribeAvailabilityZonesOutput;
+    use aws_sdk_ec2::operation::get_spot_placement_scores::GetSpotPlacementScoresOutput;
+    use aws_sdk_ec2::types::{AvailabilityZone, SpotPlacementScore};
+    // A recorded answer (trimmed): scores by zone id, as AWS gives them.
+    let scores = mock!(Client::get_spot_placement_scores)
+        .match_requests(|r| {
+            r.target_capacity() == Some(1)
+                && r.single_availability_zone() == Some(true)
+                && r.region_names() == ["us-east-1"]
+                && r.instance_types() == ["t3.micro", "t3a.micro"]
+        })
+        .then_output(|| {
+            GetSpotPlacementScoresOutput::builder()
+                .spot_placement_scores(
+                    SpotPlacementScore::builder()
+                        .region("us-east-1")
+                        .availability_zone_id("use1-az6")
+                        .score(9)
+                        .build(),
+                )
+                .spot_placement_scores(
+                    SpotPlacementScore::builder()
+                        .region("us-east-1")
+                        .availability_zone_id("use1-az1")
+                        .score(3)
+                        .build(),
+                )
+                .build()
+        });
+    let zones = mock!(Client::describe_availability_zones).then_output(|| {
+        DescribeAvailabilityZonesOutput::builder()
+            .availability_zones(
+                AvailabilityZone::builder()
+                    .zone_name("us-east-1a")
+                    .zone_id("use1-az6")
+                    .build(),
+            )
+            .availability_zones(
+                AvailabilityZone::builder()
+                    .zone_name("us-east-1b")
+                    .zone_id("use1-az1")
+                    .build(),
+            )
+            .build()
+    });
+    let cloud = AwsCloud::from_clients(ec2_with(&[&scores, &zones]), ssm(), route53(), "us-east-1");
+    let got = cloud
+        .placement_scores(&["t3.micro".to_owned(), "t3a.micro".to_owned()])
+        .await
+        .expect("the request matched");
+    assert_eq!(
+        got,
+        BTreeMap::from([("us-east-1a".to_owned(), 9), ("us-east-1b".to_owned(), 3)])
+    );
+    assert_eq!(scores.num_calls(), 1);
+}

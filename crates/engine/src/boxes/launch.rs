@@ -370,7 +370,7 @@ async fn spot_targets(
         }
         Err(e) => return Err(e.into()),
     };
-    let ranked = ranked(ctx, spec, chosen).await?;
+    let ranked = ranked(ctx, spec, chosen, known.is_none()).await?;
     let best = &ranked[0];
     ctx.progress.note(&format!(
         "Spot price is {} ({} in {}), at or under the ceiling of {} ({}), continuing",
@@ -406,18 +406,26 @@ async fn spot_targets(
 const HISTORY: i64 = 30 * 24 * 3600;
 
 /// The offerings under the ceiling in the box's strategy's order, with this
-/// owner's interruption record of each ([`crate::rank`]). Placement scores
-/// are not asked yet: the ranking takes them when given.
+/// owner's interruption record of each and AWS's placement scores
+/// ([`crate::rank`]); the scores are asked (`ask`) unless cached, except on
+/// the warning's fast path.
 async fn ranked(
     ctx: &Ctx<'_>,
     spec: &BoxSpec,
     chosen: Vec<spotkeeper_cloud::SpotPrice>,
+    ask: bool,
 ) -> Result<Vec<Ranked>, BoxError> {
-    let history = if spec.strategy == Strategy::Cheapest {
+    let (history, scores) = if spec.strategy == Strategy::Cheapest {
         Default::default()
     } else {
         let now = crate::store::unix_now();
-        crate::cost::offering_history(ctx.store, ctx.owner, now - HISTORY, now).await?
+        let history =
+            crate::cost::offering_history(ctx.store, ctx.owner, now - HISTORY, now).await?;
+        let (scores, refused) = crate::scores::scores(ctx.cloud, &spec.instance_types, ask).await;
+        if let Some(said) = refused {
+            ctx.progress.note(&said);
+        }
+        (history, scores)
     };
     let offers = chosen
         .into_iter()
@@ -427,10 +435,10 @@ async fn ranked(
                 .copied()
                 .unwrap_or_default();
             Offer {
+                score: scores.get(&p.zone).copied(),
                 instance_type: p.instance_type,
                 zone: p.zone,
                 price: p.price,
-                score: None,
                 hours,
                 interruptions,
             }

@@ -84,6 +84,13 @@ impl Pricing for FencedCloud<'_> {
     async fn on_demand_price(&self, instance_type: &str) -> Result<Option<f64>, CloudError> {
         self.inner.on_demand_price(instance_type).await
     }
+
+    async fn placement_scores(
+        &self,
+        instance_types: &[String],
+    ) -> Result<std::collections::BTreeMap<String, u8>, CloudError> {
+        self.inner.placement_scores(instance_types).await
+    }
 }
 
 #[async_trait]

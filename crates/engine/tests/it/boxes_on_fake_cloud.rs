@@ -719,14 +719,14 @@ async fn an_up_right_after_an_up_takes_the_instance_aws_does_not_list_yet() {
 }
 
 /// Seeds this owner's record: an instance of box `old` that ran two days in
-/// t3a.micro/us-east-1a and was interrupted there three times.
+/// t3a.micro/us-east-1a and was interrupted there four times.
 async fn storm_in_t3a_zone_a(w: &World) {
     let two_days_ago = SystemTime::now() - Duration::from_secs(48 * 3600);
     let mut ran = foreign("i-0000000000000storm", two_days_ago);
     ran.instance_type = "t3a.micro".into();
     ran.tags.insert(tags::BOX.to_owned(), "old".to_owned());
     w.store.record_seen("tester", &[ran]).await.expect("seen");
-    for n in 0..3 {
+    for n in 0..4 {
         w.store
             .first_delivery(
                 "tester",
