@@ -251,17 +251,7 @@ pub fn compute(
         on_demand_cost: Some(0.0),
         ..Line::default()
     };
-    for (b, (n, down, last)) in downtime(recoveries, until) {
-        let line = lines.entry(format!("box {b}")).or_insert_with(|| Line {
-            subject: format!("box {b}"),
-            cost: Some(0.0),
-            on_demand_cost: Some(0.0),
-            ..Line::default()
-        });
-        line.interruptions = n;
-        line.down_seconds = down;
-        line.last_recovery_seconds = last;
-    }
+    add_downtime(&mut lines, recoveries, until);
     let mut lines: Vec<Line> = lines.into_values().collect();
     for l in &mut lines {
         total.interruptions += l.interruptions;
@@ -280,19 +270,40 @@ pub fn compute(
         until,
         lines,
         total,
-        offerings: offerings
-            .into_iter()
-            .map(
-                |((instance_type, zone), (spot_hours, interruptions))| OfferingLine {
-                    instance_type,
-                    zone,
-                    spot_hours,
-                    interruptions,
-                    hours_between: (interruptions > 0).then(|| spot_hours / interruptions as f64),
-                },
-            )
-            .collect(),
+        offerings: offerings.into_iter().map(offering_line).collect(),
         on_demand_prices: on_demand.clone(),
+    }
+}
+
+fn offering_line(
+    ((instance_type, zone), (spot_hours, interruptions)): ((String, String), (f64, usize)),
+) -> OfferingLine {
+    OfferingLine {
+        instance_type,
+        zone,
+        spot_hours,
+        interruptions,
+        hours_between: (interruptions > 0).then(|| spot_hours / interruptions as f64),
+    }
+}
+
+/// Each box's downtime into its line (a line of its own when it ran nothing
+/// in the window).
+fn add_downtime(
+    lines: &mut BTreeMap<String, Line>,
+    recoveries: &[(String, String, i64)],
+    until: i64,
+) {
+    for (b, (n, down, last)) in downtime(recoveries, until) {
+        let line = lines.entry(format!("box {b}")).or_insert_with(|| Line {
+            subject: format!("box {b}"),
+            cost: Some(0.0),
+            on_demand_cost: Some(0.0),
+            ..Line::default()
+        });
+        line.interruptions = n;
+        line.down_seconds = down;
+        line.last_recovery_seconds = last;
     }
 }
 

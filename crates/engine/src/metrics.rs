@@ -230,6 +230,19 @@ fn register_leases(registry: &mut Registry) -> (Gauge, Counter, Gauge, Counter) 
     (held, takeovers, reachable, fenced)
 }
 
+/// The per-box series.
+fn register_boxes(
+    registry: &mut Registry,
+) -> Family<BoxLabel, Gauge<f64, std::sync::atomic::AtomicU64>> {
+    let last_recovery_seconds = Family::default();
+    registry.register(
+        "box_last_recovery_seconds",
+        "Per box: from its last warning to its replacement being up (drills included)",
+        last_recovery_seconds.clone(),
+    );
+    last_recovery_seconds
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("spotkeeper");
@@ -288,12 +301,7 @@ impl Default for Metrics {
         let pools = PoolMetrics::default();
         pools.register(&mut registry);
         let (leases_held, lease_takeovers, aws_reachable, fenced) = register_leases(&mut registry);
-        let last_recovery_seconds = Family::default();
-        registry.register(
-            "box_last_recovery_seconds",
-            "Per box: from its last warning to its replacement being up (drills included)",
-            last_recovery_seconds.clone(),
-        );
+        let last_recovery_seconds = register_boxes(&mut registry);
         Self {
             last_recovery_seconds,
             aws_reachable,

@@ -28,50 +28,11 @@ pub(super) async fn drill_box(
             "the only query parameter is rebalance=true|false",
         );
     };
+    let instance = match may_drill(&state, &name).await {
+        Ok(i) => i,
+        Err(refused) => return refused,
+    };
     let owner = &state.config.owner;
-    let managed = match state.store.managed_boxes(owner).await {
-        Ok(m) => m,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    if !managed.iter().any(|b| b.name == name) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no managed box named {name:?}"),
-        );
-    }
-    let recent = match state.store.events(owner, Some(&name), 50).await {
-        Ok(e) => e,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let now = crate::store::unix_now();
-    if recent
-        .iter()
-        .any(|e| e.kind == EventKind::Drill.as_str() && now - e.at < DRILL_EVERY)
-    {
-        return error(
-            StatusCode::CONFLICT,
-            format!("box {name} had a drill less than {DRILL_EVERY} s ago; let it recover first"),
-        );
-    }
-    let (_, live) = live(&state);
-    let Some(instance) = live
-        .iter()
-        .find(|i| i.tag(tags::BOX) == Some(name.as_str()))
-    else {
-        return error(
-            StatusCode::CONFLICT,
-            format!("box {name} has no live instance the daemon has seen"),
-        );
-    };
-    if instance.market != spotkeeper_cloud::Market::Spot {
-        return error(
-            StatusCode::CONFLICT,
-            format!(
-                "box {name} runs {} on {}: AWS sends spot warnings only to spot instances",
-                instance.market, instance.id
-            ),
-        );
-    }
     let Some(queue) = state.queue.get() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -120,4 +81,51 @@ pub(super) async fn drill_box(
         Json(json!({ "box": name, "instance_id": instance.id, "event_id": id })),
     )
         .into_response()
+}
+
+/// The live spot instance the daemon last saw of a managed box without a
+/// drill in the last [`DRILL_EVERY`] seconds.
+async fn may_drill(state: &ApiState, name: &str) -> Result<spotkeeper_cloud::Instance, Response> {
+    let owner = &state.config.owner;
+    let internal =
+        |e: crate::store::StoreError| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let managed = state.store.managed_boxes(owner).await.map_err(internal)?;
+    if !managed.iter().any(|b| b.name == name) {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no managed box named {name:?}"),
+        ));
+    }
+    let recent = state
+        .store
+        .events(owner, Some(name), 50)
+        .await
+        .map_err(internal)?;
+    let now = crate::store::unix_now();
+    if recent
+        .iter()
+        .any(|e| e.kind == EventKind::Drill.as_str() && now - e.at < DRILL_EVERY)
+    {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!("box {name} had a drill less than {DRILL_EVERY} s ago; let it recover first"),
+        ));
+    }
+    let (_, live) = live(state);
+    let Some(instance) = live.into_iter().find(|i| i.tag(tags::BOX) == Some(name)) else {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!("box {name} has no live instance the daemon has seen"),
+        ));
+    };
+    if instance.market != spotkeeper_cloud::Market::Spot {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!(
+                "box {name} runs {} on {}: AWS sends spot warnings only to spot instances",
+                instance.market, instance.id
+            ),
+        ));
+    }
+    Ok(instance)
 }

@@ -233,21 +233,21 @@ pub(super) fn validate_box(
         price_cap: b.price_cap.unwrap_or_default(),
         on_interruption: super::interruption::on_interruption(b.on_interruption, at)?,
         agent: b.agent.unwrap_or(false),
-        slo: b
-            .slo
-            .map(|s| {
-                super::error::duration_within(
-                    Some(&s.recover_within),
-                    "slo.recover_within",
-                    (Duration::from_secs(1), Duration::from_secs(24 * 3600)),
-                    "",
-                    at,
-                )
-            })
-            .transpose()?
-            .flatten(),
+        slo: slo(b.slo, at)?,
         strategy: b.strategy.unwrap_or_default(),
     })
+}
+
+/// `slo = { recover_within }`: from a second to a day.
+fn slo(slo: Option<super::raw::RawSlo>, at: At) -> Result<Option<Duration>, ConfigError> {
+    let Some(s) = slo else { return Ok(None) };
+    super::error::duration_within(
+        Some(&s.recover_within),
+        "slo.recover_within",
+        (Duration::from_secs(1), Duration::from_secs(24 * 3600)),
+        "",
+        at,
+    )
 }
 
 /// `image` (and `base_image`, `image_from_box`): what to launch from, and

@@ -284,22 +284,7 @@ impl Daemon<'_> {
         if !held && let Err(e) = self.store.wake_daemons(&self.config.owner, box_name).await {
             tracing::warn!("cannot wake the daemon holding {box_name}: {e}");
         }
-        let drill = if crate::drill::is_drill(&event.id) {
-            " (drill)"
-        } else {
-            ""
-        };
-        let what = if held {
-            format!(
-                "{}{drill} for {id} of box {box_name}: replacing it",
-                event.kind.name()
-            )
-        } else {
-            format!(
-                "{}{drill} for {id} of box {box_name}: doomed; the daemon holding its lease replaces it",
-                event.kind.name()
-            )
-        };
+        let what = acted(event, id, box_name, held);
         self.record(Some(box_name), event.kind.event_kind(), &what)
             .await;
         Ok(Verdict::Acted(what))
@@ -334,6 +319,24 @@ impl Daemon<'_> {
             .unavailable
             .insert(Offering::new(instance_type, zone, market), until);
     }
+}
+
+/// What was done for a box's instance, in words (a drill says so).
+fn acted(event: &events::Event, id: &InstanceId, box_name: &str, held: bool) -> String {
+    let drill = if crate::drill::is_drill(&event.id) {
+        " (drill)"
+    } else {
+        ""
+    };
+    let what = if held {
+        "replacing it"
+    } else {
+        "doomed; the daemon holding its lease replaces it"
+    };
+    format!(
+        "{}{drill} for {id} of box {box_name}: {what}",
+        event.kind.name()
+    )
 }
 
 /// What an event came to for one instance.
