@@ -72,18 +72,21 @@ pub enum Step {
     Ready,
     /// The DNS record (or Elastic IP) points at it.
     Address,
+    /// The `on_interruption` hook on the interrupted instance ended.
+    Hook,
     /// The interrupted instance is shutting down or gone.
     OldGone,
 }
 
 impl Step {
     /// Every step, in the order a recovery usually goes.
-    pub const ALL: [Step; 6] = [
+    pub const ALL: [Step; 7] = [
         Step::Requested,
         Step::Running,
         Step::Volumes,
         Step::Ready,
         Step::Address,
+        Step::Hook,
         Step::OldGone,
     ];
 
@@ -95,14 +98,16 @@ impl Step {
             Step::Volumes => "volumes attached",
             Step::Ready => "ready",
             Step::Address => "DNS/Elastic IP moved",
+            Step::Hook => "on_interruption hook ended",
             Step::OldGone => "old instance gone",
         }
     }
 
     /// Whether the box counts as recovered only after this step (the old
-    /// instance going is AWS's part, not the box's availability).
+    /// instance's hook and its going are the old instance's part, not the
+    /// box's availability).
     pub fn counts_for_recovery(self) -> bool {
-        self != Step::OldGone
+        !matches!(self, Step::Hook | Step::OldGone)
     }
 }
 
@@ -116,13 +121,14 @@ pub struct Timeline {
 
 impl Timeline {
     /// The steps that apply: volumes only with volumes, the address only
-    /// with DNS or an Elastic IP.
-    pub fn new(volumes: bool, address: bool) -> Self {
+    /// with DNS or an Elastic IP, the hook only with `on_interruption`.
+    pub fn new(volumes: bool, address: bool, hook: bool) -> Self {
         let steps = Step::ALL
             .iter()
             .filter(|s| match s {
                 Step::Volumes => volumes,
                 Step::Address => address,
+                Step::Hook => hook,
                 _ => true,
             })
             .map(|s| (*s, None))
@@ -258,8 +264,8 @@ mod tests {
         Duration::from_millis(n * 100)
     }
 
-    fn full(times: [u64; 6]) -> Timeline {
-        let mut t = Timeline::new(true, true);
+    fn full(times: [u64; 7]) -> Timeline {
+        let mut t = Timeline::new(true, true, true);
         for (step, at) in Step::ALL.iter().zip(times) {
             t.saw(*step, s(at));
         }
@@ -292,8 +298,8 @@ mod tests {
 
     #[test]
     fn recovery_is_the_last_step_that_counts_and_the_slo_judges_it() {
-        // Old instance gone last (at 9.0 s) does not count.
-        let t = full([2, 5, 20, 30, 31, 90]);
+        // The hook (at 6.0 s) and the old instance gone (at 9.0 s) do not count.
+        let t = full([2, 5, 20, 30, 31, 60, 90]);
         assert_eq!(t.recovered_after(), Some(s(31)));
         assert!(t.verdict(Some(Duration::from_secs(4))).passed());
         assert_eq!(
@@ -317,7 +323,7 @@ mod tests {
 
     #[test]
     fn a_step_never_seen_fails_the_drill_and_is_named() {
-        let mut t = Timeline::new(false, false);
+        let mut t = Timeline::new(false, false, false);
         t.saw(Step::Requested, s(1));
         t.saw(Step::Running, s(2));
         assert_eq!(t.recovered_after(), None);
@@ -340,7 +346,7 @@ mod tests {
 
     #[test]
     fn a_step_is_timed_once() {
-        let mut t = Timeline::new(false, false);
+        let mut t = Timeline::new(false, false, false);
         t.saw(Step::Running, s(2));
         t.saw(Step::Running, s(9));
         assert_eq!(t.steps[1], (Step::Running, Some(s(2))));

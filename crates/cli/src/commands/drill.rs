@@ -131,7 +131,7 @@ async fn follow(
 ) -> Result<Timeline, Failure> {
     let volumes = spec.data_volume.is_some() || spec.root_volume.is_some();
     let address = spec.dns.is_some() || spec.elastic_ip.is_some();
-    let mut timeline = Timeline::new(volumes, address);
+    let mut timeline = Timeline::new(volumes, address, spec.on_interruption.is_some());
     let started = Instant::now();
     let mut new: Option<Instance> = None;
     while !timeline.complete() && started.elapsed() < wait {
@@ -146,6 +146,9 @@ async fn follow(
             match e.kind.as_str() {
                 "launch" => timeline.saw(Step::Requested, at),
                 "replaced" => timeline.saw(Step::Ready, at),
+                "hook" | "hook-failed" if e.message.contains(old.id.as_str()) => {
+                    timeline.saw(Step::Hook, at)
+                }
                 "dns"
                     if new
                         .as_ref()

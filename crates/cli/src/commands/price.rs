@@ -173,11 +173,10 @@ async fn ranked(
                 }
                 .to_owned(),
                 text(&r["score"]),
-                format!(
-                    "{} in {:.0} h",
-                    r["interruptions"],
-                    r["hours"].as_f64().unwrap_or_default()
-                ),
+                match (r["interruptions"].as_u64(), r["hours"].as_f64()) {
+                    (Some(0), Some(0.0)) => "-".to_owned(),
+                    (n, h) => format!("{} in {:.0} h", n.unwrap_or(0), h.unwrap_or(0.0)),
+                },
                 text(&r["reason"]),
             ]
         })

@@ -55,7 +55,17 @@ fn events(cli: &Cli, kind: &str) -> Vec<String> {
 
 #[test]
 fn a_drill_prints_the_recovery_step_by_step_and_passes_within_the_slo() {
-    let (cli, serve) = ready("slo = { recover_within = \"1m\" }");
+    // With a hook on the warned instance (the test's sshd stands in for it).
+    let sshd = spotkeeper_testkit::Sshd::start();
+    let (cli, serve) = ready(&format!(
+        "slo = {{ recover_within = \"1m\" }}\n\
+         ssh = {{ user = \"{}\", key_file = \"{}\", port = {}, host = \"127.0.0.1\", known_hosts = \"{}\" }}\n\
+         on_interruption = {{ command = \"sleep 1\", timeout = \"20s\" }}",
+        sshd.user(),
+        sshd.key_file().display(),
+        sshd.port(),
+        sshd.known_hosts().display()
+    ));
     let old = cli.live()[0]["instance_id"].clone();
     let out = cli.run(&["drill", "dev"]);
     let log = serve.log();
@@ -68,6 +78,7 @@ fn a_drill_prints_the_recovery_step_by_step_and_passes_within_the_slo() {
         "volumes attached",
         "ready",
         "DNS/Elastic IP moved",
+        "on_interruption hook ended",
         "old instance gone",
     ] {
         assert_eq!(
