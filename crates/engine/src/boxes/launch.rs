@@ -4,7 +4,7 @@
 //! token) recorded before the launch call, the volumes prepared in its zone,
 //! the launch, and the race with another launcher settled by the keeper rule.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use spotkeeper_cloud::{
@@ -13,8 +13,9 @@ use spotkeeper_cloud::{
 };
 use tokio::time::{Instant, sleep};
 
+use super::choose::Target;
 use super::settle::{elastic_ip_reassociation, mark_stopped, settle, terminate_extras};
-use super::{Avoid, BoxError, Ctx, Known, UpOutcome, allowed_zones, box_prices, places};
+use super::{Avoid, BoxError, Ctx, Known, UpOutcome, allowed_zones, places};
 use crate::config::{BoxSpec, PriceCap, VolumeSpec};
 use crate::event_kind::EventKind;
 use crate::ownership::{
@@ -22,16 +23,7 @@ use crate::ownership::{
 };
 use crate::persist;
 use crate::plan;
-use crate::rank::{Offer, Ranked, Strategy, rank};
 use crate::store::{Intent, NewIntent, Outcome, StoreError};
-
-/// A (type, zone) to try, in order; `zone` is `None` when AWS may choose.
-struct Target {
-    instance_type: String,
-    zone: Option<String>,
-    /// The box's subnet in that zone, if it has subnets.
-    subnet: Option<String>,
-}
 
 /// What every launch attempt of one `up` uses, resolved once.
 struct Resolved {
@@ -312,7 +304,7 @@ async fn targets(
         },
     };
     let mut targets = if spec.market == Market::Spot {
-        spot_targets(ctx, spec, avoid, known, &zones).await?
+        super::choose::spot_targets(ctx, spec, avoid, known, &zones).await?
     } else {
         let zone = if !spec.subnets.is_empty() || spec.launch.zones.is_some() || !found.is_empty() {
             zones.first().cloned()
@@ -332,119 +324,6 @@ async fn targets(
         t.subnet = t.zone.as_ref().and_then(|z| subnets.get(z)).cloned();
     }
     Ok(targets)
-}
-
-/// The spot offerings in `zones` under the ceiling, cheapest first; every
-/// one interrupted lately beats leaving the box down.
-async fn spot_targets(
-    ctx: &Ctx<'_>,
-    spec: &BoxSpec,
-    avoid: &Avoid,
-    known: Option<&Known>,
-    zones: &[String],
-) -> Result<Vec<Target>, BoxError> {
-    let prices = match known {
-        Some(k) => {
-            let mut p = k.prices.clone();
-            p.retain(|x| zones.contains(&x.zone));
-            plan::sort_prices(&mut p, &spec.instance_types);
-            p
-        }
-        None => box_prices(ctx, spec).await?,
-    };
-    let under = |unavailable| {
-        plan::candidates(
-            &prices,
-            &spec.instance_types,
-            zones,
-            spec.max_price,
-            unavailable,
-        )
-    };
-    let chosen = match under(&avoid.offerings) {
-        Ok(c) => c,
-        Err(_) if !avoid.offerings.is_empty() => {
-            ctx.progress
-                .note("Every allowed offering was interrupted lately; trying them anyway");
-            under(&HashSet::new())?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let ranked = ranked(ctx, spec, chosen, known.is_none()).await?;
-    let best = &ranked[0];
-    ctx.progress.note(&format!(
-        "Spot price is {} ({} in {}), at or under the ceiling of {} ({}), continuing",
-        best.offer.price,
-        best.offer.instance_type,
-        best.offer.zone,
-        spec.max_price,
-        match spec.price_cap {
-            PriceCap::Spotkeeper => "held by spotkeeper: a box above it is moved",
-            PriceCap::Aws => "sent to AWS as MaxPrice: AWS interrupts above it",
-        }
-    ));
-    if spec.strategy != Strategy::Cheapest {
-        ctx.progress.note(&format!(
-            "Chose {} in {} (strategy {}): {}",
-            best.offer.instance_type,
-            best.offer.zone,
-            spec.strategy.as_str(),
-            best.reason
-        ));
-    }
-    Ok(ranked
-        .into_iter()
-        .map(|r| Target {
-            instance_type: r.offer.instance_type,
-            zone: Some(r.offer.zone),
-            subnet: None,
-        })
-        .collect())
-}
-
-/// How far back the interruption record is weighed.
-const HISTORY: i64 = 30 * 24 * 3600;
-
-/// The offerings under the ceiling in the box's strategy's order, with this
-/// owner's interruption record of each and AWS's placement scores
-/// ([`crate::rank`]); the scores are asked (`ask`) unless cached, except on
-/// the warning's fast path.
-async fn ranked(
-    ctx: &Ctx<'_>,
-    spec: &BoxSpec,
-    chosen: Vec<spotkeeper_cloud::SpotPrice>,
-    ask: bool,
-) -> Result<Vec<Ranked>, BoxError> {
-    let (history, scores) = if spec.strategy == Strategy::Cheapest {
-        Default::default()
-    } else {
-        let now = crate::store::unix_now();
-        let history =
-            crate::cost::offering_history(ctx.store, ctx.owner, now - HISTORY, now).await?;
-        let (scores, refused) = crate::scores::scores(ctx.cloud, &spec.instance_types, ask).await;
-        if let Some(said) = refused {
-            ctx.progress.note(&said);
-        }
-        (history, scores)
-    };
-    let offers = chosen
-        .into_iter()
-        .map(|p| {
-            let (hours, interruptions) = history
-                .get(&(p.instance_type.clone(), p.zone.clone()))
-                .copied()
-                .unwrap_or_default();
-            Offer {
-                score: scores.get(&p.zone).copied(),
-                instance_type: p.instance_type,
-                zone: p.zone,
-                price: p.price,
-                hours,
-                interruptions,
-            }
-        })
-        .collect();
-    Ok(rank(offers, spec.strategy, &spec.instance_types))
 }
 
 /// The intent of a launch at `target`: a crashed earlier run's, when it

@@ -9,6 +9,7 @@
 //! - `stop`: `stop` and what follows it.
 
 pub mod agent_install;
+mod choose;
 mod launch;
 mod settle;
 mod stop;
