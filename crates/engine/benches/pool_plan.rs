@@ -142,6 +142,7 @@ fn main() {
             doomed: doomed.clone(),
             prices: None,
             index: Default::default(),
+            risky: Default::default(),
         };
         let mut steps = 0;
         for (n, spec) in pools.iter().enumerate() {
@@ -155,6 +156,7 @@ fn main() {
                 prices: &prices,
                 placements: &placements,
                 unavailable: &unavailable,
+                risky: &unavailable,
                 spot_blocked: false,
                 surplus_since: Some(now - Duration::from_secs(3600)),
                 now,

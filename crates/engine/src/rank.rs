@@ -57,6 +57,13 @@ pub const RISKY_AFTER: usize = 2;
 /// again, are.
 pub const PRIOR_HOURS: f64 = 24.0;
 
+/// Whether `interruptions` in `hours` of spot running is a pattern: at least
+/// [`RISKY_AFTER`], and more than [`RISKY_RATE`] with [`PRIOR_HOURS`] of
+/// quiet assumed before the record.
+pub fn risky_record(hours: f64, interruptions: usize) -> bool {
+    interruptions >= RISKY_AFTER && interruptions as f64 / (hours + PRIOR_HOURS) > RISKY_RATE
+}
+
 /// One offering with what is known of it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Offer {
@@ -86,9 +93,8 @@ impl Offer {
         if let Some(s) = self.score.filter(|s| *s < GOOD_SCORE) {
             return Some(format!("placement score {s} of 10"));
         }
-        let smoothed = self.interruptions as f64 / (self.hours + PRIOR_HOURS);
         match self.rate() {
-            Some(_) if self.interruptions >= RISKY_AFTER && smoothed > RISKY_RATE => Some(format!(
+            Some(_) if risky_record(self.hours, self.interruptions) => Some(format!(
                 "interrupted {} times in {:.0} spot-hours",
                 self.interruptions, self.hours
             )),

@@ -61,6 +61,10 @@ pub struct PoolSpec {
     /// must be in the pool's image: a pool has no SSH settings), installed
     /// as a unit by the boot script the pool's user data then begins with.
     pub on_interruption: Option<super::OnInterruption>,
+    /// `strategy`: with `price-capacity` (the default) or `capacity`, the
+    /// offerings this owner saw interrupted over and over are launched in
+    /// last ([`crate::rank::Offer::risk`]).
+    pub strategy: crate::rank::Strategy,
 }
 
 impl PoolSpec {
@@ -198,6 +202,7 @@ pub(super) fn validate_pool(
             .transpose()?
             .unwrap_or(Demand::None),
         on_interruption: super::interruption::on_interruption(p.on_interruption, at)?,
+        strategy: p.strategy.unwrap_or_default(),
     };
     spec.boot_user_data()
         .map_err(|e| at(hook_span, format!("on_interruption: {e}")))?;

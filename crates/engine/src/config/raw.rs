@@ -235,6 +235,7 @@ pub(crate) struct RawPool {
     pub(crate) root_disk: Option<Spanned<RawDisk>>,
     pub(crate) metadata: Option<RawMetadata>,
     pub(crate) on_interruption: Option<Spanned<super::interruption::RawOnInterruption>>,
+    pub(crate) strategy: Option<crate::rank::Strategy>,
 }
 
 #[derive(Deserialize)]

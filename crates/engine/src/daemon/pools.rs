@@ -21,6 +21,33 @@ use crate::pools::pass::{Outcome, PoolMemory, PoolPass, World};
 use crate::pools::plan::OfferingKey;
 
 impl Daemon<'_> {
+    /// The offerings this owner saw interrupted over and over in the last
+    /// 30 days: pools weighing risk launch in them last. Unreadable: none
+    /// (said in the log; the pass goes on by price).
+    async fn risky_offerings(&self) -> std::collections::HashSet<OfferingKey> {
+        let now = crate::store::unix_now();
+        match crate::cost::offering_history(
+            self.store,
+            &self.config.owner,
+            now - 30 * 24 * 3600,
+            now,
+        )
+        .await
+        {
+            Ok(history) => history
+                .into_iter()
+                .filter(|(_, (hours, n))| crate::rank::risky_record(*hours, *n))
+                .map(|((t, z), _)| OfferingKey::new(&t, &z, spotkeeper_cloud::Market::Spot))
+                .collect(),
+            Err(e) => {
+                tracing::warn!("cannot read the interruption record: {e}");
+                Default::default()
+            }
+        }
+    }
+}
+
+impl Daemon<'_> {
     /// The pools of the config file and those registered through the API.
     /// A stored pool that no longer parses is reported and left alone.
     pub async fn pools(&self) -> Result<Vec<PoolSpec>, BoxError> {
@@ -209,6 +236,7 @@ impl Daemon<'_> {
             doomed: obs.doomed.clone(),
             prices,
             index: Default::default(),
+            risky: self.risky_offerings().await,
         });
         let done = if fleet {
             let orphans = self.collect_orphans(&known, &unreadable, &world);

@@ -278,6 +278,11 @@ impl PoolPass<'_> {
                 prices: &prices,
                 placements: &places,
                 unavailable: &state.unavailable,
+                risky: if spec.strategy == crate::rank::Strategy::Cheapest {
+                    &NO_RISK
+                } else {
+                    &world.risky
+                },
                 spot_blocked: state.spot_blocked,
                 surplus_since: memory.surplus_since,
                 now,
@@ -643,6 +648,9 @@ impl PoolPass<'_> {
         flow
     }
 }
+
+/// No offering is risky (`strategy = "cheapest"`).
+static NO_RISK: std::sync::LazyLock<HashSet<OfferingKey>> = std::sync::LazyLock::new(HashSet::new);
 
 /// What a pass carries from step to step.
 struct PassState<'w> {

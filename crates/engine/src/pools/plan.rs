@@ -98,6 +98,9 @@ pub struct Input<'a> {
     pub placements: &'a [Placement],
     /// Offerings marked unavailable (capacity errors, interruptions).
     pub unavailable: &'a HashSet<OfferingKey>,
+    /// Offerings launched in last (risky by this owner's record; empty for
+    /// `strategy = "cheapest"`).
+    pub risky: &'a HashSet<OfferingKey>,
     /// Spot is refused for the whole pool (a spot quota was hit).
     pub spot_blocked: bool,
     /// Since when the pool has been over its desired capacity.
@@ -420,6 +423,8 @@ struct Candidate<'a> {
     price: Option<f64>,
     per_unit: f64,
     rank: usize,
+    /// In [`Input::risky`]: launched in only when nothing else fits.
+    risky: bool,
 }
 
 /// Plans launches for `need` units: spot offerings under their ceiling,
@@ -518,12 +523,21 @@ fn spot_candidates<'a>(input: &Input<'a>) -> Vec<Candidate<'a>> {
                 price: Some(price),
                 per_unit: price / f64::from(t.capacity),
                 rank,
+                risky: input.risky.contains(&key),
             });
         }
     }
+    let risky = |c: &Candidate<'_>| {
+        input.risky.contains(&OfferingKey::new(
+            c.instance_type,
+            &c.placement.zone,
+            Market::Spot,
+        ))
+    };
     spot.sort_by(|a, b| {
-        a.per_unit
-            .total_cmp(&b.per_unit)
+        risky(a)
+            .cmp(&risky(b))
+            .then(a.per_unit.total_cmp(&b.per_unit))
             .then(a.rank.cmp(&b.rank))
             .then(a.placement.zone.cmp(&b.placement.zone))
     });
@@ -547,6 +561,7 @@ fn on_demand_candidates<'a>(input: &Input<'a>) -> Vec<Candidate<'a>> {
                 price: None,
                 per_unit: 0.0,
                 rank,
+                risky: false,
             });
         }
     }
@@ -578,7 +593,7 @@ fn spread(
     let cheapest = candidates[0].per_unit;
     let near = candidates
         .iter()
-        .take_while(|c| c.per_unit <= cheapest * DIVERSIFY_WITHIN)
+        .take_while(|c| c.per_unit <= cheapest * DIVERSIFY_WITHIN && !c.risky)
         .count()
         .max(1);
     let mut counts = vec![0u32; candidates.len()];

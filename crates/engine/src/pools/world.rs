@@ -28,6 +28,9 @@ pub struct World {
     pub prices: Option<Vec<spotkeeper_cloud::SpotPrice>>,
     /// `instances` by pool, built on first use.
     pub index: PoolIndex,
+    /// Offerings this owner saw interrupted over and over (last 30 days):
+    /// launched in last by pools whose strategy weighs risk.
+    pub risky: HashSet<super::plan::OfferingKey>,
 }
 
 /// [`World::instances`] by pool, built on first use ([`TagIndex`]): a pass

@@ -80,6 +80,7 @@ struct Case<'a> {
     open: Vec<OpenRequest>,
     prices: Vec<SpotPrice>,
     unavailable: HashSet<spotkeeper_cloud::Offering>,
+    risky: HashSet<spotkeeper_cloud::Offering>,
     spot_blocked: bool,
     surplus_since: Option<SystemTime>,
     last_desired: Option<u32>,
@@ -94,6 +95,7 @@ impl<'a> Case<'a> {
             open: Vec::new(),
             prices: prices(0.04, 0.07),
             unavailable: HashSet::new(),
+            risky: HashSet::new(),
             spot_blocked: false,
             surplus_since: None,
             last_desired: None,
@@ -111,6 +113,7 @@ impl<'a> Case<'a> {
             prices: &self.prices,
             placements: &places,
             unavailable: &self.unavailable,
+            risky: &self.risky,
             spot_blocked: self.spot_blocked,
             surplus_since: self.surplus_since,
             now: SystemTime::now(),
@@ -376,6 +379,7 @@ async fn world(cloud: &FakeCloud) -> World {
         doomed: HashSet::new(),
         prices: None,
         index: Default::default(),
+        risky: HashSet::new(),
     }
 }
 
@@ -776,4 +780,44 @@ async fn a_pass_right_after_a_fill_counts_the_launches_aws_does_not_list_yet() {
         after_fill,
         "passes that do not see the new instances launch nothing more"
     );
+}
+
+#[test]
+fn offerings_this_owner_saw_interrupted_over_and_over_are_filled_last() {
+    let spec = pool("");
+    // The cheapest per unit (xlarge) was a storm in zone a: the pool goes
+    // to its other zones first.
+    let mut case = Case::new(&spec, 4);
+    case.risky = HashSet::from([spotkeeper_cloud::Offering::new(
+        "c7i.xlarge",
+        "us-east-1a",
+        Market::Spot,
+    )]);
+    let p = case.plan();
+    assert_eq!(launched_units(&p), 4);
+    assert!(
+        launches(&p)
+            .iter()
+            .all(|(t, z, ..)| t == "c7i.xlarge" && z != "us-east-1a"),
+        "{:?}",
+        p.steps
+    );
+    // Every xlarge offering risky: the larges, dearer per unit, first.
+    case.risky = ZONES
+        .iter()
+        .map(|z| spotkeeper_cloud::Offering::new("c7i.xlarge", *z, Market::Spot))
+        .collect();
+    let p = case.plan();
+    assert!(
+        launches(&p).iter().all(|(t, ..)| t == "c7i.large"),
+        "{:?}",
+        p.steps
+    );
+}
+
+#[test]
+fn a_pools_strategy_is_read_and_defaults_to_price_capacity() {
+    use spotkeeper_engine::rank::Strategy;
+    assert_eq!(pool("").strategy, Strategy::PriceCapacity);
+    assert_eq!(pool("strategy = \"cheapest\"").strategy, Strategy::Cheapest);
 }
