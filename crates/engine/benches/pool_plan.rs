@@ -64,6 +64,8 @@ fn spec(n: usize) -> PoolSpec {
         scale_down_after: Duration::from_secs(600),
         max_lifetime: None,
         demand: Demand::None,
+        on_interruption: None,
+        strategy: Default::default(),
     }
 }
 
