@@ -5,6 +5,8 @@
 mod dns;
 mod images;
 mod instances;
+mod interfaces;
+mod keys;
 mod network;
 mod queue;
 mod volumes;

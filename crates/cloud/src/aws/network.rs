@@ -1,9 +1,9 @@
 //! Networks: a VPC with subnets, internet gateway, route table and an SSH
-//! security group (`get_or_create_vpc` / `delete_vpc`), network interfaces,
-//! and key pairs.
+//! security group (`get_or_create_vpc` / `delete_vpc`) for the library, and
+//! the `Network` trait (security groups, subnets, Elastic IPs). Network
+//! interfaces are in `interfaces`, key pairs in `keys`.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, ResourceType, Tag, TagSpecification};
@@ -12,7 +12,7 @@ use async_trait::async_trait;
 
 use super::{AwsCloud, absent, ignore_not_found, sdk_error, tag_map};
 use crate::error::{CloudError, ErrorKind};
-use crate::model::{InstanceId, KeyPair, NetworkInterface, tags};
+use crate::model::{InstanceId, tags};
 use crate::prelude::*;
 use crate::wait::{self, Look};
 
@@ -561,208 +561,6 @@ impl AwsCloud {
             },
         )
         .await
-    }
-
-    /// Creates a network interface in `subnet` (tagged at creation) and
-    /// attaches it to `instance` at `device_index`.
-    pub async fn attach_new_network_interface(
-        &self,
-        instance: &InstanceId,
-        subnet: &str,
-        device_index: i32,
-        security_groups: &[String],
-        tags: &[(String, String)],
-    ) -> Result<NetworkInterface, CloudError> {
-        let mut spec = TagSpecification::builder().resource_type(ResourceType::NetworkInterface);
-        for (k, v) in tags {
-            spec = spec.tags(Tag::builder().key(k).value(v).build());
-        }
-        let mut req = self
-            .ec2
-            .create_network_interface()
-            .subnet_id(subnet)
-            .tag_specifications(spec.build());
-        if !security_groups.is_empty() {
-            req = req.set_groups(Some(security_groups.to_vec()));
-        }
-        let eni = req
-            .send()
-            .await
-            .map_err(|e| sdk_error("CreateNetworkInterface", e))?;
-        let id = eni
-            .network_interface()
-            .and_then(|n| n.network_interface_id())
-            .unwrap_or_default()
-            .to_owned();
-        let att = self
-            .ec2
-            .attach_network_interface()
-            .network_interface_id(&id)
-            .instance_id(instance.as_str())
-            .device_index(device_index)
-            .send()
-            .await
-            .map_err(|e| sdk_error("AttachNetworkInterface", e))?;
-        if let Some(attachment) = att.attachment_id() {
-            // Deleted with the instance, as volumes added to it are.
-            self.ec2
-                .modify_network_interface_attribute()
-                .network_interface_id(&id)
-                .attachment(
-                    aws_sdk_ec2::types::NetworkInterfaceAttachmentChanges::builder()
-                        .attachment_id(attachment)
-                        .delete_on_termination(true)
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| sdk_error("ModifyNetworkInterfaceAttribute", e))?;
-        }
-        self.network_interface(&id).await?.ok_or_else(|| {
-            CloudError::other(
-                "DescribeNetworkInterfaces",
-                ErrorKind::NotFound,
-                format!("network interface {id} vanished"),
-            )
-        })
-    }
-
-    /// One network interface; `None` when it does not exist.
-    pub async fn network_interface(
-        &self,
-        id: &str,
-    ) -> Result<Option<NetworkInterface>, CloudError> {
-        Ok(absent(
-            self.ec2
-                .describe_network_interfaces()
-                .network_interface_ids(id)
-                .send()
-                .await
-                .map_err(|e| sdk_error("DescribeNetworkInterfaces", e)),
-        )?
-        .and_then(|out| out.network_interfaces().first().map(convert_eni)))
-    }
-
-    /// Network interfaces attached to an instance, by device index.
-    pub async fn instance_network_interfaces(
-        &self,
-        instance: &InstanceId,
-    ) -> Result<Vec<NetworkInterface>, CloudError> {
-        let out = self
-            .ec2
-            .describe_network_interfaces()
-            .filters(
-                Filter::builder()
-                    .name("attachment.instance-id")
-                    .values(instance.as_str())
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| sdk_error("DescribeNetworkInterfaces", e))?;
-        let mut all: Vec<NetworkInterface> =
-            out.network_interfaces().iter().map(convert_eni).collect();
-        all.sort_by_key(|n| n.attachment.as_ref().map(|a| a.1));
-        Ok(all)
-    }
-
-    /// Deletes a network interface; one already gone is not an error.
-    pub async fn delete_network_interface(&self, id: &str) -> Result<(), CloudError> {
-        ignore_not_found(
-            self.ec2
-                .delete_network_interface()
-                .network_interface_id(id)
-                .send()
-                .await
-                .map_err(|e| sdk_error("DeleteNetworkInterface", e)),
-        )
-    }
-
-    /// Imports the public key in `public_key_file` as key pair `name`. If a key
-    /// pair of that name exists it is left as it is and returned (`created = false`).
-    pub async fn import_key_pair(
-        &self,
-        name: &str,
-        public_key_file: &Path,
-    ) -> Result<KeyPair, CloudError> {
-        const OP: &str = "ImportKeyPair";
-        if let Some(existing) = self.key_pair(name).await? {
-            return Ok(existing);
-        }
-        let material = std::fs::read(public_key_file).map_err(|e| {
-            CloudError::other(
-                OP,
-                ErrorKind::InvalidRequest,
-                format!("cannot read {}: {e}", public_key_file.display()),
-            )
-        })?;
-        let out = self
-            .ec2
-            .import_key_pair()
-            .key_name(name)
-            .public_key_material(aws_sdk_ec2::primitives::Blob::new(material))
-            .send()
-            .await;
-        match out {
-            Ok(out) => Ok(KeyPair {
-                name: name.into(),
-                fingerprint: out.key_fingerprint().map(str::to_owned),
-                created: true,
-            }),
-            // Lost a race with another import of the same name: that one stands.
-            Err(e) => {
-                let err = sdk_error(OP, e);
-                if err.code.as_deref() == Some("InvalidKeyPair.Duplicate")
-                    && let Some(existing) = self.key_pair(name).await?
-                {
-                    return Ok(existing);
-                }
-                Err(err)
-            }
-        }
-    }
-
-    /// The key pair named `name`, if it exists.
-    pub async fn key_pair(&self, name: &str) -> Result<Option<KeyPair>, CloudError> {
-        Ok(absent(
-            self.ec2
-                .describe_key_pairs()
-                .key_names(name)
-                .send()
-                .await
-                .map_err(|e| sdk_error("DescribeKeyPairs", e)),
-        )?
-        .and_then(|out| {
-            out.key_pairs().first().map(|k| KeyPair {
-                name: k.key_name().unwrap_or(name).to_owned(),
-                fingerprint: k.key_fingerprint().map(str::to_owned),
-                created: false,
-            })
-        }))
-    }
-
-    /// Deletes a key pair (no error if it does not exist).
-    pub async fn delete_key_pair(&self, name: &str) -> Result<(), CloudError> {
-        ignore_not_found(
-            self.ec2
-                .delete_key_pair()
-                .key_name(name)
-                .send()
-                .await
-                .map_err(|e| sdk_error("DeleteKeyPair", e)),
-        )
-    }
-}
-
-fn convert_eni(n: &aws_sdk_ec2::types::NetworkInterface) -> NetworkInterface {
-    NetworkInterface {
-        id: n.network_interface_id().unwrap_or_default().to_owned(),
-        subnet_id: n.subnet_id().map(str::to_owned),
-        private_ip: n.private_ip_address().map(str::to_owned),
-        attachment: n
-            .attachment()
-            .and_then(|a| Some((InstanceId::new(a.instance_id()?), a.device_index()?))),
-        tags: tag_map(n.tag_set()),
     }
 }
 
