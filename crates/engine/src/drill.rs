@@ -58,6 +58,33 @@ pub fn warning_event(
     .to_string()
 }
 
+/// A drill's warning, ready to send: its event id, its body, and what it is
+/// in words (for the event log).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drill {
+    /// The event id ([`DRILL_PREFIX`] and a fresh token).
+    pub id: String,
+    /// The EventBridge-shaped message ([`warning_event`]), issued now.
+    pub body: String,
+    /// "spot interruption warning" or "rebalance recommendation".
+    pub what: &'static str,
+}
+
+impl Drill {
+    /// A new drill of `instance` in `region`, for the queue of `account`.
+    pub fn new(instance: &str, region: &str, account: Option<&str>, rebalance: bool) -> Self {
+        let id = format!("{DRILL_PREFIX}{}", spotkeeper_cloud::model::random_token());
+        let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let body = warning_event(&id, instance, region, account, &time, rebalance);
+        let what = if rebalance {
+            "rebalance recommendation"
+        } else {
+            "spot interruption warning"
+        };
+        Self { id, body, what }
+    }
+}
+
 /// One step of a recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -62,33 +62,24 @@ pub async fn run(
         .context("reading the event log")?
         .first()
         .map_or(0, |e| e.id);
-    let id = format!(
-        "{}{}",
-        drill::DRILL_PREFIX,
-        spotkeeper_cloud::model::random_token()
-    );
-    let now = std::time::SystemTime::now();
-    let body = drill::warning_event(
-        &id,
+    let sent = drill::Drill::new(
         old.id.as_str(),
         cloud.region(),
         spotkeeper_cloud::queue_account(&url).as_deref(),
-        &humantime::format_rfc3339_seconds(now).to_string(),
         rebalance,
     );
-    let what = if rebalance {
-        "rebalance recommendation"
-    } else {
-        "spot interruption warning"
-    };
+    let what = sent.what;
     say(
         &store,
         &config,
         box_name,
-        &format!("drill: {what} for {} sent to {queue} (event {id})", old.id),
+        &format!(
+            "drill: {what} for {} sent to {queue} (event {})",
+            old.id, sent.id
+        ),
     )
     .await;
-    cloud.send_message(&url, &body).await?;
+    cloud.send_message(&url, &sent.body).await?;
     eprintln!(
         "Drill of box {box_name}: {what} for {} sent to {queue}",
         old.id

@@ -39,29 +39,16 @@ pub(super) async fn drill_box(
             "the daemon has not opened its event queue yet",
         );
     };
-    let id = format!(
-        "{}{}",
-        crate::drill::DRILL_PREFIX,
-        spotkeeper_cloud::model::random_token()
-    );
-    let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let body = crate::drill::warning_event(
-        &id,
+    let drill = crate::drill::Drill::new(
         instance.id.as_str(),
         state.cloud.region(),
         queue.account().as_deref(),
-        &time,
         q.rebalance,
     );
     // Recorded first: a second drill is refused even if this one's send is slow.
     let what = format!(
-        "drill: {} for {} sent through the API (event {id})",
-        if q.rebalance {
-            "rebalance recommendation"
-        } else {
-            "spot interruption warning"
-        },
-        instance.id
+        "drill: {} for {} sent through the API (event {})",
+        drill.what, instance.id, drill.id
     );
     if let Err(e) = state
         .store
@@ -70,7 +57,7 @@ pub(super) async fn drill_box(
     {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
-    if let Err(e) = queue.send(&body).await {
+    if let Err(e) = queue.send(&drill.body).await {
         return error(
             StatusCode::BAD_GATEWAY,
             format!("the warning could not be sent: {e}"),
@@ -78,7 +65,7 @@ pub(super) async fn drill_box(
     }
     (
         StatusCode::ACCEPTED,
-        Json(json!({ "box": name, "instance_id": instance.id, "event_id": id })),
+        Json(json!({ "box": name, "instance_id": instance.id, "event_id": drill.id })),
     )
         .into_response()
 }
