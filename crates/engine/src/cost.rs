@@ -94,6 +94,11 @@ pub struct Line {
 }
 
 impl Line {
+    /// The downtime in whole minutes, rounded up.
+    pub fn down_minutes(&self) -> i64 {
+        (self.down_seconds + 59) / 60
+    }
+
     /// "saved $41.20 (68 %), down 7 min over 3 interruptions".
     pub fn describe(&self) -> String {
         let saved = match (self.savings, self.savings_percent) {
@@ -104,7 +109,7 @@ impl Line {
         if self.interruptions == 0 {
             return saved;
         }
-        let minutes = (self.down_seconds + 59) / 60;
+        let minutes = self.down_minutes();
         let over = match self.interruptions {
             1 => "1 interruption".to_owned(),
             n => format!("{n} interruptions"),
@@ -354,6 +359,10 @@ async fn on_demand_price(
         }
     }
 }
+
+/// How far back the interruption record is weighed (seconds): the ranking
+/// of boxes and the risk of pools' offerings.
+pub const HISTORY: i64 = 30 * 24 * 3600;
 
 /// Per offering (type, zone): the spot hours this owner ran there and the
 /// interruptions it handled there, over `[since, until]` (what the ranking

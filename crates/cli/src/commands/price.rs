@@ -103,29 +103,13 @@ async fn ranked(
 ) -> Result<ExitCode, Failure> {
     use spotkeeper_engine::rank::{Offer, rank};
     let (store, _) = super::open_state(args, config).await?;
-    let now = spotkeeper_engine::store::unix_now();
-    let history =
-        spotkeeper_engine::cost::offering_history(&store, &config.owner, now - 30 * 24 * 3600, now)
-            .await?;
-    let (scores, refused) =
-        spotkeeper_engine::scores::scores(cloud, &spec.instance_types, true).await;
-    if let Some(said) = refused {
+    // Shown whatever the strategy: what it would weigh.
+    let weighed =
+        spotkeeper_engine::boxes::Weighed::of(&store, cloud, &config.owner, spec, true).await?;
+    if let Some(said) = &weighed.refused {
         eprintln!("{said}");
     }
-    let offer = |p: &spotkeeper_cloud::SpotPrice| {
-        let (hours, interruptions) = history
-            .get(&(p.instance_type.clone(), p.zone.clone()))
-            .copied()
-            .unwrap_or_default();
-        Offer {
-            instance_type: p.instance_type.clone(),
-            zone: p.zone.clone(),
-            price: p.price,
-            score: scores.get(&p.zone).copied(),
-            hours,
-            interruptions,
-        }
-    };
+    let offer = |p: &spotkeeper_cloud::SpotPrice| weighed.offer(p);
     let under: Vec<Offer> = prices
         .iter()
         .filter(|p| p.price <= spec.max_price)

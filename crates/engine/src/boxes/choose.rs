@@ -2,7 +2,9 @@
 //! the ceiling (none interrupted in the last minutes, unless all were), in
 //! the order of the box's `strategy` ([`crate::rank`]), with why.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+
+use spotkeeper_cloud::SpotPrice;
 
 use super::{Avoid, BoxError, Ctx, Known, box_prices};
 use crate::config::{BoxSpec, PriceCap};
@@ -85,47 +87,71 @@ pub(super) async fn spot_targets(
         .collect())
 }
 
-/// How far back the interruption record is weighed.
-const HISTORY: i64 = 30 * 24 * 3600;
+/// What a box's strategy weighs of its offerings: this owner's interruption
+/// record (the last [`crate::cost::HISTORY`]) and AWS's placement scores.
+#[derive(Debug, Default)]
+pub struct Weighed {
+    history: BTreeMap<(String, String), (f64, usize)>,
+    scores: BTreeMap<String, u8>,
+    /// The scores were refused: said once per process ([`crate::scores`]).
+    pub refused: Option<String>,
+}
 
-/// The offerings under the ceiling in the box's strategy's order, with this
-/// owner's interruption record of each and AWS's placement scores
-/// ([`crate::rank`]); the scores are asked (`ask`) unless cached, except on
-/// the warning's fast path.
+impl Weighed {
+    /// The record and scores of `spec`'s offerings; the scores are asked
+    /// (`ask`) unless kept, never on the warning's fast path.
+    pub async fn of(
+        store: &crate::store::Store,
+        cloud: &dyn spotkeeper_cloud::Cloud,
+        owner: &str,
+        spec: &BoxSpec,
+        ask: bool,
+    ) -> Result<Self, crate::store::StoreError> {
+        let now = crate::store::unix_now();
+        let history =
+            crate::cost::offering_history(store, owner, now - crate::cost::HISTORY, now).await?;
+        let (scores, refused) = crate::scores::scores(cloud, &spec.instance_types, ask).await;
+        Ok(Self {
+            history,
+            scores,
+            refused,
+        })
+    }
+
+    /// `p` as the ranking sees it.
+    pub fn offer(&self, p: &SpotPrice) -> Offer {
+        let (hours, interruptions) = self
+            .history
+            .get(&(p.instance_type.clone(), p.zone.clone()))
+            .copied()
+            .unwrap_or_default();
+        Offer {
+            instance_type: p.instance_type.clone(),
+            zone: p.zone.clone(),
+            price: p.price,
+            score: self.scores.get(&p.zone).copied(),
+            hours,
+            interruptions,
+        }
+    }
+}
+
+/// The offerings under the ceiling in the box's strategy's order
+/// ([`crate::rank`]); `cheapest` weighs nothing but the price.
 async fn ranked(
     ctx: &Ctx<'_>,
     spec: &BoxSpec,
-    chosen: Vec<spotkeeper_cloud::SpotPrice>,
+    chosen: Vec<SpotPrice>,
     ask: bool,
 ) -> Result<Vec<Ranked>, BoxError> {
-    let (history, scores) = if spec.strategy == Strategy::Cheapest {
-        Default::default()
+    let weighed = if spec.strategy == Strategy::Cheapest {
+        Weighed::default()
     } else {
-        let now = crate::store::unix_now();
-        let history =
-            crate::cost::offering_history(ctx.store, ctx.owner, now - HISTORY, now).await?;
-        let (scores, refused) = crate::scores::scores(ctx.cloud, &spec.instance_types, ask).await;
-        if let Some(said) = refused {
-            ctx.progress.note(&said);
-        }
-        (history, scores)
+        Weighed::of(ctx.store, ctx.cloud, ctx.owner, spec, ask).await?
     };
-    let offers = chosen
-        .into_iter()
-        .map(|p| {
-            let (hours, interruptions) = history
-                .get(&(p.instance_type.clone(), p.zone.clone()))
-                .copied()
-                .unwrap_or_default();
-            Offer {
-                score: scores.get(&p.zone).copied(),
-                instance_type: p.instance_type,
-                zone: p.zone,
-                price: p.price,
-                hours,
-                interruptions,
-            }
-        })
-        .collect();
+    if let Some(said) = &weighed.refused {
+        ctx.progress.note(said);
+    }
+    let offers = chosen.iter().map(|p| weighed.offer(p)).collect();
     Ok(rank(offers, spec.strategy, &spec.instance_types))
 }

@@ -33,6 +33,7 @@ use crate::store::{Store, StoreError};
 
 pub use crate::ownership::{box_filter, keeper, launch_tags, owner_filter};
 pub use crate::progress::{Progress, Silent};
+pub use choose::Weighed;
 pub use launch::launch_image;
 pub use stop::{finish_stop, stop};
 

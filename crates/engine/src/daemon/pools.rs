@@ -29,7 +29,7 @@ impl Daemon<'_> {
         match crate::cost::offering_history(
             self.store,
             &self.config.owner,
-            now - 30 * 24 * 3600,
+            now - crate::cost::HISTORY,
             now,
         )
         .await
