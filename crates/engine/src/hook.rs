@@ -88,8 +88,12 @@ pub fn warned_at(event_time: Option<&str>, now: SystemTime) -> SystemTime {
 /// Unix seconds, as the tag holds them, rounded up: the gate never lifts
 /// before the hook's cut.
 pub fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+    t.duration_since(UNIX_EPOCH).map_or(0, ceil_secs)
+}
+
+/// Whole seconds, rounded up.
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// The tags that open the gate: the deadline, and `running` when the
@@ -194,7 +198,7 @@ pub async fn run_over_ssh(
         .unwrap_or_default()
         .max(Duration::from_secs(1));
     // Whole seconds, rounded up, as the gate's deadline is.
-    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    let secs = ceil_secs(left);
     let remote = format!("timeout -k 5 {secs} sh -c {}", sh_quote(command));
     let address = ssh.address(instance.address());
     let result = match address {

@@ -27,7 +27,7 @@ fn row(l: &Line) -> Vec<String> {
         if l.interruptions == 0 {
             "-".to_owned()
         } else {
-            format!("{} min / {}", (l.down_seconds + 59) / 60, l.interruptions)
+            format!("{} min / {}", l.down_minutes(), l.interruptions)
         },
     ]
 }
