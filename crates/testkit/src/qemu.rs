@@ -134,6 +134,74 @@ pub fn system_tree(dir: &Path, name: &str, init: &str, modules: &[&str]) {
     write_executable(&dir.join("sbin/init"), init);
 }
 
+/// Puts the host's `program` at `to` (a path under `root`, without the
+/// leading slash), with every library it loads: a program as an image that
+/// already has it carries it.
+pub fn install_program(root: &Path, program: &Path, to: &str) {
+    if let Some(dir) = root.join(to).parent() {
+        std::fs::create_dir_all(dir).expect("directory");
+    }
+    copy_program(root, program, to);
+}
+
+/// The network drivers of the test machines' NIC (virtio-net on PCI, as a
+/// distribution's kernel has them: modules) and what they need.
+const NETWORK_MODULES: [&str; 2] = ["virtio_pci", "virtio_net"];
+
+/// Gives the system in `dir` a network, as a distribution's image has one:
+/// the host's modules for [`NETWORK_MODULES`] (and those they depend on,
+/// from the host's `modules.dep`) under `/lib/modules/RELEASE`, named in
+/// `/etc/modules`, which [`TEST_INIT`] loads before it brings up `eth0` on
+/// QEMU's user network ([`Vm::boot_networked`]).
+pub fn network_modules(dir: &Path, kernel: &Kernel) {
+    let host = Path::new("/lib/modules").join(&kernel.release);
+    let deps = std::fs::read_to_string(host.join("modules.dep")).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (Debian's linux-image-cloud-amd64 installs it: run scripts/setup)",
+            host.display()
+        )
+    });
+    let module_of = |path: &str| {
+        Path::new(path)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut lines = Vec::new();
+    let mut found = 0;
+    for line in deps.lines() {
+        let (module, needs) = line.split_once(':').unwrap_or((line, ""));
+        if !NETWORK_MODULES.contains(&module_of(module).as_str()) {
+            continue;
+        }
+        found += 1;
+        for file in std::iter::once(module).chain(needs.split_whitespace()) {
+            let to = dir.join("lib/modules").join(&kernel.release).join(file);
+            std::fs::create_dir_all(to.parent().expect("a directory")).expect("modules");
+            std::fs::copy(host.join(file), &to)
+                .unwrap_or_else(|e| panic!("{}: {e}", host.join(file).display()));
+            let own = deps
+                .lines()
+                .find(|l| l.split(':').next() == Some(file))
+                .unwrap_or_else(|| panic!("{file} is not in modules.dep"));
+            lines.push(own.to_owned());
+        }
+    }
+    assert_eq!(
+        found,
+        NETWORK_MODULES.len(),
+        "the kernel {} lacks a network module",
+        kernel.release
+    );
+    lines.sort();
+    lines.dedup();
+    let modules = dir.join("lib/modules").join(&kernel.release);
+    std::fs::write(modules.join("modules.dep"), lines.join("\n") + "\n").expect("modules.dep");
+    std::fs::write(dir.join("etc/modules"), NETWORK_MODULES.join("\n") + "\n")
+        .expect("/etc/modules");
+}
+
 /// Copies a dynamically linked program and every library `ldd` names to the
 /// same paths under `root`.
 fn copy_program(root: &Path, program: &Path, to: &str) {
@@ -190,6 +258,7 @@ impl DiskIds {
 
 const SECTOR: u64 = 512;
 const ROOT_START: u64 = 65536;
+/// The smallest root filesystem: 64 MiB.
 const ROOT_SECTORS: u64 = 131072;
 const ESP_START: u64 = 10240;
 const ESP_SECTORS: u64 = 16384;
@@ -201,9 +270,11 @@ pub fn cloud_disk(tree: &Path, ids: &DiskIds, out: &Path) {
     let dir = out.parent().expect("a directory");
     let root = dir.join(format!("{}.root.ext4", file_stem(out)));
     let _ = std::fs::remove_file(&root);
+    // Room for the tree and half as much again, in whole MiB.
+    let root_sectors = ROOT_SECTORS.max((tree_bytes(tree) * 3 / 2 / SECTOR).next_multiple_of(2048));
     run(Command::new("truncate")
         .arg("-s")
-        .arg((ROOT_SECTORS * SECTOR).to_string())
+        .arg((root_sectors * SECTOR).to_string())
         .arg(&root));
     run(Command::new(host_program("mke2fs"))
         .args([
@@ -231,11 +302,11 @@ pub fn cloud_disk(tree: &Path, ids: &DiskIds, out: &Path) {
     let _ = std::fs::remove_file(out);
     run(Command::new("truncate")
         .arg("-s")
-        .arg(((ROOT_START + ROOT_SECTORS + 2048) * SECTOR).to_string())
+        .arg(((ROOT_START + root_sectors + 2048) * SECTOR).to_string())
         .arg(out));
     let layout = format!(
         "label: gpt\nlabel-id: {disk}\nfirst-lba: 2048\n\
-         1 : start={ROOT_START}, size={ROOT_SECTORS}, type=0FC63DAF-8483-4772-8E79-3D69C7A2BA5B, uuid={root}\n\
+         1 : start={ROOT_START}, size={root_sectors}, type=0FC63DAF-8483-4772-8E79-3D69C7A2BA5B, uuid={root}\n\
          14 : start=2048, size=8192, type=21686148-6449-6E6F-744E-656564454649\n\
          15 : start={ESP_START}, size={ESP_SECTORS}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC3B8\n",
         disk = ids.disk,
@@ -270,6 +341,20 @@ pub fn cloud_disk(tree: &Path, ids: &DiskIds, out: &Path) {
             .args(["conv=notrunc", "status=none"]));
         let _ = std::fs::remove_file(part);
     }
+}
+
+/// The bytes of the regular files under `dir` (symbolic links not followed).
+fn tree_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
 }
 
 fn file_stem(p: &Path) -> String {
@@ -341,6 +426,16 @@ settle() {
 trap 'echo "test-init: rebooting"; settle; reboot -f' TERM
 echo "test-init: $(cat /etc/system-name) system on $(awk '$2 == "/" { d = $1 } END { print d }' /proc/self/mounts), kernel $(uname -r)"
 echo "test-init: / in /etc/fstab: $(awk '$1 !~ /^#/ && $2 == "/" { print $1 }' /etc/fstab)"
+# The network, as a distribution brings it up: the drivers /etc/modules
+# names, then the address QEMU's user network gives (the host is 10.0.2.2).
+for m in $(cat /etc/modules 2>/dev/null); do modprobe "$m" || echo "test-init: no module $m"; done
+if [ -e /sys/class/net/eth0 ]; then
+    ip link set lo up
+    ip link set eth0 up
+    ip addr add 10.0.2.15/24 dev eth0
+    ip route add default via 10.0.2.2
+    echo "test-init: network up"
+fi
 for s in /sys/block/nvme*/device/serial; do
     [ "$(tr -d ' ' < "$s")" = cidata ] && seed=/dev/$(basename "$(dirname "$(dirname "$s")")")
 done
@@ -361,6 +456,38 @@ fi
 echo "test-init: powering off"
 settle
 poweroff -f
+"#;
+
+/// A stand-in for systemd's `systemctl` in the test systems (their init is
+/// [`TEST_INIT`], not systemd), enough for what a boot script asks:
+/// `enable --now UNIT` starts the unit's `ExecStart` in the background,
+/// again after `RestartSec` when it exits (`Restart=always`), with the
+/// environment of `/etc/instance-environment` (on EC2 a program finds its
+/// region and role credentials through the metadata service; here that
+/// file names the emulator and the fake metadata service the test runs).
+pub const TEST_SYSTEMCTL: &str = r#"#!/bin/sh
+case "$1" in
+daemon-reload) exit 0 ;;
+enable) [ "$2" = --now ] || exit 0 ;;
+*) echo "systemctl: $1 is not known here" >&2; exit 1 ;;
+esac
+unit=/etc/systemd/system/$3
+[ -f "$unit" ] || { echo "systemctl: no unit $3" >&2; exit 1; }
+exec_start=$(sed -n 's/^ExecStart=//p' "$unit")
+pause=$(sed -n 's/^RestartSec=//p' "$unit")
+(
+    set -a
+    [ -f /etc/instance-environment ] && . /etc/instance-environment
+    set +a
+    while :; do
+        # Word splitting is how systemd reads ExecStart too (no quotes here).
+        # shellcheck disable=SC2086
+        $exec_start < /dev/null
+        echo "systemctl: $3 exited $?; again in ${pause:-1}s" >&2
+        sleep "${pause:-1}"
+    done
+) &
+echo "systemctl: started $3"
 "#;
 
 /// A drive of a [`Vm`]: a raw image file shown as an NVMe drive with
@@ -395,8 +522,8 @@ impl Drive {
     }
 }
 
-/// One boot of a machine in QEMU (TCG, no network, serial console read
-/// line by line); killed when dropped.
+/// One boot of a machine in QEMU (TCG, no network unless asked, serial
+/// console read line by line); killed when dropped.
 #[derive(Debug)]
 pub struct Vm {
     child: Child,
@@ -409,6 +536,19 @@ pub struct Vm {
 impl Vm {
     /// Boots `kernel` with `cmdline` and the drives.
     pub fn boot(kernel: &Kernel, cmdline: &str, drives: &[Drive]) -> Self {
+        Self::start(kernel, cmdline, drives, false)
+    }
+
+    /// [`Vm::boot`] with a NIC (virtio-net) on QEMU's user network: the
+    /// guest is 10.0.2.15 and reaches the host's loopback at 10.0.2.2, so a
+    /// server the test started on 127.0.0.1:PORT is 10.0.2.2:PORT to the
+    /// guest. Nothing else is reachable from a test's loopback-only network
+    /// namespace; the guest is never told of anything else.
+    pub fn boot_networked(kernel: &Kernel, cmdline: &str, drives: &[Drive]) -> Self {
+        Self::start(kernel, cmdline, drives, true)
+    }
+
+    fn start(kernel: &Kernel, cmdline: &str, drives: &[Drive], network: bool) -> Self {
         let dir = tempfile::tempdir().expect("a directory for QMP");
         let qmp_path = dir.path().join("qmp.sock");
         let mut cmd = Command::new(host_program("qemu-system-x86_64"));
@@ -428,6 +568,14 @@ impl Vm {
         .arg(&kernel.image)
         .arg("-append")
         .arg(cmdline);
+        if network {
+            cmd.args([
+                "-netdev",
+                "user,id=net0",
+                "-device",
+                "virtio-net-pci,netdev=net0,romfile=",
+            ]);
+        }
         for d in drives {
             cmd.arg("-drive").arg(format!(
                 "if=none,id={},file={},format=raw,cache=unsafe",

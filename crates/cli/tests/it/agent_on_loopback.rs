@@ -13,6 +13,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use spotkeeper_testkit::Moto;
 
 const TOKEN: &str = "AQAEAFakeSessionToken==";
+const ROLE: &str = "spotkeeper-box";
+
+/// What IMDS answers for an instance profile's credentials.
+fn role_credentials() -> String {
+    let at = |d: Duration| humantime::format_rfc3339_seconds(SystemTime::now() + d).to_string();
+    format!(
+        r#"{{"Code": "Success", "LastUpdated": "{}", "Type": "AWS-HMAC", "AccessKeyId": "ASIAFAKEROLEKEY00000", "SecretAccessKey": "fake-role-secret", "Token": "fake-role-session", "Expiration": "{}"}}"#,
+        at(Duration::ZERO),
+        at(Duration::from_secs(6 * 3600))
+    )
+}
 
 #[derive(Default)]
 pub(crate) struct Imds {
@@ -75,6 +86,12 @@ fn answer(mut stream: std::net::TcpStream, state: &Mutex<Imds>) {
                 match p.strip_prefix("/latest/meta-data/").unwrap_or("") {
                     "instance-id" => ("200 OK", s.instance.clone()),
                     "placement/region" => ("200 OK", "us-east-1".to_owned()),
+                    // The instance profile's role, as the SDKs' credential
+                    // chain reads it on EC2 (the emulator takes any key).
+                    "iam/security-credentials/" => ("200 OK", ROLE.to_owned()),
+                    p if p == format!("iam/security-credentials/{ROLE}") => {
+                        ("200 OK", role_credentials())
+                    }
                     "spot/instance-action" => match &s.action {
                         Some(a) => ("200 OK", a.clone()),
                         None => ("404 Not Found", String::new()),
@@ -84,9 +101,15 @@ fn answer(mut stream: std::net::TcpStream, state: &Mutex<Imds>) {
             }
         }
     };
+    // IMDS says how long a token lives; the SDKs refuse a token without it.
+    let lifetime = if method == "PUT" && status.starts_with("200") {
+        "X-Aws-Ec2-Metadata-Token-Ttl-Seconds: 21600\r\n"
+    } else {
+        ""
+    };
     let _ = write!(
         stream,
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        "HTTP/1.1 {status}\r\n{lifetime}Content-Length: {}\r\nConnection: close\r\n\r\n{text}",
         text.len()
     );
 }

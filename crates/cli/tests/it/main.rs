@@ -2,6 +2,7 @@
 //! one link of the AWS SDK instead of one per file.
 
 mod agent_on_loopback;
+mod boot_on_qemu;
 mod cli_on_emulator;
 mod common;
 mod contrib;
