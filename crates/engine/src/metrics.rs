@@ -106,6 +106,11 @@ pub struct Metrics {
     pub fenced: Counter,
     /// Per box: seconds from its last warning to its replacement being up.
     pub last_recovery_seconds: Family<BoxLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Per box: what spot saved against on-demand over the last 30 days
+    /// (USD), refreshed when scraped ([`Metrics::savings_due`]).
+    pub savings_dollars: Family<BoxLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// When the savings were last computed.
+    savings_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl PoolMetrics {
@@ -230,17 +235,24 @@ fn register_leases(registry: &mut Registry) -> (Gauge, Counter, Gauge, Counter) 
     (held, takeovers, reachable, fenced)
 }
 
-/// The per-box series.
-fn register_boxes(
-    registry: &mut Registry,
-) -> Family<BoxLabel, Gauge<f64, std::sync::atomic::AtomicU64>> {
+/// A per-box gauge of fractional values.
+type BoxGauge = Family<BoxLabel, Gauge<f64, std::sync::atomic::AtomicU64>>;
+
+/// The per-box series: last recovery seconds, savings.
+fn register_boxes(registry: &mut Registry) -> (BoxGauge, BoxGauge) {
     let last_recovery_seconds = Family::default();
     registry.register(
         "box_last_recovery_seconds",
         "Per box: from its last warning to its replacement being up (drills included)",
         last_recovery_seconds.clone(),
     );
-    last_recovery_seconds
+    let savings = Family::default();
+    registry.register(
+        "box_savings_dollars",
+        "Per box: what spot saved against on-demand over the last 30 days (USD)",
+        savings.clone(),
+    );
+    (last_recovery_seconds, savings)
 }
 
 impl Default for Metrics {
@@ -301,9 +313,11 @@ impl Default for Metrics {
         let pools = PoolMetrics::default();
         pools.register(&mut registry);
         let (leases_held, lease_takeovers, aws_reachable, fenced) = register_leases(&mut registry);
-        let last_recovery_seconds = register_boxes(&mut registry);
+        let (last_recovery_seconds, savings_dollars) = register_boxes(&mut registry);
         Self {
             last_recovery_seconds,
+            savings_dollars,
+            savings_at: std::sync::Mutex::new(None),
             aws_reachable,
             fenced,
             leases_held,
@@ -388,6 +402,31 @@ impl Metrics {
         self.pass_seconds.observe(seconds);
     }
 
+    /// True (and the time noted) when the savings are older than `every`:
+    /// one scrape computes them, concurrent ones and those that follow
+    /// within `every` do not. The daemon passes its interval: the runs the
+    /// savings come from change once a pass.
+    pub fn savings_due(&self, every: std::time::Duration) -> bool {
+        let mut at = self.savings_at.lock().unwrap_or_else(|e| e.into_inner());
+        if at.is_some_and(|t| t.elapsed() < every) {
+            return false;
+        }
+        *at = Some(std::time::Instant::now());
+        true
+    }
+
+    /// Sets each box's savings (USD) to `lines`' and drops boxes not in it.
+    pub fn set_savings(&self, lines: &[(String, f64)]) {
+        self.savings_dollars.clear();
+        for (name, saved) in lines {
+            self.savings_dollars
+                .get_or_create(&BoxLabel {
+                    r#box: name.clone(),
+                })
+                .set(*saved);
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -412,5 +451,22 @@ mod box_label_tests {
             text.contains("spotkeeper_box_last_recovery_seconds{box=\"dev\"} 12.5"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn savings_are_computed_at_most_once_an_interval_and_follow_the_boxes() {
+        let m = super::Metrics::default();
+        let minute = std::time::Duration::from_secs(60);
+        assert!(m.savings_due(minute));
+        assert!(!m.savings_due(minute), "a second scrape at once recomputes");
+        assert!(m.savings_due(std::time::Duration::ZERO));
+        m.set_savings(&[("dev".into(), 41.2), ("gone".into(), 1.0)]);
+        m.set_savings(&[("dev".into(), 41.5)]);
+        let text = m.render();
+        assert!(
+            text.contains("spotkeeper_box_savings_dollars{box=\"dev\"} 41.5"),
+            "{text}"
+        );
+        assert!(!text.contains("gone"), "{text}");
     }
 }

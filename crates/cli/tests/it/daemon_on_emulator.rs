@@ -493,6 +493,13 @@ fn cost_integrates_the_recorded_spot_prices_and_counts_interruptions_per_offerin
     )
     .expect("API");
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    let scraped = common::http_get(api_port, "/metrics", None).expect("metrics");
+    let gauge: f64 = scraped
+        .lines()
+        .find_map(|l| l.strip_prefix("spotkeeper_box_savings_dollars{box=\"dev\"} "))
+        .unwrap_or_else(|| panic!("no savings gauge:\n{scraped}"))
+        .parse()
+        .expect("a number");
     assert!(serve.stop().success());
 
     // By hand, from what the state recorded: each run from AWS's launch time
@@ -533,6 +540,12 @@ fn cost_integrates_the_recorded_spot_prices_and_counts_interruptions_per_offerin
     assert!(close(&dev["cost"], spot), "{report}");
     assert!(close(&dev["on_demand_cost"], on_demand), "{report}");
     assert!(close(&dev["savings"], on_demand - spot), "{report}");
+    // The gauge was the same report a little earlier: fewer hours, less saved.
+    assert!(
+        gauge > 0.0 && gauge <= on_demand - spot + 1e-12,
+        "gauge {gauge}, saved {}",
+        on_demand - spot
+    );
     let percent = 100.0 * (on_demand - spot) / on_demand;
     assert!(
         (dev["savings_percent"].as_f64().expect("%") - percent).abs() < 1e-9,

@@ -160,6 +160,9 @@ async fn page() -> Response {
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
+    if state.metrics.savings_due(state.config.interval) {
+        status::refresh_savings(&state).await;
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -75,6 +75,30 @@ pub(super) async fn cost(
     }
 }
 
+/// Each box's savings over the cost window, for the metrics: from the same
+/// report as `cost`, bounded in time (a scrape must answer even when the
+/// on-demand price cannot be read); on failure the last figures stay.
+pub(super) async fn refresh_savings(state: &ApiState) {
+    let until = crate::store::unix_now();
+    let report = crate::cost::report(
+        state.cloud.as_ref(),
+        &state.store,
+        &state.config,
+        until - crate::cost::HISTORY,
+        until,
+    );
+    match tokio::time::timeout(std::time::Duration::from_secs(10), report).await {
+        Ok(Ok(r)) => state.metrics.set_savings(
+            &r.lines
+                .iter()
+                .filter_map(|l| Some((l.subject.strip_prefix("box ")?.to_owned(), l.savings?)))
+                .collect::<Vec<_>>(),
+        ),
+        Ok(Err(e)) => tracing::warn!("the savings for the metrics: {e}"),
+        Err(_) => tracing::warn!("the savings for the metrics took over 10 s; kept the last"),
+    }
+}
+
 /// The `[[notify]]` sinks: name, kind, events, how far delivery got and
 /// the last failure. Never the URL or the secret.
 pub(super) async fn notify_sinks(State(state): State<ApiState>) -> Response {
