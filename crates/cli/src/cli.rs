@@ -124,6 +124,11 @@ pub enum Command {
         /// Follow the recovery this long [default: twice the slo, else 10m].
         #[arg(long, value_name = "DURATION")]
         wait: Option<String>,
+        /// On AWS: have Fault Injection Service really interrupt the instance
+        /// (aws:ec2:send-spot-instance-interruptions, two minutes' notice),
+        /// FIS assuming this role, instead of sending a warning of our own.
+        #[arg(long, value_name = "ROLE_ARN", conflicts_with = "rebalance")]
+        fis: Option<String>,
     },
     /// On a box's instance: watch the metadata service (IMDSv2) for the spot warning, then run the hook, unmount the data volume and tag the outcome on the instance.
     Agent {

@@ -72,9 +72,10 @@ mod wait;
 
 pub use aws::{
     AwsCloud, CANONICAL_OWNER, CONNECT_TIMEOUT, ClientConfig, DEFAULT_ATTEMPT_TIMEOUT,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_OPERATION_TIMEOUT, EVENT_RULES, PRICING_REGION, Plumbing,
-    QUEUE_RETENTION_SECONDS, QueueMessage, RECEIVE_VISIBILITY_SECONDS, VPC_TAG, VpcInfo,
-    al2023_parameter, data_device_names, next_free_device, rule_name, split_cidr, ubuntu_parameter,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_OPERATION_TIMEOUT, EVENT_RULES, FIS_SPOT_ACTION, FisDrill,
+    FisRequest, PRICING_REGION, Plumbing, QUEUE_RETENTION_SECONDS, QueueMessage,
+    RECEIVE_VISIBILITY_SECONDS, VPC_TAG, VpcInfo, al2023_parameter, data_device_names,
+    next_free_device, rule_name, split_cidr, ubuntu_parameter,
 };
 pub use cloud::{Cloud, Compute, Dns, Images, Network, Pricing, Storage};
 pub use error::{CloudError, ErrorKind, classify};

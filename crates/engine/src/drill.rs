@@ -85,6 +85,61 @@ impl Drill {
     }
 }
 
+/// Checks `--fis`'s role: an IAM role's ARN (FIS assumes it). Returns a
+/// word of warning when its name lacks [`crate::policy::FIS_ROLE_PREFIX`]
+/// (the policy `spotkeeper iam-policy` prints passes no other role to FIS).
+pub fn fis_role(arn: &str) -> Result<Option<String>, String> {
+    let bad = || {
+        format!(
+            "--fis {arn:?}: not an IAM role's ARN (arn:aws:iam::123456789012:role/{}-spot)",
+            crate::policy::FIS_ROLE_PREFIX
+        )
+    };
+    let mut parts = arn.splitn(6, ':');
+    let (arn_word, partition, service, region, account, resource) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next().unwrap_or_default(),
+    );
+    let account_ok =
+        account.is_some_and(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()));
+    let name = resource
+        .strip_prefix("role/")
+        .map(|r| r.rsplit('/').next().unwrap_or(r));
+    let name_ok = name.is_some_and(|n| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+    });
+    if arn_word != Some("arn")
+        || !partition.is_some_and(|p| p.starts_with("aws"))
+        || service != Some("iam")
+        || region != Some("")
+        || !account_ok
+        || !name_ok
+    {
+        return Err(bad());
+    }
+    Ok((!name
+        .unwrap_or_default()
+        .starts_with(crate::policy::FIS_ROLE_PREFIX))
+    .then(|| {
+        format!(
+            "the role's name does not start with {}: the IAM policy `spotkeeper iam-policy` prints \
+             does not let spotkeeper pass it to FIS",
+            crate::policy::FIS_ROLE_PREFIX
+        )
+    }))
+}
+
+/// The ARN FIS targets for `instance` (the account from the event queue's URL).
+pub fn instance_arn(region: &str, account: &str, instance: &str) -> String {
+    format!("arn:aws:ec2:{region}:{account}:instance/{instance}")
+}
+
 /// One step of a recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -286,6 +341,40 @@ impl Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fis_role_is_an_iam_roles_arn_and_its_name_is_checked_against_the_policy() {
+        assert_eq!(
+            fis_role("arn:aws:iam::123456789012:role/spotkeeper-fis-spot"),
+            Ok(None)
+        );
+        assert_eq!(
+            fis_role("arn:aws:iam::123456789012:role/drills/spotkeeper-fis"),
+            Ok(None)
+        );
+        assert!(
+            fis_role("arn:aws:iam::123456789012:role/FisSpot")
+                .expect("a role")
+                .is_some_and(|w| w.contains("spotkeeper-fis"))
+        );
+        for bad in [
+            "",
+            "spotkeeper-fis",
+            "arn:aws:iam::123456789012:user/spotkeeper-fis",
+            "arn:aws:iam::12345:role/spotkeeper-fis",
+            "arn:aws:iam:us-east-1:123456789012:role/spotkeeper-fis",
+            "arn:aws:s3::123456789012:role/spotkeeper-fis",
+            "arn:aws:iam::123456789012:role/",
+            "arn:aws:iam::123456789012:role/a b",
+        ] {
+            let e = fis_role(bad).expect_err(bad);
+            assert!(e.starts_with("--fis"), "{e}");
+        }
+        assert_eq!(
+            instance_arn("us-east-1", "123456789012", "i-0abc"),
+            "arn:aws:ec2:us-east-1:123456789012:instance/i-0abc"
+        );
+    }
 
     fn s(n: u64) -> Duration {
         Duration::from_millis(n * 100)

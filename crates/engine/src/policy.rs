@@ -37,6 +37,7 @@ pub fn iam_policy(config: &Config, demand_queues: &[String]) -> Value {
     statements.extend(event_statements(config));
     statements.extend(dns_statements(config));
     statements.extend(pass_role_statement(config));
+    statements.extend(fis_statements(&config.owner));
     if !demand_queues.is_empty() {
         statements.push(json!({
             "Sid": "PoolDemand",
@@ -211,6 +212,52 @@ fn pass_role_statement(config: &Config) -> Option<Value> {
     })
 }
 
+/// The role FIS assumes for `drill --fis` must be named with this prefix:
+/// the policy lets spotkeeper pass such roles to FIS and no others.
+pub const FIS_ROLE_PREFIX: &str = "spotkeeper-fis";
+
+/// `drill --fis`: experiment templates and experiments only tagged as the
+/// owner's, only for the spot interruption action, and only run, read and
+/// deleted when they carry the owner's tag; roles passed to FIS only by name
+/// ([`FIS_ROLE_PREFIX`]).
+fn fis_statements(owner: &str) -> Vec<Value> {
+    let owned = json!({ "StringEquals": { "aws:ResourceTag/spotkeeper:owner": owner } });
+    let tagging_new = json!({ "StringEquals": { "aws:RequestTag/spotkeeper:owner": owner } });
+    vec![
+        json!({
+            "Sid": "DrillTemplatesOwnedOnly",
+            "Effect": "Allow",
+            "Action": ["fis:CreateExperimentTemplate", "fis:TagResource"],
+            "Resource": [
+                format!("arn:aws:fis:*:*:action/{}", spotkeeper_cloud::FIS_SPOT_ACTION),
+                "arn:aws:fis:*:*:experiment-template/*".to_owned()
+            ],
+            "Condition": tagging_new
+        }),
+        json!({
+            "Sid": "DrillExperimentsOwnedOnly",
+            "Effect": "Allow",
+            "Action": ["fis:StartExperiment", "fis:TagResource"],
+            "Resource": "arn:aws:fis:*:*:experiment/*",
+            "Condition": tagging_new
+        }),
+        json!({
+            "Sid": "DrillsOfTheOwner",
+            "Effect": "Allow",
+            "Action": ["fis:StartExperiment", "fis:GetExperiment", "fis:DeleteExperimentTemplate"],
+            "Resource": ["arn:aws:fis:*:*:experiment-template/*", "arn:aws:fis:*:*:experiment/*"],
+            "Condition": owned
+        }),
+        json!({
+            "Sid": "PassDrillRoles",
+            "Effect": "Allow",
+            "Action": "iam:PassRole",
+            "Resource": format!("arn:aws:iam::*:role/{FIS_ROLE_PREFIX}*"),
+            "Condition": { "StringEquals": { "iam:PassedToService": "fis.amazonaws.com" } }
+        }),
+    ]
+}
+
 /// Describes and reads: allowed on every resource (EC2 does not scope them).
 const READ: &[&str] = &[
     "ec2:DescribeInstances",
@@ -330,7 +377,18 @@ mod tests {
                     assert!(s.get("Condition").is_some(), "{s}");
                 }
             }
+            // Drills: only the owner's experiments, roles only to FIS.
+            if actions(s)
+                .iter()
+                .any(|a| a.starts_with("fis:") || *a == "iam:PassRole")
+            {
+                assert!(s.get("Condition").is_some(), "{s}");
+            }
         }
+        assert_eq!(
+            statement(&p, "PassDrillRoles").expect("drills")["Resource"],
+            json!("arn:aws:iam::*:role/spotkeeper-fis*")
+        );
         assert!(
             statement(&p, "PassInstanceRoles").is_none(),
             "no profile, no PassRole"
@@ -451,6 +509,7 @@ mod tests {
             (".ssm().", "ssm"),
             (".events().", "events"),
             (".pricing().", "pricing"),
+            (".fis().", "fis"),
         ] {
             for (at, _) in flat.match_indices(client) {
                 let rest = &flat[at + client.len()..];

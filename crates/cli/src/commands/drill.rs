@@ -1,6 +1,7 @@
-//! `spotkeeper drill BOX [--rebalance] [--wait 10m]`: sends the box's live
-//! instance a spot warning shaped like EventBridge's through the box's own
-//! queue, follows the daemon's recovery and prints its timeline and the
+//! `spotkeeper drill BOX [--rebalance | --fis ROLE_ARN] [--wait 10m]`: sends
+//! the box's live instance a spot warning shaped like EventBridge's through
+//! the box's own queue (or has AWS Fault Injection Service interrupt it for
+//! real), follows the daemon's recovery and prints its timeline and the
 //! verdict against `slo = { recover_within }` (see
 //! `spotkeeper_engine::drill`). Exit 0 when the box recovered (within the
 //! SLO), 1 when not.
@@ -9,8 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use spotkeeper_cloud::model::tags;
 use spotkeeper_cloud::prelude::*;
-use spotkeeper_cloud::{AwsCloud, Instance, InstanceState};
+use spotkeeper_cloud::{AwsCloud, FisDrill, FisRequest, Instance, InstanceState};
 use spotkeeper_engine::config::{BoxSpec, Config};
 use spotkeeper_engine::drill::{self, Step, Timeline, Verdict};
 use spotkeeper_engine::event_kind::EventKind;
@@ -29,7 +31,14 @@ pub async fn run(
     box_name: &str,
     rebalance: bool,
     wait: Option<&str>,
+    fis: Option<&str>,
 ) -> Result<ExitCode, Failure> {
+    if let Some(role) = fis
+        && let Some(warning) =
+            drill::fis_role(role).map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?
+    {
+        eprintln!("warning: {warning}");
+    }
     let (config, spec, cloud) = super::open_box(args, box_name).await?;
     let wait = match wait {
         Some(w) => humantime::parse_duration(w)
@@ -52,39 +61,31 @@ pub async fn run(
             old.id
         )));
     }
-    let (queue, _) = context::event_queue(&cloud, &config).await?;
-    let url = cloud.queue_url(&queue).await?.ok_or_else(|| {
-        anyhow::anyhow!("there is no event queue {queue}: run `spotkeeper setup`")
-    })?;
     let since = store
         .events(&config.owner, Some(box_name), 1)
         .await
         .context("reading the event log")?
         .first()
         .map_or(0, |e| e.id);
-    let sent = drill::Drill::new(
-        old.id.as_str(),
-        cloud.region(),
-        spotkeeper_cloud::queue_account(&url).as_deref(),
-        rebalance,
-    );
-    let what = sent.what;
-    say(
-        &store,
-        &config,
+    let sent = Sent {
+        store: &store,
+        config: &config,
         box_name,
-        &format!(
-            "drill: {what} for {} sent to {queue} (event {})",
-            old.id, sent.id
-        ),
-    )
-    .await;
-    cloud.send_message(&url, &sent.body).await?;
-    eprintln!(
-        "Drill of box {box_name}: {what} for {} sent to {queue}",
-        old.id
-    );
-    let timeline = follow(&cloud, &store, &config, &spec, &old, since, wait).await?;
+        old: &old,
+    };
+    let experiment = match fis {
+        None => {
+            sent.warning(&cloud, rebalance).await?;
+            None
+        }
+        Some(role) => Some(sent.through_fis(&cloud, role).await?),
+    };
+    let timeline = follow(&cloud, &store, &config, &spec, &old, since, wait).await;
+    if let Some(x) = &experiment {
+        sent.fis_done(&cloud, x, timeline.as_ref().is_ok_and(Timeline::complete))
+            .await;
+    }
+    let timeline = timeline?;
     let verdict = timeline.verdict(spec.slo);
     report(args, box_name, &timeline, &verdict)?;
     say(
@@ -99,6 +100,118 @@ pub async fn run(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// What a drill starts from: the box, its live instance, where it says so.
+struct Sent<'a> {
+    store: &'a Store,
+    config: &'a Config,
+    box_name: &'a str,
+    old: &'a Instance,
+}
+
+impl Sent<'_> {
+    /// The box's event queue and its account (from the queue's URL).
+    async fn queue(&self, cloud: &AwsCloud) -> Result<(String, String, Option<String>), Failure> {
+        let (queue, _) = context::event_queue(cloud, self.config).await?;
+        let url = cloud.queue_url(&queue).await?.ok_or_else(|| {
+            anyhow::anyhow!("there is no event queue {queue}: run `spotkeeper setup`")
+        })?;
+        let account = spotkeeper_cloud::queue_account(&url);
+        Ok((queue, url, account))
+    }
+
+    /// A warning of our own, shaped like EventBridge's, into the box's queue.
+    async fn warning(&self, cloud: &AwsCloud, rebalance: bool) -> Result<(), Failure> {
+        let (queue, url, account) = self.queue(cloud).await?;
+        let sent = drill::Drill::new(
+            self.old.id.as_str(),
+            cloud.region(),
+            account.as_deref(),
+            rebalance,
+        );
+        let what = sent.what;
+        let line = format!("{what} for {} sent to {queue}", self.old.id);
+        say(
+            self.store,
+            self.config,
+            self.box_name,
+            &format!("drill: {line} (event {})", sent.id),
+        )
+        .await;
+        cloud.send_message(&url, &sent.body).await?;
+        eprintln!("Drill of box {}: {line}", self.box_name);
+        Ok(())
+    }
+
+    /// A real interruption: FIS interrupts the instance; EC2 sends the
+    /// warning (EventBridge carries it to the box's queue).
+    async fn through_fis(&self, cloud: &AwsCloud, role: &str) -> Result<FisDrill, Failure> {
+        let (queue, _, account) = self.queue(cloud).await?;
+        let account = account.ok_or_else(|| {
+            anyhow::anyhow!(
+                "the event queue {queue}'s URL names no account: FIS needs the instance's ARN"
+            )
+        })?;
+        let id = format!(
+            "{}{}",
+            drill::DRILL_PREFIX,
+            spotkeeper_cloud::model::random_token()
+        );
+        let tags = vec![
+            (tags::OWNER.to_owned(), self.config.owner.clone()),
+            (tags::BOX.to_owned(), self.box_name.to_owned()),
+            ("spotkeeper:drill".to_owned(), id.clone()),
+        ];
+        let description = format!(
+            "spotkeeper drill of box {}: interrupt {}",
+            self.box_name, self.old.id
+        );
+        let started = cloud
+            .fis_interrupt(&FisRequest {
+                instance_arn: &drill::instance_arn(cloud.region(), &account, self.old.id.as_str()),
+                role_arn: role,
+                description: &description,
+                tags: &tags,
+                client_token: &id,
+            })
+            .await?;
+        let line = format!(
+            "FIS experiment {} (template {}) interrupts {} in two minutes; its warning goes to {queue}",
+            started.experiment, started.template, self.old.id
+        );
+        say(
+            self.store,
+            self.config,
+            self.box_name,
+            &format!("drill: {line}"),
+        )
+        .await;
+        eprintln!("Drill of box {}: {line}", self.box_name);
+        Ok(started)
+    }
+
+    /// After the drill: why FIS failed, if the recovery is incomplete and it
+    /// did; the template goes either way.
+    async fn fis_done(&self, cloud: &AwsCloud, x: &FisDrill, complete: bool) {
+        if !complete {
+            match cloud.fis_experiment_state(&x.experiment).await {
+                Ok((state, reason)) => eprintln!(
+                    "FIS experiment {}: {state}{}",
+                    x.experiment,
+                    reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                ),
+                Err(e) => eprintln!("FIS experiment {}: {e}", x.experiment),
+            }
+        }
+        if let Err(e) = cloud.delete_fis_template(&x.template).await {
+            eprintln!(
+                "warning: the experiment template {} is left: {e} (delete it with \
+                 `aws fis delete-experiment-template --id {}`)",
+                x.template, x.template
+            );
+        }
+    }
 }
 
 async fn say(store: &Store, config: &Config, box_name: &str, what: &str) {

@@ -59,7 +59,8 @@ pub async fn dispatch(args: Args) -> Result<ExitCode, Failure> {
             box_name,
             rebalance,
             wait,
-        } => drill::run(&args, box_name, *rebalance, wait.as_deref()).await,
+            fis,
+        } => drill::run(&args, box_name, *rebalance, wait.as_deref(), fis.as_deref()).await,
         Command::Agent {
             on_interruption,
             on_interruption_file,

@@ -169,4 +169,38 @@ fn a_drill_of_a_box_without_a_live_instance_or_queue_says_what_is_missing() {
     );
     let wrong = cli.run(&["drill", "dev", "--wait", "soon"]);
     assert_eq!(wrong.status.code(), Some(2), "{}", describe(&wrong));
+    // --fis takes an IAM role's ARN, refused before anything is asked of AWS.
+    let not_a_role = cli.run(&["drill", "dev", "--fis", "arn:aws:iam::123456789012:user/me"]);
+    assert_eq!(
+        not_a_role.status.code(),
+        Some(2),
+        "{}",
+        describe(&not_a_role)
+    );
+    assert!(
+        describe(&not_a_role).contains("not an IAM role's ARN"),
+        "{}",
+        describe(&not_a_role)
+    );
+    let both = cli.run(&[
+        "drill",
+        "dev",
+        "--rebalance",
+        "--fis",
+        "arn:aws:iam::123456789012:role/spotkeeper-fis",
+    ]);
+    assert_eq!(both.status.code(), Some(2), "{}", describe(&both));
+    // Without the queue the FIS drill stops where the plain one does.
+    let fis = cli.run(&[
+        "drill",
+        "dev",
+        "--fis",
+        "arn:aws:iam::123456789012:role/spotkeeper-fis",
+    ]);
+    assert_eq!(fis.status.code(), Some(1), "{}", describe(&fis));
+    assert!(
+        describe(&fis).contains("run `spotkeeper setup`"),
+        "{}",
+        describe(&fis)
+    );
 }

@@ -3,6 +3,7 @@
 //! [`CloudError`]s.
 
 mod dns;
+mod fis;
 mod images;
 mod instances;
 mod interfaces;
@@ -11,6 +12,7 @@ mod network;
 mod queue;
 mod volumes;
 
+pub use fis::{FIS_SPOT_ACTION, FisDrill, FisRequest};
 pub use images::{CANONICAL_OWNER, al2023_parameter, ubuntu_parameter};
 pub use network::{VPC_TAG, VpcInfo, split_cidr};
 #[cfg(feature = "test-util")]
@@ -106,6 +108,7 @@ pub struct AwsCloud {
     sqs: Lazy<aws_sdk_sqs::Client>,
     events: Lazy<aws_sdk_eventbridge::Client>,
     pricing: Lazy<aws_sdk_pricing::Client>,
+    fis: Lazy<aws_sdk_fis::Client>,
     region: String,
     calls: Arc<AtomicU64>,
 }
@@ -249,6 +252,7 @@ impl AwsCloud {
             events: lazy!(aws_sdk_eventbridge,),
             // The Price List API answers in us-east-1 (for every region).
             pricing: lazy!(aws_sdk_pricing, PRICING_REGION),
+            fis: lazy!(aws_sdk_fis,),
             region,
             calls,
         })
@@ -277,6 +281,17 @@ impl AwsCloud {
     /// The Price List client.
     pub(crate) fn pricing(&self) -> &aws_sdk_pricing::Client {
         Lazy::get(&self.pricing)
+    }
+
+    /// The Fault Injection Service client.
+    pub(crate) fn fis(&self) -> &aws_sdk_fis::Client {
+        Lazy::get(&self.fis)
+    }
+
+    /// Replaces the Fault Injection Service client (see [`AwsCloud::from_clients`]).
+    pub fn with_fis_client(mut self, fis: aws_sdk_fis::Client) -> Self {
+        self.fis = Lazy::ready(fis);
+        self
     }
 
     /// How many HTTP requests this handle's clients have sent to AWS so far
@@ -324,6 +339,7 @@ impl AwsCloud {
             sqs: Lazy::ready(aws_sdk_sqs::Client::new(&sdk)),
             events: Lazy::ready(aws_sdk_eventbridge::Client::new(&sdk)),
             pricing: Lazy::ready(aws_sdk_pricing::Client::new(&sdk)),
+            fis: Lazy::ready(aws_sdk_fis::Client::new(&sdk)),
             region: region.into(),
             calls: Arc::default(),
         }

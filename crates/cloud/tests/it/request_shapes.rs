@@ -654,3 +654,144 @@ async fn placement_scores_are_single_zone_for_one_instance_in_the_region_and_nam
     );
     assert_eq!(scores.num_calls(), 1);
 }
+
+fn fis_with(rules: &[&Rule]) -> aws_sdk_fis::Client {
+    let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
+    for r in rules {
+        interceptor = interceptor.with_rule(r);
+    }
+    let conf = aws_sdk_fis::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "mock"))
+        .http_client(create_mock_http_client())
+        .interceptor(interceptor)
+        .build();
+    aws_sdk_fis::Client::from_conf(conf)
+}
+
+/// `drill --fis`: one template for exactly the box's instance (by ARN, no
+/// tag selection that could take another), FIS's spot action with the
+/// two-minute notice, no stop condition, tagged at creation, idempotent
+/// tokens; then the experiment, its state and the template's deletion.
+#[tokio::test]
+async fn a_fis_drill_interrupts_exactly_one_instance_with_two_minutes_notice() {
+    use aws_sdk_fis::operation::create_experiment_template::CreateExperimentTemplateOutput;
+    use aws_sdk_fis::operation::delete_experiment_template::DeleteExperimentTemplateOutput;
+    use aws_sdk_fis::operation::get_experiment::GetExperimentOutput;
+    use aws_sdk_fis::operation::start_experiment::StartExperimentOutput;
+    use aws_sdk_fis::types::{Experiment, ExperimentState, ExperimentStatus, ExperimentTemplate};
+    use spotkeeper_cloud::{FIS_SPOT_ACTION, FisDrill, FisRequest};
+
+    const ARN: &str = "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0";
+    const ROLE: &str = "arn:aws:iam::123456789012:role/spotkeeper-fis-spot";
+    let owned = |t: Option<&std::collections::HashMap<String, String>>| {
+        t.and_then(|t| t.get("spotkeeper:owner"))
+            .map(String::as_str)
+            == Some("team")
+            && t.and_then(|t| t.get("spotkeeper:box")).map(String::as_str) == Some("dev")
+    };
+    let create = mock!(aws_sdk_fis::Client::create_experiment_template)
+        .match_requests(move |r| {
+            let target = r.targets().and_then(|t| t.get("instance"));
+            let action = r.actions().and_then(|a| a.get("interrupt"));
+            r.client_token() == Some("spotkeeper-drill-abc")
+                && r.role_arn() == Some(ROLE)
+                && r.targets().is_some_and(|t| t.len() == 1)
+                && target.is_some_and(|t| {
+                    t.resource_type() == "aws:ec2:spot-instance"
+                        && t.resource_arns() == [ARN]
+                        && t.selection_mode() == "ALL"
+                        && t.resource_tags().is_none()
+                        && t.filters().is_empty()
+                })
+                && r.actions().is_some_and(|a| a.len() == 1)
+                && action.is_some_and(|a| {
+                    a.action_id() == FIS_SPOT_ACTION
+                        && a.parameters()
+                            .and_then(|p| p.get("durationBeforeInterruption"))
+                            .map(String::as_str)
+                            == Some("PT2M")
+                        && a.targets()
+                            .and_then(|t| t.get("SpotInstances"))
+                            .map(String::as_str)
+                            == Some("instance")
+                })
+                && r.stop_conditions().len() == 1
+                && r.stop_conditions()[0].source() == "none"
+                && owned(r.tags())
+        })
+        .then_output(|| {
+            CreateExperimentTemplateOutput::builder()
+                .experiment_template(ExperimentTemplate::builder().id("EXT1abc").build())
+                .build()
+        });
+    let start = mock!(aws_sdk_fis::Client::start_experiment)
+        .match_requests(move |r| {
+            r.experiment_template_id() == Some("EXT1abc")
+                && r.client_token() == Some("spotkeeper-drill-abc-start")
+                && owned(r.tags())
+        })
+        .then_output(|| {
+            StartExperimentOutput::builder()
+                .experiment(Experiment::builder().id("EXP1def").build())
+                .build()
+        });
+    let state = mock!(aws_sdk_fis::Client::get_experiment)
+        .match_requests(|r| r.id() == Some("EXP1def"))
+        .then_output(|| {
+            GetExperimentOutput::builder()
+                .experiment(
+                    Experiment::builder()
+                        .id("EXP1def")
+                        .state(
+                            ExperimentState::builder()
+                                .status(ExperimentStatus::Failed)
+                                .reason("Unable to assume role")
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        });
+    let delete = mock!(aws_sdk_fis::Client::delete_experiment_template)
+        .match_requests(|r| r.id() == Some("EXT1abc"))
+        .then_output(|| DeleteExperimentTemplateOutput::builder().build());
+    let cloud = AwsCloud::from_clients(ec2_with(&[]), ssm(), route53(), "us-east-1")
+        .with_fis_client(fis_with(&[&create, &start, &state, &delete]));
+    let tags = [
+        ("spotkeeper:owner".to_owned(), "team".to_owned()),
+        ("spotkeeper:box".to_owned(), "dev".to_owned()),
+        (
+            "spotkeeper:drill".to_owned(),
+            "spotkeeper-drill-abc".to_owned(),
+        ),
+    ];
+    let started = cloud
+        .fis_interrupt(&FisRequest {
+            instance_arn: ARN,
+            role_arn: ROLE,
+            description: "spotkeeper drill of box dev",
+            tags: &tags,
+            client_token: "spotkeeper-drill-abc",
+        })
+        .await
+        .expect("the requests matched");
+    assert_eq!(
+        started,
+        FisDrill {
+            template: "EXT1abc".into(),
+            experiment: "EXP1def".into()
+        }
+    );
+    assert_eq!((create.num_calls(), start.num_calls()), (1, 1));
+    assert_eq!(
+        cloud.fis_experiment_state("EXP1def").await.expect("state"),
+        (
+            "failed".to_owned(),
+            Some("Unable to assume role".to_owned())
+        )
+    );
+    cloud.delete_fis_template("EXT1abc").await.expect("deleted");
+    assert_eq!(delete.num_calls(), 1);
+}
