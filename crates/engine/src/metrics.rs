@@ -109,8 +109,8 @@ pub struct Metrics {
     /// Per box: what spot saved against on-demand over the last 30 days
     /// (USD), refreshed when scraped ([`Metrics::savings_due`]).
     pub savings_dollars: Family<BoxLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    /// When the savings were last computed.
-    savings_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When the savings were last computed, and whether that is under way.
+    savings_at: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 impl PoolMetrics {
@@ -402,17 +402,29 @@ impl Metrics {
         self.pass_seconds.observe(seconds);
     }
 
-    /// True (and the time noted) when the savings are older than `every`:
-    /// one scrape computes them, concurrent ones and those that follow
-    /// within `every` do not. The daemon passes its interval: the runs the
-    /// savings come from change once a pass.
+    /// True (and the computation marked as under way) when the savings are
+    /// older than `every` and none is under way: one scrape starts it,
+    /// concurrent ones and those that follow within `every` do not. The
+    /// daemon passes its interval: the runs the savings come from change
+    /// once a pass. [`Metrics::savings_finished`] ends it.
     pub fn savings_due(&self, every: std::time::Duration) -> bool {
         let mut at = self.savings_at.lock().unwrap_or_else(|e| e.into_inner());
-        if at.is_some_and(|t| t.elapsed() < every) {
-            return false;
+        match *at {
+            Some((_, true)) => false,
+            Some((t, false)) if t.elapsed() < every => false,
+            _ => {
+                *at = Some((std::time::Instant::now(), true));
+                true
+            }
         }
-        *at = Some(std::time::Instant::now());
-        true
+    }
+
+    /// The computation [`Metrics::savings_due`] started ended (well or not).
+    pub fn savings_finished(&self) {
+        let mut at = self.savings_at.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((t, _)) = *at {
+            *at = Some((t, false));
+        }
     }
 
     /// Sets each box's savings (USD) to `lines`' and drops boxes not in it.
@@ -456,10 +468,16 @@ mod box_label_tests {
     #[test]
     fn savings_are_computed_at_most_once_an_interval_and_follow_the_boxes() {
         let m = super::Metrics::default();
-        let minute = std::time::Duration::from_secs(60);
+        let (minute, now) = (
+            std::time::Duration::from_secs(60),
+            std::time::Duration::ZERO,
+        );
         assert!(m.savings_due(minute));
+        assert!(!m.savings_due(now), "one computation at a time");
+        m.savings_finished();
         assert!(!m.savings_due(minute), "a second scrape at once recomputes");
-        assert!(m.savings_due(std::time::Duration::ZERO));
+        assert!(m.savings_due(now));
+        m.savings_finished();
         m.set_savings(&[("dev".into(), 41.2), ("gone".into(), 1.0)]);
         m.set_savings(&[("dev".into(), 41.5)]);
         let text = m.render();

@@ -493,13 +493,23 @@ fn cost_integrates_the_recorded_spot_prices_and_counts_interruptions_per_offerin
     )
     .expect("API");
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
-    let scraped = common::http_get(api_port, "/metrics", None).expect("metrics");
-    let gauge: f64 = scraped
-        .lines()
-        .find_map(|l| l.strip_prefix("spotkeeper_box_savings_dollars{box=\"dev\"} "))
-        .unwrap_or_else(|| panic!("no savings gauge:\n{scraped}"))
-        .parse()
-        .expect("a number");
+    // A scrape starts the computation and answers with the last figures.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let gauge: f64 = loop {
+        let scraped = common::http_get(api_port, "/metrics", None).expect("metrics");
+        if let Some(v) = scraped
+            .lines()
+            .find_map(|l| l.strip_prefix("spotkeeper_box_savings_dollars{box=\"dev\"} "))
+            .filter(|v| v.parse::<f64>().is_ok_and(|v| v > 0.0))
+        {
+            break v.parse().expect("a number");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no savings gauge:\n{scraped}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     assert!(serve.stop().success());
 
     // By hand, from what the state recorded: each run from AWS's launch time

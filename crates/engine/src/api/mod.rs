@@ -160,8 +160,10 @@ async fn page() -> Response {
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
+    // In the background: a scrape answers at once, with the last figures.
     if state.metrics.savings_due(state.config.interval) {
-        status::refresh_savings(&state).await;
+        let state = state.clone();
+        tokio::spawn(async move { status::refresh_savings(&state).await });
     }
     (
         [(

@@ -76,8 +76,8 @@ pub(super) async fn cost(
 }
 
 /// Each box's savings over the cost window, for the metrics: from the same
-/// report as `cost`, bounded in time (a scrape must answer even when the
-/// on-demand price cannot be read); on failure the last figures stay.
+/// report as `cost`, bounded in time (an on-demand price that cannot be read
+/// must not hold it); on failure the last figures stay.
 pub(super) async fn refresh_savings(state: &ApiState) {
     let until = crate::store::unix_now();
     let report = crate::cost::report(
@@ -87,7 +87,10 @@ pub(super) async fn refresh_savings(state: &ApiState) {
         until - crate::cost::HISTORY,
         until,
     );
-    match tokio::time::timeout(std::time::Duration::from_secs(10), report).await {
+    let bound = std::time::Duration::from_secs(60);
+    let computed = tokio::time::timeout(bound, report).await;
+    state.metrics.savings_finished();
+    match computed {
         Ok(Ok(r)) => state.metrics.set_savings(
             &r.lines
                 .iter()
@@ -95,7 +98,7 @@ pub(super) async fn refresh_savings(state: &ApiState) {
                 .collect::<Vec<_>>(),
         ),
         Ok(Err(e)) => tracing::warn!("the savings for the metrics: {e}"),
-        Err(_) => tracing::warn!("the savings for the metrics took over 10 s; kept the last"),
+        Err(_) => tracing::warn!("the savings for the metrics took over 60 s; kept the last"),
     }
 }
 
