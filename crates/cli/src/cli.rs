@@ -68,6 +68,15 @@ pub enum Command {
         #[arg(value_name = "BOX")]
         box_name: String,
     },
+    /// Copy a box's data volume to its other regions now (a snapshot copied to each, pruned to keep), then say what a failover to each would lose; with --status only say that.
+    Replicate {
+        /// The box.
+        #[arg(value_name = "BOX")]
+        box_name: String,
+        /// Only report each region's newest replica and the recovery point.
+        #[arg(long)]
+        status: bool,
+    },
     /// Run a command on a box over SSH; the exit status is the remote one.
     Exec {
         /// The box.

@@ -35,6 +35,15 @@ pub async fn connect(config: &Config) -> Result<AwsCloud, Failure> {
         .map_err(|e| Failure::Usage(e.into()))
 }
 
+/// [`connect`], to `region` instead of the config's (a box's other regions).
+pub async fn connect_in(config: &Config, region: &str) -> Result<AwsCloud, Failure> {
+    let mut aws = config.aws.clone();
+    aws.region = Some(region.to_owned());
+    AwsCloud::connect(&aws)
+        .await
+        .map_err(|e| Failure::Usage(e.into()))
+}
+
 /// The state file: `--state`, `$SPOTKEEPER_STATE`, `[daemon] state`, or the user's data directory.
 pub fn state_path(args: &Args, config: &Config) -> Result<PathBuf, Failure> {
     if let Some(p) = &args.state {

@@ -136,6 +136,16 @@ pub trait Storage: Send + Sync {
     /// Snapshots whose tags match `filter`, newest first.
     async fn snapshots(&self, filter: &TagFilter) -> Result<Vec<Snapshot>, CloudError>;
 
+    /// Copies snapshot `source` of region `source_region` into this
+    /// handle's region, tagged at creation; returns the copy's id at once
+    /// (a copy across regions completes later: see its `state`).
+    async fn copy_snapshot(
+        &self,
+        source_region: &str,
+        source: &SnapshotId,
+        tags: &[(String, String)],
+    ) -> Result<SnapshotId, CloudError>;
+
     /// Deletes a snapshot (gone already is fine).
     async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), CloudError>;
 }

@@ -720,6 +720,36 @@ impl Storage for FakeCloud {
         Ok(id)
     }
 
+    /// The copy is completed at once; the source, in another region, is
+    /// not this fake's to see.
+    async fn copy_snapshot(
+        &self,
+        source_region: &str,
+        source: &SnapshotId,
+        tags: &[(String, String)],
+    ) -> Result<SnapshotId, CloudError> {
+        self.pause("CopySnapshot").await;
+        let mut s = self.enter("CopySnapshot")?;
+        let n = self.next(&mut s);
+        let id = SnapshotId::new(format!("snap-{n:017x}"));
+        let mut tags: BTreeMap<String, String> = tags.iter().cloned().collect();
+        tags.insert(
+            "fake:copied-from".into(),
+            format!("{source_region}/{source}"),
+        );
+        s.snapshots.insert(
+            id.clone(),
+            Snapshot {
+                id: id.clone(),
+                volume_id: None,
+                state: "completed".into(),
+                started_at: Some(format!("{n:020}")),
+                tags,
+            },
+        );
+        Ok(id)
+    }
+
     async fn snapshots(&self, filter: &TagFilter) -> Result<Vec<Snapshot>, CloudError> {
         self.pause("DescribeSnapshots").await;
         let s = self.enter("DescribeSnapshots")?;

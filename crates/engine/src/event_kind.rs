@@ -92,6 +92,10 @@ kinds! {
     HookFailed = "hook-failed",
     /// A drill: its warning sent, and its verdict.
     Drill = "drill",
+    /// A box's data volume was copied to its other regions.
+    Replicated = "replicated",
+    /// Copying a box's data volume to another region failed.
+    ReplicateFailed = "replicate-failed",
     /// A managed box is in neither the config nor the store.
     UnknownBox = "unknown-box",
     /// A registered box's stored spec does not parse.

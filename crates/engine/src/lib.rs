@@ -47,6 +47,7 @@ pub mod pools;
 pub mod progress;
 pub mod rank;
 pub mod ready;
+pub mod replicate;
 pub mod scores;
 pub mod simulate;
 pub mod store;

@@ -63,7 +63,10 @@ fn ec2_statements(owner: &str) -> Vec<Value> {
         json!({
             "Sid": "CreateOwnedOnly",
             "Effect": "Allow",
-            "Action": ["ec2:RunInstances", "ec2:CreateVolume", "ec2:CreateSnapshot", "ec2:CreateImage"],
+            "Action": [
+                "ec2:RunInstances", "ec2:CreateVolume", "ec2:CreateSnapshot", "ec2:CreateImage",
+                "ec2:CopySnapshot"
+            ],
             "Resource": [
                 "arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*",
                 "arn:aws:ec2:*:*:spot-instances-request/*", "arn:aws:ec2:*::snapshot/*",

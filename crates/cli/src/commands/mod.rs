@@ -10,6 +10,7 @@ mod image;
 mod list;
 mod pool;
 mod price;
+mod replicate;
 mod serve;
 mod snapshot;
 mod stop;
@@ -48,6 +49,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode, Failure> {
             ))),
         },
         Command::Snapshot { box_name } => snapshot::run(&args, box_name).await,
+        Command::Replicate { box_name, status } => replicate::run(&args, box_name, *status).await,
         Command::Exec { box_name, command } => exec::exec(&args, box_name, command).await,
         Command::Ssh { box_name } => exec::ssh(&args, box_name).await,
         Command::Dns { box_name } => dns::run(&args, box_name).await,

@@ -15,4 +15,5 @@ mod hooks_on_emulator;
 mod library_verbs_on_emulator;
 mod persistence_on_emulator;
 mod pools_on_emulator;
+mod regions_on_emulator;
 mod setup_on_emulator;

@@ -305,6 +305,40 @@ impl Storage for AwsCloud {
         .await
     }
 
+    async fn copy_snapshot(
+        &self,
+        source_region: &str,
+        source: &SnapshotId,
+        tags: &[(String, String)],
+    ) -> Result<SnapshotId, CloudError> {
+        const OP: &str = "CopySnapshot";
+        let aws_tags: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        // Called on the destination region's client, as AWS requires; the
+        // copy keeps the source's encryption (an encrypted source is copied
+        // with the destination's default key).
+        let out = self
+            .ec2
+            .copy_snapshot()
+            .source_region(source_region)
+            .source_snapshot_id(source.as_str())
+            .description(format!("spotkeeper copy of {source_region}/{source}"))
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Snapshot)
+                    .set_tags(Some(aws_tags))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_error(OP, e))?;
+        out.snapshot_id()
+            .map(SnapshotId::new)
+            .ok_or_else(|| CloudError::other(OP, ErrorKind::Other, "AWS returned no snapshot id"))
+    }
+
     /// Snapshots this account owns whose tags match `filter`, newest first.
     async fn snapshots(&self, filter: &TagFilter) -> Result<Vec<Snapshot>, CloudError> {
         let out = self

@@ -86,6 +86,16 @@ pub struct BoxSpec {
     pub slo: Option<Duration>,
     /// `strategy`: how the offering is chosen ([`crate::rank`]).
     pub strategy: crate::rank::Strategy,
+    /// `regions`: where the box may live, its home first; empty: the
+    /// `[aws]` region only. The others receive the data volume's replicas.
+    pub regions: Vec<String>,
+}
+
+impl BoxSpec {
+    /// The regions other than the home (the first), where replicas go.
+    pub fn other_regions(&self) -> &[String] {
+        self.regions.get(1..).unwrap_or_default()
+    }
 }
 
 /// How many stop snapshots of a volume are kept unless the config says `keep`.
@@ -109,8 +119,12 @@ pub struct VolumeSpec {
     /// volume stops `up` before anything is launched.
     pub adopt: bool,
     /// `keep`: with `on_stop = "snapshot"`, how many of the volume's stop
-    /// snapshots are kept (the newest; older ones are deleted after each stop).
+    /// snapshots are kept (the newest; older ones are deleted after each
+    /// stop); with `replicate`, how many replicas in each region.
     pub keep: usize,
+    /// `replicate = "1h"` (data volumes): snapshot the volume this often and
+    /// copy the newest snapshot to the box's other regions.
+    pub replicate: Option<Duration>,
 }
 
 /// `dns = { zone, name, ttl, address }`.
@@ -182,9 +196,22 @@ pub(super) fn validate_box(
             format!("max_price must be a positive number of USD per hour, not {max_price}"),
         ));
     }
+    let data_span = b.data_volume.as_ref().map(|d| d.span());
     let data_volume = volume(b.data_volume, "data_volume", at)?;
     let root_span = b.root_volume.as_ref().map(|r| r.span());
     let root_volume = volume(b.root_volume, "root_volume", at)?;
+    let regions = regions(b.regions, at)?;
+    if let Some(d) = &data_volume
+        && d.replicate.is_some()
+        && regions.len() < 2
+    {
+        return Err(at(
+            data_span,
+            "data_volume.replicate copies the volume to the box's other regions: list them \
+             in regions = [\"home\", \"other\"]"
+                .into(),
+        ));
+    }
     if let (Some(d), Some(r)) = (&data_volume, &root_volume)
         && d.name == r.name
     {
@@ -235,7 +262,37 @@ pub(super) fn validate_box(
         agent: b.agent.unwrap_or(false),
         slo: slo(b.slo, at)?,
         strategy: b.strategy.unwrap_or_default(),
+        regions,
     })
+}
+
+/// `regions = ["us-east-1", "us-west-2"]`: AWS region names, each once.
+fn regions(raw: Option<Spanned<Vec<Spanned<String>>>>, at: At) -> Result<Vec<String>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let span = raw.span();
+    let mut out: Vec<String> = Vec::new();
+    for r in raw.into_inner() {
+        let name = r.get_ref().trim();
+        if !spotkeeper_cloud::model::is_region(name) {
+            return Err(at(
+                Some(r.span()),
+                format!("{name:?} is not an AWS region name, e.g. us-east-1"),
+            ));
+        }
+        if out.iter().any(|have| have == name) {
+            return Err(at(Some(r.span()), format!("region {name} is listed twice")));
+        }
+        out.push(name.to_owned());
+    }
+    if out.is_empty() {
+        return Err(at(
+            Some(span),
+            "regions lists no region (leave it out for the [aws] region alone)".into(),
+        ));
+    }
+    Ok(out)
 }
 
 /// `slo = { recover_within }`: from a second to a day.
@@ -463,15 +520,33 @@ fn volume(
         return Err(bad("size_gb is required (the size of a new volume)".into()));
     }
     let on_stop = v.on_stop.unwrap_or_default();
-    let keep = match (v.keep, on_stop) {
+    let replicate = match (what, v.replicate) {
+        (_, None) => None,
+        ("root_volume", Some(r)) => {
+            return Err(at(
+                Some(r.span()),
+                "root_volume: replicate applies to data_volume".into(),
+            ));
+        }
+        (_, Some(r)) => super::error::duration_within(
+            Some(&r),
+            "data_volume.replicate",
+            (Duration::from_secs(600), Duration::from_secs(7 * 86_400)),
+            " (each replica is a snapshot and a copy per region)",
+            at,
+        )?,
+    };
+    let keep = match (v.keep, on_stop == OnStop::Snapshot || replicate.is_some()) {
         (None, _) => DEFAULT_STOP_SNAPSHOTS,
-        (Some(k), OnStop::Snapshot) if (1..=100).contains(&k) => k as usize,
-        (Some(k), OnStop::Snapshot) => {
+        (Some(k), true) if (1..=100).contains(&k) => k as usize,
+        (Some(k), true) => {
             return Err(bad(format!("keep must be 1-100 snapshots, not {k}")));
         }
-        (Some(_), _) => {
+        (Some(_), false) => {
             return Err(bad(
-                "keep applies to on_stop = \"snapshot\" (how many stop snapshots to keep)".into(),
+                "keep applies to on_stop = \"snapshot\" (how many stop snapshots to keep) \
+                 or replicate (how many replicas per region)"
+                    .into(),
             ));
         }
     };
@@ -483,6 +558,7 @@ fn volume(
         on_stop,
         adopt: v.adopt.unwrap_or(false),
         keep,
+        replicate,
     }))
 }
 

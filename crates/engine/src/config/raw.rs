@@ -110,6 +110,7 @@ pub(crate) struct RawBox {
     pub(crate) agent: Option<bool>,
     pub(crate) slo: Option<RawSlo>,
     pub(crate) strategy: Option<crate::rank::Strategy>,
+    pub(crate) regions: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +136,7 @@ pub(crate) struct RawVolume {
     pub(crate) on_stop: Option<OnStop>,
     pub(crate) adopt: Option<bool>,
     pub(crate) keep: Option<i64>,
+    pub(crate) replicate: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -15,7 +15,8 @@ use crate::event_kind::EventKind;
 /// The event kinds a sink gets when its table says no `events`
 /// (a box replaced or failing to be, launches failing for capacity, quota
 /// or permissions, a pool held because its demand cannot be read, a box
-/// falling back to on-demand, an `on_interruption` hook that failed).
+/// falling back to on-demand, an `on_interruption` hook that failed, a
+/// data volume's copy to another region that failed).
 pub const DEFAULT_EVENTS: &[EventKind] = &[
     EventKind::Replaced,
     EventKind::ReplaceFailed,
@@ -26,6 +27,7 @@ pub const DEFAULT_EVENTS: &[EventKind] = &[
     EventKind::DemandFailed,
     EventKind::Fallback,
     EventKind::HookFailed,
+    EventKind::ReplicateFailed,
 ];
 
 /// Where the signing secret comes from.

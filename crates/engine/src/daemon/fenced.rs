@@ -194,6 +194,16 @@ impl Storage for FencedCloud<'_> {
         self.inner.delete_volume(volume).await
     }
 
+    async fn copy_snapshot(
+        &self,
+        source_region: &str,
+        source: &SnapshotId,
+        tags: &[(String, String)],
+    ) -> Result<SnapshotId, CloudError> {
+        self.check("CopySnapshot").await?;
+        self.inner.copy_snapshot(source_region, source, tags).await
+    }
+
     async fn snapshot_volume(
         &self,
         volume: &VolumeId,

@@ -1,0 +1,153 @@
+//! A box with two regions on the emulator (one server answers every region,
+//! as the SDK's per-region clients ask it): its data volume's replicas are
+//! snapshots in the home region copied to the other (`CopySnapshot` called
+//! in the destination), tagged at creation, pruned to `keep` in each region,
+//! with the recovery point said per region.
+
+use serde_json::Value;
+
+use crate::common::{CONFIG, Cli, describe};
+
+const REPLICATED: &str = r#"regions = ["us-east-1", "us-west-2"]
+data_volume = { name = "dev-data", size_gb = 10, mount = "/data", replicate = "1h", keep = 2, on_stop = "snapshot" }"#;
+
+fn with(extra: &str) -> String {
+    CONFIG.replace("tags =", &format!("{extra}\ntags ="))
+}
+
+/// The replicas of `dev-data` the emulator holds in `region`, newest first.
+fn replicas(cli: &Cli, region: &str) -> Vec<Value> {
+    let out = cli.moto.boto(&format!(
+        "c = boto3.client('ec2', region_name='{region}', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
+         r = c.describe_snapshots(OwnerIds=['self'], Filters=[{{'Name': 'tag:spotkeeper:purpose', 'Values': ['replica']}}])['Snapshots']\n\
+         r.sort(key=lambda s: s['StartTime'], reverse=True)\n\
+         print(json.dumps([{{'id': s['SnapshotId'], 'state': s['State'], 'tags': {{t['Key']: t['Value'] for t in s.get('Tags', [])}}}} for s in r]))"
+    ));
+    serde_json::from_str::<Value>(&out)
+        .expect("json")
+        .as_array()
+        .expect("array")
+        .clone()
+}
+
+#[test]
+fn a_replicated_data_volume_is_copied_to_the_other_region_tagged_and_pruned_to_keep() {
+    let cli = Cli::with_config(&with(REPLICATED));
+    let early = cli.run(&["replicate", "dev"]);
+    assert_eq!(early.status.code(), Some(1), "{}", describe(&early));
+    assert!(
+        describe(&early).contains("`up` the box first"),
+        "{}",
+        describe(&early)
+    );
+    assert!(replicas(&cli, "us-east-1").is_empty());
+
+    cli.ok(&["up", "dev"]);
+    let first = cli.json(&["replicate", "dev", "--json"]);
+    let west = &first["regions"][0];
+    assert_eq!(west["region"], "us-west-2", "{first}");
+    assert_eq!(west["completed"], true, "{first}");
+    assert_eq!(west["replicas"], 1, "{first}");
+    assert!(
+        west["recovery_point_seconds"]
+            .as_i64()
+            .is_some_and(|s| (0..60).contains(&s)),
+        "{first}"
+    );
+    let copies = replicas(&cli, "us-west-2");
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let home = replicas(&cli, "us-east-1");
+    assert_eq!(home.len(), 1, "{home:?}");
+    let tags = &copies[0]["tags"];
+    assert_eq!(tags["spotkeeper:owner"], "clitest");
+    assert_eq!(tags["spotkeeper:box"], "dev");
+    assert_eq!(tags["spotkeeper:volume"], "dev-data");
+    assert_eq!(
+        tags["spotkeeper:copy-of"],
+        format!("us-east-1/{}", home[0]["id"].as_str().expect("id"))
+    );
+    assert_eq!(
+        tags["spotkeeper:taken-at"],
+        home[0]["tags"]["spotkeeper:taken-at"]
+    );
+    assert_eq!(west["newest"], copies[0]["id"]);
+
+    // Three more rounds: each region keeps the newest two.
+    for _ in 0..3 {
+        cli.ok(&["replicate", "dev"]);
+    }
+    assert_eq!(replicas(&cli, "us-west-2").len(), 2);
+    assert_eq!(replicas(&cli, "us-east-1").len(), 2);
+    let status = cli.ok(&["replicate", "dev", "--status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("a failover to us-west-2 now would lose up to"),
+        "{text}"
+    );
+    let replicated =
+        cli.state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'replicated'");
+    assert_eq!(replicated.len(), 4, "{replicated:?}");
+    assert!(
+        replicated[0][0].contains("copied to us-west-2 snap-"),
+        "{replicated:?}"
+    );
+    // Replicas are not stop snapshots: a stop's pruning leaves them, and
+    // the next `up` restores the volume from the stop snapshot.
+    cli.ok(&["stop", "dev"]);
+    assert_eq!(replicas(&cli, "us-east-1").len(), 2);
+    let stop = cli.moto.boto(
+        "r = ec2.describe_snapshots(OwnerIds=['self'], Filters=[{'Name': 'tag:spotkeeper:purpose', 'Values': ['stop']}])['Snapshots']\n\
+         print(' '.join(s['SnapshotId'] for s in r))",
+    );
+    let stop = stop.trim();
+    assert!(stop.starts_with("snap-") && !stop.contains(' '), "{stop}");
+    cli.ok(&["up", "dev"]);
+    let from = cli.moto.boto(
+        "r = ec2.describe_volumes(Filters=[{'Name': 'tag:Name', 'Values': ['dev-data']}])['Volumes']\n\
+         print(' '.join(v.get('SnapshotId', '') for v in r))",
+    );
+    assert_eq!(from.trim(), stop, "restored from the stop snapshot");
+}
+
+#[test]
+fn replication_needs_a_second_region_and_its_home_where_spotkeeper_runs() {
+    let lonely = Cli::with_config(&with(
+        r#"data_volume = { name = "dev-data", size_gb = 10, replicate = "1h" }"#,
+    ));
+    let out = lonely.run(&["list"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        describe(&out).contains("list them in regions"),
+        "{}",
+        describe(&out)
+    );
+    for (bad, says) in [
+        (r#"regions = ["us-east"]"#, "is not an AWS region name"),
+        (r#"regions = ["us-east-1", "us-east-1"]"#, "listed twice"),
+        (
+            r#"regions = ["us-east-1", "us-west-2"]
+data_volume = { name = "dev-data", size_gb = 10, replicate = "1m" }"#,
+            "data_volume.replicate must be at least",
+        ),
+    ] {
+        let cli = Cli::with_config(&with(bad));
+        let out = cli.run(&["list"]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", describe(&out));
+        assert!(describe(&out).contains(says), "{bad}: {}", describe(&out));
+    }
+    // Its home is another region than the one spotkeeper runs in.
+    let away = Cli::with_config(&with(
+        r#"regions = ["us-west-2", "us-east-1"]
+data_volume = { name = "dev-data", size_gb = 10, replicate = "1h" }"#,
+    ));
+    away.ok(&["up", "dev"]);
+    let out = away.run(&["replicate", "dev"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        describe(&out).contains("[aws] region = \"us-west-2\""),
+        "{}",
+        describe(&out)
+    );
+    assert!(replicas(&away, "us-west-2").is_empty());
+    assert!(replicas(&away, "us-east-1").is_empty());
+}
