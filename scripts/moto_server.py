@@ -58,6 +58,10 @@ launcher makes moto behave like AWS:
   `terminated` and their volumes detached, as AWS does (termination takes
   from seconds to minutes; a volume stays in-use until its instance is
   terminated). By default termination is at once, as moto does.
+- With `{"ec2": {"copying_for": SECONDS}}`, a snapshot made by CopySnapshot
+  is `pending` for that long before it is `completed`, as on AWS (a copy
+  across regions completes minutes to hours later, by the data copied). By
+  default it is completed at once, as moto does.
 - AttachVolume to a device name the instance already uses fails
   (InvalidParameterValue: attachment point in use), so does attaching a
   volume that is attached (VolumeInUse) or one in another zone
@@ -206,6 +210,25 @@ def terminate_instances(self, instance_ids):
             later.start()
         out.append((instance, previous))
     return out
+
+
+_copy_snapshot = EBSBackend.copy_snapshot
+
+
+def copy_snapshot(self, *args, **kwargs):
+    """CopySnapshot; with `copying_for`, `pending` for that long."""
+    snapshot = _copy_snapshot(self, *args, **kwargs)
+    delay = float((control().get("ec2") or {}).get("copying_for") or 0)
+    if delay > 0:
+        snapshot.status = "pending"
+
+        def done() -> None:
+            snapshot.status = "completed"
+
+        later = threading.Timer(delay, done)
+        later.daemon = True
+        later.start()
+    return snapshot
 
 
 _attach_volume = EBSBackend.attach_volume
@@ -541,6 +564,7 @@ def main() -> None:
     AmisResponse.create_image = create_image_response
     Ami.block_device_mappings = property(ami_block_device_mappings)
     EBSBackend.attach_volume = attach_volume
+    EBSBackend.copy_snapshot = copy_snapshot
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()

@@ -207,8 +207,24 @@ impl Moto {
     /// stay `shutting-down` with their volumes attached, then are
     /// `terminated`. Zero (the default) terminates at once, as moto does.
     pub fn set_terminating_for(&self, how_long: Duration) {
-        self.control.lock().unwrap_or_else(|e| e.into_inner()).2 =
-            format!("{{\"terminating_for\": {}}}", how_long.as_secs_f64());
+        self.set_ec2("terminating_for", how_long);
+    }
+
+    /// Makes a snapshot CopySnapshot made stay `pending` for `how_long`, as
+    /// on AWS (a copy across regions completes later). Zero (the default)
+    /// completes it at once, as moto does.
+    pub fn set_copying_for(&self, how_long: Duration) {
+        self.set_ec2("copying_for", how_long);
+    }
+
+    fn set_ec2(&self, key: &str, how_long: Duration) {
+        {
+            let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ec2: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&control.2).unwrap_or_default();
+            ec2.insert(key.to_owned(), serde_json::json!(how_long.as_secs_f64()));
+            control.2 = serde_json::Value::Object(ec2).to_string();
+        }
         self.write_control();
     }
 

@@ -151,3 +151,58 @@ data_volume = { name = "dev-data", size_gb = 10, replicate = "1h" }"#,
     assert!(replicas(&away, "us-west-2").is_empty());
     assert!(replicas(&away, "us-east-1").is_empty());
 }
+
+/// On AWS a copy across regions completes later: until then it is no
+/// recovery point, and pruning never takes a region's last completed copy
+/// for pending newer ones (the emulator keeps copies `pending` as AWS does).
+#[test]
+fn a_copy_still_under_way_is_no_recovery_point_and_the_last_completed_one_is_kept() {
+    let cli = Cli::with_config(&with(REPLICATED));
+    cli.ok(&["up", "dev"]);
+    cli.ok(&["replicate", "dev"]);
+    let done = replicas(&cli, "us-west-2");
+    assert_eq!(done.len(), 1);
+    cli.moto
+        .set_copying_for(std::time::Duration::from_secs(600));
+    for _ in 0..3 {
+        cli.ok(&["replicate", "dev"]);
+    }
+    let west = replicas(&cli, "us-west-2");
+    let pending = west.iter().filter(|r| r["state"] == "pending").count();
+    assert!(
+        west.iter()
+            .any(|r| r["id"] == done[0]["id"] && r["state"] == "completed"),
+        "the last completed copy was pruned: {west:?}"
+    );
+    assert_eq!(pending, 2, "{west:?}");
+    let status = cli.json(&["replicate", "dev", "--status", "--json"]);
+    let region = &status["regions"][0];
+    assert_eq!(region["completed"], false, "{status}");
+    // Rounds a second apart share their taken-at: the newest is a pending one.
+    assert!(
+        west.iter()
+            .any(|r| r["id"] == region["newest"] && r["state"] == "pending"),
+        "{status} {west:?}"
+    );
+    // The recovery point is the completed copy's age, not the pending one's.
+    assert!(
+        region["recovery_point_seconds"].as_i64().is_some(),
+        "{status}"
+    );
+    let first_taken: i64 = done[0]["tags"]["spotkeeper:taken-at"]
+        .as_str()
+        .expect("taken-at")
+        .parse()
+        .expect("seconds");
+    let newest_taken: i64 = west
+        .iter()
+        .find(|r| r["id"] == region["newest"])
+        .expect("listed")["tags"]["spotkeeper:taken-at"]
+        .as_str()
+        .expect("taken-at")
+        .parse()
+        .expect("seconds");
+    assert!(newest_taken >= first_taken);
+    let said = region["says"].as_str().expect("says");
+    assert!(said.contains("would lose up to"), "{said}");
+}
