@@ -91,8 +91,17 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
             .map_err(|e| Failure::Usage(anyhow::anyhow!("{e}")))?;
     check_connections(&store, &config, &id, connections).await?;
     warn_of_other_owners(&store, &config).await;
+    let aws = config.aws.clone();
     let daemon = Daemon::new(&cloud, &store, &config, &locks)
         .with_id(id)
+        .with_regions(Arc::new(move |region| {
+            let mut aws = aws.clone();
+            aws.region = Some(region);
+            Box::pin(async move {
+                Ok(Arc::new(spotkeeper_cloud::AwsCloud::connect(&aws).await?)
+                    as Arc<dyn spotkeeper_cloud::Cloud>)
+            })
+        }))
         .with_demand(Box::new(
             spotkeeper_engine::pools::demand::LiveDemand::guarded_by(
                 Some(Arc::new(cloud.clone())),

@@ -206,3 +206,43 @@ fn a_copy_still_under_way_is_no_recovery_point_and_the_last_completed_one_is_kep
     let said = region["says"].as_str().expect("says");
     assert!(said.contains("would lose up to"), "{said}");
 }
+
+/// The daemon copies a settled box's volume when no replica is younger than
+/// `replicate`, and not again before: neither on later passes nor after a
+/// restart (the newest replica's taken-at says when the next is due).
+#[test]
+fn the_daemon_replicates_a_settled_box_once_per_interval_even_across_a_restart() {
+    use crate::common::{Serve, wait_passes};
+    let api_port = spotkeeper_testkit::closed_port();
+    let config = with(&REPLICATED.replace("\"1h\"", "\"10m\"")).replace(
+        "[aws]",
+        &format!(
+            "[daemon]\ninterval = \"1s\"\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\
+             token = \"e2e-token-0123456789\"\n\n[aws]"
+        ),
+    );
+    let cli = Cli::with_config(&config);
+    cli.ok(&["setup"]);
+    cli.ok(&["up", "dev"]);
+    let serve = Serve::start(&cli);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while replicas(&cli, "us-west-2").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replica within 60 s:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    wait_passes(api_port, 5, &serve);
+    assert_eq!(replicas(&cli, "us-west-2").len(), 1, "{}", serve.log());
+    assert!(serve.stop().success());
+    let serve = Serve::start(&cli);
+    wait_passes(api_port, 5, &serve);
+    assert!(serve.stop().success());
+    assert_eq!(replicas(&cli, "us-west-2").len(), 1);
+    assert_eq!(replicas(&cli, "us-east-1").len(), 1);
+    let said =
+        cli.state_rows("SELECT kind FROM events WHERE box = 'dev' AND kind LIKE 'replicat%'");
+    assert_eq!(said, vec![vec!["replicated".to_owned()]], "{said:?}");
+}

@@ -268,6 +268,10 @@ impl Daemon<'_> {
                 }
             }
         }
+        // Replicas wait for the box to be settled (its volume in place).
+        if work.is_empty() && settled.is_some() && self.replication_due(spec) {
+            work.push(Work::Replicate { spec: spec.clone() });
+        }
         Ok((done, work))
     }
 

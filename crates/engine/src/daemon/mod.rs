@@ -29,6 +29,7 @@ pub mod leases;
 mod marks;
 mod observation;
 mod pools;
+pub mod replicas;
 pub mod seen;
 pub mod tasks;
 
@@ -104,6 +105,8 @@ struct Memory {
     pools: HashMap<String, PoolMemory>,
     settled: HashMap<String, (InstanceId, Instant)>,
     image_checks: HashMap<String, SystemTime>,
+    /// When each box's replicas are looked at next ([`replicas`]).
+    replica_checks: HashMap<String, SystemTime>,
     images: HashMap<String, ImageId>,
     volumes: HashMap<
         String,
@@ -162,6 +165,8 @@ pub struct Daemon<'a> {
     passes: watch::Sender<u64>,
     health: health::HealthState,
     seen: seen::LastSeen,
+    /// Handles to the boxes' other regions ([`replicas`]).
+    regions: replicas::Regions,
 }
 
 impl std::fmt::Debug for Daemon<'_> {
@@ -208,7 +213,15 @@ impl<'a> Daemon<'a> {
             health: health::HealthState::default(),
             passes: watch::channel(0).0,
             seen: seen::LastSeen::default(),
+            regions: replicas::Regions::default(),
         }
+    }
+
+    /// How the daemon reaches a box's other regions (replicas of its data
+    /// volume); without it such boxes are not replicated (said once each).
+    pub fn with_regions(mut self, connect: replicas::Connect) -> Self {
+        self.regions = replicas::Regions::new(connect);
+        self
     }
 
     /// Shares each observation with `seen` (the API's), instead of a handle
@@ -781,6 +794,7 @@ impl<'a> Daemon<'a> {
             Work::BackToSpot { spec, instance } => self.back_to_spot(spec, instance).await,
             Work::Pool { spec, world } => self.pool_task(spec, world).await,
             Work::Stop { spec } => self.stop_box(spec).await,
+            Work::Replicate { spec } => self.replicate(spec).await,
         }
     }
 

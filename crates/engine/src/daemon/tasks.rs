@@ -65,6 +65,11 @@ pub enum Work {
         /// Its on-demand instance.
         instance: spotkeeper_cloud::Instance,
     },
+    /// Copy the box's data volume to its other regions if it is due.
+    Replicate {
+        /// The box.
+        spec: BoxSpec,
+    },
     /// Finish the box's stop job (asked through the API, or left half done).
     Stop {
         /// The box.
@@ -89,6 +94,7 @@ impl Work {
             Self::BackToSpot { .. } => "back-to-spot",
             Self::Pool { .. } => "pool",
             Self::Stop { .. } => "stop",
+            Self::Replicate { .. } => "replicate",
         }
     }
 
@@ -99,7 +105,10 @@ impl Work {
     fn preemptible(&self) -> bool {
         matches!(
             self,
-            Self::Settle { .. } | Self::Image { .. } | Self::BackToSpot { .. }
+            Self::Settle { .. }
+                | Self::Image { .. }
+                | Self::BackToSpot { .. }
+                | Self::Replicate { .. }
         )
     }
 }

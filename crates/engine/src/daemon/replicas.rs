@@ -1,0 +1,159 @@
+//! The daemon's side of `data_volume.replicate`: a settled box's replicas
+//! are looked at once per `replicate` (its newest home replica says when the
+//! next is due, so a restarted daemon does not copy again early), and a
+//! round ([`crate::replicate::replicate`]) runs as the box's task when due.
+//! The other regions' handles come from the daemon's owner ([`Connect`]:
+//! the CLI connects the SDK to each region), made once and kept.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
+use spotkeeper_cloud::CloudError;
+use spotkeeper_cloud::prelude::*;
+
+use super::Daemon;
+use crate::config::BoxSpec;
+use crate::event_kind::EventKind;
+use crate::replicate;
+
+/// Makes a handle to a region.
+pub type Connect =
+    Arc<dyn Fn(String) -> BoxFuture<'static, Result<Arc<dyn Cloud>, CloudError>> + Send + Sync>;
+
+/// A failed round is tried again after this long.
+const RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// The other regions' handles, made on first use.
+#[derive(Default)]
+pub struct Regions {
+    connect: Option<Connect>,
+    made: tokio::sync::Mutex<HashMap<String, Arc<dyn Cloud>>>,
+}
+
+impl std::fmt::Debug for Regions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Regions")
+            .field("connect", &self.connect.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Regions {
+    /// Handles made with `connect`.
+    pub fn new(connect: Connect) -> Self {
+        Self {
+            connect: Some(connect),
+            made: tokio::sync::Mutex::default(),
+        }
+    }
+
+    async fn get(&self, region: &str) -> Result<Arc<dyn Cloud>, String> {
+        let connect = self
+            .connect
+            .as_ref()
+            .ok_or("this daemon was started without handles to other regions")?;
+        let mut made = self.made.lock().await;
+        if let Some(c) = made.get(region) {
+            return Ok(c.clone());
+        }
+        let c = connect(region.to_owned())
+            .await
+            .map_err(|e| e.to_string())?;
+        made.insert(region.to_owned(), c.clone());
+        Ok(c)
+    }
+}
+
+impl Daemon<'_> {
+    /// Whether `spec`'s replicas should be looked at now.
+    pub(super) fn replication_due(&self, spec: &BoxSpec) -> bool {
+        if spec
+            .data_volume
+            .as_ref()
+            .and_then(|v| v.replicate)
+            .is_none()
+            || spec.other_regions().is_empty()
+        {
+            return false;
+        }
+        let now = self.clock.now();
+        self.lock_memory()
+            .replica_checks
+            .get(&spec.name)
+            .is_none_or(|at| *at <= now)
+    }
+
+    fn next_replica_check(&self, name: &str, at: SystemTime) {
+        self.lock_memory()
+            .replica_checks
+            .insert(name.to_owned(), at);
+    }
+
+    /// The box's task: a round when its newest replica is older than
+    /// `replicate`, else only the time of the next look.
+    pub(super) async fn replicate(&self, spec: &BoxSpec) -> Vec<String> {
+        let Some((vs, every)) = spec
+            .data_volume
+            .as_ref()
+            .and_then(|v| Some((v, v.replicate?)))
+        else {
+            return Vec::new();
+        };
+        let name = spec.name.as_str();
+        let now = self.clock.now();
+        // Whatever happens below, not again before the retry time.
+        self.next_replica_check(name, now + RETRY_AFTER);
+        let newest = match replicate::replicas(&self.cloud, &self.config.owner, &vs.name).await {
+            Ok(all) => all.first().map(|r| r.taken_at),
+            Err(e) => {
+                self.record(Some(name), EventKind::ReplicateFailed, &e.to_string())
+                    .await;
+                return Vec::new();
+            }
+        };
+        let unix = crate::store::unix_seconds(now);
+        let every_secs = i64::try_from(every.as_secs()).unwrap_or(i64::MAX);
+        if let Some(taken) = newest
+            && taken.saturating_add(every_secs) > unix
+        {
+            let wait = u64::try_from(taken + every_secs - unix).unwrap_or(0);
+            self.next_replica_check(name, now + Duration::from_secs(wait));
+            return Vec::new();
+        }
+        let mut handles: Vec<(String, Arc<dyn Cloud>)> = Vec::new();
+        for region in spec.other_regions() {
+            match self.regions.get(region).await {
+                Ok(c) => handles.push((region.clone(), c)),
+                Err(e) => {
+                    let what = format!("no handle to {region}: {e}");
+                    self.record(Some(name), EventKind::ReplicateFailed, &what)
+                        .await;
+                }
+            }
+        }
+        let others: Vec<(String, &dyn Cloud)> = handles
+            .iter()
+            .map(|(r, c)| (r.clone(), c.as_ref()))
+            .collect();
+        match replicate::replicate(&self.cloud, &others, &self.config.owner, spec, unix).await {
+            Ok(round) => {
+                self.next_replica_check(name, now + every);
+                let what = round.describe(&vs.name);
+                self.record(Some(name), EventKind::Replicated, &what).await;
+                for (region, why) in &round.failed {
+                    let failed = format!("copying {} to {region} failed: {why}", vs.name);
+                    self.record(Some(name), EventKind::ReplicateFailed, &failed)
+                        .await;
+                }
+                vec![what]
+            }
+            Err(e) => {
+                self.record(Some(name), EventKind::ReplicateFailed, &e.to_string())
+                    .await;
+                Vec::new()
+            }
+        }
+    }
+}
