@@ -236,6 +236,30 @@ fn the_daemon_replicates_a_settled_box_once_per_interval_even_across_a_restart()
     }
     wait_passes(api_port, 5, &serve);
     assert_eq!(replicas(&cli, "us-west-2").len(), 1, "{}", serve.log());
+    // The API (and the dashboard from it) says the recovery point.
+    let boxes =
+        crate::common::http_get(api_port, "/api/boxes", Some("e2e-token-0123456789")).expect("API");
+    let body: Value =
+        serde_json::from_str(boxes.split_once("\r\n\r\n").expect("body").1).expect("json");
+    let dev = body
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["name"] == "dev"))
+        .unwrap_or_else(|| panic!("{body}"));
+    let west = &dev["replicas"][0];
+    assert_eq!(west["region"], "us-west-2", "{dev}");
+    assert_eq!(west["copying"], false, "{dev}");
+    assert!(
+        west["recovery_point_seconds"]
+            .as_i64()
+            .is_some_and(|s| (0..120).contains(&s)),
+        "{dev}"
+    );
+    assert!(
+        west["says"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("a failover to us-west-2 now would lose up to")),
+        "{dev}"
+    );
     assert!(serve.stop().success());
     let serve = Serve::start(&cli);
     wait_passes(api_port, 5, &serve);

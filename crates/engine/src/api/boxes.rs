@@ -86,7 +86,29 @@ pub(super) async fn box_json(
         "private_ip": instance.and_then(|i| i.private_ip.clone()),
         "in_config": state.config.boxes.contains_key(name),
         "observed_at": observed_at,
+        "replicas": replica_json(state, name),
     })
+}
+
+/// Per other region: the newest completed replica's time, whether a copy is
+/// under way, and what a failover there now would lose.
+fn replica_json(state: &ApiState, name: &str) -> Value {
+    let now = crate::store::unix_now();
+    state
+        .seen
+        .recovery(name)
+        .into_iter()
+        .map(|p| {
+            let point = p.taken_at.map(|t| now - t);
+            json!({
+                "region": p.region,
+                "taken_at": p.taken_at,
+                "copying": p.copying,
+                "recovery_point_seconds": point,
+                "says": crate::replicate::describe_recovery_point(&p.region, point),
+            })
+        })
+        .collect()
 }
 
 /// The live instances of the daemon's last observation, and when it was

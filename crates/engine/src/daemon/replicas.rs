@@ -115,31 +115,31 @@ impl Daemon<'_> {
         };
         let unix = crate::store::unix_seconds(now);
         let every_secs = i64::try_from(every.as_secs()).unwrap_or(i64::MAX);
-        if let Some(taken) = newest
-            && taken.saturating_add(every_secs) > unix
-        {
-            let wait = u64::try_from(taken + every_secs - unix).unwrap_or(0);
-            self.next_replica_check(name, now + Duration::from_secs(wait));
-            return Vec::new();
-        }
-        let mut handles: Vec<(String, Arc<dyn Cloud>)> = Vec::new();
-        for region in spec.other_regions() {
-            match self.regions.get(region).await {
-                Ok(c) => handles.push((region.clone(), c)),
-                Err(e) => {
-                    let what = format!("no handle to {region}: {e}");
-                    self.record(Some(name), EventKind::ReplicateFailed, &what)
-                        .await;
-                }
-            }
-        }
+        let handles = self.region_handles(spec).await;
         let others: Vec<(String, &dyn Cloud)> = handles
             .iter()
             .map(|(r, c)| (r.clone(), c.as_ref()))
             .collect();
-        match replicate::replicate(&self.cloud, &others, &self.config.owner, spec, unix).await {
+        if let Some(taken) = newest
+            && taken.saturating_add(every_secs) > unix
+        {
+            let wait = u64::try_from(taken + every_secs - unix).unwrap_or(0);
+            let copying = self.note_recovery(spec, &vs.name, &others).await;
+            // A copy under way is looked at again soon: it becomes the
+            // recovery point when it completes.
+            let wait = if copying {
+                wait.min(COPYING_LOOK)
+            } else {
+                wait
+            };
+            self.next_replica_check(name, now + Duration::from_secs(wait));
+            return Vec::new();
+        }
+        let done = match replicate::replicate(&self.cloud, &others, &self.config.owner, spec, unix)
+            .await
+        {
             Ok(round) => {
-                self.next_replica_check(name, now + every);
+                self.next_replica_check(name, now + Duration::from_secs(COPYING_LOOK).min(every));
                 let what = round.describe(&vs.name);
                 self.record(Some(name), EventKind::Replicated, &what).await;
                 for (region, why) in &round.failed {
@@ -154,6 +154,53 @@ impl Daemon<'_> {
                     .await;
                 Vec::new()
             }
+        };
+        self.note_recovery(spec, &vs.name, &others).await;
+        done
+    }
+
+    /// Handles to `spec`'s other regions; one that cannot be made is said.
+    async fn region_handles(&self, spec: &BoxSpec) -> Vec<(String, Arc<dyn Cloud>)> {
+        let mut handles = Vec::new();
+        for region in spec.other_regions() {
+            match self.regions.get(region).await {
+                Ok(c) => handles.push((region.clone(), c)),
+                Err(e) => {
+                    let what = format!("no handle to {region}: {e}");
+                    self.record(Some(&spec.name), EventKind::ReplicateFailed, &what)
+                        .await;
+                }
+            }
         }
+        handles
+    }
+
+    /// Reads each other region's replicas for the API's recovery points;
+    /// true when a copy is under way somewhere.
+    async fn note_recovery(
+        &self,
+        spec: &BoxSpec,
+        volume: &str,
+        others: &[(String, &dyn Cloud)],
+    ) -> bool {
+        let mut points = Vec::new();
+        for (region, cloud) in others {
+            match replicate::replicas(*cloud, &self.config.owner, volume).await {
+                Ok(all) => points.push(super::seen::RegionPoint {
+                    region: region.clone(),
+                    taken_at: all.iter().find(|r| r.completed).map(|r| r.taken_at),
+                    copying: all.first().is_some_and(|r| !r.completed),
+                }),
+                Err(e) => {
+                    tracing::warn!(box_name = %spec.name, "reading the replicas in {region}: {e}")
+                }
+            }
+        }
+        let copying = points.iter().any(|p| p.copying);
+        self.seen.set_recovery(&spec.name, points);
+        copying
     }
 }
+
+/// While a copy is under way its region is looked at this often (seconds).
+const COPYING_LOOK: u64 = 300;

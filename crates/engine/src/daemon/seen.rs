@@ -7,24 +7,63 @@
 //! read the daemon's last observation instead, and say how old it is.
 
 use super::Observation;
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 /// An observation and when it was made.
 pub type Sighting = (SystemTime, Arc<Observation>);
 
-/// The daemon's last observation and when it was made, for the API.
+/// A box's replicas in one of its other regions, as the daemon last read
+/// them (at most once per `replicate`, and sooner while a copy is under way).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RegionPoint {
+    /// The region.
+    pub region: String,
+    /// When the data of its newest completed replica was taken (Unix seconds).
+    pub taken_at: Option<i64>,
+    /// A newer copy is still under way.
+    pub copying: bool,
+}
+
+/// The daemon's last observation and when it was made, for the API; and the
+/// boxes' recovery points.
 #[derive(Debug, Clone, Default)]
-pub struct LastSeen(Arc<RwLock<Option<Sighting>>>);
+pub struct LastSeen {
+    sighting: Arc<RwLock<Option<Sighting>>>,
+    recovery: Arc<RwLock<HashMap<String, Vec<RegionPoint>>>>,
+}
 
 impl LastSeen {
     /// Keeps `observation`, made at `at`, in place of the last one.
     pub fn set(&self, at: SystemTime, observation: Arc<Observation>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some((at, observation));
+        *self.sighting.write().unwrap_or_else(|e| e.into_inner()) = Some((at, observation));
     }
 
     /// The last observation and when it was made; `None` before the first.
     pub fn get(&self) -> Option<Sighting> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.sighting
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Keeps what box `name`'s replicas are in each other region.
+    pub fn set_recovery(&self, name: &str, points: Vec<RegionPoint>) {
+        self.recovery
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), points);
+    }
+
+    /// Box `name`'s replicas per other region, as last read (none: not
+    /// replicated, or not read yet).
+    pub fn recovery(&self, name: &str) -> Vec<RegionPoint> {
+        self.recovery
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
     }
 }
