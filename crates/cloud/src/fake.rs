@@ -9,15 +9,17 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+mod images;
+mod network;
 mod queue;
 pub use queue::FakeQueue;
 
-use crate::cloud::{Compute, Dns, Images, Network, Pricing, Storage};
+use crate::cloud::{Compute, Pricing, Storage};
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{
-    DnsAction, DnsChange, DnsRecord, Image, ImageId, ImageRef, ImageVolumes, Instance, InstanceId,
-    InstanceState, LaunchSpec, Market, RecordType, Snapshot, SnapshotId, SpotPrice, SpotRequest,
-    SpotRequestId, SpotRequestState, TagFilter, Volume, VolumeId, fqdn,
+    DnsRecord, Image, ImageId, ImageVolumes, Instance, InstanceId, InstanceState, LaunchSpec,
+    Market, RecordType, Snapshot, SnapshotId, SpotPrice, SpotRequest, SpotRequestId,
+    SpotRequestState, TagFilter, Volume, VolumeId, fqdn,
 };
 
 #[derive(Debug, Default)]
@@ -766,223 +768,6 @@ impl Storage for FakeCloud {
     async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), CloudError> {
         self.pause("DeleteSnapshot").await;
         self.enter("DeleteSnapshot")?.snapshots.remove(id);
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Images for FakeCloud {
-    async fn resolve_image(&self, image: &ImageRef) -> Result<ImageId, CloudError> {
-        self.pause("ResolveImage").await;
-        let _s = self.enter("ResolveImage")?;
-        // Aliases resolve to a fixed id derived from their text.
-        Ok(match image {
-            ImageRef::Id(id) => id.clone(),
-            other => ImageId::new(format!(
-                "ami-fake-{}",
-                other.to_string().replace([':', '.'], "-")
-            )),
-        })
-    }
-
-    async fn image_root_snapshot(&self, image: &ImageId) -> Result<Option<SnapshotId>, CloudError> {
-        self.pause("DescribeImages").await;
-        let _s = self.enter("DescribeImages")?;
-        Ok(Some(SnapshotId::new(format!("snap-root-of-{image}"))))
-    }
-
-    async fn images(&self, filter: &TagFilter) -> Result<Vec<Image>, CloudError> {
-        self.pause("DescribeImages").await;
-        let s = self.enter("DescribeImages")?;
-        let mut all: Vec<Image> = s
-            .images
-            .values()
-            .filter(|i| filter.matches(&i.tags))
-            .cloned()
-            .collect();
-        all.sort_by(|a, b| b.created_at.cmp(&a.created_at));
-        Ok(all)
-    }
-
-    async fn create_image(
-        &self,
-        instance: &InstanceId,
-        name: &str,
-        tags: &[(String, String)],
-        volumes: ImageVolumes,
-    ) -> Result<Image, CloudError> {
-        self.pause("CreateImage").await;
-        let mut s = self.enter("CreateImage")?;
-        if !s.instances.contains_key(instance) {
-            return Err(CloudError::from_code(
-                "CreateImage",
-                "InvalidInstanceID.NotFound",
-                format!("{instance} does not exist"),
-            ));
-        }
-        let n = self.next(&mut s);
-        let snapshot = Snapshot {
-            id: SnapshotId::new(format!("snap-img-{n:x}")),
-            volume_id: None,
-            state: "completed".into(),
-            started_at: Some(format!("{n:020}")),
-            // Tagged at creation like the image, as the AWS backend does.
-            tags: tags.iter().cloned().collect(),
-        };
-        let image = Image {
-            id: ImageId::new(format!("ami-{n:017x}")),
-            name: Some(name.to_owned()),
-            state: "available".into(),
-            created_at: Some(format!("{n:020}")),
-            snapshot_ids: vec![snapshot.id.clone()],
-            tags: tags.iter().cloned().collect(),
-        };
-        s.snapshots.insert(snapshot.id.clone(), snapshot);
-        s.images.insert(image.id.clone(), image.clone());
-        s.image_volumes.insert(image.id.clone(), volumes);
-        Ok(image)
-    }
-
-    async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError> {
-        self.pause("DeregisterImage").await;
-        let Some(image) = self.enter("DeregisterImage")?.images.remove(id) else {
-            return Ok(Vec::new());
-        };
-        // As AWS: deregistered first, then each snapshot (which may fail).
-        for snap in &image.snapshot_ids {
-            self.pause("DeleteSnapshot").await;
-            self.enter("DeleteSnapshot")?.snapshots.remove(snap);
-        }
-        Ok(image.snapshot_ids)
-    }
-}
-
-#[async_trait]
-impl Network for FakeCloud {
-    async fn subnet_zone(&self, subnet_id: &str) -> Result<String, CloudError> {
-        self.pause("DescribeSubnets").await;
-        let s = self.enter("DescribeSubnets")?;
-        s.subnets.get(subnet_id).cloned().ok_or_else(|| {
-            CloudError::from_code(
-                "DescribeSubnets",
-                "InvalidSubnetID.NotFound",
-                format!("subnet {subnet_id} not found"),
-            )
-        })
-    }
-
-    async fn security_group_ids(
-        &self,
-        groups: &[String],
-        _subnet: Option<&str>,
-    ) -> Result<Vec<String>, CloudError> {
-        if groups.iter().all(|g| crate::aws::is_group_id(g)) {
-            return Ok(groups.to_vec());
-        }
-        self.pause("DescribeSecurityGroups").await;
-        let s = self.enter("DescribeSecurityGroups")?;
-        crate::aws::resolve_groups(groups, &s.security_groups, "vpc-fake")
-    }
-
-    async fn associate_address(
-        &self,
-        allocation_id: &str,
-        instance: &InstanceId,
-        reassociate: bool,
-    ) -> Result<(), CloudError> {
-        self.pause("AssociateAddress").await;
-        let mut s = self.enter("AssociateAddress")?;
-        if !reassociate
-            && s.addresses
-                .get(allocation_id)
-                .is_some_and(|holder| holder != instance)
-        {
-            return Err(CloudError::from_code(
-                "AssociateAddress",
-                "Resource.AlreadyAssociated",
-                format!("{allocation_id} is already associated"),
-            ));
-        }
-        s.addresses
-            .insert(allocation_id.to_owned(), instance.clone());
-        Ok(())
-    }
-
-    async fn address_holder(&self, allocation_id: &str) -> Result<Option<InstanceId>, CloudError> {
-        Ok(self
-            .enter("DescribeAddresses")?
-            .addresses
-            .get(allocation_id)
-            .cloned())
-    }
-}
-
-#[async_trait]
-impl Dns for FakeCloud {
-    async fn dns_zone(&self, name: &str, private: bool) -> Result<Option<String>, CloudError> {
-        Ok(self
-            .enter("ListHostedZonesByName")?
-            .dns_zones
-            .get(&(fqdn(name), private))
-            .cloned())
-    }
-
-    async fn dns_record(
-        &self,
-        zone_id: &str,
-        name: &str,
-        kind: RecordType,
-    ) -> Result<Option<DnsRecord>, CloudError> {
-        self.pause("ListResourceRecordSets").await;
-        let s = self.enter("ListResourceRecordSets")?;
-        Ok(s.records
-            .get(&(zone_id.to_owned(), fqdn(name), kind))
-            .cloned())
-    }
-
-    async fn change_dns(&self, zone_id: &str, changes: &[DnsChange]) -> Result<(), CloudError> {
-        const OP: &str = "ChangeResourceRecordSets";
-        let mut s = self.enter(OP)?;
-        // Route53 checks the whole batch first: all or none.
-        let mut next = s.records.clone();
-        for c in changes {
-            let key = (zone_id.to_owned(), fqdn(&c.record.name), c.kind);
-            let record = DnsRecord {
-                name: fqdn(&c.record.name),
-                ..c.record.clone()
-            };
-            match c.action {
-                DnsAction::Create if next.contains_key(&key) => {
-                    return Err(CloudError::from_code(
-                        OP,
-                        "InvalidChangeBatch",
-                        format!(
-                            "Tried to create resource record set {} but it already exists",
-                            key.1
-                        ),
-                    ));
-                }
-                DnsAction::Create | DnsAction::Upsert => {
-                    next.insert(key, record);
-                }
-                DnsAction::Delete => {
-                    if next.get(&key).map(|r| (&r.values, r.ttl))
-                        != Some((&record.values, record.ttl))
-                    {
-                        return Err(CloudError::from_code(
-                            OP,
-                            "InvalidChangeBatch",
-                            format!(
-                                "Tried to delete resource record set {} but it was not found",
-                                key.1
-                            ),
-                        ));
-                    }
-                    next.remove(&key);
-                }
-            }
-        }
-        s.records = next;
         Ok(())
     }
 }

@@ -419,20 +419,6 @@ impl LaunchSpec {
     }
 }
 
-/// Whether `name` has the form of an AWS region name: `us-east-1`,
-/// `ap-southeast-2`, `us-gov-west-1`.
-pub fn is_region(name: &str) -> bool {
-    let parts: Vec<&str> = name.split('-').collect();
-    let lower = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
-    parts.len() >= 3
-        && parts[0].len() == 2
-        && lower(&parts[0])
-        && parts[1..parts.len() - 1].iter().all(lower)
-        && parts
-            .last()
-            .is_some_and(|p| (1..=2).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
-}
-
 /// A client token unique to this call: time, process id and a counter, hashed.
 pub fn random_token() -> String {
     use std::hash::{BuildHasher, Hasher};

@@ -201,17 +201,7 @@ pub(super) fn validate_box(
     let root_span = b.root_volume.as_ref().map(|r| r.span());
     let root_volume = volume(b.root_volume, "root_volume", at)?;
     let regions = regions(b.regions, at)?;
-    if let Some(d) = &data_volume
-        && d.replicate.is_some()
-        && regions.len() < 2
-    {
-        return Err(at(
-            data_span,
-            "data_volume.replicate copies the volume to the box's other regions: list them \
-             in regions = [\"home\", \"other\"]"
-                .into(),
-        ));
-    }
+    replicated_somewhere(data_volume.as_ref(), &regions, data_span, at)?;
     if let (Some(d), Some(r)) = (&data_volume, &root_volume)
         && d.name == r.name
     {
@@ -266,6 +256,38 @@ pub(super) fn validate_box(
     })
 }
 
+/// Whether `name` has the form of an AWS region name: `us-east-1`,
+/// `ap-southeast-2`, `us-gov-west-1`.
+fn is_region(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('-').collect();
+    let lower = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && lower(&parts[0])
+        && parts[1..parts.len() - 1].iter().all(lower)
+        && parts
+            .last()
+            .is_some_and(|p| (1..=2).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `data_volume.replicate` needs a region besides the home.
+fn replicated_somewhere(
+    data: Option<&VolumeSpec>,
+    regions: &[String],
+    span: Option<std::ops::Range<usize>>,
+    at: At,
+) -> Result<(), ConfigError> {
+    if data.is_some_and(|d| d.replicate.is_some()) && regions.len() < 2 {
+        return Err(at(
+            span,
+            "data_volume.replicate copies the volume to the box's other regions: list them \
+             in regions = [\"home\", \"other\"]"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// `regions = ["us-east-1", "us-west-2"]`: AWS region names, each once.
 fn regions(raw: Option<Spanned<Vec<Spanned<String>>>>, at: At) -> Result<Vec<String>, ConfigError> {
     let Some(raw) = raw else {
@@ -275,7 +297,7 @@ fn regions(raw: Option<Spanned<Vec<Spanned<String>>>>, at: At) -> Result<Vec<Str
     let mut out: Vec<String> = Vec::new();
     for r in raw.into_inner() {
         let name = r.get_ref().trim();
-        if !spotkeeper_cloud::model::is_region(name) {
+        if !is_region(name) {
             return Err(at(
                 Some(r.span()),
                 format!("{name:?} is not an AWS region name, e.g. us-east-1"),
@@ -520,22 +542,7 @@ fn volume(
         return Err(bad("size_gb is required (the size of a new volume)".into()));
     }
     let on_stop = v.on_stop.unwrap_or_default();
-    let replicate = match (what, v.replicate) {
-        (_, None) => None,
-        ("root_volume", Some(r)) => {
-            return Err(at(
-                Some(r.span()),
-                "root_volume: replicate applies to data_volume".into(),
-            ));
-        }
-        (_, Some(r)) => super::error::duration_within(
-            Some(&r),
-            "data_volume.replicate",
-            (Duration::from_secs(600), Duration::from_secs(7 * 86_400)),
-            " (each replica is a snapshot and a copy per region)",
-            at,
-        )?,
-    };
+    let replicate = replicate(what, v.replicate, at)?;
     let keep = match (v.keep, on_stop == OnStop::Snapshot || replicate.is_some()) {
         (None, _) => DEFAULT_STOP_SNAPSHOTS,
         (Some(k), true) if (1..=100).contains(&k) => k as usize,
@@ -560,6 +567,28 @@ fn volume(
         keep,
         replicate,
     }))
+}
+
+/// `replicate = "1h"` (data volumes only): from 10 minutes to a week.
+fn replicate(
+    what: &str,
+    raw: Option<Spanned<String>>,
+    at: At,
+) -> Result<Option<Duration>, ConfigError> {
+    match (what, raw) {
+        (_, None) => Ok(None),
+        ("root_volume", Some(r)) => Err(at(
+            Some(r.span()),
+            "root_volume: replicate applies to data_volume".into(),
+        )),
+        (_, Some(r)) => super::error::duration_within(
+            Some(&r),
+            "data_volume.replicate",
+            (Duration::from_secs(600), Duration::from_secs(7 * 86_400)),
+            " (each replica is a snapshot and a copy per region)",
+            at,
+        ),
+    }
 }
 
 /// A DNS name: labels of letters, digits, '-' or '*', with or without the final dot.

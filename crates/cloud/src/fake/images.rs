@@ -1,0 +1,96 @@
+//! `FakeCloud`'s images: aliases resolved from what the test registered,
+//! images made of instances, deregistered with their snapshots.
+
+use async_trait::async_trait;
+
+use super::FakeCloud;
+use crate::cloud::Images;
+use crate::error::CloudError;
+use crate::model::*;
+
+#[async_trait]
+impl Images for FakeCloud {
+    async fn resolve_image(&self, image: &ImageRef) -> Result<ImageId, CloudError> {
+        self.pause("ResolveImage").await;
+        let _s = self.enter("ResolveImage")?;
+        // Aliases resolve to a fixed id derived from their text.
+        Ok(match image {
+            ImageRef::Id(id) => id.clone(),
+            other => ImageId::new(format!(
+                "ami-fake-{}",
+                other.to_string().replace([':', '.'], "-")
+            )),
+        })
+    }
+
+    async fn image_root_snapshot(&self, image: &ImageId) -> Result<Option<SnapshotId>, CloudError> {
+        self.pause("DescribeImages").await;
+        let _s = self.enter("DescribeImages")?;
+        Ok(Some(SnapshotId::new(format!("snap-root-of-{image}"))))
+    }
+
+    async fn images(&self, filter: &TagFilter) -> Result<Vec<Image>, CloudError> {
+        self.pause("DescribeImages").await;
+        let s = self.enter("DescribeImages")?;
+        let mut all: Vec<Image> = s
+            .images
+            .values()
+            .filter(|i| filter.matches(&i.tags))
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        Ok(all)
+    }
+
+    async fn create_image(
+        &self,
+        instance: &InstanceId,
+        name: &str,
+        tags: &[(String, String)],
+        volumes: ImageVolumes,
+    ) -> Result<Image, CloudError> {
+        self.pause("CreateImage").await;
+        let mut s = self.enter("CreateImage")?;
+        if !s.instances.contains_key(instance) {
+            return Err(CloudError::from_code(
+                "CreateImage",
+                "InvalidInstanceID.NotFound",
+                format!("{instance} does not exist"),
+            ));
+        }
+        let n = self.next(&mut s);
+        let snapshot = Snapshot {
+            id: SnapshotId::new(format!("snap-img-{n:x}")),
+            volume_id: None,
+            state: "completed".into(),
+            started_at: Some(format!("{n:020}")),
+            // Tagged at creation like the image, as the AWS backend does.
+            tags: tags.iter().cloned().collect(),
+        };
+        let image = Image {
+            id: ImageId::new(format!("ami-{n:017x}")),
+            name: Some(name.to_owned()),
+            state: "available".into(),
+            created_at: Some(format!("{n:020}")),
+            snapshot_ids: vec![snapshot.id.clone()],
+            tags: tags.iter().cloned().collect(),
+        };
+        s.snapshots.insert(snapshot.id.clone(), snapshot);
+        s.images.insert(image.id.clone(), image.clone());
+        s.image_volumes.insert(image.id.clone(), volumes);
+        Ok(image)
+    }
+
+    async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError> {
+        self.pause("DeregisterImage").await;
+        let Some(image) = self.enter("DeregisterImage")?.images.remove(id) else {
+            return Ok(Vec::new());
+        };
+        // As AWS: deregistered first, then each snapshot (which may fail).
+        for snap in &image.snapshot_ids {
+            self.pause("DeleteSnapshot").await;
+            self.enter("DeleteSnapshot")?.snapshots.remove(snap);
+        }
+        Ok(image.snapshot_ids)
+    }
+}
