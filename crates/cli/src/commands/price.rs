@@ -129,6 +129,13 @@ async fn ranked(
         v["rank"] = serde_json::Value::Null;
         rows.push(v);
     }
+    let regional = !spec.other_regions().is_empty();
+    if regional {
+        for r in &mut rows {
+            r["region"] = spotkeeper_cloud::Pricing::region(cloud).into();
+        }
+        rows.extend(elsewhere(config, spec).await?);
+    }
     if args.json {
         output::print_json(&rows)?;
         return Ok(ExitCode::SUCCESS);
@@ -145,7 +152,7 @@ async fn ranked(
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            vec![
+            let mut row = vec![
                 text(&r["rank"]),
                 text(&r["instance_type"]),
                 text(&r["zone"]),
@@ -162,22 +169,27 @@ async fn ranked(
                     (n, h) => format!("{} in {:.0} h", n.unwrap_or(0), h.unwrap_or(0.0)),
                 },
                 text(&r["reason"]),
-            ]
+            ];
+            if regional {
+                row.insert(1, text(&r["region"]));
+            }
+            row
         })
         .collect();
-    output::print_table(
-        &[
-            "RANK",
-            "TYPE",
-            "ZONE",
-            "USD/HOUR",
-            "UNDER CEILING",
-            "SCORE",
-            "INTERRUPTED",
-            "WHY",
-        ],
-        &table,
-    );
+    let mut head = vec![
+        "RANK",
+        "TYPE",
+        "ZONE",
+        "USD/HOUR",
+        "UNDER CEILING",
+        "SCORE",
+        "INTERRUPTED",
+        "WHY",
+    ];
+    if regional {
+        head.insert(1, "REGION");
+    }
+    output::print_table(&head, &table);
     eprintln!(
         "Ceiling {} USD/hour ({}); strategy {}: rank 1 is what `up` launches; score: AWS's spot placement score of the zone (1-10).",
         spec.max_price,
@@ -188,4 +200,29 @@ async fn ranked(
         spec.strategy.as_str()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The box's types in each of its other regions (every zone there: the
+/// box's `zones` name the home's), cheapest first, unranked: the box is
+/// launched in its home region only (failing over is not built yet).
+async fn elsewhere(
+    config: &spotkeeper_engine::config::Config,
+    spec: &spotkeeper_engine::config::BoxSpec,
+) -> Result<Vec<serde_json::Value>, Failure> {
+    let mut rows = Vec::new();
+    for region in spec.other_regions() {
+        let cloud = context::connect_in(config, region).await?;
+        for p in spotkeeper_engine::boxes::prices(&cloud, &spec.instance_types, &[]).await? {
+            rows.push(serde_json::json!({
+                "region": region,
+                "instance_type": p.instance_type,
+                "zone": p.zone,
+                "price": p.price,
+                "under_ceiling": p.price <= spec.max_price,
+                "rank": null,
+                "reason": "another of the box's regions (not launched there yet)",
+            }));
+        }
+    }
+    Ok(rows)
 }

@@ -270,3 +270,47 @@ fn the_daemon_replicates_a_settled_box_once_per_interval_even_across_a_restart()
         cli.state_rows("SELECT kind FROM events WHERE box = 'dev' AND kind LIKE 'replicat%'");
     assert_eq!(said, vec![vec!["replicated".to_owned()]], "{said:?}");
 }
+
+/// `price BOX` ranks the home region's offerings (what `up` launches) and
+/// lists the box's types in its other regions beside them, in every zone
+/// there, each with its region.
+#[test]
+fn price_lists_the_offerings_of_every_region_of_the_box() {
+    let cli = Cli::with_config(&with(REPLICATED));
+    cli.moto.set_market(
+        &[
+            ("t3.micro/us-west-2a", Some(0.0021)),
+            ("t3.micro/us-west-2b", Some(0.05)),
+        ],
+        &[],
+    );
+    let rows = cli.json(&["price", "dev", "--json"]);
+    let rows = rows.as_array().expect("rows");
+    let home: Vec<&Value> = rows.iter().filter(|r| r["region"] == "us-east-1").collect();
+    assert!(
+        !home.is_empty()
+            && home.iter().all(|r| r["zone"]
+                .as_str()
+                .is_some_and(|z| z.starts_with("us-east-1")))
+    );
+    assert_eq!(home[0]["rank"], 1, "{rows:?}");
+    let west: Vec<&Value> = rows.iter().filter(|r| r["region"] == "us-west-2").collect();
+    let cheap = west
+        .iter()
+        .find(|r| r["instance_type"] == "t3.micro" && r["zone"] == "us-west-2a")
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!(cheap["price"], 0.0021);
+    assert_eq!(cheap["under_ceiling"], true);
+    assert!(cheap["rank"].is_null(), "not launched there: {cheap}");
+    let dear = west
+        .iter()
+        .find(|r| r["instance_type"] == "t3.micro" && r["zone"] == "us-west-2b")
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!(dear["under_ceiling"], false);
+    let table = cli.ok(&["price", "dev"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("REGION") && text.contains("us-west-2a"),
+        "{text}"
+    );
+}
