@@ -58,6 +58,8 @@ launcher makes moto behave like AWS:
   `terminated` and their volumes detached, as AWS does (termination takes
   from seconds to minutes; a volume stays in-use until its instance is
   terminated). By default termination is at once, as moto does.
+- CopyImage tags the copy and its snapshot from its TagSpecifications, as
+  AWS does (moto ignores them).
 - With `{"ec2": {"copying_for": SECONDS}}`, a snapshot made by CopySnapshot
   is `pending` for that long before it is `completed`, as on AWS (a copy
   across regions completes minutes to hours later, by the data copied). By
@@ -212,6 +214,7 @@ def terminate_instances(self, instance_ids):
     return out
 
 
+_copy_image_response = AmisResponse.copy_image
 _copy_snapshot = EBSBackend.copy_snapshot
 
 
@@ -512,6 +515,22 @@ def make_handler(proxy: Proxy):
     return Handler
 
 
+def copy_image_response(self):
+    """CopyImage; AWS tags the copy and its snapshots at creation
+    (TagSpecifications with ResourceType image or snapshot), moto 5.2
+    ignores them."""
+    result = _copy_image_response(self)
+    image = self.ec2_backend.describe_images(ami_ids=[result.result["ImageId"]])[0]
+    specs = self._get_param("TagSpecification", []) or self._get_param("TagSpecifications", [])
+    for spec in specs if isinstance(specs, list) else [specs]:
+        tags = {t["Key"]: t["Value"] for t in (spec.get("Tags") or spec.get("Tag") or [])}
+        if spec.get("ResourceType") == "image":
+            self.ec2_backend.create_tags([image.id], tags)
+        elif spec.get("ResourceType") == "snapshot" and getattr(image, "ebs_snapshot", None) is not None:
+            self.ec2_backend.create_tags([image.ebs_snapshot.id], tags)
+    return result
+
+
 _create_image = AmiBackend.create_image
 
 
@@ -562,6 +581,7 @@ def main() -> None:
     InstanceBackend.terminate_instances = terminate_instances
     AmiBackend.create_image = create_image
     AmisResponse.create_image = create_image_response
+    AmisResponse.copy_image = copy_image_response
     Ami.block_device_mappings = property(ami_block_device_mappings)
     EBSBackend.attach_volume = attach_volume
     EBSBackend.copy_snapshot = copy_snapshot

@@ -174,6 +174,19 @@ pub trait Images: Send + Sync {
 
     /// Deregisters an image and deletes its snapshots.
     async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError>;
+
+    /// Copies image `source` of region `source_region` into this handle's
+    /// region, the copy and its snapshots tagged at creation, idempotent by
+    /// `client_token`; returns the copy's id at once (it becomes available
+    /// later).
+    async fn copy_image(
+        &self,
+        source_region: &str,
+        source: &ImageId,
+        name: &str,
+        tags: &[(String, String)],
+        client_token: &str,
+    ) -> Result<ImageId, CloudError>;
 }
 
 /// Subnets, security groups and Elastic IPs.

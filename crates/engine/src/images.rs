@@ -81,6 +81,59 @@ pub async fn create(
     Ok((image, pruned))
 }
 
+/// On copies of an image in another region: the image they copy
+/// (`REGION/ami-…`).
+pub const COPY_OF_TAG: &str = "spotkeeper:copy-of";
+
+/// Copies a box's new `image` (made in `home_region`) to each of `others`
+/// with the image's own tags, so `image = "box:latest"` has it there too,
+/// and prunes each region to `images.keep`. Returns the copies and the
+/// regions whose copy or pruning failed, and why (the others go on).
+pub async fn copy_to_regions(
+    others: &[(String, &dyn Cloud)],
+    home_region: &str,
+    owner: &str,
+    spec: &BoxSpec,
+    image: &Image,
+    now: SystemTime,
+) -> (Vec<(String, ImageId)>, Vec<(String, String)>) {
+    let mut tags: Vec<(String, String)> = image
+        .tags
+        .iter()
+        .filter(|(k, _)| !k.starts_with("aws:"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    tags.push((
+        COPY_OF_TAG.to_owned(),
+        format!("{home_region}/{}", image.id),
+    ));
+    let name = image
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("spotkeeper-{}", spec.name));
+    let (mut copies, mut failed) = (Vec::new(), Vec::new());
+    for (region, cloud) in others {
+        // One token per source image and region: a retried copy is the same.
+        let token = format!("{}-{region}", image.id);
+        match cloud
+            .copy_image(home_region, &image.id, &name, &tags, &token)
+            .await
+        {
+            Ok(id) => copies.push((region.clone(), id)),
+            Err(e) => {
+                failed.push((region.clone(), e.to_string()));
+                continue;
+            }
+        }
+        if let Some(keep) = spec.images.keep
+            && let Err(e) = prune(*cloud, owner, &spec.name, keep, now).await
+        {
+            failed.push((region.clone(), e.to_string()));
+        }
+    }
+    (copies, failed)
+}
+
 /// Deregisters (with their snapshots) all but the `keep` newest images of a
 /// box, then deletes snapshots left behind by earlier deletions.
 pub async fn prune(

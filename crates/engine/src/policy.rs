@@ -65,7 +65,7 @@ fn ec2_statements(owner: &str) -> Vec<Value> {
             "Effect": "Allow",
             "Action": [
                 "ec2:RunInstances", "ec2:CreateVolume", "ec2:CreateSnapshot", "ec2:CreateImage",
-                "ec2:CopySnapshot"
+                "ec2:CopySnapshot", "ec2:CopyImage"
             ],
             "Resource": [
                 "arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*",

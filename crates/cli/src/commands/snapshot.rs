@@ -36,6 +36,8 @@ pub async fn run(args: &Args, box_name: &str) -> Result<ExitCode, Failure> {
             "Deregistered older image {old} and its snapshots (images.keep)"
         ));
     }
+    let home = spotkeeper_cloud::Pricing::region(&cloud).to_owned();
+    let copied = copy_elsewhere(&config, &spec, &home, &image, &steps).await?;
     if args.json {
         output::print_json(&serde_json::json!({ "image": image, "pruned": pruned }))?;
     } else {
@@ -50,5 +52,50 @@ pub async fn run(args: &Args, box_name: &str) -> Result<ExitCode, Failure> {
             ]],
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if copied {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Copies the image to the box's other regions (each pruned to
+/// `images.keep`); false when a region's copy failed (said).
+async fn copy_elsewhere(
+    config: &spotkeeper_engine::config::Config,
+    spec: &spotkeeper_engine::config::BoxSpec,
+    home: &str,
+    image: &spotkeeper_cloud::Image,
+    steps: &Steps,
+) -> Result<bool, Failure> {
+    if spec.other_regions().is_empty() {
+        return Ok(true);
+    }
+    let mut handles = Vec::new();
+    for region in spec.other_regions() {
+        handles.push((
+            region.clone(),
+            crate::context::connect_in(config, region).await?,
+        ));
+    }
+    let others: Vec<(String, &dyn spotkeeper_cloud::Cloud)> = handles
+        .iter()
+        .map(|(r, c)| (r.clone(), c as &dyn spotkeeper_cloud::Cloud))
+        .collect();
+    let (copies, failed) = spotkeeper_engine::images::copy_to_regions(
+        &others,
+        home,
+        &config.owner,
+        spec,
+        image,
+        SystemTime::now(),
+    )
+    .await;
+    for (region, id) in &copies {
+        steps.note(&format!("Copying it to {region}: {id}"));
+    }
+    for (region, why) in &failed {
+        steps.note(&format!("Copying it to {region} failed: {why}"));
+    }
+    Ok(failed.is_empty())
 }

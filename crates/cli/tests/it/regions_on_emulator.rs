@@ -314,3 +314,55 @@ fn price_lists_the_offerings_of_every_region_of_the_box() {
         "{text}"
     );
 }
+
+/// An image of a box with regions is copied to each other region with the
+/// image's tags (so `box:latest` would find it there), idempotently per
+/// source image and region, and each region keeps `images.keep`.
+#[test]
+fn a_box_image_is_copied_to_the_other_regions_and_pruned_there_too() {
+    let cli = Cli::with_config(&with(
+        "regions = [\"us-east-1\", \"us-west-2\"]\nimages = { keep = 1 }",
+    ));
+    cli.ok(&["up", "dev"]);
+    let images = |region: &str| -> Vec<Value> {
+        let out = cli.moto.boto(&format!(
+            "c = boto3.client('ec2', region_name='{region}', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
+             r = c.describe_images(Owners=['self'], Filters=[{{'Name': 'tag:spotkeeper:box', 'Values': ['dev']}}])['Images']\n\
+             print(json.dumps([{{'id': i['ImageId'], 'tags': {{t['Key']: t['Value'] for t in i.get('Tags', [])}}}} for i in r]))"
+        ));
+        serde_json::from_str::<Value>(&out)
+            .expect("json")
+            .as_array()
+            .expect("array")
+            .clone()
+    };
+    let first = cli.ok(&["snapshot", "dev"]);
+    assert!(
+        describe(&first).contains("Copying it to us-west-2"),
+        "{}",
+        describe(&first)
+    );
+    let home = images("us-east-1");
+    let west = images("us-west-2");
+    assert_eq!((home.len(), west.len()), (1, 1), "{home:?} {west:?}");
+    let tags = &west[0]["tags"];
+    assert_eq!(tags["spotkeeper:owner"], "clitest");
+    assert_eq!(
+        tags["spotkeeper:created"],
+        home[0]["tags"]["spotkeeper:created"]
+    );
+    assert_eq!(
+        tags["spotkeeper:copy-of"],
+        format!("us-east-1/{}", home[0]["id"].as_str().expect("id"))
+    );
+    // A second image a second later: each region keeps the newest one.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    cli.ok(&["snapshot", "dev"]);
+    let (home2, west2) = (images("us-east-1"), images("us-west-2"));
+    assert_eq!((home2.len(), west2.len()), (1, 1), "{home2:?} {west2:?}");
+    assert_ne!(west2[0]["id"], west[0]["id"]);
+    assert_eq!(
+        west2[0]["tags"]["spotkeeper:copy-of"],
+        format!("us-east-1/{}", home2[0]["id"].as_str().expect("id"))
+    );
+}

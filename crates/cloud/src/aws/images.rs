@@ -384,6 +384,45 @@ impl Images for AwsCloud {
         Ok(image)
     }
 
+    async fn copy_image(
+        &self,
+        source_region: &str,
+        source: &ImageId,
+        name: &str,
+        tags: &[(String, String)],
+        client_token: &str,
+    ) -> Result<ImageId, CloudError> {
+        const OP: &str = "CopyImage";
+        let aws_tags: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        // Called on the destination region's client, as AWS requires.
+        let mut req = self
+            .ec2
+            .copy_image()
+            .source_region(source_region)
+            .source_image_id(source.as_str())
+            .name(name)
+            .client_token(client_token);
+        for kind in [ResourceType::Image, ResourceType::Snapshot] {
+            req = req.tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(kind)
+                    .set_tags(Some(aws_tags.clone()))
+                    .build(),
+            );
+        }
+        let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
+        out.image_id().map(ImageId::new).ok_or_else(|| {
+            CloudError::other(
+                OP,
+                ErrorKind::Other,
+                "AWS accepted CopyImage but returned no image id",
+            )
+        })
+    }
+
     /// Deregisters an AMI and deletes the snapshots behind it. An image that
     /// no longer exists is not an error (the delete may be a retry).
     async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError> {

@@ -81,6 +81,44 @@ impl Images for FakeCloud {
         Ok(image)
     }
 
+    /// The copy is available at once, with a snapshot of its own; the
+    /// source, in another region, is not this fake's to see.
+    async fn copy_image(
+        &self,
+        source_region: &str,
+        source: &ImageId,
+        name: &str,
+        tags: &[(String, String)],
+        _client_token: &str,
+    ) -> Result<ImageId, CloudError> {
+        self.pause("CopyImage").await;
+        let mut s = self.enter("CopyImage")?;
+        let n = self.next(&mut s);
+        let mut tags: std::collections::BTreeMap<String, String> = tags.iter().cloned().collect();
+        tags.insert(
+            "fake:copied-from".into(),
+            format!("{source_region}/{source}"),
+        );
+        let snapshot = Snapshot {
+            id: SnapshotId::new(format!("snap-img-{n:x}")),
+            volume_id: None,
+            state: "completed".into(),
+            started_at: Some(format!("{n:020}")),
+            tags: tags.clone(),
+        };
+        let image = Image {
+            id: ImageId::new(format!("ami-{n:017x}")),
+            name: Some(name.to_owned()),
+            state: "available".into(),
+            created_at: Some(format!("{n:020}")),
+            snapshot_ids: vec![snapshot.id.clone()],
+            tags,
+        };
+        s.snapshots.insert(snapshot.id.clone(), snapshot);
+        s.images.insert(image.id.clone(), image.clone());
+        Ok(image.id)
+    }
+
     async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError> {
         self.pause("DeregisterImage").await;
         let Some(image) = self.enter("DeregisterImage")?.images.remove(id) else {

@@ -703,6 +703,7 @@ impl Daemon<'_> {
                     &format!("made image {} (pruned {pruned:?})", image.id),
                 )
                 .await;
+                self.copy_image_to_regions(spec, &image, now).await;
             }
             Err(e) => {
                 self.record(Some(name), EventKind::ImageFailed, &e.to_string())

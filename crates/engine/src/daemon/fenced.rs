@@ -248,6 +248,20 @@ impl Images for FencedCloud<'_> {
         self.inner.create_image(instance, name, tags, volumes).await
     }
 
+    async fn copy_image(
+        &self,
+        source_region: &str,
+        source: &ImageId,
+        name: &str,
+        tags: &[(String, String)],
+        client_token: &str,
+    ) -> Result<ImageId, CloudError> {
+        self.check("CopyImage").await?;
+        self.inner
+            .copy_image(source_region, source, name, tags, client_token)
+            .await
+    }
+
     async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError> {
         self.check("DeregisterImage").await?;
         self.inner.delete_image(id).await

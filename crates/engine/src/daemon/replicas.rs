@@ -159,8 +159,45 @@ impl Daemon<'_> {
         done
     }
 
+    /// A new image of `spec`'s box, copied to its other regions (each pruned
+    /// to `images.keep`), so `image = "box:latest"` has it there too.
+    pub(super) async fn copy_image_to_regions(
+        &self,
+        spec: &BoxSpec,
+        image: &spotkeeper_cloud::Image,
+        now: SystemTime,
+    ) {
+        if spec.other_regions().is_empty() {
+            return;
+        }
+        let handles = self.region_handles(spec).await;
+        let others: Vec<(String, &dyn Cloud)> = handles
+            .iter()
+            .map(|(r, c)| (r.clone(), c.as_ref()))
+            .collect();
+        let (copies, failed) = crate::images::copy_to_regions(
+            &others,
+            self.cloud.region(),
+            &self.config.owner,
+            spec,
+            image,
+            now,
+        )
+        .await;
+        let name = Some(spec.name.as_str());
+        if !copies.is_empty() {
+            let to: Vec<String> = copies.iter().map(|(r, id)| format!("{r} {id}")).collect();
+            let what = format!("copied image {} to {}", image.id, to.join(", "));
+            self.record(name, EventKind::Image, &what).await;
+        }
+        for (region, why) in failed {
+            let what = format!("copying image {} to {region} failed: {why}", image.id);
+            self.record(name, EventKind::ImageFailed, &what).await;
+        }
+    }
+
     /// Handles to `spec`'s other regions; one that cannot be made is said.
-    async fn region_handles(&self, spec: &BoxSpec) -> Vec<(String, Arc<dyn Cloud>)> {
+    pub(super) async fn region_handles(&self, spec: &BoxSpec) -> Vec<(String, Arc<dyn Cloud>)> {
         let mut handles = Vec::new();
         for region in spec.other_regions() {
             match self.regions.get(region).await {
