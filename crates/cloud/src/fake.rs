@@ -40,6 +40,7 @@ struct State {
     records: BTreeMap<(String, String, RecordType), DnsRecord>,
     addresses: BTreeMap<String, InstanceId>,
     describe_lag: u32,
+    copies_pending: bool,
     hidden: HashMap<InstanceId, u32>,
     instances: BTreeMap<InstanceId, Instance>,
     requests: BTreeMap<SpotRequestId, SpotRequest>,
@@ -118,6 +119,21 @@ impl FakeCloud {
     /// Sets the placement score AWS gives `zone`.
     pub fn set_score(&self, zone: &str, score: u8) {
         self.lock().scores.insert(zone.to_owned(), score);
+    }
+
+    /// Makes snapshots copied into this fake `pending` (as a copy across
+    /// regions is on AWS for a while) until called again with `false`,
+    /// which completes them.
+    pub fn set_copies_pending(&self, pending: bool) {
+        let mut s = self.lock();
+        s.copies_pending = pending;
+        if !pending {
+            for snap in s.snapshots.values_mut() {
+                if snap.state == "pending" {
+                    snap.state = "completed".into();
+                }
+            }
+        }
     }
 
     /// Sets the spot price of `instance_type` in `zone`.
@@ -722,8 +738,8 @@ impl Storage for FakeCloud {
         Ok(id)
     }
 
-    /// The copy is completed at once; the source, in another region, is
-    /// not this fake's to see.
+    /// The copy is completed at once unless [`FakeCloud::set_copies_pending`];
+    /// the source, in another region, is not this fake's to see.
     async fn copy_snapshot(
         &self,
         source_region: &str,
@@ -739,12 +755,17 @@ impl Storage for FakeCloud {
             "fake:copied-from".into(),
             format!("{source_region}/{source}"),
         );
+        let state = if s.copies_pending {
+            "pending"
+        } else {
+            "completed"
+        };
         s.snapshots.insert(
             id.clone(),
             Snapshot {
                 id: id.clone(),
                 volume_id: None,
-                state: "completed".into(),
+                state: state.into(),
                 started_at: Some(format!("{n:020}")),
                 tags,
             },

@@ -167,7 +167,8 @@ pub fn volume_specs(spec: &BoxSpec) -> Vec<(Role, &VolumeSpec)> {
     v
 }
 
-fn volume_tags(owner: &str, box_name: &str, name: &str) -> Vec<(String, String)> {
+/// The tags of a box's volume `name`: owner, box, volume name, `Name`.
+pub fn volume_tags(owner: &str, box_name: &str, name: &str) -> Vec<(String, String)> {
     vec![
         (tags::NAME.to_owned(), name.to_owned()),
         (VOLUME_TAG.to_owned(), name.to_owned()),

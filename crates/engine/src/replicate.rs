@@ -72,6 +72,8 @@ pub struct Replica {
     pub taken_at: i64,
     /// The copy completed (a home snapshot is complete when listed).
     pub completed: bool,
+    /// What it copies (`REGION/snap-…`; none for a home snapshot).
+    pub copy_of: Option<String>,
 }
 
 /// What one round did.
@@ -83,6 +85,10 @@ pub struct Round {
     pub copies: BTreeMap<String, SnapshotId>,
     /// Regions whose copy failed, and why (the others went on).
     pub failed: BTreeMap<String, String>,
+    /// Regions not copied to this round: their last copy is still under way
+    /// (AWS limits the copies in flight per destination, and a second copy
+    /// of the same volume would not complete sooner).
+    pub skipped: Vec<String>,
     /// Older replicas deleted beyond `keep`, all regions.
     pub pruned: usize,
 }
@@ -95,19 +101,25 @@ impl Round {
             .iter()
             .map(|(r, id)| format!("{r} {id}"))
             .collect();
-        format!(
-            "replica {} of {volume} copied to {} (pruned {})",
-            self.source
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            if copies.is_empty() {
-                "no region".to_owned()
-            } else {
-                copies.join(", ")
-            },
-            self.pruned
-        )
+        let mut said = match &self.source {
+            Some(source) => format!(
+                "replica {source} of {volume} copied to {} (pruned {})",
+                if copies.is_empty() {
+                    "no region".to_owned()
+                } else {
+                    copies.join(", ")
+                },
+                self.pruned
+            ),
+            None => format!("no replica of {volume} taken"),
+        };
+        if !self.skipped.is_empty() {
+            said.push_str(&format!(
+                "; a copy to {} is still under way",
+                self.skipped.join(", ")
+            ));
+        }
+        said
     }
 }
 
@@ -136,12 +148,14 @@ fn replica_of(region: &str, s: &Snapshot) -> Option<Replica> {
         snapshot: s.id.clone(),
         taken_at: s.tags.get(TAKEN_AT_TAG)?.parse().ok()?,
         completed: s.state == "completed",
+        copy_of: s.tags.get(COPY_OF_TAG).cloned(),
     })
 }
 
 /// One round: snapshot the home volume, copy it to every other region
-/// (`others`: region and handle), prune every region to `keep`. A region
-/// whose copy fails is said in [`Round::failed`]; the others go on.
+/// (`others`: region and handle) whose last copy has completed, prune every
+/// region to `keep`. A region whose copy fails is said in [`Round::failed`];
+/// the others go on. Nothing is taken when every region is still copying.
 pub async fn replicate(
     home: &dyn Cloud,
     others: &[(String, &dyn Cloud)],
@@ -167,15 +181,28 @@ pub async fn replicate(
     let volume = persist::find(home, owner, &spec.name, Role::Data, vs)
         .await?
         .ok_or_else(|| ReplicateError::NoVolume(spec.name.clone()))?;
+    let mut round = Round::default();
+    let mut targets: Vec<&(String, &dyn Cloud)> = Vec::new();
+    for other in others {
+        match replicas(other.1, owner, &vs.name).await {
+            Ok(all) if all.first().is_some_and(|r| !r.completed) => {
+                round.skipped.push(other.0.clone());
+            }
+            Ok(_) => targets.push(other),
+            Err(e) => {
+                round.failed.insert(other.0.clone(), e.to_string());
+            }
+        }
+    }
+    if targets.is_empty() {
+        return Ok(round);
+    }
     let tags = replica_tags(owner, spec, &vs.name, now);
     let source = home.snapshot_volume(&volume.id, &tags).await?;
-    let mut round = Round {
-        source: Some(source.clone()),
-        ..Round::default()
-    };
+    round.source = Some(source.clone());
     let mut copy_tags = tags;
     copy_tags.push((COPY_OF_TAG.to_owned(), format!("{home_region}/{source}")));
-    for (region, cloud) in others {
+    for (region, cloud) in targets {
         match cloud.copy_snapshot(home_region, &source, &copy_tags).await {
             Ok(id) => {
                 round.copies.insert(region.clone(), id);
@@ -185,43 +212,57 @@ pub async fn replicate(
             }
         }
     }
-    round.pruned += prune(home, owner, &vs.name, vs.keep).await?;
+    // The sources of copies still under way stay: AWS fails a copy whose
+    // source is deleted before it completes.
+    let mut copying = vec![source.to_string()];
     for (region, cloud) in others {
-        match prune(*cloud, owner, &vs.name, vs.keep).await {
-            Ok(n) => round.pruned += n,
+        match prune(*cloud, owner, &vs.name, vs.keep, &[]).await {
+            Ok((n, pending)) => {
+                round.pruned += n;
+                copying.extend(pending);
+            }
             Err(e) => {
                 round.failed.entry(region.clone()).or_insert(e.to_string());
             }
         }
     }
+    round.pruned += prune(home, owner, &vs.name, vs.keep, &copying).await?.0;
     Ok(round)
 }
 
 /// Deletes replicas beyond the newest `keep`, never the newest completed
 /// one (a newer copy may still be under way: the region keeps a recovery
-/// point meanwhile).
+/// point meanwhile) nor those whose id is in `sources`. Returns how many it
+/// deleted and the sources (home snapshot ids) of the copies still pending.
 async fn prune(
     cloud: &dyn Cloud,
     owner: &str,
     volume: &str,
     keep: usize,
-) -> Result<usize, CloudError> {
-    let mut all: Vec<Replica> = cloud
-        .snapshots(&filter(owner, volume))
-        .await?
-        .iter()
-        .filter_map(|s| replica_of(cloud.region(), s))
-        .collect();
-    all.sort_by_key(|r| std::cmp::Reverse(r.taken_at));
+    sources: &[String],
+) -> Result<(usize, Vec<String>), CloudError> {
+    let all = replicas(cloud, owner, volume).await?;
     let newest_completed = all.iter().find(|r| r.completed).map(|r| r.snapshot.clone());
     let mut deleted = 0;
     for r in all.iter().skip(keep) {
-        if Some(&r.snapshot) != newest_completed.as_ref() {
+        if Some(&r.snapshot) != newest_completed.as_ref()
+            && !sources.iter().any(|s| s == r.snapshot.as_str())
+        {
             cloud.delete_snapshot(&r.snapshot).await?;
             deleted += 1;
         }
     }
-    Ok(deleted)
+    let pending = all
+        .iter()
+        .filter(|r| !r.completed)
+        .filter_map(|r| {
+            r.copy_of
+                .as_deref()?
+                .split_once('/')
+                .map(|(_, id)| id.to_owned())
+        })
+        .collect();
+    Ok((deleted, pending))
 }
 
 /// The replicas of `spec`'s data volume in one region, newest first.
@@ -272,6 +313,7 @@ mod tests {
             snapshot: SnapshotId::new(format!("snap-{taken_at}")),
             taken_at,
             completed,
+            copy_of: None,
         }
     }
 

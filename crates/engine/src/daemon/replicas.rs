@@ -3,7 +3,10 @@
 //! next is due, so a restarted daemon does not copy again early), and a
 //! round ([`crate::replicate::replicate`]) runs as the box's task when due.
 //! The other regions' handles come from the daemon's owner ([`Connect`]:
-//! the CLI connects the SDK to each region), made once and kept.
+//! the CLI connects the SDK to each region), made once and kept. Calls in
+//! the other regions are not fenced by the box's lease: a daemon that lost
+//! it in the middle of a round may still finish its copy, and the extra
+//! replica is pruned by the next round.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -18,3 +18,4 @@ mod leases_on_fake_cloud;
 mod module_graph;
 mod notify_on_loopback;
 mod pools_on_fake_cloud;
+mod replicas_on_fake_cloud;
