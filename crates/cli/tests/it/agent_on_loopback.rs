@@ -157,7 +157,7 @@ fn wait_until(what: &str, within: Duration, log: &Path, mut ok: impl FnMut() -> 
     }
 }
 
-fn tag(moto: &Moto, instance: &str, key: &str) -> String {
+pub(crate) fn tag(moto: &Moto, instance: &str, key: &str) -> String {
     moto.boto(&format!(
         "t = ec2.describe_tags(Filters=[{{'Name': 'resource-id', 'Values': ['{instance}']}}, {{'Name': 'key', 'Values': ['{key}']}}])['Tags']\nprint(t[0]['Value'] if t else '')"
     ))

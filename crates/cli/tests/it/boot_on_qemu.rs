@@ -21,7 +21,7 @@ use spotkeeper_engine::bootstrap::{BootAgent, BootData, BootVolumes, user_data};
 use spotkeeper_testkit::Moto;
 use spotkeeper_testkit::qemu::{self, DiskIds, Drive, Vm};
 
-use crate::agent_on_loopback::{Imds, start_imds};
+use crate::agent_on_loopback::{Imds, start_imds, tag};
 
 const DATA_VOLUME: &str = "vol-0da7a000000000003";
 /// A boot, the agent's start (the binary read from an emulated disk) and the
@@ -41,14 +41,6 @@ fn instance_environment(moto: &Moto, imds: u16) -> String {
          AWS_SHARED_CREDENTIALS_FILE=/etc/spotkeeper/no-aws-config\n\
          RUST_LOG=info\n"
     )
-}
-
-fn tag(moto: &Moto, instance: &str, key: &str) -> String {
-    moto.boto(&format!(
-        "t = ec2.describe_tags(Filters=[{{'Name': 'resource-id', 'Values': ['{instance}']}}, {{'Name': 'key', 'Values': ['{key}']}}])['Tags']\nprint(t[0]['Value'] if t else '')"
-    ))
-    .trim()
-    .to_owned()
 }
 
 fn host_tool(tool: &str, args: &[&str], disk: &Path) -> String {

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{BlockDeviceMapping, Filter, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{BlockDeviceMapping, Filter, ResourceType};
 
 use async_trait::async_trait;
 
-use super::{AwsCloud, absent, sdk_error, tag_filters, tag_map};
+use super::{AwsCloud, absent, sdk_error, tag_filters, tag_map, tagged_at_creation};
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{
     Arch, Image, ImageId, ImageRef, ImageVolumes, InstanceId, SnapshotId, TagFilter,
@@ -338,10 +338,6 @@ impl Images for AwsCloud {
         volumes: ImageVolumes,
     ) -> Result<Image, CloudError> {
         const OP: &str = "CreateImage";
-        let aws_tags: Vec<Tag> = tags
-            .iter()
-            .map(|(k, v)| Tag::builder().key(k).value(v).build())
-            .collect();
         let mut req = self
             .ec2
             .create_image()
@@ -358,18 +354,12 @@ impl Images for AwsCloud {
                 );
             }
         }
-        if !aws_tags.is_empty() {
-            // The snapshots too, at creation: a policy that lets spotkeeper
-            // tag only what it owns could not tag them afterwards.
-            for kind in [ResourceType::Image, ResourceType::Snapshot] {
-                req = req.tag_specifications(
-                    TagSpecification::builder()
-                        .resource_type(kind)
-                        .set_tags(Some(aws_tags.clone()))
-                        .build(),
-                );
-            }
-        }
+        // The snapshots too, at creation: a policy that lets spotkeeper tag
+        // only what it owns could not tag them afterwards.
+        let req = req.set_tag_specifications(tagged_at_creation(
+            &[ResourceType::Image, ResourceType::Snapshot],
+            tags,
+        ));
         let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
         let id = out.image_id().map(ImageId::new).ok_or_else(|| {
             CloudError::other(
@@ -393,26 +383,18 @@ impl Images for AwsCloud {
         client_token: &str,
     ) -> Result<ImageId, CloudError> {
         const OP: &str = "CopyImage";
-        let aws_tags: Vec<Tag> = tags
-            .iter()
-            .map(|(k, v)| Tag::builder().key(k).value(v).build())
-            .collect();
         // Called on the destination region's client, as AWS requires.
-        let mut req = self
+        let req = self
             .ec2
             .copy_image()
             .source_region(source_region)
             .source_image_id(source.as_str())
             .name(name)
-            .client_token(client_token);
-        for kind in [ResourceType::Image, ResourceType::Snapshot] {
-            req = req.tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(kind)
-                    .set_tags(Some(aws_tags.clone()))
-                    .build(),
-            );
-        }
+            .client_token(client_token)
+            .set_tag_specifications(tagged_at_creation(
+                &[ResourceType::Image, ResourceType::Snapshot],
+                tags,
+            ));
         let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
         out.image_id().map(ImageId::new).ok_or_else(|| {
             CloudError::other(

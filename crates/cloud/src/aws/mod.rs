@@ -395,6 +395,33 @@ fn plain_http_client(endpoint: &str) -> Option<aws_sdk_ec2::config::SharedHttpCl
     )
 }
 
+/// `tags` set at creation on each resource of `kinds` (EC2's
+/// TagSpecifications); `None` without tags.
+pub(crate) fn tagged_at_creation(
+    kinds: &[aws_sdk_ec2::types::ResourceType],
+    tags: &[(String, String)],
+) -> Option<Vec<aws_sdk_ec2::types::TagSpecification>> {
+    use aws_sdk_ec2::types::{Tag, TagSpecification};
+    if tags.is_empty() {
+        return None;
+    }
+    let aws: Vec<Tag> = tags
+        .iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect();
+    Some(
+        kinds
+            .iter()
+            .map(|k| {
+                TagSpecification::builder()
+                    .resource_type(k.clone())
+                    .set_tags(Some(aws.clone()))
+                    .build()
+            })
+            .collect(),
+    )
+}
+
 /// Turns an SDK error into a one-line [`CloudError`] naming the operation.
 pub(crate) fn sdk_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> CloudError
 where

@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification, VolumeType};
+use aws_sdk_ec2::types::{ResourceType, VolumeType};
 
 use async_trait::async_trait;
 
-use super::{AwsCloud, absent, ignore_not_found, sdk_error, tag_filters, tag_map};
+use super::{
+    AwsCloud, absent, ignore_not_found, sdk_error, tag_filters, tag_map, tagged_at_creation,
+};
 use crate::error::{CloudError, ErrorKind};
 use crate::model::{InstanceId, Snapshot, SnapshotId, TagFilter, Volume, VolumeId};
 use crate::prelude::*;
@@ -178,25 +180,14 @@ impl Storage for AwsCloud {
         tags: &[(String, String)],
     ) -> Result<Volume, CloudError> {
         const OP: &str = "CreateVolume";
-        let aws_tags: Vec<Tag> = tags
-            .iter()
-            .map(|(k, v)| Tag::builder().key(k).value(v).build())
-            .collect();
-        let mut req = self
+        let req = self
             .ec2
             .create_volume()
             .availability_zone(zone)
             .volume_type(VolumeType::from(kind))
             .set_size(size_gb)
-            .set_snapshot_id(snapshot.map(|s| s.to_string()));
-        if !aws_tags.is_empty() {
-            req = req.tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Volume)
-                    .set_tags(Some(aws_tags))
-                    .build(),
-            );
-        }
+            .set_snapshot_id(snapshot.map(|s| s.to_string()))
+            .set_tag_specifications(tagged_at_creation(&[ResourceType::Volume], tags));
         let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
         let id = out
             .volume_id()
@@ -261,19 +252,11 @@ impl Storage for AwsCloud {
         tags: &[(String, String)],
     ) -> Result<SnapshotId, CloudError> {
         const OP: &str = "CreateSnapshot";
-        let aws_tags: Vec<Tag> = tags
-            .iter()
-            .map(|(k, v)| Tag::builder().key(k).value(v).build())
-            .collect();
-        let mut req = self.ec2.create_snapshot().volume_id(volume.as_str());
-        if !aws_tags.is_empty() {
-            req = req.tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Snapshot)
-                    .set_tags(Some(aws_tags))
-                    .build(),
-            );
-        }
+        let req = self
+            .ec2
+            .create_snapshot()
+            .volume_id(volume.as_str())
+            .set_tag_specifications(tagged_at_creation(&[ResourceType::Snapshot], tags));
         let out = req.send().await.map_err(|e| sdk_error(OP, e))?;
         let id = out.snapshot_id().map(SnapshotId::new).ok_or_else(|| {
             CloudError::other(OP, ErrorKind::Other, "AWS returned no snapshot id")
@@ -312,10 +295,6 @@ impl Storage for AwsCloud {
         tags: &[(String, String)],
     ) -> Result<SnapshotId, CloudError> {
         const OP: &str = "CopySnapshot";
-        let aws_tags: Vec<Tag> = tags
-            .iter()
-            .map(|(k, v)| Tag::builder().key(k).value(v).build())
-            .collect();
         // Called on the destination region's client, as AWS requires; the
         // copy keeps the source's encryption (an encrypted source is copied
         // with the destination's default key).
@@ -325,12 +304,7 @@ impl Storage for AwsCloud {
             .source_region(source_region)
             .source_snapshot_id(source.as_str())
             .description(format!("spotkeeper copy of {source_region}/{source}"))
-            .tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Snapshot)
-                    .set_tags(Some(aws_tags))
-                    .build(),
-            )
+            .set_tag_specifications(tagged_at_creation(&[ResourceType::Snapshot], tags))
             .send()
             .await
             .map_err(|e| sdk_error(OP, e))?;

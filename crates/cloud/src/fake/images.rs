@@ -59,24 +59,7 @@ impl Images for FakeCloud {
             ));
         }
         let n = self.next(&mut s);
-        let snapshot = Snapshot {
-            id: SnapshotId::new(format!("snap-img-{n:x}")),
-            volume_id: None,
-            state: "completed".into(),
-            started_at: Some(format!("{n:020}")),
-            // Tagged at creation like the image, as the AWS backend does.
-            tags: tags.iter().cloned().collect(),
-        };
-        let image = Image {
-            id: ImageId::new(format!("ami-{n:017x}")),
-            name: Some(name.to_owned()),
-            state: "available".into(),
-            created_at: Some(format!("{n:020}")),
-            snapshot_ids: vec![snapshot.id.clone()],
-            tags: tags.iter().cloned().collect(),
-        };
-        s.snapshots.insert(snapshot.id.clone(), snapshot);
-        s.images.insert(image.id.clone(), image.clone());
+        let image = register(&mut s, n, name, tags.iter().cloned().collect());
         s.image_volumes.insert(image.id.clone(), volumes);
         Ok(image)
     }
@@ -99,24 +82,7 @@ impl Images for FakeCloud {
             "fake:copied-from".into(),
             format!("{source_region}/{source}"),
         );
-        let snapshot = Snapshot {
-            id: SnapshotId::new(format!("snap-img-{n:x}")),
-            volume_id: None,
-            state: "completed".into(),
-            started_at: Some(format!("{n:020}")),
-            tags: tags.clone(),
-        };
-        let image = Image {
-            id: ImageId::new(format!("ami-{n:017x}")),
-            name: Some(name.to_owned()),
-            state: "available".into(),
-            created_at: Some(format!("{n:020}")),
-            snapshot_ids: vec![snapshot.id.clone()],
-            tags,
-        };
-        s.snapshots.insert(snapshot.id.clone(), snapshot);
-        s.images.insert(image.id.clone(), image.clone());
-        Ok(image.id)
+        Ok(register(&mut s, n, name, tags).id)
     }
 
     async fn delete_image(&self, id: &ImageId) -> Result<Vec<SnapshotId>, CloudError> {
@@ -131,4 +97,32 @@ impl Images for FakeCloud {
         }
         Ok(image.snapshot_ids)
     }
+}
+
+/// An available image numbered `n` with one snapshot, both tagged with
+/// `tags` at creation, as the AWS backend does.
+fn register(
+    s: &mut super::State,
+    n: u64,
+    name: &str,
+    tags: std::collections::BTreeMap<String, String>,
+) -> Image {
+    let snapshot = Snapshot {
+        id: SnapshotId::new(format!("snap-img-{n:x}")),
+        volume_id: None,
+        state: "completed".into(),
+        started_at: Some(format!("{n:020}")),
+        tags: tags.clone(),
+    };
+    let image = Image {
+        id: ImageId::new(format!("ami-{n:017x}")),
+        name: Some(name.to_owned()),
+        state: "available".into(),
+        created_at: Some(format!("{n:020}")),
+        snapshot_ids: vec![snapshot.id.clone()],
+        tags,
+    };
+    s.snapshots.insert(snapshot.id.clone(), snapshot);
+    s.images.insert(image.id.clone(), image.clone());
+    image
 }
