@@ -89,6 +89,16 @@ pub async fn setup(args: &Args) -> Result<ExitCode, Failure> {
     };
     let (queue, legacy) = context::event_queue(&cloud, &config).await?;
     let plumbing = cloud.ensure_event_plumbing(&queue, &config.owner).await?;
+    // EventBridge delivers a region's EC2 events in that region: each of the
+    // boxes' other regions gets a queue of the same name and its rules.
+    let mut elsewhere = Vec::new();
+    for region in other_regions(&config) {
+        let there = context::connect_in(&config, &region).await?;
+        elsewhere.push((
+            region,
+            there.ensure_event_plumbing(&queue, &config.owner).await?,
+        ));
+    }
     let config = spotkeeper_engine::config::Config {
         queue: queue.clone(),
         ..config
@@ -105,6 +115,13 @@ pub async fn setup(args: &Args) -> Result<ExitCode, Failure> {
             "queue_arn": plumbing.queue_arn,
             "queue_created": plumbing.queue_created,
             "rules": plumbing.rules.iter().map(|(n, c)| serde_json::json!({"name": n, "created": c})).collect::<Vec<_>>(),
+            "regions": elsewhere.iter().map(|(r, p)| serde_json::json!({
+                "region": r,
+                "queue_url": p.queue_url,
+                "queue_arn": p.queue_arn,
+                "queue_created": p.queue_created,
+                "rules": p.rules.iter().map(|(n, c)| serde_json::json!({"name": n, "created": c})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
             "iam_policy": iam,
         }))?;
         return Ok(ExitCode::SUCCESS);
@@ -124,6 +141,15 @@ pub async fn setup(args: &Args) -> Result<ExitCode, Failure> {
     );
     for (name, created) in &plumbing.rules {
         println!("{} rule {name} → queue", verb(*created));
+    }
+    for (region, p) in &elsewhere {
+        println!(
+            "{} queue {} in {region} ({}), {} rules",
+            verb(p.queue_created),
+            config.queue,
+            p.queue_arn,
+            p.rules.len()
+        );
     }
     println!(
         "\nThe daemon needs this IAM policy (also: spotkeeper iam-policy):\n{}",
@@ -174,6 +200,12 @@ pub async fn cleanup(args: &Args, all: bool, yes: bool) -> Result<ExitCode, Fail
     }
     let (queue, _) = context::event_queue(&cloud, &config).await?;
     done.extend(cloud.remove_event_plumbing(&queue, &config.owner).await?);
+    for region in other_regions(&config) {
+        let there = context::connect_in(&config, &region).await?;
+        for line in there.remove_event_plumbing(&queue, &config.owner).await? {
+            done.push(format!("{line} (in {region})"));
+        }
+    }
     if args.json {
         output::print_json(&done)?;
     } else if done.is_empty() {
@@ -184,6 +216,19 @@ pub async fn cleanup(args: &Args, all: bool, yes: bool) -> Result<ExitCode, Fail
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The regions the config's boxes list besides their home, each once.
+fn other_regions(config: &spotkeeper_engine::config::Config) -> Vec<String> {
+    let mut regions: Vec<String> = config
+        .boxes
+        .values()
+        .flat_map(|b| b.other_regions().iter().cloned())
+        .filter(|r| Some(r.as_str()) != config.aws.region.as_deref())
+        .collect();
+    regions.sort();
+    regions.dedup();
+    regions
 }
 
 /// The SQS queues the config's pools read their demand from.

@@ -375,3 +375,77 @@ fn a_box_image_is_copied_to_the_other_regions_and_pruned_there_too() {
         format!("us-east-1/{}", home2[0]["id"].as_str().expect("id"))
     );
 }
+
+/// `setup` makes the event queue and its rules in every region a box lists
+/// (EventBridge delivers a region's EC2 events in that region), once;
+/// `cleanup` removes them from each; the policy's queue and rule ARNs name
+/// no region, so one policy serves all of them.
+#[test]
+fn setup_and_cleanup_cover_every_region_of_the_boxes() {
+    let cli = Cli::with_config(&with(REPLICATED));
+    let in_region = |region: &str, code: &str| -> Value {
+        let out = cli.moto.boto(&format!(
+            "sqs = boto3.client('sqs', region_name='{region}', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
+             eb = boto3.client('events', region_name='{region}', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n{code}"
+        ));
+        serde_json::from_str(out.trim()).expect("json")
+    };
+    let queues = |region: &str| {
+        in_region(
+            region,
+            "print(json.dumps([u.rsplit('/', 1)[-1] for u in sqs.list_queues().get('QueueUrls', [])]))",
+        )
+    };
+    let rules = |region: &str| {
+        in_region(
+            region,
+            "print(json.dumps(sorted(r['Name'] for r in eb.list_rules()['Rules'])))",
+        )
+    };
+    let first = cli.json(&["setup", "--json"]);
+    let west = &first["regions"][0];
+    assert_eq!(west["region"], "us-west-2", "{first}");
+    assert_eq!(west["queue_created"], true, "{first}");
+    assert!(
+        west["queue_arn"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("arn:aws:sqs:us-west-2:")),
+        "{first}"
+    );
+    assert_eq!(
+        queues("us-west-2"),
+        serde_json::json!(["spotkeeper-clitest-events"])
+    );
+    assert_eq!(rules("us-west-2"), rules("us-east-1"));
+    assert!(!rules("us-west-2").as_array().expect("rules").is_empty());
+    let again = cli.json(&["setup", "--json"]);
+    assert_eq!(
+        again["regions"][0]["queue_created"], false,
+        "found, not made twice"
+    );
+    for statement in first["iam_policy"]["Statement"]
+        .as_array()
+        .expect("statements")
+    {
+        let resources = match &statement["Resource"] {
+            Value::Array(a) => a.clone(),
+            other => vec![other.clone()],
+        };
+        for r in resources.iter().filter_map(Value::as_str) {
+            if r.starts_with("arn:aws:sqs:") || r.starts_with("arn:aws:events:") {
+                assert_eq!(r.split(':').nth(3), Some("*"), "{r} pins a region");
+            }
+        }
+    }
+    let gone = cli.json(&["cleanup", "--json"]);
+    assert!(
+        gone.as_array()
+            .expect("lines")
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.ends_with("(in us-west-2)"))),
+        "{gone}"
+    );
+    assert_eq!(queues("us-west-2"), serde_json::json!([]));
+    assert_eq!(rules("us-west-2"), serde_json::json!([]));
+    assert_eq!(queues("us-east-1"), serde_json::json!([]));
+}
