@@ -218,12 +218,17 @@ fn a_copy_still_under_way_is_no_recovery_point_and_the_last_completed_one_is_kep
 
 /// The daemon copies a settled box's volume when no replica is younger than
 /// `replicate`, and not again before: neither on later passes nor after a
-/// restart (the newest replica's taken-at says when the next is due).
+/// restart (the newest replica's taken-at says when the next is due); its
+/// scheduled image is copied to the other region too.
 #[test]
 fn the_daemon_replicates_a_settled_box_once_per_interval_even_across_a_restart() {
     use crate::common::{Serve, wait_passes};
     let api_port = spotkeeper_testkit::closed_port();
-    let config = with(&REPLICATED.replace("\"1h\"", "\"10m\"")).replace(
+    let config = with(&format!(
+        "{}\nimages = {{ every = \"1h\", keep = 1 }}",
+        REPLICATED.replace("\"1h\"", "\"10m\"")
+    ))
+    .replace(
         "[aws]",
         &format!(
             "[daemon]\ninterval = \"1s\"\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\
@@ -278,6 +283,28 @@ fn the_daemon_replicates_a_settled_box_once_per_interval_even_across_a_restart()
     let said =
         cli.state_rows("SELECT kind FROM events WHERE box = 'dev' AND kind LIKE 'replicat%'");
     assert_eq!(said, vec![vec!["replicated".to_owned()]], "{said:?}");
+    // The daemon's scheduled image went to us-west-2 too.
+    let copied = cli.moto.boto(
+        "c = boto3.client('ec2', region_name='us-west-2', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
+         r = c.describe_images(Owners=['self'], Filters=[{'Name': 'tag:spotkeeper:box', 'Values': ['dev']}])['Images']\n\
+         print(json.dumps([{t['Key']: t['Value'] for t in i.get('Tags', [])} for i in r]))",
+    );
+    let copied: Value = serde_json::from_str(copied.trim()).expect("json");
+    let copied = copied.as_array().expect("images");
+    assert_eq!(copied.len(), 1, "{copied:?}");
+    assert!(
+        copied[0]["spotkeeper:copy-of"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("us-east-1/ami-")),
+        "{copied:?}"
+    );
+    let events = cli.state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'image'");
+    assert!(
+        events
+            .iter()
+            .any(|e| e[0].starts_with("copied image ami-") && e[0].contains("us-west-2 ami-")),
+        "{events:?}"
+    );
 }
 
 /// `price BOX` ranks the home region's offerings (what `up` launches) and
