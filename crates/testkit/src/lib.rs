@@ -6,8 +6,9 @@
 //!
 //! Beside it (a module each): a real OpenSSH server on loopback (`sshd`), an
 //! HTTP receiver for notifications (`receiver`), throwaway PostgreSQL servers
-//! (`postgres`), a QEMU machine with a real kernel (`qemu`), and
-//! [`closed_port`] for the servers a test starts itself.
+//! (`postgres`), a QEMU machine with a real kernel (`qemu`),
+//! [`closed_port`] for the servers a test starts itself, and [`eventually`],
+//! the tests' deadline loop.
 
 pub mod qemu;
 
@@ -20,6 +21,30 @@ pub use moto::{Faults, Moto, REGION, moto_python};
 pub use postgres::{Postgres, TEST_DATABASE_VAR, test_database};
 pub use receiver::{Answer, Received, Receiver};
 pub use sshd::{FakeCloudInit, Sshd};
+
+/// The tests' one deadline loop: calls `check` every `every` until it gives
+/// `Some`, for at most `within`, and returns what it gave; otherwise panics
+/// with `failure()` (what did not happen, a daemon's log, the state last
+/// seen).
+pub fn eventually<T>(
+    within: std::time::Duration,
+    every: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+    failure: impl Fn() -> String,
+) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}\n(not within {within:?})",
+            failure()
+        );
+        std::thread::sleep(every);
+    }
+}
 
 /// A port on 127.0.0.1 that nothing listens on, for a server the test starts
 /// later (a daemon's API, an sshd, a ready check's target).

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use spotkeeper_testkit::Moto;
 
@@ -146,15 +146,17 @@ pub(crate) fn agent(moto: &Moto, imds: u16, hook: &str, done: &Path, log: &Path)
 }
 
 fn wait_until(what: &str, within: Duration, log: &Path, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} not within {within:?}; agent said:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    spotkeeper_testkit::eventually(
+        within,
+        Duration::from_millis(100),
+        || ok().then_some(()),
+        || {
+            format!(
+                "{what}; agent said:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        },
+    );
 }
 
 pub(crate) fn tag(moto: &Moto, instance: &str, key: &str) -> String {

@@ -116,26 +116,36 @@ fn a_spot_warning_gets_the_box_replaced_with_its_volume_and_name_and_noise_chang
         );
         serde_json::from_str::<Value>(vol.trim()).expect("json")
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while attached() != serde_json::json!([new["instance_id"]]) {
-        assert!(
-            Instant::now() < deadline,
-            "the one volume did not move over: {}\n{}",
-            attached(),
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while record(&cli) != new["public_ip"].as_str().unwrap_or_default() {
-        assert!(
-            Instant::now() < deadline,
-            "DNS did not follow: {}\n{}",
-            record(&cli),
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(300),
+        || {
+            if attached() != serde_json::json!([new["instance_id"]]) {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || {
+            format!(
+                "the one volume did not move over: {}\n{}",
+                attached(),
+                serve.log()
+            )
+        },
+    );
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(300),
+        || {
+            if record(&cli) != new["public_ip"].as_str().unwrap_or_default() {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || format!("DNS did not follow: {}\n{}", record(&cli), serve.log()),
+    );
 
     // The same warning again, garbage, and someone else's instance: nothing happens.
     send(
@@ -155,15 +165,18 @@ fn a_spot_warning_gets_the_box_replaced_with_its_volume_and_name_and_noise_chang
             "warn-2",
         ),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while queue_depth(&cli) > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "messages were not deleted\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        || {
+            if queue_depth(&cli) > 0 {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || format!("messages were not deleted\n{}", serve.log()),
+    );
     wait_passes(api_port, 2, &serve);
     assert_eq!(box_instances(&cli), 2, "no extra launch\n{}", serve.log());
     assert_eq!(cli.live().len(), 1);
@@ -212,11 +225,18 @@ fn a_state_change_event_alone_wakes_the_daemon_and_stop_is_respected() {
         ),
     );
     // Handled (deleted) without a launch: the box is no longer managed.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while queue_depth(&cli) > 0 {
-        assert!(Instant::now() < deadline, "not handled\n{}", serve.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            if queue_depth(&cli) > 0 {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || format!("not handled\n{}", serve.log()),
+    );
     assert!(serve.log().contains("NotOurs"), "{}", serve.log());
     assert!(serve.stop().success());
     // Nor does a pass bring it back: a new daemon's start-up pass looks.
@@ -354,15 +374,18 @@ fn a_rebalance_recommendation_with_replace_starts_the_new_box_and_retires_the_ol
         serve.log()
     );
     // Its DNS name follows the new instance.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while record(&cli) != live[0]["public_ip"].as_str().unwrap_or_default() {
-        assert!(
-            Instant::now() < deadline,
-            "DNS did not follow\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(300),
+        || {
+            if record(&cli) != live[0]["public_ip"].as_str().unwrap_or_default() {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || format!("DNS did not follow\n{}", serve.log()),
+    );
     assert!(serve.stop().success());
 }
 
@@ -703,15 +726,18 @@ fn a_stop_through_the_api_answers_at_once_takes_the_name_first_and_a_killed_daem
 
     // The name goes while the instance is still shutting down: a record
     // left on a released public address can be taken over.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !record(&cli).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the DNS record stayed\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            if !record(&cli).is_empty() {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || format!("the DNS record stayed\n{}", serve.log()),
+    );
     assert_eq!(
         instance_state(&cli, &old),
         "shutting-down",

@@ -124,11 +124,18 @@ impl Shared {
             self.cli.command_as(&config, &state, &["serve"]),
             self.cli.dir.path().join(format!("{name}.log")),
         );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_get(port, "/healthz", None).is_err() {
-            assert!(Instant::now() < deadline, "no API:\n{}", serve.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        spotkeeper_testkit::eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                if http_get(port, "/healthz", None).is_err() {
+                    None
+                } else {
+                    Some(())
+                }
+            },
+            || format!("no API:\n{}", serve.log()),
+        );
         (serve, port)
     }
 
@@ -363,14 +370,18 @@ fn two_daemons_share_20_boxes_and_a_pool_and_a_wave_of_20_warnings_gets_exactly_
             "{listed}"
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while shared.instances().values().flatten().count() < 20 || pool_live(&shared) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the pool did not reach its minimum"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            if shared.instances().values().flatten().count() < 20 || pool_live(&shared) < 2 {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || "the pool did not reach its minimum".to_owned(),
+    );
 
     let old = shared.live();
     assert_eq!(old.len(), 20, "{old:?}");
@@ -600,11 +611,18 @@ fn an_up_on_one_machine_waits_for_an_up_on_another_and_launches_nothing() {
         .spawn()
         .expect("up on b");
     // Once b has launched (it is in its ready check), a's `up` starts.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while shared.instances().is_empty() {
-        assert!(Instant::now() < deadline, "b launched nothing");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            if shared.instances().is_empty() {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || "b launched nothing".to_owned(),
+    );
     let second = shared.cli.run(&["up", "b00", "--json"]);
     let first = first.wait_with_output().expect("b's up");
     assert!(first.status.success(), "{}", describe(&first));
@@ -764,15 +782,18 @@ fn a_daemon_whose_aws_hangs_loses_its_boxes_to_a_healthy_one_within_a_lease() {
         .cli
         .moto
         .boto(&format!("ec2.terminate_instances(InstanceIds=['{old}'])"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while shared.live().get(&taken).is_none_or(|id| *id == old) {
-        assert!(
-            Instant::now() < deadline,
-            "b did not bring {taken} back\n{}",
-            b.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || {
+            if shared.live().get(&taken).is_none_or(|id| *id == old) {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || format!("b did not bring {taken} back\n{}", b.log()),
+    );
 
     // AWS answers a again: it takes its share back.
     shared
@@ -854,15 +875,12 @@ fn a_daemon_paused_past_its_lease_resumes_mid_settle_and_changes_nothing_the_oth
         &format!("endpoint_url = \"{}\"\n", shared.cli.moto.proxy_endpoint()),
     );
     let asked = gates.join(format!("asked-{first}"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !asked.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "a never settled b00\n{}",
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || if !asked.exists() { None } else { Some(()) },
+        || format!("a never settled b00\n{}", a.log()),
+    );
     // a waits in its settle for the first instance to answer. Paused there
     // (a stopped VM), well past its lease.
     let pid = a.child.id().to_string();

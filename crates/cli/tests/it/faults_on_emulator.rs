@@ -229,11 +229,18 @@ fn a_hung_endpoint_fails_passes_within_the_bound_healthz_answers_and_sigterm_exi
         hang: true,
         ..Faults::default()
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while s_stats_hung(&cli) == hung {
-        assert!(Instant::now() < deadline, "no call hangs\n{}", serve.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || {
+            if s_stats_hung(&cli) == hung {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || format!("no call hangs\n{}", serve.log()),
+    );
     let stopping = Instant::now();
     let status = serve.stop();
     let stop_took = stopping.elapsed();
@@ -288,23 +295,29 @@ fn sigterm_during_a_ready_check_exits_at_once_and_the_next_daemon_finishes_the_r
     wait_passes(api_port, 1, &serve);
     send(&cli, &warning(&old, "ready-1"));
     // The replacement is launched and waits for its ready check.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cli.live().iter().any(|i| i["instance_id"] != old.as_str()) {
-        assert!(
-            Instant::now() < deadline,
-            "no replacement launched\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    while !serve.log().contains("Waiting for server to come up") {
-        assert!(
-            Instant::now() < deadline,
-            "no ready check began\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            if !cli.live().iter().any(|i| i["instance_id"] != old.as_str()) {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || format!("no replacement launched\n{}", serve.log()),
+    );
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            serve
+                .log()
+                .contains("Waiting for server to come up")
+                .then_some(())
+        },
+        || format!("no ready check began\n{}", serve.log()),
+    );
     let stopping = Instant::now();
     let status = serve.stop();
     let stop_took = stopping.elapsed();
@@ -448,17 +461,25 @@ fn with_aws_eventually_consistent_up_a_move_a_replacement_and_a_pool_fill_end_wi
     send(&cli, &warning(old, "lagging-1"));
     cli.moto
         .boto(&format!("ec2.terminate_instances(InstanceIds=['{old}'])"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while owned(&cli, "dev0").0 != 1 || pool_size(&cli, "workers") < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "dev0 {:?}, pool {}\n{}",
-            owned(&cli, "dev0"),
-            pool_size(&cli, "workers"),
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || {
+            if owned(&cli, "dev0").0 != 1 || pool_size(&cli, "workers") < 2 {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || {
+            format!(
+                "dev0 {:?}, pool {}\n{}",
+                owned(&cli, "dev0"),
+                pool_size(&cli, "workers"),
+                serve.log()
+            )
+        },
+    );
     // Several passes past the lag: still one of each.
     passes_past(api_port, &serve, Instant::now() + LAG, 3);
     assert_eq!(
@@ -547,15 +568,18 @@ fn a_daemon_started_while_aws_hangs_serves_healthz_says_why_and_works_once_aws_a
     assert_eq!(metric(api_port, "spotkeeper_aws_reachable"), 0.0);
     // It keeps asking (a second unanswered call at least), recording one event.
     let hung = s_stats_hung(&cli);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s_stats_hung(&cli) < hung + 2 {
-        assert!(
-            Instant::now() < deadline,
-            "it stopped asking\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            if s_stats_hung(&cli) < hung + 2 {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || format!("it stopped asking\n{}", serve.log()),
+    );
     let events = http_get(api_port, "/api/events", Some(TOKEN)).expect("events");
     assert_eq!(events.matches("aws-unreachable").count(), 1, "{events}");
 
@@ -599,11 +623,18 @@ fn a_daemon_stopped_while_it_waits_for_aws_exits_at_once() {
         ..Faults::default()
     });
     let serve = Serve::start(&cli);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while healthz(api_port).is_none_or(|h| !h.1.contains("degraded")) {
-        assert!(Instant::now() < deadline, "never degraded\n{}", serve.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            if healthz(api_port).is_none_or(|h| !h.1.contains("degraded")) {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || format!("never degraded\n{}", serve.log()),
+    );
     let stopping = Instant::now();
     assert!(serve.stop().success());
     assert!(

@@ -164,11 +164,18 @@ fn the_hook_runs_beside_the_replacement_and_the_volume_moves_after_it() {
 
     // Recorded (and so notified) with its status and duration; the outcome
     // is on the instance for every other daemon.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while hook_events(&cli).is_empty() {
-        assert!(Instant::now() < deadline, "no hook event\n{log}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            if hook_events(&cli).is_empty() {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || format!("no hook event\n{log}"),
+    );
     let events = hook_events(&cli);
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0][0], "hook");
@@ -213,11 +220,18 @@ fn a_hook_that_hangs_is_cut_at_its_timeout_and_the_volume_still_moves() {
         "attached {:.1} s after\n{log}",
         attach[0] - sent
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while hook_events(&cli).is_empty() {
-        assert!(Instant::now() < deadline, "no hook event\n{log}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            if hook_events(&cli).is_empty() {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || format!("no hook event\n{log}"),
+    );
     let events = hook_events(&cli);
     assert_eq!(events[0][0], "hook-failed", "{events:?}");
     assert!(events[0][1].contains("cut at its timeout"), "{events:?}");

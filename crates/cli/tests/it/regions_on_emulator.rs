@@ -239,15 +239,12 @@ fn the_daemon_replicates_a_settled_box_once_per_interval_even_across_a_restart()
     cli.ok(&["setup"]);
     cli.ok(&["up", "dev"]);
     let serve = Serve::start(&cli);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while replicas(&cli, "us-west-2").is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no replica within 60 s:\n{}",
-            serve.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    spotkeeper_testkit::eventually(
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_millis(250),
+        || (!replicas(&cli, "us-west-2").is_empty()).then_some(()),
+        || format!("no replica:\n{}", serve.log()),
+    );
     wait_passes(api_port, 5, &serve);
     assert_eq!(replicas(&cli, "us-west-2").len(), 1, "{}", serve.log());
     // The API (and the dashboard from it) says the recovery point.

@@ -270,15 +270,23 @@ fn sample(metrics: &str, name: &str) -> f64 {
 /// daemon looked, not after a guessed sleep.
 pub fn wait_passes(port: u16, n: u64, serve: &Serve) {
     let target = passes(port).0 + n;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while passes(port).0 < target {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon did not finish {n} more passes within 60 s\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            if passes(port).0 < target {
+                None
+            } else {
+                Some(())
+            }
+        },
+        || {
+            format!(
+                "the daemon did not finish {n} more passes within 60 s\n{}",
+                serve.log()
+            )
+        },
+    );
 }
 
 /// What [`demand_server`] answers: a pool's pending jobs, or a failure.
