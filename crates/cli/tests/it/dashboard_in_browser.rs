@@ -134,15 +134,21 @@ fn config(api_port: u16) -> String {
         "{}\n[pool.builders]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [ {{ type = \"t3.micro\", capacity = 1 }} ]\n\
          zones = [\"us-east-1a\", \"us-east-1b\"]\nmax_price = 0.03\nmin_capacity = 1\nmax_capacity = 2\n\n\
          [cost]\non_demand = {{ \"t3.micro\" = 0.0104, \"t3a.micro\" = 0.0094 }}\n",
-        CONFIG.replace(
-            "[aws]",
-            &format!("[daemon]\ninterval = \"1s\"\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\ntoken = \"{TOKEN}\"\n\n[aws]"),
-        )
+        CONFIG
+            .replace(
+                "[aws]",
+                &format!("[daemon]\ninterval = \"1s\"\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\ntoken = \"{TOKEN}\"\n\n[aws]"),
+            )
+            .replace(
+                "tags =",
+                "regions = [\"us-east-1\", \"us-west-2\"]\n\
+                 data_volume = { name = \"dev-data\", size_gb = 5, replicate = \"10m\" }\ntags =",
+            )
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_dashboard_shows_boxes_a_replacement_charts_and_savings_in_chromium() {
+async fn the_dashboard_shows_boxes_a_replacement_charts_savings_and_replicas_in_chromium() {
     let api_port = spotkeeper_testkit::closed_port();
     let cli = Cli::with_config(&config(api_port));
     cli.moto.set_market(
@@ -186,6 +192,15 @@ async fn the_dashboard_shows_boxes_a_replacement_charts_and_savings_in_chromium(
             .any(|b| b == "running")
     );
     assert!(texts(&c, "#message").await.join("").is_empty());
+    // Its data volume's replica in the other region: the recovery point.
+    eventually(&c, 30, "the box's recovery point", || async {
+        let cells = texts(&c, "#boxes td.replicas").await;
+        cells
+            .iter()
+            .any(|t| t.contains("a failover to us-west-2 now would lose up to"))
+            .then_some(())
+    })
+    .await;
     // The daemons: this one, with its leases (the box, the pool, the chores).
     let daemons = eventually(&c, 30, "the daemons table", || async {
         let rows = texts(&c, "#daemons tbody tr").await;
