@@ -106,6 +106,16 @@ fn hook_events(cli: &Cli) -> Vec<Vec<String>> {
     cli.state_rows("SELECT kind, message FROM events WHERE kind LIKE 'hook%' ORDER BY id")
 }
 
+/// The hook events, once there is one (within 10 s; `log` says why not).
+fn first_hook_events(cli: &Cli, log: &str) -> Vec<Vec<String>> {
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || Some(hook_events(cli)).filter(|e| !e.is_empty()),
+        || format!("no hook event\n{log}"),
+    )
+}
+
 #[test]
 fn the_hook_runs_beside_the_replacement_and_the_volume_moves_after_it() {
     let sshd = Sshd::start();
@@ -164,19 +174,7 @@ fn the_hook_runs_beside_the_replacement_and_the_volume_moves_after_it() {
 
     // Recorded (and so notified) with its status and duration; the outcome
     // is on the instance for every other daemon.
-    spotkeeper_testkit::eventually(
-        Duration::from_secs(10),
-        Duration::from_millis(200),
-        || {
-            if hook_events(&cli).is_empty() {
-                None
-            } else {
-                Some(())
-            }
-        },
-        || format!("no hook event\n{log}"),
-    );
-    let events = hook_events(&cli);
+    let events = first_hook_events(&cli, &log);
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0][0], "hook");
     assert!(events[0][1].contains("exited 0 after 3."), "{events:?}");
@@ -220,19 +218,7 @@ fn a_hook_that_hangs_is_cut_at_its_timeout_and_the_volume_still_moves() {
         "attached {:.1} s after\n{log}",
         attach[0] - sent
     );
-    spotkeeper_testkit::eventually(
-        Duration::from_secs(10),
-        Duration::from_millis(200),
-        || {
-            if hook_events(&cli).is_empty() {
-                None
-            } else {
-                Some(())
-            }
-        },
-        || format!("no hook event\n{log}"),
-    );
-    let events = hook_events(&cli);
+    let events = first_hook_events(&cli, &log);
     assert_eq!(events[0][0], "hook-failed", "{events:?}");
     assert!(events[0][1].contains("cut at its timeout"), "{events:?}");
     let got = receiver.wait_for(

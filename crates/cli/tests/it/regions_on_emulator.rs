@@ -15,19 +15,41 @@ fn with(extra: &str) -> String {
     CONFIG.replace("tags =", &format!("{extra}\ntags ="))
 }
 
+/// What the boto3 `code` prints as JSON, with the clients `c` (EC2), `sqs`
+/// and `eb` (EventBridge) of `region` at the emulator.
+fn in_region(cli: &Cli, region: &str, code: &str) -> Value {
+    let out = cli.moto.boto(&format!(
+        "at = dict(region_name='{region}', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
+         c, sqs, eb = boto3.client('ec2', **at), boto3.client('sqs', **at), boto3.client('events', **at)\n{code}"
+    ));
+    serde_json::from_str(out.trim()).expect("json")
+}
+
 /// The replicas of `dev-data` the emulator holds in `region`, newest first.
 fn replicas(cli: &Cli, region: &str) -> Vec<Value> {
-    let out = cli.moto.boto(&format!(
-        "c = boto3.client('ec2', region_name='{region}', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
-         r = c.describe_snapshots(OwnerIds=['self'], Filters=[{{'Name': 'tag:spotkeeper:purpose', 'Values': ['replica']}}])['Snapshots']\n\
+    in_region(
+        cli,
+        region,
+        "r = c.describe_snapshots(OwnerIds=['self'], Filters=[{'Name': 'tag:spotkeeper:purpose', 'Values': ['replica']}])['Snapshots']\n\
          r.sort(key=lambda s: s['StartTime'], reverse=True)\n\
-         print(json.dumps([{{'id': s['SnapshotId'], 'state': s['State'], 'tags': {{t['Key']: t['Value'] for t in s.get('Tags', [])}}}} for s in r]))"
-    ));
-    serde_json::from_str::<Value>(&out)
-        .expect("json")
-        .as_array()
-        .expect("array")
-        .clone()
+         print(json.dumps([{'id': s['SnapshotId'], 'state': s['State'], 'tags': {t['Key']: t['Value'] for t in s.get('Tags', [])}} for s in r]))",
+    )
+    .as_array()
+    .expect("array")
+    .clone()
+}
+
+/// The images of box `dev` the emulator holds in `region`: id and tags.
+fn images(cli: &Cli, region: &str) -> Vec<Value> {
+    in_region(
+        cli,
+        region,
+        "r = c.describe_images(Owners=['self'], Filters=[{'Name': 'tag:spotkeeper:box', 'Values': ['dev']}])['Images']\n\
+         print(json.dumps([{'id': i['ImageId'], 'tags': {t['Key']: t['Value'] for t in i.get('Tags', [])}} for i in r]))",
+    )
+    .as_array()
+    .expect("array")
+    .clone()
 }
 
 #[test]
@@ -281,16 +303,10 @@ fn the_daemon_replicates_a_settled_box_once_per_interval_even_across_a_restart()
         cli.state_rows("SELECT kind FROM events WHERE box = 'dev' AND kind LIKE 'replicat%'");
     assert_eq!(said, vec![vec!["replicated".to_owned()]], "{said:?}");
     // The daemon's scheduled image went to us-west-2 too.
-    let copied = cli.moto.boto(
-        "c = boto3.client('ec2', region_name='us-west-2', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
-         r = c.describe_images(Owners=['self'], Filters=[{'Name': 'tag:spotkeeper:box', 'Values': ['dev']}])['Images']\n\
-         print(json.dumps([{t['Key']: t['Value'] for t in i.get('Tags', [])} for i in r]))",
-    );
-    let copied: Value = serde_json::from_str(copied.trim()).expect("json");
-    let copied = copied.as_array().expect("images");
+    let copied = images(&cli, "us-west-2");
     assert_eq!(copied.len(), 1, "{copied:?}");
     assert!(
-        copied[0]["spotkeeper:copy-of"]
+        copied[0]["tags"]["spotkeeper:copy-of"]
             .as_str()
             .is_some_and(|c| c.starts_with("us-east-1/ami-")),
         "{copied:?}"
@@ -357,26 +373,14 @@ fn a_box_image_is_copied_to_the_other_regions_and_pruned_there_too() {
         "regions = [\"us-east-1\", \"us-west-2\"]\nimages = { keep = 1 }",
     ));
     cli.ok(&["up", "dev"]);
-    let images = |region: &str| -> Vec<Value> {
-        let out = cli.moto.boto(&format!(
-            "c = boto3.client('ec2', region_name='{region}', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
-             r = c.describe_images(Owners=['self'], Filters=[{{'Name': 'tag:spotkeeper:box', 'Values': ['dev']}}])['Images']\n\
-             print(json.dumps([{{'id': i['ImageId'], 'tags': {{t['Key']: t['Value'] for t in i.get('Tags', [])}}}} for i in r]))"
-        ));
-        serde_json::from_str::<Value>(&out)
-            .expect("json")
-            .as_array()
-            .expect("array")
-            .clone()
-    };
     let first = cli.ok(&["snapshot", "dev"]);
     assert!(
         describe(&first).contains("Copying it to us-west-2"),
         "{}",
         describe(&first)
     );
-    let home = images("us-east-1");
-    let west = images("us-west-2");
+    let home = images(&cli, "us-east-1");
+    let west = images(&cli, "us-west-2");
     assert_eq!((home.len(), west.len()), (1, 1), "{home:?} {west:?}");
     let tags = &west[0]["tags"];
     assert_eq!(tags["spotkeeper:owner"], "clitest");
@@ -391,7 +395,7 @@ fn a_box_image_is_copied_to_the_other_regions_and_pruned_there_too() {
     // A second image a second later: each region keeps the newest one.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     cli.ok(&["snapshot", "dev"]);
-    let (home2, west2) = (images("us-east-1"), images("us-west-2"));
+    let (home2, west2) = (images(&cli, "us-east-1"), images(&cli, "us-west-2"));
     assert_eq!((home2.len(), west2.len()), (1, 1), "{home2:?} {west2:?}");
     assert_ne!(west2[0]["id"], west[0]["id"]);
     assert_eq!(
@@ -407,21 +411,16 @@ fn a_box_image_is_copied_to_the_other_regions_and_pruned_there_too() {
 #[test]
 fn setup_and_cleanup_cover_every_region_of_the_boxes() {
     let cli = Cli::with_config(&with(REPLICATED));
-    let in_region = |region: &str, code: &str| -> Value {
-        let out = cli.moto.boto(&format!(
-            "sqs = boto3.client('sqs', region_name='{region}', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
-             eb = boto3.client('events', region_name='{region}', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n{code}"
-        ));
-        serde_json::from_str(out.trim()).expect("json")
-    };
     let queues = |region: &str| {
         in_region(
+            &cli,
             region,
             "print(json.dumps([u.rsplit('/', 1)[-1] for u in sqs.list_queues().get('QueueUrls', [])]))",
         )
     };
     let rules = |region: &str| {
         in_region(
+            &cli,
             region,
             "print(json.dumps(sorted(r['Name'] for r in eb.list_rules()['Rules'])))",
         )
