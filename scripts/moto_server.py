@@ -64,6 +64,15 @@ launcher makes moto behave like AWS:
   is `pending` for that long before it is `completed`, as on AWS (a copy
   across regions completes minutes to hours later, by the data copied). By
   default it is completed at once, as moto does.
+- A volume holds data. With $SPOTKEEPER_MOTO_DISKS set, a directory there
+  named by a volume id is that volume's contents: CreateSnapshot copies it to
+  a directory named by the snapshot, CopySnapshot (any region) to the copy's,
+  CreateVolume from a snapshot to the new volume's. A test writes a file into
+  a volume and reads it where a restored copy landed (AWS: a snapshot holds
+  the volume's blocks as they were when it started; a volume made from it
+  holds them again, in any region the snapshot was copied to).
+- A no_capacity entry may name a region ("us-east-1"): every launch in its
+  zones fails, as when a region has no capacity for the box's types.
 - AttachVolume to a device name the instance already uses fails
   (InvalidParameterValue: attachment point in use), so does attaching a
   volume that is attached (VolumeInUse) or one in another zone
@@ -82,6 +91,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -167,7 +177,8 @@ def run_instances(self, image_id, count, user_data, security_group_names, **kwar
     if not zone and kwargs.get("subnet_id"):
         zone = self.get_subnet(kwargs["subnet_id"]).availability_zone
     refused = control().get("no_capacity", [])
-    if f"{itype}/{zone}" in refused or itype in refused:
+    region = (zone or "")[:-1]
+    if f"{itype}/{zone}" in refused or itype in refused or region in refused:
         raise EC2ClientError(
             "InsufficientInstanceCapacity",
             f"We currently do not have sufficient {itype} capacity in the "
@@ -216,11 +227,35 @@ def terminate_instances(self, instance_ids):
 
 _copy_image_response = AmisResponse.copy_image
 _copy_snapshot = EBSBackend.copy_snapshot
+_create_snapshot = EBSBackend.create_snapshot
+_create_volume = EBSBackend.create_volume
 
 
-def copy_snapshot(self, *args, **kwargs):
+def carry(source: str, to: str) -> None:
+    """The contents of volume or snapshot `source` become `to`'s."""
+    root = os.environ.get("SPOTKEEPER_MOTO_DISKS")
+    if not root or not os.path.isdir(os.path.join(root, source)):
+        return
+    shutil.copytree(os.path.join(root, source), os.path.join(root, to), dirs_exist_ok=True)
+
+
+def create_snapshot(self, *args, **kwargs):
+    snapshot = _create_snapshot(self, *args, **kwargs)
+    carry(snapshot.volume.id, snapshot.id)
+    return snapshot
+
+
+def create_volume(self, *args, **kwargs):
+    volume = _create_volume(self, *args, **kwargs)
+    if volume.snapshot_id:
+        carry(volume.snapshot_id, volume.id)
+    return volume
+
+
+def copy_snapshot(self, source_snapshot_id, *args, **kwargs):
     """CopySnapshot; with `copying_for`, `pending` for that long."""
-    snapshot = _copy_snapshot(self, *args, **kwargs)
+    snapshot = _copy_snapshot(self, source_snapshot_id, *args, **kwargs)
+    carry(source_snapshot_id, snapshot.id)
     delay = float((control().get("ec2") or {}).get("copying_for") or 0)
     if delay > 0:
         snapshot.status = "pending"
@@ -585,6 +620,8 @@ def main() -> None:
     Ami.block_device_mappings = property(ami_block_device_mappings)
     EBSBackend.attach_volume = attach_volume
     EBSBackend.copy_snapshot = copy_snapshot
+    EBSBackend.create_snapshot = create_snapshot
+    EBSBackend.create_volume = create_volume
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()

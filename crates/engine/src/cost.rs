@@ -170,6 +170,9 @@ pub struct Report {
     pub lines: Vec<Line>,
     /// All of them.
     pub total: Line,
+    /// Per region the instances ran in (a box that failed over spends in
+    /// two): hours, cost and savings, by region name.
+    pub regions: Vec<Line>,
     /// Per offering that ran spot or was interrupted.
     pub offerings: Vec<OfferingLine>,
     /// On-demand USD/hour used per type (`None`: unknown).
@@ -215,6 +218,7 @@ pub fn compute(
     until: i64,
 ) -> Report {
     let mut lines: BTreeMap<String, Line> = BTreeMap::new();
+    let mut regions: BTreeMap<String, Line> = BTreeMap::new();
     let mut offerings: BTreeMap<(String, String), (f64, usize)> = BTreeMap::new();
     for r in runs {
         let od = on_demand.get(&r.instance_type).copied().flatten();
@@ -241,6 +245,7 @@ pub fn compute(
         };
         line.cost = add(line.cost, cost);
         line.on_demand_cost = add(line.on_demand_cost, od.map(|p| p * hours));
+        add_to_region(&mut regions, r, cost, od.map(|p| p * hours));
     }
     for (instance, _) in interruptions {
         if let Some(r) = runs.iter().find(|r| &r.instance == instance) {
@@ -250,15 +255,36 @@ pub fn compute(
                 .1 += 1;
         }
     }
+    add_downtime(&mut lines, recoveries, until);
+    let mut lines: Vec<Line> = lines.into_values().collect();
+    let total = total_of(&mut lines);
+    Report {
+        since,
+        until,
+        lines,
+        total,
+        regions: regions
+            .into_values()
+            .map(|mut l| {
+                savings(&mut l);
+                l.summary = l.describe();
+                l
+            })
+            .collect(),
+        offerings: offerings.into_iter().map(offering_line).collect(),
+        on_demand_prices: on_demand.clone(),
+    }
+}
+
+/// The lines' sum (each line's savings and summary filled in on the way).
+fn total_of(lines: &mut [Line]) -> Line {
     let mut total = Line {
         subject: "total".to_owned(),
         cost: Some(0.0),
         on_demand_cost: Some(0.0),
         ..Line::default()
     };
-    add_downtime(&mut lines, recoveries, until);
-    let mut lines: Vec<Line> = lines.into_values().collect();
-    for l in &mut lines {
+    for l in lines {
         total.interruptions += l.interruptions;
         total.down_seconds += l.down_seconds;
         total.spot_hours += l.spot_hours;
@@ -270,14 +296,33 @@ pub fn compute(
     }
     savings(&mut total);
     total.summary = total.describe();
-    Report {
-        since,
-        until,
-        lines,
-        total,
-        offerings: offerings.into_iter().map(offering_line).collect(),
-        on_demand_prices: on_demand.clone(),
+    total
+}
+
+/// A run's hours and money into its region's line (the region of its zone).
+fn add_to_region(
+    regions: &mut BTreeMap<String, Line>,
+    r: &Run,
+    cost: Option<f64>,
+    on_demand_cost: Option<f64>,
+) {
+    let region = r
+        .zone
+        .as_deref()
+        .map_or("unknown", crate::failover::region_of_zone);
+    let line = regions.entry(region.to_owned()).or_insert_with(|| Line {
+        subject: region.to_owned(),
+        cost: Some(0.0),
+        on_demand_cost: Some(0.0),
+        ..Line::default()
+    });
+    if r.spot {
+        line.spot_hours += r.hours();
+    } else {
+        line.on_demand_hours += r.hours();
     }
+    line.cost = add(line.cost, cost);
+    line.on_demand_cost = add(line.on_demand_cost, on_demand_cost);
 }
 
 fn offering_line(
@@ -518,6 +563,31 @@ mod tests {
         assert_eq!(r.lines[0].savings, None);
         assert!(r.lines[0].cost.is_some(), "spot cost is still known");
         assert_eq!(r.lines[1].cost, None, "an on-demand run without its price");
+    }
+
+    #[test]
+    fn a_box_that_failed_over_spends_in_two_regions() {
+        let runs = [
+            run("i-1", "box dev", true, "us-east-1a", 0, 3600),
+            run("i-2", "box dev", true, "us-west-2b", 3600, 10800),
+        ];
+        let samples = BTreeMap::from([
+            (("t3.micro".into(), "us-east-1a".into()), vec![(0, 0.003)]),
+            (("t3.micro".into(), "us-west-2b".into()), vec![(0, 0.005)]),
+        ]);
+        let od = BTreeMap::from([("t3.micro".to_owned(), Some(0.0104))]);
+        let r = compute(&runs, &samples, &od, &[], &[], 0, 10800);
+        let regions: Vec<&str> = r.regions.iter().map(|l| l.subject.as_str()).collect();
+        assert_eq!(regions, ["us-east-1", "us-west-2"]);
+        assert!((r.regions[0].cost.expect("east") - 0.003).abs() < 1e-12);
+        assert!((r.regions[1].spot_hours - 2.0).abs() < 1e-12);
+        assert!((r.regions[1].cost.expect("west") - 0.010).abs() < 1e-12);
+        assert!(r.regions[1].savings.is_some());
+        assert_eq!(crate::failover::region_of_zone("us-west-2b"), "us-west-2");
+        assert_eq!(
+            crate::failover::region_of_zone("ap-southeast-2c"),
+            "ap-southeast-2"
+        );
     }
 
     #[test]

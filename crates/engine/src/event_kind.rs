@@ -96,6 +96,12 @@ kinds! {
     Replicated = "replicated",
     /// Copying a box's data volume to another region failed.
     ReplicateFailed = "replicate-failed",
+    /// A box left its home region for another (with its data's age).
+    RegionFailover = "region-failover",
+    /// A box came back to its home region (with the data written away).
+    RegionReturn = "region-return",
+    /// A move between regions failed or cannot be made (said once per reason).
+    FailoverFailed = "failover-failed",
     /// A managed box is in neither the config nor the store.
     UnknownBox = "unknown-box",
     /// A registered box's stored spec does not parse.

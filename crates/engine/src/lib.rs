@@ -33,6 +33,7 @@ pub mod dns;
 pub mod drill;
 pub mod event_kind;
 pub mod events;
+pub mod failover;
 pub mod fence;
 pub mod hook;
 pub mod images;

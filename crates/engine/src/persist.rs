@@ -233,6 +233,8 @@ pub async fn find(
         .await?
         .into_iter()
         .filter(|v| v.state != "deleting" && v.state != "deleted")
+        // One whose data went to another region is stale ([`crate::failover`]).
+        .filter(|v| !v.tags.contains_key(crate::failover::RETURNED_TAG))
         // Another installation's volume of the same name is not ours.
         .filter(|v| v.tags.get(tags::OWNER).is_none_or(|o| o == owner))
         .collect();

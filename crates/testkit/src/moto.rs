@@ -97,6 +97,7 @@ impl Moto {
         let mut child = Command::new(&python)
             .arg(launcher())
             .env("SPOTKEEPER_MOTO_CONTROL", dir.path().join("control.json"))
+            .env("SPOTKEEPER_MOTO_DISKS", dir.path().join("disks"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -150,6 +151,15 @@ impl Moto {
             "the AWS emulator on 127.0.0.1:{} does not answer",
             self.port
         );
+    }
+
+    /// The contents of volume (or snapshot) `id`: a directory the emulator
+    /// copies along with snapshots, their copies and the volumes made from
+    /// them (created on first use).
+    pub fn disk(&self, id: &str) -> PathBuf {
+        let path = self.dir.path().join("disks").join(id);
+        std::fs::create_dir_all(&path).expect("a volume's directory in the emulator");
+        path
     }
 
     /// `http://127.0.0.1:PORT`.

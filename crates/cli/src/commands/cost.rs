@@ -67,6 +67,25 @@ pub async fn run(args: &Args, since: &str) -> Result<ExitCode, Failure> {
     for l in report.lines.iter().filter(|l| l.interruptions > 0) {
         println!("{}: {}", l.subject, l.summary);
     }
+    // Spend per region, when the instances ran in more than one (a box
+    // that failed over).
+    if report.regions.len() > 1 {
+        println!();
+        let rows: Vec<Vec<String>> = report.regions.iter().map(row).collect();
+        output::print_table(
+            &[
+                "REGION",
+                "SPOT H",
+                "ON-DEMAND H",
+                "COST",
+                "ON-DEMAND COST",
+                "SAVED",
+                "SAVED %",
+                "DOWN / INTERRUPTIONS",
+            ],
+            &rows,
+        );
+    }
     if !report.offerings.is_empty() {
         println!();
         output::print_table(

@@ -10,6 +10,7 @@ mod daemon_on_emulator;
 mod daemons_on_postgres;
 mod dashboard_in_browser;
 mod drill_on_emulator;
+mod failover_on_emulator;
 mod faults_on_emulator;
 mod hooks_on_emulator;
 mod library_verbs_on_emulator;

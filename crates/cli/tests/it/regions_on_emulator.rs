@@ -17,7 +17,7 @@ fn with(extra: &str) -> String {
 
 /// What the boto3 `code` prints as JSON, with the clients `c` (EC2), `sqs`
 /// and `eb` (EventBridge) of `region` at the emulator.
-fn in_region(cli: &Cli, region: &str, code: &str) -> Value {
+pub(crate) fn in_region(cli: &Cli, region: &str, code: &str) -> Value {
     let out = cli.moto.boto(&format!(
         "at = dict(region_name='{region}', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
          c, sqs, eb = boto3.client('ec2', **at), boto3.client('sqs', **at), boto3.client('events', **at)\n{code}"

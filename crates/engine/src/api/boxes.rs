@@ -59,7 +59,12 @@ pub(super) async fn box_json(
     (observed_at, live): (Option<i64>, &[spotkeeper_cloud::Instance]),
     prices: &std::collections::BTreeMap<(String, String), f64>,
 ) -> Value {
-    let instance = live.iter().find(|i| i.tag(tags::BOX) == Some(name));
+    // At home, or (a box that failed over) in another region.
+    let away = state.seen.away(name);
+    let instance = live
+        .iter()
+        .find(|i| i.tag(tags::BOX) == Some(name))
+        .or(away.as_ref());
     let spec = spec_of(state, name, stored);
     let price = instance.and_then(|i| {
         prices
@@ -81,6 +86,10 @@ pub(super) async fn box_json(
         "state": instance.map(|i| i.state.as_str()),
         "instance_type": instance.map(|i| i.instance_type.clone()),
         "zone": instance.and_then(|i| i.zone.clone()),
+        "region": instance
+            .and_then(|i| i.zone.as_deref())
+            .map(crate::failover::region_of_zone),
+        "away": away.is_some(),
         "market": instance.map(|i| i.market.as_str()),
         "public_ip": instance.and_then(|i| i.public_ip.clone()),
         "private_ip": instance.and_then(|i| i.private_ip.clone()),

@@ -35,7 +35,7 @@ pub use crate::ownership::{box_filter, keeper, launch_tags, owner_filter};
 pub use crate::progress::{Progress, Silent};
 pub use choose::Weighed;
 pub use launch::launch_image;
-pub use stop::{finish_stop, stop};
+pub use stop::{finish_stop, stop, wait_terminated};
 
 use crate::ownership::live;
 
@@ -164,6 +164,14 @@ pub enum BoxError {
     Stopping {
         /// The box.
         box_name: String,
+    },
+    /// A move to or from another region cannot be made.
+    #[error("box {box_name} cannot move between regions: {why}")]
+    Failover {
+        /// The box.
+        box_name: String,
+        /// Why.
+        why: String,
     },
     /// The box runs but its ready check failed.
     #[error("instance {id} is running but not ready: {source}")]

@@ -242,6 +242,11 @@ async fn remove_dns(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<Vec<String>, BoxErr
     Ok(said)
 }
 
+/// Waits until the instances are terminated (their volumes detached).
+pub async fn wait_terminated(ctx: &Ctx<'_>, ids: &[InstanceId]) -> Result<(), BoxError> {
+    wait_gone(ctx, ids, true).await
+}
+
 /// Waits until the instances are shutting down (or, `terminated_only`, terminated).
 async fn wait_gone(
     ctx: &Ctx<'_>,

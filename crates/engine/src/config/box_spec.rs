@@ -89,7 +89,19 @@ pub struct BoxSpec {
     /// `regions`: where the box may live, its home first; empty: the
     /// `[aws]` region only. The others receive the data volume's replicas.
     pub regions: Vec<String>,
+    /// `failover_after` (default 10 min): how long launches at home fail for
+    /// want of capacity or of an offering under the ceiling before the box
+    /// moves to its next region ([`crate::failover`]).
+    pub failover_after: Duration,
+    /// `return_after` (default 1 h): how long the home region has had an
+    /// offering under the ceiling before a box that left comes back.
+    pub return_after: Duration,
 }
+
+/// `failover_after` unless set.
+pub const DEFAULT_FAILOVER_AFTER: Duration = Duration::from_secs(10 * 60);
+/// `return_after` unless set.
+pub const DEFAULT_RETURN_AFTER: Duration = Duration::from_secs(3600);
 
 impl BoxSpec {
     /// The regions other than the home (the first), where replicas go.
@@ -202,6 +214,8 @@ pub(super) fn validate_box(
     let root_volume = volume(b.root_volume, "root_volume", at)?;
     let regions = regions(b.regions, at)?;
     replicated_somewhere(data_volume.as_ref(), &regions, data_span, at)?;
+    let (failover_after, return_after) =
+        failover_times(b.failover_after, b.return_after, regions.len(), at)?;
     if let (Some(d), Some(r)) = (&data_volume, &root_volume)
         && d.name == r.name
     {
@@ -253,7 +267,47 @@ pub(super) fn validate_box(
         slo: slo(b.slo, at)?,
         strategy: b.strategy.unwrap_or_default(),
         regions,
+        failover_after,
+        return_after,
     })
+}
+
+/// `failover_after` (0 s to a day: 0 moves at the first failure) and
+/// `return_after` (a second to a week), only with a second region.
+fn failover_times(
+    failover_after: Option<Spanned<String>>,
+    return_after: Option<Spanned<String>>,
+    regions: usize,
+    at: At,
+) -> Result<(Duration, Duration), ConfigError> {
+    if regions < 2
+        && let Some(v) = failover_after.as_ref().or(return_after.as_ref())
+    {
+        return Err(at(
+            Some(v.span()),
+            "failover_after and return_after move the box between its regions: list them in \
+             regions = [\"home\", \"other\"]"
+                .into(),
+        ));
+    }
+    let after = super::error::duration_within(
+        failover_after.as_ref(),
+        "failover_after",
+        (Duration::ZERO, Duration::from_secs(24 * 3600)),
+        "",
+        at,
+    )?;
+    let back = super::error::duration_within(
+        return_after.as_ref(),
+        "return_after",
+        (Duration::from_secs(1), Duration::from_secs(7 * 86_400)),
+        "",
+        at,
+    )?;
+    Ok((
+        after.unwrap_or(DEFAULT_FAILOVER_AFTER),
+        back.unwrap_or(DEFAULT_RETURN_AFTER),
+    ))
 }
 
 /// Whether `name` has the form of an AWS region name: `us-east-1`,

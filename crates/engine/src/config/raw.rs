@@ -111,6 +111,8 @@ pub(crate) struct RawBox {
     pub(crate) slo: Option<RawSlo>,
     pub(crate) strategy: Option<crate::rank::Strategy>,
     pub(crate) regions: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) failover_after: Option<Spanned<String>>,
+    pub(crate) return_after: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -16,7 +16,8 @@ use crate::event_kind::EventKind;
 /// (a box replaced or failing to be, launches failing for capacity, quota
 /// or permissions, a pool held because its demand cannot be read, a box
 /// falling back to on-demand, an `on_interruption` hook that failed, a
-/// data volume's copy to another region that failed).
+/// data volume's copy to another region that failed, a box moving to
+/// another region and back, or failing to).
 pub const DEFAULT_EVENTS: &[EventKind] = &[
     EventKind::Replaced,
     EventKind::ReplaceFailed,
@@ -28,6 +29,9 @@ pub const DEFAULT_EVENTS: &[EventKind] = &[
     EventKind::Fallback,
     EventKind::HookFailed,
     EventKind::ReplicateFailed,
+    EventKind::RegionFailover,
+    EventKind::RegionReturn,
+    EventKind::FailoverFailed,
 ];
 
 /// Where the signing secret comes from.

@@ -582,3 +582,47 @@ fn a_pools_hook_goes_to_its_instances_agent_in_the_user_data() {
         Some("#cloud-config\npackages: [htop]\n")
     );
 }
+
+#[test]
+fn failover_times_default_need_a_second_region_and_are_bounded() {
+    let two = "regions = [\"us-east-1\", \"us-west-2\"]\n";
+    let c = parse(Path::new("x.toml"), &format!("{GOOD}{two}")).expect("valid");
+    let b = &c.boxes["dev"];
+    assert_eq!(b.failover_after, box_spec::DEFAULT_FAILOVER_AFTER);
+    assert_eq!(b.return_after, box_spec::DEFAULT_RETURN_AFTER);
+    assert_eq!(crate::failover::blocked(b), None);
+    let c = parse(
+        Path::new("x.toml"),
+        &format!("{GOOD}{two}failover_after = \"0s\"\nreturn_after = \"2h\"\n"),
+    )
+    .expect("valid");
+    assert_eq!(c.boxes["dev"].failover_after, std::time::Duration::ZERO);
+    assert_eq!(
+        c.boxes["dev"].return_after,
+        std::time::Duration::from_secs(7200)
+    );
+    let e = err(&format!("{GOOD}failover_after = \"5m\"\n"));
+    assert!(e.message.contains("list them in regions"), "{e}");
+    assert_eq!(e.line, Some(12), "{e}");
+    let e = err(&format!("{GOOD}{two}return_after = \"30d\"\n"));
+    assert!(e.message.contains("return_after must be at most"), "{e}");
+    let e = err(&format!("{GOOD}{two}failover_after = \"soon\"\n"));
+    assert!(e.message.contains("failover_after"), "{e}");
+    // What keeps a box at home is said, not silently ignored.
+    let c = parse(
+        Path::new("x.toml"),
+        &format!("{GOOD}{two}data_volume = {{ name = \"d\", size_gb = 5 }}\n"),
+    )
+    .expect("valid");
+    let why = crate::failover::blocked(&c.boxes["dev"]).expect("stays home");
+    assert!(why.contains("not replicated"), "{why}");
+    let c = parse(
+        Path::new("x.toml"),
+        &format!("{GOOD}{two}subnet = \"subnet-a\"\n"),
+    )
+    .expect("valid");
+    let why = crate::failover::blocked(&c.boxes["dev"]).expect("stays home");
+    assert!(why.contains("subnets"), "{why}");
+    let c = parse(Path::new("x.toml"), GOOD).expect("valid");
+    assert!(crate::failover::blocked(&c.boxes["dev"]).is_some());
+}

@@ -391,6 +391,10 @@ impl Daemon<'_> {
     /// instances are terminated.
     pub(super) async fn replace(&self, spec: &BoxSpec, known: Option<&Known>) -> Vec<String> {
         let name = spec.name.as_str();
+        // A box with other regions may live (or now go) elsewhere.
+        if let Some(done) = self.elsewhere(spec).await {
+            return done;
+        }
         let doomed: HashSet<InstanceId> = match self.store.doomed(&self.config.owner).await {
             Ok(d) => d.into_iter().map(InstanceId::new).collect(),
             Err(e) => {
@@ -415,6 +419,7 @@ impl Daemon<'_> {
             }
             Ok(out) => {
                 self.recovered(&Subject::Box(name.to_owned()));
+                self.home_launch(spec, false);
                 self.state_ended(&format!("replace-failed:{name}"));
                 let what = format!(
                     "replacement {} ({} in {}) is up",
@@ -422,18 +427,7 @@ impl Daemon<'_> {
                     out.instance.instance_type,
                     out.instance.zone.as_deref().unwrap_or("?")
                 );
-                self.metrics.replacements.inc();
-                let warned = self.lock_memory().warned_at.remove(name);
-                if let Some(at) = warned {
-                    let took = at.elapsed().as_secs_f64();
-                    self.metrics.warning_to_running.observe(took);
-                    self.metrics
-                        .last_recovery_seconds
-                        .get_or_create(&crate::metrics::BoxLabel {
-                            r#box: name.to_owned(),
-                        })
-                        .set(took);
-                }
+                self.count_replacement(name);
                 self.record(Some(name), EventKind::Replaced, &what).await;
                 self.settled(name, &out.instance.id);
                 self.remember_launch(spec, &out.instance.id).await;
@@ -449,6 +443,9 @@ impl Daemon<'_> {
             Err(BoxError::Stopping { .. }) => Vec::new(),
             Err(e) => {
                 self.metrics.launch_failure(failure_reason(&e));
+                if boxes::spot_unavailable(&e) {
+                    self.home_launch(spec, true);
+                }
                 // Tried again after a growing pause, said once per kind of
                 // failure (not every pass, not to every sink every pass).
                 self.failed(&Subject::Box(name.to_owned()));
@@ -713,7 +710,23 @@ impl Daemon<'_> {
         Vec::new()
     }
 
-    fn settled_instance(&self, name: &str) -> Option<InstanceId> {
+    /// A replacement is up: counted, and timed from its warning if any.
+    pub(super) fn count_replacement(&self, name: &str) {
+        self.metrics.replacements.inc();
+        let warned = self.lock_memory().warned_at.remove(name);
+        if let Some(at) = warned {
+            let took = at.elapsed().as_secs_f64();
+            self.metrics.warning_to_running.observe(took);
+            self.metrics
+                .last_recovery_seconds
+                .get_or_create(&crate::metrics::BoxLabel {
+                    r#box: name.to_owned(),
+                })
+                .set(took);
+        }
+    }
+
+    pub(super) fn settled_instance(&self, name: &str) -> Option<InstanceId> {
         let m = self.lock_memory();
         m.settled
             .get(name)
@@ -721,7 +734,7 @@ impl Daemon<'_> {
             .map(|(id, _)| id.clone())
     }
 
-    fn settled(&self, name: &str, id: &InstanceId) {
+    pub(super) fn settled(&self, name: &str, id: &InstanceId) {
         self.lock_memory()
             .settled
             .insert(name.to_owned(), (id.clone(), tokio::time::Instant::now()));

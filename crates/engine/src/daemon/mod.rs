@@ -21,6 +21,7 @@
 //! next daemon resumes from AWS and the state file.
 
 mod boxes;
+mod failover;
 mod fenced;
 pub mod health;
 mod hooks;
@@ -106,6 +107,12 @@ struct Memory {
     pools: HashMap<String, PoolMemory>,
     settled: HashMap<String, (InstanceId, Instant)>,
     image_checks: HashMap<String, SystemTime>,
+    /// Where each box was last found ([`failover`]), since when its home
+    /// launches fail for want of capacity, since when its home has had an
+    /// offering under the ceiling (while it is away).
+    located: HashMap<String, failover::Located>,
+    home_failing_since: HashMap<String, Instant>,
+    home_ok_since: HashMap<String, Instant>,
     /// When each box's replicas are looked at next ([`replicas`]).
     replica_checks: HashMap<String, SystemTime>,
     images: HashMap<String, ImageId>,

@@ -52,7 +52,7 @@ impl Regions {
         }
     }
 
-    async fn get(&self, region: &str) -> Result<Arc<dyn Cloud>, String> {
+    pub(super) async fn get(&self, region: &str) -> Result<Arc<dyn Cloud>, String> {
         let connect = self
             .connect
             .as_ref()

@@ -32,6 +32,7 @@ pub struct RegionPoint {
 pub struct LastSeen {
     sighting: Arc<RwLock<Option<Sighting>>>,
     recovery: Arc<RwLock<HashMap<String, Vec<RegionPoint>>>>,
+    away: Arc<RwLock<HashMap<String, spotkeeper_cloud::Instance>>>,
 }
 
 impl LastSeen {
@@ -65,5 +66,23 @@ impl LastSeen {
             .get(name)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Box `name` runs in another region on `instance` (`None`: at home).
+    pub fn set_away(&self, name: &str, instance: Option<spotkeeper_cloud::Instance>) {
+        let mut away = self.away.write().unwrap_or_else(|e| e.into_inner());
+        match instance {
+            Some(i) => away.insert(name.to_owned(), i),
+            None => away.remove(name),
+        };
+    }
+
+    /// The instance box `name` runs on in another region, if it does.
+    pub fn away(&self, name: &str) -> Option<spotkeeper_cloud::Instance> {
+        self.away
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 }

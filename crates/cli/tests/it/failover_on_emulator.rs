@@ -1,0 +1,231 @@
+//! A box leaves its home region when launches there fail for want of
+//! capacity, and comes back (one emulator answers every region). The
+//! emulator keeps each volume's contents (a directory per volume, carried by
+//! CreateSnapshot, CopySnapshot and CreateVolume from a snapshot, as EBS
+//! does), so the test writes files on the box's disk and reads them where
+//! the box lands: what was on the volume when its last replica was taken
+//! comes along to the other region; what was written there comes home.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use spotkeeper_testkit::eventually;
+use spotkeeper_testkit::{Answer, Receiver};
+
+use crate::common::{CONFIG, Cli, Serve, http_get};
+use crate::regions_on_emulator::in_region;
+
+const TOKEN: &str = "failover-token-0123456789";
+
+fn config(api_port: u16, sink: &str) -> String {
+    CONFIG
+        .replace(
+            "[aws]",
+            &format!(
+                "[daemon]\ninterval = \"1s\"\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\
+                 token = \"{TOKEN}\"\n\n[[notify]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"{sink}\"\n\n[aws]"
+            ),
+        )
+        .replace(
+            "tags =",
+            "regions = [\"us-east-1\", \"us-west-2\"]\n\
+             failover_after = \"0s\"\nreturn_after = \"20s\"\n\
+             data_volume = { name = \"dev-data\", size_gb = 5, mount = \"/data\", replicate = \"1h\", keep = 3 }\n\
+             dns = { zone = \"example.com\", name = \"dev.example.com\" }\ntags =",
+        )
+        + "\n[cost]\non_demand = { \"t3.micro\" = 0.0104, \"t3a.micro\" = 0.0094 }\n"
+}
+
+/// The box's live instance in `region`: id and public address.
+fn live_in(cli: &Cli, region: &str) -> Option<(String, String)> {
+    let v = in_region(
+        cli,
+        region,
+        "r = c.describe_instances(Filters=[{'Name': 'tag:spotkeeper:box', 'Values': ['dev']}, \
+         {'Name': 'instance-state-name', 'Values': ['pending', 'running']}])['Reservations']\n\
+         print(json.dumps([[i['InstanceId'], i.get('PublicIpAddress', '')] for x in r for i in x['Instances']]))",
+    );
+    let all = v.as_array()?;
+    assert!(all.len() <= 1, "two live instances in {region}: {v}");
+    let one = all.first()?;
+    Some((one[0].as_str()?.to_owned(), one[1].as_str()?.to_owned()))
+}
+
+/// The box's data volumes in `region` (id, attached to, tags), stale ones too.
+fn volumes_in(cli: &Cli, region: &str) -> Vec<Value> {
+    in_region(
+        cli,
+        region,
+        "r = c.describe_volumes(Filters=[{'Name': 'tag:Name', 'Values': ['dev-data']}])['Volumes']\n\
+         print(json.dumps([{'id': v['VolumeId'], 'on': [a['InstanceId'] for a in v.get('Attachments', [])], \
+         'tags': {t['Key']: t['Value'] for t in v.get('Tags', [])}} for v in r]))",
+    )
+    .as_array()
+    .expect("array")
+    .clone()
+}
+
+/// The volume of `dev-data` attached to `instance` in `region`.
+fn attached(cli: &Cli, region: &str, instance: &str) -> String {
+    let all = volumes_in(cli, region);
+    all.iter()
+        .find(|v| {
+            v["on"]
+                .as_array()
+                .is_some_and(|on| on.iter().any(|i| i == instance))
+        })
+        .and_then(|v| v["id"].as_str())
+        .unwrap_or_else(|| panic!("no dev-data attached to {instance} in {region}: {all:?}"))
+        .to_owned()
+}
+
+fn record(cli: &Cli) -> String {
+    cli.moto
+        .boto(
+            "z = r53.list_hosted_zones()['HostedZones'][0]['Id']\n\
+             a = [x['ResourceRecords'][0]['Value'] for x in r53.list_resource_record_sets(HostedZoneId=z)['ResourceRecordSets'] if x['Type'] == 'A']\n\
+             print(a[0] if a else '')",
+        )
+        .trim()
+        .to_owned()
+}
+
+fn the_box(api_port: u16) -> Value {
+    let answer = http_get(api_port, "/api/boxes", Some(TOKEN)).expect("API");
+    let body: Value =
+        serde_json::from_str(answer.split_once("\r\n\r\n").expect("body").1).expect("json");
+    body.as_array()
+        .and_then(|b| b.iter().find(|b| b["name"] == "dev").cloned())
+        .unwrap_or_else(|| panic!("{body}"))
+}
+
+#[test]
+fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wrote_there() {
+    let api_port = spotkeeper_testkit::closed_port();
+    // A sink with the default kinds.
+    let receiver = Receiver::start(Answer::Ok, 0);
+    let cli = Cli::with_config(&config(api_port, &receiver.url("/hook")));
+    cli.moto
+        .boto("r53.create_hosted_zone(Name='example.com', CallerReference='f')");
+    cli.ok(&["setup"]);
+    let up = cli.json(&["up", "dev", "--json"]);
+    let home = up["instance_id"].as_str().expect("id").to_owned();
+    let home_volume = attached(&cli, "us-east-1", &home);
+    std::fs::write(
+        cli.moto.disk(&home_volume).join("before.txt"),
+        "written at home",
+    )
+    .expect("write on the volume");
+    // The box's image, copied to us-west-2 (its AMI id names nothing there),
+    // and the replica of its volume there.
+    cli.ok(&["snapshot", "dev"]);
+    cli.ok(&["replicate", "dev"]);
+    std::fs::write(
+        cli.moto.disk(&home_volume).join("after.txt"),
+        "after the copy",
+    )
+    .expect("write on the volume");
+
+    // us-east-1 has no capacity any more, and the box's instance is taken.
+    cli.moto.set_market(&[], &["us-east-1"]);
+    cli.moto
+        .boto(&format!("ec2.terminate_instances(InstanceIds=['{home}'])"));
+    let serve = Serve::start(&cli);
+    let (west, west_ip) = eventually(
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || live_in(&cli, "us-west-2"),
+        || format!("the box never came up in us-west-2:\n{}", serve.log()),
+    );
+    // From the copied replica: what was written before the copy, not after.
+    let west_volume = attached(&cli, "us-west-2", &west);
+    let disk = cli.moto.disk(&west_volume);
+    assert_eq!(
+        std::fs::read_to_string(disk.join("before.txt"))
+            .ok()
+            .as_deref(),
+        Some("written at home")
+    );
+    assert!(
+        !disk.join("after.txt").exists(),
+        "written after the last copy"
+    );
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || (record(&cli) == west_ip).then_some(()),
+        || format!("DNS is {} not {west_ip}:\n{}", record(&cli), serve.log()),
+    );
+    let said =
+        cli.state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'region-failover'");
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0][0].contains("from us-east-1 to us-west-2") && said[0][0].contains("its data is "),
+        "{said:?}"
+    );
+    let shown = the_box(api_port);
+    assert_eq!(shown["region"], "us-west-2", "{shown}");
+    assert_eq!(shown["away"], true, "{shown}");
+    assert_eq!(shown["instance_id"], west.as_str(), "{shown}");
+    assert!(live_in(&cli, "us-east-1").is_none());
+
+    // Written in us-west-2; then us-east-1 has capacity again.
+    std::fs::write(disk.join("west.txt"), "written away").expect("write on the volume");
+    cli.moto.set_market(&[], &[]);
+    let (back, back_ip) = eventually(
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || live_in(&cli, "us-east-1"),
+        || format!("the box never came back:\n{}", serve.log()),
+    );
+    let returned =
+        cli.state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'region-return'");
+    assert_eq!(returned.len(), 1, "{returned:?}\n{}", serve.log());
+    assert!(returned[0][0].contains("came with it"), "{returned:?}");
+    let home_disk = cli.moto.disk(&attached(&cli, "us-east-1", &back));
+    assert_eq!(
+        std::fs::read_to_string(home_disk.join("west.txt"))
+            .ok()
+            .as_deref(),
+        Some("written away")
+    );
+    assert!(home_disk.join("before.txt").exists());
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || (record(&cli) == back_ip).then_some(()),
+        || format!("DNS is {} not {back_ip}:\n{}", record(&cli), serve.log()),
+    );
+    assert!(live_in(&cli, "us-west-2").is_none(), "left running away");
+    assert!(
+        volumes_in(&cli, "us-west-2").is_empty(),
+        "{:?}",
+        volumes_in(&cli, "us-west-2")
+    );
+    let home_volumes = volumes_in(&cli, "us-east-1");
+    assert_eq!(
+        home_volumes.len(),
+        1,
+        "the stale home volume is gone: {home_volumes:?}"
+    );
+    let shown = the_box(api_port);
+    assert_eq!(shown["region"], "us-east-1", "{shown}");
+    assert_eq!(shown["away"], false, "{shown}");
+    assert!(serve.stop().success());
+
+    // Both moves reached the notification sink (default kinds).
+    receiver.wait_for(Duration::from_secs(20), "both moves notified", |got| {
+        ["\"region-failover\"", "\"region-return\""]
+            .iter()
+            .all(|k| got.iter().any(|r| r.body.contains(k)))
+    });
+    // `cost` counts the spend in each region.
+    let cost = cli.json(&["cost", "--json"]);
+    let regions: Vec<&str> = cost["regions"]
+        .as_array()
+        .expect("regions")
+        .iter()
+        .filter_map(|r| r["subject"].as_str())
+        .collect();
+    assert_eq!(regions, ["us-east-1", "us-west-2"], "{cost}");
+}

@@ -1,0 +1,564 @@
+//! The daemon's side of `regions = [home, …]` failover ([`crate::failover`]):
+//! before a box's launch at home, where it lives is read from AWS; a box
+//! whose home launches have failed for want of capacity (or of an offering
+//! under the ceiling) for `failover_after` moves to its next region, from
+//! the newest replica there; a box that lives elsewhere is kept there
+//! (relaunched there from its volume there) until the home region has had
+//! an offering under the ceiling for `return_after`, then comes back with
+//! what it wrote away.
+//!
+//! Every step runs as the box's task and is fenced by its lease; the order
+//! of the steps is written so that a crash at any point leaves AWS saying
+//! where the newest data is (see [`crate::failover`]). Interruption
+//! warnings are read from the home queue only: a box away is replaced when
+//! a pass finds its instance gone.
+
+use std::time::Duration;
+
+use spotkeeper_cloud::prelude::*;
+use spotkeeper_cloud::{Instance, InstanceId, Market};
+use tokio::time::Instant;
+
+use super::Daemon;
+use super::fenced::FencedCloud;
+use crate::boxes::{self, Avoid, BoxError, Ctx};
+use crate::config::BoxSpec;
+use crate::event_kind::EventKind;
+use crate::failover::{self, AWAY_TAG, Away, RETURN_TAG, RETURNED_TAG};
+use crate::subject::Subject;
+
+/// Where a box was last found: `None` at home, else the region.
+pub(super) type Located = Option<String>;
+
+impl Daemon<'_> {
+    /// Before a launch of `spec` at home: `Some` when the box lives (or now
+    /// goes) elsewhere and that was handled here; `None` to launch at home.
+    pub(super) async fn elsewhere(&self, spec: &BoxSpec) -> Option<Vec<String>> {
+        if spec.other_regions().is_empty() {
+            return None;
+        }
+        let name = spec.name.as_str();
+        if let Some(why) = failover::blocked(spec) {
+            let what = format!("box {name} stays in {}: {why}", spec.regions[0]);
+            self.record_change(
+                &format!("stays-home:{name}"),
+                &why,
+                Some(name),
+                EventKind::FailoverFailed,
+                &what,
+            )
+            .await;
+            return None;
+        }
+        // Known to be at home and not failing there: nothing to look at (the
+        // fast path pays no call for a box with regions).
+        let at_home = self.lock_memory().located.get(name) == Some(&None);
+        if at_home && !self.failover_due(spec) {
+            return None;
+        }
+        match self.elsewhere_inner(spec).await {
+            Ok(done) => {
+                self.state_ended(&format!("failover-failed:{name}"));
+                done
+            }
+            Err(e) if self.stopped_by_fence(Some(name), &e).await => Some(Vec::new()),
+            Err(e) => {
+                self.failed(&Subject::Box(name.to_owned()));
+                self.record_change(
+                    &format!("failover-failed:{name}"),
+                    super::boxes::failure_reason(&e),
+                    Some(name),
+                    EventKind::FailoverFailed,
+                    &e.to_string(),
+                )
+                .await;
+                Some(Vec::new())
+            }
+        }
+    }
+
+    async fn elsewhere_inner(&self, spec: &BoxSpec) -> Result<Option<Vec<String>>, BoxError> {
+        let name = spec.name.as_str();
+        if self.cloud.region() != spec.regions[0] {
+            return Err(BoxError::Failover {
+                box_name: name.to_owned(),
+                why: format!(
+                    "its home region is {} but the daemon runs in {}: set [aws] region = \"{}\"",
+                    spec.regions[0],
+                    self.cloud.region(),
+                    spec.regions[0]
+                ),
+            });
+        }
+        let handles = self.region_handles(spec).await;
+        if handles.len() < spec.other_regions().len() {
+            return Err(BoxError::Failover {
+                box_name: name.to_owned(),
+                why: "a handle to one of its regions could not be made".into(),
+            });
+        }
+        let fenced: Vec<FencedCloud<'_>> = handles
+            .iter()
+            .map(|(_, c)| FencedCloud::new(c.as_ref(), self.store))
+            .collect();
+        let others: Vec<(String, &dyn Cloud)> = handles
+            .iter()
+            .zip(&fenced)
+            .map(|((r, _), f)| (r.clone(), f as &dyn Cloud))
+            .collect();
+        let owner = self.config.owner.as_str();
+        let home_volume = failover::home_volume(&self.cloud, owner, spec).await?;
+        match failover::away(home_volume.as_ref(), &others, owner, spec).await? {
+            Some(away) => {
+                let cloud = others
+                    .iter()
+                    .find(|(r, _)| *r == away.region)
+                    .map(|(_, c)| *c)
+                    .ok_or_else(|| BoxError::Failover {
+                        box_name: name.to_owned(),
+                        why: format!("no handle to {}", away.region),
+                    })?;
+                self.located(spec, Some(&away.region), away.instance.as_ref());
+                if self.return_due(spec) {
+                    return self.go_home(spec, cloud, home_volume, away).await.map(Some);
+                }
+                self.stay_away(spec, cloud, &away).await.map(Some)
+            }
+            None => {
+                self.located(spec, None, None);
+                if spec.data_volume.is_some() && home_volume.is_none() {
+                    self.restore_returned(spec).await?;
+                }
+                if !self.failover_due(spec) {
+                    return Ok(None);
+                }
+                self.fail_over(spec, &others, home_volume).await.map(Some)
+            }
+        }
+    }
+
+    /// Remembers where the box lives (the API shows it) and when it started
+    /// to live there.
+    fn located(&self, spec: &BoxSpec, region: Option<&str>, instance: Option<&Instance>) {
+        let mut m = self.lock_memory();
+        let before = m
+            .located
+            .insert(spec.name.clone(), region.map(str::to_owned));
+        if before.as_ref() != Some(&region.map(str::to_owned)) {
+            // The home's offerings are weighed from now on.
+            m.home_ok_since.remove(&spec.name);
+        }
+        drop(m);
+        self.seen
+            .set_away(&spec.name, region.and(instance).cloned());
+    }
+
+    /// A launch at home failed for want of capacity or of an offering under
+    /// the ceiling (`failed`) or succeeded: the failover clock.
+    pub(super) fn home_launch(&self, spec: &BoxSpec, failed: bool) {
+        if spec.other_regions().is_empty() {
+            return;
+        }
+        let mut m = self.lock_memory();
+        if failed {
+            m.home_failing_since
+                .entry(spec.name.clone())
+                .or_insert_with(Instant::now);
+        } else {
+            m.home_failing_since.remove(&spec.name);
+            m.located.insert(spec.name.clone(), None);
+        }
+    }
+
+    fn failover_due(&self, spec: &BoxSpec) -> bool {
+        self.lock_memory()
+            .home_failing_since
+            .get(&spec.name)
+            .is_some_and(|since| since.elapsed() >= spec.failover_after)
+    }
+
+    /// Whether the home region has had an allowed offering at or under the
+    /// ceiling (by the passes' prices) for `return_after`.
+    fn return_due(&self, spec: &BoxSpec) -> bool {
+        let ok = spec.market == Market::OnDemand
+            || self.last_observation().is_some_and(|obs| {
+                let unavailable = self.unavailable();
+                obs.prices.iter().any(|p| {
+                    spec.instance_types.contains(&p.instance_type)
+                        && spec
+                            .launch
+                            .zones
+                            .as_ref()
+                            .is_none_or(|z| z.contains(&p.zone))
+                        && p.price <= spec.max_price
+                        && !unavailable.contains(&(p.instance_type.clone(), p.zone.clone()))
+                })
+            });
+        tracing::debug!(box_name = %spec.name, ok, "the home's offerings weighed for a return");
+        let mut m = self.lock_memory();
+        if !ok {
+            m.home_ok_since.remove(&spec.name);
+            return false;
+        }
+        let since = *m
+            .home_ok_since
+            .entry(spec.name.clone())
+            .or_insert_with(Instant::now);
+        since.elapsed() >= spec.return_after
+    }
+
+    /// A context whose cloud is `cloud` (another region's, fenced).
+    fn ctx_in<'c>(&'c self, cloud: &'c dyn Cloud) -> Ctx<'c> {
+        Ctx {
+            cloud,
+            ..self.ctx()
+        }
+    }
+
+    /// What a launch must avoid: the doomed instances, the offerings marked.
+    async fn avoid(&self) -> Result<Avoid, BoxError> {
+        Ok(Avoid {
+            instances: self
+                .store
+                .doomed(&self.config.owner)
+                .await?
+                .into_iter()
+                .map(InstanceId::new)
+                .collect(),
+            offerings: self.unavailable(),
+        })
+    }
+
+    /// The box lives in `cloud`'s region: kept running there (its volume
+    /// restored from the newest replica there when it has none, relaunched
+    /// when its instance is gone), settled, and seen for `cost`.
+    async fn stay_away(
+        &self,
+        spec: &BoxSpec,
+        cloud: &dyn Cloud,
+        away: &Away,
+    ) -> Result<Vec<String>, BoxError> {
+        let name = spec.name.as_str();
+        if let Some(i) = &away.instance
+            && self.settled_instance(name).as_ref() == Some(&i.id)
+        {
+            // Seen each pass, as the home's instances are (`cost`).
+            self.seen_away(i).await;
+            self.recovered(&Subject::Box(name.to_owned()));
+            return Ok(Vec::new());
+        }
+        let there = failover::spec_in(spec, &away.region);
+        if spec.data_volume.is_some() && away.volume.is_none() {
+            let zone = self.zone_in(cloud, &there).await?;
+            failover::restore(
+                cloud,
+                &self.config.owner,
+                &there,
+                &zone,
+                crate::store::unix_now(),
+            )
+            .await?;
+        }
+        failover::check_image(&self.ctx_in(cloud), spec, &there).await?;
+        let out = boxes::up_known(&self.ctx_in(cloud), &there, &self.avoid().await?, None).await?;
+        self.recovered(&Subject::Box(name.to_owned()));
+        self.settled(name, &out.instance.id);
+        self.located(spec, Some(&away.region), Some(&out.instance));
+        self.seen_away(&out.instance).await;
+        if !out.launched {
+            return Ok(Vec::new());
+        }
+        let what = format!(
+            "replacement {} ({} in {}) is up in {}",
+            out.instance.id,
+            out.instance.instance_type,
+            out.instance.zone.as_deref().unwrap_or("?"),
+            away.region
+        );
+        self.count_replacement(name);
+        self.record(Some(name), EventKind::Replaced, &what).await;
+        Ok(vec![what])
+    }
+
+    /// The cheapest zone of the box's offerings in `cloud`'s region (their
+    /// prices kept for the charts and `cost`).
+    async fn zone_in(&self, cloud: &dyn Cloud, spec: &BoxSpec) -> Result<String, BoxError> {
+        let (zone, prices) = failover::zone_for(cloud, spec).await?;
+        self.sample_prices(&prices).await;
+        Ok(zone)
+    }
+
+    /// Records an instance in another region as seen (for `cost`).
+    async fn seen_away(&self, instance: &Instance) {
+        if let Err(e) = self
+            .store
+            .record_seen(&self.config.owner, std::slice::from_ref(instance))
+            .await
+        {
+            tracing::warn!("cannot record the instances seen in the state file: {e}");
+        }
+    }
+
+    /// Closes the box's open launch intent before a launch in another
+    /// region: its instance is in the region the box leaves (a launch there
+    /// would wait for AWS to list it, which another region never does).
+    async fn close_intent(&self, name: &str) -> Result<(), BoxError> {
+        if let Some(open) = self.store.open_intent(&self.config.owner, name).await? {
+            self.store
+                .close_intent(open.id, crate::store::Outcome::Gone)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Records the end of an instance in another region (for `cost`).
+    async fn seen_gone(&self, cloud: &dyn Cloud, id: &InstanceId) {
+        match cloud.instance(id).await {
+            Ok(Some(i)) => self.seen_away(&i).await,
+            Ok(None) => {}
+            Err(e) => tracing::warn!("describing {id} after its termination: {e}"),
+        }
+    }
+
+    /// Moves the box from its home to the first other region that can take
+    /// it: a completed replica there (with a data volume) and an offering
+    /// under the ceiling. Recorded before anything changes.
+    async fn fail_over(
+        &self,
+        spec: &BoxSpec,
+        others: &[(String, &dyn Cloud)],
+        home_volume: Option<spotkeeper_cloud::Volume>,
+    ) -> Result<Vec<String>, BoxError> {
+        let name = spec.name.as_str();
+        let owner = self.config.owner.as_str();
+        let failing = self
+            .lock_memory()
+            .home_failing_since
+            .get(name)
+            .map(|s| s.elapsed())
+            .unwrap_or_default();
+        let mut refused = Vec::new();
+        for (region, cloud) in others {
+            let there = failover::spec_in(spec, region);
+            let now = crate::store::unix_now();
+            let (zone, data) = match self.can_take(spec, &there, region, *cloud, now).await {
+                Ok(Ok(found)) => found,
+                Ok(Err(why)) => {
+                    refused.push(format!("{region}: {why}"));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let what = format!(
+                "box {name} fails over from {} to {region} ({zone}): launches at home have \
+                 failed for want of capacity or of an offering under the ceiling for {}; {data}{}",
+                spec.regions[0],
+                humantime::format_duration(Duration::from_secs(failing.as_secs())),
+                if spec.elastic_ip.is_some() {
+                    "; its Elastic IP stays at home (DNS follows the box)"
+                } else {
+                    ""
+                }
+            );
+            // Said, then marked in AWS, before anything is made there.
+            self.record(Some(name), EventKind::RegionFailover, &what)
+                .await;
+            if let Some(v) = &home_volume {
+                self.cloud
+                    .tag(
+                        &[v.id.to_string()],
+                        &[(AWAY_TAG.to_owned(), region.clone())],
+                    )
+                    .await?;
+            }
+            if spec.data_volume.is_some() {
+                failover::restore(*cloud, owner, &there, &zone, now).await?;
+            }
+            self.close_intent(name).await?;
+            let out =
+                boxes::up_known(&self.ctx_in(*cloud), &there, &self.avoid().await?, None).await?;
+            self.lock_memory().home_failing_since.remove(name);
+            self.settled(name, &out.instance.id);
+            self.located(spec, Some(region), Some(&out.instance));
+            self.seen_away(&out.instance).await;
+            self.count_replacement(name);
+            let up = format!(
+                "replacement {} ({} in {}) is up in {region}",
+                out.instance.id,
+                out.instance.instance_type,
+                out.instance.zone.as_deref().unwrap_or("?")
+            );
+            self.record(Some(name), EventKind::Replaced, &up).await;
+            return Ok(vec![what, up]);
+        }
+        Err(BoxError::Failover {
+            box_name: name.to_owned(),
+            why: format!("no other region can take it now ({})", refused.join("; ")),
+        })
+    }
+
+    /// Whether `cloud`'s region can take the box now: its zone there and
+    /// the age of the data it would start from, or why not.
+    async fn can_take(
+        &self,
+        spec: &BoxSpec,
+        there: &BoxSpec,
+        region: &str,
+        cloud: &dyn Cloud,
+        now: i64,
+    ) -> Result<Result<(String, String), String>, BoxError> {
+        let zone = match self.zone_in(cloud, there).await {
+            Ok(z) => z,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if let Err(e) = failover::check_image(&self.ctx_in(cloud), spec, there).await {
+            return Ok(Err(e.to_string()));
+        }
+        let Some(vs) = &spec.data_volume else {
+            return Ok(Ok((zone, "it has no data volume".to_owned())));
+        };
+        let all = crate::replicate::replicas(cloud, &self.config.owner, &vs.name).await?;
+        Ok(match crate::replicate::recovery_point(&all, region, now) {
+            Some(age) => Ok((zone, format!("its data is {} old", failover::minutes(age)))),
+            None => Err(format!("no completed replica of {}", vs.name)),
+        })
+    }
+
+    /// Brings the box home from `cloud`'s region: its instance there is
+    /// terminated, its volume snapshotted and copied home (waited for), the
+    /// home volume made from the copy, the box launched at home, and what
+    /// is stale deleted. Without a data volume: launched at home first, the
+    /// one away terminated after.
+    async fn go_home(
+        &self,
+        spec: &BoxSpec,
+        cloud: &dyn Cloud,
+        home_volume: Option<spotkeeper_cloud::Volume>,
+        away: Away,
+    ) -> Result<Vec<String>, BoxError> {
+        let name = spec.name.as_str();
+        let owner = self.config.owner.as_str();
+        let started = Instant::now();
+        let away_ctx = self.ctx_in(cloud);
+        let mut data = "it has no data volume".to_owned();
+        if spec.data_volume.is_some() {
+            if let Some(i) = &away.instance {
+                failover::quiesce(&away_ctx, &i.id).await?;
+                self.seen_gone(cloud, &i.id).await;
+            }
+            let volume = away.volume.as_ref().ok_or_else(|| BoxError::Failover {
+                box_name: name.to_owned(),
+                why: format!("its data volume in {} is gone", away.region),
+            })?;
+            let now = crate::store::unix_now();
+            let copy = failover::copy_home(
+                cloud,
+                &self.cloud,
+                owner,
+                spec,
+                volume,
+                now,
+                self.timing.poll,
+            )
+            .await?;
+            // The away volume is stale from here; the home one too, once
+            // the copy is its data.
+            let stale = [(RETURNED_TAG.to_owned(), "true".to_owned())];
+            cloud.tag(&[volume.id.to_string()], &stale).await?;
+            if let Some(v) = &home_volume {
+                self.cloud.tag(&[v.id.to_string()], &stale).await?;
+            }
+            self.restore_returned(spec).await?;
+            data = format!(
+                "the data written in {} came with it ({copy}, copied in {} s)",
+                away.region,
+                started.elapsed().as_secs()
+            );
+        }
+        self.close_intent(name).await?;
+        let out = boxes::up_known(&self.ctx(), spec, &self.avoid().await?, None).await?;
+        self.home_launch(spec, false);
+        self.settled(name, &out.instance.id);
+        self.located(spec, None, None);
+        if let (None, Some(i)) = (&spec.data_volume, &away.instance) {
+            failover::quiesce(&away_ctx, &i.id).await?;
+            self.seen_gone(cloud, &i.id).await;
+        }
+        self.clear_stale(spec, cloud).await;
+        let what = format!(
+            "box {name} is back in {} ({} in {}) from {}: {data}",
+            spec.regions[0],
+            out.instance.id,
+            out.instance.zone.as_deref().unwrap_or("?"),
+            away.region
+        );
+        self.record(Some(name), EventKind::RegionReturn, &what)
+            .await;
+        Ok(vec![what])
+    }
+
+    /// No home data volume: a copy a return brought home and that never
+    /// became the volume (a crash in between) is made the volume now, in
+    /// the cheapest zone at home. Nothing when there is none.
+    async fn restore_returned(&self, spec: &BoxSpec) -> Result<(), BoxError> {
+        let Some(vs) = &spec.data_volume else {
+            return Ok(());
+        };
+        let owner = self.config.owner.as_str();
+        let pending = self
+            .cloud
+            .snapshots(
+                &crate::ownership::owner_filter(owner)
+                    .with(crate::persist::VOLUME_TAG, &vs.name)
+                    .with(RETURN_TAG, "true"),
+            )
+            .await?
+            .into_iter()
+            .find(|s| s.state == "completed" && s.tags.contains_key(crate::replicate::COPY_OF_TAG));
+        let Some(copy) = pending else {
+            return Ok(());
+        };
+        let zone = self.zone_in(&self.cloud, spec).await?;
+        self.cloud
+            .create_volume(
+                &zone,
+                vs.size_gb,
+                &vs.kind,
+                Some(&copy.id),
+                &crate::persist::volume_tags(owner, &spec.name, &vs.name),
+            )
+            .await?;
+        // Restored once: it is an ordinary replica from now on.
+        self.cloud
+            .tag(
+                &[copy.id.to_string()],
+                &[(RETURN_TAG.to_owned(), "done".to_owned())],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the box's stale volumes at home and in `cloud`'s region (a
+    /// failure is said; the next return or failover deletes them).
+    async fn clear_stale(&self, spec: &BoxSpec, cloud: &dyn Cloud) {
+        let Some(vs) = &spec.data_volume else {
+            return;
+        };
+        let filter = spotkeeper_cloud::TagFilter::default()
+            .with(spotkeeper_cloud::model::tags::NAME, &vs.name)
+            .with(spotkeeper_cloud::model::tags::OWNER, &self.config.owner)
+            .with(RETURNED_TAG, "true");
+        for c in [&self.cloud as &dyn Cloud, cloud] {
+            match c.volumes(&filter).await {
+                Ok(stale) => {
+                    for v in stale.iter().filter(|v| v.attachments.is_empty()) {
+                        if let Err(e) = c.delete_volume(&v.id).await {
+                            tracing::warn!(box_name = %spec.name, "deleting stale volume {}: {e}", v.id);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(box_name = %spec.name, "listing stale volumes: {e}"),
+            }
+        }
+    }
+}

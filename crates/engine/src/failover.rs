@@ -1,0 +1,348 @@
+//! A box that leaves its home region when the home cannot host it
+//! (`regions = [home, …]`), and comes back: where it lives now, its data
+//! volume restored from the newest replica in the other region, and copied
+//! back home before it returns.
+//!
+//! Where a box lives is read from AWS, not remembered: a home data volume
+//! tagged [`AWAY_TAG`] names the region its data lives in now (written before
+//! the first launch there); a box without a data volume lives where its live
+//! instance is. A volume in another region tagged [`RETURNED_TAG`] gave its
+//! data back home and is stale.
+//!
+//! AWS facts this relies on: EBS volumes, snapshots, AMIs, Elastic IPs,
+//! subnets and key pairs are regional (a volume is made in the other region
+//! only from a snapshot copied there; an AMI id names nothing there); Route
+//! 53 is global (the DNS name follows the box); a snapshot holds what was on
+//! the volume when it started (so the volume is snapshotted again after its
+//! instance is terminated, when nothing writes to it any more); a copy
+//! across regions completes later, and a volume is made only from a
+//! completed snapshot.
+
+use std::time::Duration;
+
+use spotkeeper_cloud::model::tags;
+use spotkeeper_cloud::{
+    Cloud, CloudError, Instance, InstanceId, Market, SnapshotId, TagFilter, Volume,
+};
+
+use crate::boxes::BoxError;
+use crate::config::BoxSpec;
+use crate::persist::{self, PURPOSE_TAG, Role, VOLUME_TAG};
+use crate::replicate::{self, COPY_OF_TAG, TAKEN_AT_TAG};
+
+/// On the home data volume while the box lives in another region: that region.
+pub const AWAY_TAG: &str = "spotkeeper:away";
+/// On a data volume in another region whose data was copied home: stale.
+pub const RETURNED_TAG: &str = "spotkeeper:returned";
+/// On the snapshots a return takes and copies home.
+pub const RETURN_TAG: &str = "spotkeeper:return";
+/// How long a return waits for its copy home to complete (AWS: minutes to
+/// hours, by the data written since the last copy).
+pub const COPY_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+/// Why a box never leaves its home region; `None` when it may.
+pub fn blocked(spec: &BoxSpec) -> Option<String> {
+    if spec.other_regions().is_empty() {
+        return Some("it lists no other region".into());
+    }
+    if spec
+        .data_volume
+        .as_ref()
+        .is_some_and(|v| v.replicate.is_none())
+    {
+        return Some(
+            "its data volume is not replicated (data_volume.replicate): its data cannot follow"
+                .into(),
+        );
+    }
+    if spec.root_volume.is_some() {
+        return Some("a persistent root volume is not replicated to other regions".into());
+    }
+    if !spec.subnets.is_empty() {
+        return Some("its subnets are in the home region only".into());
+    }
+    None
+}
+
+/// The box's spec in `region`: its zones there (the home's names mean
+/// nothing there), no Elastic IP (regional: DNS is the name that follows),
+/// and an AMI id replaced by the box's image copied there.
+pub fn spec_in(spec: &BoxSpec, _region: &str) -> BoxSpec {
+    let mut s = spec.clone();
+    s.launch.zones = None;
+    s.elastic_ip = None;
+    if matches!(s.launch.image, spotkeeper_cloud::ImageRef::Id(_)) {
+        s.image_from_box = true;
+    }
+    s
+}
+
+/// Refuses a launch of `spec` in `ctx`'s region from an AMI id: an AMI id
+/// names an image in one region only (AWS: AMIs are regional; `CopyImage`
+/// gives the copy a new id). The box's own image, copied there when made,
+/// stands in for it ([`spec_in`]).
+pub async fn check_image(
+    ctx: &crate::boxes::Ctx<'_>,
+    spec: &BoxSpec,
+    there: &BoxSpec,
+) -> Result<(), BoxError> {
+    let spotkeeper_cloud::ImageRef::Id(id) = &spec.launch.image else {
+        return Ok(());
+    };
+    if crate::boxes::launch_image(ctx, there).await? == *id {
+        return Err(BoxError::Failover {
+            box_name: spec.name.clone(),
+            why: format!(
+                "no image of the box in {}: the AMI id {id} names an image of its home region \
+                 only; `spotkeeper snapshot {}` makes an image that is copied to every region \
+                 of the box",
+                ctx.cloud.region(),
+                spec.name
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Where the box lives outside its home.
+#[derive(Debug, Clone)]
+pub struct Away {
+    /// The region.
+    pub region: String,
+    /// Its live instance there.
+    pub instance: Option<Instance>,
+    /// Its data volume there (not returned).
+    pub volume: Option<Volume>,
+}
+
+/// The home data volume, when it exists.
+pub async fn home_volume(
+    home: &dyn Cloud,
+    owner: &str,
+    spec: &BoxSpec,
+) -> Result<Option<Volume>, BoxError> {
+    let Some(vs) = &spec.data_volume else {
+        return Ok(None);
+    };
+    Ok(persist::find(home, owner, &spec.name, Role::Data, vs).await?)
+}
+
+/// Where the box lives outside its home, if it does: the region its home
+/// volume names, else the first other region with a live instance of it.
+pub async fn away(
+    home_volume: Option<&Volume>,
+    others: &[(String, &dyn Cloud)],
+    owner: &str,
+    spec: &BoxSpec,
+) -> Result<Option<Away>, BoxError> {
+    let named = home_volume.and_then(|v| v.tags.get(AWAY_TAG));
+    for (region, cloud) in others {
+        if named.is_some_and(|n| n != region) {
+            continue;
+        }
+        let instance = live_instance(*cloud, owner, &spec.name).await?;
+        let volume = match &spec.data_volume {
+            Some(vs) => away_volume(*cloud, owner, &vs.name).await?,
+            None => None,
+        };
+        if named.is_some() || instance.is_some() {
+            return Ok(Some(Away {
+                region: region.clone(),
+                instance,
+                volume,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+async fn live_instance(
+    cloud: &dyn Cloud,
+    owner: &str,
+    name: &str,
+) -> Result<Option<Instance>, CloudError> {
+    Ok(cloud
+        .instances(&crate::ownership::box_filter(owner, name))
+        .await?
+        .into_iter()
+        .find(|i| i.state.is_live() && i.tag(tags::STOPPED).is_none()))
+}
+
+/// The box's data volume in another region that still holds its data.
+async fn away_volume(
+    cloud: &dyn Cloud,
+    owner: &str,
+    volume: &str,
+) -> Result<Option<Volume>, CloudError> {
+    Ok(named_volumes(cloud, owner, volume)
+        .await?
+        .into_iter()
+        .find(|v| !v.tags.contains_key(RETURNED_TAG)))
+}
+
+async fn named_volumes(
+    cloud: &dyn Cloud,
+    owner: &str,
+    volume: &str,
+) -> Result<Vec<Volume>, CloudError> {
+    Ok(cloud
+        .volumes(&TagFilter::default().with(tags::NAME, volume))
+        .await?
+        .into_iter()
+        .filter(|v| v.tags.get(tags::OWNER).map(String::as_str) == Some(owner))
+        .filter(|v| v.state != "deleting" && v.state != "deleted")
+        .collect())
+}
+
+/// The cheapest zone of `cloud`'s region with an allowed offering at or
+/// under the ceiling (on-demand boxes: the first zone), and the prices read.
+pub async fn zone_for(
+    cloud: &dyn Cloud,
+    spec: &BoxSpec,
+) -> Result<(String, Vec<spotkeeper_cloud::SpotPrice>), BoxError> {
+    let zones = match &spec.launch.zones {
+        Some(z) => z.clone(),
+        None => cloud.zones().await?,
+    };
+    if spec.market == Market::OnDemand {
+        let zone = zones.first().cloned().ok_or_else(|| BoxError::Failover {
+            box_name: spec.name.clone(),
+            why: format!("{} lists no zone", cloud.region()),
+        })?;
+        return Ok((zone, Vec::new()));
+    }
+    let prices = cloud.spot_prices(&spec.instance_types, &zones).await?;
+    let best = crate::plan::candidates(
+        &prices,
+        &spec.instance_types,
+        &zones,
+        spec.max_price,
+        &Default::default(),
+    )?;
+    Ok((best[0].zone.clone(), prices))
+}
+
+/// Makes the box's data volume in `cloud`'s region, in `zone`, from the
+/// newest completed replica there (stale returned volumes there are deleted
+/// first). Returns the volume and the replica's age in seconds.
+pub async fn restore(
+    cloud: &dyn Cloud,
+    owner: &str,
+    spec: &BoxSpec,
+    zone: &str,
+    now: i64,
+) -> Result<(Volume, i64), BoxError> {
+    let Some(vs) = &spec.data_volume else {
+        return Err(BoxError::Failover {
+            box_name: spec.name.clone(),
+            why: "it has no data volume to restore".into(),
+        });
+    };
+    for stale in named_volumes(cloud, owner, &vs.name).await? {
+        if stale.tags.contains_key(RETURNED_TAG) && stale.attachments.is_empty() {
+            cloud.delete_volume(&stale.id).await?;
+        }
+    }
+    let replicas = replicate::replicas(cloud, owner, &vs.name).await?;
+    let newest = replicas
+        .iter()
+        .find(|r| r.completed)
+        .ok_or_else(|| BoxError::Failover {
+            box_name: spec.name.clone(),
+            why: format!(
+                "{} has no completed replica of {} to restore from",
+                cloud.region(),
+                vs.name
+            ),
+        })?;
+    let volume = cloud
+        .create_volume(
+            zone,
+            vs.size_gb,
+            &vs.kind,
+            Some(&newest.snapshot),
+            &persist::volume_tags(owner, &spec.name, &vs.name),
+        )
+        .await?;
+    Ok((volume, now - newest.taken_at))
+}
+
+/// A snapshot of the box's data volume `volume` in `from`, copied to `home`
+/// and waited for there until completed. Returns the copy's id.
+pub async fn copy_home(
+    from: &dyn Cloud,
+    home: &dyn Cloud,
+    owner: &str,
+    spec: &BoxSpec,
+    volume: &Volume,
+    now: i64,
+    poll: Duration,
+) -> Result<SnapshotId, BoxError> {
+    let vs_name = volume
+        .tags
+        .get(VOLUME_TAG)
+        .cloned()
+        .unwrap_or_else(|| volume.id.to_string());
+    let mut t = vec![
+        (tags::OWNER.to_owned(), owner.to_owned()),
+        (tags::BOX.to_owned(), spec.name.clone()),
+        (VOLUME_TAG.to_owned(), vs_name.clone()),
+        (PURPOSE_TAG.to_owned(), replicate::PURPOSE.to_owned()),
+        (TAKEN_AT_TAG.to_owned(), now.to_string()),
+        (RETURN_TAG.to_owned(), "true".to_owned()),
+        (tags::NAME.to_owned(), format!("{vs_name} return")),
+    ];
+    let source = from.snapshot_volume(&volume.id, &t).await?;
+    t.push((
+        COPY_OF_TAG.to_owned(),
+        format!("{}/{source}", from.region()),
+    ));
+    let copy = home.copy_snapshot(from.region(), &source, &t).await?;
+    let deadline = tokio::time::Instant::now() + COPY_TIMEOUT;
+    let filter = TagFilter::default()
+        .with(tags::OWNER, owner)
+        .with(RETURN_TAG, "true");
+    loop {
+        let state = home
+            .snapshots(&filter)
+            .await?
+            .into_iter()
+            .find(|s| s.id == copy)
+            .map(|s| s.state);
+        match state.as_deref() {
+            Some("completed") => return Ok(copy),
+            Some("error") => {
+                return Err(BoxError::Failover {
+                    box_name: spec.name.clone(),
+                    why: format!("the copy {copy} of {source} to {} failed", home.region()),
+                });
+            }
+            _ if tokio::time::Instant::now() >= deadline => {
+                return Err(BoxError::Timeout {
+                    what: format!("the copy {copy} to {} to complete", home.region()),
+                    after: COPY_TIMEOUT,
+                });
+            }
+            _ => tokio::time::sleep(poll).await,
+        }
+    }
+}
+
+/// Terminates `instance` (in `cloud`'s region) and waits until it is gone,
+/// so its volume holds everything it wrote.
+pub async fn quiesce(ctx: &crate::boxes::Ctx<'_>, instance: &InstanceId) -> Result<(), BoxError> {
+    ctx.cloud.terminate(std::slice::from_ref(instance)).await?;
+    crate::boxes::wait_terminated(ctx, std::slice::from_ref(instance)).await
+}
+
+/// The region of an availability zone (`us-west-2a` → `us-west-2`, a Local
+/// Zone `us-west-2-lax-1a` → `us-west-2-lax-1`: its parent region's name is
+/// its prefix, which is enough to tell regions apart in a report).
+pub fn region_of_zone(zone: &str) -> &str {
+    zone.trim_end_matches(|c: char| c.is_ascii_lowercase())
+}
+
+/// "37 min" for a data age in seconds.
+pub fn minutes(seconds: i64) -> String {
+    format!("{} min", (seconds.max(0) + 59) / 60)
+}
