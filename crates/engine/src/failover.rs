@@ -342,6 +342,152 @@ pub fn region_of_zone(zone: &str) -> &str {
     zone.trim_end_matches(|c: char| c.is_ascii_lowercase())
 }
 
+/// Brings the data of a box that lives in `away_cloud`'s region home (its
+/// instance there already gone): the volume there snapshotted and copied
+/// home (waited for), then marked stale, the old home volume too, and the
+/// home volume made from the copy. Says what came home.
+pub async fn come_home(
+    home: &crate::boxes::Ctx<'_>,
+    away_cloud: &dyn Cloud,
+    spec: &BoxSpec,
+    away: &Away,
+    home_volume: Option<&Volume>,
+) -> Result<String, BoxError> {
+    let started = tokio::time::Instant::now();
+    let volume = away.volume.as_ref().ok_or_else(|| BoxError::Failover {
+        box_name: spec.name.clone(),
+        why: format!("its data volume in {} is gone", away.region),
+    })?;
+    let now = crate::store::unix_now();
+    let copy = copy_home(
+        away_cloud,
+        home.cloud,
+        home.owner,
+        spec,
+        volume,
+        now,
+        home.timing.poll,
+    )
+    .await?;
+    // The away volume is stale from here; the old home one too, once the
+    // copy is its data.
+    let stale = [(RETURNED_TAG.to_owned(), "true".to_owned())];
+    away_cloud.tag(&[volume.id.to_string()], &stale).await?;
+    if let Some(v) = home_volume {
+        home.cloud.tag(&[v.id.to_string()], &stale).await?;
+    }
+    restore_returned(home.cloud, home.owner, spec).await?;
+    Ok(format!(
+        "the data written in {} came with it ({copy}, copied in {} s)",
+        away.region,
+        started.elapsed().as_secs()
+    ))
+}
+
+/// No home data volume: a copy a return brought home and that never became
+/// the volume (a crash in between) is made the volume now, in the cheapest
+/// zone at home. Returns whether it made one.
+pub async fn restore_returned(
+    home: &dyn Cloud,
+    owner: &str,
+    spec: &BoxSpec,
+) -> Result<bool, BoxError> {
+    let Some(vs) = &spec.data_volume else {
+        return Ok(false);
+    };
+    let pending = home
+        .snapshots(
+            &crate::ownership::owner_filter(owner)
+                .with(VOLUME_TAG, &vs.name)
+                .with(RETURN_TAG, "true"),
+        )
+        .await?
+        .into_iter()
+        .find(|s| s.state == "completed" && s.tags.contains_key(COPY_OF_TAG));
+    let Some(copy) = pending else {
+        return Ok(false);
+    };
+    let (zone, _) = zone_for(home, spec).await?;
+    home.create_volume(
+        &zone,
+        vs.size_gb,
+        &vs.kind,
+        Some(&copy.id),
+        &persist::volume_tags(owner, &spec.name, &vs.name),
+    )
+    .await?;
+    // Restored once: an ordinary replica from now on.
+    home.tag(
+        &[copy.id.to_string()],
+        &[(RETURN_TAG.to_owned(), "done".to_owned())],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Before `stop` at home: a box that lives in another region is taken down
+/// there and its data brought home (so the volume's `on_stop` applies at
+/// home, and nothing of the box is left running away). Says what it did.
+pub async fn stop_away(
+    home: &crate::boxes::Ctx<'_>,
+    others: &[(String, &dyn Cloud)],
+    spec: &BoxSpec,
+) -> Result<Option<String>, BoxError> {
+    if blocked(spec).is_some() {
+        return Ok(None);
+    }
+    let home_volume = home_volume(home.cloud, home.owner, spec).await?;
+    let Some(away) = away(home_volume.as_ref(), others, home.owner, spec).await? else {
+        return Ok(None);
+    };
+    let cloud = others
+        .iter()
+        .find(|(r, _)| *r == away.region)
+        .map(|(_, c)| *c)
+        .ok_or_else(|| BoxError::Failover {
+            box_name: spec.name.clone(),
+            why: format!("no handle to {}", away.region),
+        })?;
+    let away_ctx = crate::boxes::Ctx { cloud, ..*home };
+    if let Some(i) = &away.instance {
+        quiesce(&away_ctx, &i.id).await?;
+    }
+    let data = match spec.data_volume {
+        Some(_) => come_home(home, cloud, spec, &away, home_volume.as_ref()).await?,
+        None => "it has no data volume".to_owned(),
+    };
+    clear_stale(home.cloud, cloud, home.owner, spec).await;
+    Ok(Some(format!(
+        "box {} lived in {}: taken down there; {data}",
+        spec.name, away.region
+    )))
+}
+
+/// Deletes the box's stale data volumes (their data went to another
+/// region) at home and away; a failure is logged, and the next return or
+/// stop deletes them.
+pub async fn clear_stale(home: &dyn Cloud, away: &dyn Cloud, owner: &str, spec: &BoxSpec) {
+    let Some(vs) = &spec.data_volume else {
+        return;
+    };
+    let filter = TagFilter::default()
+        .with(tags::NAME, &vs.name)
+        .with(tags::OWNER, owner)
+        .with(RETURNED_TAG, "true");
+    for c in [home, away] {
+        match c.volumes(&filter).await {
+            Ok(stale) => {
+                for v in stale.iter().filter(|v| v.attachments.is_empty()) {
+                    if let Err(e) = c.delete_volume(&v.id).await {
+                        tracing::warn!(box_name = %spec.name, "deleting stale volume {}: {e}", v.id);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(box_name = %spec.name, "listing stale volumes: {e}"),
+        }
+    }
+}
+
 /// "37 min" for a data age in seconds.
 pub fn minutes(seconds: i64) -> String {
     format!("{} min", (seconds.max(0) + 59) / 60)

@@ -12,7 +12,7 @@ use serde_json::Value;
 use spotkeeper_testkit::eventually;
 use spotkeeper_testkit::{Answer, Receiver};
 
-use crate::common::{CONFIG, Cli, Serve, http_get};
+use crate::common::{CONFIG, Cli, Serve, describe, http_get};
 use crate::regions_on_emulator::in_region;
 
 const TOKEN: &str = "failover-token-0123456789";
@@ -99,18 +99,16 @@ fn the_box(api_port: u16) -> Value {
         .unwrap_or_else(|| panic!("{body}"))
 }
 
-#[test]
-fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wrote_there() {
-    let api_port = spotkeeper_testkit::closed_port();
-    // A sink with the default kinds.
-    let receiver = Receiver::start(Answer::Ok, 0);
-    let cli = Cli::with_config(&config(api_port, &receiver.url("/hook")));
+/// A box in us-east-1 with a file on its volume before its replica was
+/// copied to us-west-2 (with the box's image) and one after; then us-east-1
+/// has no capacity and the box's instance is taken, and a daemon runs.
+fn taken_at_home(cli: &Cli, image: bool) -> Serve {
     cli.moto
         .boto("r53.create_hosted_zone(Name='example.com', CallerReference='f')");
     cli.ok(&["setup"]);
     let up = cli.json(&["up", "dev", "--json"]);
     let home = up["instance_id"].as_str().expect("id").to_owned();
-    let home_volume = attached(&cli, "us-east-1", &home);
+    let home_volume = attached(cli, "us-east-1", &home);
     std::fs::write(
         cli.moto.disk(&home_volume).join("before.txt"),
         "written at home",
@@ -118,25 +116,38 @@ fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wr
     .expect("write on the volume");
     // The box's image, copied to us-west-2 (its AMI id names nothing there),
     // and the replica of its volume there.
-    cli.ok(&["snapshot", "dev"]);
+    if image {
+        cli.ok(&["snapshot", "dev"]);
+    }
     cli.ok(&["replicate", "dev"]);
     std::fs::write(
         cli.moto.disk(&home_volume).join("after.txt"),
         "after the copy",
     )
     .expect("write on the volume");
-
-    // us-east-1 has no capacity any more, and the box's instance is taken.
     cli.moto.set_market(&[], &["us-east-1"]);
     cli.moto
         .boto(&format!("ec2.terminate_instances(InstanceIds=['{home}'])"));
-    let serve = Serve::start(&cli);
-    let (west, west_ip) = eventually(
+    Serve::start(cli)
+}
+
+fn up_in_west(cli: &Cli, serve: &Serve) -> (String, String) {
+    eventually(
         Duration::from_secs(90),
         Duration::from_millis(500),
-        || live_in(&cli, "us-west-2"),
+        || live_in(cli, "us-west-2"),
         || format!("the box never came up in us-west-2:\n{}", serve.log()),
-    );
+    )
+}
+
+#[test]
+fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wrote_there() {
+    let api_port = spotkeeper_testkit::closed_port();
+    // A sink with the default kinds.
+    let receiver = Receiver::start(Answer::Ok, 0);
+    let cli = Cli::with_config(&config(api_port, &receiver.url("/hook")));
+    let serve = taken_at_home(&cli, true);
+    let (west, west_ip) = up_in_west(&cli, &serve);
     // From the copied replica: what was written before the copy, not after.
     let west_volume = attached(&cli, "us-west-2", &west);
     let disk = cli.moto.disk(&west_volume);
@@ -228,4 +239,82 @@ fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wr
         .filter_map(|r| r["subject"].as_str())
         .collect();
     assert_eq!(regions, ["us-east-1", "us-west-2"], "{cost}");
+}
+
+/// An AMI id names an image in one region: without the box's own image
+/// copied to us-west-2 the box is not launched there from the id (AWS would
+/// refuse it; the emulator would not), and says why, once.
+#[test]
+fn without_an_image_in_the_other_region_the_box_does_not_fail_over_and_says_why() {
+    let api_port = spotkeeper_testkit::closed_port();
+    let cli = Cli::with_config(&config(api_port, "http://127.0.0.1:9/hook"));
+    let serve = taken_at_home(&cli, false);
+    let said = eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            let rows = cli.state_rows(
+                "SELECT message FROM events WHERE box = 'dev' AND kind = 'failover-failed'",
+            );
+            (!rows.is_empty()).then_some(rows)
+        },
+        || format!("no failover-failed event:\n{}", serve.log()),
+    );
+    assert!(
+        said[0][0].contains("no image of the box in us-west-2"),
+        "{said:?}"
+    );
+    crate::common::wait_passes(api_port, 3, &serve);
+    assert!(live_in(&cli, "us-west-2").is_none());
+    assert!(volumes_in(&cli, "us-west-2").is_empty());
+    assert!(serve.stop().success());
+}
+
+/// `stop` of a box that lives in its other region takes it down there and
+/// brings its data home; until then `up` at home refuses the older copy.
+#[test]
+fn stop_takes_down_a_box_away_and_brings_its_data_home_and_up_refuses_the_stale_copy() {
+    let api_port = spotkeeper_testkit::closed_port();
+    let cli = Cli::with_config(&config(api_port, "http://127.0.0.1:9/hook"));
+    let serve = taken_at_home(&cli, true);
+    let (west, _) = up_in_west(&cli, &serve);
+    assert!(serve.stop().success());
+    std::fs::write(
+        cli.moto
+            .disk(&attached(&cli, "us-west-2", &west))
+            .join("west.txt"),
+        "written away",
+    )
+    .expect("write on the volume");
+    cli.moto.set_market(&[], &[]);
+    let refused = cli.run(&["up", "dev"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+    assert!(
+        describe(&refused).contains("its data lives in us-west-2"),
+        "{}",
+        describe(&refused)
+    );
+    assert!(live_in(&cli, "us-east-1").is_none(), "nothing launched");
+    cli.ok(&["stop", "dev"]);
+    assert!(live_in(&cli, "us-west-2").is_none());
+    assert!(volumes_in(&cli, "us-west-2").is_empty());
+    let home: Vec<Value> = volumes_in(&cli, "us-east-1")
+        .into_iter()
+        .filter(|v| v["tags"].get("spotkeeper:returned").is_none())
+        .collect();
+    assert_eq!(home.len(), 1, "{home:?}");
+    let disk = cli.moto.disk(home[0]["id"].as_str().expect("id"));
+    assert_eq!(
+        std::fs::read_to_string(disk.join("west.txt"))
+            .ok()
+            .as_deref(),
+        Some("written away")
+    );
+    // Up again: at home, on the data written away.
+    let up = cli.json(&["up", "dev", "--json"]);
+    let again = up["instance_id"].as_str().expect("id");
+    assert_eq!(
+        attached(&cli, "us-east-1", again),
+        home[0]["id"].as_str().expect("id")
+    );
 }

@@ -164,6 +164,22 @@ async fn find_volumes<'s>(
             Some(v) => Some(v.clone()),
             None => persist::find(ctx.cloud, ctx.owner, &spec.name, role, vs).await?,
         };
+        // Its data lives in another region since the box failed over there:
+        // launching on this copy would lose what was written there.
+        if let Some(region) = v
+            .as_ref()
+            .and_then(|v| v.tags.get(crate::failover::AWAY_TAG))
+        {
+            return Err(BoxError::Failover {
+                box_name: spec.name.clone(),
+                why: format!(
+                    "its data lives in {region} since it failed over there (this region's \
+                     copy of {} is older): the daemon keeps it there and brings it back; \
+                     `spotkeeper stop {}` brings its data home",
+                    vs.name, spec.name
+                ),
+            });
+        }
         found.push((role, vs, v));
     }
     Ok(found)

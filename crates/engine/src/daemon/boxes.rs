@@ -467,7 +467,12 @@ impl Daemon<'_> {
     pub(super) async fn stop_box(&self, spec: &BoxSpec) -> Vec<String> {
         let name = spec.name.as_str();
         let subject = Subject::Box(name.to_owned());
-        match boxes::finish_stop(&self.ctx(), spec, false).await {
+        let stopped = async {
+            // A box that lives in another region is taken down there first.
+            self.stop_elsewhere(spec).await?;
+            boxes::finish_stop(&self.ctx(), spec, false).await
+        };
+        match stopped.await {
             Ok(out) => {
                 self.recovered(&subject);
                 self.state_ended(&format!("stop-failed:{name}"));

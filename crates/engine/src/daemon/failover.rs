@@ -24,7 +24,7 @@ use super::fenced::FencedCloud;
 use crate::boxes::{self, Avoid, BoxError, Ctx};
 use crate::config::BoxSpec;
 use crate::event_kind::EventKind;
-use crate::failover::{self, AWAY_TAG, Away, RETURN_TAG, RETURNED_TAG};
+use crate::failover::{self, AWAY_TAG, Away};
 use crate::subject::Subject;
 
 /// Where a box was last found: `None` at home, else the region.
@@ -127,7 +127,7 @@ impl Daemon<'_> {
             None => {
                 self.located(spec, None, None);
                 if spec.data_volume.is_some() && home_volume.is_none() {
-                    self.restore_returned(spec).await?;
+                    failover::restore_returned(&self.cloud, owner, spec).await?;
                 }
                 if !self.failover_due(spec) {
                     return Ok(None);
@@ -135,6 +135,30 @@ impl Daemon<'_> {
                 self.fail_over(spec, &others, home_volume).await.map(Some)
             }
         }
+    }
+
+    /// Before a stop: a box that lives in another region is taken down
+    /// there and its data brought home ([`failover::stop_away`]).
+    pub(super) async fn stop_elsewhere(&self, spec: &BoxSpec) -> Result<(), BoxError> {
+        if spec.other_regions().is_empty() || failover::blocked(spec).is_some() {
+            return Ok(());
+        }
+        let handles = self.region_handles(spec).await;
+        let fenced: Vec<FencedCloud<'_>> = handles
+            .iter()
+            .map(|(_, c)| FencedCloud::new(c.as_ref(), self.store))
+            .collect();
+        let others: Vec<(String, &dyn Cloud)> = handles
+            .iter()
+            .zip(&fenced)
+            .map(|((r, _), f)| (r.clone(), f as &dyn Cloud))
+            .collect();
+        if let Some(what) = failover::stop_away(&self.ctx(), &others, spec).await? {
+            self.record(Some(&spec.name), EventKind::RegionReturn, &what)
+                .await;
+        }
+        self.located(spec, None, None);
+        Ok(())
     }
 
     /// Remembers where the box lives (the API shows it) and when it started
@@ -311,6 +335,14 @@ impl Daemon<'_> {
         Ok(())
     }
 
+    /// Terminates an instance in another region, waits until it is gone,
+    /// and records its end (for `cost`).
+    async fn seen_gone_after(&self, ctx: &Ctx<'_>, id: &InstanceId) -> Result<(), BoxError> {
+        failover::quiesce(ctx, id).await?;
+        self.seen_gone(ctx.cloud, id).await;
+        Ok(())
+    }
+
     /// Records the end of an instance in another region (for `cost`).
     async fn seen_gone(&self, cloud: &dyn Cloud, id: &InstanceId) {
         match cloud.instance(id).await {
@@ -437,54 +469,25 @@ impl Daemon<'_> {
         away: Away,
     ) -> Result<Vec<String>, BoxError> {
         let name = spec.name.as_str();
-        let owner = self.config.owner.as_str();
-        let started = Instant::now();
         let away_ctx = self.ctx_in(cloud);
-        let mut data = "it has no data volume".to_owned();
-        if spec.data_volume.is_some() {
-            if let Some(i) = &away.instance {
-                failover::quiesce(&away_ctx, &i.id).await?;
-                self.seen_gone(cloud, &i.id).await;
+        let data = match spec.data_volume {
+            Some(_) => {
+                if let Some(i) = &away.instance {
+                    self.seen_gone_after(&away_ctx, &i.id).await?;
+                }
+                failover::come_home(&self.ctx(), cloud, spec, &away, home_volume.as_ref()).await?
             }
-            let volume = away.volume.as_ref().ok_or_else(|| BoxError::Failover {
-                box_name: name.to_owned(),
-                why: format!("its data volume in {} is gone", away.region),
-            })?;
-            let now = crate::store::unix_now();
-            let copy = failover::copy_home(
-                cloud,
-                &self.cloud,
-                owner,
-                spec,
-                volume,
-                now,
-                self.timing.poll,
-            )
-            .await?;
-            // The away volume is stale from here; the home one too, once
-            // the copy is its data.
-            let stale = [(RETURNED_TAG.to_owned(), "true".to_owned())];
-            cloud.tag(&[volume.id.to_string()], &stale).await?;
-            if let Some(v) = &home_volume {
-                self.cloud.tag(&[v.id.to_string()], &stale).await?;
-            }
-            self.restore_returned(spec).await?;
-            data = format!(
-                "the data written in {} came with it ({copy}, copied in {} s)",
-                away.region,
-                started.elapsed().as_secs()
-            );
-        }
+            None => "it has no data volume".to_owned(),
+        };
         self.close_intent(name).await?;
         let out = boxes::up_known(&self.ctx(), spec, &self.avoid().await?, None).await?;
         self.home_launch(spec, false);
         self.settled(name, &out.instance.id);
         self.located(spec, None, None);
         if let (None, Some(i)) = (&spec.data_volume, &away.instance) {
-            failover::quiesce(&away_ctx, &i.id).await?;
-            self.seen_gone(cloud, &i.id).await;
+            self.seen_gone_after(&away_ctx, &i.id).await?;
         }
-        self.clear_stale(spec, cloud).await;
+        failover::clear_stale(&self.cloud, cloud, &self.config.owner, spec).await;
         let what = format!(
             "box {name} is back in {} ({} in {}) from {}: {data}",
             spec.regions[0],
@@ -495,70 +498,5 @@ impl Daemon<'_> {
         self.record(Some(name), EventKind::RegionReturn, &what)
             .await;
         Ok(vec![what])
-    }
-
-    /// No home data volume: a copy a return brought home and that never
-    /// became the volume (a crash in between) is made the volume now, in
-    /// the cheapest zone at home. Nothing when there is none.
-    async fn restore_returned(&self, spec: &BoxSpec) -> Result<(), BoxError> {
-        let Some(vs) = &spec.data_volume else {
-            return Ok(());
-        };
-        let owner = self.config.owner.as_str();
-        let pending = self
-            .cloud
-            .snapshots(
-                &crate::ownership::owner_filter(owner)
-                    .with(crate::persist::VOLUME_TAG, &vs.name)
-                    .with(RETURN_TAG, "true"),
-            )
-            .await?
-            .into_iter()
-            .find(|s| s.state == "completed" && s.tags.contains_key(crate::replicate::COPY_OF_TAG));
-        let Some(copy) = pending else {
-            return Ok(());
-        };
-        let zone = self.zone_in(&self.cloud, spec).await?;
-        self.cloud
-            .create_volume(
-                &zone,
-                vs.size_gb,
-                &vs.kind,
-                Some(&copy.id),
-                &crate::persist::volume_tags(owner, &spec.name, &vs.name),
-            )
-            .await?;
-        // Restored once: it is an ordinary replica from now on.
-        self.cloud
-            .tag(
-                &[copy.id.to_string()],
-                &[(RETURN_TAG.to_owned(), "done".to_owned())],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Deletes the box's stale volumes at home and in `cloud`'s region (a
-    /// failure is said; the next return or failover deletes them).
-    async fn clear_stale(&self, spec: &BoxSpec, cloud: &dyn Cloud) {
-        let Some(vs) = &spec.data_volume else {
-            return;
-        };
-        let filter = spotkeeper_cloud::TagFilter::default()
-            .with(spotkeeper_cloud::model::tags::NAME, &vs.name)
-            .with(spotkeeper_cloud::model::tags::OWNER, &self.config.owner)
-            .with(RETURNED_TAG, "true");
-        for c in [&self.cloud as &dyn Cloud, cloud] {
-            match c.volumes(&filter).await {
-                Ok(stale) => {
-                    for v in stale.iter().filter(|v| v.attachments.is_empty()) {
-                        if let Err(e) = c.delete_volume(&v.id).await {
-                            tracing::warn!(box_name = %spec.name, "deleting stale volume {}: {e}", v.id);
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(box_name = %spec.name, "listing stale volumes: {e}"),
-            }
-        }
     }
 }
