@@ -142,13 +142,15 @@ fn config(api_port: u16) -> String {
             .replace(
                 "tags =",
                 "regions = [\"us-east-1\", \"us-west-2\"]\n\
+                 failover_after = \"0s\"\nreturn_after = \"10s\"\n\
                  data_volume = { name = \"dev-data\", size_gb = 5, replicate = \"10m\" }\ntags =",
             )
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_dashboard_shows_boxes_a_replacement_charts_savings_and_replicas_in_chromium() {
+async fn the_dashboard_shows_boxes_a_replacement_charts_savings_replicas_and_a_failover_in_chromium()
+ {
     let api_port = spotkeeper_testkit::closed_port();
     let cli = Cli::with_config(&config(api_port));
     cli.moto.set_market(
@@ -315,6 +317,30 @@ async fn the_dashboard_shows_boxes_a_replacement_charts_savings_and_replicas_in_
         .select_by_value("")
         .await
         .expect("all subjects");
+
+    // us-east-1 runs out of capacity and the box's instance is taken: the
+    // page shows it in us-west-2 (from its image and replica copied there)
+    // and the failover; capacity comes back: home again, and the return.
+    cli.ok(&["snapshot", "dev"]);
+    let prices = [("t3.micro", Some(0.0031)), ("t3a.micro", Some(0.005))];
+    cli.moto.set_market(&prices, &["us-east-1"]);
+    cli.moto
+        .boto(&format!("ec2.terminate_instances(InstanceIds=['{new}'])"));
+    eventually(&c, 90, "the box failed over to us-west-2", || async {
+        let regions = texts(&c, "#boxes td.region").await;
+        let kinds = texts(&c, "#events td").await;
+        (regions.iter().any(|r| r == "us-west-2 (failed over)")
+            && kinds.iter().any(|k| k == "region-failover"))
+        .then_some(())
+    })
+    .await;
+    cli.moto.set_market(&prices, &[]);
+    eventually(&c, 90, "the box back in us-east-1", || async {
+        let regions = texts(&c, "#boxes td.region").await;
+        let kinds = texts(&c, "#events td").await;
+        (regions == ["us-east-1"] && kinds.iter().any(|k| k == "region-return")).then_some(())
+    })
+    .await;
 
     let png = c.screenshot().await.expect("screenshot");
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
