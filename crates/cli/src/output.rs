@@ -96,6 +96,8 @@ pub struct InstanceJson<'a> {
     pub state: &'a str,
     pub instance_type: &'a str,
     pub zone: Option<&'a str>,
+    /// The zone's region (a box that failed over runs in another).
+    pub region: Option<&'a str>,
     pub market: &'a str,
     pub spot_request_id: Option<&'a str>,
     pub public_ip: Option<&'a str>,
@@ -113,6 +115,10 @@ impl<'a> From<&'a Instance> for InstanceJson<'a> {
             state: i.state.as_str(),
             instance_type: &i.instance_type,
             zone: i.zone.as_deref(),
+            region: i
+                .zone
+                .as_deref()
+                .map(spotkeeper_engine::failover::region_of_zone),
             market: i.market.as_str(),
             spot_request_id: i.spot_request_id.as_ref().map(|r| r.as_str()),
             public_ip: i.public_ip.as_deref(),
@@ -165,6 +171,11 @@ pub fn instance_row(i: &Instance) -> Vec<String> {
         i.state.to_string(),
         i.instance_type.clone(),
         i.zone.clone().unwrap_or_else(dash),
+        i.zone
+            .as_deref()
+            .map_or_else(dash, |z| {
+                spotkeeper_engine::failover::region_of_zone(z).to_owned()
+            }),
         i.market.to_string(),
         i.public_ip.clone().unwrap_or_else(dash),
         i.private_ip.clone().unwrap_or_else(dash),
@@ -173,12 +184,13 @@ pub fn instance_row(i: &Instance) -> Vec<String> {
 }
 
 /// Header matching [`instance_row`].
-pub const INSTANCE_HEADER: [&str; 9] = [
+pub const INSTANCE_HEADER: [&str; 10] = [
     "BOX",
     "INSTANCE",
     "STATE",
     "TYPE",
     "ZONE",
+    "REGION",
     "MARKET",
     "PUBLIC IP",
     "PRIVATE IP",

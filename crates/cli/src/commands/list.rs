@@ -1,6 +1,10 @@
-//! `spotkeeper list`: every live instance this owner has.
+//! `spotkeeper list`: every live instance this owner has, in the `[aws]`
+//! region and in every other region a box lists (where a box that failed
+//! over runs), each with its region.
 
 use std::process::ExitCode;
+
+use spotkeeper_cloud::prelude::*;
 
 use crate::Failure;
 use crate::cli::Args;
@@ -10,7 +14,19 @@ use crate::output::{self, INSTANCE_HEADER, InstanceJson};
 pub async fn run(args: &Args) -> Result<ExitCode, Failure> {
     let config = context::load_config(args, false)?;
     let cloud = context::connect(&config).await?;
-    let instances = spotkeeper_engine::boxes::list(&cloud, &config.owner).await?;
+    let mut instances = spotkeeper_engine::boxes::list(&cloud, &config.owner).await?;
+    let mut regions: Vec<&String> = config
+        .boxes
+        .values()
+        .flat_map(|b| b.other_regions())
+        .filter(|r| r.as_str() != cloud.region())
+        .collect();
+    regions.sort();
+    regions.dedup();
+    for region in regions {
+        let there = context::connect_in(&config, region).await?;
+        instances.extend(spotkeeper_engine::boxes::list(&there, &config.owner).await?);
+    }
     if args.json {
         let json: Vec<InstanceJson<'_>> = instances.iter().map(InstanceJson::from).collect();
         output::print_json(&json)?;

@@ -179,6 +179,14 @@ fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wr
     assert_eq!(shown["away"], true, "{shown}");
     assert_eq!(shown["instance_id"], west.as_str(), "{shown}");
     assert!(live_in(&cli, "us-east-1").is_none());
+    // `list` names the region each instance runs in.
+    let listed = cli.live();
+    assert!(
+        listed
+            .iter()
+            .any(|i| i["instance_id"] == west.as_str() && i["region"] == "us-west-2"),
+        "{listed:?}"
+    );
 
     // Written in us-west-2; then us-east-1 has capacity again.
     std::fs::write(disk.join("west.txt"), "written away").expect("write on the volume");
