@@ -171,11 +171,9 @@ pub fn instance_row(i: &Instance) -> Vec<String> {
         i.state.to_string(),
         i.instance_type.clone(),
         i.zone.clone().unwrap_or_else(dash),
-        i.zone
-            .as_deref()
-            .map_or_else(dash, |z| {
-                spotkeeper_engine::failover::region_of_zone(z).to_owned()
-            }),
+        i.zone.as_deref().map_or_else(dash, |z| {
+            spotkeeper_engine::failover::region_of_zone(z).to_owned()
+        }),
         i.market.to_string(),
         i.public_ip.clone().unwrap_or_else(dash),
         i.private_ip.clone().unwrap_or_else(dash),

@@ -267,17 +267,22 @@ pub async fn restore(
     Ok((volume, now - newest.taken_at))
 }
 
-/// A snapshot of the box's data volume `volume` in `from`, copied to `home`
-/// and waited for there until completed. Returns the copy's id.
+/// A snapshot of the box's data volume `volume` in `from`, copied to the
+/// home (`home`'s cloud) and waited for there until completed. Returns the
+/// copy's id. `last`: the copy the home volume is made from (taken once
+/// nothing writes to the volume); else a copy made while the box still runs,
+/// so the last one has less to carry (AWS copies a snapshot incrementally
+/// when the destination holds an earlier copy of the same volume).
 pub async fn copy_home(
     from: &dyn Cloud,
-    home: &dyn Cloud,
-    owner: &str,
+    home: &crate::boxes::Ctx<'_>,
     spec: &BoxSpec,
     volume: &Volume,
-    now: i64,
-    poll: Duration,
+    last: bool,
 ) -> Result<SnapshotId, BoxError> {
+    let (owner, poll, now) = (home.owner, home.timing.poll, crate::store::unix_now());
+    let home = home.cloud;
+    let kind = if last { "true" } else { "pre" };
     let vs_name = volume
         .tags
         .get(VOLUME_TAG)
@@ -289,7 +294,7 @@ pub async fn copy_home(
         (VOLUME_TAG.to_owned(), vs_name.clone()),
         (PURPOSE_TAG.to_owned(), replicate::PURPOSE.to_owned()),
         (TAKEN_AT_TAG.to_owned(), now.to_string()),
-        (RETURN_TAG.to_owned(), "true".to_owned()),
+        (RETURN_TAG.to_owned(), kind.to_owned()),
         (tags::NAME.to_owned(), format!("{vs_name} return")),
     ];
     let source = from.snapshot_volume(&volume.id, &t).await?;
@@ -301,7 +306,7 @@ pub async fn copy_home(
     let deadline = tokio::time::Instant::now() + COPY_TIMEOUT;
     let filter = TagFilter::default()
         .with(tags::OWNER, owner)
-        .with(RETURN_TAG, "true");
+        .with(RETURN_TAG, kind);
     loop {
         let state = home
             .snapshots(&filter)
@@ -358,17 +363,7 @@ pub async fn come_home(
         box_name: spec.name.clone(),
         why: format!("its data volume in {} is gone", away.region),
     })?;
-    let now = crate::store::unix_now();
-    let copy = copy_home(
-        away_cloud,
-        home.cloud,
-        home.owner,
-        spec,
-        volume,
-        now,
-        home.timing.poll,
-    )
-    .await?;
+    let copy = copy_home(away_cloud, home, spec, volume, true).await?;
     // The away volume is stale from here; the old home one too, once the
     // copy is its data.
     let stale = [(RETURNED_TAG.to_owned(), "true".to_owned())];

@@ -39,8 +39,7 @@ pub enum ReplicateError {
     /// The handle is not in the box's home region.
     #[error(
         "box {name}'s home region is {home} (the first of its regions) but spotkeeper runs in \
-         {running}: set [aws] region = \"{home}\" (failing over to the other regions is not \
-         built yet)"
+         {running}: set [aws] region = \"{home}\""
     )]
     NotHome {
         /// The box.

@@ -473,6 +473,10 @@ impl Daemon<'_> {
         let data = match spec.data_volume {
             Some(_) => {
                 if let Some(i) = &away.instance {
+                    // Most of the data travels while the box still runs.
+                    if let Some(v) = &away.volume {
+                        failover::copy_home(cloud, &self.ctx(), spec, v, false).await?;
+                    }
                     self.seen_gone_after(&away_ctx, &i.id).await?;
                 }
                 failover::come_home(&self.ctx(), cloud, spec, &away, home_volume.as_ref()).await?
