@@ -30,10 +30,7 @@ use crate::config::BoxSpec;
 use crate::persist::{self, PURPOSE_TAG, Role, VOLUME_TAG};
 use crate::replicate::{self, COPY_OF_TAG, TAKEN_AT_TAG};
 
-/// On the home data volume while the box lives in another region: that region.
-pub const AWAY_TAG: &str = "spotkeeper:away";
-/// On a data volume in another region whose data was copied home: stale.
-pub const RETURNED_TAG: &str = "spotkeeper:returned";
+pub use crate::persist::{AWAY_TAG, RETURNED_TAG};
 /// On the snapshots a return takes and copies home.
 pub const RETURN_TAG: &str = "spotkeeper:return";
 /// How long a return waits for its copy home to complete (AWS: minutes to

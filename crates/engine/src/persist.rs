@@ -27,6 +27,12 @@ pub const VOLUME_TAG: &str = "spotkeeper:volume";
 pub const MOVING_FROM: &str = "spotkeeper:moving-from";
 /// On snapshots: why it was taken (`move` or `stop`).
 pub const PURPOSE_TAG: &str = "spotkeeper:purpose";
+/// On the home data volume while the box lives in another region: that
+/// region ([`crate::failover`]).
+pub const AWAY_TAG: &str = "spotkeeper:away";
+/// On a data volume whose data went to another region: stale, never the
+/// box's volume again ([`crate::failover`]).
+pub const RETURNED_TAG: &str = "spotkeeper:returned";
 /// On a data volume spotkeeper created empty, until a box that used it got
 /// ready: only such a volume may get a filesystem from the boot script.
 pub const NEW_TAG: &str = "spotkeeper:new";
@@ -234,7 +240,7 @@ pub async fn find(
         .into_iter()
         .filter(|v| v.state != "deleting" && v.state != "deleted")
         // One whose data went to another region is stale ([`crate::failover`]).
-        .filter(|v| !v.tags.contains_key(crate::failover::RETURNED_TAG))
+        .filter(|v| !v.tags.contains_key(RETURNED_TAG))
         // Another installation's volume of the same name is not ours.
         .filter(|v| v.tags.get(tags::OWNER).is_none_or(|o| o == owner))
         .collect();

@@ -166,10 +166,7 @@ async fn find_volumes<'s>(
         };
         // Its data lives in another region since the box failed over there:
         // launching on this copy would lose what was written there.
-        if let Some(region) = v
-            .as_ref()
-            .and_then(|v| v.tags.get(crate::failover::AWAY_TAG))
-        {
+        if let Some(region) = v.as_ref().and_then(|v| v.tags.get(persist::AWAY_TAG)) {
             return Err(BoxError::Failover {
                 box_name: spec.name.clone(),
                 why: format!(
