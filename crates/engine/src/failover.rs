@@ -264,22 +264,29 @@ pub async fn restore(
     Ok((volume, now - newest.taken_at))
 }
 
-/// A snapshot of the box's data volume `volume` in `from`, copied to the
-/// home (`home`'s cloud) and waited for there until completed. Returns the
-/// copy's id. `last`: the copy the home volume is made from (taken once
-/// nothing writes to the volume); else a copy made while the box still runs,
-/// so the last one has less to carry (AWS copies a snapshot incrementally
-/// when the destination holds an earlier copy of the same volume).
-pub async fn copy_home(
+/// [`RETURN_TAG`] on a copy made while the box still runs, so the last one
+/// has less to carry (AWS copies a snapshot incrementally when the
+/// destination holds an earlier copy of the same volume).
+pub const PRE_COPY: &str = "pre";
+/// [`RETURN_TAG`] on the copy the home volume is made from (taken once
+/// nothing writes to the volume any more).
+pub const LAST_COPY: &str = "true";
+/// [`RETURN_TAG`] on return copies once the return is through.
+pub const DONE_COPY: &str = "done";
+
+/// Starts a copy home of the box's data volume `volume` in `from`: a
+/// snapshot there (waited for: it holds the volume as it was when it
+/// started), copied into the home (`home`'s cloud) and tagged
+/// [`RETURN_TAG`] = `kind`. Returns the copy's id at once (a copy across
+/// regions completes later).
+pub async fn start_copy_home(
     from: &dyn Cloud,
     home: &crate::boxes::Ctx<'_>,
     spec: &BoxSpec,
     volume: &Volume,
-    last: bool,
+    kind: &str,
 ) -> Result<SnapshotId, BoxError> {
-    let (owner, poll, now) = (home.owner, home.timing.poll, crate::store::unix_now());
-    let home = home.cloud;
-    let kind = if last { "true" } else { "pre" };
+    let (owner, now) = (home.owner, crate::store::unix_now());
     let vs_name = volume
         .tags
         .get(VOLUME_TAG)
@@ -299,33 +306,195 @@ pub async fn copy_home(
         COPY_OF_TAG.to_owned(),
         format!("{}/{source}", from.region()),
     ));
-    let copy = home.copy_snapshot(from.region(), &source, &t).await?;
+    Ok(home.cloud.copy_snapshot(from.region(), &source, &t).await?)
+}
+
+/// The copies home of the box's data volume that a return made, newest
+/// first, with their kind ([`PRE_COPY`], [`LAST_COPY`], [`DONE_COPY`]).
+pub async fn return_copies(
+    home: &dyn Cloud,
+    owner: &str,
+    spec: &BoxSpec,
+) -> Result<Vec<(String, spotkeeper_cloud::Snapshot)>, BoxError> {
+    let Some(vs) = &spec.data_volume else {
+        return Ok(Vec::new());
+    };
+    let mut all: Vec<(String, spotkeeper_cloud::Snapshot)> = home
+        .snapshots(
+            &crate::ownership::owner_filter(owner)
+                .with(VOLUME_TAG, &vs.name)
+                .with(PURPOSE_TAG, replicate::PURPOSE),
+        )
+        .await?
+        .into_iter()
+        .filter(|s| s.tags.contains_key(COPY_OF_TAG))
+        .filter_map(|s| Some((s.tags.get(RETURN_TAG)?.clone(), s)))
+        .collect();
+    all.sort_by_key(|(_, s)| {
+        std::cmp::Reverse(
+            s.tags
+                .get(TAKEN_AT_TAG)
+                .and_then(|t| t.parse::<i64>().ok())
+                .unwrap_or(0),
+        )
+    });
+    Ok(all)
+}
+
+/// Whether a return of the box is under way: its last copy home started.
+pub async fn returning(home: &dyn Cloud, owner: &str, spec: &BoxSpec) -> Result<bool, BoxError> {
+    Ok(return_copies(home, owner, spec)
+        .await?
+        .iter()
+        .any(|(k, _)| k == LAST_COPY))
+}
+
+/// Where a return stands after [`return_step`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Return {
+    /// A copy home is under way (said): a later pass looks again.
+    Copying(String),
+    /// The home volume holds the data written away: launch at home (said).
+    Home(String),
+}
+
+/// One step of a box's return with its data volume, as far as it goes
+/// without waiting for a copy: a first copy home while the box still runs,
+/// then (once it completed) the instance away terminated and the last copy
+/// started, then (once that completed) the volumes away and at home marked
+/// stale and the home volume made from the copy. Each pass calls it again;
+/// what AWS holds says where the return stands, so a restarted daemon
+/// resumes it.
+pub async fn return_step(
+    home: &crate::boxes::Ctx<'_>,
+    away_cloud: &dyn Cloud,
+    spec: &BoxSpec,
+    away: &Away,
+    home_volume: Option<&Volume>,
+) -> Result<Return, BoxError> {
+    let copies = return_copies(home.cloud, home.owner, spec).await?;
+    let newest = |kind: &str| copies.iter().find(|(k, _)| k == kind).map(|(_, s)| s);
+    if let Some(last) = newest(LAST_COPY) {
+        return match last.state.as_str() {
+            "completed" => finish_return(home, away_cloud, spec, away, home_volume, &copies)
+                .await
+                .map(Return::Home),
+            "error" => Err(BoxError::Failover {
+                box_name: spec.name.clone(),
+                why: format!("the copy {} home failed", last.id),
+            }),
+            _ => Ok(Return::Copying(format!(
+                "the last copy home {} is under way",
+                last.id
+            ))),
+        };
+    }
+    let volume = away.volume.as_ref().ok_or_else(|| BoxError::Failover {
+        box_name: spec.name.clone(),
+        why: format!("its data volume in {} is gone", away.region),
+    })?;
+    if let Some(i) = &away.instance {
+        match newest(PRE_COPY) {
+            None => {
+                let id = start_copy_home(away_cloud, home, spec, volume, PRE_COPY).await?;
+                return Ok(Return::Copying(format!(
+                    "copying {} home while the box still runs ({id})",
+                    volume.id
+                )));
+            }
+            Some(pre) if pre.state != "completed" => {
+                return Ok(Return::Copying(format!(
+                    "the first copy home {} is under way",
+                    pre.id
+                )));
+            }
+            Some(_) => {
+                let away_ctx = crate::boxes::Ctx {
+                    cloud: away_cloud,
+                    ..*home
+                };
+                quiesce(&away_ctx, &i.id).await?;
+            }
+        }
+    }
+    let id = start_copy_home(away_cloud, home, spec, volume, LAST_COPY).await?;
+    Ok(Return::Copying(format!(
+        "the box is down in {}; the last copy home {id} is under way",
+        away.region
+    )))
+}
+
+/// The last copy home completed: the volumes away and at home are stale,
+/// the home volume is made from the copy, the return's copies are marked
+/// done. Says what came home.
+async fn finish_return(
+    home: &crate::boxes::Ctx<'_>,
+    away_cloud: &dyn Cloud,
+    spec: &BoxSpec,
+    away: &Away,
+    home_volume: Option<&Volume>,
+    copies: &[(String, spotkeeper_cloud::Snapshot)],
+) -> Result<String, BoxError> {
+    let stale = [(RETURNED_TAG.to_owned(), "true".to_owned())];
+    if let Some(v) = &away.volume {
+        away_cloud.tag(&[v.id.to_string()], &stale).await?;
+    }
+    if let Some(v) = home_volume {
+        home.cloud.tag(&[v.id.to_string()], &stale).await?;
+    }
+    let last = copies
+        .iter()
+        .find(|(k, _)| k == LAST_COPY)
+        .map(|(_, s)| s.id.clone());
+    restore_returned(home.cloud, home.owner, spec).await?;
+    let pre: Vec<String> = copies
+        .iter()
+        .filter(|(k, _)| k == PRE_COPY)
+        .map(|(_, s)| s.id.to_string())
+        .collect();
+    if !pre.is_empty() {
+        home.cloud
+            .tag(&pre, &[(RETURN_TAG.to_owned(), DONE_COPY.to_owned())])
+            .await?;
+    }
+    Ok(format!(
+        "the data written in {} came with it ({})",
+        away.region,
+        last.map(|l| l.to_string()).unwrap_or_default()
+    ))
+}
+
+/// A copy home ([`start_copy_home`]) waited for until completed (`stop`,
+/// which has nothing else to do meanwhile). Returns the copy's id.
+pub async fn copy_home(
+    from: &dyn Cloud,
+    home: &crate::boxes::Ctx<'_>,
+    spec: &BoxSpec,
+    volume: &Volume,
+) -> Result<SnapshotId, BoxError> {
+    let copy = start_copy_home(from, home, spec, volume, LAST_COPY).await?;
     let deadline = tokio::time::Instant::now() + COPY_TIMEOUT;
-    let filter = TagFilter::default()
-        .with(tags::OWNER, owner)
-        .with(RETURN_TAG, kind);
     loop {
-        let state = home
-            .snapshots(&filter)
+        let state = return_copies(home.cloud, home.owner, spec)
             .await?
             .into_iter()
-            .find(|s| s.id == copy)
-            .map(|s| s.state);
+            .find(|(_, s)| s.id == copy)
+            .map(|(_, s)| s.state);
         match state.as_deref() {
             Some("completed") => return Ok(copy),
             Some("error") => {
                 return Err(BoxError::Failover {
                     box_name: spec.name.clone(),
-                    why: format!("the copy {copy} of {source} to {} failed", home.region()),
+                    why: format!("the copy {copy} to {} failed", home.cloud.region()),
                 });
             }
             _ if tokio::time::Instant::now() >= deadline => {
                 return Err(BoxError::Timeout {
-                    what: format!("the copy {copy} to {} to complete", home.region()),
+                    what: format!("the copy {copy} to {} to complete", home.cloud.region()),
                     after: COPY_TIMEOUT,
                 });
             }
-            _ => tokio::time::sleep(poll).await,
+            _ => tokio::time::sleep(home.timing.poll).await,
         }
     }
 }
@@ -345,9 +514,9 @@ pub fn region_of_zone(zone: &str) -> &str {
 }
 
 /// Brings the data of a box that lives in `away_cloud`'s region home (its
-/// instance there already gone): the volume there snapshotted and copied
-/// home (waited for), then marked stale, the old home volume too, and the
-/// home volume made from the copy. Says what came home.
+/// instance there already gone), waiting for the copy (`stop`): the volume
+/// there snapshotted and copied home, then what [`return_step`] does once
+/// its last copy completed. Says what came home.
 pub async fn come_home(
     home: &crate::boxes::Ctx<'_>,
     away_cloud: &dyn Cloud,
@@ -360,18 +529,11 @@ pub async fn come_home(
         box_name: spec.name.clone(),
         why: format!("its data volume in {} is gone", away.region),
     })?;
-    let copy = copy_home(away_cloud, home, spec, volume, true).await?;
-    // The away volume is stale from here; the old home one too, once the
-    // copy is its data.
-    let stale = [(RETURNED_TAG.to_owned(), "true".to_owned())];
-    away_cloud.tag(&[volume.id.to_string()], &stale).await?;
-    if let Some(v) = home_volume {
-        home.cloud.tag(&[v.id.to_string()], &stale).await?;
-    }
-    restore_returned(home.cloud, home.owner, spec).await?;
+    copy_home(away_cloud, home, spec, volume).await?;
+    let copies = return_copies(home.cloud, home.owner, spec).await?;
+    let said = finish_return(home, away_cloud, spec, away, home_volume, &copies).await?;
     Ok(format!(
-        "the data written in {} came with it ({copy}, copied in {} s)",
-        away.region,
+        "{said}, copied in {} s",
         started.elapsed().as_secs()
     ))
 }
@@ -391,7 +553,7 @@ pub async fn restore_returned(
         .snapshots(
             &crate::ownership::owner_filter(owner)
                 .with(VOLUME_TAG, &vs.name)
-                .with(RETURN_TAG, "true"),
+                .with(RETURN_TAG, LAST_COPY),
         )
         .await?
         .into_iter()
@@ -411,7 +573,7 @@ pub async fn restore_returned(
     // Restored once: an ordinary replica from now on.
     home.tag(
         &[copy.id.to_string()],
-        &[(RETURN_TAG.to_owned(), "done".to_owned())],
+        &[(RETURN_TAG.to_owned(), DONE_COPY.to_owned())],
     )
     .await?;
     Ok(true)

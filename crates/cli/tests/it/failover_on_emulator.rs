@@ -190,12 +190,21 @@ fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wr
 
     // Written in us-west-2; then us-east-1 has capacity again.
     std::fs::write(disk.join("west.txt"), "written away").expect("write on the volume");
+    // Copies across regions take a while (here 3 s): the return waits for
+    // them pass after pass, never inside one.
+    cli.moto.set_copying_for(Duration::from_secs(3));
     cli.moto.set_market(&[], &[]);
     let (back, back_ip) = eventually(
         Duration::from_secs(120),
         Duration::from_millis(500),
         || live_in(&cli, "us-east-1"),
         || format!("the box never came back:\n{}", serve.log()),
+    );
+    // The pass that found a copy under way went on to other work.
+    let log = serve.log();
+    assert!(
+        log.contains("returning home: copying") && log.contains("the last copy home"),
+        "{log}"
     );
     let returned =
         cli.state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'region-return'");

@@ -119,7 +119,8 @@ impl Daemon<'_> {
                         why: format!("no handle to {}", away.region),
                     })?;
                 self.located(spec, Some(&away.region), away.instance.as_ref());
-                if self.return_due(spec) {
+                // A return under way goes on whatever the prices do now.
+                if self.return_due(spec) || failover::returning(&self.cloud, owner, spec).await? {
                     return self.go_home(spec, cloud, home_volume, away).await.map(Some);
                 }
                 self.stay_away(spec, cloud, &away).await.map(Some)
@@ -456,11 +457,11 @@ impl Daemon<'_> {
         })
     }
 
-    /// Brings the box home from `cloud`'s region: its instance there is
-    /// terminated, its volume snapshotted and copied home (waited for), the
-    /// home volume made from the copy, the box launched at home, and what
-    /// is stale deleted. Without a data volume: launched at home first, the
-    /// one away terminated after.
+    /// Brings the box home from `cloud`'s region, one step per pass
+    /// ([`failover::return_step`]: copies home are never waited for here):
+    /// once the home volume holds the data written away, the box is
+    /// launched at home and what is stale deleted. Without a data volume:
+    /// launched at home first, the one away terminated after.
     async fn go_home(
         &self,
         spec: &BoxSpec,
@@ -472,17 +473,29 @@ impl Daemon<'_> {
         let away_ctx = self.ctx_in(cloud);
         let data = match spec.data_volume {
             Some(_) => {
+                let step =
+                    failover::return_step(&self.ctx(), cloud, spec, &away, home_volume.as_ref())
+                        .await;
                 if let Some(i) = &away.instance {
-                    // Most of the data travels while the box still runs.
-                    if let Some(v) = &away.volume {
-                        failover::copy_home(cloud, &self.ctx(), spec, v, false).await?;
-                    }
-                    self.seen_gone_after(&away_ctx, &i.id).await?;
+                    self.seen_gone(cloud, &i.id).await;
                 }
-                failover::come_home(&self.ctx(), cloud, spec, &away, home_volume.as_ref()).await?
+                match step? {
+                    // Not waited for here: the next pass looks again.
+                    failover::Return::Copying(what) => {
+                        let key = format!("returning:{name}");
+                        let before = self.lock_memory().said.insert(key, what.clone());
+                        if before.as_deref() != Some(what.as_str()) {
+                            tracing::info!(box_name = name, "returning home: {what}");
+                        }
+                        self.recovered(&Subject::Box(name.to_owned()));
+                        return Ok(Vec::new());
+                    }
+                    failover::Return::Home(what) => what,
+                }
             }
             None => "it has no data volume".to_owned(),
         };
+        self.state_ended(&format!("returning:{name}"));
         self.close_intent(name).await?;
         let out = boxes::up_known(&self.ctx(), spec, &self.avoid().await?, None).await?;
         self.home_launch(spec, false);
