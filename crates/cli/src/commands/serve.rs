@@ -141,7 +141,8 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
         notify(&daemon, &store, deliverers, &rx);
         let queue: Arc<dyn spotkeeper_cloud::EventQueue> = Arc::new(queue);
         let _ = queue_slot.set(queue.clone());
-        daemon.run(queue.as_ref(), rx.clone()).await;
+        let away = away_queues(&config).await;
+        daemon.run_with(queue.as_ref(), &away, rx.clone()).await;
         Ok(())
     };
     let api = api::serve(listener, api_state, rx.clone());
@@ -163,6 +164,41 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
     }
     tracing::info!("spotkeeper daemon stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The event queues `setup` made in the boxes' other regions (where a box
+/// that failed over hears its spot warnings); one that cannot be opened is
+/// said and left out (the passes still see the box's instance go).
+async fn away_queues(config: &Config) -> Vec<Arc<dyn spotkeeper_cloud::EventQueue>> {
+    let mut regions: Vec<&String> = config
+        .boxes
+        .values()
+        .filter(|b| spotkeeper_engine::failover::blocked(b).is_none())
+        .flat_map(|b| b.other_regions())
+        .collect();
+    regions.sort();
+    regions.dedup();
+    let mut queues: Vec<Arc<dyn spotkeeper_cloud::EventQueue>> = Vec::new();
+    for region in regions {
+        let opened = async {
+            let mut aws = config.aws.clone();
+            aws.region = Some(region.clone());
+            let there = spotkeeper_cloud::AwsCloud::connect(&aws).await?;
+            let (name, _) = context::event_queue(&there, config).await?;
+            SqsQueue::open(&there, &name).await
+        };
+        match opened.await {
+            Ok(q) => {
+                tracing::info!(region = %region, "reading the event queue of {region} too");
+                queues.push(Arc::new(q));
+            }
+            Err(e) => tracing::warn!(
+                "the event queue in {region} cannot be read ({e}): a box that fails over there \
+                 is replaced when a pass sees its instance gone, not at its warning"
+            ),
+        }
+    }
+    queues
 }
 
 /// The event queue, once AWS answers. Until then `/healthz` says the daemon

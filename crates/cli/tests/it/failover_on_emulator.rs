@@ -51,6 +51,29 @@ fn live_in(cli: &Cli, region: &str) -> Option<(String, String)> {
     Some((one[0].as_str()?.to_owned(), one[1].as_str()?.to_owned()))
 }
 
+/// A spot interruption warning for `instance`, shaped as EventBridge sends
+/// it, into the event queue `setup` made in `region`.
+fn warn_in(cli: &Cli, region: &str, instance: &str) {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let body = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../engine/fixtures/events/spot-interruption-warning.json"
+    ))
+    .expect("fixture")
+    .replace("i-1234567890abcdef0", instance)
+    .replace("2026-11-02T09:59:19Z", &now)
+    .replace("\"us-east-1\"", &format!("\"{region}\""));
+    in_region(
+        cli,
+        region,
+        &format!(
+            "u = sqs.get_queue_url(QueueName='spotkeeper-clitest-events')['QueueUrl']\n\
+             sqs.send_message(QueueUrl=u, MessageBody={})\nprint('{{}}')",
+            serde_json::to_string(&body).expect("quoted")
+        ),
+    );
+}
+
 /// The box's data volumes in `region` (id, attached to, tags), stale ones too.
 fn volumes_in(cli: &Cli, region: &str) -> Vec<Value> {
     in_region(
@@ -187,6 +210,20 @@ fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wr
             .any(|i| i["instance_id"] == west.as_str() && i["region"] == "us-west-2"),
         "{listed:?}"
     );
+
+    // A spot warning for it comes through the event queue of us-west-2
+    // (EventBridge delivers there): replaced there at once, same volume.
+    warn_in(&cli, "us-west-2", &west);
+    let (again, _) = eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || live_in(&cli, "us-west-2").filter(|(i, _)| *i != west),
+        || format!("no replacement in us-west-2:\n{}", serve.log()),
+    );
+    assert_eq!(attached(&cli, "us-west-2", &again), west_volume);
+    let warned = cli
+        .state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'spot-interruption'");
+    assert!(warned.iter().any(|m| m[0].contains(&west)), "{warned:?}");
 
     // Written in us-west-2; then us-east-1 has capacity again.
     std::fs::write(disk.join("west.txt"), "written away").expect("write on the volume");

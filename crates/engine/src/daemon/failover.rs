@@ -264,8 +264,12 @@ impl Daemon<'_> {
         away: &Away,
     ) -> Result<Vec<String>, BoxError> {
         let name = spec.name.as_str();
+        // A doomed instance (its spot warning came through the queue there)
+        // is replaced, not kept.
+        let avoid = self.avoid().await?;
         if let Some(i) = &away.instance
             && self.settled_instance(name).as_ref() == Some(&i.id)
+            && !avoid.instances.contains(&i.id)
         {
             // Seen each pass, as the home's instances are (`cost`).
             self.seen_away(i).await;
@@ -285,7 +289,7 @@ impl Daemon<'_> {
             .await?;
         }
         failover::check_image(&self.ctx_in(cloud), spec, &there).await?;
-        let out = boxes::up_known(&self.ctx_in(cloud), &there, &self.avoid().await?, None).await?;
+        let out = boxes::up_known(&self.ctx_in(cloud), &there, &avoid, None).await?;
         self.recovered(&Subject::Box(name.to_owned()));
         self.settled(name, &out.instance.id);
         self.located(spec, Some(&away.region), Some(&out.instance));

@@ -104,7 +104,12 @@ impl Daemon<'_> {
             .collect();
         let (mut acted, mut ignored) = (Vec::new(), Vec::new());
         for id in event.kind.instances() {
-            let instance = match self.known_spot_instance(event, id) {
+            // A box's instance in another region (it failed over) is known
+            // from its last look there: the home region has no such id.
+            let known = self
+                .known_spot_instance(event, id)
+                .or_else(|| self.seen.away_instance(id));
+            let instance = match known {
                 Some(i) => i,
                 // Re-read the instance (one targeted describe, not a pass):
                 // events arrive late, twice, or out of order.

@@ -32,6 +32,18 @@ impl Daemon<'_> {
     /// tasks beside them. On shutdown whatever is in flight is dropped at
     /// once; the next daemon resumes it.
     pub async fn run(&self, queue: &dyn EventQueue, shutdown: watch::Receiver<bool>) {
+        self.run_with(queue, &[], shutdown).await;
+    }
+
+    /// [`Daemon::run`], reading also the event queues of the boxes' other
+    /// regions (EventBridge delivers a region's EC2 events only in that
+    /// region): a box that failed over hears its spot warnings there.
+    pub async fn run_with(
+        &self,
+        queue: &dyn EventQueue,
+        away: &[std::sync::Arc<dyn EventQueue>],
+        shutdown: watch::Receiver<bool>,
+    ) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (hook_tx, hook_rx) = mpsc::unbounded_channel();
         {
@@ -45,6 +57,10 @@ impl Daemon<'_> {
         tokio::join!(
             self.receive(queue, shutdown.clone())
                 .instrument(tracing::info_span!("intake")),
+            futures_util::future::join_all(away.iter().map(|q| {
+                self.receive(q.as_ref(), shutdown.clone())
+                    .instrument(tracing::info_span!("intake", queue = "away"))
+            })),
             self.renew_loop(shutdown.clone())
                 .instrument(tracing::info_span!("leases")),
             self.listen_loop(shutdown.clone())

@@ -85,4 +85,17 @@ impl LastSeen {
             .get(name)
             .cloned()
     }
+
+    /// The instance `id` when a box runs on it in another region.
+    pub fn away_instance(
+        &self,
+        id: &spotkeeper_cloud::InstanceId,
+    ) -> Option<spotkeeper_cloud::Instance> {
+        self.away
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|i| i.id == *id)
+            .cloned()
+    }
 }
