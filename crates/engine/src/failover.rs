@@ -101,6 +101,18 @@ pub async fn check_image(
     Ok(())
 }
 
+/// The box's `region_surcharge` for `region` (USD/hour, 0 unless set).
+pub fn surcharge(spec: &BoxSpec, region: &str) -> f64 {
+    spec.region_surcharge.get(region).copied().unwrap_or(0.0)
+}
+
+/// What an hour in `region` costs the box when regions are compared: its
+/// offering's price there (nothing for on-demand, where the types are the
+/// same everywhere) plus the region's surcharge.
+pub fn adjusted(spec: &BoxSpec, region: &str, price: Option<f64>) -> f64 {
+    price.unwrap_or(0.0) + surcharge(spec, region)
+}
+
 /// Where the box lives outside its home.
 #[derive(Debug, Clone)]
 pub struct Away {

@@ -152,8 +152,12 @@ async fn ranked(
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
+            let rank = match r["failover_rank"].as_u64() {
+                Some(n) => format!("f{n}"),
+                None => text(&r["rank"]),
+            };
             let mut row = vec![
-                text(&r["rank"]),
+                rank,
                 text(&r["instance_type"]),
                 text(&r["zone"]),
                 text(&r["price"]),
@@ -191,7 +195,7 @@ async fn ranked(
     }
     output::print_table(&head, &table);
     eprintln!(
-        "Ceiling {} USD/hour ({}); strategy {}: rank 1 is what `up` launches; score: AWS's spot placement score of the zone (1-10).",
+        "Ceiling {} USD/hour ({}); strategy {}: rank 1 is what `up` launches, f1 where a failover would go (price plus region_surcharge); score: AWS's spot placement score of the zone (1-10).",
         spec.max_price,
         match spec.price_cap {
             spotkeeper_engine::config::PriceCap::Spotkeeper => "held by spotkeeper",
@@ -203,8 +207,9 @@ async fn ranked(
 }
 
 /// The box's types in each of its other regions (every zone there: the
-/// box's `zones` name the home's), cheapest first, unranked: the box is
-/// launched in its home region only (failing over is not built yet).
+/// box's `zones` name the home's), ranked among themselves by price plus the
+/// region's `region_surcharge`: `failover_rank` 1 is the offering a failover
+/// would go to now (shown as `f1`).
 async fn elsewhere(
     config: &spotkeeper_engine::config::Config,
     spec: &spotkeeper_engine::config::BoxSpec,
@@ -212,16 +217,35 @@ async fn elsewhere(
     let mut rows = Vec::new();
     for region in spec.other_regions() {
         let cloud = context::connect_in(config, region).await?;
+        let surcharge = spotkeeper_engine::failover::surcharge(spec, region);
         for p in spotkeeper_engine::boxes::prices(&cloud, &spec.instance_types, &[]).await? {
             rows.push(serde_json::json!({
                 "region": region,
                 "instance_type": p.instance_type,
                 "zone": p.zone,
                 "price": p.price,
+                "surcharge": surcharge,
+                "adjusted_price": p.price + surcharge,
                 "under_ceiling": p.price <= spec.max_price,
                 "rank": null,
-                "reason": "another of the box's regions (not launched there yet)",
+                "failover_rank": null,
             }));
+        }
+    }
+    let adjusted = |v: &serde_json::Value| v["adjusted_price"].as_f64().unwrap_or(f64::MAX);
+    rows.sort_by(|a, b| adjusted(a).total_cmp(&adjusted(b)));
+    let mut n = 0;
+    for r in &mut rows {
+        if r["under_ceiling"] == true {
+            n += 1;
+            r["failover_rank"] = n.into();
+            r["reason"] = format!(
+                "failover choice {n}: {} + {} surcharge",
+                r["price"], r["surcharge"]
+            )
+            .into();
+        } else {
+            r["reason"] = "over the ceiling".into();
         }
     }
     Ok(rows)

@@ -325,11 +325,19 @@ fn the_daemon_replicates_a_settled_box_once_per_interval_even_across_a_restart()
 /// there, each with its region.
 #[test]
 fn price_lists_the_offerings_of_every_region_of_the_box() {
-    let cli = Cli::with_config(&with(REPLICATED));
+    let cli = Cli::with_config(&with(&REPLICATED.replace(
+        r#"regions = ["us-east-1", "us-west-2"]"#,
+        "regions = [\"us-east-1\", \"us-west-2\", \"eu-west-1\"]\n\
+         region_surcharge = { \"eu-west-1\" = 0.002 }",
+    )));
     cli.moto.set_market(
         &[
+            ("t3.micro", Some(0.03)),
+            ("t3a.micro", None),
+            ("t3.micro/us-east-1a", Some(0.004)),
             ("t3.micro/us-west-2a", Some(0.0021)),
             ("t3.micro/us-west-2b", Some(0.05)),
+            ("t3.micro/eu-west-1a", Some(0.0015)),
         ],
         &[],
     );
@@ -350,17 +358,39 @@ fn price_lists_the_offerings_of_every_region_of_the_box() {
         .unwrap_or_else(|| panic!("{rows:?}"));
     assert_eq!(cheap["price"], 0.0021);
     assert_eq!(cheap["under_ceiling"], true);
-    assert!(cheap["rank"].is_null(), "not launched there: {cheap}");
+    assert!(cheap["rank"].is_null(), "not what `up` launches: {cheap}");
+    // Cheaper in eu-west-1 by price, dearer with its surcharge: a failover
+    // goes to us-west-2a first.
+    assert_eq!(cheap["failover_rank"], 1, "{rows:?}");
+    let eu = rows
+        .iter()
+        .find(|r| r["zone"] == "eu-west-1a" && r["instance_type"] == "t3.micro")
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!(eu["failover_rank"], 2, "{eu}");
+    assert!((eu["adjusted_price"].as_f64().expect("adjusted") - 0.0035).abs() < 1e-9);
     let dear = west
         .iter()
         .find(|r| r["instance_type"] == "t3.micro" && r["zone"] == "us-west-2b")
         .unwrap_or_else(|| panic!("{rows:?}"));
     assert_eq!(dear["under_ceiling"], false);
+    assert!(dear["failover_rank"].is_null());
     let table = cli.ok(&["price", "dev"]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
-        text.contains("REGION") && text.contains("us-west-2a"),
+        text.contains("REGION") && text.contains("us-west-2a") && text.contains("f1"),
         "{text}"
+    );
+    // A surcharge for a region the box does not list is refused.
+    cli.write_config(&with(&REPLICATED.replace(
+        r#"regions = ["us-east-1", "us-west-2"]"#,
+        "regions = [\"us-east-1\", \"us-west-2\"]\nregion_surcharge = { \"eu-west-1\" = 0.002 }",
+    )));
+    let refused = cli.run(&["price", "dev"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
+    assert!(
+        describe(&refused).contains("not one of the box's other regions"),
+        "{}",
+        describe(&refused)
     );
 }
 

@@ -96,6 +96,11 @@ pub struct BoxSpec {
     /// `return_after` (default 1 h): how long the home region has had an
     /// offering under the ceiling before a box that left comes back.
     pub return_after: Duration,
+    /// `region_surcharge = { "us-west-2" = 0.004 }`: USD/hour added to the
+    /// price of every offering in that region when regions are compared
+    /// (data transfer, latency): a failover goes to the cheapest region
+    /// with it, and `price BOX` ranks the other regions by it.
+    pub region_surcharge: std::collections::BTreeMap<String, f64>,
 }
 
 /// `failover_after` unless set.
@@ -216,6 +221,7 @@ pub(super) fn validate_box(
     replicated_somewhere(data_volume.as_ref(), &regions, data_span, at)?;
     let (failover_after, return_after) =
         failover_times(b.failover_after, b.return_after, regions.len(), at)?;
+    let region_surcharge = surcharges(b.region_surcharge, &regions, at)?;
     if let (Some(d), Some(r)) = (&data_volume, &root_volume)
         && d.name == r.name
     {
@@ -269,7 +275,41 @@ pub(super) fn validate_box(
         regions,
         failover_after,
         return_after,
+        region_surcharge,
     })
+}
+
+/// `region_surcharge`: only the box's other regions, each a finite USD/hour
+/// from 0 to 10.
+fn surcharges(
+    raw: Option<Spanned<std::collections::BTreeMap<String, f64>>>,
+    regions: &[String],
+    at: At,
+) -> Result<std::collections::BTreeMap<String, f64>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Default::default());
+    };
+    let span = raw.span();
+    let map = raw.into_inner();
+    for (region, usd) in &map {
+        if !regions.get(1..).unwrap_or_default().contains(region) {
+            return Err(at(
+                Some(span.clone()),
+                format!(
+                    "region_surcharge names {region}, which is not one of the box's other \
+                     regions ({})",
+                    regions.get(1..).unwrap_or_default().join(", ")
+                ),
+            ));
+        }
+        if !usd.is_finite() || !(0.0..=10.0).contains(usd) {
+            return Err(at(
+                Some(span.clone()),
+                format!("region_surcharge for {region} must be 0 to 10 USD/hour, not {usd}"),
+            ));
+        }
+    }
+    Ok(map)
 }
 
 /// `failover_after` (0 s to a day: 0 moves at the first failure) and

@@ -112,6 +112,7 @@ pub(crate) struct RawBox {
     pub(crate) strategy: Option<crate::rank::Strategy>,
     pub(crate) regions: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) failover_after: Option<Spanned<String>>,
+    pub(crate) region_surcharge: Option<Spanned<std::collections::BTreeMap<String, f64>>>,
     pub(crate) return_after: Option<Spanned<String>>,
 }
 

@@ -278,7 +278,7 @@ impl Daemon<'_> {
         }
         let there = failover::spec_in(spec, &away.region);
         if spec.data_volume.is_some() && away.volume.is_none() {
-            let zone = self.zone_in(cloud, &there).await?;
+            let (zone, _) = self.zone_in(cloud, &there).await?;
             failover::restore(
                 cloud,
                 &self.config.owner,
@@ -311,10 +311,19 @@ impl Daemon<'_> {
 
     /// The cheapest zone of the box's offerings in `cloud`'s region (their
     /// prices kept for the charts and `cost`).
-    async fn zone_in(&self, cloud: &dyn Cloud, spec: &BoxSpec) -> Result<String, BoxError> {
+    async fn zone_in(
+        &self,
+        cloud: &dyn Cloud,
+        spec: &BoxSpec,
+    ) -> Result<(String, Option<f64>), BoxError> {
         let (zone, prices) = failover::zone_for(cloud, spec).await?;
         self.sample_prices(&prices).await;
-        Ok(zone)
+        let price = prices
+            .iter()
+            .filter(|p| p.zone == zone && spec.instance_types.contains(&p.instance_type))
+            .map(|p| p.price)
+            .reduce(f64::min);
+        Ok((zone, price))
     }
 
     /// Records an instance in another region as seen (for `cost`).
@@ -374,18 +383,22 @@ impl Daemon<'_> {
             .get(name)
             .map(|s| s.elapsed())
             .unwrap_or_default();
-        let mut refused = Vec::new();
-        for (region, cloud) in others {
+        let now = crate::store::unix_now();
+        let (mut able, mut refused) = (Vec::new(), Vec::new());
+        for (n, (region, cloud)) in others.iter().enumerate() {
             let there = failover::spec_in(spec, region);
-            let now = crate::store::unix_now();
-            let (zone, data) = match self.can_take(spec, &there, region, *cloud, now).await {
-                Ok(Ok(found)) => found,
-                Ok(Err(why)) => {
-                    refused.push(format!("{region}: {why}"));
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            match self.can_take(spec, &there, region, *cloud, now).await? {
+                Ok(c) => able.push((failover::adjusted(spec, region, c.2), n, c)),
+                Err(why) => refused.push(format!("{region}: {why}")),
+            }
+        }
+        // The cheapest region with its surcharge first; the listed order
+        // between equals.
+        able.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        if let Some((adjusted, n, (zone, data, _))) = able.into_iter().next() {
+            let (region, cloud) = &others[n];
+            let there = failover::spec_in(spec, region);
+            let data = format!("{data}; {adjusted:.4} USD/h with its surcharge");
             let what = format!(
                 "box {name} fails over from {} to {region} ({zone}): launches at home have \
                  failed for want of capacity or of an offering under the ceiling for {}; {data}{}",
@@ -434,8 +447,9 @@ impl Daemon<'_> {
         })
     }
 
-    /// Whether `cloud`'s region can take the box now: its zone there and
-    /// the age of the data it would start from, or why not.
+    /// Whether `cloud`'s region can take the box now: its zone there, the
+    /// age of the data it would start from and the price there (spot), or
+    /// why not.
     async fn can_take(
         &self,
         spec: &BoxSpec,
@@ -443,8 +457,8 @@ impl Daemon<'_> {
         region: &str,
         cloud: &dyn Cloud,
         now: i64,
-    ) -> Result<Result<(String, String), String>, BoxError> {
-        let zone = match self.zone_in(cloud, there).await {
+    ) -> Result<Result<(String, String, Option<f64>), String>, BoxError> {
+        let (zone, price) = match self.zone_in(cloud, there).await {
             Ok(z) => z,
             Err(e) => return Ok(Err(e.to_string())),
         };
@@ -452,11 +466,15 @@ impl Daemon<'_> {
             return Ok(Err(e.to_string()));
         }
         let Some(vs) = &spec.data_volume else {
-            return Ok(Ok((zone, "it has no data volume".to_owned())));
+            return Ok(Ok((zone, "it has no data volume".to_owned(), price)));
         };
         let all = crate::replicate::replicas(cloud, &self.config.owner, &vs.name).await?;
         Ok(match crate::replicate::recovery_point(&all, region, now) {
-            Some(age) => Ok((zone, format!("its data is {} old", failover::minutes(age)))),
+            Some(age) => Ok((
+                zone,
+                format!("its data is {} old", failover::minutes(age)),
+                price,
+            )),
             None => Err(format!("no completed replica of {}", vs.name)),
         })
     }
