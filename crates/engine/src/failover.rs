@@ -124,6 +124,16 @@ pub struct Away {
     pub volume: Option<Volume>,
 }
 
+impl Away {
+    /// Its data volume there, which a return copies home.
+    pub fn data_volume(&self, spec: &BoxSpec) -> Result<&Volume, BoxError> {
+        self.volume.as_ref().ok_or_else(|| BoxError::Failover {
+            box_name: spec.name.clone(),
+            why: format!("its data volume in {} is gone", self.region),
+        })
+    }
+}
+
 /// The home data volume, when it exists.
 pub async fn home_volume(
     home: &dyn Cloud,
@@ -401,10 +411,7 @@ pub async fn return_step(
             ))),
         };
     }
-    let volume = away.volume.as_ref().ok_or_else(|| BoxError::Failover {
-        box_name: spec.name.clone(),
-        why: format!("its data volume in {} is gone", away.region),
-    })?;
+    let volume = away.data_volume(spec)?;
     if let Some(i) = &away.instance {
         match newest(PRE_COPY) {
             None => {
@@ -537,10 +544,7 @@ pub async fn come_home(
     home_volume: Option<&Volume>,
 ) -> Result<String, BoxError> {
     let started = tokio::time::Instant::now();
-    let volume = away.volume.as_ref().ok_or_else(|| BoxError::Failover {
-        box_name: spec.name.clone(),
-        why: format!("its data volume in {} is gone", away.region),
-    })?;
+    let volume = away.data_volume(spec)?;
     copy_home(away_cloud, home, spec, volume).await?;
     let copies = return_copies(home.cloud, home.owner, spec).await?;
     let said = finish_return(home, away_cloud, spec, away, home_volume, &copies).await?;

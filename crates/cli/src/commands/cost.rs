@@ -32,6 +32,20 @@ fn row(l: &Line) -> Vec<String> {
     ]
 }
 
+/// The money table's header, its first column named `first`.
+fn header(first: &str) -> [&str; 8] {
+    [
+        first,
+        "SPOT H",
+        "ON-DEMAND H",
+        "COST",
+        "ON-DEMAND COST",
+        "SAVED",
+        "SAVED %",
+        "DOWN / INTERRUPTIONS",
+    ]
+}
+
 pub async fn run(args: &Args, since: &str) -> Result<ExitCode, Failure> {
     let window = humantime::parse_duration(since).map_err(|e| {
         Failure::Usage(anyhow::anyhow!(
@@ -50,19 +64,7 @@ pub async fn run(args: &Args, since: &str) -> Result<ExitCode, Failure> {
     }
     let mut rows: Vec<Vec<String>> = report.lines.iter().map(row).collect();
     rows.push(row(&report.total));
-    output::print_table(
-        &[
-            "BOX/POOL",
-            "SPOT H",
-            "ON-DEMAND H",
-            "COST",
-            "ON-DEMAND COST",
-            "SAVED",
-            "SAVED %",
-            "DOWN / INTERRUPTIONS",
-        ],
-        &rows,
-    );
+    output::print_table(&header("BOX/POOL"), &rows);
     // Availability beside savings, in words, for the boxes interrupted.
     for l in report.lines.iter().filter(|l| l.interruptions > 0) {
         println!("{}: {}", l.subject, l.summary);
@@ -72,19 +74,7 @@ pub async fn run(args: &Args, since: &str) -> Result<ExitCode, Failure> {
     if report.regions.len() > 1 {
         println!();
         let rows: Vec<Vec<String>> = report.regions.iter().map(row).collect();
-        output::print_table(
-            &[
-                "REGION",
-                "SPOT H",
-                "ON-DEMAND H",
-                "COST",
-                "ON-DEMAND COST",
-                "SAVED",
-                "SAVED %",
-                "DOWN / INTERRUPTIONS",
-            ],
-            &rows,
-        );
+        output::print_table(&header("REGION"), &rows);
     }
     if !report.offerings.is_empty() {
         println!();

@@ -108,6 +108,18 @@ async fn open_box(args: &Args, box_name: &str) -> Result<(Config, BoxSpec, AwsCl
     Ok((config, spec, cloud))
 }
 
+/// Handles to the box's other regions (`regions = [home, …]`), made now.
+async fn other_regions(
+    config: &Config,
+    spec: &BoxSpec,
+) -> Result<Vec<(String, AwsCloud)>, Failure> {
+    let mut others = Vec::new();
+    for region in spec.other_regions() {
+        others.push((region.clone(), context::connect_in(config, region).await?));
+    }
+    Ok(others)
+}
+
 /// The state store and lock directory for `config`.
 async fn open_state(args: &Args, config: &Config) -> Result<(Store, PathBuf), Failure> {
     let state = context::state_path(args, config)?;

@@ -15,7 +15,6 @@ use spotkeeper_engine::store::Store;
 
 use crate::Failure;
 use crate::cli::Args;
-use crate::context;
 use crate::output::{self, Steps};
 
 pub async fn run(args: &Args, box_name: &str, status_only: bool) -> Result<ExitCode, Failure> {
@@ -29,10 +28,7 @@ pub async fn run(args: &Args, box_name: &str, status_only: bool) -> Result<ExitC
             ReplicateError::Nothing(box_name.to_owned()).into(),
         ));
     };
-    let mut others: Vec<(String, AwsCloud)> = Vec::new();
-    for region in spec.other_regions() {
-        others.push((region.clone(), context::connect_in(&config, region).await?));
-    }
+    let others = super::other_regions(&config, &spec).await?;
     let handles: Vec<(String, &dyn Cloud)> = others
         .iter()
         .map(|(r, c)| (r.clone(), c as &dyn Cloud))

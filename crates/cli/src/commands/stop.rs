@@ -2,14 +2,12 @@
 
 use std::process::ExitCode;
 
-use spotkeeper_cloud::AwsCloud;
 use spotkeeper_cloud::prelude::*;
 use spotkeeper_engine::boxes::Progress as _;
 use spotkeeper_engine::failover;
 
 use crate::Failure;
 use crate::cli::Args;
-use crate::context;
 use crate::output::{self, Steps};
 
 pub async fn run(args: &Args, box_name: &str, wait: bool) -> Result<ExitCode, Failure> {
@@ -20,10 +18,7 @@ pub async fn run(args: &Args, box_name: &str, wait: bool) -> Result<ExitCode, Fa
     // A box that failed over to another region: taken down there, its data
     // brought home first (its volume's on_stop then applies at home).
     if !spec.other_regions().is_empty() && failover::blocked(&spec).is_none() {
-        let mut others: Vec<(String, AwsCloud)> = Vec::new();
-        for region in spec.other_regions() {
-            others.push((region.clone(), context::connect_in(&config, region).await?));
-        }
+        let others = super::other_regions(&config, &spec).await?;
         let handles: Vec<(String, &dyn Cloud)> = others
             .iter()
             .map(|(r, c)| (r.clone(), c as &dyn Cloud))

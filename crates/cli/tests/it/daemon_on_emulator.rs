@@ -71,7 +71,7 @@ fn wait_replaced(cli: &Cli, old: &Value, serve: &Serve) -> Value {
     }
 }
 
-fn record(cli: &Cli) -> String {
+pub(crate) fn record(cli: &Cli) -> String {
     cli.moto
         .boto(
             "z = r53.list_hosted_zones()['HostedZones'][0]['Id']\n\

@@ -13,6 +13,7 @@ use spotkeeper_testkit::eventually;
 use spotkeeper_testkit::{Answer, Receiver};
 
 use crate::common::{CONFIG, Cli, Serve, describe, http_get};
+use crate::daemon_on_emulator::record;
 use crate::regions_on_emulator::in_region;
 
 const TOKEN: &str = "failover-token-0123456789";
@@ -99,17 +100,6 @@ fn attached(cli: &Cli, region: &str, instance: &str) -> String {
         })
         .and_then(|v| v["id"].as_str())
         .unwrap_or_else(|| panic!("no dev-data attached to {instance} in {region}: {all:?}"))
-        .to_owned()
-}
-
-fn record(cli: &Cli) -> String {
-    cli.moto
-        .boto(
-            "z = r53.list_hosted_zones()['HostedZones'][0]['Id']\n\
-             a = [x['ResourceRecords'][0]['Value'] for x in r53.list_resource_record_sets(HostedZoneId=z)['ResourceRecordSets'] if x['Type'] == 'A']\n\
-             print(a[0] if a else '')",
-        )
-        .trim()
         .to_owned()
 }
 

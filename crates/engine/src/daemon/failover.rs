@@ -13,6 +13,7 @@
 //! warnings are read from the home queue only: a box away is replaced when
 //! a pass finds its instance gone.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use spotkeeper_cloud::prelude::*;
@@ -97,14 +98,10 @@ impl Daemon<'_> {
                 why: "a handle to one of its regions could not be made".into(),
             });
         }
-        let fenced: Vec<FencedCloud<'_>> = handles
+        let fenced = self.fenced_in(&handles);
+        let others: Vec<(String, &dyn Cloud)> = fenced
             .iter()
-            .map(|(_, c)| FencedCloud::new(c.as_ref(), self.store))
-            .collect();
-        let others: Vec<(String, &dyn Cloud)> = handles
-            .iter()
-            .zip(&fenced)
-            .map(|((r, _), f)| (r.clone(), f as &dyn Cloud))
+            .map(|(r, f)| (r.clone(), f as &dyn Cloud))
             .collect();
         let owner = self.config.owner.as_str();
         let home_volume = failover::home_volume(&self.cloud, owner, spec).await?;
@@ -145,14 +142,10 @@ impl Daemon<'_> {
             return Ok(());
         }
         let handles = self.region_handles(spec).await;
-        let fenced: Vec<FencedCloud<'_>> = handles
+        let fenced = self.fenced_in(&handles);
+        let others: Vec<(String, &dyn Cloud)> = fenced
             .iter()
-            .map(|(_, c)| FencedCloud::new(c.as_ref(), self.store))
-            .collect();
-        let others: Vec<(String, &dyn Cloud)> = handles
-            .iter()
-            .zip(&fenced)
-            .map(|((r, _), f)| (r.clone(), f as &dyn Cloud))
+            .map(|(r, f)| (r.clone(), f as &dyn Cloud))
             .collect();
         if let Some(what) = failover::stop_away(&self.ctx(), &others, spec).await? {
             self.record(Some(&spec.name), EventKind::RegionReturn, &what)
@@ -230,6 +223,18 @@ impl Daemon<'_> {
             .entry(spec.name.clone())
             .or_insert_with(Instant::now);
         since.elapsed() >= spec.return_after
+    }
+
+    /// The other regions' handles, each change fenced by the work's lease
+    /// as at home.
+    fn fenced_in<'h>(
+        &'h self,
+        handles: &'h [(String, Arc<dyn Cloud>)],
+    ) -> Vec<(String, FencedCloud<'h>)> {
+        handles
+            .iter()
+            .map(|(r, c)| (r.clone(), FencedCloud::new(c.as_ref(), self.store)))
+            .collect()
     }
 
     /// A context whose cloud is `cloud` (another region's, fenced).
