@@ -362,3 +362,61 @@ fn stop_takes_down_a_box_away_and_brings_its_data_home_and_up_refuses_the_stale_
         home[0]["id"].as_str().expect("id")
     );
 }
+
+/// A box without a data volume has nothing to carry: it fails over as soon
+/// as home launches fail (the box's image copied there), and comes back by
+/// launching at home first, then ending its instance away (no downtime).
+#[test]
+fn a_box_without_data_fails_over_and_comes_back_launching_home_first() {
+    let api_port = spotkeeper_testkit::closed_port();
+    let config = config(api_port, "http://127.0.0.1:9/hook").replace(
+        "data_volume = { name = \"dev-data\", size_gb = 5, mount = \"/data\", replicate = \"1h\", keep = 3 }\n",
+        "",
+    );
+    assert!(!config.contains("data_volume"), "{config}");
+    let cli = Cli::with_config(&config);
+    cli.moto
+        .boto("r53.create_hosted_zone(Name='example.com', CallerReference='s')");
+    cli.ok(&["setup"]);
+    let up = cli.json(&["up", "dev", "--json"]);
+    let home = up["instance_id"].as_str().expect("id").to_owned();
+    cli.ok(&["snapshot", "dev"]);
+    cli.moto.set_market(&[], &["us-east-1"]);
+    cli.moto
+        .boto(&format!("ec2.terminate_instances(InstanceIds=['{home}'])"));
+    let serve = Serve::start(&cli);
+    let (west, west_ip) = up_in_west(&cli, &serve);
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || (record(&cli) == west_ip).then_some(()),
+        || format!("DNS is {} not {west_ip}:\n{}", record(&cli), serve.log()),
+    );
+    cli.moto.set_market(&[], &[]);
+    let (back, back_ip) = eventually(
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || live_in(&cli, "us-east-1"),
+        || format!("the box never came back:\n{}", serve.log()),
+    );
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || live_in(&cli, "us-west-2").is_none().then_some(()),
+        || format!("{west} still runs in us-west-2:\n{}", serve.log()),
+    );
+    assert_ne!(back, home);
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || (record(&cli) == back_ip).then_some(()),
+        || format!("DNS is {} not {back_ip}:\n{}", record(&cli), serve.log()),
+    );
+    let moves = cli.state_rows(
+        "SELECT kind, message FROM events WHERE box = 'dev' AND kind LIKE 'region-%' ORDER BY id",
+    );
+    let kinds: Vec<&str> = moves.iter().map(|m| m[0].as_str()).collect();
+    assert_eq!(kinds, ["region-failover", "region-return"], "{moves:?}");
+    assert!(moves[0][1].contains("it has no data volume"), "{moves:?}");
+    assert!(serve.stop().success());
+}
