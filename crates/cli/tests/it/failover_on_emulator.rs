@@ -287,7 +287,8 @@ fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wr
 
 /// An AMI id names an image in one region: without the box's own image
 /// copied to us-west-2 the box is not launched there from the id (AWS would
-/// refuse it; the emulator would not), and says why, once.
+/// refuse it; the emulator would not), says why once, and keeps trying at
+/// home.
 #[test]
 fn without_an_image_in_the_other_region_the_box_does_not_fail_over_and_says_why() {
     let api_port = spotkeeper_testkit::closed_port();
@@ -311,6 +312,18 @@ fn without_an_image_in_the_other_region_the_box_does_not_fail_over_and_says_why(
     crate::common::wait_passes(api_port, 3, &serve);
     assert!(live_in(&cli, "us-west-2").is_none());
     assert!(volumes_in(&cli, "us-west-2").is_empty());
+    // Said once, not at every try; and home is still tried: its capacity
+    // comes back first here.
+    let again =
+        cli.state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'failover-failed'");
+    assert_eq!(again.len(), 1, "{again:?}");
+    cli.moto.set_market(&[], &[]);
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || live_in(&cli, "us-east-1"),
+        || format!("the box never came back at home:\n{}", serve.log()),
+    );
     assert!(serve.stop().success());
 }
 

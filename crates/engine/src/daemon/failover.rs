@@ -58,10 +58,11 @@ impl Daemon<'_> {
             return None;
         }
         match self.elsewhere_inner(spec).await {
-            Ok(done) => {
+            Ok(Some(done)) => {
                 self.state_ended(&format!("failover-failed:{name}"));
-                done
+                Some(done)
             }
+            Ok(None) => None,
             Err(e) if self.stopped_by_fence(Some(name), &e).await => Some(Vec::new()),
             Err(e) => {
                 self.failed(&Subject::Box(name.to_owned()));
@@ -130,7 +131,22 @@ impl Daemon<'_> {
                 if !self.failover_due(spec) {
                     return Ok(None);
                 }
-                self.fail_over(spec, &others, home_volume).await.map(Some)
+                match self.fail_over(spec, &others, home_volume).await {
+                    // Nowhere else can take it now: home is tried again
+                    // meanwhile (its capacity may come back first).
+                    Err(e @ BoxError::Failover { .. }) => {
+                        self.record_change(
+                            &format!("failover-failed:{}", spec.name),
+                            &e.to_string(),
+                            Some(&spec.name),
+                            EventKind::FailoverFailed,
+                            &e.to_string(),
+                        )
+                        .await;
+                        Ok(None)
+                    }
+                    done => done.map(Some),
+                }
             }
         }
     }
@@ -185,6 +201,7 @@ impl Daemon<'_> {
         } else {
             m.home_failing_since.remove(&spec.name);
             m.located.insert(spec.name.clone(), None);
+            m.said.remove(&format!("failover-failed:{}", spec.name));
         }
     }
 
