@@ -33,8 +33,9 @@ use crate::replicate::{self, COPY_OF_TAG, TAKEN_AT_TAG};
 pub use crate::persist::{AWAY_TAG, RETURNED_TAG};
 /// On the snapshots a return takes and copies home.
 pub const RETURN_TAG: &str = "spotkeeper:return";
-/// How long a return waits for its copy home to complete (AWS: minutes to
-/// hours, by the data written since the last copy).
+/// How long `stop` of a box away waits for its copy home to complete (AWS:
+/// minutes to hours, by the data written since the last copy; the daemon's
+/// return never waits: it looks again at the next pass).
 pub const COPY_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// Why a box never leaves its home region; `None` when it may.

@@ -9,9 +9,9 @@
 //!
 //! Every step runs as the box's task and is fenced by its lease; the order
 //! of the steps is written so that a crash at any point leaves AWS saying
-//! where the newest data is (see [`crate::failover`]). Interruption
-//! warnings are read from the home queue only: a box away is replaced when
-//! a pass finds its instance gone.
+//! where the newest data is (see [`crate::failover`]). A spot warning for a
+//! box away comes through the event queue of its region (`serve` reads one
+//! per region): the instance is doomed and replaced there, as at home.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -388,9 +388,11 @@ impl Daemon<'_> {
         }
     }
 
-    /// Moves the box from its home to the first other region that can take
-    /// it: a completed replica there (with a data volume) and an offering
-    /// under the ceiling. Recorded before anything changes.
+    /// Moves the box from its home to the other region that can take it
+    /// most cheaply (its offering's price plus `region_surcharge`; listed
+    /// order between equals): one with the box's image, an offering under
+    /// the ceiling and (with a data volume) a completed replica. Recorded
+    /// before anything changes.
     async fn fail_over(
         &self,
         spec: &BoxSpec,
