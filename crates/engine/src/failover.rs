@@ -65,7 +65,7 @@ pub fn blocked(spec: &BoxSpec) -> Option<String> {
 /// The box's spec in `region`: its zones there (the home's names mean
 /// nothing there), no Elastic IP (regional: DNS is the name that follows),
 /// and an AMI id replaced by the box's image copied there.
-pub fn spec_in(spec: &BoxSpec, _region: &str) -> BoxSpec {
+pub fn spec_in(spec: &BoxSpec) -> BoxSpec {
     let mut s = spec.clone();
     s.launch.zones = None;
     s.elastic_ip = None;

@@ -298,7 +298,7 @@ impl Daemon<'_> {
             self.recovered(&Subject::Box(name.to_owned()));
             return Ok(Vec::new());
         }
-        let there = failover::spec_in(spec, &away.region);
+        let there = failover::spec_in(spec);
         if spec.data_volume.is_some() && away.volume.is_none() {
             let (zone, _) = self.zone_in(cloud, &there).await?;
             failover::restore(
@@ -410,7 +410,7 @@ impl Daemon<'_> {
         let now = crate::store::unix_now();
         let (mut able, mut refused) = (Vec::new(), Vec::new());
         for (n, (region, cloud)) in others.iter().enumerate() {
-            let there = failover::spec_in(spec, region);
+            let there = failover::spec_in(spec);
             match self.can_take(spec, &there, region, *cloud, now).await? {
                 Ok(c) => able.push((failover::adjusted(spec, region, c.2), n, c)),
                 Err(why) => refused.push(format!("{region}: {why}")),
@@ -421,7 +421,7 @@ impl Daemon<'_> {
         able.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         if let Some((adjusted, n, (zone, data, _))) = able.into_iter().next() {
             let (region, cloud) = &others[n];
-            let there = failover::spec_in(spec, region);
+            let there = failover::spec_in(spec);
             let data = format!("{data}; {adjusted:.4} USD/h with its surcharge");
             let what = format!(
                 "box {name} fails over from {} to {region} ({zone}): launches at home have \
