@@ -804,3 +804,51 @@ fn a_stop_through_the_api_answers_at_once_takes_the_name_first_and_a_killed_daem
     assert!(record(&cli).is_empty());
     assert!(serve.stop().success());
 }
+
+/// Route 53 calls that reached the emulator through the proxy.
+fn route53_calls(cli: &Cli) -> usize {
+    let stats: Value = serde_json::from_str(&cli.moto.proxy_stats()).expect("proxy stats");
+    stats["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .filter(|c| c[1] == "route53")
+        .count()
+}
+
+/// The API shows a box's DNS record as the daemon left it when it settled
+/// the box: the dashboard's refreshes ask Route 53 nothing (its API allows
+/// five requests a second per account, which the daemon's moves need).
+#[test]
+fn the_api_shows_the_dns_record_as_the_daemon_left_it_without_asking_route53() {
+    let api_port = spotkeeper_testkit::closed_port();
+    let cli = Cli::new();
+    cli.write_config(&config("1s", api_port).replace(
+        "region = \"us-east-1\"",
+        &format!(
+            "region = \"us-east-1\"\nendpoint_url = \"{}\"",
+            cli.moto.proxy_endpoint()
+        ),
+    ));
+    cli.moto
+        .boto("r53.create_hosted_zone(Name='example.com', CallerReference='r')");
+    cli.ok(&["setup"]);
+    let up = cli.json(&["up", "dev", "--json"]);
+    let id = up["instance_id"].as_str().expect("id").to_owned();
+    let serve = Serve::start(&cli);
+    // Settled by the daemon (its settle reads the record once).
+    wait_passes(api_port, 4, &serve);
+    let before = route53_calls(&cli);
+    assert!(before > 0, "the daemon looked at the record");
+    for _ in 0..3 {
+        let answer =
+            common::http_get(api_port, "/api/boxes", Some("e2e-token-0123456789")).expect("API");
+        let body: Value =
+            serde_json::from_str(answer.split_once("\r\n\r\n").expect("body").1).expect("json");
+        assert_eq!(body[0]["instance_id"], id.as_str(), "{body}");
+        assert_eq!(body[0]["dns"]["matches"], true, "{body}");
+        assert_eq!(body[0]["dns"]["owned"], true, "{body}");
+    }
+    assert_eq!(route53_calls(&cli), before, "the API asked Route 53");
+    assert!(serve.stop().success());
+}

@@ -19,13 +19,20 @@ pub(super) async fn latest_prices(
         .collect()
 }
 
-/// A box's DNS status for the API, from the cache while it is fresh and
-/// about the same instance.
+/// A box's DNS status for the API: as the daemon left it for the instance
+/// shown (settled, healed), else read from Route 53 and cached while fresh
+/// and about the same instance.
 pub(super) async fn dns_json(
     state: &ApiState,
     spec: &crate::config::BoxSpec,
     instance: Option<&spotkeeper_cloud::Instance>,
 ) -> Value {
+    // As the daemon left it for this instance: no Route 53 call.
+    if let Some(seen) = state.seen.dns(&spec.name)
+        && instance.is_some_and(|i| i.id == seen.instance)
+    {
+        return json!({ "name": seen.name, "matches": seen.matches, "owned": seen.owned });
+    }
     let id = instance.map(|i| i.id.to_string());
     if let Ok(cache) = state.dns_cache.lock()
         && let Some((at, for_id, v)) = cache.get(&spec.name)

@@ -429,7 +429,7 @@ impl Daemon<'_> {
                 );
                 self.count_replacement(name);
                 self.record(Some(name), EventKind::Replaced, &what).await;
-                self.settled(name, &out.instance.id);
+                self.settled(spec, &out.instance.id);
                 self.remember_launch(spec, &out.instance.id).await;
                 // The replaced instances (rebalance: still running) go now.
                 if let Err(e) = self.retire_doomed(name, &doomed, &out.instance.id).await {
@@ -531,8 +531,12 @@ impl Daemon<'_> {
     pub(super) async fn settle(&self, spec: &BoxSpec, instance: &Instance) -> Vec<String> {
         let name = spec.name.as_str();
         match self.heal(spec, instance).await {
-            Ok(()) => {
-                self.settled(name, &instance.id);
+            Ok(dns) => {
+                self.settled(spec, &instance.id);
+                // What the heal found, when it left the name alone.
+                if let Some(dns) = dns {
+                    self.seen.set_dns(name, dns);
+                }
                 self.remember_launch(spec, &instance.id).await;
             }
             Err(e) => {
@@ -550,7 +554,13 @@ impl Daemon<'_> {
         Vec::new()
     }
 
-    async fn heal(&self, spec: &BoxSpec, instance: &Instance) -> Result<(), BoxError> {
+    /// Returns the DNS record's state when it was left as found (it
+    /// matched, or the instance has no address to point it at).
+    async fn heal(
+        &self,
+        spec: &BoxSpec,
+        instance: &Instance,
+    ) -> Result<Option<super::seen::DnsSeen>, BoxError> {
         let doomed: HashSet<InstanceId> = self
             .store
             .doomed(&self.config.owner)
@@ -570,31 +580,37 @@ impl Daemon<'_> {
             self.record(Some(&spec.name), EventKind::Healed, &note)
                 .await;
         }
-        if let Some(status) =
+        let Some(status) =
             crate::dns::status(&self.cloud, &self.config.owner, spec, Some(instance)).await?
-            && !status.matches
-            && status.instance_address.is_some()
-        {
-            // The name moves only to an instance that answers (a restart
-            // may have dropped the replacement's own ready wait).
-            crate::ready::wait_ready(&spec.ready, instance, self.timing.poll)
-                .await
-                .map_err(|source| BoxError::NotReady {
-                    id: instance.id.clone(),
-                    source,
-                })?;
-            let dns = spec.dns.as_ref().expect("status implies dns");
-            let address =
-                crate::dns::point(&self.cloud, &self.config.owner, &spec.name, dns, instance)
-                    .await?;
-            self.record(
-                Some(&spec.name),
-                EventKind::Healed,
-                &format!("DNS {} → {address}", dns.name),
-            )
-            .await;
+        else {
+            return Ok(None);
+        };
+        if status.matches || status.instance_address.is_none() {
+            return Ok(Some(super::seen::DnsSeen {
+                instance: instance.id.clone(),
+                name: status.name,
+                matches: status.matches,
+                owned: status.owned,
+            }));
         }
-        Ok(())
+        // The name moves only to an instance that answers (a restart may
+        // have dropped the replacement's own ready wait).
+        crate::ready::wait_ready(&spec.ready, instance, self.timing.poll)
+            .await
+            .map_err(|source| BoxError::NotReady {
+                id: instance.id.clone(),
+                source,
+            })?;
+        let dns = spec.dns.as_ref().expect("status implies dns");
+        let address =
+            crate::dns::point(&self.cloud, &self.config.owner, &spec.name, dns, instance).await?;
+        self.record(
+            Some(&spec.name),
+            EventKind::Healed,
+            &format!("DNS {} → {address}", dns.name),
+        )
+        .await;
+        Ok(None)
     }
 
     /// Resolves and keeps the box's launch image and finds its volumes, for
@@ -653,7 +669,7 @@ impl Daemon<'_> {
             self.record(Some(name), EventKind::BackToSpot, &e.to_string())
                 .await;
         }
-        self.settled(name, &out.instance.id);
+        self.settled(spec, &out.instance.id);
         let what = format!(
             "back on spot: {} replaced on-demand {}",
             out.instance.id, instance.id
@@ -739,10 +755,24 @@ impl Daemon<'_> {
             .map(|(id, _)| id.clone())
     }
 
-    pub(super) fn settled(&self, name: &str, id: &InstanceId) {
+    /// `spec`'s box runs settled on `id`: its volumes attached and its DNS
+    /// record pointing there (kept for the API, which then asks Route 53
+    /// nothing).
+    pub(super) fn settled(&self, spec: &BoxSpec, id: &InstanceId) {
         self.lock_memory()
             .settled
-            .insert(name.to_owned(), (id.clone(), tokio::time::Instant::now()));
+            .insert(spec.name.clone(), (id.clone(), tokio::time::Instant::now()));
+        if let Some(dns) = &spec.dns {
+            self.seen.set_dns(
+                &spec.name,
+                super::seen::DnsSeen {
+                    instance: id.clone(),
+                    name: dns.name.clone(),
+                    matches: true,
+                    owned: true,
+                },
+            );
+        }
     }
 
     fn image_check_due(&self, name: &str) -> bool {

@@ -313,7 +313,7 @@ impl Daemon<'_> {
         failover::check_image(&self.ctx_in(cloud), spec, &there).await?;
         let out = boxes::up_known(&self.ctx_in(cloud), &there, &avoid, None).await?;
         self.recovered(&Subject::Box(name.to_owned()));
-        self.settled(name, &out.instance.id);
+        self.settled(spec, &out.instance.id);
         self.located(spec, Some(&away.region), Some(&out.instance));
         self.seen_away(&out.instance).await;
         if !out.launched {
@@ -452,7 +452,7 @@ impl Daemon<'_> {
             let out =
                 boxes::up_known(&self.ctx_in(*cloud), &there, &self.avoid().await?, None).await?;
             self.lock_memory().home_failing_since.remove(name);
-            self.settled(name, &out.instance.id);
+            self.settled(spec, &out.instance.id);
             self.located(spec, Some(region), Some(&out.instance));
             self.seen_away(&out.instance).await;
             self.count_replacement(name);
@@ -545,7 +545,7 @@ impl Daemon<'_> {
         self.close_intent(name).await?;
         let out = boxes::up_known(&self.ctx(), spec, &self.avoid().await?, None).await?;
         self.home_launch(spec, false);
-        self.settled(name, &out.instance.id);
+        self.settled(spec, &out.instance.id);
         self.located(spec, None, None);
         if let (None, Some(i)) = (&spec.data_volume, &away.instance) {
             self.seen_gone_after(&away_ctx, &i.id).await?;

@@ -26,6 +26,22 @@ pub struct RegionPoint {
     pub copying: bool,
 }
 
+/// A box's DNS record as the daemon last left it (settled, healed): for
+/// which instance, and whether it points there. The API shows it instead of
+/// asking Route 53 (whose API allows five requests a second per account) on
+/// every refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSeen {
+    /// The instance it was settled for.
+    pub instance: spotkeeper_cloud::InstanceId,
+    /// The record name.
+    pub name: String,
+    /// It points at that instance.
+    pub matches: bool,
+    /// It is marked as the box's.
+    pub owned: bool,
+}
+
 /// The daemon's last observation and when it was made, for the API; and the
 /// boxes' recovery points.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +49,7 @@ pub struct LastSeen {
     sighting: Arc<RwLock<Option<Sighting>>>,
     recovery: Arc<RwLock<HashMap<String, Vec<RegionPoint>>>>,
     away: Arc<RwLock<HashMap<String, spotkeeper_cloud::Instance>>>,
+    dns: Arc<RwLock<HashMap<String, DnsSeen>>>,
 }
 
 impl LastSeen {
@@ -96,6 +113,23 @@ impl LastSeen {
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .find(|i| i.id == *id)
+            .cloned()
+    }
+
+    /// Keeps box `name`'s DNS record as the daemon left it.
+    pub fn set_dns(&self, name: &str, seen: DnsSeen) {
+        self.dns
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), seen);
+    }
+
+    /// Box `name`'s DNS record as the daemon last left it, if it did.
+    pub fn dns(&self, name: &str) -> Option<DnsSeen> {
+        self.dns
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
             .cloned()
     }
 }
