@@ -33,6 +33,7 @@ mod pools;
 pub mod replicas;
 mod run;
 pub mod seen;
+mod settle;
 pub mod tasks;
 
 use spotkeeper_cloud::prelude::*;
