@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{CONFIG, Cli, Serve, describe, wait_passes};
 use serde_json::Value;
+use spotkeeper_testkit::eventually;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/fixtures/events");
 
@@ -56,19 +57,22 @@ fn box_instances(cli: &Cli) -> usize {
 
 /// Polls `list --json` until the box runs on an instance other than `old`.
 fn wait_replaced(cli: &Cli, old: &Value, serve: &Serve) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let live = cli.live();
-        if live.len() == 1 && live[0]["instance_id"] != *old && live[0]["state"] == "running" {
-            return live[0].clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no replacement within 60s; live: {live:?}\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let live = cli.live();
+            (live.len() == 1 && live[0]["instance_id"] != *old && live[0]["state"] == "running")
+                .then(|| live[0].clone())
+        },
+        || {
+            format!(
+                "no replacement within 60s; live: {:?}\n{}",
+                cli.live(),
+                serve.log()
+            )
+        },
+    )
 }
 
 pub(crate) fn record(cli: &Cli) -> String {
@@ -276,25 +280,29 @@ fn killing_the_daemon_at_any_moment_never_yields_a_second_instance_or_a_leaked_v
     let serve = Serve::start(&cli);
     let new = wait_replaced(&cli, &serde_json::Value::from(old.as_str()), &serve);
     // Let a few passes heal whatever a kill interrupted.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let holders = || -> Value {
         let vols = cli.moto.boto(
             "v = ec2.describe_volumes(Filters=[{'Name': 'tag:Name', 'Values': ['dev-data']}])['Volumes']\nprint(json.dumps([x['Attachments'][0]['InstanceId'] if x['Attachments'] else None for x in v]))",
         );
-        let vols: Value = serde_json::from_str(vols.trim()).expect("json");
-        if vols == serde_json::json!([new["instance_id"]])
-            && record(&cli) == new["public_ip"].as_str().unwrap_or_default()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not healed: volumes {vols}, DNS {}\n{}",
-            record(&cli),
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        serde_json::from_str(vols.trim()).expect("json")
+    };
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            (holders() == serde_json::json!([new["instance_id"]])
+                && record(&cli) == new["public_ip"].as_str().unwrap_or_default())
+            .then_some(())
+        },
+        || {
+            format!(
+                "not healed: volumes {}, DNS {}\n{}",
+                holders(),
+                record(&cli),
+                serve.log()
+            )
+        },
+    );
     wait_passes(api_port, 2, &serve);
     let live = cli.live();
     assert_eq!(
@@ -517,22 +525,19 @@ fn cost_integrates_the_recorded_spot_prices_and_counts_interruptions_per_offerin
     .expect("API");
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
     // A scrape starts the computation and answers with the last figures.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let gauge: f64 = loop {
-        let scraped = common::http_get(api_port, "/metrics", None).expect("metrics");
-        if let Some(v) = scraped
-            .lines()
-            .find_map(|l| l.strip_prefix("spotkeeper_box_savings_dollars{box=\"dev\"} "))
-            .filter(|v| v.parse::<f64>().is_ok_and(|v| v > 0.0))
-        {
-            break v.parse().expect("a number");
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no savings gauge:\n{scraped}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+    let scrape = || common::http_get(api_port, "/metrics", None).expect("metrics");
+    let gauge: f64 = eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            scrape()
+                .lines()
+                .find_map(|l| l.strip_prefix("spotkeeper_box_savings_dollars{box=\"dev\"} "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| *v > 0.0)
+        },
+        || format!("no savings gauge:\n{}", scrape()),
+    );
     assert!(serve.stop().success());
 
     // By hand, from what the state recorded: each run from AWS's launch time
@@ -642,22 +647,26 @@ fn a_box_whose_spot_price_rises_over_the_ceiling_is_moved_under_it_and_the_old_o
     assert_eq!(new["instance_type"], "t3a.micro", "{new}");
     assert_eq!(new["zone"], first["zone"], "the volume keeps the zone");
     let old = first["instance_id"].as_str().expect("id");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let state = cli.moto.boto(&format!(
-            "print(ec2.describe_instances(InstanceIds=['{old}'])['Reservations'][0]['Instances'][0]['State']['Name'])"
-        ));
-        if matches!(state.trim(), "shutting-down" | "terminated") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the over-ceiling instance was not retired ({})\n{}",
-            state.trim(),
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let state = || {
+        cli.moto
+            .boto(&format!(
+                "print(ec2.describe_instances(InstanceIds=['{old}'])['Reservations'][0]['Instances'][0]['State']['Name'])"
+            ))
+            .trim()
+            .to_owned()
+    };
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        || matches!(state().as_str(), "shutting-down" | "terminated").then_some(()),
+        || {
+            format!(
+                "the over-ceiling instance was not retired ({})\n{}",
+                state(),
+                serve.log()
+            )
+        },
+    );
     let events = common::http_get(
         api_port,
         "/api/events?box=dev",
@@ -765,22 +774,18 @@ fn a_stop_through_the_api_answers_at_once_takes_the_name_first_and_a_killed_daem
     let _ = serve.child.wait();
     assert_eq!(instance_state(&cli, &old), "shutting-down");
     let serve = Serve::start(&cli);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let view = loop {
-        let view = body(
+    let read = || {
+        body(
             &common::http_get(api_port, "/api/boxes/dev", Some(TOKEN))
                 .unwrap_or_else(|_| "HTTP/1.1 000\r\n\r\n{}".into()),
-        );
-        if view["stop"]["state"] == "done" {
-            break view;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the stop was not finished: {view}\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
+        )
     };
+    let view = eventually(
+        Duration::from_secs(90),
+        Duration::from_millis(300),
+        || Some(read()).filter(|v| v["stop"]["state"] == "done"),
+        || format!("the stop was not finished: {}\n{}", read(), serve.log()),
+    );
     assert_eq!(view["managed"], false, "{view}");
     assert_eq!(
         steps(&view),

@@ -5,8 +5,9 @@
 //! answering 500 or garbage holds the pool.
 
 use crate::common;
+use spotkeeper_testkit::eventually;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::{Cli, Demand, Serve, demand_server, describe};
 use serde_json::Value;
@@ -62,20 +63,22 @@ fn show(cli: &Cli) -> Value {
 
 /// Waits until `pool show` has `desired` and the emulator `units` live units.
 fn wait_for(cli: &Cli, serve: &Serve, desired: i64, want_units: usize) -> Vec<(String, String)> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let view = show(cli);
-        let live = pool_instances(cli);
-        if view["desired"] == desired && units(&live) == want_units {
-            return live;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pool not at desired {desired} / {want_units} units within 60s: {view:#}\nlive: {live:?}\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || {
+            let live = pool_instances(cli);
+            (show(cli)["desired"] == desired && units(&live) == want_units).then_some(live)
+        },
+        || {
+            format!(
+                "pool not at desired {desired} / {want_units} units within 60s: {:#}\nlive: {:?}\n{}",
+                show(cli),
+                pool_instances(cli),
+                serve.log()
+            )
+        },
+    )
 }
 
 #[test]
@@ -116,18 +119,17 @@ fn a_pool_follows_its_demand_within_max_and_holds_when_the_demand_source_fails()
     cli.moto
         .set_market(&[("t3.micro", Some(0.02)), ("t3.large", Some(0.03))], &[]);
     // A pass reads prices before the demand: wait until one has seen these.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while show(&cli)["reasons"]
-        .to_string()
-        .contains("over the price ceiling")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the new price was never read\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        || {
+            (!show(&cli)["reasons"]
+                .to_string()
+                .contains("over the price ceiling"))
+            .then_some(())
+        },
+        || format!("the new price was never read\n{}", serve.log()),
+    );
     *answer.lock().expect("lock") = Demand::Jobs(5);
     let live = wait_for(&cli, &serve, 5, 5);
     assert_eq!(live.len(), 4, "3 × micro + 1 × large: {live:?}");
@@ -140,16 +142,13 @@ fn a_pool_follows_its_demand_within_max_and_holds_when_the_demand_source_fails()
     // The demand source fails: the pool holds at 8, says why, never shrinks.
     for bad in [Demand::Status500, Demand::Garbage] {
         *answer.lock().expect("lock") = bad.clone();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let view = show(&cli);
-            if view["held"].is_string() {
-                assert_eq!(view["desired"], 8, "{view:#}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "never held on {bad:?}: {view:#}");
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        let view = eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(300),
+            || Some(show(&cli)).filter(|v| v["held"].is_string()),
+            || format!("never held on {bad:?}: {:#}", show(&cli)),
+        );
+        assert_eq!(view["desired"], 8, "{view:#}");
         // Several passes (interval 1s, scale_down_after 3s) later: still 8.
         common::wait_passes(api_port, 4, &serve);
         assert_eq!(units(&pool_instances(&cli)), 8, "{bad:?}\n{}", serve.log());
