@@ -35,6 +35,25 @@ pub async fn connect(config: &Config) -> Result<AwsCloud, Failure> {
         .map_err(|e| Failure::Usage(e.into()))
 }
 
+/// The regions the config's boxes that `keep` selects list besides their
+/// home, each once, leaving out `home` (the region spotkeeper runs in).
+pub fn other_regions(
+    config: &Config,
+    home: Option<&str>,
+    keep: impl Fn(&spotkeeper_engine::config::BoxSpec) -> bool,
+) -> Vec<String> {
+    let mut regions: Vec<String> = config
+        .boxes
+        .values()
+        .filter(|b| keep(b))
+        .flat_map(|b| b.other_regions().iter().cloned())
+        .filter(|r| Some(r.as_str()) != home)
+        .collect();
+    regions.sort();
+    regions.dedup();
+    regions
+}
+
 /// [`connect`], to `region` instead of the config's (a box's other regions).
 pub async fn connect_in(config: &Config, region: &str) -> Result<AwsCloud, Failure> {
     let mut aws = config.aws.clone();

@@ -258,11 +258,7 @@ pub async fn restore(
             why: "it has no data volume to restore".into(),
         });
     };
-    for stale in named_volumes(cloud, owner, &vs.name).await? {
-        if stale.tags.contains_key(RETURNED_TAG) && stale.attachments.is_empty() {
-            cloud.delete_volume(&stale.id).await?;
-        }
-    }
+    delete_stale(cloud, owner, &vs.name).await?;
     let replicas = replicate::replicas(cloud, owner, &vs.name).await?;
     let newest = replicas
         .iter()
@@ -364,14 +360,6 @@ pub async fn return_copies(
     Ok(all)
 }
 
-/// Whether a return of the box is under way: its last copy home started.
-pub async fn returning(home: &dyn Cloud, owner: &str, spec: &BoxSpec) -> Result<bool, BoxError> {
-    Ok(return_copies(home, owner, spec)
-        .await?
-        .iter()
-        .any(|(k, _)| k == LAST_COPY))
-}
-
 /// Where a return stands after [`return_step`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Return {
@@ -381,8 +369,9 @@ pub enum Return {
     Home(String),
 }
 
-/// One step of a box's return with its data volume, as far as it goes
-/// without waiting for a copy: a first copy home while the box still runs,
+/// One step of a box's return with its data volume (`copies`: its
+/// [`return_copies`], read by the caller), as far as it goes without
+/// waiting for a copy: a first copy home while the box still runs,
 /// then (once it completed) the instance away terminated and the last copy
 /// started, then (once that completed) the volumes away and at home marked
 /// stale and the home volume made from the copy. Each pass calls it again;
@@ -393,13 +382,12 @@ pub async fn return_step(
     away_cloud: &dyn Cloud,
     spec: &BoxSpec,
     away: &Away,
-    home_volume: Option<&Volume>,
+    (home_volume, copies): (Option<&Volume>, &[(String, spotkeeper_cloud::Snapshot)]),
 ) -> Result<Return, BoxError> {
-    let copies = return_copies(home.cloud, home.owner, spec).await?;
     let newest = |kind: &str| copies.iter().find(|(k, _)| k == kind).map(|(_, s)| s);
     if let Some(last) = newest(LAST_COPY) {
         return match last.state.as_str() {
-            "completed" => finish_return(home, away_cloud, spec, away, home_volume, &copies)
+            "completed" => finish_return(home, away_cloud, spec, away, home_volume, copies)
                 .await
                 .map(Return::Home),
             "error" => Err(BoxError::Failover {
@@ -462,11 +450,10 @@ async fn finish_return(
     if let Some(v) = home_volume {
         home.cloud.tag(&[v.id.to_string()], &stale).await?;
     }
-    let last = copies
-        .iter()
-        .find(|(k, _)| k == LAST_COPY)
-        .map(|(_, s)| s.id.clone());
-    restore_returned(home.cloud, home.owner, spec).await?;
+    let last = copies.iter().find(|(k, _)| k == LAST_COPY).map(|(_, s)| s);
+    if let Some(copy) = last {
+        restore_copy(home.cloud, home.owner, spec, copy).await?;
+    }
     let pre: Vec<String> = copies
         .iter()
         .filter(|(k, _)| k == PRE_COPY)
@@ -480,7 +467,7 @@ async fn finish_return(
     Ok(format!(
         "the data written in {} came with it ({})",
         away.region,
-        last.map(|l| l.to_string()).unwrap_or_default()
+        last.map(|l| l.id.to_string()).unwrap_or_default()
     ))
 }
 
@@ -563,20 +550,28 @@ pub async fn restore_returned(
     owner: &str,
     spec: &BoxSpec,
 ) -> Result<bool, BoxError> {
-    let Some(vs) = &spec.data_volume else {
+    let copies = return_copies(home, owner, spec).await?;
+    let Some((_, copy)) = copies
+        .iter()
+        .find(|(k, s)| k == LAST_COPY && s.state == "completed")
+    else {
         return Ok(false);
     };
-    let pending = home
-        .snapshots(
-            &crate::ownership::owner_filter(owner)
-                .with(VOLUME_TAG, &vs.name)
-                .with(RETURN_TAG, LAST_COPY),
-        )
-        .await?
-        .into_iter()
-        .find(|s| s.state == "completed" && s.tags.contains_key(COPY_OF_TAG));
-    let Some(copy) = pending else {
-        return Ok(false);
+    restore_copy(home, owner, spec, copy).await?;
+    Ok(true)
+}
+
+/// Makes the home data volume from `copy` (a completed last copy home), in
+/// the cheapest zone at home, and marks the copy done: an ordinary replica
+/// from now on.
+async fn restore_copy(
+    home: &dyn Cloud,
+    owner: &str,
+    spec: &BoxSpec,
+    copy: &spotkeeper_cloud::Snapshot,
+) -> Result<(), BoxError> {
+    let Some(vs) = &spec.data_volume else {
+        return Ok(());
     };
     let (zone, _) = zone_for(home, spec).await?;
     home.create_volume(
@@ -587,13 +582,12 @@ pub async fn restore_returned(
         &persist::volume_tags(owner, &spec.name, &vs.name),
     )
     .await?;
-    // Restored once: an ordinary replica from now on.
     home.tag(
         &[copy.id.to_string()],
         &[(RETURN_TAG.to_owned(), DONE_COPY.to_owned())],
     )
     .await?;
-    Ok(true)
+    Ok(())
 }
 
 /// Before `stop` at home: a box that lives in another region is taken down
@@ -641,22 +635,22 @@ pub async fn clear_stale(home: &dyn Cloud, away: &dyn Cloud, owner: &str, spec: 
     let Some(vs) = &spec.data_volume else {
         return;
     };
-    let filter = TagFilter::default()
-        .with(tags::NAME, &vs.name)
-        .with(tags::OWNER, owner)
-        .with(RETURNED_TAG, "true");
     for c in [home, away] {
-        match c.volumes(&filter).await {
-            Ok(stale) => {
-                for v in stale.iter().filter(|v| v.attachments.is_empty()) {
-                    if let Err(e) = c.delete_volume(&v.id).await {
-                        tracing::warn!(box_name = %spec.name, "deleting stale volume {}: {e}", v.id);
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(box_name = %spec.name, "listing stale volumes: {e}"),
+        if let Err(e) = delete_stale(c, owner, &vs.name).await {
+            tracing::warn!(box_name = %spec.name, "deleting stale volumes in {}: {e}", c.region());
         }
     }
+}
+
+/// Deletes the unattached volumes named `volume` in `cloud`'s region whose
+/// data went to another region ([`RETURNED_TAG`]).
+async fn delete_stale(cloud: &dyn Cloud, owner: &str, volume: &str) -> Result<(), CloudError> {
+    for stale in named_volumes(cloud, owner, volume).await? {
+        if stale.tags.contains_key(RETURNED_TAG) && stale.attachments.is_empty() {
+            cloud.delete_volume(&stale.id).await?;
+        }
+    }
+    Ok(())
 }
 
 /// "37 min" for a data age in seconds.

@@ -92,7 +92,7 @@ pub async fn setup(args: &Args) -> Result<ExitCode, Failure> {
     // EventBridge delivers a region's EC2 events in that region: each of the
     // boxes' other regions gets a queue of the same name and its rules.
     let mut elsewhere = Vec::new();
-    for region in other_regions(&config) {
+    for region in context::other_regions(&config, config.aws.region.as_deref(), |_| true) {
         let there = context::connect_in(&config, &region).await?;
         elsewhere.push((
             region,
@@ -200,7 +200,7 @@ pub async fn cleanup(args: &Args, all: bool, yes: bool) -> Result<ExitCode, Fail
     }
     let (queue, _) = context::event_queue(&cloud, &config).await?;
     done.extend(cloud.remove_event_plumbing(&queue, &config.owner).await?);
-    for region in other_regions(&config) {
+    for region in context::other_regions(&config, config.aws.region.as_deref(), |_| true) {
         let there = context::connect_in(&config, &region).await?;
         for line in there.remove_event_plumbing(&queue, &config.owner).await? {
             done.push(format!("{line} (in {region})"));
@@ -216,19 +216,6 @@ pub async fn cleanup(args: &Args, all: bool, yes: bool) -> Result<ExitCode, Fail
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The regions the config's boxes list besides their home, each once.
-fn other_regions(config: &spotkeeper_engine::config::Config) -> Vec<String> {
-    let mut regions: Vec<String> = config
-        .boxes
-        .values()
-        .flat_map(|b| b.other_regions().iter().cloned())
-        .filter(|r| Some(r.as_str()) != config.aws.region.as_deref())
-        .collect();
-    regions.sort();
-    regions.dedup();
-    regions
 }
 
 /// The SQS queues the config's pools read their demand from.

@@ -15,16 +15,8 @@ pub async fn run(args: &Args) -> Result<ExitCode, Failure> {
     let config = context::load_config(args, false)?;
     let cloud = context::connect(&config).await?;
     let mut instances = spotkeeper_engine::boxes::list(&cloud, &config.owner).await?;
-    let mut regions: Vec<&String> = config
-        .boxes
-        .values()
-        .flat_map(|b| b.other_regions())
-        .filter(|r| r.as_str() != cloud.region())
-        .collect();
-    regions.sort();
-    regions.dedup();
-    for region in regions {
-        let there = context::connect_in(&config, region).await?;
+    for region in context::other_regions(&config, Some(cloud.region()), |_| true) {
+        let there = context::connect_in(&config, &region).await?;
         instances.extend(spotkeeper_engine::boxes::list(&there, &config.owner).await?);
     }
     if args.json {

@@ -170,14 +170,9 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
 /// that failed over hears its spot warnings); one that cannot be opened is
 /// said and left out (the passes still see the box's instance go).
 async fn away_queues(config: &Config) -> Vec<Arc<dyn spotkeeper_cloud::EventQueue>> {
-    let mut regions: Vec<&String> = config
-        .boxes
-        .values()
-        .filter(|b| spotkeeper_engine::failover::blocked(b).is_none())
-        .flat_map(|b| b.other_regions())
-        .collect();
-    regions.sort();
-    regions.dedup();
+    let regions = context::other_regions(config, None, |b| {
+        spotkeeper_engine::failover::blocked(b).is_none()
+    });
     let mut queues: Vec<Arc<dyn spotkeeper_cloud::EventQueue>> = Vec::new();
     for region in regions {
         let opened = async {

@@ -117,9 +117,15 @@ impl Daemon<'_> {
                         why: format!("no handle to {}", away.region),
                     })?;
                 self.located(spec, Some(&away.region), away.instance.as_ref());
-                // A return under way goes on whatever the prices do now.
-                if self.return_due(spec) || failover::returning(&self.cloud, owner, spec).await? {
-                    return self.go_home(spec, cloud, home_volume, away).await.map(Some);
+                // A return under way (its last copy home started) goes on
+                // whatever the prices do now.
+                let copies = failover::return_copies(&self.cloud, owner, spec).await?;
+                let returning = copies.iter().any(|(k, _)| k == failover::LAST_COPY);
+                if self.return_due(spec) || returning {
+                    return self
+                        .go_home(spec, cloud, (home_volume, &copies), away)
+                        .await
+                        .map(Some);
                 }
                 self.stay_away(spec, cloud, &away).await.map(Some)
             }
@@ -512,16 +518,24 @@ impl Daemon<'_> {
         &self,
         spec: &BoxSpec,
         cloud: &dyn Cloud,
-        home_volume: Option<spotkeeper_cloud::Volume>,
+        (home_volume, copies): (
+            Option<spotkeeper_cloud::Volume>,
+            &[(String, spotkeeper_cloud::Snapshot)],
+        ),
         away: Away,
     ) -> Result<Vec<String>, BoxError> {
         let name = spec.name.as_str();
         let away_ctx = self.ctx_in(cloud);
         let data = match spec.data_volume {
             Some(_) => {
-                let step =
-                    failover::return_step(&self.ctx(), cloud, spec, &away, home_volume.as_ref())
-                        .await;
+                let step = failover::return_step(
+                    &self.ctx(),
+                    cloud,
+                    spec,
+                    &away,
+                    (home_volume.as_ref(), copies),
+                )
+                .await;
                 if let Some(i) = &away.instance {
                     self.seen_gone(cloud, &i.id).await;
                 }
