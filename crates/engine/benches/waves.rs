@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use spotkeeper_cloud::fake::{FakeCloud, FakeQueue};
 use spotkeeper_engine::boxes::{self, Silent, Timing};
 use spotkeeper_engine::config::{self, Config};
-use spotkeeper_engine::daemon::Daemon;
+use spotkeeper_engine::daemon::{CancellationToken, Daemon};
 use spotkeeper_engine::store::{Connections, DatabaseUrl, Store};
 
 const WAVE: usize = 64;
@@ -82,7 +82,8 @@ async fn wave(connections: Connections) -> Vec<f64> {
     let cfg = config("{ check = \"command\", command = \"sleep 5\", timeout = \"1m\" }");
     let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
     let queue = FakeQueue::new();
-    let (stop, rx) = tokio::sync::watch::channel(false);
+    let stop = CancellationToken::new();
+    let rx = stop.clone();
     let mut passes = daemon.passes();
     let watch = async {
         passes.wait_for(|p| *p >= 1).await.expect("a first pass");
@@ -101,7 +102,7 @@ async fn wave(connections: Connections) -> Vec<f64> {
             assert!(Instant::now() < deadline, "only {} launches", at.len());
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        stop.send(true).expect("daemon listening");
+        stop.cancel();
         at
     };
     let ((), at) = tokio::join!(daemon.run(&queue, rx), watch);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use spotkeeper_engine::api::{self, ApiState};
 use spotkeeper_engine::config::Config;
-use spotkeeper_engine::daemon::{Daemon, SqsQueue};
+use spotkeeper_engine::daemon::{CancellationToken, Daemon, SqsQueue};
 use spotkeeper_engine::event_kind::EventKind;
 use spotkeeper_engine::store::{Connections, Store};
 use tokio::signal::unix::{SignalKind, signal};
@@ -69,15 +69,16 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
             ))
         })?;
 
-    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = CancellationToken::new();
     let mut term = signal(SignalKind::terminate())
         .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot watch SIGTERM: {e}")))?;
     let mut int = signal(SignalKind::interrupt())
         .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot watch SIGINT: {e}")))?;
+    let signalled = stop.clone();
     tokio::spawn(async move {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         tracing::info!("stopping: dropping the work in flight; the next daemon resumes it");
-        let _ = tx.send(true);
+        signalled.cancel();
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         std::process::exit(INTERRUPTED);
     });
@@ -134,33 +135,42 @@ pub async fn run(args: &Args, insecure_listen: bool) -> Result<ExitCode, Failure
     // The API and /healthz first: a daemon that cannot reach AWS yet says
     // so there rather than exiting into a crash loop.
     let daemon_side = async {
-        let Some(queue) = queue_when_aws_answers(&cloud, &config, &daemon, rx.clone()).await?
-        else {
-            return Ok::<(), Failure>(());
+        let Some(queue) = queue_when_aws_answers(&cloud, &config, &daemon, &stop).await? else {
+            return Ok::<_, Failure>(tokio::task::JoinSet::new());
         };
-        notify(&daemon, &store, deliverers, &rx);
+        let sinks = notify(&daemon, &store, deliverers, &stop);
         let queue: Arc<dyn spotkeeper_cloud::EventQueue> = Arc::new(queue);
         let _ = queue_slot.set(queue.clone());
         let away = away_queues(&config).await;
-        daemon.run_with(queue.as_ref(), &away, rx.clone()).await;
-        Ok(())
+        daemon.run_with(queue.as_ref(), &away, stop.clone()).await;
+        Ok(sinks)
     };
-    let api = api::serve(listener, api_state, rx.clone());
+    let api = api::serve(listener, api_state, stop.clone());
     tokio::pin!(daemon_side, api);
-    tokio::select! {
+    let mut sinks = tokio::select! {
         // Stopped (the API follows), or a failure that ends `serve`.
         ran = &mut daemon_side => {
-            ran?;
+            let sinks = ran?;
             if let Err(e) = api.await {
                 tracing::warn!("the API server stopped with an error: {e}");
             }
+            sinks
         }
         served = &mut api => {
             if let Err(e) = served {
                 tracing::warn!("the API server stopped with an error: {e}");
             }
-            daemon_side.await?;
+            daemon_side.await?
         }
+    };
+    // The sinks stop with the rest; a delivery under way gets a moment to
+    // be recorded, so the next daemon does not send it again.
+    let stopped = async { while sinks.join_next().await.is_some() {} };
+    if tokio::time::timeout(std::time::Duration::from_secs(2), stopped)
+        .await
+        .is_err()
+    {
+        tracing::warn!("a notification sink did not stop within 2 s; its delivery may repeat");
     }
     tracing::info!("spotkeeper daemon stopped");
     Ok(ExitCode::SUCCESS)
@@ -204,7 +214,7 @@ async fn queue_when_aws_answers(
     cloud: &spotkeeper_cloud::AwsCloud,
     config: &spotkeeper_engine::config::Config,
     daemon: &Daemon<'_>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Result<Option<SqsQueue>, Failure> {
     let mut failures = 0u32;
     loop {
@@ -230,7 +240,7 @@ async fn queue_when_aws_answers(
             .unreachable(&format!("the event queue cannot be read: {err}"))
             .await;
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return Ok(None),
+            () = stop.cancelled() => return Ok(None),
             () = tokio::time::sleep(pause) => {}
         }
     }
@@ -271,35 +281,36 @@ async fn warn_of_other_owners(
     }
 }
 
-/// One task per sink: a receiver that hangs delays only its own notifications.
+/// One task per sink (`serve` waits for them at shutdown): a
+/// receiver that hangs delays only its own notifications.
 fn notify(
     daemon: &Daemon<'_>,
     store: &spotkeeper_engine::store::Store,
     deliverers: Vec<spotkeeper_engine::notify::Deliverer>,
-    rx: &tokio::sync::watch::Receiver<bool>,
-) {
+    stop: &CancellationToken,
+) -> tokio::task::JoinSet<()> {
+    let mut sinks = tokio::task::JoinSet::new();
     for mut d in deliverers {
         d.gate = Some(daemon.fleet_gate());
-        let (store, metrics, mut stop) = (store.clone(), daemon.metrics(), rx.clone());
-        tokio::spawn(async move {
+        let (store, metrics, stop) = (store.clone(), daemon.metrics(), stop.clone());
+        sinks.spawn(async move {
             loop {
-                let stopped = stop.clone();
-                let stopped = async move {
-                    let mut s = stopped;
-                    let _ = s.wait_for(|s| *s).await;
-                };
-                match d.run(store.clone(), metrics.clone(), stopped).await {
+                match d
+                    .run(store.clone(), metrics.clone(), stop.cancelled())
+                    .await
+                {
                     Ok(()) => break,
                     // The state store failed: the cursor there is the truth, start again from it.
                     Err(e) => tracing::error!(sink = %d.name(), "notifications paused: {e}"),
                 }
                 tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
+                    () = stop.cancelled() => break,
                     () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
                 }
             }
         });
     }
+    sinks
 }
 
 /// Refuses to start (PostgreSQL) when what this daemon may open and what

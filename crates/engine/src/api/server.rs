@@ -36,12 +36,12 @@ impl Default for Limits {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` flips, with the default
+/// Serves the API on `listener` until `shutdown` is cancelled, with the default
 /// [`Limits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     serve_with(listener, state, shutdown, Limits::default()).await
 }
@@ -51,7 +51,7 @@ pub async fn serve(
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     state: ApiState,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio_util::sync::CancellationToken,
     limits: Limits,
 ) -> std::io::Result<()> {
     let request = limits.request;
@@ -67,8 +67,7 @@ pub async fn serve_with(
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
-            // (The guard `wait_for` returns is not Send: dropped inside.)
-            _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => break,
+            () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {

@@ -13,7 +13,7 @@ use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use spotkeeper_cloud::{Instance, SshSettings};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
 use super::Daemon;
@@ -87,13 +87,13 @@ impl Daemon<'_> {
     pub(super) async fn hook_loop(
         &self,
         mut jobs: mpsc::UnboundedReceiver<HookJob>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: tokio_util::sync::CancellationToken,
     ) {
         let mut running: FuturesUnordered<BoxFuture<'_, ()>> = FuturesUnordered::new();
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => break,
+                () = shutdown.cancelled() => break,
                 Some(job) = jobs.recv() => {
                     let span = tracing::info_span!(
                         "hook",

@@ -431,7 +431,7 @@ impl Daemon<'_> {
     }
 
     /// Renews and rebalances between passes; a subject taken wakes a pass.
-    pub(super) async fn renew_loop(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub(super) async fn renew_loop(&self, shutdown: tokio_util::sync::CancellationToken) {
         loop {
             // Wakes for the moment AWS has been silent too long, too.
             let wait = match self.until_cut_off() {
@@ -441,7 +441,7 @@ impl Daemon<'_> {
                 _ => self.renew_every(),
             };
             tokio::select! {
-                _ = shutdown.changed() => break,
+                () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(wait) => {}
             }
             if self.lock_memory().subjects.is_empty() {
@@ -458,11 +458,11 @@ impl Daemon<'_> {
     /// Wakes a pass when another daemon received a warning for a box this
     /// one holds (PostgreSQL `LISTEN`): the pass reads the doomed instance
     /// and replaces it, instead of at the next interval.
-    pub(super) async fn listen_loop(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub(super) async fn listen_loop(&self, shutdown: tokio_util::sync::CancellationToken) {
         let mut failures = 0u32;
         loop {
             let listener = tokio::select! {
-                _ = shutdown.changed() => return,
+                () = shutdown.cancelled() => return,
                 l = self.store.wake_listener() => l,
             };
             let mut listener = match listener {
@@ -472,7 +472,7 @@ impl Daemon<'_> {
                     failures += 1;
                     tracing::warn!("cannot listen for the other daemons: {e}");
                     tokio::select! {
-                        _ = shutdown.changed() => return,
+                        () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(super::backoff(failures, Duration::from_secs(60))) => {}
                     }
                     continue;
@@ -481,7 +481,7 @@ impl Daemon<'_> {
             failures = 0;
             loop {
                 let woke = tokio::select! {
-                    _ = shutdown.changed() => return,
+                    () = shutdown.cancelled() => return,
                     w = listener.next() => w,
                 };
                 match woke {

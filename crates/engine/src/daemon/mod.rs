@@ -59,6 +59,8 @@ use crate::pools::pass::PoolMemory;
 use crate::pools::plan::OfferingKey;
 use crate::store::Store;
 pub use spotkeeper_cloud::{EventQueue, SqsQueue};
+/// What stops the daemon and its API (`serve` cancels it at SIGTERM or SIGINT).
+pub use tokio_util::sync::CancellationToken;
 
 /// How long an interrupted (type, zone) offering is avoided: capacity that
 /// was just reclaimed rarely comes back within minutes.

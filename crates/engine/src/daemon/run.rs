@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::boxes;
@@ -27,11 +28,11 @@ impl Daemon<'_> {
         }
     }
 
-    /// Runs until `shutdown` flips: a pass at start (boxes lost while the
+    /// Runs until `shutdown` is cancelled: a pass at start (boxes lost while the
     /// daemon was down), then one per interval and one per event, with
     /// tasks beside them. On shutdown whatever is in flight is dropped at
     /// once; the next daemon resumes it.
-    pub async fn run(&self, queue: &dyn EventQueue, shutdown: watch::Receiver<bool>) {
+    pub async fn run(&self, queue: &dyn EventQueue, shutdown: CancellationToken) {
         self.run_with(queue, &[], shutdown).await;
     }
 
@@ -42,7 +43,7 @@ impl Daemon<'_> {
         &self,
         queue: &dyn EventQueue,
         away: &[std::sync::Arc<dyn EventQueue>],
-        shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (hook_tx, hook_rx) = mpsc::unbounded_channel();
@@ -77,11 +78,11 @@ impl Daemon<'_> {
         self.leave().await;
     }
 
-    async fn receive(&self, queue: &dyn EventQueue, mut stop: watch::Receiver<bool>) {
+    async fn receive(&self, queue: &dyn EventQueue, stop: CancellationToken) {
         let mut failures = 0u32;
         loop {
             let batch = tokio::select! {
-                _ = stop.changed() => break,
+                () = stop.cancelled() => break,
                 b = queue.receive() => b,
             };
             let messages = match batch {
@@ -93,7 +94,7 @@ impl Daemon<'_> {
                     failures += 1;
                     tracing::warn!("receiving events failed: {e}");
                     tokio::select! {
-                        _ = stop.changed() => break,
+                        () = stop.cancelled() => break,
                         _ = tokio::time::sleep(backoff(failures, Duration::from_secs(30))) => {}
                     }
                     continue;
@@ -102,7 +103,7 @@ impl Daemon<'_> {
             // The messages of a batch are handled together: a wave of
             // warnings is ten at a time, not one after the other.
             futures_util::future::join_all(messages.iter().map(|m| self.intake(queue, m))).await;
-            if *stop.borrow() {
+            if stop.is_cancelled() {
                 break;
             }
         }
@@ -137,7 +138,7 @@ impl Daemon<'_> {
     async fn reconcile_loop(
         &self,
         mut fast: mpsc::UnboundedReceiver<Job>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) {
         let mut runner = Runner::new(self.config.max_tasks);
         let mut pass: Option<futures_util::future::BoxFuture<'_, Result<PassOutcome, BoxError>>> =
@@ -148,7 +149,7 @@ impl Daemon<'_> {
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => break,
+                () = shutdown.cancelled() => break,
                 Some(job) = fast.recv() => {
                     let what = job.subject.clone();
                     let offered = runner.offer(self, job);

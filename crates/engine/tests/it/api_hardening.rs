@@ -11,6 +11,7 @@ use std::time::Duration;
 use spotkeeper_cloud::fake::FakeCloud;
 use spotkeeper_engine::api::{self, ApiState, Limits};
 use spotkeeper_engine::config::{self, Secret};
+use spotkeeper_engine::daemon::CancellationToken;
 use spotkeeper_engine::store::Store;
 
 fn config() -> config::Config {
@@ -83,7 +84,8 @@ async fn slow_clients_are_cut_off_and_connections_are_bounded() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (stop, rx) = tokio::sync::watch::channel(false);
+    let stop = CancellationToken::new();
+    let rx = stop.clone();
     let limits = Limits {
         header_read: Duration::from_millis(500),
         request: Duration::from_secs(5),
@@ -122,6 +124,6 @@ async fn slow_clients_are_cut_off_and_connections_are_bounded() {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     });
     client.await.expect("client checks");
-    stop.send(true).expect("server running");
+    stop.cancel();
     server.await.expect("joined").expect("served");
 }

@@ -13,7 +13,7 @@ use spotkeeper_cloud::fake::{FakeCloud, FakeQueue};
 use spotkeeper_cloud::{Instance, InstanceState};
 use spotkeeper_engine::boxes::{self, Timing};
 use spotkeeper_engine::config::{self, Config};
-use spotkeeper_engine::daemon::Daemon;
+use spotkeeper_engine::daemon::{CancellationToken, Daemon};
 use spotkeeper_engine::store::Store;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
@@ -70,7 +70,7 @@ async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 async fn drive(
     daemon: &Daemon<'_>,
     queue: &FakeQueue,
-    rx: watch::Receiver<bool>,
+    rx: CancellationToken,
     test: impl std::future::Future<Output = ()>,
     limit: Duration,
 ) {
@@ -94,10 +94,11 @@ fn harness(
     daemon: &Daemon<'_>,
 ) -> (
     FakeQueue,
-    (watch::Sender<bool>, watch::Receiver<bool>),
+    (CancellationToken, CancellationToken),
     watch::Receiver<u64>,
 ) {
-    (FakeQueue::new(), watch::channel(false), daemon.passes())
+    let stop = CancellationToken::new();
+    (FakeQueue::new(), (stop.clone(), stop), daemon.passes())
 }
 
 #[tokio::test]
@@ -140,7 +141,7 @@ async fn run_deletes_handled_messages_keeps_failed_ones_and_stops_on_shutdown() 
             live_of(&cloud, "b0").iter().any(|i| i.id != first[0].id)
         })
         .await;
-        stop.send(true).expect("daemon listening");
+        stop.cancel();
     };
     drive(&daemon, &queue, rx, test, Duration::from_secs(20)).await;
 }
@@ -177,7 +178,7 @@ async fn a_wave_of_twenty_warnings_is_replaced_concurrently() {
             })
             .await;
         }
-        stop.send(true).expect("daemon listening");
+        stop.cancel();
     };
     drive(&daemon, &queue, rx, test, Duration::from_secs(30)).await;
 }
@@ -193,7 +194,8 @@ async fn an_image_pending_for_minutes_does_not_hold_another_boxs_replacement() {
     cloud.set_delay("CreateImage", Duration::from_secs(600));
     let daemon = Daemon::new(&cloud, &store, &cfg, locks.path()).with_timing(TIMING);
     let queue = FakeQueue::new();
-    let (stop, rx) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let rx = stop.clone();
     let b1 = first
         .iter()
         .find(|i| i.tag("spotkeeper:box") == Some("b1"))
@@ -223,7 +225,7 @@ async fn an_image_pending_for_minutes_does_not_hold_another_boxs_replacement() {
             daemon.metrics().render()
         );
         assert!(took < Duration::from_secs(1), "replaced after {took:?}");
-        stop.send(true).expect("daemon listening");
+        stop.cancel();
     };
     // Shutdown does not wait for the image.
     drive(&daemon, &queue, rx, test, Duration::from_secs(30)).await;
@@ -259,7 +261,7 @@ async fn shutdown_drops_a_hung_launch_at_once_and_the_next_daemon_resumes_it_wit
             assert!(Instant::now() < deadline, "no new intent");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        stop.send(true).expect("daemon listening");
+        stop.cancel();
     };
     let stopped = Instant::now();
     // Run returns at once, the hung launch dropped.
@@ -314,7 +316,7 @@ async fn failing_passes_back_off_say_so_and_recover() {
             m.contains("spotkeeper_reconcile_pass_seconds_count 3"),
             "{m}"
         );
-        stop.send(true).expect("daemon listening");
+        stop.cancel();
     };
     // Recovered after the backoff.
     drive(&daemon, &queue, rx, test, Duration::from_secs(30)).await;
