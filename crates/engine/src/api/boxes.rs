@@ -145,11 +145,8 @@ pub(super) fn live(state: &ApiState) -> (Option<i64>, Vec<spotkeeper_cloud::Inst
     }
 }
 
-pub(super) async fn list_boxes(State(state): State<ApiState>) -> Response {
-    let managed = match state.store.managed_boxes(&state.config.owner).await {
-        Ok(m) => m,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+pub(super) async fn list_boxes(State(state): State<ApiState>) -> ApiResult {
+    let managed = state.store.managed_boxes(&state.config.owner).await?;
     let (observed_at, live) = live(&state);
     let prices = latest_prices(&state).await;
     let mut out = Vec::new();
@@ -166,28 +163,21 @@ pub(super) async fn list_boxes(State(state): State<ApiState>) -> Response {
             .await,
         );
     }
-    Json(Value::Array(out)).into_response()
+    Ok(Json(Value::Array(out)).into_response())
 }
 
-pub(super) async fn get_box(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
-    let managed = match state.store.managed_boxes(&state.config.owner).await {
-        Ok(m) => m,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let stop = match state.store.stop_job(&state.config.owner, &name).await {
-        Ok(j) => j,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+pub(super) async fn get_box(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult {
+    let managed = state.store.managed_boxes(&state.config.owner).await?;
+    let stop = state.store.stop_job(&state.config.owner, &name).await?;
     let Some(b) = managed.iter().find(|b| b.name == name) else {
         // A box whose stop is done: what the stop did.
         return match stop {
             Some(job) => {
-                Json(json!({ "name": name, "managed": false, "stop": job })).into_response()
+                Ok(Json(json!({ "name": name, "managed": false, "stop": job })).into_response())
             }
-            None => error(
-                StatusCode::NOT_FOUND,
-                format!("no managed box named {name:?}"),
-            ),
+            None => Err(ApiError::not_found(format!(
+                "no managed box named {name:?}"
+            ))),
         };
     };
     let (observed_at, live) = live(&state);
@@ -204,40 +194,30 @@ pub(super) async fn get_box(State(state): State<ApiState>, Path(name): Path<Stri
     if let Some(job) = stop.filter(StopJob::open) {
         body["stop"] = json!(job);
     }
-    Json(body).into_response()
+    Ok(Json(body).into_response())
 }
 
 pub(super) async fn register_box(
     State(state): State<ApiState>,
     body: Result<Json<Value>, JsonRejection>,
-) -> Response {
-    let (name, body) = match named_body(body, "box") {
-        Ok(nb) => nb,
-        Err((status, message)) => return error(status, message),
-    };
+) -> ApiResult {
+    let (name, body) = named_body(body, "box")?;
     if state.config.boxes.contains_key(&name) {
-        return error(
-            StatusCode::CONFLICT,
-            format!("box {name:?} is defined in the config file; register another name"),
-        );
+        return Err(ApiError::conflict(format!(
+            "box {name:?} is defined in the config file; register another name"
+        )));
     }
-    let spec = match parse_box_json(&name, &body).and_then(|spec| {
-        refuse_code(&state.config, &body)?;
-        Ok(spec)
-    }) {
-        Ok(spec) => spec,
-        Err(message) => return error(StatusCode::UNPROCESSABLE_ENTITY, message),
-    };
-    if let Err((status, message)) = name_and_volumes_free(&state, &spec).await {
-        return error(status, message);
-    }
-    if let Err(e) = state
+    let spec = parse_box_json(&name, &body)
+        .and_then(|spec| {
+            refuse_code(&state.config, &body)?;
+            Ok(spec)
+        })
+        .map_err(ApiError::unprocessable)?;
+    name_and_volumes_free(&state, &spec).await?;
+    state
         .store
         .register_box(&state.config.owner, &name, "api", Some(&body.to_string()))
-        .await
-    {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    }
+        .await?;
     let _ = state
         .store
         .record_event(
@@ -248,11 +228,11 @@ pub(super) async fn register_box(
         )
         .await;
     state.wake.notify_one();
-    (
+    Ok((
         StatusCode::CREATED,
         Json(json!({ "name": name, "registered": true })),
     )
-        .into_response()
+        .into_response())
 }
 
 /// Refuses a registration that would take over what another box has: a
@@ -263,12 +243,8 @@ pub(super) async fn register_box(
 pub(super) async fn name_and_volumes_free(
     state: &ApiState,
     spec: &crate::config::BoxSpec,
-) -> Result<(), (StatusCode, String)> {
-    let managed = state
-        .store
-        .managed_boxes(&state.config.owner)
-        .await
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+) -> ApiResult<()> {
+    let managed = state.store.managed_boxes(&state.config.owner).await?;
     name_free(state, &spec.name, &managed).await?;
     // The other boxes: the config's and the registered ones.
     let mut others: Vec<crate::config::BoxSpec> = state
@@ -298,29 +274,19 @@ pub(super) async fn name_free(
     state: &ApiState,
     name: &str,
     managed: &[crate::store::ManagedBox],
-) -> Result<(), (StatusCode, String)> {
-    let stopping = state
-        .store
-        .stop_job(&state.config.owner, name)
-        .await
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+) -> ApiResult<()> {
+    let stopping = state.store.stop_job(&state.config.owner, name).await?;
     if stopping.is_some_and(|j| j.open()) {
-        return Err((
-            StatusCode::CONFLICT,
-            format!(
-                "box {name:?} is being stopped; register it again once its stop is done (GET it)"
-            ),
-        ));
+        return Err(ApiError::conflict(format!(
+            "box {name:?} is being stopped; register it again once its stop is done (GET it)"
+        )));
     }
     let registered = managed.iter().find(|b| b.name == name);
     if let Some(b) = registered.filter(|b| b.source != "api") {
-        return Err((
-            StatusCode::CONFLICT,
-            format!(
-                "box {name:?} was started by `{}` from a config file; register another name",
-                b.source
-            ),
-        ));
+        return Err(ApiError::conflict(format!(
+            "box {name:?} was started by `{}` from a config file; register another name",
+            b.source
+        )));
     }
     if registered.is_some() {
         return Ok(());
@@ -328,16 +294,12 @@ pub(super) async fn name_free(
     let running = state
         .cloud
         .instances(&crate::ownership::box_filter(&state.config.owner, name))
-        .await
-        .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+        .await?;
     match running.iter().find(|i| i.state.is_live()) {
-        Some(i) => Err((
-            StatusCode::CONFLICT,
-            format!(
-                "box {name:?} runs already ({}), started from a config file; register another name",
-                i.id
-            ),
-        )),
+        Some(i) => Err(ApiError::conflict(format!(
+            "box {name:?} runs already ({}), started from a config file; register another name",
+            i.id
+        ))),
         None => Ok(()),
     }
 }
@@ -350,16 +312,13 @@ pub(super) async fn volume_free(
     role: crate::persist::Role,
     vs: &crate::config::VolumeSpec,
     others: &[crate::config::BoxSpec],
-) -> Result<(), (StatusCode, String)> {
+) -> ApiResult<()> {
     let taken = |whose: String| {
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "{}.name: volume {:?} is {whose}; a volume belongs to one box",
-                role.key(),
-                vs.name
-            ),
-        )
+        ApiError::unprocessable(format!(
+            "{}.name: volume {:?} is {whose}; a volume belongs to one box",
+            role.key(),
+            vs.name
+        ))
     };
     for other in others {
         if let Some((other_role, _)) = crate::persist::volume_specs(other)
@@ -376,8 +335,7 @@ pub(super) async fn volume_free(
     let tagged = state
         .cloud
         .volumes(&crate::ownership::owner_filter(&state.config.owner).with(tags::NAME, &vs.name))
-        .await
-        .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+        .await?;
     match tagged.iter().find_map(|v| {
         v.tags
             .get(tags::BOX)
@@ -400,22 +358,17 @@ pub(super) async fn delete_box(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
+) -> ApiResult {
     let Ok(Query(q)) = query else {
-        return error(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::bad_request(
             "the only query parameter is stop=true|false",
-        );
+        ));
     };
-    let managed = match state.store.managed_boxes(&state.config.owner).await {
-        Ok(m) => m,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+    let managed = state.store.managed_boxes(&state.config.owner).await?;
     let Some(b) = managed.into_iter().find(|b| b.name == name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no managed box named {name:?}"),
-        );
+        return Err(ApiError::not_found(format!(
+            "no managed box named {name:?}"
+        )));
     };
     if !q.stop {
         return deregister(&state, &name).await;
@@ -424,24 +377,19 @@ pub(super) async fn delete_box(
     match crate::desired::box_spec(&state.config, &name, b.spec.as_deref()) {
         Ok(Some(_)) => {}
         Ok(None) => {
-            return error(
-                StatusCode::CONFLICT,
-                format!("box {name:?} is no longer in the config; stop it with the CLI"),
-            );
+            return Err(ApiError::conflict(format!(
+                "box {name:?} is no longer in the config; stop it with the CLI"
+            )));
         }
         Err(m) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("stored box is refused or does not parse: {m}"),
-            );
+            return Err(ApiError::internal(format!(
+                "stored box is refused or does not parse: {m}"
+            )));
         }
     }
     // Recorded, then done by the daemon (or the next one) as a job: a stop
     // takes minutes (instances going, snapshots), a request does not.
-    let job = match state.store.request_stop(&state.config.owner, &name).await {
-        Ok(j) => j,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+    let job = state.store.request_stop(&state.config.owner, &name).await?;
     if let Err(e) = state
         .store
         .record_event(
@@ -455,35 +403,33 @@ pub(super) async fn delete_box(
         tracing::warn!("recording the stop request: {e}");
     }
     state.wake.notify_one();
-    (
+    Ok((
         StatusCode::ACCEPTED,
         [(axum::http::header::LOCATION, format!("/api/boxes/{name}"))],
         Json(json!({ "name": name, "stop": job })),
     )
-        .into_response()
+        .into_response())
 }
 
 /// `DELETE /api/boxes/{name}` without `stop`: no longer managed, left running.
-pub(super) async fn deregister(state: &ApiState, name: &str) -> Response {
+pub(super) async fn deregister(state: &ApiState, name: &str) -> ApiResult {
     // A box being stopped stays managed until its stop is done (the
     // daemons run the jobs of the boxes they manage).
-    match state.store.deregister_box(&state.config.owner, name).await {
-        Ok(true) => {
-            Json(json!({ "name": name, "deregistered": true, "stopped": false })).into_response()
-        }
-        Ok(false) => match state.store.stop_job(&state.config.owner, name).await {
-            Ok(Some(job)) if job.open() => error(
-                StatusCode::CONFLICT,
-                format!(
-                    "box {name:?} is being stopped; it is no longer managed once its stop is done (GET it)"
-                ),
-            ),
-            Ok(_) => error(
-                StatusCode::NOT_FOUND,
-                format!("no managed box named {name:?}"),
-            ),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    if state
+        .store
+        .deregister_box(&state.config.owner, name)
+        .await?
+    {
+        return Ok(
+            Json(json!({ "name": name, "deregistered": true, "stopped": false })).into_response(),
+        );
+    }
+    match state.store.stop_job(&state.config.owner, name).await? {
+        Some(job) if job.open() => Err(ApiError::conflict(format!(
+            "box {name:?} is being stopped; it is no longer managed once its stop is done (GET it)"
+        ))),
+        _ => Err(ApiError::not_found(format!(
+            "no managed box named {name:?}"
+        ))),
     }
 }

@@ -29,27 +29,24 @@ pub(super) fn chart_window(days: Option<u32>) -> Option<(i64, i64)> {
 pub(super) async fn price_chart(
     State(state): State<ApiState>,
     query: Result<Query<ChartQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
+) -> ApiResult {
     let Ok(Query(q)) = query else {
-        return error(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::bad_request(
             "query parameters: box=NAME or pool=NAME, days=1..30",
-        );
+        ));
     };
     let Some((since, until)) = chart_window(q.days) else {
-        return error(StatusCode::BAD_REQUEST, "days must be 1..30");
+        return Err(ApiError::bad_request("days must be 1..30"));
     };
     let (title, types, zones, ceiling) = match (&q.box_name, &q.pool) {
         (Some(name), None) => {
-            let stored = match state.store.managed_boxes(&state.config.owner).await {
-                Ok(m) => m.into_iter().find(|b| &b.name == name),
-                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            };
+            let stored = (state.store.managed_boxes(&state.config.owner).await?)
+                .into_iter()
+                .find(|b| &b.name == name);
             let Some(spec) = stored.and_then(|b| spec_of(&state, name, b.spec.as_deref())) else {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    format!("no managed box named {name:?}"),
-                );
+                return Err(ApiError::not_found(format!(
+                    "no managed box named {name:?}"
+                )));
             };
             (
                 format!("box {name}: spot price"),
@@ -59,12 +56,9 @@ pub(super) async fn price_chart(
             )
         }
         (None, Some(name)) => {
-            let pools = match crate::desired::pools(&state.config, &state.store).await {
-                Ok((p, _)) => p,
-                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            };
+            let (pools, _) = crate::desired::pools(&state.config, &state.store).await?;
             let Some((spec, _)) = pools.into_iter().find(|(p, _)| &p.name == name) else {
-                return error(StatusCode::NOT_FOUND, format!("no pool named {name:?}"));
+                return Err(ApiError::not_found(format!("no pool named {name:?}")));
             };
             let types = spec.types.iter().map(|t| t.instance_type.clone()).collect();
             (
@@ -74,12 +68,9 @@ pub(super) async fn price_chart(
                 spec.max_price,
             )
         }
-        _ => return error(StatusCode::BAD_REQUEST, "name one box=NAME or pool=NAME"),
+        _ => return Err(ApiError::bad_request("name one box=NAME or pool=NAME")),
     };
-    let samples = match samples_of(&state, &types, since).await {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+    let samples = samples_of(&state, &types, since).await?;
     let mut series: Vec<crate::charts::Series> = Vec::new();
     for p in samples
         .into_iter()
@@ -94,14 +85,14 @@ pub(super) async fn price_chart(
             }),
         }
     }
-    svg_response(crate::charts::svg(&crate::charts::Chart {
+    Ok(svg_response(crate::charts::svg(&crate::charts::Chart {
         title: &title,
         unit: "USD/hour",
         series: &series,
         ceiling,
         since,
         until,
-    }))
+    })))
 }
 
 /// The samples of the chart's types only: a region's every offering is
@@ -122,29 +113,24 @@ async fn samples_of(
 pub(super) async fn pool_chart(
     State(state): State<ApiState>,
     query: Result<Query<ChartQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
+) -> ApiResult {
     let Ok(Query(ChartQuery {
         pool: Some(name),
         box_name: None,
         days,
     })) = query
     else {
-        return error(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::bad_request(
             "query parameters: pool=NAME, days=1..30",
-        );
+        ));
     };
     let Some((since, until)) = chart_window(days) else {
-        return error(StatusCode::BAD_REQUEST, "days must be 1..30");
+        return Err(ApiError::bad_request("days must be 1..30"));
     };
-    let samples = match state
+    let samples = state
         .store
         .pool_samples(&state.config.owner, &name, since)
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+        .await?;
     let series = [
         crate::charts::Series {
             label: "desired".into(),
@@ -155,12 +141,12 @@ pub(super) async fn pool_chart(
             points: samples.iter().map(|&(t, _, c)| (t, c as f64)).collect(),
         },
     ];
-    svg_response(crate::charts::svg(&crate::charts::Chart {
+    Ok(svg_response(crate::charts::svg(&crate::charts::Chart {
         title: &format!("pool {name}: units"),
         unit: "units",
         series: &series,
         ceiling: None,
         since,
         until,
-    }))
+    })))
 }

@@ -21,23 +21,18 @@ pub(super) async fn drill_box(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     query: Result<Query<DrillQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
+) -> ApiResult {
     let Ok(Query(q)) = query else {
-        return error(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::bad_request(
             "the only query parameter is rebalance=true|false",
-        );
+        ));
     };
-    let instance = match may_drill(&state, &name).await {
-        Ok(i) => i,
-        Err(refused) => return refused,
-    };
+    let instance = may_drill(&state, &name).await?;
     let owner = &state.config.owner;
     let Some(queue) = state.queue.get() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(ApiError::unavailable(
             "the daemon has not opened its event queue yet",
-        );
+        ));
     };
     let drill = crate::drill::Drill::new(
         instance.id.as_str(),
@@ -50,69 +45,52 @@ pub(super) async fn drill_box(
         "drill: {} for {} sent through the API (event {})",
         drill.what, instance.id, drill.id
     );
-    if let Err(e) = state
+    state
         .store
         .record_event(owner, Some(&name), EventKind::Drill, &what)
+        .await?;
+    queue
+        .send(&drill.body)
         .await
-    {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    }
-    if let Err(e) = queue.send(&drill.body).await {
-        return error(
-            StatusCode::BAD_GATEWAY,
-            format!("the warning could not be sent: {e}"),
-        );
-    }
-    (
+        .map_err(|e| ApiError::bad_gateway(format!("the warning could not be sent: {e}")))?;
+    Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "box": name, "instance_id": instance.id, "event_id": drill.id })),
     )
-        .into_response()
+        .into_response())
 }
 
 /// The live spot instance the daemon last saw of a managed box without a
 /// drill in the last [`DRILL_EVERY`] seconds.
-async fn may_drill(state: &ApiState, name: &str) -> Result<spotkeeper_cloud::Instance, Response> {
+async fn may_drill(state: &ApiState, name: &str) -> ApiResult<spotkeeper_cloud::Instance> {
     let owner = &state.config.owner;
-    let internal =
-        |e: crate::store::StoreError| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    let managed = state.store.managed_boxes(owner).await.map_err(internal)?;
+    let managed = state.store.managed_boxes(owner).await?;
     if !managed.iter().any(|b| b.name == name) {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            format!("no managed box named {name:?}"),
-        ));
+        return Err(ApiError::not_found(format!(
+            "no managed box named {name:?}"
+        )));
     }
-    let recent = state
-        .store
-        .events(owner, Some(name), 50)
-        .await
-        .map_err(internal)?;
+    let recent = state.store.events(owner, Some(name), 50).await?;
     let now = crate::store::unix_now();
     if recent
         .iter()
         .any(|e| e.kind == EventKind::Drill.as_str() && now - e.at < DRILL_EVERY)
     {
-        return Err(error(
-            StatusCode::CONFLICT,
-            format!("box {name} had a drill less than {DRILL_EVERY} s ago; let it recover first"),
-        ));
+        return Err(ApiError::conflict(format!(
+            "box {name} had a drill less than {DRILL_EVERY} s ago; let it recover first"
+        )));
     }
     let (_, live) = live(state);
     let Some(instance) = live.into_iter().find(|i| i.tag(tags::BOX) == Some(name)) else {
-        return Err(error(
-            StatusCode::CONFLICT,
-            format!("box {name} has no live instance the daemon has seen"),
-        ));
+        return Err(ApiError::conflict(format!(
+            "box {name} has no live instance the daemon has seen"
+        )));
     };
     if instance.market != spotkeeper_cloud::Market::Spot {
-        return Err(error(
-            StatusCode::CONFLICT,
-            format!(
-                "box {name} runs {} on {}: AWS sends spot warnings only to spot instances",
-                instance.market, instance.id
-            ),
-        ));
+        return Err(ApiError::conflict(format!(
+            "box {name} runs {} on {}: AWS sends spot warnings only to spot instances",
+            instance.market, instance.id
+        )));
     }
     Ok(instance)
 }

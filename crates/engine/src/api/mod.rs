@@ -4,8 +4,9 @@
 //! nothing a client sends can panic the daemon.
 //!
 //! Here: the state, the router and the token check; the handlers by what
-//! they serve in `boxes`, `pools`, `status` and `charts`; the token file in
-//! `token`; the server and its limits in `server`.
+//! they serve in `boxes`, `pools`, `status` and `charts`; their one error
+//! type in `error`; the token file in `token`; the server and its limits in
+//! `server`.
 
 use crate::config::{Config, Secret, parse_box_json, refuse_code};
 use crate::event_kind::EventKind;
@@ -30,11 +31,13 @@ use tokio::sync::Notify;
 mod boxes;
 mod charts;
 mod drill;
+mod error;
 mod pools;
 mod server;
 mod status;
 mod token;
 
+pub use error::{ApiError, ApiResult};
 pub use server::{
     HEADER_READ_TIMEOUT, Limits, MAX_CONNECTIONS, REQUEST_TIMEOUT, serve, serve_with,
 };
@@ -101,10 +104,6 @@ impl std::fmt::Debug for ApiState {
     }
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
-}
-
 /// The router.
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
@@ -146,7 +145,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/", get(page))
         .nest("/api", api)
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -186,14 +185,15 @@ async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        None => error(
+        None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing Authorization: Bearer <token>",
-        ),
+        )
+        .into_response(),
         Some(t) if bool::from(t.as_bytes().ct_eq(state.token.expose().as_bytes())) => {
             next.run(request).await
         }
-        Some(_) => error(StatusCode::FORBIDDEN, "wrong token"),
+        Some(_) => ApiError::new(StatusCode::FORBIDDEN, "wrong token").into_response(),
     }
 }
 
@@ -207,27 +207,18 @@ fn spec_of(state: &ApiState, name: &str, stored: Option<&str>) -> Option<crate::
 
 /// A registration body: a JSON object with a string `name`, returned apart
 /// from the other fields.
-fn named_body(
-    body: Result<Json<Value>, JsonRejection>,
-    kind: &str,
-) -> Result<(String, Value), (StatusCode, String)> {
+fn named_body(body: Result<Json<Value>, JsonRejection>, kind: &str) -> ApiResult<(String, Value)> {
     let Json(mut body) = body.map_err(|e| {
-        (
+        ApiError::new(
             e.status(),
             format!("the body is not a JSON {kind}: {}", e.body_text()),
         )
     })?;
     let Some(object) = body.as_object_mut() else {
-        return Err((
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the body must be a JSON object".into(),
-        ));
+        return Err(ApiError::unprocessable("the body must be a JSON object"));
     };
     match object.remove("name") {
         Some(Value::String(name)) => Ok((name, body)),
-        _ => Err((
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "name: required, a string".into(),
-        )),
+        _ => Err(ApiError::unprocessable("name: required, a string")),
     }
 }

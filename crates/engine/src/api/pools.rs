@@ -3,13 +3,8 @@
 
 use super::*;
 
-pub(super) async fn pool_views(
-    state: &ApiState,
-    only: Option<&str>,
-) -> Result<Vec<Value>, Response> {
-    let (pools, _) = crate::desired::pools(&state.config, &state.store)
-        .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+pub(super) async fn pool_views(state: &ApiState, only: Option<&str>) -> ApiResult<Vec<Value>> {
+    let (pools, _) = crate::desired::pools(&state.config, &state.store).await?;
     let pools: Vec<_> = pools
         .into_iter()
         .filter(|(p, _)| only.is_none_or(|n| p.name == n))
@@ -17,10 +12,7 @@ pub(super) async fn pool_views(
     if let Some(name) = only
         && pools.is_empty()
     {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            format!("no pool named {name:?}"),
-        ));
+        return Err(ApiError::not_found(format!("no pool named {name:?}")));
     }
     // The daemon's last observation, borrowed: nothing described, nothing copied.
     let seen = state.seen.get();
@@ -42,25 +34,21 @@ pub(super) async fn pool_views(
         20,
     )
     .await
-    .map_err(|e| error(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    .map_err(|e| ApiError::bad_gateway(e.to_string()))?;
     Ok(views
         .into_iter()
         .map(|v| serde_json::to_value(v).unwrap_or(Value::Null))
         .collect())
 }
 
-pub(super) async fn list_pools(State(state): State<ApiState>) -> Response {
-    match pool_views(&state, None).await {
-        Ok(v) => Json(Value::Array(v)).into_response(),
-        Err(r) => r,
-    }
+pub(super) async fn list_pools(State(state): State<ApiState>) -> ApiResult {
+    let views = pool_views(&state, None).await?;
+    Ok(Json(Value::Array(views)).into_response())
 }
 
-pub(super) async fn get_pool(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
-    match pool_views(&state, Some(&name)).await {
-        Ok(mut v) => Json(v.pop().unwrap_or(Value::Null)).into_response(),
-        Err(r) => r,
-    }
+pub(super) async fn get_pool(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult {
+    let mut views = pool_views(&state, Some(&name)).await?;
+    Ok(Json(views.pop().unwrap_or(Value::Null)).into_response())
 }
 
 /// Registers a pool, or updates one registered earlier (the config file's
@@ -68,36 +56,24 @@ pub(super) async fn get_pool(State(state): State<ApiState>, Path(name): Path<Str
 pub(super) async fn register_pool(
     State(state): State<ApiState>,
     body: Result<Json<Value>, JsonRejection>,
-) -> Response {
-    let (name, body) = match named_body(body, "pool") {
-        Ok(nb) => nb,
-        Err((status, message)) => return error(status, message),
-    };
+) -> ApiResult {
+    let (name, body) = named_body(body, "pool")?;
     if state.config.pools.contains_key(&name) || state.config.boxes.contains_key(&name) {
-        return error(
-            StatusCode::CONFLICT,
-            format!("{name:?} is defined in the config file; register another name"),
-        );
+        return Err(ApiError::conflict(format!(
+            "{name:?} is defined in the config file; register another name"
+        )));
     }
-    if let Err(message) =
-        crate::config::parse_pool_json(&name, &body).and_then(|_| refuse_code(&state.config, &body))
-    {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, message);
-    }
-    if let Err(e) = state.store.pool_revived(&state.config.owner, &name).await {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    }
-    let existed = match state.store.pools(&state.config.owner).await {
-        Ok(p) => p.iter().any(|(n, _)| *n == name),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    if let Err(e) = state
+    crate::config::parse_pool_json(&name, &body)
+        .and_then(|_| refuse_code(&state.config, &body))
+        .map_err(ApiError::unprocessable)?;
+    state.store.pool_revived(&state.config.owner, &name).await?;
+    let existed = (state.store.pools(&state.config.owner).await?)
+        .iter()
+        .any(|(n, _)| *n == name);
+    state
         .store
         .register_pool(&state.config.owner, &name, &body.to_string())
-        .await
-    {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    }
+        .await?;
     let kind = if existed {
         EventKind::Updated
     } else {
@@ -113,7 +89,7 @@ pub(super) async fn register_pool(
         )
         .await;
     state.wake.notify_one();
-    (
+    Ok((
         if existed {
             StatusCode::OK
         } else {
@@ -121,7 +97,7 @@ pub(super) async fn register_pool(
         },
         Json(json!({ "name": name, kind.as_str(): true })),
     )
-        .into_response()
+        .into_response())
 }
 
 /// Deregisters an API pool and takes its capacity down: open spot requests
@@ -129,31 +105,25 @@ pub(super) async fn register_pool(
 pub(super) async fn delete_pool(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-) -> Response {
+) -> ApiResult {
     if state.config.pools.contains_key(&name) {
-        return error(
-            StatusCode::CONFLICT,
-            format!("pool {name:?} is defined in the config file; remove it there"),
-        );
+        return Err(ApiError::conflict(format!(
+            "pool {name:?} is defined in the config file; remove it there"
+        )));
     }
-    match state
+    if !state
         .store
         .deregister_pool(&state.config.owner, &name)
-        .await
+        .await?
     {
-        Ok(true) => {}
-        Ok(false) => return error(StatusCode::NOT_FOUND, format!("no pool named {name:?}")),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        return Err(ApiError::not_found(format!("no pool named {name:?}")));
     }
     // The evidence the daemon needs to collect what this call may leave
     // (a terminate that fails below, a launch racing the deletion).
-    if let Err(e) = state
+    state
         .store
         .pool_deleted(&state.config.owner, &name, "api")
-        .await
-    {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    }
+        .await?;
     match crate::pools::take_down(state.cloud.as_ref(), &state.config.owner, &name).await {
         Ok((cancelled, terminated)) => {
             let _ = state
@@ -165,14 +135,11 @@ pub(super) async fn delete_pool(
                     &format!("deleted through the API: cancelled {cancelled} requests, terminated {terminated} instances"),
                 )
                 .await;
-            Json(json!({ "name": name, "deleted": true, "cancelled": cancelled, "terminated": terminated }))
-                .into_response()
+            Ok(Json(json!({ "name": name, "deleted": true, "cancelled": cancelled, "terminated": terminated }))
+                .into_response())
         }
-        Err(e) => error(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "pool {name:?} deregistered, but taking it down failed (the daemon's cleanup retries): {e}"
-            ),
-        ),
+        Err(e) => Err(ApiError::bad_gateway(format!(
+            "pool {name:?} deregistered, but taking it down failed (the daemon's cleanup retries): {e}"
+        ))),
     }
 }

@@ -59,7 +59,8 @@ pub async fn serve_with(
         move |req: axum::extract::Request, next: middleware::Next| async move {
             match tokio::time::timeout(request, next.run(req)).await {
                 Ok(r) => r,
-                Err(_) => error(StatusCode::REQUEST_TIMEOUT, "the request took too long"),
+                Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "the request took too long")
+                    .into_response(),
             }
         },
     ));

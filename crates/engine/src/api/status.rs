@@ -14,25 +14,21 @@ pub(super) struct EventsQuery {
 pub(super) async fn events(
     State(state): State<ApiState>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
+) -> ApiResult {
     let Ok(Query(q)) = query else {
-        return error(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::bad_request(
             "query parameters: box=NAME, limit=1..1000",
-        );
+        ));
     };
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return error(StatusCode::BAD_REQUEST, "limit must be 1..1000");
+        return Err(ApiError::bad_request("limit must be 1..1000"));
     }
-    match state
+    let events = state
         .store
         .events(&state.config.owner, q.box_name.as_deref(), limit)
-        .await
-    {
-        Ok(e) => Json(e).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+        .await?;
+    Ok(Json(events).into_response())
 }
 
 #[derive(Deserialize)]
@@ -45,23 +41,22 @@ pub(super) struct CostQuery {
 pub(super) async fn cost(
     State(state): State<ApiState>,
     query: Result<Query<CostQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
+) -> ApiResult {
     let Ok(Query(q)) = query else {
-        return error(StatusCode::BAD_REQUEST, "query parameters: since=DURATION");
+        return Err(ApiError::bad_request("query parameters: since=DURATION"));
     };
     let since = q.since.as_deref().unwrap_or("30d");
     let window = match humantime::parse_duration(since) {
         Ok(w) if w <= std::time::Duration::from_secs(366 * 86_400) => w,
         _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
+            return Err(ApiError::bad_request(
                 "since must be a duration up to a year, like 30d or 12h",
-            );
+            ));
         }
     };
     let until = crate::store::unix_now();
     let from = until - i64::try_from(window.as_secs()).unwrap_or(0);
-    match crate::cost::report(
+    let report = crate::cost::report(
         state.cloud.as_ref(),
         &state.store,
         &state.config,
@@ -69,10 +64,8 @@ pub(super) async fn cost(
         until,
     )
     .await
-    {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(report).into_response())
 }
 
 /// Each box's savings over the cost window, for the metrics: from the same
@@ -104,11 +97,8 @@ pub(super) async fn refresh_savings(state: &ApiState) {
 
 /// The `[[notify]]` sinks: name, kind, events, how far delivery got and
 /// the last failure. Never the URL or the secret.
-pub(super) async fn notify_sinks(State(state): State<ApiState>) -> Response {
-    let cursors = match state.store.notify_cursors(&state.config.owner).await {
-        Ok(c) => c,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+pub(super) async fn notify_sinks(State(state): State<ApiState>) -> ApiResult {
+    let cursors = state.store.notify_cursors(&state.config.owner).await?;
     let sinks: Vec<Value> = state
         .config
         .notify
@@ -126,20 +116,17 @@ pub(super) async fn notify_sinks(State(state): State<ApiState>) -> Response {
             })
         })
         .collect();
-    Json(sinks).into_response()
+    Ok(Json(sinks).into_response())
 }
 
 /// The daemons sharing the owner's work (seen within a lease) and the
 /// leases each holds.
-pub(super) async fn daemons(State(state): State<ApiState>) -> Response {
+pub(super) async fn daemons(State(state): State<ApiState>) -> ApiResult {
     let now = crate::store::unix_now() * 1000;
     let owner = &state.config.owner;
     let since = now - state.config.lease.as_millis() as i64;
     let (daemons, leases) =
-        match tokio::try_join!(state.store.daemons(owner, since), state.store.leases(owner)) {
-            Ok(x) => x,
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        };
+        tokio::try_join!(state.store.daemons(owner, since), state.store.leases(owner))?;
     let daemons: Vec<Value> = daemons
         .iter()
         .map(|d| {
@@ -158,7 +145,7 @@ pub(super) async fn daemons(State(state): State<ApiState>) -> Response {
             })
         })
         .collect();
-    Json(json!({ "daemons": daemons, "leases": leases })).into_response()
+    Ok(Json(json!({ "daemons": daemons, "leases": leases })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -172,16 +159,17 @@ pub(super) struct LimitQuery {
 pub(super) async fn instances(
     State(state): State<ApiState>,
     query: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
+) -> ApiResult {
     let limit = match query {
         Ok(Query(q)) => q.limit.unwrap_or(100),
-        Err(_) => return error(StatusCode::BAD_REQUEST, "query parameters: limit=1..1000"),
+        Err(_) => return Err(ApiError::bad_request("query parameters: limit=1..1000")),
     };
     if !(1..=1000).contains(&limit) {
-        return error(StatusCode::BAD_REQUEST, "limit must be 1..1000");
+        return Err(ApiError::bad_request("limit must be 1..1000"));
     }
-    match state.store.seen_instances(&state.config.owner, limit).await {
-        Ok(i) => Json(i).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    let seen = state
+        .store
+        .seen_instances(&state.config.owner, limit)
+        .await?;
+    Ok(Json(seen).into_response())
 }
