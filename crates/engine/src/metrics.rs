@@ -91,6 +91,8 @@ pub struct Metrics {
     pub pass_seconds: Histogram,
     /// Box and pool tasks running, by kind (`replace`, `settle`, `image`, `back-to-spot`, `pool`).
     pub tasks: Family<KindLabel, Gauge>,
+    /// Box and pool tasks that failed, by kind.
+    pub task_failures: Family<KindLabel, Counter>,
     /// Pools whose instances are left alone, by why (`unreadable-pool`: a
     /// stored spec that does not parse; `unknown-pool`: no spec, no deletion).
     pub left_alone: Family<KindLabel, Gauge>,
@@ -238,6 +240,24 @@ fn register_leases(registry: &mut Registry) -> (Gauge, Counter, Gauge, Counter) 
 /// A per-box gauge of fractional values.
 type BoxGauge = Family<BoxLabel, Gauge<f64, std::sync::atomic::AtomicU64>>;
 
+/// The tasks' series: in flight, failed.
+fn register_tasks(
+    registry: &mut Registry,
+) -> (Family<KindLabel, Gauge>, Family<KindLabel, Counter>) {
+    let (tasks, failures) = (Family::default(), Family::default());
+    registry.register(
+        "tasks_in_flight",
+        "Box and pool tasks running, by kind",
+        tasks.clone(),
+    );
+    registry.register(
+        "task_failures",
+        "Box and pool tasks that failed, by kind",
+        failures.clone(),
+    );
+    (tasks, failures)
+}
+
 /// The per-box series: last recovery seconds, savings.
 fn register_boxes(registry: &mut Registry) -> (BoxGauge, BoxGauge) {
     let last_recovery_seconds = Family::default();
@@ -292,7 +312,6 @@ impl Default for Metrics {
         let pass_seconds = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 15),
         );
-        let tasks = Family::<KindLabel, Gauge>::default();
         registry.register(
             "reconcile_passes",
             "Reconcile passes finished, by result",
@@ -303,11 +322,7 @@ impl Default for Metrics {
             "Time one reconcile pass took (the tasks it started not included)",
             pass_seconds.clone(),
         );
-        registry.register(
-            "tasks_in_flight",
-            "Box and pool tasks running, by kind",
-            tasks.clone(),
-        );
+        let (tasks, task_failures) = register_tasks(&mut registry);
         let (left_alone, notifications) = (Family::default(), Family::default());
         register_upkeep(&mut registry, &left_alone, &notifications);
         let pools = PoolMetrics::default();
@@ -327,6 +342,7 @@ impl Default for Metrics {
             passes,
             pass_seconds,
             tasks,
+            task_failures,
             left_alone,
             notifications,
             events,
@@ -370,6 +386,15 @@ impl Metrics {
     /// A task of `kind` started.
     pub fn task_started(&self, kind: &str) {
         self.tasks
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A task of `kind` failed (its event is recorded, maybe once per state).
+    pub fn task_failed(&self, kind: &str) {
+        self.task_failures
             .get_or_create(&KindLabel {
                 kind: kind.to_owned(),
             })

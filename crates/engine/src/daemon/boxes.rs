@@ -16,7 +16,7 @@ use spotkeeper_cloud::{
     SpotRequestState,
 };
 
-use super::tasks::Work;
+use super::tasks::{Done, TaskError, TaskResult, Work};
 use super::{Daemon, ORPHAN_GRACE, Observation};
 use crate::boxes::{self, Avoid, BoxError, Known};
 use crate::config::BoxSpec;
@@ -389,20 +389,20 @@ impl Daemon<'_> {
     /// A replacement: `up` avoiding doomed instances and unavailable
     /// offerings (from `known` when the fast path has it), then the replaced
     /// instances are terminated.
-    pub(super) async fn replace(&self, spec: &BoxSpec, known: Option<&Known>) -> Vec<String> {
+    pub(super) async fn replace(&self, spec: &BoxSpec, known: Option<&Known>) -> TaskResult {
         let name = spec.name.as_str();
         // A box with other regions may live (or now go) elsewhere.
         if let Some(done) = self.elsewhere(spec).await {
             return done;
         }
-        let doomed: HashSet<InstanceId> = match self.store.doomed(&self.config.owner).await {
-            Ok(d) => d.into_iter().map(InstanceId::new).collect(),
-            Err(e) => {
-                self.record(Some(name), EventKind::ReplaceFailed, &e.to_string())
-                    .await;
-                return Vec::new();
-            }
-        };
+        let doomed: HashSet<InstanceId> = self
+            .store
+            .doomed(&self.config.owner)
+            .await
+            .map_err(|e| TaskError::failed(EventKind::ReplaceFailed, e))?
+            .into_iter()
+            .map(InstanceId::new)
+            .collect();
         let avoid = Avoid {
             instances: doomed.clone(),
             offerings: self.unavailable(),
@@ -415,12 +415,10 @@ impl Daemon<'_> {
                 if !out.launched
                     && self.settled_instance(name).as_ref() == Some(&out.instance.id) =>
             {
-                Vec::new()
+                Ok(Done::default())
             }
             Ok(out) => {
-                self.recovered(&Subject::Box(name.to_owned()));
                 self.home_launch(spec, false);
-                self.state_ended(&format!("replace-failed:{name}"));
                 let what = format!(
                     "replacement {} ({} in {}) is up",
                     out.instance.id,
@@ -436,11 +434,11 @@ impl Daemon<'_> {
                     self.record(Some(name), EventKind::RetireFailed, &e.to_string())
                         .await;
                 }
-                vec![what]
+                Ok(Done::said(what))
             }
-            Err(e) if self.stopped_by_fence(Some(name), &e).await => Vec::new(),
+            Err(e) if self.stopped_by_fence(Some(name), &e).await => Err(TaskError::Quiet),
             // Its stop is under way: a pass runs that instead.
-            Err(BoxError::Stopping { .. }) => Vec::new(),
+            Err(BoxError::Stopping { .. }) => Err(TaskError::Quiet),
             Err(e) => {
                 self.metrics.launch_failure(failure_reason(&e));
                 if boxes::spot_unavailable(&e) {
@@ -448,42 +446,31 @@ impl Daemon<'_> {
                 }
                 // Tried again after a growing pause, said once per kind of
                 // failure (not every pass, not to every sink every pass).
-                self.failed(&Subject::Box(name.to_owned()));
-                self.record_change(
-                    &format!("replace-failed:{name}"),
-                    failure_reason(&e),
-                    Some(name),
+                Err(TaskError::backing_off(
                     EventKind::ReplaceFailed,
-                    &e.to_string(),
-                )
-                .await;
-                Vec::new()
+                    failure_reason(&e),
+                    e,
+                ))
             }
         }
     }
 
     /// A stop job: run (or resume) to its end. A failure is said once and
     /// tried again after a growing pause.
-    pub(super) async fn stop_box(&self, spec: &BoxSpec) -> Vec<String> {
+    pub(super) async fn stop_box(&self, spec: &BoxSpec) -> TaskResult {
         let name = spec.name.as_str();
-        let subject = Subject::Box(name.to_owned());
         let stopped = async {
             // A box that lives in another region is taken down there first.
             self.stop_elsewhere(spec).await?;
             boxes::finish_stop(&self.ctx(), spec, false).await
         };
         match stopped.await {
-            Ok(out) => {
-                self.recovered(&subject);
-                self.state_ended(&format!("stop-failed:{name}"));
-                vec![format!(
-                    "box {name} stopped: terminated {:?}, cancelled {:?}",
-                    out.terminated, out.cancelled
-                )]
-            }
-            Err(e) if self.stopped_by_fence(Some(name), &e).await => Vec::new(),
+            Ok(out) => Ok(Done::said(format!(
+                "box {name} stopped: terminated {:?}, cancelled {:?}",
+                out.terminated, out.cancelled
+            ))),
+            Err(e) if self.stopped_by_fence(Some(name), &e).await => Err(TaskError::Quiet),
             Err(e) => {
-                self.failed(&subject);
                 if let Err(s) = self
                     .store
                     .stop_failed(&self.config.owner, name, &e.to_string())
@@ -491,15 +478,11 @@ impl Daemon<'_> {
                 {
                     tracing::warn!("recording a failed stop: {s}");
                 }
-                self.record_change(
-                    &format!("stop-failed:{name}"),
-                    failure_reason(&e),
-                    Some(name),
+                Err(TaskError::backing_off(
                     EventKind::StopFailed,
-                    &e.to_string(),
-                )
-                .await;
-                Vec::new()
+                    failure_reason(&e),
+                    e,
+                ))
             }
         }
     }
@@ -548,11 +531,12 @@ impl Daemon<'_> {
 
     /// On on-demand for want of spot: a spot instance, then the on-demand
     /// one goes.
-    pub(super) async fn back_to_spot(&self, spec: &BoxSpec, instance: &Instance) -> Vec<String> {
+    pub(super) async fn back_to_spot(&self, spec: &BoxSpec, instance: &Instance) -> TaskResult {
         let name = spec.name.as_str();
+        // Not said: the box runs (on-demand), and the next pass tries again.
         let doomed: HashSet<InstanceId> = match self.store.doomed(&self.config.owner).await {
             Ok(d) => d.into_iter().map(InstanceId::new).collect(),
-            Err(_) => return Vec::new(),
+            Err(_) => return Err(TaskError::Quiet),
         };
         let mut avoid = Avoid {
             instances: doomed,
@@ -563,7 +547,7 @@ impl Daemon<'_> {
         spot_only.launch.fallback_on_demand = false;
         let ctx = self.ctx();
         let Ok(out) = boxes::up_avoiding(&ctx, &spot_only, &avoid).await else {
-            return Vec::new();
+            return Err(TaskError::Quiet);
         };
         let still = match self.cloud.instance(&instance.id).await {
             Ok(i) => i.is_some_and(|i| i.state.is_live()),
@@ -588,21 +572,18 @@ impl Daemon<'_> {
             out.instance.id, instance.id
         );
         self.record(Some(name), EventKind::BackToSpot, &what).await;
-        vec![what]
+        Ok(Done::said(what))
     }
 
     /// Scheduled images (`images.every`) of a healthy box.
-    pub(super) async fn image(&self, spec: &BoxSpec, instance: &Instance) -> Vec<String> {
+    pub(super) async fn image(&self, spec: &BoxSpec, instance: &Instance) -> TaskResult {
         let name = spec.name.as_str();
         let owner = &self.config.owner;
-        let newest = match crate::images::box_images(&self.cloud, owner, name).await {
-            Ok(all) => all.into_iter().next(),
-            Err(e) => {
-                self.record(Some(name), EventKind::ImageFailed, &e.to_string())
-                    .await;
-                return Vec::new();
-            }
-        };
+        let newest = crate::images::box_images(&self.cloud, owner, name)
+            .await
+            .map_err(|e| TaskError::failed(EventKind::ImageFailed, e))?
+            .into_iter()
+            .next();
         let now = self.clock.now();
         match crate::images::next_due(spec, newest.as_ref()) {
             Some(due) if due <= now => {}
@@ -610,7 +591,7 @@ impl Daemon<'_> {
                 self.lock_memory()
                     .image_checks
                     .insert(name.to_owned(), due.unwrap_or(now + SETTLE_AGAIN_AFTER));
-                return Vec::new();
+                return Ok(Done::default());
             }
         }
         // Not looked at again until the next one is due, whatever happens
@@ -618,30 +599,25 @@ impl Daemon<'_> {
         self.lock_memory()
             .image_checks
             .insert(name.to_owned(), now + SETTLE_AGAIN_AFTER);
-        match crate::images::create(&self.cloud, owner, spec, instance, now).await {
-            Ok((image, pruned)) => {
-                if let Some(every) = spec.images.every {
-                    self.lock_memory()
-                        .image_checks
-                        .insert(name.to_owned(), now + every);
-                }
-                if spec.image_from_box {
-                    self.lock_memory().images.remove(name);
-                }
-                self.record(
-                    Some(name),
-                    EventKind::Image,
-                    &format!("made image {} (pruned {pruned:?})", image.id),
-                )
-                .await;
-                self.copy_image_to_regions(spec, &image, now).await;
-            }
-            Err(e) => {
-                self.record(Some(name), EventKind::ImageFailed, &e.to_string())
-                    .await
-            }
+        let (image, pruned) = crate::images::create(&self.cloud, owner, spec, instance, now)
+            .await
+            .map_err(|e| TaskError::failed(EventKind::ImageFailed, e))?;
+        if let Some(every) = spec.images.every {
+            self.lock_memory()
+                .image_checks
+                .insert(name.to_owned(), now + every);
         }
-        Vec::new()
+        if spec.image_from_box {
+            self.lock_memory().images.remove(name);
+        }
+        self.record(
+            Some(name),
+            EventKind::Image,
+            &format!("made image {} (pruned {pruned:?})", image.id),
+        )
+        .await;
+        self.copy_image_to_regions(spec, &image, now).await;
+        Ok(Done::default())
     }
 
     /// A replacement is up: counted, and timed from its warning if any.

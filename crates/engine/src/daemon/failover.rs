@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::Daemon;
 use super::fenced::FencedCloud;
+use super::tasks::{Done, TaskError, TaskResult};
 use crate::boxes::{self, Avoid, BoxError, Ctx};
 use crate::config::BoxSpec;
 use crate::event_kind::EventKind;
@@ -34,7 +35,7 @@ pub(super) type Located = Option<String>;
 impl Daemon<'_> {
     /// Before a launch of `spec` at home: `Some` when the box lives (or now
     /// goes) elsewhere and that was handled here; `None` to launch at home.
-    pub(super) async fn elsewhere(&self, spec: &BoxSpec) -> Option<Vec<String>> {
+    pub(super) async fn elsewhere(&self, spec: &BoxSpec) -> Option<TaskResult> {
         if spec.other_regions().is_empty() {
             return None;
         }
@@ -58,24 +59,14 @@ impl Daemon<'_> {
             return None;
         }
         match self.elsewhere_inner(spec).await {
-            Ok(Some(done)) => {
-                self.state_ended(&format!("failover-failed:{name}"));
-                Some(done)
-            }
+            Ok(Some(done)) => Some(Ok(Done(done))),
             Ok(None) => None,
-            Err(e) if self.stopped_by_fence(Some(name), &e).await => Some(Vec::new()),
-            Err(e) => {
-                self.failed(&Subject::Box(name.to_owned()));
-                self.record_change(
-                    &format!("failover-failed:{name}"),
-                    super::boxes::failure_reason(&e),
-                    Some(name),
-                    EventKind::FailoverFailed,
-                    &e.to_string(),
-                )
-                .await;
-                Some(Vec::new())
-            }
+            Err(e) if self.stopped_by_fence(Some(name), &e).await => Some(Err(TaskError::Quiet)),
+            Err(e) => Some(Err(TaskError::backing_off(
+                EventKind::FailoverFailed,
+                super::boxes::failure_reason(&e),
+                e,
+            ))),
         }
     }
 

@@ -12,7 +12,7 @@ use spotkeeper_cloud::InstanceId;
 use spotkeeper_cloud::model::tags;
 use tokio::time::Instant;
 
-use super::tasks::{Job, Subject, Work};
+use super::tasks::{Done, Job, Subject, TaskError, TaskResult, Work};
 use super::{Daemon, ORPHAN_GRACE, Observation, UNAVAILABLE_FOR};
 use crate::boxes::BoxError;
 use crate::event_kind::EventKind;
@@ -288,63 +288,29 @@ impl Daemon<'_> {
         Ok(Some(prices))
     }
 
-    /// One pool's pass (a task); failures are recorded, not returned.
-    pub(super) async fn pool_task(&self, spec: &PoolSpec, world: &World) -> Vec<String> {
-        let owner = &self.config.owner;
+    /// One pool's pass (a task); the runner books a failure (said once per
+    /// reason, then the pool waits).
+    pub(super) async fn pool_task(&self, spec: &PoolSpec, world: &World) -> TaskResult {
         let pass = PoolPass {
             cloud: &self.cloud,
             store: self.store,
-            owner,
+            owner: &self.config.owner,
             demand: self.demand.as_ref(),
         };
-        let mut done = Vec::new();
-        let subject = Subject::Pool(spec.name.clone());
-        {
-            match self.pool_pass(&pass, spec, world).await {
-                Ok(found) => {
-                    self.recovered(&subject);
-                    self.state_ended(&format!("pool-failed:{}", spec.name));
-                    done.extend(found);
-                }
-                Err(e) if self.stopped_by_fence(None, &e).await => {}
-                Err(e) => {
-                    self.failed(&subject);
-                    self.metrics
-                        .pools
-                        .launch_failures
-                        .get_or_create(
-                            &self
-                                .metrics
-                                .pools
-                                .kind(&spec.name, super::boxes::failure_reason(&e)),
-                        )
-                        .inc();
-                    // One event per state: the first failure, or a new kind.
-                    let reason = super::boxes::failure_reason(&e);
-                    let news = self
-                        .lock_memory()
-                        .said
-                        .insert(format!("pool-failed:{}", spec.name), reason.to_owned())
-                        .as_deref()
-                        != Some(reason);
-                    if news
-                        && let Err(e) = self
-                            .store
-                            .record_pool_event(
-                                owner,
-                                &spec.name,
-                                EventKind::PassFailed,
-                                &e.to_string(),
-                            )
-                            .await
-                    {
-                        tracing::warn!("cannot record a pool event: {e}");
-                    }
-                    tracing::warn!(pool = %spec.name, "pool pass failed: {e}");
-                }
+        match self.pool_pass(&pass, spec, world).await {
+            Ok(found) => Ok(Done(found.into_iter().collect())),
+            Err(e) if self.stopped_by_fence(None, &e).await => Err(TaskError::Quiet),
+            Err(e) => {
+                let reason = super::boxes::failure_reason(&e);
+                self.metrics
+                    .pools
+                    .launch_failures
+                    .get_or_create(&self.metrics.pools.kind(&spec.name, reason))
+                    .inc();
+                tracing::warn!(pool = %spec.name, "pool pass failed: {e}");
+                Err(TaskError::backing_off(EventKind::PassFailed, reason, e))
             }
         }
-        done
     }
 
     /// Instances and open spot requests of pools that no longer exist (a pool

@@ -17,6 +17,7 @@ use spotkeeper_cloud::CloudError;
 use spotkeeper_cloud::prelude::*;
 
 use super::Daemon;
+use super::tasks::{Done, TaskError, TaskResult};
 use crate::config::BoxSpec;
 use crate::event_kind::EventKind;
 use crate::replicate;
@@ -96,26 +97,23 @@ impl Daemon<'_> {
 
     /// The box's task: a round when its newest replica is older than
     /// `replicate`, else only the time of the next look.
-    pub(super) async fn replicate(&self, spec: &BoxSpec) -> Vec<String> {
+    pub(super) async fn replicate(&self, spec: &BoxSpec) -> TaskResult {
         let Some((vs, every)) = spec
             .data_volume
             .as_ref()
             .and_then(|v| Some((v, v.replicate?)))
         else {
-            return Vec::new();
+            return Ok(Done::default());
         };
         let name = spec.name.as_str();
         let now = self.clock.now();
         // Whatever happens below, not again before the retry time.
         self.next_replica_check(name, now + RETRY_AFTER);
-        let newest = match replicate::replicas(&self.cloud, &self.config.owner, &vs.name).await {
-            Ok(all) => all.first().map(|r| r.taken_at),
-            Err(e) => {
-                self.record(Some(name), EventKind::ReplicateFailed, &e.to_string())
-                    .await;
-                return Vec::new();
-            }
-        };
+        let newest = replicate::replicas(&self.cloud, &self.config.owner, &vs.name)
+            .await
+            .map_err(|e| TaskError::failed(EventKind::ReplicateFailed, e))?
+            .first()
+            .map(|r| r.taken_at);
         let unix = crate::store::unix_seconds(now);
         let every_secs = i64::try_from(every.as_secs()).unwrap_or(i64::MAX);
         let handles = self.region_handles(spec).await;
@@ -136,7 +134,7 @@ impl Daemon<'_> {
                 wait
             };
             self.next_replica_check(name, now + Duration::from_secs(wait));
-            return Vec::new();
+            return Ok(Done::default());
         }
         let done = match replicate::replicate(&self.cloud, &others, &self.config.owner, spec, unix)
             .await
@@ -150,13 +148,9 @@ impl Daemon<'_> {
                     self.record(Some(name), EventKind::ReplicateFailed, &failed)
                         .await;
                 }
-                vec![what]
+                Ok(Done::said(what))
             }
-            Err(e) => {
-                self.record(Some(name), EventKind::ReplicateFailed, &e.to_string())
-                    .await;
-                Vec::new()
-            }
+            Err(e) => Err(TaskError::failed(EventKind::ReplicateFailed, e)),
         };
         self.note_recovery(spec, &vs.name, &others).await;
         done

@@ -9,14 +9,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::boxes;
-use super::tasks::{self, Job, Runner, Work};
+use super::tasks::{self, Done, Job, Runner, Subject, TaskError, TaskResult, Work};
 use super::{Daemon, EventQueue, MAX_BACKOFF, PassOutcome, backoff};
 use crate::boxes::BoxError;
 use crate::event_kind::EventKind;
 
 impl Daemon<'_> {
-    /// Runs one task's work; failures are recorded as events.
-    pub(super) async fn execute(&self, work: &Work) -> Vec<String> {
+    /// Runs one task's work; [`Daemon::book`] books the outcome.
+    pub(super) async fn execute(&self, work: &Work) -> TaskResult {
         match work {
             Work::Replace { spec, known } => self.replace(spec, known.as_ref()).await,
             Work::Settle { spec, instance } => self.settle(spec, instance).await,
@@ -26,6 +26,61 @@ impl Daemon<'_> {
             Work::Stop { spec } => self.stop_box(spec).await,
             Work::Replicate { spec } => self.replicate(spec).await,
         }
+    }
+
+    /// Books a task's outcome (see [`tasks`]) and returns its log lines.
+    pub(super) async fn book(
+        &self,
+        subject: &Subject,
+        kind: &str,
+        outcome: TaskResult,
+    ) -> Vec<String> {
+        // Said-once states are keyed `EVENT-KIND:SUBJECT`.
+        let suffix = format!(":{subject}");
+        let (event, message, reason, backoff) = match outcome {
+            Ok(Done(lines)) => {
+                self.recovered(subject);
+                self.lock_memory().said.retain(|k, _| !k.ends_with(&suffix));
+                return lines;
+            }
+            Err(TaskError::Quiet) => return Vec::new(),
+            Err(TaskError::Failed {
+                kind,
+                message,
+                reason,
+                backoff,
+            }) => (kind, message, reason, backoff),
+        };
+        self.metrics.task_failed(kind);
+        if backoff {
+            self.failed(subject);
+        }
+        let news = reason.is_none_or(|reason| {
+            let before = self
+                .lock_memory()
+                .said
+                .insert(format!("{}{suffix}", event.as_str()), reason.to_owned());
+            before.as_deref() != Some(reason)
+        });
+        if !news {
+            tracing::debug!(kind = event.as_str(), "{message} (said already)");
+            return Vec::new();
+        }
+        match subject {
+            Subject::Box(name) => self.record(Some(name), event, &message).await,
+            Subject::Pool(name) => {
+                tracing::info!(pool = %name, kind = event.as_str(), "{message}");
+                if let Err(e) = self
+                    .store
+                    .record_pool_event(&self.config.owner, name, event, &message)
+                    .await
+                {
+                    tracing::warn!("cannot record an event in the state file: {e}");
+                }
+            }
+            Subject::Fleet => self.record(None, event, &message).await,
+        }
+        Vec::new()
     }
 
     /// Runs until `shutdown` is cancelled: a pass at start (boxes lost while the

@@ -11,6 +11,7 @@ use spotkeeper_cloud::{Instance, InstanceId};
 
 use super::Daemon;
 use super::boxes::SETTLE_AGAIN_AFTER;
+use super::tasks::{Done, TaskError, TaskResult};
 use crate::boxes::BoxError;
 use crate::config::BoxSpec;
 use crate::event_kind::EventKind;
@@ -18,7 +19,7 @@ use crate::event_kind::EventKind;
 impl Daemon<'_> {
     /// Level-triggered healing of a running box: a crash after the launch
     /// may have left the volume unattached or the name pointing elsewhere.
-    pub(super) async fn settle(&self, spec: &BoxSpec, instance: &Instance) -> Vec<String> {
+    pub(super) async fn settle(&self, spec: &BoxSpec, instance: &Instance) -> TaskResult {
         let name = spec.name.as_str();
         match self.heal(spec, instance).await {
             Ok(dns) => {
@@ -29,19 +30,14 @@ impl Daemon<'_> {
                 }
                 self.remember_launch(spec, &instance.id).await;
             }
-            Err(e) => {
-                if !self.stopped_by_fence(Some(name), &e).await {
-                    self.record(Some(name), EventKind::HealFailed, &e.to_string())
-                        .await;
-                }
-                return Vec::new();
-            }
+            Err(e) if self.stopped_by_fence(Some(name), &e).await => return Err(TaskError::Quiet),
+            Err(e) => return Err(TaskError::failed(EventKind::HealFailed, e)),
         }
         // A settled box's scheduled image, in the same task (the box's one).
         if spec.images.every.is_some() && self.image_check_due(name) {
             return self.image(spec, instance).await;
         }
-        Vec::new()
+        Ok(Done::default())
     }
 
     /// Returns the DNS record's state when it was left as found (it

@@ -9,7 +9,11 @@
 //!   first;
 //! - work planned on an observation older than the subject's last finished
 //!   task is stale and dropped: what that task did is not in the
-//!   observation (a launch would be repeated), and the next pass sees it.
+//!   observation (a launch would be repeated), and the next pass sees it;
+//! - a task returns what it did or why not ([`TaskResult`]), and the runner
+//!   books it: a success ends the subject's failing states and its pause, a
+//!   failure is recorded (once per state when it has a reason), counted in
+//!   `spotkeeper_task_failures_total`, and may make the subject wait.
 //!
 //! Tasks are futures polled by the daemon's own loop, not spawned: dropping
 //! the runner (shutdown) stops them all at once, and what they left half
@@ -112,6 +116,68 @@ impl Work {
         )
     }
 }
+
+/// What a task did: lines for the log.
+#[derive(Debug, Default)]
+pub struct Done(pub Vec<String>);
+
+impl Done {
+    /// A task that did one thing worth a log line.
+    pub fn said(line: impl Into<String>) -> Self {
+        Self(vec![line.into()])
+    }
+}
+
+/// Why a task did not do its work, as the runner books it.
+#[derive(Debug)]
+pub enum TaskError {
+    /// Nothing to say: the daemon no longer holds the subject (fenced), or
+    /// the work is another's now (a stop under way), or it was said already.
+    Quiet,
+    /// A failure: the runner records the event (once per state when
+    /// `reason` names one), counts it, and makes the subject wait when
+    /// `backoff` says so.
+    Failed {
+        /// The event recorded.
+        kind: crate::event_kind::EventKind,
+        /// What went wrong.
+        message: String,
+        /// A short reason: the event is said once while the subject keeps
+        /// failing for it (not every pass, not to every sink every pass).
+        reason: Option<&'static str>,
+        /// The subject waits before its next try, twice as long each time.
+        backoff: bool,
+    },
+}
+
+impl TaskError {
+    /// A failure recorded each time, without a pause before the next try.
+    pub fn failed(kind: crate::event_kind::EventKind, message: impl ToString) -> Self {
+        Self::Failed {
+            kind,
+            message: message.to_string(),
+            reason: None,
+            backoff: false,
+        }
+    }
+
+    /// A failure said once per `reason`, after which the subject waits.
+    pub fn backing_off(
+        kind: crate::event_kind::EventKind,
+        reason: &'static str,
+        message: impl ToString,
+    ) -> Self {
+        Self::Failed {
+            kind,
+            message: message.to_string(),
+            reason: Some(reason),
+            backoff: true,
+        }
+    }
+}
+
+/// A task's outcome.
+pub type TaskResult = Result<Done, TaskError>;
 
 /// Work for a subject, with the epoch of the observation it was planned on.
 #[derive(Debug, Clone)]
@@ -262,8 +328,13 @@ impl<'f> Runner<'f> {
         let span = tracing::info_span!("task", subject = %subject, kind = %kind, id);
         self.running.push(Box::pin(async move {
             let work = job.work;
-            let run =
-                crate::fence::scope(Some(fence), daemon.execute(&work)).instrument(span.clone());
+            // The work and its booking (events, backoff) in the fence: a
+            // task preempted before it ends books nothing.
+            let run = crate::fence::scope(Some(fence), async {
+                let outcome = daemon.execute(&work).await;
+                daemon.book(&subject, kind, outcome).await
+            })
+            .instrument(span.clone());
             let lines = tokio::select! {
                 lines = run => Some(lines),
                 _ = rx => None,

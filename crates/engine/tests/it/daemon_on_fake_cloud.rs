@@ -681,6 +681,12 @@ async fn a_box_that_cannot_be_replaced_backs_off_and_says_so_once_per_kind_of_fa
         1,
         "the same failure, not said again"
     );
+    // Counted each time by the task runner, said once.
+    let metrics = daemon.metrics().render();
+    assert!(
+        metrics.contains("spotkeeper_task_failures_total{kind=\"replace\"} 2"),
+        "{metrics}"
+    );
     // Capacity comes back: the next try after the (longer) backoff replaces it.
     cloud.accept();
     later(Duration::from_secs(30)).await;
