@@ -7,8 +7,8 @@
 //! Beside it (a module each): a real OpenSSH server on loopback (`sshd`), an
 //! HTTP receiver for notifications (`receiver`), throwaway PostgreSQL servers
 //! (`postgres`), a QEMU machine with a real kernel (`qemu`),
-//! [`closed_port`] for the servers a test starts itself, and [`eventually`],
-//! the tests' deadline loop.
+//! [`closed_port`] for the servers a test starts itself, and [`eventually`]
+//! (and [`eventually_async`]), the tests' deadline loop.
 
 pub mod qemu;
 
@@ -43,6 +43,32 @@ pub fn eventually<T>(
             failure()
         );
         std::thread::sleep(every);
+    }
+}
+
+/// [`eventually`] for async tests: awaits `check` every `every` (on tokio's
+/// timer) until it gives `Some`, for at most `within` of real time.
+pub async fn eventually_async<T, F, Fut>(
+    within: std::time::Duration,
+    every: std::time::Duration,
+    mut check: F,
+    failure: impl Fn() -> String,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}\n(not within {within:?})",
+            failure()
+        );
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -162,15 +162,17 @@ fn the_agent_runs_the_hook_and_unmounts_the_data_volume_on_a_real_kernel() {
         "{{\"action\": \"terminate\", \"time\": \"{due}\"}}"
     ));
     let cued = Instant::now();
-    let deadline = cued + Duration::from_secs(90);
-    while tag(&moto, &instance, "spotkeeper:hook") != "done" {
-        assert!(
-            Instant::now() < deadline,
-            "no outcome tag 90 s after the warning; the console:\n{}",
-            vm.console()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || (tag(&moto, &instance, "spotkeeper:hook") == "done").then_some(()),
+        || {
+            format!(
+                "no outcome tag after the warning; the console:\n{}",
+                vm.console()
+            )
+        },
+    );
     println!(
         "hook done and tagged {:.1} s after the warning",
         cued.elapsed().as_secs_f64()

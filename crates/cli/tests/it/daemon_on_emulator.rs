@@ -345,11 +345,13 @@ fn rebalance_with(policy: &str) -> (String, Vec<Value>, Serve, Cli) {
         let new = wait_replaced(&cli, &serde_json::Value::from(old.as_str()), &serve);
         vec![new]
     } else {
-        // Give the daemon time to read and act on the message.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while queue_depth(&cli) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        // The daemon reads and acts on the message.
+        spotkeeper_testkit::eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(300),
+            || (queue_depth(&cli) == 0).then_some(()),
+            || format!("the message was not handled\n{}", serve.log()),
+        );
         // Handled; two passes later nothing was launched either.
         wait_passes(api_port, 2, &serve);
         cli.live()

@@ -53,6 +53,14 @@ fn config(api_port: u16, demand_port: u16, boxes: usize, pool: bool) -> String {
 }
 
 /// Two "machines" on one database: the test's CLI is machine `a`.
+/// The logs of the daemons named, for a failure message.
+fn logs_of(logs: &[&Serve]) -> String {
+    logs.iter()
+        .map(|s| s.log())
+        .collect::<Vec<_>>()
+        .join("\n----\n")
+}
+
 struct Shared {
     cli: Cli,
     pg: Postgres,
@@ -271,58 +279,55 @@ impl Shared {
         old: &BTreeMap<String, String>,
         logs: &[&Serve],
     ) -> BTreeMap<String, String> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let all = self.live_all();
-            let live = self.live();
-            if all.values().all(|l| l.len() <= 1)
-                && live.len() == self.boxes
-                && live.iter().all(|(b, id)| old.get(b) != Some(id))
-            {
-                return live;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not every box was replaced within 120 s: live {all:?}, old {old:?}\n{}",
-                logs.iter()
-                    .map(|s| s.log())
-                    .collect::<Vec<_>>()
-                    .join("\n----\n")
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        spotkeeper_testkit::eventually(
+            Duration::from_secs(120),
+            Duration::from_millis(500),
+            || {
+                let live = self.live();
+                (self.live_all().values().all(|l| l.len() <= 1)
+                    && live.len() == self.boxes
+                    && live.iter().all(|(b, id)| old.get(b) != Some(id)))
+                .then_some(live)
+            },
+            || {
+                format!(
+                    "not every box was replaced: live {:?}, old {old:?}\n{}",
+                    self.live_all(),
+                    logs_of(logs)
+                )
+            },
+        )
     }
 
     /// Waits until every subject has a live lease, with `want` holders
     /// among them; returns subject → holder.
     fn wait_shared(&self, want: usize, logs: &[&Serve]) -> BTreeMap<String, String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
         let share = self.subjects().len().div_ceil(want);
-        loop {
-            let held = self.holders();
-            let mut per: HashMap<&String, usize> = HashMap::new();
-            for h in held.values() {
-                *per.entry(h).or_default() += 1;
-            }
-            // Shared: every subject held, by `want` daemons, none over its
-            // share (a daemon gives back what is over it at its next claim,
-            // the newcomer takes it at its own: for a moment one holds more).
-            if self.subjects().iter().all(|s| held.contains_key(s))
-                && per.len() == want
-                && per.values().all(|n| *n <= share)
-            {
-                return held;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the leases were not shared by {want} daemon(s) within 30 s: {held:?}\n{}",
-                logs.iter()
-                    .map(|s| s.log())
-                    .collect::<Vec<_>>()
-                    .join("\n----\n")
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        spotkeeper_testkit::eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || {
+                let held = self.holders();
+                let mut per: HashMap<&String, usize> = HashMap::new();
+                for h in held.values() {
+                    *per.entry(h).or_default() += 1;
+                }
+                // Shared: every subject held, by `want` daemons, none over its
+                // share (a daemon gives back what is over it at its next claim,
+                // the newcomer takes it at its own: for a moment one holds more).
+                let shared = self.subjects().iter().all(|s| held.contains_key(s))
+                    && per.len() == want
+                    && per.values().all(|n| *n <= share);
+                shared.then_some(held)
+            },
+            || {
+                format!(
+                    "the leases were not shared by {want} daemon(s): {:?}\n{}",
+                    self.holders(),
+                    logs_of(logs)
+                )
+            },
+        )
     }
 
     /// The id a daemon gives on its `/healthz`.
@@ -491,20 +496,18 @@ fn a_daemon_killed_mid_wave_has_its_boxes_taken_over_and_every_box_ends_with_one
     shared.wave(&warnings);
     // In the middle of the wave: replacements are in flight once the first
     // one was launched.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while shared
-        .live_all()
-        .values()
-        .all(|l| old.values().any(|o| l == &vec![o.clone()]))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no replacement launched
-{}",
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || {
+            let launched = !shared
+                .live_all()
+                .values()
+                .all(|l| old.values().any(|o| l == &vec![o.clone()]));
+            launched.then_some(())
+        },
+        || format!("no replacement launched\n{}", a.log()),
+    );
     let killed = Instant::now();
     a.child.kill().expect("SIGKILL");
     let _ = a.child.wait();
@@ -697,14 +700,16 @@ fn a_daemon_whose_config_names_another_owner_on_the_database_says_so_at_start() 
         shared.cli.command_as(&config, &state, &["serve"]),
         shared.cli.dir.path().join("c.log"),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !c
-        .log()
-        .contains("uses this database as owner \"shared\", this one as owner \"other\"")
-    {
-        assert!(Instant::now() < deadline, "not said:\n{}", c.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            c.log()
+                .contains("uses this database as owner \"shared\", this one as owner \"other\"")
+                .then_some(())
+        },
+        || format!("not said:\n{}", c.log()),
+    );
     assert_eq!(
         shared
             .count("SELECT COUNT(*) FROM events WHERE owner = 'other' AND kind = 'owner-mismatch'"),
@@ -894,19 +899,16 @@ fn a_daemon_paused_past_its_lease_resumes_mid_settle_and_changes_nothing_the_oth
     signal("-STOP");
     let (b, port_b) = shared.serve("b");
     let b_id = Shared::daemon_id(port_b);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let held = shared.holders();
-        if shared.subjects().iter().all(|s| held.get(s) == Some(&b_id)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "b took nothing over: {held:?}\n{}",
-            b.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let held = shared.holders();
+            let all_b = shared.subjects().iter().all(|s| held.get(s) == Some(&b_id));
+            all_b.then_some(())
+        },
+        || format!("b took nothing over: {:?}\n{}", shared.holders(), b.log()),
+    );
     let (_, first_address) = b00_volume_and_address(&shared, &first);
     // While a sleeps, the first instance is interrupted and b replaces it:
     // the volume and the name follow the second.
@@ -914,49 +916,48 @@ fn a_daemon_paused_past_its_lease_resumes_mid_settle_and_changes_nothing_the_oth
         .cli
         .moto
         .boto(&format!("ec2.terminate_instances(InstanceIds=['{first}'])"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let second = loop {
-        for entry in std::fs::read_dir(&gates).expect("gates") {
-            let name = entry
-                .expect("entry")
-                .file_name()
-                .into_string()
-                .expect("utf-8");
-            if let Some(id) = name.strip_prefix("asked-")
-                && id != first
-            {
-                std::fs::write(gates.join(format!("ready-{id}")), "").expect("gate");
+    let second = spotkeeper_testkit::eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            for entry in std::fs::read_dir(&gates).expect("gates") {
+                let name = entry
+                    .expect("entry")
+                    .file_name()
+                    .into_string()
+                    .expect("utf-8");
+                if let Some(id) = name.strip_prefix("asked-")
+                    && id != first
+                {
+                    std::fs::write(gates.join(format!("ready-{id}")), "").expect("gate");
+                }
             }
-        }
-        if let Some(id) = shared.live().get("b00").filter(|id| **id != first) {
-            let (on, address) = b00_volume_and_address(&shared, id);
-            if on == [id.clone()] && b00_record(&shared) == address {
-                break id.clone();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "b did not replace b00\n{}",
-            b.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+            let id = shared
+                .live()
+                .get("b00")
+                .filter(|id| **id != first)
+                .cloned()?;
+            let (on, address) = b00_volume_and_address(&shared, &id);
+            (on == [id.clone()] && b00_record(&shared) == address).then_some(id)
+        },
+        || format!("b did not replace b00\n{}", b.log()),
+    );
     let (_, second_address) = b00_volume_and_address(&shared, &second);
     assert_ne!(first_address, second_address);
     // a wakes up: its settle's instance answers now, and without fencing it
     // would point the name at the first (terminated) instance's address.
     std::fs::write(gates.join(format!("ready-{first}")), "").expect("gate");
     signal("-CONT");
-    let deadline = Instant::now() + Duration::from_secs(30);
     // It stops at its next step (or, unfenced, moves the name back).
-    while !a.log().contains("no longer holds box:b00") && b00_record(&shared) == second_address {
-        assert!(
-            Instant::now() < deadline,
-            "a neither stopped at the fence nor acted\n{}",
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            (a.log().contains("no longer holds box:b00") || b00_record(&shared) != second_address)
+                .then_some(())
+        },
+        || format!("a neither stopped at the fence nor acted\n{}", a.log()),
+    );
     assert_eq!(
         b00_record(&shared),
         second_address,

@@ -43,14 +43,12 @@ impl Driver {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("unshare: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        spotkeeper_testkit::eventually(
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+            || format!("chromedriver did not listen on {port}"),
+        );
         Driver { child, port }
     }
 }

@@ -120,22 +120,18 @@ fn with_a_fifth_of_ec2_calls_throttled_and_some_failing_up_list_stop_and_a_repla
     send(&cli, &warning(&old, "throttled-1"));
     cli.moto
         .boto(&format!("ec2.terminate_instances(InstanceIds=['{old}'])"));
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let live = cli.live();
-        if live.len() == 1
-            && live[0]["instance_id"] != old.as_str()
-            && live[0]["state"] == "running"
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not replaced: {live:?}\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(90),
+        Duration::from_millis(300),
+        || {
+            let live = cli.live();
+            (live.len() == 1
+                && live[0]["instance_id"] != old.as_str()
+                && live[0]["state"] == "running")
+                .then_some(())
+        },
+        || format!("not replaced: {:?}\n{}", cli.live(), serve.log()),
+    );
     // Passes past the listing lag, which saw the replacement late, launched nothing.
     passes_past(api_port, &serve, Instant::now() + LAG, 2);
     assert_eq!(owned(&cli, "dev0"), (1, 1), "one instance, one volume");
@@ -337,27 +333,32 @@ fn sigterm_during_a_ready_check_exits_at_once_and_the_next_daemon_finishes_the_r
     // (DNS moves to it) and the warned instance retired.
     let _listener = std::net::TcpListener::bind(("127.0.0.1", ready_port)).expect("bind");
     let serve = Serve::start(&cli);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let live = cli.live();
-        let record = cli.moto.boto(
+    let record = || {
+        cli.moto.boto(
             "z = r53.list_hosted_zones()['HostedZones'][0]['Id']\n\
              a = [x['ResourceRecords'][0]['Value'] for x in r53.list_resource_record_sets(HostedZoneId=z)['ResourceRecordSets'] if x['Type'] == 'A']\n\
              print(a[0] if a else '')",
-        );
-        if live.len() == 1
-            && live[0]["instance_id"] != old.as_str()
-            && live[0]["public_ip"].as_str() == Some(record.trim())
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not finished: {live:?}, DNS {record}\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+        )
+    };
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || {
+            let live = cli.live();
+            (live.len() == 1
+                && live[0]["instance_id"] != old.as_str()
+                && live[0]["public_ip"].as_str() == Some(record().trim()))
+            .then_some(())
+        },
+        || {
+            format!(
+                "not finished: {:?}, DNS {}\n{}",
+                cli.live(),
+                record(),
+                serve.log()
+            )
+        },
+    );
     assert_eq!(owned(&cli, "dev0"), (1, 1));
     assert!(serve.stop().success());
 }
@@ -547,28 +548,20 @@ fn a_daemon_started_while_aws_hangs_serves_healthz_says_why_and_works_once_aws_a
     let started = Instant::now();
     let serve = Serve::start(&cli);
     // The API answers at once, and says the daemon cannot work yet.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let first = loop {
-        if let Some(h) = healthz(api_port) {
-            break h;
-        }
-        assert!(Instant::now() < deadline, "no /healthz\n{}", serve.log());
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let first = spotkeeper_testkit::eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || healthz(api_port),
+        || format!("no /healthz\n{}", serve.log()),
+    );
     let answered_after = started.elapsed();
     assert!(first.0.contains("503"), "{first:?}");
-    let degraded = loop {
-        let h = healthz(api_port).expect("healthz answers");
-        if h.1.contains("degraded") {
-            break h;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never degraded: {h:?}\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let degraded = spotkeeper_testkit::eventually(
+        Duration::from_secs(20).saturating_sub(answered_after),
+        Duration::from_millis(200),
+        || Some(healthz(api_port).expect("healthz answers")).filter(|h| h.1.contains("degraded")),
+        || format!("never degraded: {:?}\n{}", healthz(api_port), serve.log()),
+    );
     assert!(degraded.0.contains("503"), "{degraded:?}");
     assert!(
         degraded.1.contains("the event queue cannot be read"),
@@ -594,19 +587,15 @@ fn a_daemon_started_while_aws_hangs_serves_healthz_says_why_and_works_once_aws_a
 
     // AWS answers: the daemon gets to work and says it is healthy.
     cli.moto.set_faults(&Faults::default());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let h = healthz(api_port).expect("healthz answers");
-        if h.0.contains("200") && h.1.contains("\"ok\"") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never ok: {h:?}\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    spotkeeper_testkit::eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || {
+            let h = healthz(api_port).expect("healthz answers");
+            (h.0.contains("200") && h.1.contains("\"ok\"")).then_some(())
+        },
+        || format!("never ok: {:?}\n{}", healthz(api_port), serve.log()),
+    );
     assert_eq!(metric(api_port, "spotkeeper_aws_reachable"), 1.0);
     let events = http_get(api_port, "/api/events", Some(TOKEN)).expect("events");
     assert!(events.contains("aws-reachable"), "{events}");

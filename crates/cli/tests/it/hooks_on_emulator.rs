@@ -6,7 +6,7 @@
 //! the hook itself wrote.
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use spotkeeper_testkit::{Answer, Receiver, Sshd};
@@ -88,18 +88,12 @@ fn read_time(path: &Path) -> Option<f64> {
 
 /// Waits until the data volume is attached to an instance other than `old`.
 fn wait_moved(cli: &Cli, old: &str, within: Duration, serve: &Serve) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(holder) = volume_holder(cli).filter(|h| h != old) {
-            return holder;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the volume did not move within {within:?}\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    spotkeeper_testkit::eventually(
+        within,
+        Duration::from_millis(200),
+        || volume_holder(cli).filter(|h| h != old),
+        || format!("the volume did not move\n{}", serve.log()),
+    )
 }
 
 fn hook_events(cli: &Cli) -> Vec<Vec<String>> {

@@ -58,11 +58,13 @@ fn live_of(cloud: &FakeCloud, box_name: &str) -> Vec<Instance> {
 
 /// Waits (real time, bounded) until `cond` holds.
 async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    spotkeeper_testkit::eventually_async(
+        limit,
+        Duration::from_millis(5),
+        || std::future::ready(cond().then_some(())),
+        || format!("timed out waiting for {what}"),
+    )
+    .await;
 }
 
 /// Runs the daemon on `queue` beside `test`, which flips `stop` when done;
@@ -251,16 +253,18 @@ async fn shutdown_drops_a_hung_launch_at_once_and_the_next_daemon_resumes_it_wit
         })
         .await;
         // The launch's intent is written: the call itself hangs.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while store
-            .open_intent("tester", "b0")
-            .await
-            .expect("store")
-            .is_none_or(|i| i.instance_id.is_some())
-        {
-            assert!(Instant::now() < deadline, "no new intent");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        spotkeeper_testkit::eventually_async(
+            Duration::from_secs(5),
+            Duration::from_millis(5),
+            || async {
+                let intent = store.open_intent("tester", "b0").await.expect("store");
+                intent
+                    .is_some_and(|i| i.instance_id.is_none())
+                    .then_some(())
+            },
+            || "no new intent".to_owned(),
+        )
+        .await;
         stop.cancel();
     };
     let stopped = Instant::now();

@@ -298,19 +298,18 @@ async fn a_rebalance_never_hands_over_a_box_whose_replacement_is_in_flight() {
         // The replacement is in flight once its intent is recorded (the
         // first launch's intent stays open, naming the lost instance, until
         // the replacement closes it: that one does not count).
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while store
-            .open_intent("tester", "b2")
-            .await
-            .expect("intent")
-            .is_none_or(|i| i.instance_id.as_deref() == Some(lost.id.as_str()))
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no replacement started"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        spotkeeper_testkit::eventually_async(
+            Duration::from_secs(10),
+            Duration::from_millis(5),
+            || async {
+                let intent = store.open_intent("tester", "b2").await.expect("intent");
+                intent
+                    .is_some_and(|i| i.instance_id.as_deref() != Some(lost.id.as_str()))
+                    .then_some(())
+            },
+            || "no replacement started".to_owned(),
+        )
+        .await;
         // b joins; a renews and gives back what is over its share (2 of
         // 4), but not b2, whose task runs.
         b.reconcile().await.expect("b's pass");

@@ -149,18 +149,16 @@ async fn delivery_resumes_after_the_deliverer_is_killed_and_nothing_is_sent_twic
     wait_for(&hook, "a failed attempt", |g| !g.is_empty()).await;
     // The receiver answers before the deliverer records the failure: wait
     // for the record, so the kill lands mid-retry.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while store.notify_cursors("tester").await.expect("cursors")[0]
-        .1
-        .attempts
-        == 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no failed attempt recorded"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    spotkeeper_testkit::eventually_async(
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || async {
+            let cursors = store.notify_cursors("tester").await.expect("cursors");
+            (cursors[0].1.attempts > 0).then_some(())
+        },
+        || "no failed attempt recorded".to_owned(),
+    )
+    .await;
     // Killed mid-retry: nothing is acknowledged, the cursor has not moved.
     task.abort();
     let _ = task.await;
@@ -222,19 +220,16 @@ async fn a_filter_sends_only_its_kinds_and_a_new_sink_gets_no_history() {
     // A new sink: starts after the newest event. The events below come
     // after the sink has its cursor (before, they would be history too).
     let (stop, task) = spawn(d, &store);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while store
-        .notify_cursors("tester")
-        .await
-        .expect("cursors")
-        .is_empty()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sink has no cursor"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    spotkeeper_testkit::eventually_async(
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || async {
+            let cursors = store.notify_cursors("tester").await.expect("cursors");
+            (!cursors.is_empty()).then_some(())
+        },
+        || "the sink has no cursor".to_owned(),
+    )
+    .await;
     store
         .record_event("tester", Some("dev"), EventKind::Replaced, "not wanted")
         .await

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use spotkeeper_testkit::Moto;
@@ -185,18 +185,16 @@ impl Serve {
             .args(["-TERM", &pid])
             .status()
             .expect("kill");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve did not stop on SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let log = self.log.clone();
+        spotkeeper_testkit::eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || self.child.try_wait().expect("wait"),
+            || {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                format!("serve did not stop on SIGTERM:\n{log}")
+            },
+        )
     }
 }
 
