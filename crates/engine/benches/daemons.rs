@@ -90,7 +90,8 @@ async fn run(daemons: usize) -> Figures {
     }
     for name in cfg.boxes.keys() {
         stores[0]
-            .register_box("bench", name, "up", None)
+            .for_owner("bench")
+            .register_box(name, "up", None)
             .await
             .expect("register");
     }

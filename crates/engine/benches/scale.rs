@@ -89,7 +89,8 @@ async fn run() {
         .expect("store");
     for name in cfg.boxes.keys() {
         store
-            .register_box("bench", name, "up", None)
+            .for_owner("bench")
+            .register_box(name, "up", None)
             .await
             .expect("register");
     }

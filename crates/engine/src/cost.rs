@@ -419,12 +419,13 @@ pub async fn offering_history(
     until: i64,
 ) -> Result<BTreeMap<(String, String), (f64, usize)>, StoreError> {
     let runs: Vec<Run> = store
-        .runs_since(owner, since)
+        .for_owner(owner)
+        .runs_since(since)
         .await?
         .iter()
         .filter_map(|i| Run::of(i, since, until))
         .collect();
-    let interruptions = store.interruptions_since(owner, since).await?;
+    let interruptions = store.for_owner(owner).interruptions_since(since).await?;
     let report = compute(
         &runs,
         &BTreeMap::new(),
@@ -451,7 +452,8 @@ pub async fn report(
 ) -> Result<Report, StoreError> {
     let region = cloud.region().to_owned();
     let runs: Vec<Run> = store
-        .runs_since(&config.owner, since)
+        .for_owner(&config.owner)
+        .runs_since(since)
         .await?
         .iter()
         .filter_map(|i| Run::of(i, since, until))
@@ -481,8 +483,14 @@ pub async fn report(
             on_demand.insert(r.instance_type.clone(), p);
         }
     }
-    let interruptions = store.interruptions_since(&config.owner, since).await?;
-    let recoveries = store.recoveries_since(&config.owner, since).await?;
+    let interruptions = store
+        .for_owner(&config.owner)
+        .interruptions_since(since)
+        .await?;
+    let recoveries = store
+        .for_owner(&config.owner)
+        .recoveries_since(since)
+        .await?;
     Ok(compute(
         &runs,
         &samples,

@@ -57,7 +57,7 @@ pub async fn pools(
         .map(|p| (p.clone(), "config".to_owned()))
         .collect();
     let mut bad = Vec::new();
-    for (name, json) in store.pools(&config.owner).await? {
+    for (name, json) in store.for_owner(&config.owner).pools().await? {
         if config.pools.contains_key(&name) {
             continue;
         }

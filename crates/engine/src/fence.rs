@@ -1,7 +1,7 @@
 //! Fencing tokens: a daemon that lost a subject's lease changes nothing of it.
 //!
 //! A lease gets a new generation each time it changes hands
-//! ([`crate::store::Store::take_lease`]). Each piece of work a daemon does
+//! ([`crate::store::OwnerStore::take_lease`]). Each piece of work a daemon does
 //! for a box or a pool (a task, the pass's prompt steps, the owner-wide
 //! chores) runs in the scope of a [`Fence`]: the subject, the daemon and
 //! the generation it held when it planned the work. Every call that

@@ -2,7 +2,7 @@
 //! one box run one after the other, never interleaved. On a SQLite state they
 //! are lock files (one machine); on PostgreSQL, advisory locks held by a
 //! connection of their own (every machine sharing the database; see
-//! [`crate::store::Store::lock_box`]). Beyond that, `up` re-checks by tag
+//! [`crate::store::OwnerStore::lock_box`]). Beyond that, `up` re-checks by tag
 //! after launching and terminates the loser.
 
 use std::fs::{File, OpenOptions, TryLockError};

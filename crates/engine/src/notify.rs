@@ -200,7 +200,10 @@ impl Deliverer {
         };
         // A sink seen for the first time starts after the newest event now,
         // whether or not this daemon delivers: not when the gate opens.
-        store.notify_cursor(&self.owner, &self.sink.name).await?;
+        store
+            .for_owner(&self.owner)
+            .notify_cursor(&self.sink.name)
+            .await?;
         loop {
             // Another daemon may have delivered while this one did not hold
             // the gate: the cursor is read again each time it opens.
@@ -210,7 +213,10 @@ impl Deliverer {
                     () = tokio::time::sleep(self.poll) => {}
                 }
             }
-            let cursor = store.notify_cursor(&self.owner, &self.sink.name).await?;
+            let cursor = store
+                .for_owner(&self.owner)
+                .notify_cursor(&self.sink.name)
+                .await?;
             if self
                 .deliver_while(&open, cursor, &store, &metrics, &mut shutdown)
                 .await?
@@ -234,7 +240,8 @@ impl Deliverer {
                 return Ok(false);
             }
             let events = store
-                .events_after(&self.owner, cursor.last_event, BATCH)
+                .for_owner(&self.owner)
+                .events_after(cursor.last_event, BATCH)
                 .await?;
             let mut wait = self.poll;
             let stored = cursor.last_event;
@@ -253,7 +260,8 @@ impl Deliverer {
                         cursor.last_event = *place;
                         cursor.attempts = 0;
                         store
-                            .notify_delivered(&self.owner, &self.sink.name, *place)
+                            .for_owner(&self.owner)
+                            .notify_delivered(&self.sink.name, *place)
                             .await?;
                     }
                     Err(why) => {
@@ -266,7 +274,8 @@ impl Deliverer {
                             "notification not delivered ({why}); retrying in {wait:?}"
                         );
                         store
-                            .notify_failed(&self.owner, &self.sink.name, &cursor, &why)
+                            .for_owner(&self.owner)
+                            .notify_failed(&self.sink.name, &cursor, &why)
                             .await?;
                         break;
                     }
@@ -275,7 +284,8 @@ impl Deliverer {
             if cursor.attempts == 0 && cursor.last_event > stored {
                 // Skipped kinds at the end: remembered, so a restart does not read them again.
                 store
-                    .notify_delivered(&self.owner, &self.sink.name, cursor.last_event)
+                    .for_owner(&self.owner)
+                    .notify_delivered(&self.sink.name, cursor.last_event)
                     .await?;
             }
             if events.is_empty() || cursor.attempts > 0 {

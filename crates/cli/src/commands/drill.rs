@@ -62,7 +62,8 @@ pub async fn run(
         )));
     }
     let since = store
-        .events(&config.owner, Some(box_name), 1)
+        .for_owner(&config.owner)
+        .events(Some(box_name), 1)
         .await
         .context("reading the event log")?
         .first()
@@ -216,7 +217,8 @@ impl Sent<'_> {
 
 async fn say(store: &Store, config: &Config, box_name: &str, what: &str) {
     if let Err(e) = store
-        .record_event(&config.owner, Some(box_name), EventKind::Drill, what)
+        .for_owner(&config.owner)
+        .record_event(Some(box_name), EventKind::Drill, what)
         .await
     {
         tracing::warn!("cannot record the drill: {e}");
@@ -241,7 +243,8 @@ async fn follow(
     while !timeline.complete() && started.elapsed() < wait {
         let at = started.elapsed();
         for e in store
-            .events(&config.owner, Some(&spec.name), 100)
+            .for_owner(&config.owner)
+            .events(Some(&spec.name), 100)
             .await
             .context("reading the event log")?
             .iter()

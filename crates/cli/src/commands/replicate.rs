@@ -137,7 +137,11 @@ async fn round(
 }
 
 async fn record(store: &Store, owner: &str, box_name: &str, kind: EventKind, what: &str) {
-    if let Err(e) = store.record_event(owner, Some(box_name), kind, what).await {
+    if let Err(e) = store
+        .for_owner(owner)
+        .record_event(Some(box_name), kind, what)
+        .await
+    {
         tracing::warn!("cannot record {kind}: {e}");
     }
 }

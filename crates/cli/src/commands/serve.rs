@@ -257,7 +257,11 @@ async fn warn_of_other_owners(
     let since = spotkeeper_engine::store::unix_now()
         .saturating_sub(i64::try_from(config.lease.as_secs() * 3).unwrap_or(i64::MAX))
         * 1000;
-    let others = match store.other_owners_daemons(&config.owner, since).await {
+    let others = match store
+        .for_owner(&config.owner)
+        .other_owners_daemons(since)
+        .await
+    {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!("cannot read the daemons of this database: {e}");
@@ -273,7 +277,8 @@ async fn warn_of_other_owners(
         );
         tracing::warn!("{what}");
         if let Err(e) = store
-            .record_event(&config.owner, None, EventKind::OwnerMismatch, &what)
+            .for_owner(&config.owner)
+            .record_event(None, EventKind::OwnerMismatch, &what)
             .await
         {
             tracing::warn!("cannot record an event: {e}");

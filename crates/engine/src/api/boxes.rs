@@ -146,7 +146,7 @@ pub(super) fn live(state: &ApiState) -> (Option<i64>, Vec<spotkeeper_cloud::Inst
 }
 
 pub(super) async fn list_boxes(State(state): State<ApiState>) -> ApiResult {
-    let managed = state.store.managed_boxes(&state.config.owner).await?;
+    let managed = state.owned().managed_boxes().await?;
     let (observed_at, live) = live(&state);
     let prices = latest_prices(&state).await;
     let mut out = Vec::new();
@@ -167,8 +167,8 @@ pub(super) async fn list_boxes(State(state): State<ApiState>) -> ApiResult {
 }
 
 pub(super) async fn get_box(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult {
-    let managed = state.store.managed_boxes(&state.config.owner).await?;
-    let stop = state.store.stop_job(&state.config.owner, &name).await?;
+    let managed = state.owned().managed_boxes().await?;
+    let stop = state.owned().stop_job(&name).await?;
     let Some(b) = managed.iter().find(|b| b.name == name) else {
         // A box whose stop is done: what the stop did.
         return match stop {
@@ -215,13 +215,12 @@ pub(super) async fn register_box(
         .map_err(ApiError::unprocessable)?;
     name_and_volumes_free(&state, &spec).await?;
     state
-        .store
-        .register_box(&state.config.owner, &name, "api", Some(&body.to_string()))
+        .owned()
+        .register_box(&name, "api", Some(&body.to_string()))
         .await?;
     let _ = state
-        .store
+        .owned()
         .record_event(
-            &state.config.owner,
             Some(&name),
             EventKind::Registered,
             "registered through the API",
@@ -244,7 +243,7 @@ pub(super) async fn name_and_volumes_free(
     state: &ApiState,
     spec: &crate::config::BoxSpec,
 ) -> ApiResult<()> {
-    let managed = state.store.managed_boxes(&state.config.owner).await?;
+    let managed = state.owned().managed_boxes().await?;
     name_free(state, &spec.name, &managed).await?;
     // The other boxes: the config's and the registered ones.
     let mut others: Vec<crate::config::BoxSpec> = state
@@ -275,7 +274,7 @@ pub(super) async fn name_free(
     name: &str,
     managed: &[crate::store::ManagedBox],
 ) -> ApiResult<()> {
-    let stopping = state.store.stop_job(&state.config.owner, name).await?;
+    let stopping = state.owned().stop_job(name).await?;
     if stopping.is_some_and(|j| j.open()) {
         return Err(ApiError::conflict(format!(
             "box {name:?} is being stopped; register it again once its stop is done (GET it)"
@@ -364,7 +363,7 @@ pub(super) async fn delete_box(
             "the only query parameter is stop=true|false",
         ));
     };
-    let managed = state.store.managed_boxes(&state.config.owner).await?;
+    let managed = state.owned().managed_boxes().await?;
     let Some(b) = managed.into_iter().find(|b| b.name == name) else {
         return Err(ApiError::not_found(format!(
             "no managed box named {name:?}"
@@ -389,11 +388,10 @@ pub(super) async fn delete_box(
     }
     // Recorded, then done by the daemon (or the next one) as a job: a stop
     // takes minutes (instances going, snapshots), a request does not.
-    let job = state.store.request_stop(&state.config.owner, &name).await?;
+    let job = state.owned().request_stop(&name).await?;
     if let Err(e) = state
-        .store
+        .owned()
         .record_event(
-            &state.config.owner,
             Some(&name),
             EventKind::StopRequested,
             "stop asked through the API; the daemon runs it as a job (GET the box for its steps)",
@@ -415,16 +413,12 @@ pub(super) async fn delete_box(
 pub(super) async fn deregister(state: &ApiState, name: &str) -> ApiResult {
     // A box being stopped stays managed until its stop is done (the
     // daemons run the jobs of the boxes they manage).
-    if state
-        .store
-        .deregister_box(&state.config.owner, name)
-        .await?
-    {
+    if state.owned().deregister_box(name).await? {
         return Ok(
             Json(json!({ "name": name, "deregistered": true, "stopped": false })).into_response(),
         );
     }
-    match state.store.stop_job(&state.config.owner, name).await? {
+    match state.owned().stop_job(name).await? {
         Some(job) if job.open() => Err(ApiError::conflict(format!(
             "box {name:?} is being stopped; it is no longer managed once its stop is done (GET it)"
         ))),

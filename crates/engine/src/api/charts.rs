@@ -40,7 +40,7 @@ pub(super) async fn price_chart(
     };
     let (title, types, zones, ceiling) = match (&q.box_name, &q.pool) {
         (Some(name), None) => {
-            let stored = (state.store.managed_boxes(&state.config.owner).await?)
+            let stored = (state.owned().managed_boxes().await?)
                 .into_iter()
                 .find(|b| &b.name == name);
             let Some(spec) = stored.and_then(|b| spec_of(&state, name, b.spec.as_deref())) else {
@@ -127,10 +127,7 @@ pub(super) async fn pool_chart(
     let Some((since, until)) = chart_window(days) else {
         return Err(ApiError::bad_request("days must be 1..30"));
     };
-    let samples = state
-        .store
-        .pool_samples(&state.config.owner, &name, since)
-        .await?;
+    let samples = state.owned().pool_samples(&name, since).await?;
     let series = [
         crate::charts::Series {
             label: "desired".into(),

@@ -28,7 +28,6 @@ pub(super) async fn drill_box(
         ));
     };
     let instance = may_drill(&state, &name).await?;
-    let owner = &state.config.owner;
     let Some(queue) = state.queue.get() else {
         return Err(ApiError::unavailable(
             "the daemon has not opened its event queue yet",
@@ -46,8 +45,8 @@ pub(super) async fn drill_box(
         drill.what, instance.id, drill.id
     );
     state
-        .store
-        .record_event(owner, Some(&name), EventKind::Drill, &what)
+        .owned()
+        .record_event(Some(&name), EventKind::Drill, &what)
         .await?;
     queue
         .send(&drill.body)
@@ -63,14 +62,13 @@ pub(super) async fn drill_box(
 /// The live spot instance the daemon last saw of a managed box without a
 /// drill in the last [`DRILL_EVERY`] seconds.
 async fn may_drill(state: &ApiState, name: &str) -> ApiResult<spotkeeper_cloud::Instance> {
-    let owner = &state.config.owner;
-    let managed = state.store.managed_boxes(owner).await?;
+    let managed = state.owned().managed_boxes().await?;
     if !managed.iter().any(|b| b.name == name) {
         return Err(ApiError::not_found(format!(
             "no managed box named {name:?}"
         )));
     }
-    let recent = state.store.events(owner, Some(name), 50).await?;
+    let recent = state.owned().events(Some(name), 50).await?;
     let now = crate::store::unix_now();
     if recent
         .iter()

@@ -95,6 +95,13 @@ pub type DnsCache =
 /// How long a box's DNS status is served from [`ApiState::dns_cache`].
 const DNS_STATUS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
+impl ApiState {
+    /// The store as the config's owner sees it.
+    fn owned(&self) -> crate::store::OwnerStore<'_> {
+        self.store.for_owner(&self.config.owner)
+    }
+}
+
 impl std::fmt::Debug for ApiState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiState")

@@ -66,13 +66,13 @@ pub(super) async fn register_pool(
     crate::config::parse_pool_json(&name, &body)
         .and_then(|_| refuse_code(&state.config, &body))
         .map_err(ApiError::unprocessable)?;
-    state.store.pool_revived(&state.config.owner, &name).await?;
-    let existed = (state.store.pools(&state.config.owner).await?)
+    state.owned().pool_revived(&name).await?;
+    let existed = (state.owned().pools().await?)
         .iter()
         .any(|(n, _)| *n == name);
     state
-        .store
-        .register_pool(&state.config.owner, &name, &body.to_string())
+        .owned()
+        .register_pool(&name, &body.to_string())
         .await?;
     let kind = if existed {
         EventKind::Updated
@@ -80,13 +80,8 @@ pub(super) async fn register_pool(
         EventKind::Registered
     };
     let _ = state
-        .store
-        .record_pool_event(
-            &state.config.owner,
-            &name,
-            kind,
-            &format!("{kind} through the API"),
-        )
+        .owned()
+        .record_pool_event(&name, kind, &format!("{kind} through the API"))
         .await;
     state.wake.notify_one();
     Ok((
@@ -111,26 +106,15 @@ pub(super) async fn delete_pool(
             "pool {name:?} is defined in the config file; remove it there"
         )));
     }
-    if !state
-        .store
-        .deregister_pool(&state.config.owner, &name)
-        .await?
-    {
+    if !state.owned().deregister_pool(&name).await? {
         return Err(ApiError::not_found(format!("no pool named {name:?}")));
     }
     // The evidence the daemon needs to collect what this call may leave
     // (a terminate that fails below, a launch racing the deletion).
-    state
-        .store
-        .pool_deleted(&state.config.owner, &name, "api")
-        .await?;
+    state.owned().pool_deleted(&name, "api").await?;
     match crate::pools::take_down(state.cloud.as_ref(), &state.config.owner, &name).await {
         Ok((cancelled, terminated)) => {
-            let _ = state
-                .store
-                .record_pool_event(
-                    &state.config.owner,
-                    &name,
+            let _ = state.owned().record_pool_event(&name,
                     EventKind::Deleted,
                     &format!("deleted through the API: cancelled {cancelled} requests, terminated {terminated} instances"),
                 )

@@ -24,10 +24,7 @@ pub(super) async fn events(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be 1..1000"));
     }
-    let events = state
-        .store
-        .events(&state.config.owner, q.box_name.as_deref(), limit)
-        .await?;
+    let events = state.owned().events(q.box_name.as_deref(), limit).await?;
     Ok(Json(events).into_response())
 }
 
@@ -98,7 +95,7 @@ pub(super) async fn refresh_savings(state: &ApiState) {
 /// The `[[notify]]` sinks: name, kind, events, how far delivery got and
 /// the last failure. Never the URL or the secret.
 pub(super) async fn notify_sinks(State(state): State<ApiState>) -> ApiResult {
-    let cursors = state.store.notify_cursors(&state.config.owner).await?;
+    let cursors = state.owned().notify_cursors().await?;
     let sinks: Vec<Value> = state
         .config
         .notify
@@ -123,10 +120,8 @@ pub(super) async fn notify_sinks(State(state): State<ApiState>) -> ApiResult {
 /// leases each holds.
 pub(super) async fn daemons(State(state): State<ApiState>) -> ApiResult {
     let now = crate::store::unix_now() * 1000;
-    let owner = &state.config.owner;
     let since = now - state.config.lease.as_millis() as i64;
-    let (daemons, leases) =
-        tokio::try_join!(state.store.daemons(owner, since), state.store.leases(owner))?;
+    let (daemons, leases) = tokio::try_join!(state.owned().daemons(since), state.owned().leases())?;
     let daemons: Vec<Value> = daemons
         .iter()
         .map(|d| {
@@ -167,9 +162,6 @@ pub(super) async fn instances(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be 1..1000"));
     }
-    let seen = state
-        .store
-        .seen_instances(&state.config.owner, limit)
-        .await?;
+    let seen = state.owned().seen_instances(limit).await?;
     Ok(Json(seen).into_response())
 }

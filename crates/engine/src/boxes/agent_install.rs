@@ -33,8 +33,8 @@ pub(super) async fn install_agent(ctx: &Ctx<'_>, spec: &BoxSpec, instance: &Inst
             let what = format!("agent not installed on {}: {e}", instance.id);
             ctx.progress.note(&what);
             if let Err(e) = ctx
-                .store
-                .record_event(ctx.owner, Some(&spec.name), EventKind::HookFailed, &what)
+                .owned()
+                .record_event(Some(&spec.name), EventKind::HookFailed, &what)
                 .await
             {
                 tracing::warn!("cannot record an event: {e}");

@@ -53,7 +53,7 @@ pub(super) async fn up_inner(
 ) -> Result<UpOutcome, BoxError> {
     let name = spec.name.as_str();
     // Read once: under the box lock nothing else writes this box's intents.
-    let open = ctx.store.open_intent(ctx.owner, name).await?;
+    let open = ctx.owned().open_intent(name).await?;
     let known = trusted(known, open.as_ref(), avoid);
     if known.is_none() {
         check_before_launch(ctx, spec).await?;
@@ -488,13 +488,8 @@ async fn launch_at(
                 };
                 ctx.store.close_intent(intent.id, why).await?;
             }
-            ctx.store
-                .record_event(
-                    ctx.owner,
-                    Some(name),
-                    EventKind::LaunchFailed,
-                    &e.to_string(),
-                )
+            ctx.owned()
+                .record_event(Some(name), EventKind::LaunchFailed, &e.to_string())
                 .await?;
             if !capacity {
                 return Err(e.into());
@@ -529,9 +524,8 @@ async fn launched(
         .unwrap_or_default();
     ctx.progress
         .finish(&format!("launched {}{via}", instance.id));
-    ctx.store
+    ctx.owned()
         .record_event(
-            ctx.owner,
             Some(&spec.name),
             EventKind::Launch,
             &format!(
@@ -652,7 +646,7 @@ async fn new_intent(
     instance_type: &str,
     zone: Option<&str>,
 ) -> Result<Intent, StoreError> {
-    let generation = ctx.store.next_generation(ctx.owner, name).await?;
+    let generation = ctx.owned().next_generation(name).await?;
     let token = plan::client_token(ctx.owner, name, generation, market, instance_type, zone);
     ctx.store
         .create_intent(NewIntent {

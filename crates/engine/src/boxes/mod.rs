@@ -78,6 +78,13 @@ pub struct Ctx<'a> {
     pub timing: Timing,
 }
 
+impl<'a> Ctx<'a> {
+    /// The store as the owner sees it.
+    pub fn owned(&self) -> crate::store::OwnerStore<'a> {
+        self.store.for_owner(self.owner)
+    }
+}
+
 impl std::fmt::Debug for Ctx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ctx")
@@ -380,7 +387,7 @@ pub async fn up_known(
     let _lock = take_lock(ctx, &spec.name).await?;
     tracing::debug!(box_name = %spec.name, known = known.is_some(), "up: locked");
     // A box being stopped is not brought back until its stop is done.
-    if let Some(job) = ctx.store.stop_job(ctx.owner, &spec.name).await?
+    if let Some(job) = ctx.owned().stop_job(&spec.name).await?
         && job.open()
     {
         return Err(BoxError::Stopping {
@@ -398,8 +405,8 @@ pub async fn up_known(
                 spec.name
             );
             ctx.progress.note(&what);
-            ctx.store
-                .record_event(ctx.owner, Some(&spec.name), EventKind::Fallback, &what)
+            ctx.owned()
+                .record_event(Some(&spec.name), EventKind::Fallback, &what)
                 .await?;
             let on_demand = BoxSpec {
                 market: Market::OnDemand,
@@ -409,9 +416,7 @@ pub async fn up_known(
         }
         other => other?,
     };
-    ctx.store
-        .ensure_managed(ctx.owner, &spec.name, "up")
-        .await?;
+    ctx.owned().ensure_managed(&spec.name, "up").await?;
     Ok(outcome)
 }
 
@@ -422,7 +427,7 @@ async fn take_lock(ctx: &Ctx<'_>, name: &str) -> Result<crate::lock::BoxLock, Bo
         ));
     };
     if ctx.store.backend() == crate::store::Backend::Postgres {
-        return Ok(ctx.store.lock_box(ctx.owner, name, &on_wait).await?);
+        return Ok(ctx.owned().lock_box(name, &on_wait).await?);
     }
     lock_box(ctx.lock_dir, ctx.owner, name, &on_wait)
         .await

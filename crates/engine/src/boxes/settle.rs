@@ -67,9 +67,8 @@ pub(super) async fn settle(
     if let Some(dns) = &spec.dns {
         let address = crate::dns::point(ctx.cloud, ctx.owner, &spec.name, dns, &instance).await?;
         ctx.progress.note(&format!("DNS {} → {address}", dns.name));
-        ctx.store
+        ctx.owned()
             .record_event(
-                ctx.owner,
                 Some(&spec.name),
                 EventKind::Dns,
                 &format!("{} → {address} ({})", dns.name, instance.id),
@@ -144,9 +143,8 @@ pub(super) async fn terminate_extras(
     )
     .await?;
     ctx.cloud.terminate(&extras).await?;
-    ctx.store
+    ctx.owned()
         .record_event(
-            ctx.owner,
             Some(name),
             EventKind::DuplicateTerminated,
             &format!("terminated {list}, kept {}", keep.id),

@@ -17,11 +17,11 @@ use crate::event_kind::EventKind;
 use crate::persist;
 use crate::store::Outcome;
 
-/// Stops a box: asks for its stop job ([`crate::store::Store::request_stop`])
+/// Stops a box: asks for its stop job ([`crate::store::OwnerStore::request_stop`])
 /// and runs it to its end ([`finish_stop`]); with `wait`, until the
 /// instances are shutting down even when the volumes do not need it.
 pub async fn stop(ctx: &Ctx<'_>, spec: &BoxSpec, wait: bool) -> Result<StopOutcome, BoxError> {
-    ctx.store.request_stop(ctx.owner, &spec.name).await?;
+    ctx.owned().request_stop(&spec.name).await?;
     finish_stop(ctx, spec, wait).await
 }
 
@@ -40,11 +40,11 @@ pub async fn finish_stop(
     // the daemons see the stop job and launch nothing for the box.
     let _lock = take_lock(ctx, box_name).await?;
     let step = |step: &'static str, what: String| async move {
-        ctx.store.stop_step(ctx.owner, box_name, step, &what).await
+        ctx.owned().stop_step(box_name, step, &what).await
     };
     let (outcome, going) = targets(ctx, box_name).await?;
-    ctx.store
-        .close_box_intents(ctx.owner, box_name, Outcome::Stopped)
+    ctx.owned()
+        .close_box_intents(box_name, Outcome::Stopped)
         .await?;
     let nothing = outcome.terminated.is_empty() && outcome.cancelled.is_empty();
     if nothing && going.is_empty() {
@@ -82,9 +82,8 @@ pub async fn finish_stop(
     }
     // Said once the job is through, by whichever run finished it.
     if !(nothing && going.is_empty() && volumes.is_empty() && dns.is_empty()) {
-        ctx.store
+        ctx.owned()
             .record_event(
-                ctx.owner,
                 Some(box_name),
                 EventKind::Stop,
                 &format!(
@@ -100,7 +99,7 @@ pub async fn finish_stop(
             )
             .await?;
     }
-    ctx.store.stop_done(ctx.owner, box_name).await?;
+    ctx.owned().stop_done(box_name).await?;
     Ok(outcome)
 }
 

@@ -286,9 +286,8 @@ impl Daemon<'_> {
         match step {
             Step::OverCeiling { instance, price } => {
                 // Marked first: a crash here leaves a box the next pass replaces.
-                self.store
+                self.owned()
                     .doom(
-                        &self.config.owner,
                         &Subject::Box(name.to_owned()),
                         instance.as_str(),
                         EventKind::OverCeiling,
@@ -396,8 +395,8 @@ impl Daemon<'_> {
             return done;
         }
         let doomed: HashSet<InstanceId> = self
-            .store
-            .doomed(&self.config.owner)
+            .owned()
+            .doomed()
             .await
             .map_err(|e| TaskError::failed(EventKind::ReplaceFailed, e))?
             .into_iter()
@@ -471,11 +470,7 @@ impl Daemon<'_> {
             ))),
             Err(e) if self.stopped_by_fence(Some(name), &e).await => Err(TaskError::Quiet),
             Err(e) => {
-                if let Err(s) = self
-                    .store
-                    .stop_failed(&self.config.owner, name, &e.to_string())
-                    .await
-                {
+                if let Err(s) = self.owned().stop_failed(name, &e.to_string()).await {
                     tracing::warn!("recording a failed stop: {s}");
                 }
                 Err(TaskError::backing_off(
@@ -534,7 +529,7 @@ impl Daemon<'_> {
     pub(super) async fn back_to_spot(&self, spec: &BoxSpec, instance: &Instance) -> TaskResult {
         let name = spec.name.as_str();
         // Not said: the box runs (on-demand), and the next pass tries again.
-        let doomed: HashSet<InstanceId> = match self.store.doomed(&self.config.owner).await {
+        let doomed: HashSet<InstanceId> = match self.owned().doomed().await {
             Ok(d) => d.into_iter().map(InstanceId::new).collect(),
             Err(_) => return Err(TaskError::Quiet),
         };

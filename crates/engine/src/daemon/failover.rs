@@ -263,8 +263,8 @@ impl Daemon<'_> {
     async fn avoid(&self) -> Result<Avoid, BoxError> {
         Ok(Avoid {
             instances: self
-                .store
-                .doomed(&self.config.owner)
+                .owned()
+                .doomed()
                 .await?
                 .into_iter()
                 .map(InstanceId::new)
@@ -348,8 +348,8 @@ impl Daemon<'_> {
     /// Records an instance in another region as seen (for `cost`).
     async fn seen_away(&self, instance: &Instance) {
         if let Err(e) = self
-            .store
-            .record_seen(&self.config.owner, std::slice::from_ref(instance))
+            .owned()
+            .record_seen(std::slice::from_ref(instance))
             .await
         {
             tracing::warn!("cannot record the instances seen in the state file: {e}");
@@ -360,7 +360,7 @@ impl Daemon<'_> {
     /// region: its instance is in the region the box leaves (a launch there
     /// would wait for AWS to list it, which another region never does).
     async fn close_intent(&self, name: &str) -> Result<(), BoxError> {
-        if let Some(open) = self.store.open_intent(&self.config.owner, name).await? {
+        if let Some(open) = self.owned().open_intent(name).await? {
             self.store
                 .close_intent(open.id, crate::store::Outcome::Gone)
                 .await?;

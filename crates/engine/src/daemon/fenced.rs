@@ -349,7 +349,8 @@ mod tests {
         let cloud = FencedCloud::new(&fake, &store);
         let now = store.clock_ms().await.expect("clock");
         let generation = store
-            .take_lease("o", "box:dev", "a", now, now + 60_000)
+            .for_owner("o")
+            .take_lease("box:dev", "a", now, now + 60_000)
             .await
             .expect("take")
             .expect("free");
@@ -377,7 +378,8 @@ mod tests {
         // database's clock): a's work changes nothing from now on.
         let later = now + 120_000;
         store
-            .take_lease("o", "box:dev", "b", later, later + 60_000)
+            .for_owner("o")
+            .take_lease("box:dev", "b", later, later + 60_000)
             .await
             .expect("take over")
             .expect("expired: taken");

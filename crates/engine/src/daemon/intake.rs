@@ -66,13 +66,8 @@ impl Daemon<'_> {
         // between leaves it to the passes (the box is replaced once its
         // instance is seen going).
         if !self
-            .store
-            .first_delivery(
-                &self.config.owner,
-                &event.id,
-                event.kind.name(),
-                first_instance.as_deref(),
-            )
+            .owned()
+            .first_delivery(&event.id, event.kind.name(), first_instance.as_deref())
             .await?
         {
             self.metrics.event(EventKind::Duplicate.as_str());
@@ -81,11 +76,7 @@ impl Daemon<'_> {
         let outcome = match self.act(&event).await {
             Ok(o) => o,
             Err(e) => {
-                if let Err(f) = self
-                    .store
-                    .forget_delivery(&self.config.owner, &event.id)
-                    .await
-                {
+                if let Err(f) = self.owned().forget_delivery(&event.id).await {
                     tracing::warn!("cannot forget event {} after failing on it: {f}", event.id);
                 }
                 return Err(e);
@@ -96,8 +87,8 @@ impl Daemon<'_> {
 
     async fn act(&self, event: &events::Event) -> Result<Handled, BoxError> {
         let managed: HashMap<String, Option<String>> = self
-            .store
-            .managed_boxes(&self.config.owner)
+            .owned()
+            .managed_boxes()
             .await?
             .into_iter()
             .map(|b| (b.name, b.spec))
@@ -195,9 +186,8 @@ impl Daemon<'_> {
         // The pool pass replaces it: it is short once the instance stops
         // counting (doomed) or is gone.
         if let Notice::SpotInterruption { .. } | Notice::ScheduledChange { .. } = &event.kind {
-            self.store
+            self.owned()
                 .doom(
-                    &self.config.owner,
                     &Subject::Pool(pool.to_owned()),
                     id.as_str(),
                     event.kind.event_kind(),
@@ -217,8 +207,8 @@ impl Daemon<'_> {
             event.kind.name()
         );
         if let Err(e) = self
-            .store
-            .record_pool_event(&self.config.owner, pool, event.kind.event_kind(), &what)
+            .owned()
+            .record_pool_event(pool, event.kind.event_kind(), &what)
             .await
         {
             tracing::warn!("cannot record a pool event: {e}");
@@ -253,9 +243,8 @@ impl Daemon<'_> {
                 event.kind.name()
             )));
         }
-        self.store
+        self.owned()
             .doom(
-                &self.config.owner,
                 &Subject::Box(box_name.to_owned()),
                 id.as_str(),
                 event.kind.event_kind(),
@@ -286,7 +275,7 @@ impl Daemon<'_> {
             }
             self.fast_path(spec);
         }
-        if !held && let Err(e) = self.store.wake_daemons(&self.config.owner, box_name).await {
+        if !held && let Err(e) = self.owned().wake_daemons(box_name).await {
             tracing::warn!("cannot wake the daemon holding {box_name}: {e}");
         }
         let what = acted(event, id, box_name, held);

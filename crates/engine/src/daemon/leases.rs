@@ -231,7 +231,6 @@ impl Daemon<'_> {
     }
 
     async fn claim_now(&self, subjects: &[String]) -> Result<Claim, BoxError> {
-        let owner = &self.config.owner;
         let (now, lease) = (self.now_ms().await?, self.lease_ms());
         self.lock_memory().subjects = subjects.to_vec();
         if self.cut_off() {
@@ -240,14 +239,12 @@ impl Daemon<'_> {
         self.record_config(now).await?;
         let held = self.held().len() as i64;
         let config = &self.config.fingerprint;
-        self.store
-            .daemon_alive(owner, &self.id, &self.host, now, held, config)
+        self.owned()
+            .daemon_alive(&self.id, &self.host, now, held, config)
             .await?;
-        let live = self.store.daemons(owner, now - lease).await?.len();
-        self.store
-            .renew_leases(owner, &self.id, now + lease)
-            .await?;
-        let leases = self.store.leases(owner).await?;
+        let live = self.owned().daemons(now - lease).await?.len();
+        self.owned().renew_leases(&self.id, now + lease).await?;
+        let leases = self.owned().leases().await?;
         let wanted: HashSet<&str> = subjects.iter().map(String::as_str).collect();
         let mut claim = Claim::default();
         let mut generations = std::collections::BTreeMap::new();
@@ -257,9 +254,7 @@ impl Daemon<'_> {
                 generations.insert(l.subject.clone(), l.generation);
             } else {
                 // A box stopped or a pool deleted: nothing to hold.
-                self.store
-                    .release_lease(owner, &l.subject, &self.id)
-                    .await?;
+                self.owned().release_lease(&l.subject, &self.id).await?;
             }
         }
         let share = share(subjects.len(), live);
@@ -272,7 +267,7 @@ impl Daemon<'_> {
             let Some(give) = self.least_busy(&claim.held, &keep) else {
                 break;
             };
-            self.store.release_lease(owner, &give, &self.id).await?;
+            self.owned().release_lease(&give, &self.id).await?;
             claim.held.remove(&give);
             generations.remove(&give);
             claim.released.push(give);
@@ -282,8 +277,8 @@ impl Daemon<'_> {
                 break;
             }
             if let Some(generation) = self
-                .store
-                .take_lease(owner, subject, &self.id, now, now + lease)
+                .owned()
+                .take_lease(subject, &self.id, now, now + lease)
                 .await?
             {
                 claim.held.insert(subject.to_owned());
@@ -325,9 +320,7 @@ impl Daemon<'_> {
     /// its boxes at their next claim. It claims again once AWS answers.
     async fn let_go(&self, stale: i64) -> Result<Claim, BoxError> {
         let had = self.held();
-        self.store
-            .daemon_gone(&self.config.owner, &self.id, stale)
-            .await?;
+        self.owned().daemon_gone(&self.id, stale).await?;
         self.hold(Default::default());
         let what = format!(
             "daemon {} cannot reach AWS: it gave its {} lease(s) back until AWS answers",
@@ -517,11 +510,7 @@ impl Daemon<'_> {
             }
         };
         let stale = now - 10 * self.lease_ms();
-        match self
-            .store
-            .daemon_gone(&self.config.owner, &self.id, stale)
-            .await
-        {
+        match self.owned().daemon_gone(&self.id, stale).await {
             Ok(()) => {
                 self.record(
                     None,

@@ -199,6 +199,11 @@ pub struct PassOutcome {
 }
 
 impl<'a> Daemon<'a> {
+    /// The store as this daemon's owner sees it.
+    fn owned(&self) -> crate::store::OwnerStore<'a> {
+        self.store.for_owner(&self.config.owner)
+    }
+
     /// A daemon over `cloud` and `store` for the boxes of `config`.
     pub fn new(
         cloud: &'a dyn Cloud,
@@ -426,11 +431,7 @@ impl<'a> Daemon<'a> {
 
     async fn record(&self, box_name: Option<&str>, kind: EventKind, message: &str) {
         tracing::info!(box_name, kind = kind.as_str(), "{message}");
-        if let Err(e) = self
-            .store
-            .record_event(&self.config.owner, box_name, kind, message)
-            .await
-        {
+        if let Err(e) = self.owned().record_event(box_name, kind, message).await {
             tracing::warn!("cannot record an event in the state file: {e}");
         }
     }
@@ -473,7 +474,7 @@ impl<'a> Daemon<'a> {
     async fn observe(&self, fleet: bool) -> Result<Observation, BoxError> {
         let owner = &self.config.owner;
         let epochs = self.lock_memory().epochs.clone();
-        let since = self.store.doomed_since(owner).await?;
+        let since = self.owned().doomed_since().await?;
         let bound = crate::store::unix_seconds(self.clock.now() - DOOMED_BOUND);
         let long_doomed: HashSet<InstanceId> = since
             .iter()
@@ -487,7 +488,7 @@ impl<'a> Daemon<'a> {
         let filter = crate::boxes::owner_filter(owner);
         let instances = self.cloud.instances(&filter).await?;
         let requests = self.cloud.spot_requests(&filter).await?;
-        if fleet && let Err(e) = self.store.record_seen(owner, &instances).await {
+        if fleet && let Err(e) = self.owned().record_seen(&instances).await {
             tracing::warn!("cannot record the instances seen in the state file: {e}");
         }
         Ok(Observation {
@@ -540,7 +541,7 @@ impl<'a> Daemon<'a> {
     /// ones without a readable spec are reported and left alone.
     async fn managed_specs(&self) -> Result<Vec<crate::config::BoxSpec>, BoxError> {
         let mut specs = Vec::new();
-        for managed in self.store.managed_boxes(&self.config.owner).await? {
+        for managed in self.owned().managed_boxes().await? {
             let name = managed.name.as_str();
             let key = format!("box-spec:{name}");
             match crate::desired::box_spec(self.config, name, managed.spec.as_deref()) {
@@ -648,12 +649,7 @@ impl<'a> Daemon<'a> {
         obs: &Observation,
         out: &mut PassOutcome,
     ) -> Result<(), BoxError> {
-        let stopping: HashSet<String> = self
-            .store
-            .open_stops(&self.config.owner)
-            .await?
-            .into_iter()
-            .collect();
+        let stopping: HashSet<String> = self.owned().open_stops().await?.into_iter().collect();
         for spec in specs {
             let subject = Subject::Box(spec.name.clone());
             if stopping.contains(&spec.name) {
@@ -711,11 +707,8 @@ impl<'a> Daemon<'a> {
         let sinks: Vec<String> = self.config.notify.iter().map(|s| s.name.clone()).collect();
         let pruned = async {
             Ok::<u64, crate::store::StoreError>(
-                self.store.prune(&self.config.owner, before).await?
-                    + self
-                        .store
-                        .prune_cursors(&self.config.owner, &sinks, before)
-                        .await?,
+                self.owned().prune(before).await?
+                    + self.owned().prune_cursors(&sinks, before).await?,
             )
         };
         match pruned.await {

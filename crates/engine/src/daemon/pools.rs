@@ -91,9 +91,8 @@ impl Daemon<'_> {
                 .map_or(0, |d| d.as_millis() as i64)
         });
         let generation = self
-            .store
+            .owned()
             .record_config(
-                &self.config.owner,
                 &self.config.fingerprint,
                 &self.config_subjects(),
                 written,
@@ -124,19 +123,19 @@ impl Daemon<'_> {
     pub(super) async fn live_configs(&self) -> Result<Vec<crate::store::LiveConfig>, BoxError> {
         let since = self.store.clock_ms().await? + self.clock.offset_ms()
             - self.config.lease.as_millis() as i64;
-        Ok(self.store.live_configs(&self.config.owner, since).await?)
+        Ok(self.owned().live_configs(since).await?)
     }
 
     /// Whether a newer config than this daemon's was recorded (a rollout
     /// under way, or this daemon started from a stale copy): then it
     /// deletes nothing its own config lacks, and says so once. It catches
     /// up when its file is brought up to date (or written anew: see
-    /// [`crate::store::Store::record_config`]).
+    /// [`crate::store::OwnerStore::record_config`]).
     pub(super) async fn config_behind(&self) -> Result<bool, BoxError> {
         let Some(mine) = self.lock_memory().config_generation else {
             return Ok(false);
         };
-        match self.store.newest_config(&self.config.owner).await? {
+        match self.owned().newest_config().await? {
             Some((fingerprint, newest)) if newest > mine => {
                 let what = format!(
                     "daemon {} runs an older config (generation {mine}) than the newest one recorded \
@@ -185,11 +184,9 @@ impl Daemon<'_> {
             .collect();
         wanted.extend(self.config.pools.keys().cloned());
         let wanted: Vec<String> = wanted.into_iter().collect();
-        for gone in self.store.config_pools(&self.config.owner, &wanted).await? {
+        for gone in self.owned().config_pools(&wanted).await? {
             if !pools.iter().any(|p| p.name == gone) && !unreadable.contains(&gone) {
-                self.store
-                    .pool_deleted(&self.config.owner, &gone, "config")
-                    .await?;
+                self.owned().pool_deleted(&gone, "config").await?;
             }
         }
         Ok(())
@@ -323,12 +320,7 @@ impl Daemon<'_> {
         world: &World,
     ) -> Result<Vec<String>, BoxError> {
         let known: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
-        let deleted: HashSet<String> = self
-            .store
-            .deleted_pools(&self.config.owner)
-            .await?
-            .into_iter()
-            .collect();
+        let deleted: HashSet<String> = self.owned().deleted_pools().await?.into_iter().collect();
         // Never terminate what cannot be read: an orphan is a pool recorded
         // as deleted, not merely one without a spec (a lost or wrong state
         // file, a spec that no longer parses).
@@ -481,8 +473,8 @@ impl Daemon<'_> {
         }
         let to_time = |s: i64| std::time::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64);
         Ok(self
-            .store
-            .pool_status(&self.config.owner, Some(pool))
+            .owned()
+            .pool_status(Some(pool))
             .await?
             .into_iter()
             .next()
@@ -502,7 +494,6 @@ impl Daemon<'_> {
         spot_blocked: bool,
         now: std::time::SystemTime,
     ) -> Result<(), BoxError> {
-        let owner = &self.config.owner;
         let status = crate::store::PoolStatus {
             pool: spec.name.clone(),
             at: crate::store::unix_seconds(now),
@@ -516,10 +507,9 @@ impl Daemon<'_> {
             }))
             .unwrap_or_default(),
         };
-        self.store.save_pool_status(owner, &status).await?;
-        self.store
+        self.owned().save_pool_status(&status).await?;
+        self.owned()
             .record_pool_sample(
-                owner,
                 &spec.name,
                 status.at,
                 i64::from(out.plan.desired),

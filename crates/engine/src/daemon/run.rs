@@ -70,11 +70,7 @@ impl Daemon<'_> {
             Subject::Box(name) => self.record(Some(name), event, &message).await,
             Subject::Pool(name) => {
                 tracing::info!(pool = %name, kind = event.as_str(), "{message}");
-                if let Err(e) = self
-                    .store
-                    .record_pool_event(&self.config.owner, name, event, &message)
-                    .await
-                {
+                if let Err(e) = self.owned().record_pool_event(name, event, &message).await {
                     tracing::warn!("cannot record an event in the state file: {e}");
                 }
             }

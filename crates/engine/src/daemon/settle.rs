@@ -48,8 +48,8 @@ impl Daemon<'_> {
         instance: &Instance,
     ) -> Result<Option<super::seen::DnsSeen>, BoxError> {
         let doomed: HashSet<InstanceId> = self
-            .store
-            .doomed(&self.config.owner)
+            .owned()
+            .doomed()
             .await?
             .into_iter()
             .map(InstanceId::new)

@@ -182,7 +182,8 @@ impl PoolPass<'_> {
         tracing::info!(pool, kind = kind.as_str(), "{message}");
         if let Err(e) = self
             .store
-            .record_pool_event(self.owner, pool, kind, message)
+            .for_owner(self.owner)
+            .record_pool_event(pool, kind, message)
             .await
         {
             tracing::warn!("cannot record a pool event in the state file: {e}");
@@ -326,7 +327,8 @@ impl PoolPass<'_> {
         let mut launched = Vec::new();
         for open in self
             .store
-            .open_pool_launches(self.owner, &spec.name)
+            .for_owner(self.owner)
+            .open_pool_launches(&spec.name)
             .await?
         {
             let age = unix_seconds(now) - open.created_at;
@@ -404,7 +406,8 @@ impl PoolPass<'_> {
         let since = unix_seconds(now) - crate::ownership::LISTING_LAG.as_secs() as i64;
         let recent = self
             .store
-            .launched_since(self.owner, &spec.name, since)
+            .for_owner(self.owner)
+            .launched_since(&spec.name, since)
             .await?;
         if recent.is_empty() {
             return Ok(Vec::new());
@@ -577,7 +580,11 @@ impl PoolPass<'_> {
             count: i64::from(batch.count),
             created_at: unix_seconds(now),
         };
-        Ok(self.store.create_pool_launch(self.owner, &launch).await?)
+        Ok(self
+            .store
+            .for_owner(self.owner)
+            .create_pool_launch(&launch)
+            .await?)
     }
 
     /// What a launch AWS refused changes: no capacity marks the offering, a

@@ -78,7 +78,7 @@ pub async fn view_of(
     pools: &[(PoolSpec, String)],
     events: i64,
 ) -> Result<Vec<PoolView>, PoolError> {
-    let status = store.pool_status(owner, None).await?;
+    let status = store.for_owner(owner).pool_status(None).await?;
     let mut out = Vec::new();
     for (spec, source) in pools {
         let live = members(spec, instances, &HashSet::new());
@@ -123,7 +123,10 @@ pub async fn view_of(
             held,
             reasons,
             last_pass,
-            events: store.pool_events(owner, &spec.name, events).await?,
+            events: store
+                .for_owner(owner)
+                .pool_events(&spec.name, events)
+                .await?,
             observed_at,
         });
     }

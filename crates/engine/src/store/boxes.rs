@@ -16,7 +16,7 @@ pub struct ManagedBox {
     pub registered_at: i64,
 }
 
-/// A box's stop job ([`Store::request_stop`]).
+/// A box's stop job ([`OwnerStore::request_stop`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StopJob {
     /// The box.
@@ -75,15 +75,15 @@ fn stop_job_from_row(r: &sqlx::any::AnyRow) -> Result<StopJob, sqlx::Error> {
     })
 }
 
-impl Store {
+impl OwnerStore<'_> {
     /// Makes a box managed (or updates how it is).
     pub async fn register_box(
-        &self,
-        owner: &str,
+        self,
         name: &str,
         source: &str,
         spec: Option<&str>,
     ) -> Result<(), StoreError> {
+        let owner = self.owner;
         sqlx::query(
             "INSERT INTO managed_boxes (owner, name, source, spec, registered_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (owner, name) DO UPDATE SET source = excluded.source, spec = excluded.spec",
@@ -99,12 +99,8 @@ impl Store {
     }
 
     /// Makes a box managed unless it already is (keeps how it was registered).
-    pub async fn ensure_managed(
-        &self,
-        owner: &str,
-        name: &str,
-        source: &str,
-    ) -> Result<(), StoreError> {
+    pub async fn ensure_managed(self, name: &str, source: &str) -> Result<(), StoreError> {
+        let owner = self.owner;
         sqlx::query("INSERT INTO managed_boxes (owner, name, source, spec, registered_at) VALUES ($1, $2, $3, NULL, $4) ON CONFLICT (owner, name) DO NOTHING")
             .bind(owner)
             .bind(name)
@@ -118,7 +114,8 @@ impl Store {
     /// Stops managing a box; returns whether it was managed. A box whose
     /// stop job is open stays managed (its stop ends that: the daemons run
     /// the jobs of the boxes they manage), in the same statement.
-    pub async fn deregister_box(&self, owner: &str, name: &str) -> Result<bool, StoreError> {
+    pub async fn deregister_box(self, name: &str) -> Result<bool, StoreError> {
+        let owner = self.owner;
         let n = sqlx::query(
             "DELETE FROM managed_boxes WHERE owner = $1 AND name = $2 AND NOT EXISTS
              (SELECT 1 FROM stop_jobs s WHERE s.owner = $1 AND s.box = $2 AND s.state <> 'done')",
@@ -133,7 +130,8 @@ impl Store {
 
     /// Asks for box `name`'s stop: records a `pending` job unless one is
     /// open already (asking twice is one stop); returns the job.
-    pub async fn request_stop(&self, owner: &str, name: &str) -> Result<StopJob, StoreError> {
+    pub async fn request_stop(self, name: &str) -> Result<StopJob, StoreError> {
+        let owner = self.owner;
         sqlx::query(
             "INSERT INTO stop_jobs (owner, box, requested_at, finished_at, state, steps, error)
              VALUES ($1, $2, $3, NULL, 'pending', '', NULL)
@@ -146,13 +144,14 @@ impl Store {
         .bind(unix_ms())
         .execute(&self.pool)
         .await?;
-        self.stop_job(owner, name)
+        self.stop_job(name)
             .await?
             .ok_or(StoreError::Query(sqlx::Error::RowNotFound))
     }
 
     /// Box `name`'s stop job, open or the last one done.
-    pub async fn stop_job(&self, owner: &str, name: &str) -> Result<Option<StopJob>, StoreError> {
+    pub async fn stop_job(self, name: &str) -> Result<Option<StopJob>, StoreError> {
+        let owner = self.owner;
         let row = sqlx::query(
             "SELECT box, state, requested_at, finished_at, steps, error FROM stop_jobs
              WHERE owner = $1 AND box = $2",
@@ -165,7 +164,8 @@ impl Store {
     }
 
     /// The boxes whose stop is still to be finished.
-    pub async fn open_stops(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+    pub async fn open_stops(self) -> Result<Vec<String>, StoreError> {
+        let owner = self.owner;
         Ok(sqlx::query_scalar(
             "SELECT box FROM stop_jobs WHERE owner = $1 AND state <> 'done' ORDER BY box",
         )
@@ -177,13 +177,8 @@ impl Store {
     /// Records a step of box `name`'s stop (`stopping` from the first
     /// one). Within a daemon's task the same transaction checks its lease
     /// ([`crate::fence`]).
-    pub async fn stop_step(
-        &self,
-        owner: &str,
-        name: &str,
-        step: &str,
-        what: &str,
-    ) -> Result<(), StoreError> {
+    pub async fn stop_step(self, name: &str, step: &str, what: &str) -> Result<(), StoreError> {
+        let owner = self.owner;
         let line = format!(
             "{}\t{step}\t{}\n",
             unix_ms(),
@@ -203,7 +198,8 @@ impl Store {
     }
 
     /// Box `name`'s stop failed this time (it is tried again).
-    pub async fn stop_failed(&self, owner: &str, name: &str, why: &str) -> Result<(), StoreError> {
+    pub async fn stop_failed(self, name: &str, why: &str) -> Result<(), StoreError> {
+        let owner = self.owner;
         sqlx::query(
             "UPDATE stop_jobs SET state = 'failed', error = $3
              WHERE owner = $1 AND box = $2 AND state <> 'done'",
@@ -218,7 +214,8 @@ impl Store {
 
     /// Box `name`'s stop is done: the box is no longer managed, in the same
     /// transaction.
-    pub async fn stop_done(&self, owner: &str, name: &str) -> Result<(), StoreError> {
+    pub async fn stop_done(self, name: &str) -> Result<(), StoreError> {
+        let owner = self.owner;
         let line = format!("{}\tdone\tthe box is no longer managed\n", unix_ms());
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -240,7 +237,8 @@ impl Store {
     }
 
     /// The managed boxes, by name.
-    pub async fn managed_boxes(&self, owner: &str) -> Result<Vec<ManagedBox>, StoreError> {
+    pub async fn managed_boxes(self) -> Result<Vec<ManagedBox>, StoreError> {
+        let owner = self.owner;
         Ok(sqlx::query_as::<_, ManagedBox>("SELECT name, source, spec, registered_at FROM managed_boxes WHERE owner = $1 ORDER BY name")
             .bind(owner)
             .fetch_all(&self.pool)
@@ -250,12 +248,12 @@ impl Store {
     /// Marks an instance of `subject` (a box, or a pool's member) as going
     /// away: it no longer counts as the live box or as the pool's capacity.
     pub async fn doom(
-        &self,
-        owner: &str,
+        self,
         subject: &crate::subject::Subject,
         instance: &str,
         reason: crate::event_kind::EventKind,
     ) -> Result<(), StoreError> {
+        let owner = self.owner;
         sqlx::query("INSERT INTO doomed_instances (instance_id, owner, subject, reason, at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (instance_id) DO NOTHING")
             .bind(instance)
             .bind(owner)
@@ -268,7 +266,8 @@ impl Store {
     }
 
     /// Instances marked as going away, with when (unix seconds).
-    pub async fn doomed_since(&self, owner: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    pub async fn doomed_since(self) -> Result<Vec<(String, i64)>, StoreError> {
+        let owner = self.owner;
         Ok(
             sqlx::query_as("SELECT instance_id, at FROM doomed_instances WHERE owner = $1")
                 .bind(owner)
@@ -278,7 +277,8 @@ impl Store {
     }
 
     /// Instances marked as going away.
-    pub async fn doomed(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+    pub async fn doomed(self) -> Result<Vec<String>, StoreError> {
+        let owner = self.owner;
         Ok(
             sqlx::query_scalar("SELECT instance_id FROM doomed_instances WHERE owner = $1")
                 .bind(owner)

@@ -26,7 +26,7 @@ pub struct Event {
 /// How far a notification sink has been told.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct NotifyCursor {
-    /// The place ([`Store::events_after`]) of the last event the receiver
+    /// The place ([`OwnerStore::events_after`]) of the last event the receiver
     /// took (or skipped as not wanted). For events recorded before places
     /// existed, the place is the id.
     pub last_event: i64,
@@ -42,54 +42,6 @@ pub struct NotifyCursor {
 const ORDERING_LOCK: i64 = 0x7370_6f74_6b65_6570;
 
 impl Store {
-    /// Appends to the event log.
-    pub async fn record_event(
-        &self,
-        owner: &str,
-        box_name: Option<&str>,
-        kind: crate::event_kind::EventKind,
-        message: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO events (at, owner, box, kind, message) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(unix_now())
-        .bind(owner)
-        .bind(box_name)
-        .bind(kind.as_str())
-        .bind(message)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Up to `limit` events of the owner after place `after` in the
-    /// delivery order, with their places, in that order. An event has a
-    /// place once it is committed ([`Store::order_events`]): however late
-    /// it commits, and whatever its writer's clock said, it comes after
-    /// every place read before and is never stepped over.
-    pub async fn events_after(
-        &self,
-        owner: &str,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<(i64, Event)>, StoreError> {
-        self.order_events().await?;
-        let rows = sqlx::query(
-            "SELECT seq, id, at, box, pool, kind, message FROM events
-             WHERE owner = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(owner)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Ok((r.try_get("seq")?, Event::from_row(r)?)))
-            .collect::<Result<_, sqlx::Error>>()?)
-    }
-
     /// Gives the committed events that have no place in the delivery order
     /// the next places, in id order. One sequencer at a time (a lock in
     /// this process; on PostgreSQL a transaction-level advisory lock for
@@ -138,10 +90,61 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+impl OwnerStore<'_> {
+    /// Appends to the event log.
+    pub async fn record_event(
+        self,
+        box_name: Option<&str>,
+        kind: crate::event_kind::EventKind,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let owner = self.owner;
+        sqlx::query(
+            "INSERT INTO events (at, owner, box, kind, message) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(unix_now())
+        .bind(owner)
+        .bind(box_name)
+        .bind(kind.as_str())
+        .bind(message)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` events of the owner after place `after` in the
+    /// delivery order, with their places, in that order. An event has a
+    /// place once it is committed ([`Store::order_events`]): however late
+    /// it commits, and whatever its writer's clock said, it comes after
+    /// every place read before and is never stepped over.
+    pub async fn events_after(
+        self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Event)>, StoreError> {
+        let owner = self.owner;
+        self.order_events().await?;
+        let rows = sqlx::query(
+            "SELECT seq, id, at, box, pool, kind, message FROM events
+             WHERE owner = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(owner)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get("seq")?, Event::from_row(r)?)))
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
 
     /// Where a notification sink stands; a sink seen for the first time
     /// starts after the newest event (it is not sent the history).
-    pub async fn notify_cursor(&self, owner: &str, sink: &str) -> Result<NotifyCursor, StoreError> {
+    pub async fn notify_cursor(self, sink: &str) -> Result<NotifyCursor, StoreError> {
+        let owner = self.owner;
         self.order_events().await?;
         sqlx::query(
             "INSERT INTO notify_cursors (owner, sink, last_event, attempts, updated_at)
@@ -164,12 +167,8 @@ impl Store {
     }
 
     /// The receiver took everything up to event `last_event`.
-    pub async fn notify_delivered(
-        &self,
-        owner: &str,
-        sink: &str,
-        last_event: i64,
-    ) -> Result<(), StoreError> {
+    pub async fn notify_delivered(self, sink: &str, last_event: i64) -> Result<(), StoreError> {
+        let owner = self.owner;
         sqlx::query(
             "UPDATE notify_cursors SET last_event = $1, attempts = 0, last_error = NULL, updated_at = $2
              WHERE owner = $3 AND sink = $4",
@@ -185,12 +184,12 @@ impl Store {
 
     /// An attempt failed: the cursor as it stands and why.
     pub async fn notify_failed(
-        &self,
-        owner: &str,
+        self,
         sink: &str,
         cursor: &NotifyCursor,
         why: &str,
     ) -> Result<(), StoreError> {
+        let owner = self.owner;
         sqlx::query(
             "UPDATE notify_cursors SET last_event = $1, attempts = $2, last_error = $3, updated_at = $4
              WHERE owner = $5 AND sink = $6",
@@ -207,10 +206,8 @@ impl Store {
     }
 
     /// Every sink's cursor: (sink, cursor).
-    pub async fn notify_cursors(
-        &self,
-        owner: &str,
-    ) -> Result<Vec<(String, NotifyCursor)>, StoreError> {
+    pub async fn notify_cursors(self) -> Result<Vec<(String, NotifyCursor)>, StoreError> {
+        let owner = self.owner;
         let rows = sqlx::query(
             "SELECT sink, last_event, attempts, last_error FROM notify_cursors WHERE owner = $1 ORDER BY sink",
         )
@@ -225,11 +222,11 @@ impl Store {
 
     /// The newest `limit` events (of one box, if given), newest first.
     pub async fn events(
-        &self,
-        owner: &str,
+        self,
         box_name: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Event>, StoreError> {
+        let owner = self.owner;
         Ok(sqlx::query_as::<_, Event>(
             "SELECT id, at, box, pool, kind, message FROM events
              WHERE owner = $1 AND ($2 IS NULL OR box = $3) ORDER BY id DESC LIMIT $4",
@@ -243,7 +240,8 @@ impl Store {
     }
 
     /// Whether this owner's event `id` was acted on already.
-    pub async fn seen(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
+    pub async fn seen(self, id: &str) -> Result<bool, StoreError> {
+        let owner = self.owner;
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM processed_events WHERE owner = $1 AND event_id = $2",
         )
@@ -257,12 +255,12 @@ impl Store {
     /// Records that this owner's event `id` is being handled; `false` if it
     /// was already (a duplicate delivery).
     pub async fn first_delivery(
-        &self,
-        owner: &str,
+        self,
         id: &str,
         kind: &str,
         instance: Option<&str>,
     ) -> Result<bool, StoreError> {
+        let owner = self.owner;
         let n = sqlx::query("INSERT INTO processed_events (owner, event_id, at, kind, instance) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner, event_id) DO NOTHING")
             .bind(owner)
             .bind(id)
@@ -278,12 +276,8 @@ impl Store {
     /// Forgets the cursors of sinks that are not in `sinks` (removed from
     /// the config) and have not moved since `before`: a daemon whose config
     /// still lags behind another's does not drop a live sink's place.
-    pub async fn prune_cursors(
-        &self,
-        owner: &str,
-        sinks: &[String],
-        before: i64,
-    ) -> Result<u64, StoreError> {
+    pub async fn prune_cursors(self, sinks: &[String], before: i64) -> Result<u64, StoreError> {
+        let owner = self.owner;
         let mut n = 0;
         for (sink, updated_at) in sqlx::query_as::<_, (String, i64)>(
             "SELECT sink, updated_at FROM notify_cursors WHERE owner = $1",
@@ -306,12 +300,12 @@ impl Store {
 
     /// Appends an event about a pool.
     pub async fn record_pool_event(
-        &self,
-        owner: &str,
+        self,
         pool: &str,
         kind: crate::event_kind::EventKind,
         message: &str,
     ) -> Result<(), StoreError> {
+        let owner = self.owner;
         sqlx::query(
             "INSERT INTO events (at, owner, pool, kind, message) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -326,12 +320,8 @@ impl Store {
     }
 
     /// The newest `limit` events of a pool, newest first.
-    pub async fn pool_events(
-        &self,
-        owner: &str,
-        pool: &str,
-        limit: i64,
-    ) -> Result<Vec<Event>, StoreError> {
+    pub async fn pool_events(self, pool: &str, limit: i64) -> Result<Vec<Event>, StoreError> {
+        let owner = self.owner;
         Ok(sqlx::query_as::<_, Event>(
             "SELECT id, at, box, pool, kind, message FROM events
              WHERE owner = $1 AND pool = $2 ORDER BY id DESC LIMIT $3",
@@ -345,7 +335,8 @@ impl Store {
 
     /// Forgets that event `id` was taken (acting on it failed: the
     /// redelivered message is acted on again).
-    pub async fn forget_delivery(&self, owner: &str, id: &str) -> Result<(), StoreError> {
+    pub async fn forget_delivery(self, id: &str) -> Result<(), StoreError> {
+        let owner = self.owner;
         sqlx::query("DELETE FROM processed_events WHERE owner = $1 AND event_id = $2")
             .bind(owner)
             .bind(id)

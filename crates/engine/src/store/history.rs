@@ -50,116 +50,6 @@ pub struct PriceSample {
 }
 
 impl Store {
-    /// Forgets this owner's processed event ids, doomed instances, seen
-    /// instances and events older than `before` (unix seconds); returns how
-    /// many rows went. An event redelivered after that long is stale anyway.
-    pub async fn prune(&self, owner: &str, before: i64) -> Result<u64, StoreError> {
-        let mut n = 0;
-        for sql in [
-            "DELETE FROM processed_events WHERE owner = $1 AND at < $2",
-            "DELETE FROM doomed_instances WHERE owner = $1 AND at < $2",
-            "DELETE FROM instances_seen WHERE owner = $1 AND last_seen < $2",
-            "DELETE FROM events WHERE owner = $1 AND at < $2",
-            "DELETE FROM pool_samples WHERE owner = $1 AND at < $2",
-            // Closed launches are history; each box keeps its newest intent,
-            // whose generation the next launch's token counts on.
-            "DELETE FROM intents WHERE owner = $1 AND closed_at IS NOT NULL AND closed_at < $2
-             AND generation < (SELECT MAX(i2.generation) FROM intents i2 WHERE i2.owner = intents.owner AND i2.box = intents.box)",
-            "DELETE FROM pool_launches WHERE owner = $1 AND closed_at IS NOT NULL AND closed_at < $2",
-        ] {
-            n += sqlx::query(sql)
-                .bind(owner)
-                .bind(before)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-        }
-        // Leases and daemons gone silent, stops long done (milliseconds).
-        for sql in [
-            "DELETE FROM leases WHERE owner = $1 AND expires_at < $2",
-            "DELETE FROM daemons WHERE owner = $1 AND seen_at < $2",
-            "DELETE FROM stop_jobs WHERE owner = $1 AND state = 'done' AND finished_at < $2",
-        ] {
-            n += sqlx::query(sql)
-                .bind(owner)
-                .bind(before.saturating_mul(1000))
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-        }
-        // Prices are the region's, not an owner's.
-        n += sqlx::query("DELETE FROM price_samples WHERE at < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n)
-    }
-
-    /// Records what a pass observed, in one transaction.
-    pub async fn record_seen(
-        &self,
-        owner: &str,
-        seen: &[spotkeeper_cloud::Instance],
-    ) -> Result<(), StoreError> {
-        use spotkeeper_cloud::model::tags;
-        let now = unix_now();
-        let mut tx = self.pool.begin().await?;
-        for i in seen {
-            sqlx::query(
-                "INSERT INTO instances_seen (instance_id, owner, box, pool, instance_type, zone, market, state, first_seen, last_seen, launched_at, ended_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-                 ON CONFLICT (instance_id) DO UPDATE SET state = excluded.state, last_seen = excluded.last_seen,
-                     launched_at = COALESCE(instances_seen.launched_at, excluded.launched_at),
-                     ended_at = COALESCE(instances_seen.ended_at, excluded.ended_at)",
-            )
-            .bind(i.id.as_str())
-            .bind(owner)
-            .bind(i.tag(tags::BOX))
-            .bind(i.tag(tags::POOL))
-            .bind(&i.instance_type)
-            .bind(i.zone.as_deref())
-            .bind(i.market.as_str())
-            .bind(i.state.as_str())
-            .bind(now)
-            .bind(now)
-            .bind(i.launched_at.map(unix_seconds))
-            .bind(i.state.is_gone().then_some(now))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// The instances seen, most recently seen first.
-    pub async fn seen_instances(
-        &self,
-        owner: &str,
-        limit: i64,
-    ) -> Result<Vec<SeenInstance>, StoreError> {
-        self.seen_rows(
-            owner,
-            "ORDER BY last_seen DESC, first_seen DESC LIMIT $2",
-            limit,
-        )
-        .await
-    }
-
-    /// Instances whose run overlaps `[since, ∞)`.
-    pub async fn runs_since(
-        &self,
-        owner: &str,
-        since: i64,
-    ) -> Result<Vec<SeenInstance>, StoreError> {
-        self.seen_rows(
-            owner,
-            "AND COALESCE(ended_at, last_seen) >= $2 ORDER BY instance_id",
-            since,
-        )
-        .await
-    }
-
     /// The owner's seen instances, `rest` of the query taking one number.
     async fn seen_rows(
         &self,
@@ -287,13 +177,114 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+impl OwnerStore<'_> {
+    /// Forgets this owner's processed event ids, doomed instances, seen
+    /// instances and events older than `before` (unix seconds); returns how
+    /// many rows went. An event redelivered after that long is stale anyway.
+    pub async fn prune(self, before: i64) -> Result<u64, StoreError> {
+        let owner = self.owner;
+        let mut n = 0;
+        for sql in [
+            "DELETE FROM processed_events WHERE owner = $1 AND at < $2",
+            "DELETE FROM doomed_instances WHERE owner = $1 AND at < $2",
+            "DELETE FROM instances_seen WHERE owner = $1 AND last_seen < $2",
+            "DELETE FROM events WHERE owner = $1 AND at < $2",
+            "DELETE FROM pool_samples WHERE owner = $1 AND at < $2",
+            // Closed launches are history; each box keeps its newest intent,
+            // whose generation the next launch's token counts on.
+            "DELETE FROM intents WHERE owner = $1 AND closed_at IS NOT NULL AND closed_at < $2
+             AND generation < (SELECT MAX(i2.generation) FROM intents i2 WHERE i2.owner = intents.owner AND i2.box = intents.box)",
+            "DELETE FROM pool_launches WHERE owner = $1 AND closed_at IS NOT NULL AND closed_at < $2",
+        ] {
+            n += sqlx::query(sql)
+                .bind(owner)
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        // Leases and daemons gone silent, stops long done (milliseconds).
+        for sql in [
+            "DELETE FROM leases WHERE owner = $1 AND expires_at < $2",
+            "DELETE FROM daemons WHERE owner = $1 AND seen_at < $2",
+            "DELETE FROM stop_jobs WHERE owner = $1 AND state = 'done' AND finished_at < $2",
+        ] {
+            n += sqlx::query(sql)
+                .bind(owner)
+                .bind(before.saturating_mul(1000))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        // Prices are the region's, not an owner's.
+        n += sqlx::query("DELETE FROM price_samples WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n)
+    }
+
+    /// Records what a pass observed, in one transaction.
+    pub async fn record_seen(self, seen: &[spotkeeper_cloud::Instance]) -> Result<(), StoreError> {
+        let owner = self.owner;
+        use spotkeeper_cloud::model::tags;
+        let now = unix_now();
+        let mut tx = self.pool.begin().await?;
+        for i in seen {
+            sqlx::query(
+                "INSERT INTO instances_seen (instance_id, owner, box, pool, instance_type, zone, market, state, first_seen, last_seen, launched_at, ended_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                 ON CONFLICT (instance_id) DO UPDATE SET state = excluded.state, last_seen = excluded.last_seen,
+                     launched_at = COALESCE(instances_seen.launched_at, excluded.launched_at),
+                     ended_at = COALESCE(instances_seen.ended_at, excluded.ended_at)",
+            )
+            .bind(i.id.as_str())
+            .bind(owner)
+            .bind(i.tag(tags::BOX))
+            .bind(i.tag(tags::POOL))
+            .bind(&i.instance_type)
+            .bind(i.zone.as_deref())
+            .bind(i.market.as_str())
+            .bind(i.state.as_str())
+            .bind(now)
+            .bind(now)
+            .bind(i.launched_at.map(unix_seconds))
+            .bind(i.state.is_gone().then_some(now))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The instances seen, most recently seen first.
+    pub async fn seen_instances(self, limit: i64) -> Result<Vec<SeenInstance>, StoreError> {
+        let owner = self.owner;
+        self.seen_rows(
+            owner,
+            "ORDER BY last_seen DESC, first_seen DESC LIMIT $2",
+            limit,
+        )
+        .await
+    }
+
+    /// Instances whose run overlaps `[since, ∞)`.
+    pub async fn runs_since(self, since: i64) -> Result<Vec<SeenInstance>, StoreError> {
+        let owner = self.owner;
+        self.seen_rows(
+            owner,
+            "AND COALESCE(ended_at, last_seen) >= $2 ORDER BY instance_id",
+            since,
+        )
+        .await
+    }
 
     /// Spot interruption warnings handled since `since`: (instance, at).
-    pub async fn interruptions_since(
-        &self,
-        owner: &str,
-        since: i64,
-    ) -> Result<Vec<(String, i64)>, StoreError> {
+    pub async fn interruptions_since(self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let owner = self.owner;
         let rows = sqlx::query(
             "SELECT instance, at FROM processed_events
              WHERE owner = $1 AND kind = 'spot-interruption' AND instance IS NOT NULL AND at >= $2 ORDER BY at",
@@ -313,10 +304,10 @@ impl Store {
     /// and the `replaced` that followed (drills included: a drill's warning
     /// is recorded as one).
     pub async fn recoveries_since(
-        &self,
-        owner: &str,
+        self,
         since: i64,
     ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let owner = self.owner;
         let rows = sqlx::query(
             "SELECT box, kind, at FROM events
              WHERE owner = $1 AND box IS NOT NULL AND at >= $2
@@ -335,13 +326,13 @@ impl Store {
 
     /// Records a pool's desired and current units at `at`.
     pub async fn record_pool_sample(
-        &self,
-        owner: &str,
+        self,
         pool: &str,
         at: i64,
         desired: i64,
         current: i64,
     ) -> Result<(), StoreError> {
+        let owner = self.owner;
         sqlx::query(
             "INSERT INTO pool_samples (owner, pool, at, desired, current) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -357,11 +348,11 @@ impl Store {
 
     /// A pool's samples since `since`: (at, desired, current).
     pub async fn pool_samples(
-        &self,
-        owner: &str,
+        self,
         pool: &str,
         since: i64,
     ) -> Result<Vec<(i64, i64, i64)>, StoreError> {
+        let owner = self.owner;
         let rows = sqlx::query(
             "SELECT at, desired, current FROM pool_samples WHERE owner = $1 AND pool = $2 AND at >= $3 ORDER BY at",
         )

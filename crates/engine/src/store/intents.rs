@@ -83,34 +83,6 @@ impl Outcome {
 }
 
 impl Store {
-    /// The box's open intent (not yet closed), if any.
-    pub async fn open_intent(
-        &self,
-        owner: &str,
-        box_name: &str,
-    ) -> Result<Option<Intent>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, owner, box, generation, token, market, instance_type, zone, created_at, instance_id
-             FROM intents WHERE owner = $1 AND box = $2 AND closed_at IS NULL ORDER BY id DESC LIMIT 1",
-        )
-        .bind(owner)
-        .bind(box_name)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(Intent::from_row).transpose()?)
-    }
-
-    /// The next launch generation of a box (one more than any recorded).
-    pub async fn next_generation(&self, owner: &str, box_name: &str) -> Result<i64, StoreError> {
-        let max: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(generation) FROM intents WHERE owner = $1 AND box = $2")
-                .bind(owner)
-                .bind(box_name)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(max.unwrap_or(0) + 1)
-    }
-
     /// Records a new open intent. Within a daemon's task (a fence in
     /// scope), the same transaction checks that the daemon still holds the
     /// box's lease at the generation it planned under: a daemon that lost
@@ -175,14 +147,42 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+impl OwnerStore<'_> {
+    /// The box's open intent (not yet closed), if any.
+    pub async fn open_intent(self, box_name: &str) -> Result<Option<Intent>, StoreError> {
+        let owner = self.owner;
+        let row = sqlx::query(
+            "SELECT id, owner, box, generation, token, market, instance_type, zone, created_at, instance_id
+             FROM intents WHERE owner = $1 AND box = $2 AND closed_at IS NULL ORDER BY id DESC LIMIT 1",
+        )
+        .bind(owner)
+        .bind(box_name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(Intent::from_row).transpose()?)
+    }
+
+    /// The next launch generation of a box (one more than any recorded).
+    pub async fn next_generation(self, box_name: &str) -> Result<i64, StoreError> {
+        let owner = self.owner;
+        let max: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(generation) FROM intents WHERE owner = $1 AND box = $2")
+                .bind(owner)
+                .bind(box_name)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(max.unwrap_or(0) + 1)
+    }
 
     /// Closes every open intent of a box.
     pub async fn close_box_intents(
-        &self,
-        owner: &str,
+        self,
         box_name: &str,
         outcome: Outcome,
     ) -> Result<(), StoreError> {
+        let owner = self.owner;
         sqlx::query("UPDATE intents SET closed_at = $1, outcome = $2 WHERE owner = $3 AND box = $4 AND closed_at IS NULL")
             .bind(unix_now())
             .bind(outcome.as_str())

@@ -27,7 +27,7 @@ impl Drop for Locking {
     }
 }
 
-/// The channel daemons wake each other on ([`Store::wake_daemons`]).
+/// The channel daemons wake each other on ([`OwnerStore::wake_daemons`]).
 const WAKE_CHANNEL: &str = "spotkeeper_wake";
 
 /// A daemon's end of the wake-up channel.
@@ -46,7 +46,7 @@ impl WakeListener {
     }
 }
 
-/// Releases an advisory lock taken by [`Store::lock_box`].
+/// Releases an advisory lock taken by [`OwnerStore::lock_box`].
 const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
 
 /// The 64-bit advisory lock id of `key` (FNV-1a: the same on every machine
@@ -75,7 +75,7 @@ pub struct DaemonRow {
     pub leases: i64,
 }
 
-/// The config a live daemon runs ([`Store::live_configs`]).
+/// The config a live daemon runs ([`OwnerStore::live_configs`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveConfig {
     /// The daemon.
@@ -104,34 +104,6 @@ pub struct Lease {
 }
 
 impl Store {
-    /// Daemon `id` on `host` is alive at `now` (unix ms) holding `leases`,
-    /// running the config whose fingerprint is `config`.
-    pub async fn daemon_alive(
-        &self,
-        owner: &str,
-        id: &str,
-        host: &str,
-        now: i64,
-        leases: i64,
-        config: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO daemons (owner, id, host, started_at, seen_at, leases, config, connections) VALUES ($1, $2, $3, $4, $4, $5, $6, $7)
-             ON CONFLICT (owner, id) DO UPDATE SET seen_at = excluded.seen_at, leases = excluded.leases, config = excluded.config,
-                 connections = excluded.connections",
-        )
-        .bind(owner)
-        .bind(id)
-        .bind(host)
-        .bind(now)
-        .bind(leases)
-        .bind(config)
-        .bind(i64::from(self.connections.map_or(0, Connections::total)))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// What the PostgreSQL server allows against what this store and the
     /// other daemons on the database seen since `since` (unix ms, the
     /// database's clock) may open: every one of them may have all its
@@ -173,245 +145,6 @@ impl Store {
             others,
             other_daemons,
         }))
-    }
-
-    /// Records the config whose fingerprint is `fingerprint` (naming the
-    /// lease `subjects`), its file written at `written_at`, seen `now` (unix
-    /// ms); returns its generation. A fingerprint not seen before gets the
-    /// owner's next generation; one seen before keeps its own, unless it is
-    /// not the newest and its file was written after the newest's (a config
-    /// reverted on purpose is current again; a stale copy is not).
-    pub async fn record_config(
-        &self,
-        owner: &str,
-        fingerprint: &str,
-        subjects: &[String],
-        written_at: i64,
-        now: i64,
-    ) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // A write first: on SQLite the transaction holds the lock from here.
-        sqlx::query("UPDATE config_versions SET written_at = written_at WHERE owner = $1")
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
-        let newest = sqlx::query(
-            "SELECT fingerprint, generation, written_at FROM config_versions WHERE owner = $1
-             ORDER BY generation DESC, written_at DESC LIMIT 1",
-        )
-        .bind(owner)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (newest_fp, newest_generation, newest_written): (String, i64, i64) = match &newest {
-            Some(r) => (
-                r.try_get("fingerprint")?,
-                r.try_get("generation")?,
-                r.try_get("written_at")?,
-            ),
-            None => (String::new(), 0, 0),
-        };
-        let mine: Option<i64> = sqlx::query_scalar(
-            "SELECT generation FROM config_versions WHERE owner = $1 AND fingerprint = $2",
-        )
-        .bind(owner)
-        .bind(fingerprint)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let generation = match mine {
-            Some(g) if newest_fp == fingerprint || written_at <= newest_written => g,
-            _ => newest_generation + 1,
-        };
-        sqlx::query(
-            "INSERT INTO config_versions (owner, fingerprint, generation, first_seen, written_at, subjects)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (owner, fingerprint) DO UPDATE SET generation = excluded.generation,
-                 written_at = CASE WHEN excluded.written_at > config_versions.written_at
-                                   THEN excluded.written_at ELSE config_versions.written_at END",
-        )
-        .bind(owner)
-        .bind(fingerprint)
-        .bind(generation)
-        .bind(now)
-        .bind(written_at)
-        .bind(subjects.join("\n"))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(generation)
-    }
-
-    /// The newest config recorded: (fingerprint, generation).
-    pub async fn newest_config(&self, owner: &str) -> Result<Option<(String, i64)>, StoreError> {
-        let row = sqlx::query(
-            "SELECT fingerprint, generation FROM config_versions WHERE owner = $1
-             ORDER BY generation DESC, written_at DESC LIMIT 1",
-        )
-        .bind(owner)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| Ok((r.try_get("fingerprint")?, r.try_get("generation")?)))
-            .transpose()
-    }
-
-    /// The configs of the daemons seen since `since` (unix ms), one per
-    /// daemon: what each live daemon's config wants.
-    pub async fn live_configs(
-        &self,
-        owner: &str,
-        since: i64,
-    ) -> Result<Vec<LiveConfig>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT d.id, c.fingerprint, c.generation, c.subjects FROM daemons d JOIN config_versions c
-             ON c.owner = d.owner AND c.fingerprint = d.config
-             WHERE d.owner = $1 AND d.seen_at >= $2 ORDER BY d.id",
-        )
-        .bind(owner)
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let subjects: String = r.try_get("subjects")?;
-                Ok(LiveConfig {
-                    daemon: r.try_get("id")?,
-                    fingerprint: r.try_get("fingerprint")?,
-                    generation: r.try_get("generation")?,
-                    subjects: subjects
-                        .lines()
-                        .filter(|p| !p.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                })
-            })
-            .collect()
-    }
-
-    /// The daemons seen since `since` (unix ms), by id.
-    pub async fn daemons(&self, owner: &str, since: i64) -> Result<Vec<DaemonRow>, StoreError> {
-        Ok(sqlx::query_as::<_, DaemonRow>(
-            "SELECT id, host, started_at, seen_at, leases FROM daemons
-             WHERE owner = $1 AND seen_at >= $2 ORDER BY id",
-        )
-        .bind(owner)
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// Daemons of owners other than `owner` seen since `since` (unix ms):
-    /// (owner, id, host). Two configs naming different owners on one
-    /// database are two installations that ignore each other's boxes and
-    /// events, which is rarely what was meant.
-    pub async fn other_owners_daemons(
-        &self,
-        owner: &str,
-        since: i64,
-    ) -> Result<Vec<(String, String, String)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT owner, id, host FROM daemons WHERE owner <> $1 AND seen_at >= $2 ORDER BY owner, id",
-        )
-        .bind(owner)
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("owner")?, r.try_get("id")?, r.try_get("host")?)))
-            .collect()
-    }
-
-    /// Daemon `id` stops: its leases are freed at once and it is forgotten,
-    /// along with daemons silent since `stale` (unix ms).
-    pub async fn daemon_gone(&self, owner: &str, id: &str, stale: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM leases WHERE owner = $1 AND holder = $2")
-            .bind(owner)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM daemons WHERE owner = $1 AND (id = $2 OR seen_at < $3)")
-            .bind(owner)
-            .bind(id)
-            .bind(stale)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Every lease of the owner, by subject.
-    pub async fn leases(&self, owner: &str) -> Result<Vec<Lease>, StoreError> {
-        Ok(sqlx::query_as::<_, Lease>(
-            "SELECT subject, holder, expires_at, since, generation FROM leases WHERE owner = $1 ORDER BY subject",
-        )
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// Renews every lease `holder` still holds until `until` (unix ms);
-    /// returns how many it holds. A lease another daemon took is not its own
-    /// any more and is left alone.
-    pub async fn renew_leases(
-        &self,
-        owner: &str,
-        holder: &str,
-        until: i64,
-    ) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query("UPDATE leases SET expires_at = $1 WHERE owner = $2 AND holder = $3")
-                .bind(until)
-                .bind(owner)
-                .bind(holder)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
-        )
-    }
-
-    /// Takes the lease on `subject` for `holder` until `until` if it is free,
-    /// expired at `now`, or the holder's already; returns its generation
-    /// (`None`: another daemon holds it). A lease that changes hands gets a
-    /// new generation from the owner's counter, which only grows (a lease
-    /// row deleted and taken again does not start over); the holder's own
-    /// lease keeps its generation. The conditional upsert decides: of two
-    /// daemons taking it at once, one wins.
-    pub async fn take_lease(
-        &self,
-        owner: &str,
-        subject: &str,
-        holder: &str,
-        now: i64,
-        until: i64,
-    ) -> Result<Option<i64>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let next: i64 = sqlx::query_scalar(
-            "INSERT INTO lease_generations (owner, last) VALUES ($1, 1)
-             ON CONFLICT (owner) DO UPDATE SET last = lease_generations.last + 1
-             RETURNING last",
-        )
-        .bind(owner)
-        .fetch_one(&mut *tx)
-        .await?;
-        let generation: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO leases (owner, subject, holder, expires_at, since, generation)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (owner, subject) DO UPDATE
-                 SET holder = excluded.holder, expires_at = excluded.expires_at,
-                     since = CASE WHEN leases.holder = excluded.holder THEN leases.since ELSE excluded.since END,
-                     generation = CASE WHEN leases.holder = excluded.holder THEN leases.generation ELSE excluded.generation END
-                 WHERE leases.holder = excluded.holder OR leases.expires_at < $5
-             RETURNING generation",
-        )
-        .bind(owner)
-        .bind(subject)
-        .bind(holder)
-        .bind(until)
-        .bind(now)
-        .bind(next)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(generation)
     }
 
     /// SQL for the database's clock in unix milliseconds. Leases expire by
@@ -478,13 +211,306 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Gives the lease on `subject` up, if `holder` holds it.
-    pub async fn release_lease(
-        &self,
-        owner: &str,
+    /// Takes the database lock named `key` if it is free (PostgreSQL only):
+    /// `None` when another session holds it.
+    pub async fn try_lock(&self, key: &str) -> Result<Option<crate::lock::BoxLock>, StoreError> {
+        let mut conn = Locking(Some(self.lock_pool().acquire().await?));
+        let id = lock_id(key);
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(id)
+            .fetch_one(conn.get())
+            .await?;
+        // Not got: nothing is held, the connection goes back to the pool.
+        let conn = conn.take();
+        Ok(got.then(|| crate::lock::BoxLock::in_database(conn, UNLOCK.into(), id)))
+    }
+
+    fn lock_pool(&self) -> &AnyPool {
+        self.locks.as_ref().unwrap_or(&self.pool)
+    }
+
+    /// Listens on the daemons' wake-up channel (PostgreSQL `LISTEN`, on a
+    /// connection of its own that reconnects by itself); `None` on SQLite.
+    pub async fn wake_listener(&self) -> Result<Option<WakeListener>, StoreError> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let mut listener = sqlx::postgres::PgListener::connect(url.expose())
+            .await
+            .map_err(|e| redact(e, url))?;
+        listener.listen(WAKE_CHANNEL).await?;
+        Ok(Some(WakeListener(listener)))
+    }
+}
+
+impl OwnerStore<'_> {
+    /// Daemon `id` on `host` is alive at `now` (unix ms) holding `leases`,
+    /// running the config whose fingerprint is `config`.
+    pub async fn daemon_alive(
+        self,
+        id: &str,
+        host: &str,
+        now: i64,
+        leases: i64,
+        config: &str,
+    ) -> Result<(), StoreError> {
+        let owner = self.owner;
+        sqlx::query(
+            "INSERT INTO daemons (owner, id, host, started_at, seen_at, leases, config, connections) VALUES ($1, $2, $3, $4, $4, $5, $6, $7)
+             ON CONFLICT (owner, id) DO UPDATE SET seen_at = excluded.seen_at, leases = excluded.leases, config = excluded.config,
+                 connections = excluded.connections",
+        )
+        .bind(owner)
+        .bind(id)
+        .bind(host)
+        .bind(now)
+        .bind(leases)
+        .bind(config)
+        .bind(i64::from(self.connections.map_or(0, Connections::total)))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records the config whose fingerprint is `fingerprint` (naming the
+    /// lease `subjects`), its file written at `written_at`, seen `now` (unix
+    /// ms); returns its generation. A fingerprint not seen before gets the
+    /// owner's next generation; one seen before keeps its own, unless it is
+    /// not the newest and its file was written after the newest's (a config
+    /// reverted on purpose is current again; a stale copy is not).
+    pub async fn record_config(
+        self,
+        fingerprint: &str,
+        subjects: &[String],
+        written_at: i64,
+        now: i64,
+    ) -> Result<i64, StoreError> {
+        let owner = self.owner;
+        let mut tx = self.pool.begin().await?;
+        // A write first: on SQLite the transaction holds the lock from here.
+        sqlx::query("UPDATE config_versions SET written_at = written_at WHERE owner = $1")
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        let newest = sqlx::query(
+            "SELECT fingerprint, generation, written_at FROM config_versions WHERE owner = $1
+             ORDER BY generation DESC, written_at DESC LIMIT 1",
+        )
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (newest_fp, newest_generation, newest_written): (String, i64, i64) = match &newest {
+            Some(r) => (
+                r.try_get("fingerprint")?,
+                r.try_get("generation")?,
+                r.try_get("written_at")?,
+            ),
+            None => (String::new(), 0, 0),
+        };
+        let mine: Option<i64> = sqlx::query_scalar(
+            "SELECT generation FROM config_versions WHERE owner = $1 AND fingerprint = $2",
+        )
+        .bind(owner)
+        .bind(fingerprint)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let generation = match mine {
+            Some(g) if newest_fp == fingerprint || written_at <= newest_written => g,
+            _ => newest_generation + 1,
+        };
+        sqlx::query(
+            "INSERT INTO config_versions (owner, fingerprint, generation, first_seen, written_at, subjects)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (owner, fingerprint) DO UPDATE SET generation = excluded.generation,
+                 written_at = CASE WHEN excluded.written_at > config_versions.written_at
+                                   THEN excluded.written_at ELSE config_versions.written_at END",
+        )
+        .bind(owner)
+        .bind(fingerprint)
+        .bind(generation)
+        .bind(now)
+        .bind(written_at)
+        .bind(subjects.join("\n"))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(generation)
+    }
+
+    /// The newest config recorded: (fingerprint, generation).
+    pub async fn newest_config(self) -> Result<Option<(String, i64)>, StoreError> {
+        let owner = self.owner;
+        let row = sqlx::query(
+            "SELECT fingerprint, generation FROM config_versions WHERE owner = $1
+             ORDER BY generation DESC, written_at DESC LIMIT 1",
+        )
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((r.try_get("fingerprint")?, r.try_get("generation")?)))
+            .transpose()
+    }
+
+    /// The configs of the daemons seen since `since` (unix ms), one per
+    /// daemon: what each live daemon's config wants.
+    pub async fn live_configs(self, since: i64) -> Result<Vec<LiveConfig>, StoreError> {
+        let owner = self.owner;
+        let rows = sqlx::query(
+            "SELECT d.id, c.fingerprint, c.generation, c.subjects FROM daemons d JOIN config_versions c
+             ON c.owner = d.owner AND c.fingerprint = d.config
+             WHERE d.owner = $1 AND d.seen_at >= $2 ORDER BY d.id",
+        )
+        .bind(owner)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let subjects: String = r.try_get("subjects")?;
+                Ok(LiveConfig {
+                    daemon: r.try_get("id")?,
+                    fingerprint: r.try_get("fingerprint")?,
+                    generation: r.try_get("generation")?,
+                    subjects: subjects
+                        .lines()
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// The daemons seen since `since` (unix ms), by id.
+    pub async fn daemons(self, since: i64) -> Result<Vec<DaemonRow>, StoreError> {
+        let owner = self.owner;
+        Ok(sqlx::query_as::<_, DaemonRow>(
+            "SELECT id, host, started_at, seen_at, leases FROM daemons
+             WHERE owner = $1 AND seen_at >= $2 ORDER BY id",
+        )
+        .bind(owner)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Daemons of owners other than `owner` seen since `since` (unix ms):
+    /// (owner, id, host). Two configs naming different owners on one
+    /// database are two installations that ignore each other's boxes and
+    /// events, which is rarely what was meant.
+    pub async fn other_owners_daemons(
+        self,
+        since: i64,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        let owner = self.owner;
+        let rows = sqlx::query(
+            "SELECT owner, id, host FROM daemons WHERE owner <> $1 AND seen_at >= $2 ORDER BY owner, id",
+        )
+        .bind(owner)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("owner")?, r.try_get("id")?, r.try_get("host")?)))
+            .collect()
+    }
+
+    /// Daemon `id` stops: its leases are freed at once and it is forgotten,
+    /// along with daemons silent since `stale` (unix ms).
+    pub async fn daemon_gone(self, id: &str, stale: i64) -> Result<(), StoreError> {
+        let owner = self.owner;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM leases WHERE owner = $1 AND holder = $2")
+            .bind(owner)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM daemons WHERE owner = $1 AND (id = $2 OR seen_at < $3)")
+            .bind(owner)
+            .bind(id)
+            .bind(stale)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every lease of the owner, by subject.
+    pub async fn leases(self) -> Result<Vec<Lease>, StoreError> {
+        let owner = self.owner;
+        Ok(sqlx::query_as::<_, Lease>(
+            "SELECT subject, holder, expires_at, since, generation FROM leases WHERE owner = $1 ORDER BY subject",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Renews every lease `holder` still holds until `until` (unix ms);
+    /// returns how many it holds. A lease another daemon took is not its own
+    /// any more and is left alone.
+    pub async fn renew_leases(self, holder: &str, until: i64) -> Result<u64, StoreError> {
+        let owner = self.owner;
+        Ok(
+            sqlx::query("UPDATE leases SET expires_at = $1 WHERE owner = $2 AND holder = $3")
+                .bind(until)
+                .bind(owner)
+                .bind(holder)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// Takes the lease on `subject` for `holder` until `until` if it is free,
+    /// expired at `now`, or the holder's already; returns its generation
+    /// (`None`: another daemon holds it). A lease that changes hands gets a
+    /// new generation from the owner's counter, which only grows (a lease
+    /// row deleted and taken again does not start over); the holder's own
+    /// lease keeps its generation. The conditional upsert decides: of two
+    /// daemons taking it at once, one wins.
+    pub async fn take_lease(
+        self,
         subject: &str,
         holder: &str,
-    ) -> Result<(), StoreError> {
+        now: i64,
+        until: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let owner = self.owner;
+        let mut tx = self.pool.begin().await?;
+        let next: i64 = sqlx::query_scalar(
+            "INSERT INTO lease_generations (owner, last) VALUES ($1, 1)
+             ON CONFLICT (owner) DO UPDATE SET last = lease_generations.last + 1
+             RETURNING last",
+        )
+        .bind(owner)
+        .fetch_one(&mut *tx)
+        .await?;
+        let generation: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO leases (owner, subject, holder, expires_at, since, generation)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (owner, subject) DO UPDATE
+                 SET holder = excluded.holder, expires_at = excluded.expires_at,
+                     since = CASE WHEN leases.holder = excluded.holder THEN leases.since ELSE excluded.since END,
+                     generation = CASE WHEN leases.holder = excluded.holder THEN leases.generation ELSE excluded.generation END
+                 WHERE leases.holder = excluded.holder OR leases.expires_at < $5
+             RETURNING generation",
+        )
+        .bind(owner)
+        .bind(subject)
+        .bind(holder)
+        .bind(until)
+        .bind(now)
+        .bind(next)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(generation)
+    }
+
+    /// Gives the lease on `subject` up, if `holder` holds it.
+    pub async fn release_lease(self, subject: &str, holder: &str) -> Result<(), StoreError> {
+        let owner = self.owner;
         sqlx::query("DELETE FROM leases WHERE owner = $1 AND subject = $2 AND holder = $3")
             .bind(owner)
             .bind(subject)
@@ -501,11 +527,11 @@ impl Store {
     /// changing at once wait for a connection, as for a lock) and goes when
     /// the returned guard drops, or with the connection if the process dies.
     pub async fn lock_box(
-        &self,
-        owner: &str,
+        self,
         box_name: &str,
         on_wait: &(dyn Fn() + Sync),
     ) -> Result<crate::lock::BoxLock, StoreError> {
+        let owner = self.owner;
         let key = format!("spotkeeper box {owner}/{box_name}");
         match self.try_lock(&key).await? {
             Some(lock) => Ok(lock),
@@ -527,28 +553,11 @@ impl Store {
         }
     }
 
-    /// Takes the database lock named `key` if it is free (PostgreSQL only):
-    /// `None` when another session holds it.
-    pub async fn try_lock(&self, key: &str) -> Result<Option<crate::lock::BoxLock>, StoreError> {
-        let mut conn = Locking(Some(self.lock_pool().acquire().await?));
-        let id = lock_id(key);
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(id)
-            .fetch_one(conn.get())
-            .await?;
-        // Not got: nothing is held, the connection goes back to the pool.
-        let conn = conn.take();
-        Ok(got.then(|| crate::lock::BoxLock::in_database(conn, UNLOCK.into(), id)))
-    }
-
-    fn lock_pool(&self) -> &AnyPool {
-        self.locks.as_ref().unwrap_or(&self.pool)
-    }
-
     /// Tells every daemon listening on this owner's channel that box
     /// `box_name` needs its holder (PostgreSQL `NOTIFY`; nothing on SQLite,
     /// where the daemon is alone).
-    pub async fn wake_daemons(&self, owner: &str, box_name: &str) -> Result<(), StoreError> {
+    pub async fn wake_daemons(self, box_name: &str) -> Result<(), StoreError> {
+        let owner = self.owner;
         if self.backend == Backend::Sqlite {
             return Ok(());
         }
@@ -559,18 +568,5 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok(())
-    }
-
-    /// Listens on the daemons' wake-up channel (PostgreSQL `LISTEN`, on a
-    /// connection of its own that reconnects by itself); `None` on SQLite.
-    pub async fn wake_listener(&self) -> Result<Option<WakeListener>, StoreError> {
-        let Some(url) = &self.url else {
-            return Ok(None);
-        };
-        let mut listener = sqlx::postgres::PgListener::connect(url.expose())
-            .await
-            .map_err(|e| redact(e, url))?;
-        listener.listen(WAKE_CHANNEL).await?;
-        Ok(Some(WakeListener(listener)))
     }
 }

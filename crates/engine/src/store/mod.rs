@@ -10,6 +10,12 @@
 //! notification cursors and processed message ids), `boxes` (with stop
 //! jobs and doomed instances), `pools`, `history` (seen instances,
 //! prices, samples, pruning) and `leases` (daemons, leases, locks).
+//!
+//! What belongs to one owner (one installation: its boxes, pools, events,
+//! leases, history) is read and written through an [`OwnerStore`],
+//! `store.for_owner(owner)`; each file keeps those in an `impl OwnerStore`
+//! block beside the `impl Store` of what is not an owner's (prices, the
+//! database's clock and connections, dedup across owners).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -82,8 +88,32 @@ pub struct Store {
     /// daemon, so the next one knows what the server has left).
     connections: Option<Connections>,
     /// One event sequencer at a time in this process (see
-    /// [`Store::events_after`]).
+    /// [`OwnerStore::events_after`]).
     ordering: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The store as one owner (one installation) sees it: its boxes, pools,
+/// events, leases and history, without `owner` in every call
+/// ([`Store::for_owner`]). The rest of the store is there too (`Deref`).
+#[derive(Debug, Clone, Copy)]
+pub struct OwnerStore<'a> {
+    store: &'a Store,
+    owner: &'a str,
+}
+
+impl OwnerStore<'_> {
+    /// Whose view this is.
+    pub fn owner(&self) -> &str {
+        self.owner
+    }
+}
+
+impl std::ops::Deref for OwnerStore<'_> {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        self.store
+    }
 }
 
 /// How many connections a store may open to PostgreSQL (lazily: only what
@@ -214,6 +244,12 @@ fn unix_ms() -> i64 {
 }
 
 impl Store {
+    /// What owner `owner` has in the store: its boxes, pools, events and
+    /// leases.
+    pub fn for_owner<'a>(&'a self, owner: &'a str) -> OwnerStore<'a> {
+        OwnerStore { store: self, owner }
+    }
+
     /// Opens (creating it and its directory if needed) the state file at `path`.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let err = |source| StoreError::Open {

@@ -45,9 +45,23 @@ pub struct PoolStatus {
 }
 
 impl Store {
+    /// Closes a pool launch with what came of it.
+    pub async fn close_pool_launch(&self, id: i64, outcome: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE pool_launches SET closed_at = $1, outcome = $2 WHERE id = $3")
+            .bind(unix_now())
+            .bind(outcome)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+impl OwnerStore<'_> {
     /// Records that pool `pool` was deleted (`how`: "api" or "config"): its
     /// instances may be collected.
-    pub async fn pool_deleted(&self, owner: &str, pool: &str, how: &str) -> Result<(), StoreError> {
+    pub async fn pool_deleted(self, pool: &str, how: &str) -> Result<(), StoreError> {
+        let owner = self.owner;
         sqlx::query(
             "INSERT INTO deleted_pools (owner, pool, at, how) VALUES ($1, $2, $3, $4)
              ON CONFLICT (owner, pool) DO UPDATE SET at = excluded.at, how = excluded.how",
@@ -62,7 +76,8 @@ impl Store {
     }
 
     /// Pools recorded as deleted.
-    pub async fn deleted_pools(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+    pub async fn deleted_pools(self) -> Result<Vec<String>, StoreError> {
+        let owner = self.owner;
         Ok(
             sqlx::query_scalar("SELECT pool FROM deleted_pools WHERE owner = $1 ORDER BY pool")
                 .bind(owner)
@@ -72,7 +87,8 @@ impl Store {
     }
 
     /// A pool registered again is no longer deleted.
-    pub async fn pool_revived(&self, owner: &str, pool: &str) -> Result<(), StoreError> {
+    pub async fn pool_revived(self, pool: &str) -> Result<(), StoreError> {
+        let owner = self.owner;
         sqlx::query("DELETE FROM deleted_pools WHERE owner = $1 AND pool = $2")
             .bind(owner)
             .bind(pool)
@@ -83,11 +99,8 @@ impl Store {
 
     /// Records the pools of the config file; returns those recorded before
     /// that are no longer in it (removed from the file: deleted).
-    pub async fn config_pools(
-        &self,
-        owner: &str,
-        now: &[String],
-    ) -> Result<Vec<String>, StoreError> {
+    pub async fn config_pools(self, now: &[String]) -> Result<Vec<String>, StoreError> {
+        let owner = self.owner;
         let before: Vec<String> =
             sqlx::query_scalar("SELECT pool FROM config_pools_seen WHERE owner = $1 ORDER BY pool")
                 .bind(owner)
@@ -117,12 +130,8 @@ impl Store {
     }
 
     /// Registers (or replaces) a pool sent through the API.
-    pub async fn register_pool(
-        &self,
-        owner: &str,
-        name: &str,
-        spec: &str,
-    ) -> Result<(), StoreError> {
+    pub async fn register_pool(self, name: &str, spec: &str) -> Result<(), StoreError> {
+        let owner = self.owner;
         sqlx::query(
             "INSERT INTO pools (owner, name, spec, registered_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (owner, name) DO UPDATE SET spec = excluded.spec",
@@ -137,7 +146,8 @@ impl Store {
     }
 
     /// Forgets an API pool; `false` if there was none.
-    pub async fn deregister_pool(&self, owner: &str, name: &str) -> Result<bool, StoreError> {
+    pub async fn deregister_pool(self, name: &str) -> Result<bool, StoreError> {
+        let owner = self.owner;
         let done = sqlx::query("DELETE FROM pools WHERE owner = $1 AND name = $2")
             .bind(owner)
             .bind(name)
@@ -152,7 +162,8 @@ impl Store {
     }
 
     /// The API pools: (name, spec JSON).
-    pub async fn pools(&self, owner: &str) -> Result<Vec<(String, String)>, StoreError> {
+    pub async fn pools(self) -> Result<Vec<(String, String)>, StoreError> {
+        let owner = self.owner;
         let rows = sqlx::query("SELECT name, spec FROM pools WHERE owner = $1 ORDER BY name")
             .bind(owner)
             .fetch_all(&self.pool)
@@ -164,11 +175,8 @@ impl Store {
     }
 
     /// Records a pool launch before it is made; returns its id.
-    pub async fn create_pool_launch(
-        &self,
-        owner: &str,
-        launch: &PoolLaunch,
-    ) -> Result<PoolLaunch, StoreError> {
+    pub async fn create_pool_launch(self, launch: &PoolLaunch) -> Result<PoolLaunch, StoreError> {
+        let owner = self.owner;
         // As a box's intent: recorded only while the pool's lease holds.
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
@@ -193,23 +201,9 @@ impl Store {
         })
     }
 
-    /// Closes a pool launch with what came of it.
-    pub async fn close_pool_launch(&self, id: i64, outcome: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE pool_launches SET closed_at = $1, outcome = $2 WHERE id = $3")
-            .bind(unix_now())
-            .bind(outcome)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Pool launches recorded but never closed (a crash in between).
-    pub async fn open_pool_launches(
-        &self,
-        owner: &str,
-        pool: &str,
-    ) -> Result<Vec<PoolLaunch>, StoreError> {
+    pub async fn open_pool_launches(self, pool: &str) -> Result<Vec<PoolLaunch>, StoreError> {
+        let owner = self.owner;
         Ok(sqlx::query_as::<_, PoolLaunch>(
             "SELECT id, pool, token, instance_type, zone, subnet, market, count, created_at
              FROM pool_launches WHERE owner = $1 AND pool = $2 AND closed_at IS NULL ORDER BY id",
@@ -224,11 +218,11 @@ impl Store {
     /// instances they made (what [`Store::close_pool_launch`] recorded as
     /// `launched ID …`), oldest first.
     pub async fn launched_since(
-        &self,
-        owner: &str,
+        self,
         pool: &str,
         since: i64,
     ) -> Result<Vec<(PoolLaunch, Vec<String>)>, StoreError> {
+        let owner = self.owner;
         let rows = sqlx::query(
             "SELECT id, pool, token, instance_type, zone, subnet, market, count, created_at, outcome
              FROM pool_launches WHERE owner = $1 AND pool = $2 AND closed_at >= $3 ORDER BY id",
@@ -253,11 +247,8 @@ impl Store {
     }
 
     /// Saves the last plan of a pool.
-    pub async fn save_pool_status(
-        &self,
-        owner: &str,
-        status: &PoolStatus,
-    ) -> Result<(), StoreError> {
+    pub async fn save_pool_status(self, status: &PoolStatus) -> Result<(), StoreError> {
+        let owner = self.owner;
         sqlx::query(
             "INSERT INTO pool_status (owner, pool, at, desired, last_desired, surplus_since, plan)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -278,11 +269,8 @@ impl Store {
     }
 
     /// The last plan of each pool (or of one).
-    pub async fn pool_status(
-        &self,
-        owner: &str,
-        pool: Option<&str>,
-    ) -> Result<Vec<PoolStatus>, StoreError> {
+    pub async fn pool_status(self, pool: Option<&str>) -> Result<Vec<PoolStatus>, StoreError> {
+        let owner = self.owner;
         Ok(sqlx::query_as::<_, PoolStatus>(
             "SELECT pool, at, desired, last_desired, surplus_since, plan FROM pool_status
              WHERE owner = $1 AND ($2 IS NULL OR pool = $3) ORDER BY pool",

@@ -17,30 +17,28 @@ fn dev_launch(zone: Option<&str>) -> NewIntent<'_> {
 }
 
 async fn intents_open_close_and_generations_advance(s: Store) {
-    assert_eq!(s.next_generation("o", "dev").await.expect("gen"), 1);
+    let o = s.for_owner("o");
+    assert_eq!(o.next_generation("dev").await.expect("gen"), 1);
     let i = s
         .create_intent(dev_launch(Some("us-east-1a")))
         .await
         .expect("create");
     assert_eq!(
-        s.open_intent("o", "dev")
-            .await
-            .expect("open")
-            .map(|i| i.token),
+        o.open_intent("dev").await.expect("open").map(|i| i.token),
         Some("tok-1".into())
     );
     s.set_intent_instance(i.id, "i-1").await.expect("set");
     assert_eq!(
-        s.open_intent("o", "dev")
+        o.open_intent("dev")
             .await
             .expect("open")
             .and_then(|i| i.instance_id),
         Some("i-1".into())
     );
     s.close_intent(i.id, Outcome::Gone).await.expect("close");
-    assert_eq!(s.open_intent("o", "dev").await.expect("open"), None);
-    assert_eq!(s.next_generation("o", "dev").await.expect("gen"), 2);
-    assert_eq!(s.next_generation("o", "other").await.expect("gen"), 1);
+    assert_eq!(o.open_intent("dev").await.expect("open"), None);
+    assert_eq!(o.next_generation("dev").await.expect("gen"), 2);
+    assert_eq!(o.next_generation("other").await.expect("gen"), 1);
 }
 
 /// Three closed launches of dev, a closed pool launch, a daemon and its
@@ -60,41 +58,48 @@ async fn history_to_prune(s: &Store) {
         s.close_intent(i.id, Outcome::Gone).await.expect("close");
     }
     let launch = s
-        .create_pool_launch(
-            "o",
-            &PoolLaunch {
-                id: 0,
-                pool: "workers".into(),
-                token: "pool-tok".into(),
-                instance_type: "t3.micro".into(),
-                zone: "us-east-1a".into(),
-                subnet: None,
-                market: Market::Spot,
-                count: 1,
-                created_at: 0,
-            },
-        )
+        .for_owner("o")
+        .create_pool_launch(&PoolLaunch {
+            id: 0,
+            pool: "workers".into(),
+            token: "pool-tok".into(),
+            instance_type: "t3.micro".into(),
+            zone: "us-east-1a".into(),
+            subnet: None,
+            market: Market::Spot,
+            count: 1,
+            created_at: 0,
+        })
         .await
         .expect("pool launch");
     s.close_pool_launch(launch.id, "launched i-1")
         .await
         .expect("close");
-    s.daemon_alive("o", "dead", "host", 1_000, 1, "c")
+    s.for_owner("o")
+        .daemon_alive("dead", "host", 1_000, 1, "c")
         .await
         .expect("alive");
-    s.take_lease("o", "box:dev", "dead", 1_000, 2_000)
+    s.for_owner("o")
+        .take_lease("box:dev", "dead", 1_000, 2_000)
         .await
         .expect("lease");
-    s.notify_cursor("o", "kept").await.expect("cursor");
-    s.notify_cursor("o", "removed").await.expect("cursor");
+    s.for_owner("o")
+        .notify_cursor("kept")
+        .await
+        .expect("cursor");
+    s.for_owner("o")
+        .notify_cursor("removed")
+        .await
+        .expect("cursor");
 }
 
 async fn pruning_forgets_closed_launches_silent_daemons_and_removed_sinks(s: Store) {
+    let o = s.for_owner("o");
     history_to_prune(&s).await;
     let later = unix_now() + 10;
-    s.prune("o", later).await.expect("prune");
-    let removed = s
-        .prune_cursors("o", &["kept".to_owned()], later)
+    o.prune(later).await.expect("prune");
+    let removed = o
+        .prune_cursors(&["kept".to_owned()], later)
         .await
         .expect("cursors");
     assert_eq!(removed, 1);
@@ -113,15 +118,15 @@ async fn pruning_forgets_closed_launches_silent_daemons_and_removed_sinks(s: Sto
         "the newest stays"
     );
     assert_eq!(
-        s.next_generation("o", "dev").await.expect("gen"),
+        o.next_generation("dev").await.expect("gen"),
         4,
         "never a token again"
     );
     assert_eq!(count("SELECT COUNT(*) FROM pool_launches").await, 0);
     assert_eq!(count("SELECT COUNT(*) FROM leases").await, 0);
     assert_eq!(count("SELECT COUNT(*) FROM daemons").await, 0);
-    let sinks: Vec<String> = s
-        .notify_cursors("o")
+    let sinks: Vec<String> = o
+        .notify_cursors()
         .await
         .expect("cursors")
         .into_iter()
@@ -131,58 +136,55 @@ async fn pruning_forgets_closed_launches_silent_daemons_and_removed_sinks(s: Sto
 }
 
 async fn managed_boxes_duplicates_and_doomed_instances_are_recorded(s: Store) {
-    s.register_box("o", "dev", "up", None)
+    let o = s.for_owner("o");
+    o.register_box("dev", "up", None).await.expect("register");
+    o.register_box("web", "api", Some("{}"))
         .await
         .expect("register");
-    s.register_box("o", "web", "api", Some("{}"))
-        .await
-        .expect("register");
-    s.register_box("o", "dev", "up", None).await.expect("again");
-    let names: Vec<String> = s
-        .managed_boxes("o")
+    o.register_box("dev", "up", None).await.expect("again");
+    let names: Vec<String> = o
+        .managed_boxes()
         .await
         .expect("list")
         .into_iter()
         .map(|b| b.name)
         .collect();
     assert_eq!(names, ["dev", "web"]);
-    assert!(s.deregister_box("o", "dev").await.expect("deregister"));
-    assert!(!s.deregister_box("o", "dev").await.expect("deregister"));
+    assert!(o.deregister_box("dev").await.expect("deregister"));
+    assert!(!o.deregister_box("dev").await.expect("deregister"));
     // Being stopped, it stays managed until the stop is done.
-    s.register_box("o", "dev", "api", None)
-        .await
-        .expect("register");
-    s.request_stop("o", "dev").await.expect("asked");
-    assert!(!s.deregister_box("o", "dev").await.expect("deregister"));
+    o.register_box("dev", "api", None).await.expect("register");
+    o.request_stop("dev").await.expect("asked");
+    assert!(!o.deregister_box("dev").await.expect("deregister"));
     assert!(
-        s.managed_boxes("o")
+        o.managed_boxes()
             .await
             .expect("read")
             .iter()
             .any(|b| b.name == "dev")
     );
     assert!(
-        s.first_delivery("o", "ev-1", "spot-interruption", Some("i-1"))
+        o.first_delivery("ev-1", "spot-interruption", Some("i-1"))
             .await
             .expect("first")
     );
     assert!(
-        !s.first_delivery("o", "ev-1", "spot-interruption", Some("i-1"))
+        !o.first_delivery("ev-1", "spot-interruption", Some("i-1"))
             .await
             .expect("dup")
     );
     let dev = crate::subject::Subject::Box("dev".into());
-    s.doom("o", &dev, "i-1", EventKind::SpotInterruption)
+    o.doom(&dev, "i-1", EventKind::SpotInterruption)
         .await
         .expect("doom");
-    s.doom("o", &dev, "i-1", EventKind::SpotInterruption)
+    o.doom(&dev, "i-1", EventKind::SpotInterruption)
         .await
         .expect("doom twice");
     let workers = crate::subject::Subject::Pool("workers".into());
-    s.doom("o", &workers, "i-2", EventKind::SpotInterruption)
+    o.doom(&workers, "i-2", EventKind::SpotInterruption)
         .await
         .expect("a pool's");
-    let mut doomed = s.doomed("o").await.expect("doomed");
+    let mut doomed = o.doomed().await.expect("doomed");
     doomed.sort();
     assert_eq!(doomed, ["i-1", "i-2"]);
     // Stored by subject, as leases name them.
@@ -208,13 +210,24 @@ async fn state_file_survives_reopening() {
     {
         let s = Store::open(&path).await.expect("open");
         s.create_intent(dev_launch(None)).await.expect("create");
-        s.record_event("o", Some("dev"), EventKind::Launch, "launched i-1")
+        s.for_owner("o")
+            .record_event(Some("dev"), EventKind::Launch, "launched i-1")
             .await
             .expect("event");
     }
     let s = Store::open(&path).await.expect("reopen");
-    assert!(s.open_intent("o", "dev").await.expect("open").is_some());
-    let ev = s.events("o", Some("dev"), 10).await.expect("events");
+    assert!(
+        s.for_owner("o")
+            .open_intent("dev")
+            .await
+            .expect("open")
+            .is_some()
+    );
+    let ev = s
+        .for_owner("o")
+        .events(Some("dev"), 10)
+        .await
+        .expect("events");
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].message, "launched i-1");
 }
@@ -295,13 +308,14 @@ async fn price_samples_keep_changes_and_the_price_in_effect_at_the_start(s: Stor
 }
 
 async fn leases_go_to_one_holder_and_expired_ones_may_be_taken(s: Store) {
-    let first = s
-        .take_lease("o", "box:dev", "a", 1000, 2000)
+    let o = s.for_owner("o");
+    let first = o
+        .take_lease("box:dev", "a", 1000, 2000)
         .await
         .expect("take")
         .expect("free: taken");
     assert_eq!(
-        s.take_lease("o", "box:dev", "b", 1500, 2500)
+        o.take_lease("box:dev", "b", 1500, 2500)
             .await
             .expect("held"),
         None
@@ -309,23 +323,23 @@ async fn leases_go_to_one_holder_and_expired_ones_may_be_taken(s: Store) {
     // Renewing through take keeps when it was first taken, and its
     // generation (no one else held it in between).
     assert_eq!(
-        s.take_lease("o", "box:dev", "a", 1600, 2600)
+        o.take_lease("box:dev", "a", 1600, 2600)
             .await
             .expect("again"),
         Some(first)
     );
-    assert_eq!(s.leases("o").await.expect("leases")[0].since, 1000);
+    assert_eq!(o.leases().await.expect("leases")[0].since, 1000);
     // Expired: another daemon takes it, at a new generation, and the
     // old holder cannot renew it.
-    let second = s
-        .take_lease("o", "box:dev", "b", 2700, 3700)
+    let second = o
+        .take_lease("box:dev", "b", 2700, 3700)
         .await
         .expect("expired")
         .expect("taken over");
     assert!(second > first, "{second} > {first}");
-    assert_eq!(s.renew_leases("o", "a", 9999).await.expect("renew"), 0);
-    s.release_lease("o", "box:dev", "a").await.expect("not a's");
-    let l = s.leases("o").await.expect("leases");
+    assert_eq!(o.renew_leases("a", 9999).await.expect("renew"), 0);
+    o.release_lease("box:dev", "a").await.expect("not a's");
+    let l = o.leases().await.expect("leases");
     assert_eq!(
         (
             l[0].holder.as_str(),
@@ -335,45 +349,47 @@ async fn leases_go_to_one_holder_and_expired_ones_may_be_taken(s: Store) {
         ),
         ("b", 3700, 2700, second)
     );
-    assert_eq!(s.renew_leases("o", "b", 4000).await.expect("renew"), 1);
+    assert_eq!(o.renew_leases("b", 4000).await.expect("renew"), 1);
     // Released and taken again, even by its last holder: a new
     // generation (the counter never goes back).
-    s.release_lease("o", "box:dev", "b").await.expect("release");
-    let third = s
-        .take_lease("o", "box:dev", "b", 4100, 5100)
+    o.release_lease("box:dev", "b").await.expect("release");
+    let third = o
+        .take_lease("box:dev", "b", 4100, 5100)
         .await
         .expect("take")
         .expect("free");
     assert!(third > second, "{third} > {second}");
     // Another owner's subject of the same name is another lease.
     assert!(
-        s.take_lease("p", "box:dev", "a", 2800, 3800)
+        s.for_owner("p")
+            .take_lease("box:dev", "a", 2800, 3800)
             .await
             .expect("other owner")
             .is_some()
     );
-    s.daemon_alive("o", "a", "host-a", 100, 0, "c")
+    o.daemon_alive("a", "host-a", 100, 0, "c")
         .await
         .expect("alive");
-    s.daemon_alive("o", "b", "host-b", 200, 1, "c")
+    o.daemon_alive("b", "host-b", 200, 1, "c")
         .await
         .expect("alive");
-    s.daemon_alive("o", "b", "host-b", 300, 1, "c")
+    o.daemon_alive("b", "host-b", 300, 1, "c")
         .await
         .expect("alive again");
-    let d = s.daemons("o", 150).await.expect("daemons");
+    let d = o.daemons(150).await.expect("daemons");
     assert_eq!(d.len(), 1);
     assert_eq!(
         (d[0].id.as_str(), d[0].started_at, d[0].seen_at),
         ("b", 200, 300)
     );
     // A daemon stopping frees its leases at once and forgets the stale.
-    s.daemon_gone("o", "b", 150).await.expect("gone");
-    assert!(s.leases("o").await.expect("leases").is_empty());
-    assert!(s.daemons("o", 0).await.expect("daemons").is_empty());
+    o.daemon_gone("b", 150).await.expect("gone");
+    assert!(o.leases().await.expect("leases").is_empty());
+    assert!(o.daemons(0).await.expect("daemons").is_empty());
 }
 
 async fn a_fence_holds_only_for_its_holder_and_generation_until_the_database_clock_says(s: Store) {
+    let o = s.for_owner("o");
     let now = s.clock_ms().await.expect("clock");
     let host = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -383,8 +399,8 @@ async fn a_fence_holds_only_for_its_holder_and_generation_until_the_database_clo
         (now - host).abs() < 60_000,
         "the database's clock: {now} vs {host}"
     );
-    let generation = s
-        .take_lease("o", "box:dev", "a", now, now + 60_000)
+    let generation = o
+        .take_lease("box:dev", "a", now, now + 60_000)
         .await
         .expect("take")
         .expect("free");
@@ -436,7 +452,7 @@ async fn a_fence_holds_only_for_its_holder_and_generation_until_the_database_clo
     .await;
     assert!(matches!(refused, Err(StoreError::Fenced(_))), "{refused:?}");
     assert_eq!(
-        s.open_intent("o", "dev")
+        o.open_intent("dev")
             .await
             .expect("intent")
             .expect("one")
@@ -447,12 +463,12 @@ async fn a_fence_holds_only_for_its_holder_and_generation_until_the_database_clo
 }
 
 async fn configs_get_generations_by_first_sight_and_a_rewritten_file_is_newest(s: Store) {
+    let o = s.for_owner("o");
     let subjects = ["pool:w".to_owned()];
     let record = |fp: &'static str, written: i64| {
-        let s = &s;
         let subjects = &subjects;
         async move {
-            s.record_config("o", fp, subjects, written, 1)
+            o.record_config(fp, subjects, written, 1)
                 .await
                 .expect("record")
         }
@@ -463,30 +479,29 @@ async fn configs_get_generations_by_first_sight_and_a_rewritten_file_is_newest(s
     // A stale copy of v1 (its file older than v2's) stays older.
     assert_eq!(record("v1", 150).await, 1);
     assert_eq!(
-        s.newest_config("o").await.expect("newest"),
+        o.newest_config().await.expect("newest"),
         Some(("v2".into(), 2))
     );
     // v1 written again after v2 (reverted on purpose): the newest.
     assert_eq!(record("v1", 300).await, 3);
     assert_eq!(
-        s.newest_config("o").await.expect("newest"),
+        o.newest_config().await.expect("newest"),
         Some(("v1".into(), 3))
     );
     // Another owner counts on its own.
     assert_eq!(
-        s.record_config("p", "v9", &subjects, 0, 1)
+        s.for_owner("p")
+            .record_config("v9", &subjects, 0, 1)
             .await
             .expect("record"),
         1
     );
     // What live daemons run, by their config.
-    s.daemon_alive("o", "d1", "h", 1_000, 0, "v1")
+    o.daemon_alive("d1", "h", 1_000, 0, "v1")
         .await
         .expect("alive");
-    s.daemon_alive("o", "d2", "h", 10, 0, "v2")
-        .await
-        .expect("alive");
-    let live = s.live_configs("o", 500).await.expect("live");
+    o.daemon_alive("d2", "h", 10, 0, "v2").await.expect("alive");
+    let live = o.live_configs(500).await.expect("live");
     assert_eq!(live.len(), 1, "{live:?}");
     assert_eq!(
         (
@@ -537,25 +552,30 @@ async fn a_box_lock_in_postgres_holds_off_another_connection_until_dropped() {
         Store::connect(&url).await.expect("b"),
     );
     let first = a
-        .lock_box("o", "dev", &|| panic!("free"))
+        .for_owner("o")
+        .lock_box("dev", &|| panic!("free"))
         .await
         .expect("lock");
     let waited = std::sync::atomic::AtomicBool::new(false);
     let on_wait = || waited.store(true, std::sync::atomic::Ordering::SeqCst);
-    let second = b.lock_box("o", "dev", &on_wait);
+    let second = b.for_owner("o").lock_box("dev", &on_wait);
     let second = tokio::time::timeout(Duration::from_millis(500), second).await;
     assert!(second.is_err(), "the second lock must wait");
     assert!(waited.load(std::sync::atomic::Ordering::SeqCst));
     // Another box is not held off.
     let _other = b
-        .lock_box("o", "web", &|| panic!("free"))
+        .for_owner("o")
+        .lock_box("web", &|| panic!("free"))
         .await
         .expect("web");
     drop(first);
-    tokio::time::timeout(Duration::from_secs(10), b.lock_box("o", "dev", &|| {}))
-        .await
-        .expect("taken once the first is dropped")
-        .expect("lock");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        b.for_owner("o").lock_box("dev", &|| {}),
+    )
+    .await
+    .expect("taken once the first is dropped")
+    .expect("lock");
 }
 
 #[tokio::test]
@@ -575,7 +595,11 @@ async fn a_daemons_store_holds_a_box_lock_for_every_task_beside_its_id() {
     fn free() {
         panic!("every box is free")
     }
-    let all = futures_util::future::join_all(names.iter().map(|n| store.lock_box("o", n, &free)));
+    let all = futures_util::future::join_all(
+        names
+            .iter()
+            .map(|n| store.for_owner("o").lock_box(n, &free)),
+    );
     let held = tokio::time::timeout(Duration::from_secs(20), all)
         .await
         .expect("no box waits for another's lock connection");
@@ -603,16 +627,19 @@ async fn the_connection_budget_counts_live_daemons_and_the_servers_reserve() {
         .expect("store");
     let now = store.clock_ms().await.expect("clock");
     other
-        .daemon_alive("o", "d2", "h", now, 0, "c")
+        .for_owner("o")
+        .daemon_alive("d2", "h", now, 0, "c")
         .await
         .expect("alive");
     // Silent for long: not counted. This daemon's own row: not twice.
     other
-        .daemon_alive("o", "d3", "h", now - 600_000, 0, "c")
+        .for_owner("o")
+        .daemon_alive("d3", "h", now - 600_000, 0, "c")
         .await
         .expect("alive");
     store
-        .daemon_alive("o", "d1", "h", now, 0, "c")
+        .for_owner("o")
+        .daemon_alive("d1", "h", now, 0, "c")
         .await
         .expect("alive");
     let budget = store
@@ -652,7 +679,8 @@ async fn the_connection_budget_counts_live_daemons_and_the_servers_reserve() {
 /// Events after `after`: (place, message).
 async fn after(store: &Store, after: i64) -> Vec<(i64, String)> {
     store
-        .events_after("o", after, 100)
+        .for_owner("o")
+        .events_after(after, 100)
         .await
         .expect("events")
         .into_iter()
@@ -676,7 +704,8 @@ async fn an_event_committed_late_or_stamped_ahead_is_never_stepped_over() {
         .await
         .expect("insert");
     writer
-        .record_event("o", None, EventKind::Launch, "early")
+        .for_owner("o")
+        .record_event(None, EventKind::Launch, "early")
         .await
         .expect("early");
     let seen = after(&reader, 0).await;
@@ -703,7 +732,8 @@ async fn an_event_committed_late_or_stamped_ahead_is_never_stepped_over() {
     let sqlite = Store::memory().await.expect("sqlite");
     for m in ["a", "b"] {
         sqlite
-            .record_event("o", None, EventKind::Launch, m)
+            .for_owner("o")
+            .record_event(None, EventKind::Launch, m)
             .await
             .expect("record");
     }
@@ -738,7 +768,7 @@ async fn a_wake_up_reaches_every_listening_daemon_and_sqlite_has_none() {
     );
     let mut la = a.wake_listener().await.expect("listen").expect("postgres");
     let mut lb = b.wake_listener().await.expect("listen").expect("postgres");
-    b.wake_daemons("o", "dev").await.expect("wake");
+    b.for_owner("o").wake_daemons("dev").await.expect("wake");
     for l in [&mut la, &mut lb] {
         let got = tokio::time::timeout(Duration::from_secs(10), l.next())
             .await
@@ -748,5 +778,9 @@ async fn a_wake_up_reaches_every_listening_daemon_and_sqlite_has_none() {
     }
     let memory = Store::memory().await.expect("sqlite");
     assert!(memory.wake_listener().await.expect("none").is_none());
-    memory.wake_daemons("o", "dev").await.expect("a no-op");
+    memory
+        .for_owner("o")
+        .wake_daemons("dev")
+        .await
+        .expect("a no-op");
 }

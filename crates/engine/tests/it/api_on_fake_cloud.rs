@@ -246,7 +246,8 @@ async fn registration_errors_name_the_field_and_hostile_bodies_get_4xx() {
     }
     assert!(
         w.store
-            .managed_boxes("tester")
+            .for_owner("tester")
+            .managed_boxes()
             .await
             .expect("boxes")
             .is_empty(),
@@ -695,7 +696,8 @@ async fn the_api_token_is_not_a_shell_commands_hosts_ssh_adoption_and_foreign_ro
     );
     assert!(
         w.store
-            .managed_boxes("tester")
+            .for_owner("tester")
+            .managed_boxes()
             .await
             .expect("boxes")
             .is_empty()
@@ -723,14 +725,16 @@ async fn the_api_token_is_not_a_shell_commands_hosts_ssh_adoption_and_foreign_ro
     let mut stored = good_box();
     stored["ready"] = json!({ "check": "command", "command": "touch /tmp/pwned" });
     w.store
-        .register_box("tester", "web", "api", Some(&stored.to_string()))
+        .for_owner("tester")
+        .register_box("web", "api", Some(&stored.to_string()))
         .await
         .expect("stored");
     assert!(daemon.reconcile().await.expect("pass").is_empty());
     assert_eq!(w.cloud.count("RunInstances"), 0);
     let events = w
         .store
-        .events("tester", Some("web"), 10)
+        .for_owner("tester")
+        .events(Some("web"), 10)
         .await
         .expect("events");
     assert!(
@@ -750,7 +754,8 @@ async fn the_notify_route_shows_the_sinks_without_their_url_path_or_secret() {
         ..world().await
     };
     w.store
-        .notify_cursor("tester", "chat")
+        .for_owner("tester")
+        .notify_cursor("chat")
         .await
         .expect("cursor");
     let (s, b) = w.call("GET", "/api/notify", None, None).await;
@@ -773,7 +778,8 @@ async fn the_notify_route_shows_the_sinks_without_their_url_path_or_secret() {
 async fn charts_are_svg_of_the_recorded_prices_and_bad_queries_are_refused() {
     let w = world().await;
     w.store
-        .register_box("tester", "from-config", "up", None)
+        .for_owner("tester")
+        .register_box("from-config", "up", None)
         .await
         .expect("managed");
     let now = spotkeeper_engine::store::unix_now();
@@ -863,7 +869,8 @@ async fn the_boxes_dns_status_is_read_from_route53_once_a_minute_not_on_every_re
     };
     w.cloud.add_dns_zone("example.com");
     w.store
-        .register_box("tester", "web", "up", None)
+        .for_owner("tester")
+        .register_box("web", "up", None)
         .await
         .expect("managed");
     for _ in 0..5 {
@@ -966,7 +973,8 @@ async fn a_box_is_never_taken_over_and_a_volume_never_named_twice_through_the_ap
     // A box `up` started from a config file (recorded as such), and one
     // running in AWS that this daemon never registered: 409.
     w.store
-        .register_box("tester", "cli-box", "up", None)
+        .for_owner("tester")
+        .register_box("cli-box", "up", None)
         .await
         .expect("managed");
     let mut b = good_box();
@@ -998,7 +1006,8 @@ async fn a_box_is_never_taken_over_and_a_volume_never_named_twice_through_the_ap
     // Nothing of these was stored or launched.
     let managed: Vec<String> = w
         .store
-        .managed_boxes("tester")
+        .for_owner("tester")
+        .managed_boxes()
         .await
         .expect("managed")
         .into_iter()
@@ -1023,7 +1032,8 @@ async fn the_dashboard_reads_the_daemons_last_observation_and_asks_aws_nothing()
     assert!(w.cloud.calls().is_empty(), "{:?}", w.cloud.calls());
 
     w.store
-        .register_box("tester", "from-config", "up", None)
+        .for_owner("tester")
+        .register_box("from-config", "up", None)
         .await
         .expect("managed");
     let daemon = w.daemon().with_timing(Timing {

@@ -152,7 +152,8 @@ async fn a_ceiling_below_every_price_launches_nothing_and_lists_the_prices() {
     assert_eq!(w.cloud.count("RunInstances"), 0);
     assert!(
         w.store
-            .open_intent("tester", "dev")
+            .for_owner("tester")
+            .open_intent("dev")
             .await
             .expect("store")
             .is_none(),
@@ -182,7 +183,8 @@ async fn a_lost_launch_answer_is_retried_with_the_same_token_and_makes_no_second
     assert!(matches!(err, BoxError::Cloud(_)), "{err}");
     let intent = w
         .store
-        .open_intent("tester", "dev")
+        .for_owner("tester")
+        .open_intent("dev")
         .await
         .expect("store")
         .expect("intent kept open");
@@ -274,7 +276,8 @@ async fn other_launch_errors_stop_at_once_and_close_the_intent() {
     assert_eq!(w.cloud.count("RunInstances"), 1);
     assert!(
         w.store
-            .open_intent("tester", "dev")
+            .for_owner("tester")
+            .open_intent("dev")
             .await
             .expect("store")
             .is_none()
@@ -424,7 +427,11 @@ async fn a_marked_instance_whose_termination_failed_is_not_taken_for_the_box() {
     );
     // Even with the stop's record gone (set aside by hand, say), the
     // instance it marked is not taken for the box.
-    w.store.stop_done("tester", "dev").await.expect("set aside");
+    w.store
+        .for_owner("tester")
+        .stop_done("dev")
+        .await
+        .expect("set aside");
     let second = boxes::up(&w.ctx(), &spec("")).await.expect("up");
     assert!(second.launched, "the marked instance is not the live box");
     assert_ne!(second.instance.id, first.instance.id);
@@ -502,7 +509,12 @@ async fn a_replacement_launches_while_the_doomed_instance_runs_and_takes_its_vol
         "the same volume moved over"
     );
     assert_eq!(w.cloud.all_volumes().len(), 1);
-    let managed = w.store.managed_boxes("tester").await.expect("managed");
+    let managed = w
+        .store
+        .for_owner("tester")
+        .managed_boxes()
+        .await
+        .expect("managed");
     assert_eq!(
         managed.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
         ["dev"]
@@ -515,7 +527,8 @@ async fn stop_stops_managing_the_box() {
     boxes::up(&w.ctx(), &spec("")).await.expect("up");
     assert_eq!(
         w.store
-            .managed_boxes("tester")
+            .for_owner("tester")
+            .managed_boxes()
             .await
             .expect("managed")
             .len(),
@@ -524,7 +537,8 @@ async fn stop_stops_managing_the_box() {
     boxes::stop(&w.ctx(), &spec(""), true).await.expect("stop");
     assert!(
         w.store
-            .managed_boxes("tester")
+            .for_owner("tester")
+            .managed_boxes()
             .await
             .expect("managed")
             .is_empty()
@@ -725,11 +739,15 @@ async fn storm_in_t3a_zone_a(w: &World) {
     let mut ran = foreign("i-0000000000000storm", two_days_ago);
     ran.instance_type = "t3a.micro".into();
     ran.tags.insert(tags::BOX.to_owned(), "old".to_owned());
-    w.store.record_seen("tester", &[ran]).await.expect("seen");
+    w.store
+        .for_owner("tester")
+        .record_seen(&[ran])
+        .await
+        .expect("seen");
     for n in 0..4 {
         w.store
+            .for_owner("tester")
             .first_delivery(
-                "tester",
                 &format!("storm-{n}"),
                 "spot-interruption",
                 Some("i-0000000000000storm"),

@@ -79,7 +79,11 @@ async fn instances_of_a_pool_without_a_readable_spec_or_a_deletion_record_are_le
     daemon.reconcile().await.expect("pass");
     assert_eq!(live(&cloud), ["i-0000000000000a01"], "left alone");
     assert_eq!(cloud.count("TerminateInstances"), 0);
-    let events = store.events("tester", None, 20).await.expect("events");
+    let events = store
+        .for_owner("tester")
+        .events(None, 20)
+        .await
+        .expect("events");
     assert_eq!(
         events.iter().filter(|e| e.kind == "unknown-pool").count(),
         1,
@@ -94,7 +98,8 @@ async fn instances_of_a_pool_without_a_readable_spec_or_a_deletion_record_are_le
 
     // A stored spec that no longer parses: unknown too, not an orphan.
     store
-        .register_pool("tester", "api-pool", "{\"not\": \"a pool\"}")
+        .for_owner("tester")
+        .register_pool("api-pool", "{\"not\": \"a pool\"}")
         .await
         .expect("stored");
     daemon.reconcile().await.expect("pass");
@@ -102,11 +107,13 @@ async fn instances_of_a_pool_without_a_readable_spec_or_a_deletion_record_are_le
 
     // Positive evidence: the pool was deleted through this daemon's API.
     store
-        .deregister_pool("tester", "api-pool")
+        .for_owner("tester")
+        .deregister_pool("api-pool")
         .await
         .expect("deregistered");
     store
-        .pool_deleted("tester", "api-pool", "api")
+        .for_owner("tester")
+        .pool_deleted("api-pool", "api")
         .await
         .expect("recorded");
     daemon.reconcile().await.expect("pass");
@@ -160,7 +167,8 @@ async fn events_that_aws_or_the_account_contradict_are_ignored() {
         "[box.dev]\nimage = \"ami-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\nmax_price = 0.02\nready = { check = \"none\" }\n",
     );
     store
-        .ensure_managed("tester", "dev", "up")
+        .for_owner("tester")
+        .ensure_managed("dev", "up")
         .await
         .expect("managed");
     cloud.insert_instance(instance(
@@ -198,7 +206,14 @@ async fn events_that_aws_or_the_account_contradict_are_ignored() {
         matches!(&out, Handled::Ignored(w) if w.contains("999999999999")),
         "{out:?}"
     );
-    assert!(store.doomed("tester").await.expect("doomed").is_empty());
+    assert!(
+        store
+            .for_owner("tester")
+            .doomed()
+            .await
+            .expect("doomed")
+            .is_empty()
+    );
     assert!(daemon.unavailable().is_empty());
 }
 
@@ -206,12 +221,13 @@ async fn events_that_aws_or_the_account_contradict_are_ignored() {
 async fn old_rows_are_pruned_after_the_retention() {
     let store = common::store().await;
     store
-        .first_delivery("tester", "old-event", "spot-interruption", Some("i-1"))
+        .for_owner("tester")
+        .first_delivery("old-event", "spot-interruption", Some("i-1"))
         .await
         .expect("recorded");
     store
+        .for_owner("tester")
         .doom(
-            "tester",
             &spotkeeper_engine::subject::Subject::Box("dev".into()),
             "i-1",
             EventKind::SpotInterruption,
@@ -219,34 +235,80 @@ async fn old_rows_are_pruned_after_the_retention() {
         .await
         .expect("doomed");
     store
-        .record_event("tester", Some("dev"), EventKind::Launch, "x")
+        .for_owner("tester")
+        .record_event(Some("dev"), EventKind::Launch, "x")
         .await
         .expect("event");
     store
-        .first_delivery("other", "old-event", "spot-interruption", Some("i-9"))
+        .for_owner("other")
+        .first_delivery("old-event", "spot-interruption", Some("i-9"))
         .await
         .expect("another owner's");
     // A stop done is history; one still open is work.
-    store.request_stop("tester", "gone").await.expect("asked");
-    store.stop_done("tester", "gone").await.expect("done");
-    store.request_stop("tester", "going").await.expect("asked");
+    store
+        .for_owner("tester")
+        .request_stop("gone")
+        .await
+        .expect("asked");
+    store
+        .for_owner("tester")
+        .stop_done("gone")
+        .await
+        .expect("done");
+    store
+        .for_owner("tester")
+        .request_stop("going")
+        .await
+        .expect("asked");
     // Nothing is older than a minute ago.
     let now = spotkeeper_engine::store::unix_seconds(SystemTime::now());
-    assert_eq!(store.prune("tester", now - 60).await.expect("prune"), 0);
+    assert_eq!(
+        store
+            .for_owner("tester")
+            .prune(now - 60)
+            .await
+            .expect("prune"),
+        0
+    );
     // Everything of this owner is older than a minute from now.
-    assert_eq!(store.prune("tester", now + 60).await.expect("prune"), 4);
-    assert!(!store.seen("tester", "old-event").await.expect("seen"));
-    assert_eq!(store.stop_job("tester", "gone").await.expect("read"), None);
+    assert_eq!(
+        store
+            .for_owner("tester")
+            .prune(now + 60)
+            .await
+            .expect("prune"),
+        4
+    );
+    assert!(
+        !store
+            .for_owner("tester")
+            .seen("old-event")
+            .await
+            .expect("seen")
+    );
+    assert_eq!(
+        store
+            .for_owner("tester")
+            .stop_job("gone")
+            .await
+            .expect("read"),
+        None
+    );
     assert!(
         store
-            .stop_job("tester", "going")
+            .for_owner("tester")
+            .stop_job("going")
             .await
             .expect("read")
             .is_some_and(|j| j.open()),
         "an open stop is never pruned"
     );
     assert!(
-        store.seen("other", "old-event").await.expect("seen"),
+        store
+            .for_owner("other")
+            .seen("old-event")
+            .await
+            .expect("seen"),
         "keyed by owner"
     );
 }

@@ -36,7 +36,8 @@ async fn on_demand_prices_are_asked_once_and_a_failure_is_unknown_not_zero() {
     let store = Store::memory().await.expect("store");
     let cloud = FakeCloud::new(&["us-east-1a"]);
     store
-        .record_seen("tester", &[instance("i-1", Market::Spot, 7200)])
+        .for_owner("tester")
+        .record_seen(&[instance("i-1", Market::Spot, 7200)])
         .await
         .expect("seen");
     store
@@ -75,7 +76,8 @@ async fn on_demand_prices_are_asked_once_and_a_failure_is_unknown_not_zero() {
     // Later (another region key here), it answers: asked once, then cached.
     let fresh = Store::memory().await.expect("store");
     fresh
-        .record_seen("tester", &[instance("i-1", Market::Spot, 7200)])
+        .for_owner("tester")
+        .record_seen(&[instance("i-1", Market::Spot, 7200)])
         .await
         .expect("seen");
     cloud.set_on_demand_price("t3.micro", 0.0104);

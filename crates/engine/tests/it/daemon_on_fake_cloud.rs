@@ -188,7 +188,11 @@ async fn garbage_strangers_and_ignored_rebalances_launch_nothing() {
     ));
     assert!(daemon.reconcile().await.expect("pass").is_empty());
     assert_eq!(cloud.count("RunInstances"), 1);
-    let events = store.events("tester", None, 10).await.expect("events");
+    let events = store
+        .for_owner("tester")
+        .events(None, 10)
+        .await
+        .expect("events");
     assert!(events.iter().any(|e| e.kind == "garbage"), "{events:?}");
 }
 
@@ -358,7 +362,8 @@ async fn a_spot_quota_error_falls_back_and_without_fallback_fails_clearly() {
     assert_eq!(out.instance.market, spotkeeper_cloud::Market::OnDemand);
     // Said as its own event kind, so a notification sink can be told.
     let events = store
-        .events("tester", Some("dev"), 20)
+        .for_owner("tester")
+        .events(Some("dev"), 20)
         .await
         .expect("events");
     assert!(
@@ -448,7 +453,8 @@ async fn a_duplicate_past_the_grace_period_is_terminated_and_a_stale_spot_reques
     );
     assert_eq!(first.market, Market::Spot);
     let events = store
-        .events("tester", Some("dev"), 20)
+        .for_owner("tester")
+        .events(Some("dev"), 20)
         .await
         .expect("events");
     assert!(events.iter().any(|e| e.kind == "duplicate"), "{events:?}");
@@ -506,7 +512,8 @@ async fn a_spot_warning_for_a_pool_instance_is_refilled_by_the_next_pass_elsewhe
     daemon.reconcile().await.expect("pass");
     assert_eq!(pool_live(&cloud).len(), 2);
     let events = store
-        .pool_events("tester", "workers", 20)
+        .for_owner("tester")
+        .pool_events("workers", 20)
         .await
         .expect("events");
     assert!(
@@ -554,7 +561,8 @@ async fn a_box_registered_through_the_api_keeps_its_rebalance_policy() {
         "ready": { "check": "none" }, "on_rebalance": "replace"
     });
     store
-        .register_box("tester", "web", "api", Some(&spec.to_string()))
+        .for_owner("tester")
+        .register_box("web", "api", Some(&spec.to_string()))
         .await
         .expect("register");
     let daemon = daemon(&cloud, &store, &cfg, &locks);
@@ -578,14 +586,22 @@ async fn each_pass_records_the_instances_it_saw() {
     let first = up(&ctx, &cfg).await;
     let daemon = daemon(&cloud, &store, &cfg, &locks);
     daemon.reconcile().await.expect("pass");
-    let seen = store.seen_instances("tester", 10).await.expect("seen");
+    let seen = store
+        .for_owner("tester")
+        .seen_instances(10)
+        .await
+        .expect("seen");
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].instance_id, first.id.as_str());
     assert_eq!(seen[0].box_name.as_deref(), Some("dev"));
     assert_eq!(seen[0].state, "running");
     cloud.set_state(&first.id, InstanceState::Terminated);
     daemon.reconcile().await.expect("pass");
-    let seen = store.seen_instances("tester", 10).await.expect("seen");
+    let seen = store
+        .for_owner("tester")
+        .seen_instances(10)
+        .await
+        .expect("seen");
     let old = seen
         .iter()
         .find(|s| s.instance_id == first.id.as_str())
@@ -594,7 +610,11 @@ async fn each_pass_records_the_instances_it_saw() {
     assert!(old.first_seen <= old.last_seen);
     // The replacement that pass launched is seen by the next one.
     daemon.reconcile().await.expect("pass");
-    let seen = store.seen_instances("tester", 10).await.expect("seen");
+    let seen = store
+        .for_owner("tester")
+        .seen_instances(10)
+        .await
+        .expect("seen");
     assert_eq!(seen.len(), 2, "and its replacement: {seen:?}");
 }
 
@@ -646,7 +666,8 @@ async fn a_box_that_cannot_be_replaced_backs_off_and_says_so_once_per_kind_of_fa
         let store = store.clone();
         async move {
             store
-                .events("tester", None, 100)
+                .for_owner("tester")
+                .events(None, 100)
                 .await
                 .expect("events")
                 .into_iter()
@@ -693,7 +714,11 @@ async fn a_box_that_cannot_be_replaced_backs_off_and_says_so_once_per_kind_of_fa
     let done = daemon.reconcile().await.expect("pass");
     assert!(done.iter().any(|d| d.contains("is up")), "{done:?}");
     // And failing again later is news again.
-    let events = store.events("tester", None, 100).await.expect("events");
+    let events = store
+        .for_owner("tester")
+        .events(None, 100)
+        .await
+        .expect("events");
     assert!(events.iter().any(|e| e.kind == "replaced"), "{events:?}");
 }
 
@@ -701,7 +726,8 @@ async fn a_box_that_cannot_be_replaced_backs_off_and_says_so_once_per_kind_of_fa
 async fn a_managed_box_gone_from_the_config_is_said_once_not_every_pass() {
     let (cloud, store, locks, cfg) = setup("").await;
     store
-        .register_box("tester", "gone", "up", None)
+        .for_owner("tester")
+        .register_box("gone", "up", None)
         .await
         .expect("managed");
     let daemon = daemon(&cloud, &store, &cfg, &locks);
@@ -709,7 +735,8 @@ async fn a_managed_box_gone_from_the_config_is_said_once_not_every_pass() {
         let _ = daemon.reconcile().await;
     }
     let unknown = store
-        .events("tester", Some("gone"), 100)
+        .for_owner("tester")
+        .events(Some("gone"), 100)
         .await
         .expect("events")
         .into_iter()

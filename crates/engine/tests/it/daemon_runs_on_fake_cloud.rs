@@ -257,7 +257,11 @@ async fn shutdown_drops_a_hung_launch_at_once_and_the_next_daemon_resumes_it_wit
             Duration::from_secs(5),
             Duration::from_millis(5),
             || async {
-                let intent = store.open_intent("tester", "b0").await.expect("store");
+                let intent = store
+                    .for_owner("tester")
+                    .open_intent("b0")
+                    .await
+                    .expect("store");
                 intent
                     .is_some_and(|i| i.instance_id.is_none())
                     .then_some(())
@@ -272,7 +276,8 @@ async fn shutdown_drops_a_hung_launch_at_once_and_the_next_daemon_resumes_it_wit
     drive(&daemon, &queue, rx, test, Duration::from_secs(5)).await;
     assert!(stopped.elapsed() < Duration::from_secs(5));
     let open = store
-        .open_intent("tester", "b0")
+        .for_owner("tester")
+        .open_intent("b0")
         .await
         .expect("store")
         .expect("the intent of the dropped launch stays open");
@@ -324,7 +329,11 @@ async fn failing_passes_back_off_say_so_and_recover() {
     };
     // Recovered after the backoff.
     drive(&daemon, &queue, rx, test, Duration::from_secs(30)).await;
-    let events = store.events("tester", None, 20).await.expect("events");
+    let events = store
+        .for_owner("tester")
+        .events(None, 20)
+        .await
+        .expect("events");
     assert!(
         events
             .iter()

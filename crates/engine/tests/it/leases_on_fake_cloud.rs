@@ -53,7 +53,8 @@ async fn registered(
     let cfg = config(boxes);
     for name in cfg.boxes.keys() {
         store
-            .register_box("tester", name, "up", None)
+            .for_owner("tester")
+            .register_box(name, "up", None)
             .await
             .expect("register");
     }
@@ -125,7 +126,8 @@ async fn a_second_daemon_gets_its_share_and_a_silent_ones_boxes_are_taken_over_a
     );
     assert!(body.contains("spotkeeper_leases_held 5"));
     let takeovers = store
-        .events("tester", None, 100)
+        .for_owner("tester")
+        .events(None, 100)
         .await
         .expect("events")
         .into_iter()
@@ -231,7 +233,12 @@ async fn a_daemon_that_cannot_reach_aws_lets_its_boxes_go_to_one_that_can() {
     b.reconcile().await.expect("b's pass");
     assert_eq!(b.held(), all(4), "b holds every box and the chores");
     a_fails().await;
-    let events = world.1.events("tester", None, 100).await.expect("events");
+    let events = world
+        .1
+        .for_owner("tester")
+        .events(None, 100)
+        .await
+        .expect("events");
     assert_eq!(
         events
             .iter()
@@ -302,7 +309,11 @@ async fn a_rebalance_never_hands_over_a_box_whose_replacement_is_in_flight() {
             Duration::from_secs(10),
             Duration::from_millis(5),
             || async {
-                let intent = store.open_intent("tester", "b2").await.expect("intent");
+                let intent = store
+                    .for_owner("tester")
+                    .open_intent("b2")
+                    .await
+                    .expect("intent");
                 intent
                     .is_some_and(|i| i.instance_id.as_deref() != Some(lost.id.as_str()))
                     .then_some(())
@@ -381,7 +392,8 @@ async fn a_daemon_behind_on_its_config_holding_the_fleet_lease_deletes_and_termi
     let world = registered(0).await;
     world
         .1
-        .register_box("tester", "b0", "up", None)
+        .for_owner("tester")
+        .register_box("b0", "up", None)
         .await
         .expect("register");
     let (old, new) = (config_pool(false), config_pool(true));
@@ -419,13 +431,19 @@ async fn a_daemon_behind_on_its_config_holding_the_fleet_lease_deletes_and_termi
     assert!(
         world
             .1
-            .deleted_pools("tester")
+            .for_owner("tester")
+            .deleted_pools()
             .await
             .expect("deleted")
             .is_empty(),
         "nothing recorded as deleted"
     );
-    let events = world.1.events("tester", None, 200).await.expect("events");
+    let events = world
+        .1
+        .for_owner("tester")
+        .events(None, 200)
+        .await
+        .expect("events");
     let said: Vec<_> = events
         .iter()
         .filter(|e| e.kind == "config-behind")
@@ -442,7 +460,8 @@ async fn a_pool_removed_from_the_config_is_deleted_only_once_every_live_daemon_a
     let world = registered(0).await;
     let store = &world.1;
     store
-        .register_box("tester", "b0", "up", None)
+        .for_owner("tester")
+        .register_box("b0", "up", None)
         .await
         .expect("register");
     let (old, new) = (config_pool(true), config_pool(false));
@@ -450,7 +469,8 @@ async fn a_pool_removed_from_the_config_is_deleted_only_once_every_live_daemon_a
     // the new one, starts alone and holds the fleet chores.
     let subjects = ["box:b0", "pool:workers"].map(String::from);
     store
-        .record_config("tester", &old.fingerprint, &subjects, 0, 0)
+        .for_owner("tester")
+        .record_config(&old.fingerprint, &subjects, 0, 0)
         .await
         .expect("the old config");
     let b = daemon_with(&world, &new, "b");
@@ -466,7 +486,8 @@ async fn a_pool_removed_from_the_config_is_deleted_only_once_every_live_daemon_a
     assert_eq!(workers_live(&world.0), 1);
     assert!(
         store
-            .deleted_pools("tester")
+            .for_owner("tester")
+            .deleted_pools()
             .await
             .expect("deleted")
             .is_empty(),
@@ -477,7 +498,11 @@ async fn a_pool_removed_from_the_config_is_deleted_only_once_every_live_daemon_a
     a.leave().await;
     b.reconcile().await.expect("b's pass");
     assert_eq!(
-        store.deleted_pools("tester").await.expect("deleted"),
+        store
+            .for_owner("tester")
+            .deleted_pools()
+            .await
+            .expect("deleted"),
         ["workers"]
     );
     later(spotkeeper_engine::daemon::ORPHAN_GRACE).await;

@@ -72,21 +72,29 @@ async fn a_receiver_failing_three_times_still_gets_every_wanted_event_in_order_s
     let hook = Receiver::start(Answer::Ok, 3);
     let d = deliverer(&hook, "");
     // The sink exists before the events (a new sink is not sent the history).
-    store.notify_cursor("tester", "hook").await.expect("cursor");
     store
-        .record_event("tester", Some("dev"), EventKind::Replaced, "i-1 → i-2")
+        .for_owner("tester")
+        .notify_cursor("hook")
+        .await
+        .expect("cursor");
+    store
+        .for_owner("tester")
+        .record_event(Some("dev"), EventKind::Replaced, "i-1 → i-2")
         .await
         .expect("event");
     store
-        .record_event("tester", Some("dev"), EventKind::Registered, "not wanted")
+        .for_owner("tester")
+        .record_event(Some("dev"), EventKind::Registered, "not wanted")
         .await
         .expect("event");
     store
-        .record_pool_event("tester", "builders", EventKind::LaunchFailed, "no capacity")
+        .for_owner("tester")
+        .record_pool_event("builders", EventKind::LaunchFailed, "no capacity")
         .await
         .expect("event");
     store
-        .record_event("other-owner", Some("x"), EventKind::Replaced, "not ours")
+        .for_owner("other-owner")
+        .record_event(Some("x"), EventKind::Replaced, "not ours")
         .await
         .expect("event");
     let (stop, task) = spawn(d, &store);
@@ -140,9 +148,14 @@ async fn delivery_resumes_after_the_deliverer_is_killed_and_nothing_is_sent_twic
         .await
         .expect("store");
     let hook = Receiver::start(Answer::Fail, 0);
-    store.notify_cursor("tester", "hook").await.expect("cursor");
     store
-        .record_event("tester", Some("dev"), EventKind::Replaced, "i-1 → i-2")
+        .for_owner("tester")
+        .notify_cursor("hook")
+        .await
+        .expect("cursor");
+    store
+        .for_owner("tester")
+        .record_event(Some("dev"), EventKind::Replaced, "i-1 → i-2")
         .await
         .expect("event");
     let (_stop, task) = spawn(deliverer(&hook, ""), &store);
@@ -153,7 +166,11 @@ async fn delivery_resumes_after_the_deliverer_is_killed_and_nothing_is_sent_twic
         Duration::from_secs(10),
         Duration::from_millis(10),
         || async {
-            let cursors = store.notify_cursors("tester").await.expect("cursors");
+            let cursors = store
+                .for_owner("tester")
+                .notify_cursors()
+                .await
+                .expect("cursors");
             (cursors[0].1.attempts > 0).then_some(())
         },
         || "no failed attempt recorded".to_owned(),
@@ -162,7 +179,11 @@ async fn delivery_resumes_after_the_deliverer_is_killed_and_nothing_is_sent_twic
     // Killed mid-retry: nothing is acknowledged, the cursor has not moved.
     task.abort();
     let _ = task.await;
-    let cursors = store.notify_cursors("tester").await.expect("cursors");
+    let cursors = store
+        .for_owner("tester")
+        .notify_cursors()
+        .await
+        .expect("cursors");
     assert!(cursors[0].1.attempts >= 1, "{cursors:?}");
     assert!(
         cursors[0]
@@ -189,7 +210,8 @@ async fn delivery_resumes_after_the_deliverer_is_killed_and_nothing_is_sent_twic
     let before = hook.got().len();
     let (stop, task) = spawn(deliverer(&hook, ""), &store);
     store
-        .record_event("tester", Some("web"), EventKind::Replaced, "i-3 → i-4")
+        .for_owner("tester")
+        .record_event(Some("web"), EventKind::Replaced, "i-3 → i-4")
         .await
         .expect("event");
     let got = wait_for(&hook, "the event after the third start", move |g| {
@@ -212,7 +234,8 @@ async fn a_filter_sends_only_its_kinds_and_a_new_sink_gets_no_history() {
         .await
         .expect("store");
     store
-        .record_event("tester", Some("dev"), EventKind::Replaced, "history")
+        .for_owner("tester")
+        .record_event(Some("dev"), EventKind::Replaced, "history")
         .await
         .expect("event");
     let hook = Receiver::start(Answer::Ok, 0);
@@ -224,18 +247,24 @@ async fn a_filter_sends_only_its_kinds_and_a_new_sink_gets_no_history() {
         Duration::from_secs(10),
         Duration::from_millis(10),
         || async {
-            let cursors = store.notify_cursors("tester").await.expect("cursors");
+            let cursors = store
+                .for_owner("tester")
+                .notify_cursors()
+                .await
+                .expect("cursors");
             (!cursors.is_empty()).then_some(())
         },
         || "the sink has no cursor".to_owned(),
     )
     .await;
     store
-        .record_event("tester", Some("dev"), EventKind::Replaced, "not wanted")
+        .for_owner("tester")
+        .record_event(Some("dev"), EventKind::Replaced, "not wanted")
         .await
         .expect("event");
     store
-        .record_event("tester", Some("web"), EventKind::Registered, "wanted")
+        .for_owner("tester")
+        .record_event(Some("web"), EventKind::Registered, "wanted")
         .await
         .expect("event");
     // In order: the unwanted event, had it been sent, would be first.

@@ -438,7 +438,8 @@ async fn setup(demand: Result<u64, String>) -> (FakeCloud, Store, FixedDemand) {
 /// The pool's launches recorded and not yet closed.
 async fn open_launches(store: &Store) -> Vec<spotkeeper_engine::store::PoolLaunch> {
     store
-        .open_pool_launches("tester", "builders")
+        .for_owner("tester")
+        .open_pool_launches("builders")
         .await
         .expect("open launches")
 }
@@ -495,7 +496,8 @@ async fn insufficient_capacity_marks_the_offering_and_the_same_pass_uses_the_nex
     );
     assert!(!out.marks.is_empty());
     let events = store
-        .pool_events("tester", "builders", 50)
+        .for_owner("tester")
+        .pool_events("builders", 50)
         .await
         .expect("events");
     assert!(events.iter().any(|e| e.kind == "no-capacity"), "{events:?}");
@@ -520,7 +522,8 @@ async fn a_spot_quota_falls_back_to_on_demand_and_spot_returns_once_the_block_li
     assert_eq!(l.len(), 2);
     assert!(l.iter().all(|i| i.market == Market::OnDemand));
     let events = store
-        .pool_events("tester", "builders", 50)
+        .for_owner("tester")
+        .pool_events("builders", 50)
         .await
         .expect("events");
     assert!(
@@ -563,7 +566,8 @@ async fn an_authorization_error_stops_the_pass_and_is_reported() {
     );
     assert_eq!(out.failures[0].reason, "unauthorized");
     let events = store
-        .pool_events("tester", "builders", 50)
+        .for_owner("tester")
+        .pool_events("builders", 50)
         .await
         .expect("events");
     assert!(events.iter().any(|e| e.kind == "unauthorized"));
@@ -594,7 +598,8 @@ async fn a_launch_left_open_by_a_crash_is_repeated_with_its_token_and_makes_no_d
     let _ = try_once(&pass, &spec, &cloud).await;
     let calls = cloud.count("RunInstances");
     let open = store
-        .open_pool_launches("tester", "builders")
+        .for_owner("tester")
+        .open_pool_launches("builders")
         .await
         .expect("q");
     assert!(!open.is_empty());
