@@ -416,6 +416,10 @@ def error_xml(code: str, message: str) -> bytes:
 def make_handler(proxy: Proxy):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes: with Nagle's algorithm the
+        # body waits for the client's delayed ACK of the headers (40 ms on
+        # Linux), a stall AWS's endpoints do not have.
+        disable_nagle_algorithm = True
 
         def log_message(self, *args):  # quiet
             pass
@@ -623,6 +627,11 @@ def main() -> None:
     EBSBackend.create_snapshot = create_snapshot
     EBSBackend.create_volume = create_volume
 
+    # The emulator's own server (werkzeug) writes headers and body apart
+    # too: no 40 ms delayed-ACK stall between them (see the proxy's Handler).
+    import werkzeug.serving
+
+    werkzeug.serving.WSGIRequestHandler.disable_nagle_algorithm = True
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
     _, port = server.get_host_and_port()
