@@ -501,11 +501,14 @@ fn spot_candidates<'a>(input: &Input<'a>) -> Vec<Candidate<'a>> {
         .map(|p| ((p.instance_type.as_str(), p.zone.as_str()), p.price))
         .collect();
     let mut spot = Vec::new();
+    // A key owns its type and zone: made only when a set is there to ask.
+    let marked = !input.unavailable.is_empty() || !input.risky.is_empty();
     for (rank, t) in spec.types.iter().enumerate() {
         let ceiling = t.max_price.or(spec.max_price);
         for placement in input.placements {
-            let key = OfferingKey::new(&t.instance_type, &placement.zone, Market::Spot);
-            if input.unavailable.contains(&key) {
+            let key =
+                marked.then(|| OfferingKey::new(&t.instance_type, &placement.zone, Market::Spot));
+            if key.as_ref().is_some_and(|k| input.unavailable.contains(k)) {
                 continue;
             }
             let Some(&price) = prices.get(&(t.instance_type.as_str(), placement.zone.as_str()))
@@ -523,20 +526,13 @@ fn spot_candidates<'a>(input: &Input<'a>) -> Vec<Candidate<'a>> {
                 price: Some(price),
                 per_unit: price / f64::from(t.capacity),
                 rank,
-                risky: input.risky.contains(&key),
+                risky: key.as_ref().is_some_and(|k| input.risky.contains(k)),
             });
         }
     }
-    let risky = |c: &Candidate<'_>| {
-        input.risky.contains(&OfferingKey::new(
-            c.instance_type,
-            &c.placement.zone,
-            Market::Spot,
-        ))
-    };
     spot.sort_by(|a, b| {
-        risky(a)
-            .cmp(&risky(b))
+        a.risky
+            .cmp(&b.risky)
             .then(a.per_unit.total_cmp(&b.per_unit))
             .then(a.rank.cmp(&b.rank))
             .then(a.placement.zone.cmp(&b.placement.zone))
