@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
-use spotkeeper_cloud::{Market, SpotPrice};
+use spotkeeper_cloud::{Market, Offering, SpotPrice};
 
 /// No offering is at or under the ceiling; carries the prices seen, cheapest first.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -43,14 +43,15 @@ pub fn sort_prices(prices: &mut [SpotPrice], preference: &[String]) {
 }
 
 /// The offerings a box may launch, best first: only the allowed types and
-/// zones, at or under `ceiling`, and not in `unavailable` (pairs that just
-/// failed for capacity). Errors with every allowed price when none qualifies.
+/// zones, at or under `ceiling`, and not in `unavailable` (spot offerings
+/// that just failed for capacity or were interrupted). Errors with every
+/// allowed price when none qualifies.
 pub fn candidates(
     prices: &[SpotPrice],
     types: &[String],
     zones: &[String],
     ceiling: f64,
-    unavailable: &HashSet<(String, String)>,
+    unavailable: &HashSet<Offering>,
 ) -> Result<Vec<SpotPrice>, NoOffering> {
     let mut allowed: Vec<SpotPrice> = prices
         .iter()
@@ -61,7 +62,10 @@ pub fn candidates(
     let chosen: Vec<SpotPrice> = allowed
         .iter()
         .filter(|p| p.price <= ceiling)
-        .filter(|p| !unavailable.contains(&(p.instance_type.clone(), p.zone.clone())))
+        .filter(|p| {
+            unavailable.is_empty()
+                || !unavailable.contains(&Offering::new(&p.instance_type, &p.zone, Market::Spot))
+        })
         .cloned()
         .collect();
     if chosen.is_empty() {
@@ -198,7 +202,7 @@ mod tests {
             p("t3.micro", "b", 0.002),
             p("t3.micro", "c", 0.003),
         ];
-        let unavailable = HashSet::from([("t3.micro".to_owned(), "b".to_owned())]);
+        let unavailable = HashSet::from([Offering::new("t3.micro", "b", Market::Spot)]);
         let c = candidates(
             &prices,
             &s(&["t3.micro"]),

@@ -342,8 +342,8 @@ pub async fn up(ctx: &Ctx<'_>, spec: &BoxSpec) -> Result<UpOutcome, BoxError> {
 pub struct Avoid {
     /// Instances that do not count as the box's live instance.
     pub instances: HashSet<InstanceId>,
-    /// (instance type, zone) pairs not to launch in.
-    pub offerings: HashSet<(String, String)>,
+    /// Spot offerings not to launch in (interrupted or refused lately).
+    pub offerings: HashSet<spotkeeper_cloud::Offering>,
 }
 
 /// What the daemon knows about a box from its last observation: with it, a

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spotkeeper_cloud::prelude::*;
-use spotkeeper_cloud::{Instance, InstanceId, Market};
+use spotkeeper_cloud::{Instance, InstanceId, Market, Offering};
 use tokio::time::Instant;
 
 use super::Daemon;
@@ -223,7 +223,11 @@ impl Daemon<'_> {
                             .as_ref()
                             .is_none_or(|z| z.contains(&p.zone))
                         && p.price <= spec.max_price
-                        && !unavailable.contains(&(p.instance_type.clone(), p.zone.clone()))
+                        && !unavailable.contains(&Offering::new(
+                            &p.instance_type,
+                            &p.zone,
+                            Market::Spot,
+                        ))
                 })
             });
         tracing::debug!(box_name = %spec.name, ok, "the home's offerings weighed for a return");

@@ -41,7 +41,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use spotkeeper_cloud::{Cloud, ImageId, InstanceId, Market, SpotPrice};
+use spotkeeper_cloud::{Cloud, ImageId, InstanceId, Market, Offering, SpotPrice};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -360,18 +360,17 @@ impl<'a> Daemon<'a> {
     }
 
     /// Spot offerings still marked unavailable (expired marks are dropped).
-    pub fn unavailable(&self) -> HashSet<(String, String)> {
+    pub fn unavailable(&self) -> HashSet<Offering> {
         self.unavailable_at(Instant::now())
     }
 
     /// Spot offerings still marked unavailable at `now`.
-    pub fn unavailable_at(&self, now: Instant) -> HashSet<(String, String)> {
+    pub fn unavailable_at(&self, now: Instant) -> HashSet<Offering> {
         self.lock_memory()
             .unavailable
             .active(now)
             .into_iter()
             .filter(|o| o.market == Market::Spot)
-            .map(|o| (o.instance_type, o.zone))
             .collect()
     }
 

@@ -462,7 +462,12 @@ async fn a_replacement_launches_while_the_doomed_instance_runs_and_takes_its_vol
 
     let avoid = boxes::Avoid {
         instances: [old.id.clone()].into(),
-        offerings: [(old.instance_type.clone(), old.zone.clone().expect("zone"))].into(),
+        offerings: [spotkeeper_cloud::Offering::new(
+            &old.instance_type,
+            old.zone.as_deref().expect("zone"),
+            spotkeeper_cloud::Market::Spot,
+        )]
+        .into(),
     };
     let ctx = w.ctx();
     let out = tokio::time::timeout(

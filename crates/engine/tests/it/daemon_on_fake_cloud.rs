@@ -77,10 +77,15 @@ async fn a_spot_warning_marks_the_offering_and_the_pass_replaces_the_box_elsewhe
         .await
         .expect("handled");
     assert!(matches!(out, Handled::Acted(_)), "{out:?}");
-    assert!(daemon.unavailable().contains(&(
-        first.instance_type.clone(),
-        first.zone.clone().expect("zone")
-    )));
+    assert!(
+        daemon
+            .unavailable()
+            .contains(&spotkeeper_cloud::Offering::new(
+                &first.instance_type,
+                first.zone.as_deref().expect("zone"),
+                spotkeeper_cloud::Market::Spot,
+            ))
+    );
     assert_eq!(
         daemon
             .handle(&warning("spot", first.id.as_str(), "e1"))
@@ -628,9 +633,10 @@ async fn on_tokios_paused_clock_an_interrupted_offering_comes_back_after_five_mi
         .handle(&warning("spot", first.id.as_str(), "paused-1"))
         .await
         .expect("handled");
-    let marked = (
-        first.instance_type.clone(),
-        first.zone.clone().expect("zone"),
+    let marked = spotkeeper_cloud::Offering::new(
+        &first.instance_type,
+        first.zone.as_deref().expect("zone"),
+        spotkeeper_cloud::Market::Spot,
     );
     // Paused only now: the state file's pool has timeouts of its own, which
     // a paused clock would fire while SQLite's thread answers.
