@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use spotkeeper_cloud::{Cloud, Market};
+use spotkeeper_cloud::{Cloud, Market, Offering};
 
 use crate::config::Config;
 use crate::store::{PriceSample, SeenInstance, Store, StoreError};
@@ -206,11 +206,17 @@ fn add(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     Some(a? + b?)
 }
 
-/// The report from its inputs. `samples`: per (type, zone), `(at, price)`
+/// The spot offering of `instance_type` in `zone`: what price samples and
+/// the interruption record are kept per.
+pub fn spot(instance_type: &str, zone: &str) -> Offering {
+    Offering::new(instance_type, zone, Market::Spot)
+}
+
+/// The report from its inputs. `samples`: per spot offering, `(at, price)`
 /// by time; `on_demand`: per type.
 pub fn compute(
     runs: &[Run],
-    samples: &BTreeMap<(String, String), Vec<(i64, f64)>>,
+    samples: &BTreeMap<Offering, Vec<(i64, f64)>>,
     on_demand: &BTreeMap<String, Option<f64>>,
     interruptions: &[(String, i64)],
     recoveries: &[(String, String, i64)],
@@ -219,7 +225,7 @@ pub fn compute(
 ) -> Report {
     let mut lines: BTreeMap<String, Line> = BTreeMap::new();
     let mut regions: BTreeMap<String, Line> = BTreeMap::new();
-    let mut offerings: BTreeMap<(String, String), (f64, usize)> = BTreeMap::new();
+    let mut offerings: BTreeMap<Offering, (f64, usize)> = BTreeMap::new();
     for r in runs {
         let od = on_demand.get(&r.instance_type).copied().flatten();
         let hours = r.hours();
@@ -231,14 +237,12 @@ pub fn compute(
         });
         let cost = if r.spot {
             line.spot_hours += hours;
-            let zone = r.zone.clone().unwrap_or_default();
-            offerings
-                .entry((r.instance_type.clone(), zone.clone()))
-                .or_default()
-                .0 += hours;
-            samples
-                .get(&(r.instance_type.clone(), zone))
-                .and_then(|s| integrate(s, r.start, r.end))
+            let offering = spot(&r.instance_type, r.zone.as_deref().unwrap_or_default());
+            let cost = samples
+                .get(&offering)
+                .and_then(|s| integrate(s, r.start, r.end));
+            offerings.entry(offering).or_default().0 += hours;
+            cost
         } else {
             line.on_demand_hours += hours;
             od.map(|p| p * hours)
@@ -250,7 +254,10 @@ pub fn compute(
     for (instance, _) in interruptions {
         if let Some(r) = runs.iter().find(|r| &r.instance == instance) {
             offerings
-                .entry((r.instance_type.clone(), r.zone.clone().unwrap_or_default()))
+                .entry(spot(
+                    &r.instance_type,
+                    r.zone.as_deref().unwrap_or_default(),
+                ))
                 .or_default()
                 .1 += 1;
         }
@@ -326,11 +333,11 @@ fn add_to_region(
 }
 
 fn offering_line(
-    ((instance_type, zone), (spot_hours, interruptions)): ((String, String), (f64, usize)),
+    (offering, (spot_hours, interruptions)): (Offering, (f64, usize)),
 ) -> OfferingLine {
     OfferingLine {
-        instance_type,
-        zone,
+        instance_type: offering.instance_type,
+        zone: offering.zone,
         spot_hours,
         interruptions,
         hours_between: (interruptions > 0).then(|| spot_hours / interruptions as f64),
@@ -417,7 +424,7 @@ pub async fn offering_history(
     owner: &str,
     since: i64,
     until: i64,
-) -> Result<BTreeMap<(String, String), (f64, usize)>, StoreError> {
+) -> Result<BTreeMap<Offering, (f64, usize)>, StoreError> {
     let runs: Vec<Run> = store
         .for_owner(owner)
         .runs_since(since)
@@ -438,7 +445,12 @@ pub async fn offering_history(
     Ok(report
         .offerings
         .into_iter()
-        .map(|o| ((o.instance_type, o.zone), (o.spot_hours, o.interruptions)))
+        .map(|o| {
+            (
+                spot(&o.instance_type, &o.zone),
+                (o.spot_hours, o.interruptions),
+            )
+        })
         .collect())
 }
 
@@ -458,7 +470,7 @@ pub async fn report(
         .iter()
         .filter_map(|i| Run::of(i, since, until))
         .collect();
-    let mut samples: BTreeMap<(String, String), Vec<(i64, f64)>> = BTreeMap::new();
+    let mut samples: BTreeMap<Offering, Vec<(i64, f64)>> = BTreeMap::new();
     // The types that ran only, not every offering the daemon sampled.
     let types: std::collections::BTreeSet<&str> =
         runs.iter().map(|r| r.instance_type.as_str()).collect();
@@ -471,7 +483,7 @@ pub async fn report(
         } in store.price_samples_of(t, since).await?
         {
             samples
-                .entry((instance_type, zone))
+                .entry(spot(&instance_type, &zone))
                 .or_default()
                 .push((at, price));
         }
@@ -541,10 +553,10 @@ mod tests {
         ];
         let samples = BTreeMap::from([
             (
-                ("t3.micro".into(), "us-east-1a".into()),
+                spot("t3.micro", "us-east-1a"),
                 vec![(0, 0.003), (3600, 0.004)],
             ),
-            (("t3.micro".into(), "us-east-1b".into()), vec![(0, 0.005)]),
+            (spot("t3.micro", "us-east-1b"), vec![(0, 0.005)]),
         ]);
         let od = BTreeMap::from([("t3.micro".to_owned(), Some(0.0104))]);
         let r = compute(&runs, &samples, &od, &[("i-1".into(), 7000)], &[], 0, 10800);
@@ -580,8 +592,8 @@ mod tests {
             run("i-2", "box dev", true, "us-west-2b", 3600, 10800),
         ];
         let samples = BTreeMap::from([
-            (("t3.micro".into(), "us-east-1a".into()), vec![(0, 0.003)]),
-            (("t3.micro".into(), "us-west-2b".into()), vec![(0, 0.005)]),
+            (spot("t3.micro", "us-east-1a"), vec![(0, 0.003)]),
+            (spot("t3.micro", "us-west-2b"), vec![(0, 0.005)]),
         ]);
         let od = BTreeMap::from([("t3.micro".to_owned(), Some(0.0104))]);
         let r = compute(&runs, &samples, &od, &[], &[], 0, 10800);

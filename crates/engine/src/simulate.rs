@@ -98,7 +98,7 @@ pub fn seeded(seed: u64, hours: usize) -> Trace {
 /// A trace from CSV rows `hour,instance_type,zone,price,interrupted` (a
 /// header line and `#` comments are skipped; `interrupted` is 0 or 1).
 pub fn parse_csv(text: &str) -> Result<Trace, String> {
-    let mut by: BTreeMap<(String, String), Series> = BTreeMap::new();
+    let mut by: BTreeMap<spotkeeper_cloud::Offering, Series> = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with("hour,") {
@@ -111,14 +111,12 @@ pub fn parse_csv(text: &str) -> Result<Trace, String> {
         };
         let hour: usize = hour.parse().map_err(|_| bad("hour"))?;
         let price: f64 = price.parse().map_err(|_| bad("price"))?;
-        let s = by
-            .entry(((*t).to_owned(), (*z).to_owned()))
-            .or_insert_with(|| Series {
-                instance_type: (*t).to_owned(),
-                zone: (*z).to_owned(),
-                prices: Vec::new(),
-                interrupted: Vec::new(),
-            });
+        let s = by.entry(crate::cost::spot(t, z)).or_insert_with(|| Series {
+            instance_type: (*t).to_owned(),
+            zone: (*z).to_owned(),
+            prices: Vec::new(),
+            interrupted: Vec::new(),
+        });
         if hour != s.prices.len() {
             return Err(bad("hours must run 0, 1, 2 … per offering"));
         }

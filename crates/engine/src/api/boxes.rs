@@ -6,7 +6,7 @@ use super::*;
 /// The latest recorded spot price of each offering.
 pub(super) async fn latest_prices(
     state: &ApiState,
-) -> std::collections::BTreeMap<(String, String), f64> {
+) -> std::collections::BTreeMap<spotkeeper_cloud::Offering, f64> {
     // One row per offering (latest_prices), not a scan of every sample, on
     // each 5 s refresh.
     state
@@ -15,7 +15,7 @@ pub(super) async fn latest_prices(
         .await
         .unwrap_or_default()
         .into_iter()
-        .map(|p| ((p.instance_type, p.zone), p.price))
+        .map(|p| (crate::cost::spot(&p.instance_type, &p.zone), p.price))
         .collect()
 }
 
@@ -64,7 +64,7 @@ pub(super) async fn box_json(
     source: &str,
     stored: Option<&str>,
     (observed_at, live): (Option<i64>, &[spotkeeper_cloud::Instance]),
-    prices: &std::collections::BTreeMap<(String, String), f64>,
+    prices: &std::collections::BTreeMap<spotkeeper_cloud::Offering, f64>,
 ) -> Value {
     // At home, or (a box that failed over) in another region.
     let away = state.seen.away(name);
@@ -75,7 +75,7 @@ pub(super) async fn box_json(
     let spec = spec_of(state, name, stored);
     let price = instance.and_then(|i| {
         prices
-            .get(&(i.instance_type.clone(), i.zone.clone()?))
+            .get(&crate::cost::spot(&i.instance_type, i.zone.as_deref()?))
             .copied()
     });
     let dns = match &spec {

@@ -91,7 +91,7 @@ pub(super) async fn spot_targets(
 /// record (the last [`crate::cost::HISTORY`]) and AWS's placement scores.
 #[derive(Debug, Default)]
 pub struct Weighed {
-    history: BTreeMap<(String, String), (f64, usize)>,
+    history: BTreeMap<spotkeeper_cloud::Offering, (f64, usize)>,
     scores: BTreeMap<String, u8>,
     /// The scores were refused: said once per process ([`crate::scores`]).
     pub refused: Option<String>,
@@ -122,7 +122,7 @@ impl Weighed {
     pub fn offer(&self, p: &SpotPrice) -> Offer {
         let (hours, interruptions) = self
             .history
-            .get(&(p.instance_type.clone(), p.zone.clone()))
+            .get(&crate::cost::spot(&p.instance_type, &p.zone))
             .copied()
             .unwrap_or_default();
         Offer {

@@ -37,7 +37,7 @@ impl Daemon<'_> {
             Ok(history) => history
                 .into_iter()
                 .filter(|(_, (hours, n))| crate::rank::risky_record(*hours, *n))
-                .map(|((t, z), _)| OfferingKey::new(&t, &z, spotkeeper_cloud::Market::Spot))
+                .map(|(offering, _)| offering)
                 .collect(),
             Err(e) => {
                 tracing::warn!("cannot read the interruption record: {e}");
