@@ -11,10 +11,10 @@ mod keys;
 mod network;
 mod queue;
 mod volumes;
+mod vpc;
 
 pub use fis::{FIS_SPOT_ACTION, FisDrill, FisRequest};
 pub use images::{CANONICAL_OWNER, al2023_parameter, ubuntu_parameter};
-pub use network::{VPC_TAG, VpcInfo, split_cidr};
 #[cfg(feature = "test-util")]
 pub(crate) use network::{is_group_id, resolve_groups};
 pub use queue::{
@@ -22,6 +22,7 @@ pub use queue::{
     rule_name,
 };
 pub use volumes::{data_device_names, next_free_device};
+pub use vpc::{VPC_TAG, VpcInfo, split_cidr};
 mod pricing;
 
 use std::fmt;
