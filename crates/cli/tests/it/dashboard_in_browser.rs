@@ -7,7 +7,7 @@
 //! screenshot in the target directory (`dashboard.png`).
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::{CONFIG, Cli, Serve, wait_passes};
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -83,28 +83,40 @@ async fn browser(driver: &Driver) -> Client {
 }
 
 /// Polls `f` until it yields, for up to `secs` seconds; on time-out says
-/// what the page showed.
+/// what the page showed at the last look.
 async fn eventually<T, F, Fut>(c: &Client, secs: u64, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            let shown = texts(c, "body").await.join("\n");
-            let logs = c
-                .execute("return window.__errors || []", vec![])
-                .await
-                .map(|v| v.to_string())
-                .unwrap_or_default();
-            panic!("the page never showed {what}; it shows:\n{shown}\nscript errors: {logs}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let shown = std::sync::Mutex::new(String::new());
+    spotkeeper_testkit::eventually_async(
+        Duration::from_secs(secs),
+        Duration::from_millis(250),
+        || {
+            let found = f();
+            let shown = &shown;
+            async move {
+                let v = found.await;
+                if v.is_none() {
+                    let body = texts(c, "body").await.join("\n");
+                    let logs = c
+                        .execute("return window.__errors || []", vec![])
+                        .await
+                        .map(|v| v.to_string())
+                        .unwrap_or_default();
+                    *shown.lock().unwrap_or_else(|e| e.into_inner()) =
+                        format!("{body}\nscript errors: {logs}");
+                }
+                v
+            }
+        },
+        || {
+            let last = shown.lock().map(|s| s.clone()).unwrap_or_default();
+            format!("the page never showed {what}; it shows:\n{last}")
+        },
+    )
+    .await
 }
 
 async fn texts(c: &Client, css: &str) -> Vec<String> {
