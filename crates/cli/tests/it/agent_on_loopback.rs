@@ -208,7 +208,10 @@ fn the_agent_runs_the_hook_once_within_seconds_of_the_warning_and_tags_its_insta
     state.lock().expect("state").action = Some(format!(
         "{{\"action\": \"terminate\", \"time\": \"{due}\"}}"
     ));
-    wait_until("the hook", Duration::from_secs(10), &log, || ran.exists());
+    // A whole line: the shell makes the file before `date` writes to it.
+    wait_until("the hook", Duration::from_secs(10), &log, || {
+        std::fs::read_to_string(&ran).is_ok_and(|s| s.ends_with('\n'))
+    });
     let lines = std::fs::read_to_string(&ran).expect("ran");
     let at: f64 = lines
         .lines()
