@@ -94,6 +94,13 @@ impl Offering {
             market,
         }
     }
+
+    /// The spot offering of `instance_type` in `zone`: what the daemon
+    /// avoids after an interruption, and what price samples and the
+    /// interruption record are kept per.
+    pub fn spot(instance_type: impl Into<String>, zone: impl Into<String>) -> Self {
+        Self::new(instance_type, zone, Market::Spot)
+    }
 }
 
 /// How an instance is paid for.

@@ -206,12 +206,6 @@ fn add(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     Some(a? + b?)
 }
 
-/// The spot offering of `instance_type` in `zone`: what price samples and
-/// the interruption record are kept per.
-pub fn spot(instance_type: &str, zone: &str) -> Offering {
-    Offering::new(instance_type, zone, Market::Spot)
-}
-
 /// The report from its inputs. `samples`: per spot offering, `(at, price)`
 /// by time; `on_demand`: per type.
 pub fn compute(
@@ -237,7 +231,7 @@ pub fn compute(
         });
         let cost = if r.spot {
             line.spot_hours += hours;
-            let offering = spot(&r.instance_type, r.zone.as_deref().unwrap_or_default());
+            let offering = Offering::spot(&r.instance_type, r.zone.as_deref().unwrap_or_default());
             let cost = samples
                 .get(&offering)
                 .and_then(|s| integrate(s, r.start, r.end));
@@ -254,7 +248,7 @@ pub fn compute(
     for (instance, _) in interruptions {
         if let Some(r) = runs.iter().find(|r| &r.instance == instance) {
             offerings
-                .entry(spot(
+                .entry(Offering::spot(
                     &r.instance_type,
                     r.zone.as_deref().unwrap_or_default(),
                 ))
@@ -447,7 +441,7 @@ pub async fn offering_history(
         .into_iter()
         .map(|o| {
             (
-                spot(&o.instance_type, &o.zone),
+                Offering::spot(&o.instance_type, &o.zone),
                 (o.spot_hours, o.interruptions),
             )
         })
@@ -483,7 +477,7 @@ pub async fn report(
         } in store.price_samples_of(t, since).await?
         {
             samples
-                .entry(spot(&instance_type, &zone))
+                .entry(Offering::spot(instance_type, zone))
                 .or_default()
                 .push((at, price));
         }
@@ -553,10 +547,10 @@ mod tests {
         ];
         let samples = BTreeMap::from([
             (
-                spot("t3.micro", "us-east-1a"),
+                Offering::spot("t3.micro", "us-east-1a"),
                 vec![(0, 0.003), (3600, 0.004)],
             ),
-            (spot("t3.micro", "us-east-1b"), vec![(0, 0.005)]),
+            (Offering::spot("t3.micro", "us-east-1b"), vec![(0, 0.005)]),
         ]);
         let od = BTreeMap::from([("t3.micro".to_owned(), Some(0.0104))]);
         let r = compute(&runs, &samples, &od, &[("i-1".into(), 7000)], &[], 0, 10800);
@@ -592,8 +586,8 @@ mod tests {
             run("i-2", "box dev", true, "us-west-2b", 3600, 10800),
         ];
         let samples = BTreeMap::from([
-            (spot("t3.micro", "us-east-1a"), vec![(0, 0.003)]),
-            (spot("t3.micro", "us-west-2b"), vec![(0, 0.005)]),
+            (Offering::spot("t3.micro", "us-east-1a"), vec![(0, 0.003)]),
+            (Offering::spot("t3.micro", "us-west-2b"), vec![(0, 0.005)]),
         ]);
         let od = BTreeMap::from([("t3.micro".to_owned(), Some(0.0104))]);
         let r = compute(&runs, &samples, &od, &[], &[], 0, 10800);

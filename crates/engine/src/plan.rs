@@ -64,7 +64,7 @@ pub fn candidates(
         .filter(|p| p.price <= ceiling)
         .filter(|p| {
             unavailable.is_empty()
-                || !unavailable.contains(&Offering::new(&p.instance_type, &p.zone, Market::Spot))
+                || !unavailable.contains(&Offering::spot(&p.instance_type, &p.zone))
         })
         .cloned()
         .collect();
@@ -202,7 +202,7 @@ mod tests {
             p("t3.micro", "b", 0.002),
             p("t3.micro", "c", 0.003),
         ];
-        let unavailable = HashSet::from([Offering::new("t3.micro", "b", Market::Spot)]);
+        let unavailable = HashSet::from([Offering::spot("t3.micro", "b")]);
         let c = candidates(
             &prices,
             &s(&["t3.micro"]),

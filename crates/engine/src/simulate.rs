@@ -111,12 +111,14 @@ pub fn parse_csv(text: &str) -> Result<Trace, String> {
         };
         let hour: usize = hour.parse().map_err(|_| bad("hour"))?;
         let price: f64 = price.parse().map_err(|_| bad("price"))?;
-        let s = by.entry(crate::cost::spot(t, z)).or_insert_with(|| Series {
-            instance_type: (*t).to_owned(),
-            zone: (*z).to_owned(),
-            prices: Vec::new(),
-            interrupted: Vec::new(),
-        });
+        let s = by
+            .entry(spotkeeper_cloud::Offering::spot(*t, *z))
+            .or_insert_with(|| Series {
+                instance_type: (*t).to_owned(),
+                zone: (*z).to_owned(),
+                prices: Vec::new(),
+                interrupted: Vec::new(),
+            });
         if hour != s.prices.len() {
             return Err(bad("hours must run 0, 1, 2 … per offering"));
         }

@@ -15,7 +15,12 @@ pub(super) async fn latest_prices(
         .await
         .unwrap_or_default()
         .into_iter()
-        .map(|p| (crate::cost::spot(&p.instance_type, &p.zone), p.price))
+        .map(|p| {
+            (
+                spotkeeper_cloud::Offering::spot(&p.instance_type, &p.zone),
+                p.price,
+            )
+        })
         .collect()
 }
 
@@ -75,7 +80,10 @@ pub(super) async fn box_json(
     let spec = spec_of(state, name, stored);
     let price = instance.and_then(|i| {
         prices
-            .get(&crate::cost::spot(&i.instance_type, i.zone.as_deref()?))
+            .get(&spotkeeper_cloud::Offering::spot(
+                &i.instance_type,
+                i.zone.as_deref()?,
+            ))
             .copied()
     });
     let dns = match &spec {

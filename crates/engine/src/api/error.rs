@@ -61,11 +61,6 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
-
-    /// The status answered.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
 }
 
 impl std::fmt::Display for ApiError {

@@ -122,7 +122,7 @@ impl Weighed {
     pub fn offer(&self, p: &SpotPrice) -> Offer {
         let (hours, interruptions) = self
             .history
-            .get(&crate::cost::spot(&p.instance_type, &p.zone))
+            .get(&spotkeeper_cloud::Offering::spot(&p.instance_type, &p.zone))
             .copied()
             .unwrap_or_default();
         Offer {

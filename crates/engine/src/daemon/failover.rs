@@ -223,11 +223,7 @@ impl Daemon<'_> {
                             .as_ref()
                             .is_none_or(|z| z.contains(&p.zone))
                         && p.price <= spec.max_price
-                        && !unavailable.contains(&Offering::new(
-                            &p.instance_type,
-                            &p.zone,
-                            Market::Spot,
-                        ))
+                        && !unavailable.contains(&Offering::spot(&p.instance_type, &p.zone))
                 })
             });
         tracing::debug!(box_name = %spec.name, ok, "the home's offerings weighed for a return");

@@ -506,8 +506,7 @@ fn spot_candidates<'a>(input: &Input<'a>) -> Vec<Candidate<'a>> {
     for (rank, t) in spec.types.iter().enumerate() {
         let ceiling = t.max_price.or(spec.max_price);
         for placement in input.placements {
-            let key =
-                marked.then(|| OfferingKey::new(&t.instance_type, &placement.zone, Market::Spot));
+            let key = marked.then(|| OfferingKey::spot(&t.instance_type, &placement.zone));
             if key.as_ref().is_some_and(|k| input.unavailable.contains(k)) {
                 continue;
             }
