@@ -386,15 +386,21 @@ impl<'a> Daemon<'a> {
         kind: EventKind,
         message: &str,
     ) {
+        if self.news(key, now) {
+            self.record(box_name, kind, message).await;
+        } else {
+            tracing::debug!(box_name, kind = kind.as_str(), "{message} (said already)");
+        }
+    }
+
+    /// Whether the state `key` is `now` for the first time (it is
+    /// remembered as `now` from here on).
+    fn news(&self, key: &str, now: &str) -> bool {
         let before = self
             .lock_memory()
             .said
             .insert(key.to_owned(), now.to_owned());
-        if before.as_deref() == Some(now) {
-            tracing::debug!(box_name, kind = kind.as_str(), "{message} (said already)");
-        } else {
-            self.record(box_name, kind, message).await;
-        }
+        before.as_deref() != Some(now)
     }
 
     /// The state `key` ended: the next time it comes is news again.

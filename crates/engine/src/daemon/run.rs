@@ -32,7 +32,7 @@ impl Daemon<'_> {
     pub(super) async fn book(
         &self,
         subject: &Subject,
-        kind: &str,
+        task: &str,
         outcome: TaskResult,
     ) -> Vec<String> {
         // Said-once states are keyed `EVENT-KIND:SUBJECT`.
@@ -51,17 +51,11 @@ impl Daemon<'_> {
                 backoff,
             }) => (kind, message, reason, backoff),
         };
-        self.metrics.task_failed(kind);
+        self.metrics.task_failed(task);
         if backoff {
             self.failed(subject);
         }
-        let news = reason.is_none_or(|reason| {
-            let before = self
-                .lock_memory()
-                .said
-                .insert(format!("{}{suffix}", event.as_str()), reason.to_owned());
-            before.as_deref() != Some(reason)
-        });
+        let news = reason.is_none_or(|r| self.news(&format!("{}{suffix}", event.as_str()), r));
         if !news {
             tracing::debug!(kind = event.as_str(), "{message} (said already)");
             return Vec::new();

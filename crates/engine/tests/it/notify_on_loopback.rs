@@ -56,6 +56,28 @@ async fn wait_for(
         .expect("wait")
 }
 
+/// Waits until the sinks' cursors in the store satisfy `done`.
+async fn wait_for_cursors(
+    store: &Store,
+    what: &str,
+    done: impl Fn(&[(String, spotkeeper_engine::store::NotifyCursor)]) -> bool,
+) {
+    spotkeeper_testkit::eventually_async(
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || async {
+            let cursors = store
+                .for_owner("tester")
+                .notify_cursors()
+                .await
+                .expect("cursors");
+            done(&cursors).then_some(())
+        },
+        || format!("not within 10 s: {what}"),
+    )
+    .await;
+}
+
 fn delivered(got: &[spotkeeper_testkit::Received]) -> Vec<serde_json::Value> {
     got.iter()
         .filter(|g| g.status == 200)
@@ -162,20 +184,7 @@ async fn delivery_resumes_after_the_deliverer_is_killed_and_nothing_is_sent_twic
     wait_for(&hook, "a failed attempt", |g| !g.is_empty()).await;
     // The receiver answers before the deliverer records the failure: wait
     // for the record, so the kill lands mid-retry.
-    spotkeeper_testkit::eventually_async(
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || async {
-            let cursors = store
-                .for_owner("tester")
-                .notify_cursors()
-                .await
-                .expect("cursors");
-            (cursors[0].1.attempts > 0).then_some(())
-        },
-        || "no failed attempt recorded".to_owned(),
-    )
-    .await;
+    wait_for_cursors(&store, "a failed attempt recorded", |c| c[0].1.attempts > 0).await;
     // Killed mid-retry: nothing is acknowledged, the cursor has not moved.
     task.abort();
     let _ = task.await;
@@ -243,20 +252,7 @@ async fn a_filter_sends_only_its_kinds_and_a_new_sink_gets_no_history() {
     // A new sink: starts after the newest event. The events below come
     // after the sink has its cursor (before, they would be history too).
     let (stop, task) = spawn(d, &store);
-    spotkeeper_testkit::eventually_async(
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || async {
-            let cursors = store
-                .for_owner("tester")
-                .notify_cursors()
-                .await
-                .expect("cursors");
-            (!cursors.is_empty()).then_some(())
-        },
-        || "the sink has no cursor".to_owned(),
-    )
-    .await;
+    wait_for_cursors(&store, "the sink's cursor", |c| !c.is_empty()).await;
     store
         .for_owner("tester")
         .record_event(Some("dev"), EventKind::Replaced, "not wanted")
