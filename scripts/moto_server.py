@@ -100,6 +100,8 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import werkzeug.serving
+
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models.amis import Ami, AmiBackend
@@ -107,7 +109,11 @@ from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.ec2.models.instances import InstanceBackend
 from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.spot_instances import SpotInstances
-from moto.server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
 
 MOTO_DEFAULT_PRICE = "0.00001"
 
@@ -609,11 +615,8 @@ def create_image(self, instance_id, name, description, tag_specifications):
     return ami
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    args = parser.parse_args()
-
+def install() -> None:
+    """Puts the launcher's handlers in moto's place."""
     SpotInstances.describe_spot_price_history = describe_spot_price_history
     SpotInstances.get_spot_placement_scores = get_spot_placement_scores
     InstanceBackend.run_instances = run_instances
@@ -626,19 +629,38 @@ def main() -> None:
     EBSBackend.copy_snapshot = copy_snapshot
     EBSBackend.create_snapshot = create_snapshot
     EBSBackend.create_volume = create_volume
-
     # The emulator's own server (werkzeug) writes headers and body apart
     # too: no 40 ms delayed-ACK stall between them (see the proxy's Handler).
-    import werkzeug.serving
-
     werkzeug.serving.WSGIRequestHandler.disable_nagle_algorithm = True
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
-    server.start()
-    _, port = server.get_host_and_port()
+
+
+def emulator() -> DomainDispatcherApplication:
+    """moto's application: every service, backends made on first use."""
+    return DomainDispatcherApplication(create_backend_app)
+
+
+def start(app: DomainDispatcherApplication, port: int = 0) -> tuple[int, int]:
+    """Serves `app` on a loopback port (threads) and the proxy in front of
+    it on another; returns both ports."""
+    server = werkzeug.serving.make_server(
+        "127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(Proxy(port)))
     proxy.daemon_threads = True
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    print(f"READY {port} {proxy.server_address[1]}", flush=True)
+    return port, proxy.server_address[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    args = parser.parse_args()
+
+    install()
+    port, proxy_port = start(emulator(), args.port)
+    print(f"READY {port} {proxy_port}", flush=True)
 
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -654,7 +676,6 @@ def main() -> None:
     if not sys.stdin.isatty():
         threading.Thread(target=watch_stdin, daemon=True).start()
     done.wait()
-    server.stop()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ mod moto;
 mod postgres;
 mod receiver;
 mod sshd;
+mod zygote;
 
 pub use moto::{Faults, Moto, REGION, moto_python};
 pub use postgres::{Postgres, TEST_DATABASE_VAR, test_database};

@@ -36,12 +36,23 @@ pub fn moto_python() -> PathBuf {
 /// `scripts/moto_server.py`). Dropping it stops both.
 #[derive(Debug)]
 pub struct Moto {
-    child: Child,
-    _stdin: ChildStdin,
+    process: Process,
     port: u16,
     proxy_port: u16,
     dir: tempfile::TempDir,
     control: std::sync::Mutex<(String, String, String)>,
+}
+
+/// The emulator's process: forked by the zygote (living as long as the
+/// stream to it is open) or started here.
+#[derive(Debug)]
+enum Process {
+    Forked(std::os::unix::net::UnixStream),
+    Spawned {
+        child: Child,
+        /// Held open: the emulator leaves when its stdin closes.
+        _stdin: ChildStdin,
+    },
 }
 
 /// What the proxy does to the calls of `services` that pass through it.
@@ -94,41 +105,18 @@ impl Moto {
             );
         }
         let dir = tempfile::tempdir().expect("a temporary directory for the emulator");
-        let mut child = Command::new(&python)
-            .arg(launcher())
-            .env("SPOTKEEPER_MOTO_CONTROL", dir.path().join("control.json"))
-            .env("SPOTKEEPER_MOTO_DISKS", dir.path().join("disks"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
-        let stdin = child.stdin.take().expect("stdin is piped");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut line = String::new();
-        let read = BufReader::new(stdout).read_line(&mut line);
-        let ports: Vec<u16> = line
-            .strip_prefix("READY ")
-            .map(|p| {
-                p.split_whitespace()
-                    .filter_map(|x| x.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let (port, proxy_port) = match (read, ports.as_slice()) {
-            (Ok(_), [p, q]) => (*p, *q),
-            _ => {
-                let _ = child.kill();
-                panic!(
-                    "the AWS emulator did not start ({python:?} {:?}); it printed {line:?}. \
-                     Is moto[server] installed? Run scripts/setup.",
-                    launcher()
-                );
-            }
+        let control = dir.path().join("control.json");
+        let disks = dir.path().join("disks");
+        let request = serde_json::json!({"serve": {"control": control, "disks": disks}});
+        let (process, port, proxy_port) = match crate::zygote::ask(&python, &launcher(), &request) {
+            Some((stream, line)) => match ports(&line).as_slice() {
+                [p, q, ..] => (Process::Forked(stream), *p, *q),
+                _ => panic!("the emulator's zygote answered {line:?}"),
+            },
+            None => spawn(&python, &control, &disks),
         };
         let moto = Self {
-            child,
-            _stdin: stdin,
+            process,
             port,
             proxy_port,
             dir,
@@ -327,8 +315,62 @@ impl Moto {
 
 impl Drop for Moto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.process {
+            // The fork leaves when its stream closes.
+            Process::Forked(stream) => {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+            Process::Spawned { child, .. } => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// The ports of a `READY PORT PROXY_PORT [PID]` line.
+fn ports(line: &str) -> Vec<u16> {
+    line.strip_prefix("READY ")
+        .map(|p| {
+            p.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts `scripts/moto_server.py` as a process of this test's own.
+fn spawn(python: &Path, control: &Path, disks: &Path) -> (Process, u16, u16) {
+    let mut child = Command::new(python)
+        .arg(launcher())
+        .env("SPOTKEEPER_MOTO_CONTROL", control)
+        .env("SPOTKEEPER_MOTO_DISKS", disks)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
+    let stdin = child.stdin.take().expect("stdin is piped");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut line = String::new();
+    let read = BufReader::new(stdout).read_line(&mut line);
+    match (read, ports(&line).as_slice()) {
+        (Ok(_), [p, q]) => (
+            Process::Spawned {
+                child,
+                _stdin: stdin,
+            },
+            *p,
+            *q,
+        ),
+        _ => {
+            let _ = child.kill();
+            panic!(
+                "the AWS emulator did not start ({python:?} {:?}); it printed {line:?}. \
+                 Is moto[server] installed? Run scripts/setup.",
+                launcher()
+            );
+        }
     }
 }
 
@@ -343,18 +385,38 @@ impl Moto {
         let prelude = "import boto3, json, os\n\
             kw = dict(region_name=os.environ['AWS_REGION'], endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
             ec2 = boto3.client('ec2', **kw)\nr53 = boto3.client('route53', **kw)\n";
-        let mut cmd = Command::new(moto_python());
-        self.configure(&mut cmd);
-        let out = cmd
-            .arg("-c")
-            .arg(format!("{prelude}{code}"))
-            .output()
-            .expect("run python with boto3");
-        assert!(
-            out.status.success(),
-            "boto3 script failed:\n{code}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let script = format!("{prelude}{code}");
+        let env: serde_json::Map<String, serde_json::Value> = self
+            .env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into()))
+            .collect();
+        let request = serde_json::json!({"run": {"code": script, "env": env}});
+        let (status, stdout, stderr) =
+            match crate::zygote::ask(&moto_python(), &launcher(), &request) {
+                Some((_, line)) => {
+                    let answer: serde_json::Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("the zygote answered {line:?}: {e}"));
+                    let text = |k: &str| answer[k].as_str().unwrap_or_default().to_owned();
+                    (answer["status"].as_i64(), text("stdout"), text("stderr"))
+                }
+                None => {
+                    let mut cmd = Command::new(moto_python());
+                    self.configure(&mut cmd);
+                    let out = cmd
+                        .arg("-c")
+                        .arg(&script)
+                        .output()
+                        .expect("run python with boto3");
+                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                    (
+                        out.status.code().map(i64::from),
+                        text(&out.stdout),
+                        text(&out.stderr),
+                    )
+                }
+            };
+        assert!(status == Some(0), "boto3 script failed:\n{code}\n{stderr}");
+        stdout
     }
 }
