@@ -420,3 +420,36 @@ impl Moto {
         stdout
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Emulators forked by the zygote are copies of their own: what a test
+    /// makes in one, another does not see, their ids are drawn apart, and
+    /// one leaves when its test drops it.
+    #[test]
+    fn forked_emulators_are_apart_and_leave_with_their_test() {
+        let (a, b) = (Moto::start(), Moto::start());
+        assert!(matches!(a.process, Process::Forked(_)), "{a:?}");
+        let vpc = |m: &Moto| {
+            m.boto("print(json.dumps(ec2.create_vpc(CidrBlock='10.9.0.0/16')['Vpc']['VpcId']))")
+        };
+        let (in_a, in_b) = (vpc(&a), vpc(&b));
+        assert_ne!(in_a, in_b, "the same id drawn in two emulators");
+        let listed = b.boto("print(json.dumps([v['VpcId'] for v in ec2.describe_vpcs()['Vpcs']]))");
+        assert!(!listed.contains(in_a.trim()), "{listed} holds {in_a}");
+        let port = a.port();
+        drop(a);
+        crate::eventually(
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .is_err()
+                    .then_some(())
+            },
+            || format!("the dropped emulator still answers on {port}"),
+        );
+    }
+}
