@@ -419,14 +419,15 @@ pub async fn offering_history(
     since: i64,
     until: i64,
 ) -> Result<BTreeMap<Offering, (f64, usize)>, StoreError> {
-    let runs: Vec<Run> = store
-        .for_owner(owner)
-        .runs_since(since)
-        .await?
+    // Both reads at once (the pool has connections to spare): a warning's
+    // replacement waits on them before its launch.
+    let owned = store.for_owner(owner);
+    let (seen, interruptions) =
+        tokio::try_join!(owned.runs_since(since), owned.interruptions_since(since))?;
+    let runs: Vec<Run> = seen
         .iter()
         .filter_map(|i| Run::of(i, since, until))
         .collect();
-    let interruptions = store.for_owner(owner).interruptions_since(since).await?;
     let report = compute(
         &runs,
         &BTreeMap::new(),

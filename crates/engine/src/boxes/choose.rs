@@ -108,9 +108,11 @@ impl Weighed {
         ask: bool,
     ) -> Result<Self, crate::store::StoreError> {
         let now = crate::store::unix_now();
-        let history =
-            crate::cost::offering_history(store, owner, now - crate::cost::HISTORY, now).await?;
-        let (scores, refused) = crate::scores::scores(cloud, &spec.instance_types, ask).await;
+        let (history, (scores, refused)) = tokio::join!(
+            crate::cost::offering_history(store, owner, now - crate::cost::HISTORY, now),
+            crate::scores::scores(cloud, &spec.instance_types, ask),
+        );
+        let history = history?;
         Ok(Self {
             history,
             scores,
