@@ -165,6 +165,14 @@ fn taken_at_home(cli: &Cli, image: bool) -> Serve {
     Serve::start(cli)
 }
 
+/// Whether the daemon has said it replaced the box with `instance`: its
+/// launch, its volume's attachment and its name's move are done.
+fn replaced(cli: &Cli, instance: &str) -> bool {
+    cli.state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'replaced'")
+        .iter()
+        .any(|m| m[0].contains(instance))
+}
+
 /// The box's instance in us-west-2, once the daemon has finished moving it
 /// there (its volume attached, its name pointed at it: `replaced`).
 fn up_in_west(cli: &Cli, serve: &Serve) -> (String, String) {
@@ -173,10 +181,7 @@ fn up_in_west(cli: &Cli, serve: &Serve) -> (String, String) {
         Duration::from_millis(500),
         || {
             let (id, ip) = live_in(cli, "us-west-2")?;
-            cli.state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'replaced'")
-                .iter()
-                .any(|m| m[0].contains(&id))
-                .then_some((id, ip))
+            replaced(cli, &id).then_some((id, ip))
         },
         || format!("the box never came up in us-west-2:\n{}", serve.log()),
     )
@@ -237,8 +242,9 @@ fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wr
         Duration::from_millis(250),
         // Its replacement alone: the warned instance lives on until the
         // replacement is up, as it would on AWS for two minutes.
+        // Done once `replaced` names it (its volume attached).
         || match live(&cli, "us-west-2").as_slice() {
-            [(i, ip)] if *i != west => Some((i.clone(), ip.clone())),
+            [(i, ip)] if *i != west && replaced(&cli, i) => Some((i.clone(), ip.clone())),
             _ => None,
         },
         || format!("no replacement in us-west-2:\n{}", serve.log()),
@@ -254,10 +260,15 @@ fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wr
     // them pass after pass, never inside one.
     cli.moto.set_copying_for(Duration::from_secs(3));
     cli.moto.set_market(&[], &[]);
+    // Back once the return is recorded: after its launch, the volume's
+    // attachment and the name's move.
+    let returned = || {
+        cli.state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'region-return'")
+    };
     let (back, back_ip) = eventually(
         Duration::from_secs(120),
         Duration::from_millis(500),
-        || live_in(&cli, "us-east-1"),
+        || live_in(&cli, "us-east-1").filter(|_| !returned().is_empty()),
         || format!("the box never came back:\n{}", serve.log()),
     );
     // The pass that found a copy under way went on to other work.
@@ -266,8 +277,7 @@ fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wr
         log.contains("returning home: copying") && log.contains("the last copy home"),
         "{log}"
     );
-    let returned =
-        cli.state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'region-return'");
+    let returned = returned();
     assert_eq!(returned.len(), 1, "{returned:?}\n{}", serve.log());
     assert!(returned[0][0].contains("came with it"), "{returned:?}");
     let home_disk = cli.moto.disk(&attached(&cli, "us-east-1", &back));
@@ -438,10 +448,13 @@ fn a_box_without_data_fails_over_and_comes_back_launching_home_first() {
         || format!("DNS is {} not {west_ip}:\n{}", record(&cli), serve.log()),
     );
     cli.moto.set_market(&[], &[]);
+    let returned = || {
+        cli.state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'region-return'")
+    };
     let (back, back_ip) = eventually(
         Duration::from_secs(90),
         Duration::from_millis(500),
-        || live_in(&cli, "us-east-1"),
+        || live_in(&cli, "us-east-1").filter(|_| !returned().is_empty()),
         || format!("the box never came back:\n{}", serve.log()),
     );
     eventually(
