@@ -165,10 +165,17 @@ fn taken_at_home(cli: &Cli, image: bool) -> Serve {
     Serve::start(cli)
 }
 
+/// The messages of the box's events of `kind`, oldest first.
+fn said(cli: &Cli, kind: &str) -> Vec<Vec<String>> {
+    cli.state_rows(&format!(
+        "SELECT message FROM events WHERE box = 'dev' AND kind = '{kind}' ORDER BY id"
+    ))
+}
+
 /// Whether the daemon has said it replaced the box with `instance`: its
 /// launch, its volume's attachment and its name's move are done.
 fn replaced(cli: &Cli, instance: &str) -> bool {
-    cli.state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'replaced'")
+    said(cli, "replaced")
         .iter()
         .any(|m| m[0].contains(instance))
 }
@@ -214,12 +221,12 @@ fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wr
         || (record(&cli) == west_ip).then_some(()),
         || format!("DNS is {} not {west_ip}:\n{}", record(&cli), serve.log()),
     );
-    let said =
-        cli.state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'region-failover'");
-    assert_eq!(said.len(), 1, "{said:?}");
+    let failover = said(&cli, "region-failover");
+    assert_eq!(failover.len(), 1, "{failover:?}");
     assert!(
-        said[0][0].contains("from us-east-1 to us-west-2") && said[0][0].contains("its data is "),
-        "{said:?}"
+        failover[0][0].contains("from us-east-1 to us-west-2")
+            && failover[0][0].contains("its data is "),
+        "{failover:?}"
     );
     let shown = the_box_in(api_port, "us-west-2");
     assert_eq!(shown["away"], true, "{shown}");
@@ -240,9 +247,9 @@ fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wr
     let (again, _) = eventually(
         Duration::from_secs(60),
         Duration::from_millis(250),
-        // Its replacement alone: the warned instance lives on until the
-        // replacement is up, as it would on AWS for two minutes.
-        // Done once `replaced` names it (its volume attached).
+        // Its replacement alone, once `replaced` names it (its volume
+        // attached): the warned instance lives on until the replacement is
+        // up, as it would on AWS for two minutes.
         || match live(&cli, "us-west-2").as_slice() {
             [(i, ip)] if *i != west && replaced(&cli, i) => Some((i.clone(), ip.clone())),
             _ => None,
@@ -250,8 +257,7 @@ fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wr
         || format!("no replacement in us-west-2:\n{}", serve.log()),
     );
     assert_eq!(attached(&cli, "us-west-2", &again), west_volume);
-    let warned = cli
-        .state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'spot-interruption'");
+    let warned = said(&cli, "spot-interruption");
     assert!(warned.iter().any(|m| m[0].contains(&west)), "{warned:?}");
 
     // Written in us-west-2; then us-east-1 has capacity again.
@@ -262,13 +268,10 @@ fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wr
     cli.moto.set_market(&[], &[]);
     // Back once the return is recorded: after its launch, the volume's
     // attachment and the name's move.
-    let returned = || {
-        cli.state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'region-return'")
-    };
     let (back, back_ip) = eventually(
         Duration::from_secs(120),
         Duration::from_millis(500),
-        || live_in(&cli, "us-east-1").filter(|_| !returned().is_empty()),
+        || live_in(&cli, "us-east-1").filter(|_| !said(&cli, "region-return").is_empty()),
         || format!("the box never came back:\n{}", serve.log()),
     );
     // The pass that found a copy under way went on to other work.
@@ -277,7 +280,7 @@ fn a_box_fails_over_with_its_replicated_data_and_dns_and_returns_with_what_it_wr
         log.contains("returning home: copying") && log.contains("the last copy home"),
         "{log}"
     );
-    let returned = returned();
+    let returned = said(&cli, "region-return");
     assert_eq!(returned.len(), 1, "{returned:?}\n{}", serve.log());
     assert!(returned[0][0].contains("came with it"), "{returned:?}");
     let home_disk = cli.moto.disk(&attached(&cli, "us-east-1", &back));
@@ -336,28 +339,25 @@ fn without_an_image_in_the_other_region_the_box_does_not_fail_over_and_says_why(
     let api_port = spotkeeper_testkit::closed_port();
     let cli = Cli::with_config(&config(api_port, "http://127.0.0.1:9/hook"));
     let serve = taken_at_home(&cli, false);
-    let said = eventually(
+    let failed = eventually(
         Duration::from_secs(60),
         Duration::from_millis(250),
         || {
-            let rows = cli.state_rows(
-                "SELECT message FROM events WHERE box = 'dev' AND kind = 'failover-failed'",
-            );
+            let rows = said(&cli, "failover-failed");
             (!rows.is_empty()).then_some(rows)
         },
         || format!("no failover-failed event:\n{}", serve.log()),
     );
     assert!(
-        said[0][0].contains("no image of the box in us-west-2"),
-        "{said:?}"
+        failed[0][0].contains("no image of the box in us-west-2"),
+        "{failed:?}"
     );
     crate::common::wait_passes(api_port, 3, &serve);
     assert!(live_in(&cli, "us-west-2").is_none());
     assert!(volumes_in(&cli, "us-west-2").is_empty());
     // Said once, not at every try; and home is still tried: its capacity
     // comes back first here.
-    let again =
-        cli.state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'failover-failed'");
+    let again = said(&cli, "failover-failed");
     assert_eq!(again.len(), 1, "{again:?}");
     cli.moto.set_market(&[], &[]);
     eventually(
@@ -448,13 +448,10 @@ fn a_box_without_data_fails_over_and_comes_back_launching_home_first() {
         || format!("DNS is {} not {west_ip}:\n{}", record(&cli), serve.log()),
     );
     cli.moto.set_market(&[], &[]);
-    let returned = || {
-        cli.state_rows("SELECT message FROM events WHERE box = 'dev' AND kind = 'region-return'")
-    };
     let (back, back_ip) = eventually(
         Duration::from_secs(90),
         Duration::from_millis(500),
-        || live_in(&cli, "us-east-1").filter(|_| !returned().is_empty()),
+        || live_in(&cli, "us-east-1").filter(|_| !said(&cli, "region-return").is_empty()),
         || format!("the box never came back:\n{}", serve.log()),
     );
     eventually(
