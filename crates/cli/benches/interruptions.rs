@@ -353,9 +353,27 @@ fn wave() -> (Vec<f64>, f64) {
     (rel, all_back_unix - sent)
 }
 
+/// The cargo profile the daemon under test was built in: its binary's
+/// directory (`target/bench-opt/spotkeeper`).
+fn profile() -> String {
+    std::path::Path::new(env!("CARGO_BIN_EXE_spotkeeper"))
+        .parent()
+        .and_then(|d| d.file_name())
+        .map_or_else(|| "?".into(), |d| d.to_string_lossy().into_owned())
+}
+
 fn main() {
+    let profile = profile();
+    let built = match profile.as_str() {
+        "debug" => "the dev profile: unoptimised",
+        "bench-opt" => {
+            "the bench-opt profile: -O1 but for the SDK's service crates, as optimised builds run it"
+        }
+        "release" => "the release profile",
+        _ => "a profile of its own",
+    };
     println!(
-        "interruption benchmark against the emulator (dev profile; times at the proxy in front of it)"
+        "interruption benchmark against the emulator (daemon built in {built}; times at the proxy in front of it)"
     );
     // SPOTKEEPER_BENCH_ONLY=fast: the fast path without a volume only, 5
     // rounds; =wave: the wave only.

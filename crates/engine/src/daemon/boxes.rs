@@ -418,6 +418,12 @@ impl Daemon<'_> {
             }
             Ok(out) => {
                 self.home_launch(spec, false);
+                if out.launched {
+                    self.lock_memory().launched.insert(
+                        out.instance.id.clone(),
+                        (out.instance.clone(), tokio::time::Instant::now()),
+                    );
+                }
                 let what = format!(
                     "replacement {} ({} in {}) is up",
                     out.instance.id,

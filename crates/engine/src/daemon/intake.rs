@@ -145,7 +145,8 @@ impl Daemon<'_> {
     }
 
     /// The instance a spot warning or rebalance recommendation names, from
-    /// the last observation, when it shows it as this owner's live spot
+    /// the last observation (or, when that predates it, from this daemon's
+    /// own launch of it), when it shows it as this owner's live spot
     /// instance: the describe would tell nothing more. For these notices
     /// the checks are the owner tag, the box or pool tag and the market
     /// (see [`disagrees`]), none of which AWS changes on a live instance
@@ -163,15 +164,24 @@ impl Daemon<'_> {
         ) {
             return None;
         }
-        let obs = self.last_observation()?;
-        obs.instances
-            .iter()
-            .find(|i| {
-                i.id == *id
-                    && i.tag(tags::OWNER) == Some(self.config.owner.as_str())
-                    && i.market == Market::Spot
-                    && matches!(i.state, InstanceState::Pending | InstanceState::Running)
-            })
+        let ours = |i: &Instance| {
+            i.id == *id
+                && i.tag(tags::OWNER) == Some(self.config.owner.as_str())
+                && i.market == Market::Spot
+                && matches!(i.state, InstanceState::Pending | InstanceState::Running)
+        };
+        if let Some(obs) = self.last_observation()
+            && let Some(i) = obs.instances.iter().find(|i| i.id == *id)
+        {
+            return Some(i).filter(|i| ours(i)).cloned();
+        }
+        // A replacement this daemon launched after its last observation
+        // (a warning soon after a replacement): as known as the observation.
+        self.lock_memory()
+            .launched
+            .get(id)
+            .map(|(i, _)| i)
+            .filter(|i| ours(i))
             .cloned()
     }
 

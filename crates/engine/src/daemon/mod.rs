@@ -41,7 +41,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use spotkeeper_cloud::{Cloud, ImageId, InstanceId, Market, Offering, SpotPrice};
+use spotkeeper_cloud::{Cloud, ImageId, Instance, InstanceId, Market, Offering, SpotPrice};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -76,6 +76,11 @@ pub const ORPHAN_GRACE: Duration = Duration::from_secs(5 * 60);
 /// replacement never passed its ready check: two instances must not run for
 /// one box for ever.
 pub const DOOMED_BOUND: Duration = Duration::from_secs(30 * 60);
+
+/// How long a replacement this daemon launched is known without an
+/// observation listing it (a pass lists it long before, unless AWS or the
+/// passes fail meanwhile).
+const LAUNCHED_KEPT: Duration = Duration::from_secs(10 * 60);
 
 /// How often the state file is pruned of what is older than the retention.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -128,6 +133,10 @@ struct Memory {
     >,
     zones: Option<Vec<String>>,
     last: Option<Arc<Observation>>,
+    /// Replacements this daemon launched and saw running, until an
+    /// observation lists them (or for [`LAUNCHED_KEPT`]): a warning for one
+    /// is acted on from here, as from the observation, without a describe.
+    launched: HashMap<InstanceId, (Instance, Instant)>,
     epochs: HashMap<Subject, u64>,
     fast: Option<mpsc::UnboundedSender<Job>>,
     /// The hook loop's inbox, while [`Daemon::run`] runs.
@@ -630,7 +639,13 @@ impl<'a> Daemon<'a> {
             Err(e) => tracing::warn!("reading the boxes' spot prices failed: {e}"),
         }
         let obs = Arc::new(obs);
-        self.lock_memory().last = Some(obs.clone());
+        {
+            let mut m = self.lock_memory();
+            m.last = Some(obs.clone());
+            m.launched.retain(|id, (_, at)| {
+                at.elapsed() < LAUNCHED_KEPT && !obs.instances.iter().any(|i| &i.id == id)
+            });
+        }
         self.seen.set(SystemTime::now(), obs.clone());
         let mut out = PassOutcome::default();
         if fleet {

@@ -84,29 +84,46 @@ impl Outcome {
 
 impl Store {
     /// Records a new open intent. Within a daemon's task (a fence in
-    /// scope), the same transaction checks that the daemon still holds the
+    /// scope), the same statement checks that the daemon still holds the
     /// box's lease at the generation it planned under: a daemon that lost
-    /// it records no launch (and so makes none).
+    /// it records no launch (and so makes none). One statement, so one
+    /// round trip and one commit (one fsync on SQLite): this is the write a
+    /// warning's replacement waits for before its launch call.
     pub async fn create_intent(&self, new: NewIntent<'_>) -> Result<Intent, StoreError> {
         let created_at = unix_now();
-        let mut tx = self.pool.begin().await?;
-        // The insert first: on SQLite the transaction then holds the write
-        // lock from its first statement (a read first could not upgrade).
-        let id: i64 = sqlx::query_scalar(
+        let fence = crate::fence::current();
+        let held = match &fence {
+            Some(_) => format!(
+                " WHERE EXISTS (SELECT 1 FROM leases WHERE {})",
+                self.lease_held_sql(9)
+            ),
+            None => String::new(),
+        };
+        let sql = format!(
             "INSERT INTO intents (owner, box, generation, token, market, instance_type, zone, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-        )
-        .bind(new.owner)
-        .bind(new.box_name)
-        .bind(new.generation)
-        .bind(new.token)
-        .bind(new.market.as_str())
-        .bind(new.instance_type)
-        .bind(new.zone)
-        .bind(created_at)
-        .fetch_one(&mut *tx)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8{held} RETURNING id"
+        );
+        let insert = sqlx::query_scalar(&sql)
+            .bind(new.owner)
+            .bind(new.box_name)
+            .bind(new.generation)
+            .bind(new.token)
+            .bind(new.market.as_str())
+            .bind(new.instance_type)
+            .bind(new.zone)
+            .bind(created_at);
+        let id: Option<i64> = match &fence {
+            Some(f) => leases::bind_fence(insert, f),
+            None => insert,
+        }
+        .fetch_optional(&self.pool)
         .await?;
-        self.fenced_commit(tx).await?;
+        let id = match (id, fence) {
+            (Some(id), _) => id,
+            (None, Some(fence)) => return Err(StoreError::Fenced(fence)),
+            // Unfenced, the insert returns its row.
+            (None, None) => return Err(sqlx::Error::RowNotFound.into()),
+        };
         Ok(Intent {
             id,
             owner: new.owner.to_owned(),

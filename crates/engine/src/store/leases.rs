@@ -196,19 +196,30 @@ impl Store {
         conn: &mut sqlx::AnyConnection,
         fence: &crate::fence::Fence,
     ) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM leases WHERE owner = $1 AND subject = $2 AND holder = $3
-             AND generation = $4 AND expires_at > {} + $5",
-            self.clock_sql()
-        ))
-        .bind(&fence.owner)
-        .bind(&fence.subject)
-        .bind(&fence.holder)
-        .bind(fence.generation)
-        .bind(fence.offset_ms)
-        .fetch_one(conn)
-        .await?;
+        let sql = format!(
+            "SELECT COUNT(*) FROM leases WHERE {}",
+            self.lease_held_sql(1)
+        );
+        let n: i64 = bind_fence(sqlx::query_scalar(&sql), fence)
+            .fetch_one(conn)
+            .await?;
         Ok(n > 0)
+    }
+
+    /// The condition "the fence's holder still holds its lease", over the
+    /// `leases` table, with the fence's five values as parameters from
+    /// `$first` on, bound by [`bind_fence`].
+    pub(super) fn lease_held_sql(&self, first: usize) -> String {
+        let p = |n: usize| format!("${}", first + n);
+        format!(
+            "owner = {} AND subject = {} AND holder = {} AND generation = {} AND expires_at > {} + {}",
+            p(0),
+            p(1),
+            p(2),
+            p(3),
+            self.clock_sql(),
+            p(4)
+        )
     }
 
     /// Takes the database lock named `key` if it is free (PostgreSQL only):
@@ -569,4 +580,16 @@ impl OwnerStore<'_> {
             .await?;
         Ok(())
     }
+}
+
+/// Binds a fence's values in the order [`Store::lease_held_sql`] names them.
+pub(super) fn bind_fence<'q, O>(
+    q: sqlx::query::QueryScalar<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>>,
+    fence: &'q crate::fence::Fence,
+) -> sqlx::query::QueryScalar<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>> {
+    q.bind(&fence.owner)
+        .bind(&fence.subject)
+        .bind(&fence.holder)
+        .bind(fence.generation)
+        .bind(fence.offset_ms)
 }

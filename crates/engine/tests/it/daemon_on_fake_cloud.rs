@@ -168,6 +168,38 @@ async fn a_spot_warning_for_an_instance_the_daemon_observed_acts_without_a_descr
 }
 
 #[tokio::test]
+async fn a_spot_warning_for_the_replacement_it_just_launched_acts_without_a_describe() {
+    let (cloud, store, locks, cfg) = setup("").await;
+    let ctx = ctx(&cloud, &store, locks.path());
+    let first = up(&ctx, &cfg).await;
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
+    daemon.reconcile().await.expect("pass");
+    daemon
+        .handle(&warning("spot", first.id.as_str(), "w0"))
+        .await
+        .expect("handled");
+    // This pass observes before it replaces: its observation does not list
+    // the replacement, which the daemon knows from launching it.
+    daemon.reconcile().await.expect("pass");
+    let second = cloud
+        .all_instances()
+        .into_iter()
+        .find(|i| i.state.is_live() && i.id != first.id)
+        .expect("replacement");
+    let described = cloud.count("DescribeInstances");
+    let out = daemon
+        .handle(&warning("spot", second.id.as_str(), "w1"))
+        .await
+        .expect("handled");
+    assert!(matches!(out, Handled::Acted(_)), "{out:?}");
+    assert_eq!(
+        cloud.count("DescribeInstances"),
+        described,
+        "known from its own launch: no describe"
+    );
+}
+
+#[tokio::test]
 async fn garbage_strangers_and_ignored_rebalances_launch_nothing() {
     let (cloud, store, locks, cfg) = setup("").await;
     let ctx = ctx(&cloud, &store, locks.path());
