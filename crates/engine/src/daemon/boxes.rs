@@ -233,6 +233,7 @@ impl Daemon<'_> {
             prices: &obs.prices,
             now: self.clock.now(),
         };
+        self.start_missed_hooks(spec, &instances, &obs.warned).await;
         let mut done = Vec::new();
         let mut work = Vec::new();
         for step in plan_box(spec, &facts) {

@@ -7,7 +7,7 @@
 //! the agent's tag (see [`crate::hook`]).
 
 use spotkeeper_cloud::prelude::*;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
@@ -57,6 +57,9 @@ impl Daemon<'_> {
                 None => return,
             }
         };
+        if !self.lock_memory().hooked.insert(instance.id.clone()) {
+            return;
+        }
         let now = SystemTime::now();
         let until = hook::until(hook::warned_at(event_time, now), h.timeout, now);
         let tags = hook::gate_tags(until, runner.is_some());
@@ -79,6 +82,36 @@ impl Daemon<'_> {
                 command: h.command.clone(),
                 until,
             });
+        }
+    }
+
+    /// Starts the hook of each of `spec`'s live `instances` whose spot
+    /// warning was recorded but whose hook nobody started: the warning
+    /// reached another daemon sharing the queue, or this one before it held
+    /// the box, and only the lease's holder starts a hook. The pass of the
+    /// holder does it, with the warning's recorded time, while the two
+    /// minutes still leave the hook time before the hand-over.
+    pub(super) async fn start_missed_hooks(
+        &self,
+        spec: &BoxSpec,
+        instances: &[&Instance],
+        warned: &std::collections::HashMap<spotkeeper_cloud::InstanceId, i64>,
+    ) {
+        if spec.on_interruption.is_none() {
+            return;
+        }
+        let now = SystemTime::now();
+        for instance in instances.iter().filter(|i| i.state.is_live()) {
+            let Some(at) = warned.get(&instance.id) else {
+                continue;
+            };
+            let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(*at).unwrap_or(0));
+            if now.duration_since(at).unwrap_or_default() >= hook::WARNING_LEAD - hook::MOVE_RESERVE
+            {
+                continue;
+            }
+            let time = humantime::format_rfc3339_seconds(at).to_string();
+            self.start_hook(instance, spec, Some(&time)).await;
         }
     }
 

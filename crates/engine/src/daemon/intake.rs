@@ -272,9 +272,10 @@ impl Daemon<'_> {
             .entry(box_name.to_owned())
             .or_insert_with(Instant::now);
         tracing::debug!(%id, "event: doomed and marked");
-        // The daemon holding the box's lease replaces it: this one at once
-        // (the fast path); another is woken through the database and its
-        // pass reads the doomed instance.
+        // The daemon holding the box's lease replaces it and starts its
+        // hook: this one at once (the fast path); another is woken through
+        // the database, and its pass reads the doomed instance and the
+        // warning's time (`start_missed_hooks`).
         let held = self.holds(&Subject::Box(box_name.to_owned()));
         if let Some(spec) = spec.filter(|_| held) {
             // The hook's gate first: the replacement may settle before the

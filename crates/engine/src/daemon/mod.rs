@@ -141,6 +141,9 @@ struct Memory {
     fast: Option<mpsc::UnboundedSender<Job>>,
     /// The hook loop's inbox, while [`Daemon::run`] runs.
     hooks: Option<mpsc::UnboundedSender<hooks::HookJob>>,
+    /// Instances whose hook this daemon started (while they are doomed):
+    /// the warning's and the pass's paths start it once.
+    hooked: HashSet<InstanceId>,
     reported_unknown: HashSet<String>,
     /// What was last said of a state (`replace-failed:dev` → its reason):
     /// the same again records no event (and so sends no notification).
@@ -480,43 +483,6 @@ impl<'a> Daemon<'a> {
         Ok(z)
     }
 
-    /// Observes the world once: the state file's doomed instances, every
-    /// owned instance and spot request, and (for spot boxes) the prices the
-    /// fast path launches from. Any failed describe fails the pass.
-    /// Only the holder of the `fleet` lease (`fleet`) records what it saw:
-    /// one history, not one write of every instance per daemon.
-    async fn observe(&self, fleet: bool) -> Result<Observation, BoxError> {
-        let owner = &self.config.owner;
-        let epochs = self.lock_memory().epochs.clone();
-        let since = self.owned().doomed_since().await?;
-        let bound = crate::store::unix_seconds(self.clock.now() - DOOMED_BOUND);
-        let long_doomed: HashSet<InstanceId> = since
-            .iter()
-            .filter(|(_, at)| *at < bound)
-            .map(|(id, _)| InstanceId::new(id.clone()))
-            .collect();
-        let doomed: HashSet<InstanceId> = since
-            .into_iter()
-            .map(|(id, _)| InstanceId::new(id))
-            .collect();
-        let filter = crate::boxes::owner_filter(owner);
-        let instances = self.cloud.instances(&filter).await?;
-        let requests = self.cloud.spot_requests(&filter).await?;
-        if fleet && let Err(e) = self.owned().record_seen(&instances).await {
-            tracing::warn!("cannot record the instances seen in the state file: {e}");
-        }
-        Ok(Observation {
-            instances: Arc::new(instances),
-            requests,
-            doomed,
-            long_doomed,
-            prices: Vec::new(),
-            zones: Vec::new(),
-            epochs,
-            by_box: BoxIndex::default(),
-        })
-    }
-
     /// Spot prices of every spot box's types in the zones they may use, in
     /// one read, for the fast path. Boxes in subnets are left out
     /// (their launch asks AWS).
@@ -645,6 +611,7 @@ impl<'a> Daemon<'a> {
             m.launched.retain(|id, (_, at)| {
                 at.elapsed() < LAUNCHED_KEPT && !obs.instances.iter().any(|i| &i.id == id)
             });
+            m.hooked.retain(|id| obs.doomed.contains(id));
         }
         self.seen.set(SystemTime::now(), obs.clone());
         let mut out = PassOutcome::default();

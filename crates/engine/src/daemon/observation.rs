@@ -4,9 +4,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use spotkeeper_cloud::prelude::*;
 use spotkeeper_cloud::{Instance, InstanceId, SpotPrice, SpotRequest};
 
+use super::DOOMED_BOUND;
 use super::tasks::Subject;
+use crate::boxes::BoxError;
+use crate::event_kind::EventKind;
 use crate::tag_index::TagIndex;
 use spotkeeper_cloud::model::tags;
 
@@ -23,6 +27,9 @@ pub struct Observation {
     pub doomed: HashSet<InstanceId>,
     /// Instances about to go away for longer than [`DOOMED_BOUND`](super::DOOMED_BOUND).
     pub long_doomed: HashSet<InstanceId>,
+    /// Doomed instances whose spot warning was recorded, with when (unix
+    /// seconds): the pass starts a hook the warning's daemon did not.
+    pub warned: HashMap<InstanceId, i64>,
     /// Spot prices of the boxes' types in the region's zones.
     pub prices: Vec<SpotPrice>,
     /// The region's zones (read once per daemon).
@@ -67,5 +74,50 @@ impl Observation {
     /// The subject's epoch when this was observed.
     pub fn epoch(&self, subject: &Subject) -> u64 {
         self.epochs.get(subject).copied().unwrap_or(0)
+    }
+}
+
+impl super::Daemon<'_> {
+    /// Observes the world once: the state file's doomed instances, every
+    /// owned instance and spot request, and (for spot boxes) the prices the
+    /// fast path launches from. Any failed describe fails the pass.
+    /// Only the holder of the `fleet` lease (`fleet`) records what it saw:
+    /// one history, not one write of every instance per daemon.
+    pub(super) async fn observe(&self, fleet: bool) -> Result<Observation, BoxError> {
+        let owner = &self.config.owner;
+        let epochs = self.lock_memory().epochs.clone();
+        let since = self.owned().doomed_since().await?;
+        let bound = crate::store::unix_seconds(self.clock.now() - DOOMED_BOUND);
+        let long_doomed: HashSet<InstanceId> = since
+            .iter()
+            .filter(|(_, at, _)| *at < bound)
+            .map(|(id, _, _)| InstanceId::new(id.clone()))
+            .collect();
+        let warned: HashMap<InstanceId, i64> = since
+            .iter()
+            .filter(|(_, _, why)| why == EventKind::SpotInterruption.as_str())
+            .map(|(id, at, _)| (InstanceId::new(id.clone()), *at))
+            .collect();
+        let doomed: HashSet<InstanceId> = since
+            .into_iter()
+            .map(|(id, _, _)| InstanceId::new(id))
+            .collect();
+        let filter = crate::boxes::owner_filter(owner);
+        let instances = self.cloud.instances(&filter).await?;
+        let requests = self.cloud.spot_requests(&filter).await?;
+        if fleet && let Err(e) = self.owned().record_seen(&instances).await {
+            tracing::warn!("cannot record the instances seen in the state file: {e}");
+        }
+        Ok(Observation {
+            instances: Arc::new(instances),
+            requests,
+            doomed,
+            long_doomed,
+            warned,
+            prices: Vec::new(),
+            zones: Vec::new(),
+            epochs,
+            by_box: BoxIndex::default(),
+        })
     }
 }

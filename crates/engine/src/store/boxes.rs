@@ -265,11 +265,12 @@ impl OwnerStore<'_> {
         Ok(())
     }
 
-    /// Instances marked as going away, with when (unix seconds).
-    pub async fn doomed_since(self) -> Result<Vec<(String, i64)>, StoreError> {
+    /// Instances marked as going away, with when (unix seconds) and why
+    /// (an [`EventKind`](crate::event_kind::EventKind)'s word).
+    pub async fn doomed_since(self) -> Result<Vec<(String, i64, String)>, StoreError> {
         let owner = self.owner;
         Ok(
-            sqlx::query_as("SELECT instance_id, at FROM doomed_instances WHERE owner = $1")
+            sqlx::query_as("SELECT instance_id, at, reason FROM doomed_instances WHERE owner = $1")
                 .bind(owner)
                 .fetch_all(&self.pool)
                 .await?,

@@ -200,6 +200,47 @@ async fn a_spot_warning_for_the_replacement_it_just_launched_acts_without_a_desc
 }
 
 #[tokio::test]
+async fn a_warning_handled_before_the_daemon_holds_the_box_still_starts_its_hook() {
+    let (cloud, store, locks, cfg) =
+        setup("on_interruption = { command = \"sync\", timeout = \"30s\" }\nagent = true").await;
+    let ctx = ctx(&cloud, &store, locks.path());
+    let first = up(&ctx, &cfg).await;
+    let daemon = daemon(&cloud, &store, &cfg, &locks);
+    // No pass yet: the daemon holds no lease, so the warning only dooms the
+    // instance (as at a daemon sharing the queue with the box's holder).
+    let out = daemon
+        .handle(&warning("spot", first.id.as_str(), "w0"))
+        .await
+        .expect("handled");
+    assert!(matches!(out, Handled::Acted(_)), "{out:?}");
+    let gate = |id: &spotkeeper_cloud::InstanceId| {
+        cloud
+            .all_instances()
+            .into_iter()
+            .find(|i| &i.id == id)
+            .and_then(|i| i.tag(spotkeeper_engine::hook::UNTIL_TAG).map(str::to_owned))
+    };
+    assert_eq!(gate(&first.id), None, "no hook started by a non-holder");
+    // The holder's pass starts it (the agent runs it: the gate is set).
+    daemon.reconcile().await.expect("pass");
+    let until: u64 = gate(&first.id)
+        .expect("the pass set the hook's gate")
+        .parse()
+        .expect("unix seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(
+        until > now && until <= now + 31,
+        "deadline {until}, now {now}"
+    );
+    // Once: a second pass leaves the gate as it is.
+    daemon.reconcile().await.expect("pass");
+    assert_eq!(gate(&first.id), Some(until.to_string()));
+}
+
+#[tokio::test]
 async fn garbage_strangers_and_ignored_rebalances_launch_nothing() {
     let (cloud, store, locks, cfg) = setup("").await;
     let ctx = ctx(&cloud, &store, locks.path());
