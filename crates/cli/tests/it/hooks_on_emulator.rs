@@ -96,9 +96,9 @@ fn wait_moved(cli: &Cli, old: &str, within: Duration, serve: &Serve) -> String {
     )
 }
 
-/// The daemon, once it holds the box: a warning handled before then goes to
-/// the lease's holder, and only the daemon that handles a warning starts the
-/// box's hook.
+/// The daemon, once it holds the box: a warning it handles then starts the
+/// hook at once, as these tests time it (one handled before is left to the
+/// holder's next pass, which starts the hook later).
 fn holding(cli: &Cli) -> Serve {
     let serve = Serve::start(cli);
     spotkeeper_testkit::eventually(

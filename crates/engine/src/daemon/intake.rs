@@ -165,8 +165,7 @@ impl Daemon<'_> {
             return None;
         }
         let ours = |i: &Instance| {
-            i.id == *id
-                && i.tag(tags::OWNER) == Some(self.config.owner.as_str())
+            i.tag(tags::OWNER) == Some(self.config.owner.as_str())
                 && i.market == Market::Spot
                 && matches!(i.state, InstanceState::Pending | InstanceState::Running)
         };
