@@ -1,7 +1,9 @@
 """What a one-shot command costs: `spotkeeper list --json` against the
 emulator, beside its floor (starting the process, one bare DescribeInstances
 at the emulator) and the AWS CLI's `aws ec2 describe-instances`. Run by
-scripts/bench under scripts/emulator (AWS_ENDPOINT_URL set, loopback only).
+scripts/bench under scripts/emulator (AWS_ENDPOINT_URL set, loopback only)
+with the optimised binary (the bench-opt profile, as a user's installed
+build runs) and, beside it, the dev build the demo and the tests use.
 Prints medians of 30 runs; asserts nothing."""
 
 import os
@@ -26,10 +28,13 @@ def median_ms(run):
 
 def main():
     spotkeeper, config = sys.argv[1], sys.argv[2]
+    beside = sys.argv[3] if len(sys.argv) > 3 else None
     endpoint = os.environ["AWS_ENDPOINT_URL"]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": True}
-    listing = [spotkeeper, "--config", config, "list", "--json"]
-    subprocess.run(listing, **quiet)
+    def listing(binary):
+        return [binary, "--config", config, "list", "--json"]
+
+    subprocess.run(listing(spotkeeper), **quiet)
     body = b"Action=DescribeInstances&Version=2016-11-15"
 
     def bare():
@@ -44,10 +49,17 @@ def main():
         )
         urllib.request.urlopen(req).read()
 
-    ours = median_ms(lambda: subprocess.run(listing, **quiet))
+    def profile(binary):
+        return os.path.basename(os.path.dirname(binary))
+
+    ours = median_ms(lambda: subprocess.run(listing(spotkeeper), **quiet))
     start = median_ms(lambda: subprocess.run([spotkeeper, "--version"], **quiet))
     request = median_ms(bare)
-    print(f"spotkeeper list --json: median {ours:.1f} ms (goal <= 15 ms; {os.path.basename(os.path.dirname(spotkeeper))} build)")
+    print(f"spotkeeper list --json: median {ours:.1f} ms (goal <= 15 ms; {profile(spotkeeper)} build)")
+    if beside:
+        subprocess.run(listing(beside), **quiet)
+        dev = median_ms(lambda: subprocess.run(listing(beside), **quiet))
+        print(f"  the same, {profile(beside)} build: median {dev:.1f} ms")
     print(f"  floor: process start {start:.1f} ms + one bare DescribeInstances {request:.1f} ms")
     aws = shutil.which("aws", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     if aws:
