@@ -20,6 +20,10 @@ const TOKEN: &str = "browser-token-0123456789";
 struct Driver {
     child: Child,
     port: u16,
+    /// The browser's TMPDIR. Chromium leaves its singleton socket's
+    /// directory (`org.chromium.Chromium.*`) in the temporary directory when
+    /// it is killed, one per run: this one goes with the driver.
+    _tmp: tempfile::TempDir,
 }
 
 impl Driver {
@@ -35,9 +39,11 @@ impl Driver {
         // the kernel takes every browser process with it, and no signal a
         // browser process sends (Chromium's shutdown may signal every
         // process it can see) reaches the other tests.
+        let tmp = tempfile::tempdir().expect("a temporary directory for the browser");
         let child = Command::new("unshare")
             .args(["--pid", "--fork", "--kill-child", "--", "chromedriver"])
             .arg(format!("--port={port}"))
+            .env("TMPDIR", tmp.path())
             .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -49,7 +55,11 @@ impl Driver {
             || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
             || format!("chromedriver did not listen on {port}"),
         );
-        Driver { child, port }
+        Driver {
+            child,
+            port,
+            _tmp: tmp,
+        }
     }
 }
 
