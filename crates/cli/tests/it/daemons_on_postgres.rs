@@ -6,7 +6,9 @@
 //! per event; a daemon killed with SIGKILL mid-wave has its boxes taken over
 //! once its leases expire; a CLI `up` racing a daemon yields one instance,
 //! and an `up` waits for another machine's `up` of the same box (the lock is
-//! in the database) and launches nothing.
+//! in the database) and launches nothing; a warning read by the daemon that
+//! does not hold the box still has its `on_interruption` hook run over SSH,
+//! by the holder, before the volume is handed over.
 
 use crate::common;
 use std::collections::{BTreeMap, HashMap};
@@ -103,11 +105,24 @@ impl Shared {
 
     /// Machine `name`'s config file, with `aws` lines added to its `[aws]`.
     fn machine_with(&self, name: &str, api_port: u16, aws: &str) -> (PathBuf, PathBuf) {
+        self.machine_configured(name, api_port, aws, "")
+    }
+
+    /// Machine `name`'s config file, with `aws` lines added to its `[aws]`
+    /// and `daemon` lines to its `[daemon]`.
+    fn machine_configured(
+        &self,
+        name: &str,
+        api_port: u16,
+        aws: &str,
+        daemon: &str,
+    ) -> (PathBuf, PathBuf) {
         let dir = self.cli.dir.path().join(name);
         std::fs::create_dir_all(&dir).expect("machine dir");
         let text = std::fs::read_to_string(self.cli.config_path())
             .expect("config")
-            .replace("[aws]\n", &format!("[aws]\n{aws}"));
+            .replace("[aws]\n", &format!("[aws]\n{aws}"))
+            .replace("[daemon]\n", &format!("[daemon]\n{daemon}"));
         let at = text.find("listen = ").expect("listen");
         let end = at + text[at..].find('\n').expect("line");
         let text = format!(
@@ -126,8 +141,14 @@ impl Shared {
 
     /// `serve` on machine `name` with `aws` lines in its `[aws]`.
     fn serve_with(&self, name: &str, aws: &str) -> (Serve, u16) {
+        self.serve_configured(name, aws, "")
+    }
+
+    /// `serve` on machine `name` with `aws` lines in its `[aws]` and
+    /// `daemon` lines in its `[daemon]`.
+    fn serve_configured(&self, name: &str, aws: &str, daemon: &str) -> (Serve, u16) {
         let port = spotkeeper_testkit::closed_port();
-        let (config, state) = self.machine_with(name, port, aws);
+        let (config, state) = self.machine_configured(name, port, aws, daemon);
         let serve = Serve::spawn(
             self.cli.command_as(&config, &state, &["serve"]),
             self.cli.dir.path().join(format!("{name}.log")),
@@ -254,9 +275,16 @@ impl Shared {
 
     /// Sends a spot warning for each `(instance, event id)`, each twice.
     fn wave(&self, warnings: &[(String, String)]) {
+        self.wave_to("spotkeeper-shared-events", warnings);
+    }
+
+    /// [`Shared::wave`] into queue `queue`, the warnings issued now.
+    fn wave_to(&self, queue: &str, warnings: &[(String, String)]) {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let template =
             std::fs::read_to_string(format!("{FIXTURES}/spot-interruption-warning.json"))
-                .expect("fixture");
+                .expect("fixture")
+                .replace("2026-11-02T09:59:19Z", &now);
         let bodies: Vec<String> = warnings
             .iter()
             .flat_map(|(instance, id)| {
@@ -267,7 +295,7 @@ impl Shared {
             })
             .collect();
         self.cli.moto.boto(&format!(
-            "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='spotkeeper-shared-events')['QueueUrl']\n\
+            "sqs = boto3.client('sqs', **kw)\nu = sqs.get_queue_url(QueueName='{queue}')['QueueUrl']\n\
              for b in json.loads({}):\n    sqs.send_message(QueueUrl=u, MessageBody=b)",
             serde_json::to_string(&serde_json::to_string(&bodies).expect("json")).expect("quoted")
         ));
@@ -1060,4 +1088,121 @@ fn a_daemon_whose_connections_would_overflow_the_servers_limit_refuses_to_start_
     );
     assert!(b.stop().success());
     assert!(a.stop().success());
+}
+
+/// Arrival times at the emulator's proxy of `action` calls made after `since`.
+fn calls(shared: &Shared, action: &str, since: f64) -> Vec<f64> {
+    let stats: Value = serde_json::from_str(&shared.cli.moto.proxy_stats()).expect("proxy stats");
+    stats["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .filter(|c| c[2] == action)
+        .filter_map(|c| c[0].as_f64())
+        .filter(|t| *t >= since)
+        .collect()
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+}
+
+#[test]
+fn a_warning_read_by_the_daemon_not_holding_the_box_has_its_hook_run_over_ssh_by_the_holder_before_the_hand_over()
+ {
+    let sshd = spotkeeper_testkit::Sshd::start();
+    let marks = tempfile::tempdir().expect("tempdir");
+    let ran = marks.path().join("ran");
+    let shared = Shared::new(1, false);
+    // The hook (over SSH: the test's sshd on loopback) writes when it starts
+    // and when it ends, 2 s later.
+    let hook = format!(
+        "date +%s.%N >> {0}; sleep 2; date +%s.%N >> {0}",
+        ran.display()
+    );
+    let text = std::fs::read_to_string(shared.cli.config_path()).expect("config");
+    shared.cli.write_config(&text.replace(
+        "ready = { check = \"none\" }\n",
+        &format!(
+            "ready = {{ check = \"none\" }}\n\
+             ssh = {{ user = \"{}\", key_file = \"{}\", port = {}, host = \"127.0.0.1\", known_hosts = \"{}\" }}\n\
+             on_interruption = {{ command = \"{hook}\", timeout = \"30s\" }}\n",
+            sshd.user(),
+            sshd.key_file().display(),
+            sshd.port(),
+            sshd.known_hosts().display()
+        ),
+    ));
+    shared.up_all();
+    // Each daemon reads a queue of its own (`[daemon] queue`), so the test,
+    // not SQS's choice between two long polls, decides which daemon a
+    // warning reaches. Both reach EC2 through the proxy, which records when
+    // each call arrives.
+    shared.cli.moto.boto(
+        "sqs = boto3.client('sqs', **kw)\n\
+         for n in ('spotkeeper-a-events', 'spotkeeper-b-events'):\n    sqs.create_queue(QueueName=n)",
+    );
+    let proxy = format!("endpoint_url = \"{}\"\n", shared.cli.moto.proxy_endpoint());
+    let (a, port_a) = shared.serve_configured("a", &proxy, "queue = \"spotkeeper-a-events\"\n");
+    let (b, port_b) = shared.serve_configured("b", &proxy, "queue = \"spotkeeper-b-events\"\n");
+    let logs = [&a, &b];
+    let held = shared.wait_shared(2, &logs);
+    let a_holds = held["box:b00"] == Shared::daemon_id(port_a);
+    assert!(
+        a_holds || held["box:b00"] == Shared::daemon_id(port_b),
+        "{held:?}"
+    );
+    let (holder, reader, queue) = if a_holds {
+        (&a, &b, "spotkeeper-b-events")
+    } else {
+        (&b, &a, "spotkeeper-a-events")
+    };
+
+    let old = shared.live();
+    let sent = unix_now();
+    shared.wave_to(queue, &[(old["b00"].clone(), "w-hook".into())]);
+    let new = shared.wait_all_replaced(&old, &logs);
+    let hook_ran: Vec<f64> = spotkeeper_testkit::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let text = std::fs::read_to_string(&ran).ok()?;
+            let times: Vec<f64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            (times.len() >= 2).then_some(times)
+        },
+        || format!("the hook did not run to its end\n{}", logs_of(&logs)),
+    );
+    let log = logs_of(&logs);
+    // Once, by the holder: the daemon that read the warning recorded it; the
+    // holder's next pass started the hook from that record.
+    assert_eq!(hook_ran.len(), 2, "the hook ran once: {hook_ran:?}\n{log}");
+    assert!(holder.log().contains("on_interruption started"), "{log}");
+    assert!(!reader.log().contains("on_interruption started"), "{log}");
+    let ended = hook_ran[1];
+    // One replacement, and the old instance and its volume let go only
+    // after the hook ended.
+    let launch = calls(&shared, "RunInstances", sent);
+    let terminate = calls(&shared, "TerminateInstances", sent);
+    let detach = calls(&shared, "DetachVolume", sent);
+    assert_eq!(launch.len(), 1, "one replacement: {launch:?}\n{log}");
+    assert_eq!(terminate.len(), 1, "{terminate:?}\n{log}");
+    assert!(
+        ended < terminate[0],
+        "hook ended {ended}, terminate {terminate:?}\n{log}"
+    );
+    assert!(
+        detach.iter().all(|t| ended < *t),
+        "hook ended {ended}, detach {detach:?}\n{log}"
+    );
+    assert_ne!(new["b00"], old["b00"]);
+    let hooks = shared
+        .pg
+        .psql("SELECT kind FROM events WHERE owner = 'shared' AND kind LIKE 'hook%' ORDER BY id");
+    assert_eq!(hooks.trim(), "hook", "{log}");
+    shared.check_volumes();
+    assert!(a.stop().success());
+    assert!(b.stop().success());
 }
