@@ -1090,26 +1090,6 @@ fn a_daemon_whose_connections_would_overflow_the_servers_limit_refuses_to_start_
     assert!(a.stop().success());
 }
 
-/// Arrival times at the emulator's proxy of `action` calls made after `since`.
-fn calls(shared: &Shared, action: &str, since: f64) -> Vec<f64> {
-    let stats: Value = serde_json::from_str(&shared.cli.moto.proxy_stats()).expect("proxy stats");
-    stats["calls"]
-        .as_array()
-        .expect("calls")
-        .iter()
-        .filter(|c| c[2] == action)
-        .filter_map(|c| c[0].as_f64())
-        .filter(|t| *t >= since)
-        .collect()
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs_f64()
-}
-
 #[test]
 fn a_warning_read_by_the_daemon_not_holding_the_box_has_its_hook_run_over_ssh_by_the_holder_before_the_hand_over()
  {
@@ -1128,12 +1108,9 @@ fn a_warning_read_by_the_daemon_not_holding_the_box_has_its_hook_run_over_ssh_by
         "ready = { check = \"none\" }\n",
         &format!(
             "ready = {{ check = \"none\" }}\n\
-             ssh = {{ user = \"{}\", key_file = \"{}\", port = {}, host = \"127.0.0.1\", known_hosts = \"{}\" }}\n\
+             ssh = {}\n\
              on_interruption = {{ command = \"{hook}\", timeout = \"30s\" }}\n",
-            sshd.user(),
-            sshd.key_file().display(),
-            sshd.port(),
-            sshd.known_hosts().display()
+            common::ssh_to(&sshd)
         ),
     ));
     shared.up_all();
@@ -1162,7 +1139,7 @@ fn a_warning_read_by_the_daemon_not_holding_the_box_has_its_hook_run_over_ssh_by
     };
 
     let old = shared.live();
-    let sent = unix_now();
+    let sent = common::unix_now();
     shared.wave_to(queue, &[(old["b00"].clone(), "w-hook".into())]);
     let new = shared.wait_all_replaced(&old, &logs);
     let hook_ran: Vec<f64> = spotkeeper_testkit::eventually(
@@ -1184,9 +1161,9 @@ fn a_warning_read_by_the_daemon_not_holding_the_box_has_its_hook_run_over_ssh_by
     let ended = hook_ran[1];
     // One replacement, and the old instance and its volume let go only
     // after the hook ended.
-    let launch = calls(&shared, "RunInstances", sent);
-    let terminate = calls(&shared, "TerminateInstances", sent);
-    let detach = calls(&shared, "DetachVolume", sent);
+    let launch = shared.cli.proxy_calls("RunInstances", sent);
+    let terminate = shared.cli.proxy_calls("TerminateInstances", sent);
+    let detach = shared.cli.proxy_calls("DetachVolume", sent);
     assert_eq!(launch.len(), 1, "one replacement: {launch:?}\n{log}");
     assert_eq!(terminate.len(), 1, "{terminate:?}\n{log}");
     assert!(

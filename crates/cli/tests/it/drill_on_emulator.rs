@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::common::{CONFIG, Cli, Serve, describe, wait_passes};
+use crate::common::{CONFIG, Cli, Serve, describe, ssh_to, wait_passes};
 
 fn config(api_port: u16, extra: &str) -> String {
     let text = CONFIG
@@ -59,12 +59,9 @@ fn a_drill_prints_the_recovery_step_by_step_and_passes_within_the_slo() {
     let sshd = spotkeeper_testkit::Sshd::start();
     let (cli, serve) = ready(&format!(
         "slo = {{ recover_within = \"1m\" }}\n\
-         ssh = {{ user = \"{}\", key_file = \"{}\", port = {}, host = \"127.0.0.1\", known_hosts = \"{}\" }}\n\
+         ssh = {}\n\
          on_interruption = {{ command = \"sleep 1\", timeout = \"20s\" }}",
-        sshd.user(),
-        sshd.key_file().display(),
-        sshd.port(),
-        sshd.known_hosts().display()
+        ssh_to(&sshd)
     ));
     let old = cli.live()[0]["instance_id"].clone();
     let out = cli.run(&["drill", "dev"]);

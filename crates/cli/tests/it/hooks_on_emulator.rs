@@ -6,12 +6,12 @@
 //! the hook itself wrote.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use spotkeeper_testkit::{Answer, Receiver, Sshd};
 
-use crate::common::{CONFIG, Cli, Serve};
+use crate::common::{CONFIG, Cli, Serve, ssh_to, unix_now};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/fixtures/events");
 
@@ -29,21 +29,11 @@ fn config(cli: &Cli, sshd: &Sshd, hook: &str) -> String {
             "tags =",
             &format!(
                 "data_volume = {{ name = \"dev-data\", size_gb = 5 }}\n\
-                 ssh = {{ user = \"{}\", key_file = \"{}\", port = {}, host = \"127.0.0.1\", known_hosts = \"{}\" }}\n\
+                 ssh = {}\n\
                  on_interruption = {hook}\ntags =",
-                sshd.user(),
-                sshd.key_file().display(),
-                sshd.port(),
-                sshd.known_hosts().display()
+                ssh_to(sshd)
             ),
         )
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs_f64()
 }
 
 /// The warning for `instance`, issued now (as EventBridge would).
@@ -67,19 +57,6 @@ fn volume_holder(cli: &Cli) -> Option<String> {
     );
     let held: Vec<String> = serde_json::from_str(out.trim()).expect("json");
     held.into_iter().next()
-}
-
-/// Arrival times at the proxy of `action` calls made after `since`.
-fn calls(cli: &Cli, action: &str, since: f64) -> Vec<f64> {
-    let stats: Value = serde_json::from_str(&cli.moto.proxy_stats()).expect("proxy stats");
-    stats["calls"]
-        .as_array()
-        .expect("calls")
-        .iter()
-        .filter(|c| c[2] == action)
-        .filter_map(|c| c[0].as_f64())
-        .filter(|t| *t >= since)
-        .collect()
 }
 
 fn read_time(path: &Path) -> Option<f64> {
@@ -147,17 +124,17 @@ fn the_hook_runs_beside_the_replacement_and_the_volume_moves_after_it() {
     assert_eq!(volume_holder(&cli).as_deref(), Some(old.as_str()));
     let serve = holding(&cli);
 
-    let sent = now();
+    let sent = unix_now();
     warn(&cli, &old);
     let new = wait_moved(&cli, &old, Duration::from_secs(60), &serve);
-    let attached = now();
+    let attached = unix_now();
 
     let started = read_time(&start).expect("the hook started");
     let ended = read_time(&end).expect("the hook ended");
-    let launch = calls(&cli, "RunInstances", sent);
-    let gate = calls(&cli, "CreateTags", sent);
-    let terminate = calls(&cli, "TerminateInstances", sent);
-    let attach = calls(&cli, "AttachVolume", sent);
+    let launch = cli.proxy_calls("RunInstances", sent);
+    let gate = cli.proxy_calls("CreateTags", sent);
+    let terminate = cli.proxy_calls("TerminateInstances", sent);
+    let attach = cli.proxy_calls("AttachVolume", sent);
     let log = serve.log();
     assert_eq!(launch.len(), 1, "one replacement: {launch:?}\n{log}");
     // The gate is set before the replacement is asked for ...
@@ -221,10 +198,10 @@ fn a_hook_that_hangs_is_cut_at_its_timeout_and_the_volume_still_moves() {
     let old = first["instance_id"].as_str().expect("id").to_owned();
     let serve = holding(&cli);
 
-    let sent = now();
+    let sent = unix_now();
     warn(&cli, &old);
     wait_moved(&cli, &old, Duration::from_secs(60), &serve);
-    let attach = calls(&cli, "AttachVolume", sent);
+    let attach = cli.proxy_calls("AttachVolume", sent);
     let log = serve.log();
     // Cut at 3 s, not waited for 600 s; well inside the two minutes.
     assert!(
@@ -305,11 +282,11 @@ fn with_the_agent_the_daemon_runs_no_hook_and_hands_over_when_the_agent_says_don
     state.lock().expect("state").action = Some(format!(
         "{{\"action\": \"terminate\", \"time\": \"{due}\"}}"
     ));
-    let sent = now();
+    let sent = unix_now();
     warn(&cli, &old);
     wait_moved(&cli, &old, Duration::from_secs(60), &serve);
     let ended = read_time(&end).expect("the hook ended");
-    let terminate = calls(&cli, "TerminateInstances", sent);
+    let terminate = cli.proxy_calls("TerminateInstances", sent);
     let log = serve.log();
     assert!(
         ended < terminate[0],

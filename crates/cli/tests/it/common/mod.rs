@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use spotkeeper_testkit::Moto;
+use spotkeeper_testkit::{Moto, Sshd};
 
 pub const CONFIG: &str = r#"
 owner = "clitest"
@@ -135,6 +135,42 @@ impl Cli {
             .as_array()
             .expect("array")
             .clone()
+    }
+}
+
+/// A box's `ssh` settings (a TOML inline table) that reach `sshd` on
+/// loopback instead of the instance's address.
+pub fn ssh_to(sshd: &Sshd) -> String {
+    format!(
+        "{{ user = \"{}\", key_file = \"{}\", port = {}, host = \"127.0.0.1\", known_hosts = \"{}\" }}",
+        sshd.user(),
+        sshd.key_file().display(),
+        sshd.port(),
+        sshd.known_hosts().display()
+    )
+}
+
+/// The time now, in Unix seconds (as the emulator's proxy records calls).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+}
+
+impl Cli {
+    /// Arrival times at the emulator's proxy of `action` calls made at or
+    /// after `since` (Unix seconds).
+    pub fn proxy_calls(&self, action: &str, since: f64) -> Vec<f64> {
+        let stats: Value = serde_json::from_str(&self.moto.proxy_stats()).expect("proxy stats");
+        stats["calls"]
+            .as_array()
+            .expect("calls")
+            .iter()
+            .filter(|c| c[2] == action)
+            .filter_map(|c| c[0].as_f64())
+            .filter(|t| *t >= since)
+            .collect()
     }
 }
 
