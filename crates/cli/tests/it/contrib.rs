@@ -89,7 +89,7 @@ fn the_demo_says_it_is_building_and_shows_cargos_progress() {
         .expect("run the demo");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        said.contains("building spotkeeper first") && said.contains("4 min 43 s measured"),
+        said.contains("building spotkeeper first") && said.contains("5 min 15 s measured"),
         "{said}"
     );
     let args = std::fs::read_to_string(dir.path().join("cargo.args")).expect("cargo ran");
