@@ -65,6 +65,15 @@ fn daemon<'a>(
     Daemon::new(cloud, store, cfg, locks.path()).with_timing(TIMING)
 }
 
+/// Hands `daemon` a spot warning (event `id`) for `instance`: it must act.
+async fn spot_warning(daemon: &Daemon<'_>, instance: &spotkeeper_cloud::InstanceId, id: &str) {
+    let out = daemon
+        .handle(&warning("spot", instance.as_str(), id))
+        .await
+        .expect("handled");
+    assert!(matches!(out, Handled::Acted(_)), "{out:?}");
+}
+
 #[tokio::test]
 async fn a_spot_warning_marks_the_offering_and_the_pass_replaces_the_box_elsewhere() {
     let (cloud, store, locks, cfg) = setup("").await;
@@ -72,11 +81,7 @@ async fn a_spot_warning_marks_the_offering_and_the_pass_replaces_the_box_elsewhe
     let first = up(&ctx, &cfg).await;
     let daemon = daemon(&cloud, &store, &cfg, &locks);
 
-    let out = daemon
-        .handle(&warning("spot", first.id.as_str(), "e1"))
-        .await
-        .expect("handled");
-    assert!(matches!(out, Handled::Acted(_)), "{out:?}");
+    spot_warning(&daemon, &first.id, "e1").await;
     assert!(
         daemon
             .unavailable()
@@ -127,11 +132,7 @@ async fn a_spot_warning_for_an_instance_the_daemon_observed_acts_without_a_descr
     let daemon = daemon(&cloud, &store, &cfg, &locks);
     // Before any pass there is no observation: the instance is described.
     let described = cloud.count("DescribeInstances");
-    let out = daemon
-        .handle(&warning("spot", first.id.as_str(), "w0"))
-        .await
-        .expect("handled");
-    assert!(matches!(out, Handled::Acted(_)), "{out:?}");
+    spot_warning(&daemon, &first.id, "w0").await;
     assert_eq!(cloud.count("DescribeInstances"), described + 1);
     // The pass replaces it and observes the replacement.
     daemon.reconcile().await.expect("pass");
@@ -143,11 +144,7 @@ async fn a_spot_warning_for_an_instance_the_daemon_observed_acts_without_a_descr
         .expect("replacement");
     // A warning for it now: acted on from the observation, no describe.
     let described = cloud.count("DescribeInstances");
-    let out = daemon
-        .handle(&warning("spot", second.id.as_str(), "w1"))
-        .await
-        .expect("handled");
-    assert!(matches!(out, Handled::Acted(_)), "{out:?}");
+    spot_warning(&daemon, &second.id, "w1").await;
     assert_eq!(cloud.count("DescribeInstances"), described, "no describe");
     // A state change says what the observation may not know: described,
     // and not believed while AWS shows the instance running.
@@ -187,11 +184,7 @@ async fn a_spot_warning_for_the_replacement_it_just_launched_acts_without_a_desc
         .find(|i| i.state.is_live() && i.id != first.id)
         .expect("replacement");
     let described = cloud.count("DescribeInstances");
-    let out = daemon
-        .handle(&warning("spot", second.id.as_str(), "w1"))
-        .await
-        .expect("handled");
-    assert!(matches!(out, Handled::Acted(_)), "{out:?}");
+    spot_warning(&daemon, &second.id, "w1").await;
     assert_eq!(
         cloud.count("DescribeInstances"),
         described,
@@ -208,11 +201,7 @@ async fn a_warning_handled_before_the_daemon_holds_the_box_still_starts_its_hook
     let daemon = daemon(&cloud, &store, &cfg, &locks);
     // No pass yet: the daemon holds no lease, so the warning only dooms the
     // instance (as at a daemon sharing the queue with the box's holder).
-    let out = daemon
-        .handle(&warning("spot", first.id.as_str(), "w0"))
-        .await
-        .expect("handled");
-    assert!(matches!(out, Handled::Acted(_)), "{out:?}");
+    spot_warning(&daemon, &first.id, "w0").await;
     let gate = |id: &spotkeeper_cloud::InstanceId| {
         cloud
             .all_instances()
@@ -561,11 +550,7 @@ async fn a_spot_warning_for_a_pool_instance_is_refilled_by_the_next_pass_elsewhe
     let first = pool_live(&cloud);
     assert_eq!(first.len(), 2);
     let victim = first[0].clone();
-    let out = daemon
-        .handle(&warning("spot", victim.id.as_str(), "pool-warn-1"))
-        .await
-        .expect("handled");
-    assert!(matches!(out, Handled::Acted(_)), "{out:?}");
+    spot_warning(&daemon, &victim.id, "pool-warn-1").await;
     // The warned instance still runs, but no longer counts: a third one now.
     daemon.reconcile().await.expect("pass");
     let now = pool_live(&cloud);
